@@ -1,0 +1,45 @@
+"""The one exception hierarchy of `p2p/`."""
+
+from __future__ import annotations
+
+
+class P2PError(Exception):
+    """Base class for every error raised on purpose by `p2p/`."""
+
+    hint: str = ""
+
+
+class ProtocolError(P2PError):
+    """The remote (or local) side broke the wire protocol. Close or ERROR."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol forbids (a bug on our side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The remote sent bytes that break the protocol (malformed, too big...)."""
+
+
+class HandshakeError(P2PError):
+    """The Noise handshake failed: bad bytes, bad signature, wrong peer id."""
+
+
+class DecryptError(HandshakeError):
+    """An encrypted frame failed authentication (tampered or replayed)."""
+
+
+class PeerIdMismatch(HandshakeError):
+    """The remote proved an identity other than the one we dialled."""
+
+
+class InvalidMultiaddr(P2PError):
+    hint = "addresses look like /ip4/127.0.0.1/tcp/4101/p2p/12D3KooW..."
+
+
+class NoPeers(P2PError):
+    hint = "start other nodes and pass --bootstrap, or check `shoal peers`"
+
+
+class NodeNotRunning(P2PError):
+    hint = "start one with `shoal node start`"

@@ -1,0 +1,96 @@
+"""CIDs: the few operations Shoal needs, on top of `multiformats.CID`.
+
+Shoal supports sha2-256 multihashes with the raw (0x55) and dag-pb (0x70)
+codecs, CIDv0 and CIDv1. Text form is base32 for v1 (`bafy…`, `bafk…`) and
+base58btc for v0 (`Qm…`). Every block is checked with `verify_block` before
+it is used or stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from multiformats import CID, multihash
+
+from .errors import HashMismatch, InvalidCID
+
+RAW = "raw"
+DAG_PB = "dag-pb"
+RAW_CODE = 0x55
+DAG_PB_CODE = 0x70
+SHA2_256_CODE = 0x12
+SUPPORTED_CODECS = frozenset({RAW, DAG_PB})
+
+__all__ = [
+    "CID", "RAW", "DAG_PB", "make_cid", "cid_for_digest", "parse_cid",
+    "cid_from_bytes", "verify_block", "block_key", "digest_of",
+]
+
+
+def cid_for_digest(codec: str, digest: bytes, version: int = 1) -> CID:
+    """Build a CID from a precomputed sha2-256 digest."""
+    mh = multihash.wrap(digest, "sha2-256")
+    if version == 0:
+        if codec != DAG_PB:
+            raise InvalidCID("CIDv0 can only address dag-pb blocks")
+        return CID("base58btc", 0, DAG_PB, mh)
+    return CID("base32", 1, codec, mh)
+
+
+def make_cid(codec: str, data: bytes | memoryview, version: int = 1) -> CID:
+    """Hash `data` with sha2-256 and return its CID."""
+    return cid_for_digest(codec, hashlib.sha256(data).digest(), version)
+
+
+def _check_supported(cid: CID) -> CID:
+    if cid.codec.name not in SUPPORTED_CODECS:
+        raise InvalidCID(f"unsupported codec {cid.codec.name} in {cid}")
+    if cid.hashfun.name != "sha2-256":
+        raise InvalidCID(f"unsupported hash {cid.hashfun.name} in {cid}")
+    if len(cid.raw_digest) != 32:
+        raise InvalidCID(f"bad digest length in {cid}")
+    return cid
+
+
+def parse_cid(text: str) -> CID:
+    """Parse a CID string; raise InvalidCID (never another error) if it is not one."""
+    text = text.strip()
+    if not text or len(text) > 512:
+        raise InvalidCID(f"not a CID: {text[:80]!r}")
+    try:
+        cid = CID.decode(text)
+    except Exception as exc:  # multiformats raises a zoo of types
+        raise InvalidCID(f"not a CID: {text[:80]!r}") from exc
+    return _check_supported(cid)
+
+
+def cid_from_bytes(raw: bytes) -> CID:
+    """Decode a binary CID (as found in dag-pb links and CAR files)."""
+    try:
+        cid = CID.decode(bytes(raw))
+    except Exception as exc:
+        raise InvalidCID(f"not a binary CID: {bytes(raw[:40]).hex()}") from exc
+    return _check_supported(cid)
+
+
+def digest_of(cid: CID) -> bytes:
+    """The raw 32-byte sha2-256 digest of a supported CID."""
+    return bytes(cid.raw_digest)
+
+
+def verify_block(cid: CID, data: bytes | memoryview) -> None:
+    """Raise HashMismatch unless sha2-256(data) equals the CID's digest."""
+    if hashlib.sha256(data).digest() != digest_of(cid):
+        raise HashMismatch(cid)
+
+
+def block_key(cid: CID) -> str:
+    """Blockstore key: base32 (RFC 4648, upper, no padding) of the multihash.
+
+    Keyed by multihash, not CID, like kubo's flatfs: the same bytes stored as
+    CIDv0 and CIDv1 dag-pb share one file, and raw vs dag-pb blocks with the
+    same digest (impossible unless the bytes are equal) likewise.
+    """
+    import base64
+
+    return base64.b32encode(bytes(cid.digest)).decode().rstrip("=")
