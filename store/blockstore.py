@@ -1,0 +1,89 @@
+"""The blockstore interface and its in-memory implementation.
+
+A blockstore maps CIDs to block bytes. It is keyed by multihash
+(`cid.block_key`), so one stored copy serves every CID of the same bytes.
+Every `get` re-hashes the bytes: a block is never handed out unverified, on
+disk or in memory. The on-disk implementation is `store.flatfs`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator, Protocol
+
+from .cid import CID, block_key, verify_block
+from .errors import BlockNotFound
+
+
+class Blockstore(Protocol):
+    """What the importer, exporter, repo and network layers need of a store."""
+
+    def put(self, cid: CID, data: bytes) -> bool:
+        """Verify `data` against `cid`, store it; True if it was not there yet."""
+
+    def put_trusted(self, cid: CID, data: bytes) -> bool:
+        """Store without re-hashing: only for callers that just hashed `data`."""
+
+    def get(self, cid: CID) -> bytes:
+        """Return verified bytes; BlockNotFound or HashMismatch otherwise."""
+
+    def has(self, cid: CID) -> bool: ...
+
+    def delete(self, cid: CID) -> None: ...
+
+    def size(self, cid: CID) -> int:
+        """Stored size in bytes; BlockNotFound if absent."""
+
+    def keys(self) -> Iterator[str]:
+        """Every stored block's key (base32 multihash), in no set order."""
+
+
+class MemoryBlockstore:
+    """A dict-backed blockstore for tests and for transient work. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, cid: CID, data: bytes) -> bool:
+        verify_block(cid, data)
+        return self.put_trusted(cid, data)
+
+    def put_trusted(self, cid: CID, data: bytes) -> bool:
+        key = block_key(cid)
+        with self._lock:
+            if key in self._blocks:
+                return False
+            self._blocks[key] = bytes(data)
+            return True
+
+    def get(self, cid: CID) -> bytes:
+        try:
+            data = self._blocks[block_key(cid)]
+        except KeyError:
+            raise BlockNotFound(cid) from None
+        verify_block(cid, data)
+        return data
+
+    def has(self, cid: CID) -> bool:
+        return block_key(cid) in self._blocks
+
+    def delete(self, cid: CID) -> None:
+        with self._lock:
+            self._blocks.pop(block_key(cid), None)
+
+    def size(self, cid: CID) -> int:
+        try:
+            return len(self._blocks[block_key(cid)])
+        except KeyError:
+            raise BlockNotFound(cid) from None
+
+    def keys(self) -> Iterator[str]:
+        with self._lock:
+            snapshot = list(self._blocks)
+        return iter(snapshot)
+
+    def raw_put(self, key: str, data: bytes) -> None:
+        """Tests only: place arbitrary bytes under a key (to simulate corruption)."""
+        with self._lock:
+            self._blocks[key] = data
