@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (see setup.sh) and run the whole test suite: unit, property, interop
+# (real IPFS JS packages) and integration (real shoal node processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

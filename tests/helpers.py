@@ -1,0 +1,68 @@
+"""Helpers shared by tests: run the real `shoal` command as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+SHOAL = [sys.executable, "-m", "cli.main"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    code: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out.decode()
+
+
+def shoal_env(repo: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("SHOAL_REPO", None)
+    if repo is not None:
+        env["SHOAL_REPO"] = str(repo)
+    return env
+
+
+def run_shoal(repo: Path | None, *args: str, timeout: float = 120, input: bytes | None = None) -> Result:
+    """Run `shoal --repo REPO ARGS...` and capture its output."""
+    cmd = list(SHOAL)
+    if repo is not None:
+        cmd += ["--repo", str(repo)]
+    cmd += list(args)
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input,
+                          env=shoal_env(), cwd=PROJECT_ROOT)
+    return Result(proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"))
+
+
+def assert_one_line_error(result: Result) -> None:
+    """A user error: non-zero exit, no traceback, one message line (+ optional hint)."""
+    assert result.code != 0, result
+    assert "Traceback" not in result.err, result.err
+    lines = [l for l in result.err.splitlines() if l.strip()]
+    assert lines and lines[0].startswith("shoal: error: "), result.err
+    assert all(l.startswith("hint: ") for l in lines[1:]), result.err
+
+
+def random_bytes(size: int, seed: int = 0) -> bytes:
+    """Deterministic pseudo-random bytes for a seed (fast: C-level getrandbits)."""
+    import random
+
+    rng = random.Random(seed)
+    step = 1 << 24  # randbytes overflows a C int past 256 MiB at once
+    return b"".join(rng.randbytes(min(step, size - i)) for i in range(0, size, step))
+
+
+def write_random(path: Path, size: int, seed: int = 0) -> bytes:
+    """Write `random_bytes(size, seed)` to `path` and return them."""
+    data = random_bytes(size, seed)
+    path.write_bytes(data)
+    return data
