@@ -1,0 +1,148 @@
+"""The sans-IO fetch scheduler, driven with plain numbers for time."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings, strategies as st
+
+from p2p.exchange import FetchPlanner
+
+
+def test_requests_spread_across_holders() -> None:
+    planner = FetchPlanner(max_inflight_per_peer=100)
+    for peer in ("a", "b", "c"):
+        planner.add_holder(peer)
+    planner.want(range(90))
+    sent = planner.next_requests(now=0)
+    assert len(sent) == 90
+    assert Counter(p for p, _ in sent) == {"a": 30, "b": 30, "c": 30}
+
+
+def test_inflight_cap_is_backpressure() -> None:
+    planner = FetchPlanner(max_inflight_per_peer=4)
+    planner.add_holder("a")
+    planner.want(range(10))
+    first = planner.next_requests(0)
+    assert len(first) == 4 and planner.next_requests(0) == []
+    planner.on_block("a", first[0][1], valid=True)
+    assert len(planner.next_requests(0)) == 1
+
+
+def test_timeout_retries_on_another_holder() -> None:
+    planner = FetchPlanner(request_timeout=5)
+    planner.add_holder("slow")
+    planner.want(["x"])
+    assert planner.next_requests(0) == [("slow", "x")]
+    planner.add_holder("fast")
+    assert planner.expire(now=4) == []
+    assert planner.expire(now=5) == [("slow", "x")]
+    assert planner.next_requests(5) == [("fast", "x")]
+    planner.on_block("fast", "x", valid=True)
+    assert planner.finished and planner.done == {"x"} and planner.stats["slow"].timeouts == 1
+
+
+def test_corrupt_block_drops_holder_and_refetches_elsewhere() -> None:
+    planner = FetchPlanner()
+    planner.add_holder("evil")
+    planner.add_holder("good")
+    planner.want(range(4))
+    sent = planner.next_requests(0)
+    evil_keys = [k for p, k in sent if p == "evil"]
+    planner.on_block("evil", evil_keys[0], valid=False)
+    assert "evil" not in planner.holders and planner.stats["evil"].corrupt == 1
+    resent = planner.next_requests(1)
+    assert {p for p, _ in resent} == {"good"}
+    assert {k for _, k in resent} == set(evil_keys)
+    for _, k in sent + resent:
+        planner.on_block("good", k, valid=True)
+    assert planner.finished and planner.done == set(range(4))
+
+
+def test_peer_gone_moves_its_requests() -> None:
+    planner = FetchPlanner()
+    planner.add_holder("a")
+    planner.add_holder("b")
+    planner.want(range(6))
+    sent = planner.next_requests(0)
+    planner.on_peer_gone("a")
+    again = planner.next_requests(0)
+    assert {k for p, k in sent if p == "a"} == {k for _, k in again}
+    assert {p for p, _ in again} == {"b"}
+
+
+def test_block_fails_only_when_every_holder_failed_it() -> None:
+    planner = FetchPlanner(max_rounds=1)
+    planner.add_holder("a")
+    planner.add_holder("b")
+    planner.want(["x"])
+    (p1, _), = planner.next_requests(0)
+    planner.on_failure(p1, "x")
+    (p2, _), = planner.next_requests(0)
+    assert p2 != p1
+    planner.on_failure(p2, "x")
+    assert planner.next_requests(0) == []
+    assert planner.finished and planner.failed == {"x"}
+
+
+def test_no_holders_means_everything_waits_then_new_holder_unblocks() -> None:
+    planner = FetchPlanner()
+    planner.want(["x"])
+    assert planner.next_requests(0) == []
+    assert not planner.finished
+    planner.add_holder("a")
+    assert planner.next_requests(0) == [("a", "x")]
+
+
+def test_late_duplicate_after_retry_is_ignored() -> None:
+    planner = FetchPlanner(request_timeout=1)
+    planner.add_holder("a")
+    planner.add_holder("b")
+    planner.want(["x"])
+    (p1, _), = planner.next_requests(0)
+    planner.expire(2)
+    (p2, _), = planner.next_requests(2)
+    planner.on_block(p1, "x", valid=True)  # the slow one answers after all
+    assert not planner.finished
+    planner.on_block(p2, "x", valid=True)
+    assert planner.finished and planner.done == {"x"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_blocks=st.integers(1, 40),
+    n_peers=st.integers(1, 4),
+    script=st.lists(st.tuples(st.sampled_from(["ok", "bad", "fail", "timeout", "gone"]), st.integers(0, 1000)), max_size=200),
+)
+def test_every_block_ends_done_or_failed_and_nothing_is_lost(n_blocks: int, n_peers: int, script: list[tuple[str, int]]) -> None:
+    """Whatever peers do, the planner terminates with each block done or failed."""
+    planner = FetchPlanner(max_inflight_per_peer=3, request_timeout=1)
+    for p in range(n_peers):
+        planner.add_holder(p)
+    planner.want(range(n_blocks))
+    now = 0.0
+    inflight: list[tuple[int, int]] = []
+    steps = 0
+    actions = iter(script)
+    while not planner.finished and steps < 10_000:
+        steps += 1
+        inflight += planner.next_requests(now)
+        if not inflight:
+            break
+        action, pick = next(actions, ("ok", 0))
+        peer, key = inflight.pop(pick % len(inflight))
+        if action == "ok":
+            planner.on_block(peer, key, valid=True)
+        elif action == "bad":
+            planner.on_block(peer, key, valid=False)
+        elif action == "fail":
+            planner.on_failure(peer, key)
+        elif action == "timeout":
+            now += 1
+            planner.expire(now)
+        else:
+            planner.on_peer_gone(peer)
+        inflight = [(p, k) for p, k in inflight if planner.inflight_for(p) and p in planner.holders]
+    assert planner.finished
+    assert planner.done | planner.failed == set(range(n_blocks))
+    assert not (planner.done & planner.failed)
