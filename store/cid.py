@@ -61,6 +61,8 @@ def parse_cid(text: str) -> CID:
         cid = CID.decode(text)
     except Exception as exc:  # multiformats raises a zoo of types
         raise InvalidCID(f"not a CID: {text[:80]!r}") from exc
+    if cid.version == 1:
+        cid = cid.set(base="base32")  # one canonical text form, whatever base was typed
     return _check_supported(cid)
 
 
@@ -70,6 +72,8 @@ def cid_from_bytes(raw: bytes) -> CID:
         cid = CID.decode(bytes(raw))
     except Exception as exc:
         raise InvalidCID(f"not a binary CID: {bytes(raw[:40]).hex()}") from exc
+    if cid.version == 1:
+        cid = cid.set(base="base32")  # binary CIDs carry no base; print v1 as bafy...
     return _check_supported(cid)
 
 

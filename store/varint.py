@@ -7,6 +7,8 @@ loop long or build huge integers.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from .errors import MalformedBlock
 
 MAX_VARINT_BYTES = 9
@@ -48,12 +50,16 @@ def decode(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]
     raise MalformedBlock("varint longer than 9 bytes")
 
 
-def read_from(stream: "object", max_bytes: int = MAX_VARINT_BYTES) -> int | None:
+class _Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+def read_from(stream: _Readable, max_bytes: int = MAX_VARINT_BYTES) -> int | None:
     """Read one varint from a binary stream; None at a clean EOF before it."""
     value = 0
     shift = 0
     for i in range(max_bytes):
-        b = stream.read(1)  # type: ignore[attr-defined]
+        b = stream.read(1)
         if not b:
             if i == 0:
                 return None
