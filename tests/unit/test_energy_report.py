@@ -1,0 +1,82 @@
+"""Report JSON shape, text rendering, and the PNG chart."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from store.energy import build_report, create_schema, load_coefficients, plot, record, render_text, summary
+from store.errors import InvalidInput
+
+GB = 10**9
+
+
+def sample_summary() -> dict[str, dict[str, object]]:
+    conn = sqlite3.connect(":memory:")
+    create_schema(conn)
+    record(conn, "put", 36.0, "cpu-time-estimate", bytes_hashed=GB, bytes_written=GB)
+    record(conn, "replicate-out", 18.0, "cpu-time-estimate", bytes_sent=GB)
+    record(conn, "audit-prove", 0.5, "cpu-time-estimate", bytes_hashed=66 * 1024)
+    return summary(conn)
+
+
+def peer_summary() -> dict[str, dict[str, object]]:
+    return {"replicate-in": {"count": 1, "joules": 18.0, "bytes_received": GB, "methods": {"rapl": 1}},
+            "audit-verify": {"count": 1, "joules": 0.1, "bytes_hashed": 66 * 1024, "methods": {"rapl": 1}}}
+
+
+def test_report_keys_and_figures() -> None:
+    c = load_coefficients()
+    r = build_report(sample_summary(), 4 * GB, 3, c, [peer_summary()], objects=2)
+    r = json.loads(json.dumps(r))  # must be JSON-serialisable
+    assert r["method"] == "mixed (cpu-time-estimate, rapl)"
+    assert r["scope"] == "swarm" and r["peers"] == 1
+    assert r["stored_bytes"] == 4 * GB
+    assert r["swarm"]["at_rest_wh_per_gb_month"] == pytest.approx(1.544, abs=1e-3)
+    assert r["baseline"]["at_rest_wh_per_gb_month"] == pytest.approx(1.616, abs=1e-3)
+    assert r["swarm"]["wh_per_gb_month"] > r["swarm"]["at_rest_wh_per_gb_month"]
+    assert r["swarm"]["wh_per_month"] == pytest.approx(4 * r["swarm"]["wh_per_gb_month"])
+    assert r["operations"]["put"]["joules"] == pytest.approx(36.0)
+    assert r["operations"]["put"]["bytes"] == GB
+    assert r["operations"]["replicate-in"]["bytes"] == GB
+    assert r["one_time_per_gb"]["put_j_per_gb"] == pytest.approx(36.0)
+    assert r["one_time_per_gb"]["joules_per_audit"] == pytest.approx(0.6)
+    # 36 + 2 x (18 + 18) = 108 J = 0.03 Wh CPU, plus 13 Wh network for 2 replicas
+    assert r["one_time_per_gb"]["swarm_wh_per_gb"] == pytest.approx(13.03)
+    names = {c["name"] for c in r["coefficients"]}
+    assert {"edge_hdd_w_per_tb", "baseline_pue", "network_kwh_per_gb"} <= names
+    assert all({"name", "value", "unit", "source", "year"} <= set(c) for c in r["coefficients"])
+    assert len(r["sensitivity"]) == 48
+    assert isinstance(r["swarm_cheaper"], bool)
+
+
+def test_report_without_operations() -> None:
+    r = json.loads(json.dumps(build_report({}, 0, 1, load_coefficients())))
+    assert r["method"] == "none"
+    assert r["operations"] == {}
+    assert r["one_time_per_gb"]["put_j_per_gb"] is None
+    assert "unmeasured" in render_text(r)
+
+
+def test_report_rejects_bad_arguments() -> None:
+    with pytest.raises(InvalidInput):
+        build_report({}, 10, 0, load_coefficients())
+
+
+def test_render_text() -> None:
+    text = render_text(build_report(sample_summary(), GB, 3, load_coefficients()))
+    assert "swarm" in text and "baseline" in text
+    assert "Sensitivity" in text
+    assert text.count("\n") > 48
+
+
+def test_plot_writes_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    r = build_report(sample_summary(), 4 * GB, 3, load_coefficients(), [peer_summary()])
+    out = plot(r, tmp_path / "energy.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000
