@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from store import exporter
+from store.chunker import CHUNKER_NAMES, chunker_for
 from store.cid import parse_cid
 from store.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from store.repo import Repo, resolve_repo_path
 
 from .errors import EXIT_FAILURE, CliError
+from .node_client import NodeClient, connect
 from .output import human_size, print_json, progress_bar
 
-CHUNKERS = ("fixed", "cdc", "safetensors")
 
 
 def register(sub: Any) -> None:
@@ -34,7 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("path")
     p.add_argument("--replicas", type=_positive_int, default=1, metavar="N",
                    help="copies to keep in the swarm, this node's included (needs a running node)")
-    p.add_argument("--chunker", choices=CHUNKERS, default="fixed")
+    p.add_argument("--chunker", choices=CHUNKER_NAMES, default="fixed")
     p.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE.name,
                    help="CID profile (default: %(default)s)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the root CID")
@@ -44,6 +45,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("get", help="write an object (file or directory) to a path")
     p.add_argument("cid")
     p.add_argument("-o", "--output", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print what was fetched, as JSON")
     p.set_defaults(handler=cmd_get)
 
     p = sub.add_parser("cat", help="print a file's bytes (or a range of them)")
@@ -108,24 +110,14 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def node_for(args: argparse.Namespace) -> NodeClient | None:
+    """The running node of this repo, if one answers: then commands go through it."""
+    return connect(resolve_repo_path(args.repo))
+
+
 def open_repo(args: argparse.Namespace) -> Repo:
     """Open (and lock) the repo named by --repo / $SHOAL_REPO / ~/.shoal."""
     return Repo.open(resolve_repo_path(args.repo))
-
-
-def make_chunker(name: str, profile: Profile, path: Path) -> Any:
-    """The chunker object for --chunker NAME (None means the profile's fixed size)."""
-    if name == "fixed":
-        return None
-    if path.is_dir():
-        raise CliError(f"--chunker {name} works on single files, not directories")
-    if name == "cdc":
-        from store.cdc import FastCDCChunker
-
-        return FastCDCChunker()
-    from store.safetensors import SafetensorsChunker
-
-    return SafetensorsChunker(tensor_chunk_size=profile.chunk_size)
 
 
 def _input_size(path: Path) -> int:
@@ -143,8 +135,10 @@ def _input_size(path: Path) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = resolve_repo_path(args.repo)
-    repo = Repo.init(path)
-    repo.close()
+    with Repo.init(path) as repo:
+        from p2p.identity import Identity
+
+        Identity.load_or_create(repo.identity_path)
     print(f"initialized shoal repo in {path}", file=sys.stderr)
     return 0
 
@@ -153,10 +147,16 @@ def cmd_put(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise CliError(f"no such file or directory: {args.path}")
+    client = node_for(args)
+    if client is not None:
+        doc = client.call("POST", "/v1/put", {"path": str(path.resolve()), "profile": args.profile,
+                                              "chunker": args.chunker, "replicas": args.replicas})
+        extra = {k: v for k, v in doc.items() if k not in ("cid", "size", "name")}
+        return print_put_result(args, doc["cid"], doc["size"], doc["name"], extra)
     if args.replicas > 1:
         raise CliError("--replicas needs a running node", hint="start one with `shoal node start`")
     profile = PROFILES[args.profile]
-    chunker = make_chunker(args.chunker, profile, path)
+    chunker = chunker_for(args.chunker, profile, path)
     with open_repo(args) as repo:
         with progress_bar(f"put {path.name}", _input_size(path), enabled=not args.quiet) as advance:
             result = repo.add(path, profile=profile, chunker=chunker, progress=advance)
@@ -177,32 +177,33 @@ def print_put_result(args: argparse.Namespace, cid: str, size: int, name: str, e
 def cmd_get(args: argparse.Namespace) -> int:
     cid = parse_cid(args.cid)
     dest = Path(args.output) if args.output else Path(args.cid)
-    with open_repo(args) as repo:
-        info = exporter.stat(repo.blockstore, cid)
-        with progress_bar(f"get {cid}", info.size) as advance:
-            exporter.export_to_path(repo.blockstore, cid, dest, progress=advance)
+    client = node_for(args)
+    if client is not None:
+        doc = client.call("POST", "/v1/get", {"cid": str(cid), "output": str(dest.resolve())})
+        if args.json:
+            print_json(doc)
+    else:
+        with open_repo(args) as repo:
+            exporter.export_to_path(repo.blockstore, cid, dest)
     print(f"saved {cid} to {dest}", file=sys.stderr)
     return 0
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
     cid = parse_cid(args.cid)
+    client = node_for(args)
+    if client is not None:
+        _write_stdout(client.stream("/v1/cat", cid=str(cid), offset=args.offset, length=args.length,
+                                    tensor=args.tensor))
+        return 0
     with open_repo(args) as repo:
         offset, length = args.offset, args.length
         if args.tensor is not None:
-            offset, length = _tensor_range(repo, cid, args.tensor, offset, length)
+            from store.tensors import tensor_window
+
+            offset, length = tensor_window(repo.blockstore, cid, args.tensor, offset, length)
         _write_stdout(exporter.read_file(repo.blockstore, cid, offset, length))
     return 0
-
-
-def _tensor_range(repo: Repo, cid: Any, name: str, offset: int, length: int | None) -> tuple[int, int]:
-    from store.safetensors_reader import tensor_range
-
-    start, size = tensor_range(repo.blockstore, cid, name)
-    if offset > size:
-        offset = size
-    size -= offset
-    return start + offset, size if length is None else min(size, length)
 
 
 def _write_stdout(chunks: Any) -> None:
@@ -213,25 +214,30 @@ def _write_stdout(chunks: Any) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    client = node_for(args)
+    if client is not None:
+        rows = client.call("GET", "/v1/ls", cid=args.cid)
+        _print_rows(args, rows)
+        return 0
     with open_repo(args) as repo:
         if args.cid is None:
             rows = [_object_row(o) for o in repo.objects()]
-            if args.json:
-                print_json(rows)
-            else:
-                for r in rows:
-                    print(f"{r['cid']}\t{r['kind']}\t{human_size(r['size'])}\t{r['name']}")
+            _print_rows(args, rows)
             return 0
         cid = parse_cid(args.cid)
         entries = exporter.list_dir(repo.blockstore, cid)
         rows = [{"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries]
+    _print_rows(args, rows)
+    return 0
+
+
+def _print_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     if args.json:
         print_json(rows)
-    else:
-        for r in rows:
-            size = "-" if r["size"] is None else human_size(r["size"])
-            print(f"{r['cid']}\t{r['kind']}\t{size}\t{r['name']}")
-    return 0
+        return
+    for r in rows:
+        size = "-" if r["size"] is None else human_size(r["size"])
+        print(f"{r['cid']}\t{r['kind']}\t{size}\t{r['name']}")
 
 
 def _object_row(obj: Any) -> dict[str, Any]:
@@ -240,24 +246,37 @@ def _object_row(obj: Any) -> dict[str, Any]:
 
 def cmd_pin_add(args: argparse.Namespace) -> int:
     cid = parse_cid(args.cid)
-    with open_repo(args) as repo:
-        repo.pin_add(cid)
+    client = node_for(args)
+    if client is not None:
+        client.call("POST", "/v1/pin/add", {"cid": str(cid)})
+    else:
+        with open_repo(args) as repo:
+            repo.pin_add(cid)
     print(f"pinned {cid}")
     return 0
 
 
 def cmd_pin_rm(args: argparse.Namespace) -> int:
     cid = parse_cid(args.cid)
-    with open_repo(args) as repo:
-        repo.pin_rm(cid)
+    client = node_for(args)
+    if client is not None:
+        client.call("POST", "/v1/pin/rm", {"cid": str(cid)})
+    else:
+        with open_repo(args) as repo:
+            repo.pin_rm(cid)
     print(f"unpinned {cid}")
     return 0
 
 
 def cmd_pin_ls(args: argparse.Namespace) -> int:
     wanted = parse_cid(args.cid) if args.cid else None
-    with open_repo(args) as repo:
-        pins = [str(c) for c in repo.pins() if wanted is None or c == wanted]
+    client = node_for(args)
+    if client is not None:
+        all_pins = [str(c) for c in client.call("GET", "/v1/pins")]
+    else:
+        with open_repo(args) as repo:
+            all_pins = [p.cid for p in repo.pins()]
+    pins = [c for c in all_pins if wanted is None or c == str(wanted)]
     if wanted is not None and not pins:
         raise CliError(f"not pinned: {wanted}")
     if args.json:
@@ -269,47 +288,53 @@ def cmd_pin_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    with open_repo(args) as repo:
-        result = repo.gc()
-    if args.json:
-        print_json({"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes})
+    client = node_for(args)
+    if client is not None:
+        doc = client.call("POST", "/v1/gc")
     else:
-        print(f"removed {result.removed_blocks} blocks, freed {human_size(result.freed_bytes)}")
+        with open_repo(args) as repo:
+            result = repo.gc()
+        doc = {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"removed {doc['removed_blocks']} blocks, freed {human_size(doc['freed_bytes'])}")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with open_repo(args) as repo:
-        report = repo.verify()
-    corrupt = [str(k) for k in report.corrupt_blocks]
-    incomplete = [{"pin": str(p), "missing": str(m)} for p, m in report.incomplete_pins]
+    client = node_for(args)
+    if client is not None:
+        doc = client.call("POST", "/v1/verify")
+    else:
+        with open_repo(args) as repo:
+            report = repo.verify()
+        doc = {"ok": report.ok, "corrupt_blocks": [str(k) for k in report.corrupt_blocks],
+               "incomplete_pins": [{"pin": str(p), "missing": str(m)} for p, m in report.incomplete_pins]}
+    corrupt, incomplete = doc["corrupt_blocks"], doc["incomplete_pins"]
+    ok = bool(doc["ok"])
     if args.json:
-        print_json({"ok": report.ok, "corrupt_blocks": corrupt, "incomplete_pins": incomplete})
+        print_json(doc)
     else:
         for key in corrupt:
             print(f"corrupt block: {key}")
         for row in incomplete:
             print(f"incomplete pin: {row['pin']} (missing {row['missing']})")
-        print("repo ok" if report.ok else "repo has problems", file=sys.stderr)
-    return 0 if report.ok else EXIT_FAILURE
+        print("repo ok" if ok else "repo has problems", file=sys.stderr)
+    return 0 if ok else EXIT_FAILURE
 
 
 def cmd_car_export(args: argparse.Namespace) -> int:
-    from store.car import export_car
+    from store.car import export_car_file
 
     cid = parse_cid(args.cid)
-    dest = Path(args.output)
-    tmp = dest.with_name(dest.name + ".partial")
-    with open_repo(args) as repo:
-        try:
-            with open(tmp, "wb") as out:
-                written = export_car(repo.blockstore, cid, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-    print(f"wrote {dest} ({human_size(written)})", file=sys.stderr)
+    client = node_for(args)
+    if client is not None:
+        written = client.call("POST", "/v1/car/export", {"cid": str(cid), "output": str(Path(args.output).resolve())})["bytes"]
+    else:
+        with open_repo(args) as repo:
+            written = export_car_file(repo.blockstore, cid, Path(args.output))
+    print(f"wrote {args.output} ({human_size(written)})", file=sys.stderr)
     return 0
 
 
@@ -319,15 +344,19 @@ def cmd_car_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"no such file: {args.file}")
-    with open_repo(args) as repo, open(path, "rb") as src:
-        result = repo.import_car(src)
-    roots = [str(r) for r in result.roots]
-    if args.json:
-        print_json({"roots": roots, "blocks": result.blocks, "new_blocks": result.new_blocks})
+    client = node_for(args)
+    if client is not None:
+        doc = client.call("POST", "/v1/car/import", {"path": str(path.resolve())})
     else:
-        for r in roots:
+        with open_repo(args) as repo, open(path, "rb") as src:
+            result = repo.import_car(src)
+        doc = {"roots": [str(r) for r in result.roots], "blocks": result.blocks, "new_blocks": result.new_blocks}
+    if args.json:
+        print_json(doc)
+    else:
+        for r in doc["roots"]:
             print(r)
-        print(f"imported {result.blocks} blocks ({result.new_blocks} new)", file=sys.stderr)
+        print(f"imported {doc['blocks']} blocks ({doc['new_blocks']} new)", file=sys.stderr)
     return 0
 
 

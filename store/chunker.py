@@ -7,7 +7,13 @@ a bounded look-ahead) in memory, whatever the file size.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol
+
+from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .profiles import Profile
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
@@ -59,3 +65,26 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+CHUNKER_NAMES = ("fixed", "cdc", "safetensors")
+
+
+def chunker_for(name: str, profile: "Profile", path: Path | None = None) -> Chunker | None:
+    """The chunker for a `--chunker` name; None means the profile's fixed size.
+
+    Content-aware chunkers work on single files: a directory is refused.
+    """
+    if name == "fixed":
+        return None
+    if name not in CHUNKER_NAMES:
+        raise InvalidInput(f"unknown chunker {name!r} (choose from {', '.join(CHUNKER_NAMES)})")
+    if path is not None and path.is_dir():
+        raise InvalidInput(f"--chunker {name} works on single files, not directories")
+    if name == "cdc":
+        from .cdc import FastCDCChunker
+
+        return FastCDCChunker()
+    from .safetensors import SafetensorsChunker
+
+    return SafetensorsChunker(tensor_chunk_size=profile.chunk_size)

@@ -1,0 +1,91 @@
+"""Talk to a running node through its local API (`<repo>/api`).
+
+If the api file is missing or the node does not answer, `connect` returns
+None and the command runs offline on the repo (the repo lock then tells the
+user if a node that does not answer still holds it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from .errors import CliError
+
+API_FILE = "api"
+CONNECT_TIMEOUT = 2.0
+
+
+class NodeClient:
+    """A synchronous client for the node's control API."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, **query: Any) -> Any:
+        """One JSON request; errors from the node become CliError with its message."""
+        params = {k: v for k, v in query.items() if v is not None}
+        try:
+            resp = self._client.request(method, path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise CliError(f"node at {self.url} did not answer: {exc}") from None
+        return _decode(resp)
+
+    def stream(self, path: str, **query: Any) -> Iterator[bytes]:
+        """A streamed raw-bytes GET (cat)."""
+        params = {k: v for k, v in query.items() if v is not None}
+        try:
+            with self._client.stream("GET", path, params=params) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    _decode(resp)
+                yield from resp.iter_bytes()
+        except httpx.HTTPError as exc:
+            raise CliError(f"node at {self.url} did not answer: {exc}") from None
+
+
+def _decode(resp: httpx.Response) -> Any:
+    try:
+        doc = resp.json()
+    except ValueError:
+        raise CliError(f"node sent a non-JSON reply (HTTP {resp.status_code})") from None
+    if resp.status_code >= 400:
+        message = doc.get("error", f"HTTP {resp.status_code}") if isinstance(doc, dict) else str(doc)
+        hint = doc.get("hint", "") if isinstance(doc, dict) else ""
+        raise CliError(message, hint=hint)
+    return doc
+
+
+def read_api_file(repo: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((repo / API_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("url"), str) or not isinstance(doc.get("token"), str):
+        return None
+    return doc
+
+
+def connect(repo: Path) -> NodeClient | None:
+    """A client for the repo's running node, or None if none answers."""
+    doc = read_api_file(repo)
+    if doc is None:
+        return None
+    client = NodeClient(doc["url"], doc["token"])
+    try:
+        client._client.get("/v1/id", timeout=CONNECT_TIMEOUT).raise_for_status()
+    except httpx.HTTPError:
+        client.close()
+        return None
+    return client

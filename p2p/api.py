@@ -1,0 +1,174 @@
+"""The node's local control API: a tiny ASGI app served by hypercorn on trio.
+
+Why ASGI + hypercorn: HTTP parsing is done by an established server
+(hypercorn runs natively under trio); this module only routes requests to
+the node's operations and turns results into JSON. It listens on loopback
+only and every request must carry `Authorization: Bearer <token>`, the token
+being the one written to `<repo>/api` (mode 0600) when the node is ready.
+
+Routes (all JSON unless noted):
+  GET  /v1/id                      GET /v1/peers
+  POST /v1/put      {path, profile, chunker, replicas}
+  POST /v1/get      {cid, output}
+  GET  /v1/cat?cid=&offset=&length=&tensor=   (streams raw bytes)
+  GET  /v1/ls[?cid=]               GET /v1/pins[?cid=]
+  POST /v1/pin/add {cid}           POST /v1/pin/rm {cid}
+  POST /v1/gc                      POST /v1/verify
+  POST /v1/car/export {cid, output}  POST /v1/car/import {path}
+  GET  /v1/status?cid=             POST /v1/audit {cid}
+  GET  /v1/energy
+Errors: `{"error": message, "hint": hint, "kind": ExceptionName}` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable
+from urllib.parse import parse_qs
+
+from store.errors import BlockNotFound, InvalidCID, NotPinned, StoreError
+
+from .errors import P2PError
+
+log = logging.getLogger("shoal.api")
+
+MAX_BODY_BYTES = 64 * 1024  # requests carry paths and CIDs, never data
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+JsonHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+StreamHandler = Callable[[dict[str, Any]], Awaitable[AsyncIterator[bytes]]]
+
+
+class ApiError(P2PError):
+    """A bad API request (missing field, wrong type); maps to HTTP 400."""
+
+
+def _status_for(exc: BaseException) -> int:
+    if isinstance(exc, (BlockNotFound, NotPinned)):
+        return 404
+    if isinstance(exc, (ApiError, InvalidCID)):
+        return 400
+    return 409 if isinstance(exc, (StoreError, P2PError)) else 500
+
+
+class ControlApi:
+    """Routes: (method, path) -> handler taking the merged query/body params."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+        self._json_routes: dict[tuple[str, str], JsonHandler] = {}
+        self._stream_routes: dict[tuple[str, str], StreamHandler] = {}
+
+    def json_route(self, method: str, path: str, handler: JsonHandler) -> None:
+        self._json_routes[(method, path)] = handler
+
+    def stream_route(self, method: str, path: str, handler: StreamHandler) -> None:
+        self._stream_routes[(method, path)] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if not self._authorized(scope):
+            await _send_json(send, 401, {"error": "missing or wrong API token", "kind": "Unauthorized"})
+            return
+        key = (scope["method"], scope["path"])
+        try:
+            params = await _params(scope, receive)
+            if key in self._json_routes:
+                result = await self._json_routes[key](params)
+                await _send_json(send, 200, result)
+            elif key in self._stream_routes:
+                chunks = await self._stream_routes[key](params)
+                await _send_stream(send, chunks)
+            else:
+                await _send_json(send, 404, {"error": f"no route {scope['method']} {scope['path']}", "kind": "NotFound"})
+        except (StoreError, P2PError) as exc:
+            await _send_json(send, _status_for(exc), {
+                "error": str(exc) or type(exc).__name__,
+                "hint": getattr(exc, "hint", ""),
+                "kind": type(exc).__name__,
+            })
+        except OSError as exc:
+            await _send_json(send, 409, {"error": f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                                         "hint": "", "kind": "OSError", "errno": exc.errno})
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and value.startswith(b"Bearer "):
+                return hmac.compare_digest(value[7:], self._token)
+        return False
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _params(scope: Scope, receive: Receive) -> dict[str, Any]:
+    params: dict[str, Any] = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    body = bytearray()
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError("request body too large")
+        if not message.get("more_body"):
+            break
+    if body:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise ApiError("request body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise ApiError("request body must be a JSON object")
+        params.update(doc)
+    return params
+
+
+async def _send_json(send: Send, status: int, doc: Any) -> None:
+    body = json.dumps(doc).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_stream(send: Send, chunks: AsyncIterator[bytes]) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")]})
+    async for chunk in chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def param(params: dict[str, Any], name: str, kind: type = str, default: Any = ..., ) -> Any:
+    """A typed request parameter; ApiError (HTTP 400) if missing or of the wrong type."""
+    if name not in params or params[name] is None:
+        if default is ...:
+            raise ApiError(f"missing parameter: {name}")
+        return default
+    value = params[name]
+    if kind is int:
+        if isinstance(value, bool):
+            raise ApiError(f"parameter {name} must be an integer")
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ApiError(f"parameter {name} must be an integer") from None
+        if value < 0:
+            raise ApiError(f"parameter {name} must not be negative")
+        return value
+    if not isinstance(value, kind):
+        raise ApiError(f"parameter {name} must be a {kind.__name__}")
+    return value

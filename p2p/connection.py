@@ -1,0 +1,233 @@
+"""One authenticated connection to a peer: requests out, requests in.
+
+The trio driver around the sans-IO pieces (FrameDecoder, codec, messages):
+- a reader task turns decrypted bytes into messages and routes each one:
+  responses go to the request that waits for them (matched by request id),
+  requests go to the node's handler in their own task;
+- a send lock keeps frames whole when several tasks send at once;
+- backpressure both ways: at most `max_inflight_out` of our requests are
+  outstanding (callers wait for a slot), and at most `max_inflight_in` of the
+  peer's requests are served at once (the next one gets ERROR busy).
+Malformed input gets an ERROR reply; too much of it, or any framing error,
+closes the connection. Nothing a peer sends can crash the node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Awaitable, Callable, Sequence
+
+import trio
+
+from . import codec, limits as L
+from .errors import P2PError, ProtocolError, RemoteProtocolError
+from .framing import FrameDecoder, encode_frame
+from .identity import PeerId
+from .messages import RESPONSES, Error, ErrorCode, Message
+
+log = logging.getLogger("shoal.conn")
+
+Handler = Callable[["PeerConnection", Message], Awaitable[Sequence[Message]]]
+MAX_MALFORMED = 16  # malformed messages tolerated before we hang up
+READ_SIZE = 256 * 1024
+
+
+class RequestFailed(P2PError):
+    """The peer answered a request with ERROR, or the connection closed first."""
+
+    def __init__(self, message: str, code: int = 0, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.timed_out = timed_out
+
+
+class _Pending:
+    """Collects the responses to one request until it is complete."""
+
+    def __init__(self, request: Message) -> None:
+        self.request = request
+        self.allowed = RESPONSES.get(type(request), ())
+        want = getattr(request, "cids", None)
+        self.remaining: set[bytes] | None = set(want) if want is not None else None
+        self.responses: list[Message] = []
+        self.done = trio.Event()
+        self.error: RequestFailed | None = None
+
+    def add(self, msg: Message) -> None:
+        if isinstance(msg, Error):
+            self.error = RequestFailed(msg.message or "peer error", msg.code)
+            self.done.set()
+            return
+        self.responses.append(msg)
+        if self.remaining is None:
+            self.done.set()
+            return
+        answered = getattr(msg, "cids", None)
+        if answered is None:
+            answered = (getattr(msg, "cid"),)
+        self.remaining.difference_update(answered)
+        if not self.remaining:
+            self.done.set()
+
+    def fail(self, why: str) -> None:
+        if not self.done.is_set():
+            self.error = RequestFailed(why)
+            self.done.set()
+
+
+class PeerConnection:
+    """Request/response multiplexing over one secure byte stream."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        remote_peer: PeerId,
+        handler: Handler,
+        *,
+        max_inflight_in: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
+        max_inflight_out: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
+    ) -> None:
+        self.stream = stream
+        self.remote_peer = remote_peer
+        self._handler = handler
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._out_slots = trio.Semaphore(max_inflight_out)
+        self._in_slots = trio.Semaphore(max_inflight_in)
+        self._closed = trio.Event()
+        self._malformed = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.remote_hello: Message | None = None
+        self.hello_received = trio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def next_request_id(self) -> int:
+        rid = next(self._ids)
+        if rid > L.MAX_REQUEST_ID:  # after four billion requests, start again
+            self._ids = itertools.count(2)
+            rid = 1
+        return rid
+
+    async def send(self, msg: Message) -> None:
+        frame = encode_frame(codec.encode(msg))
+        async with self._send_lock:
+            await self.stream.send_all(frame)
+        self.bytes_sent += len(frame)
+
+    async def request(self, make: Callable[[int], Message], timeout: float = L.REQUEST_TIMEOUT_S) -> list[Message]:
+        """Send `make(request_id)` and wait for its complete answer.
+
+        Raises RequestFailed on ERROR, timeout or a closed connection.
+        """
+        if self.closed:
+            raise RequestFailed("connection closed")
+        async with self._out_slots:
+            rid = self.next_request_id()
+            msg = make(rid)
+            pending = _Pending(msg)
+            self._pending[rid] = pending
+            try:
+                await self.send(msg)
+                with trio.move_on_after(timeout) as scope:
+                    await pending.done.wait()
+                if scope.cancelled_caught:
+                    raise RequestFailed(f"{type(msg).__name__} timed out after {timeout:g}s", timed_out=True)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise RequestFailed(f"connection lost: {exc}") from None
+            finally:
+                self._pending.pop(rid, None)
+            if pending.error is not None:
+                raise pending.error
+            return pending.responses
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read and dispatch until the connection ends; then fail what waits."""
+        decoder = FrameDecoder()
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    with trio.move_on_after(L.IDLE_TIMEOUT_S) as idle:
+                        data = await self.stream.receive_some(READ_SIZE)
+                    if idle.cancelled_caught:
+                        if self._pending:
+                            continue
+                        break
+                    if not data:
+                        break
+                    self.bytes_received += len(data)
+                    for payload in decoder.feed(data):
+                        await self._dispatch(payload, nursery)
+                nursery.cancel_scope.cancel()
+        except RemoteProtocolError as exc:
+            log.info("closing connection to %s: %s", self.remote_peer, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+            pass
+        finally:
+            self._closed.set()
+            for pending in list(self._pending.values()):
+                pending.fail("connection closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await trio.aclose_forcefully(self.stream)
+
+    async def _dispatch(self, payload: bytes, nursery: trio.Nursery) -> None:
+        try:
+            msg = codec.decode(payload)
+        except RemoteProtocolError as exc:
+            self._malformed += 1
+            if self._malformed > MAX_MALFORMED:
+                raise
+            code = getattr(exc, "code", ErrorCode.MALFORMED)
+            await self._try_send(Error(0, int(code), str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]))
+            return
+        if type(msg).ROLE == "hello":
+            if self.remote_hello is None:
+                self.remote_hello = msg
+                self.hello_received.set()
+            else:
+                self._malformed += 1
+            return
+        if type(msg).ROLE == "request":
+            if self._in_slots.value == 0:
+                await self._try_send(Error(msg.request_id, ErrorCode.BUSY, "too many requests in flight"))
+                return
+            await self._in_slots.acquire()
+            nursery.start_soon(self._serve, msg)
+            return
+        pending = self._pending.get(msg.request_id)
+        if pending is None or (pending.allowed and type(msg) not in pending.allowed):
+            if msg.request_id == 0 or pending is None:
+                return  # unsolicited or late (after a timeout): drop quietly
+            self._malformed += 1
+            return
+        pending.add(msg)
+
+    async def _serve(self, msg: Message) -> None:
+        try:
+            try:
+                replies = await self._handler(self, msg)
+            except P2PError as exc:
+                replies = [Error(msg.request_id, ErrorCode.REFUSED, str(exc)[:500])]
+            except Exception:  # a bug in a handler must not kill the connection
+                log.exception("handler failed for %s", type(msg).__name__)
+                replies = [Error(msg.request_id, ErrorCode.INTERNAL, "internal error")]
+            for reply in replies:
+                await self._try_send(reply)
+        finally:
+            self._in_slots.release()
+
+    async def _try_send(self, msg: Message) -> None:
+        try:
+            await self.send(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

@@ -1,0 +1,207 @@
+"""Fetch a DAG from the swarm: the trio driver around `exchange.FetchPlanner`.
+
+1. Ask connected peers who holds the root (WANT_HAVE), in parallel.
+2. Walk the DAG from the root. Blocks already stored are read locally, so
+   an interrupted fetch resumes where it stopped; missing ones go to the
+   planner, which spreads them over the holders and retries failures
+   elsewhere.
+3. Every block is hash-checked (`Blockstore.put` verifies) before it is
+   stored or its links are followed. A holder that sends a block that does
+   not match is dropped from the fetch and its reputation marked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import trio
+
+from store.cid import CID, RAW, cid_from_bytes
+from store.errors import BlockNotFound, HashMismatch, StoreError
+from store.exporter import iter_links
+
+from . import limits as L
+from .connection import RequestFailed
+from .errors import NoPeers, P2PError
+from .exchange import FetchPlanner
+from .identity import PeerId
+from .messages import Block, BlockMissing, Have, WantBlock, WantHave
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("shoal.fetch")
+
+FIND_TIMEOUT_S = 5.0
+
+
+class FetchFailed(P2PError):
+    """Some blocks could not be had from any holder."""
+
+
+@dataclass
+class FetchResult:
+    cid: CID
+    fetched_blocks: int = 0
+    fetched_bytes: int = 0
+    local_blocks: int = 0
+    holders: int = 0
+
+
+async def find_holders(node: "Node", root: CID, timeout: float = FIND_TIMEOUT_S) -> list[PeerId]:
+    """Connected peers that answer HAVE for `root`, asked all at once."""
+    found: list[PeerId] = []
+    raw = bytes(root)
+
+    async def ask(peer: PeerId) -> None:
+        conn = node.connection_to(peer)
+        if conn is None:
+            return
+        try:
+            replies = await conn.request(lambda rid: WantHave(rid, (raw,)), timeout=timeout)
+        except RequestFailed:
+            return
+        if any(isinstance(r, Have) and raw in r.cids for r in replies):
+            found.append(peer)
+
+    async with trio.open_nursery() as nursery:
+        for peer in node.connected_peers():
+            nursery.start_soon(ask, peer)
+    return found
+
+
+async def fetch_dag(
+    node: "Node",
+    root: CID,
+    *,
+    progress: Callable[[int], None] | None = None,
+    holders: list[PeerId] | None = None,
+    request_timeout: float = 20.0,
+    max_inflight_per_peer: int = 16,
+) -> FetchResult:
+    """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed."""
+    fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer)
+    return await fetch.run(holders)
+
+
+class _Fetch:
+    def __init__(self, node: "Node", root: CID, progress: Callable[[int], None] | None,
+                 request_timeout: float, max_inflight_per_peer: int) -> None:
+        self.node = node
+        self.store = node.repo.blockstore
+        self.root = root
+        self.progress = progress or (lambda n: None)
+        self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer, request_timeout=request_timeout)
+        self.result = FetchResult(root)
+        self.cids: dict[bytes, CID] = {}
+        self.events_send, self.events_recv = trio.open_memory_channel[tuple](math.inf)
+
+    async def run(self, holders: list[PeerId] | None) -> FetchResult:
+        async with self.node.store_guard.shared():
+            await self._consider([self.root])
+            if self.planner.finished:
+                return self.result
+            if holders is None:
+                holders = await find_holders(self.node, self.root)
+            if not holders:
+                raise NoPeers(f"no connected peer has {self.root}")
+            for peer in holders:
+                self.planner.add_holder(peer)
+            self.result.holders = len(holders)
+            async with trio.open_nursery() as nursery:
+                await self._loop(nursery)
+                nursery.cancel_scope.cancel()
+        if self.planner.failed:
+            raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of {self.root} from any peer")
+        return self.result
+
+    async def _loop(self, nursery: trio.Nursery) -> None:
+        while not self.planner.finished:
+            for peer, key in self.planner.next_requests(trio.current_time()):
+                nursery.start_soon(self._request, peer, key)
+            deadline = self.planner.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                event = await self.events_recv.receive()
+                await self._handle(event)
+                continue
+            self.planner.expire(trio.current_time())
+
+    async def _request(self, peer: PeerId, key: bytes) -> None:
+        conn = self.node.connection_to(peer)
+        if conn is None:
+            self.events_send.send_nowait(("gone", peer, key, None))
+            return
+        try:
+            replies = await conn.request(lambda rid: WantBlock(rid, (key,)), timeout=L.BLOCK_REQUEST_TIMEOUT_S)
+        except RequestFailed as exc:
+            kind = "gone" if conn.closed else ("timeout" if exc.timed_out else "fail")
+            self.events_send.send_nowait((kind, peer, key, None))
+            return
+        for reply in replies:
+            if isinstance(reply, Block) and reply.cid == key:
+                self.events_send.send_nowait(("block", peer, key, reply.data))
+                return
+            if isinstance(reply, BlockMissing):
+                break
+        self.events_send.send_nowait(("fail", peer, key, None))
+
+    async def _handle(self, event: tuple) -> None:
+        kind, peer, key, data = event
+        if kind == "gone":
+            self.planner.on_peer_gone(peer)
+            return
+        if kind in ("fail", "timeout"):
+            self.planner.on_failure(peer, key, timed_out=kind == "timeout")
+            if kind == "timeout":
+                self.node.peers.ensure(peer).reputation.timeouts += 1
+            return
+        cid = self.cids[key]
+        try:
+            await trio.to_thread.run_sync(self.store.put, cid, data)
+        except HashMismatch:
+            log.warning("peer %s sent a block that does not match %s", peer, cid)
+            self.node.peers.ensure(peer).reputation.corrupt += 1
+            self.planner.on_block(peer, key, valid=False)
+            return
+        self.planner.on_block(peer, key, valid=True)
+        self.node.peers.ensure(peer).reputation.delivered += 1
+        self.result.fetched_blocks += 1
+        self.result.fetched_bytes += len(data)
+        self.node.received_bytes += len(data)
+        self.progress(len(data))
+        if cid.codec.name != RAW:
+            try:
+                links = iter_links(cid, data)
+            except StoreError as exc:
+                raise FetchFailed(f"block {cid} of {self.root} is malformed: {exc}") from None
+            await self._consider(links)
+
+    async def _consider(self, cids: list[CID]) -> None:
+        """Queue missing blocks; walk present dag-pb blocks locally (resume)."""
+        stack = list(reversed(cids))
+        while stack:
+            cid = stack.pop()
+            key = bytes(cid)
+            if key in self.cids:
+                continue
+            self.cids[key] = cid
+            if not self.store.has(cid):
+                self.planner.want([key])
+                continue
+            self.result.local_blocks += 1
+            if cid.codec.name == RAW:
+                continue
+            try:
+                data = await trio.to_thread.run_sync(self.store.get, cid)
+            except HashMismatch:
+                self.store.delete(cid)  # corrupt local copy: fetch a good one
+                self.result.local_blocks -= 1
+                self.planner.want([key])
+                continue
+            except BlockNotFound:
+                self.planner.want([key])
+                continue
+            stack.extend(reversed(iter_links(cid, data)))

@@ -1,0 +1,327 @@
+"""A Shoal peer: listens, dials, says hello, exchanges peers, serves blocks.
+
+Structured concurrency throughout: `Node.run` owns one nursery; every
+listener, connection, dial and background loop is a task in it (or in a
+child nursery), and readiness is reported with `task_status.started()`.
+Store work (hashing, disk) runs in worker threads via `trio.to_thread`, so
+the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import trio
+
+from store.cid import CID, cid_from_bytes
+from store.errors import BlockNotFound, HashMismatch, StoreError
+from store.repo import Repo
+
+from . import limits as L
+from .connection import PeerConnection, RequestFailed
+from .errors import HandshakeError, P2PError
+from .guard import StoreGuard
+from .identity import Identity, PeerId
+from .messages import (
+    Block, BlockMissing, DontHave, Error, ErrorCode, GetPeers, Have, Hello, Message,
+    PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
+)
+from .multiaddr import Multiaddr
+from .peers import PeerRecord, PeerTable
+from .secure_stream import secure_accept, secure_dial
+
+log = logging.getLogger("shoal.node")
+
+AGENT = "shoal/0.1"
+DIAL_TIMEOUT_S = 5.0
+
+
+@dataclass
+class NodeOptions:
+    listen: list[Multiaddr] = field(default_factory=lambda: [Multiaddr("127.0.0.1", 0)])
+    bootstrap: list[Multiaddr] = field(default_factory=list)
+    pex_interval: float = 2.0
+    quota_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Node:
+    """One running peer over one repo (whose lock it holds)."""
+
+    def __init__(self, repo: Repo, identity: Identity, options: NodeOptions) -> None:
+        self.repo = repo
+        self.identity = identity
+        self.options = options
+        self.peers = PeerTable(identity.peer_id)
+        self.connections: dict[PeerId, list[PeerConnection]] = {}
+        self.listen_addrs: list[Multiaddr] = []
+        self._nursery: trio.Nursery | None = None
+        self._conn_count = 0
+        self._conn_changed = trio.Event()
+        self.extra_handlers: dict[type[Message], Any] = {}
+        self.store_guard = StoreGuard()
+        self.served_bytes = 0
+        self.received_bytes = 0
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.identity.peer_id
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus["Node"] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for addr in self.options.listen:
+                listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
+                for listener in listeners:
+                    host, port = listener.socket.getsockname()[:2]
+                    self.listen_addrs.append(Multiaddr(host, port, None, addr.family))
+                    nursery.start_soon(self._accept_loop, listener)
+            for addr in self.options.bootstrap:
+                if addr.peer_id is not None:
+                    self.peers.learn(addr.peer_id, [addr])
+                nursery.start_soon(self._dial_quietly, addr)
+            nursery.start_soon(self._peer_exchange_loop)
+            task_status.started(self)
+
+    def cancel(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def addrs_with_id(self) -> list[str]:
+        return [str(a.with_peer(self.peer_id)) for a in self.listen_addrs]
+
+    # -- connections -----------------------------------------------------------
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._handle_inbound, stream)
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        if self._conn_count >= L.MAX_CONNECTIONS_TOTAL:
+            await trio.aclose_forcefully(stream)
+            return
+        self._conn_count += 1
+        try:
+            try:
+                secure = await secure_accept(stream, self.identity, timeout=L.HANDSHAKE_TIMEOUT_S)
+            except (HandshakeError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("inbound handshake failed: %s", exc)
+                return
+            await self._run_connection(secure, secure.remote_peer, ready=None)
+        finally:
+            self._conn_count -= 1
+
+    async def connect(self, addr: Multiaddr) -> PeerConnection:
+        """Dial `addr` (proving its /p2p/ id if given) and return a live connection."""
+        if addr.peer_id is not None:
+            existing = self.connection_to(addr.peer_id)
+            if existing is not None:
+                return existing
+            if addr.peer_id == self.peer_id:
+                raise P2PError("refusing to dial ourselves")
+        with trio.fail_after(DIAL_TIMEOUT_S + L.HANDSHAKE_TIMEOUT_S):
+            try:
+                stream = await trio.open_tcp_stream(addr.host, addr.port)
+            except OSError as exc:
+                raise P2PError(f"cannot reach {addr}: {exc.strerror or exc}") from None
+            secure = await secure_dial(stream, self.identity, addr.peer_id, timeout=L.HANDSHAKE_TIMEOUT_S)
+        if secure.remote_peer == self.peer_id:
+            await secure.aclose()
+            raise P2PError("dialled ourselves")
+        ready: trio.MemorySendChannel[PeerConnection]
+        send, receive = trio.open_memory_channel[PeerConnection](1)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_connection, secure, secure.remote_peer, send)
+        async with receive:
+            try:
+                conn = await receive.receive()
+            except trio.EndOfChannel:
+                raise P2PError(f"{addr} closed the connection during hello") from None
+        self.peers.learn(conn.remote_peer, [addr])
+        return conn
+
+    async def _dial_quietly(self, addr: Multiaddr) -> None:
+        try:
+            await self.connect(addr)
+        except (P2PError, trio.TooSlowError, OSError) as exc:
+            log.info("dial %s failed: %s", addr, exc)
+            if addr.peer_id is not None:
+                rec = self.peers.get(addr.peer_id)
+                if rec is not None:
+                    rec.dial_failures += 1
+
+    async def _run_connection(
+        self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None"
+    ) -> None:
+        conns = self.connections.setdefault(peer, [])
+        if len(conns) >= L.MAX_CONNECTIONS_PER_PEER:
+            await trio.aclose_forcefully(stream)
+            if ready is not None:
+                await ready.aclose()
+            return
+        conn = PeerConnection(stream, peer, self._handle_request)
+        conns.append(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(conn.run)
+                await conn.send(self._hello())
+                with trio.move_on_after(L.HELLO_TIMEOUT_S):
+                    await conn.hello_received.wait()
+                if conn.remote_hello is None:
+                    await conn.aclose()
+                    return
+                self._on_hello(conn)
+                if ready is not None:
+                    await ready.send(conn)
+                    await ready.aclose()
+                    ready = None
+                self._notify()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+            pass
+        finally:
+            if ready is not None:
+                await ready.aclose()
+            conns.remove(conn)
+            if not conns:
+                self.connections.pop(peer, None)
+                self.peers.mark_connected(peer, False)
+            self._notify()
+
+    def _hello(self) -> Hello:
+        total, free = self._capacity()
+        return Hello(0, (L.PROTOCOL_VERSION,), tuple(str(a) for a in self.listen_addrs[: L.MAX_LISTEN_ADDRS]),
+                     AGENT, total, min(free, total))
+
+    def _capacity(self) -> tuple[int, int]:
+        usage = shutil.disk_usage(self.repo.path)
+        quota = self.options.quota_bytes
+        if quota is None:
+            return usage.total, usage.free
+        used = self.stored_bytes()
+        return quota, max(0, min(quota - used, usage.free))
+
+    def stored_bytes(self) -> int:
+        return sum(o.tsize for o in self.repo.objects())
+
+    def _on_hello(self, conn: PeerConnection) -> None:
+        hello = conn.remote_hello
+        assert isinstance(hello, Hello)
+        addrs = []
+        for text in hello.listen_addrs:
+            try:
+                addrs.append(Multiaddr.parse(text))
+            except P2PError:
+                continue
+        rec = self.peers.learn(conn.remote_peer, addrs)
+        if rec is not None:
+            rec.capacity_bytes, rec.free_bytes, rec.agent = hello.capacity_bytes, hello.free_bytes, hello.agent
+        self.peers.mark_connected(conn.remote_peer, True)
+
+    def _notify(self) -> None:
+        self._conn_changed.set()
+        self._conn_changed = trio.Event()
+
+    def connection_to(self, peer: PeerId) -> PeerConnection | None:
+        for conn in self.connections.get(peer, []):
+            if not conn.closed and conn.remote_hello is not None:
+                return conn
+        return None
+
+    def connected_peers(self) -> list[PeerId]:
+        return [p for p in list(self.connections) if self.connection_to(p) is not None]
+
+    async def wait_for_peers(self, count: int, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while len(self.connected_peers()) < count:
+                await self._conn_changed.wait()
+            return True
+        return False
+
+    # -- peer exchange -------------------------------------------------------------
+
+    async def _peer_exchange_loop(self) -> None:
+        while True:
+            await trio.sleep(self.options.pex_interval)
+            for peer in self.connected_peers():
+                conn = self.connection_to(peer)
+                if conn is None:
+                    continue
+                try:
+                    replies = await conn.request(lambda rid: GetPeers(rid, L.MAX_PEERS_PER_REPLY), timeout=5)
+                except RequestFailed:
+                    continue
+                for reply in replies:
+                    if isinstance(reply, Peers):
+                        self._learn_peers(reply)
+            assert self._nursery is not None
+            for rec in self.peers.dialable():
+                self._nursery.start_soon(self._dial_quietly, rec.addrs[0].with_peer(rec.peer_id))
+
+    def _learn_peers(self, reply: Peers) -> None:
+        for info in reply.peers:
+            try:
+                peer = PeerId.from_bytes(info.peer_id)
+                addrs = [Multiaddr.parse(a) for a in info.addrs]
+            except (P2PError, ValueError):
+                continue
+            self.peers.learn(peer, addrs)
+
+    # -- serving requests ---------------------------------------------------------------
+
+    async def _handle_request(self, conn: PeerConnection, msg: Message) -> Sequence[Message]:
+        rid = msg.request_id
+        if isinstance(msg, Ping):
+            return [Pong(rid, msg.payload)]
+        if isinstance(msg, GetPeers):
+            infos = []
+            for rec in self.peers.connected():
+                if rec.peer_id != conn.remote_peer and rec.addrs:
+                    infos.append(PeerInfo(rec.peer_id.to_bytes(), tuple(str(a) for a in rec.addrs[: L.MAX_ADDRS_PER_PEER])))
+                if len(infos) >= msg.max_peers:
+                    break
+            return [Peers(rid, tuple(infos))]
+        if isinstance(msg, WantHave):
+            return await self._serve_want_have(rid, msg.cids)
+        if isinstance(msg, WantBlock):
+            return await self._serve_blocks(conn, rid, msg.cids)
+        handler = self.extra_handlers.get(type(msg))
+        if handler is not None:
+            return await handler(conn, msg)
+        return [Error(rid, ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not served here")]
+
+    async def _serve_want_have(self, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
+        have, missing = [], []
+        for raw in cids:
+            try:
+                cid = cid_from_bytes(raw)
+                present = self.repo.blockstore.has(cid)
+            except StoreError:
+                present = False
+            (have if present else missing).append(raw)
+        out: list[Message] = []
+        if have:
+            out.append(Have(rid, tuple(have)))
+        if missing:
+            out.append(DontHave(rid, tuple(missing)))
+        return out
+
+    async def _serve_blocks(self, conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
+        out: list[Message] = []
+        for raw in cids:
+            try:
+                cid = cid_from_bytes(raw)
+                data = await trio.to_thread.run_sync(self.repo.blockstore.get, cid)
+            except (BlockNotFound, HashMismatch, StoreError):
+                out.append(BlockMissing(rid, raw))
+                continue
+            out.append(Block(rid, raw, data))
+            self.served_bytes += len(data)
+        return out

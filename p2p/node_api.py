@@ -1,0 +1,175 @@
+"""The node's control API routes: each one a thin async wrapper over store/
+and the node, with blocking store work in worker threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import trio
+
+from store import exporter
+from store.car import export_car_file
+from store.chunker import chunker_for
+from store.cid import CID, parse_cid
+from store.errors import BlockNotFound, InvalidInput
+from store.profiles import PROFILES
+
+from .api import ApiError, ControlApi, param
+from .fetch import fetch_dag
+from .node import Node
+
+READ_PIECE = 1024 * 1024
+
+
+def build_api(node: Node, token: str) -> ControlApi:
+    api = ControlApi(token)
+    repo = node.repo
+
+    async def run(fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args)
+
+    async def ensure_local(cid: CID) -> dict[str, Any]:
+        """Fetch whatever part of the DAG is not here yet (nothing if complete)."""
+        result = await fetch_dag(node, cid)
+        return {"fetched_blocks": result.fetched_blocks, "fetched_bytes": result.fetched_bytes,
+                "local_blocks": result.local_blocks, "holders": result.holders}
+
+    async def ident(p: dict[str, Any]) -> Any:
+        return {"peer_id": str(node.peer_id), "addrs": node.addrs_with_id()}
+
+    async def peers(p: dict[str, Any]) -> Any:
+        return [rec.as_json() for rec in node.peers.all()]
+
+    async def put(p: dict[str, Any]) -> Any:
+        path = Path(param(p, "path"))
+        profile_name = param(p, "profile", str, None)
+        if profile_name is not None and profile_name not in PROFILES:
+            raise ApiError(f"unknown profile {profile_name}")
+        chunker_name = param(p, "chunker", str, "fixed")
+        replicas = param(p, "replicas", int, 1)
+        profile = PROFILES[profile_name] if profile_name else repo.default_profile()
+        if not path.exists():
+            raise InvalidInput(f"no such file or directory: {path}")
+        chunker = chunker_for(chunker_name, profile, path)
+        async with node.store_guard.shared():
+            result = await run(lambda: repo.add(path, profile=profile, chunker=chunker))
+        doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
+        if replicas > 1:
+            placer = getattr(node, "replication", None)
+            if placer is None:
+                raise ApiError("replication is not available on this node")
+            doc["placement"] = await placer.place(result.cid, replicas)
+        return doc
+
+    async def get(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        output = Path(param(p, "output"))
+        stats = await ensure_local(cid)
+        await run(exporter.export_to_path, repo.blockstore, cid, output)
+        return {"cid": str(cid), "output": str(output), **stats}
+
+    async def fetch(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        return {"cid": str(cid), **(await ensure_local(cid))}
+
+    async def cat(p: dict[str, Any]) -> AsyncIterator[bytes]:
+        cid = parse_cid(param(p, "cid"))
+        offset = param(p, "offset", int, 0)
+        length = param(p, "length", int, None)
+        tensor = param(p, "tensor", str, None)
+        await ensure_local(cid)
+        if tensor is not None:
+            from store.tensors import tensor_window
+
+            offset, length = await run(tensor_window, repo.blockstore, cid, tensor, offset, length)
+        await run(exporter.stat, repo.blockstore, cid)  # errors before the response starts
+        pieces = exporter.read_file(repo.blockstore, cid, offset, length)
+
+        async def stream() -> AsyncIterator[bytes]:
+            while True:
+                piece = await run(next, pieces, None)
+                if piece is None:
+                    return
+                yield piece
+
+        return stream()
+
+    async def ls(p: dict[str, Any]) -> Any:
+        text = param(p, "cid", str, None)
+        if text is None:
+            objs = await run(repo.objects)
+            return [{"cid": o.cid, "name": o.name, "size": o.size, "kind": o.kind} for o in objs]
+        cid = parse_cid(text)
+        await ensure_local_root(cid)
+        entries = await run(exporter.list_dir, repo.blockstore, cid)
+        return [{"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries]
+
+    async def ensure_local_root(cid: CID) -> None:
+        if not repo.blockstore.has(cid):
+            await ensure_local(cid)
+
+    async def pins(p: dict[str, Any]) -> Any:
+        return [r.cid for r in await run(repo.pins)]
+
+    async def pin_add(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        async with node.store_guard.shared():
+            try:
+                await run(repo.pin_add, cid)
+            except BlockNotFound:
+                await ensure_local(cid)
+                await run(repo.pin_add, cid)
+        return {"pinned": str(cid)}
+
+    async def pin_rm(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        await run(repo.pin_rm, cid)
+        return {"unpinned": str(cid)}
+
+    async def gc(p: dict[str, Any]) -> Any:
+        async with node.store_guard.exclusive():
+            result = await run(repo.gc)
+        return {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
+
+    async def verify(p: dict[str, Any]) -> Any:
+        async with node.store_guard.exclusive():
+            report = await run(repo.verify)
+        return {"ok": report.ok, "corrupt_blocks": [str(k) for k in report.corrupt_blocks],
+                "incomplete_pins": [{"pin": str(a), "missing": str(b)} for a, b in report.incomplete_pins]}
+
+    async def car_export(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        output = Path(param(p, "output"))
+        await ensure_local(cid)
+        written = await run(export_car_file, repo.blockstore, cid, output)
+        return {"cid": str(cid), "output": str(output), "bytes": written}
+
+    async def car_import(p: dict[str, Any]) -> Any:
+        path = Path(param(p, "path"))
+        async with node.store_guard.shared():
+            result = await run(_import_car, repo, path)
+        return {"roots": [str(r) for r in result.roots], "blocks": result.blocks, "new_blocks": result.new_blocks}
+
+    api.json_route("GET", "/v1/id", ident)
+    api.json_route("GET", "/v1/peers", peers)
+    api.json_route("POST", "/v1/put", put)
+    api.json_route("POST", "/v1/get", get)
+    api.json_route("POST", "/v1/fetch", fetch)
+    api.stream_route("GET", "/v1/cat", cat)
+    api.json_route("GET", "/v1/ls", ls)
+    api.json_route("GET", "/v1/pins", pins)
+    api.json_route("POST", "/v1/pin/add", pin_add)
+    api.json_route("POST", "/v1/pin/rm", pin_rm)
+    api.json_route("POST", "/v1/gc", gc)
+    api.json_route("POST", "/v1/verify", verify)
+    api.json_route("POST", "/v1/car/export", car_export)
+    api.json_route("POST", "/v1/car/import", car_import)
+    for method, path, handler in getattr(node, "extra_routes", []):
+        api.json_route(method, path, handler)
+    return api
+
+
+def _import_car(repo: Any, path: Path) -> Any:
+    with open(path, "rb") as src:
+        return repo.import_car(src)
