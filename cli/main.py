@@ -23,12 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo", metavar="DIR", help="repo directory (default: $SHOAL_REPO or ~/.shoal)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands_store.register(sub)
-    try:
-        from . import commands_node
-    except ImportError:  # the node commands arrive with the p2p layer
-        pass
-    else:
-        commands_node.register(sub)
+    from . import commands_demo, commands_node
+
+    commands_node.register(sub)
+    commands_demo.register(sub)
     return parser
 
 
