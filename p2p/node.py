@@ -62,6 +62,8 @@ class Node:
         self._conn_count = 0
         self._conn_changed = trio.Event()
         self.extra_handlers: dict[type[Message], Any] = {}
+        self.extra_routes: list[tuple[str, str, Any]] = []
+        self.background: list[Any] = []  # async callables started with the node (audits...)
         self.store_guard = StoreGuard()
         self.served_bytes = 0
         self.received_bytes = 0
@@ -86,6 +88,8 @@ class Node:
                     self.peers.learn(addr.peer_id, [addr])
                 nursery.start_soon(self._dial_quietly, addr)
             nursery.start_soon(self._peer_exchange_loop)
+            for task in self.background:
+                nursery.start_soon(task)
             task_status.started(self)
 
     def cancel(self) -> None:
