@@ -43,3 +43,15 @@ class NoPeers(P2PError):
 
 class NodeNotRunning(P2PError):
     hint = "start one with `shoal node start`"
+
+
+class InvalidPeerId(InvalidMultiaddr):
+    """Text or bytes that are not a libp2p peer id."""
+
+    hint = "peer ids look like 12D3KooW... (Ed25519, base58btc)"
+
+
+class KeyFileError(P2PError):
+    """The identity key file is unreadable, corrupt or readable by others."""
+
+    hint = "chmod 600 it if it has not leaked, or delete it to create a new identity"

@@ -1,0 +1,260 @@
+"""The libp2p-noise handshake and transport session, sans IO (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from p2p.errors import DecryptError, HandshakeError, LocalProtocolError, PeerIdMismatch
+from p2p.identity import Identity, protobuf_bytes_field, protobuf_fields
+from p2p.noise import (
+    MAX_MESSAGE,
+    MAX_PLAINTEXT,
+    NoiseHandshake,
+    Role,
+    SecureSession,
+    _encode_payload,
+)
+
+ALICE = Identity.from_seed(b"a" * 32)
+BOB = Identity.from_seed(b"b" * 32)
+MALLORY = Identity.from_seed(b"m" * 32)
+
+
+def run(init: NoiseHandshake, resp: NoiseHandshake) -> tuple[SecureSession, SecureSession]:
+    """Pump messages between two handshakes until both complete."""
+    for _ in range(3):
+        sender, receiver = (init, resp) if init.my_turn else (resp, init)
+        receiver.read_message(sender.write_message())
+    assert init.complete and resp.complete
+    return init.session(), resp.session()
+
+
+def pair() -> tuple[SecureSession, SecureSession]:
+    return run(
+        NoiseHandshake(Role.INITIATOR, ALICE, BOB.peer_id),
+        NoiseHandshake(Role.RESPONDER, BOB),
+    )
+
+
+def test_handshake_proves_both_identities() -> None:
+    a, b = pair()
+    assert a.remote_peer == BOB.peer_id
+    assert b.remote_peer == ALICE.peer_id
+    assert a.handshake_hash == b.handshake_hash
+
+
+def test_transport_both_directions() -> None:
+    a, b = pair()
+    for i in range(5):
+        assert b.decrypt(a.encrypt(b"ping %d" % i)) == b"ping %d" % i
+        assert a.decrypt(b.encrypt(b"pong %d" % i)) == b"pong %d" % i
+    assert b.decrypt(a.encrypt(b"")) == b""
+
+
+def test_first_message_is_bare_ephemeral_key() -> None:
+    hs = NoiseHandshake(Role.INITIATOR, ALICE)
+    assert len(hs.write_message()) == 32  # no key yet, so the empty payload adds no tag
+
+
+def test_wrong_expected_peer_fails_before_revealing_identity() -> None:
+    init = NoiseHandshake(Role.INITIATOR, ALICE, MALLORY.peer_id)
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    resp.read_message(init.write_message())
+    with pytest.raises(PeerIdMismatch):
+        init.read_message(resp.write_message())
+    assert not init.complete and not init.my_turn
+    with pytest.raises(LocalProtocolError):
+        init.write_message()
+
+
+@pytest.mark.parametrize("step", [0, 1, 2])
+def test_tampered_handshake_message(step: int) -> None:
+    init = NoiseHandshake(Role.INITIATOR, ALICE)
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    hss = [init, resp]
+    for i in range(3):
+        sender, receiver = hss[i % 2], hss[(i + 1) % 2]
+        msg = sender.write_message()
+        if i == step:
+            msg = msg[:-1] + bytes([msg[-1] ^ 1])
+            if step == 0:
+                # Message 1 is a bare ephemeral key; a flipped bit changes the
+                # key, which only shows when the initiator reads message 2.
+                receiver.read_message(msg)
+                with pytest.raises(HandshakeError):
+                    sender.read_message(receiver.write_message())
+                return
+            with pytest.raises(DecryptError):
+                receiver.read_message(msg)
+            return
+        receiver.read_message(msg)
+
+
+@pytest.mark.parametrize("cut", [0, 10, 31, 33, 80])
+def test_truncated_handshake_message_two(cut: int) -> None:
+    init = NoiseHandshake(Role.INITIATOR, ALICE)
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    resp.read_message(init.write_message())
+    with pytest.raises(HandshakeError):
+        init.read_message(resp.write_message()[:cut])
+
+
+def test_oversized_handshake_message() -> None:
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    with pytest.raises(HandshakeError):
+        resp.read_message(b"\x09" * (MAX_MESSAGE + 1))
+
+
+def test_payload_signed_over_another_static_key_is_refused() -> None:
+    """A responder replaying someone else's signed payload cannot pass."""
+    init = NoiseHandshake(Role.INITIATOR, ALICE)
+    resp = NoiseHandshake(Role.RESPONDER, MALLORY)
+    # Mallory presents Bob's identity with a signature over a different static key.
+    other_static = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    stolen = _encode_payload(BOB, other_static)
+    resp.read_message(init.write_message())
+    msg = resp._hs.write_message(stolen)
+    with pytest.raises(HandshakeError):
+        init.read_message(msg)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xff\xff",
+        protobuf_bytes_field(1, BOB.public_key_proto),
+        protobuf_bytes_field(2, b"\x00" * 64),
+        protobuf_bytes_field(1, b"\x08\x00\x12\x00") + protobuf_bytes_field(2, b"\x00" * 64),
+    ],
+)
+def test_malformed_payload_is_refused(payload: bytes) -> None:
+    init = NoiseHandshake(Role.INITIATOR, ALICE)
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    resp.read_message(init.write_message())
+    with pytest.raises(HandshakeError):
+        init.read_message(resp._hs.write_message(payload))
+
+
+def test_unknown_payload_fields_are_ignored() -> None:
+    """Extensions (field 4) from other libp2p implementations must not break us."""
+    init = NoiseHandshake(Role.INITIATOR, ALICE, BOB.peer_id)
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    resp.read_message(init.write_message())
+    static_pub = resp._static_pub
+    payload = _encode_payload(BOB, static_pub) + protobuf_bytes_field(4, b"\x12\x05/yamux")
+    init.read_message(resp._hs.write_message(payload))
+    assert init.remote_peer == BOB.peer_id
+
+
+def test_out_of_turn_calls_are_local_errors() -> None:
+    init = NoiseHandshake(Role.INITIATOR, ALICE)
+    with pytest.raises(LocalProtocolError):
+        init.read_message(b"x" * 48)
+    with pytest.raises(LocalProtocolError):
+        init.session()
+    with pytest.raises(LocalProtocolError):
+        NoiseHandshake(Role.RESPONDER, BOB, ALICE.peer_id)
+
+
+def test_replayed_frame_fails() -> None:
+    a, b = pair()
+    frame = a.encrypt(b"once")
+    assert b.decrypt(frame) == b"once"
+    with pytest.raises(DecryptError):
+        b.decrypt(frame)
+
+
+def test_reordered_frames_fail() -> None:
+    a, b = pair()
+    first, second = a.encrypt(b"1"), a.encrypt(b"2")
+    with pytest.raises(DecryptError):
+        b.decrypt(second)
+    with pytest.raises(DecryptError):  # the session is dead after a failure
+        b.decrypt(first)
+
+
+def test_tampered_frame_fails() -> None:
+    a, b = pair()
+    frame = bytearray(a.encrypt(b"payload"))
+    frame[0] ^= 0x80
+    with pytest.raises(DecryptError):
+        b.decrypt(bytes(frame))
+
+
+def test_frame_from_own_direction_fails() -> None:
+    a, b = pair()
+    with pytest.raises(DecryptError):
+        a.decrypt(a.encrypt(b"reflected"))
+
+
+@pytest.mark.parametrize("size", [0, 15, MAX_MESSAGE + 1])
+def test_bad_frame_sizes(size: int) -> None:
+    _, b = pair()
+    with pytest.raises(DecryptError):
+        b.decrypt(b"\x00" * size)
+
+
+def test_message_size_bound() -> None:
+    a, b = pair()
+    big = b"\x01" * MAX_PLAINTEXT
+    frame = a.encrypt(big)
+    assert len(frame) == MAX_MESSAGE
+    assert b.decrypt(frame) == big
+    with pytest.raises(LocalProtocolError):
+        a.encrypt(big + b"\x01")
+
+
+def test_sessions_are_independent() -> None:
+    a1, _ = pair()
+    _, b2 = pair()
+    with pytest.raises(DecryptError):
+        b2.decrypt(a1.encrypt(b"cross-session"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_message_one_only_raises_handshake_errors(data: bytes) -> None:
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    try:
+        resp.read_message(data)
+    except HandshakeError:
+        return
+    assert len(data) >= 32 and resp.my_turn
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_message_two_only_raises_handshake_errors(data: bytes) -> None:
+    init = NoiseHandshake(Role.INITIATOR, ALICE)
+    init.write_message()
+    with pytest.raises(HandshakeError):
+        init.read_message(data)
+
+
+@given(st.binary(max_size=200))
+def test_fuzz_protobuf_fields_only_raises_value_error(data: bytes) -> None:
+    try:
+        list(protobuf_fields(data))
+    except ValueError:
+        pass
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=2000), max_size=10))
+def test_property_transport_round_trip(messages: list[bytes]) -> None:
+    a, b = pair()
+    for m in messages:
+        assert b.decrypt(a.encrypt(m)) == m
+        assert a.decrypt(b.encrypt(m)) == m
+
+
+def test_session_is_created_once() -> None:
+    """A second split would reuse nonces under the same keys."""
+    init = NoiseHandshake(Role.INITIATOR, ALICE)
+    resp = NoiseHandshake(Role.RESPONDER, BOB)
+    run(init, resp)
+    assert init.session() is init.session()
