@@ -69,3 +69,7 @@ class StorageFull(StoreError):
     """The disk is full (ENOSPC); nothing partial was committed."""
 
     hint = "free some disk space and try again"
+
+
+class ProofError(StoreError):
+    """A proof of storage or an object manifest that is malformed."""
