@@ -18,7 +18,17 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The remote sent bytes that break the protocol (malformed, too big...)."""
+    """The remote sent bytes that break the protocol (malformed, too big...).
+
+    `code` is the wire ErrorCode to answer with (1 = malformed) and
+    `request_id` the id the bad message carried (0 if unreadable), so the
+    sender's request fails at once instead of waiting for its timeout.
+    """
+
+    def __init__(self, message: str, *, code: int = 1, request_id: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
 
 
 class HandshakeError(P2PError):
