@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Sequence
 import trio
 
 from . import codec, limits as L
-from .errors import P2PError, ProtocolError, RemoteProtocolError
+from .errors import P2PError, RemoteProtocolError
 from .framing import FrameDecoder, encode_frame
 from .identity import PeerId
 from .messages import RESPONSES, Error, ErrorCode, Message
@@ -148,33 +148,41 @@ class PeerConnection:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read and dispatch until the connection ends; then fail what waits."""
-        decoder = FrameDecoder()
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
-                while True:
-                    with trio.move_on_after(L.IDLE_TIMEOUT_S) as idle:
-                        data = await self.stream.receive_some(READ_SIZE)
-                    if idle.cancelled_caught:
-                        if self._pending:
-                            continue
-                        break
-                    if not data:
-                        break
-                    self.bytes_received += len(data)
-                    for payload in decoder.feed(data):
-                        await self._dispatch(payload, nursery)
+                # Caught here, inside the nursery: anything that escapes a
+                # nursery body arrives wrapped in an ExceptionGroup, which
+                # plain `except` clauses outside would not match — and a peer
+                # dying mid-frame would then take the whole node down.
+                try:
+                    await self._read_loop(nursery)
+                except RemoteProtocolError as exc:
+                    log.info("closing connection to %s: %s", self.remote_peer, exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
+                    log.debug("connection to %s ended: %s", self.remote_peer, exc)
                 nursery.cancel_scope.cancel()
-        except RemoteProtocolError as exc:
-            log.info("closing connection to %s: %s", self.remote_peer, exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
-            pass
         finally:
             self._closed.set()
             for pending in list(self._pending.values()):
                 pending.fail("connection closed")
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        decoder = FrameDecoder()
+        while True:
+            with trio.move_on_after(L.IDLE_TIMEOUT_S) as idle:
+                data = await self.stream.receive_some(READ_SIZE)
+            if idle.cancelled_caught:
+                if self._pending:
+                    continue
+                return
+            if not data:
+                return
+            self.bytes_received += len(data)
+            for payload in decoder.feed(data):
+                await self._dispatch(payload, nursery)
 
     async def aclose(self) -> None:
         self._closed.set()
@@ -187,8 +195,8 @@ class PeerConnection:
             self._malformed += 1
             if self._malformed > MAX_MALFORMED:
                 raise
-            code = getattr(exc, "code", ErrorCode.MALFORMED)
-            await self._try_send(Error(0, int(code), str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]))
+            await self._try_send(Error(codec.error_request_id(exc), int(codec.error_code(exc)),
+                                       str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]))
             return
         if type(msg).ROLE == "hello":
             if self.remote_hello is None:
@@ -198,6 +206,9 @@ class PeerConnection:
                 self._malformed += 1
             return
         if type(msg).ROLE == "request":
+            if self.remote_hello is None:
+                await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED, "request before Hello"))
+                return
             if self._in_slots.value == 0:
                 await self._try_send(Error(msg.request_id, ErrorCode.BUSY, "too many requests in flight"))
                 return
@@ -231,3 +242,5 @@ class PeerConnection:
             await self.send(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except P2PError as exc:  # e.g. a reply too big for one frame: our bug, not the peer's
+            log.warning("could not send %s to %s: %s", type(msg).__name__, self.remote_peer, exc)
