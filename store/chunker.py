@@ -43,7 +43,7 @@ class FixedChunker:
     def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
         size = self.size
         while True:
-            buf = _read_exactly(stream, size)
+            buf = read_exactly(stream, size)
             if not buf:
                 return
             yield buf
@@ -51,7 +51,7 @@ class FixedChunker:
                 return
 
 
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+def read_exactly(stream: BinaryIO, size: int) -> bytes:
     """Read up to `size` bytes, looping over short reads (pipes, sockets)."""
     first = stream.read(size)
     if not first or len(first) == size:
