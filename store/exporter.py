@@ -1,0 +1,324 @@
+"""Read UnixFS DAGs back: stat, byte ranges, directory listings, export, walks.
+
+Every block is read through a `BlockGetter` (a blockstore's `get`, or later a
+network fetcher), which must return hash-verified bytes or raise
+BlockNotFound. Range reads use the parents' blocksizes to skip subtrees, so
+`read_file(cid, offset, length)` fetches only the blocks covering the range.
+
+The exporter trusts nothing in a DAG: blocksizes must match the children's
+real sizes and each File node's filesize, names must be safe path
+components, links must be CIDs. Violations raise MalformedBlock; missing
+blocks BlockNotFound; nothing else escapes on bad input. Traversals use
+explicit stacks, so a deep hostile DAG cannot exhaust the Python stack.
+
+Not here: HAMT writing (reading sharded directories is supported), symlink
+export (refused with InvalidInput, for the same reason import refuses them).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Union
+
+from . import dagpb, unixfs
+from .blockstore import Blockstore
+from .cid import CID, DAG_PB, RAW, cid_from_bytes
+from .errors import InvalidCID, InvalidInput, MalformedBlock
+from .unixfs import DataType, UnixFSData
+
+__all__ = [
+    "BlockGetter", "Stat", "DirEntry", "stat", "read_file", "list_dir",
+    "export_to_path", "walk_dag", "iter_links",
+]
+
+_WRITE_BUFFER = 4 * 1024 * 1024
+
+
+class BlockGetter(Protocol):
+    """Returns verified bytes for a CID, or raises BlockNotFound."""
+
+    def __call__(self, cid: CID) -> bytes: ...
+
+
+Source = Union[Blockstore, BlockGetter, Callable[[CID], bytes]]
+
+
+def _getter(source: Source) -> Callable[[CID], bytes]:
+    get = getattr(source, "get", None)
+    if callable(get):
+        return get  # type: ignore[no-any-return]
+    return source  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What a CID is. `size` is file bytes (None for directories)."""
+
+    cid: CID
+    kind: str  # "file", "dir", "raw" (a raw block) or "symlink"
+    size: int | None
+    block_size: int
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    cid: CID
+    size: int | None  # file bytes; None for directories or when not resolved
+    kind: str  # as in Stat, or "unknown" when not resolved
+
+
+def _child_cid(raw: bytes) -> CID:
+    try:
+        return cid_from_bytes(raw)
+    except InvalidCID as exc:
+        raise MalformedBlock(f"link to an unsupported CID: {exc}") from None
+
+
+def _decode_pb(cid: CID, block: bytes) -> tuple[dagpb.PBNode, UnixFSData]:
+    node = dagpb.decode(block)
+    if node.data is None:
+        raise MalformedBlock(f"{cid}: dag-pb node without UnixFS data")
+    return node, unixfs.decode(node.data)
+
+
+def _file_size(cid: CID, node: dagpb.PBNode, fs: UnixFSData) -> int:
+    """Check a File/Raw node's bookkeeping and return its content size."""
+    if len(fs.blocksizes) != len(node.links):
+        raise MalformedBlock(f"{cid}: {len(node.links)} links but {len(fs.blocksizes)} blocksizes")
+    size = fs.content_size()
+    if fs.filesize is not None and fs.filesize != size:
+        raise MalformedBlock(f"{cid}: filesize {fs.filesize} != data + blocksizes {size}")
+    return size
+
+
+def _is_dir(fs: UnixFSData) -> bool:
+    return fs.type in (DataType.DIRECTORY, DataType.HAMT_SHARD)
+
+
+def _kind(fs: UnixFSData) -> str:
+    if _is_dir(fs):
+        return "dir"
+    if fs.type == DataType.SYMLINK:
+        return "symlink"
+    if fs.type in (DataType.FILE, DataType.RAW):
+        return "file"
+    raise MalformedBlock(f"unsupported UnixFS type {fs.type.name}")
+
+
+def _stat_block(cid: CID, block: bytes) -> Stat:
+    codec = cid.codec.name
+    if codec == RAW:
+        return Stat(cid, "raw", len(block), len(block))
+    if codec != DAG_PB:
+        raise MalformedBlock(f"{cid}: codec {codec} is not UnixFS")
+    node, fs = _decode_pb(cid, block)
+    kind = _kind(fs)
+    if kind == "dir":
+        size = None
+    elif kind == "symlink":
+        size = len(fs.data or b"")
+    else:
+        size = _file_size(cid, node, fs)
+    return Stat(cid, kind, size, len(block))
+
+
+def stat(source: Source, cid: CID) -> Stat:
+    """Kind and size of the object at `cid`, from its root block only."""
+    return _stat_block(cid, _getter(source)(cid))
+
+
+def read_file(source: Source, cid: CID, offset: int = 0,
+              length: int | None = None) -> Iterator[bytes]:
+    """Yield the bytes [offset, offset+length) of a file, in order.
+
+    Only blocks overlapping the range are fetched. A range past the end
+    yields nothing; a range running past the end is cut at the end.
+    """
+    if offset < 0 or (length is not None and length < 0):
+        raise InvalidInput("offset and length must be non-negative")
+    get = _getter(source)
+    end = None if length is None else offset + length
+    if end is not None and end <= offset:
+        return
+    # Stack entries: (cid, absolute start of its content, size its parent promised).
+    stack: list[tuple[CID, int, int | None]] = [(cid, 0, None)]
+    while stack:
+        node_cid, start, promised = stack.pop()
+        block = get(node_cid)
+        if node_cid.codec.name == RAW:
+            if promised is not None and len(block) != promised:
+                raise MalformedBlock(f"{node_cid}: raw leaf of {len(block)} bytes, parent says {promised}")
+            yield from _slice(block, start, offset, end)
+            continue
+        if node_cid.codec.name != DAG_PB:
+            raise MalformedBlock(f"{node_cid}: codec {node_cid.codec.name} is not UnixFS")
+        node, fs = _decode_pb(node_cid, block)
+        if fs.type not in (DataType.FILE, DataType.RAW):
+            raise InvalidInput(f"{node_cid} is a {_kind(fs)}, not a file")
+        size = _file_size(node_cid, node, fs)
+        if promised is not None and size != promised:
+            raise MalformedBlock(f"{node_cid}: holds {size} bytes, parent says {promised}")
+        if fs.data:
+            yield from _slice(fs.data, start, offset, end)
+        child_start = start + len(fs.data or b"")
+        wanted: list[tuple[CID, int, int | None]] = []
+        for link, bs in zip(node.links, fs.blocksizes):
+            if child_start + bs > offset and (end is None or child_start < end):
+                wanted.append((_child_cid(link.hash), child_start, bs))
+            child_start += bs
+        stack.extend(reversed(wanted))
+
+
+def _slice(data: bytes, start: int, offset: int, end: int | None) -> Iterator[bytes]:
+    lo = max(0, offset - start)
+    hi = len(data) if end is None else min(len(data), end - start)
+    if hi > lo:
+        yield data[lo:hi] if (lo or hi != len(data)) else data
+
+
+def _check_name(name: str | None, parent: CID) -> str:
+    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+        raise MalformedBlock(f"{parent}: unsafe directory entry name {name!r}")
+    return name
+
+
+def _dir_links(get: Callable[[CID], bytes], cid: CID, node: dagpb.PBNode,
+               fs: UnixFSData) -> Iterator[tuple[str, CID]]:
+    """(name, cid) of a directory's entries; walks HAMT shards if needed."""
+    if fs.type == DataType.DIRECTORY:
+        for link in node.links:
+            yield _check_name(link.name, cid), _child_cid(link.hash)
+        return
+    stack = [(cid, node, fs)]
+    while stack:
+        shard_cid, shard, sfs = stack.pop()
+        if sfs.type != DataType.HAMT_SHARD or not sfs.fanout or sfs.fanout & (sfs.fanout - 1):
+            raise MalformedBlock(f"{shard_cid}: bad HAMT shard")
+        width = len(f"{sfs.fanout - 1:X}")
+        subs = []
+        for link in shard.links:
+            name = link.name or ""
+            if len(name) < width:
+                raise MalformedBlock(f"{shard_cid}: HAMT link name {name!r} too short")
+            child = _child_cid(link.hash)
+            if len(name) == width:
+                sub_node, sub_fs = _decode_pb(child, get(child))
+                subs.append((child, sub_node, sub_fs))
+            else:
+                yield _check_name(name[width:], shard_cid), child
+        stack.extend(reversed(subs))
+
+
+def list_dir(source: Source, cid: CID, resolve: bool = True) -> list[DirEntry]:
+    """Entries of a directory (flat or HAMT), in stored order.
+
+    With `resolve`, each entry's root block is fetched to report its kind
+    and size; without, raw entries are "file" and dag-pb ones "unknown".
+    """
+    get = _getter(source)
+    if cid.codec.name != DAG_PB:
+        raise InvalidInput(f"{cid} is not a directory")
+    node, fs = _decode_pb(cid, get(cid))
+    if not _is_dir(fs):
+        raise InvalidInput(f"{cid} is a {_kind(fs)}, not a directory")
+    out = []
+    for name, child in _dir_links(get, cid, node, fs):
+        if resolve:
+            st = _stat_block(child, get(child))
+            kind = "file" if st.kind == "raw" else st.kind
+            out.append(DirEntry(name, child, st.size, kind))
+        elif child.codec.name == RAW:
+            out.append(DirEntry(name, child, None, "file"))
+        else:
+            out.append(DirEntry(name, child, None, "unknown"))
+    return out
+
+
+def export_to_path(source: Source, cid: CID, dest: Path | str) -> None:
+    """Write the file or directory tree at `cid` to `dest`.
+
+    Files are written to a temp file beside their destination and renamed
+    into place, so a crash never leaves a partial file under its real name.
+    An existing file at `dest` is replaced; directories are created or
+    merged into.
+    """
+    get = _getter(source)
+    stack: list[tuple[CID, Path]] = [(cid, Path(dest))]
+    while stack:
+        node_cid, path = stack.pop()
+        block = get(node_cid)
+        st = _stat_block(node_cid, block)
+        if st.kind == "symlink":
+            raise InvalidInput(f"{path}: UnixFS symlinks are not exported")
+        if st.kind in ("file", "raw"):
+            _write_file(get, node_cid, path)
+            continue
+        node, fs = _decode_pb(node_cid, block)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create {path}: {exc.strerror or exc}") from None
+        children = [(c, path / name) for name, c in _dir_links(get, node_cid, node, fs)]
+        stack.extend(reversed(children))
+
+
+def _write_file(get: Callable[[CID], bytes], cid: CID, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".shoal-", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as f:
+            for piece in read_file(get, cid):
+                f.write(piece)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def iter_links(cid: CID, data: bytes) -> list[CID]:
+    """The CIDs a block links to: dag-pb links; nothing for raw blocks."""
+    codec = cid.codec.name
+    if codec == RAW:
+        return []
+    if codec != DAG_PB:
+        raise MalformedBlock(f"{cid}: cannot follow links of codec {codec}")
+    return [_child_cid(link.hash) for link in dagpb.decode(data).links]
+
+
+def walk_dag(source: Source, cid: CID) -> Iterator[tuple[CID, bytes]]:
+    """Every block of the DAG once, depth-first pre-order, as verified bytes.
+
+    Blocks are deduplicated by (codec, multihash): CIDv0 and CIDv1 of one
+    dag-pb block count once, and a raw CID never hides a dag-pb one's links.
+    """
+    get = _getter(source)
+    seen: set[tuple[int, bytes]] = set()
+    stack = [cid]
+    while stack:
+        current = stack.pop()
+        key = (current.codec.code, bytes(current.digest))
+        if key in seen:
+            continue
+        seen.add(key)
+        block = get(current)
+        yield current, block
+        stack.extend(reversed(iter_links(current, block)))

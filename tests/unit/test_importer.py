@@ -1,0 +1,246 @@
+"""Importer: the streaming builder against a batch model of the JS layout."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from store import dagpb, unixfs
+from store.blockstore import MemoryBlockstore
+from store.chunker import FixedChunker
+from store.cid import CID, make_cid
+from store.errors import InvalidInput
+from store.exporter import walk_dag
+from store.importer import ImportResult, file_leaf_block, import_bytes, import_file, import_path
+from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
+
+EMPTY_RAW = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+EMPTY_V0 = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+
+
+def small(profile: Profile, chunk: int, links: int) -> Profile:
+    return profile.with_overrides(chunk_size=chunk, max_links=links)
+
+
+def model_root(data: bytes, profile: Profile) -> tuple[str, int]:
+    """Batch re-statement of ipfs-unixfs-importer's balanced layout (not streaming)."""
+    size = profile.chunk_size
+    chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+
+    def leaf(c: bytes) -> tuple[CID, int, int]:
+        if profile.raw_leaves:
+            return make_cid("raw", c), len(c), len(c)
+        block = dagpb.encode(dagpb.PBNode((), unixfs.encode(unixfs.UnixFSData(unixfs.DataType.FILE, data=c))))
+        return make_cid("dag-pb", block, profile.cid_version), len(block), len(c)
+
+    def parent(kids: list[tuple[CID, int, int]]) -> tuple[CID, int, int]:
+        kids = [k for k in kids if k[2] > 0]
+        fs = unixfs.UnixFSData(unixfs.DataType.FILE, blocksizes=tuple(k[2] for k in kids))
+        node = dagpb.PBNode(tuple(dagpb.PBLink(bytes(k[0]), "", k[1]) for k in kids), unixfs.encode(fs))
+        block = dagpb.encode(node)
+        return (make_cid("dag-pb", block, profile.cid_version),
+                len(block) + sum(k[1] for k in kids), sum(k[2] for k in kids))
+
+    level = [leaf(c) for c in chunks]
+    if len(level) == 1:
+        return str(level[0][0]), level[0][1]
+    while True:
+        level = [parent(level[i:i + profile.max_links]) for i in range(0, len(level), profile.max_links)]
+        if len(level) == 1:
+            return str(level[0][0]), level[0][1]
+
+
+def data_of(n: int, seed: int = 0) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(b"%d-%d" % (seed, counter)).digest()
+        counter += 1
+    return bytes(out[:n])
+
+
+def test_empty_file() -> None:
+    bs = MemoryBlockstore()
+    r = import_bytes(b"", bs)
+    assert str(r.cid) == EMPTY_RAW and (r.size, r.tsize, r.blocks) == (0, 0, 1)
+    assert str(import_bytes(b"", bs, KUBO_LEGACY).cid) == EMPTY_V0
+
+
+def test_file_leaf_block_matches_codecs() -> None:
+    for n in (0, 1, 127, 128, 300, 70000):
+        c = data_of(n)
+        expected = dagpb.encode(dagpb.PBNode((), unixfs.encode(unixfs.UnixFSData(unixfs.DataType.FILE, data=c))))
+        assert file_leaf_block(c) == expected
+
+
+SIZES = [0, 1, 15, 16, 17, 32, 33, 16 * 4, 16 * 4 + 1, 16 * 16, 16 * 16 + 1, 16 * 17, 16 * 64, 16 * 64 + 5]
+
+
+@pytest.mark.parametrize("base", [UNIXFS_V1_2025, KUBO_LEGACY], ids=lambda p: p.name)
+@pytest.mark.parametrize("n", SIZES)
+def test_size_classes_match_model(base: Profile, n: int) -> None:
+    profile = small(base, 16, 4)
+    bs = MemoryBlockstore()
+    data = data_of(n)
+    r = import_bytes(data, bs, profile)
+    cid, tsize = model_root(data, profile)
+    assert str(r.cid) == cid
+    assert r.size == n and r.tsize == tsize
+    # Random data: no duplicate blocks, so the store holds exactly the DAG.
+    assert r.blocks == len(list(bs.keys()))
+    assert r.tsize == sum(len(block) for _, block in walk_dag(bs, r.cid))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 700), st.integers(1, 48), st.integers(2, 6), st.booleans(), st.integers(0, 1))
+def test_layout_property(n: int, chunk: int, links: int, raw: bool, version: int) -> None:
+    profile = UNIXFS_V1_2025.with_overrides(chunk_size=chunk, max_links=links, raw_leaves=raw,
+                                            cid_version=version)
+    data = data_of(n, seed=chunk)
+    r = import_bytes(data, MemoryBlockstore(), profile)
+    assert (str(r.cid), r.tsize) == model_root(data, profile)
+
+
+def test_real_profiles_multi_chunk() -> None:
+    for profile in (UNIXFS_V1_2025, KUBO_LEGACY):
+        data = data_of(profile.chunk_size * 2 + 7)
+        r = import_bytes(data, MemoryBlockstore(), profile)
+        assert (str(r.cid), r.tsize) == model_root(data, profile)
+
+
+def test_exact_chunk_is_its_leaf() -> None:
+    data = data_of(1024 * 1024)
+    r = import_bytes(data, MemoryBlockstore())
+    assert r.cid == make_cid("raw", data) and r.blocks == 1
+
+
+def test_duplicate_chunks_counted_like_tsize() -> None:
+    profile = small(UNIXFS_V1_2025, 8, 4)
+    bs = MemoryBlockstore()
+    r = import_bytes(b"\x00" * 64, bs, profile)
+    assert r.blocks == 8 + 2 + 1
+    assert len(list(bs.keys())) == 1 + 1 + 1
+
+
+class CountingStream(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        n = min(len(b), self.left)
+        b[:n] = b"\x01" * n
+        self.left -= n
+        self.reads += 1
+        return n
+
+
+class TrackingChunker:
+    name = "tracking"
+
+    def __init__(self, size: int, bs: "TrackingStore") -> None:
+        self.inner = FixedChunker(size)
+        self.bs = bs
+        self.max_ahead = 0
+        self.yielded = 0
+
+    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+        for c in self.inner.chunks(stream):
+            self.yielded += 1
+            self.max_ahead = max(self.max_ahead, self.yielded - self.bs.puts)
+            yield c
+
+
+class TrackingStore(MemoryBlockstore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+
+    def put_trusted(self, cid: CID, data: bytes) -> bool:
+        self.puts += 1
+        return super().put_trusted(cid, data)
+
+
+def test_streaming_bounds_chunks_in_flight() -> None:
+    bs = TrackingStore()
+    chunker = TrackingChunker(64 * 1024, bs)
+    stream = io.BufferedReader(CountingStream(64 * 1024 * 200))
+    seen: list[int] = []
+    r = import_file(stream, bs, UNIXFS_V1_2025, chunker, progress=seen.append)
+    assert r.size == 64 * 1024 * 200 and sum(seen) == r.size
+    assert chunker.max_ahead <= 2 * (os.cpu_count() or 1) + 2
+
+
+def test_chunker_overrides_profile_chunk_size() -> None:
+    data = data_of(100)
+    a = import_bytes(data, MemoryBlockstore(), small(UNIXFS_V1_2025, 10, 4))
+    b = import_bytes(data, MemoryBlockstore(), UNIXFS_V1_2025.with_overrides(max_links=4), FixedChunker(10))
+    assert a.cid == b.cid
+
+
+def make_tree(root: Path) -> None:
+    (root / "b").mkdir(parents=True)
+    (root / "b" / "empty-dir").mkdir()
+    (root / "b" / "f").write_bytes(data_of(100))
+    (root / "a").write_bytes(b"")
+    (root / "C").write_bytes(b"upper case sorts first")
+
+
+def test_import_directory(tmp_path: Path) -> None:
+    make_tree(tmp_path / "t")
+    bs = MemoryBlockstore()
+    r = import_path(tmp_path / "t", bs, small(UNIXFS_V1_2025, 16, 4))
+    assert r.size == 100 + 22
+    root = dagpb.decode(bs.get(r.cid))
+    assert [link.name for link in root.links] == ["C", "a", "b"]
+    assert unixfs.decode(root.data or b"").type == unixfs.DataType.DIRECTORY
+    assert r.tsize == len(bs.get(r.cid)) + sum(link.tsize or 0 for link in root.links)
+
+
+def test_import_path_file(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"hello")
+    r = import_path(tmp_path / "x", MemoryBlockstore())
+    assert r.cid == make_cid("raw", b"hello")
+
+
+def test_refuses_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "target").write_bytes(b"x")
+    (tmp_path / "d" / "link").symlink_to("target")
+    with pytest.raises(InvalidInput, match="symlink"):
+        import_path(tmp_path / "d", MemoryBlockstore())
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput):
+        import_path(tmp_path / "nope", MemoryBlockstore())
+
+
+def test_non_utf8_name_round_trips(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    raw_name = b"caf\xe9"
+    with open(os.path.join(os.fsencode(d), raw_name), "wb") as f:
+        f.write(b"x")
+    bs = MemoryBlockstore()
+    r = import_path(d, bs)
+    assert raw_name in bs.get(r.cid)
+
+
+def test_directory_that_needs_hamt_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(20):
+        (d / f"file-{i:03d}").write_bytes(b"")
+    with pytest.raises(InvalidInput, match="HAMT"):
+        import_path(d, MemoryBlockstore(), UNIXFS_V1_2025.with_overrides(hamt_threshold_bytes=500))
+    assert isinstance(import_path(d, MemoryBlockstore()), ImportResult)
