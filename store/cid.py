@@ -9,6 +9,7 @@ it is used or stored.
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 
 from multiformats import CID, multihash
 
@@ -27,14 +28,64 @@ __all__ = [
 ]
 
 
-def cid_for_digest(codec: str, digest: bytes, version: int = 1) -> CID:
-    """Build a CID from a precomputed sha2-256 digest."""
+def _slow_cid(codec: str, digest: bytes, version: int) -> CID:
     mh = multihash.wrap(digest, "sha2-256")
     if version == 0:
         if codec != DAG_PB:
             raise InvalidCID("CIDv0 can only address dag-pb blocks")
         return CID("base58btc", 0, DAG_PB, mh)
     return CID("base32", 1, codec, mh)
+
+
+def _cid_maker(codec: str, version: int) -> Callable[[bytes], CID]:
+    """A fast digest -> CID constructor for one (codec, version).
+
+    `multiformats.CID(...)` validates everything and costs ~0.1-0.2 ms, which
+    shows at thousands of blocks per GiB, on import and on every link read.
+    Its internal constructor skips that; it is used only if it provably
+    builds the same CID as the public path, so a library change degrades
+    speed, never correctness.
+    """
+
+    def slow(digest: bytes) -> CID:
+        return _slow_cid(codec, digest, version)
+
+    probe = hashlib.sha256(b"shoal").digest()
+    reference = slow(probe)
+    new_instance = getattr(CID, "_new_instance", None)
+    if new_instance is None:
+        return slow
+    base, vers, cod, hashfun = reference.base, reference.version, reference.codec, reference.hashfun
+
+    def fast(digest: bytes) -> CID:
+        return new_instance(CID, base, vers, cod, hashfun, b"\x12\x20" + digest)  # type: ignore[no-any-return]
+
+    try:
+        if fast(probe) == reference and str(fast(probe)) == str(reference) and bytes(fast(probe)) == bytes(reference):
+            return fast
+    except Exception:  # any internal API drift: use the public constructor
+        pass
+    return slow
+
+
+_MAKERS: dict[tuple[str, int], Callable[[bytes], CID]] = {}
+
+
+def _maker(codec: str, version: int) -> Callable[[bytes], CID]:
+    key = (codec, version)
+    maker = _MAKERS.get(key)
+    if maker is None:
+        if version == 0 and codec != DAG_PB:
+            raise InvalidCID("CIDv0 can only address dag-pb blocks")
+        maker = _MAKERS[key] = _cid_maker(codec, version)
+    return maker
+
+
+def cid_for_digest(codec: str, digest: bytes, version: int = 1) -> CID:
+    """Build a CID from a precomputed sha2-256 digest."""
+    if len(digest) != 32:
+        raise InvalidCID("a sha2-256 digest is 32 bytes")
+    return _maker(codec, version)(bytes(digest))
 
 
 def make_cid(codec: str, data: bytes | memoryview, version: int = 1) -> CID:
@@ -66,12 +117,20 @@ def parse_cid(text: str) -> CID:
     return _check_supported(cid)
 
 
+_V1_PREFIXES = {b"\x01\x55\x12\x20": RAW, b"\x01\x70\x12\x20": DAG_PB}
+
+
 def cid_from_bytes(raw: bytes) -> CID:
     """Decode a binary CID (as found in dag-pb links and CAR files)."""
+    raw = bytes(raw)
+    if len(raw) == 34 and raw[:2] == b"\x12\x20":
+        return cid_for_digest(DAG_PB, raw[2:], 0)
+    if len(raw) == 36 and raw[:4] in _V1_PREFIXES:
+        return cid_for_digest(_V1_PREFIXES[raw[:4]], raw[4:], 1)
     try:
-        cid = CID.decode(bytes(raw))
+        cid = CID.decode(raw)
     except Exception as exc:
-        raise InvalidCID(f"not a binary CID: {bytes(raw[:40]).hex()}") from exc
+        raise InvalidCID(f"not a binary CID: {raw[:40].hex()}") from exc
     if cid.version == 1:
         cid = cid.set(base="base32")  # binary CIDs carry no base; print v1 as bafy...
     return _check_supported(cid)

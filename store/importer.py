@@ -84,44 +84,8 @@ class _Node:
     kind: str = "file"  # "file", "dir" (has entries) or "emptydir"
 
 
-def _cid_maker(codec: str, version: int) -> Callable[[bytes], CID]:
-    """A fast digest -> CID constructor.
-
-    `multiformats.CID(...)` validates everything and costs ~0.1-0.2 ms, which
-    is noticeable at thousands of blocks per GiB. Its internal constructor
-    skips that; we use it only if it provably builds the same CID as the
-    public path, so a library change degrades speed, never correctness.
-    """
-
-    def slow(digest: bytes) -> CID:
-        return cid_for_digest(codec, digest, version)
-
-    probe = hashlib.sha256(b"shoal").digest()
-    reference = slow(probe)
-    new_instance = getattr(CID, "_new_instance", None)
-    if new_instance is None:
-        return slow
-    base, vers, cod, hashfun = reference.base, reference.version, reference.codec, reference.hashfun
-
-    def fast(digest: bytes) -> CID:
-        return new_instance(CID, base, vers, cod, hashfun, b"\x12\x20" + digest)  # type: ignore[no-any-return]
-
-    try:
-        if fast(probe) == reference and str(fast(probe)) == str(reference):
-            return fast
-    except Exception:  # any internal API drift: use the public constructor
-        pass
-    return slow
-
-
-_MAKERS: dict[tuple[str, int], Callable[[bytes], CID]] = {}
-
-
 def _maker(codec: str, version: int) -> Callable[[bytes], CID]:
-    key = (codec, version)
-    if key not in _MAKERS:
-        _MAKERS[key] = _cid_maker(codec, version)
-    return _MAKERS[key]
+    return lambda digest: cid_for_digest(codec, digest, version)
 
 
 def _cid_bytes(codec_code: int, version: int, digest: bytes) -> bytes:
