@@ -1,0 +1,398 @@
+"""The repo: one directory holding a node's blocks, index, config and lock.
+
+```
+<repo>/config.toml     settings (store.config), written last by init
+<repo>/index.sqlite    objects, pins, pin membership (store.index)
+<repo>/blocks/         block files (store.flatfs)
+<repo>/repo.lock       flock'd by whoever writes: an offline command or the node
+<repo>/identity.key    created by p2p/, not here (see `Repo.identity_path`)
+```
+
+Crash rules (details in docs/ARCHITECTURE.md): blocks are written and made
+durable before the single index transaction that references them, so the
+index never points at a block that may not exist; `gc` deletes only blocks
+outside the committed pin set, so stopping it at any moment loses nothing
+pinned; anything a crash leaves behind (unreferenced blocks, `*.tmp` files)
+is garbage that `gc` or `verify` removes.
+
+Not here: the network, the node's API, identity keys, CAR files.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from .cid import CID, RAW, block_key, parse_cid
+from .config import default_config, load_config, merge, save_config
+from .errors import (
+    BlockNotFound, HashMismatch, InvalidInput, NotPinned, RepoError, RepoLocked,
+    RepoNotInitialized, StorageFull,
+)
+from .flatfs import FlatfsBlockstore
+from .index import Index, ObjectRecord, PinRecord
+from .profiles import DEFAULT_PROFILE, PROFILES, Profile
+
+if TYPE_CHECKING:
+    from .chunker import Chunker
+    from .importer import ImportResult
+
+__all__ = ["Repo", "GcResult", "VerifyReport", "resolve_repo_path", "ENV_VAR"]
+
+ENV_VAR = "SHOAL_REPO"
+CONFIG_FILE = "config.toml"
+INDEX_FILE = "index.sqlite"
+BLOCKS_DIR = "blocks"
+LOCK_FILE = "repo.lock"
+
+
+def resolve_repo_path(cli_value: str | None) -> Path:
+    """`--repo DIR`, else `$SHOAL_REPO`, else `~/.shoal`."""
+    if cli_value:
+        return Path(cli_value).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".shoal"
+
+
+@dataclass(frozen=True)
+class GcResult:
+    removed_blocks: int
+    freed_bytes: int
+    temp_files_removed: int = 0
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """`ok` only if no block is corrupt and every pinned DAG is complete."""
+
+    ok: bool
+    corrupt_blocks: list[str] = field(default_factory=list)  # block keys
+    incomplete_pins: list[tuple[str, str]] = field(default_factory=list)  # (pin, missing or bad CID)
+    blocks_checked: int = 0
+    temp_files_removed: int = 0
+
+
+class _SharedExclusive:
+    """Many writers (imports, fetches) may run together; gc and verify run alone.
+
+    gc must never see blocks that an import wrote but has not yet recorded.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class Repo:
+    """An open repo. Use `Repo.init` or `Repo.open`; close it (or use `with`)."""
+
+    def __init__(self, path: Path, lock_fd: int | None) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._guard = _SharedExclusive()
+        self.config: dict[str, Any] = load_config(path / CONFIG_FILE)
+        self.index = Index(path / INDEX_FILE, migrate=lock_fd is not None)
+        try:
+            self.blockstore = FlatfsBlockstore(path / BLOCKS_DIR)
+        except BaseException:
+            self.index.close()
+            raise
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: Path, *, config: dict[str, Any] | None = None) -> "Repo":
+        """Create a repo at `path` and return it open and locked.
+
+        config.toml is written last: a crash mid-init leaves a directory that
+        `open` calls uninitialized and `init` can complete.
+        """
+        path = Path(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise RepoError(f"cannot create repo {path}: {exc.strerror}") from exc
+        fd = _acquire_lock(path)
+        try:
+            if (path / CONFIG_FILE).exists():
+                raise RepoError(f"{path} is already a shoal repo")
+            FlatfsBlockstore(path / BLOCKS_DIR)
+            Index(path / INDEX_FILE).close()
+            save_config(path / CONFIG_FILE, merge(default_config(), config or {}))
+            return cls(path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def open(cls, path: Path, *, lock: bool = True) -> "Repo":
+        """Open an existing repo; RepoNotInitialized or RepoLocked otherwise.
+
+        `lock=False` is for read-only use next to a running node: every
+        method that writes then raises RepoError.
+        """
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise RepoNotInitialized(f"no shoal repo at {path}")
+        fd = _acquire_lock(path) if lock else None
+        try:
+            return cls(path, fd)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+
+    def close(self) -> None:
+        self.index.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "Repo":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def identity_path(self) -> Path:
+        """Where p2p/ keeps the node's Ed25519 key (mode 0600); not created here."""
+        return self.path / "identity.key"
+
+    @property
+    def api_path(self) -> Path:
+        """Where a running node writes its API address and token."""
+        return self.path / "api"
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold while writing blocks that will be pinned later (e.g. a fetch): gc waits."""
+        self._check_writable()
+        with self._guard.shared():
+            yield
+
+    def _check_writable(self) -> None:
+        if self._lock_fd is None:
+            raise RepoError(f"repo {self.path} was opened without its lock (read-only)")
+
+    # -- objects and pins -----------------------------------------------------
+
+    def default_profile(self) -> Profile:
+        name = str(self.config.get("store", {}).get("profile", DEFAULT_PROFILE.name))
+        try:
+            return PROFILES[name]
+        except KeyError:
+            raise RepoError(f"unknown profile {name!r} in {self.path / CONFIG_FILE}") from None
+
+    def add(
+        self,
+        path: Path,
+        profile: Profile | None = None,
+        chunker: "Chunker | None" = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> "ImportResult":
+        """Import a file or directory and pin it.
+
+        Blocks are written (and flushed) first; then one transaction records
+        the object, its recursive pin and the pin's block set. Adding the
+        same bytes again stores nothing new.
+        """
+        from .importer import import_path
+
+        path = Path(path)
+        if not path.exists():
+            raise InvalidInput(f"no such file or directory: {path}")
+        profile = profile or self.default_profile()
+        with self.writing():
+            result = import_path(path, self.blockstore, profile=profile, chunker=chunker, progress=progress)
+            keys = self.dag_keys(result.cid)
+            self.blockstore.flush()
+            record = ObjectRecord(
+                cid=str(result.cid),
+                name=path.resolve().name,
+                kind="directory" if path.is_dir() else "file",
+                size=result.size,
+                tsize=result.tsize,
+                blocks=result.blocks,
+                profile=profile.name,
+                chunker=getattr(chunker, "name", "fixed"),
+            )
+            self.index.record_put(record, keys)
+        return result
+
+    def pin_add(self, cid: CID | str, recursive: bool = True) -> None:
+        """Pin a DAG already in the blockstore; BlockNotFound if any block is missing."""
+        cid = _as_cid(cid)
+        with self.writing():
+            if recursive:
+                keys = self.dag_keys(cid)
+            else:
+                if not self.blockstore.has(cid):
+                    raise BlockNotFound(cid)
+                keys = {block_key(cid)}
+            self.blockstore.flush()
+            self.index.add_pin(str(cid), recursive, keys)
+
+    def pin_rm(self, cid: CID | str) -> None:
+        """Unpin; its blocks are removed at the next gc unless another pin holds them."""
+        cid = _as_cid(cid)
+        self._check_writable()
+        if not self.index.remove_pin(str(cid)):
+            raise NotPinned(f"not pinned: {cid}")
+
+    def pins(self) -> list[PinRecord]:
+        return self.index.pins()
+
+    def objects(self) -> list[ObjectRecord]:
+        return self.index.objects()
+
+    def dag_keys(self, root: CID) -> set[str]:
+        """Every block key of the DAG under `root`; BlockNotFound if one is absent.
+
+        Raw leaves (the bulk of the bytes) are only checked for presence:
+        they have no links, and re-hashing them is verify's job. dag-pb nodes
+        are read (hence hash-checked) to follow their links.
+        """
+        keys: set[str] = set()
+        for cid, problem in self._walk(root):
+            if problem is not None:
+                raise problem
+            keys.add(block_key(cid))
+        return keys
+
+    def _walk(self, root: CID) -> Iterator[tuple[CID, BlockNotFound | HashMismatch | None]]:
+        """Yield (cid, None) per present block, (cid, error) per missing or bad one."""
+        from .exporter import iter_links
+
+        seen: set[tuple[int, str]] = set()
+        stack = [root]
+        while stack:
+            cid = stack.pop()
+            # The codec is part of the visit key: raw and dag-pb readings of
+            # the same bytes differ in links.
+            visit = (int(cid.codec.code), block_key(cid))
+            if visit in seen:
+                continue
+            seen.add(visit)
+            if cid.codec.name == RAW:
+                if self.blockstore.has(cid):
+                    yield cid, None
+                else:
+                    yield cid, BlockNotFound(cid)
+                continue
+            try:
+                data = self.blockstore.get(cid)
+            except (BlockNotFound, HashMismatch) as exc:
+                yield cid, exc
+                continue
+            yield cid, None
+            stack.extend(reversed(iter_links(cid, data)))
+
+    # -- maintenance ---------------------------------------------------------
+
+    def gc(self) -> GcResult:
+        """Delete every block no pin protects; forget objects whose root went with them."""
+        self._check_writable()
+        with self._guard.exclusive():
+            live = self.index.live_keys()
+            removed = freed = 0
+            for key in list(self.blockstore.keys()):
+                if key in live:
+                    continue
+                freed += self.blockstore.size_of_key(key)
+                self.blockstore.delete_key(key)
+                removed += 1
+            temps = self.blockstore.cleanup_temp()
+            gone = [o.cid for o in self.index.objects() if not self.blockstore.has(parse_cid(o.cid))]
+            if gone:
+                self.index.forget_objects(gone)
+        return GcResult(removed, freed, temps)
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every block, check every pinned DAG is complete, drop stale temp files."""
+        self._check_writable()
+        with self._guard.exclusive():
+            temps = self.blockstore.cleanup_temp()
+            corrupt: list[str] = []
+            checked = 0
+            for key, ok in self.blockstore.verify_all():
+                checked += 1
+                if not ok:
+                    corrupt.append(key)
+            incomplete: list[tuple[str, str]] = []
+            for pin in self.index.pins():
+                pin_cid = parse_cid(pin.cid)
+                if pin.recursive:
+                    bad = [(pin.cid, str(c)) for c, problem in self._walk(pin_cid) if problem is not None]
+                elif not self.blockstore.has(pin_cid):
+                    bad = [(pin.cid, pin.cid)]
+                else:
+                    bad = []
+                incomplete.extend(bad)
+        ok = not corrupt and not incomplete
+        return VerifyReport(ok, sorted(corrupt), incomplete, checked, temps)
+
+
+def _as_cid(cid: CID | str) -> CID:
+    return parse_cid(cid) if isinstance(cid, str) else cid
+
+
+def _acquire_lock(path: Path) -> int:
+    """Take `<repo>/repo.lock` exclusively, without waiting; RepoLocked if held."""
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"cannot create {lock_path}: disk full") from exc
+        raise RepoError(f"cannot open {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise RepoLocked(f"repo {path} is in use by another shoal process{who}") from None
+    except OSError as exc:
+        os.close(fd)
+        raise RepoError(f"cannot lock {lock_path}: {exc.strerror}") from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only a diagnostic; the flock is what counts
+    return fd

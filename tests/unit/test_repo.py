@@ -1,0 +1,388 @@
+"""Repo: init/open/lock, config, add, pins, gc, verify, crash and disk-full behaviour."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from store.cid import CID, block_key, make_cid
+from store.config import DEFAULTS, dumps, load_config, merge, save_config
+from store.errors import BlockNotFound, NotPinned, RepoError, RepoLocked, RepoNotInitialized, StorageFull
+from store.flatfs import shard_of
+from store.profiles import DEFAULT_PROFILE
+from store.repo import GcResult, Repo, resolve_repo_path
+
+ROOT = Path(__file__).resolve().parents[2]
+# Small chunks and fan-out: multi-level DAGs from a few KiB of data.
+SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=1024, max_links=4)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repo]:
+    with Repo.init(tmp_path / "repo") as r:
+        yield r
+
+
+def _block_path(repo: Repo, key: str) -> Path:
+    return repo.path / "blocks" / shard_of(key) / f"{key}.data"
+
+
+def _raw(repo: Repo, data: bytes) -> CID:
+    cid = make_cid("raw", data)
+    repo.blockstore.put(cid, data)
+    return cid
+
+
+# -- paths, init, open, lock ------------------------------------------------
+
+def test_resolve_repo_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SHOAL_REPO", str(tmp_path / "env"))
+    assert resolve_repo_path(str(tmp_path / "cli")) == tmp_path / "cli"
+    assert resolve_repo_path(None) == tmp_path / "env"
+    monkeypatch.delenv("SHOAL_REPO")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_repo_path(None) == tmp_path / "home" / ".shoal"
+    assert resolve_repo_path("~/x") == tmp_path / "home" / "x"
+
+
+def test_init_layout(tmp_path: Path) -> None:
+    with Repo.init(tmp_path / "r") as r:
+        assert (r.path / "config.toml").is_file()
+        assert (r.path / "index.sqlite").is_file()
+        assert (r.path / "blocks" / "SHARDING").is_file()
+        assert not r.identity_path.exists()  # p2p/ creates it
+        assert r.config["store"]["profile"] == "unixfs-v1-2025"
+    with pytest.raises(RepoError, match="already"):
+        Repo.init(tmp_path / "r")
+
+
+def test_open_missing(tmp_path: Path) -> None:
+    with pytest.raises(RepoNotInitialized):
+        Repo.open(tmp_path / "nothing")
+
+
+def test_lock_in_process(repo: Repo) -> None:
+    with pytest.raises(RepoLocked, match=f"pid {os.getpid()}"):
+        Repo.open(repo.path)
+    repo.close()
+    with Repo.open(repo.path):
+        pass
+
+
+def test_lock_across_processes(repo: Repo) -> None:
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from store.repo import Repo
+        from store.errors import RepoLocked
+        try:
+            Repo.open({str(repo.path)!r})
+        except RepoLocked as e:
+            print("LOCKED", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("LOCKED"), out.stderr
+    assert "\n" not in str(out.stdout).strip()  # one-line message
+
+
+def test_unlocked_open_is_read_only(repo: Repo) -> None:
+    cid = _raw(repo, b"x")
+    repo.pin_add(cid)
+    with Repo.open(repo.path, lock=False) as ro:
+        assert [p.cid for p in ro.pins()] == [str(cid)]
+        with pytest.raises(RepoError, match="read-only"):
+            ro.gc()
+        with pytest.raises(RepoError, match="read-only"):
+            ro.pin_add(cid)
+
+
+# -- config -------------------------------------------------------------------
+
+def test_config_roundtrip(tmp_path: Path) -> None:
+    cfg = merge(DEFAULTS, {
+        "energy": {"pue": 1.2, "disk_w_per_tb": 0.5, "note": 'quote " back\\ \n tab\t \x01 é'},
+        "peers": {"bootstrap list": ["/ip4/1.2.3.4/tcp/1"], "on": True, "n": -3},
+        "deep": {"a": {"b": {"c": 1}}, "inline": [{"x": 1}]},
+    })
+    assert tomllib.loads(dumps(cfg)) == cfg
+    save_config(tmp_path / "c.toml", cfg)
+    assert load_config(tmp_path / "c.toml") == cfg
+
+
+def test_config_defaults_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[energy]\npue = 1.5\n[store]\nprofile = "kubo-legacy"\n')
+    cfg = load_config(tmp_path / "c.toml")
+    assert cfg["energy"] == {"pue": 1.5}
+    assert cfg["store"] == {"profile": "kubo-legacy", "chunker": "fixed"}
+    assert cfg["node"] == DEFAULTS["node"]
+    (tmp_path / "bad.toml").write_text("not = [toml")
+    with pytest.raises(RepoError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
+
+
+_scalars = st.one_of(
+    st.text(st.characters(codec="utf-8")), st.integers(-(2**63), 2**63 - 1),
+    st.booleans(), st.floats(allow_nan=False),
+)
+_tables = st.recursive(
+    st.dictionaries(st.text(st.characters(codec="utf-8")), st.one_of(_scalars, st.lists(_scalars, max_size=3)), max_size=4),
+    lambda inner: st.dictionaries(st.text(min_size=1, max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_tables)
+def test_config_writer_roundtrips(cfg: dict[str, object]) -> None:
+    assert tomllib.loads(dumps(cfg)) == cfg
+
+
+# -- pins and gc (raw blocks: no importer needed) -----------------------------
+
+def test_pin_gc_raw(repo: Repo) -> None:
+    kept, dropped = _raw(repo, b"keep me"), _raw(repo, b"drop me")
+    repo.pin_add(kept)
+    result = repo.gc()
+    assert (result.removed_blocks, result.freed_bytes) == (1, len(b"drop me"))
+    assert repo.blockstore.has(kept) and not repo.blockstore.has(dropped)
+    repo.pin_rm(kept)
+    with pytest.raises(NotPinned):
+        repo.pin_rm(kept)
+    assert repo.gc().removed_blocks == 1
+    assert list(repo.blockstore.keys()) == []
+
+
+def test_gc_interrupted_loses_nothing_pinned(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = [_raw(repo, b"pinned %d" % i) for i in range(5)]
+    for cid in pinned:
+        repo.pin_add(cid)
+    for i in range(20):
+        _raw(repo, b"garbage %d" % i)
+    real, calls = repo.blockstore.delete_key, {"n": 0}
+
+    def flaky_delete(key: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt  # stands in for a crash half-way through
+        real(key)
+
+    monkeypatch.setattr(repo.blockstore, "delete_key", flaky_delete)
+    with pytest.raises(KeyboardInterrupt):
+        repo.gc()
+    monkeypatch.undo()
+    assert all(repo.blockstore.get(c) for c in pinned)
+    assert repo.gc().removed_blocks == 20 - 6
+    assert sorted(repo.blockstore.keys()) == sorted(block_key(c) for c in pinned)
+
+
+def test_gc_waits_for_writers(repo: Repo) -> None:
+    """Blocks written under `writing()` and pinned before it ends survive a concurrent gc."""
+    started = threading.Event()
+    result: dict[str, GcResult] = {}
+
+    def collect() -> None:
+        started.set()
+        result["gc"] = repo.gc()
+
+    with repo.writing():
+        cid = _raw(repo, b"fetched, not yet pinned")
+        t = threading.Thread(target=collect)
+        t.start()
+        started.wait()
+        time.sleep(0.05)
+        assert "gc" not in result  # gc is blocked by the writer
+        repo.pin_add(cid)
+    t.join(10)
+    assert result["gc"].removed_blocks == 0 and repo.blockstore.has(cid)
+
+
+def test_pin_missing_refused(repo: Repo) -> None:
+    with pytest.raises(BlockNotFound):
+        repo.pin_add(make_cid("raw", b"never stored"))
+    with pytest.raises(BlockNotFound):
+        repo.pin_add(make_cid("raw", b"never stored"), recursive=False)
+    assert repo.pins() == []
+
+
+# -- add, dedup, gc, verify (need the importer and exporter) -----------------
+
+importer = pytest.importorskip("store.importer")
+exporter = pytest.importorskip("store.exporter")
+
+
+def _file(tmp_path: Path, name: str, size: int, seed: int = 0) -> Path:
+    p = tmp_path / name
+    p.write_bytes(bytes((i * 7 + seed) % 251 for i in range(size)))
+    return p
+
+
+def test_add_records_object_and_pin(repo: Repo, tmp_path: Path) -> None:
+    src = _file(tmp_path, "weights.bin", 20_000)
+    seen: list[int] = []
+    res = repo.add(src, profile=SMALL, progress=seen.append)
+    assert sum(seen) == 20_000
+    (obj,) = repo.objects()
+    assert (obj.cid, obj.name, obj.kind, obj.size, obj.profile) == (str(res.cid), "weights.bin", "file", 20_000, SMALL.name)
+    (pin,) = repo.pins()
+    assert pin.cid == str(res.cid) and pin.recursive
+    assert pin.blocks == len(set(repo.blockstore.keys()))
+    assert b"".join(exporter.read_file(repo.blockstore, res.cid)) == src.read_bytes()
+
+
+def test_same_file_twice_stored_once(repo: Repo, tmp_path: Path) -> None:
+    a = _file(tmp_path, "a.bin", 9_000)
+    res1 = repo.add(a, profile=SMALL)
+    keys1 = sorted(repo.blockstore.keys())
+    b = tmp_path / "copy.bin"
+    b.write_bytes(a.read_bytes())
+    res2 = repo.add(b, profile=SMALL)
+    assert res1.cid == res2.cid
+    assert sorted(repo.blockstore.keys()) == keys1
+    assert len(repo.objects()) == 1 and len(repo.pins()) == 1
+
+
+def test_directory_and_shared_blocks(repo: Repo, tmp_path: Path) -> None:
+    d = tmp_path / "model"
+    d.mkdir()
+    _file(d, "a.bin", 5_000)
+    _file(d, "b.bin", 3_000, seed=1)
+    dir_res = repo.add(d, profile=SMALL)
+    file_res = repo.add(d / "a.bin", profile=SMALL)
+    kinds = {o.name: o.kind for o in repo.objects()}
+    assert kinds == {"model": "directory", "a.bin": "file"}
+    repo.pin_rm(dir_res.cid)
+    removed = repo.gc().removed_blocks
+    assert removed > 0  # b.bin and the directory node
+    assert b"".join(exporter.read_file(repo.blockstore, file_res.cid)) == (d / "a.bin").read_bytes()
+    assert [o.name for o in repo.objects()] == ["a.bin"]  # the directory's root block is gone
+    assert repo.verify().ok
+
+
+def test_gc_keeps_pinned_removes_unpinned(repo: Repo, tmp_path: Path) -> None:
+    keep = repo.add(_file(tmp_path, "keep", 6_000), profile=SMALL)
+    drop = repo.add(_file(tmp_path, "drop", 6_000, seed=3), profile=SMALL)
+    repo.pin_rm(drop.cid)
+    repo.gc()
+    assert repo.blockstore.has(keep.cid) and not repo.blockstore.has(drop.cid)
+    assert b"".join(exporter.read_file(repo.blockstore, keep.cid)) == (tmp_path / "keep").read_bytes()
+    assert [o.name for o in repo.objects()] == ["keep"]
+    assert repo.verify().ok
+
+
+def test_pin_add_walks_whole_dag(repo: Repo, tmp_path: Path) -> None:
+    res = repo.add(_file(tmp_path, "f", 8_000), profile=SMALL)
+    repo.pin_rm(res.cid)
+    leaf = next(c for c, _ in exporter.walk_dag(repo.blockstore, res.cid) if c.codec.name == "raw")
+    repo.blockstore.delete(leaf)
+    with pytest.raises(BlockNotFound):
+        repo.pin_add(res.cid)
+    assert repo.pins() == []
+
+
+def test_verify_reports_corruption_missing_and_temp(repo: Repo, tmp_path: Path) -> None:
+    res = repo.add(_file(tmp_path, "f", 8_000), profile=SMALL)
+    assert repo.verify().ok
+    dag = [c for c, _ in exporter.walk_dag(repo.blockstore, res.cid)]
+    leaves = [c for c in dag if c.codec.name == "raw"]
+    corrupt, missing = leaves[0], leaves[1]
+    _block_path(repo, block_key(corrupt)).write_bytes(b"rot")
+    repo.blockstore.delete(missing)
+    tmp = _block_path(repo, block_key(dag[0])).with_name("leftover.x.tmp")
+    tmp.write_bytes(b"partial")
+    report = repo.verify()
+    assert not report.ok
+    assert report.corrupt_blocks == [block_key(corrupt)]
+    assert report.incomplete_pins == [(str(res.cid), str(missing))]
+    assert report.temp_files_removed == 1 and not tmp.exists()
+
+
+def test_crash_between_blocks_and_index(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object) -> None:
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(repo.index, "record_put", boom)
+    with pytest.raises(RuntimeError):
+        repo.add(_file(tmp_path, "f", 5_000), profile=SMALL)
+    assert repo.objects() == [] and repo.pins() == []
+    assert repo.verify().ok  # orphan blocks are not an error…
+    assert repo.gc().removed_blocks > 0  # …just garbage
+    assert list(repo.blockstore.keys()) == []
+
+
+def test_sigkill_mid_add(tmp_path: Path) -> None:
+    """A real SIGKILL during add: the repo reopens, verifies, and lists all or nothing."""
+    Repo.init(tmp_path / "r").close()
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from store.repo import Repo
+        from store.profiles import DEFAULT_PROFILE
+        prof = DEFAULT_PROFILE.with_overrides(chunk_size=65536)
+        done = 0
+        def progress(n):
+            global done
+            done += n
+            if done >= 1024 * 1024 and done - n < 1024 * 1024:
+                print("HALF", flush=True)
+                sys.stdin.readline()  # wait to be killed
+        with Repo.open({str(tmp_path / "r")!r}) as r:
+            r.add({str(src)!r}, profile=prof, progress=progress)
+        print("DONE", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "HALF"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    with Repo.open(tmp_path / "r") as r:  # the kernel released the flock
+        assert r.objects() == [] and r.pins() == []
+        assert len(list(r.blockstore.keys())) > 0
+        assert r.verify().ok
+        assert r.gc().removed_blocks > 0
+        res = r.add(src)
+        assert [o.cid for o in r.objects()] == [str(res.cid)]
+
+
+@pytest.fixture
+def tiny_repo(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_add(tiny_repo: Path, tmp_path: Path) -> None:
+    with Repo.init(tiny_repo / "repo") as r:
+        small = r.add(_file(tmp_path, "small", 3_000), profile=SMALL)
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(3 * 1024 * 1024))
+        with pytest.raises(StorageFull):
+            r.add(big)
+        assert [o.cid for o in r.objects()] == [str(small.cid)]
+        assert list((tiny_repo / "repo" / "blocks").rglob("*.tmp")) == []
+        assert r.verify().ok
+        r.gc()
+        assert b"".join(exporter.read_file(r.blockstore, small.cid)) == (tmp_path / "small").read_bytes()
