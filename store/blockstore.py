@@ -37,6 +37,9 @@ class Blockstore(Protocol):
     def keys(self) -> Iterator[str]:
         """Every stored block's key (base32 multihash), in no set order."""
 
+    def flush(self) -> None:
+        """Make every block stored so far durable (before the index refers to it)."""
+
 
 class MemoryBlockstore:
     """A dict-backed blockstore for tests and for transient work. Thread-safe."""
@@ -82,6 +85,9 @@ class MemoryBlockstore:
         with self._lock:
             snapshot = list(self._blocks)
         return iter(snapshot)
+
+    def flush(self) -> None:
+        """Nothing to do: memory is as durable as it gets."""
 
     def raw_put(self, key: str, data: bytes) -> None:
         """Tests only: place arbitrary bytes under a key (to simulate corruption)."""

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from .cid import CID, RAW, block_key, parse_cid
 from .config import default_config, load_config, merge, save_config
@@ -42,6 +42,7 @@ from .profiles import DEFAULT_PROFILE, PROFILES, Profile
 
 if TYPE_CHECKING:
     from .chunker import Chunker
+    from .car import CarImportResult
     from .importer import ImportResult
 
 __all__ = ["Repo", "GcResult", "VerifyReport", "resolve_repo_path", "ENV_VAR"]
@@ -321,6 +322,44 @@ class Repo:
                 continue
             yield cid, None
             stack.extend(reversed(iter_links(cid, data)))
+
+    def adopt(self, cid: CID | str, name: str | None = None) -> ObjectRecord:
+        """Pin a complete DAG that arrived by other means (a CAR, the network)
+        and list it as an object, in one transaction."""
+        from .exporter import stat
+
+        cid = _as_cid(cid)
+        with self.writing():
+            keys = self.dag_keys(cid)
+            info = stat(self.blockstore, cid)
+            self.blockstore.flush()
+            record = ObjectRecord(
+                cid=str(cid),
+                name=name or str(cid),
+                kind="directory" if info.kind == "dir" else "file",
+                size=info.size or 0,
+                tsize=sum(self.blockstore.size_of_key(k) for k in keys),
+                blocks=len(keys),
+                profile="unknown",
+                chunker="unknown",
+            )
+            self.index.record_put(record, keys)
+        return record
+
+    def import_car(self, stream: "IO[bytes]") -> "CarImportResult":
+        """Import a CARv1 all-or-nothing, then pin and list each root whose DAG is complete."""
+        from .car import import_car
+
+        self._check_writable()
+        with self.writing():
+            result = import_car(stream, self.blockstore)
+            self.blockstore.flush()
+        for root in result.roots:
+            try:
+                self.adopt(root)
+            except BlockNotFound:
+                continue  # a partial CAR: its blocks stay unpinned until completed
+        return result
 
     # -- maintenance ---------------------------------------------------------
 
