@@ -110,7 +110,7 @@ def _emit_table(lines: list[str], prefix: list[str], table: dict[str, Any]) -> N
 def _key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"TOML keys are strings, not {type(key).__name__}")
-    return key if _BARE_KEY.match(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
 
 
 def _value(value: Any) -> str:
