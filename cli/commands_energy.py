@@ -1,0 +1,94 @@
+"""`shoal energy [--json] [--plot FILE.png]`: energy per stored GB, swarm vs cloud.
+
+With a running node the report comes from its `/v1/energy` route and covers
+the swarm's operation totals (every connected peer's ledger summary); offline
+it is built from this repo's ledger and objects alone. Either way the
+arithmetic is store.energy.report's; this module only fetches and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from store.energy.accounting import read_summary
+from store.energy.coefficients import load_coefficients
+from store.energy.report import plot, render_text
+from store.repo import Repo, resolve_repo_path
+
+from .node_client import connect
+from .output import human_size, print_json
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("energy", help="energy per stored GB: this swarm vs a centralized cloud store")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also write a chart (needs matplotlib)")
+    p.set_defaults(handler=cmd_energy)
+
+
+def load_report(repo_path: Path) -> dict[str, Any]:
+    """Through the repo's node if one answers (swarm totals), else offline."""
+    client = connect(repo_path)
+    if client is not None:
+        try:
+            return dict(client.call("GET", "/v1/energy"))
+        finally:
+            client.close()
+    from p2p.energy_service import local_report
+
+    # Read-only: the report writes nothing, so it may run beside other commands.
+    with Repo.open(repo_path, lock=False) as repo:
+        energy = repo.config.get("energy", {})
+        coefficients = load_coefficients(energy if isinstance(energy, dict) else {})
+        return local_report(repo, read_summary(repo.index), coefficients)
+
+
+def cmd_energy(args: argparse.Namespace) -> int:
+    report = load_report(resolve_repo_path(args.repo))
+    if args.plot:
+        written = plot(report, Path(args.plot))
+        print(f"wrote {written}", file=sys.stderr)
+    if args.json:
+        print_json(report)
+    else:
+        sys.stdout.write(render_text(report))
+    return 0
+
+
+def brief_lines(report: Mapping[str, Any]) -> list[str]:
+    """The key comparison, what was measured, and per copy count whether the
+    swarm is cheaper: render_text without its 48-row sensitivity table."""
+    text = render_text(report)
+    head = text.split("\nSensitivity", 1)[0].splitlines()
+    lines = [line for line in head if line.strip() and not line.startswith("one-time:")]
+    ops = report.get("operations", {})
+    measured = ", ".join(f"{kind} {float(op['joules']):.3g} J / {human_size(int(op['bytes']))}"
+                         for kind, op in ops.items())
+    lines.append(f"measured CPU energy ({report['method']}): {measured or 'nothing yet'}")
+    lines.append("by copies (Wh per GB-month, default figures; swarm vs baseline):")
+    for row in report["by_copies"]:
+        if row["accounting"] != "attributional":
+            continue
+        cp = row["copies"]
+        swarm, base = float(row["swarm_value"]), float(row["baseline_value"])
+        marginal = next((float(r["swarm_value"]) for r in report["by_copies"]
+                         if r["copies"] == cp and r["accounting"] == "marginal"), None)
+        verdict = "cheaper" if swarm < base else f"{100 * (swarm / base - 1):.0f}% more" if base else "more"
+        line = f"  {cp} {'copy' if cp == 1 else 'copies'}: {swarm:.2f} vs {base:.2f} -> {verdict}"
+        if marginal is not None:
+            line += f"; marginal {marginal:.2f} -> {'cheaper' if marginal < base else 'more'}"
+        lines.append(line)
+    return lines
+
+
+def demo_step(swarm: Any, root: Path, cid: str) -> None:
+    """The demo's last step: the energy report of the demo swarm, briefly."""
+    node = swarm.nodes[0]
+    report = node.call("GET", "/v1/energy")
+    print(f"== energy: {node.name}'s objects, with the swarm's measured operations ==", flush=True)
+    for line in brief_lines(report):
+        print(f"  {line}", flush=True)
+    print("  (full table and sources: `shoal energy`, `--json`, `--plot FILE.png`; docs/ENERGY.md)", flush=True)
