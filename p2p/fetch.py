@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import trio
 
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.fetch")
 
 FIND_TIMEOUT_S = 5.0
+
+_Event = tuple[str, PeerId, bytes, "bytes | None"]
+"""(kind, holder, block key, data): what a request task reports to the loop."""
 
 
 class FetchFailed(P2PError):
@@ -97,7 +100,7 @@ class _Fetch:
         self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer, request_timeout=request_timeout)
         self.result = FetchResult(root)
         self.cids: dict[bytes, CID] = {}
-        self.events_send, self.events_recv = trio.open_memory_channel[tuple](math.inf)
+        self.events_send, self.events_recv = trio.open_memory_channel[_Event](math.inf)
 
     async def run(self, holders: list[PeerId] | None) -> FetchResult:
         async with self.node.store_guard.shared():
@@ -111,9 +114,18 @@ class _Fetch:
             for peer in holders:
                 self.planner.add_holder(peer)
             self.result.holders = len(holders)
+            failure: Exception | None = None
             async with trio.open_nursery() as nursery:
-                await self._loop(nursery)
+                # Caught inside the nursery and re-raised outside it: from the
+                # body it would leave as an ExceptionGroup, which the API's
+                # error mapping does not know (the user got an HTTP 500).
+                try:
+                    await self._loop(nursery)
+                except (P2PError, StoreError, OSError) as exc:
+                    failure = exc
                 nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         if self.planner.failed:
             raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of {self.root} from any peer")
         return self.result
@@ -121,7 +133,7 @@ class _Fetch:
     async def _loop(self, nursery: trio.Nursery) -> None:
         while not self.planner.finished:
             for peer, key in self.planner.next_requests(trio.current_time()):
-                nursery.start_soon(self._request, peer, key)
+                nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
             deadline = self.planner.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 event = await self.events_recv.receive()
@@ -148,7 +160,7 @@ class _Fetch:
                 break
         self.events_send.send_nowait(("fail", peer, key, None))
 
-    async def _handle(self, event: tuple) -> None:
+    async def _handle(self, event: "_Event") -> None:
         kind, peer, key, data = event
         if kind == "gone":
             self.planner.on_peer_gone(peer)
@@ -158,6 +170,7 @@ class _Fetch:
             if kind == "timeout":
                 self.node.peers.ensure(peer).reputation.timeouts += 1
             return
+        assert data is not None  # kind == "block"
         cid = self.cids[key]
         try:
             await trio.to_thread.run_sync(self.store.put, cid, data)

@@ -22,7 +22,7 @@ from store.repo import Repo
 
 from . import limits as L
 from .connection import PeerConnection, RequestFailed
-from .errors import HandshakeError, P2PError
+from .errors import P2PError
 from .guard import StoreGuard
 from .identity import Identity, PeerId
 from .messages import (
@@ -37,6 +37,10 @@ log = logging.getLogger("shoal.node")
 
 AGENT = "shoal/0.1"
 DIAL_TIMEOUT_S = 5.0
+MAX_DIALS_IN_FLIGHT = 32
+"""Outgoing dials at once. Peer exchange may report up to 1024 peers (some
+made up, at addresses that never answer); each dial can hang for the whole
+handshake timeout, so without a cap they would pile up round after round."""
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._conn_count = 0
         self._conn_changed = trio.Event()
+        self._dialing: set[PeerId] = set()
         self.extra_handlers: dict[type[Message], Any] = {}
         self.extra_routes: list[tuple[str, str, Any]] = []
         self.background: list[Any] = []  # async callables started with the node (audits...)
@@ -86,7 +91,7 @@ class Node:
             for addr in self.options.bootstrap:
                 if addr.peer_id is not None:
                     self.peers.learn(addr.peer_id, [addr])
-                nursery.start_soon(self._dial_quietly, addr)
+                self._start_dial(addr)
             nursery.start_soon(self._peer_exchange_loop)
             for task in self.background:
                 nursery.start_soon(task)
@@ -116,10 +121,16 @@ class Node:
         try:
             try:
                 secure = await secure_accept(stream, self.identity, timeout=L.HANDSHAKE_TIMEOUT_S)
-            except (HandshakeError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("inbound handshake failed: %s", exc)
                 return
             await self._run_connection(secure, secure.remote_peer, ready=None)
+        except Exception:
+            # Whatever a stranger's bytes trigger, only this connection may
+            # die: this task runs in the node's nursery, so an escape here
+            # would stop every other connection and the API with it.
+            log.exception("inbound connection failed")
+            await trio.aclose_forcefully(stream)
         finally:
             self._conn_count -= 1
 
@@ -152,6 +163,16 @@ class Node:
         self.peers.learn(conn.remote_peer, [addr])
         return conn
 
+    def _start_dial(self, addr: Multiaddr) -> bool:
+        """Dial in the background unless that peer is already being dialled."""
+        if addr.peer_id is not None:
+            if addr.peer_id in self._dialing:
+                return False
+            self._dialing.add(addr.peer_id)  # now, not in the task: the next round must see it
+        assert self._nursery is not None
+        self._nursery.start_soon(self._dial_quietly, addr)
+        return True
+
     async def _dial_quietly(self, addr: Multiaddr) -> None:
         try:
             await self.connect(addr)
@@ -161,6 +182,9 @@ class Node:
                 rec = self.peers.get(addr.peer_id)
                 if rec is not None:
                     rec.dial_failures += 1
+        finally:
+            if addr.peer_id is not None:
+                self._dialing.discard(addr.peer_id)
 
     async def _run_connection(
         self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None"
@@ -188,7 +212,8 @@ class Node:
                     await ready.aclose()
                     ready = None
                 self._notify()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+        # except*: errors from a nursery body arrive as an ExceptionGroup.
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
             pass
         finally:
             if ready is not None:
@@ -265,9 +290,11 @@ class Node:
                 for reply in replies:
                     if isinstance(reply, Peers):
                         self._learn_peers(reply)
-            assert self._nursery is not None
-            for rec in self.peers.dialable():
-                self._nursery.start_soon(self._dial_quietly, rec.addrs[0].with_peer(rec.peer_id))
+            # Peers that failed least first, so made-up ones cannot starve real ones.
+            for rec in sorted(self.peers.dialable(), key=lambda r: r.dial_failures):
+                if len(self._dialing) >= MAX_DIALS_IN_FLIGHT:
+                    break
+                self._start_dial(rec.addrs[0].with_peer(rec.peer_id))
 
     def _learn_peers(self, reply: Peers) -> None:
         for info in reply.peers:
@@ -298,11 +325,13 @@ class Node:
             return await self._serve_blocks(conn, rid, msg.cids)
         handler = self.extra_handlers.get(type(msg))
         if handler is not None:
-            return await handler(conn, msg)
+            replies: Sequence[Message] = await handler(conn, msg)
+            return replies
         return [Error(rid, ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not served here")]
 
     async def _serve_want_have(self, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
-        have, missing = [], []
+        have: list[bytes] = []
+        missing: list[bytes] = []
         for raw in cids:
             try:
                 cid = cid_from_bytes(raw)

@@ -55,6 +55,11 @@ class PeerRecord:
             "agent": self.agent,
             "free_bytes": self.free_bytes,
             "reputation": round(self.reputation.score, 4),
+            # The counts behind the score: a corrupt block is proven
+            # misbehaviour, a timeout may be transient, so they are shown apart.
+            "delivered": self.reputation.delivered,
+            "corrupt": self.reputation.corrupt,
+            "timeouts": self.reputation.timeouts,
         }
 
 

@@ -1,0 +1,418 @@
+"""A misbehaving Shoal peer, for tests: it speaks the real protocol, then lies.
+
+It authenticates for real (Noise XX via `p2p.secure_stream`, its own
+Ed25519 identity), frames with `p2p.framing` and encodes with `p2p.codec`,
+so the node under test gets past every outer check and meets the bad input
+where a buggy or hostile peer would put it:
+
+- `run_attacks(...)`: one fresh connection per attack — random frame
+  payloads, malformed msgpack, wrong arity, unknown message types and
+  protocol versions, unsolicited responses, an oversize length prefix,
+  bytes that fail Noise decryption, plain garbage before the handshake — and
+  a report of how the node reacted (ERROR codes received, connection closed).
+- `serve_corrupt_holder(...)` (also `python -m tests.integration.evil_client
+  holder`): listens like a node, answers WantHave with Have for anything and
+  WantBlock with bytes that do not match the CID; optionally it poisons
+  peer exchange with made-up peers at an address that never answers; and
+  it serves one hash-correct but undecodable dag-pb node (`malformed_root_cid`).
+
+Test code only; nothing in p2p/ imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import msgpack
+import trio
+
+from p2p import codec
+from p2p import limits as L
+from p2p.errors import P2PError
+from p2p.framing import FrameDecoder, encode_frame
+from p2p.identity import Identity, PeerId
+from p2p.messages import (
+    Block, Error, GetPeers, Have, Hello, Message, PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
+)
+from p2p.secure_stream import SecureStream, secure_accept, secure_dial
+
+AGENT = "evil/0.1"
+REACTION_TIMEOUT_S = 5.0
+
+
+def _hello(listen: tuple[str, ...] = ()) -> Hello:
+    return Hello(0, (L.PROTOCOL_VERSION,), listen, AGENT, 1 << 40, 1 << 39)
+
+
+def _raw_frame(payload: bytes) -> bytes:
+    """A 4-byte length prefix and the payload, unchecked (encode_frame refuses bad sizes)."""
+    return len(payload).to_bytes(L.FRAME_HEADER_BYTES, "big") + payload
+
+
+# -- the client side: attacks on a node ---------------------------------------------
+
+
+@dataclass
+class Reaction:
+    """What the node did after one attack."""
+
+    name: str
+    error_codes: list[int] = field(default_factory=list)
+    closed: bool = False
+    answered: list[str] = field(default_factory=list)  # other messages it sent
+
+    def __str__(self) -> str:
+        return f"{self.name}: errors={self.error_codes} closed={self.closed} other={self.answered}"
+
+
+class EvilConnection:
+    """One authenticated connection on which we may send anything at all."""
+
+    def __init__(self, secure: SecureStream) -> None:
+        self.secure = secure
+        self.decoder = FrameDecoder()
+
+    @classmethod
+    async def open(cls, host: str, port: int, peer: PeerId | None, identity: Identity) -> "EvilConnection":
+        stream = await trio.open_tcp_stream(host, port)
+        return cls(await secure_dial(stream, identity, peer, timeout=REACTION_TIMEOUT_S))
+
+    async def send(self, msg: Message) -> None:
+        await self.secure.send_all(encode_frame(codec.encode(msg)))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.secure.send_all(data)
+
+    async def observe(self, reaction: Reaction, seconds: float, until_errors: int = 0) -> Reaction:
+        """Read what the node sends for up to `seconds` (or until it closes)."""
+        with trio.move_on_after(seconds):
+            while True:
+                try:
+                    data = await self.secure.receive_some(L.MAX_FRAME_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+                    reaction.closed = True
+                    return reaction
+                if not data:
+                    reaction.closed = True
+                    return reaction
+                for payload in self.decoder.feed(data):
+                    msg = codec.decode(payload)
+                    if isinstance(msg, Error):
+                        reaction.error_codes.append(msg.code)
+                    else:
+                        reaction.answered.append(type(msg).__name__)
+                if until_errors and len(reaction.error_codes) >= until_errors:
+                    return reaction
+        return reaction
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.secure)
+
+
+def malformed_payloads(rng: random.Random) -> list[bytes]:
+    """Frame payloads that are each wrong in a different way."""
+    v = L.PROTOCOL_VERSION
+    return [
+        bytes(rng.getrandbits(8) for _ in range(100)),                   # not msgpack at all
+        msgpack.packb({"version": v, "type": 3}),                        # a map: never on the wire
+        msgpack.packb([v, 0x03, 7]),                                     # Ping without its payload
+        msgpack.packb([v, 0x03, 7, b"x", b"extra"]),                     # too many fields
+        msgpack.packb([v, 0x23, 8, "not-a-list"]),                       # WantBlock with a string
+        msgpack.packb([v, 0x23, 9, [b"short"]]),                         # a CID far too short
+        msgpack.packb([v, 0x20, 10, [[[[[b"x" * 40]]]]]]),               # nesting too deep
+        msgpack.packb([v, 0x10, 11, -5]),                                # negative count
+        msgpack.packb([v, 0x03, 2**40, b"x"]),                           # request id out of range
+        b"\xdd\xff\xff\xff\xff",                                         # array32 header claiming 4G items
+        msgpack.packb([v, 0x03, 12, b"x"]) + b"\x00",                    # trailing bytes
+        msgpack.packb([v, 0x10, 13, 1], use_bin_type=True)[:-1],         # truncated
+    ]
+
+
+async def run_attacks(host: str, port: int, peer: PeerId, seed: int = 1) -> list[Reaction]:
+    """Every attack on its own connection; returns the node's reaction to each."""
+    rng = random.Random(seed)
+    identity = Identity.generate()
+    reactions: list[Reaction] = []
+
+    async def on_connection(name: str, attack: Callable[[EvilConnection, Reaction], Awaitable[None]]) -> None:
+        conn = await EvilConnection.open(host, port, peer, identity)
+        reaction = Reaction(name)
+        try:
+            await conn.send(_hello())
+            await attack(conn, reaction)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            reaction.closed = True  # it hung up on us while we were still sending
+        finally:
+            await conn.aclose()
+        reactions.append(reaction)
+
+    async def random_frames(conn: EvilConnection, r: Reaction) -> None:
+        for _ in range(5):
+            await conn.send_raw(_raw_frame(rng.randbytes(rng.randint(1, 4000))))
+        await conn.observe(r, REACTION_TIMEOUT_S, until_errors=5)
+
+    async def malformed(conn: EvilConnection, r: Reaction) -> None:
+        payloads = malformed_payloads(rng)
+        for p in payloads:
+            await conn.send_raw(_raw_frame(p))
+        await conn.observe(r, REACTION_TIMEOUT_S, until_errors=len(payloads))
+
+    async def unknown_type_and_version(conn: EvilConnection, r: Reaction) -> None:
+        await conn.send_raw(_raw_frame(msgpack.packb([L.PROTOCOL_VERSION, 0x7F, 5, b"?"])))
+        await conn.send_raw(_raw_frame(msgpack.packb([L.PROTOCOL_VERSION + 98, 0x03, 6, b"x"])))
+        await conn.observe(r, REACTION_TIMEOUT_S, until_errors=2)
+        # Still usable afterwards: a real Ping gets a real Pong.
+        await conn.send(Ping(7, b"still-there"))
+        await _wait_for(conn, r, "Pong")
+
+    async def unsolicited(conn: EvilConnection, r: Reaction) -> None:
+        fake_cid = b"\x01\x55\x12\x20" + rng.randbytes(32)
+        await conn.send(Block(4242, fake_cid, rng.randbytes(1000)))   # a response to nothing
+        await conn.send(Pong(4243, b"x"))
+        await conn.send(_hello())                                      # a second hello
+        await conn.send(Ping(1, b"alive?"))
+        await _wait_for(conn, r, "Pong")
+
+    async def flood_of_malformed(conn: EvilConnection, r: Reaction) -> None:
+        for _ in range(40):  # more than the node tolerates: it must hang up
+            await conn.send_raw(_raw_frame(b"\xc1" * 10))  # 0xc1 is never valid msgpack
+        await conn.observe(r, REACTION_TIMEOUT_S)
+
+    async def oversize_length(conn: EvilConnection, r: Reaction) -> None:
+        await conn.send_raw(b"\xff\xff\xff\xff" + rng.randbytes(1000))
+        await conn.observe(r, REACTION_TIMEOUT_S)
+
+    async def just_over_cap(conn: EvilConnection, r: Reaction) -> None:
+        await conn.send_raw((L.MAX_FRAME_BYTES + 1).to_bytes(4, "big") + rng.randbytes(64 * 1024))
+        await conn.observe(r, REACTION_TIMEOUT_S)
+
+    async def zero_length(conn: EvilConnection, r: Reaction) -> None:
+        await conn.send_raw(b"\x00\x00\x00\x00")
+        await conn.observe(r, REACTION_TIMEOUT_S)
+
+    async def undecryptable(conn: EvilConnection, r: Reaction) -> None:
+        # Under the encryption: a Noise frame whose tag cannot verify.
+        await conn.secure.transport.send_all(b"\x00\x40" + rng.randbytes(64))
+        await conn.observe(r, REACTION_TIMEOUT_S)
+
+    async def huge_want_block(conn: EvilConnection, r: Reaction) -> None:
+        # Legal-looking requests for blocks the node does not have, 300 at once:
+        # the node must answer (BlockMissing) or say BUSY, never pile them up.
+        for i in range(1, 301):
+            await conn.send(WantBlock(i, (b"\x01\x55\x12\x20" + rng.randbytes(32),)))
+        await conn.observe(r, 2.0)
+
+    for name, attack in [
+        ("random frames", random_frames),
+        ("malformed messages", malformed),
+        ("unknown type and version", unknown_type_and_version),
+        ("unsolicited responses", unsolicited),
+        ("flood of malformed", flood_of_malformed),
+        ("oversize length prefix", oversize_length),
+        ("length one over the cap", just_over_cap),
+        ("zero length frame", zero_length),
+        ("undecryptable noise frame", undecryptable),
+        ("many block requests", huge_want_block),
+    ]:
+        await on_connection(name, attack)
+
+    reactions.append(await _garbage_before_handshake(host, port, rng))
+    return reactions
+
+
+async def _wait_for(conn: EvilConnection, r: Reaction, kind: str) -> None:
+    with trio.move_on_after(REACTION_TIMEOUT_S):
+        while kind not in r.answered and not r.closed:
+            await conn.observe(r, 0.2)
+
+
+async def _garbage_before_handshake(host: str, port: int, rng: random.Random) -> Reaction:
+    """Plain bytes where the Noise handshake should be: the node must hang up."""
+    r = Reaction("garbage before the handshake")
+    stream = await trio.open_tcp_stream(host, port)
+    try:
+        # A 5-byte first message where Noise XX needs a 32-byte ephemeral key.
+        await stream.send_all(b"\x00\x05" + rng.randbytes(5) + rng.randbytes(5000))
+        with trio.move_on_after(L.HANDSHAKE_TIMEOUT_S + REACTION_TIMEOUT_S):
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if not data:
+                    r.closed = True
+                    break
+    finally:
+        await trio.aclose_forcefully(stream)
+    return r
+
+
+async def garbage_connections(host: str, port: int, count: int, hold_s: float, seed: int = 2) -> int:
+    """Open `count` plain TCP connections that send random bytes or nothing.
+
+    They are opened concurrently and held for `hold_s` seconds, then closed.
+    Returns how many the node let us open (refused ones are fine).
+    """
+    rng = random.Random(seed)
+    opened = 0
+
+    async def one(i: int) -> None:
+        nonlocal opened
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError:
+            return
+        opened += 1
+        try:
+            if i % 3 == 1:
+                await stream.send_all(rng.randbytes(rng.randint(1, 2000)))
+            elif i % 3 == 2:
+                await stream.send_all(b"\xff\xff" + rng.randbytes(100))  # a huge Noise length
+            await trio.sleep(hold_s)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+            if i % 50 == 49:
+                await trio.sleep(0.05)  # concurrently-ish: bursts of 50
+    return opened
+
+
+# -- the server side: a holder that serves corrupt blocks ----------------------------------
+
+
+MALFORMED_NODE = b"\x12\xff\xff\xff\xff\x0f not a dag-pb node"
+"""Bytes that are no valid dag-pb node (a Links field whose length overruns).
+Served under their own correct CID, they pass the hash check, so the
+receiver meets them at the decoder: the honest-hash, malformed-DAG attack."""
+
+
+def malformed_root_cid() -> str:
+    """The CIDv1 (dag-pb) of MALFORMED_NODE, which the holder serves truthfully."""
+    from store.cid import DAG_PB, make_cid
+
+    return str(make_cid(DAG_PB, MALFORMED_NODE))
+
+
+async def serve_corrupt_holder(port: int = 0, *, fake_peers: int = 0,
+                               task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+                               log: Callable[[str], None] = lambda line: None) -> None:
+    """Listen like a node; claim to have everything; serve garbage for every block.
+
+    With `fake_peers`, Peers replies also advertise that many made-up peer ids,
+    all at one "tarpit" address that accepts TCP connections and never says a
+    word, so every dial to them hangs until the dialer's handshake timeout.
+    Reports its multiaddr (with /p2p/) through `task_status`; every request it
+    answers is passed to `log` (e.g. "want-block <hex>", "tarpit-max 12").
+    """
+    identity = Identity.generate()
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    bound = listeners[0].socket.getsockname()[1]
+    addr = f"/ip4/127.0.0.1/tcp/{bound}"
+    fake: tuple[PeerInfo, ...] = ()
+    tarpit_listeners: list[trio.SocketListener] = []
+    if fake_peers:
+        tarpit_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        tarpit = f"/ip4/127.0.0.1/tcp/{tarpit_listeners[0].socket.getsockname()[1]}"
+        fake = tuple(PeerInfo(Identity.generate().peer_id.to_bytes(), (tarpit,))
+                     for _ in range(min(fake_peers, L.MAX_PEERS_PER_REPLY)))
+    held = {"now": 0, "max": 0}
+
+    async def hold_silently(stream: trio.SocketStream) -> None:
+        held["now"] += 1
+        if held["now"] > held["max"]:
+            held["max"] = held["now"]
+            log(f"tarpit-max {held['max']}")
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            held["now"] -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            secure = await secure_accept(stream, identity, timeout=REACTION_TIMEOUT_S)
+        except (P2PError, trio.BrokenResourceError, OSError):
+            return
+        conn = EvilConnection(secure)
+        try:
+            await conn.send(_hello((addr,)))
+            while True:
+                data = await secure.receive_some(L.MAX_FRAME_BYTES)
+                if not data:
+                    return
+                for payload in conn.decoder.feed(data):
+                    await _answer_badly(conn, codec.decode(payload), fake, log)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+            return
+        finally:
+            await conn.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        if tarpit_listeners:
+            nursery.start_soon(trio.serve_listeners, hold_silently, tarpit_listeners)
+        task_status.started(f"{addr}/p2p/{identity.peer_id}")
+
+
+async def _answer_badly(conn: EvilConnection, msg: Message, fake: tuple[PeerInfo, ...],
+                        log: Callable[[str], None]) -> None:
+    rid = msg.request_id
+    if isinstance(msg, Ping):
+        await conn.send(Pong(rid, msg.payload))
+    elif isinstance(msg, GetPeers):
+        await conn.send(Peers(rid, fake[: msg.max_peers]))
+    elif isinstance(msg, WantHave):
+        log(f"want-have {len(msg.cids)}")
+        await conn.send(Have(rid, msg.cids))  # a lie for anything it is asked about
+    elif isinstance(msg, WantBlock):
+        for cid in msg.cids:
+            log(f"want-block {cid.hex()}")
+            if cid == _malformed_root_bytes():
+                await conn.send(Block(rid, cid, MALFORMED_NODE))  # hash-correct, undecodable
+            else:
+                await conn.send(Block(rid, cid, os.urandom(1024 * 1024)))
+
+
+def _malformed_root_bytes() -> bytes:
+    from store.cid import parse_cid
+
+    return bytes(parse_cid(malformed_root_cid()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`holder`: run the corrupt holder until killed, printing its address first."""
+    parser = argparse.ArgumentParser(prog="evil_client")
+    parser.add_argument("mode", choices=["holder"])
+    parser.add_argument("--fake-peers", type=int, default=0,
+                        help="advertise this many made-up peers at a silent tarpit address")
+    args = parser.parse_args(argv)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            addr = await nursery.start(lambda task_status: serve_corrupt_holder(
+                fake_peers=args.fake_peers, task_status=task_status, log=log))
+            print(f"listening on {addr}", flush=True)
+
+    assert args.mode == "holder"
+    trio.run(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
