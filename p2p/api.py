@@ -7,7 +7,7 @@ only and every request must carry `Authorization: Bearer <token>`, the token
 being the one written to `<repo>/api` (mode 0600) when the node is ready.
 
 Routes (all JSON unless noted):
-  GET  /v1/id                      GET /v1/peers
+  GET  /v1/id                      GET /v1/peers                 GET /v1/stats
   POST /v1/put      {path, profile, chunker, replicas}
   POST /v1/get      {cid, output}
   GET  /v1/cat?cid=&offset=&length=&tensor=   (streams raw bytes)

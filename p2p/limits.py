@@ -115,6 +115,11 @@ MAX_CONNECTIONS_PER_PEER: Final = 2
 
 MAX_CONNECTIONS_TOTAL: Final = 256
 
+MAX_PENDING_HANDSHAKES: Final = 64
+"""Inbound connections still in the Noise handshake. A stranger costs a
+socket and a task until the handshake timeout; capping them apart keeps
+room for real peers while hundreds of silent sockets sit in the queue."""
+
 # --- timeouts, seconds (defaults; the node may lower them) ------------------
 
 HANDSHAKE_TIMEOUT_S: Final = 10.0

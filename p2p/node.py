@@ -64,6 +64,7 @@ class Node:
         self.listen_addrs: list[Multiaddr] = []
         self._nursery: trio.Nursery | None = None
         self._conn_count = 0
+        self._handshaking = 0
         self._conn_changed = trio.Event()
         self._dialing: set[PeerId] = set()
         self.extra_handlers: dict[type[Message], Any] = {}
@@ -114,16 +115,22 @@ class Node:
                 self._nursery.start_soon(self._handle_inbound, stream)
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
-        if self._conn_count >= L.MAX_CONNECTIONS_TOTAL:
+        # Strangers still in the handshake have their own, smaller budget, so
+        # a flood of silent sockets cannot lock out real peers for the whole
+        # handshake timeout; established connections have the larger one.
+        if self._conn_count >= L.MAX_CONNECTIONS_TOTAL or self._handshaking >= L.MAX_PENDING_HANDSHAKES:
             await trio.aclose_forcefully(stream)
             return
         self._conn_count += 1
         try:
+            self._handshaking += 1
             try:
                 secure = await secure_accept(stream, self.identity, timeout=L.HANDSHAKE_TIMEOUT_S)
             except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("inbound handshake failed: %s", exc)
                 return
+            finally:
+                self._handshaking -= 1
             await self._run_connection(secure, secure.remote_peer, ready=None)
         except Exception:
             # Whatever a stranger's bytes trigger, only this connection may
