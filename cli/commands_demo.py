@@ -24,7 +24,7 @@ from .swarm import LocalSwarm
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run a local 3-peer swarm demo in a temp directory")
+    p = sub.add_parser("demo", help="run a local 5-peer swarm demo in a temp directory")
     p.add_argument("--size", default="48M", help="size of the generated model file (default %(default)s)")
     p.add_argument("--keep", action="store_true", help="keep the temp directory (logs, repos) afterwards")
     p.set_defaults(handler=cmd_demo)
@@ -116,8 +116,24 @@ def run_demo(swarm: LocalSwarm, root: Path, size: int) -> None:
         raise SystemExit("demo failed: the copy differs")
     for hook in _EXTRA_STEPS:
         hook(swarm, root, put["cid"])
+    for hook in _FINAL_STEPS:  # energy (issue 5): after every other step
+        hook(swarm, root, put["cid"])
     say("== done: stopping the peers and removing the temp directory ==")
 
 
 _EXTRA_STEPS: list[Any] = []
 """Later demo steps (replication, audits, repair, energy) register here."""
+
+
+# --- energy (issue 5): the report closes the demo, after every _EXTRA_STEPS hook.
+_FINAL_STEPS: list[Any] = []
+"""Steps that must run last (the energy report summarises what the others did)."""
+from .commands_energy import demo_step as _energy_step  # noqa: E402
+
+_FINAL_STEPS.append(_energy_step)
+
+
+# --- replication (issue 4): put with replicas, audit, break a holder, repair.
+from .demo_replication import replication_step as _replication_step  # noqa: E402
+
+_EXTRA_STEPS.append(_replication_step)

@@ -94,6 +94,8 @@ def _setup_extensions(node: Any) -> None:
     except ImportError:
         return
     install(node)
+    from p2p.energy_service import install as install_energy  # energy (issue 5): last, wraps the above
+    install_energy(node)
 
 
 def cmd_id(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from store import exporter
 from store.chunker import CHUNKER_NAMES, chunker_for
 from store.cid import parse_cid
+from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
 from store.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from store.repo import Repo, resolve_repo_path
 
@@ -159,7 +160,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     chunker = chunker_for(args.chunker, profile, path)
     with open_repo(args) as repo:
         with progress_bar(f"put {path.name}", _input_size(path), enabled=not args.quiet) as advance:
-            result = repo.add(path, profile=profile, chunker=chunker, progress=advance)
+            result = put_measured(repo, path, profile=profile, chunker=chunker, progress=advance)
     return print_put_result(args, str(result.cid), result.size, path.name)
 
 
@@ -293,7 +294,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         doc = client.call("POST", "/v1/gc")
     else:
         with open_repo(args) as repo:
-            result = repo.gc()
+            result = gc_measured(repo)
         doc = {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
     if args.json:
         print_json(doc)

@@ -23,10 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo", metavar="DIR", help="repo directory (default: $SHOAL_REPO or ~/.shoal)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands_store.register(sub)
-    from . import commands_demo, commands_node
+    from . import commands_demo, commands_node, commands_replication
 
     commands_node.register(sub)
     commands_demo.register(sub)
+    commands_replication.register(sub)
+    from . import commands_energy  # energy (issue 5)
+    commands_energy.register(sub)
     return parser
 
 

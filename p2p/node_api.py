@@ -12,6 +12,7 @@ from store import exporter
 from store.car import export_car_file
 from store.chunker import chunker_for
 from store.cid import CID, parse_cid
+from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
 from store.errors import BlockNotFound, InvalidInput
 from store.profiles import PROFILES
 
@@ -41,6 +42,11 @@ def build_api(node: Node, token: str) -> ControlApi:
     async def peers(p: dict[str, Any]) -> Any:
         return [rec.as_json() for rec in node.peers.all()]
 
+    async def stats(p: dict[str, Any]) -> Any:
+        """Traffic counters, so operators (and tests) can see who served what."""
+        return {"served_bytes": node.served_bytes, "received_bytes": node.received_bytes,
+                "connected_peers": len(node.connected_peers())}
+
     async def put(p: dict[str, Any]) -> Any:
         path = Path(param(p, "path"))
         profile_name = param(p, "profile", str, None)
@@ -53,7 +59,7 @@ def build_api(node: Node, token: str) -> ControlApi:
             raise InvalidInput(f"no such file or directory: {path}")
         chunker = chunker_for(chunker_name, profile, path)
         async with node.store_guard.shared():
-            result = await run(lambda: repo.add(path, profile=profile, chunker=chunker))
+            result = await run(lambda: put_measured(repo, path, profile=profile, chunker=chunker))
         doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
         if replicas > 1:
             placer = getattr(node, "replication", None)
@@ -78,7 +84,9 @@ def build_api(node: Node, token: str) -> ControlApi:
         offset = param(p, "offset", int, 0)
         length = param(p, "length", int, None)
         tensor = param(p, "tensor", str, None)
-        await ensure_local(cid)
+        from .tensors import ensure_cat_range  # fetch only the blocks this read covers
+
+        await ensure_cat_range(node, cid, offset, length, tensor)
         if tensor is not None:
             from store.tensors import tensor_window
 
@@ -129,7 +137,7 @@ def build_api(node: Node, token: str) -> ControlApi:
 
     async def gc(p: dict[str, Any]) -> Any:
         async with node.store_guard.exclusive():
-            result = await run(repo.gc)
+            result = await run(gc_measured, repo)
         return {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
 
     async def verify(p: dict[str, Any]) -> Any:
@@ -153,6 +161,7 @@ def build_api(node: Node, token: str) -> ControlApi:
 
     api.json_route("GET", "/v1/id", ident)
     api.json_route("GET", "/v1/peers", peers)
+    api.json_route("GET", "/v1/stats", stats)
     api.json_route("POST", "/v1/put", put)
     api.json_route("POST", "/v1/get", get)
     api.json_route("POST", "/v1/fetch", fetch)

@@ -1,0 +1,228 @@
+"""The bytes an object's storage commitment covers, and its leaf-hash file.
+
+Synchronous (worker threads call it). Two jobs:
+
+1. Say which bytes of an object the Merkle commitment (store.proofs) covers,
+   and read any segment of them from the local blockstore:
+   - a file: its content bytes (exporter.read_file), so the commitment does
+     not depend on how the file was chunked;
+   - a directory: the concatenation of every block of its DAG in depth-first
+     link order (root first), since a directory has no single byte stream
+     and every one of those blocks must be kept.
+   Reads go through `blockstore.get`, which hash-checks each block, so a
+   holder with a corrupt or missing block cannot answer for its segments.
+2. Keep the leaf-hash layer on disk, `<repo>/proofs/<cid>.leaves` (32 bytes
+   per 2 KiB segment, 1.6 % of the object), written temp + fsync + rename +
+   fsync dir, and load the prover's tree from it.
+
+Not here: signing, the network, policy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from store import exporter
+from store.blockstore import Blockstore
+from store.cid import CID, RAW
+from store.proofs import (
+    DEFAULT_SEGMENT_SIZE, HASH_LEN, Commitment, MerkleBuilder, MerkleTree, NodeSource, SparseTree,
+)
+
+__all__ = ["ObjectBytes", "object_bytes", "leaves_path", "build_commitment", "load_tree", "has_leaves"]
+
+PROOFS_DIR = "proofs"
+_READ_PIECE = 1 << 20
+
+
+class ObjectBytes:
+    """Random access to the committed bytes of one object."""
+
+    def __init__(self, length: int, read: Callable[[int, int], bytes], stream: Callable[[], Iterator[bytes]]) -> None:
+        self.length = length
+        self._read = read
+        self._stream = stream
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._read(offset, length)
+
+    def stream(self) -> Iterator[bytes]:
+        return self._stream()
+
+    def segment_reader(self, segment_size: int) -> Callable[[int], bytes]:
+        """`read_segment(i)` for store.proofs.make_proof."""
+        return lambda i: self._read(i * segment_size, segment_size)
+
+
+class _RecentBlocks:
+    """`get` with a tiny LRU: a proof reads sorted segments, so consecutive
+    segments mostly fall in the same 1 MiB block; re-reading and re-hashing
+    it for each 2 KiB segment would cost ~500x the bytes."""
+
+    def __init__(self, store: Blockstore, size: int = 4) -> None:
+        self._store = store
+        self._size = size
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, cid: CID) -> bytes:
+        key = bytes(cid)
+        data = self._recent.get(key)
+        if data is None:
+            data = self._store.get(cid)
+            self._recent[key] = data
+            while len(self._recent) > self._size:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(key)
+        return data
+
+    def has(self, cid: CID) -> bool:
+        return self._store.has(cid)
+
+    def size(self, cid: CID) -> int:
+        return self._store.size(cid)
+
+
+def object_bytes(backing: Blockstore, cid: CID) -> ObjectBytes:
+    """The committed bytes of `cid` (BlockNotFound / HashMismatch if damaged).
+
+    Blocks are still hash-checked when first read; a few recent ones are
+    kept for the life of this object (one proof), never longer.
+    """
+    store: Any = _RecentBlocks(backing)
+    st = exporter.stat(store, cid)
+    if st.kind in ("file", "raw"):
+        size = int(st.size or 0)
+
+        def read(offset: int, length: int) -> bytes:
+            return b"".join(exporter.read_file(store, cid, offset, length))
+
+        return ObjectBytes(size, read, lambda: exporter.read_file(store, cid))
+    layout = _dag_layout(store, cid)
+    starts = [s for s, _, _ in layout]
+    total = layout[-1][0] + layout[-1][2] if layout else 0
+
+    def read_dag(offset: int, length: int) -> bytes:
+        out = bytearray()
+        end = min(total, offset + length)
+        i = max(0, bisect.bisect_right(starts, offset) - 1)
+        while offset < end and i < len(layout):
+            start, block_cid, size = layout[i]
+            data = store.get(block_cid)
+            out += data[offset - start : min(size, end - start)]
+            offset = start + size
+            i += 1
+        return bytes(out)
+
+    def stream_dag() -> Iterator[bytes]:
+        for _, block_cid, _ in layout:
+            yield store.get(block_cid)
+
+    return ObjectBytes(total, read_dag, stream_dag)
+
+
+def _dag_layout(store: Blockstore, root: CID) -> list[tuple[int, CID, int]]:
+    """(offset, cid, size) of every block, depth-first in link order, each block once."""
+    out: list[tuple[int, CID, int]] = []
+    seen: set[bytes] = set()
+    stack = [root]
+    pos = 0
+    while stack:
+        cid = stack.pop()
+        key = bytes(cid)
+        if key in seen:
+            continue
+        seen.add(key)
+        if cid.codec.name == RAW:
+            size = store.size(cid)
+        else:
+            data = store.get(cid)
+            size = len(data)
+            stack.extend(reversed(exporter.iter_links(cid, data)))
+        out.append((pos, cid, size))
+        pos += size
+    return out
+
+
+def leaves_path(repo_path: Path, cid: CID | str) -> Path:
+    return Path(repo_path) / PROOFS_DIR / f"{cid}.leaves"
+
+
+def has_leaves(repo_path: Path, cid: CID | str, commitment: Commitment) -> bool:
+    try:
+        return leaves_path(repo_path, cid).stat().st_size == HASH_LEN * commitment.n_segments
+    except OSError:
+        return False
+
+
+def build_commitment(store: Blockstore, repo_path: Path, cid: CID,
+                     segment_size: int = DEFAULT_SEGMENT_SIZE) -> Commitment:
+    """One pass over the object: its commitment, and its leaf file saved durably."""
+    path = leaves_path(repo_path, cid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        builder = MerkleBuilder(segment_size, leaf_sink=f.write)
+        for piece in object_bytes(store, cid).stream():
+            builder.update(piece)
+        commitment = builder.finish()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return commitment
+
+
+def load_tree(repo_path: Path, cid: CID | str, commitment: Commitment) -> NodeSource:
+    """The prover's tree from the leaf file (MalformedProof if it does not match)."""
+    if commitment.n_segments == 0:
+        return MerkleTree([], commitment)
+    path = leaves_path(repo_path, cid)
+    fd = os.open(path, os.O_RDONLY)
+
+    def read_leaves(first: int, count: int) -> bytes:
+        return os.pread(fd, count * HASH_LEN, first * HASH_LEN)
+
+    try:
+        tree = SparseTree(read_leaves, commitment)
+    except BaseException:
+        os.close(fd)
+        raise
+    # The tree keeps reading leaves on demand, so the fd lives as long as it.
+    return _OwnedTree(tree, fd)
+
+
+class _OwnedTree:
+    """A SparseTree plus the file descriptor it reads from (closed on collect)."""
+
+    def __init__(self, tree: SparseTree, fd: int) -> None:
+        self._tree = tree
+        self._fd = fd
+        self.commitment = tree.commitment
+
+    def node(self, level: int, index: int) -> bytes:
+        return self._tree.node(level, index)
+
+    def __del__(self) -> None:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_leaves(repo_path: Path, cid: CID | str) -> None:
+    leaves_path(repo_path, cid).unlink(missing_ok=True)
+
+

@@ -1,0 +1,18 @@
+"""Optional node services, attached by `shoal node start` before the node runs.
+
+`cli.commands_node._setup_extensions` calls `install(node)`. Each service
+hooks itself in through the node's extension points (extra_handlers,
+extra_routes, background) instead of the node importing it, so the core
+node stays small and each service can be tested on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def install(node: Any) -> None:
+    """Attach every available service to `node` (replication and audits first)."""
+    from .replication import install as install_replication
+
+    install_replication(node)

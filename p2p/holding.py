@@ -1,0 +1,213 @@
+"""The holder's side of replication: take a replica, answer audits.
+
+A StoreRequest is checked before any byte moves: the manifest must be signed
+by its owner, the offer by the requester, the requester must be the owner or
+a holder listed in the offer, and the object must fit the quota
+(`--quota`, bytes held for others) and the disk. Then the holder pulls the
+DAG (from the requester and the other listed holders), pins it, recomputes
+the Merkle commitment and refuses if it is not the manifest's, records the
+object and both signatures, and signs the agreement.
+
+An AuditChallenge is answered only for an object under agreement, only to
+its owner or a co-holder (a deputy), only once per nonce (replays refused,
+persistently), within the challenge's deadline; a missing or corrupt block
+is admitted as ERROR not-found, never papered over.
+
+Not here: placement, policy, loops (p2p.replication).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import OrderedDict
+from typing import Any
+
+import trio
+
+from store.cid import CID, cid_from_bytes, parse_cid
+from store.errors import StoreError
+from store.manifest import Manifest
+from store.proofs import MAX_K, NodeSource
+
+from . import limits as L
+from .agreements import Agreements, ObjectRow, Offer, agreement_bytes, offer_signing_bytes
+from .audit import prove
+from .commit_files import build_commitment, has_leaves, load_tree
+from .connection import PeerConnection
+from .errors import P2PError, ProtocolError
+from .fetch import fetch_dag
+from .identity import PeerId
+from .messages import AuditChallenge, AuditProof, Error, ErrorCode, Message, StoreRequest, StoreResponse
+
+log = logging.getLogger("shoal.holding")
+
+MAX_CACHED_TREES = 64
+
+
+class Holding:
+    """Handlers for StoreRequest and AuditChallenge, and the prover's tree cache."""
+
+    def __init__(self, node: Any, db: Agreements) -> None:
+        self.node = node
+        self.db = db
+        self._locks: dict[str, trio.Lock] = {}
+        self._trees: OrderedDict[str, NodeSource] = OrderedDict()
+
+    @property
+    def me(self) -> PeerId:
+        return self.node.peer_id  # type: ignore[no-any-return]
+
+    def _lock(self, cid: str) -> trio.Lock:
+        return self._locks.setdefault(cid, trio.Lock())
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args)
+
+    # -- store request (holder side) --------------------------------------------
+
+    async def on_store_request(self, conn: PeerConnection, msg: Message) -> list[Message]:
+        assert isinstance(msg, StoreRequest)
+        rid = msg.request_id
+
+        def refuse(why: str) -> list[Message]:
+            return [StoreResponse(rid, False, why[: L.MAX_REASON_BYTES], b"")]
+
+        requester = conn.remote_peer
+        try:
+            cid = cid_from_bytes(msg.root_cid)
+            offer = Offer.decode(msg.manifest)
+            manifest = Manifest.decode(offer.manifest)
+            owner = PeerId.from_bytes(manifest.owner)
+        except (StoreError, ProtocolError, P2PError) as exc:
+            return [Error(rid, ErrorCode.MALFORMED, f"bad store request: {exc}"[:500])]
+        text = str(cid)
+        if manifest.root_cid != text or manifest.commitment.length != msg.size:
+            return refuse("manifest does not describe this object")
+        if not owner.verify(manifest.signature, manifest.signing_bytes()):
+            return refuse("manifest is not signed by its owner")
+        if not requester.verify(msg.owner_sig, offer_signing_bytes(msg.manifest)):
+            return refuse("offer is not signed by the requester")
+        if requester != owner and requester.to_bytes() not in offer.holders:
+            return refuse("requester is neither the owner nor a holder")
+        async with self._lock(text):
+            existing = self.db.get_object(text)
+            if existing is None:
+                room = self._room()
+                if room is not None and msg.size > room:
+                    return refuse(f"over quota: {msg.size} bytes asked, {room} free")
+            try:
+                await self._take(cid, manifest, offer, requester)
+            except (P2PError, StoreError, OSError) as exc:
+                log.info("store of %s for %s failed: %s", text, requester, exc)
+                return refuse(f"could not take the replica: {exc}")
+            role = existing.role if existing is not None and existing.role in ("owner", "deputy") else "holder"
+            if role == "deputy" and requester == owner:
+                role = "holder"  # the owner is back: the deputy steps down
+            if existing is None or existing.role != "owner":
+                await self._run(self.db.put_object, text, role, offer.manifest, str(owner),
+                                offer.replicas_wanted, manifest.commitment.length, msg.manifest)
+            sig = self.node.identity.sign(agreement_bytes(msg.manifest, requester.to_bytes(), self.me.to_bytes()))
+            await self._run(self.db.record_agreement, text, str(requester), str(self.me), msg.manifest,
+                            msg.owner_sig, sig)
+        return [StoreResponse(rid, True, "", sig)]
+
+    def _room(self) -> int | None:
+        """Bytes we may still accept for others (None = no quota), bounded by the disk."""
+        free = shutil.disk_usage(self.node.repo.path).free
+        quota: int | None = self.node.options.quota_bytes
+        if quota is None:
+            return free
+        return max(0, min(free, quota - self.db.held_bytes()))
+
+    async def _take(self, cid: CID, manifest: Manifest, offer: Offer, requester: PeerId) -> None:
+        """Pull, pin, and check the commitment against the signed manifest."""
+        text = str(cid)
+        sources = [requester]
+        for raw in offer.holders:
+            try:
+                peer = PeerId.from_bytes(raw)
+            except P2PError:
+                continue
+            if peer not in sources and peer != self.me and self.node.connection_to(peer) is not None:
+                sources.append(peer)
+        await fetch_dag(self.node, cid, holders=sources)
+        async with self.node.store_guard.shared():
+            await self._run(self.node.repo.pin_add, cid)
+        repo_path = self.node.repo.path
+        if has_leaves(repo_path, cid, manifest.commitment):
+            try:
+                self._remember_tree(text, await self._run(load_tree, repo_path, cid, manifest.commitment))
+                return
+            except StoreError:
+                pass  # a stale or damaged leaf file: recompute it below
+        commitment = await self._run(build_commitment, self.node.repo.blockstore, repo_path, cid,
+                                     manifest.commitment.segment_size)
+        if commitment != manifest.commitment:
+            raise P2PError("the object's bytes do not match the manifest's commitment")
+        self._trees.pop(text, None)
+
+    # -- audits (holder side) ------------------------------------------------------
+
+    async def on_audit_challenge(self, conn: PeerConnection, msg: Message) -> list[Message]:
+        assert isinstance(msg, AuditChallenge)
+        rid = msg.request_id
+        try:
+            cid = cid_from_bytes(msg.root_cid)
+        except StoreError:
+            return [Error(rid, ErrorCode.MALFORMED, "bad CID")]
+        text = str(cid)
+        obj = self.db.get_object(text)
+        if obj is None or not obj.manifest:
+            return [Error(rid, ErrorCode.NOT_FOUND, "no storage agreement for this object")]
+        manifest = Manifest.decode(obj.manifest)
+        if not self._may_audit(obj, manifest, conn.remote_peer):
+            return [Error(rid, ErrorCode.REFUSED, "only the owner or a co-holder may audit")]
+        if msg.count > MAX_K:
+            return [Error(rid, ErrorCode.REFUSED, f"at most {MAX_K} challenges")]
+        if not await self._run(self.db.use_nonce, msg.nonce, text):
+            return [Error(rid, ErrorCode.REFUSED, "replayed nonce")]
+        try:
+            with trio.fail_after(msg.deadline_ms / 1000):
+                tree = await self.tree(text, manifest)
+                proof = await self._run(prove, self.node.repo.blockstore, cid, tree, msg.nonce, self.me, msg.count)
+        except (StoreError, OSError) as exc:
+            await self._run(self.db.record_audit, text, str(conn.remote_peer), "lost", msg.count, str(exc), None)
+            return [Error(rid, ErrorCode.NOT_FOUND, f"cannot prove: {exc}"[:500])]
+        except trio.TooSlowError:
+            return [Error(rid, ErrorCode.BUSY, "could not build the proof in time")]
+        sig = self.node.identity.sign(proof.signing_bytes())
+        await self._run(self.db.record_audit, text, str(conn.remote_peer), "answered", msg.count, "", None)
+        return [AuditProof(rid, msg.root_cid, msg.nonce, proof.encode(), sig)]
+
+    def _may_audit(self, obj: ObjectRow, manifest: Manifest, peer: PeerId) -> bool:
+        if peer.to_bytes() == manifest.owner:
+            return True
+        if obj.offer:
+            try:
+                if peer.to_bytes() in Offer.decode(obj.offer).holders:
+                    return True
+            except ProtocolError:
+                pass
+        return self.db.holder(obj.cid, str(peer)) is not None
+
+    async def tree(self, cid: str, manifest: Manifest) -> NodeSource:
+        """The prover's tree for `cid` (cached; rebuilt from the data if the leaf file is gone)."""
+        tree = self._trees.get(cid)
+        if tree is not None and tree.commitment == manifest.commitment:
+            self._trees.move_to_end(cid)
+            return tree
+        repo_path = self.node.repo.path
+        parsed = parse_cid(cid)
+        if not has_leaves(repo_path, parsed, manifest.commitment):
+            await self._run(build_commitment, self.node.repo.blockstore, repo_path, parsed,
+                            manifest.commitment.segment_size)
+        loaded: NodeSource = await self._run(load_tree, repo_path, parsed, manifest.commitment)
+        self._remember_tree(cid, loaded)
+        return loaded
+
+    def _remember_tree(self, cid: str, tree: NodeSource) -> None:
+        self._trees[cid] = tree
+        self._trees.move_to_end(cid)
+        while len(self._trees) > MAX_CACHED_TREES:
+            self._trees.popitem(last=False)
