@@ -172,6 +172,11 @@ def print_put_result(args: argparse.Namespace, cid: str, size: int, name: str, e
         print_json({"cid": cid, "size": size, "name": name, **(extra or {})})
     else:
         print(f"added {cid} {name} ({human_size(size)})")
+        placement = (extra or {}).get("placement")
+        if isinstance(placement, dict):
+            planned = placement.get("planned") or []
+            print(f"placing {placement.get('wanted')} copies in the background "
+                  f"({len(planned)} peer(s) chosen); see `shoal status {cid}`", file=sys.stderr)
     return 0
 
 

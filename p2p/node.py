@@ -241,11 +241,13 @@ class Node:
         quota = self.options.quota_bytes
         if quota is None:
             return usage.total, usage.free
-        used = self.stored_bytes()
+        used = self.held_for_others()
         return quota, max(0, min(quota - used, usage.free))
 
-    def stored_bytes(self) -> int:
-        return sum(o.tsize for o in self.repo.objects())
+    def held_for_others(self) -> int:
+        """Bytes of replicas this node keeps for other owners (what --quota limits)."""
+        replication = getattr(self, "replication", None)
+        return int(replication.db.held_bytes()) if replication is not None else 0
 
     def _on_hello(self, conn: PeerConnection) -> None:
         hello = conn.remote_hello
