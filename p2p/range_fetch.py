@@ -1,0 +1,294 @@
+"""Fetch only the part of a remote file DAG that covers a byte range.
+
+Why: reading one tensor of a 10 GB checkpoint held by another peer should
+move that tensor's blocks, not the checkpoint. The walk starts at the root
+and, at every File node, asks only for the children whose byte span (from
+the node's blocksizes) overlaps the range, exactly as
+`store.exporter.read_file` skips subtrees locally. Interior nodes on the
+path and the covering leaves are fetched; nothing else.
+
+Split as elsewhere in p2p/: `RangeWalk` is the pure part (which blocks a
+range needs, given the blocks seen so far; checks every node's
+bookkeeping), and `fetch_range` is the trio driver that feeds it blocks
+from the local store or from holders via `exchange.FetchPlanner`. Every
+block is hash-verified (`Blockstore.put`/`get`) before its links are read,
+and stored, so a later `exporter.read_file` of the same range runs locally
+and a repeated fetch is free. Fetched blocks are not pinned: they are a
+cache that `gc` may drop.
+
+Not here: directories (a range of a directory is meaningless; the walk
+stops at a non-file node and leaves the error to the exporter).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, cast
+
+import trio
+
+from store import dagpb, unixfs
+from store.cid import CID, DAG_PB, RAW, cid_from_bytes
+from store.errors import BlockNotFound, HashMismatch, InvalidCID, InvalidInput, MalformedBlock, StoreError
+
+from . import limits as L
+from .connection import RequestFailed
+from .errors import NoPeers
+from .exchange import FetchPlanner
+from .fetch import FetchFailed, find_holders
+from .identity import PeerId
+from .messages import Block, BlockMissing, WantBlock
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["RangeWalk", "RangeFetchResult", "fetch_range", "fetch_ranges"]
+
+log = logging.getLogger("shoal.range_fetch")
+
+# (kind, holder, block key, block bytes): what a request task reports to the driver loop
+_Event = tuple[str, PeerId, bytes, Optional[bytes]]
+# (absolute start of the node's content, size its parent promised or None at the root)
+_Position = tuple[int, "int | None"]
+
+
+class RangeWalk:
+    """Which blocks of a file DAG cover [offset, end): a pure, incremental walk.
+
+    `start()` gives the root; each `on_block(cid, data)` (verified bytes)
+    returns the children now needed. Positions are tracked per block, so a
+    block that occurs twice in the file (deduplicated leaves) is expanded
+    for each occurrence. MalformedBlock if a node's sizes do not add up.
+    """
+
+    def __init__(self, root: CID, offset: int, length: int | None) -> None:
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidInput("offset and length must be non-negative")
+        self.root = root
+        self.offset = offset
+        self.end = None if length is None else offset + length
+        self._positions: dict[bytes, list[_Position]] = {}
+        self._cids: dict[bytes, CID] = {}
+
+    @property
+    def empty(self) -> bool:
+        return self.end is not None and self.end <= self.offset
+
+    def start(self) -> list[CID]:
+        return [] if self.empty else self._want(self.root, 0, None)
+
+    def cid_for(self, key: bytes) -> CID:
+        return self._cids[key]
+
+    def _want(self, cid: CID, start: int, promised: int | None) -> list[CID]:
+        key = bytes(cid)
+        self._positions.setdefault(key, []).append((start, promised))
+        self._cids[key] = cid
+        return [cid]
+
+    def on_block(self, cid: CID, data: bytes) -> list[CID]:
+        """Expand every pending occurrence of this block; return the children needed."""
+        positions = self._positions.pop(bytes(cid), [])
+        wanted: list[CID] = []
+        for start, promised in positions:
+            wanted += self._expand(cid, data, start, promised)
+        return wanted
+
+    def leaf_present(self, cid: CID) -> None:
+        """A raw leaf already held locally: done, without reading it (readers verify it)."""
+        self._positions.pop(bytes(cid), None)
+
+    def _expand(self, cid: CID, data: bytes, start: int, promised: int | None) -> list[CID]:
+        if cid.codec.name == RAW:
+            if promised is not None and len(data) != promised:
+                raise MalformedBlock(f"{cid}: raw leaf of {len(data)} bytes, parent says {promised}")
+            return []
+        if cid.codec.name != DAG_PB:
+            raise MalformedBlock(f"{cid}: codec {cid.codec.name} is not UnixFS")
+        node = dagpb.decode(data)
+        if node.data is None:
+            raise MalformedBlock(f"{cid}: dag-pb node without UnixFS data")
+        fs = unixfs.decode(node.data)
+        if fs.type not in (unixfs.DataType.FILE, unixfs.DataType.RAW):
+            return []  # not a file: the exporter reports it
+        if len(fs.blocksizes) != len(node.links):
+            raise MalformedBlock(f"{cid}: {len(node.links)} links but {len(fs.blocksizes)} blocksizes")
+        size = fs.content_size()
+        if (fs.filesize is not None and fs.filesize != size) or (promised is not None and size != promised):
+            raise MalformedBlock(f"{cid}: sizes do not add up")
+        child_start = start + len(fs.data or b"")
+        wanted: list[CID] = []
+        for link, bs in zip(node.links, fs.blocksizes):
+            if child_start + bs > self.offset and (self.end is None or child_start < self.end):
+                try:
+                    child = cid_from_bytes(link.hash)
+                except InvalidCID as exc:
+                    raise MalformedBlock(f"{cid}: link to an unsupported CID: {exc}") from None
+                wanted += self._want(child, child_start, bs)
+            child_start += bs
+        return wanted
+
+
+@dataclass
+class RangeFetchResult:
+    """What a range fetch moved: blocks/bytes from peers, blocks found locally."""
+
+    cid: CID
+    fetched_blocks: int = 0
+    fetched_bytes: int = 0
+    local_blocks: int = 0
+    holders: list[PeerId] = field(default_factory=list)
+
+
+async def fetch_range(node: "Node", cid: CID, offset: int = 0, length: int | None = None, *,
+                      holders: list[PeerId] | None = None, request_timeout: float = 20.0,
+                      max_inflight_per_peer: int = 16) -> RangeFetchResult:
+    """Make the blocks covering file bytes [offset, offset+length) of `cid` local, verified.
+
+    Asks connected peers for the root only if something is missing (or uses
+    `holders`). Raises NoPeers if nobody has it, FetchFailed if some block
+    could not be had or the DAG is malformed.
+    """
+    return (await fetch_ranges(node, cid, [(offset, length)], holders=holders,
+                               request_timeout=request_timeout,
+                               max_inflight_per_peer=max_inflight_per_peer))
+
+
+async def fetch_ranges(node: "Node", cid: CID, ranges: list[tuple[int, int | None]], *,
+                       holders: list[PeerId] | None = None, request_timeout: float = 20.0,
+                       max_inflight_per_peer: int = 16) -> RangeFetchResult:
+    """`fetch_range` for several ranges of one file, one after the other, sharing holders."""
+    result = RangeFetchResult(cid, holders=list(holders or []))
+    async with node.store_guard.shared():
+        for offset, length in ranges:
+            driver = _RangeFetch(node, RangeWalk(cid, offset, length), result,
+                                 request_timeout, max_inflight_per_peer)
+            await driver.run()
+    return result
+
+
+class _RangeFetch:
+    """The trio driver: local blocks first, then the planner over the holders."""
+
+    def __init__(self, node: "Node", walk: RangeWalk, result: RangeFetchResult,
+                 request_timeout: float, max_inflight_per_peer: int) -> None:
+        self.node = node
+        self.store = node.repo.blockstore
+        self.walk = walk
+        self.result = result
+        self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer,
+                                    request_timeout=request_timeout)
+        self.events_send, self.events_recv = trio.open_memory_channel[_Event](math.inf)
+        self.waiting: set[bytes] = set()
+
+    async def run(self) -> None:
+        await self._consider(self.walk.start())
+        if not self.waiting:
+            return
+        if not self.result.holders:
+            self.result.holders = await find_holders(self.node, self.walk.root)
+            if not self.result.holders:
+                raise NoPeers(f"no connected peer has {self.walk.root}")
+        for holder in self.result.holders:
+            self.planner.add_holder(holder)
+        malformed: FetchFailed | None = None
+        async with trio.open_nursery() as nursery:
+            while not self.planner.finished:
+                for peer, key in self.planner.next_requests(trio.current_time()):
+                    nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
+                deadline = self.planner.next_deadline()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    try:
+                        await self._handle(await self.events_recv.receive())
+                    except FetchFailed as exc:  # raised below, not as an ExceptionGroup
+                        malformed = exc
+                        break
+                    continue
+                self.planner.expire(trio.current_time())
+            nursery.cancel_scope.cancel()
+        if malformed is not None:
+            raise malformed
+        if self.planner.failed:
+            raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of "
+                              f"{self.walk.root} from any peer")
+
+    async def _consider(self, cids: list[CID]) -> None:
+        """Expand blocks we already hold; queue the rest (each key once)."""
+        stack = list(reversed(cids))
+        while stack:
+            cid = stack.pop()
+            key = bytes(cid)
+            if key in self.waiting:
+                continue  # its arrival expands every occurrence
+            if cid.codec.name == RAW and self.store.has(cid):
+                self.result.local_blocks += 1
+                self.walk.leaf_present(cid)  # no links: nothing to read now
+                continue
+            try:
+                data = await trio.to_thread.run_sync(self.store.get, cid) if self.store.has(cid) else None
+            except HashMismatch:
+                self.store.delete(cid)  # corrupt local copy: fetch a good one
+                data = None
+            except BlockNotFound:
+                data = None
+            if data is None:
+                self.waiting.add(key)
+                self.planner.want([key])
+                continue
+            self.result.local_blocks += 1
+            stack.extend(reversed(self._expand(cid, data)))
+
+    def _expand(self, cid: CID, data: bytes) -> list[CID]:
+        try:
+            return self.walk.on_block(cid, data)
+        except StoreError as exc:
+            raise FetchFailed(f"block {cid} of {self.walk.root} is malformed: {exc}") from None
+
+    async def _request(self, peer: PeerId, key: bytes) -> None:
+        conn = self.node.connection_to(peer)
+        if conn is None:
+            self.events_send.send_nowait(("gone", peer, key, None))
+            return
+        try:
+            replies = await conn.request(lambda rid: WantBlock(rid, (key,)),
+                                         timeout=L.BLOCK_REQUEST_TIMEOUT_S)
+        except RequestFailed as exc:
+            kind = "gone" if conn.closed else ("timeout" if exc.timed_out else "fail")
+            self.events_send.send_nowait((kind, peer, key, None))
+            return
+        for reply in replies:
+            if isinstance(reply, Block) and reply.cid == key:
+                self.events_send.send_nowait(("block", peer, key, reply.data))
+                return
+            if isinstance(reply, BlockMissing):
+                break
+        self.events_send.send_nowait(("fail", peer, key, None))
+
+    async def _handle(self, event: "_Event") -> None:
+        kind, peer, key, data = event
+        if kind == "gone":
+            self.planner.on_peer_gone(peer)
+            return
+        if kind in ("fail", "timeout"):
+            self.planner.on_failure(peer, key, timed_out=kind == "timeout")
+            if kind == "timeout":
+                self.node.peers.ensure(peer).reputation.timeouts += 1
+            return
+        cid = self.walk.cid_for(key)
+        assert data is not None  # a "block" event always carries bytes
+        try:
+            await trio.to_thread.run_sync(self.store.put, cid, data)  # verifies the hash
+        except HashMismatch:
+            log.warning("peer %s sent a block that does not match %s", peer, cid)
+            self.node.peers.ensure(peer).reputation.corrupt += 1
+            self.planner.on_block(peer, key, valid=False)
+            return
+        self.planner.on_block(peer, key, valid=True)
+        self.node.peers.ensure(peer).reputation.delivered += 1
+        self.waiting.discard(key)
+        self.result.fetched_blocks += 1
+        self.result.fetched_bytes += len(data)
+        self.node.received_bytes += len(data)
+        await self._consider(self._expand(cid, data))
