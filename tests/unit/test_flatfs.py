@@ -151,7 +151,7 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_real_enospc(tiny_tmpfs: Path) -> None:

@@ -371,7 +371,7 @@ def tiny_repo(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_add(tiny_repo: Path, tmp_path: Path) -> None:
