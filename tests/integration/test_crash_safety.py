@@ -8,6 +8,7 @@ a re-put completes with the right CID.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -33,12 +34,15 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def files_under(path: Path) -> int:
+    """Block files so far, temp files included (cheap enough to poll)."""
+    return sum(len(files) for _root, _dirs, files in os.walk(path))
+
+
 def test_sigkill_during_put_leaves_a_verifiable_repo(tmp_path: Path, big_file: Path) -> None:
     reference = tmp_path / "reference"
     assert run_shoal(reference, "init").code == 0
-    started = time.monotonic()
     r = run_shoal(reference, "put", str(big_file), "--quiet")
-    put_seconds = time.monotonic() - started
     assert r.code == 0, r.err
     expected_cid = r.text.strip()
 
@@ -51,10 +55,17 @@ def test_sigkill_during_put_leaves_a_verifiable_repo(tmp_path: Path, big_file: P
             SHOAL + ["--repo", str(repo), "put", str(big_file), "--quiet"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=shoal_env(), cwd=PROJECT_ROOT,
         )
-        time.sleep(rng.uniform(0.1, 0.9) * put_seconds)  # a moment inside a typical put
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed_mid_put += 1
+        # Kill once a random share of the blocks has reached the disk (temp or
+        # final name): a moment that is really inside the put, however loaded
+        # the machine is and however fast the disk.
+        target = int(rng.uniform(0.05, 0.9) * SIZE / (1 << 20))
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if files_under(repo / "blocks") >= target:
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_put += 1
+                break
+            time.sleep(0.005)
         proc.communicate(timeout=60)
 
         v = run_shoal(repo, "verify", "--json")
