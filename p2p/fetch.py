@@ -12,14 +12,15 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, cast
+from typing import Any, TYPE_CHECKING, Callable, cast
 
 import trio
 
-from store.cid import CID, RAW, cid_from_bytes
+from store.cid import CID, RAW
 from store.errors import BlockNotFound, HashMismatch, StoreError
 from store.exporter import iter_links
 
@@ -90,45 +91,54 @@ async def fetch_dag(
     return await fetch.run(holders)
 
 
-class _Fetch:
-    def __init__(self, node: "Node", root: CID, progress: Callable[[int], None] | None,
-                 request_timeout: float, max_inflight_per_peer: int) -> None:
+class PlannedFetch(abc.ABC):
+    """What every fetch shares: the planner loop over holders, block requests,
+    hash-checked storing and the reputation bookkeeping.
+
+    Subclasses say which CID a key names (`_cid_for`) and what to do with a
+    verified block (`_on_block`): follow all its links, or only those that
+    cover a byte range.
+    """
+
+    def __init__(self, node: "Node", request_timeout: float, max_inflight_per_peer: int,
+                 result: FetchResult | Any) -> None:
         self.node = node
         self.store = node.repo.blockstore
-        self.root = root
-        self.progress = progress or (lambda n: None)
+        self.result = result
         self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer, request_timeout=request_timeout)
-        self.result = FetchResult(root)
-        self.cids: dict[bytes, CID] = {}
         self.events_send, self.events_recv = trio.open_memory_channel[_Event](math.inf)
 
-    async def run(self, holders: list[PeerId] | None) -> FetchResult:
-        async with self.node.store_guard.shared():
-            await self._consider([self.root])
-            if self.planner.finished:
-                return self.result
-            if holders is None:
-                holders = await find_holders(self.node, self.root)
-            if not holders:
-                raise NoPeers(f"no connected peer has {self.root}")
-            for peer in holders:
-                self.planner.add_holder(peer)
-            self.result.holders = len(holders)
-            failure: Exception | None = None
-            async with trio.open_nursery() as nursery:
-                # Caught inside the nursery and re-raised outside it: from the
-                # body it would leave as an ExceptionGroup, which the API's
-                # error mapping does not know (the user got an HTTP 500).
-                try:
-                    await self._loop(nursery)
-                except (P2PError, StoreError, OSError) as exc:
-                    failure = exc
-                nursery.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
+    @abc.abstractmethod
+    def _cid_for(self, key: bytes) -> CID:
+        """The CID a requested key stands for."""
+
+    @abc.abstractmethod
+    async def _on_block(self, key: bytes, cid: CID, data: bytes) -> None:
+        """A block arrived and is stored, verified: follow what it links to."""
+
+    async def _drive(self, root: CID, holders: list[PeerId] | None) -> list[PeerId]:
+        """Fetch everything the planner wants from `holders` (found if None)."""
+        if holders is None:
+            holders = await find_holders(self.node, root)
+        if not holders:
+            raise NoPeers(f"no connected peer has {root}")
+        for peer in holders:
+            self.planner.add_holder(peer)
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            # Caught inside the nursery and re-raised outside it: from the
+            # body it would leave as an ExceptionGroup, which the API's
+            # error mapping does not know (the user got an HTTP 500).
+            try:
+                await self._loop(nursery)
+            except (P2PError, StoreError, OSError) as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if self.planner.failed:
-            raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of {self.root} from any peer")
-        return self.result
+            raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of {root} from any peer")
+        return holders
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while not self.planner.finished:
@@ -171,9 +181,9 @@ class _Fetch:
                 self.node.peers.ensure(peer).reputation.timeouts += 1
             return
         assert data is not None  # kind == "block"
-        cid = self.cids[key]
+        cid = self._cid_for(key)
         try:
-            await trio.to_thread.run_sync(self.store.put, cid, data)
+            await trio.to_thread.run_sync(self.store.put, cid, data)  # verifies the hash
         except HashMismatch:
             log.warning("peer %s sent a block that does not match %s", peer, cid)
             self.node.peers.ensure(peer).reputation.corrupt += 1
@@ -184,6 +194,31 @@ class _Fetch:
         self.result.fetched_blocks += 1
         self.result.fetched_bytes += len(data)
         self.node.received_bytes += len(data)
+        await self._on_block(key, cid, data)
+
+
+class _Fetch(PlannedFetch):
+    """The whole DAG under a root."""
+
+    def __init__(self, node: "Node", root: CID, progress: Callable[[int], None] | None,
+                 request_timeout: float, max_inflight_per_peer: int) -> None:
+        super().__init__(node, request_timeout, max_inflight_per_peer, FetchResult(root))
+        self.root = root
+        self.progress = progress or (lambda n: None)
+        self.cids: dict[bytes, CID] = {}
+
+    async def run(self, holders: list[PeerId] | None) -> FetchResult:
+        async with self.node.store_guard.shared():
+            await self._consider([self.root])
+            if self.planner.finished:
+                return self.result
+            self.result.holders = len(await self._drive(self.root, holders))
+        return self.result
+
+    def _cid_for(self, key: bytes) -> CID:
+        return self.cids[key]
+
+    async def _on_block(self, key: bytes, cid: CID, data: bytes) -> None:
         self.progress(len(data))
         if cid.codec.name != RAW:
             try:

@@ -23,9 +23,8 @@ stops at a non-file node and leaves the error to the exporter).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, cast
+from typing import TYPE_CHECKING, Optional
 
 import trio
 
@@ -33,13 +32,8 @@ from store import dagpb, unixfs
 from store.cid import CID, DAG_PB, RAW, cid_from_bytes
 from store.errors import BlockNotFound, HashMismatch, InvalidCID, InvalidInput, MalformedBlock, StoreError
 
-from . import limits as L
-from .connection import RequestFailed
-from .errors import NoPeers
-from .exchange import FetchPlanner
-from .fetch import FetchFailed, find_holders
+from .fetch import FetchFailed, PlannedFetch
 from .identity import PeerId
-from .messages import Block, BlockMissing, WantBlock
 
 if TYPE_CHECKING:
     from .node import Node
@@ -169,50 +163,27 @@ async def fetch_ranges(node: "Node", cid: CID, ranges: list[tuple[int, int | Non
     return result
 
 
-class _RangeFetch:
+class _RangeFetch(PlannedFetch):
     """The trio driver: local blocks first, then the planner over the holders."""
 
     def __init__(self, node: "Node", walk: RangeWalk, result: RangeFetchResult,
                  request_timeout: float, max_inflight_per_peer: int) -> None:
-        self.node = node
-        self.store = node.repo.blockstore
+        super().__init__(node, request_timeout, max_inflight_per_peer, result)
         self.walk = walk
-        self.result = result
-        self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer,
-                                    request_timeout=request_timeout)
-        self.events_send, self.events_recv = trio.open_memory_channel[_Event](math.inf)
         self.waiting: set[bytes] = set()
 
     async def run(self) -> None:
         await self._consider(self.walk.start())
         if not self.waiting:
             return
-        if not self.result.holders:
-            self.result.holders = await find_holders(self.node, self.walk.root)
-            if not self.result.holders:
-                raise NoPeers(f"no connected peer has {self.walk.root}")
-        for holder in self.result.holders:
-            self.planner.add_holder(holder)
-        malformed: FetchFailed | None = None
-        async with trio.open_nursery() as nursery:
-            while not self.planner.finished:
-                for peer, key in self.planner.next_requests(trio.current_time()):
-                    nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
-                deadline = self.planner.next_deadline()
-                with trio.move_on_at(deadline if deadline is not None else math.inf):
-                    try:
-                        await self._handle(await self.events_recv.receive())
-                    except FetchFailed as exc:  # raised below, not as an ExceptionGroup
-                        malformed = exc
-                        break
-                    continue
-                self.planner.expire(trio.current_time())
-            nursery.cancel_scope.cancel()
-        if malformed is not None:
-            raise malformed
-        if self.planner.failed:
-            raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of "
-                              f"{self.walk.root} from any peer")
+        self.result.holders = await self._drive(self.walk.root, self.result.holders or None)
+
+    def _cid_for(self, key: bytes) -> CID:
+        return self.walk.cid_for(key)
+
+    async def _on_block(self, key: bytes, cid: CID, data: bytes) -> None:
+        self.waiting.discard(key)
+        await self._consider(self._expand(cid, data))
 
     async def _consider(self, cids: list[CID]) -> None:
         """Expand blocks we already hold; queue the rest (each key once)."""
@@ -245,50 +216,3 @@ class _RangeFetch:
             return self.walk.on_block(cid, data)
         except StoreError as exc:
             raise FetchFailed(f"block {cid} of {self.walk.root} is malformed: {exc}") from None
-
-    async def _request(self, peer: PeerId, key: bytes) -> None:
-        conn = self.node.connection_to(peer)
-        if conn is None:
-            self.events_send.send_nowait(("gone", peer, key, None))
-            return
-        try:
-            replies = await conn.request(lambda rid: WantBlock(rid, (key,)),
-                                         timeout=L.BLOCK_REQUEST_TIMEOUT_S)
-        except RequestFailed as exc:
-            kind = "gone" if conn.closed else ("timeout" if exc.timed_out else "fail")
-            self.events_send.send_nowait((kind, peer, key, None))
-            return
-        for reply in replies:
-            if isinstance(reply, Block) and reply.cid == key:
-                self.events_send.send_nowait(("block", peer, key, reply.data))
-                return
-            if isinstance(reply, BlockMissing):
-                break
-        self.events_send.send_nowait(("fail", peer, key, None))
-
-    async def _handle(self, event: "_Event") -> None:
-        kind, peer, key, data = event
-        if kind == "gone":
-            self.planner.on_peer_gone(peer)
-            return
-        if kind in ("fail", "timeout"):
-            self.planner.on_failure(peer, key, timed_out=kind == "timeout")
-            if kind == "timeout":
-                self.node.peers.ensure(peer).reputation.timeouts += 1
-            return
-        cid = self.walk.cid_for(key)
-        assert data is not None  # a "block" event always carries bytes
-        try:
-            await trio.to_thread.run_sync(self.store.put, cid, data)  # verifies the hash
-        except HashMismatch:
-            log.warning("peer %s sent a block that does not match %s", peer, cid)
-            self.node.peers.ensure(peer).reputation.corrupt += 1
-            self.planner.on_block(peer, key, valid=False)
-            return
-        self.planner.on_block(peer, key, valid=True)
-        self.node.peers.ensure(peer).reputation.delivered += 1
-        self.waiting.discard(key)
-        self.result.fetched_blocks += 1
-        self.result.fetched_bytes += len(data)
-        self.node.received_bytes += len(data)
-        await self._consider(self._expand(cid, data))
