@@ -34,7 +34,9 @@ def write_fake_model(path: Path, size: int, seed: int = 7) -> None:
     """A valid safetensors file of float16 tensors, `size` bytes of data in all."""
     rng = random.Random(seed)
     tensor_bytes = 4 * 1024 * 1024
-    names, offset, header = [], 0, {"__metadata__": {"format": "pt", "generator": "shoal demo"}}
+    names: list[tuple[str, int]] = []
+    offset = 0
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", "generator": "shoal demo"}}
     i = 0
     while offset < size:
         n = min(tensor_bytes, size - offset)

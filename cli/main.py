@@ -7,6 +7,7 @@ contract"): add, never rename. Handlers live in `cli.commands_*`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from .errors import EXIT_FAILURE, CliError, describe, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands_store
+    from . import commands_demo, commands_energy, commands_node, commands_replication, commands_store
 
     parser = argparse.ArgumentParser(
         prog="shoal",
@@ -22,14 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repo", metavar="DIR", help="repo directory (default: $SHOAL_REPO or ~/.shoal)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands_store.register(sub)
-    from . import commands_demo, commands_node, commands_replication
-
-    commands_node.register(sub)
-    commands_demo.register(sub)
-    commands_replication.register(sub)
-    from . import commands_energy  # energy (issue 5)
-    commands_energy.register(sub)
+    for module in (commands_store, commands_node, commands_replication, commands_energy, commands_demo):
+        module.register(sub)
     return parser
 
 
@@ -42,11 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("shoal: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # `shoal cat CID | head` closes our stdout early: not an error.
-        try:
-            sys.stdout = None  # type: ignore[assignment]
-        finally:
-            return 0
+        # `shoal cat CID | head` closes our stdout early: not an error. Point
+        # stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - mapped or re-raised below

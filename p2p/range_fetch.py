@@ -169,6 +169,7 @@ class _RangeFetch(PlannedFetch):
     def __init__(self, node: "Node", walk: RangeWalk, result: RangeFetchResult,
                  request_timeout: float, max_inflight_per_peer: int) -> None:
         super().__init__(node, request_timeout, max_inflight_per_peer, result)
+        self.result: RangeFetchResult = result
         self.walk = walk
         self.waiting: set[bytes] = set()
 

@@ -15,7 +15,7 @@ import os
 import secrets
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -77,8 +77,9 @@ async def run_node(
                 config.accesslog = None
                 config.errorlog = logging.getLogger("shoal.api.server")
                 config.graceful_timeout = 5
+                app: Any = build_api(node, token)  # a plain ASGI callable; hypercorn's types are narrower
                 binds = await nursery.start(lambda task_status: serve(
-                    build_api(node, token), config, shutdown_trigger=shutdown.wait, task_status=task_status))
+                    app, config, shutdown_trigger=shutdown.wait, task_status=task_status))
                 write_api_file(api_file, binds[0], token)
                 if on_ready is not None:
                     on_ready(node)
