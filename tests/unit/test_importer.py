@@ -236,11 +236,14 @@ def test_non_utf8_name_round_trips(tmp_path: Path) -> None:
     assert raw_name in bs.get(r.cid)
 
 
-def test_directory_that_needs_hamt_is_refused(tmp_path: Path) -> None:
+def test_directory_above_threshold_is_sharded(tmp_path: Path) -> None:
     d = tmp_path / "d"
     d.mkdir()
     for i in range(20):
         (d / f"file-{i:03d}").write_bytes(b"")
-    with pytest.raises(InvalidInput, match="HAMT"):
-        import_path(d, MemoryBlockstore(), UNIXFS_V1_2025.with_overrides(hamt_threshold_bytes=500))
-    assert isinstance(import_path(d, MemoryBlockstore()), ImportResult)
+    bs = MemoryBlockstore()
+    sharded = import_path(d, bs, UNIXFS_V1_2025.with_overrides(hamt_threshold_bytes=500))
+    root = unixfs.decode(dagpb.decode(bs.get(sharded.cid)).data or b"")
+    assert root.type == unixfs.DataType.HAMT_SHARD and root.fanout == 256
+    flat = import_path(d, MemoryBlockstore())
+    assert isinstance(flat, ImportResult) and flat.cid != sharded.cid
