@@ -179,6 +179,7 @@ class Repo:
 
     def close(self) -> None:
         self.index.close()
+        self.blockstore.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
