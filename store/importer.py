@@ -30,6 +30,11 @@ top-level path itself is followed, since the user named it.
 A directory whose node the JS importer would shard (its size estimate
 passes the profile's `hamt_threshold_bytes`) becomes a UnixFS HAMT built by
 `store.hamt`; the one call site is `_build_directory`.
+
+Storage commitment in the same pass (opt-in, one file): given a `builder`
+(anything with `update(bytes)`: a `store.proofs.MerkleBuilder`, or the
+repo's helper-process front end), the importer hands it every chunk in file
+order on the reading thread, right after handing the chunk to a worker.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
 
 from . import dagpb, unixfs, varint
 from .blockstore import Blockstore
@@ -49,8 +54,16 @@ from .chunker import Chunker, FixedChunker
 from .cid import CID, DAG_PB, RAW, DAG_PB_CODE, RAW_CODE, cid_for_digest
 from .errors import InvalidInput
 from .profiles import DEFAULT_PROFILE, Profile
+from .proofs import Commitment
 
-__all__ = ["ImportResult", "import_file", "import_path", "import_bytes"]
+__all__ = ["ImportResult", "import_file", "import_path", "import_bytes", "ByteSink"]
+
+
+class ByteSink(Protocol):
+    """What a same-pass commitment builder needs from the importer."""
+
+    def update(self, data: bytes) -> object: ...
+
 
 Progress = Callable[[int], None]
 
@@ -73,6 +86,7 @@ class ImportResult:
     size: int
     tsize: int
     blocks: int
+    commitment: Commitment | None = None  # set by Repo.add(..., commit=True) for a file
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +233,9 @@ class _Balanced:
 
 
 def _leaves(chunks: Iterable[bytes], writer: _DagWriter, pool: ThreadPoolExecutor | None,
-            in_flight: int) -> Iterator[_Node]:
-    """Leaves in chunk order, hashed concurrently with bounded look-ahead."""
+            in_flight: int, builder: ByteSink | None = None) -> Iterator[_Node]:
+    """Leaves in chunk order, hashed concurrently with bounded look-ahead;
+    `builder`, if given, gets each chunk in order as it is read."""
     pending: deque[Future[_Node]] = deque()
     any_chunk = False
     try:
@@ -234,6 +249,8 @@ def _leaves(chunks: Iterable[bytes], writer: _DagWriter, pool: ThreadPoolExecuto
                 pending.append(done)
             else:
                 pending.append(pool.submit(writer.leaf, chunk))
+            if builder is not None:
+                builder.update(chunk)  # after the submit: the worker starts on the chunk meanwhile
             while len(pending) >= in_flight or (pending and pending[0].done()):
                 yield pending.popleft().result()
         while pending:
@@ -247,9 +264,9 @@ def _leaves(chunks: Iterable[bytes], writer: _DagWriter, pool: ThreadPoolExecuto
 
 def _import_stream(stream: BinaryIO, writer: _DagWriter, chunker: Chunker,
                    pool: ThreadPoolExecutor | None, in_flight: int,
-                   progress: Progress | None) -> _Node:
+                   progress: Progress | None, builder: ByteSink | None = None) -> _Node:
     layout = _Balanced(writer.profile.max_links, writer.file_parent)
-    for leaf in _leaves(chunker.chunks(stream), writer, pool, in_flight):
+    for leaf in _leaves(chunker.chunks(stream), writer, pool, in_flight, builder):
         layout.add(leaf)
         if progress is not None:
             progress(leaf.content)
@@ -272,17 +289,20 @@ def _result(node: _Node) -> ImportResult:
 
 
 def import_file(stream: BinaryIO, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
-                chunker: Chunker | None = None, progress: Progress | None = None) -> ImportResult:
+                chunker: Chunker | None = None, progress: Progress | None = None,
+                builder: ByteSink | None = None) -> ImportResult:
     """Import one byte stream as a UnixFS file; return its root.
 
     `progress(n)` is called with the number of bytes just processed (an
     increment, not a running total), in order, from the calling thread.
+    `builder`, if given, is fed the file's bytes in the same pass (the
+    caller finishes it); see the module docstring.
     """
     writer = _DagWriter(blockstore, profile)
     chunker = chunker or FixedChunker(profile.chunk_size)
     workers = _workers(blockstore)
     with ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
-        node = _import_stream(stream, writer, chunker, pool, 2 * workers, progress)
+        node = _import_stream(stream, writer, chunker, pool, 2 * workers, progress, builder)
     return _result(node)
 
 
@@ -295,8 +315,13 @@ def import_bytes(data: bytes, blockstore: Blockstore, profile: Profile = DEFAULT
 
 
 def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
-                chunker: Chunker | None = None, progress: Progress | None = None) -> ImportResult:
-    """Import a regular file or a directory tree (empty files and dirs included)."""
+                chunker: Chunker | None = None, progress: Progress | None = None,
+                builder: ByteSink | None = None) -> ImportResult:
+    """Import a regular file or a directory tree (empty files and dirs included).
+
+    `builder` (a regular file only; InvalidInput for a directory) is fed the
+    file's bytes in the same pass, as in `import_file`.
+    """
     path = Path(path)
     try:
         st = path.stat()
@@ -308,7 +333,9 @@ def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEF
     with ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
         ctx = _TreeContext(writer, chunker, pool, 2 * workers, progress)
         if stat_mod.S_ISREG(st.st_mode):
-            node = ctx.file(path)
+            node = ctx.file(path, builder)
+        elif builder is not None:
+            raise InvalidInput(f"{path}: a commitment during import covers one regular file")
         elif stat_mod.S_ISDIR(st.st_mode):
             node = ctx.directory(path)
         else:
@@ -324,11 +351,11 @@ class _TreeContext:
     in_flight: int
     progress: Progress | None
 
-    def file(self, path: Path) -> _Node:
+    def file(self, path: Path, builder: ByteSink | None = None) -> _Node:
         try:
             with open(path, "rb") as f:
                 return _import_stream(f, self.writer, self.chunker, self.pool,
-                                      self.in_flight, self.progress)
+                                      self.in_flight, self.progress, builder)
         except OSError as exc:
             raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
 

@@ -6,6 +6,10 @@
 <repo>/blocks/         block files (store.flatfs)
 <repo>/repo.lock       flock'd by whoever writes: an offline command or the node
 <repo>/identity.key    created by p2p/, not here (see `Repo.identity_path`)
+<repo>/proofs/         storage-commitment files, per object CID: `<cid>.leaves`
+                       (the leaf-hash layer, 32 B per segment) and
+                       `<cid>.commitment` (the 45-byte `proofs.Commitment`);
+                       written by `add(..., commit=True)` or p2p.commit_files
 ```
 
 Crash rules (details in docs/ARCHITECTURE.md): blocks are written and made
@@ -20,9 +24,11 @@ Not here: the network, the node's API, identity keys, CAR files.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,15 +49,28 @@ from .profiles import DEFAULT_PROFILE, PROFILES, Profile
 if TYPE_CHECKING:
     from .chunker import Chunker
     from .car import CarImportResult
-    from .importer import ImportResult
+    from .importer import ByteSink, ImportResult
+    from .proofs import Commitment, MerkleBuilder
 
-__all__ = ["Repo", "GcResult", "VerifyReport", "resolve_repo_path", "ENV_VAR"]
+__all__ = ["Repo", "GcResult", "VerifyReport", "resolve_repo_path", "ENV_VAR", "PROOFS_DIR",
+           "leaves_file", "commitment_file"]
 
 ENV_VAR = "SHOAL_REPO"
 CONFIG_FILE = "config.toml"
 INDEX_FILE = "index.sqlite"
 BLOCKS_DIR = "blocks"
 LOCK_FILE = "repo.lock"
+PROOFS_DIR = "proofs"
+
+
+def leaves_file(repo_path: Path, cid: CID | str) -> Path:
+    """`<repo>/proofs/<cid>.leaves`: the raw concatenated leaf hashes (`proofs.LeafHashes`)."""
+    return Path(repo_path) / PROOFS_DIR / f"{cid}.leaves"
+
+
+def commitment_file(repo_path: Path, cid: CID | str) -> Path:
+    """`<repo>/proofs/<cid>.commitment`: `Commitment.encode()` of the object's bytes."""
+    return Path(repo_path) / PROOFS_DIR / f"{cid}.commitment"
 
 
 def resolve_repo_path(cli_value: str | None) -> Path:
@@ -226,12 +245,24 @@ class Repo:
         profile: Profile | None = None,
         chunker: "Chunker | None" = None,
         progress: Callable[[int], None] | None = None,
+        commit: bool = False,
     ) -> "ImportResult":
         """Import a file or directory and pin it.
 
         Blocks are written (and flushed) first; then one transaction records
         the object, its recursive pin and the pin's block set. Adding the
         same bytes again stores nothing new.
+
+        `commit=True` (a regular file; ignored for a directory, whose
+        commitment covers its DAG blocks and is built by p2p.commit_files):
+        also build the proof-of-storage commitment in the same pass (on the
+        reading thread; in a helper process if `COMMIT_PROCESS_ABOVE` says
+        so) and save `<repo>/proofs/<cid>.leaves`
+        and `<cid>.commitment` durably before the index transaction; the result's `commitment` is set (left None if the
+        helper process failed: the put still succeeds, and
+        p2p.commit_files.build_commitment makes its own pass later). For a
+        node that will replicate the object: build_commitment then skips
+        its pass over the bytes.
         """
         from .importer import import_path
 
@@ -240,7 +271,18 @@ class Repo:
             raise InvalidInput(f"no such file or directory: {path}")
         profile = profile or self.default_profile()
         with self.writing():
-            result = import_path(path, self.blockstore, profile=profile, chunker=chunker, progress=progress)
+            files = _ProofFiles(self.path, path.stat().st_size) if commit and path.is_file() else None
+            try:
+                result = import_path(path, self.blockstore, profile=profile, chunker=chunker,
+                                     progress=progress, builder=files.sink if files else None)
+                if files is not None:
+                    commitment = files.finish()
+                    if commitment is not None and commitment.length == result.size:
+                        files.save(result.cid, commitment)
+                        result = dataclasses.replace(result, commitment=commitment)
+            finally:
+                if files is not None:
+                    files.discard()
             keys = self.dag_keys(result.cid)
             self.blockstore.flush()
             record = ObjectRecord(
@@ -405,6 +447,204 @@ class Repo:
                 incomplete.extend(bad)
         ok = not corrupt and not incomplete
         return VerifyReport(ok, sorted(corrupt), incomplete, checked, temps)
+
+
+# `add(..., commit=True)` builds the commitment of a file of at least this
+# many bytes in a helper process (_CommitProcess), of any other file on the
+# reading thread. None (the default): always the reading thread, which the
+# helper did not reliably beat on the shared 2-core VM of bench/RESULTS.md
+# "## put" (other work kept the second core busy); a machine with idle cores
+# may set it (e.g. 16 MiB) so the commitment runs beside the put.
+COMMIT_PROCESS_ABOVE: int | None = None
+
+_COMMIT_CHILD = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from store.proofs import MerkleBuilder
+buf = bytearray(1 << 20)
+with open(sys.argv[2], "wb") as f:
+    builder = MerkleBuilder(int(sys.argv[3]), leaf_sink=f.write)
+    while n := os.readv(0, [buf]):
+        builder.update(memoryview(buf)[:n])
+    commitment = builder.finish()
+    f.flush()
+    os.fsync(f.fileno())
+os.write(1, commitment.encode().hex().encode())
+"""
+
+
+class _CommitProcess:
+    """The commitment of one file, built by a helper process fed its bytes.
+
+    Why a process: a commitment over 2 KiB segments is ~1.3 CPU-s per GiB
+    (524,288 leaf and as many inner hashes per GiB), a third of it
+    interpreter work under the GIL; the 2 KiB leaf updates release and
+    re-take the GIL around every ~1 us hash, which convoys with the put's
+    own threads (leaf hashes in the import's workers measured +50 to +130 %
+    on a 1 GiB put, worse than the reading thread's +30 to +50 %). In a
+    helper process (`python -I -S` running store.proofs.MerkleBuilder,
+    ~30 ms to start) it can use a core the put leaves idle and never holds
+    this process's GIL (a node's event loop keeps running). It costs ~0.25
+    CPU-s per GiB more than in-process (the pipe, both ends). It helps only
+    if a core is free: when other work holds the second core, the helper is
+    starved and the put waits for it (measured +26 to +70 % over the put,
+    against +26 to +41 % on the reading thread; bench/RESULTS.md "## put"),
+    hence off by default (`COMMIT_PROCESS_ABOVE`). The importer calls `update(chunk)` in file order; a feeder
+    thread writes the chunks into the helper's stdin (outside the GIL; at
+    most `_QUEUE` chunks wait, then `update` blocks: bounded memory); the
+    helper writes the leaf hashes to `leaves_tmp`, fsyncs it, and prints the
+    commitment. Any failure of the helper yields no commitment (`finish`
+    returns None); the put itself never fails because of it.
+    """
+
+    _QUEUE = 16
+
+    def __init__(self, leaves_tmp: Path, segment_size: int) -> None:
+        import queue
+        import subprocess
+        import sys
+
+        root = str(Path(__file__).resolve().parent.parent)
+        self._failed = False
+        self._queue: "queue.Queue[bytes | None]" = queue.Queue(self._QUEUE)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _COMMIT_CHILD, root, str(leaves_tmp), str(segment_size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        assert self._proc.stdin is not None
+        try:
+            fcntl.fcntl(self._proc.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups
+        except OSError:
+            pass
+        self._feeder = threading.Thread(target=self._feed, name="shoal-commit-feed", daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        assert self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
+        while (item := self._queue.get()) is not None:
+            view = memoryview(item)
+            try:
+                while view and not self._failed:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                self._failed = True  # keep draining so `update` never blocks
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            self._failed = True
+
+    def update(self, data: bytes) -> None:
+        if not self._failed:
+            self._queue.put(data)
+
+    def finish(self) -> "Commitment | None":
+        from .proofs import Commitment
+
+        self._queue.put(None)
+        self._feeder.join()
+        assert self._proc.stdout is not None
+        out = self._proc.stdout.read()
+        self._proc.stdout.close()
+        code = self._proc.wait()
+        if self._failed or code != 0:
+            return None
+        try:
+            return Commitment.decode(bytes.fromhex(out.decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def abort(self) -> None:
+        self._failed = True
+        self._proc.kill()
+        self._queue.put(None)
+        self._feeder.join()
+        self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+class _KeepGil:
+    """A MerkleBuilder fed through `update_keeping_gil` (the import's workers
+    share this process's GIL; see MerkleBuilder.update_keeping_gil)."""
+
+    def __init__(self, builder: "MerkleBuilder | None") -> None:
+        assert builder is not None
+        self.update = builder.update_keeping_gil
+
+
+class _ProofFiles:
+    """The commitment and leaf-hash file of one `add(..., commit=True)`.
+
+    Built while importing: by an in-process MerkleBuilder whose `leaf_sink`
+    is the temp file, or by a `_CommitProcess` for a file of at least
+    `COMMIT_PROCESS_ABOVE` bytes if set (it writes the leaf hashes itself). `save`
+    makes the leaf file durable under `<cid>.leaves` (temp + fsync +
+    rename), then writes `<cid>.commitment` the same way and fsyncs the
+    directory once. The record is written last, so a crash leaves at worst
+    a leaf file without a record, which p2p.commit_files rebuilds. A crash
+    mid-import leaves a `.put-*.tmp` file here (not a block: gc keeps it).
+    """
+
+    def __init__(self, repo_path: Path, size: int) -> None:
+        from .proofs import DEFAULT_SEGMENT_SIZE, MerkleBuilder
+
+        self.dir = repo_path / PROOFS_DIR
+        self.dir.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=self.dir)
+        self.tmp: Path | None = Path(name)
+        self._file: IO[bytes] | None = None
+        self._process: _CommitProcess | None = None
+        self._builder: MerkleBuilder | None = None
+        if COMMIT_PROCESS_ABOVE is not None and size >= COMMIT_PROCESS_ABOVE:
+            os.close(fd)
+            try:
+                self._process = _CommitProcess(self.tmp, DEFAULT_SEGMENT_SIZE)
+            except OSError:
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
+        if self._process is None:
+            self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+            self._builder = MerkleBuilder(DEFAULT_SEGMENT_SIZE, leaf_sink=self._file.write)
+        self.sink: "ByteSink" = self._process if self._process is not None else _KeepGil(self._builder)
+
+    def finish(self) -> "Commitment | None":
+        """The commitment, the leaf file synced; None if the helper failed."""
+        if self._process is not None:
+            process, self._process = self._process, None
+            return process.finish()
+        assert self._builder is not None and self._file is not None
+        commitment = self._builder.finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return commitment
+
+    def save(self, cid: CID, commitment: "Commitment") -> None:
+        assert self.tmp is not None
+        os.replace(self.tmp, leaves_file(self.dir.parent, cid))
+        self.tmp = None
+        record = commitment_file(self.dir.parent, cid)
+        tmp = record.with_name(record.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(commitment.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, record)
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def discard(self) -> None:
+        """Drop whatever is left (no-op after `save`)."""
+        if self._process is not None:
+            self._process.abort()
+            self._process = None
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
 
 
 def _as_cid(cid: CID | str) -> CID:

@@ -247,3 +247,46 @@ def test_directory_above_threshold_is_sharded(tmp_path: Path) -> None:
     assert root.type == unixfs.DataType.HAMT_SHARD and root.fanout == 256
     flat = import_path(d, MemoryBlockstore())
     assert isinstance(flat, ImportResult) and flat.cid != sharded.cid
+
+
+# -- the storage commitment in the same pass -------------------------------------------
+
+
+class _OddChunker:
+    """Chunks that start and end off the 2 KiB segment grid (like CDC cuts)."""
+
+    name = "odd"
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+
+    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+        i = 0
+        while piece := stream.read(self.sizes[i % len(self.sizes)]):
+            i += 1
+            yield piece
+
+
+@pytest.mark.parametrize("n", [0, 1, 2047, 2048, 2049, 65536 * 3 + 5, (1 << 20) + 777])
+@pytest.mark.parametrize("chunker", [FixedChunker(65536), FixedChunker(1 << 20), FixedChunker(70001),
+                                     _OddChunker([65536 + 3, 200_000, 5, 131072 - 3])],
+                         ids=["64k", "1m", "70001", "odd"])
+def test_builder_gets_the_file_bytes_in_order(n: int, chunker: object) -> None:
+    from store.proofs import MerkleBuilder, commit
+
+    data = data_of(n, 7)
+    builder = MerkleBuilder()
+    plain = import_file(io.BytesIO(data), MemoryBlockstore(), chunker=chunker)  # type: ignore[arg-type]
+    result = import_file(io.BytesIO(data), MemoryBlockstore(), chunker=chunker,  # type: ignore[arg-type]
+                         builder=builder)
+    assert result.cid == plain.cid  # the commitment does not change the DAG
+    assert builder.finish() == commit(data)
+
+
+def test_builder_refused_for_a_directory(tmp_path: Path) -> None:
+    from store.proofs import MerkleBuilder
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_bytes(b"a")
+    with pytest.raises(InvalidInput):
+        import_path(tmp_path / "d", MemoryBlockstore(), builder=MerkleBuilder())

@@ -418,3 +418,89 @@ def test_monte_carlo_escape_rate_matches_formula(k: int) -> None:
     p_escape = 0.9**k
     lo, hi = _binomial_interval(audits, p_escape, 1e-6)
     assert lo <= escapes <= hi, (escapes, audits * p_escape, lo, hi)
+
+
+# ---------------------------------------------------------------- precomputed leaves
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 64 * 7, 64 * 8 + 3, 64 * 33, 64 * 64 + 1])
+def test_add_leaf_hashes_matches_commit(length: int) -> None:
+    """Leaves folded from outside give the same root and the same leaf_sink bytes."""
+    s = 64
+    data = random.Random(length).randbytes(length)
+    whole = length - length % s
+    sunk: list[bytes] = []
+    b = MerkleBuilder(s, leaf_sink=sunk.append)
+    b.add_leaf_hashes([leaf_hash(data[i : i + s]) for i in range(0, whole, s)])
+    b.update(data[whole:])
+    ref_sunk: list[bytes] = []
+    ref = MerkleBuilder(s, leaf_sink=ref_sunk.append)
+    ref.update(data)
+    c = b.finish()
+    assert c == ref.finish() == commit(data, s)
+    assert c.root == _rfc6962_root(data, s)
+    assert b"".join(sunk) == b"".join(ref_sunk)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 300)), max_size=12), st.integers(0, 2**32))
+def test_add_leaf_hashes_interleaved_with_update(steps: list[tuple[bool, int]], seed: int) -> None:
+    """Any mix of update() pieces and aligned runs of precomputed leaves: same commitment."""
+    s = 16
+    rng = random.Random(seed)
+    b = MerkleBuilder(s)
+    fed = bytearray()
+    for as_leaves, n in steps:
+        piece = rng.randbytes(n)
+        if as_leaves and len(fed) % s == 0:
+            piece = piece[: len(piece) - len(piece) % s]
+            b.add_leaf_hashes([leaf_hash(piece[i : i + s]) for i in range(0, len(piece), s)])
+        else:
+            b.update(piece)
+        fed += piece
+    assert b.finish() == commit(bytes(fed), s)
+
+
+def test_add_leaf_hashes_refuses_misuse() -> None:
+    b = MerkleBuilder(16)
+    b.update(b"x" * 5)
+    with pytest.raises(ValueError):
+        b.add_leaf_hashes([leaf_hash(b"y" * 16)])  # not on a segment boundary
+    b.update(b"x" * 11)
+    with pytest.raises(ValueError):
+        b.add_leaf_hashes([b"short"])
+    b.add_leaf_hashes([])
+    b.finish()
+    with pytest.raises(ValueError):
+        b.add_leaf_hashes([leaf_hash(b"y" * 16)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5000), max_size=10), st.sampled_from([16, 64, 2048, 4096]), st.integers(0, 2**32))
+def test_update_keeping_gil_matches_update(pieces: list[int], s: int, seed: int) -> None:
+    """Same commitment and same leaf_sink bytes as `update`, for any piece sizes."""
+    rng = random.Random(seed)
+    sunk: list[bytes] = []
+    ref_sunk: list[bytes] = []
+    b = MerkleBuilder(s, leaf_sink=sunk.append)
+    ref = MerkleBuilder(s, leaf_sink=ref_sunk.append)
+    data = bytearray()
+    for n in pieces:
+        piece = rng.randbytes(n)
+        b.update_keeping_gil(piece)
+        ref.update(piece)
+        data += piece
+    c = b.finish()
+    assert c == ref.finish() == commit(bytes(data), s)
+    assert b"".join(sunk) == b"".join(ref_sunk)
+
+
+def test_segment_leaf_hashes() -> None:
+    from store.proofs import segment_leaf_hashes
+
+    data = random.Random(3).randbytes(DEFAULT_SEGMENT_SIZE * 5)
+    s = DEFAULT_SEGMENT_SIZE
+    assert segment_leaf_hashes(data) == [leaf_hash(data[i : i + s]) for i in range(0, len(data), s)]
+    assert segment_leaf_hashes(b"") == []
+    with pytest.raises(ValueError):
+        segment_leaf_hashes(data[:-1])

@@ -386,3 +386,75 @@ def test_disk_full_add(tiny_repo: Path, tmp_path: Path) -> None:
         assert r.verify().ok
         r.gc()
         assert b"".join(exporter.read_file(r.blockstore, small.cid)) == (tmp_path / "small").read_bytes()
+
+
+# -- add(..., commit=True): the storage commitment in the same pass -----------------------
+
+def _leaf_layer(data: bytes) -> bytes:
+    from store.proofs import DEFAULT_SEGMENT_SIZE, leaf_hash
+
+    s = DEFAULT_SEGMENT_SIZE
+    return b"".join(leaf_hash(data[i:i + s]) for i in range(0, len(data), s))
+
+
+@pytest.mark.parametrize("via_process", [False, True], ids=["in-process", "helper-process"])
+@pytest.mark.parametrize("n", [0, 5000, 300_000])
+def test_add_with_commitment(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             via_process: bool, n: int) -> None:
+    import store.repo as repo_mod
+    from store.proofs import Commitment, commit
+    from store.repo import commitment_file, leaves_file
+
+    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0 if via_process else None)
+    data = os.urandom(n)
+    (tmp_path / "f.bin").write_bytes(data)
+    result = repo.add(tmp_path / "f.bin", profile=SMALL, commit=True)
+    assert result.commitment == commit(data)
+    assert leaves_file(repo.path, result.cid).read_bytes() == _leaf_layer(data)
+    assert Commitment.decode(commitment_file(repo.path, result.cid).read_bytes()) == result.commitment
+    assert not list((repo.path / "proofs").glob("*.tmp"))
+    assert repo.add(tmp_path / "f.bin", profile=SMALL).commitment is None  # opt-in only
+
+
+def test_add_directory_with_commit_has_no_commitment(repo: Repo, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_bytes(b"abc")
+    result = repo.add(tmp_path / "d", commit=True)
+    assert result.commitment is None
+    assert not (repo.path / "proofs").exists() or not list((repo.path / "proofs").iterdir())
+
+
+def test_failed_helper_still_puts(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import store.repo as repo_mod
+
+    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
+    monkeypatch.setattr(repo_mod, "_COMMIT_CHILD", "import sys; sys.exit(3)")
+    data = os.urandom(200_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    result = repo.add(tmp_path / "f.bin", profile=SMALL, commit=True)
+    assert result.commitment is None
+    assert [o.cid for o in repo.objects()] == [str(result.cid)]
+    assert not list((repo.path / "proofs").iterdir())
+
+
+def test_commit_files_reuse_the_put_commitment(repo: Repo, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """p2p.commit_files.build_commitment skips its pass when the put left both files,
+    and rebuilds them when the leaf file no longer folds to the recorded root."""
+    from p2p import commit_files
+    from store.proofs import commit
+
+    data = os.urandom(100_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    result = repo.add(tmp_path / "f.bin", profile=SMALL, commit=True)
+    assert result.commitment is not None
+    with monkeypatch.context() as m:
+        m.setattr(commit_files, "object_bytes", lambda *a: pytest.fail("read the data again"))
+        assert commit_files.build_commitment(repo.blockstore, repo.path, result.cid) == result.commitment
+    path = commit_files.leaves_path(repo.path, result.cid)
+    raw = bytearray(path.read_bytes())
+    raw[40] ^= 1
+    path.write_bytes(bytes(raw))
+    assert commit_files.recorded_commitment(repo.blockstore, repo.path, result.cid) is None
+    assert commit_files.build_commitment(repo.blockstore, repo.path, result.cid) == commit(data)
+    assert path.read_bytes() == _leaf_layer(data)
