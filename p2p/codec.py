@@ -26,7 +26,7 @@ from . import limits as L
 from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import MESSAGE_TYPES, ErrorCode, LedgerEntry, LedgerSummary, Message, PeerInfo, Peers
 
-__all__ = ["encode", "decode", "error_code", "error_request_id"]
+__all__ = ["encode", "encode_parts", "decode", "error_code", "error_request_id"]
 
 _MAX_STR = max(L.MAX_ERROR_MESSAGE_BYTES, L.MAX_ADDR_BYTES, L.MAX_REASON_BYTES, L.MAX_AGENT_BYTES)
 _MAX_BIN = max(L.MAX_BLOCK_BYTES, L.MAX_PROOF_BYTES, L.MAX_MANIFEST_BYTES)
@@ -54,6 +54,46 @@ def encode(msg: Message) -> bytes:
     body = [_to_wire(getattr(msg, f.name)) for f in dataclasses.fields(msg)[1:]]
     out: bytes = msgpack.packb([L.PROTOCOL_VERSION, cls.TYPE, msg.request_id, *body], use_bin_type=True)
     return out
+
+
+# Top-level bytes fields at least this long (block data) are not copied into
+# msgpack's buffer by `encode_parts`: they go out as their own part.
+_SPLIT_BIN = 64 * 1024
+
+
+def encode_parts(msg: Message) -> list[bytes | memoryview]:
+    """`encode(msg)` as a list of buffers whose concatenation equals it byte for byte.
+
+    Large top-level bytes fields (a Block's data) are passed through as
+    they are instead of being copied into msgpack's growing buffer; the
+    bin header before them is the one msgpack itself would write (bin16 up
+    to 65535 bytes, bin32 beyond), so a receiver cannot tell the difference.
+    """
+    cls = type(msg)
+    if MESSAGE_TYPES.get(getattr(cls, "TYPE", None)) is not cls:  # type: ignore[arg-type]
+        raise LocalProtocolError(f"not a wire message: {cls.__name__}")
+    fields = dataclasses.fields(msg)[1:]
+    values = [getattr(msg, f.name) for f in fields]
+    if not any(type(v) is bytes and len(v) >= _SPLIT_BIN for v in values):
+        return [encode(msg)]
+    packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    parts: list[bytes | memoryview] = []
+    head = [packer.pack_array_header(3 + len(values)), packer.pack(L.PROTOCOL_VERSION),
+            packer.pack(cls.TYPE), packer.pack(msg.request_id)]
+    for value in values:
+        if type(value) is bytes and len(value) >= _SPLIT_BIN:
+            size = len(value)
+            if size > 0xFFFFFFFF:
+                raise LocalProtocolError("bytes field too long for msgpack")
+            head.append(b"\xc5" + size.to_bytes(2, "big") if size <= 0xFFFF else b"\xc6" + size.to_bytes(4, "big"))
+            parts.append(b"".join(head))
+            parts.append(value)
+            head = []
+        else:
+            head.append(packer.pack(_to_wire(value)))
+    if head:
+        parts.append(b"".join(head))
+    return parts
 
 
 def decode(payload: bytes) -> Message:

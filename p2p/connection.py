@@ -22,7 +22,7 @@ import trio
 
 from . import codec, limits as L
 from .errors import P2PError, RemoteProtocolError
-from .framing import FrameDecoder, encode_frame
+from .framing import FrameDecoder, encode_frame_parts
 from .identity import PeerId
 from .messages import RESPONSES, Error, ErrorCode, Message
 
@@ -115,10 +115,14 @@ class PeerConnection:
         return rid
 
     async def send(self, msg: Message) -> None:
-        frame = encode_frame(codec.encode(msg))
+        parts = encode_frame_parts(codec.encode_parts(msg))
+        send_parts = getattr(self.stream, "send_all_parts", None)
         async with self._send_lock:
-            await self.stream.send_all(frame)
-        self.bytes_sent += len(frame)
+            if send_parts is not None:  # SecureStream: encrypts the parts without joining them
+                await send_parts(parts)
+            else:
+                await self.stream.send_all(b"".join(parts))
+        self.bytes_sent += sum(len(p) for p in parts)
 
     async def request(self, make: Callable[[int], Message], timeout: float = L.REQUEST_TIMEOUT_S) -> list[Message]:
         """Send `make(request_id)` and wait for its complete answer.
@@ -171,18 +175,27 @@ class PeerConnection:
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         decoder = FrameDecoder()
+        # A SecureStream hands over its decrypted Noise frames unjoined; the
+        # frame decoder keeps views of them, so a block is copied once, when
+        # its frame completes.
+        receive_parts = getattr(self.stream, "receive_some_parts", None)
         while True:
             with trio.move_on_after(L.IDLE_TIMEOUT_S) as idle:
-                data = await self.stream.receive_some(READ_SIZE)
+                if receive_parts is not None:
+                    chunks = await receive_parts()
+                else:
+                    data = await self.stream.receive_some(READ_SIZE)
+                    chunks = [data] if data else []
             if idle.cancelled_caught:
                 if self._pending:
                     continue
                 return
-            if not data:
+            if not chunks:
                 return
-            self.bytes_received += len(data)
-            for payload in decoder.feed(data):
-                await self._dispatch(payload, nursery)
+            for data in chunks:
+                self.bytes_received += len(data)
+                for payload in decoder.feed(data):
+                    await self._dispatch(payload, nursery)
 
     async def aclose(self) -> None:
         self._closed.set()

@@ -16,7 +16,7 @@ import abc
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, TYPE_CHECKING, Callable, cast
+from typing import Any, TYPE_CHECKING, Awaitable, Callable, cast
 
 import trio
 
@@ -37,6 +37,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.fetch")
 
 FIND_TIMEOUT_S = 5.0
+# Verified puts run in worker threads, this many at once: a durable put waits
+# on the disk (fsync or a shared syncfs round), so one at a time left the
+# fetch disk-latency bound (bench/transfer.py: ~137 MB/s serial puts against
+# ~590 MB/s with four threads).
+STORE_CONCURRENCY = 6
+# Received block bytes allowed to wait for (or be in) a put; above it no new
+# requests go out until puts catch up. The planner's per-peer in-flight cap
+# bounds this too; the byte cap also holds with many holders.
+STORE_QUEUE_BYTES = 48 * 1024 * 1024
 
 _Event = tuple[str, PeerId, bytes, "bytes | None"]
 """(kind, holder, block key, data): what a request task reports to the loop."""
@@ -85,9 +94,15 @@ async def fetch_dag(
     holders: list[PeerId] | None = None,
     request_timeout: float = 20.0,
     max_inflight_per_peer: int = 16,
+    on_stored: Callable[[CID, bytes], Awaitable[None]] | None = None,
 ) -> FetchResult:
-    """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed."""
-    fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer)
+    """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
+
+    `await on_stored(cid, data)` runs for each fetched block once it is
+    hash-checked and stored (not for blocks that were already local); the
+    fetch waits for it, so it can pace the fetch (it must not wait long).
+    """
+    fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
     return await fetch.run(holders)
 
 
@@ -107,6 +122,9 @@ class PlannedFetch(abc.ABC):
         self.result = result
         self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer, request_timeout=request_timeout)
         self.events_send, self.events_recv = trio.open_memory_channel[_Event](math.inf)
+        self._store_limiter = trio.CapacityLimiter(STORE_CONCURRENCY)
+        self._store_bytes = 0  # received block bytes not yet stored or rejected
+        self._store_error: StoreError | OSError | None = None
 
     @abc.abstractmethod
     def _cid_for(self, key: bytes) -> CID:
@@ -142,12 +160,13 @@ class PlannedFetch(abc.ABC):
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while not self.planner.finished:
-            for peer, key in self.planner.next_requests(trio.current_time()):
-                nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
+            if self._store_bytes < STORE_QUEUE_BYTES:
+                for peer, key in self.planner.next_requests(trio.current_time()):
+                    nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
             deadline = self.planner.next_deadline()
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 event = await self.events_recv.receive()
-                await self._handle(event)
+                await self._handle(event, nursery)
                 continue
             self.planner.expire(trio.current_time())
 
@@ -170,7 +189,7 @@ class PlannedFetch(abc.ABC):
                 break
         self.events_send.send_nowait(("fail", peer, key, None))
 
-    async def _handle(self, event: "_Event") -> None:
+    async def _handle(self, event: "_Event", nursery: trio.Nursery) -> None:
         kind, peer, key, data = event
         if kind == "gone":
             self.planner.on_peer_gone(peer)
@@ -180,15 +199,22 @@ class PlannedFetch(abc.ABC):
             if kind == "timeout":
                 self.node.peers.ensure(peer).reputation.timeouts += 1
             return
-        assert data is not None  # kind == "block"
+        assert data is not None
+        if kind == "block":  # verify and store off the loop; "stored"/"corrupt" follows
+            self._store_bytes += len(data)
+            nursery.start_soon(self._store, peer, key, data)
+            return
+        self._store_bytes -= len(data)
         cid = self._cid_for(key)
-        try:
-            await trio.to_thread.run_sync(self.store.put, cid, data)  # verifies the hash
-        except HashMismatch:
+        if kind == "corrupt":
             log.warning("peer %s sent a block that does not match %s", peer, cid)
             self.node.peers.ensure(peer).reputation.corrupt += 1
             self.planner.on_block(peer, key, valid=False)
             return
+        if kind == "error":
+            assert self._store_error is not None
+            raise self._store_error
+        assert kind == "stored"
         self.planner.on_block(peer, key, valid=True)
         self.node.peers.ensure(peer).reputation.delivered += 1
         self.result.fetched_blocks += 1
@@ -196,15 +222,37 @@ class PlannedFetch(abc.ABC):
         self.node.received_bytes += len(data)
         await self._on_block(key, cid, data)
 
+    async def _store(self, peer: PeerId, key: bytes, data: bytes) -> None:
+        """Hash-check and store one block in a worker thread, then report to the loop.
+
+        Nothing else sees the block before `put` has verified it: the loop
+        follows its links only on "stored". Store errors other than a hash
+        mismatch (disk full, I/O) end the fetch, as they did in the loop.
+        """
+        cid = self._cid_for(key)
+        async with self._store_limiter:
+            try:
+                await trio.to_thread.run_sync(self.store.put, cid, data)  # verifies the hash
+            except HashMismatch:
+                self.events_send.send_nowait(("corrupt", peer, key, data))
+                return
+            except (StoreError, OSError) as exc:  # raised by the loop, outside any task
+                self._store_error = exc
+                self.events_send.send_nowait(("error", peer, key, data))
+                return
+        self.events_send.send_nowait(("stored", peer, key, data))
+
 
 class _Fetch(PlannedFetch):
     """The whole DAG under a root."""
 
     def __init__(self, node: "Node", root: CID, progress: Callable[[int], None] | None,
-                 request_timeout: float, max_inflight_per_peer: int) -> None:
+                 request_timeout: float, max_inflight_per_peer: int,
+                 on_stored: Callable[[CID, bytes], Awaitable[None]] | None = None) -> None:
         super().__init__(node, request_timeout, max_inflight_per_peer, FetchResult(root))
         self.root = root
         self.progress = progress or (lambda n: None)
+        self.on_stored = on_stored
         self.cids: dict[bytes, CID] = {}
 
     async def run(self, holders: list[PeerId] | None) -> FetchResult:
@@ -219,6 +267,8 @@ class _Fetch(PlannedFetch):
         return self.cids[key]
 
     async def _on_block(self, key: bytes, cid: CID, data: bytes) -> None:
+        if self.on_stored is not None:
+            await self.on_stored(cid, data)
         self.progress(len(data))
         if cid.codec.name != RAW:
             try:

@@ -19,7 +19,7 @@ from typing import NoReturn
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import FRAME_HEADER_BYTES, MAX_FRAME_BYTES
 
-__all__ = ["FrameDecoder", "encode_frame"]
+__all__ = ["FrameDecoder", "encode_frame", "encode_frame_parts"]
 
 
 def encode_frame(payload: bytes, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
@@ -36,6 +36,20 @@ def encode_frame(payload: bytes, max_frame_bytes: int = MAX_FRAME_BYTES) -> byte
     return size.to_bytes(FRAME_HEADER_BYTES, "big") + bytes(payload)
 
 
+def encode_frame_parts(parts: "list[bytes | memoryview]",
+                       max_frame_bytes: int = MAX_FRAME_BYTES) -> "list[bytes | memoryview]":
+    """`encode_frame` of the concatenation of `parts`, as parts: nothing is copied.
+
+    Same checks as `encode_frame`; the result's join equals its output.
+    """
+    size = sum(len(p) if type(p) is bytes else memoryview(p).nbytes for p in parts)
+    if size == 0:
+        raise LocalProtocolError("refusing to send an empty frame")
+    if size > max_frame_bytes:
+        raise LocalProtocolError(f"frame of {size} bytes exceeds the {max_frame_bytes}-byte cap")
+    return [size.to_bytes(FRAME_HEADER_BYTES, "big"), *parts]
+
+
 class FrameDecoder:
     """Turn arbitrary chunks of a byte stream into complete frame payloads.
 
@@ -49,14 +63,15 @@ class FrameDecoder:
             raise ValueError("max_frame_bytes out of range")
         self._max = max_frame_bytes
         self._header = bytearray()
-        self._body = bytearray()
+        self._body: list[bytes | memoryview] = []  # pieces of the frame in progress
+        self._have = 0  # bytes in _body
         self._need: int | None = None  # payload length once the header is complete
         self._failed: str | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held for the frame in progress (never above header + cap)."""
-        return len(self._header) + len(self._body)
+        return len(self._header) + self._have
 
     @property
     def at_boundary(self) -> bool:
@@ -72,6 +87,7 @@ class FrameDecoder:
         if self._failed is not None:
             raise RemoteProtocolError(f"frame decoder already failed: {self._failed}")
         view = memoryview(data).cast("B")
+        keep = type(data) is bytes  # immutable: pieces of it may be kept as views
         out: list[bytes] = []
         pos, end = 0, len(view)
         while pos < end:
@@ -84,21 +100,37 @@ class FrameDecoder:
                 self._need = self._check_length(int.from_bytes(self._header, "big"))
                 self._header.clear()
                 continue
-            missing = self._need - len(self._body)
+            missing = self._need - self._have
             avail = end - pos
-            if not self._body and avail >= missing:
-                out.append(bytes(view[pos : pos + missing]))  # whole frame here: no buffering
+            if not self._have and avail >= missing:
+                out.append(bytes(view[pos : pos + missing]))  # whole frame here: one copy
                 pos += missing
             elif avail < missing:
-                self._body += view[pos:end]
+                self._take(view, pos, end, keep)
                 break
             else:
-                self._body += view[pos : pos + missing]
+                self._take(view, pos, pos + missing, keep)
                 pos += missing
-                out.append(bytes(self._body))
-                self._body = bytearray()
+                out.append(b"".join(self._body))
+                self._body = []
+                self._have = 0
             self._need = None
         return out
+
+    def _take(self, view: memoryview, start: int, stop: int, keep: bool) -> None:
+        """Keep view[start:stop] for the frame in progress.
+
+        A piece of a `bytes` chunk is kept as a view, so a frame spread over
+        many reads is copied once, when it completes, instead of growing a
+        buffer read by read (memory held: the frame plus the parts of
+        its first and last chunks outside it). Anything else is copied now: the
+        caller may reuse it.
+        """
+        piece: bytes | memoryview = view[start:stop]
+        if not keep:
+            piece = bytes(piece)
+        self._body.append(piece)
+        self._have += stop - start
 
     def end_of_stream(self) -> None:
         """Call at EOF: RemoteProtocolError if the peer stopped mid-frame."""
@@ -117,5 +149,6 @@ class FrameDecoder:
     def _fail(self, reason: str) -> NoReturn:
         self._failed = reason
         self._header.clear()
-        self._body = bytearray()
+        self._body = []
+        self._have = 0
         raise RemoteProtocolError(reason)

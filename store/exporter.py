@@ -34,6 +34,10 @@ __all__ = [
     "export_to_path", "walk_dag", "iter_links",
 ]
 
+# Pieces at least this big (whole leaves) are written straight from the
+# block's bytes; smaller ones are gathered up to _WRITE_BUFFER first, so a
+# file of tiny pieces still costs few write calls and nothing is copied twice.
+_DIRECT_WRITE = 256 * 1024
 _WRITE_BUFFER = 4 * 1024 * 1024
 
 
@@ -273,11 +277,24 @@ def _write_file(get: Callable[[CID], bytes], cid: CID, path: Path) -> None:
     except OSError as exc:
         raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb", buffering=_WRITE_BUFFER) as f:
+        try:
+            pending = bytearray()
             for piece in read_file(get, cid):
-                f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
+                if len(piece) >= _DIRECT_WRITE:
+                    if pending:
+                        _write_all(fd, pending)
+                        pending.clear()
+                    _write_all(fd, piece)
+                else:
+                    pending += piece
+                    if len(pending) >= _WRITE_BUFFER:
+                        _write_all(fd, pending)
+                        pending.clear()
+            if pending:
+                _write_all(fd, pending)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         _unlink_quietly(tmp)
@@ -285,6 +302,15 @@ def _write_file(get: Callable[[CID], bytes], cid: CID, path: Path) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    """os.write until all of `data` is written (a write may be short)."""
+    view = memoryview(data)
+    with view:
+        while view.nbytes:
+            written = os.write(fd, view)
+            view = view[written:]
 
 
 def _unlink_quietly(path: str) -> None:
