@@ -30,6 +30,7 @@ import fcntl
 import os
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ INDEX_FILE = "index.sqlite"
 BLOCKS_DIR = "blocks"
 LOCK_FILE = "repo.lock"
 PROOFS_DIR = "proofs"
+STALE_TEMP_AGE_S = 600.0  # a commitment temp file older than this belongs to no live writer
 
 
 def leaves_file(repo_path: Path, cid: CID | str) -> Path:
@@ -418,11 +420,34 @@ class Repo:
                 freed += self.blockstore.size_of_key(key)
                 self.blockstore.delete_key(key)
                 removed += 1
-            temps = self.blockstore.cleanup_temp()
+            temps = self.blockstore.cleanup_temp() + self._cleanup_proof_temps()
             gone = [o.cid for o in self.index.objects() if not self.blockstore.has(parse_cid(o.cid))]
             if gone:
                 self.index.forget_objects(gone)
         return GcResult(removed, freed, temps)
+
+    def _cleanup_proof_temps(self, min_age_s: float = STALE_TEMP_AGE_S) -> int:
+        """Remove temp files a crash left in `<repo>/proofs/`.
+
+        Only old ones: a node may be writing a commitment file right now
+        (the replication layer builds them in the background, outside the
+        gc guard), and a fresh temp file may be that one.
+        """
+        directory = self.path / PROOFS_DIR
+        if not directory.is_dir():
+            return 0
+        removed = 0
+        cutoff = time.time() - min_age_s
+        for entry in directory.iterdir():
+            if not entry.name.endswith(".tmp"):
+                continue
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def verify(self) -> VerifyReport:
         """Re-hash every block, check every pinned DAG is complete, drop stale temp files."""

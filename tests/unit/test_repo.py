@@ -458,3 +458,25 @@ def test_commit_files_reuse_the_put_commitment(repo: Repo, tmp_path: Path,
     assert commit_files.recorded_commitment(repo.blockstore, repo.path, result.cid) is None
     assert commit_files.build_commitment(repo.blockstore, repo.path, result.cid) == commit(data)
     assert path.read_bytes() == _leaf_layer(data)
+
+
+def test_gc_removes_stale_commitment_temp_files_only(tmp_path: Path) -> None:
+    import os
+    import time
+
+    repo = Repo.init(tmp_path / "r")
+    try:
+        proofs = repo.path / "proofs"
+        proofs.mkdir(exist_ok=True)
+        stale, fresh = proofs / "a.leaves.123.tmp", proofs / "b.leaves.456.tmp"
+        keep = proofs / "c.leaves"
+        for f in (stale, fresh, keep):
+            f.write_bytes(b"x")
+        old = time.time() - 3600
+        os.utime(stale, (old, old))
+        os.utime(keep, (old, old))
+        result = repo.gc()
+        assert not stale.exists() and fresh.exists() and keep.exists()
+        assert result.temp_files_removed >= 1
+    finally:
+        repo.close()
