@@ -461,9 +461,6 @@ def test_commit_files_reuse_the_put_commitment(repo: Repo, tmp_path: Path,
 
 
 def test_gc_removes_stale_commitment_temp_files_only(tmp_path: Path) -> None:
-    import os
-    import time
-
     repo = Repo.init(tmp_path / "r")
     try:
         proofs = repo.path / "proofs"
