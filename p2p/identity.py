@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from multiformats import CID, multibase
 
 from p2p.errors import InvalidMultiaddr, P2PError
+from store import varint
 
 __all__ = [
     "Identity",
@@ -53,18 +54,6 @@ _RAW_PRIV = serialization.PrivateFormat.Raw
 # -- a minimal protobuf subset: varints and length-delimited fields ---------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     """Read a varint of at most 10 bytes; ValueError when truncated or too long."""
     result = 0
@@ -81,7 +70,7 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def protobuf_bytes_field(number: int, value: bytes) -> bytes:
     """Encode one length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return varint.encode(number << 3 | 2) + varint.encode(len(value)) + value
 
 
 def protobuf_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:

@@ -233,20 +233,30 @@ class SecureStream(trio.abc.Stream):
                 self._plain.append(plain)
                 self._plain_bytes += len(plain)
 
+    async def _wait_for_plaintext(self) -> bool:
+        """Decrypt until some plaintext is buffered; False at a clean EOF.
+
+        A frame that failed authentication is raised only after the good
+        plaintext before it has been handed out.
+        """
+        self._decrypt_buffered()
+        while not self._plain_bytes:
+            if self._failure is not None:
+                self._broken = True
+                raise self._failure
+            if not await self._reader.fill(_TRANSPORT_RECEIVE):
+                return False
+            self._decrypt_buffered()
+        return True
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         self._check(self._receiving, "receive_some")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
         self._receiving = True
         try:
-            self._decrypt_buffered()
-            while not self._plain_bytes:
-                if self._failure is not None:
-                    self._broken = True
-                    raise self._failure
-                if not await self._reader.fill(_TRANSPORT_RECEIVE):
-                    return b""
-                self._decrypt_buffered()
+            if not await self._wait_for_plaintext():
+                return b""
             return self._take(max_bytes)
         except RemoteProtocolError:
             self._broken = True
@@ -261,14 +271,8 @@ class SecureStream(trio.abc.Stream):
         self._check(self._receiving, "receive_some")
         self._receiving = True
         try:
-            self._decrypt_buffered()
-            while not self._plain_bytes:
-                if self._failure is not None:
-                    self._broken = True
-                    raise self._failure
-                if not await self._reader.fill(_TRANSPORT_RECEIVE):
-                    return []
-                self._decrypt_buffered()
+            if not await self._wait_for_plaintext():
+                return []
             out, self._plain = self._plain, []
             self._plain_bytes = 0
             return out
