@@ -96,8 +96,14 @@ class Holding:
                 room = self._room()
                 if room is not None and msg.size > room:
                     return refuse(f"over quota: {msg.size} bytes asked, {room} free")
+            # A refresh of an offer we already hold only updates the holder
+            # list: pulling again would silently patch over lost blocks, and
+            # losses are for audits to find (and for the owner to repair).
+            refresh = (existing is not None and existing.manifest == offer.manifest
+                       and self.node.repo.index.is_pinned(text))
             try:
-                await self._take(cid, manifest, offer, requester)
+                if not refresh:
+                    await self._take(cid, manifest, offer, requester)
             except (P2PError, StoreError, OSError) as exc:
                 log.info("store of %s for %s failed: %s", text, requester, exc)
                 return refuse(f"could not take the replica: {exc}")
