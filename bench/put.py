@@ -309,8 +309,7 @@ def lib_put_child(data: Path, repo_path: Path, commit: bool, via_repo: bool = Fa
     with `via_repo`, `Repo.add(..., commit=True)`; `helper`: in a helper process."""
     import store.repo
 
-    if helper:
-        store.repo.COMMIT_PROCESS_ABOVE = 0
+    store.repo.COMMIT_PROCESS_ABOVE = 0 if helper else None  # each row measures one path
     from store.chunker import FixedChunker
     from store.proofs import DEFAULT_SEGMENT_SIZE, MerkleBuilder
     from store.repo import Repo
@@ -710,9 +709,9 @@ def markdown(doc: dict[str, Any]) -> str:
     row("`Repo.add` in a child process (no CLI)", "library_put", "")
     row("… with the commitment in the same pass", "library_put_with_commitment_same_pass",
         "MerkleBuilder fed each chunk on the reading thread")
-    row("… `Repo.add(commit=True)` (the node's put with replicas)", "library_put_with_commitment_repo",
+    row("… `Repo.add(commit=True)`, reading thread (`COMMIT_PROCESS_ABOVE = None`)", "library_put_with_commitment_repo",
         "same pass on the reading thread + leaf file and commitment record saved durably")
-    row("… `Repo.add(commit=True)`, helper process (`COMMIT_PROCESS_ABOVE = 0`)",
+    row("… `Repo.add(commit=True)`, helper process (the default for files ≥ 64 MiB)",
         "library_put_with_commitment_helper",
         "chunks piped to a helper process; CPU includes the helper")
     md.append(markdown_table(["contender", "median s", "min s", "MB/s (median)", "CPU s (median)", "peak RSS MiB",
@@ -733,12 +732,12 @@ def markdown(doc: dict[str, Any]) -> str:
         ["… commitment in the same pass as the put (`Repo.add`, reading thread)",
          f"+{round((r['same_pass_put_with_commitment_over_put'] - 1) * 100)} %",
          yes(met["commitment_overhead_same_pass"])],
-        ["… `Repo.add(commit=True)`: same pass, leaf file and record saved (the node's put with replicas)",
+        ["… `Repo.add(commit=True)`: same pass on the reading thread, leaf file and record saved",
          f"{_signed_pct(r['repo_put_with_commitment_over_put'])} (min of each: "
          f"{_signed_pct(r['repo_put_with_commitment_over_put_min_of_each'])}; CPU "
          f"{_signed_pct(r['repo_put_with_commitment_cpu_over_put_cpu'])})",
          yes(met["commitment_overhead_repo"])],
-        ["… the same with the helper process",
+        ["… the same with the helper process (the node's put with replicas, files ≥ 64 MiB)",
          f"{_signed_pct(r['helper_put_with_commitment_over_put'])} (min of each: "
          f"{_signed_pct(r['helper_put_with_commitment_over_put_min_of_each'])}; CPU "
          f"{_signed_pct(r['helper_put_with_commitment_cpu_over_put_cpu'])})",
@@ -772,7 +771,8 @@ def markdown(doc: dict[str, Any]) -> str:
         md.append("")
         md.append(
             "The commitment during the put: `Repo.add(commit=True)` (used by a node's put with `--replicas` > 1) "
-            "feeds each chunk, in order, to a MerkleBuilder on the reading thread (whole segments hashed by "
+            "feeds each chunk, in order, to a MerkleBuilder on the reading thread, or for files of 64 MiB or more "
+            "to the same builder in a helper process (whole segments hashed by "
             "`MerkleBuilder.update_keeping_gil`), writes `<repo>/proofs/<cid>.leaves` as it goes and saves it and "
             "`<cid>.commitment` durably before the index transaction; `p2p.commit_files.build_commitment` then "
             "only re-folds the leaf file (~0.25 s/GiB, no data read) instead of re-reading and re-hashing the "
@@ -790,8 +790,9 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{_signed_pct(r['helper_put_with_commitment_over_put'])}; in two earlier runs of the same code "
             "paths the same day: +26 % vs +28 % (load 3.8), and reading-thread tee +32 % vs helper +70 % "
             "(load 6.4). Within this VM's run-to-run noise (the plain `Repo.add` row alone spans "
-            f"{lp['min']}-{lp['max']} s) neither wins reliably, so the default is the simpler in-process path; "
-            "the helper stays available (`store.repo.COMMIT_PROCESS_ABOVE`) for machines with idle cores. "
+            f"{lp['min']}-{lp['max']} s) the helper wins when a core is free and can lose when none is; "
+            "a put is usually its machine's foreground job, so files of 64 MiB or more use the helper "
+            "(`store.repo.COMMIT_PROCESS_ABOVE`; None turns it off). "
             "With pure-Python hashing the commitment is ~0.35-0.45x of a put's CPU here; +25 % of wall time "
             "needs part of it to run on a core the put leaves idle, which this VM did not reliably have.")
     sp, ossl, fl = c["shoal_put"], c["openssl_sha256"], c["block_files_floor"]

@@ -475,12 +475,14 @@ class Repo:
 
 
 # `add(..., commit=True)` builds the commitment of a file of at least this
-# many bytes in a helper process (_CommitProcess), of any other file on the
-# reading thread. None (the default): always the reading thread, which the
-# helper did not reliably beat on the shared 2-core VM of bench/RESULTS.md
-# "## put" (other work kept the second core busy); a machine with idle cores
-# may set it (e.g. 16 MiB) so the commitment runs beside the put.
-COMMIT_PROCESS_ABOVE: int | None = None
+# many bytes in a helper process (_CommitProcess), of any smaller file on the
+# reading thread. With a core the put leaves idle the helper wins (1 GiB on
+# an idle 2-core VM: +13 % over the put, against +29 % on the reading
+# thread; bench/RESULTS.md "## put"); when other work holds that core it can
+# lose (+26 to +70 % measured under load), and a failed helper falls back to
+# a full pass later. A put is usually its machine's foreground job, so large
+# files use the helper; None turns it off.
+COMMIT_PROCESS_ABOVE: int | None = 64 * 1024 * 1024
 
 _COMMIT_CHILD = r"""
 import os, sys
@@ -514,7 +516,7 @@ class _CommitProcess:
     if a core is free: when other work holds the second core, the helper is
     starved and the put waits for it (measured +26 to +70 % over the put,
     against +26 to +41 % on the reading thread; bench/RESULTS.md "## put"),
-    hence off by default (`COMMIT_PROCESS_ABOVE`). The importer calls `update(chunk)` in file order; a feeder
+    hence only for files of at least `COMMIT_PROCESS_ABOVE` bytes. The importer calls `update(chunk)` in file order; a feeder
     thread writes the chunks into the helper's stdin (outside the GIL; at
     most `_QUEUE` chunks wait, then `update` blocks: bounded memory); the
     helper writes the leaf hashes to `leaves_tmp`, fsyncs it, and prints the
