@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -136,22 +134,6 @@ def test_write_error_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not bs.has(cid)
     leftovers = [p for p in (tmp_path / "blocks").rglob("*") if p.is_file() and p.name != "SHARDING"]
     assert leftovers == []
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs, if this process may mount one (root in CI containers)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_real_enospc(tiny_tmpfs: Path) -> None:
