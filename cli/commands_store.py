@@ -251,26 +251,23 @@ def _object_row(obj: Any) -> dict[str, Any]:
 
 
 def cmd_pin_add(args: argparse.Namespace) -> int:
-    cid = parse_cid(args.cid)
-    client = node_for(args)
-    if client is not None:
-        client.call("POST", "/v1/pin/add", {"cid": str(cid)})
-    else:
-        with open_repo(args) as repo:
-            repo.pin_add(cid)
-    print(f"pinned {cid}")
-    return 0
+    return _pin_change(args, "add", "pinned")
 
 
 def cmd_pin_rm(args: argparse.Namespace) -> int:
+    return _pin_change(args, "rm", "unpinned")
+
+
+def _pin_change(args: argparse.Namespace, verb: str, done: str) -> int:
+    """pin add / pin rm: through the node if one runs, else on the repo."""
     cid = parse_cid(args.cid)
     client = node_for(args)
     if client is not None:
-        client.call("POST", "/v1/pin/rm", {"cid": str(cid)})
+        client.call("POST", f"/v1/pin/{verb}", {"cid": str(cid)})
     else:
         with open_repo(args) as repo:
-            repo.pin_rm(cid)
-    print(f"unpinned {cid}")
+            (repo.pin_add if verb == "add" else repo.pin_rm)(cid)
+    print(f"{done} {cid}")
     return 0
 
 
