@@ -10,7 +10,10 @@ the event loop never blocks on it.
 from __future__ import annotations
 
 import logging
+import random
 import shutil
+import sqlite3
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -30,7 +33,8 @@ from .messages import (
     PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
 )
 from .multiaddr import Multiaddr
-from .peers import PeerRecord, PeerTable
+from .peers import Clock, PeerRecord, PeerTable, Random
+from .reputation_store import REPUTATION_FLUSH_INTERVAL_S, ReputationStore
 from .secure_stream import secure_accept, secure_dial
 
 log = logging.getLogger("shoal.node")
@@ -50,16 +54,22 @@ class NodeOptions:
     pex_interval: float = 2.0
     quota_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    reputation_flush_interval: float = REPUTATION_FLUSH_INTERVAL_S
 
 
 class Node:
     """One running peer over one repo (whose lock it holds)."""
 
-    def __init__(self, repo: Repo, identity: Identity, options: NodeOptions) -> None:
+    def __init__(self, repo: Repo, identity: Identity, options: NodeOptions, *,
+                 clock: Clock = time.time, rng: Random = random.random) -> None:
+        """`clock` and `rng` drive the peer table's dial backoff (tests pass fakes)."""
         self.repo = repo
         self.identity = identity
         self.options = options
-        self.peers = PeerTable(identity.peer_id)
+        self.peers = PeerTable(identity.peer_id, clock=clock, rng=rng)
+        self.reputation_store = ReputationStore(repo.index)
+        self._reputation_lock = trio.Lock()
+        self._reputation_flushed_at = float("-inf")  # trio clock
         self.connections: dict[PeerId, list[PeerConnection]] = {}
         self.listen_addrs: list[Multiaddr] = []
         self._nursery: trio.Nursery | None = None
@@ -81,6 +91,16 @@ class Node:
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus["Node"] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.load_reputation()
+        self._reputation_flushed_at = trio.current_time()
+        try:
+            await self._run_nursery(task_status)
+        finally:
+            # Clean shutdown (cancel, signal): write what changed since the last flush.
+            with trio.CancelScope(shield=True):
+                await self.flush_reputation()
+
+    async def _run_nursery(self, task_status: trio.TaskStatus["Node"]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for addr in self.options.listen:
@@ -104,6 +124,42 @@ class Node:
 
     def addrs_with_id(self) -> list[str]:
         return [str(a.with_peer(self.peer_id)) for a in self.listen_addrs]
+
+    # -- reputation persistence ------------------------------------------------
+
+    async def load_reputation(self) -> int:
+        """Put back the counters saved by earlier runs; returns how many peers.
+
+        Never fails the start: a damaged row or table only costs its counts.
+        """
+        async with self._reputation_lock:
+            try:
+                saved = await trio.to_thread.run_sync(self.reputation_store.load)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("cannot load peer reputation: %s", exc)
+                return 0
+            for peer, counts in saved.items():
+                self.peers.restore_reputation(peer, counts)
+            return len(saved)
+
+    async def flush_reputation(self) -> int:
+        """Write every changed counter in one transaction (in a worker thread)."""
+        async with self._reputation_lock:
+            changes = self.reputation_store.pending(self.peers.reputations())
+            if not changes:
+                return 0
+            try:
+                written: int = await trio.to_thread.run_sync(self.reputation_store.write, changes)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("cannot save peer reputation (retrying later): %s", exc)
+                return 0
+            return written
+
+    async def _maybe_flush_reputation(self) -> None:
+        now = trio.current_time()
+        if now - self._reputation_flushed_at >= self.options.reputation_flush_interval:
+            self._reputation_flushed_at = now
+            await self.flush_reputation()
 
     # -- connections -----------------------------------------------------------
 
@@ -186,9 +242,7 @@ class Node:
         except (P2PError, trio.TooSlowError, OSError) as exc:
             log.info("dial %s failed: %s", addr, exc)
             if addr.peer_id is not None:
-                rec = self.peers.get(addr.peer_id)
-                if rec is not None:
-                    rec.dial_failures += 1
+                self.peers.dial_failed(addr.peer_id)  # backs off its next dial
         finally:
             if addr.peer_id is not None:
                 self._dialing.discard(addr.peer_id)
@@ -288,6 +342,7 @@ class Node:
     async def _peer_exchange_loop(self) -> None:
         while True:
             await trio.sleep(self.options.pex_interval)
+            await self._maybe_flush_reputation()
             for peer in self.connected_peers():
                 conn = self.connection_to(peer)
                 if conn is None:
@@ -299,8 +354,9 @@ class Node:
                 for reply in replies:
                     if isinstance(reply, Peers):
                         self._learn_peers(reply)
-            # Peers that failed least first, so made-up ones cannot starve real ones.
-            for rec in sorted(self.peers.dialable(), key=lambda r: r.dial_failures):
+            # Only peers past their backoff, those that failed least first
+            # (made-up addresses cannot starve real peers of dial slots).
+            for rec in self.peers.dialable():
                 if len(self._dialing) >= MAX_DIALS_IN_FLIGHT:
                     break
                 self._start_dial(rec.addrs[0].with_peer(rec.peer_id))
