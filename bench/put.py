@@ -7,7 +7,9 @@ a shared machine hits every contender, not one):
   time (init is not timed). Wall time of the whole child process
   (interpreter start included), its CPU time (`os.wait4`) and its peak RSS
   (VmHWM polled from /proc). Durable: every block's data synced before its
-  rename, names fsync'd, then one SQLite transaction.
+  rename, names fsync'd, then one SQLite transaction. Block files go out
+  with O_DIRECT (store.direct_io); the same put with `SHOAL_DIRECT_IO=0`
+  (through the page cache) is a second row, so the effect is measured.
 - `openssl dgst -sha256 FILE`: the hashing limit (one core, SHA extensions).
 - coreutils `sha256sum FILE`: no SHA extensions here, for scale.
 - the npm importer (`ipfs-unixfs-importer` 17.1.1, profile
@@ -28,7 +30,8 @@ a shared machine hits every contender, not one):
   process that builds the commitment and the leaf file). The helper's CPU
   time is in the CPU column (`os.wait4` of the child counts its reaped
   children); its ~10 MiB RSS is not in the peak RSS column.
-- the disk's share: `dd bs=1M conv=fsync` of the file (one file), and the
+- the disk's share: `dd bs=1M conv=fsync` of the file (one file), the same
+  with `oflag=direct`, and the
   file written as 1,024 one-MiB files over 256 directories then one syncfs
   (what a one-file-per-block layout pays before hashing anything).
 - with `--compare-root DIR`: `shoal put` from another checkout (e.g. the
@@ -179,11 +182,17 @@ def shoal_env() -> dict[str, str]:
 # -- contenders -------------------------------------------------------------------------
 
 
-def shoal_put(work: Path, data: Path, tag: str, root: Path | None = None) -> dict[str, Any]:
-    """`shoal put` from `root` (default: SHOAL_ROOT) into a fresh repo; init is not timed."""
+def shoal_put(work: Path, data: Path, tag: str, root: Path | None = None,
+              direct_io: bool = True) -> dict[str, Any]:
+    """`shoal put` from `root` (default: SHOAL_ROOT) into a fresh repo; init is not timed.
+
+    `direct_io=False` runs it with SHOAL_DIRECT_IO=0: block files written
+    through the page cache, as before store.direct_io (the same-run comparison).
+    """
     root = root or SHOAL_ROOT
     repo = work / f"repo-{tag}"
     env = shoal_env()
+    env["SHOAL_DIRECT_IO"] = "1" if direct_io else "0"
     env["PYTHONPATH"] = str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")
     checked(run_child(SHOAL + ["--repo", str(repo), "init"], cwd=root, env=env, out_dir=work), "shoal init")
     r = checked(run_child(SHOAL + ["--repo", str(repo), "put", str(data), "--quiet"],
@@ -203,6 +212,15 @@ def durable_copy(work: Path, data: Path, tag: str) -> dict[str, Any]:
     """`dd ... conv=fsync`: the same bytes written durably with no hashing: the disk's share."""
     out = work / f"copy-{tag}.bin"
     r = checked(run_child(["dd", f"if={data}", f"of={out}", "bs=1M", "conv=fsync"], out_dir=work), "dd")
+    out.unlink()
+    return r
+
+
+def direct_copy(work: Path, data: Path, tag: str) -> dict[str, Any]:
+    """`dd ... oflag=direct conv=fsync`: the same durable copy past the page cache."""
+    out = work / f"dcopy-{tag}.bin"
+    r = checked(run_child(["dd", f"if={data}", f"of={out}", "bs=1M", "oflag=direct", "conv=fsync"],
+                          out_dir=work), "dd direct")
     out.unlink()
     return r
 
@@ -503,8 +521,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_before = system_load()
         warm_s = warm(data)
         log(f"file {data} ({human_bytes(size)}), read once in {warm_s:.2f} s to warm the page cache")
-        names = ["shoal_put", "openssl", "sha256sum", "npm", "merkle", "put_empty", "lib_put", "lib_put_commit",
-                 "lib_put_commit_repo", "lib_put_commit_helper", "dd", "floor"]
+        names = ["shoal_put", "shoal_put_buffered", "openssl", "sha256sum", "npm", "merkle", "put_empty", "lib_put", "lib_put_commit",
+                 "lib_put_commit_repo", "lib_put_commit_helper", "dd", "dd_direct", "floor"]
         if args.no_npm:
             names.remove("npm")
         if args.compare_root:
@@ -514,6 +532,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         actions: dict[str, Callable[[int], dict[str, Any]]] = {
             "shoal_put": lambda i: shoal_put(work, data, f"{i}"),
+            "shoal_put_buffered": lambda i: shoal_put(work, data, f"buf-{i}", direct_io=False),
             "openssl": lambda i: openssl(work, data),
             "sha256sum": lambda i: sha256sum(work, data),
             "npm": lambda i: npm_importer(work, data, f"{i}"),
@@ -521,6 +540,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "put_empty": lambda i: shoal_put(work, empty, f"empty-{i}"),
             "put_compare": lambda i: shoal_put(work, data, f"cmp-{i}", args.compare_root.resolve()),
             "dd": lambda i: durable_copy(work, data, f"{i}"),
+            "dd_direct": lambda i: direct_copy(work, data, f"{i}"),
             "floor": lambda i: files_floor(work, data, f"{i}"),
             "lib_put": lambda i: lib_put(work, data, f"{i}", False),
             "lib_put_commit": lambda i: lib_put(work, data, f"c{i}", True),
@@ -537,7 +557,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         profile = profile_put(work, data) if args.profile else None
         load_after = system_load()
 
-    cids = {r["cid"] for r in runs["shoal_put"]}
+    cids = {r["cid"] for r in runs["shoal_put"]} | {r["cid"] for r in runs["shoal_put_buffered"]}
     sha = {r["sha256"] for r in runs["openssl"]} | {r["sha256"] for r in runs["sha256sum"]}
     if len(cids) != 1 or len(sha) != 1:
         raise RuntimeError(f"contenders disagree: CIDs {cids}, sha256 {sha}")
@@ -554,6 +574,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     contenders: dict[str, Any] = {
         "shoal_put": {**secs("shoal_put"), "peak_rss_mib": rss("shoal_put"),
                       "cpu_seconds": secs("shoal_put", "cpu_seconds")},
+        "shoal_put_buffered": {**secs("shoal_put_buffered"), "peak_rss_mib": rss("shoal_put_buffered"),
+                               "cpu_seconds": secs("shoal_put_buffered", "cpu_seconds")},
         "openssl_sha256": {**secs("openssl"), "peak_rss_mib": rss("openssl")},
         "sha256sum": {**secs("sha256sum"), "peak_rss_mib": rss("sha256sum")},
         "merkle_commitment": {**secs("merkle"), "process_seconds": secs("merkle", "process_seconds"),
@@ -561,6 +583,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "segments": runs["merkle"][0]["segments"]},
         "shoal_put_empty_file": {**secs("put_empty"), "peak_rss_mib": rss("put_empty")},
         "durable_copy_dd": {**secs("dd"), "peak_rss_mib": rss("dd"), "cpu_seconds": secs("dd", "cpu_seconds")},
+        "direct_copy_dd": {**secs("dd_direct"), "peak_rss_mib": rss("dd_direct"),
+                           "cpu_seconds": secs("dd_direct", "cpu_seconds")},
         "block_files_floor": {**secs("floor"), "peak_rss_mib": rss("floor"),
                               "cpu_seconds": secs("floor", "cpu_seconds")},
         "library_put": {**secs("lib_put"), "in_process": secs("lib_put", "seconds_in_process"),
@@ -608,6 +632,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ratios: dict[str, Any] = {
         "put_over_openssl": ratio(put, contenders["openssl_sha256"]["median"]),
         "put_over_sha256sum": ratio(put, contenders["sha256sum"]["median"]),
+        "buffered_put_over_put": ratio(contenders["shoal_put_buffered"]["median"], put),
+        "put_over_direct_copy": ratio(put, contenders["direct_copy_dd"]["median"]),
         "put_over_durable_copy": ratio(put, contenders["durable_copy_dd"]["median"]),
         "put_over_block_files_floor": ratio(put, contenders["block_files_floor"]["median"]),
         "block_files_floor_over_openssl": ratio(contenders["block_files_floor"]["median"],
@@ -681,8 +707,7 @@ def markdown(doc: dict[str, Any]) -> str:
           f"Disk: {d.get('fstype')} on {d.get('device')} ({d.get('kind', d.get('model', '?'))}; "
           f"write cache {d.get('write_cache', '?')}). Load average before/after: "
           f"{doc['load_before']['loadavg_1min']} / {doc['load_after']['loadavg_1min']}, CPUs busy with "
-          f"other work in the second before the run: {round(doc['load_before']['cpu_busy_fraction_while_idle'] * 100)} % "
-          "(other helpers' tests shared the machine and its disk; runs vary by up to 2x).", ""]
+          f"other work in the second before the run: {round(doc['load_before']['cpu_busy_fraction_while_idle'] * 100)} %.", ""]
     rows = []
 
     def row(label: str, key: str, note: str = "") -> None:
@@ -694,6 +719,8 @@ def markdown(doc: dict[str, Any]) -> str:
         rows.append([label, x["median"], x["min"], round(mb_per_s(size, x["median"]), 1), cpu, rss, note])
 
     row("`shoal put` (CLI, durable, fresh repo)", "shoal_put")
+    row("`shoal put`, `SHOAL_DIRECT_IO=0` (block files through the page cache)", "shoal_put_buffered",
+        "same code, buffered writes")
     row("`shoal put` from --compare-root (the code before this change)", "shoal_put_compare_root",
         "same run, same repo setup")
     row("`openssl dgst -sha256`", "openssl_sha256")
@@ -703,6 +730,7 @@ def markdown(doc: dict[str, Any]) -> str:
     row(f"MerkleBuilder, {c['merkle_commitment']['segment_size']} B segments", "merkle_commitment",
         "in-process time")
     row("`dd bs=1M conv=fsync` copy of the file", "durable_copy_dd", "the disk's share: durable write, no hashing")
+    row("`dd bs=1M oflag=direct conv=fsync` copy", "direct_copy_dd", "the disk's share past the page cache")
     row("1 MiB files in 256 dirs, then one syncfs + dir fsyncs (Python, one thread, no hashing)",
         "block_files_floor", "naive durable file-per-block write")
     row("`shoal put` of an empty file", "shoal_put_empty_file", "fixed cost per put")
@@ -744,7 +772,8 @@ def markdown(doc: dict[str, Any]) -> str:
          yes(met["commitment_overhead_helper"])],
     ]))
     md.append("")
-    md.append(f"Ratios (medians): put / openssl = {r['put_over_openssl']}, put / sha256sum = "
+    md.append(f"Ratios (medians): put / openssl = {r['put_over_openssl']}, buffered put / put = "
+              f"{r['buffered_put_over_put']}, put / direct dd copy = {r['put_over_direct_copy']}, put / sha256sum = "
               f"{r['put_over_sha256sum']}, put / durable dd copy = {r['put_over_durable_copy']}, put / block-files floor = "
               f"{r['put_over_block_files_floor']}, block-files floor / openssl = {r['block_files_floor_over_openssl']}, put / npm importer = {r.get('put_over_npm')} "
               f"(/ npm + sync = {r.get('put_over_npm_plus_sync')}), put / put of --compare-root = {r.get('put_over_compare_root_put')}, (put + commitment) / put = "

@@ -27,18 +27,13 @@ from . import dagpb, unixfs
 from .blockstore import Blockstore
 from .cid import CID, DAG_PB, RAW, cid_from_bytes
 from .errors import InvalidCID, InvalidInput, MalformedBlock
+from .direct_io import DirectWriter
 from .unixfs import DataType, UnixFSData
 
 __all__ = [
     "BlockGetter", "Stat", "DirEntry", "stat", "read_file", "list_dir",
     "export_to_path", "walk_dag", "iter_links",
 ]
-
-# Pieces at least this big (whole leaves) are written straight from the
-# block's bytes; smaller ones are gathered up to _WRITE_BUFFER first, so a
-# file of tiny pieces still costs few write calls and nothing is copied twice.
-_DIRECT_WRITE = 256 * 1024
-_WRITE_BUFFER = 4 * 1024 * 1024
 
 
 class BlockGetter(Protocol):
@@ -278,20 +273,12 @@ def _write_file(get: Callable[[CID], bytes], cid: CID, path: Path) -> None:
         raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         try:
-            pending = bytearray()
+            # Staged in 4 MiB aligned runs and written past the page cache
+            # (store.direct_io: the fsync below waits for the disk anyway).
+            writer = DirectWriter(fd)
             for piece in read_file(get, cid):
-                if len(piece) >= _DIRECT_WRITE:
-                    if pending:
-                        _write_all(fd, pending)
-                        pending.clear()
-                    _write_all(fd, piece)
-                else:
-                    pending += piece
-                    if len(pending) >= _WRITE_BUFFER:
-                        _write_all(fd, pending)
-                        pending.clear()
-            if pending:
-                _write_all(fd, pending)
+                writer.write(piece)
+            writer.close_tail()
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -303,14 +290,6 @@ def _write_file(get: Callable[[CID], bytes], cid: CID, path: Path) -> None:
         _unlink_quietly(tmp)
         raise
 
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    """os.write until all of `data` is written (a write may be short)."""
-    view = memoryview(data)
-    with view:
-        while view.nbytes:
-            written = os.write(fd, view)
-            view = view[written:]
 
 
 def _unlink_quietly(path: str) -> None:

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .cid import CID, block_key, verify_block
+from .direct_io import write_file_bytes
 from .errors import BlockNotFound, RepoError, StorageFull
 
 SHARDING_RULE = "/repo/flatfs/shard/v1/next-to-last/2"
@@ -139,13 +140,6 @@ class _SyncRound:
     def __init__(self) -> None:
         self.done = False
         self.error: OSError | None = None
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 class FlatfsBlockstore:
@@ -256,7 +250,7 @@ class FlatfsBlockstore:
         try:
             group = False
             try:
-                _write_all(fd, data)
+                write_file_bytes(fd, data)  # past the page cache where that pays
                 if self.sync:
                     group = self._sync_fd is not None
                     if not group:

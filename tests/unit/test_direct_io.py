@@ -1,0 +1,208 @@
+"""store.direct_io: bulk writes past the page cache, with a buffered fallback.
+
+What must hold whatever happens: the file ends up with exactly the bytes
+written, in order. What we also check: aligned runs really go out with
+O_DIRECT set on the fd where the file system allows it, and every way the
+direct path can be refused (fcntl, write, a short write) falls back to
+buffered writes without losing or duplicating a byte.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from store import direct_io
+from store.direct_io import ALIGN, MIN_DIRECT_BYTES, STAGING_BYTES, DirectWriter, write_file_bytes
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this platform")
+
+
+def _payload(n: int, seed: int = 1) -> bytes:
+    return bytes((i * 131 + seed) % 251 for i in range(n))
+
+
+def _new_fd(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+
+def _fs_takes_direct(directory: Path) -> bool:
+    probe = directory / "probe"
+    fd = _new_fd(probe)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+class _WriteLog:
+    """Wraps os.write: records (length, O_DIRECT set?) for every call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        real = os.write
+
+        def write(fd: int, data: Any) -> int:
+            direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+            n = real(fd, data)
+            self.calls.append((n, direct))
+            return n
+
+        monkeypatch.setattr(direct_io.os, "write", write)
+
+
+@pytest.fixture(autouse=True)
+def _direct_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct_io, "ENABLED", True)
+
+
+def _write_pieces(path: Path, pieces: list[bytes]) -> DirectWriter:
+    fd = _new_fd(path)
+    try:
+        writer = DirectWriter(fd)
+        for piece in pieces:
+            writer.write(piece)
+        writer.close_tail()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return writer
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 2 * STAGING_BYTES + 3 * ALIGN + 17), cuts=st.lists(st.integers(0, 10**9), max_size=8))
+def test_bytes_round_trip_whatever_the_piece_sizes(tmp_path_factory: pytest.TempPathFactory, size: int,
+                                                   cuts: list[int]) -> None:
+    data = _payload(size, seed=size % 7)
+    bounds = sorted({c % (size + 1) for c in cuts} | {0, size})
+    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    path = tmp_path_factory.mktemp("dio") / "f"
+    _write_pieces(path, pieces)
+    assert path.read_bytes() == data
+
+
+def test_aligned_runs_go_out_with_o_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    log = _WriteLog(monkeypatch)
+    size = STAGING_BYTES + 5 * ALIGN + 123  # one full staging run, an aligned rest, a tail
+    data = _payload(size)
+    writer = _write_pieces(tmp_path / "f", [data[:1000], data[1000:]])
+    assert (tmp_path / "f").read_bytes() == data
+    direct_bytes = sum(n for n, d in log.calls if d)
+    buffered = [(n, d) for n, d in log.calls if not d]
+    assert direct_bytes == size - 123  # everything but the unaligned tail
+    assert buffered == [(123, False)]
+    assert all(n % ALIGN == 0 for n, d in log.calls if d)
+    assert not writer.direct  # the tail cleared O_DIRECT
+
+
+def test_block_sized_file_written_direct_small_file_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    log = _WriteLog(monkeypatch)
+    big, small = _payload(1 << 20), _payload(MIN_DIRECT_BYTES - 1)
+    for name, data in (("big", big), ("small", small)):
+        fd = _new_fd(tmp_path / name)
+        try:
+            write_file_bytes(fd, data)
+        finally:
+            os.close(fd)
+        assert (tmp_path / name).read_bytes() == data
+    assert log.calls[0] == (1 << 20, True)
+    assert log.calls[1:] == [(MIN_DIRECT_BYTES - 1, False)]
+
+
+def test_env_switch_turns_direct_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct_io, "ENABLED", False)
+    log = _WriteLog(monkeypatch)
+    data = _payload(2 * STAGING_BYTES)
+    _write_pieces(tmp_path / "f", [data])
+    assert (tmp_path / "f").read_bytes() == data
+    assert log.calls and not any(d for _, d in log.calls)
+
+
+def test_fcntl_refusal_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fcntl.fcntl
+
+    def refusing(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(direct_io.fcntl, "fcntl", refusing)
+    data = _payload(STAGING_BYTES + 999)
+    writer = _write_pieces(tmp_path / "f", [data])
+    assert not writer.direct
+    assert (tmp_path / "f").read_bytes() == data
+
+
+@pytest.mark.parametrize("failure", ["einval", "short_unaligned"])
+def test_write_refusal_or_short_write_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  failure: str) -> None:
+    """A file system that accepts the flag but refuses (or half-does) the write."""
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    real = os.write
+    state = {"tripped": False}
+
+    def flaky(fd: int, data: Any) -> int:
+        direct = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        if direct and not state["tripped"]:
+            state["tripped"] = True
+            if failure == "einval":
+                raise OSError(errno.EINVAL, "refused")
+            return _short(fd, data)
+        return real(fd, data)
+
+    def _short(fd: int, data: Any) -> int:
+        # Simulate a device that took an unaligned part of the run: write
+        # that much buffered (O_DIRECT would refuse it) and report it.
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        n = real(fd, memoryview(data)[: ALIGN + 100])
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        return n
+
+    monkeypatch.setattr(direct_io.os, "write", flaky)
+    data = _payload(2 * STAGING_BYTES + 3 * ALIGN + 5)
+    writer = _write_pieces(tmp_path / "f", [data[:77], data[77:]])
+    assert state["tripped"]
+    assert not writer.direct
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_other_write_errors_propagate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC is not a refusal of O_DIRECT: it must reach the caller."""
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct_io.os, "write", full)
+    fd = _new_fd(tmp_path / "f")
+    try:
+        with pytest.raises(OSError) as info:
+            write_file_bytes(fd, _payload(1 << 20))
+    finally:
+        os.close(fd)
+    assert info.value.errno == errno.ENOSPC
+
+
+def test_tmpfs_round_trip(tiny_tmpfs: Path) -> None:
+    """tmpfs may refuse O_DIRECT (older kernels) or take it: either way the bytes land."""
+    data = _payload(1 << 20)
+    fd = _new_fd(tiny_tmpfs / "f")
+    try:
+        write_file_bytes(fd, data)
+    finally:
+        os.close(fd)
+    assert (tiny_tmpfs / "f").read_bytes() == data
