@@ -37,6 +37,14 @@ a shared machine hits every contender, not one):
 - with `--compare-root DIR`: `shoal put` from another checkout (e.g. the
   code before a change), in the same run.
 
+Every contender's output (repos, block stores, copies) is kept until the
+end of the run and removed with the work directory: this VM's root file
+system is ext4 without a journal, where a file created within ~30 s of
+thousands of deletions makes inode allocation skip each recently deleted
+inode (ext4 `recently_deleted`; a quarter of a put's CPU in `perf`), so
+deleting between contenders charged each one for its predecessor's
+clean-up. The run needs about 11x the file size of free disk per repeat.
+
 The file is generated once (deterministic: `random.Random(seed)`) and kept
 in `--data-dir`; it is read once before measuring so that every contender
 reads it from the page cache. The page cache is not dropped (that needs
@@ -198,7 +206,6 @@ def shoal_put(work: Path, data: Path, tag: str, root: Path | None = None,
     r = checked(run_child(SHOAL + ["--repo", str(repo), "put", str(data), "--quiet"],
                           cwd=root, env=env, out_dir=work), "shoal put")
     r["cid"] = r["stdout"].strip()
-    shutil.rmtree(repo, ignore_errors=True)
     return r
 
 
@@ -212,7 +219,6 @@ def durable_copy(work: Path, data: Path, tag: str) -> dict[str, Any]:
     """`dd ... conv=fsync`: the same bytes written durably with no hashing: the disk's share."""
     out = work / f"copy-{tag}.bin"
     r = checked(run_child(["dd", f"if={data}", f"of={out}", "bs=1M", "conv=fsync"], out_dir=work), "dd")
-    out.unlink()
     return r
 
 
@@ -221,7 +227,6 @@ def direct_copy(work: Path, data: Path, tag: str) -> dict[str, Any]:
     out = work / f"dcopy-{tag}.bin"
     r = checked(run_child(["dd", f"if={data}", f"of={out}", "bs=1M", "oflag=direct", "conv=fsync"],
                           out_dir=work), "dd direct")
-    out.unlink()
     return r
 
 
@@ -230,7 +235,6 @@ def files_floor(work: Path, data: Path, tag: str) -> dict[str, Any]:
     out = work / f"floor-{tag}"
     r = checked(run_child([sys.executable, str(Path(__file__).resolve()), "--floor-child", str(data), str(out)],
                           cwd=PROJECT_ROOT, env=shoal_env(), out_dir=work), "floor child")
-    shutil.rmtree(out, ignore_errors=True)
     return r
 
 
@@ -290,7 +294,6 @@ def npm_importer(work: Path, data: Path, tag: str) -> dict[str, Any]:
     r["blocks"] = doc["blocks"]
     s = checked(run_child(["sync", "-f", str(store)], out_dir=work), "sync -f")
     r["sync_seconds"] = s["seconds"]
-    shutil.rmtree(store, ignore_errors=True)
     return r
 
 
@@ -316,7 +319,6 @@ def lib_put(work: Path, data: Path, tag: str, commit: bool | str) -> dict[str, A
     r = checked(run_child(cmd + extra, cwd=SHOAL_ROOT, env=shoal_env(),
                           out_dir=work), "library put child")
     r.update(json.loads(r["stdout"].strip().splitlines()[-1]))
-    shutil.rmtree(repo, ignore_errors=True)
     return r
 
 

@@ -19,8 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from .output import human_size
-from .swarm import LocalSwarm
+
+if TYPE_CHECKING:  # the swarm (and httpx under it) loads only when a demo runs
+    from .swarm import LocalSwarm
 
 
 def register(sub: Any) -> None:
@@ -72,6 +76,8 @@ def say(text: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .commands_node import parse_size
 
+    from .swarm import LocalSwarm
+
     size = parse_size(args.size)
     root = Path(tempfile.mkdtemp(prefix="shoal-demo-"))
     try:
@@ -116,26 +122,16 @@ def run_demo(swarm: LocalSwarm, root: Path, size: int) -> None:
     say(f"  bytes identical: {'yes' if same else 'NO'}")
     if not same:
         raise SystemExit("demo failed: the copy differs")
-    for hook in _EXTRA_STEPS:
-        hook(swarm, root, put["cid"])
-    for hook in _FINAL_STEPS:  # energy (issue 5): after every other step
+    for hook in _later_steps():
         hook(swarm, root, put["cid"])
     say("== done: stopping the peers and removing the temp directory ==")
 
 
-_EXTRA_STEPS: list[Any] = []
-"""Later demo steps (replication, audits, repair, energy) register here."""
+def _later_steps() -> list[Any]:
+    """The steps after put/get, imported only when a demo runs: replication
+    (issue 4: put with replicas, audit, break a holder, repair), then energy
+    (issue 5), which must come last since its report sums up the others."""
+    from .commands_energy import demo_step as energy_step
+    from .demo_replication import replication_step
 
-
-# --- energy (issue 5): the report closes the demo, after every _EXTRA_STEPS hook.
-_FINAL_STEPS: list[Any] = []
-"""Steps that must run last (the energy report summarises what the others did)."""
-from .commands_energy import demo_step as _energy_step  # noqa: E402
-
-_FINAL_STEPS.append(_energy_step)
-
-
-# --- replication (issue 4): put with replicas, audit, break a holder, repair.
-from .demo_replication import replication_step as _replication_step  # noqa: E402
-
-_EXTRA_STEPS.append(_replication_step)
+    return [replication_step, energy_step]

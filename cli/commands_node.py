@@ -7,8 +7,6 @@ import logging
 import sys
 from typing import Any
 
-from p2p.identity import Identity
-from p2p.multiaddr import Multiaddr
 from store.repo import Repo, resolve_repo_path
 
 from .errors import CliError
@@ -59,6 +57,7 @@ def parse_size(text: str) -> int:
 def cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
+    from p2p.multiaddr import Multiaddr
     from p2p.node import NodeOptions
     from p2p.service import parse_api_bind, run_node
 
@@ -99,6 +98,8 @@ def _setup_extensions(node: Any) -> None:
 
 
 def cmd_id(args: argparse.Namespace) -> int:
+    from p2p.identity import Identity  # cryptography: only for the commands that need it
+
     path = resolve_repo_path(args.repo)
     client = connect(path)
     if client is not None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
-
-import httpx
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import CliError
+
+if TYPE_CHECKING:  # imported at run time only where a node is there to talk to
+    import httpx
 
 API_FILE = "api"
 CONNECT_TIMEOUT = 2.0
@@ -23,6 +24,8 @@ class NodeClient:
     """A synchronous client for the node's control API."""
 
     def __init__(self, url: str, token: str) -> None:
+        import httpx
+
         self.url = url.rstrip("/")
         self._client = httpx.Client(
             base_url=self.url,
@@ -35,6 +38,8 @@ class NodeClient:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **query: Any) -> Any:
         """One JSON request; errors from the node become CliError with its message."""
+        import httpx
+
         params = {k: v for k, v in query.items() if v is not None}
         try:
             resp = self._client.request(method, path, json=body, params=params)
@@ -44,6 +49,8 @@ class NodeClient:
 
     def stream(self, path: str, **query: Any) -> Iterator[bytes]:
         """A streamed raw-bytes GET (cat)."""
+        import httpx
+
         params = {k: v for k, v in query.items() if v is not None}
         try:
             with self._client.stream("GET", path, params=params) as resp:
@@ -82,6 +89,8 @@ def connect(repo: Path) -> NodeClient | None:
     doc = read_api_file(repo)
     if doc is None:
         return None
+    import httpx
+
     client = NodeClient(doc["url"], doc["token"])
     try:
         client._client.get("/v1/id", timeout=CONNECT_TIMEOUT).raise_for_status()
