@@ -314,7 +314,8 @@ def lib_put(work: Path, data: Path, tag: str, commit: bool | str) -> dict[str, A
     the index transaction); "helper" the same with the helper process."""
     repo = work / f"librepo-{tag}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--lib-put-child", str(data), str(repo)]
-    extra = {"repo": ["--commit-repo"], "helper": ["--commit-repo", "--commit-helper"]}.get(
+    extra = {"repo": ["--commit-repo"], "helper": ["--commit-repo", "--commit-helper"],
+             "beside": ["--commit-beside"]}.get(
         str(commit), ["--commit"] if commit else [])
     r = checked(run_child(cmd + extra, cwd=SHOAL_ROOT, env=shoal_env(),
                           out_dir=work), "library put child")
@@ -322,7 +323,7 @@ def lib_put(work: Path, data: Path, tag: str, commit: bool | str) -> dict[str, A
     return r
 
 
-def lib_put_child(data: Path, repo_path: Path, commit: bool, via_repo: bool = False,
+def lib_put_child(data: Path, repo_path: Path, commit: bool | str, via_repo: bool = False,
                   helper: bool = False) -> None:
     """Entry point: init a repo, `Repo.add` the file; with `commit`, tee every chunk
     into a MerkleBuilder on the reading thread, so it overlaps the workers' disk waits;
@@ -349,7 +350,17 @@ def lib_put_child(data: Path, repo_path: Path, commit: bool, via_repo: bool = Fa
     with Repo.init(repo_path) as repo:
         started = time.perf_counter()
         chunker = TeeChunker(FixedChunker(repo.default_profile().chunk_size), builder) if commit else None
-        if via_repo:
+        if commit == "beside":
+            # The lower bound of any helper design: a MerkleBuilder process that
+            # reads the file itself (no pipe, no copy from this process) while
+            # the put runs. Not what Shoal does: if the file changed during the
+            # put, the commitment would not match the stored bytes.
+            beside = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--merkle-child", str(data)],
+                                      stdout=subprocess.PIPE, cwd=PROJECT_ROOT, env=shoal_env())
+            result = repo.add(data)
+            out, _ = beside.communicate()
+            root = json.loads(out.decode().strip().splitlines()[-1])["root"]
+        elif via_repo:
             result = repo.add(data, commit=True)
             assert result.commitment is not None
             root = result.commitment.root.hex()
@@ -524,7 +535,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm_s = warm(data)
         log(f"file {data} ({human_bytes(size)}), read once in {warm_s:.2f} s to warm the page cache")
         names = ["shoal_put", "shoal_put_buffered", "openssl", "sha256sum", "npm", "merkle", "put_empty", "lib_put", "lib_put_commit",
-                 "lib_put_commit_repo", "lib_put_commit_helper", "dd", "dd_direct", "floor"]
+                 "lib_put_commit_repo", "lib_put_commit_helper", "lib_put_beside", "dd", "dd_direct", "floor"]
         if args.no_npm:
             names.remove("npm")
         if args.compare_root:
@@ -548,6 +559,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lib_put_commit": lambda i: lib_put(work, data, f"c{i}", True),
             "lib_put_commit_repo": lambda i: lib_put(work, data, f"r{i}", "repo"),
             "lib_put_commit_helper": lambda i: lib_put(work, data, f"h{i}", "helper"),
+            "lib_put_beside": lambda i: lib_put(work, data, f"b{i}", "beside"),
         }
         for i in range(reps):
             for n in names:
@@ -600,6 +612,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "library_put_with_commitment_helper": {
             **secs("lib_put_commit_helper"), "in_process": secs("lib_put_commit_helper", "seconds_in_process"),
             "peak_rss_mib": rss("lib_put_commit_helper")},
+        "library_put_with_independent_merkle": {
+            **secs("lib_put_beside"), "in_process": secs("lib_put_beside", "seconds_in_process"),
+            "peak_rss_mib": rss("lib_put_beside")},
     }
     if "put_compare" in runs:
         if {r["cid"] for r in runs["put_compare"]} != cids:
@@ -609,7 +624,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_seconds": secs("put_compare", "cpu_seconds"), "root": str(args.compare_root)}
     roots = ({r["commitment_root"] for r in runs["lib_put_commit"]} | {r["root"] for r in runs["merkle"]}
              | {r["commitment_root"] for r in runs["lib_put_commit_repo"]}
-             | {r["commitment_root"] for r in runs["lib_put_commit_helper"]})
+             | {r["commitment_root"] for r in runs["lib_put_commit_helper"]}
+             | {r["commitment_root"] for r in runs["lib_put_beside"]})
     if len(roots) != 1:
         raise RuntimeError(f"commitment roots disagree: {roots}")
     if "npm" in runs:
@@ -621,7 +637,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           ("merkle", "merkle_commitment"), ("put_empty", "shoal_put_empty_file"),
                           ("lib_put", "library_put"), ("lib_put_commit", "library_put_with_commitment_same_pass"),
                           ("lib_put_commit_repo", "library_put_with_commitment_repo"),
-                          ("lib_put_commit_helper", "library_put_with_commitment_helper")):
+                          ("lib_put_commit_helper", "library_put_with_commitment_helper"),
+                          ("lib_put_beside", "library_put_with_independent_merkle")):
         if run_name in runs and key in contenders:
             contenders[key]["cpu_seconds"] = secs(run_name, "cpu_seconds")
 
@@ -650,6 +667,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repo_put_with_commitment_cpu_over_put_cpu": ratio(
             contenders["library_put_with_commitment_repo"]["cpu_seconds"]["median"],
             contenders["library_put"]["cpu_seconds"]["median"]),
+        "independent_merkle_beside_put_over_put": ratio(
+            contenders["library_put_with_independent_merkle"]["median"], contenders["library_put"]["median"]),
         "helper_put_with_commitment_over_put": ratio(
             contenders["library_put_with_commitment_helper"]["median"], contenders["library_put"]["median"]),
         "helper_put_with_commitment_over_put_min_of_each": ratio(
@@ -741,6 +760,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "MerkleBuilder fed each chunk on the reading thread")
     row("… `Repo.add(commit=True)`, reading thread (`COMMIT_PROCESS_ABOVE = None`)", "library_put_with_commitment_repo",
         "same pass on the reading thread + leaf file and commitment record saved durably")
+    row("… `Repo.add` beside an independent MerkleBuilder process reading the file itself",
+        "library_put_with_independent_merkle",
+        "the floor of any helper design (not used: it would miss a change to the file during the put)")
     row("… `Repo.add(commit=True)`, helper process (the default for files ≥ 64 MiB)",
         "library_put_with_commitment_helper",
         "chunks piped to a helper process; CPU includes the helper")
@@ -772,6 +794,8 @@ def markdown(doc: dict[str, Any]) -> str:
          f"{_signed_pct(r['helper_put_with_commitment_over_put_min_of_each'])}; CPU "
          f"{_signed_pct(r['helper_put_with_commitment_cpu_over_put_cpu'])})",
          yes(met["commitment_overhead_helper"])],
+        ["(`Repo.add` beside an independent commitment process: the floor of a helper design)",
+         _signed_pct(r["independent_merkle_beside_put_over_put"]), "for scale"],
     ]))
     md.append("")
     md.append(f"Ratios (medians): put / openssl = {r['put_over_openssl']}, buffered put / put = "
@@ -790,13 +814,16 @@ def markdown(doc: dict[str, Any]) -> str:
               "Peak RSS is the child's VmHWM, polled every 5 ms from /proc (ru_maxrss "
               "would include this benchmark's own peak, which Linux carries into a child across exec). MB/s are decimal. The input was read "
               "once before the run and again before each contender, so every contender hashed from the "
-              "page cache; the cache was never dropped. Between contenders an untimed `sync -f` lets the "
-              "previous one's deletions settle (the filesystem is mounted with `discard`). The npm blockstore never fsyncs (steno "
+              "page cache; the cache was never dropped. Between contenders an untimed `sync -f` settles the "
+              "previous one's writes; every contender's output is kept until the end of the run (on this "
+              "journal-less ext4, creating files soon after thousands of deletions makes inode allocation "
+              "skip each recently deleted inode, which charged one contender for another's clean-up). The npm blockstore never fsyncs (steno "
               "temp file + rename), Shoal makes every block durable (syncfs rounds or fsync) and fsyncs its "
               "directories before the index transaction, so the `+ sync -f` row is the like-for-like one. The commitment ran in its own "
               "process over the same bytes (1 MiB reads, as the chunker yields them); "
               f"{c['merkle_commitment']['segments']} segments.")
     lp, lr = c["library_put"], c.get("library_put_with_commitment_repo")
+    sp_cpu = lp.get("cpu_seconds", {}).get("median", 0.0)
     if lr:
         extra_cpu = round(lr["cpu_seconds"]["median"] - lp["cpu_seconds"]["median"], 2)
         md.append("")
@@ -811,30 +838,33 @@ def markdown(doc: dict[str, Any]) -> str:
             f"It added {extra_cpu} CPU-s to the put in this run (medians). Overlapping that with the put's idle "
             "time does not work in a thread: about a third of the commitment is interpreter work under the GIL, "
             "and the 2 KiB leaf updates drop and re-take the GIL around every ~1 us hash, which convoys with the "
-            "put's 16 worker threads (leaf hashes computed in the import's worker threads, measured separately "
-            "before this run on the same file and VM: +50 % to +130 % over the put, 3.6 to 6.2 CPU-s; a single "
-            "hashing thread +56 % to +90 %; the lower numbers with the GIL kept, see `segment_leaf_hashes`). "
-            "A helper process (the last row) runs beside the put, but it needs "
-            f"{c['merkle_commitment']['cpu_seconds']['median']}+ CPU-s of a second core, which other work on "
-            f"this shared VM was often using (load average {doc['load_before']['loadavg_1min']} here). In this "
-            f"run: reading thread {_signed_pct(r['repo_put_with_commitment_over_put'])}, helper "
-            f"{_signed_pct(r['helper_put_with_commitment_over_put'])}; in two earlier runs of the same code "
-            "paths the same day: +26 % vs +28 % (load 3.8), and reading-thread tee +32 % vs helper +70 % "
-            "(load 6.4). Within this VM's run-to-run noise (the plain `Repo.add` row alone spans "
-            f"{lp['min']}-{lp['max']} s) the helper wins when a core is free and can lose when none is; "
-            "a put is usually its machine's foreground job, so files of 64 MiB or more use the helper "
-            "(`store.repo.COMMIT_PROCESS_ABOVE`; None turns it off). "
-            "With pure-Python hashing the commitment is ~0.35-0.45x of a put's CPU here; +25 % of wall time "
-            "needs part of it to run on a core the put leaves idle, which this VM did not reliably have.")
+            "put's 16 worker threads (leaf hashes computed in the import's worker threads were measured at "
+            "+50 % to +130 % over the put; see `segment_leaf_hashes`). A helper process (the last row) runs "
+            f"beside the put, but it needs {c['merkle_commitment']['cpu_seconds']['median']}+ CPU-s of the "
+            "second core plus the pipe (both ends), while the put itself keeps "
+            f"{round(sp_cpu / max(lp['median'], 1e-9), 2)} cores busy on average. In this run: reading thread "
+            f"{_signed_pct(r['repo_put_with_commitment_over_put'])}, helper "
+            f"{_signed_pct(r['helper_put_with_commitment_over_put'])} (the plain `Repo.add` row alone spans "
+            f"{lp['min']}-{lp['max']} s). Files of 64 MiB or more use the helper "
+            "(`store.repo.COMMIT_PROCESS_ABOVE`; None turns it off). With pure-Python hashing the commitment "
+            "costs about as much CPU as the put's own hashing and writing; +25 % of wall time needs most of it "
+            "to run on a core the put leaves idle, which this 2-core machine does not have to spare.")
     sp, ossl, fl = c["shoal_put"], c["openssl_sha256"], c["block_files_floor"]
     md.append("")
+    dd, ddd, buf = c["durable_copy_dd"], c.get("direct_copy_dd"), c.get("shoal_put_buffered")
     md.append(f"Where the time goes: `shoal put` used {sp['cpu_seconds']['median']} CPU-s per run "
               f"(openssl {ossl['cpu_seconds']['median']}) on a 2-core machine; {c['shoal_put_empty_file']['median']} s "
-              f"of it is the fixed cost (interpreter, imports, repo, index). Writing the same bytes durably as one "
-              f"file (dd) took {c['durable_copy_dd']['median']} s, but as 1,024 block files with one syncfs and no "
-              f"hashing at all {fl['median']} s (min {fl['min']}) and {fl['cpu_seconds']['median']} CPU-s: on this VM "
-              "the one-file-per-block layout, not SHA-256, sets the pace. 1.5x openssl would be "
-              f"{round(1.5 * ossl['median'], 2)} s, less than the block files alone.")
+              "of its wall time is the fixed cost (interpreter, imports, repo, index). On this VM a write into "
+              "new page-cache pages is expensive: `dd conv=fsync` took "
+              f"{dd['median']} s and {dd['cpu_seconds']['median']} CPU-s, the same copy with `oflag=direct` "
+              f"{ddd['median'] if ddd else '?'} s and {ddd['cpu_seconds']['median'] if ddd else '?'} CPU-s; "
+              "so block files go out with O_DIRECT (store/direct_io.py). The same put through the page cache "
+              f"(`SHOAL_DIRECT_IO=0`) took {buf['median'] if buf else '?'} s and "
+              f"{buf['cpu_seconds']['median'] if buf else '?'} CPU-s. 1.5x openssl would be "
+              f"{round(1.5 * ossl['median'], 2)} s: after the fixed cost, under a second for reading, hashing and "
+              "durably writing 1,024 block files with 2 cores shared between the hashing, the copies and the "
+              "kernel's file work; measured outside this script, the same import with every sync skipped "
+              "(not durable) still took ~1.05 s in-process.")
     before = doc.get("before")
     if before:
         b, bc = before["contenders"], before["contenders"]["shoal_put"]
@@ -893,6 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commit", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--commit-repo", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--commit-helper", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--commit-beside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     global SHOAL_ROOT
@@ -912,8 +943,8 @@ def main(argv: list[str] | None = None) -> int:
         floor_child(args.floor_child[0], args.floor_child[1])
         return 0
     if args.lib_put_child:
-        lib_put_child(args.lib_put_child[0], args.lib_put_child[1], args.commit, args.commit_repo,
-                      args.commit_helper)
+        lib_put_child(args.lib_put_child[0], args.lib_put_child[1],
+                      "beside" if args.commit_beside else args.commit, args.commit_repo, args.commit_helper)
         return 0
     doc = run(args)
     if args.before:
