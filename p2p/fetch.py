@@ -20,7 +20,7 @@ from typing import Any, TYPE_CHECKING, Awaitable, Callable, cast
 
 import trio
 
-from store.cid import CID, RAW
+from store.cid import CID, RAW, verify_block
 from store.errors import BlockNotFound, HashMismatch, StoreError
 from store.exporter import iter_links
 
@@ -95,14 +95,19 @@ async def fetch_dag(
     request_timeout: float = 20.0,
     max_inflight_per_peer: int = 16,
     on_stored: Callable[[CID, bytes], Awaitable[None]] | None = None,
+    on_verified: Callable[[CID, bytes], None] | None = None,
 ) -> FetchResult:
     """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
 
     `await on_stored(cid, data)` runs for each fetched block once it is
     hash-checked and stored (not for blocks that were already local); the
     fetch waits for it, so it can pace the fetch (it must not wait long).
+    `on_verified(cid, data)` runs in the store thread once the block's hash
+    is checked and before it is written (p2p/handoff.py hands it to an
+    export there); it may block that thread briefly, which paces the fetch.
     """
     fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
+    fetch.on_verified = on_verified
     return await fetch.run(holders)
 
 
@@ -125,6 +130,7 @@ class PlannedFetch(abc.ABC):
         self._store_limiter = trio.CapacityLimiter(STORE_CONCURRENCY)
         self._store_bytes = 0  # received block bytes not yet stored or rejected
         self._store_error: StoreError | OSError | None = None
+        self.on_verified: Callable[[CID, bytes], None] | None = None
 
     @abc.abstractmethod
     def _cid_for(self, key: bytes) -> CID:
@@ -232,7 +238,7 @@ class PlannedFetch(abc.ABC):
         cid = self._cid_for(key)
         async with self._store_limiter:
             try:
-                await trio.to_thread.run_sync(self.store.put, cid, data)  # verifies the hash
+                await trio.to_thread.run_sync(self._verify_and_put, cid, data)
             except HashMismatch:
                 self.events_send.send_nowait(("corrupt", peer, key, data))
                 return
@@ -241,6 +247,15 @@ class PlannedFetch(abc.ABC):
                 self.events_send.send_nowait(("error", peer, key, data))
                 return
         self.events_send.send_nowait(("stored", peer, key, data))
+
+    def _verify_and_put(self, cid: CID, data: bytes) -> None:
+        """Worker thread: hash check (HashMismatch), the `on_verified` hook, then the write."""
+        if self.on_verified is None:
+            self.store.put(cid, data)  # verifies the hash
+            return
+        verify_block(cid, data)
+        self.on_verified(cid, data)
+        self.store.put_trusted(cid, data)
 
 
 class _Fetch(PlannedFetch):

@@ -3,7 +3,6 @@ and the node, with blocking store work in worker threads."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -14,130 +13,16 @@ from store.car import export_car_file
 from store.chunker import chunker_for
 from store.cid import CID, parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
-from store.errors import BlockNotFound, HashMismatch, InvalidInput
+from store.errors import BlockNotFound, InvalidInput
 from store.profiles import PROFILES
 
 from .api import ApiError, ControlApi, param
 from .fetch import fetch_dag
+from .handoff import ArrivingBlocks
 from .node import Node
 
 READ_PIECE = 1024 * 1024
 _ARRIVAL_POLL_S = 0.5
-# Fetched blocks handed to a concurrent export without a read back, at most
-# this many bytes at once; beyond it the export reads them from the store.
-_HANDOFF_BYTES = 32 * 1024 * 1024
-# While the hand-off is full and the export is busy (not waiting for a
-# block), the fetch waits for room, polling this often, at most this long
-# per block: the fetch then runs at the export's pace instead of running
-# ahead and making the export read everything back.
-_HANDOFF_POLL_S = 0.002
-_HANDOFF_MAX_WAIT_S = 1.0
-# Blocks the export read from the store between their put and the fetch's
-# hook: remembered (up to this many) so the hook does not hand them off too.
-_TAKEN_MAX = 4096
-
-
-class _ArrivingBlocks:
-    """A block getter for an export that runs while the fetch is still going.
-
-    A block the fetch has just hash-checked and stored is handed to the
-    export as those same (immutable) bytes, so it is neither read back nor
-    hashed a second time; up to `_HANDOFF_BYTES` wait for the export, and
-    each is handed over once. Every other block is read through the
-    blockstore, which re-hashes it on read, as in any export. A block that
-    is not there yet is waited for until the fetch stores it or ends. Only
-    verified bytes can ever reach the export. Once the fetch has ended, a
-    missing block raises BlockNotFound as usual, and after a failed fetch
-    every wait ends at once.
-
-    No deadlock: the fetch only waits for room while the export is running
-    (it never waits while the export waits for a block, nor after the export
-    ended), and never longer than `_HANDOFF_MAX_WAIT_S` per block.
-    """
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self._cond = threading.Condition()
-        self._arrivals = 0
-        self._done = False
-        self._handoff: dict[bytes, bytes] = {}
-        self._handoff_bytes = 0
-        self._export_waiting = False
-        self._export_over = False
-        self._taken: set[bytes] = set()
-
-    async def stored(self, cid: CID, data: bytes) -> None:
-        """Fetch hook (trio thread): `data` was just verified and stored."""
-        key = bytes(cid)
-        with trio.CancelScope(shield=True):  # bounded wait; the fetch must not lose the block's links
-            deadline = trio.current_time() + _HANDOFF_MAX_WAIT_S
-            while True:
-                with self._cond:
-                    if key in self._taken:  # the export already read it from the store
-                        self._taken.discard(key)
-                        break
-                    if self._export_over or key in self._handoff:
-                        break
-                    if self._handoff_bytes + len(data) <= _HANDOFF_BYTES:
-                        self._handoff[key] = data
-                        self._handoff_bytes += len(data)
-                        break
-                    if self._export_waiting:
-                        break
-                if trio.current_time() >= deadline:
-                    break
-                await trio.sleep(_HANDOFF_POLL_S)
-        with self._cond:
-            self._arrivals += 1
-            self._cond.notify_all()
-
-    def finish(self) -> None:
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
-
-    def export_over(self) -> None:
-        with self._cond:
-            self._export_over = True
-            self._handoff.clear()
-            self._handoff_bytes = 0
-            self._taken.clear()
-
-    def wait_done(self) -> None:
-        with self._cond:
-            while not self._done:
-                self._cond.wait(_ARRIVAL_POLL_S)
-
-    def get(self, cid: CID) -> bytes:
-        key = bytes(cid)
-        while True:
-            with self._cond:
-                handed = self._handoff.pop(key, None)
-                if handed is not None:
-                    self._handoff_bytes -= len(handed)
-                    return handed
-                seen, done = self._arrivals, self._done
-            try:
-                data: bytes = self._store.get(cid)
-            except (BlockNotFound, HashMismatch):
-                # Not fetched yet, or a corrupt local copy the fetch replaces.
-                if done:
-                    raise
-            else:
-                if not done:
-                    with self._cond:
-                        if not self._done and len(self._taken) < _TAKEN_MAX:
-                            self._taken.add(key)
-                return data
-            with self._cond:
-                self._export_waiting = True
-                try:
-                    while self._arrivals == seen and not self._done:
-                        self._cond.wait(_ARRIVAL_POLL_S)
-                finally:
-                    self._export_waiting = False
-
-
 def build_api(node: Node, token: str) -> ControlApi:
     api = ControlApi(token)
     repo = node.repo
@@ -191,7 +76,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         """Fetch and export at once: a file is written while its blocks arrive.
 
         The export (in a worker thread) takes each fetched block as soon as
-        the fetch has hash-checked and stored it (see _ArrivingBlocks), instead
+        the fetch has hash-checked it (p2p/handoff.py), instead
         of reading the whole DAG back after the fetch. A directory tree is
         exported only after a complete fetch, so a failed get never leaves a
         partial tree behind; a file is written to a temp name and renamed
@@ -199,7 +84,11 @@ def build_api(node: Node, token: str) -> ControlApi:
         """
         cid = parse_cid(param(p, "cid"))
         output = Path(param(p, "output"))
-        blocks = _ArrivingBlocks(repo.blockstore)
+        blocks = ArrivingBlocks(repo.blockstore)
+
+        async def stored(_cid: CID, _data: bytes) -> None:
+            blocks.arrived()
+
         stats: dict[str, Any] = {}
         fetch_error: BaseException | None = None
         export_error: BaseException | None = None
@@ -207,7 +96,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         async def fetch_all() -> None:
             nonlocal fetch_error
             try:
-                result = await fetch_dag(node, cid, on_stored=blocks.stored)
+                result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified)
                 stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
                              local_blocks=result.local_blocks, holders=result.holders)
             except Exception as exc:  # re-raised below, outside the nursery
@@ -234,6 +123,7 @@ def build_api(node: Node, token: str) -> ControlApi:
             raise fetch_error
         if export_error is not None:
             raise export_error
+        stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads)
         return {"cid": str(cid), "output": str(output), **stats}
 
     async def fetch(p: dict[str, Any]) -> Any:
