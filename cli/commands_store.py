@@ -190,7 +190,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             print_json(doc)
     else:
         with open_repo(args) as repo:
-            exporter.export_to_path(repo.blockstore, cid, dest)
+            exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS)
     print(f"saved {cid} to {dest}", file=sys.stderr)
     return 0
 
@@ -208,7 +208,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
             from store.tensors import tensor_window
 
             offset, length = tensor_window(repo.blockstore, cid, args.tensor, offset, length)
-        _write_stdout(exporter.read_file(repo.blockstore, cid, offset, length))
+        _write_stdout(exporter.read_file(repo.blockstore, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS))
     return 0
 
 

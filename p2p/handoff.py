@@ -20,8 +20,9 @@ Memory is bounded: at most `HANDOFF_BYTES` wait in the hand-off. When it is
 full and the export is busy writing, the store thread waits for room (at
 most `HANDOFF_MAX_WAIT_S` per block), so the fetch runs at the export's
 pace instead of running ahead; when the export itself is waiting for a
-block, nothing waits (no deadlock): the block it waits for is handed off
-even over the cap (by one block at most), any other goes to the store only.
+block, nothing waits (no deadlock): the blocks it waits for are handed off
+even over the cap (by one block per waiting export thread), any other goes
+to the store only.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ArrivingBlocks:
     """A block getter for an export that runs while the fetch is still going.
 
     Thread-safe: `verified` runs in the fetch's store threads, `arrived` and
-    `finish` on the event loop, `get` in the export's thread. Once the fetch
+    `finish` on the event loop, `get` in the export's thread(s). Once the fetch
     has ended, a missing block raises BlockNotFound as usual.
     """
 
@@ -59,8 +60,8 @@ class ArrivingBlocks:
         self._done = False
         self._handoff: dict[bytes, bytes] = {}
         self._handoff_bytes = 0
-        self._export_waiting = False
-        self._wanted: bytes | None = None  # the block a waiting export waits for
+        self._waiting = 0  # export threads waiting for a block
+        self._wanted: dict[bytes, int] = {}  # the blocks they wait for
         self._export_over = False
         self.handed_off = 0  # blocks the export took from the hand-off
         self.store_reads = 0  # blocks the export read from the store
@@ -75,13 +76,13 @@ class ArrivingBlocks:
             while True:
                 if self._export_over or key in self._handoff:
                     return
-                if self._handoff_bytes + len(data) <= HANDOFF_BYTES or key == self._wanted:
+                if self._handoff_bytes + len(data) <= HANDOFF_BYTES or key in self._wanted:
                     # (the block the export waits for goes over the cap: by one block at most)
                     self._handoff[key] = data
                     self._handoff_bytes += len(data)
                     self._cond.notify_all()
                     return
-                if self._export_waiting:
+                if self._waiting:
                     return  # the export waits for some other block: never hold the fetch up then
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -137,10 +138,15 @@ class ArrivingBlocks:
                     self.store_reads += 1
                 return data
             with self._cond:
-                self._export_waiting, self._wanted = True, key
+                self._waiting += 1
+                self._wanted[key] = self._wanted.get(key, 0) + 1
                 self._cond.notify_all()  # a store thread waiting for room stops waiting
                 try:
                     while self._arrivals == seen and not self._done and key not in self._handoff:
                         self._cond.wait(ARRIVAL_POLL_S)
                 finally:
-                    self._export_waiting, self._wanted = False, None
+                    self._waiting -= 1
+                    if self._wanted[key] == 1:
+                        del self._wanted[key]
+                    else:
+                        self._wanted[key] -= 1

@@ -3,6 +3,7 @@ and the node, with blocking store work in worker threads."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -13,7 +14,7 @@ from store.car import export_car_file
 from store.chunker import chunker_for
 from store.cid import CID, parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
-from store.errors import BlockNotFound, InvalidInput
+from store.errors import BlockNotFound, HashMismatch, InvalidInput
 from store.profiles import PROFILES
 
 from .api import ApiError, ControlApi, param
@@ -23,6 +24,14 @@ from .node import Node
 
 READ_PIECE = 1024 * 1024
 _ARRIVAL_POLL_S = 0.5
+def _complete_locally(repo: Any, cid: CID) -> int | None:
+    """How many blocks the DAG has if every one is in the store, else None."""
+    try:
+        return len(repo.dag_keys(cid))
+    except (BlockNotFound, HashMismatch):
+        return None
+
+
 def build_api(node: Node, token: str) -> ControlApi:
     api = ControlApi(token)
     repo = node.repo
@@ -84,6 +93,13 @@ def build_api(node: Node, token: str) -> ControlApi:
         """
         cid = parse_cid(param(p, "cid"))
         output = Path(param(p, "output"))
+        async with node.store_guard.shared():
+            present = await run(_complete_locally, repo, cid)
+            if present is not None:  # nothing to fetch: export from the store, reading ahead
+                await run(functools.partial(exporter.export_to_path, repo.blockstore, cid, output,
+                                            prefetch=exporter.PREFETCH_BLOCKS))
+                return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
+                        "local_blocks": present, "holders": 0}
         blocks = ArrivingBlocks(repo.blockstore)
 
         async def stored(_cid: CID, _data: bytes) -> None:
@@ -109,7 +125,7 @@ def build_api(node: Node, token: str) -> ControlApi:
                 if exporter.stat(blocks.get, cid).kind == "dir":
                     blocks.export_over()  # nothing to hand off: it reads the finished fetch
                     blocks.wait_done()
-                exporter.export_to_path(blocks.get, cid, output)
+                exporter.export_to_path(blocks, cid, output)
             finally:
                 blocks.export_over()
 
@@ -143,7 +159,7 @@ def build_api(node: Node, token: str) -> ControlApi:
 
             offset, length = await run(tensor_window, repo.blockstore, cid, tensor, offset, length)
         await run(exporter.stat, repo.blockstore, cid)  # errors before the response starts
-        pieces = exporter.read_file(repo.blockstore, cid, offset, length)
+        pieces = exporter.read_file(repo.blockstore, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS)
 
         async def stream() -> AsyncIterator[bytes]:
             while True:

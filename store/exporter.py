@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Union
@@ -36,13 +37,25 @@ __all__ = [
 ]
 
 
+# Blocks a whole-file export reads ahead (see _Prefetcher): enough to keep
+# both cores and the disk busy, few enough to bound memory (1 MiB each).
+PREFETCH_BLOCKS = 8
+PREFETCH_THREADS = 4
+
+
 class BlockGetter(Protocol):
     """Returns verified bytes for a CID, or raises BlockNotFound."""
 
     def __call__(self, cid: CID) -> bytes: ...
 
 
-Source = Union[Blockstore, BlockGetter, Callable[[CID], bytes]]
+class BlockSource(Protocol):
+    """Anything with a thread-safe `get` (a blockstore, p2p.handoff.ArrivingBlocks)."""
+
+    def get(self, cid: CID) -> bytes: ...
+
+
+Source = Union[Blockstore, BlockSource, BlockGetter, Callable[[CID], bytes]]
 
 
 def _getter(source: Source) -> Callable[[CID], bytes]:
@@ -130,24 +143,82 @@ def stat(source: Source, cid: CID) -> Stat:
     return _stat_block(cid, _getter(source)(cid))
 
 
+class _Prefetcher:
+    """Gets the next few blocks of a walk in worker threads, handed out in order.
+
+    Why: a serial export waits for each block's read (a disk round trip:
+    blocks are written past the page cache) and then hashes it (every get
+    re-verifies) on one core; reading and verifying the next `depth` blocks
+    concurrently overlaps the waits and uses the second core (bench/transfer.py
+    breakdown: the local get). Memory: at most `depth` blocks ahead. An error
+    of a prefetched get surfaces only when the walk reaches that block, as
+    it would have without prefetching. `get` must be thread-safe (the
+    blockstores are) and should not wait for blocks still on their way: a
+    get that overlaps a fetch takes them from p2p/handoff.py instead.
+    """
+
+    def __init__(self, get: Callable[[CID], bytes], depth: int) -> None:
+        self._get = get
+        self.depth = depth
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[tuple[int, bytes], Future[bytes]] = {}
+
+    def get(self, cid: CID) -> bytes:
+        fut = self._ahead.pop((int(cid.codec.code), bytes(cid)), None)
+        return fut.result() if fut is not None else self._get(cid)
+
+    def hint(self, upcoming: list[CID]) -> None:
+        """`upcoming`: the next blocks of the walk, nearest first."""
+        if self.depth <= 0:
+            return
+        for cid in upcoming[: self.depth]:
+            key = (int(cid.codec.code), bytes(cid))
+            if key in self._ahead or len(self._ahead) >= self.depth:
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(min(self.depth, PREFETCH_THREADS),
+                                                thread_name_prefix="shoal-export")
+            self._ahead[key] = self._pool.submit(self._get, cid)
+
+    def close(self) -> None:
+        for fut in self._ahead.values():
+            fut.cancel()
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # a running get finishes on its own
+            self._pool = None
+
+
 def read_file(source: Source, cid: CID, offset: int = 0,
-              length: int | None = None) -> Iterator[bytes]:
+              length: int | None = None, *, prefetch: int = 0) -> Iterator[bytes]:
     """Yield the bytes [offset, offset+length) of a file, in order.
 
     Only blocks overlapping the range are fetched. A range past the end
     yields nothing; a range running past the end is cut at the end.
+    `prefetch` > 0 reads (and verifies) up to that many upcoming blocks in
+    worker threads while the caller consumes the current one; the source
+    must then be thread-safe.
     """
     if offset < 0 or (length is not None and length < 0):
         raise InvalidInput("offset and length must be non-negative")
-    get = _getter(source)
     end = None if length is None else offset + length
     if end is not None and end <= offset:
         return
+    ahead = _Prefetcher(_getter(source), prefetch)
+    try:
+        yield from _read_range(ahead, cid, offset, end)
+    finally:
+        ahead.close()
+
+
+def _read_range(ahead: _Prefetcher, cid: CID, offset: int, end: int | None) -> Iterator[bytes]:
     # Stack entries: (cid, absolute start of its content, size its parent promised).
     stack: list[tuple[CID, int, int | None]] = [(cid, 0, None)]
     while stack:
+        if ahead.depth:  # the block about to be popped and the next ones after it
+            ahead.hint([c for c, _, _ in reversed(stack[-ahead.depth:])])
         node_cid, start, promised = stack.pop()
-        block = get(node_cid)
+        block = ahead.get(node_cid)
         if node_cid.codec.name == RAW:
             if promised is not None and len(block) != promised:
                 raise MalformedBlock(f"{node_cid}: raw leaf of {len(block)} bytes, parent says {promised}")
@@ -237,13 +308,13 @@ def list_dir(source: Source, cid: CID, resolve: bool = True) -> list[DirEntry]:
     return out
 
 
-def export_to_path(source: Source, cid: CID, dest: Path | str) -> None:
+def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int = 0) -> None:
     """Write the file or directory tree at `cid` to `dest`.
 
     Files are written to a temp file beside their destination and renamed
     into place, so a crash never leaves a partial file under its real name.
     An existing file at `dest` is replaced; directories are created or
-    merged into.
+    merged into. `prefetch`: as in `read_file` (a thread-safe source).
     """
     get = _getter(source)
     stack: list[tuple[CID, Path]] = [(cid, Path(dest))]
@@ -254,7 +325,7 @@ def export_to_path(source: Source, cid: CID, dest: Path | str) -> None:
         if st.kind == "symlink":
             raise InvalidInput(f"{path}: UnixFS symlinks are not exported")
         if st.kind in ("file", "raw"):
-            _write_file(get, node_cid, path)
+            _write_file(source, node_cid, path, prefetch)
             continue
         node, fs = _decode_pb(node_cid, block)
         try:
@@ -265,7 +336,7 @@ def export_to_path(source: Source, cid: CID, dest: Path | str) -> None:
         stack.extend(reversed(children))
 
 
-def _write_file(get: Callable[[CID], bytes], cid: CID, path: Path) -> None:
+def _write_file(source: Source, cid: CID, path: Path, prefetch: int = 0) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".shoal-", suffix=".part", dir=path.parent)
@@ -276,7 +347,7 @@ def _write_file(get: Callable[[CID], bytes], cid: CID, path: Path) -> None:
             # Staged in 4 MiB aligned runs and written past the page cache
             # (store.direct_io: the fsync below waits for the disk anyway).
             writer = DirectWriter(fd)
-            for piece in read_file(get, cid):
+            for piece in read_file(source, cid, prefetch=prefetch):
                 writer.write(piece)
             writer.close_tail()
             os.fsync(fd)

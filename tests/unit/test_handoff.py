@@ -118,7 +118,7 @@ def test_waiting_export_gets_its_block_even_when_the_hand_off_is_full(monkeypatc
     result: list[bytes] = []
     waiter = threading.Thread(target=lambda: result.append(arriving.get(blocks[0][0])))
     waiter.start()
-    while not arriving._export_waiting:  # the export is now waiting for block 0
+    while not arriving._waiting:  # the export is now waiting for block 0
         threading.Event().wait(0.001)
     arriving.verified(*blocks[0])  # full, but it is the one the export waits for
     waiter.join(5)
