@@ -9,7 +9,6 @@ and closing the reader early stops the read-ahead.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
 import pytest
@@ -21,15 +20,7 @@ from store.errors import BlockNotFound
 from store.exporter import read_file
 from store.importer import import_bytes
 from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
-
-
-def _data(n: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(b"%d/%d" % (seed, i)).digest()
-        i += 1
-    return bytes(out[:n])
+from tests.helpers import random_bytes
 
 
 class _TrackingStore(MemoryBlockstore):
@@ -65,7 +56,7 @@ def test_same_bytes_as_the_serial_walk(size: int, chunk: int, links: int, legacy
                                        cut: tuple[int, int]) -> None:
     profile: Profile = (KUBO_LEGACY if legacy else UNIXFS_V1_2025).with_overrides(chunk_size=chunk, max_links=links)
     bs = MemoryBlockstore()
-    data = _data(size, seed=chunk)
+    data = random_bytes(size, seed=chunk)
     root = import_bytes(data, bs, profile).cid
     offset, length = min(cut), max(cut) - min(cut)
     serial = b"".join(read_file(bs, root, offset, length))
@@ -77,7 +68,7 @@ def test_same_bytes_as_the_serial_walk(size: int, chunk: int, links: int, legacy
 @pytest.mark.parametrize("depth", [1, 3, 8])
 def test_read_ahead_is_bounded(depth: int) -> None:
     bs = _TrackingStore()
-    data = _data(200 * 16)
+    data = random_bytes(200 * 16)
     root = import_bytes(data, bs, UNIXFS_V1_2025.with_overrides(chunk_size=16, max_links=50)).cid
     pieces = read_file(bs, root, prefetch=depth)
     got = bytearray()
@@ -90,7 +81,7 @@ def test_read_ahead_is_bounded(depth: int) -> None:
 
 def test_missing_block_fails_where_the_walk_reaches_it() -> None:
     bs = _TrackingStore()
-    data = _data(40 * 16)
+    data = random_bytes(40 * 16)
     root = import_bytes(data, bs, UNIXFS_V1_2025.with_overrides(chunk_size=16, max_links=64)).cid
     from store.exporter import iter_links
 
@@ -105,7 +96,7 @@ def test_missing_block_fails_where_the_walk_reaches_it() -> None:
 
 def test_closing_early_stops_reading_ahead() -> None:
     bs = _TrackingStore()
-    data = _data(100 * 16)
+    data = random_bytes(100 * 16)
     root = import_bytes(data, bs, UNIXFS_V1_2025.with_overrides(chunk_size=16, max_links=128)).cid
     reader = read_file(bs, root, prefetch=8)
     next(reader)
