@@ -832,8 +832,10 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
     md.append("MB/s are decimal (10^6 bytes/s). The Shoal time is the whole `shoal --repo B get CID -o OUT` "
               f"command (interpreter start ~{s['cli_call_overhead_seconds']} s, fetch of every block over "
               "Noise, SHA-256 check, fsync'd store, and the export to OUT, which runs while the fetch goes on, "
-              "taking each verified block from the fetch (or, past a 32 MiB hand-off cap, re-reading and "
-              "re-hashing it from the store), then fsyncs OUT); "
+              "taking each block from the fetch right after its hash check (p2p/handoff.py; in this run "
+              f"{s.get('get_stats', {}).get('export_handed_off', '?')} blocks handed over, "
+              f"{s.get('get_stats', {}).get('export_store_reads', '?')} read back from the store), then fsyncs "
+              "OUT; block files and OUT are written with O_DIRECT, store/direct_io.py); "
               f"without the CLI start it is {s['throughput_MBps_excluding_cli_start']} MB/s. CPU s/GiB of the "
               "Shoal nodes are utime+stime of each node process over the get (/proc/PID/stat); peak RSS is VmHWM over the get (reset via /proc/PID/clear_refs just before it). "
               "The baselines only move bytes (no hashing, no storing), so the comparison favours them.")
@@ -886,9 +888,10 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
                   f"{sp['put_MBps_sync=False_threads=1']} / {sp['put_MBps_sync=False_threads=4']} MB/s without fsync "
                   f"(1 / 4 threads); the fetch verifies and stores up to {_store_concurrency()} blocks at once "
                   "(p2p/fetch.py STORE_CONCURRENCY), so the threaded numbers apply."
-                  + (f" Writing into the page cache (new file, no fsync) cost "
-                     f"{sp['pagecache_write_cpu_seconds_per_GiB']} CPU s/GiB in this run; the fetching node "
-                     "does that twice per byte (blockstore and OUT)."
+                  + (f" Writing into new page-cache pages (new file, no fsync) cost "
+                     f"{sp['pagecache_write_cpu_seconds_per_GiB']} CPU s/GiB in this run (the raw TCP row "
+                     "that writes a file pays it too); Shoal writes blocks and OUT with O_DIRECT instead, but the "
+                     "sender's reads of blocks that are not cached still fill new pages."
                      if "pagecache_write_cpu_seconds_per_GiB" in sp else ""))
     if cp:
         md.append(f"Crypto floor: SHA-256 {cp['sha256_MBps_one_core']} MB/s and ChaCha20-Poly1305 "
