@@ -51,7 +51,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
 from . import dagpb, unixfs, varint
 from .blockstore import Blockstore
 from .chunker import Chunker, FixedChunker
-from .cid import CID, DAG_PB, RAW, DAG_PB_CODE, RAW_CODE, cid_for_digest
+from .cid import CID, DAG_PB, RAW, DAG_PB_CODE, RAW_CODE, block_key, cid_for_digest
 from .errors import InvalidInput
 from .profiles import DEFAULT_PROFILE, Profile
 from .proofs import Commitment
@@ -87,6 +87,9 @@ class ImportResult:
     tsize: int
     blocks: int
     commitment: Commitment | None = None  # set by Repo.add(..., commit=True) for a file
+    # The block keys of the DAG (block_key of every node), as written: the
+    # repo records them as the pin's block set without walking the DAG again.
+    keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,7 @@ class _DagWriter:
         self.raw_leaves = profile.raw_leaves
         self._raw_cid = _maker(RAW, 1)
         self._pb_cid = _maker(DAG_PB, profile.cid_version)
+        self.written: list[CID] = []  # every block stored (or found stored); appended from worker threads
 
     def leaf(self, chunk: bytes) -> _Node:
         """Hash and store one chunk's leaf; safe to call from worker threads."""
@@ -143,6 +147,7 @@ class _DagWriter:
             digest = hashlib.sha256(chunk).digest()
             cid = self._raw_cid(digest)
             self.blockstore.put_trusted(cid, chunk)
+            self.written.append(cid)
             return _Node(cid, _cid_bytes(RAW_CODE, 1, digest), len(chunk), len(chunk), 1)
         block = file_leaf_block(chunk)
         return self._store_pb(block, len(chunk), 0, 1)
@@ -152,6 +157,7 @@ class _DagWriter:
         digest = hashlib.sha256(block).digest()
         cid = self._pb_cid(digest)
         self.blockstore.put_trusted(cid, block)
+        self.written.append(cid)
         version = self.profile.cid_version
         return _Node(cid, _cid_bytes(DAG_PB_CODE, version, digest),
                      len(block) + below, content, blocks, kind)
@@ -284,8 +290,9 @@ def _workers(blockstore: Blockstore) -> int:
     return max(cpu, min(64, wanted if isinstance(wanted, int) else 0))
 
 
-def _result(node: _Node) -> ImportResult:
-    return ImportResult(node.cid, node.content, node.tsize, node.blocks)
+def _result(node: _Node, writer: "_DagWriter") -> ImportResult:
+    return ImportResult(node.cid, node.content, node.tsize, node.blocks,
+                        keys=frozenset(block_key(c) for c in writer.written))
 
 
 def import_file(stream: BinaryIO, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
@@ -303,7 +310,7 @@ def import_file(stream: BinaryIO, blockstore: Blockstore, profile: Profile = DEF
     workers = _workers(blockstore)
     with ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
         node = _import_stream(stream, writer, chunker, pool, 2 * workers, progress, builder)
-    return _result(node)
+    return _result(node, writer)
 
 
 def import_bytes(data: bytes, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
@@ -340,7 +347,7 @@ def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEF
             node = ctx.directory(path)
         else:
             raise InvalidInput(f"{path} is neither a regular file nor a directory")
-    return _result(node)
+    return _result(node, writer)
 
 
 @dataclass

@@ -290,3 +290,52 @@ def test_builder_refused_for_a_directory(tmp_path: Path) -> None:
     (tmp_path / "d" / "a").write_bytes(b"a")
     with pytest.raises(InvalidInput):
         import_path(tmp_path / "d", MemoryBlockstore(), builder=MerkleBuilder())
+
+
+# -- the block set the importer reports ------------------------------------------------
+
+
+def _walked_keys(bs: MemoryBlockstore, root: CID) -> frozenset[str]:
+    from store.cid import block_key
+
+    return frozenset(block_key(cid) for cid, _ in walk_dag(bs, root))
+
+
+@settings(max_examples=60, deadline=None)
+@given(tree=st.recursive(st.binary(max_size=90),
+                         lambda kids: st.dictionaries(st.text("abcxyz", min_size=1, max_size=3), kids, max_size=4),
+                         max_leaves=10),
+       chunk=st.integers(1, 40), links=st.integers(2, 4), legacy=st.booleans(), shard=st.booleans())
+def test_reported_keys_are_exactly_the_dag(tmp_path_factory: pytest.TempPathFactory, tree: object, chunk: int,
+                                           links: int, legacy: bool, shard: bool) -> None:
+    """Repo.add records `keys` as the pin's block set without walking the DAG:
+    it must be the DAG's blocks, no more (a stray block would stay pinned) and
+    no fewer (gc would delete a live one) — files, nested and empty dirs, empty
+    files, repeated chunks and HAMT shards included."""
+    base = tmp_path_factory.mktemp("tree")
+
+    def build(path: Path, node: object) -> None:
+        if isinstance(node, bytes):
+            path.write_bytes(node)
+        else:
+            assert isinstance(node, dict)
+            path.mkdir()
+            for name, child in node.items():
+                build(path / name, child)
+
+    build(base / "root", tree)
+    profile = (KUBO_LEGACY if legacy else UNIXFS_V1_2025).with_overrides(
+        chunk_size=chunk, max_links=links, **({"hamt_threshold_bytes": 40} if shard else {}))
+    bs = MemoryBlockstore()
+    result = import_path(base / "root", bs, profile)
+    assert result.keys == _walked_keys(bs, result.cid)
+
+
+def test_reported_keys_with_repeated_chunks_and_an_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "same").write_bytes(b"z" * 400)  # 40 identical 10-byte leaves
+    (tmp_path / "d" / "empty").write_bytes(b"")
+    bs = MemoryBlockstore()
+    result = import_path(tmp_path / "d", bs, UNIXFS_V1_2025.with_overrides(chunk_size=10, max_links=3))
+    assert result.keys == _walked_keys(bs, result.cid)
+    assert len(result.keys) < result.blocks  # the repeats are one block
