@@ -146,7 +146,9 @@ def _decode(payload: bytes) -> Message:
         obj = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True, **_LIMITS)
     except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeDecodeError...
         raise _error(ErrorCode.MALFORMED, f"bad msgpack: {type(exc).__name__}", rid) from exc
-    if type(obj) is not list or len(obj) < 3 or cls is None or type(obj[2]) is not int:
+    if (type(obj) is not list or len(obj) < 3 or cls is None or type(obj[0]) is not int
+            or type(obj[1]) is not int or type(obj[2]) is not int):
+        # (the envelope's ints are checked by type: msgpack's true would pass for 1)
         raise _error(ErrorCode.MALFORMED, "message is not a [version, type, request_id, ...] array", rid)
     rid = obj[2]  # the message's own validation range-checks it
     fields = obj[3:]
