@@ -34,8 +34,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("put", help="add a file or directory; print its CID")
     p.add_argument("path")
-    p.add_argument("--replicas", type=_positive_int, default=1, metavar="N",
-                   help="copies to keep in the swarm, this node's included (needs a running node)")
+    p.add_argument("--replicas", type=_positive_int, default=None, metavar="N",
+                   help="copies to keep in the swarm, this node's included (needs a running node); "
+                        "given again for a stored object, it raises or lowers the count")
     p.add_argument("--chunker", choices=CHUNKER_NAMES, default="fixed")
     p.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE.name,
                    help="CID profile (default: %(default)s)")
@@ -150,11 +151,13 @@ def cmd_put(args: argparse.Namespace) -> int:
         raise CliError(f"no such file or directory: {args.path}")
     client = node_for(args)
     if client is not None:
-        doc = client.call("POST", "/v1/put", {"path": str(path.resolve()), "profile": args.profile,
-                                              "chunker": args.chunker, "replicas": args.replicas})
+        body = {"path": str(path.resolve()), "profile": args.profile, "chunker": args.chunker}
+        if args.replicas is not None:
+            body["replicas"] = args.replicas
+        doc = client.call("POST", "/v1/put", body)
         extra = {k: v for k, v in doc.items() if k not in ("cid", "size", "name")}
         return print_put_result(args, doc["cid"], doc["size"], doc["name"], extra)
-    if args.replicas > 1:
+    if args.replicas is not None and args.replicas > 1:
         raise CliError("--replicas needs a running node", hint="start one with `shoal node start`")
     profile = PROFILES[args.profile]
     chunker = chunker_for(args.chunker, profile, path)

@@ -14,10 +14,16 @@ registered with `store.index.register_schema`):
   requester, agreement signed by the holder), as evidence.
 - `repl_audits`: audit history (who, when, ok, why), bounded.
 - `repl_nonces`: nonces a holder has answered, so replays are refused.
+- `repl_releases` (migration 2): the owner's releases of replicas it no
+  longer wants, one row per holder, `pending` until the holder answered.
+  Migration 2 also adds `released` (when the agreement ended) and
+  `pin_taken` (the pin's creation time if the holder took the pin for the
+  agreement, NULL if its user had pinned the object already) to
+  `repl_objects`, and `released` / `release_sig` to `repl_agreements`.
 
 Also here, because both sides must build the exact same bytes: the offer
 (what a StoreRequest's `manifest` field carries) and the agreement's
-signing bytes.
+signing bytes, and the release's.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from .errors import ProtocolError
 from .repair_policy import Replica, State
 
 __all__ = [
-    "COMPONENT", "MIGRATIONS", "Offer", "agreement_bytes", "offer_signing_bytes",
-    "ObjectRow", "HolderRow", "AuditRow", "Agreements",
+    "COMPONENT", "MIGRATIONS", "Offer", "agreement_bytes", "offer_signing_bytes", "release_bytes",
+    "ObjectRow", "HolderRow", "AuditRow", "ReleaseRow", "Agreements", "RELEASE_PENDING", "RELEASE_DONE",
+    "RELEASE_REFUSED",
 ]
 
 COMPONENT = "replication"
@@ -93,6 +100,29 @@ MIGRATIONS: tuple[str, ...] = (
         time REAL NOT NULL
     );
     """,
+    # 2: releases. Columns are added (not a table rebuild) so that existing
+    # agreements keep their rows untouched. Objects a node already held for
+    # others before this version are assumed to be pinned for the agreement
+    # (there was no other reason recorded), so a release can free them.
+    """
+    ALTER TABLE repl_objects ADD COLUMN released REAL;
+    ALTER TABLE repl_objects ADD COLUMN pin_taken REAL;
+    ALTER TABLE repl_agreements ADD COLUMN released REAL;
+    ALTER TABLE repl_agreements ADD COLUMN release_sig BLOB;
+    CREATE TABLE repl_releases (
+        cid TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'refused')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL,
+        since REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (cid, peer_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX repl_releases_due ON repl_releases(state, next_try);
+    UPDATE repl_objects SET pin_taken = (SELECT created FROM pins WHERE pins.cid = repl_objects.cid)
+        WHERE role IN ('holder', 'deputy');
+    """,
 )
 register_schema(COMPONENT, MIGRATIONS)
 
@@ -102,6 +132,12 @@ MAX_OFFER_HOLDERS = 64
 
 _OFFER_DOMAIN = b"shoal-offer-v1\x00"
 _AGREEMENT_DOMAIN = b"shoal-agreement-v1\x00"
+_RELEASE_DOMAIN = b"shoal-release-v1\x00"
+
+RELEASE_PENDING = "pending"
+RELEASE_DONE = "done"
+RELEASE_REFUSED = "refused"  # answered, but not released (an old holder, or it does not know us as owner)
+_RELEASE_SHOWN = {RELEASE_PENDING: "releasing", RELEASE_DONE: "released", RELEASE_REFUSED: "release_refused"}
 
 
 # ------------------------------------------------------------------ wire formats
@@ -162,6 +198,14 @@ def agreement_bytes(offer: bytes, requester: bytes, holder: bytes) -> bytes:
     return _AGREEMENT_DOMAIN + digest + bytes([len(requester)]) + requester + bytes([len(holder)]) + holder
 
 
+def release_bytes(root_cid: bytes, owner: bytes, holder: bytes) -> bytes:
+    """What the owner signs (ReleaseRequest.owner_sig): "I, owner, no longer
+    need holder to keep this object". Per holder, so one holder's evidence
+    says nothing about another's; length-prefixed like `agreement_bytes`."""
+    return (_RELEASE_DOMAIN + bytes([len(root_cid)]) + root_cid + bytes([len(owner)]) + owner
+            + bytes([len(holder)]) + holder)
+
+
 # ------------------------------------------------------------------ rows
 
 
@@ -175,6 +219,31 @@ class ObjectRow:
     size: int
     offer: bytes | None
     created: float
+    released: float | None = None  # when the owner gave the replicas back (None: active)
+    pin_taken: float | None = None  # holder: creation time of the pin it took for the agreement
+
+    @property
+    def is_released(self) -> bool:
+        return self.released is not None
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    """The owner's view of giving one holder's replica back."""
+
+    cid: str
+    peer_id: str
+    state: str  # RELEASE_PENDING until the holder answered, then RELEASE_DONE (or RELEASE_REFUSED)
+    attempts: int
+    next_try: float
+    since: float
+    detail: str
+
+    def as_json(self) -> dict[str, object]:
+        """Shaped like HolderRow.as_json (same keys), so `status` stays one list."""
+        return {"peer_id": self.peer_id, "state": _RELEASE_SHOWN.get(self.state, self.state),
+                "last_audit": None, "timeouts_in_a_row": 0, "proven_loss": False, "detail": self.detail,
+                "release_attempts": self.attempts}
 
 
 @dataclass(frozen=True)
@@ -217,6 +286,8 @@ def _holder(row: Sequence[object]) -> HolderRow:
 
 _HOLDER_COLS = ("cid, peer_id, state, timeouts_in_a_row, proven_loss, refused, since, "
                 "last_audit_time, last_audit_ok, detail")
+_OBJECT_COLS = "cid, role, manifest, owner, replicas_wanted, size, offer, created, released, pin_taken"
+_RELEASE_COLS = "cid, peer_id, state, attempts, next_try, since, detail"
 
 
 class Agreements:
@@ -251,23 +322,152 @@ class Agreements:
 
     def get_object(self, cid: str) -> ObjectRow | None:
         with self.index.snapshot() as db:
-            row = db.execute("SELECT cid, role, manifest, owner, replicas_wanted, size, offer, created "
-                             "FROM repl_objects WHERE cid = ?", (cid,)).fetchone()
+            row = db.execute(f"SELECT {_OBJECT_COLS} FROM repl_objects WHERE cid = ?", (cid,)).fetchone()
         return ObjectRow(*row) if row else None
 
-    def objects(self, roles: Sequence[str] = ("owner", "holder", "deputy")) -> list[ObjectRow]:
+    def objects(self, roles: Sequence[str] = ("owner", "holder", "deputy"),
+                released: bool = False) -> list[ObjectRow]:
+        """Objects in `roles`; released ones only with `released=True`.
+
+        Every loop (audits, repairs, owner watch) goes through here, so
+        leaving released objects out by default is what stops audits and
+        repairs of an object the moment its owner gave it back.
+        """
         marks = ",".join("?" * len(roles))
+        live = "" if released else " AND released IS NULL"
         with self.index.snapshot() as db:
-            rows = db.execute("SELECT cid, role, manifest, owner, replicas_wanted, size, offer, created "
-                              f"FROM repl_objects WHERE role IN ({marks}) ORDER BY created, cid",
-                              tuple(roles)).fetchall()
+            rows = db.execute(f"SELECT {_OBJECT_COLS} FROM repl_objects WHERE role IN ({marks}){live} "
+                              "ORDER BY created, cid", tuple(roles)).fetchall()
         return [ObjectRow(*r) for r in rows]
 
     def held_bytes(self) -> int:
-        """Bytes this node holds for other peers (what --quota limits)."""
+        """Bytes this node holds for other peers (what --quota limits); a
+        released agreement no longer counts, whatever gc has done yet."""
         with self.index.snapshot() as db:
-            row = db.execute("SELECT COALESCE(SUM(size), 0) FROM repl_objects WHERE role != 'owner'").fetchone()
+            row = db.execute("SELECT COALESCE(SUM(size), 0) FROM repl_objects "
+                             "WHERE role != 'owner' AND released IS NULL").fetchone()
         return int(row[0])
+
+    def pin_created(self, cid: str) -> float | None:
+        """When the repo's pin of `cid` was (last) made, None if not pinned.
+
+        Read from the store's `pins` table (read-only): `Repo.pin_add`
+        replaces a pin with a fresh `created`, so comparing it with the
+        time recorded when the holder pinned tells whether anyone pinned
+        the object again since — the holder's user, independently.
+        """
+        with self.index.snapshot() as db:
+            row = db.execute("SELECT created FROM pins WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def set_pin_taken(self, cid: str, pin_taken: float | None) -> None:
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET pin_taken = ? WHERE cid = ?", (pin_taken, cid))
+
+    def reopen(self, cid: str) -> None:
+        """A released object is wanted again (new offer, or the owner re-put it)."""
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET released = NULL WHERE cid = ?", (cid,))
+
+    # -- releases, holder side -------------------------------------------------
+
+    def mark_released(self, cid: str, release_sig: bytes) -> None:
+        """Holder: the owner ended the agreement. One transaction: the object
+        stops counting (quota, audits, deputy duty), a deputy steps down, and
+        the agreements keep the owner's signed release as evidence."""
+        now = time.time()
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET released = ?, pin_taken = NULL, "
+                       "role = CASE WHEN role = 'deputy' THEN 'holder' ELSE role END "
+                       "WHERE cid = ? AND released IS NULL", (now, cid))
+            db.execute("UPDATE repl_agreements SET released = ?, release_sig = ? "
+                       "WHERE cid = ? AND released IS NULL", (now, release_sig, cid))
+            # A deputy's own view of the holders is moot once the owner is back and done.
+            db.execute("DELETE FROM repl_holders WHERE cid = ?", (cid,))
+
+    # -- releases, owner side ----------------------------------------------------
+
+    def begin_release(self, cid: str, me: str, peers: Sequence[str], replicas_wanted: int,
+                      release_object: bool) -> list[str]:
+        """Owner: stop counting `peers` as holders and owe each a release.
+
+        One transaction: each peer's holder row leaves `repl_holders` (so no
+        audit, repair count or offer sees it again) and becomes a `pending`
+        release; with `release_object` the whole object is marked released
+        and wants 0 replicas (our own copy becomes a `done` row). Holders
+        that refused the store never took anything and are simply dropped.
+        Returns the peers that now need a release message.
+        """
+        now = time.time()
+        owed: list[str] = []
+        with self.index.transaction() as db:
+            if release_object:
+                db.execute("UPDATE repl_objects SET released = ?, replicas_wanted = 0 WHERE cid = ?", (now, cid))
+            else:
+                db.execute("UPDATE repl_objects SET replicas_wanted = ? WHERE cid = ?", (replicas_wanted, cid))
+            for peer in peers:
+                row = db.execute("SELECT refused FROM repl_holders WHERE cid = ? AND peer_id = ?",
+                                 (cid, peer)).fetchone()
+                db.execute("DELETE FROM repl_holders WHERE cid = ? AND peer_id = ?", (cid, peer))
+                if peer == me:
+                    _upsert_release(db, cid, peer, RELEASE_DONE, now, "the owner's own copy, unpinned")
+                elif row is not None and row[0]:
+                    continue
+                else:
+                    _upsert_release(db, cid, peer, RELEASE_PENDING, now, "release not yet answered")
+                    owed.append(peer)
+        return owed
+
+    def releases(self, cid: str) -> list[ReleaseRow]:
+        with self.index.snapshot() as db:
+            rows = db.execute(f"SELECT {_RELEASE_COLS} FROM repl_releases WHERE cid = ? ORDER BY since, peer_id",
+                              (cid,)).fetchall()
+        return [ReleaseRow(*r) for r in rows]
+
+    def release(self, cid: str, peer_id: str) -> ReleaseRow | None:
+        with self.index.snapshot() as db:
+            row = db.execute(f"SELECT {_RELEASE_COLS} FROM repl_releases WHERE cid = ? AND peer_id = ?",
+                             (cid, peer_id)).fetchone()
+        return ReleaseRow(*row) if row else None
+
+    def due_releases(self, now: float, limit: int) -> list[ReleaseRow]:
+        """Pending releases whose next attempt is due, oldest first (bounded)."""
+        with self.index.snapshot() as db:
+            rows = db.execute(f"SELECT {_RELEASE_COLS} FROM repl_releases WHERE state = 'pending' "
+                              "AND next_try <= ? ORDER BY next_try, cid, peer_id LIMIT ?", (now, limit)).fetchall()
+        return [ReleaseRow(*r) for r in rows]
+
+    def owe_release(self, cid: str, peer_id: str) -> None:
+        """One more holder to release (it took the replica while the release was decided)."""
+        with self.index.transaction() as db:
+            db.execute("DELETE FROM repl_holders WHERE cid = ? AND peer_id = ?", (cid, peer_id))
+            _upsert_release(db, cid, peer_id, RELEASE_PENDING, time.time(), "release not yet answered")
+
+    def release_done(self, cid: str, peer_id: str, detail: str, state: str = RELEASE_DONE) -> None:
+        """The holder answered: `done`, or `refused` if it answered but kept the agreement."""
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_releases SET state = ?, detail = ? WHERE cid = ? AND peer_id = ?",
+                       (state, detail, cid, peer_id))
+
+    def release_retry(self, cid: str, peer_id: str, next_try: float, detail: str) -> None:
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_releases SET attempts = attempts + 1, next_try = ?, detail = ? "
+                       "WHERE cid = ? AND peer_id = ? AND state = 'pending'", (next_try, detail, cid, peer_id))
+
+    def forget_done_releases(self, cid: str, peer_id: str | None = None) -> None:
+        """Drop finished release rows (the object, or that peer, is wanted again)."""
+        with self.index.transaction() as db:
+            if peer_id is None:
+                db.execute("DELETE FROM repl_releases WHERE cid = ? AND state != 'pending'", (cid,))
+            else:
+                db.execute("DELETE FROM repl_releases WHERE cid = ? AND peer_id = ? AND state != 'pending'",
+                           (cid, peer_id))
+
+    def pending_release_peers(self, cid: str) -> set[str]:
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT peer_id FROM repl_releases WHERE cid = ? AND state = 'pending'",
+                              (cid,)).fetchall()
+        return {str(r[0]) for r in rows}
 
     # -- holders -------------------------------------------------------------
 
@@ -308,9 +508,9 @@ class Agreements:
 
     def agreements(self, cid: str) -> list[dict[str, object]]:
         with self.index.snapshot() as db:
-            rows = db.execute("SELECT requester, holder, created FROM repl_agreements WHERE cid = ? "
+            rows = db.execute("SELECT requester, holder, created, released FROM repl_agreements WHERE cid = ? "
                               "ORDER BY created", (cid,)).fetchall()
-        return [{"requester": r, "holder": h, "created": c} for r, h, c in rows]
+        return [{"requester": r, "holder": h, "created": c, "released": rel} for r, h, c, rel in rows]
 
     # -- audits --------------------------------------------------------------------
 
@@ -359,6 +559,15 @@ class Agreements:
                 return False
             _prune(db, "repl_nonces", "time", MAX_NONCE_ROWS)
         return True
+
+
+def _upsert_release(db: sqlite3.Connection, cid: str, peer: str, state: str, now: float, detail: str) -> None:
+    db.execute(
+        "INSERT INTO repl_releases (cid, peer_id, state, attempts, next_try, since, detail) "
+        "VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT (cid, peer_id) DO UPDATE SET state = excluded.state, "
+        "attempts = 0, next_try = excluded.next_try, since = excluded.since, detail = excluded.detail",
+        (cid, peer, state, now, now, detail),
+    )
 
 
 def _prune(db: sqlite3.Connection, table: str, order: str, keep: int) -> None:

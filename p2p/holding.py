@@ -13,6 +13,17 @@ its owner or a co-holder (a deputy), only once per nonce (replays refused,
 persistently), within the challenge's deadline; a missing or corrupt block
 is admitted as ERROR not-found, never papered over.
 
+A ReleaseRequest ends an agreement. It is accepted only from the owner
+recorded for the object (the Noise handshake authenticated the sender; the
+owner's signature over `release_bytes` is checked and kept as evidence, as
+the agreement's own signatures are). The holder then drops the pin it took
+for the agreement — only that one: if its own user pinned the object
+independently (before the replica was taken, or again since), the pin
+stays — marks the object and its agreements released, and answers. Blocks
+go at the holder's next `shoal gc`. A release for an object already
+released is answered the same way again (the owner retries until it hears
+an answer), so the exchange is idempotent.
+
 Not here: placement, policy, loops (p2p.replication).
 """
 
@@ -31,14 +42,17 @@ from store.manifest import Manifest
 from store.proofs import MAX_K, NodeSource
 
 from . import limits as L
-from .agreements import Agreements, ObjectRow, Offer, agreement_bytes, offer_signing_bytes
+from .agreements import Agreements, ObjectRow, Offer, agreement_bytes, offer_signing_bytes, release_bytes
 from .audit import prove
 from .commit_files import build_commitment, has_leaves, load_tree
 from .connection import PeerConnection
 from .errors import P2PError, ProtocolError
 from .fetch import fetch_dag
 from .identity import PeerId
-from .messages import AuditChallenge, AuditProof, Error, ErrorCode, Message, StoreRequest, StoreResponse
+from .messages import (
+    AuditChallenge, AuditProof, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse, StoreRequest,
+    StoreResponse,
+)
 
 log = logging.getLogger("shoal.holding")
 
@@ -46,7 +60,7 @@ MAX_CACHED_TREES = 64
 
 
 class Holding:
-    """Handlers for StoreRequest and AuditChallenge, and the prover's tree cache."""
+    """Handlers for StoreRequest, ReleaseRequest and AuditChallenge, and the prover's tree cache."""
 
     def __init__(self, node: Any, db: Agreements) -> None:
         self.node = node
@@ -92,15 +106,21 @@ class Holding:
             return refuse("requester is neither the owner nor a holder")
         async with self._lock(text):
             existing = self.db.get_object(text)
-            if existing is None:
+            released = existing is not None and existing.role != "owner" and existing.is_released
+            if released and requester != owner:
+                # The owner gave this replica back; a deputy that missed the
+                # release must not put it back here (no repair of a released object).
+                return refuse("released by its owner")
+            if existing is None or released:
                 room = self._room()
                 if room is not None and msg.size > room:
                     return refuse(f"over quota: {msg.size} bytes asked, {room} free")
             # A refresh of an offer we already hold only updates the holder
             # list: pulling again would silently patch over lost blocks, and
             # losses are for audits to find (and for the owner to repair).
-            refresh = (existing is not None and existing.manifest == offer.manifest
+            refresh = (existing is not None and not released and existing.manifest == offer.manifest
                        and self.node.repo.index.is_pinned(text))
+            pinned_before = await self._run(self.db.pin_created, text)
             try:
                 if not refresh:
                     await self._take(cid, manifest, offer, requester)
@@ -113,10 +133,72 @@ class Holding:
             if existing is None or existing.role != "owner":
                 await self._run(self.db.put_object, text, role, offer.manifest, str(owner),
                                 offer.replicas_wanted, manifest.commitment.length, msg.manifest)
+                if not refresh:
+                    await self._run(self.db.set_pin_taken, text,
+                                    await self._pin_taken(text, existing, pinned_before, released))
+                if released:
+                    await self._run(self.db.reopen, text)
             sig = self.node.identity.sign(agreement_bytes(msg.manifest, requester.to_bytes(), self.me.to_bytes()))
             await self._run(self.db.record_agreement, text, str(requester), str(self.me), msg.manifest,
                             msg.owner_sig, sig)
         return [StoreResponse(rid, True, "", sig)]
+
+    async def _pin_taken(self, cid: str, existing: ObjectRow | None, pinned_before: float | None,
+                         released: bool) -> float | None:
+        """The pin time to record as "ours" after `_take` pinned `cid`.
+
+        Ours if nothing was pinned before, or if what was pinned was our own
+        earlier pin for this agreement (a re-take replaces it with a fresh
+        one). A pin that existed for any other reason is the holder's user's
+        (None): a release must leave it alone.
+        """
+        ours_before = (existing is not None and not released and existing.pin_taken is not None
+                       and pinned_before == existing.pin_taken)
+        if pinned_before is not None and not ours_before:
+            return None
+        now_pinned: float | None = await self._run(self.db.pin_created, cid)
+        return now_pinned
+
+    # -- release (holder side) ---------------------------------------------------------
+
+    async def on_release_request(self, conn: PeerConnection, msg: Message) -> list[Message]:
+        """End an agreement at its owner's request (see the module docstring)."""
+        assert isinstance(msg, ReleaseRequest)
+        rid = msg.request_id
+        try:
+            cid = cid_from_bytes(msg.root_cid)
+        except StoreError:
+            return [Error(rid, ErrorCode.MALFORMED, "bad CID")]
+        text = str(cid)
+        requester = conn.remote_peer
+        async with self._lock(text):
+            obj = self.db.get_object(text)
+            if obj is None or obj.role == "owner":
+                return [Error(rid, ErrorCode.NOT_FOUND, "no storage agreement for this object")]
+            if obj.owner != str(requester):
+                return [Error(rid, ErrorCode.REFUSED, "only the object's owner may release it")]
+            if not requester.verify(msg.owner_sig, release_bytes(msg.root_cid, requester.to_bytes(),
+                                                                 self.me.to_bytes())):
+                return [Error(rid, ErrorCode.REFUSED, "release is not signed by the owner")]
+            if obj.is_released:
+                return [ReleaseResponse(rid, msg.root_cid, False)]  # answered before; nothing left to drop
+            unpinned = False
+            current = await self._run(self.db.pin_created, text)
+            if obj.pin_taken is not None and current == obj.pin_taken:
+                # Unpin before marking released: a crash in between leaves an
+                # active agreement without a pin, which the owner's retried
+                # release then finishes; the other order could leak the pin.
+                async with self.node.store_guard.shared():
+                    try:
+                        await self._run(self.node.repo.pin_rm, cid)
+                        unpinned = True
+                    except StoreError as exc:  # NotPinned: someone beat us to it
+                        log.info("release of %s: %s", text, exc)
+            await self._run(self.db.mark_released, text, msg.owner_sig)
+            self._trees.pop(text, None)
+        log.info("%s: released by its owner %s (%s)", text, requester,
+                 "pin dropped" if unpinned else "no pin of ours to drop")
+        return [ReleaseResponse(rid, msg.root_cid, unpinned)]
 
     def _room(self) -> int | None:
         """Bytes we may still accept for others (None = no quota), bounded by the disk."""
@@ -166,6 +248,9 @@ class Holding:
         obj = self.db.get_object(text)
         if obj is None or not obj.manifest:
             return [Error(rid, ErrorCode.NOT_FOUND, "no storage agreement for this object")]
+        if obj.role != "owner" and obj.is_released:
+            # Policy, not loss: REFUSED is scored as a timeout, never as a proven loss.
+            return [Error(rid, ErrorCode.REFUSED, "the owner released this replica")]
         manifest = Manifest.decode(obj.manifest)
         if not self._may_audit(obj, manifest, conn.remote_peer):
             return [Error(rid, ErrorCode.REFUSED, "only the owner or a co-holder may audit")]

@@ -24,7 +24,7 @@ from .errors import LocalProtocolError
 __all__ = [
     "ErrorCode", "Message", "Error", "Hello", "Ping", "Pong", "GetPeers", "Peers",
     "PeerInfo", "WantHave", "Have", "DontHave", "WantBlock", "Block", "BlockMissing",
-    "StoreRequest", "StoreResponse", "AuditChallenge", "AuditProof",
+    "StoreRequest", "StoreResponse", "ReleaseRequest", "ReleaseResponse", "AuditChallenge", "AuditProof",
     "LedgerSummaryRequest", "LedgerSummary", "LedgerEntry", "MESSAGE_TYPES",
     "RESPONSES",
 ]
@@ -341,6 +341,42 @@ class StoreResponse(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseRequest(Message):
+    """The owner gives a replica back: the holder may drop the pin it took.
+
+    Only the owner recorded in the holder's agreement may send it (the Noise
+    handshake proves who the sender is). `owner_sig` signs the release bytes
+    (p2p.agreements.release_bytes); the holder keeps it beside the agreement
+    as evidence, just as both signatures of the agreement itself are kept,
+    so a holder can show that it dropped the data because it was told to.
+    """
+
+    TYPE: ClassVar[int] = 0x32
+    ROLE: ClassVar[str] = "request"
+    root_cid: bytes
+    owner_sig: bytes
+
+    def _validate(self) -> None:
+        _bytes("root_cid", self.root_cid, L.MIN_CID_BYTES, L.MAX_CID_BYTES)
+        _bytes("owner_sig", self.owner_sig, L.SIGNATURE_BYTES, L.SIGNATURE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResponse(Message):
+    """The agreement is over. `unpinned` False: the holder's own user had
+    pinned the object independently, so that pin (and the blocks) stay."""
+
+    TYPE: ClassVar[int] = 0x33
+    root_cid: bytes
+    unpinned: bool
+
+    def _validate(self) -> None:
+        _bytes("root_cid", self.root_cid, L.MIN_CID_BYTES, L.MAX_CID_BYTES)
+        if type(self.unpinned) is not bool:
+            raise _bad("unpinned", "expected bool")
+
+
+@dataclass(frozen=True, slots=True)
 class AuditChallenge(Message):
     TYPE: ClassVar[int] = 0x40
     ROLE: ClassVar[str] = "request"
@@ -421,8 +457,8 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Error, Hello, Ping, Pong, GetPeers, Peers, WantHave, Have, DontHave, WantBlock,
-        Block, BlockMissing, StoreRequest, StoreResponse, AuditChallenge, AuditProof,
-        LedgerSummaryRequest, LedgerSummary,
+        Block, BlockMissing, StoreRequest, StoreResponse, ReleaseRequest, ReleaseResponse,
+        AuditChallenge, AuditProof, LedgerSummaryRequest, LedgerSummary,
     )
 }
 """Type code -> class. Codes never change meaning within a protocol version."""
@@ -433,6 +469,7 @@ RESPONSES: dict[type[Message], tuple[type[Message], ...]] = {
     WantHave: (Have, DontHave, Error),
     WantBlock: (Block, BlockMissing, Error),
     StoreRequest: (StoreResponse, Error),
+    ReleaseRequest: (ReleaseResponse, Error),
     AuditChallenge: (AuditProof, Error),
     LedgerSummaryRequest: (LedgerSummary, Error),
 }

@@ -14,7 +14,7 @@ from store.car import export_car_file
 from store.chunker import chunker_for
 from store.cid import CID, parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
-from store.errors import BlockNotFound, HashMismatch, InvalidInput
+from store.errors import BlockNotFound, HashMismatch, InvalidInput, NotPinned
 from store.profiles import PROFILES
 
 from .api import ApiError, ControlApi, param
@@ -62,7 +62,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         if profile_name is not None and profile_name not in PROFILES:
             raise ApiError(f"unknown profile {profile_name}")
         chunker_name = param(p, "chunker", str, "fixed")
-        replicas = param(p, "replicas", int, 1)
+        replicas = param(p, "replicas", int, None)  # None: leave the placement as it is
         profile = PROFILES[profile_name] if profile_name else repo.default_profile()
         if not path.exists():
             raise InvalidInput(f"no such file or directory: {path}")
@@ -70,15 +70,17 @@ def build_api(node: Node, token: str) -> ControlApi:
         async with node.store_guard.shared():
             # An object to replicate gets its proof-of-storage commitment in the same
             # pass (Repo.add commit=True), so placement need not re-read it.
-            commit = replicas > 1 and getattr(node, "replication", None) is not None
+            commit = replicas is not None and replicas > 1 and getattr(node, "replication", None) is not None
             result = await run(lambda: put_measured(repo, path, profile=profile, chunker=chunker,
                                                     commit=commit))
         doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
-        if replicas > 1:
-            placer = getattr(node, "replication", None)
+        placer = getattr(node, "replication", None)
+        if replicas is not None and replicas > 1:
             if placer is None:
                 raise ApiError("replication is not available on this node")
             doc["placement"] = await placer.place(result.cid, replicas)
+        elif replicas == 1 and placer is not None and placer.places(result.cid):
+            doc["placement"] = await placer.place(result.cid, 1)  # back to the owner's copy only
         return doc
 
     async def get(p: dict[str, Any]) -> Any:
@@ -198,9 +200,25 @@ def build_api(node: Node, token: str) -> ControlApi:
         return {"pinned": str(cid)}
 
     async def pin_rm(p: dict[str, Any]) -> Any:
+        """Unpin; for an object this node owns and replicates, give every replica back.
+
+        The release is recorded first (audits and repairs stop at once, the
+        holders are owed a release that the replication loop retries until
+        they answer), then the local pin goes. An owned object whose pin is
+        already gone (say, removed offline) is still released.
+        """
         cid = parse_cid(param(p, "cid"))
-        await run(repo.pin_rm, cid)
-        return {"unpinned": str(cid)}
+        placer = getattr(node, "replication", None)
+        release = await placer.release_object(cid) if placer is not None else None
+        try:
+            await run(repo.pin_rm, cid)
+        except NotPinned:
+            if release is None or not release["new"]:
+                raise  # a second pin rm of a released object is as wrong as of any unpinned one
+        doc: dict[str, Any] = {"unpinned": str(cid)}
+        if release is not None:
+            doc["release"] = release
+        return doc
 
     async def gc(p: dict[str, Any]) -> Any:
         async with node.store_guard.exclusive():

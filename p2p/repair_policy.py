@@ -21,6 +21,11 @@ users were disqualified for a bad afternoon:
   every holder computes the same answer from the same holder list, so
   exactly one of them acts, and none of them needs to talk to the others
   first.
+- Giving replicas back (releases): a release is owed until the holder
+  *answers* — any answer, since asking again cannot change a refusal — and
+  an unanswered one is retried with capped exponential backoff
+  (`release_delay`), like a peer redial, never abandoned. Lowering the
+  count gives back the lowest-ranked copies first (`surplus`).
 
 Nothing here does I/O or reads clocks: callers pass `now`.
 """
@@ -36,9 +41,18 @@ from .identity import PeerId
 __all__ = [
     "State", "Outcome", "Replica", "Verdict", "MAX_TIMEOUTS_IN_A_ROW", "after_audit",
     "after_store", "counts_as_copy", "repairs_needed", "TokenBucket", "deputy", "OwnerWatch",
+    "release_delay", "release_settled", "surplus", "RELEASE_RETRY_BASE_S", "RELEASE_RETRY_MAX_S",
 ]
 
 MAX_TIMEOUTS_IN_A_ROW = 3
+RELEASE_RETRY_BASE_S = 1.0
+RELEASE_RETRY_MAX_S = 600.0  # as peer redials: a holder back from an outage waits at most 10 min
+
+# ERROR codes (p2p.messages.ErrorCode) that answer a release for good:
+# MALFORMED, UNKNOWN_TYPE (an older holder), NOT_FOUND (no agreement left),
+# REFUSED (we are not its owner, says the holder). Anything else — busy,
+# internal, unknown codes — and no answer at all are worth another try.
+_RELEASE_FINAL_CODES = frozenset({1, 3, 6, 7})
 
 
 class State(str, Enum):
@@ -169,3 +183,28 @@ class OwnerWatch:
     @property
     def gone(self) -> bool:
         return self.misses >= self.threshold
+
+
+def release_delay(attempts: int, jitter: float, base: float = RELEASE_RETRY_BASE_S,
+                  cap: float = RELEASE_RETRY_MAX_S) -> float:
+    """Seconds before retrying a release that went unanswered `attempts` times.
+
+    `min(cap, base × 2^attempts) × jitter`, jitter drawn by the caller from
+    [0.5, 1] so owners that lost the same holder do not retry in lockstep.
+    """
+    return min(cap, base * 2.0 ** min(max(0, attempts), 62)) * jitter
+
+
+def release_settled(error_code: int | None) -> bool:
+    """Whether an ERROR answer to a release ends it (None: no answer at all)."""
+    return error_code is not None and error_code in _RELEASE_FINAL_CODES
+
+
+def surplus(ranked: Sequence[str], wanted: int) -> list[str]:
+    """Which holders to give back when only `wanted` copies are wanted.
+
+    `ranked` lists the copies other than the owner's, lowest rank first;
+    the owner's own copy counts as one of the `wanted` and is never here.
+    """
+    extra = len(ranked) - max(0, wanted - 1)
+    return list(ranked[:extra]) if extra > 0 else []

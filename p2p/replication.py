@@ -20,12 +20,22 @@ Flows (docs/PROTOCOL.md has the wire details):
 - Holders watch the owner: once it has been unreachable for three checks in
   a row, the lowest-id live holder (repair_policy.deputy) takes over audits
   and repairs, and steps down when the owner is back.
+- Giving replicas back: `pin rm` of an object this node owns (`release_object`)
+  marks it released (wanted 0) and owes every holder a ReleaseRequest;
+  `put --replicas M` below the current count (`place`) owes one to each
+  surplus holder, the lowest rendezvous-ranked first. Owed releases are
+  rows of `repl_releases` (pending -> done): the first attempt goes out at
+  once, an unanswered one is retried by the repair loop with backoff and its
+  own token bucket, across restarts, until the holder answers. A released
+  object leaves every loop at once (`Agreements.objects` skips it), so no
+  audit or repair follows an unpin.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 import time
 from typing import Any
 
@@ -36,7 +46,10 @@ from store.errors import StoreError
 from store.manifest import Manifest
 
 from . import limits as L
-from .agreements import Agreements, HolderRow, ObjectRow, Offer, agreement_bytes, offer_signing_bytes
+from .agreements import (
+    RELEASE_DONE, RELEASE_REFUSED, Agreements, HolderRow, ObjectRow, Offer, agreement_bytes, offer_signing_bytes,
+    release_bytes,
+)
 from .api import ApiError, param
 from .audit import DEFAULT_K, AuditResult, challenge, verify_local
 from .commit_files import build_commitment
@@ -46,11 +59,11 @@ from .energy_service import measuring, replicating_to
 from .fetch import fetch_dag
 from .holding import Holding
 from .identity import PeerId
-from .messages import AuditChallenge, StoreRequest, StoreResponse
-from .placement import Candidate, place, vetting_factor
+from .messages import AuditChallenge, ErrorCode, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse
+from .placement import Candidate, place, rendezvous_score, vetting_factor
 from .repair_policy import (
     Outcome, OwnerWatch, Replica, State, TokenBucket, after_audit, after_store, counts_as_copy, deputy,
-    repairs_needed,
+    release_delay, release_settled, repairs_needed, surplus,
 )
 
 log = logging.getLogger("shoal.replication")
@@ -61,12 +74,20 @@ REPAIR_BURST = 8
 REPAIR_CHECK_S = 5.0  # re-check under-replicated objects at least this often
 REACH_TIMEOUT_S = 3.0
 PULL_RATE_BYTES_PER_S = 4 * 1024 * 1024  # for the store request's timeout: a slow link still makes it
+RELEASE_BATCH = 32  # due releases looked at per repair-loop pass
+RELEASE_CONCURRENCY = 16  # release requests in flight at once
 
 
 class NotReplicated(P2PError):
     """The node has no replication record for this object."""
 
     hint = "put it with `shoal put PATH --replicas N` on a running node"
+
+
+class Released(P2PError):
+    """The owner gave this object's replicas back (pin rm): nothing to audit."""
+
+    hint = "put it again with `shoal put PATH --replicas N` to replicate it anew"
 
 
 class NotOwner(P2PError):
@@ -85,6 +106,11 @@ class Replication:
         self.audit_interval = float(audit_interval or DEFAULT_AUDIT_INTERVAL_S)
         self.k = k
         self.bucket = TokenBucket(repair_rate, repair_burst, time.monotonic())
+        # Retried releases get their own bucket: a mass unpin must not eat the
+        # tokens that repairs of still-wanted objects need, nor the reverse.
+        self.release_bucket = TokenBucket(repair_rate, repair_burst, time.monotonic())
+        self._releasing: set[tuple[str, str]] = set()
+        self._release_slots = trio.CapacityLimiter(RELEASE_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
         self._locks: dict[str, trio.Lock] = {}
         self.holding = Holding(node, self.db)
@@ -102,6 +128,7 @@ class Replication:
         self.node.replication = self
         self.node.extra_handlers[StoreRequest] = self.holding.on_store_request
         self.node.extra_handlers[AuditChallenge] = self.holding.on_audit_challenge
+        self.node.extra_handlers[ReleaseRequest] = self.holding.on_release_request
         self.node.extra_routes.append(("GET", "/v1/status", self.api_status))
         self.node.extra_routes.append(("POST", "/v1/audit", self.api_audit))
         self.node.background.append(self.run)
@@ -131,20 +158,160 @@ class Replication:
 
     # -- placement (owner side) -------------------------------------------------
 
+    def places(self, cid: CID) -> bool:
+        """True if this node owns `cid` and keeps copies of it on other peers."""
+        obj = self.db.get_object(str(cid))
+        return obj is not None and obj.role == "owner" and not obj.is_released and obj.replicas_wanted > 1
+
     async def place(self, cid: CID, replicas: int) -> dict[str, Any]:
         """Record that `cid` wants `replicas` copies; placement runs in the background."""
         if replicas > L.MAX_AUDIT_CHALLENGES or replicas > 64:
             raise ApiError("at most 64 replicas")
         text = str(cid)
         obj = self.db.get_object(text)
+        if obj is not None and obj.is_released:
+            # Put again after a pin rm (or after holding it for someone who
+            # released it): a fresh start; releases still owed stay owed.
+            await self._run(self.db.reopen, text)
+            await self._run(self.db.forget_done_releases, text)
         if obj is None or obj.role != "owner":
             await self._run(self.db.put_object, text, "owner", b"", str(self.me), replicas, 0)
         else:
             await self._run(self.db.set_wanted, text, replicas)
         await self._run(self.db.set_holder, text, str(self.me), Replica(State.OK), "owner")
+        released = await self._release_surplus(cid, replicas)
         planned = [str(p) for p in self._choose(cid, replicas - 1, size=0, holders=[])]
         self._spawn(self._ensure_placed, text)
-        return {"wanted": replicas, "state": "pending", "planned": planned}
+        doc: dict[str, Any] = {"wanted": replicas, "state": "pending", "planned": planned}
+        if released:
+            doc["released"] = released
+            doc["planned"] = []
+        return doc
+
+    # -- releases (owner side) --------------------------------------------------------
+
+    def _rank(self, cid: CID, peer_id: str) -> tuple[float, bytes]:
+        """A holder's rendezvous rank for `cid` (higher = kept longer).
+
+        The weight is the peer's current placement weight; a peer that is not
+        connected weighs 0 and so is the first to be given back.
+        """
+        try:
+            peer = PeerId.from_string(peer_id)
+        except P2PError:
+            return (0.0, b"")
+        weight = next((c.weight for c in self._candidates() if c.peer_id == peer), 0.0)
+        return (rendezvous_score(bytes(cid), peer, weight), peer.to_bytes())
+
+    async def _release_surplus(self, cid: CID, wanted: int) -> list[str]:
+        """Lowering the count: give back the lowest-ranked holders beyond `wanted`.
+
+        Only copies other than our own are candidates (the owner's copy is
+        never released here); they leave the holder table in the same
+        transaction that owes them a release, so they stop counting and
+        stop being audited at once.
+        """
+        text = str(cid)
+        me = str(self.me)
+        others = [h.peer_id for h in self.db.holders(text) if h.peer_id != me and counts_as_copy(h.replica)]
+        victims = surplus(sorted(others, key=lambda p: self._rank(cid, p)), wanted)
+        if not victims:
+            return []
+        owed = await self._run(self.db.begin_release, text, me, victims, wanted, False)
+        log.info("%s: %d replicas wanted now; releasing %s", text, wanted, ", ".join(victims))
+        for peer in owed:
+            self._spawn(self._send_release, text, peer)
+        self._spawn(self._refresh_holders, text)
+        return list(victims)
+
+    async def release_object(self, cid: CID) -> dict[str, Any] | None:
+        """`pin rm` of an object we own: give every replica back.
+
+        None if we do not own `cid` (nothing to release). The release is
+        recorded before anything is sent (and before the caller unpins), so
+        a crash at any point leaves releases owed, never forgotten.
+        """
+        text = str(cid)
+        obj = self.db.get_object(text)
+        if obj is None or obj.role != "owner":
+            return None
+        if not obj.is_released:
+            peers = [h.peer_id for h in self.db.holders(text)]
+            if str(self.me) not in peers:
+                peers.append(str(self.me))
+            owed = await self._run(self.db.begin_release, text, str(self.me), peers, 0, True)
+            log.info("%s: unpinned by its owner; releasing %d holder(s)", text, len(owed))
+            for peer in owed:
+                self._spawn(self._send_release, text, peer)
+        rows = self.db.releases(text)
+        return {"state": "released", "new": not obj.is_released, "holders": len(rows) - 1,
+                "pending": sorted(r.peer_id for r in rows if r.state == "pending")}
+
+    async def _send_release(self, cid: str, peer_id: str) -> None:
+        """One attempt to release `peer_id`'s replica of `cid`; the row records the outcome.
+
+        An answer of any kind ends the release (ok; not-found: the holder has
+        no agreement left; refused or an unknown message type: asking again
+        cannot change it). No answer (unreachable, timeout, busy, internal,
+        connection lost) leaves it pending with a later `next_try`.
+        """
+        key = (cid, peer_id)
+        if key in self._releasing:
+            return
+        self._releasing.add(key)
+        try:
+            async with self._release_slots:
+                row = self.db.release(cid, peer_id)
+                if row is None or row.state != "pending":
+                    return
+                outcome = await self._release_once(cid, peer_id)
+                if outcome is None:
+                    return
+                state, detail = outcome
+                if state is not None:
+                    await self._run(self.db.release_done, cid, peer_id, detail, state)
+                    log.info("%s: release of %s %s (%s)", cid, peer_id, state, detail)
+                else:
+                    delay = release_delay(row.attempts, random.uniform(0.5, 1.0))
+                    await self._run(self.db.release_retry, cid, peer_id, time.time() + delay, detail)
+                    log.info("%s: release of %s not answered (%s); retrying in %.0fs", cid, peer_id, detail, delay)
+        finally:
+            self._releasing.discard(key)
+
+    async def _release_once(self, cid: str, peer_id: str) -> tuple[str | None, str] | None:
+        """(final state or None to retry, detail) for one ReleaseRequest; None if the id is unusable."""
+        try:
+            peer = PeerId.from_string(peer_id)
+        except P2PError:
+            await self._run(self.db.release_done, cid, peer_id, "not a peer id", RELEASE_REFUSED)
+            return None
+        raw = bytes(parse_cid(cid))
+        sig = self.node.identity.sign(release_bytes(raw, self.me.to_bytes(), peer.to_bytes()))
+        conn = await self._reach(peer)
+        if conn is None:
+            return None, "unreachable"
+        try:
+            replies = await conn.request(lambda rid: ReleaseRequest(rid, raw, sig), timeout=L.REQUEST_TIMEOUT_S)
+        except RequestFailed as exc:
+            answered = exc.code or None  # RequestFailed.code is 0 for timeouts and lost connections
+            if not release_settled(answered):
+                return None, str(exc) or "no answer"
+            if exc.code == ErrorCode.NOT_FOUND:
+                return RELEASE_DONE, f"holder has no agreement for it: {exc}"
+            return RELEASE_REFUSED, f"holder cannot release it: {exc}"
+        resp = next((r for r in replies if isinstance(r, ReleaseResponse)), None)
+        if resp is None or resp.root_cid != raw:
+            return None, "answer is not about this object"
+        return RELEASE_DONE, "unpinned" if resp.unpinned else "released; the holder keeps its own pin"
+
+    async def _retry_releases(self) -> None:
+        """Background: resend due releases, as fast as the release bucket allows."""
+        for row in self.db.due_releases(time.time(), RELEASE_BATCH):
+            if (row.cid, row.peer_id) in self._releasing:
+                continue
+            if not self.release_bucket.take(time.monotonic()):
+                break
+            self._spawn(self._send_release, row.cid, row.peer_id)
 
     def _candidates(self) -> list[Candidate]:
         passed = self.db.passed_audits()
@@ -159,6 +326,11 @@ class Replication:
 
     def _choose(self, cid: CID, count: int, size: int, holders: list[HolderRow]) -> list[PeerId]:
         exclude = {self.me}
+        for pending in self.db.pending_release_peers(str(cid)):
+            try:  # a peer we still owe a release must not be offered the object again meanwhile
+                exclude.add(PeerId.from_string(pending))
+            except P2PError:
+                continue
         used = set()
         for h in holders:
             try:
@@ -202,7 +374,7 @@ class Replication:
         self._placing.add(cid)
         try:
             obj, manifest = await self._ensure_manifest(cid)
-            if obj.role not in ("owner", "deputy"):
+            if obj.role not in ("owner", "deputy") or obj.is_released:
                 return
             holders = self.db.holders(cid)
             need = repairs_needed(obj.replicas_wanted, [h.replica for h in holders])
@@ -218,6 +390,10 @@ class Replication:
                 if repair and not self.bucket.take(time.monotonic()):
                     log.info("%s: repair rate limit reached, retrying later", cid)
                     break
+                now = self.db.get_object(cid)
+                if now is None or now.is_released:
+                    return  # released while we computed: place nothing
+                await self._run(self.db.forget_done_releases, cid, str(peer))
                 await self._run(self.db.set_holder, cid, str(peer), Replica(State.PENDING), "store requested")
                 tasks.append(peer)
             kind = "repair" if repair or obj.role == "deputy" else "replicate-out"
@@ -253,6 +429,7 @@ class Replication:
         offer = self._offer(obj, [peer])
         sig = self.node.identity.sign(offer_signing_bytes(offer))
         timeout = L.STORE_REQUEST_TIMEOUT_S + obj.size / PULL_RATE_BYTES_PER_S
+        started = time.time()
         conn = await self._reach(peer)
         reason = "unreachable"
         accepted = False
@@ -272,6 +449,8 @@ class Replication:
                 accepted, reason = False, "agreement signature is not the holder's"
         if refresh:
             return accepted
+        if await self._released_meanwhile(obj.cid, peer, accepted, started):
+            return accepted
         verdict = after_store(accepted)
         if accepted:
             assert resp is not None
@@ -283,6 +462,23 @@ class Replication:
         if verdict.repair:
             self.wake()
         return accepted
+
+    async def _released_meanwhile(self, cid: str, peer: PeerId, accepted: bool, started: float) -> bool:
+        """True if `cid` (or this peer's copy) was released while the store ran.
+
+        Then the holder row is not written back: if the peer took the
+        replica, the owner owes it a release (again: a release that reached
+        the peer before the store finished found nothing to release). A
+        deputy cannot release for the owner; it only stops.
+        """
+        now = self.db.get_object(cid)
+        row = self.db.release(cid, str(peer))
+        if now is None or not (now.is_released or row is not None and row.since >= started):
+            return False
+        if accepted and now.role == "owner":
+            await self._run(self.db.owe_release, cid, str(peer))
+            self._spawn(self._send_release, cid, str(peer))
+        return True
 
     async def _resume_pending(self) -> None:
         """After a restart, re-send store requests that were in flight (idempotent
@@ -298,6 +494,8 @@ class Replication:
     async def _refresh_holders(self, cid: str) -> None:
         """Tell every live holder the current holder list (for deputy election)."""
         obj, manifest = await self._ensure_manifest(cid)
+        if obj.is_released:
+            return  # a refresh would hand the object back to holders just released
         async with trio.open_nursery() as nursery:
             for h in self.db.holders(cid):
                 if h.replica.state is State.OK and h.peer_id != str(self.me):
@@ -323,6 +521,8 @@ class Replication:
     async def audit_object(self, cid: str) -> list[AuditResult]:
         """One audit round over every holder of `cid` (and our own copy)."""
         obj, manifest = await self._ensure_manifest(cid)
+        if obj.is_released:
+            raise Released(f"{cid} was released: its replicas were given back")
         if obj.role not in ("owner", "deputy"):
             raise NotOwner(f"this node holds {cid} for {obj.owner} but does not own it")
         parsed = parse_cid(cid)
@@ -413,9 +613,10 @@ class Replication:
                 await trio.sleep(wait)
 
     async def _check_all(self) -> None:
-        for obj in self.db.objects(("owner", "deputy")):
+        for obj in self.db.objects(("owner", "deputy")):  # released objects are not listed
             if obj.cid not in self._placing:
                 self._spawn(self._ensure_placed, obj.cid)
+        await self._retry_releases()
 
     async def _watch_owners(self) -> None:
         """Holder side: elect a deputy for objects whose owner has gone."""
@@ -483,17 +684,22 @@ class Replication:
                     "holders": [{"peer_id": me, "state": "ok", "last_audit": None}]}
         doc: dict[str, Any] = {"cid": cid, "role": obj.role, "owner": obj.owner,
                                "replicas_wanted": obj.replicas_wanted, "size": obj.size,
-                               "commitment_ready": bool(obj.manifest)}
+                               "commitment_ready": bool(obj.manifest), "released": obj.is_released}
         if obj.role in ("owner", "deputy"):
             rows = self.db.holders(cid)
-            doc["holders"] = [r.as_json() for r in rows]
+            releases = self.db.releases(cid)
+            # Holders being given back stay listed, in state "releasing" until
+            # they answered and "released" after: replicas_ok counts only "ok".
+            doc["holders"] = [r.as_json() for r in rows] + [r.as_json() for r in releases]
             doc["replicas_ok"] = sum(1 for r in rows if r.replica.state is State.OK)
             doc["distinct_prefixes"] = len({self._prefix_of(r.peer_id) for r in rows
                                             if r.replica.state is State.OK})
+            doc["releases_pending"] = sum(1 for r in releases if r.state == "pending")
         else:
             audits = self.db.audits(cid, limit=1)
             last = {"time": audits[0].time, "ok": audits[0].outcome == "answered"} if audits else None
-            doc["holders"] = [{"peer_id": me, "state": "ok" if self.node.repo.index.is_pinned(cid) else "lost",
+            state = "ok" if self.node.repo.index.is_pinned(cid) else "lost"
+            doc["holders"] = [{"peer_id": me, "state": "released" if obj.is_released else state,
                                "last_audit": last}]
             doc["replicas_ok"] = None  # only the owner (or deputy) knows
             doc["agreements"] = self.db.agreements(cid)

@@ -26,7 +26,7 @@ from p2p.framing import FrameDecoder, encode_frame
 from p2p.messages import (
     MESSAGE_TYPES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error, GetPeers,
     Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message, PeerInfo, Peers, Ping,
-    Pong, StoreRequest, StoreResponse, WantBlock, WantHave,
+    Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse, WantBlock, WantHave,
 )
 
 SEED = int(os.environ.get("SHOAL_FUZZ_SEED", "20261128"))
@@ -51,6 +51,7 @@ def corpus(rng: random.Random) -> list[bytes]:
         Block(4, cid(), rng.randbytes(1000)), Block(4, cid(), rng.randbytes(256 * 1024)), BlockMissing(4, cid()),
         StoreRequest(5, cid(), 2**40, rng.randbytes(300), rng.randbytes(64)),
         StoreResponse(5, True, "", rng.randbytes(64)), StoreResponse(5, False, "no space", b""),
+        ReleaseRequest(8, cid(), rng.randbytes(64)), ReleaseResponse(8, cid(), True),
         AuditChallenge(6, cid(), rng.randbytes(32), 66, 30_000),
         AuditProof(6, cid(), rng.randbytes(32), rng.randbytes(5000), rng.randbytes(64)),
         LedgerSummaryRequest(7),

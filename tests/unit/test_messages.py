@@ -15,7 +15,8 @@ from p2p.errors import LocalProtocolError, RemoteProtocolError
 from p2p.messages import (
     MESSAGE_TYPES, RESPONSES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error,
     ErrorCode, GetPeers, Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
-    PeerInfo, Peers, Ping, Pong, StoreRequest, StoreResponse, WantBlock, WantHave,
+    PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse, WantBlock,
+    WantHave,
 )
 
 # --- strategies ---------------------------------------------------------------
@@ -74,6 +75,8 @@ MESSAGES: dict[type[Message], st.SearchStrategy] = {
         st.builds(StoreResponse, req_ids, st.just(True), st.text(max_size=50), sigs),
         st.builds(StoreResponse, req_ids, st.just(False), st.text(max_size=50), st.just(b"")),
     ),
+    ReleaseRequest: st.builds(ReleaseRequest, req_ids, cids, sigs),
+    ReleaseResponse: st.builds(ReleaseResponse, req_ids, cids, st.booleans()),
     AuditChallenge: st.builds(
         AuditChallenge, req_ids, cids, nonces, st.integers(1, L.MAX_AUDIT_CHALLENGES),
         st.integers(1, L.MAX_AUDIT_DEADLINE_MS),
@@ -212,6 +215,15 @@ def test_unsupported_version_has_its_own_code_and_echoes_the_id() -> None:
         decode(wire(2, Ping.TYPE, 41, b"", {"new": "field"}))
     assert error_code(info.value) == ErrorCode.UNSUPPORTED_VERSION
     assert error_request_id(info.value) == 41
+
+
+@pytest.mark.parametrize("head", [(True, Ping.TYPE, 5), (1.0, Ping.TYPE, 5), (1, True, 5), (1, Ping.TYPE, True)])
+def test_envelope_fields_must_be_ints_not_bools_or_floats(head: tuple[object, object, object]) -> None:
+    """msgpack's true equals 1 in Python: a bool version, type or id must not pass for one."""
+    ping = msgpack.unpackb(encode(Ping(5, b"x")), raw=False)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(wire(*head, *ping[3:]))
+    assert error_code(info.value) == ErrorCode.MALFORMED
 
 
 def test_unknown_type_has_its_own_code_and_echoes_the_id() -> None:
