@@ -734,6 +734,20 @@ def storage_probe(work: Path, blocks: int = 256) -> dict[str, Any]:
         os.close(fd)
     out["pagecache_write_cpu_seconds_per_GiB"] = round((time.process_time() - c0) * GIB / (blocks * MIB), 2)
     path.unlink(missing_ok=True)
+    # The durable write a fetch cannot skip, as Shoal does it (O_DIRECT, then fsync).
+    from store.direct_io import write_file_bytes
+
+    path = Path(work) / "probe-direct.bin"
+    joined = b"".join(data)  # (allocated before the clock starts)
+    c0 = time.process_time()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_file_bytes(fd, joined)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    out["direct_write_cpu_seconds_per_GiB"] = round((time.process_time() - c0) * GIB / (blocks * MIB), 2)
+    path.unlink(missing_ok=True)
     return out
 
 
@@ -773,6 +787,22 @@ def crypto_probe(cores: int) -> dict[str, Any]:
 # =====================================================================================
 # report
 # =====================================================================================
+
+
+def _full_floor(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The least CPU per GiB any implementation of DESIGN.md's rules needs here, and the bound it sets."""
+    cp, sp, t, l, s = (doc.get("crypto_probe"), doc.get("storage_probe"), doc.get("raw_tcp"), doc.get("libp2p", {}),
+                       doc.get("shoal", {}))
+    if not cp or not sp or not t or "direct_write_cpu_seconds_per_GiB" not in sp:
+        return None
+    socket_cpu = t["sender_cpu_seconds_per_GiB"] + t["receiver_cpu_seconds_per_GiB"]
+    cpu = cp["mandatory_crypto_cpu_seconds_per_GiB_both_nodes"] + socket_cpu + sp["direct_write_cpu_seconds_per_GiB"]
+    return {"socket_cpu": round(socket_cpu, 2), "write_cpu": sp["direct_write_cpu_seconds_per_GiB"],
+            "cpu": round(cpu, 2), "bound_MBps": round(GIB / (cpu / cp["cores"]) / 1e6),
+            "quarter_tcp_MBps": round(0.25 * t["throughput_MBps"]),
+            "five_libp2p_MBps": round(5 * l["throughput_MBps"]) if l.get("ok") and l.get("throughput_MBps") else None,
+            "shoal_cpu": round(s.get("sender_A", {}).get("cpu_seconds_per_GiB", 0)
+                               + s.get("receiver_B", {}).get("cpu_seconds_per_GiB", 0), 2)}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -900,6 +930,15 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
                   f"both nodes on these {cp['cores']} cores no implementation of DESIGN.md's rules can exceed "
                   f"~{cp['throughput_bound_MBps']} MB/s here (5x py-libp2p would need "
                   f"{round(5 * l['throughput_MBps']) if l.get('ok') else '?'} MB/s).")
+        floor = _full_floor(doc)
+        if floor:
+            md.append(f"Adding what moving and keeping the bytes costs at least, measured in this run: the raw TCP "
+                      f"copy's own CPU (send + receive, {floor['socket_cpu']} s/GiB) and the durable direct write "
+                      f"of the blocks ({floor['write_cpu']} s/GiB), the floor is {floor['cpu']} CPU s/GiB for both "
+                      f"nodes, so nothing following DESIGN.md's rules can exceed ~{floor['bound_MBps']} MB/s on "
+                      f"these {cp['cores']} cores; 25 % of raw TCP is {floor['quarter_tcp_MBps']} MB/s and 5x "
+                      f"py-libp2p {floor['five_libp2p_MBps'] or '?'} MB/s. Shoal itself spends "
+                      f"{floor['shoal_cpu']} CPU s/GiB (both nodes).")
     if sp or cp:
         md.append("")
     prof = s.get("profile")
@@ -1001,6 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
         "shoal_vs_libp2p": (doc["ratios"]["shoal_vs_libp2p"] or 0) >= TARGETS["shoal_vs_libp2p_min"],
         "two_holders_beat_one": bool(doc.get("rate_limited", {}).get("two_beat_one")),
     }
+    doc["floor"] = _full_floor(doc)
     term, md = build_report(doc)
     print(term)
     if not args.no_write:
