@@ -849,7 +849,7 @@ def markdown(doc: dict[str, Any]) -> str:
             "(`store.repo.COMMIT_PROCESS_ABOVE`; None turns it off). With pure-Python hashing the commitment "
             "costs about as much CPU as the put's own hashing and writing; +25 % of wall time needs most of it "
             "to run on a core the put leaves idle, which this 2-core machine does not have to spare.")
-    sp, ossl, fl = c["shoal_put"], c["openssl_sha256"], c["block_files_floor"]
+    sp, ossl = c["shoal_put"], c["openssl_sha256"]
     md.append("")
     dd, ddd, buf = c["durable_copy_dd"], c.get("direct_copy_dd"), c.get("shoal_put_buffered")
     md.append(f"Where the time goes: `shoal put` used {sp['cpu_seconds']['median']} CPU-s per run "

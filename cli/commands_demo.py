@@ -13,7 +13,6 @@ import hashlib
 import json
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -18,7 +18,7 @@ from store import exporter
 from store.chunker import CHUNKER_NAMES, chunker_for
 from store.cid import parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
-from store.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from store.profiles import DEFAULT_PROFILE, PROFILES
 from store.repo import Repo, resolve_repo_path
 
 from .errors import EXIT_FAILURE, CliError
@@ -345,8 +345,6 @@ def cmd_car_export(args: argparse.Namespace) -> int:
 
 
 def cmd_car_import(args: argparse.Namespace) -> int:
-    from store.car import import_car
-
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"no such file: {args.file}")

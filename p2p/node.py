@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import trio
 
-from store.cid import CID, cid_from_bytes
+from store.cid import cid_from_bytes
 from store.errors import BlockNotFound, HashMismatch, StoreError
 from store.repo import Repo
 
@@ -33,7 +33,7 @@ from .messages import (
     PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
 )
 from .multiaddr import Multiaddr
-from .peers import Clock, PeerRecord, PeerTable, Random
+from .peers import Clock, PeerTable, Random
 from .reputation_store import REPUTATION_FLUSH_INTERVAL_S, ReputationStore
 from .secure_stream import secure_accept, secure_dial
 
@@ -214,7 +214,6 @@ class Node:
         if secure.remote_peer == self.peer_id:
             await secure.aclose()
             raise P2PError("dialled ourselves")
-        ready: trio.MemorySendChannel[PeerConnection]
         send, receive = trio.open_memory_channel[PeerConnection](1)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_connection, secure, secure.remote_peer, send)
