@@ -190,9 +190,11 @@ class Holding:
                 # release then finishes; the other order could leak the pin.
                 async with self.node.store_guard.shared():
                     try:
-                        await self._run(self.node.repo.pin_rm, cid)
+                        # Only the pin taken for the agreement: a `pin add` by the
+                        # user since then has a new `created`, and stays.
+                        await self._run(self.node.repo.pin_rm, cid, obj.pin_taken)
                         unpinned = True
-                    except StoreError as exc:  # NotPinned: someone beat us to it
+                    except StoreError as exc:  # NotPinned: unpinned or re-pinned meanwhile
                         log.info("release of %s: %s", text, exc)
             await self._run(self.db.mark_released, text, msg.owner_sig)
             self._trees.pop(text, None)

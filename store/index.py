@@ -239,10 +239,18 @@ class Index:
         with self.transaction() as db:
             _upsert_pin(db, cid, recursive, keys)
 
-    def remove_pin(self, cid: str) -> bool:
-        """Unpin; False if `cid` was not pinned. Its blocks go at the next gc."""
+    def remove_pin(self, cid: str, created: float | None = None) -> bool:
+        """Unpin; False if `cid` was not pinned. Its blocks go at the next gc.
+
+        With `created`, only the pin made at that moment goes: a pin made
+        again since (it gets a fresh `created`) stays, checked and deleted in
+        one statement, so nobody can re-pin in between.
+        """
         with self.transaction() as db:
-            cur = db.execute("DELETE FROM pins WHERE cid = ?", (cid,))
+            if created is None:
+                cur = db.execute("DELETE FROM pins WHERE cid = ?", (cid,))
+            else:
+                cur = db.execute("DELETE FROM pins WHERE cid = ? AND created = ?", (cid, created))
             return cur.rowcount > 0
 
     def is_pinned(self, cid: str) -> bool:

@@ -316,12 +316,16 @@ class Repo:
             self.blockstore.flush()
             self.index.add_pin(str(cid), recursive, keys)
 
-    def pin_rm(self, cid: CID | str) -> None:
-        """Unpin; its blocks are removed at the next gc unless another pin holds them."""
+    def pin_rm(self, cid: CID | str, created: float | None = None) -> None:
+        """Unpin; its blocks are removed at the next gc unless another pin holds them.
+
+        `created`: remove the pin only if it is the one made at that time
+        (p2p.holding releases its own pin, never one its user made since).
+        """
         cid = _as_cid(cid)
         self._check_writable()
-        if not self.index.remove_pin(str(cid)):
-            raise NotPinned(f"not pinned: {cid}")
+        if not self.index.remove_pin(str(cid), created):
+            raise NotPinned(f"not pinned: {cid}" if created is None else f"not pinned by that pin: {cid}")
 
     def pins(self) -> list[PinRecord]:
         return self.index.pins()

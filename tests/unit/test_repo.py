@@ -462,3 +462,18 @@ def test_gc_removes_stale_commitment_temp_files_only(tmp_path: Path) -> None:
         assert result.temp_files_removed >= 1
     finally:
         repo.close()
+
+
+def test_conditional_unpin_keeps_a_pin_made_again_since(repo: Repo, tmp_path: Path) -> None:
+    """pin_rm(cid, created): a holder drops the pin it took, never one its user made after."""
+    res = repo.add(_file(tmp_path, "w.bin", 5_000), profile=SMALL)
+    (first,) = repo.pins()
+    time.sleep(0.002)
+    repo.pin_add(res.cid)  # the user pins it again: a fresh `created`
+    (again,) = repo.pins()
+    assert again.created > first.created
+    with pytest.raises(NotPinned):
+        repo.pin_rm(res.cid, first.created)
+    assert [p.cid for p in repo.pins()] == [str(res.cid)]
+    repo.pin_rm(res.cid, again.created)
+    assert repo.pins() == []
