@@ -10,7 +10,6 @@ node and remove its temp directory.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
