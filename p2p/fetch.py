@@ -96,6 +96,7 @@ async def fetch_dag(
     max_inflight_per_peer: int = 16,
     on_stored: Callable[[CID, bytes], Awaitable[None]] | None = None,
     on_verified: Callable[[CID, bytes], None] | None = None,
+    on_wanted: Callable[[CID], None] | None = None,
 ) -> FetchResult:
     """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
 
@@ -105,9 +106,12 @@ async def fetch_dag(
     `on_verified(cid, data)` runs in the store thread once the block's hash
     is checked and before it is written (p2p/handoff.py hands it to an
     export there); it may block that thread briefly, which paces the fetch.
+    `on_wanted(cid)` runs on the event loop for each block the fetch will
+    get from the swarm, before it is requested.
     """
     fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
     fetch.on_verified = on_verified
+    fetch.on_wanted = on_wanted
     return await fetch.run(holders)
 
 
@@ -131,6 +135,7 @@ class PlannedFetch(abc.ABC):
         self._store_bytes = 0  # received block bytes not yet stored or rejected
         self._store_error: StoreError | OSError | None = None
         self.on_verified: Callable[[CID, bytes], None] | None = None
+        self.on_wanted: Callable[[CID], None] | None = None
 
     @abc.abstractmethod
     def _cid_for(self, key: bytes) -> CID:
@@ -302,7 +307,7 @@ class _Fetch(PlannedFetch):
                 continue
             self.cids[key] = cid
             if not self.store.has(cid):
-                self.planner.want([key])
+                self._want(cid, key)
                 continue
             self.result.local_blocks += 1
             if cid.codec.name == RAW:
@@ -312,9 +317,15 @@ class _Fetch(PlannedFetch):
             except HashMismatch:
                 self.store.delete(cid)  # corrupt local copy: fetch a good one
                 self.result.local_blocks -= 1
-                self.planner.want([key])
+                self._want(cid, key)
                 continue
             except BlockNotFound:
-                self.planner.want([key])
+                self._want(cid, key)
                 continue
             stack.extend(reversed(iter_links(cid, data)))
+
+    def _want(self, cid: CID, key: bytes) -> None:
+        """Fetch this block from the swarm (and tell `on_wanted` it is coming)."""
+        if self.on_wanted is not None:
+            self.on_wanted(cid)
+        self.planner.want([key])

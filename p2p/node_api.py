@@ -114,7 +114,8 @@ def build_api(node: Node, token: str) -> ControlApi:
         async def fetch_all() -> None:
             nonlocal fetch_error
             try:
-                result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified)
+                result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified,
+                                         on_wanted=blocks.expect)
                 stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
                              local_blocks=result.local_blocks, holders=result.holders)
             except Exception as exc:  # re-raised below, outside the nursery

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
+from typing import Callable
 
 import pytest
 
@@ -20,6 +22,13 @@ from p2p.handoff import ArrivingBlocks
 from store.blockstore import MemoryBlockstore
 from store.cid import CID, make_cid
 from store.errors import BlockNotFound
+
+
+def _until(condition: "Callable[[], bool]", timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
 
 
 class _CountingStore(MemoryBlockstore):
@@ -43,7 +52,12 @@ def _blocks(n: int, size: int = 1000) -> list[tuple[CID, bytes]]:
 
 def _fetch(arriving: ArrivingBlocks, store: MemoryBlockstore, blocks: list[tuple[CID, bytes]],
            seed: int, threads: int = 4) -> list[threading.Thread]:
-    """Store threads: verify (implied), hand off, write, report arrival, in a shuffled order."""
+    """Store threads: verify (implied), hand off, write, report arrival, in a shuffled order.
+
+    As the real fetch does, every block is announced (`expect`) before any is requested.
+    """
+    for cid, _ in blocks:
+        arriving.expect(cid)
     order = list(blocks)
     random.Random(seed).shuffle(order)
     lock = threading.Lock()
@@ -118,13 +132,49 @@ def test_waiting_export_gets_its_block_even_when_the_hand_off_is_full(monkeypatc
     result: list[bytes] = []
     waiter = threading.Thread(target=lambda: result.append(arriving.get(blocks[0][0])))
     waiter.start()
-    while not arriving._waiting:  # the export is now waiting for block 0
-        threading.Event().wait(0.001)
+    _until(lambda: arriving._waiting > 0)  # the export is now waiting for block 0
     arriving.verified(*blocks[0])  # full, but it is the one the export waits for
     waiter.join(5)
     assert result == [blocks[0][1]]
     assert store.reads == []  # it was not there when the export looked; then it was handed off
     assert arriving.handed_off == 1 and arriving.store_reads == 0
+
+
+def test_an_expected_block_is_never_read_back_even_once_it_is_written() -> None:
+    """The race: the export looks while the block is being verified and written.
+    An expected block is waited for in the hand-off, never looked up in the store."""
+    store = _CountingStore()
+    arriving = ArrivingBlocks(store)
+    ((cid, data),) = _blocks(1)
+    arriving.expect(cid)
+    store.put(cid, data)  # already on disk (a fast store thread) when the export asks
+    result: list[bytes] = []
+    export = threading.Thread(target=lambda: result.append(arriving.get(cid)))
+    export.start()
+    _until(lambda: arriving._waiting > 0 or bool(result))
+    assert store.reads == [] and not result  # it waits for the hand-off instead of reading the file
+    arriving.verified(cid, data)
+    arriving.arrived()
+    export.join(5)
+    assert result == [data] and store.reads == []
+    assert arriving.handed_off == 1 and arriving.store_reads == 0
+
+
+def test_an_expected_block_that_was_not_handed_off_is_read_from_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handoff, "HANDOFF_BYTES", 0)  # no room at all
+    monkeypatch.setattr(handoff, "HANDOFF_MAX_WAIT_S", 0.0)
+    store = _CountingStore()
+    arriving = ArrivingBlocks(store)
+    (a, da), (b, db) = _blocks(2)
+    arriving.expect(a)
+    arriving.expect(b)
+    arriving.verified(b, db)  # not handed off (full), no export waiting for it
+    store.put(b, db)
+    arriving.arrived()
+    assert arriving.get(b) == db and arriving.store_reads == 1
+    arriving.finish()
+    with pytest.raises(BlockNotFound):  # `a` never came: the fetch's end ends the wait
+        arriving.get(a)
 
 
 def test_missing_block_after_the_fetch_ended_raises() -> None:
