@@ -165,10 +165,9 @@ class Holding:
         """End an agreement at its owner's request (see the module docstring)."""
         assert isinstance(msg, ReleaseRequest)
         rid = msg.request_id
-        try:
-            cid = cid_from_bytes(msg.root_cid)
-        except StoreError:
-            return [Error(rid, ErrorCode.MALFORMED, "bad CID")]
+        cid = _root_cid(rid, msg.root_cid)
+        if isinstance(cid, Error):
+            return [cid]
         text = str(cid)
         requester = conn.remote_peer
         async with self._lock(text):
@@ -242,10 +241,9 @@ class Holding:
     async def on_audit_challenge(self, conn: PeerConnection, msg: Message) -> list[Message]:
         assert isinstance(msg, AuditChallenge)
         rid = msg.request_id
-        try:
-            cid = cid_from_bytes(msg.root_cid)
-        except StoreError:
-            return [Error(rid, ErrorCode.MALFORMED, "bad CID")]
+        cid = _root_cid(rid, msg.root_cid)
+        if isinstance(cid, Error):
+            return [cid]
         text = str(cid)
         obj = self.db.get_object(text)
         if obj is None or not obj.manifest:
@@ -304,3 +302,11 @@ class Holding:
         self._trees.move_to_end(cid)
         while len(self._trees) > MAX_CACHED_TREES:
             self._trees.popitem(last=False)
+
+
+def _root_cid(rid: int, raw: bytes) -> CID | Error:
+    """The CID a request names, or the MALFORMED error to answer with."""
+    try:
+        return cid_from_bytes(raw)
+    except StoreError:
+        return Error(rid, ErrorCode.MALFORMED, "bad CID")
