@@ -147,12 +147,9 @@ def test_fcntl_refusal_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (tmp_path / "f").read_bytes() == data
 
 
-@pytest.mark.parametrize("failure", ["einval", "short_unaligned"])
-def test_write_refusal_or_short_write_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  failure: str) -> None:
-    """A file system that accepts the flag but refuses (or half-does) the write."""
-    if not _fs_takes_direct(tmp_path):
-        pytest.skip("this file system refuses O_DIRECT")
+def _trip_first_direct_write(monkeypatch: pytest.MonkeyPatch, failure: str) -> dict[str, bool]:
+    """Make the first O_DIRECT write fail ("einval") or take an unaligned part
+    of the run ("short_unaligned"); `state["tripped"]` says it happened."""
     real = os.write
     state = {"tripped": False}
 
@@ -175,6 +172,16 @@ def test_write_refusal_or_short_write_falls_back(tmp_path: Path, monkeypatch: py
         return n
 
     monkeypatch.setattr(direct_io.os, "write", flaky)
+    return state
+
+
+@pytest.mark.parametrize("failure", ["einval", "short_unaligned"])
+def test_write_refusal_or_short_write_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  failure: str) -> None:
+    """A file system that accepts the flag but refuses (or half-does) the write."""
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    state = _trip_first_direct_write(monkeypatch, failure)
     data = _payload(2 * STAGING_BYTES + 3 * ALIGN + 5)
     writer = _write_pieces(tmp_path / "f", [data[:77], data[77:]])
     assert state["tripped"]
@@ -206,3 +213,87 @@ def test_tmpfs_round_trip(tiny_tmpfs: Path) -> None:
     finally:
         os.close(fd)
     assert (tiny_tmpfs / "f").read_bytes() == data
+
+
+# -- create_file: aligned buffers go straight from memory ----------------------------
+
+
+def _aligned_copy(data: bytes) -> memoryview:
+    """`data` in a page-aligned, writable buffer (as the importer's read slots are)."""
+    import mmap
+
+    buf = mmap.mmap(-1, max(len(data), 1))
+    buf[: len(data)] = data
+    return memoryview(buf)[: len(data)]
+
+
+def test_is_aligned_only_for_aligned_writable_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _payload(1 << 20)
+    view = _aligned_copy(data)
+    assert direct_io.is_aligned(view)
+    assert not direct_io.is_aligned(data)  # bytes: the payload sits inside a heap object
+    assert not direct_io.is_aligned(view[ALIGN // 2 : ALIGN // 2 + (1 << 19)])  # address off
+    assert not direct_io.is_aligned(view[: (1 << 20) - 100])  # length off
+    assert not direct_io.is_aligned(view[: MIN_DIRECT_BYTES - ALIGN])  # too small to pay
+    assert not direct_io.is_aligned(view.toreadonly())
+    monkeypatch.setattr(direct_io, "ENABLED", False)
+    assert not direct_io.is_aligned(view)
+
+
+def test_create_file_writes_an_aligned_buffer_directly_in_one_call(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    log = _WriteLog(monkeypatch)
+    data = _payload(1 << 20)
+    direct_io.create_file(str(tmp_path / "aligned"), _aligned_copy(data), fsync=True)
+    direct_io.create_file(str(tmp_path / "plain"), data, fsync=False)
+    assert (tmp_path / "aligned").read_bytes() == data
+    assert (tmp_path / "plain").read_bytes() == data
+    assert log.calls[0] == (1 << 20, True)  # the aligned one: one direct write, no staging
+    assert sum(n for n, _ in log.calls[1:]) == 1 << 20  # the bytes one: through the staging buffer
+    assert (tmp_path / "aligned").stat().st_mode & 0o777 == 0o600
+
+
+def test_create_file_refused_at_open_writes_plainly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def no_direct_open(path: Any, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(direct_io.os, "open", no_direct_open)
+    data = _payload(1 << 20, seed=3)
+    direct_io.create_file(str(tmp_path / "f"), _aligned_copy(data), fsync=True)
+    assert (tmp_path / "f").read_bytes() == data
+
+
+@pytest.mark.parametrize("failure", ["einval", "short_unaligned"])
+def test_create_file_refused_or_cut_short_at_write_finishes_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      failure: str) -> None:
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    state = _trip_first_direct_write(monkeypatch, failure)
+    data = _payload(2 << 20, seed=5)
+    direct_io.create_file(str(tmp_path / "f"), _aligned_copy(data), fsync=True)
+    assert state["tripped"]
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_create_file_leaves_nothing_on_failure_and_never_clobbers(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    existing = tmp_path / "taken"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError):
+        direct_io.create_file(str(existing), _payload(4096), fsync=False)
+    assert existing.read_bytes() == b"keep me"
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct_io.os, "write", full)
+    with pytest.raises(OSError) as info:
+        direct_io.create_file(str(tmp_path / "new"), _aligned_copy(_payload(1 << 20)), fsync=False)
+    assert info.value.errno == errno.ENOSPC
+    assert not (tmp_path / "new").exists()
