@@ -21,8 +21,13 @@ class Blockstore(Protocol):
     def put(self, cid: CID, data: bytes) -> bool:
         """Verify `data` against `cid`, store it; True if it was not there yet."""
 
-    def put_trusted(self, cid: CID, data: bytes) -> bool:
-        """Store without re-hashing: only for callers that just hashed `data`."""
+    def put_trusted(self, cid: CID, data: bytes | memoryview) -> bool:
+        """Store without re-hashing: only for callers that just hashed `data`.
+
+        Keeps no reference to `data` after returning (callers reuse buffers)."""
+
+    def stager(self) -> "BlockStager":
+        """A session for bulk writes of just-hashed blocks (see BlockStager)."""
 
     def get(self, cid: CID) -> bytes:
         """Return verified bytes; BlockNotFound or HashMismatch otherwise."""
@@ -41,6 +46,40 @@ class Blockstore(Protocol):
         """Make every block stored so far durable (before the index refers to it)."""
 
 
+class BlockStager(Protocol):
+    """Bulk writes that may finish in the background (the importer's path).
+
+    `stage` stores a block the caller just hashed (like `put_trusted`, and
+    like it keeping no reference to `data`: the importer reuses its read
+    buffers) but may return before the block is in place; `close` returns once every
+    block this session staged is stored and visible, or raises the first
+    failure among them. A store without background writes stores at once.
+    """
+
+    #: How many `stage` calls are worth running concurrently (0: no preference).
+    concurrency: int
+
+    def stage(self, cid: CID, data: bytes | memoryview) -> bool:
+        """Store or queue the block; True if it was not stored yet."""
+
+    def close(self) -> None: ...
+
+
+class ImmediateStager:
+    """A BlockStager that is `put_trusted`: every block stored before `stage` returns."""
+
+    concurrency = 0
+
+    def __init__(self, store: Blockstore) -> None:
+        self._store = store
+
+    def stage(self, cid: CID, data: bytes | memoryview) -> bool:
+        return self._store.put_trusted(cid, data)
+
+    def close(self) -> None:
+        pass
+
+
 class MemoryBlockstore:
     """A dict-backed blockstore for tests and for transient work. Thread-safe."""
 
@@ -52,13 +91,16 @@ class MemoryBlockstore:
         verify_block(cid, data)
         return self.put_trusted(cid, data)
 
-    def put_trusted(self, cid: CID, data: bytes) -> bool:
+    def put_trusted(self, cid: CID, data: bytes | memoryview) -> bool:
         key = block_key(cid)
         with self._lock:
             if key in self._blocks:
                 return False
             self._blocks[key] = bytes(data)
             return True
+
+    def stager(self) -> ImmediateStager:
+        return ImmediateStager(self)
 
     def get(self, cid: CID) -> bytes:
         try:
