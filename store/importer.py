@@ -18,9 +18,15 @@ stored in a thread pool (hashlib releases the GIL on big buffers) with at
 most `2 * workers` chunks in flight, consumed in order; each tree level
 holds at most `max_links` pending child summaries. Peak memory is therefore
 bounded by chunk size * in-flight count, whatever the file size. `workers`
-is one per core, or the blockstore's `write_concurrency` if larger: a
-durable store's puts mostly wait on the disk, and overlapping them is what
-lets it batch its syncs (32 MiB in flight with flatfs's 16).
+is one per core, or the store's staging `concurrency` if larger (flatfs: 4,
+whose writers never wait for a sync round; see store.flatfs "Staging").
+Blocks are stored through the store's staging session, closed before the
+import returns: every block is in place then, or the import raises.
+
+Fixed-size chunks of a regular stream are read into a ring of page-aligned
+buffers (`_pooled_chunks`) rather than fresh `bytes`: hashed and written to
+the disk (O_DIRECT) from where the read put them, with no allocation and no
+staging copy per chunk.
 
 Symlinks inside an imported directory are refused (InvalidInput): following
 them could import data from outside the tree, and storing them as UnixFS
@@ -39,7 +45,9 @@ order on the reading thread, right after handing the chunk to a worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 import stat as stat_mod
 from collections import deque
@@ -51,6 +59,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
 from . import dagpb, unixfs, varint
 from .blockstore import Blockstore
 from .chunker import Chunker, FixedChunker
+from .direct_io import ALIGN
 from .cid import CID, DAG_PB, RAW, DAG_PB_CODE, RAW_CODE, block_key, cid_for_digest
 from .errors import InvalidInput
 from .profiles import DEFAULT_PROFILE, Profile
@@ -62,7 +71,7 @@ __all__ = ["ImportResult", "import_file", "import_path", "import_bytes", "ByteSi
 class ByteSink(Protocol):
     """What a same-pass commitment builder needs from the importer."""
 
-    def update(self, data: bytes) -> object: ...
+    def update(self, data: bytes | memoryview) -> object: ...
 
 
 Progress = Callable[[int], None]
@@ -114,7 +123,7 @@ def _cid_bytes(codec_code: int, version: int, digest: bytes) -> bytes:
     return b"\x01" + varint.encode(codec_code) + b"\x12\x20" + digest
 
 
-def file_leaf_block(chunk: bytes) -> bytes:
+def file_leaf_block(chunk: bytes | memoryview) -> bytes:
     """dag-pb leaf holding `chunk` as a UnixFS File, built with one copy.
 
     Equal to dagpb.encode(PBNode(data=unixfs.encode(File, data=chunk))),
@@ -131,22 +140,40 @@ def file_leaf_block(chunk: bytes) -> bytes:
 
 
 class _DagWriter:
-    """Encodes, hashes and stores the blocks of one profile's DAGs."""
+    """Encodes, hashes and stores the blocks of one profile's DAGs.
+
+    Blocks go through the store's staging session (`Blockstore.stager`):
+    they may still be settling when `leaf` returns; `close` waits for them
+    and raises if any failed, so a returned import has every block in place.
+    """
 
     def __init__(self, blockstore: Blockstore, profile: Profile) -> None:
         self.blockstore = blockstore
+        self.stager = blockstore.stager()
+        self._stage = self.stager.stage
         self.profile = profile
         self.raw_leaves = profile.raw_leaves
         self._raw_cid = _maker(RAW, 1)
         self._pb_cid = _maker(DAG_PB, profile.cid_version)
         self.written: list[CID] = []  # every block stored (or found stored); appended from worker threads
 
-    def leaf(self, chunk: bytes) -> _Node:
-        """Hash and store one chunk's leaf; safe to call from worker threads."""
+    def close(self, failed: bool = False) -> None:
+        """Wait until every block staged is in place; raise the first failure
+        unless the import has `failed` already (then its error is the one to report)."""
+        try:
+            self.stager.close()
+        except Exception:
+            if not failed:
+                raise
+
+    def leaf(self, chunk: bytes | memoryview) -> _Node:
+        """Hash and store one chunk's leaf; safe to call from worker threads.
+
+        Keeps no reference to `chunk` (it may be a reused read buffer)."""
         if self.raw_leaves:
             digest = hashlib.sha256(chunk).digest()
             cid = self._raw_cid(digest)
-            self.blockstore.put_trusted(cid, chunk)
+            self._stage(cid, chunk)
             self.written.append(cid)
             return _Node(cid, _cid_bytes(RAW_CODE, 1, digest), len(chunk), len(chunk), 1)
         block = file_leaf_block(chunk)
@@ -156,7 +183,7 @@ class _DagWriter:
                   kind: str = "file") -> _Node:
         digest = hashlib.sha256(block).digest()
         cid = self._pb_cid(digest)
-        self.blockstore.put_trusted(cid, block)
+        self._stage(cid, block)
         self.written.append(cid)
         version = self.profile.cid_version
         return _Node(cid, _cid_bytes(DAG_PB_CODE, version, digest),
@@ -238,7 +265,7 @@ class _Balanced:
             level += 1
 
 
-def _leaves(chunks: Iterable[bytes], writer: _DagWriter, pool: ThreadPoolExecutor | None,
+def _leaves(chunks: Iterable[bytes | memoryview], writer: _DagWriter, pool: ThreadPoolExecutor | None,
             in_flight: int, builder: ByteSink | None = None) -> Iterator[_Node]:
     """Leaves in chunk order, hashed concurrently with bounded look-ahead;
     `builder`, if given, gets each chunk in order as it is read."""
@@ -268,25 +295,69 @@ def _leaves(chunks: Iterable[bytes], writer: _DagWriter, pool: ThreadPoolExecuto
             fut.cancel()
 
 
+def _pooled_chunks(stream: BinaryIO, size: int, slots: int) -> Iterator[memoryview]:
+    """Fixed-size chunks read straight into a ring of `slots` page-aligned buffers.
+
+    Why: a chunk read into a fresh `bytes` costs an allocation (page faults
+    on this VM's fresh pages) and, for an O_DIRECT block write, a copy into
+    an aligned staging buffer. Read into an mmap slot instead, the chunk is
+    hashed and written to the disk from where the read put it (one copy in
+    all: the page cache's into the slot). The slot is reused `slots` chunks
+    later, so the consumer must be done with a chunk by then: `_leaves`
+    holds at most `in_flight - 1` chunks when it asks for the next one, and
+    the caller passes `slots = in_flight + 1`. Nothing downstream may keep
+    a chunk: the writer hashes it and the store writes it before returning,
+    and a commitment builder (which might keep one) gets plain chunks instead.
+    """
+    ring = mmap.mmap(-1, size * slots)
+    views = [memoryview(ring)[i * size:(i + 1) * size] for i in range(slots)]
+    readinto = stream.readinto  # type: ignore[attr-defined]
+    turn = 0
+    while True:
+        view = views[turn]
+        got = 0
+        while got < size:
+            n = readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if not got:
+            return
+        yield view if got == size else view[:got]
+        if got < size:
+            return
+        turn = (turn + 1) % slots
+
+
+def _chunks_for(stream: BinaryIO, chunker: Chunker, in_flight: int, pooled: bool) -> Iterable[bytes | memoryview]:
+    """The chunk stream: pooled aligned buffers for the plain fixed-size
+    chunker on a readable stream (when `pooled`), else the chunker's own."""
+    if (pooled and type(chunker) is FixedChunker and chunker.size % ALIGN == 0
+            and hasattr(stream, "readinto")):
+        return _pooled_chunks(stream, chunker.size, in_flight + 1)
+    return chunker.chunks(stream)
+
+
 def _import_stream(stream: BinaryIO, writer: _DagWriter, chunker: Chunker,
                    pool: ThreadPoolExecutor | None, in_flight: int,
                    progress: Progress | None, builder: ByteSink | None = None) -> _Node:
     layout = _Balanced(writer.profile.max_links, writer.file_parent)
-    for leaf in _leaves(chunker.chunks(stream), writer, pool, in_flight, builder):
+    chunks = _chunks_for(stream, chunker, in_flight, pooled=pool is not None and builder is None)
+    for leaf in _leaves(chunks, writer, pool, in_flight, builder):
         layout.add(leaf)
         if progress is not None:
             progress(leaf.content)
     return layout.finish()
 
 
-def _workers(blockstore: Blockstore) -> int:
+def _workers(writer: _DagWriter) -> int:
     """Threads that hash and store leaves: one per core, or more if the store asks.
 
-    A durable store spends most of a leaf's time waiting for fsync, not
-    hashing; it says how many puts to overlap (`write_concurrency`).
+    A durable store spends part of a leaf's time waiting for the disk, not
+    hashing; its staging session says how many writes to overlap.
     """
     cpu = max(1, min(8, os.cpu_count() or 1))
-    wanted = getattr(blockstore, "write_concurrency", 0)
+    wanted = getattr(writer.stager, "concurrency", 0)
     return max(cpu, min(64, wanted if isinstance(wanted, int) else 0))
 
 
@@ -307,10 +378,21 @@ def import_file(stream: BinaryIO, blockstore: Blockstore, profile: Profile = DEF
     """
     writer = _DagWriter(blockstore, profile)
     chunker = chunker or FixedChunker(profile.chunk_size)
-    workers = _workers(blockstore)
-    with ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
+    workers = _workers(writer)
+    with _closing(writer), ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
         node = _import_stream(stream, writer, chunker, pool, 2 * workers, progress, builder)
     return _result(node, writer)
+
+
+@contextlib.contextmanager
+def _closing(writer: _DagWriter) -> Iterator[None]:
+    """Close the writer's staging session on the way out, failed or not."""
+    try:
+        yield
+    except BaseException:
+        writer.close(failed=True)
+        raise
+    writer.close()
 
 
 def import_bytes(data: bytes, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
@@ -336,8 +418,8 @@ def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEF
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
     writer = _DagWriter(blockstore, profile)
     chunker = chunker or FixedChunker(profile.chunk_size)
-    workers = _workers(blockstore)
-    with ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
+    workers = _workers(writer)
+    with _closing(writer), ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
         ctx = _TreeContext(writer, chunker, pool, 2 * workers, progress)
         if stat_mod.S_ISREG(st.st_mode):
             node = ctx.file(path, builder)

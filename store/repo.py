@@ -567,9 +567,9 @@ class _CommitProcess:
         except OSError:
             self._failed = True
 
-    def update(self, data: bytes) -> None:
-        if not self._failed:
-            self._queue.put(data)
+    def update(self, data: bytes | memoryview) -> None:
+        if not self._failed:  # the feeder writes it later: never keep a caller's buffer
+            self._queue.put(data if isinstance(data, bytes) else bytes(data))
 
     def finish(self) -> "Commitment | None":
         from .proofs import Commitment

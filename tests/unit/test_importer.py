@@ -17,6 +17,7 @@ from store.chunker import FixedChunker
 from store.cid import CID, make_cid
 from store.errors import InvalidInput
 from store.exporter import walk_dag
+from store.flatfs import cid_for_key
 from store.importer import ImportResult, file_leaf_block, import_bytes, import_file, import_path
 from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 
@@ -339,3 +340,81 @@ def test_reported_keys_with_repeated_chunks_and_an_empty_file(tmp_path: Path) ->
     result = import_path(tmp_path / "d", bs, UNIXFS_V1_2025.with_overrides(chunk_size=10, max_links=3))
     assert result.keys == _walked_keys(bs, result.cid)
     assert len(result.keys) < result.blocks  # the repeats are one block
+
+
+# -- fixed-size chunks read into reused aligned buffers ---------------------------------
+
+
+class _PlainFixed(FixedChunker):
+    """The same cuts as FixedChunker, but not its exact type: the importer
+    then takes the chunker's own `bytes` chunks instead of its read slots."""
+
+
+class _SlowCheckingStore(MemoryBlockstore):
+    """Holds each block a little while and checks its bytes did not change
+    meanwhile: a read slot reused too early would show up here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: set[type] = set()
+        self.overwritten = 0
+
+    def put_trusted(self, cid: CID, data: bytes | memoryview) -> bool:
+        self.kinds.add(type(data))
+        before = hashlib.sha256(data).digest()
+        # vary how long each block is held, so later chunks overtake earlier ones
+        for _ in range(int.from_bytes(before[:1], "big") * 20):
+            pass
+        if hashlib.sha256(data).digest() != before:
+            self.overwritten += 1
+        return super().put_trusted(cid, data)
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunk=st.sampled_from([4096, 8192, 65536]),
+       n_chunks=st.integers(0, 40),
+       delta=st.integers(-1, 1),
+       links=st.sampled_from([2, 3, 174]))
+def test_pooled_reads_build_the_same_dag(tmp_path_factory: pytest.TempPathFactory, chunk: int, n_chunks: int,
+                                         delta: int, links: int) -> None:
+    size = max(0, n_chunks * chunk + delta)
+    data = data_of(size, seed=size)
+    path = tmp_path_factory.mktemp("pooled") / "f"
+    path.write_bytes(data)
+    profile = small(UNIXFS_V1_2025, chunk, links)
+    pooled_store, plain_store = _SlowCheckingStore(), MemoryBlockstore()
+    pooled = import_path(path, pooled_store, profile)
+    plain = import_path(path, plain_store, profile, _PlainFixed(chunk))
+    assert pooled.cid == plain.cid and pooled.keys == plain.keys
+    assert str(pooled.cid) == model_root(data, profile)[0]
+    assert pooled_store.overwritten == 0
+    assert sorted(pooled_store.keys()) == sorted(plain_store.keys())
+    for key in pooled_store.keys():  # get re-hashes: every stored block matches its CID
+        pooled_store.get(cid_for_key(key))
+
+
+def test_pooled_reads_are_used_for_the_plain_fixed_chunker_only(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(data_of(10 * 65536))
+    profile = small(UNIXFS_V1_2025, 65536, 174)
+    pooled, plain = _SlowCheckingStore(), _SlowCheckingStore()
+    import_path(path, pooled, profile)
+    import_path(path, plain, profile, _PlainFixed(65536))
+    assert memoryview in pooled.kinds  # the leaves came straight from the read slots
+    assert plain.kinds == {bytes}
+
+
+def test_a_commitment_builder_gets_chunks_it_may_keep(tmp_path: Path) -> None:
+    """A builder may hold chunks (the helper process queues them): never read slots."""
+    path = tmp_path / "f"
+    data = data_of(12 * 65536)
+    path.write_bytes(data)
+    kept: list[object] = []
+
+    class Keeper:
+        def update(self, chunk: object) -> None:
+            kept.append(chunk)
+
+    import_path(path, MemoryBlockstore(), small(UNIXFS_V1_2025, 65536, 174), builder=Keeper())
+    assert all(isinstance(c, bytes) for c in kept)
+    assert b"".join(kept) == data  # type: ignore[arg-type]
