@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from store.energy.accounting import read_summary
-from store.energy.coefficients import load_coefficients
-from store.energy.report import plot, render_text
+# store.energy loads in the handlers: every `shoal` command imports this
+# module to register its parser, and a put should not pay for the report.
 from store.repo import Repo, resolve_repo_path
 
 from .node_client import connect
@@ -38,6 +37,8 @@ def load_report(repo_path: Path) -> dict[str, Any]:
         finally:
             client.close()
     from p2p.energy_service import local_report
+    from store.energy.accounting import read_summary
+    from store.energy.coefficients import load_coefficients
 
     # Read-only: the report writes nothing, so it may run beside other commands.
     with Repo.open(repo_path, lock=False) as repo:
@@ -47,6 +48,8 @@ def load_report(repo_path: Path) -> dict[str, Any]:
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
+    from store.energy.report import plot, render_text
+
     report = load_report(resolve_repo_path(args.repo))
     if args.plot:
         written = plot(report, Path(args.plot))
@@ -61,6 +64,8 @@ def cmd_energy(args: argparse.Namespace) -> int:
 def brief_lines(report: Mapping[str, Any]) -> list[str]:
     """The key comparison, what was measured, and per copy count whether the
     swarm is cheaper: render_text without its 48-row sensitivity table."""
+    from store.energy.report import render_text
+
     text = render_text(report)
     head = text.split("\nSensitivity", 1)[0].splitlines()
     lines = [line for line in head if line.strip() and not line.startswith("one-time:")]

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from store import exporter
 from store.chunker import CHUNKER_NAMES, chunker_for
 from store.cid import parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
@@ -184,6 +183,8 @@ def print_put_result(args: argparse.Namespace, cid: str, size: int, name: str, e
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    from store import exporter  # here, not at the top: put never needs it
+
     cid = parse_cid(args.cid)
     dest = Path(args.output) if args.output else Path(args.cid)
     client = node_for(args)
@@ -199,6 +200,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
+    from store import exporter  # here, not at the top: put never needs it
+
     cid = parse_cid(args.cid)
     client = node_for(args)
     if client is not None:
@@ -223,6 +226,8 @@ def _write_stdout(chunks: Any) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from store import exporter  # here, not at the top: put never needs it
+
     client = node_for(args)
     if client is not None:
         rows = client.call("GET", "/v1/ls", cid=args.cid)

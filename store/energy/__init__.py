@@ -13,10 +13,26 @@ more.
 
 from __future__ import annotations
 
-from .coefficients import Coefficient, Coefficients, load_coefficients
-from .ledger import KINDS, create_schema, merge_summaries, record, summary
-from .meter import ESTIMATE, RAPL, EnergyMeter, Measurement, measure
-from .report import build_report, plot, render_text
+import importlib
+from typing import Any
+
+# Exports load on first use (PEP 562): the ledger and meter are on every
+# put's path, the report and its tables are not.
+_EXPORTS = {
+    "Coefficient": "coefficients", "Coefficients": "coefficients", "load_coefficients": "coefficients",
+    "KINDS": "ledger", "create_schema": "ledger", "merge_summaries": "ledger", "record": "ledger",
+    "summary": "ledger",
+    "ESTIMATE": "meter", "RAPL": "meter", "EnergyMeter": "meter", "Measurement": "meter", "measure": "meter",
+    "build_report": "report", "plot": "report", "render_text": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "Coefficient",
