@@ -65,3 +65,21 @@ class KeyFileError(P2PError):
     """The identity key file is unreadable, corrupt or readable by others."""
 
     hint = "chmod 600 it if it has not leaked, or delete it to create a new identity"
+
+
+class NotReplicated(P2PError):
+    """The node has no replication record for this object."""
+
+    hint = "put it with `shoal put PATH --replicas N` on a running node"
+
+
+class Released(P2PError):
+    """The owner gave this object's replicas back (pin rm): nothing to audit."""
+
+    hint = "put it again with `shoal put PATH --replicas N` to replicate it anew"
+
+
+class NotOwner(P2PError):
+    """Audits run on the object's owner (or its deputy), not on a holder."""
+
+    hint = "run it on the owner's node; `shoal status CID` there shows the holders"

@@ -54,7 +54,7 @@ from .api import ApiError, param
 from .audit import DEFAULT_K, AuditResult, challenge, verify_local
 from .commit_files import build_commitment
 from .connection import PeerConnection, RequestFailed
-from .errors import P2PError, ProtocolError
+from .errors import NotOwner, NotReplicated, P2PError, ProtocolError, Released
 from .energy_service import measuring, replicating_to
 from .fetch import fetch_dag
 from .holding import Holding
@@ -76,24 +76,6 @@ REACH_TIMEOUT_S = 3.0
 PULL_RATE_BYTES_PER_S = 4 * 1024 * 1024  # for the store request's timeout: a slow link still makes it
 RELEASE_BATCH = 32  # due releases looked at per repair-loop pass
 RELEASE_CONCURRENCY = 16  # release requests in flight at once
-
-
-class NotReplicated(P2PError):
-    """The node has no replication record for this object."""
-
-    hint = "put it with `shoal put PATH --replicas N` on a running node"
-
-
-class Released(P2PError):
-    """The owner gave this object's replicas back (pin rm): nothing to audit."""
-
-    hint = "put it again with `shoal put PATH --replicas N` to replicate it anew"
-
-
-class NotOwner(P2PError):
-    """Audits run on the object's owner (or its deputy), not on a holder."""
-
-    hint = "run it on the owner's node; `shoal status CID` there shows the holders"
 
 
 class Replication:

@@ -22,13 +22,14 @@ import trio
 from p2p.agreements import Offer, offer_signing_bytes, release_bytes
 from p2p.commit_files import build_commitment
 from p2p.connection import RequestFailed
+from p2p.errors import Released
 from p2p.identity import Identity, PeerId
 from p2p.messages import (
     AuditChallenge, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
 )
 from p2p.node import Node, NodeOptions
 from p2p.repair_policy import Replica, State, release_delay, release_settled, surplus
-from p2p.replication import Released, Replication
+from p2p.replication import Replication
 from store.cid import CID
 from store.manifest import Manifest
 from store.profiles import DEFAULT_PROFILE
