@@ -18,7 +18,7 @@ stored in a thread pool (hashlib releases the GIL on big buffers) with at
 most `2 * workers` chunks in flight, consumed in order; each tree level
 holds at most `max_links` pending child summaries. Peak memory is therefore
 bounded by chunk size * in-flight count, whatever the file size. `workers`
-is one per core, or the store's staging `concurrency` if larger (flatfs: 4,
+is one per core, or the store's staging `concurrency` if larger (flatfs: 8,
 whose writers never wait for a sync round; see store.flatfs "Staging").
 Blocks are stored through the store's staging session, closed before the
 import returns: every block is in place then, or the import raises.
