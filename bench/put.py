@@ -521,6 +521,12 @@ def profile_put(work: Path, data: Path) -> dict[str, Any]:
 # -- the run ----------------------------------------------------------------------------------
 
 
+def _git_commit(root: Path) -> str | None:
+    """The short commit of a --compare-root checkout, for the row's label."""
+    r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
 def stats(values: list[float]) -> dict[str, Any]:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
             "max": round(max(values), 3), "runs": [round(v, 3) for v in values]}
@@ -621,7 +627,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError("the --compare-root put made a different CID")
         contenders["shoal_put_compare_root"] = {
             **secs("put_compare"), "peak_rss_mib": rss("put_compare"),
-            "cpu_seconds": secs("put_compare", "cpu_seconds"), "root": str(args.compare_root)}
+            "cpu_seconds": secs("put_compare", "cpu_seconds"), "root": str(args.compare_root),
+            "commit": _git_commit(args.compare_root)}
     roots = ({r["commitment_root"] for r in runs["lib_put_commit"]} | {r["root"] for r in runs["merkle"]}
              | {r["commitment_root"] for r in runs["lib_put_commit_repo"]}
              | {r["commitment_root"] for r in runs["lib_put_commit_helper"]}
@@ -742,8 +749,9 @@ def markdown(doc: dict[str, Any]) -> str:
     row("`shoal put` (CLI, durable, fresh repo)", "shoal_put")
     row("`shoal put`, `SHOAL_DIRECT_IO=0` (block files through the page cache)", "shoal_put_buffered",
         "same code, buffered writes")
-    row("`shoal put` from --compare-root (the code before this change)", "shoal_put_compare_root",
-        "same run, same repo setup")
+    cmp_commit = c.get("shoal_put_compare_root", {}).get("commit")
+    row(f"`shoal put` from --compare-root ({'commit ' + cmp_commit if cmp_commit else 'the code before this change'})",
+        "shoal_put_compare_root", "same run, same repo setup")
     row("`openssl dgst -sha256`", "openssl_sha256")
     row("coreutils `sha256sum`", "sha256sum")
     row("npm ipfs-unixfs-importer 17.1.1 → blockstore-fs 4.0.1", "npm_importer", "no fsync")
@@ -838,7 +846,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"It added {extra_cpu} CPU-s to the put in this run (medians). Overlapping that with the put's idle "
             "time does not work in a thread: about a third of the commitment is interpreter work under the GIL, "
             "and the 2 KiB leaf updates drop and re-take the GIL around every ~1 us hash, which convoys with the "
-            "put's 16 worker threads (leaf hashes computed in the import's worker threads were measured at "
+            "put's own threads (leaf hashes computed in the import's worker threads were measured at "
             "+50 % to +130 % over the put; see `segment_leaf_hashes`). A helper process (the last row) runs "
             f"beside the put, but it needs {c['merkle_commitment']['cpu_seconds']['median']}+ CPU-s of the "
             "second core plus the pipe (both ends), while the put itself keeps "
@@ -863,8 +871,11 @@ def markdown(doc: dict[str, Any]) -> str:
               f"{buf['cpu_seconds']['median'] if buf else '?'} CPU-s. 1.5x openssl would be "
               f"{round(1.5 * ossl['median'], 2)} s: after the fixed cost, under a second for reading, hashing and "
               "durably writing 1,024 block files with 2 cores shared between the hashing, the copies and the "
-              "kernel's file work; measured outside this script, the same import with every sync skipped "
-              "(not durable) still took ~1.05 s in-process.")
+              "kernel's file work. The import reads each 1 MiB chunk into a page-aligned slot and hashes and "
+              "writes it (O_DIRECT) from there, through flatfs staging: 8 writer threads that never wait for "
+              "a sync round, while one namer thread runs the syncfs rounds and renames behind them "
+              "(docs/ARCHITECTURE.md, 'Write ordering'). The `--compare-root` row, if present, is the code "
+              "before that change in the same run.")
     before = doc.get("before")
     if before:
         b, bc = before["contenders"], before["contenders"]["shoal_put"]
