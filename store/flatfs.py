@@ -65,9 +65,9 @@ import base64
 import ctypes
 import errno
 import hashlib
+import itertools
 import os
 import sys
-import itertools
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -325,7 +325,7 @@ class FlatfsBlockstore:
                 if self._backlog < MAX_STAGED:
                     break
                 cond.wait()  # the namer is behind: bounded backlog
-            entry = _Staged(key, shard, "", [session])
+            entry = _Staged(key, shard, [session])
             self._staging[key] = entry  # reserved: a concurrent stage of it waits for ours
             self._backlog += 1
             session._pending += 1
@@ -335,8 +335,8 @@ class FlatfsBlockstore:
                 self._mark_dirty(shard)
                 self._settle([entry], None, unqueued=True)
                 return False
-            group = self.sync and self._sync_fd is not None
-            entry.tmp = self._write_temp(cid, key, shard, data, fsync=self.sync and not group)
+            entry.fsynced = self.sync and self._sync_fd is None  # no syncfs: this file's own fsync
+            entry.tmp = self._write_temp(cid, key, shard, data, fsync=entry.fsynced)
         except BaseException as exc:
             error = exc if isinstance(exc, (RepoError, StorageFull)) else RepoError(f"cannot write block {cid}")
             self._settle([entry], error, unqueued=True)
@@ -369,8 +369,11 @@ class FlatfsBlockstore:
                 cond.notify_all()  # stagers waiting for backlog room
             error: RepoError | StorageFull | None = None
             try:
-                if self.sync and self._sync_fd is not None:
-                    self._group_sync()  # every file in `batch` was closed before this call
+                # Every file in `batch` was closed before this call. (Decided per
+                # file, not from the store's current state: close() may have
+                # dropped the sync fd since; _group_sync then falls back to sync.)
+                if self.sync and not all(entry.fsynced for entry in batch):
+                    self._group_sync()
             except OSError as exc:
                 error = _storage_error(exc, "cannot sync staged blocks")
             for entry in batch:
@@ -625,10 +628,12 @@ def _storage_error(exc: OSError, what: str) -> RepoError | StorageFull:
 class _Staged:
     """A staged block: its temp file, and the sessions waiting for its name."""
 
-    __slots__ = ("key", "shard", "tmp", "sessions")
+    __slots__ = ("key", "shard", "tmp", "fsynced", "sessions")
 
-    def __init__(self, key: str, shard: str, tmp: str, sessions: list["FlatfsStager"]) -> None:
-        self.key, self.shard, self.tmp, self.sessions = key, shard, tmp, sessions
+    def __init__(self, key: str, shard: str, sessions: list["FlatfsStager"]) -> None:
+        self.key, self.shard, self.sessions = key, shard, sessions
+        self.tmp = ""  # set once written
+        self.fsynced = False  # True: made durable by its own fsync, needs no round
 
 
 class FlatfsStager:

@@ -255,3 +255,24 @@ def test_per_file_fsync_without_group_sync(tmp_path: Path, monkeypatch: pytest.M
     stager.close()
     assert len(synced) >= len(data)
     assert all(store.has(make_cid("raw", d)) for d in data)
+
+
+@needs_syncfs
+def test_a_block_written_for_a_round_gets_one_even_if_the_sync_fd_goes_away(
+        tmp_path: Path, gated: _GatedSyncfs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a staged file still needs a sync is decided when it is written:
+    a store closed meanwhile (sync fd dropped) must not name it unsynced."""
+    synced: list[str] = []
+    monkeypatch.setattr(flatfs.os, "sync", lambda: synced.append("sync"))
+    store = FlatfsBlockstore(tmp_path / "blocks")
+    first, second = _blocks(2)
+    stager = store.stager()
+    gated.gate.clear()
+    stager.stage(make_cid("raw", first), first)
+    assert gated.entered.wait(10)  # the first round is held inside syncfs
+    stager.stage(make_cid("raw", second), second)  # written without fsync: the next round covers it
+    store._sync_fd = None  # as close() would leave it
+    gated.gate.set()
+    stager.close()
+    assert synced == ["sync"]  # the second round fell back to sync(2) instead of skipping
+    assert store.has(make_cid("raw", second))
