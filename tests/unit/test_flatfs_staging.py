@@ -238,25 +238,6 @@ def test_the_namer_thread_stops_when_idle_and_comes_back(tmp_path: Path, monkeyp
         assert store._namer is None or not store._namer.is_alive()
 
 
-def test_per_file_fsync_without_group_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    store = FlatfsBlockstore(tmp_path / "blocks", group_sync=False)
-    data = _blocks(5)
-    stager = store.stager()
-    for d in data:
-        stager.stage(make_cid("raw", d), d)
-    stager.close()
-    assert len(synced) >= len(data)
-    assert all(store.has(make_cid("raw", d)) for d in data)
-
-
 @needs_syncfs
 def test_a_block_written_for_a_round_gets_one_even_if_the_sync_fd_goes_away(
         tmp_path: Path, gated: _GatedSyncfs, monkeypatch: pytest.MonkeyPatch) -> None:
