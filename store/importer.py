@@ -37,10 +37,15 @@ A directory whose node the JS importer would shard (its size estimate
 passes the profile's `hamt_threshold_bytes`) becomes a UnixFS HAMT built by
 `store.hamt`; the one call site is `_build_directory`.
 
-Storage commitment in the same pass (opt-in, one file): given a `builder`
-(anything with `update(bytes)`: a `store.proofs.MerkleBuilder`, or the
-repo's helper-process front end), the importer hands it every chunk in file
-order on the reading thread, right after handing the chunk to a worker.
+Storage commitment in the same pass (opt-in, one file): given a `builder`,
+either
+- a `ByteSink` (anything with `update(bytes)`, e.g. a
+  `store.proofs.MerkleBuilder`): the importer hands it every chunk in file
+  order on the reading thread, right after handing the chunk to a worker; or
+- a `PieceHasher` (store.piece_hashers): for raw leaves of exactly its
+  piece size, the importer reads the chunks into the hasher's shared ring
+  and takes each leaf's digest from it instead of hashing the chunk itself,
+  so each byte is hashed once for both the CID and the commitment.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 from . import dagpb, unixfs, varint
 from .blockstore import Blockstore
@@ -65,13 +70,33 @@ from .errors import InvalidInput
 from .profiles import DEFAULT_PROFILE, Profile
 from .proofs import Commitment
 
-__all__ = ["ImportResult", "import_file", "import_path", "import_bytes", "ByteSink"]
+__all__ = ["ImportResult", "import_file", "import_path", "import_bytes", "ByteSink", "PieceHasher",
+           "pieces_apply"]
 
 
 class ByteSink(Protocol):
     """What a same-pass commitment builder needs from the importer."""
 
     def update(self, data: bytes | memoryview) -> object: ...
+
+
+@runtime_checkable
+class PieceHasher(Protocol):
+    """Hashes whole chunks read into its own buffer (see the module docstring)."""
+
+    piece_size: int
+
+    def ring(self, slots: int) -> mmap.mmap: ...
+
+    def digest(self, index: int, chunk: memoryview) -> bytes: ...
+
+
+def pieces_apply(profile: Profile, chunker: Chunker | None, piece_size: int) -> bool:
+    """True if a file imported this way can be hashed by a `PieceHasher`:
+    raw leaves, the plain fixed-size chunker, chunks of exactly one piece."""
+    chunker = chunker or FixedChunker(profile.chunk_size)
+    return (profile.raw_leaves and type(chunker) is FixedChunker and chunker.size == piece_size
+            and piece_size % ALIGN == 0)
 
 
 Progress = Callable[[int], None]
@@ -166,12 +191,17 @@ class _DagWriter:
             if not failed:
                 raise
 
-    def leaf(self, chunk: bytes | memoryview) -> _Node:
+    def leaf(self, chunk: bytes | memoryview, index: int = -1, hasher: PieceHasher | None = None) -> _Node:
         """Hash and store one chunk's leaf; safe to call from worker threads.
 
-        Keeps no reference to `chunk` (it may be a reused read buffer)."""
+        With a `hasher`, chunk `index` of the file is a view of its ring and
+        the hasher gives the digest. Keeps no reference to `chunk` (it may
+        be a reused read buffer)."""
         if self.raw_leaves:
-            digest = hashlib.sha256(chunk).digest()
+            if hasher is not None:
+                digest = hasher.digest(index, chunk)  # type: ignore[arg-type]
+            else:
+                digest = hashlib.sha256(chunk).digest()
             cid = self._raw_cid(digest)
             self._stage(cid, chunk)
             self.written.append(cid)
@@ -266,11 +296,14 @@ class _Balanced:
 
 
 def _leaves(chunks: Iterable[bytes | memoryview], writer: _DagWriter, pool: ThreadPoolExecutor | None,
-            in_flight: int, builder: ByteSink | None = None) -> Iterator[_Node]:
+            in_flight: int, builder: ByteSink | None = None,
+            hasher: PieceHasher | None = None) -> Iterator[_Node]:
     """Leaves in chunk order, hashed concurrently with bounded look-ahead;
-    `builder`, if given, gets each chunk in order as it is read."""
+    `builder`, if given, gets each chunk in order as it is read; `hasher`,
+    if given, hashes them (chunks from its ring)."""
     pending: deque[Future[_Node]] = deque()
     any_chunk = False
+    index = 0
     try:
         for chunk in chunks:
             if not chunk:
@@ -278,10 +311,11 @@ def _leaves(chunks: Iterable[bytes | memoryview], writer: _DagWriter, pool: Thre
             any_chunk = True
             if pool is None or len(chunk) < _INLINE_HASH_BELOW:
                 done: Future[_Node] = Future()
-                done.set_result(writer.leaf(chunk))
+                done.set_result(writer.leaf(chunk, index, hasher))
                 pending.append(done)
             else:
-                pending.append(pool.submit(writer.leaf, chunk))
+                pending.append(pool.submit(writer.leaf, chunk, index, hasher))
+            index += 1
             if builder is not None:
                 builder.update(chunk)  # after the submit: the worker starts on the chunk meanwhile
             while len(pending) >= in_flight or (pending and pending[0].done()):
@@ -295,7 +329,8 @@ def _leaves(chunks: Iterable[bytes | memoryview], writer: _DagWriter, pool: Thre
             fut.cancel()
 
 
-def _pooled_chunks(stream: BinaryIO, size: int, slots: int) -> Iterator[memoryview]:
+def _pooled_chunks(stream: BinaryIO, size: int, slots: int,
+                   ring: mmap.mmap | None = None) -> Iterator[memoryview]:
     """Fixed-size chunks read straight into a ring of `slots` page-aligned buffers.
 
     Why: a chunk read into a fresh `bytes` costs an allocation (page faults
@@ -308,8 +343,10 @@ def _pooled_chunks(stream: BinaryIO, size: int, slots: int) -> Iterator[memoryvi
     the caller passes `slots = in_flight + 1`. Nothing downstream may keep
     a chunk: the writer hashes it and the store writes it before returning,
     and a commitment builder (which might keep one) gets plain chunks instead.
+    `ring`, if given, is the buffer to use (a `PieceHasher`'s shared one).
     """
-    ring = mmap.mmap(-1, size * slots)
+    if ring is None:
+        ring = mmap.mmap(-1, size * slots)
     views = [memoryview(ring)[i * size:(i + 1) * size] for i in range(slots)]
     readinto = stream.readinto  # type: ignore[attr-defined]
     turn = 0
@@ -340,10 +377,22 @@ def _chunks_for(stream: BinaryIO, chunker: Chunker, in_flight: int, pooled: bool
 
 def _import_stream(stream: BinaryIO, writer: _DagWriter, chunker: Chunker,
                    pool: ThreadPoolExecutor | None, in_flight: int,
-                   progress: Progress | None, builder: ByteSink | None = None) -> _Node:
+                   progress: Progress | None, builder: "ByteSink | PieceHasher | None" = None) -> _Node:
     layout = _Balanced(writer.profile.max_links, writer.file_parent)
-    chunks = _chunks_for(stream, chunker, in_flight, pooled=pool is not None and builder is None)
-    for leaf in _leaves(chunks, writer, pool, in_flight, builder):
+    hasher: PieceHasher | None = None
+    sink: ByteSink | None = None
+    if isinstance(builder, PieceHasher):
+        hasher = builder
+    else:
+        sink = builder
+    if hasher is not None:
+        if not (pieces_apply(writer.profile, chunker, hasher.piece_size) and hasattr(stream, "readinto")):
+            raise ValueError("a PieceHasher needs raw leaves of exactly its piece size from a readable file")
+        chunks: Iterable[bytes | memoryview] = _pooled_chunks(
+            stream, hasher.piece_size, in_flight + 1, hasher.ring(in_flight + 1))
+    else:
+        chunks = _chunks_for(stream, chunker, in_flight, pooled=pool is not None and sink is None)
+    for leaf in _leaves(chunks, writer, pool, in_flight, sink, hasher):
         layout.add(leaf)
         if progress is not None:
             progress(leaf.content)
@@ -368,7 +417,7 @@ def _result(node: _Node, writer: "_DagWriter") -> ImportResult:
 
 def import_file(stream: BinaryIO, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
                 chunker: Chunker | None = None, progress: Progress | None = None,
-                builder: ByteSink | None = None) -> ImportResult:
+                builder: "ByteSink | PieceHasher | None" = None) -> ImportResult:
     """Import one byte stream as a UnixFS file; return its root.
 
     `progress(n)` is called with the number of bytes just processed (an
@@ -405,7 +454,7 @@ def import_bytes(data: bytes, blockstore: Blockstore, profile: Profile = DEFAULT
 
 def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
                 chunker: Chunker | None = None, progress: Progress | None = None,
-                builder: ByteSink | None = None) -> ImportResult:
+                builder: "ByteSink | PieceHasher | None" = None) -> ImportResult:
     """Import a regular file or a directory tree (empty files and dirs included).
 
     `builder` (a regular file only; InvalidInput for a directory) is fed the
@@ -440,7 +489,7 @@ class _TreeContext:
     in_flight: int
     progress: Progress | None
 
-    def file(self, path: Path, builder: ByteSink | None = None) -> _Node:
+    def file(self, path: Path, builder: "ByteSink | PieceHasher | None" = None) -> _Node:
         try:
             with open(path, "rb") as f:
                 return _import_stream(f, self.writer, self.chunker, self.pool,

@@ -50,8 +50,8 @@ from .profiles import DEFAULT_PROFILE, PROFILES, Profile
 if TYPE_CHECKING:
     from .chunker import Chunker
     from .car import CarImportResult
-    from .importer import ByteSink, ImportResult
-    from .proofs import Commitment, MerkleBuilder
+    from .importer import ByteSink, ImportResult, PieceHasher
+    from .proofs import Commitment
 
 __all__ = ["Repo", "GcResult", "VerifyReport", "resolve_repo_path", "ENV_VAR", "PROOFS_DIR",
            "leaves_file", "commitment_file"]
@@ -257,23 +257,29 @@ class Repo:
 
         `commit=True` (a regular file; ignored for a directory, whose
         commitment covers its DAG blocks and is built by p2p.commit_files):
-        also build the proof-of-storage commitment in the same pass (on the
-        reading thread; in a helper process if `COMMIT_PROCESS_ABOVE` says
-        so) and save `<repo>/proofs/<cid>.leaves`
-        and `<cid>.commitment` durably before the index transaction; the result's `commitment` is set (left None if the
-        helper process failed: the put still succeeds, and
+        also build the proof-of-storage commitment in the same pass (in
+        helper processes that also give the blocks' digests, if
+        `COMMIT_PROCESS_ABOVE` says so and the chunks are whole pieces; else
+        on the reading thread) and save `<repo>/proofs/<cid>.leaves` and
+        `<cid>.commitment` durably before the index transaction; the
+        result's `commitment` is set (left None if the helpers failed: the
+        put still succeeds, and
         p2p.commit_files.build_commitment makes its own pass later). For a
         node that will replicate the object: build_commitment then skips
         its pass over the bytes.
         """
-        from .importer import import_path
+        from .importer import import_path, pieces_apply
+        from .proofs import DEFAULT_SEGMENT_SIZE, piece_size
 
         path = Path(path)
         if not path.exists():
             raise InvalidInput(f"no such file or directory: {path}")
         profile = profile or self.default_profile()
         with self.writing():
-            files = _ProofFiles(self.path, path.stat().st_size) if commit and path.is_file() else None
+            files = None
+            if commit and path.is_file():
+                pieces = pieces_apply(profile, chunker, piece_size(DEFAULT_SEGMENT_SIZE))
+                files = _ProofFiles(self.path, path.stat().st_size, pieces)
             try:
                 result = import_path(path, self.blockstore, profile=profile, chunker=chunker,
                                      progress=progress, builder=files.sink if files else None)
@@ -481,137 +487,22 @@ class Repo:
         return VerifyReport(ok, sorted(corrupt), incomplete, checked, temps)
 
 
-# `add(..., commit=True)` builds the commitment of a file of at least this
-# many bytes in a helper process (_CommitProcess), of any smaller file on the
-# reading thread. With a core the put leaves idle the helper wins (1 GiB on
-# an idle 2-core VM: +13 % over the put, against +29 % on the reading
-# thread; bench/RESULTS.md "## put"); when other work holds that core it can
-# lose (+26 to +70 % measured under load), and a failed helper falls back to
-# a full pass later. A put is usually its machine's foreground job, so large
-# files use the helper; None turns it off.
-COMMIT_PROCESS_ABOVE: int | None = 64 * 1024 * 1024
-
-_COMMIT_CHILD = r"""
-import os, sys
-sys.path.insert(0, sys.argv[1])
-from store.proofs import MerkleBuilder
-buf = bytearray(1 << 20)
-with open(sys.argv[2], "wb") as f:
-    builder = MerkleBuilder(int(sys.argv[3]), leaf_sink=f.write)
-    while n := os.readv(0, [buf]):
-        builder.update(memoryview(buf)[:n])
-    commitment = builder.finish()
-    f.flush()
-    os.fsync(f.fileno())
-os.write(1, commitment.encode().hex().encode())
-"""
-
-
-class _CommitProcess:
-    """The commitment of one file, built by a helper process fed its bytes.
-
-    Why a process: a commitment over 2 KiB segments is ~1.3 CPU-s per GiB
-    (524,288 leaf and as many inner hashes per GiB), a third of it
-    interpreter work under the GIL; the 2 KiB leaf updates release and
-    re-take the GIL around every ~1 us hash, which convoys with the put's
-    own threads (leaf hashes in the import's workers measured +50 to +130 %
-    on a 1 GiB put, worse than the reading thread's +30 to +50 %). In a
-    helper process (`python -I -S` running store.proofs.MerkleBuilder,
-    ~30 ms to start) it can use a core the put leaves idle and never holds
-    this process's GIL (a node's event loop keeps running). It costs ~0.25
-    CPU-s per GiB more than in-process (the pipe, both ends). It helps only
-    if a core is free: when other work holds the second core, the helper is
-    starved and the put waits for it (measured +26 to +70 % over the put,
-    against +26 to +41 % on the reading thread; bench/RESULTS.md "## put"),
-    hence only for files of at least `COMMIT_PROCESS_ABOVE` bytes. The importer calls `update(chunk)` in file order; a feeder
-    thread writes the chunks into the helper's stdin (outside the GIL; at
-    most `_QUEUE` chunks wait, then `update` blocks: bounded memory); the
-    helper writes the leaf hashes to `leaves_tmp`, fsyncs it, and prints the
-    commitment. Any failure of the helper yields no commitment (`finish`
-    returns None); the put itself never fails because of it.
-    """
-
-    _QUEUE = 16
-
-    def __init__(self, leaves_tmp: Path, segment_size: int) -> None:
-        import queue
-        import subprocess
-        import sys
-
-        root = str(Path(__file__).resolve().parent.parent)
-        self._failed = False
-        self._queue: "queue.Queue[bytes | None]" = queue.Queue(self._QUEUE)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _COMMIT_CHILD, root, str(leaves_tmp), str(segment_size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        assert self._proc.stdin is not None
-        try:
-            fcntl.fcntl(self._proc.stdin.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ: fewer wake-ups
-        except OSError:
-            pass
-        self._feeder = threading.Thread(target=self._feed, name="shoal-commit-feed", daemon=True)
-        self._feeder.start()
-
-    def _feed(self) -> None:
-        assert self._proc.stdin is not None
-        fd = self._proc.stdin.fileno()
-        while (item := self._queue.get()) is not None:
-            view = memoryview(item)
-            try:
-                while view and not self._failed:
-                    view = view[os.write(fd, view):]
-            except OSError:
-                self._failed = True  # keep draining so `update` never blocks
-        try:
-            self._proc.stdin.close()
-        except OSError:
-            self._failed = True
-
-    def update(self, data: bytes | memoryview) -> None:
-        if not self._failed:  # the feeder writes it later: never keep a caller's buffer
-            self._queue.put(data if isinstance(data, bytes) else bytes(data))
-
-    def finish(self) -> "Commitment | None":
-        from .proofs import Commitment
-
-        self._queue.put(None)
-        self._feeder.join()
-        assert self._proc.stdout is not None
-        out = self._proc.stdout.read()
-        self._proc.stdout.close()
-        code = self._proc.wait()
-        if self._failed or code != 0:
-            return None
-        try:
-            return Commitment.decode(bytes.fromhex(out.decode("ascii")))
-        except (ValueError, UnicodeDecodeError):
-            return None
-
-    def abort(self) -> None:
-        self._failed = True
-        self._proc.kill()
-        self._queue.put(None)
-        self._feeder.join()
-        self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-
-
-class _KeepGil:
-    """A MerkleBuilder fed through `update_keeping_gil` (the import's workers
-    share this process's GIL; see MerkleBuilder.update_keeping_gil)."""
-
-    def __init__(self, builder: "MerkleBuilder | None") -> None:
-        assert builder is not None
-        self.update = builder.update_keeping_gil
+# `add(..., commit=True)` hashes a file of at least this many bytes whose
+# chunks are whole pieces (the default profile) in helper processes that
+# give each block's digest and the commitment's leaves from one pass
+# (store/piece_hashers.py); any other file gets an in-process MerkleBuilder
+# on the reading thread, which hashes its bytes a second time. A helper
+# costs ~40 ms to start. None turns the helpers off.
+COMMIT_PROCESS_ABOVE: int | None = 16 * 1024 * 1024
 
 
 class _ProofFiles:
     """The commitment and leaf-hash file of one `add(..., commit=True)`.
 
-    Built while importing: by an in-process MerkleBuilder whose `leaf_sink`
-    is the temp file, or by a `_CommitProcess` for a file of at least
-    `COMMIT_PROCESS_ABOVE` bytes if set (it writes the leaf hashes itself). `save`
+    Built while importing: by `PieceHashers` (helper processes that write
+    the leaves into the temp file themselves) for a file of at least
+    `COMMIT_PROCESS_ABOVE` bytes made of whole pieces, else by an
+    in-process MerkleBuilder whose `leaf_sink` is the temp file. `save`
     makes the leaf file durable under `<cid>.leaves` (temp + fsync +
     rename), then writes `<cid>.commitment` the same way and fsyncs the
     directory once. The record is written last, so a crash leaves at worst
@@ -619,32 +510,34 @@ class _ProofFiles:
     mid-import leaves a `.put-*.tmp` file here (not a block: gc keeps it).
     """
 
-    def __init__(self, repo_path: Path, size: int) -> None:
+    def __init__(self, repo_path: Path, size: int, pieces: bool) -> None:
+        from .piece_hashers import PieceHashers
         from .proofs import DEFAULT_SEGMENT_SIZE, MerkleBuilder
 
         self.dir = repo_path / PROOFS_DIR
         self.dir.mkdir(exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=self.dir)
         self.tmp: Path | None = Path(name)
+        self._fd = fd
         self._file: IO[bytes] | None = None
-        self._process: _CommitProcess | None = None
+        self._hashers: PieceHashers | None = None
         self._builder: MerkleBuilder | None = None
-        if COMMIT_PROCESS_ABOVE is not None and size >= COMMIT_PROCESS_ABOVE:
-            os.close(fd)
-            try:
-                self._process = _CommitProcess(self.tmp, DEFAULT_SEGMENT_SIZE)
-            except OSError:
-                fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
-        if self._process is None:
+        if pieces and COMMIT_PROCESS_ABOVE is not None and size >= COMMIT_PROCESS_ABOVE:
+            self._hashers = PieceHashers(fd, DEFAULT_SEGMENT_SIZE)
+            self.sink: "ByteSink | PieceHasher" = self._hashers
+        else:
             self._file = os.fdopen(fd, "wb", buffering=1 << 20)
             self._builder = MerkleBuilder(DEFAULT_SEGMENT_SIZE, leaf_sink=self._file.write)
-        self.sink: "ByteSink" = self._process if self._process is not None else _KeepGil(self._builder)
+            self.sink = self._builder
 
     def finish(self) -> "Commitment | None":
-        """The commitment, the leaf file synced; None if the helper failed."""
-        if self._process is not None:
-            process, self._process = self._process, None
-            return process.finish()
+        """The commitment, the leaf file synced; None if the helpers failed."""
+        if self._hashers is not None:
+            hashers, self._hashers = self._hashers, None
+            commitment = hashers.finish()
+            if commitment is not None:
+                os.fsync(self._fd)
+            return commitment
         assert self._builder is not None and self._file is not None
         commitment = self._builder.finish()
         self._file.flush()
@@ -671,11 +564,15 @@ class _ProofFiles:
 
     def discard(self) -> None:
         """Drop whatever is left (no-op after `save`)."""
-        if self._process is not None:
-            self._process.abort()
-            self._process = None
-        if self._file is not None and not self._file.closed:
-            self._file.close()
+        if self._hashers is not None:
+            self._hashers.abort()
+            self._hashers = None
+        if self._file is not None:
+            if not self._file.closed:
+                self._file.close()
+        elif self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
             self.tmp = None

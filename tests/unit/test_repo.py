@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from store.blockstore import MemoryBlockstore
 from store.cid import CID, block_key, make_cid
 from store.config import DEFAULTS, dumps, load_config, merge, save_config
 from store.errors import BlockNotFound, NotPinned, RepoError, RepoLocked, RepoNotInitialized, StorageFull
@@ -376,29 +377,56 @@ def test_disk_full_add(tiny_tmpfs: Path, tmp_path: Path) -> None:
 # -- add(..., commit=True): the storage commitment in the same pass -----------------------
 
 def _leaf_layer(data: bytes) -> bytes:
-    from store.proofs import DEFAULT_SEGMENT_SIZE, leaf_hash
+    from store.proofs import DEFAULT_SEGMENT_SIZE, piece_leaves, piece_size
 
     s = DEFAULT_SEGMENT_SIZE
-    return b"".join(leaf_hash(data[i:i + s]) for i in range(0, len(data), s))
+    p = piece_size(s)
+    return b"".join(b"".join(piece_leaves(data[i:i + p], s)) for i in range(0, len(data), p))
 
 
-@pytest.mark.parametrize("via_process", [False, True], ids=["in-process", "helper-process"])
-@pytest.mark.parametrize("n", [0, 5000, 300_000])
+# Whole 1 MiB pieces (what the helpers hash) but a short fan-out, so a few
+# MiB make a tree of several levels.
+PIECES = DEFAULT_PROFILE.with_overrides(max_links=3)
+
+
+@pytest.mark.parametrize("helpers", [False, True], ids=["in-process", "helpers"])
+@pytest.mark.parametrize("n", [0, 5000, 300_000, (1 << 20), 5 * (1 << 20) + 4097])
 def test_add_with_commitment(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                             via_process: bool, n: int) -> None:
+                             helpers: bool, n: int) -> None:
+    import store.piece_hashers
     import store.repo as repo_mod
+    from store.importer import import_path
     from store.proofs import Commitment, commit
     from store.repo import commitment_file, leaves_file
 
-    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0 if via_process else None)
+    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0 if helpers else None)
+    used: list[int] = []
+    real_ring = store.piece_hashers.PieceHashers.ring
+    monkeypatch.setattr(store.piece_hashers.PieceHashers, "ring",
+                        lambda self, slots: used.append(slots) or real_ring(self, slots))
     data = os.urandom(n)
     (tmp_path / "f.bin").write_bytes(data)
-    result = repo.add(tmp_path / "f.bin", profile=SMALL, commit=True)
+    result = repo.add(tmp_path / "f.bin", profile=PIECES, commit=True)
+    assert bool(used) == helpers
+    assert result.cid == import_path(tmp_path / "f.bin", MemoryBlockstore(), PIECES).cid
     assert result.commitment == commit(data)
     assert leaves_file(repo.path, result.cid).read_bytes() == _leaf_layer(data)
     assert Commitment.decode(commitment_file(repo.path, result.cid).read_bytes()) == result.commitment
     assert not list((repo.path / "proofs").glob("*.tmp"))
-    assert repo.add(tmp_path / "f.bin", profile=SMALL).commitment is None  # opt-in only
+    assert repo.verify().ok
+    assert repo.add(tmp_path / "f.bin", profile=PIECES).commitment is None  # opt-in only
+
+
+def test_add_with_commitment_other_chunking(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks that are not whole pieces (here 1 KiB) take the in-process builder."""
+    import store.repo as repo_mod
+    from store.proofs import commit
+
+    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
+    data = os.urandom(300_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    result = repo.add(tmp_path / "f.bin", profile=SMALL, commit=True)
+    assert result.commitment == commit(data)
 
 
 def test_add_directory_with_commit_has_no_commitment(repo: Repo, tmp_path: Path) -> None:
@@ -409,17 +437,49 @@ def test_add_directory_with_commit_has_no_commitment(repo: Repo, tmp_path: Path)
     assert not (repo.path / "proofs").exists() or not list((repo.path / "proofs").iterdir())
 
 
-def test_failed_helper_still_puts(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("child", [
+    "import sys; sys.exit(3)",  # dies at start
+    "import os, sys; sys.stdin.buffer.raw.read(20); sys.exit(0)",  # takes one piece, never answers
+    "import os, sys\nwhile sys.stdin.buffer.raw.read(20): os.write(1, bytes(95))\n",  # answers short
+    "import os, sys\nwhile sys.stdin.buffer.raw.read(20): os.write(1, bytes([255]) * 108)\n",  # out of step
+], ids=["dies", "vanishes", "short-reply", "wrong-echo"])
+def test_failed_helpers_still_put(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: str) -> None:
+    """Helpers that fail in any way: the blocks are hashed here instead, the put
+    succeeds with the right CID and leaves no commitment (built later)."""
+    import store.piece_hashers
     import store.repo as repo_mod
+    from store.importer import import_path
 
     monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
-    monkeypatch.setattr(repo_mod, "_COMMIT_CHILD", "import sys; sys.exit(3)")
-    data = os.urandom(200_000)
+    monkeypatch.setattr(store.piece_hashers, "_CHILD", child)
+    monkeypatch.setattr(store.piece_hashers, "REPLY_TIMEOUT_S", 1.0)
+    data = os.urandom(4 * (1 << 20) + 5)
     (tmp_path / "f.bin").write_bytes(data)
-    result = repo.add(tmp_path / "f.bin", profile=SMALL, commit=True)
+    result = repo.add(tmp_path / "f.bin", profile=PIECES, commit=True)
     assert result.commitment is None
+    assert result.cid == import_path(tmp_path / "f.bin", MemoryBlockstore(), PIECES).cid
     assert [o.cid for o in repo.objects()] == [str(result.cid)]
+    assert repo.verify().ok
     assert not list((repo.path / "proofs").iterdir())
+
+
+def test_a_helper_with_a_wrong_digest_fails_the_put(repo: Repo, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A digest that is not the bytes' SHA-256 is a bug: never a block under a wrong name."""
+    import store.piece_hashers
+    import store.repo as repo_mod
+    from store.piece_hashers import PieceHashError
+
+    child = ("import os, struct, sys\n"
+             "while h := sys.stdin.buffer.raw.read(20):\n"
+             "    os.write(1, h[:8] + h[16:] + bytes(96))\n")
+    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
+    monkeypatch.setattr(store.piece_hashers, "_CHILD", child)
+    (tmp_path / "f.bin").write_bytes(os.urandom(3 * (1 << 20)))
+    with pytest.raises(PieceHashError):
+        repo.add(tmp_path / "f.bin", profile=PIECES, commit=True)
+    assert repo.objects() == []
+    assert repo.verify().ok
 
 
 def test_commit_files_reuse_the_put_commitment(repo: Repo, tmp_path: Path,
