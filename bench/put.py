@@ -18,18 +18,20 @@ a shared machine hits every contender, not one):
   is timed right after and reported as a second, durable-equivalent row.
 - the proof-of-storage commitment (`store.proofs.MerkleBuilder`, segment
   `DEFAULT_SEGMENT_SIZE`) over the same bytes, in its own child process:
-  `put + commitment` is compared with `put`.
+  `put + commitment` (a second pass after the put) is compared with `put`.
 - `shoal put` of an empty file: the fixed cost (interpreter, imports, repo
   open, index transaction) inside every put's wall time.
 - `Repo.add` in a child process, with and without the commitment built in
-  the same pass: a chunker that tees each chunk into MerkleBuilder on the
-  reading thread; `Repo.add(..., commit=True)` (what a node's put with
-  replicas does: the same on the reading thread, plus the leaf-hash file
-  and the commitment record saved durably); and the same with
-  `store.repo.COMMIT_PROCESS_ABOVE = 0` (the chunks piped to a helper
-  process that builds the commitment and the leaf file). The helper's CPU
-  time is in the CPU column (`os.wait4` of the child counts its reaped
-  children); its ~10 MiB RSS is not in the peak RSS column.
+  the same pass: `Repo.add(..., commit=True)` (what a node's put with
+  replicas does) with `store.repo.COMMIT_PROCESS_ABOVE = 0`, the default
+  path for files of 16 MiB or more: helper processes hash each 1 MiB piece
+  once, for the block's CID and the commitment's leaves
+  (store/piece_hashers.py); and with `COMMIT_PROCESS_ABOVE = None`, an
+  in-process MerkleBuilder on the reading thread, which hashes the bytes a
+  second time. Both save the leaf file and the commitment record durably.
+  The helpers' CPU time is in the CPU column (`os.wait4` of the child
+  counts its reaped children); their ~10 MiB RSS each is not in the peak
+  RSS column.
 - the disk's share: `dd bs=1M conv=fsync` of the file (one file), the same
   with `oflag=direct`, and the
   file written as 1,024 one-MiB files over 256 directories then one syncfs
@@ -309,64 +311,35 @@ def merkle(work: Path, data: Path) -> dict[str, Any]:
 
 def lib_put(work: Path, data: Path, tag: str, commit: bool | str) -> dict[str, Any]:
     """`Repo.add` in a child, optionally with the commitment built in the same pass:
-    `commit=True` tees chunks into MerkleBuilder on the reading thread; "repo"
-    is `Repo.add(..., commit=True)` (leaf file and record saved durably before
-    the index transaction); "helper" the same with the helper process."""
+    "repo" is `Repo.add(..., commit=True)` on the reading thread (leaf file and
+    record saved durably before the index transaction); "helper" the same with
+    the piece-hashing helper processes."""
     repo = work / f"librepo-{tag}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--lib-put-child", str(data), str(repo)]
-    extra = {"repo": ["--commit-repo"], "helper": ["--commit-repo", "--commit-helper"],
-             "beside": ["--commit-beside"]}.get(
-        str(commit), ["--commit"] if commit else [])
+    extra = {"repo": ["--commit-repo"], "helper": ["--commit-repo", "--commit-helper"]}.get(str(commit), [])
     r = checked(run_child(cmd + extra, cwd=SHOAL_ROOT, env=shoal_env(),
                           out_dir=work), "library put child")
     r.update(json.loads(r["stdout"].strip().splitlines()[-1]))
     return r
 
 
-def lib_put_child(data: Path, repo_path: Path, commit: bool | str, via_repo: bool = False,
-                  helper: bool = False) -> None:
-    """Entry point: init a repo, `Repo.add` the file; with `commit`, tee every chunk
-    into a MerkleBuilder on the reading thread, so it overlaps the workers' disk waits;
-    with `via_repo`, `Repo.add(..., commit=True)`; `helper`: in a helper process."""
+def lib_put_child(data: Path, repo_path: Path, via_repo: bool = False, helper: bool = False) -> None:
+    """Entry point: init a repo, `Repo.add` the file; with `via_repo`,
+    `Repo.add(..., commit=True)`, with `helper` on the piece-hashing helpers."""
     import store.repo
 
     store.repo.COMMIT_PROCESS_ABOVE = 0 if helper else None  # each row measures one path
-    from store.chunker import FixedChunker
-    from store.proofs import DEFAULT_SEGMENT_SIZE, MerkleBuilder
     from store.repo import Repo
 
-    class TeeChunker:
-        name = "fixed"
-
-        def __init__(self, inner: FixedChunker, builder: MerkleBuilder) -> None:
-            self.inner, self.builder = inner, builder
-
-        def chunks(self, stream: Any) -> Any:
-            for chunk in self.inner.chunks(stream):
-                self.builder.update(chunk)
-                yield chunk
-
-    builder = MerkleBuilder(DEFAULT_SEGMENT_SIZE)
     with Repo.init(repo_path) as repo:
         started = time.perf_counter()
-        chunker = TeeChunker(FixedChunker(repo.default_profile().chunk_size), builder) if commit else None
-        if commit == "beside":
-            # The lower bound of any helper design: a MerkleBuilder process that
-            # reads the file itself (no pipe, no copy from this process) while
-            # the put runs. Not what Shoal does: if the file changed during the
-            # put, the commitment would not match the stored bytes.
-            beside = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--merkle-child", str(data)],
-                                      stdout=subprocess.PIPE, cwd=PROJECT_ROOT, env=shoal_env())
-            result = repo.add(data)
-            out, _ = beside.communicate()
-            root = json.loads(out.decode().strip().splitlines()[-1])["root"]
-        elif via_repo:
+        if via_repo:
             result = repo.add(data, commit=True)
             assert result.commitment is not None
             root = result.commitment.root.hex()
         else:
-            result = repo.add(data, chunker=chunker)
-            root = builder.finish().root.hex() if commit else ""
+            result = repo.add(data)
+            root = ""
         seconds = time.perf_counter() - started
     print(json.dumps({"seconds_in_process": seconds, "cid": str(result.cid), "commitment_root": root}))
 
@@ -540,8 +513,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_before = system_load()
         warm_s = warm(data)
         log(f"file {data} ({human_bytes(size)}), read once in {warm_s:.2f} s to warm the page cache")
-        names = ["shoal_put", "shoal_put_buffered", "openssl", "sha256sum", "npm", "merkle", "put_empty", "lib_put", "lib_put_commit",
-                 "lib_put_commit_repo", "lib_put_commit_helper", "lib_put_beside", "dd", "dd_direct", "floor"]
+        names = ["shoal_put", "shoal_put_buffered", "openssl", "sha256sum", "npm", "merkle", "put_empty", "lib_put",
+                 "lib_put_commit_repo", "lib_put_commit_helper", "dd", "dd_direct", "floor"]
         if args.no_npm:
             names.remove("npm")
         if args.compare_root:
@@ -562,10 +535,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "dd_direct": lambda i: direct_copy(work, data, f"{i}"),
             "floor": lambda i: files_floor(work, data, f"{i}"),
             "lib_put": lambda i: lib_put(work, data, f"{i}", False),
-            "lib_put_commit": lambda i: lib_put(work, data, f"c{i}", True),
             "lib_put_commit_repo": lambda i: lib_put(work, data, f"r{i}", "repo"),
             "lib_put_commit_helper": lambda i: lib_put(work, data, f"h{i}", "helper"),
-            "lib_put_beside": lambda i: lib_put(work, data, f"b{i}", "beside"),
         }
         for i in range(reps):
             for n in names:
@@ -609,18 +580,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "cpu_seconds": secs("floor", "cpu_seconds")},
         "library_put": {**secs("lib_put"), "in_process": secs("lib_put", "seconds_in_process"),
                         "peak_rss_mib": rss("lib_put")},
-        "library_put_with_commitment_same_pass": {
-            **secs("lib_put_commit"), "in_process": secs("lib_put_commit", "seconds_in_process"),
-            "peak_rss_mib": rss("lib_put_commit")},
         "library_put_with_commitment_repo": {
             **secs("lib_put_commit_repo"), "in_process": secs("lib_put_commit_repo", "seconds_in_process"),
             "peak_rss_mib": rss("lib_put_commit_repo")},
         "library_put_with_commitment_helper": {
             **secs("lib_put_commit_helper"), "in_process": secs("lib_put_commit_helper", "seconds_in_process"),
             "peak_rss_mib": rss("lib_put_commit_helper")},
-        "library_put_with_independent_merkle": {
-            **secs("lib_put_beside"), "in_process": secs("lib_put_beside", "seconds_in_process"),
-            "peak_rss_mib": rss("lib_put_beside")},
     }
     if "put_compare" in runs:
         if {r["cid"] for r in runs["put_compare"]} != cids:
@@ -629,10 +594,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **secs("put_compare"), "peak_rss_mib": rss("put_compare"),
             "cpu_seconds": secs("put_compare", "cpu_seconds"), "root": str(args.compare_root),
             "commit": _git_commit(args.compare_root)}
-    roots = ({r["commitment_root"] for r in runs["lib_put_commit"]} | {r["root"] for r in runs["merkle"]}
+    roots = ({r["root"] for r in runs["merkle"]}
              | {r["commitment_root"] for r in runs["lib_put_commit_repo"]}
-             | {r["commitment_root"] for r in runs["lib_put_commit_helper"]}
-             | {r["commitment_root"] for r in runs["lib_put_beside"]})
+             | {r["commitment_root"] for r in runs["lib_put_commit_helper"]})
     if len(roots) != 1:
         raise RuntimeError(f"commitment roots disagree: {roots}")
     if "npm" in runs:
@@ -642,10 +606,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         contenders["npm_importer_plus_sync"] = stats(durable)
     for run_name, key in (("openssl", "openssl_sha256"), ("sha256sum", "sha256sum"), ("npm", "npm_importer"),
                           ("merkle", "merkle_commitment"), ("put_empty", "shoal_put_empty_file"),
-                          ("lib_put", "library_put"), ("lib_put_commit", "library_put_with_commitment_same_pass"),
+                          ("lib_put", "library_put"),
                           ("lib_put_commit_repo", "library_put_with_commitment_repo"),
-                          ("lib_put_commit_helper", "library_put_with_commitment_helper"),
-                          ("lib_put_beside", "library_put_with_independent_merkle")):
+                          ("lib_put_commit_helper", "library_put_with_commitment_helper")):
         if run_name in runs and key in contenders:
             contenders[key]["cpu_seconds"] = secs(run_name, "cpu_seconds")
 
@@ -665,8 +628,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "block_files_floor_over_openssl": ratio(contenders["block_files_floor"]["median"],
                                                 contenders["openssl_sha256"]["median"]),
         "put_plus_commitment_over_put": ratio(put + commit_s, put),
-        "same_pass_put_with_commitment_over_put": ratio(
-            contenders["library_put_with_commitment_same_pass"]["median"], contenders["library_put"]["median"]),
         "repo_put_with_commitment_over_put": ratio(
             contenders["library_put_with_commitment_repo"]["median"], contenders["library_put"]["median"]),
         "repo_put_with_commitment_over_put_min_of_each": ratio(
@@ -674,8 +635,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repo_put_with_commitment_cpu_over_put_cpu": ratio(
             contenders["library_put_with_commitment_repo"]["cpu_seconds"]["median"],
             contenders["library_put"]["cpu_seconds"]["median"]),
-        "independent_merkle_beside_put_over_put": ratio(
-            contenders["library_put_with_independent_merkle"]["median"], contenders["library_put"]["median"]),
         "helper_put_with_commitment_over_put": ratio(
             contenders["library_put_with_commitment_helper"]["median"], contenders["library_put"]["median"]),
         "helper_put_with_commitment_over_put_min_of_each": ratio(
@@ -695,8 +654,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "put_faster_than_npm": ratios.get("put_over_npm", 99) < TARGETS["put_over_npm_max"],
         "peak_rss": contenders["shoal_put"]["peak_rss_mib"] < TARGETS["peak_rss_mib_max"],
         "commitment_overhead": ratios["put_plus_commitment_over_put"] - 1 <= TARGETS["commitment_overhead_max"],
-        "commitment_overhead_same_pass": (ratios["same_pass_put_with_commitment_over_put"] - 1
-                                          <= TARGETS["commitment_overhead_max"]),
         "commitment_overhead_repo": (ratios["repo_put_with_commitment_over_put"] - 1
                                      <= TARGETS["commitment_overhead_max"]),
         "commitment_overhead_helper": (ratios["helper_put_with_commitment_over_put"] - 1
@@ -764,16 +721,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "block_files_floor", "naive durable file-per-block write")
     row("`shoal put` of an empty file", "shoal_put_empty_file", "fixed cost per put")
     row("`Repo.add` in a child process (no CLI)", "library_put", "")
-    row("… with the commitment in the same pass", "library_put_with_commitment_same_pass",
-        "MerkleBuilder fed each chunk on the reading thread")
-    row("… `Repo.add(commit=True)`, reading thread (`COMMIT_PROCESS_ABOVE = None`)", "library_put_with_commitment_repo",
-        "same pass on the reading thread + leaf file and commitment record saved durably")
-    row("… `Repo.add` beside an independent MerkleBuilder process reading the file itself",
-        "library_put_with_independent_merkle",
-        "the floor of any helper design (not used: it would miss a change to the file during the put)")
-    row("… `Repo.add(commit=True)`, helper process (the default for files ≥ 64 MiB)",
+    row("… `Repo.add(commit=True)`, piece-hashing helpers (the default for files ≥ 16 MiB)",
         "library_put_with_commitment_helper",
-        "chunks piped to a helper process; CPU includes the helper")
+        "each piece hashed once for its CID and its leaves; CPU includes the helpers")
+    row("… `Repo.add(commit=True)`, reading thread (`COMMIT_PROCESS_ABOVE = None`)", "library_put_with_commitment_repo",
+        "MerkleBuilder on the reading thread: every byte hashed twice")
     md.append(markdown_table(["contender", "median s", "min s", "MB/s (median)", "CPU s (median)", "peak RSS MiB",
                               "note"], rows))
     md.append("")
@@ -787,23 +739,18 @@ def markdown(doc: dict[str, Any]) -> str:
         ["put faster than the npm importer", f"{r.get('put_over_npm')}× (vs +sync: {r.get('put_over_npm_plus_sync')}×)",
          yes(met["put_faster_than_npm"])],
         [f"put peak RSS < {t['peak_rss_mib_max']} MiB", f"{c['shoal_put']['peak_rss_mib']} MiB", yes(met["peak_rss"])],
-        [f"put + commitment ≤ put + {int(t['commitment_overhead_max'] * 100)} % (commitment after put)",
-         f"+{round((r['put_plus_commitment_over_put'] - 1) * 100)} %", yes(met["commitment_overhead"])],
-        ["… commitment in the same pass as the put (`Repo.add`, reading thread)",
-         f"+{round((r['same_pass_put_with_commitment_over_put'] - 1) * 100)} %",
-         yes(met["commitment_overhead_same_pass"])],
-        ["… `Repo.add(commit=True)`: same pass on the reading thread, leaf file and record saved",
-         f"{_signed_pct(r['repo_put_with_commitment_over_put'])} (min of each: "
-         f"{_signed_pct(r['repo_put_with_commitment_over_put_min_of_each'])}; CPU "
-         f"{_signed_pct(r['repo_put_with_commitment_cpu_over_put_cpu'])})",
-         yes(met["commitment_overhead_repo"])],
-        ["… the same with the helper process (the node's put with replicas, files ≥ 64 MiB)",
+        [f"put with its commitment ≤ put + {int(t['commitment_overhead_max'] * 100)} % "
+         "(`Repo.add(commit=True)`, the node's put with replicas, default path)",
          f"{_signed_pct(r['helper_put_with_commitment_over_put'])} (min of each: "
          f"{_signed_pct(r['helper_put_with_commitment_over_put_min_of_each'])}; CPU "
          f"{_signed_pct(r['helper_put_with_commitment_cpu_over_put_cpu'])})",
          yes(met["commitment_overhead_helper"])],
-        ["(`Repo.add` beside an independent commitment process: the floor of a helper design)",
-         _signed_pct(r["independent_merkle_beside_put_over_put"]), "for scale"],
+        ["(… on the reading thread, `COMMIT_PROCESS_ABOVE = None`: small files and other chunkings)",
+         f"{_signed_pct(r['repo_put_with_commitment_over_put'])} (min of each: "
+         f"{_signed_pct(r['repo_put_with_commitment_over_put_min_of_each'])}; CPU "
+         f"{_signed_pct(r['repo_put_with_commitment_cpu_over_put_cpu'])})", "for scale"],
+        ["(put, then the commitment in a second pass)",
+         f"+{round((r['put_plus_commitment_over_put'] - 1) * 100)} %", "for scale"],
     ]))
     md.append("")
     md.append(f"Ratios (medians): put / openssl = {r['put_over_openssl']}, buffered put / put = "
@@ -811,10 +758,9 @@ def markdown(doc: dict[str, Any]) -> str:
               f"{r['put_over_sha256sum']}, put / durable dd copy = {r['put_over_durable_copy']}, put / block-files floor = "
               f"{r['put_over_block_files_floor']}, block-files floor / openssl = {r['block_files_floor_over_openssl']}, put / npm importer = {r.get('put_over_npm')} "
               f"(/ npm + sync = {r.get('put_over_npm_plus_sync')}), put / put of --compare-root = {r.get('put_over_compare_root_put')}, (put + commitment) / put = "
-              f"{r['put_plus_commitment_over_put']}; same pass: (add + commitment) / add = "
-              f"{r['same_pass_put_with_commitment_over_put']}, `Repo.add(commit=True)` "
-              f"{r['repo_put_with_commitment_over_put']}, with the helper process "
-              f"{r['helper_put_with_commitment_over_put']}.")
+              f"{r['put_plus_commitment_over_put']}; `Repo.add(commit=True)` / `Repo.add`: with the helpers "
+              f"{r['helper_put_with_commitment_over_put']}, on the reading thread "
+              f"{r['repo_put_with_commitment_over_put']}.")
     md.append("")
     md.append("Every time is the wall time of the whole child process (interpreter or node start-up "
               "included; the npm importer's own import loop took "
@@ -830,33 +776,25 @@ def markdown(doc: dict[str, Any]) -> str:
               "directories before the index transaction, so the `+ sync -f` row is the like-for-like one. The commitment ran in its own "
               "process over the same bytes (1 MiB reads, as the chunker yields them); "
               f"{c['merkle_commitment']['segments']} segments.")
-    lp, lr = c["library_put"], c.get("library_put_with_commitment_repo")
-    sp_cpu = lp.get("cpu_seconds", {}).get("median", 0.0)
-    if lr:
-        extra_cpu = round(lr["cpu_seconds"]["median"] - lp["cpu_seconds"]["median"], 2)
+    lp, lh = c["library_put"], c.get("library_put_with_commitment_helper")
+    if lh:
+        extra_cpu = round(lh["cpu_seconds"]["median"] - lp["cpu_seconds"]["median"], 2)
         md.append("")
         md.append(
-            "The commitment during the put: `Repo.add(commit=True)` (used by a node's put with `--replicas` > 1) "
-            "feeds each chunk, in order, to a MerkleBuilder on the reading thread, or for files of 64 MiB or more "
-            "to the same builder in a helper process (whole segments hashed by "
-            "`MerkleBuilder.update_keeping_gil`), writes `<repo>/proofs/<cid>.leaves` as it goes and saves it and "
-            "`<cid>.commitment` durably before the index transaction; `p2p.commit_files.build_commitment` then "
-            "only re-folds the leaf file (~0.25 s/GiB, no data read) instead of re-reading and re-hashing the "
-            f"object (~{c['merkle_commitment']['cpu_seconds']['median']} CPU-s here plus the verified reads). "
-            f"It added {extra_cpu} CPU-s to the put in this run (medians). Overlapping that with the put's idle "
-            "time does not work in a thread: about a third of the commitment is interpreter work under the GIL, "
-            "and the 2 KiB leaf updates drop and re-take the GIL around every ~1 us hash, which convoys with the "
-            "put's own threads (leaf hashes computed in the import's worker threads were measured at "
-            "+50 % to +130 % over the put; see `segment_leaf_hashes`). A helper process (the last row) runs "
-            f"beside the put, but it needs {c['merkle_commitment']['cpu_seconds']['median']}+ CPU-s of the "
-            "second core plus the pipe (both ends), while the put itself keeps "
-            f"{round(sp_cpu / max(lp['median'], 1e-9), 2)} cores busy on average. In this run: reading thread "
-            f"{_signed_pct(r['repo_put_with_commitment_over_put'])}, helper "
-            f"{_signed_pct(r['helper_put_with_commitment_over_put'])} (the plain `Repo.add` row alone spans "
-            f"{lp['min']}-{lp['max']} s). Files of 64 MiB or more use the helper "
-            "(`store.repo.COMMIT_PROCESS_ABOVE`; None turns it off). With pure-Python hashing the commitment "
-            "costs about as much CPU as the put's own hashing and writing; +25 % of wall time needs most of it "
-            "to run on a core the put leaves idle, which this 2-core machine does not have to spare.")
+            "The commitment during the put: `Repo.add(commit=True)` (a node's put with `--replicas` > 1) reads "
+            "each 1 MiB chunk into a slot of a ring that lives in a memfd, and helper processes "
+            "(store/piece_hashers.py, one more than there are cores) hash each chunk once from there, through "
+            "libcrypto's SHA256_Update in 2 KiB steps: the states between the steps are the commitment's "
+            "leaves and the last one is the block's SHA-256, its CID (store/proofs.py, tree rules version 2). "
+            "The helpers write the leaf file themselves and send back the digest and two tree nodes per piece; "
+            "the put folds the nodes into the root and saves the leaf file and `<cid>.commitment` durably "
+            "before the index transaction, so `p2p.commit_files.build_commitment` only re-folds the leaf file "
+            f"later (no data read). It added {extra_cpu} CPU-s to the put in this run (medians): the interpreter "
+            "and cffi work of the 2 KiB steps (two foreign calls each) over one SHA-256 call per block, the "
+            "4-ary tree's inner hashes, the helpers' start and the pipes. On the reading thread instead (the second row, "
+            "used for files under 16 MiB and chunkings that are not whole pieces) the bytes are hashed a "
+            f"second time: {_signed_pct(r['repo_put_with_commitment_over_put'])}. The plain `Repo.add` row "
+            f"alone spans {lp['min']}-{lp['max']} s.")
     sp, ossl = c["shoal_put"], c["openssl_sha256"]
     md.append("")
     dd, ddd, buf = c["durable_copy_dd"], c.get("direct_copy_dd"), c.get("shoal_put_buffered")
@@ -931,10 +869,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only re-render the '## put' section from a results JSON (re-reading its py-spy raw file)")
     ap.add_argument("--merkle-child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--lib-put-child", nargs=2, type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--commit", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--commit-repo", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--commit-helper", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--commit-beside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor-child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     global SHOAL_ROOT
@@ -954,8 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         floor_child(args.floor_child[0], args.floor_child[1])
         return 0
     if args.lib_put_child:
-        lib_put_child(args.lib_put_child[0], args.lib_put_child[1],
-                      "beside" if args.commit_beside else args.commit, args.commit_repo, args.commit_helper)
+        lib_put_child(args.lib_put_child[0], args.lib_put_child[1], args.commit_repo, args.commit_helper)
         return 0
     doc = run(args)
     if args.before:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # noqa: E402
 
-from store.proofs import MerkleBuilder, _aux_positions, challenge_indices, default_k  # noqa: E402
+from store.proofs import MerkleBuilder, _aux_positions, challenge_indices, default_k, prior_indices  # noqa: E402
 
 SIZES = [256, 1024, 2048, 4096, 8192, 16384, 65536]
 GIB = 1 << 30
@@ -51,9 +51,10 @@ def proof_bytes(length: int, segment_size: int, k: int, holder_len: int = 38, tr
     for t in range(trials):
         nonce = hashlib.sha256(struct.pack(">I", t)).digest()
         idx = sorted(set(challenge_indices(nonce, bytes(32), b"h" * holder_len, k, n)))
-        nodes = len(_aux_positions(idx, n))
+        priors = prior_indices(idx)
+        nodes = len(_aux_positions(sorted(idx + priors), n))
         seg_bytes = sum(segment_size if i < n - 1 else last for i in idx)
-        total += 4 + 64 + 1 + holder_len + 4 + 12 * len(idx) + seg_bytes + 4 + 32 * nodes
+        total += 4 + 64 + 1 + holder_len + 4 + 12 * len(idx) + seg_bytes + 4 + 32 * len(priors) + 4 + 32 * nodes
     return total / trials
 
 
