@@ -229,7 +229,7 @@ class PieceHashers:
         self._base = _address(memoryview(self._ring))
         try:
             self._start()
-        except OSError:
+        except (OSError, ImportError):
             self._fail()
         return self._ring
 

@@ -140,12 +140,22 @@ def _self_test(ffi: Any, lib: Any) -> bool:
     return bytes(ffi.buffer(md)) == hashlib.sha256(data).digest()
 
 
-_NATIVE = _load()
+_UNLOADED: Any = object()
+_NATIVE: Any = _UNLOADED  # (ffi, lib), or None for the fallback; loaded on first use
+
+
+def _native() -> tuple[Any, Any] | None:
+    """libcrypto's functions, loaded the first time a state is needed (not at
+    import: every `shoal` command imports this module, few hash with it)."""
+    global _NATIVE
+    if _NATIVE is _UNLOADED:
+        _NATIVE = _load()
+    return _NATIVE  # type: ignore[no-any-return]
 
 
 def available() -> bool:
     """True if states come from libcrypto (fast); else the pure-Python fallback."""
-    return _NATIVE is not None
+    return _native() is not None
 
 
 def _to_canonical(raw: bytes | bytearray) -> bytes:
@@ -159,7 +169,7 @@ def _to_canonical(raw: bytes | bytearray) -> bytes:
 
 
 def _native_piece_leaves(data: Any, segment_size: int) -> bytes:
-    ffi, lib = _NATIVE  # type: ignore[misc]
+    ffi, lib = _NATIVE
     total = len(data)
     ctx = ffi.new("SHA256_CTX *")
     lib.SHA256_Init(ctx)
@@ -180,7 +190,7 @@ def _native_piece_leaves(data: Any, segment_size: int) -> bytes:
 
 
 def _native_resume(state: bytes, offset: int, segment: Any, final: bool) -> bytes:
-    ffi, lib = _NATIVE  # type: ignore[misc]
+    ffi, lib = _NATIVE
     ctx = ffi.new("SHA256_CTX *")
     ctx.h = list(_WORDS.unpack(state))
     bits = offset * 8
@@ -277,7 +287,7 @@ def piece_leaves(data: Any, segment_size: int) -> bytes:
     _check_segment_size(segment_size)
     if len(data) == 0:
         raise ChainError("a piece has at least one byte")
-    if _NATIVE is not None:
+    if _native() is not None:
         return _native_piece_leaves(data, segment_size)
     return _py_piece_leaves(data, segment_size)
 
@@ -296,7 +306,7 @@ def resume(state: bytes, offset: int, segment: Any, final: bool) -> bytes:
         raise ChainError("a state exists only after whole 64-byte blocks")
     if not final and len(segment) % BLOCK:
         raise ChainError("a segment that does not end its piece is whole blocks")
-    if _NATIVE is not None:
+    if _native() is not None:
         return _native_resume(state, offset, segment, final)
     return _py_resume(state, offset, segment, final)
 
@@ -320,8 +330,9 @@ class BufferChain:
         self._mv = memoryview(buffer).cast("B")
         self._s = segment_size
         self._plans: dict[tuple[int, int], tuple[list[Any], ...]] = {}
-        if _NATIVE is not None:
-            ffi, lib = _NATIVE
+        native = _native()
+        if native is not None:
+            ffi, lib = native
             self._base = ffi.from_buffer(buffer)
             self._ctx = ffi.new("SHA256_CTX *")
             self._md = ffi.new("unsigned char[32]")
@@ -329,7 +340,7 @@ class BufferChain:
             self._states_ptr: Any = None
 
     def _plan(self, offset: int, steps: int) -> tuple[list[Any], ...]:
-        ffi, lib = _NATIVE  # type: ignore[misc]
+        ffi, lib = _NATIVE
         if len(self._states) < 32 * steps:
             self._states = bytearray(32 * steps)
             self._states_ptr = ffi.from_buffer(self._states)
@@ -349,7 +360,7 @@ class BufferChain:
         """piece_leaves(buffer[offset : offset + length])."""
         if not 0 <= offset <= offset + length <= len(self._mv) or length == 0:
             raise ChainError("piece outside the buffer")
-        if _NATIVE is None:
+        if _native() is None:
             return _py_piece_leaves(self._mv[offset : offset + length], self._s)
         s = self._s
         last = (length - 1) // s * s
