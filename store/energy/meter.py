@@ -122,6 +122,14 @@ def _busy_cpu_s(proc_root: Path) -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_now() -> float:
+    """CPU seconds of this process, every thread (hashing threads too), plus
+    those of its children reaped so far: a put's piece-hashing helpers
+    (store/piece_hashers.py) do its hashing and are reaped before it returns."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
 class EnergyMeter:
     """Context manager measuring one operation; read `.result` after the block.
 
@@ -167,8 +175,7 @@ class EnergyMeter:
         self._start_uj = [s for s in starts if s is not None]
         self._busy0 = _busy_cpu_s(self.proc_root) if self._zones else None
         self._t0 = time.perf_counter()
-        # process_time covers every thread of this process (hashing threads too).
-        self._cpu0 = time.process_time()
+        self._cpu0 = _cpu_now()
         return self
 
     def __exit__(
@@ -177,7 +184,7 @@ class EnergyMeter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        cpu_s = max(0.0, time.process_time() - self._cpu0)
+        cpu_s = max(0.0, _cpu_now() - self._cpu0)
         duration_s = max(0.0, time.perf_counter() - self._t0)
         self._result = self._rapl(cpu_s, duration_s) or Measurement(
             kind=self.kind,

@@ -93,6 +93,17 @@ def test_fallback_estimate_uses_cpu_time(tmp_path: Path, monkeypatch: pytest.Mon
     assert m.result.kind == "audit-prove"
 
 
+def test_cpu_time_counts_reaped_children(tmp_path: Path) -> None:
+    """A put's hashing runs in helper processes; their CPU is the put's too."""
+    import subprocess
+    import sys
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    with measure("put", watts_per_core=1.0, powercap_root=tmp_path) as m:
+        subprocess.run([sys.executable, "-c", burn], check=True)
+    assert m.result.cpu_s >= 0.3
+
+
 def test_default_watts_come_from_coefficients(tmp_path: Path) -> None:
     with measure("put", powercap_root=tmp_path) as m:
         sum(i * i for i in range(20_000))
