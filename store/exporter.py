@@ -11,6 +11,22 @@ components, links must be CIDs. Violations raise MalformedBlock; missing
 blocks BlockNotFound; nothing else escapes on bad input. Traversals use
 explicit stacks, so a deep hostile DAG cannot exhaust the Python stack.
 
+Decompression bombs: a few KB of blocks can declare a tree of 2^30 entries
+(one directory linked many times from its parent, level after level) or a
+file of a PiB. So an export first plans (`plan_export`): it walks each
+distinct directory once, memoizing its totals, and refuses the export before
+writing anything if the tree holds more entries than the caller's budget,
+more bytes than `max_size`, or more bytes (or inodes) than the destination's
+file system has free. A directory that contains itself, a HAMT that links
+the same sub-shard twice, and a flat directory with a duplicate name are
+malformed. Listings stream (`iter_dir`) under the same entry budget. Long
+walks check a `CancelFlag` between blocks, and a refused, failed or
+cancelled export removes the files and directories it created.
+
+Modes: files are written with the UnixFS mode of their root node when the
+DAG records one, else 0666, and directories likewise (0777), both masked by
+the umask (the caller's: a node passes the client's), as `cp` and `tar` do.
+
 Not here: HAMT writing (reading sharded directories is supported), symlink
 export (refused with InvalidInput, for the same reason import refuses them).
 """
@@ -18,6 +34,8 @@ export (refused with InvalidInput, for the same reason import refuses them).
 from __future__ import annotations
 
 import os
+import shutil
+import stat as stat_mod
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,15 +44,23 @@ from typing import Callable, Iterator, Protocol, Union
 
 from . import dagpb, unixfs
 from .blockstore import Blockstore
+from .cancel import CancelFlag
 from .cid import CID, DAG_PB, RAW, cid_from_bytes
-from .errors import InvalidCID, InvalidInput, MalformedBlock
+from .errors import InvalidCID, InvalidInput, MalformedBlock, StorageFull, StoreError
 from .direct_io import DirectWriter
 from .unixfs import DataType, UnixFSData
 
 __all__ = [
-    "BlockGetter", "Stat", "DirEntry", "stat", "read_file", "list_dir",
-    "export_to_path", "walk_dag", "iter_links",
+    "BlockGetter", "Stat", "DirEntry", "stat", "read_file", "list_dir", "iter_dir",
+    "export_to_path", "plan_export", "ExportPlan", "ExportRefused", "current_umask",
+    "walk_dag", "iter_links", "DEFAULT_MAX_ENTRIES",
 ]
+
+# Entries (files and directories) one export or listing may produce unless
+# the caller sets its own budget: well above real datasets (ImageNet's
+# training set is 1.3 M files), far below what a few KB of repeated
+# directory blocks can declare.
+DEFAULT_MAX_ENTRIES = 10_000_000
 
 
 # Blocks a whole-file export reads ahead (see _Prefetcher): enough to keep
@@ -73,6 +99,22 @@ class Stat:
     kind: str  # "file", "dir", "raw" (a raw block) or "symlink"
     size: int | None
     block_size: int
+    mode: int | None = None  # UnixFS mode bits, when the root node records them
+
+
+class ExportRefused(StoreError):
+    """An export or listing over its budget (entries, `max_size`): nothing was written."""
+
+    hint = "check the CID; if the object is really this large, raise the limit (get --max-size)"
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What exporting a CID would write: `entries` files and directories
+    (the root included) holding `bytes` file bytes, as the DAG declares."""
+
+    entries: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -135,7 +177,7 @@ def _stat_block(cid: CID, block: bytes) -> Stat:
         size = len(fs.data or b"")
     else:
         size = _file_size(cid, node, fs)
-    return Stat(cid, kind, size, len(block))
+    return Stat(cid, kind, size, len(block), fs.mode)
 
 
 def stat(source: Source, cid: CID) -> Stat:
@@ -256,15 +298,33 @@ def _check_name(name: str | None, parent: CID) -> str:
     return name
 
 
+def _key(cid: CID) -> tuple[int, bytes]:
+    """A block's identity: CIDv0 and CIDv1 of one dag-pb block are the same block."""
+    return int(cid.codec.code), bytes(cid.digest)
+
+
 def _dir_links(get: Callable[[CID], bytes], cid: CID, node: dagpb.PBNode,
-               fs: UnixFSData) -> Iterator[tuple[str, CID]]:
-    """(name, cid) of a directory's entries; walks HAMT shards if needed."""
+               fs: UnixFSData, cancel: CancelFlag | None = None) -> Iterator[tuple[str, CID]]:
+    """(name, cid) of a directory's entries; walks HAMT shards if needed.
+
+    A flat directory naming one entry twice, or a HAMT linking one
+    sub-shard twice (both impossible in a DAG an importer wrote, and the
+    way a few blocks can declare billions of entries), is malformed.
+    """
     if fs.type == DataType.DIRECTORY:
+        names: set[str] = set()
         for link in node.links:
-            yield _check_name(link.name, cid), _child_cid(link.hash)
+            name = _check_name(link.name, cid)
+            if name in names:
+                raise MalformedBlock(f"{cid}: directory names {name!r} twice")
+            names.add(name)
+            yield name, _child_cid(link.hash)
         return
+    shards = {_key(cid)}
     stack = [(cid, node, fs)]
     while stack:
+        if cancel is not None:
+            cancel.check()
         shard_cid, shard, sfs = stack.pop()
         if sfs.type != DataType.HAMT_SHARD or not sfs.fanout or sfs.fanout & (sfs.fanout - 1):
             raise MalformedBlock(f"{shard_cid}: bad HAMT shard")
@@ -276,6 +336,9 @@ def _dir_links(get: Callable[[CID], bytes], cid: CID, node: dagpb.PBNode,
                 raise MalformedBlock(f"{shard_cid}: HAMT link name {name!r} too short")
             child = _child_cid(link.hash)
             if len(name) == width:
+                if child.codec.name != DAG_PB or _key(child) in shards:
+                    raise MalformedBlock(f"{shard_cid}: HAMT links sub-shard {child} twice or wrongly")
+                shards.add(_key(child))
                 sub_node, sub_fs = _decode_pb(child, get(child))
                 subs.append((child, sub_node, sub_fs))
             else:
@@ -283,11 +346,14 @@ def _dir_links(get: Callable[[CID], bytes], cid: CID, node: dagpb.PBNode,
         stack.extend(reversed(subs))
 
 
-def list_dir(source: Source, cid: CID, resolve: bool = True) -> list[DirEntry]:
-    """Entries of a directory (flat or HAMT), in stored order.
+def iter_dir(source: Source, cid: CID, resolve: bool = True, *,
+             max_entries: int = DEFAULT_MAX_ENTRIES, cancel: CancelFlag | None = None) -> Iterator[DirEntry]:
+    """Entries of a directory (flat or HAMT), in stored order, one at a time.
 
     With `resolve`, each entry's root block is fetched to report its kind
     and size; without, raw entries are "file" and dag-pb ones "unknown".
+    Holds one shard's links at a time, whatever the directory's width; more
+    than `max_entries` entries raise ExportRefused (after those were yielded).
     """
     get = _getter(source)
     if cid.codec.name != DAG_PB:
@@ -295,48 +361,223 @@ def list_dir(source: Source, cid: CID, resolve: bool = True) -> list[DirEntry]:
     node, fs = _decode_pb(cid, get(cid))
     if not _is_dir(fs):
         raise InvalidInput(f"{cid} is a {_kind(fs)}, not a directory")
-    out = []
-    for name, child in _dir_links(get, cid, node, fs):
+    count = 0
+    for name, child in _dir_links(get, cid, node, fs, cancel):
+        count += 1
+        if count > max_entries:
+            raise ExportRefused(f"{cid}: directory has more than {max_entries} entries")
+        if cancel is not None:
+            cancel.check()
         if resolve:
             st = _stat_block(child, get(child))
             kind = "file" if st.kind == "raw" else st.kind
-            out.append(DirEntry(name, child, st.size, kind))
+            yield DirEntry(name, child, st.size, kind)
         elif child.codec.name == RAW:
-            out.append(DirEntry(name, child, None, "file"))
+            yield DirEntry(name, child, None, "file")
         else:
-            out.append(DirEntry(name, child, None, "unknown"))
-    return out
+            yield DirEntry(name, child, None, "unknown")
 
 
-def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int = 0) -> None:
-    """Write the file or directory tree at `cid` to `dest`.
+def list_dir(source: Source, cid: CID, resolve: bool = True, *,
+             max_entries: int = DEFAULT_MAX_ENTRIES) -> list[DirEntry]:
+    """`iter_dir` as a list (small directories; stream big ones with iter_dir)."""
+    return list(iter_dir(source, cid, resolve, max_entries=max_entries))
 
+
+def plan_export(source: Source, cid: CID, *, max_entries: int = DEFAULT_MAX_ENTRIES,
+                cancel: CancelFlag | None = None) -> ExportPlan:
+    """Count what exporting `cid` would write, reading each distinct directory once.
+
+    Why: a directory linked k times from its parent, nested n levels, is n
+    blocks that export to k^n entries; memoizing each directory's totals by
+    block makes the count cost the distinct blocks, so the export can be
+    refused before it writes anything. Reads every directory block and the
+    root block of every distinct entry (file contents are not read; their
+    sizes are checked against the data later, as they are written).
+    ExportRefused past `max_entries` (counting links listed, so the walk
+    itself is bounded too); MalformedBlock for a directory inside itself.
+    """
+    get = _getter(source)
+    totals: dict[tuple[int, bytes], tuple[int, int]] = {}
+    on_path: set[tuple[int, bytes]] = set()
+    listed = 0
+    stack: list[tuple[CID, list[CID] | None]] = [(cid, None)]
+    while stack:
+        if cancel is not None:
+            cancel.check()
+        current, children = stack.pop()
+        key = _key(current)
+        if children is not None:  # every child is counted: total this directory
+            entries = 1 + sum(totals[_key(c)][0] for c in children)
+            size = sum(totals[_key(c)][1] for c in children)
+            if entries > max_entries:
+                raise ExportRefused(f"{cid} would write {entries} files and directories "
+                                    f"(the limit is {max_entries})")
+            totals[key] = (entries, size)
+            on_path.discard(key)
+            continue
+        if key in totals:
+            continue
+        block = get(current)
+        st = _stat_block(current, block)
+        if st.kind == "symlink":
+            raise InvalidInput(f"{current}: UnixFS symlinks are not exported")
+        if st.kind != "dir":
+            totals[key] = (1, st.size or 0)
+            continue
+        node, fs = _decode_pb(current, block)
+        kids = [child for _, child in _dir_links(get, current, node, fs, cancel)]
+        listed += len(kids)
+        if listed > max_entries:
+            raise ExportRefused(f"{cid} lists more than {max_entries} directory entries")
+        on_path.add(key)
+        stack.append((current, kids))
+        for child in kids:
+            child_key = _key(child)
+            if child_key in on_path:
+                raise MalformedBlock(f"{current}: directory contains itself ({child})")
+            if child_key not in totals:
+                stack.append((child, None))
+    return ExportPlan(*totals[_key(cid)])
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic read, briefly racy
+    os.umask(mask)
+    return mask
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path if path.is_dir() else path.parent
+
+
+def _check_space(cid: CID, plan: ExportPlan, dest: Path) -> None:
+    where = _existing_ancestor(dest)
+    try:
+        free = shutil.disk_usage(where).free
+        vfs = os.statvfs(where)
+    except OSError:
+        return  # cannot tell: the writes themselves will say ENOSPC
+    if plan.bytes > free:
+        raise StorageFull(f"{cid} declares {plan.bytes} bytes but {where} has only {free} bytes free")
+    if vfs.f_files and plan.entries > vfs.f_favail:
+        raise StorageFull(f"{cid} declares {plan.entries} files and directories "
+                          f"but {where} has only {vfs.f_favail} free inodes")
+
+
+def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int = 0,
+                   max_size: int | None = None, max_entries: int = DEFAULT_MAX_ENTRIES,
+                   cancel: CancelFlag | None = None, umask: int | None = None) -> ExportPlan:
+    """Write the file or directory tree at `cid` to `dest`; return its plan.
+
+    Planned first (`plan_export`): refused with ExportRefused (over
+    `max_size` bytes or `max_entries` entries) or StorageFull (more than
+    the destination's free space or inodes) before anything is written.
     Files are written to a temp file beside their destination and renamed
     into place, so a crash never leaves a partial file under its real name.
     An existing file at `dest` is replaced; directories are created or
-    merged into. `prefetch`: as in `read_file` (a thread-safe source).
+    merged into. On any failure (cancel included) the files and directories
+    this export created are removed again. `prefetch`: as in `read_file`
+    (a thread-safe source). `umask`: masks the modes (default: this
+    process's).
     """
+    dest = Path(dest)
+    plan = plan_export(source, cid, max_entries=max_entries, cancel=cancel)
+    if max_size is not None and plan.bytes > max_size:
+        raise ExportRefused(f"{cid} holds {plan.bytes} bytes, more than the limit of {max_size}")
+    _check_space(cid, plan, dest)
+    mask = current_umask() if umask is None else umask
+    created: list[Path] = []
+    try:
+        _export_tree(source, cid, dest, prefetch, cancel, mask, created)
+    except BaseException:
+        _remove_created(created)
+        raise
+    return plan
+
+
+def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: CancelFlag | None,
+                 mask: int, created: list[Path]) -> None:
     get = _getter(source)
-    stack: list[tuple[CID, Path]] = [(cid, Path(dest))]
+    dir_modes: list[tuple[Path, int]] = []
+    stack: list[tuple[CID, Path]] = [(cid, dest)]
     while stack:
+        if cancel is not None:
+            cancel.check()
         node_cid, path = stack.pop()
         block = get(node_cid)
         st = _stat_block(node_cid, block)
         if st.kind == "symlink":
             raise InvalidInput(f"{path}: UnixFS symlinks are not exported")
         if st.kind in ("file", "raw"):
-            _write_file(source, node_cid, path, prefetch)
+            _make_dirs(path.parent, created)
+            existed = os.path.lexists(path)
+            _write_file(source, node_cid, path, prefetch, cancel=cancel,
+                        mode=_file_mode(st.mode, 0o666, mask))
+            if not existed:  # a file replaced stays replaced: only new ones are undone
+                created.append(path)
             continue
         node, fs = _decode_pb(node_cid, block)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InvalidInput(f"cannot create {path}: {exc.strerror or exc}") from None
-        children = [(c, path / name) for name, c in _dir_links(get, node_cid, node, fs)]
+        _make_dirs(path, created)
+        if st.mode is not None:
+            dir_modes.append((path, _file_mode(st.mode, 0o777, mask)))
+        children = [(c, path / name) for name, c in _dir_links(get, node_cid, node, fs, cancel)]
         stack.extend(reversed(children))
+    for path, mode in reversed(dir_modes):  # last: a read-only directory is filled first
+        os.chmod(path, mode)
 
 
-def _write_file(source: Source, cid: CID, path: Path, prefetch: int = 0) -> None:
+def _file_mode(recorded: int | None, default: int, mask: int) -> int:
+    """Permission bits only: a DAG may not make setuid files or sticky dirs."""
+    return ((default if recorded is None else recorded) & 0o777) & ~mask
+
+
+def _make_dirs(path: Path, created: list[Path]) -> None:
+    missing = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise InvalidInput(f"cannot create {p}: a file is in the way") from None
+            continue
+        except OSError as exc:
+            raise InvalidInput(f"cannot create {p}: {exc.strerror or exc}") from None
+        created.append(p)
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Undo an export: newest first, so each directory is empty when its turn comes."""
+    for path in reversed(created):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o700)
+                path.rmdir()
+            else:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def _write_file(source: Source, cid: CID, path: Path, prefetch: int = 0, *,
+                cancel: CancelFlag | None = None, mode: int = 0o644) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".shoal-", suffix=".part", dir=path.parent)
@@ -344,10 +585,13 @@ def _write_file(source: Source, cid: CID, path: Path, prefetch: int = 0) -> None
         raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         try:
+            os.fchmod(fd, stat_mod.S_IMODE(mode))  # mkstemp makes 0600 whatever the umask
             # Staged in 4 MiB aligned runs and written past the page cache
             # (store.direct_io: the fsync below waits for the disk anyway).
             writer = DirectWriter(fd)
             for piece in read_file(source, cid, prefetch=prefetch):
+                if cancel is not None:
+                    cancel.check()
                 writer.write(piece)
             writer.close_tail()
             os.fsync(fd)
@@ -360,7 +604,6 @@ def _write_file(source: Source, cid: CID, path: Path, prefetch: int = 0) -> None
     except BaseException:
         _unlink_quietly(tmp)
         raise
-
 
 
 def _unlink_quietly(path: str) -> None:
