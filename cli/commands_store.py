@@ -9,10 +9,11 @@ command instead; these handlers are the offline path.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from store.chunker import CHUNKER_NAMES, chunker_for
 from store.cid import parse_cid
@@ -46,6 +47,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("get", help="write an object (file or directory) to a path")
     p.add_argument("cid")
     p.add_argument("-o", "--output", metavar="PATH")
+    p.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
+                   help="refuse an object declaring more bytes than this (suffixes K, M, G, T: "
+                        "powers of 1024; default: no limit but the destination's free space)")
     p.add_argument("--json", action="store_true", help="print what was fetched, as JSON")
     p.set_defaults(handler=cmd_get)
 
@@ -92,6 +96,21 @@ def register(sub: Any) -> None:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_car_import)
+
+
+def _size(text: str) -> int:
+    """A byte count: 1500, 64K, 1.5G, 2TiB (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+    body = text.strip().upper().removesuffix("B").removesuffix("I")
+    number = body.rstrip("KMGTP")
+    unit = body[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 500M or 2G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return int(value)
 
 
 def _positive_int(text: str) -> int:
@@ -189,12 +208,16 @@ def cmd_get(args: argparse.Namespace) -> int:
     dest = Path(args.output) if args.output else Path(args.cid)
     client = node_for(args)
     if client is not None:
-        doc = client.call("POST", "/v1/get", {"cid": str(cid), "output": str(dest.resolve())})
+        # The node writes the files: it applies this process's umask, not its own.
+        body = {"cid": str(cid), "output": str(dest.resolve()), "umask": exporter.current_umask(),
+                "max_size": args.max_size}
+        doc = client.call("POST", "/v1/get", {k: v for k, v in body.items() if v is not None})
         if args.json:
             print_json(doc)
     else:
         with open_repo(args) as repo:
-            exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS)
+            exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
+                                    max_size=args.max_size)
     print(f"saved {cid} to {dest}", file=sys.stderr)
     return 0
 
@@ -230,24 +253,29 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     client = node_for(args)
     if client is not None:
-        rows = client.call("GET", "/v1/ls", cid=args.cid)
-        _print_rows(args, rows)
+        _print_rows(args, client.lines("/v1/ls", cid=args.cid))
         return 0
     with open_repo(args) as repo:
         if args.cid is None:
-            rows = [_object_row(o) for o in repo.objects()]
-            _print_rows(args, rows)
+            _print_rows(args, (_object_row(o) for o in repo.objects()))
             return 0
         cid = parse_cid(args.cid)
-        entries = exporter.list_dir(repo.blockstore, cid)
-        rows = [{"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries]
-    _print_rows(args, rows)
+        entries = exporter.iter_dir(repo.blockstore, cid)
+        _print_rows(args, ({"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries))
     return 0
 
 
-def _print_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+def _print_rows(args: argparse.Namespace, rows: Iterable[dict[str, Any]]) -> None:
+    """Print rows as they come (a huge directory is never held in memory);
+    --json writes the same document print_json would, one row at a time."""
     if args.json:
-        print_json(rows)
+        out = sys.stdout
+        first = True
+        for r in rows:
+            item = json.dumps(r, sort_keys=True, indent=2).replace("\n", "\n  ")
+            out.write(("[\n  " if first else ",\n  ") + item)
+            first = False
+        out.write("[]\n" if first else "\n]\n")
         return
     for r in rows:
         size = "-" if r["size"] is None else human_size(r["size"])

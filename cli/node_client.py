@@ -62,6 +62,32 @@ class NodeClient:
             raise CliError(f"node at {self.url} did not answer: {exc}") from None
 
 
+    def lines(self, path: str, **query: Any) -> Iterator[Any]:
+        """A streamed NDJSON GET (ls): one decoded document per line, as they arrive.
+
+        A line `{"error": ...}` is the node's failure after the stream began."""
+        import httpx
+
+        params = {k: v for k, v in query.items() if v is not None}
+        try:
+            with self._client.stream("GET", path, params=params) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    _decode(resp)
+                for line in resp.iter_lines():
+                    if not line:
+                        continue
+                    try:
+                        doc = json.loads(line)
+                    except ValueError:
+                        raise CliError("node sent a malformed listing line") from None
+                    if isinstance(doc, dict) and "error" in doc:
+                        raise CliError(str(doc["error"]), hint=str(doc.get("hint", "")))
+                    yield doc
+        except httpx.HTTPError as exc:
+            raise CliError(f"node at {self.url} did not answer: {exc}") from None
+
+
 def _decode(resp: httpx.Response) -> Any:
     try:
         doc = resp.json()

@@ -18,6 +18,13 @@ Routes (all JSON unless noted):
   GET  /v1/status?cid=             POST /v1/audit {cid}
   GET  /v1/energy
 Errors: `{"error": message, "hint": hint, "kind": ExceptionName}` with a 4xx/5xx status.
+
+A client that goes away (Ctrl-C of `shoal put`/`get`, a dropped connection)
+cancels its request: every handler runs in a cancel scope that a watcher
+task cancels on the ASGI `http.disconnect` event, and handlers' thread work
+(p2p.node_api.run_stoppable) stops at its next block. Work a client no
+longer waits for never runs to completion, so nobody can make the node
+write or list without bound by asking and hanging up.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import json
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
+
+import trio
 
 from store.errors import BlockNotFound, InvalidCID, NotPinned, StoreError
 
@@ -81,20 +90,37 @@ class ControlApi:
         key = (scope["method"], scope["path"])
         try:
             params = await _params(scope, receive)
+        except (StoreError, P2PError) as exc:
+            await _send_error(send, exc)
+            return
+        gone = False
+
+        async def watch_disconnect(scope_to_cancel: trio.CancelScope) -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            scope_to_cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_disconnect, nursery.cancel_scope)
+            await self._dispatch(key, scope, params, send)
+            nursery.cancel_scope.cancel()  # answered: stop watching
+        if gone:
+            log.info("%s %s: client went away, request cancelled", scope["method"], scope["path"])
+
+    async def _dispatch(self, key: tuple[str, str], scope: Scope, params: dict[str, Any], send: Send) -> None:
+        try:
             if key in self._json_routes:
                 result = await self._json_routes[key](params)
                 await _send_json(send, 200, result)
             elif key in self._stream_routes:
                 chunks = await self._stream_routes[key](params)
-                await _send_stream(send, chunks)
+                await _send_stream(send, chunks, _content_type(chunks))
             else:
                 await _send_json(send, 404, {"error": f"no route {scope['method']} {scope['path']}", "kind": "NotFound"})
         except (StoreError, P2PError) as exc:
-            await _send_json(send, _status_for(exc), {
-                "error": str(exc) or type(exc).__name__,
-                "hint": getattr(exc, "hint", ""),
-                "kind": type(exc).__name__,
-            })
+            await _send_error(send, exc)
         except OSError as exc:
             await _send_json(send, 409, {"error": f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                                          "hint": "", "kind": "OSError", "errno": exc.errno})
@@ -144,9 +170,36 @@ async def _send_json(send: Send, status: int, doc: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_stream(send: Send, chunks: AsyncIterator[bytes]) -> None:
+async def _send_error(send: Send, exc: BaseException) -> None:
+    await _send_json(send, _status_for(exc), {
+        "error": str(exc) or type(exc).__name__,
+        "hint": getattr(exc, "hint", ""),
+        "kind": type(exc).__name__,
+    })
+
+
+class NdjsonStream:
+    """A stream handler's result that is newline-delimited JSON, not raw bytes."""
+
+    content_type = b"application/x-ndjson"
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> "NdjsonStream":
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._chunks.__anext__()
+
+
+def _content_type(chunks: Any) -> bytes:
+    return chunks.content_type if isinstance(chunks, NdjsonStream) else b"application/octet-stream"
+
+
+async def _send_stream(send: Send, chunks: AsyncIterator[bytes], content_type: bytes) -> None:
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream")]})
+                "headers": [(b"content-type", content_type)]})
     async for chunk in chunks:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,29 +1,86 @@
 """The node's control API routes: each one a thin async wrapper over store/
-and the node, with blocking store work in worker threads."""
+and the node, with blocking store work in worker threads.
+
+Long thread work (put, get's export) runs through `run_stoppable`: when the
+request is cancelled (its client disconnected, p2p.api) the store work sees
+its CancelFlag at the next block and stops, undoing what it left half done
+(an export removes its output; a put's blocks stay unpinned for gc), and
+the request ends only once the thread has. `ls` streams its entries
+(NDJSON) in bounded batches instead of building the listing in memory.
+"""
 
 from __future__ import annotations
 
-import functools
+import itertools
+import json
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
+import outcome
 import trio
 
 from store import exporter
 from store.car import export_car_file
 from store.chunker import chunker_for
+from store.cancel import CancelFlag
 from store.cid import CID, parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
-from store.errors import BlockNotFound, HashMismatch, InvalidInput, NotPinned
+from store.errors import BlockNotFound, HashMismatch, InvalidInput, NotPinned, StoreError
 from store.profiles import PROFILES
 
-from .api import ApiError, ControlApi, param
+from .api import ApiError, ControlApi, NdjsonStream, param
+from .errors import P2PError
 from .fetch import fetch_dag
 from .handoff import ArrivingBlocks
 from .node import Node
 
 READ_PIECE = 1024 * 1024
 _ARRIVAL_POLL_S = 0.5
+LS_BATCH = 512  # directory entries listed per thread hop: one hop per entry costs more than the entry
+
+T = TypeVar("T")
+
+
+async def run_stoppable(fn: Callable[[CancelFlag], T]) -> T:
+    """Run `fn(flag)` in a worker thread; if this task is cancelled, set the
+    flag and wait for `fn` to return (it checks the flag between blocks).
+
+    Why not `abandon_on_cancel`: an abandoned thread goes on writing; the
+    point is that the work stops, and that the store guard held around this
+    call is not released while it still runs.
+    """
+    flag = CancelFlag()
+    box: list[outcome.Outcome[T]] = []
+
+    async def work(done: trio.CancelScope) -> None:
+        box.append(await outcome.acapture(trio.to_thread.run_sync, fn, flag))
+        done.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work, nursery.cancel_scope)
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not box:
+                flag.set("the request was cancelled (its client went away)")
+    return box[0].unwrap()
+
+
+def _umask_param(p: dict[str, Any]) -> int | None:
+    value = param(p, "umask", int, None)
+    if value is not None and value > 0o777:
+        raise ApiError("parameter umask must be at most 0o777")
+    return value  # type: ignore[no-any-return]
+
+
+def _ls_row(e: exporter.DirEntry) -> dict[str, Any]:
+    return {"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind}
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(itertools.islice(it, n))
+
+
 def _complete_locally(repo: Any, cid: CID) -> int | None:
     """How many blocks the DAG has if every one is in the store, else None."""
     try:
@@ -71,8 +128,8 @@ def build_api(node: Node, token: str) -> ControlApi:
             # An object to replicate gets its proof-of-storage commitment in the same
             # pass (Repo.add commit=True), so placement need not re-read it.
             commit = replicas is not None and replicas > 1 and getattr(node, "replication", None) is not None
-            result = await run(lambda: put_measured(repo, path, profile=profile, chunker=chunker,
-                                                    commit=commit))
+            result = await run_stoppable(lambda flag: put_measured(
+                repo, path, profile=profile, chunker=chunker, commit=commit, progress=flag.progress))
         doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
         placer = getattr(node, "replication", None)
         if replicas is not None and replicas > 1:
@@ -95,11 +152,12 @@ def build_api(node: Node, token: str) -> ControlApi:
         """
         cid = parse_cid(param(p, "cid"))
         output = Path(param(p, "output"))
+        limits: dict[str, Any] = {"max_size": param(p, "max_size", int, None), "umask": _umask_param(p)}
         async with node.store_guard.shared():
             present = await run(_complete_locally, repo, cid)
             if present is not None:  # nothing to fetch: export from the store, reading ahead
-                await run(functools.partial(exporter.export_to_path, repo.blockstore, cid, output,
-                                            prefetch=exporter.PREFETCH_BLOCKS))
+                await run_stoppable(lambda flag: exporter.export_to_path(
+                    repo.blockstore, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
                 return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
                         "local_blocks": present, "holders": 0}
         blocks = ArrivingBlocks(repo.blockstore)
@@ -123,19 +181,19 @@ def build_api(node: Node, token: str) -> ControlApi:
             finally:
                 blocks.finish()
 
-        def export() -> None:
+        def export(flag: CancelFlag) -> None:
             try:
                 if exporter.stat(blocks.get, cid).kind == "dir":
                     blocks.export_over()  # nothing to hand off: it reads the finished fetch
                     blocks.wait_done()
-                exporter.export_to_path(blocks, cid, output)
+                exporter.export_to_path(blocks, cid, output, cancel=flag, **limits)
             finally:
                 blocks.export_over()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch_all)
             try:
-                await run(export)
+                await run_stoppable(export)
             except Exception as exc:
                 export_error = exc
         if fetch_error is not None:
@@ -173,15 +231,36 @@ def build_api(node: Node, token: str) -> ControlApi:
 
         return stream()
 
-    async def ls(p: dict[str, Any]) -> Any:
+    async def ls(p: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Stream the rows as NDJSON, LS_BATCH at a time: a 40,000-wide
+        directory costs one batch of memory, and a client that leaves stops
+        the listing at the next batch. An error after the first batch is a
+        last line `{"error": ..., "kind": ...}`."""
         text = param(p, "cid", str, None)
+        rows: Iterator[dict[str, Any]]
         if text is None:
             objs = await run(repo.objects)
-            return [{"cid": o.cid, "name": o.name, "size": o.size, "kind": o.kind} for o in objs]
-        cid = parse_cid(text)
-        await ensure_local_root(cid)
-        entries = await run(exporter.list_dir, repo.blockstore, cid)
-        return [{"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries]
+            rows = iter([{"cid": o.cid, "name": o.name, "size": o.size, "kind": o.kind} for o in objs])
+        else:
+            cid = parse_cid(text)
+            await ensure_local_root(cid)
+            rows = map(_ls_row, exporter.iter_dir(repo.blockstore, cid))
+        first = await run(_take, rows, LS_BATCH)  # errors before the response starts
+
+        async def stream() -> AsyncIterator[bytes]:
+            batch = first
+            while batch:
+                yield "".join(json.dumps(r) + "\n" for r in batch).encode()
+                if len(batch) < LS_BATCH:
+                    return
+                try:
+                    batch = await run(_take, rows, LS_BATCH)
+                except (StoreError, P2PError) as exc:
+                    yield (json.dumps({"error": str(exc) or type(exc).__name__,
+                                       "hint": getattr(exc, "hint", ""), "kind": type(exc).__name__}) + "\n").encode()
+                    return
+
+        return NdjsonStream(stream())
 
     async def ensure_local_root(cid: CID) -> None:
         if not repo.blockstore.has(cid):
@@ -252,7 +331,7 @@ def build_api(node: Node, token: str) -> ControlApi:
     api.json_route("POST", "/v1/get", get)
     api.json_route("POST", "/v1/fetch", fetch)
     api.stream_route("GET", "/v1/cat", cat)
-    api.json_route("GET", "/v1/ls", ls)
+    api.stream_route("GET", "/v1/ls", ls)
     api.json_route("GET", "/v1/pins", pins)
     api.json_route("POST", "/v1/pin/add", pin_add)
     api.json_route("POST", "/v1/pin/rm", pin_rm)
