@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from store.repo import Repo, resolve_repo_path
 
 from .errors import CliError
 from .node_client import connect
 from .output import print_json
+
+if TYPE_CHECKING:
+    from p2p.identity import PeerId
+    from p2p.pnet import SwarmKey
 
 
 def register(sub: Any) -> None:
@@ -27,6 +32,12 @@ def register(sub: Any) -> None:
     p.add_argument("--quota", metavar="SIZE", help="most bytes to hold for other peers (e.g. 10G)")
     p.add_argument("--audit-interval", type=float, metavar="SECONDS",
                    help="seconds between audit rounds of this node's objects")
+    p.add_argument("--swarm-key", metavar="FILE",
+                   help="run a private swarm: only peers with this libp2p swarm.key (PSK) can connect "
+                        "(default: config [node] swarm_key, else <repo>/swarm.key if it exists, else public)")
+    p.add_argument("--allow-peers", metavar="FILE",
+                   help="keep connections only with the peer ids in FILE, one per line, # comments "
+                        "(default: config [node] allow_peers, else anyone)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=cmd_node_start)
 
@@ -69,21 +80,63 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     with Repo.open(resolve_repo_path(args.repo)) as repo:
         node_cfg = repo.config.get("node", {}) if isinstance(repo.config.get("node"), dict) else {}
         quota_text = args.quota or node_cfg.get("quota")
+        swarm_key, allow_peers = _membership(args, node_cfg, repo.path)
         options = NodeOptions(
             listen=listen,
             bootstrap=bootstrap,
             quota_bytes=parse_size(str(quota_text)) if quota_text else None,
             extra={"audit_interval": args.audit_interval or node_cfg.get("audit_interval")},
+            swarm_key=swarm_key,
+            allow_peers=allow_peers,
         )
 
         def ready(node: Any) -> None:
             print(f"node {node.peer_id} ready", file=sys.stderr, flush=True)
             for addr in node.addrs_with_id():
                 print(f"listening on {addr}", file=sys.stderr, flush=True)
+            if swarm_key is not None:
+                print(f"private swarm: only peers with the swarm key {swarm_key.fingerprint()} can connect",
+                      file=sys.stderr, flush=True)
+            if allow_peers is not None:
+                print(f"allowlist: only {len(allow_peers)} listed peer(s) may connect", file=sys.stderr, flush=True)
 
         trio.run(lambda: run_node(repo, options, api_bind, on_ready=ready, setup=_setup_extensions))
     print("node stopped", file=sys.stderr)
     return 0
+
+
+SWARM_KEY_FILE = "swarm.key"
+"""Read from the repo when neither flag nor config names a key, as kubo reads
+$IPFS_PATH/swarm.key: the same file makes either one private."""
+
+
+def _membership(args: argparse.Namespace, node_cfg: dict[str, Any],
+                repo_path: Path) -> "tuple[SwarmKey | None, frozenset[PeerId] | None]":
+    """(swarm key or None, allowlist or None): flag, else config, else the repo's swarm.key.
+
+    Paths in config.toml are relative to the repo; paths on the command line
+    to the current directory.
+    """
+    from p2p.allowlist import load_allowlist
+    from p2p.pnet import load_swarm_key
+
+    key_path = _config_path(args.swarm_key, node_cfg, "swarm_key", repo_path)
+    if key_path is None and (repo_path / SWARM_KEY_FILE).exists():
+        key_path = repo_path / SWARM_KEY_FILE
+    allow_path = _config_path(args.allow_peers, node_cfg, "allow_peers", repo_path)
+    return (load_swarm_key(key_path) if key_path is not None else None,
+            load_allowlist(allow_path) if allow_path is not None else None)
+
+
+def _config_path(flag: str | None, node_cfg: dict[str, Any], key: str, repo_path: Path) -> Path | None:
+    if flag is not None:
+        return Path(flag).expanduser().resolve()
+    value = node_cfg.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise CliError(f"config [node] {key} must be a file path, not {value!r}")
+    return (repo_path / Path(value).expanduser()).resolve()
 
 
 def _setup_extensions(node: Any) -> None:

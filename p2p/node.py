@@ -34,6 +34,7 @@ from .messages import (
 )
 from .multiaddr import Multiaddr
 from .peers import Clock, PeerTable, Random
+from .pnet import SwarmKey
 from .reputation_store import REPUTATION_FLUSH_INTERVAL_S, ReputationStore
 from .secure_stream import secure_accept, secure_dial
 
@@ -55,6 +56,11 @@ class NodeOptions:
     quota_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     reputation_flush_interval: float = REPUTATION_FLUSH_INTERVAL_S
+    swarm_key: SwarmKey | None = None
+    """A private swarm: every connection goes through the pre-shared-key
+    protector (p2p/pnet.py) before Noise. None: a public swarm, as before."""
+    allow_peers: frozenset[PeerId] | None = None
+    """Only these peers may connect, either way (checked after Noise). None: anyone."""
 
 
 class Node:
@@ -181,12 +187,17 @@ class Node:
         try:
             self._handshaking += 1
             try:
-                secure = await secure_accept(stream, self.identity, timeout=L.HANDSHAKE_TIMEOUT_S)
+                secure = await secure_accept(stream, self.identity, timeout=L.HANDSHAKE_TIMEOUT_S,
+                                             swarm_key=self.options.swarm_key)
             except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("inbound handshake failed: %s", exc)
                 return
             finally:
                 self._handshaking -= 1
+            if not self.admits(secure.remote_peer):
+                log.info("refused %s: not on the allowlist", secure.remote_peer)
+                await trio.aclose_forcefully(secure)
+                return
             await self._run_connection(secure, secure.remote_peer, ready=None)
         except Exception:
             # Whatever a stranger's bytes trigger, only this connection may
@@ -205,15 +216,21 @@ class Node:
                 return existing
             if addr.peer_id == self.peer_id:
                 raise P2PError("refusing to dial ourselves")
+            if not self.admits(addr.peer_id):
+                raise P2PError(f"not dialling {addr.peer_id}: not on the allowlist")
         with trio.fail_after(DIAL_TIMEOUT_S + L.HANDSHAKE_TIMEOUT_S):
             try:
                 stream = await trio.open_tcp_stream(addr.host, addr.port)
             except OSError as exc:
                 raise P2PError(f"cannot reach {addr}: {exc.strerror or exc}") from None
-            secure = await secure_dial(stream, self.identity, addr.peer_id, timeout=L.HANDSHAKE_TIMEOUT_S)
+            secure = await secure_dial(stream, self.identity, addr.peer_id, timeout=L.HANDSHAKE_TIMEOUT_S,
+                                       swarm_key=self.options.swarm_key)
         if secure.remote_peer == self.peer_id:
             await secure.aclose()
             raise P2PError("dialled ourselves")
+        if not self.admits(secure.remote_peer):
+            await trio.aclose_forcefully(secure)
+            raise P2PError(f"{addr} is {secure.remote_peer}, which is not on the allowlist")
         send, receive = trio.open_memory_channel[PeerConnection](1)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_connection, secure, secure.remote_peer, send)
@@ -367,7 +384,13 @@ class Node:
                 addrs = [Multiaddr.parse(a) for a in info.addrs]
             except (P2PError, ValueError):
                 continue
-            self.peers.learn(peer, addrs)
+            if self.admits(peer):  # never remember (and so never dial) a peer we would refuse
+                self.peers.learn(peer, addrs)
+
+    def admits(self, peer: PeerId) -> bool:
+        """Whether the allowlist, if the node has one, lets `peer` connect."""
+        allowed = self.options.allow_peers
+        return allowed is None or peer in allowed
 
     # -- serving requests ---------------------------------------------------------------
 

@@ -9,6 +9,12 @@ every complete frame of a read at once; a sender encrypts all frames of one
 All protocol decisions live in `p2p.noise` and `FrameDecoder`; this module
 only moves bytes and enforces the handshake timeout.
 
+With a swarm key (a private swarm, `p2p.pnet`), the transport is wrapped in
+the pre-shared-key protector before the handshake, as libp2p does. A peer
+without the key sends noise; the responder sees it at once, because
+libp2p-noise's message 1 is exactly the initiator's 32-byte ephemeral key and
+a garbage length prefix is almost never 32, and closes without a reply.
+
 Not here: multistream-select negotiation, stream multiplexing, half-close.
 """
 
@@ -20,10 +26,13 @@ import trio
 
 from p2p.errors import HandshakeError, P2PError, RemoteProtocolError
 from p2p.identity import Identity, PeerId
-from p2p.noise import MAX_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, Role, SecureSession
+from p2p.noise import DHLEN, MAX_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, Role, SecureSession
+from p2p.pnet import SwarmKey
+from p2p.pnet_stream import protect
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "FIRST_MESSAGE_BYTES",
     "FrameDecoder",
     "SecureStream",
     "encode_frame",
@@ -40,6 +49,12 @@ _RECEIVE_CHUNK = 65536 + 2
 # beyond what a single read delivered.
 _TRANSPORT_RECEIVE = 1024 * 1024
 _LEN = [n.to_bytes(2, "big") for n in range(MAX_MESSAGE + 1)]
+FIRST_MESSAGE_BYTES = DHLEN
+"""XX message 1 is `-> e` and libp2p-noise sends no payload with it (only
+messages 2 and 3 carry the signed payload), so its frame is exactly the
+32-byte ephemeral key. A responder checks the length prefix before waiting
+for the body: noise from a peer without our swarm key (or plain garbage) is
+refused on its first two bytes instead of after the handshake timeout."""
 
 
 def encode_frame(message: bytes) -> bytes:
@@ -90,6 +105,13 @@ class FrameDecoder:
         self._pos = end
         return memoryview(buf)[pos + 2 : end]
 
+    def declared_size(self) -> int | None:
+        """The length prefix of the next frame, once its two bytes are here."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 2:
+            return None
+        return (buf[pos] << 8) | buf[pos + 1]
+
     @property
     def pending(self) -> int:
         """Bytes buffered but not yet returned as a frame."""
@@ -101,12 +123,23 @@ class _FrameReader:
         self._stream = stream
         self._decoder = FrameDecoder()
 
-    async def read_frame(self) -> bytes | None:
-        """The next frame; None on a clean EOF between frames."""
-        while (frame := self._decoder.next_frame()) is None:
+    async def read_frame(self, exact_size: int | None = None) -> bytes | None:
+        """The next frame; None on a clean EOF between frames.
+
+        With `exact_size`, a frame whose length prefix declares any other
+        size is refused as soon as the prefix has arrived.
+        """
+        while True:
+            if exact_size is not None:
+                declared = self._decoder.declared_size()
+                if declared is not None and declared != exact_size:
+                    raise RemoteProtocolError(
+                        f"not a Noise handshake: message 1 declares {declared} bytes, not {exact_size}")
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
             if not await self.fill(_RECEIVE_CHUNK):
                 return None
-        return frame
 
     async def fill(self, max_bytes: int) -> bool:
         """Read more bytes into the decoder; False on a clean EOF between frames."""
@@ -310,28 +343,35 @@ class SecureStream(trio.abc.Stream):
 
 
 async def _handshake(
-    stream: trio.abc.Stream, hs: NoiseHandshake, timeout: float
+    stream: trio.abc.Stream, hs: NoiseHandshake, timeout: float, swarm_key: SwarmKey | None
 ) -> SecureStream:
+    stream = protect(stream, swarm_key)
     reader = _FrameReader(stream)
+    # Only the responder's first read is of a fixed size (see FIRST_MESSAGE_BYTES).
+    first_size: int | None = FIRST_MESSAGE_BYTES if hs.role is Role.RESPONDER else None
+    # With a swarm key, most failures mean the peer holds another key or none: say so.
+    note = "" if swarm_key is None else (
+        f" (private swarm {swarm_key.fingerprint()}: does the peer hold the same swarm key?)")
     try:
         with trio.fail_after(timeout):
             while not hs.complete:
                 if hs.my_turn:
                     await stream.send_all(encode_frame(hs.write_message()))
                 else:
-                    frame = await reader.read_frame()
+                    frame = await reader.read_frame(first_size)
+                    first_size = None
                     if frame is None:
-                        raise HandshakeError("connection closed during the handshake")
+                        raise HandshakeError("connection closed during the handshake" + note)
                     hs.read_message(frame)
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
-        raise HandshakeError(f"handshake took longer than {timeout} s") from None
+        raise HandshakeError(f"handshake took longer than {timeout} s{note}") from None
     except RemoteProtocolError as exc:
         await trio.aclose_forcefully(stream)
-        raise HandshakeError(str(exc)) from None
+        raise HandshakeError(f"{exc}{note}") from None
     except trio.BrokenResourceError as exc:
         await trio.aclose_forcefully(stream)
-        raise HandshakeError(f"connection broke during the handshake: {exc}") from exc
+        raise HandshakeError(f"connection broke during the handshake: {exc}{note}") from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -344,15 +384,18 @@ async def secure_dial(
     expected_peer: PeerId | None = None,
     *,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    swarm_key: SwarmKey | None = None,
 ) -> SecureStream:
     """Secure an outgoing connection as the Noise initiator.
 
     With `expected_peer`, fails with PeerIdMismatch (before revealing our
-    identity) unless the remote proves that id. On any failure the
-    transport stream is closed and a HandshakeError subclass is raised.
+    identity) unless the remote proves that id. With `swarm_key`, every
+    byte goes through the private-swarm protector (`p2p.pnet`) first. On
+    any failure the transport stream is closed and a HandshakeError
+    subclass is raised.
     """
     handshake = NoiseHandshake(Role.INITIATOR, identity, expected_peer)
-    return await _handshake(stream, handshake, timeout)
+    return await _handshake(stream, handshake, timeout, swarm_key)
 
 
 async def secure_accept(
@@ -360,10 +403,14 @@ async def secure_accept(
     identity: Identity,
     *,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    swarm_key: SwarmKey | None = None,
 ) -> SecureStream:
     """Secure an incoming connection as the Noise responder.
 
-    The caller learns who connected from `.remote_peer`. On any failure the
-    transport stream is closed and a HandshakeError subclass is raised.
+    The caller learns who connected from `.remote_peer`. With `swarm_key`,
+    a peer without the same key fails on its first bytes and gets no reply.
+    On any failure the transport stream is closed and a HandshakeError
+    subclass is raised.
     """
-    return await _handshake(stream, NoiseHandshake(Role.RESPONDER, identity), timeout)
+    handshake = NoiseHandshake(Role.RESPONDER, identity)
+    return await _handshake(stream, handshake, timeout, swarm_key)
