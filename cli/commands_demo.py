@@ -78,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .swarm import LocalSwarm
 
     size = parse_size(args.size)
-    root = Path(tempfile.mkdtemp(prefix="shoal-demo-"))
+    root = Path(tempfile.mkdtemp(prefix="shoal-demo-")).absolute()  # the nodes get absolute paths
     try:
         with LocalSwarm(root) as swarm:
             run_demo(swarm, root, size)

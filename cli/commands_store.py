@@ -130,6 +130,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def absolute(path: Path) -> str:
+    """`path` made absolute here, where the user typed it, for the node's API.
+
+    The node has its own working directory (and refuses relative paths), so
+    the CLI resolves them. `abspath`, not `resolve()`: a symlink keeps its
+    own name, as on the offline path (`put link` records "link").
+    """
+    return os.path.abspath(path)
+
+
 def node_for(args: argparse.Namespace) -> NodeClient | None:
     """The running node of this repo, if one answers: then commands go through it."""
     return connect(resolve_repo_path(args.repo))
@@ -169,7 +179,7 @@ def cmd_put(args: argparse.Namespace) -> int:
         raise CliError(f"no such file or directory: {args.path}")
     client = node_for(args)
     if client is not None:
-        body = {"path": str(path.resolve()), "profile": args.profile, "chunker": args.chunker}
+        body = {"path": absolute(path), "profile": args.profile, "chunker": args.chunker}
         if args.replicas is not None:
             body["replicas"] = args.replicas
         doc = client.call("POST", "/v1/put", body)
@@ -209,7 +219,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     client = node_for(args)
     if client is not None:
         # The node writes the files: it applies this process's umask, not its own.
-        body = {"cid": str(cid), "output": str(dest.resolve()), "umask": exporter.current_umask(),
+        body = {"cid": str(cid), "output": absolute(dest), "umask": exporter.current_umask(),
                 "max_size": args.max_size}
         doc = client.call("POST", "/v1/get", {k: v for k, v in body.items() if v is not None})
         if args.json:
@@ -369,7 +379,7 @@ def cmd_car_export(args: argparse.Namespace) -> int:
     cid = parse_cid(args.cid)
     client = node_for(args)
     if client is not None:
-        written = client.call("POST", "/v1/car/export", {"cid": str(cid), "output": str(Path(args.output).resolve())})["bytes"]
+        written = client.call("POST", "/v1/car/export", {"cid": str(cid), "output": absolute(Path(args.output))})["bytes"]
     else:
         with open_repo(args) as repo:
             written = export_car_file(repo.blockstore, cid, Path(args.output))
@@ -383,7 +393,7 @@ def cmd_car_import(args: argparse.Namespace) -> int:
         raise CliError(f"no such file: {args.file}")
     client = node_for(args)
     if client is not None:
-        doc = client.call("POST", "/v1/car/import", {"path": str(path.resolve())})
+        doc = client.call("POST", "/v1/car/import", {"path": absolute(path)})
     else:
         with open_repo(args) as repo, open(path, "rb") as src:
             result = repo.import_car(src)

@@ -89,6 +89,22 @@ def _complete_locally(repo: Any, cid: CID) -> int | None:
         return None
 
 
+def absolute_path(text: str, field: str) -> Path:
+    """A path the client sent; it must be absolute.
+
+    The node runs as its own user in its own working directory: a relative
+    path would be resolved against that directory, not the one the user
+    typed it in, and could silently read or write the wrong file. The CLI
+    resolves every path in its own process before sending it.
+    """
+    path = Path(text)
+    if not path.is_absolute():
+        error = ApiError(f"{field} must be an absolute path, not {text!r}")
+        error.hint = "resolve it where the user typed it (the shoal CLI does)"
+        raise error
+    return path
+
+
 def build_api(node: Node, token: str) -> ControlApi:
     api = ControlApi(token)
     repo = node.repo
@@ -114,7 +130,7 @@ def build_api(node: Node, token: str) -> ControlApi:
                 "connected_peers": len(node.connected_peers())}
 
     async def put(p: dict[str, Any]) -> Any:
-        path = Path(param(p, "path"))
+        path = absolute_path(param(p, "path"), "path")
         profile_name = param(p, "profile", str, None)
         if profile_name is not None and profile_name not in PROFILES:
             raise ApiError(f"unknown profile {profile_name}")
@@ -151,7 +167,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         only when complete either way.
         """
         cid = parse_cid(param(p, "cid"))
-        output = Path(param(p, "output"))
+        output = absolute_path(param(p, "output"), "output")
         limits: dict[str, Any] = {"max_size": param(p, "max_size", int, None), "umask": _umask_param(p)}
         async with node.store_guard.shared():
             present = await run(_complete_locally, repo, cid)
@@ -313,13 +329,13 @@ def build_api(node: Node, token: str) -> ControlApi:
 
     async def car_export(p: dict[str, Any]) -> Any:
         cid = parse_cid(param(p, "cid"))
-        output = Path(param(p, "output"))
+        output = absolute_path(param(p, "output"), "output")
         await ensure_local(cid)
         written = await run(export_car_file, repo.blockstore, cid, output)
         return {"cid": str(cid), "output": str(output), "bytes": written}
 
     async def car_import(p: dict[str, Any]) -> Any:
-        path = Path(param(p, "path"))
+        path = absolute_path(param(p, "path"), "path")
         async with node.store_guard.shared():
             result = await run(_import_car, repo, path)
         return {"roots": [str(r) for r in result.roots], "blocks": result.blocks, "new_blocks": result.new_blocks}
