@@ -39,6 +39,8 @@ def register(sub: Any) -> None:
                    help="keep connections only with the peer ids in FILE, one per line, # comments "
                         "(default: config [node] allow_peers, else anyone)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once if another shoal process is writing the repo (default: wait for it)")
     p.set_defaults(handler=cmd_node_start)
 
     p = sub.add_parser("id", help="this node's peer id and addresses")
@@ -77,7 +79,11 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     listen = [Multiaddr.parse(a) for a in (args.listen or ["/ip4/127.0.0.1/tcp/0"])]
     bootstrap = [Multiaddr.parse(a) for a in args.bootstrap]
     api_bind = parse_api_bind(args.api)
-    with Repo.open(resolve_repo_path(args.repo)) as repo:
+    def waiting(who: str) -> None:
+        print(f"shoal: waiting for {who} to finish with the repo (--no-wait to fail instead)",
+              file=sys.stderr, flush=True)
+
+    with Repo.open(resolve_repo_path(args.repo), node=True, wait=not args.no_wait, on_wait=waiting) as repo:
         node_cfg = repo.config.get("node", {}) if isinstance(repo.config.get("node"), dict) else {}
         quota_text = args.quota or node_cfg.get("quota")
         swarm_key, allow_peers = _membership(args, node_cfg, repo.path)

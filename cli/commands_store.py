@@ -1,5 +1,10 @@
 """Commands that work on the repo's content: init, put, get, cat, ls, pin, gc,
-verify, car.
+verify, car, repair-index.
+
+Readers (ls, pin ls, cat, get, car export) open the repo without its lock
+and the index read-only, so they never wait for a writer and work on a
+read-only repo. Writers wait for another writer (saying so on stderr) unless
+given `--no-wait`.
 
 Each handler takes the parsed arguments and returns an exit code. With a
 running node for the repo the node-aware front (`cli.via_node`) serves the
@@ -42,6 +47,7 @@ def register(sub: Any) -> None:
                    help="CID profile (default: %(default)s)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the root CID")
     p.add_argument("--json", action="store_true")
+    _add_no_wait(p)
     p.set_defaults(handler=cmd_put)
 
     p = sub.add_parser("get", help="write an object (file or directory) to a path")
@@ -69,9 +75,11 @@ def register(sub: Any) -> None:
     pin_sub = pin.add_subparsers(dest="pin_command", metavar="add|rm|ls", required=True)
     p = pin_sub.add_parser("add")
     p.add_argument("cid")
+    _add_no_wait(p)
     p.set_defaults(handler=cmd_pin_add)
     p = pin_sub.add_parser("rm")
     p.add_argument("cid")
+    _add_no_wait(p)
     p.set_defaults(handler=cmd_pin_rm)
     p = pin_sub.add_parser("ls")
     p.add_argument("cid", nargs="?")
@@ -80,11 +88,23 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("gc", help="delete blocks no pin reaches")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the index holds no pin and never held one "
+                        "(by default gc then refuses: the index may have been lost)")
+    _add_no_wait(p)
     p.set_defaults(handler=cmd_gc)
 
     p = sub.add_parser("verify", help="re-hash every block and check every pinned DAG")
     p.add_argument("--json", action="store_true")
+    _add_no_wait(p)
     p.set_defaults(handler=cmd_verify)
+
+    p = sub.add_parser("repair-index",
+                       help="rebuild a lost or damaged index from the blocks: every root block "
+                            "nobody links to becomes a pinned object (nothing is deleted)")
+    p.add_argument("--json", action="store_true")
+    _add_no_wait(p)
+    p.set_defaults(handler=cmd_repair_index)
 
     car = sub.add_parser("car", help="CARv1 import/export")
     car_sub = car.add_subparsers(dest="car_command", metavar="export|import", required=True)
@@ -95,6 +115,7 @@ def register(sub: Any) -> None:
     p = car_sub.add_parser("import")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
+    _add_no_wait(p)
     p.set_defaults(handler=cmd_car_import)
 
 
@@ -111,6 +132,13 @@ def _size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return int(value)
+
+
+def _add_no_wait(p: argparse.ArgumentParser) -> None:
+    """`--no-wait` on a command that writes the repo."""
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once if another shoal process is writing the repo "
+                        "(default: wait for it)")
 
 
 def _positive_int(text: str) -> int:
@@ -145,9 +173,30 @@ def node_for(args: argparse.Namespace) -> NodeClient | None:
     return connect(resolve_repo_path(args.repo))
 
 
-def open_repo(args: argparse.Namespace) -> Repo:
-    """Open (and lock) the repo named by --repo / $SHOAL_REPO / ~/.shoal."""
-    return Repo.open(resolve_repo_path(args.repo))
+def open_repo(args: argparse.Namespace, *, frees_space: bool = False) -> Repo:
+    """Open (and lock) the repo named by --repo / $SHOAL_REPO / ~/.shoal, to write.
+
+    Waits for another writer, saying so on stderr, unless `--no-wait`.
+    `frees_space` (pin rm, gc): on a full disk the repo gives back its
+    emergency reserve so the command can run; say so.
+    """
+    path = resolve_repo_path(args.repo)
+
+    def waiting(who: str) -> None:
+        print(f"shoal: waiting for {who} to finish with the repo (--no-wait to fail instead)",
+              file=sys.stderr, flush=True)
+
+    repo = Repo.open(path, wait=not getattr(args, "no_wait", False), on_wait=waiting,
+                     frees_space=frees_space)
+    if repo.reserve_released:
+        print(f"shoal: disk full: released the {human_size(repo.reserve_released)} emergency reserve "
+              f"so this command can run", file=sys.stderr)
+    return repo
+
+
+def read_repo(args: argparse.Namespace) -> Repo:
+    """Open the repo to read: no lock, so no waiting; works on a read-only repo."""
+    return Repo.open(resolve_repo_path(args.repo), lock=False)
 
 
 def _input_size(path: Path) -> int:
@@ -225,7 +274,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         if args.json:
             print_json(doc)
     else:
-        with open_repo(args) as repo:
+        with read_repo(args) as repo:
             exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
                                     max_size=args.max_size)
     print(f"saved {cid} to {dest}", file=sys.stderr)
@@ -241,7 +290,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
         _write_stdout(client.stream("/v1/cat", cid=str(cid), offset=args.offset, length=args.length,
                                     tensor=args.tensor))
         return 0
-    with open_repo(args) as repo:
+    with read_repo(args) as repo:
         offset, length = args.offset, args.length
         if args.tensor is not None:
             from store.tensors import tensor_window
@@ -265,7 +314,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if client is not None:
         _print_rows(args, client.lines("/v1/ls", cid=args.cid))
         return 0
-    with open_repo(args) as repo:
+    with read_repo(args) as repo:
         if args.cid is None:
             _print_rows(args, (_object_row(o) for o in repo.objects()))
             return 0
@@ -311,7 +360,7 @@ def _pin_change(args: argparse.Namespace, verb: str, done: str) -> int:
     if client is not None:
         client.call("POST", f"/v1/pin/{verb}", {"cid": str(cid)})
     else:
-        with open_repo(args) as repo:
+        with open_repo(args, frees_space=verb == "rm") as repo:
             (repo.pin_add if verb == "add" else repo.pin_rm)(cid)
     print(f"{done} {cid}")
     return 0
@@ -323,7 +372,7 @@ def cmd_pin_ls(args: argparse.Namespace) -> int:
     if client is not None:
         all_pins = [str(c) for c in client.call("GET", "/v1/pins")]
     else:
-        with open_repo(args) as repo:
+        with read_repo(args) as repo:
             all_pins = [p.cid for p in repo.pins()]
     pins = [c for c in all_pins if wanted is None or c == str(wanted)]
     if wanted is not None and not pins:
@@ -339,10 +388,10 @@ def cmd_pin_ls(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     client = node_for(args)
     if client is not None:
-        doc = client.call("POST", "/v1/gc")
+        doc = client.call("POST", "/v1/gc", {"force": True} if args.force else None)
     else:
-        with open_repo(args) as repo:
-            result = gc_measured(repo)
+        with open_repo(args, frees_space=True) as repo:
+            result = gc_measured(repo, force=args.force)
         doc = {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
     if args.json:
         print_json(doc)
@@ -373,6 +422,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_FAILURE
 
 
+def cmd_repair_index(args: argparse.Namespace) -> int:
+    """Offline only: the node must be stopped (it could not start without an index anyway)."""
+    path = resolve_repo_path(args.repo)
+    if connect(path) is not None:
+        raise CliError("a node is running on this repo", hint="stop it (`shoal node stop`), then repair")
+
+    def waiting(who: str) -> None:
+        print(f"shoal: waiting for {who} to finish with the repo (--no-wait to fail instead)",
+              file=sys.stderr, flush=True)
+
+    with Repo.open_for_repair(path, wait=not args.no_wait, on_wait=waiting) as repo:
+        report = repo.repair_index()
+    doc = {
+        "blocks_scanned": report.blocks_scanned,
+        "corrupt_blocks": report.corrupt_blocks,
+        "moved_aside": report.moved_aside,
+        "objects": [{"cid": o.cid, "kind": o.kind, "size": o.size, "blocks": o.blocks} for o in report.objects],
+    }
+    if args.json:
+        print_json(doc)
+        return 0
+    if report.moved_aside:
+        print(f"moved the unreadable index to {report.moved_aside}", file=sys.stderr)
+    for o in report.objects:
+        print(f"{o.cid}\t{o.kind}\t{human_size(o.size)}")
+    print(f"scanned {report.blocks_scanned} blocks: pinned {len(report.objects)} object(s)"
+          + (f", skipped {report.corrupt_blocks} corrupt block(s) (see `shoal verify`)" if report.corrupt_blocks else ""),
+          file=sys.stderr)
+    return 0
+
+
 def cmd_car_export(args: argparse.Namespace) -> int:
     from store.car import export_car_file
 
@@ -381,7 +461,7 @@ def cmd_car_export(args: argparse.Namespace) -> int:
     if client is not None:
         written = client.call("POST", "/v1/car/export", {"cid": str(cid), "output": absolute(Path(args.output))})["bytes"]
     else:
-        with open_repo(args) as repo:
+        with read_repo(args) as repo:
             written = export_car_file(repo.blockstore, cid, Path(args.output))
     print(f"wrote {args.output} ({human_size(written)})", file=sys.stderr)
     return 0

@@ -318,7 +318,7 @@ def build_api(node: Node, token: str) -> ControlApi:
 
     async def gc(p: dict[str, Any]) -> Any:
         async with node.store_guard.exclusive():
-            result = await run(gc_measured, repo)
+            result = await run(gc_measured, repo, bool((p or {}).get("force", False)))
         return {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
 
     async def verify(p: dict[str, Any]) -> Any:

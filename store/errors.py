@@ -61,6 +61,26 @@ class RepoLocked(RepoError):
     hint = "another shoal process (a node or an offline command) is using this repo"
 
 
+class IndexMissing(RepoError):
+    """`index.sqlite` of an existing repo is gone or empty: opening it must not
+    silently start a fresh one, whose empty pin set would let gc delete every block."""
+
+    hint = "run `shoal repair-index` to rebuild the objects and pins from the blocks (nothing is deleted)"
+
+
+class IndexCorrupt(RepoError):
+    """`index.sqlite` exists but is not a readable SQLite database."""
+
+    hint = "run `shoal repair-index`: it moves the damaged index aside and rebuilds one from the blocks"
+
+
+class GcRefused(RepoError):
+    """gc would delete every block: the index holds no pin and never held one."""
+
+    hint = ("if index.sqlite was lost or replaced, run `shoal repair-index` first; "
+            "to delete every block anyway, run `shoal gc --force`")
+
+
 class NotPinned(StoreError):
     """Unpinning something that is not pinned."""
 
@@ -68,7 +88,8 @@ class NotPinned(StoreError):
 class StorageFull(StoreError):
     """The disk is full (ENOSPC); nothing partial was committed."""
 
-    hint = "free some disk space and try again"
+    hint = ("unpin what you no longer need (`shoal pin rm CID`) and run `shoal gc`, "
+            "or free space elsewhere on that disk")
 
 
 class ProofError(StoreError):

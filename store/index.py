@@ -24,6 +24,7 @@ Not here: any knowledge of blocks on disk or DAG structure (store.repo).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .errors import RepoError
+from .errors import IndexCorrupt, IndexMissing, RepoError, StorageFull
 
 __all__ = [
     "Index", "ObjectRecord", "PinRecord", "register_schema", "CORE_MIGRATIONS",
@@ -71,6 +72,23 @@ CORE_MIGRATIONS: tuple[str, ...] = (
 )
 
 _EXTENSIONS: dict[str, tuple[str, ...]] = {}
+
+# Facts about the index itself. `pinned_once`: this index has recorded a pin
+# at some point. gc uses it to tell "every pin was removed" (fine: delete
+# everything) from "this index never knew these blocks" (a lost index
+# recreated, or replaced by a fresh one: deleting would lose every object).
+# An index that already holds objects or pins when this table is added
+# counts as having pinned.
+INDEX_META_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE index_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO index_meta (key, value)
+        SELECT 'pinned_once', '1' WHERE EXISTS (SELECT 1 FROM pins) OR EXISTS (SELECT 1 FROM objects);
+    """,
+)
 
 
 def register_schema(component: str, migrations: Sequence[str]) -> None:
@@ -115,33 +133,78 @@ class PinRecord:
 class Index:
     """A thread-safe handle on `index.sqlite`. Every write is one transaction."""
 
-    def __init__(self, path: Path, *, migrate: bool = True) -> None:
-        """Open (creating if needed) and, if `migrate`, bring the schema up to date.
+    def __init__(self, path: Path, *, migrate: bool = True, create: bool = True,
+                 read_only: bool = False) -> None:
+        """Open and, if `migrate`, bring the schema up to date.
 
-        `migrate=False` is for opening without the repo lock: it must not
-        write, so an out-of-date schema is an error there instead.
+        `create=False` (opening an existing repo): a missing, empty or
+        schema-less file raises IndexMissing instead of becoming a fresh
+        index, since a fresh index's empty pin set would let gc delete every
+        block. `migrate=False` is for opening without the repo lock: it must
+        not write, so an out-of-date schema is an error there instead.
+        `read_only=True` (no lock, implies `migrate=False`): a `mode=ro`
+        connection, so reading never needs write access to the repo; where
+        even that cannot work (a read-only mount, or a full disk, where
+        SQLite cannot create its `-shm` file) and no `-wal` holds changes
+        the main file lacks, the file is opened `immutable`, which reads it
+        without any locking or side file.
         """
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
+        if not create or read_only:
+            try:
+                empty = self.path.stat().st_size == 0
+            except FileNotFoundError:
+                raise IndexMissing(f"the repo index {self.path} is missing") from None
+            except OSError as exc:
+                raise RepoError(f"cannot open index {self.path}: {exc.strerror}") from exc
+            if empty:
+                raise IndexMissing(f"the repo index {self.path} is empty")
         try:
-            self._db = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RepoError(f"{self.path}: SQLite refused WAL mode (got {mode})")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            if migrate:
+            if read_only:
+                self._db = self._connect_read_only()
+            else:
+                self._db = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+                )
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise RepoError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+            version = self.schema_version()
+            if version == 0 and (not create or read_only):
+                raise IndexMissing(f"the repo index {self.path} holds no tables (it was emptied or replaced)")
+            if migrate and not read_only:
                 self._migrate()
-            elif self.schema_version() != len(CORE_MIGRATIONS):
+            elif version != len(CORE_MIGRATIONS):
                 raise RepoError(f"{self.path} needs a schema upgrade; open the repo with its lock once")
         except sqlite3.Error as exc:
             self._close_quietly()
-            raise RepoError(f"cannot open index {self.path}: {exc}") from exc
+            raise sqlite_error(exc, self.path, f"cannot open index {self.path}") from exc
         except BaseException:
             self._close_quietly()
             raise
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None,
+                             check_same_thread=False, timeout=10.0)
+        try:
+            db.execute("PRAGMA user_version").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            name = getattr(exc, "sqlite_errorname", "")
+            if not (name.startswith("SQLITE_IOERR") or name.startswith("SQLITE_CANTOPEN")
+                    or name.startswith("SQLITE_READONLY")):
+                raise
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise  # committed changes may live only in the WAL: immutable would not see them
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
+                               check_same_thread=False, timeout=10.0)
 
     def _close_quietly(self) -> None:
         db = getattr(self, "_db", None)
@@ -156,15 +219,31 @@ class Index:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """`BEGIN IMMEDIATE` … COMMIT, or ROLLBACK on any exception."""
+        """`BEGIN IMMEDIATE` … COMMIT, or ROLLBACK on any exception.
+
+        A full disk (SQLITE_FULL, or an I/O error while the disk is full)
+        becomes StorageFull, so the user reads "disk full", not "disk I/O error".
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                mapped = sqlite_error(exc, self.path, f"cannot update index {self.path}")
+                if isinstance(mapped, (StorageFull, IndexCorrupt)):
+                    raise mapped from exc
                 raise
-            self._db.execute("COMMIT")
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -253,6 +332,10 @@ class Index:
                 cur = db.execute("DELETE FROM pins WHERE cid = ? AND created = ?", (cid, created))
             return cur.rowcount > 0
 
+    def has_pins(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM pins LIMIT 1").fetchone() is not None
+
     def is_pinned(self, cid: str) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1 FROM pins WHERE cid = ?", (cid,)).fetchone() is not None
@@ -289,6 +372,12 @@ class Index:
             ).fetchall()
         return [ObjectRecord(*row) for row in rows]
 
+    def ever_pinned(self) -> bool:
+        """True once this index has recorded a pin (see INDEX_META_MIGRATIONS)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM index_meta WHERE key = 'pinned_once'").fetchone()
+        return row is not None
+
     def forget_objects(self, cids: Iterable[str]) -> int:
         """Drop object rows (gc does this for roots whose block is gone)."""
         with self.transaction() as db:
@@ -307,6 +396,7 @@ def _upsert_object(db: sqlite3.Connection, obj: ObjectRecord) -> None:
 
 def _upsert_pin(db: sqlite3.Connection, cid: str, recursive: bool, keys: Iterable[str]) -> None:
     db.execute("DELETE FROM pins WHERE cid = ?", (cid,))  # cascades to pin_blocks
+    db.execute("INSERT OR IGNORE INTO index_meta (key, value) VALUES ('pinned_once', '1')")
     db.execute("INSERT INTO pins (cid, recursive, created) VALUES (?, ?, ?)", (cid, int(recursive), time.time()))
     db.executemany(
         "INSERT OR IGNORE INTO pin_blocks (pin, key) VALUES (?, ?)", ((cid, k) for k in keys)
@@ -330,3 +420,29 @@ def _split_sql(script: str) -> list[str]:
     if current.strip(" \t\r\n;"):
         raise RepoError(f"incomplete SQL in migration: {current.strip()[:80]!r}")
     return statements
+
+
+register_schema("index_meta", INDEX_META_MIGRATIONS)
+
+
+_FULL_FREE_BYTES = 1 << 20  # below this much free space an SQLite I/O error is taken as a full disk
+
+
+def sqlite_error(exc: sqlite3.Error, path: Path, what: str) -> RepoError | StorageFull:
+    """The store error for an SQLite failure on `path`: StorageFull for a full
+    disk (SQLITE_FULL, or an I/O error such as SQLITE_IOERR_SHMSIZE while the
+    filesystem has next to no room), IndexCorrupt for a damaged file."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and _nearly_full(path)):
+        return StorageFull(f"{what}: disk full")
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or name.startswith("SQLITE_CORRUPT"):
+        return IndexCorrupt(f"{what}: {exc}")
+    return RepoError(f"{what}: {exc}")
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_FREE_BYTES

@@ -4,7 +4,9 @@
 <repo>/config.toml     settings (store.config), written last by init
 <repo>/index.sqlite    objects, pins, pin membership (store.index)
 <repo>/blocks/         block files (store.flatfs)
-<repo>/repo.lock       flock'd by whoever writes: an offline command or the node
+<repo>/repo.lock       flock'd by whoever writes: an offline command or the node;
+                       holds the holder's pid (and "node" for a node)
+<repo>/reserve         emergency space, given back on a full disk (store.reserve)
 <repo>/identity.key    created by p2p/, not here (see `Repo.identity_path`)
 <repo>/proofs/         storage-commitment files, per object CID: `<cid>.leaves`
                        (the leaf-hash layer, 32 B per segment) and
@@ -18,6 +20,16 @@ index never points at a block that may not exist; `gc` deletes only blocks
 outside the committed pin set, so stopping it at any moment loses nothing
 pinned; anything a crash leaves behind (unreferenced blocks, `*.tmp` files)
 is garbage that `gc` or `verify` removes.
+
+Who waits for whom: writers (put, pin, gc, verify, a node) take the lock,
+and a writer that finds it held waits for it if asked to (`wait=True`),
+except behind a node, which holds it for its whole life. Readers
+(`lock=False`) take no lock and open the index read-only: SQLite's WAL
+lets them read beside a writer, and they work on a read-only repo.
+
+The index is never created by `open`: a lost or emptied `index.sqlite`
+raises IndexMissing, `repair_index` rebuilds it from the blocks, and `gc`
+refuses to delete every block when the index never held a pin.
 
 Not here: the network, the node's API, identity keys, CAR files.
 """
@@ -37,15 +49,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from .cid import CID, RAW, block_key, parse_cid
+from .cid import CID, RAW, block_key, cid_from_bytes, parse_cid
 from .config import default_config, load_config, merge, save_config
 from .errors import (
-    BlockNotFound, HashMismatch, InvalidInput, NotPinned, RepoError, RepoLocked,
-    RepoNotInitialized, StorageFull,
+    BlockNotFound, GcRefused, HashMismatch, IndexCorrupt, IndexMissing, InvalidInput, NotPinned,
+    RepoError, RepoLocked, RepoNotInitialized, StoreError, StorageFull,
 )
-from .flatfs import FlatfsBlockstore
+from .flatfs import FlatfsBlockstore, cid_for_key
 from .index import Index, ObjectRecord, PinRecord
 from .profiles import DEFAULT_PROFILE, PROFILES, Profile
+from .reserve import Reserve
 
 if TYPE_CHECKING:
     from .chunker import Chunker
@@ -53,8 +66,8 @@ if TYPE_CHECKING:
     from .importer import ByteSink, ImportResult, PieceHasher
     from .proofs import Commitment
 
-__all__ = ["Repo", "GcResult", "VerifyReport", "resolve_repo_path", "ENV_VAR", "PROOFS_DIR",
-           "leaves_file", "commitment_file"]
+__all__ = ["Repo", "GcResult", "VerifyReport", "RepairReport", "resolve_repo_path", "ENV_VAR",
+           "PROOFS_DIR", "leaves_file", "commitment_file"]
 
 ENV_VAR = "SHOAL_REPO"
 CONFIG_FILE = "config.toml"
@@ -103,6 +116,16 @@ class VerifyReport:
     temp_files_removed: int = 0
 
 
+@dataclass(frozen=True)
+class RepairReport:
+    """What `repair_index` found and recorded."""
+
+    blocks_scanned: int
+    objects: list[ObjectRecord]  # the roots it pinned and listed
+    corrupt_blocks: int = 0  # skipped: their links cannot be trusted
+    moved_aside: str | None = None  # where an unreadable index was moved
+
+
 class _SharedExclusive:
     """Many writers (imports, fetches) may run together; gc and verify run alone.
 
@@ -142,12 +165,19 @@ class _SharedExclusive:
 class Repo:
     """An open repo. Use `Repo.init` or `Repo.open`; close it (or use `with`)."""
 
-    def __init__(self, path: Path, lock_fd: int | None) -> None:
+    def __init__(self, path: Path, lock_fd: int | None, *, create_index: bool = False) -> None:
         self.path = path
         self._lock_fd = lock_fd
         self._guard = _SharedExclusive()
+        self.reserve = Reserve(path)
+        #: Bytes of the emergency reserve this open gave back (a full disk).
+        self.reserve_released = 0
+        #: Where `open_for_repair` moved an unreadable index, if it did.
+        self.index_moved_aside: Path | None = None
         self.config: dict[str, Any] = load_config(path / CONFIG_FILE)
-        self.index = Index(path / INDEX_FILE, migrate=lock_fd is not None)
+        read_only = lock_fd is None
+        self.index = Index(path / INDEX_FILE, migrate=not read_only, create=create_index,
+                           read_only=read_only)
         try:
             self.blockstore = FlatfsBlockstore(path / BLOCKS_DIR)
         except BaseException:
@@ -174,29 +204,92 @@ class Repo:
                 raise RepoError(f"{path} is already a shoal repo")
             FlatfsBlockstore(path / BLOCKS_DIR)
             Index(path / INDEX_FILE).close()
+            Reserve(path).ensure()
             save_config(path / CONFIG_FILE, merge(default_config(), config or {}))
-            return cls(path, fd)
+            return cls(path, fd, create_index=True)
         except BaseException:
             os.close(fd)
             raise
 
     @classmethod
-    def open(cls, path: Path, *, lock: bool = True) -> "Repo":
-        """Open an existing repo; RepoNotInitialized or RepoLocked otherwise.
+    def open(
+        cls,
+        path: Path,
+        *,
+        lock: bool = True,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
+        node: bool = False,
+        frees_space: bool = False,
+    ) -> "Repo":
+        """Open an existing repo; RepoNotInitialized, RepoLocked or IndexMissing otherwise.
 
-        `lock=False` is for read-only use next to a running node: every
-        method that writes then raises RepoError.
+        `lock=False` opens for reading: no lock (so it never waits for a
+        writer), the index read-only (so a read-only repo works); every
+        method that writes then raises RepoError. With the lock, `wait=True`
+        waits for another writer to finish (calling `on_wait(who)` once
+        first) instead of raising RepoLocked, but never behind a node.
+        `node=True` marks the lock as a node's. `frees_space=True` (pin rm,
+        gc): on a full disk, give back the emergency reserve first so the
+        index can be opened at all (`reserve_released` says how much);
+        other writers recreate the reserve first if it is missing and there
+        is room, so they cannot eat into it.
         """
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise RepoNotInitialized(f"no shoal repo at {path}")
-        fd = _acquire_lock(path) if lock else None
+        fd = _acquire_lock(path, wait=wait, on_wait=on_wait, node=node) if lock else None
+        released = 0
         try:
-            return cls(path, fd)
+            if fd is not None:
+                reserve = Reserve(path)
+                if frees_space and reserve.disk_full():
+                    released = reserve.release()
+                elif not frees_space:
+                    reserve.ensure()
+            repo = cls(path, fd)
         except BaseException:
             if fd is not None:
                 os.close(fd)
             raise
+        repo.reserve_released = released
+        return repo
+
+    @classmethod
+    def open_for_repair(
+        cls, path: Path, *, wait: bool = False, on_wait: Callable[[str], None] | None = None
+    ) -> "Repo":
+        """Open with the lock for `repair_index`, whatever state the index is in.
+
+        A missing or empty index is created afresh; an unreadable one is
+        moved aside (`index.sqlite.damaged-<time>`, with its -wal and -shm)
+        and replaced; a readable one is kept (the repair only adds to it).
+        """
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise RepoNotInitialized(f"no shoal repo at {path}")
+        fd = _acquire_lock(path, wait=wait, on_wait=on_wait)
+        moved: Path | None = None
+        try:
+            Reserve(path).release()  # the repair's own index needs room more than the reserve
+            index_path = path / INDEX_FILE
+            try:
+                Index(index_path, create=False).close()
+            except IndexMissing:
+                pass  # created below
+            except IndexCorrupt:
+                moved = index_path.with_name(f"{INDEX_FILE}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                for suffix in ("", "-wal", "-shm"):
+                    side = index_path.with_name(INDEX_FILE + suffix)
+                    if side.exists():
+                        os.replace(side, moved.with_name(moved.name + suffix))
+            repo = cls(path, fd, create_index=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        repo.index_moved_aside = moved
+        repo.reserve.ensure()
+        return repo
 
     def close(self) -> None:
         self.index.close()
@@ -421,10 +514,24 @@ class Repo:
 
     # -- maintenance ---------------------------------------------------------
 
-    def gc(self) -> GcResult:
-        """Delete every block no pin protects; forget objects whose root went with them."""
+    def gc(self, force: bool = False) -> GcResult:
+        """Delete every block no pin protects; forget objects whose root went with them.
+
+        GcRefused, unless `force`, when the index holds no pin and never
+        held one while blocks are stored: that is what a lost index
+        recreated (or replaced by a fresh one) looks like, and gc would
+        delete every object. (An index whose pins were all removed on
+        purpose has held one, so gc proceeds.) Afterwards the emergency
+        reserve is recreated if there is room again.
+        """
         self._check_writable()
         with self._guard.exclusive():
+            if not force and not self.index.has_pins() and not self.index.ever_pinned():
+                stored = sum(1 for _ in self.blockstore.keys())
+                if stored:
+                    raise GcRefused(
+                        f"the index holds no pin and never held one, but {stored} block(s) are "
+                        f"stored: gc would delete them all")
             live = self.index.live_keys()
             removed = freed = 0
             for key in list(self.blockstore.keys()):
@@ -437,7 +544,64 @@ class Repo:
             gone = [o.cid for o in self.index.objects() if not self.blockstore.has(parse_cid(o.cid))]
             if gone:
                 self.index.forget_objects(gone)
+        self.reserve.ensure()
         return GcResult(removed, freed, temps)
+
+    def repair_index(self) -> RepairReport:
+        """Rebuild objects and pins from the blocks present; never removes anything.
+
+        Every block is read (hence hash-checked; a corrupt one is skipped,
+        since its links cannot be trusted). A block that decodes as a UnixFS
+        dag-pb node is read as one, any other as a raw block. Each block
+        that no other block links to is a root: unless a pin already covers
+        it, it is pinned (with whatever of its DAG is present, so an
+        incomplete DAG keeps its blocks and `verify` names what is missing)
+        and listed as an object named by its CID. A stray raw leaf of a
+        crashed put also becomes an object that way: keeping garbage is
+        the price of losing nothing.
+        """
+        from .exporter import stat
+
+        self._check_writable()
+        with self._guard.exclusive():
+            linked: set[str] = set()
+            roots: dict[str, CID] = {}
+            scanned = corrupt = 0
+            for key in list(self.blockstore.keys()):
+                scanned += 1
+                try:
+                    data = self.blockstore.get(cid_for_key(key))
+                except HashMismatch:
+                    corrupt += 1
+                    continue
+                except (BlockNotFound, RepoError):
+                    continue
+                cid, links = _read_as_unixfs(key, data)
+                linked.update(links)
+                roots[key] = cid
+            live = self.index.live_keys()
+            added: list[ObjectRecord] = []
+            for key, cid in roots.items():
+                if key in linked or key in live:
+                    continue
+                keys = {block_key(c) for c, problem in self._walk(cid) if problem is None}
+                kind, size = "file", 0
+                try:
+                    info = stat(self.blockstore, cid)
+                    kind = "directory" if info.kind == "dir" else "file"
+                    size = info.size or 0
+                except StoreError:
+                    pass
+                record = ObjectRecord(
+                    cid=str(cid), name=str(cid), kind=kind, size=size,
+                    tsize=sum(self.blockstore.size_of_key(k) for k in keys), blocks=len(keys),
+                    profile="unknown", chunker="unknown",
+                )
+                self.index.record_put(record, keys)
+                live |= keys
+                added.append(record)
+        moved = str(self.index_moved_aside) if self.index_moved_aside else None
+        return RepairReport(scanned, added, corrupt, moved)
 
     def _cleanup_proof_temps(self, min_age_s: float = STALE_TEMP_AGE_S) -> int:
         """Remove temp files a crash left in `<repo>/proofs/`.
@@ -582,28 +746,71 @@ def _as_cid(cid: CID | str) -> CID:
     return parse_cid(cid) if isinstance(cid, str) else cid
 
 
-def _acquire_lock(path: Path) -> int:
-    """Take `<repo>/repo.lock` exclusively, without waiting; RepoLocked if held."""
+def _read_as_unixfs(key: str, data: bytes) -> tuple[CID, list[str]]:
+    """(the CID a stored block is best read under, the keys it links to).
+
+    dag-pb if it decodes as a dag-pb node carrying UnixFS data with valid
+    link CIDs (CIDv0 if its links are CIDv0, as a kubo-legacy DAG's are),
+    else raw.
+    """
+    from . import dagpb, unixfs
+
+    raw = cid_for_key(key)
+    try:
+        node = dagpb.decode(data)
+        if node.data is None:
+            return raw, []
+        unixfs.decode(node.data)
+        links = [cid_from_bytes(link.hash) for link in node.links]
+    except (StoreError, ValueError):
+        return raw, []
+    version = 0 if links and all(c.version == 0 for c in links) else 1
+    cid = CID("base58btc" if version == 0 else "base32", version, "dag-pb", raw.digest)
+    return cid, [block_key(c) for c in links]
+
+
+def _acquire_lock(path: Path, *, wait: bool = False, on_wait: Callable[[str], None] | None = None,
+                  node: bool = False) -> int:
+    """Take `<repo>/repo.lock` exclusively; RepoLocked if held and not `wait`ing.
+
+    Waiting blocks in flock(2) (Ctrl-C still interrupts it), but never
+    behind a node: a node holds the lock until it stops.
+    """
     lock_path = path / LOCK_FILE
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageFull(f"cannot create {lock_path}: disk full") from exc
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise RepoError(f"repo {path} is read-only ({exc.strerror}): only reading "
+                            f"commands (ls, cat, get, pin ls) work on it") from exc
         raise RepoError(f"cannot open {lock_path}: {exc.strerror}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise RepoLocked(f"repo {path} is in use by another shoal process{who}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fields = os.pread(fd, 64, 0).decode(errors="replace").split()
+            pid = fields[0] if fields and fields[0].isdigit() else ""
+            if len(fields) > 1 and fields[1] == "node":
+                err = RepoLocked(f"repo {path} is in use by a shoal node (pid {pid})")
+                err.hint = "its API is not answering (yet): wait until it is ready, or stop it"
+                raise err from None
+            who = f"another shoal process (pid {pid})" if pid else "another shoal process"
+            if not wait:
+                raise RepoLocked(f"repo {path} is in use by {who}") from None
+            if on_wait is not None:
+                on_wait(who)
+            fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as exc:
         os.close(fd)
         raise RepoError(f"cannot lock {lock_path}: {exc.strerror}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}{' node' if node else ''}\n".encode(), 0)
     except OSError:
         pass  # the pid is only a diagnostic; the flock is what counts
     return fd

@@ -259,12 +259,12 @@ def put_measured(repo: "Repo", path: Path, **kwargs: Any) -> "ImportResult":
     return result
 
 
-def gc_measured(repo: "Repo") -> "GcResult":
-    """`repo.gc()`, recorded as a `gc`; its bytes are the bytes freed (counted
+def gc_measured(repo: "Repo", force: bool = False) -> "GcResult":
+    """`repo.gc(force)`, recorded as a `gc`; its bytes are the bytes freed (counted
     as bytes_written, the field the ledger's per-GB figure for gc uses)."""
     account = account_for(repo)
     with account.measure("gc") as op:
-        result = repo.gc()
+        result = repo.gc(force)
         op.bytes_written += result.freed_bytes
     return result
 
