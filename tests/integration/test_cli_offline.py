@@ -204,7 +204,7 @@ def test_locked_repo_is_a_clear_error(repo: Path, tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
-        r = run_shoal(repo, "put", str(tmp_path / "f"))
+        r = run_shoal(repo, "put", str(tmp_path / "f"), "--no-wait")  # without it, put waits (issue 12, item 22)
         assert_one_line_error(r)
         assert "lock" in r.err.lower() or "in use" in r.err.lower()
     finally:
