@@ -129,8 +129,10 @@ def run_demo(swarm: LocalSwarm, root: Path, size: int) -> None:
 def _later_steps() -> list[Any]:
     """The steps after put/get, imported only when a demo runs: replication
     (issue 4: put with replicas, audit, break a holder, repair), then energy
-    (issue 5), which must come last since its report sums up the others."""
+    (issue 5), whose report sums up the steps before it, then a separate
+    private swarm that a keyless peer cannot join (issue 12)."""
     from .commands_energy import demo_step as energy_step
+    from .demo_private import private_swarm_step
     from .demo_replication import replication_step
 
-    return [replication_step, energy_step]
+    return [replication_step, energy_step, private_swarm_step]
