@@ -130,8 +130,12 @@ def _membership(args: argparse.Namespace, node_cfg: dict[str, Any],
     if key_path is None and (repo_path / SWARM_KEY_FILE).exists():
         key_path = repo_path / SWARM_KEY_FILE
     allow_path = _config_path(args.allow_peers, node_cfg, "allow_peers", repo_path)
-    return (load_swarm_key(key_path) if key_path is not None else None,
-            load_allowlist(allow_path) if allow_path is not None else None)
+    swarm_key = load_swarm_key(key_path) if key_path is not None else None
+    if key_path is not None and key_path.stat().st_mode & 0o077:
+        # Not refused (a key copied by hand is often 0644), but whoever reads it joins the swarm.
+        print(f"warning: swarm key {key_path} is readable by other users, who could join the private "
+              f"swarm with it (chmod 600 it)", file=sys.stderr, flush=True)
+    return swarm_key, load_allowlist(allow_path) if allow_path is not None else None
 
 
 def _config_path(flag: str | None, node_cfg: dict[str, Any], key: str, repo_path: Path) -> Path | None:

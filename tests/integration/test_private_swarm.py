@@ -77,10 +77,13 @@ def test_only_peers_with_the_swarm_key_connect_and_fetch(swarm: Swarm, tmp_path:
     key, other = SwarmKey.generate(), SwarmKey.generate()
     key_file, other_file = tmp_path / "swarm.key", tmp_path / "other.key"
     key_file.write_bytes(key.encode())
+    key_file.chmod(0o600)
     other_file.write_bytes(other.encode())
+    other_file.chmod(0o644)
 
     a = swarm.add("A", extra_args=["--swarm-key", str(key_file)])  # by flag
     assert f"private swarm: only peers with the swarm key {key.fingerprint()}" in a.log_text()
+    assert "readable by other users" not in a.log_text()
     data = write_random(tmp_path / "model.bin", 3 * MiB + 5, seed=3)
     cid = a.put(tmp_path / "model.bin")
 
@@ -106,6 +109,7 @@ def test_only_peers_with_the_swarm_key_connect_and_fetch(swarm: Swarm, tmp_path:
         assert not (tmp_path / f"{node.name}.bin").exists()
         assert not node.connected_ids(), node.name
     assert "same swarm key" in wait_dial_failed(wrong), "a mis-keyed node should say why its dials fail"
+    assert f"swarm key {other_file} is readable by other users" in wrong.log_text()
     # Peer exchange ran meanwhile: A and B only ever had each other.
     assert a.connected_ids() == {b.peer_id} and b.connected_ids() == {a.peer_id}
     assert {keyless.peer_id, wrong.peer_id}.isdisjoint({p["peer_id"] for p in a.peers()})
