@@ -273,12 +273,17 @@ class Repo:
         try:
             Reserve(path).release()  # the repair's own index needs room more than the reserve
             index_path = path / INDEX_FILE
+            stamp = time.strftime("%Y%m%dT%H%M%S")
             try:
                 Index(index_path, create=False).close()
             except IndexMissing:
-                pass  # created below
+                # A -wal left by the lost file must not be replayed into the new one.
+                for suffix in ("-wal", "-shm"):
+                    side = index_path.with_name(INDEX_FILE + suffix)
+                    if side.exists():
+                        os.replace(side, side.with_name(f"{side.name}.orphan-{stamp}"))
             except IndexCorrupt:
-                moved = index_path.with_name(f"{INDEX_FILE}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                moved = index_path.with_name(f"{INDEX_FILE}.damaged-{stamp}")
                 for suffix in ("", "-wal", "-shm"):
                     side = index_path.with_name(INDEX_FILE + suffix)
                     if side.exists():

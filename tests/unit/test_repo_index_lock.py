@@ -64,6 +64,19 @@ def test_repair_index_recovers_every_root(repo_path: Path, tmp_path: Path) -> No
         assert sizes[str(big.cid)] == 2_500_000 and sizes[str(small.cid)] == 100
 
 
+def test_repair_ignores_the_wal_of_a_lost_index(repo_path: Path, tmp_path: Path) -> None:
+    """Only index.sqlite was lost; its -wal (another database's frames) is moved aside, not replayed."""
+    with Repo.open(repo_path) as r:
+        res = r.add(_file(tmp_path, "f", 3_000))
+        (repo_path / "index.sqlite").unlink()  # while open: its -wal and -shm stay behind
+        wal = (repo_path / "index.sqlite-wal").read_bytes()
+    (repo_path / "index.sqlite-wal").write_bytes(wal)
+    with Repo.open_for_repair(repo_path) as r:
+        assert [o.cid for o in r.repair_index().objects] == [str(res.cid)]
+        assert r.verify().ok
+    assert list(repo_path.glob("index.sqlite-wal.orphan-*"))
+
+
 def test_gc_refuses_a_never_pinned_index_only(repo_path: Path, tmp_path: Path) -> None:
     with Repo.open(repo_path) as r:
         res = r.add(_file(tmp_path, "f", 5_000))
