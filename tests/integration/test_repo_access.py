@@ -350,3 +350,38 @@ def test_full_disk_still_lets_the_user_free_space(tmp_path: Path) -> None:
         assert run_shoal(repo, "verify").code == 0
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_node_refuses_a_lost_index_and_its_gc_the_never_pinned_guard(tmp_path: Path) -> None:
+    from tests.integration.swarm import Swarm
+
+    swarm = Swarm(tmp_path)
+    try:
+        node = swarm.add("a", start=False)
+        write_random(tmp_path / "f.bin", 2_500_000, seed=61)
+        cid = put(node.repo, tmp_path / "f.bin")
+        blocks = block_files(node.repo)
+        remove_index(node.repo)
+        r = run_shoal(node.repo, "node", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0",
+                      timeout=60)
+        assert_one_line_error(r)
+        assert "index" in r.err and "repair-index" in r.err
+        assert not (node.repo / "index.sqlite").exists()
+
+        other = tmp_path / "other"
+        assert run_shoal(other, "init").code == 0
+        shutil.copy(other / "index.sqlite", node.repo / "index.sqlite")  # a fresh, empty index
+        node.start()
+        r = node.shoal("gc")
+        assert_one_line_error(r)
+        assert "never held" in r.err and "--force" in r.err
+        assert block_files(node.repo) == blocks
+        r = node.shoal("repair-index")
+        assert_one_line_error(r)  # not beside a running node
+        assert node.stop() == 0
+        assert run_shoal(node.repo, "repair-index").code == 0
+        node.start()
+        assert cid in {row["cid"] for row in node.json("ls", "--json")}
+        assert node.json("gc", "--json")["removed_blocks"] == 0
+    finally:
+        swarm.close()
