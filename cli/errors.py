@@ -12,7 +12,7 @@ import errno
 import sys
 from typing import NoReturn
 
-from store.errors import StoreError, StorageFull
+from store.errors import StoreError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and found a problem (verify failed) or a user error
@@ -41,8 +41,10 @@ def describe(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, (CliError, StoreError)) or isinstance(exc, _p2p_error_types()):
         return str(exc) or type(exc).__name__, getattr(exc, "hint", "")
     if isinstance(exc, OSError):
-        if exc.errno == errno.ENOSPC:
-            return "no space left on device", StorageFull.hint
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Not a store error: the full disk may be the output's, not the repo's.
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return f"disk full{where} (no space left on device)", "free some space on that disk and try again"
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}", ""
     return None
