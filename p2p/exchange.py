@@ -122,11 +122,11 @@ class FetchPlanner:
             self.on_failure(peer, key, timed_out=True)
         return expired
 
-    def next_requests(self, now: float) -> list[tuple[Peer, Key]]:
-        """Requests to send now, each recorded as in flight."""
+    def next_requests(self, now: float, limit: int | None = None) -> list[tuple[Peer, Key]]:
+        """Requests to send now (at most `limit`), each recorded as in flight."""
         out: list[tuple[Peer, Key]] = []
         deferred: list[Key] = []
-        while self._queue:
+        while self._queue and (limit is None or len(out) < limit):
             key = self._queue.popleft()
             if key not in self._queued:
                 continue

@@ -42,10 +42,16 @@ FIND_TIMEOUT_S = 5.0
 # fetch disk-latency bound (bench/transfer.py: ~137 MB/s serial puts against
 # ~590 MB/s with four threads).
 STORE_CONCURRENCY = 6
-# Received block bytes allowed to wait for (or be in) a put; above it no new
-# requests go out until puts catch up. The planner's per-peer in-flight cap
-# bounds this too; the byte cap also holds with many holders.
-STORE_QUEUE_BYTES = 48 * 1024 * 1024
+# The fetch's block bytes in memory: received blocks waiting for (or in) a
+# put, plus what every request still running may bring (a block of at most
+# `L.MAX_BLOCK_BYTES` each). A new request goes out only if it fits, so
+# memory stays under this bound whatever the number of holders, their
+# in-flight caps, or a slow disk (before: only new requests stopped at the
+# cap, while those in flight kept adding to an unbounded queue).
+STORE_QUEUE_BYTES = 96 * 1024 * 1024
+# Events waiting for the loop. Every sender is a request or store task, whose
+# number the byte budget bounds; a full channel makes them wait (backpressure).
+EVENT_BUFFER = 64
 
 _Event = tuple[str, PeerId, bytes, "bytes | None"]
 """(kind, holder, block key, data): what a request task reports to the loop."""
@@ -97,6 +103,7 @@ async def fetch_dag(
     on_stored: Callable[[CID, bytes], Awaitable[None]] | None = None,
     on_verified: Callable[[CID, bytes], None] | None = None,
     on_wanted: Callable[[CID], None] | None = None,
+    guard: bool = True,
 ) -> FetchResult:
     """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
 
@@ -107,12 +114,40 @@ async def fetch_dag(
     is checked and before it is written (p2p/handoff.py hands it to an
     export there); it may block that thread briefly, which paces the fetch.
     `on_wanted(cid)` runs on the event loop for each block the fetch will
-    get from the swarm, before it is requested.
+    get from the swarm, before it is requested. `guard=False` only for a
+    caller that already holds `node.store_guard` shared.
     """
     fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
     fetch.on_verified = on_verified
     fetch.on_wanted = on_wanted
-    return await fetch.run(holders)
+    return await fetch.run(holders, guard=guard)
+
+
+def missing_blocks(store: Any, root: CID, limit: int = 16) -> list[CID]:
+    """Blocks of the DAG under `root` that are absent (or, for inner nodes,
+    corrupt), up to `limit`. Raw leaves are checked for presence only (every
+    fetched one was hash-checked before it was stored); inner nodes are read,
+    verified, to follow their links. Runs in a worker thread."""
+    missing: list[CID] = []
+    seen: set[tuple[int, bytes]] = set()
+    stack = [root]
+    while stack and len(missing) < limit:
+        cid = stack.pop()
+        visit = (int(cid.codec.code), bytes(cid))
+        if visit in seen:
+            continue
+        seen.add(visit)
+        if cid.codec.name == RAW:
+            if not store.has(cid):
+                missing.append(cid)
+            continue
+        try:
+            data = store.get(cid)
+        except (BlockNotFound, HashMismatch):
+            missing.append(cid)
+            continue
+        stack.extend(reversed(iter_links(cid, data)))
+    return missing
 
 
 class PlannedFetch(abc.ABC):
@@ -130,9 +165,10 @@ class PlannedFetch(abc.ABC):
         self.store = node.repo.blockstore
         self.result = result
         self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer, request_timeout=request_timeout)
-        self.events_send, self.events_recv = trio.open_memory_channel[_Event](math.inf)
+        self.events_send, self.events_recv = trio.open_memory_channel[_Event](EVENT_BUFFER)
         self._store_limiter = trio.CapacityLimiter(STORE_CONCURRENCY)
         self._store_bytes = 0  # received block bytes not yet stored or rejected
+        self._requests_running = 0  # request tasks that have not reported yet
         self._store_error: StoreError | OSError | None = None
         self.on_verified: Callable[[CID, bytes], None] | None = None
         self.on_wanted: Callable[[CID], None] | None = None
@@ -169,36 +205,57 @@ class PlannedFetch(abc.ABC):
             raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of {root} from any peer")
         return holders
 
+    def _request_room(self) -> int:
+        """How many more requests fit in the memory budget (`STORE_QUEUE_BYTES`)."""
+        free = STORE_QUEUE_BYTES - self._store_bytes - self._requests_running * L.MAX_BLOCK_BYTES
+        return max(0, free // L.MAX_BLOCK_BYTES)
+
     async def _loop(self, nursery: trio.Nursery) -> None:
         while not self.planner.finished:
-            if self._store_bytes < STORE_QUEUE_BYTES:
-                for peer, key in self.planner.next_requests(trio.current_time()):
+            room = self._request_room()
+            if room:
+                for peer, key in self.planner.next_requests(trio.current_time(), limit=room):
+                    self._requests_running += 1
                     nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
             deadline = self.planner.next_deadline()
+            # Only the wait is bounded. Handling an event (a local read of an
+            # inner node, the on_stored hook) must never be cut short by a
+            # request's deadline: a walk dropped halfway leaves blocks marked
+            # seen that nobody will ever request.
+            event: _Event | None = None
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 event = await self.events_recv.receive()
-                await self._handle(event, nursery)
+            if event is None:
+                self.planner.expire(trio.current_time())
                 continue
-            self.planner.expire(trio.current_time())
+            await self._handle(event, nursery)
 
     async def _request(self, peer: PeerId, key: bytes) -> None:
+        try:
+            event = await self._ask(peer, key)
+        finally:
+            self._requests_running -= 1
+        if event[3] is not None:
+            # The block moves to the store queue in the same step, so the
+            # budget never loses sight of it.
+            self._store_bytes += len(event[3])
+        await self.events_send.send(event)
+
+    async def _ask(self, peer: PeerId, key: bytes) -> _Event:
+        """One WANT_BLOCK to `peer`: what it came to, as an event for the loop."""
         conn = self.node.connection_to(peer)
         if conn is None:
-            self.events_send.send_nowait(("gone", peer, key, None))
-            return
+            return ("gone", peer, key, None)
         try:
             replies = await conn.request(lambda rid: WantBlock(rid, (key,)), timeout=L.BLOCK_REQUEST_TIMEOUT_S)
         except RequestFailed as exc:
-            kind = "gone" if conn.closed else ("timeout" if exc.timed_out else "fail")
-            self.events_send.send_nowait((kind, peer, key, None))
-            return
+            return ("gone" if conn.closed else ("timeout" if exc.timed_out else "fail"), peer, key, None)
         for reply in replies:
             if isinstance(reply, Block) and reply.cid == key:
-                self.events_send.send_nowait(("block", peer, key, reply.data))
-                return
+                return ("block", peer, key, reply.data)
             if isinstance(reply, BlockMissing):
                 break
-        self.events_send.send_nowait(("fail", peer, key, None))
+        return ("fail", peer, key, None)
 
     async def _handle(self, event: "_Event", nursery: trio.Nursery) -> None:
         kind, peer, key, data = event
@@ -212,8 +269,7 @@ class PlannedFetch(abc.ABC):
             return
         assert data is not None
         if kind == "block":  # verify and store off the loop; "stored"/"corrupt" follows
-            self._store_bytes += len(data)
-            nursery.start_soon(self._store, peer, key, data)
+            nursery.start_soon(self._store, peer, key, data)  # (counted in _store_bytes already)
             return
         self._store_bytes -= len(data)
         cid = self._cid_for(key)
@@ -242,16 +298,15 @@ class PlannedFetch(abc.ABC):
         """
         cid = self._cid_for(key)
         async with self._store_limiter:
+            kind = "stored"
             try:
                 await trio.to_thread.run_sync(self._verify_and_put, cid, data)
             except HashMismatch:
-                self.events_send.send_nowait(("corrupt", peer, key, data))
-                return
+                kind = "corrupt"
             except (StoreError, OSError) as exc:  # raised by the loop, outside any task
                 self._store_error = exc
-                self.events_send.send_nowait(("error", peer, key, data))
-                return
-        self.events_send.send_nowait(("stored", peer, key, data))
+                kind = "error"
+        await self.events_send.send((kind, peer, key, data))
 
     def _verify_and_put(self, cid: CID, data: bytes) -> None:
         """Worker thread: hash check (HashMismatch), the `on_verified` hook, then the write."""
@@ -275,12 +330,23 @@ class _Fetch(PlannedFetch):
         self.on_stored = on_stored
         self.cids: dict[bytes, CID] = {}
 
-    async def run(self, holders: list[PeerId] | None) -> FetchResult:
+    async def run(self, holders: list[PeerId] | None, *, guard: bool = True) -> FetchResult:
+        """`guard=False`: the caller already holds the node's store guard shared
+        (taking it again could wait behind a gc that waits for the caller)."""
+        if not guard:
+            return await self._run(holders)
         async with self.node.store_guard.shared():
-            await self._consider([self.root])
-            if self.planner.finished:
-                return self.result
+            return await self._run(holders)
+
+    async def _run(self, holders: list[PeerId] | None) -> FetchResult:
+        await self._consider([self.root])
+        if not self.planner.finished:
             self.result.holders = len(await self._drive(self.root, holders))
+        # Success is a claim about the store, not about the walk: check it.
+        missing = await trio.to_thread.run_sync(missing_blocks, self.store, self.root)
+        if missing:
+            raise FetchFailed(f"fetch of {self.root} ended with {len(missing)} blocks missing, "
+                              f"e.g. {missing[0]}")
         return self.result
 
     def _cid_for(self, key: bytes) -> CID:
@@ -315,7 +381,7 @@ class _Fetch(PlannedFetch):
             try:
                 data = await trio.to_thread.run_sync(self.store.get, cid)
             except HashMismatch:
-                self.store.delete(cid)  # corrupt local copy: fetch a good one
+                await trio.to_thread.run_sync(self.node.repo.quarantine, cid)  # corrupt: move aside, fetch a good one
                 self.result.local_blocks -= 1
                 self._want(cid, key)
                 continue

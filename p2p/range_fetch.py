@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import trio
 
@@ -38,7 +38,7 @@ from .identity import PeerId
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["RangeWalk", "RangeFetchResult", "fetch_range", "fetch_ranges"]
+__all__ = ["RangeWalk", "RangeFetchResult", "fetch_range", "fetch_ranges", "missing_range_blocks"]
 
 log = logging.getLogger("shoal.range_fetch")
 
@@ -160,7 +160,39 @@ async def fetch_ranges(node: "Node", cid: CID, ranges: list[tuple[int, int | Non
             driver = _RangeFetch(node, RangeWalk(cid, offset, length), result,
                                  request_timeout, max_inflight_per_peer)
             await driver.run()
+            # Success is a claim about the store, not about the walk: check it.
+            missing = await trio.to_thread.run_sync(missing_range_blocks, node.repo.blockstore,
+                                                    cid, offset, length)
+            if missing:
+                raise FetchFailed(f"fetch of {cid} [{offset}, +{length}) ended with {len(missing)} "
+                                  f"blocks missing, e.g. {missing[0]}")
     return result
+
+
+def missing_range_blocks(store: Any, cid: CID, offset: int, length: int | None,
+                         limit: int = 16) -> list[CID]:
+    """Blocks covering [offset, offset+length) of the file `cid` that are not
+    in `store` (inner nodes: absent or corrupt), up to `limit`. A worker thread's job."""
+    walk = RangeWalk(cid, offset, length)
+    missing: list[CID] = []
+    stack = list(reversed(walk.start()))
+    while stack and len(missing) < limit:
+        block = stack.pop()
+        if block.codec.name == RAW:
+            if not store.has(block):
+                missing.append(block)
+            walk.leaf_present(block)
+            continue
+        try:
+            data = store.get(block)
+        except (BlockNotFound, HashMismatch):
+            missing.append(block)
+            continue
+        try:
+            stack.extend(reversed(walk.on_block(block, data)))
+        except StoreError as exc:
+            raise FetchFailed(f"block {block} of {cid} is malformed: {exc}") from None
+    return missing
 
 
 class _RangeFetch(PlannedFetch):
@@ -201,7 +233,7 @@ class _RangeFetch(PlannedFetch):
             try:
                 data = await trio.to_thread.run_sync(self.store.get, cid) if self.store.has(cid) else None
             except HashMismatch:
-                self.store.delete(cid)  # corrupt local copy: fetch a good one
+                await trio.to_thread.run_sync(self.node.repo.quarantine, cid)  # corrupt: move aside, fetch a good one
                 data = None
             except BlockNotFound:
                 data = None

@@ -94,8 +94,9 @@ class MemoryBlockstore:
     def put_trusted(self, cid: CID, data: bytes | memoryview) -> bool:
         key = block_key(cid)
         with self._lock:
-            if key in self._blocks:
-                return False
+            held = self._blocks.get(key)
+            if held is not None and held == data:
+                return False  # a corrupt copy (raw_put) is overwritten, never deduped against
             self._blocks[key] = bytes(data)
             return True
 

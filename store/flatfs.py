@@ -273,15 +273,18 @@ class FlatfsBlockstore:
         key = block_key(cid)
         final = self._path(key)
         shard = shard_of(key)
+        replace = False
         if os.path.exists(final):
-            self._mark_dirty(shard)
-            return False
+            if _holds(final, data):
+                self._mark_dirty(shard)
+                return False
+            replace = True  # a corrupt copy: never dedupe against it, overwrite it
         group = self.sync and self._sync_fd is not None
         tmp_name = self._write_temp(cid, key, shard, data, fsync=self.sync and not group)
         try:
             if group:
                 self._group_sync()
-            return self._rename_into_place(tmp_name, key, shard)
+            return self._rename_into_place(tmp_name, key, shard, replace=replace) or replace
         except OSError as exc:
             _unlink_quietly(tmp_name)
             raise _storage_error(exc, f"cannot write block {cid}") from exc
@@ -332,9 +335,11 @@ class FlatfsBlockstore:
         final = self._path(key)
         try:
             if os.path.exists(final):
-                self._mark_dirty(shard)
-                self._settle([entry], None, unqueued=True)
-                return False
+                if _holds(final, data):
+                    self._mark_dirty(shard)
+                    self._settle([entry], None, unqueued=True)
+                    return False
+                entry.replace = True  # a corrupt copy: overwrite it, never dedupe against it
             entry.fsynced = self.sync and self._sync_fd is None  # no syncfs: this file's own fsync
             entry.tmp = self._write_temp(cid, key, shard, data, fsync=entry.fsynced)
         except BaseException as exc:
@@ -379,7 +384,7 @@ class FlatfsBlockstore:
             for entry in batch:
                 if error is None:
                     try:
-                        self._rename_into_place(entry.tmp, entry.key, entry.shard)
+                        self._rename_into_place(entry.tmp, entry.key, entry.shard, replace=entry.replace)
                         continue
                     except OSError as exc:
                         error = _storage_error(exc, "cannot name a staged block")
@@ -391,11 +396,14 @@ class FlatfsBlockstore:
                 self._naming = False
                 cond.notify_all()
 
-    def _rename_into_place(self, tmp_name: str, key: str, shard: str) -> bool:
-        """Give a durable temp file its real name; False (temp removed) if the block is there."""
+    def _rename_into_place(self, tmp_name: str, key: str, shard: str, *, replace: bool = False) -> bool:
+        """Give a durable temp file its real name; False (temp removed) if the block is there.
+
+        `replace`: the file under that name was found corrupt; overwrite it
+        unless it meanwhile holds the right bytes (another writer healed it)."""
         final = self._path(key)
         with self._stripes[hash(key) % _LOCK_STRIPES]:
-            if os.path.exists(final):
+            if os.path.exists(final) and not (replace and not self._file_matches_key(key)):
                 os.unlink(tmp_name)
                 renamed = False
             else:
@@ -562,6 +570,33 @@ class FlatfsBlockstore:
         except FileNotFoundError:
             pass
 
+    def quarantine(self, key: str, dest: Path) -> Path | None:
+        """Move a corrupt block file out of the store into directory `dest`.
+
+        The block then counts as absent: a re-put or a fetch writes a good
+        copy, and nothing dedupes against or serves the bad one. The file is
+        kept (not deleted) for whoever wants to look at what went wrong.
+        Re-checked under the key's lock first: a copy that is good (healed
+        meanwhile) or gone stays where it is, and None is returned.
+        """
+        with self._stripes[hash(key) % _LOCK_STRIPES]:
+            if self._file_matches_key(key):
+                return None
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+                target = dest / f"{key}{SUFFIX}"
+                n = 0
+                while target.exists():  # quarantined before: keep every bad copy
+                    n += 1
+                    target = dest / f"{key}.{n}{SUFFIX}"
+                os.replace(self._path(key), target)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise _storage_error(exc, f"cannot quarantine block {key}") from exc
+        self._mark_dirty(shard_of(key))
+        return target
+
     def verify_all(self) -> Iterator[tuple[str, bool]]:
         """Re-hash every block file against the digest in its name; yield (key, ok).
 
@@ -612,6 +647,35 @@ class FlatfsBlockstore:
         return [Path(e.path) for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
 
 
+def _holds(path: str, data: bytes | memoryview) -> bool:
+    """True if the file at `path` holds exactly `data` (which the caller has
+    hashed to the block's CID): a put that finds its block already stored
+    checks the stored copy before it dedupes against it.
+
+    Why a byte comparison and not a re-hash: equal bytes are as good a proof
+    as a matching digest (the caller's bytes match the CID), a size check
+    settles most corrupt copies (truncation) with one stat, and comparing
+    costs a read (usually from the page cache: a re-put just read the same
+    bytes) plus a memcmp, several times cheaper than SHA-256. Only the
+    dedupe path pays it. A file that cannot be read counts as not holding
+    the data, so it is replaced.
+    """
+    view = memoryview(data).cast("B")
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size != len(view):
+                return False
+            pos = 0
+            while pos < len(view):
+                chunk = f.read(min(1 << 20, len(view) - pos))
+                if not chunk or chunk != view[pos:pos + len(chunk)]:
+                    return False
+                pos += len(chunk)
+            return not f.read(1)
+    except OSError:
+        return False
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -628,10 +692,11 @@ def _storage_error(exc: OSError, what: str) -> RepoError | StorageFull:
 class _Staged:
     """A staged block: its temp file, and the sessions waiting for its name."""
 
-    __slots__ = ("key", "shard", "tmp", "fsynced", "sessions")
+    __slots__ = ("key", "shard", "tmp", "fsynced", "sessions", "replace")
 
     def __init__(self, key: str, shard: str, sessions: list["FlatfsStager"]) -> None:
         self.key, self.shard, self.sessions = key, shard, sessions
+        self.replace = False  # the stored copy is corrupt: the staged one overwrites it
         self.tmp = ""  # set once written
         self.fsynced = False  # True: made durable by its own fsync, needs no round
 

@@ -8,6 +8,9 @@
                        holds the holder's pid (and "node" for a node)
 <repo>/reserve         emergency space, given back on a full disk (store.reserve)
 <repo>/identity.key    created by p2p/, not here (see `Repo.identity_path`)
+<repo>/quarantine/     corrupt block files moved aside by `verify --repair` or a
+                       read that found them bad (`<key>.data`), kept for
+                       inspection; a re-put or a fetch writes good copies
 <repo>/proofs/         storage-commitment files, per object CID: `<cid>.leaves`
                        (the leaf-hash layer, 32 B per segment) and
                        `<cid>.commitment` (the 45-byte `proofs.Commitment`);
@@ -67,7 +70,7 @@ if TYPE_CHECKING:
     from .proofs import Commitment
 
 __all__ = ["Repo", "GcResult", "VerifyReport", "RepairReport", "resolve_repo_path", "ENV_VAR",
-           "PROOFS_DIR", "leaves_file", "commitment_file"]
+           "PROOFS_DIR", "QUARANTINE_DIR", "leaves_file", "commitment_file"]
 
 ENV_VAR = "SHOAL_REPO"
 CONFIG_FILE = "config.toml"
@@ -75,6 +78,7 @@ INDEX_FILE = "index.sqlite"
 BLOCKS_DIR = "blocks"
 LOCK_FILE = "repo.lock"
 PROOFS_DIR = "proofs"
+QUARANTINE_DIR = "quarantine"
 STALE_TEMP_AGE_S = 600.0  # a commitment temp file older than this belongs to no live writer
 
 
@@ -110,10 +114,13 @@ class VerifyReport:
     """`ok` only if no block is corrupt and every pinned DAG is complete."""
 
     ok: bool
-    corrupt_blocks: list[str] = field(default_factory=list)  # block keys
+    # CIDs, as a pinned DAG links to them (else the raw CIDv1 of the multihash:
+    # a block no pin reaches has no other name)
+    corrupt_blocks: list[str] = field(default_factory=list)
     incomplete_pins: list[tuple[str, str]] = field(default_factory=list)  # (pin, missing or bad CID)
     blocks_checked: int = 0
     temp_files_removed: int = 0
+    quarantined: list[str] = field(default_factory=list)  # CIDs moved to quarantine/ (repair)
 
 
 @dataclass(frozen=True)
@@ -631,29 +638,63 @@ class Repo:
                 continue
         return removed
 
-    def verify(self) -> VerifyReport:
-        """Re-hash every block, check every pinned DAG is complete, drop stale temp files."""
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Re-hash every block, check every pinned DAG is complete, drop stale temp files.
+
+        `repair`: move every corrupt block to `<repo>/quarantine/` first, so
+        a re-put or a fetch of its object restores a good copy (nothing
+        dedupes against, serves or exports the bad one any more). The pins
+        it leaves incomplete are reported as such: a node then fetches them.
+        """
         self._check_writable()
         with self._guard.exclusive():
             temps = self.blockstore.cleanup_temp()
-            corrupt: list[str] = []
+            corrupt_keys: list[str] = []
             checked = 0
             for key, ok in self.blockstore.verify_all():
                 checked += 1
                 if not ok:
-                    corrupt.append(key)
+                    corrupt_keys.append(key)
+            quarantined = [k for k in corrupt_keys if repair and self._quarantine_key(k)]
+            names: dict[str, CID] = {}  # block key -> the CID a pinned DAG links to it by
             incomplete: list[tuple[str, str]] = []
             for pin in self.index.pins():
                 pin_cid = parse_cid(pin.cid)
                 if pin.recursive:
-                    bad = [(pin.cid, str(c)) for c, problem in self._walk(pin_cid) if problem is not None]
+                    bad = []
+                    for c, problem in self._walk(pin_cid):
+                        names.setdefault(block_key(c), c)
+                        if problem is not None:
+                            bad.append((pin.cid, str(c)))
                 elif not self.blockstore.has(pin_cid):
                     bad = [(pin.cid, pin.cid)]
                 else:
                     bad = []
                 incomplete.extend(bad)
-        ok = not corrupt and not incomplete
-        return VerifyReport(ok, sorted(corrupt), incomplete, checked, temps)
+
+        def name(key: str) -> str:
+            cid = names.get(key)
+            if cid is not None:
+                return str(cid)
+            try:
+                return str(cid_for_key(key))
+            except RepoError:
+                return key  # not a multihash at all: a foreign file, shown as found
+        ok = not corrupt_keys and not incomplete
+        return VerifyReport(ok, sorted(name(k) for k in corrupt_keys), incomplete, checked, temps,
+                            sorted(name(k) for k in quarantined))
+
+    def quarantine(self, cid: CID | str) -> bool:
+        """Move the block of `cid` to `<repo>/quarantine/` if it is corrupt.
+
+        For a reader that found the block bad (HashMismatch): the block then
+        counts as missing, so a fetch (p2p/) or a re-put writes a good copy.
+        False if the block is absent or good (healed meanwhile)."""
+        self._check_writable()
+        return self._quarantine_key(block_key(_as_cid(cid)))
+
+    def _quarantine_key(self, key: str) -> bool:
+        return self.blockstore.quarantine(key, self.path / QUARANTINE_DIR) is not None
 
 
 # `add(..., commit=True)` hashes a file of at least this many bytes whose

@@ -304,7 +304,7 @@ def test_verify_reports_corruption_missing_and_temp(repo: Repo, tmp_path: Path) 
     tmp.write_bytes(b"partial")
     report = repo.verify()
     assert not report.ok
-    assert report.corrupt_blocks == [block_key(corrupt)]
+    assert report.corrupt_blocks == [str(corrupt)]  # the CID, not the flatfs key
     assert report.incomplete_pins == [(str(res.cid), str(missing))]
     assert report.temp_files_removed == 1 and not tmp.exists()
 
