@@ -95,6 +95,9 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_gc)
 
     p = sub.add_parser("verify", help="re-hash every block and check every pinned DAG")
+    p.add_argument("--repair", action="store_true",
+                   help="move corrupt blocks to <repo>/quarantine/ so a re-put or a fetch restores "
+                        "them; with a running node, fetch good copies from peers at once")
     p.add_argument("--json", action="store_true")
     _add_no_wait(p)
     p.set_defaults(handler=cmd_verify)
@@ -401,24 +404,33 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    repair = bool(getattr(args, "repair", False))
     client = node_for(args)
     if client is not None:
-        doc = client.call("POST", "/v1/verify")
+        doc = client.call("POST", "/v1/verify", {"repair": repair})
     else:
         with open_repo(args) as repo:
-            report = repo.verify()
-        doc = {"ok": report.ok, "corrupt_blocks": [str(k) for k in report.corrupt_blocks],
-               "incomplete_pins": [{"pin": str(p), "missing": str(m)} for p, m in report.incomplete_pins]}
+            doc = repo.verify(repair=repair).as_json()
     corrupt, incomplete = doc["corrupt_blocks"], doc["incomplete_pins"]
+    quarantined = set(doc.get("quarantined", []))
     ok = bool(doc["ok"])
     if args.json:
         print_json(doc)
     else:
-        for key in corrupt:
-            print(f"corrupt block: {key}")
+        for cid in corrupt:
+            print(f"corrupt block: {cid}" + (" (moved to quarantine)" if cid in quarantined else ""))
+        for pin in doc.get("repaired_pins", []):
+            print(f"restored from peers: {pin}")
         for row in incomplete:
             print(f"incomplete pin: {row['pin']} (missing {row['missing']})")
-        print("repo ok" if ok else "repo has problems", file=sys.stderr)
+        if ok:
+            print("repo ok" + (" (repaired)" if corrupt else ""), file=sys.stderr)
+        elif repair and incomplete and client is None:
+            print("repo has problems: re-put the files, or run `shoal verify --repair` with the "
+                  "node running to fetch good copies from peers", file=sys.stderr)
+        else:
+            hint = "" if repair or not corrupt else " (`shoal verify --repair` moves corrupt blocks aside)"
+            print("repo has problems" + hint, file=sys.stderr)
     return 0 if ok else EXIT_FAILURE
 
 

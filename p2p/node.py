@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import trio
 
-from store.cid import cid_from_bytes
+from store.cid import CID, cid_from_bytes
 from store.errors import BlockNotFound, HashMismatch, StoreError
 from store.repo import Repo
 
@@ -433,13 +433,26 @@ class Node:
             out.append(DontHave(rid, tuple(missing)))
         return out
 
+    def _quarantine_quietly(self, cid: CID) -> None:
+        """Worker thread: move a corrupt block aside; a failure only leaves it in place."""
+        try:
+            self.repo.quarantine(cid)
+        except (StoreError, OSError) as exc:
+            log.warning("cannot quarantine corrupt block %s: %s", cid, exc)
+
     async def _serve_blocks(self, conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
         out: list[Message] = []
         for raw in cids:
             try:
                 cid = cid_from_bytes(raw)
                 data = await trio.to_thread.run_sync(self.repo.blockstore.get, cid)
-            except (BlockNotFound, HashMismatch, StoreError):
+            except HashMismatch:
+                # Never serve it, and stop finding it: moved aside, it is missing
+                # until a fetch or re-put restores it (issue 12 A3).
+                await trio.to_thread.run_sync(self._quarantine_quietly, cid)
+                out.append(BlockMissing(rid, raw))
+                continue
+            except (BlockNotFound, StoreError):
                 out.append(BlockMissing(rid, raw))
                 continue
             out.append(Block(rid, raw, data))

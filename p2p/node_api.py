@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import functools
+import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
@@ -32,7 +34,10 @@ from .api import ApiError, ControlApi, NdjsonStream, param
 from .errors import P2PError
 from .fetch import fetch_dag
 from .handoff import ArrivingBlocks
+from .heal import HealingBlocks
 from .node import Node
+
+log = logging.getLogger("shoal.api")
 
 READ_PIECE = 1024 * 1024
 _ARRIVAL_POLL_S = 0.5
@@ -172,11 +177,12 @@ def build_api(node: Node, token: str) -> ControlApi:
         async with node.store_guard.shared():
             present = await run(_complete_locally, repo, cid)
             if present is not None:  # nothing to fetch: export from the store, reading ahead
+                # (a corrupt local block is replaced from a peer as it is read)
                 await run_stoppable(lambda flag: exporter.export_to_path(
-                    repo.blockstore, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
+                    HealingBlocks(node), cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
                 return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
                         "local_blocks": present, "holders": 0}
-        blocks = ArrivingBlocks(repo.blockstore)
+        blocks = ArrivingBlocks(HealingBlocks(node))
 
         async def stored(_cid: CID, _data: bytes) -> None:
             blocks.arrived()
@@ -231,12 +237,13 @@ def build_api(node: Node, token: str) -> ControlApi:
         from .tensors import ensure_cat_range  # fetch only the blocks this read covers
 
         await ensure_cat_range(node, cid, offset, length, tensor)
+        source = HealingBlocks(node)  # a corrupt local block is replaced from a peer as it is read
         if tensor is not None:
             from store.tensors import tensor_window
 
-            offset, length = await run(tensor_window, repo.blockstore, cid, tensor, offset, length)
-        await run(exporter.stat, repo.blockstore, cid)  # errors before the response starts
-        pieces = exporter.read_file(repo.blockstore, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS)
+            offset, length = await run(tensor_window, source, cid, tensor, offset, length)
+        await run(exporter.stat, source, cid)  # errors before the response starts
+        pieces = exporter.read_file(source, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS)
 
         async def stream() -> AsyncIterator[bytes]:
             while True:
@@ -322,10 +329,23 @@ def build_api(node: Node, token: str) -> ControlApi:
         return {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
 
     async def verify(p: dict[str, Any]) -> Any:
+        """Re-hash every block; with `repair`, quarantine the corrupt ones and
+        fetch every pinned DAG left incomplete from the swarm."""
+        repair = param(p, "repair", bool, False)
         async with node.store_guard.exclusive():
-            report = await run(repo.verify)
-        return {"ok": report.ok, "corrupt_blocks": [str(k) for k in report.corrupt_blocks],
-                "incomplete_pins": [{"pin": str(a), "missing": str(b)} for a, b in report.incomplete_pins]}
+            report = await run(functools.partial(repo.verify, repair=repair))
+        incomplete = list(report.incomplete_pins)
+        repaired: list[str] = []
+        if repair and incomplete:
+            for pin in dict.fromkeys(a for a, _ in incomplete):  # each pin once, in order
+                try:
+                    await fetch_dag(node, parse_cid(pin))
+                except (P2PError, StoreError) as exc:
+                    log.warning("verify --repair: cannot restore %s from peers: %s", pin, exc)
+                    continue
+                repaired.append(pin)
+            incomplete = [(a, b) for a, b in incomplete if a not in repaired]
+        return report.as_json(incomplete, repaired)
 
     async def car_export(p: dict[str, Any]) -> Any:
         cid = parse_cid(param(p, "cid"))

@@ -122,6 +122,22 @@ class VerifyReport:
     temp_files_removed: int = 0
     quarantined: list[str] = field(default_factory=list)  # CIDs moved to quarantine/ (repair)
 
+    def as_json(self, incomplete: list[tuple[str, str]] | None = None,
+                repaired: list[str] | None = None) -> dict[str, Any]:
+        """`shoal verify --json`, the same offline and through a node.
+
+        After a repair, `incomplete` is what is still missing (a node
+        fetched the rest: `repaired`, the pins restored from peers); `ok`
+        then says the repo is whole again: every corrupt block moved aside
+        and every pin complete.
+        """
+        remaining = self.incomplete_pins if incomplete is None else incomplete
+        cleared = set(self.quarantined) == set(self.corrupt_blocks)
+        return {"ok": not remaining and (self.ok or cleared),
+                "corrupt_blocks": list(self.corrupt_blocks), "quarantined": list(self.quarantined),
+                "repaired_pins": list(repaired or []),
+                "incomplete_pins": [{"pin": str(a), "missing": str(b)} for a, b in remaining]}
+
 
 @dataclass(frozen=True)
 class RepairReport:
