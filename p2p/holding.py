@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
@@ -48,6 +49,7 @@ from .commit_files import build_commitment, has_leaves, load_tree
 from .connection import PeerConnection
 from .errors import P2PError, ProtocolError
 from .fetch import fetch_dag
+from .guard import KeyedLocks
 from .identity import PeerId
 from .messages import (
     AuditChallenge, AuditProof, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse, StoreRequest,
@@ -65,15 +67,15 @@ class Holding:
     def __init__(self, node: Any, db: Agreements) -> None:
         self.node = node
         self.db = db
-        self._locks: dict[str, trio.Lock] = {}
+        self._locks = KeyedLocks()  # per object; pruned when unused
         self._trees: OrderedDict[str, NodeSource] = OrderedDict()
 
     @property
     def me(self) -> PeerId:
         return self.node.peer_id  # type: ignore[no-any-return]
 
-    def _lock(self, cid: str) -> trio.Lock:
-        return self._locks.setdefault(cid, trio.Lock())
+    def _lock(self, cid: str) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(cid)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args)

@@ -117,9 +117,10 @@ def build_api(node: Node, token: str) -> ControlApi:
     async def run(fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args)
 
-    async def ensure_local(cid: CID) -> dict[str, Any]:
-        """Fetch whatever part of the DAG is not here yet (nothing if complete)."""
-        result = await fetch_dag(node, cid)
+    async def ensure_local(cid: CID, guard: bool = True) -> dict[str, Any]:
+        """Fetch whatever part of the DAG is not here yet (nothing if complete).
+        `guard=False` if the caller holds the store guard already."""
+        result = await fetch_dag(node, cid, guard=guard)
         return {"fetched_blocks": result.fetched_blocks, "fetched_bytes": result.fetched_bytes,
                 "local_blocks": result.local_blocks, "holders": result.holders}
 
@@ -297,8 +298,8 @@ def build_api(node: Node, token: str) -> ControlApi:
         async with node.store_guard.shared():
             try:
                 await run(repo.pin_add, cid)
-            except BlockNotFound:
-                await ensure_local(cid)
+            except (BlockNotFound, HashMismatch):
+                await ensure_local(cid, guard=False)  # the guard is ours already
                 await run(repo.pin_add, cid)
         return {"pinned": str(cid)}
 

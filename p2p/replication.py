@@ -37,6 +37,7 @@ import ipaddress
 import logging
 import random
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
@@ -57,6 +58,7 @@ from .connection import PeerConnection, RequestFailed
 from .errors import NotOwner, NotReplicated, P2PError, ProtocolError, Released
 from .energy_service import measuring, replicating_to
 from .fetch import fetch_dag
+from .guard import KeyedLocks
 from .holding import Holding
 from .identity import PeerId
 from .messages import AuditChallenge, ErrorCode, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse
@@ -94,7 +96,7 @@ class Replication:
         self._releasing: set[tuple[str, str]] = set()
         self._release_slots = trio.CapacityLimiter(RELEASE_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
-        self._locks: dict[str, trio.Lock] = {}
+        self._locks = KeyedLocks()  # per object; pruned when unused
         self.holding = Holding(node, self.db)
         self._placing: set[str] = set()
         self._wake = trio.Event()
@@ -132,8 +134,8 @@ class Replication:
     def wake(self) -> None:
         self._wake.set()
 
-    def _lock(self, cid: str) -> trio.Lock:
-        return self._locks.setdefault(cid, trio.Lock())
+    def _lock(self, cid: str) -> AbstractAsyncContextManager[None]:
+        return self._locks.hold(cid)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import pytest
 import trio
+import trio.testing
 
 from p2p import fetch as fetch_mod
 from p2p.fetch import FetchFailed, fetch_dag
@@ -193,3 +194,91 @@ async def test_corrupt_local_inner_node_is_quarantined_and_refetched() -> None:
     await fetch_dag(node, root, holders=[holder])  # type: ignore[arg-type]
     assert local.get(a) == source.get(a)
     assert node.repo.quarantined == [a]
+
+
+# -- D16: the store guard and the per-object locks -----------------------------
+
+async def test_waiting_gc_is_not_starved_by_new_readers() -> None:
+    """A gc waiting for the guard goes before readers that come after it
+    (before: each new reader got in at once, and overlapping readers kept
+    gc out for as long as they came)."""
+    from p2p.guard import StoreGuard
+
+    guard = StoreGuard()
+    order: list[str] = []
+    release_first = trio.Event()
+
+    async def reader(name: str, hold: trio.Event | None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with guard.shared():
+            task_status.started()
+            if hold is not None:
+                await hold.wait()
+            order.append(name)
+
+    async def gc(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with guard.exclusive():
+            order.append("gc")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reader, "first", release_first)
+        await nursery.start(gc)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(reader, "later", None)
+        await trio.testing.wait_all_tasks_blocked()
+        assert order == []  # the later reader waits behind the waiting gc
+        release_first.set()
+    assert order == ["first", "gc", "later"]
+
+
+async def test_cancelled_gc_wait_lets_readers_in() -> None:
+    from p2p.guard import StoreGuard
+
+    guard = StoreGuard()
+    entered: list[str] = []
+    async with guard.shared():
+        with trio.move_on_after(0.05):
+            async with guard.exclusive():
+                pytest.fail("exclusive while shared")
+        async with guard.shared():  # no gc waits any more: a nested reader gets in
+            entered.append("reader")
+    assert entered == ["reader"]
+
+
+async def test_keyed_locks_forget_unused_keys() -> None:
+    """One lock per object ever seen used to stay for the node's lifetime."""
+    from p2p.guard import KeyedLocks
+
+    locks = KeyedLocks()
+    for i in range(1000):
+        async with locks.hold(f"cid{i}"):
+            assert locks.locked(f"cid{i}")
+    assert len(locks) == 0
+    inside: list[int] = []
+    go = trio.Event()
+
+    async def user(n: int) -> None:
+        async with locks.hold("same"):
+            inside.append(n)
+            await go.wait()
+            inside.append(-n)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(1, 4):
+            nursery.start_soon(user, n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(inside) == 1 and len(locks) == 1  # one holder, two waiting: kept
+        go.set()
+    assert len(locks) == 0
+    for i in range(0, len(inside), 2):  # strictly one holder at a time
+        assert inside[i + 1] == -inside[i]
+
+
+async def test_holding_and_replication_use_pruned_locks() -> None:
+    from p2p.guard import KeyedLocks
+    from p2p.holding import Holding
+
+    holding = Holding(object(), object())  # type: ignore[arg-type]
+    async with holding._lock("bafyone"):
+        pass
+    assert isinstance(holding._locks, KeyedLocks) and len(holding._locks) == 0
