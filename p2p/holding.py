@@ -45,6 +45,7 @@ from store.proofs import MAX_K, NodeSource
 from . import limits as L
 from .agreements import Agreements, ObjectRow, Offer, agreement_bytes, offer_signing_bytes, release_bytes
 from .audit import prove
+from .cancel import CancellableStore, run_sync_cancellable
 from .commit_files import build_commitment, has_leaves, load_tree
 from .connection import PeerConnection
 from .errors import P2PError, ProtocolError
@@ -261,9 +262,12 @@ class Holding:
         if not await self._run(self.db.use_nonce, msg.nonce, text):
             return [Error(rid, ErrorCode.REFUSED, "replayed nonce")]
         try:
+            # Both steps read through a CancellableStore: the deadline stops the
+            # thread's work, not only the wait for it.
             with trio.fail_after(msg.deadline_ms / 1000):
                 tree = await self.tree(text, manifest)
-                proof = await self._run(prove, self.node.repo.blockstore, cid, tree, msg.nonce, self.me, msg.count)
+                proof = await run_sync_cancellable(lambda flag: prove(
+                    CancellableStore(self.node.repo.blockstore, flag), cid, tree, msg.nonce, self.me, msg.count))
         except (StoreError, OSError) as exc:
             await self._run(self.db.record_audit, text, str(conn.remote_peer), "lost", msg.count, str(exc), None)
             return [Error(rid, ErrorCode.NOT_FOUND, f"cannot prove: {exc}"[:500])]
@@ -293,8 +297,10 @@ class Holding:
         repo_path = self.node.repo.path
         parsed = parse_cid(cid)
         if not has_leaves(repo_path, parsed, manifest.commitment):
-            await self._run(build_commitment, self.node.repo.blockstore, repo_path, parsed,
-                            manifest.commitment.segment_size)
+            # A pass over the whole object: stopped by the caller's deadline or cancellation.
+            await run_sync_cancellable(lambda flag: build_commitment(
+                CancellableStore(self.node.repo.blockstore, flag), repo_path, parsed,
+                manifest.commitment.segment_size))
         loaded: NodeSource = await self._run(load_tree, repo_path, parsed, manifest.commitment)
         self._remember_tree(cid, loaded)
         return loaded
