@@ -104,6 +104,7 @@ async def fetch_dag(
     on_verified: Callable[[CID, bytes], None] | None = None,
     on_wanted: Callable[[CID], None] | None = None,
     guard: bool = True,
+    check_local: bool = False,
 ) -> FetchResult:
     """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
 
@@ -115,11 +116,15 @@ async def fetch_dag(
     export there); it may block that thread briefly, which paces the fetch.
     `on_wanted(cid)` runs on the event loop for each block the fetch will
     get from the swarm, before it is requested. `guard=False` only for a
-    caller that already holds `node.store_guard` shared.
+    caller that already holds `node.store_guard` shared. `check_local`:
+    re-hash local raw leaves too (normally only inner nodes are read), so a
+    copy known to be damaged is healed: a corrupt block is moved to the
+    repo's quarantine and fetched again.
     """
     fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
     fetch.on_verified = on_verified
     fetch.on_wanted = on_wanted
+    fetch.check_local = check_local
     return await fetch.run(holders, guard=guard)
 
 
@@ -329,6 +334,7 @@ class _Fetch(PlannedFetch):
         self.progress = progress or (lambda n: None)
         self.on_stored = on_stored
         self.cids: dict[bytes, CID] = {}
+        self.check_local = False  # re-hash local raw leaves too (see fetch_dag)
 
     async def run(self, holders: list[PeerId] | None, *, guard: bool = True) -> FetchResult:
         """`guard=False`: the caller already holds the node's store guard shared
@@ -376,7 +382,7 @@ class _Fetch(PlannedFetch):
                 self._want(cid, key)
                 continue
             self.result.local_blocks += 1
-            if cid.codec.name == RAW:
+            if cid.codec.name == RAW and not self.check_local:
                 continue
             try:
                 data = await trio.to_thread.run_sync(self.store.get, cid)
@@ -386,9 +392,11 @@ class _Fetch(PlannedFetch):
                 self._want(cid, key)
                 continue
             except BlockNotFound:
+                self.result.local_blocks -= 1
                 self._want(cid, key)
                 continue
-            stack.extend(reversed(iter_links(cid, data)))
+            if cid.codec.name != RAW:
+                stack.extend(reversed(iter_links(cid, data)))
 
     def _want(self, cid: CID, key: bytes) -> None:
         """Fetch this block from the swarm (and tell `on_wanted` it is coming)."""

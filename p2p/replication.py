@@ -548,7 +548,8 @@ class Replication:
             sources = [PeerId.from_string(h.peer_id) for h in self.db.holders(obj.cid)
                        if h.replica.state is State.OK and h.peer_id != str(self.me)]
             try:
-                await fetch_dag(self.node, cid, holders=sources or None)
+                # check_local: a corrupt leaf is present, so only re-hashing finds it
+                await fetch_dag(self.node, cid, holders=sources or None, check_local=True)
                 why = await self._run(verify_local, self.node.repo.blockstore, cid,
                                       await self.holding.tree(obj.cid, manifest), self.me, self.k)
             except (P2PError, StoreError, OSError) as exc:

@@ -282,3 +282,20 @@ async def test_holding_and_replication_use_pruned_locks() -> None:
     async with holding._lock("bafyone"):
         pass
     assert isinstance(holding._locks, KeyedLocks) and len(holding._locks) == 0
+
+
+async def test_check_local_heals_a_corrupt_raw_leaf() -> None:
+    """A present but corrupt raw leaf is invisible to a normal fetch walk
+    (leaves are only checked for presence); `check_local` re-hashes them, so
+    the owner's self-repair after a failed self-audit restores it."""
+    root, source, cids = dag(4 * 1024)
+    leaf = next(c for c in cids.values() if c.codec.name == RAW)
+    local = MemoryBlockstore()
+    for cid in cids.values():
+        local.put(cid, source.get(cid))
+    local.raw_put(block_key(leaf), b"rot")
+    holder = Identity.generate().peer_id
+    node = FakeNode(local, {holder: FakeConn(source, cids)})
+    result = await fetch_dag(node, root, holders=[holder], check_local=True)  # type: ignore[arg-type]
+    assert local.get(leaf) == source.get(leaf)
+    assert node.repo.quarantined == [leaf] and result.fetched_blocks == 1
