@@ -7,13 +7,19 @@ kept a worker thread hashing long after its deadline, and its caller
 waiting with it.
 
 How: the work reads its data through a `CancellableStore`, a blockstore
-wrapper whose reads raise `WorkCancelled` once the caller is cancelled.
+wrapper whose reads check a `store.cancel.CancelFlag` (the flag the
+exporter and importer check too) and raise `store.cancel.Cancelled` once
+the caller is cancelled.
 Blocks are at most 2 MiB, so the work stops within one block's worth of
 hashing, with no change to the store/ code it runs (store/ knows nothing of
 trio). `run_sync_cancellable` runs it: on cancellation it raises the flag,
 waits (shielded, briefly) for the thread to reach its next read and stop,
-then lets the Cancelled (or TooSlowError) go on. So no thread outlives the
-task that started it.
+then lets trio's Cancelled (or TooSlowError) go on; the thread's own
+`store.cancel.Cancelled` is dropped there, so it can never be mistaken for
+lost data (it is a StoreError) by code that catches those. So no thread
+outlives the task that started it. (p2p.node_api.run_stoppable does the
+same for API requests, without a store wrapper: the exporter checks its
+flag itself.)
 """
 
 from __future__ import annotations
@@ -23,35 +29,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import trio
 
+from store.cancel import CancelFlag
 from store.cid import CID
 
 T = TypeVar("T")
-
-
-class WorkCancelled(BaseException):
-    """Raised inside a worker thread whose caller was cancelled.
-
-    A BaseException on purpose: store code catches StoreError and OSError to
-    decide that data is lost; a cancelled read must never be mistaken for that.
-    """
-
-
-class CancelFlag:
-    """Set by the event loop, checked by the worker thread."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    @property
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise WorkCancelled()
 
 
 class CancellableStore:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import trio
 
-from p2p.cancel import CancelFlag, CancellableStore, WorkCancelled, run_sync_cancellable
+from p2p.cancel import CancellableStore, run_sync_cancellable
+from store.cancel import CancelFlag, Cancelled
 from p2p.holding import Holding
 from store.blockstore import MemoryBlockstore
 from store.cid import CID, make_cid
@@ -69,7 +70,7 @@ async def test_uncancelled_work_returns_its_value_and_errors() -> None:
     assert await run_sync_cancellable(lambda flag: 42) == 42
     flag = CancelFlag()
     flag.set()
-    with pytest.raises(WorkCancelled):
+    with pytest.raises(Cancelled):
         CancellableStore(MemoryBlockstore(), flag).has(make_cid("raw", b"x"))
 
     def boom(flag: CancelFlag) -> None:
