@@ -178,9 +178,9 @@ def build_api(node: Node, token: str) -> ControlApi:
         async with node.store_guard.shared():
             present = await run(_complete_locally, repo, cid)
             if present is not None:  # nothing to fetch: export from the store, reading ahead
-                # (a corrupt local block is replaced from a peer as it is read)
+                source = HealingBlocks(node)  # a corrupt local block is replaced from a peer as it is read
                 await run_stoppable(lambda flag: exporter.export_to_path(
-                    HealingBlocks(node), cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
+                    source, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
                 return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
                         "local_blocks": present, "holders": 0}
         blocks = ArrivingBlocks(HealingBlocks(node))
