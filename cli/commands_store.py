@@ -411,6 +411,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         with open_repo(args) as repo:
             doc = repo.verify(repair=repair).as_json()
+            unknown = repo.blocks_an_index_never_knew()
+        if unknown:
+            print(f"shoal: warning: the index holds no pin and never held one, but {unknown} block(s) "
+                  f"are stored; if index.sqlite was lost or replaced, run `shoal repair-index`",
+                  file=sys.stderr)
     corrupt, incomplete = doc["corrupt_blocks"], doc["incomplete_pins"]
     quarantined = set(doc.get("quarantined", []))
     ok = bool(doc["ok"])

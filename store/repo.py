@@ -451,7 +451,17 @@ class Repo:
         """
         cid = _as_cid(cid)
         self._check_writable()
-        if not self.index.remove_pin(str(cid), created):
+        try:
+            removed = self.index.remove_pin(str(cid), created)
+        except StorageFull:
+            # Unpinning is how the user gets out of a full disk: a node (or an
+            # open that did not see the disk full) spends the reserve on it.
+            released = self.reserve.release()
+            if not released:
+                raise
+            self.reserve_released += released
+            removed = self.index.remove_pin(str(cid), created)
+        if not removed:
             raise NotPinned(f"not pinned: {cid}" if created is None else f"not pinned by that pin: {cid}")
 
     def pins(self) -> list[PinRecord]:
@@ -554,8 +564,8 @@ class Repo:
         """
         self._check_writable()
         with self._guard.exclusive():
-            if not force and not self.index.has_pins() and not self.index.ever_pinned():
-                stored = sum(1 for _ in self.blockstore.keys())
+            if not force:
+                stored = self.blocks_an_index_never_knew()
                 if stored:
                     raise GcRefused(
                         f"the index holds no pin and never held one, but {stored} block(s) are "
@@ -574,6 +584,13 @@ class Repo:
                 self.index.forget_objects(gone)
         self.reserve.ensure()
         return GcResult(removed, freed, temps)
+
+    def blocks_an_index_never_knew(self) -> int:
+        """How many blocks are stored while the index holds no pin and never
+        held one (0 otherwise): the mark of a lost or replaced index."""
+        if self.index.has_pins() or self.index.ever_pinned():
+            return 0
+        return sum(1 for _ in self.blockstore.keys())
 
     def repair_index(self) -> RepairReport:
         """Rebuild objects and pins from the blocks present; never removes anything.

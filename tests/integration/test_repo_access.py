@@ -130,6 +130,8 @@ def test_gc_refuses_with_a_fresh_index_until_forced(repo: Path, tmp_path: Path) 
     remove_index(repo)
     shutil.copy(other / "index.sqlite", repo / "index.sqlite")
     assert ls_cids(repo) == set()
+    r = run_shoal(repo, "verify")
+    assert "never held one" in r.err and "repair-index" in r.err, r.err
 
     r = run_shoal(repo, "gc")
     assert_one_line_error(r)

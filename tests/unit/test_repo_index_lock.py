@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from store.errors import GcRefused, IndexCorrupt, IndexMissing, RepoError, RepoLocked
+from store.errors import GcRefused, IndexCorrupt, IndexMissing, RepoError, RepoLocked, StorageFull
 from store.profiles import PROFILES
 from store.repo import Repo
 
@@ -130,3 +130,30 @@ def test_a_writer_never_waits_behind_a_node(repo_path: Path) -> None:
         with pytest.raises(RepoLocked, match="node") as info:
             Repo.open(repo_path, wait=True, on_wait=waited.append)
         assert waited == [] and "API" in info.value.hint
+
+
+def test_pin_rm_spends_the_reserve_when_the_index_cannot_grow(repo_path: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's pin rm on a full disk: the commit fails, the reserve is given back, the retry commits."""
+    with Repo.open(repo_path) as r:
+        res = r.add(_file(tmp_path, "f", 3_000))
+        assert r.reserve.size() > 0
+        real = r.index.remove_pin
+        calls: list[bool] = []
+
+        def full_once(cid: str, created: float | None = None) -> bool:
+            calls.append(True)
+            if len(calls) == 1:
+                assert r.reserve.size() > 0
+                raise StorageFull("cannot update index: disk full")
+            return real(cid, created)
+
+        monkeypatch.setattr(r.index, "remove_pin", full_once)
+        r.pin_rm(res.cid)
+        assert len(calls) == 2 and r.reserve_released > 0 and r.reserve.size() == 0
+        assert r.pins() == []
+        monkeypatch.setattr(r.index, "remove_pin", lambda *a: (_ for _ in ()).throw(StorageFull("full")))
+        with pytest.raises(StorageFull):  # no reserve left to spend: the error stands
+            r.pin_rm(res.cid)
+        r.gc()
+        assert r.reserve.size() > 0  # gc made room: held again
