@@ -31,8 +31,8 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import msgpack
 
@@ -41,8 +41,11 @@ from store.index import Index, register_schema
 from .errors import ProtocolError
 from .repair_policy import Replica, State
 
+if TYPE_CHECKING:
+    from .identity import PeerId
+
 __all__ = [
-    "COMPONENT", "MIGRATIONS", "Offer", "agreement_bytes", "offer_signing_bytes", "release_bytes",
+    "COMPONENT", "MIGRATIONS", "Offer", "trusted_holders", "agreement_bytes", "offer_signing_bytes", "release_bytes",
     "ObjectRow", "HolderRow", "AuditRow", "ReleaseRow", "Agreements", "RELEASE_PENDING", "RELEASE_DONE",
     "RELEASE_REFUSED",
 ]
@@ -123,6 +126,12 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE repl_objects SET pin_taken = (SELECT created FROM pins WHERE pins.cid = repl_objects.cid)
         WHERE role IN ('holder', 'deputy');
     """,
+    # 3: audits answered only "busy" count toward a proven loss, and a lost
+    # replica needs several passes in a row to be re-admitted.
+    """
+    ALTER TABLE repl_holders ADD COLUMN busy_in_a_row INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE repl_holders ADD COLUMN passes_in_a_row INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 register_schema(COMPONENT, MIGRATIONS)
 
@@ -131,6 +140,7 @@ MAX_NONCE_ROWS = 200_000  # replay window: far more audits than any deadline spa
 MAX_OFFER_HOLDERS = 64
 
 _OFFER_DOMAIN = b"shoal-offer-v1\x00"
+_PLACEMENT_DOMAIN = b"shoal-placement-v1\x00"
 _AGREEMENT_DOMAIN = b"shoal-agreement-v1\x00"
 _RELEASE_DOMAIN = b"shoal-release-v1\x00"
 
@@ -147,21 +157,51 @@ _RELEASE_SHOWN = {RELEASE_PENDING: "releasing", RELEASE_DONE: "released", RELEAS
 class Offer:
     """What a StoreRequest's `manifest` field carries.
 
-    msgpack array [1, manifest bytes (store.manifest, signed by the owner),
-    replicas wanted, [holder peer id bytes...]]. The holder list lets a
-    holder find the other copies (to pull from, and to elect a deputy if the
-    owner disappears). The requester signs `offer_signing_bytes` (the
-    StoreRequest's `owner_sig`); the manifest carries the owner's own
-    signature, so a deputy can re-offer an object it does not own.
+    msgpack array [2, manifest bytes (store.manifest, signed by the owner),
+    replicas wanted, [holder peer id bytes...], issued, owner_sig]. The
+    holder list lets a holder find the other copies (to pull from, to know
+    who may audit it, and to elect a deputy if the owner disappears), so it
+    is the owner's word, not the requester's: `owner_sig` is the owner's
+    signature over `placement_bytes()` (the manifest's hash, the count, the
+    holder list and `issued`). A deputy re-sends the owner's last signed
+    placement unchanged; it cannot add holders. `issued` (the owner's clock,
+    microseconds, strictly increasing per object) lets a holder refuse an
+    older signed list replayed over a newer one.
+
+    The requester also signs `offer_signing_bytes` (the StoreRequest's
+    `owner_sig`, named before deputies existed). Version 1 arrays
+    ([1, manifest, replicas, holders], no owner signature) still decode, for
+    offers recorded by older versions; nothing trusts their holder list.
     """
 
     manifest: bytes
     replicas_wanted: int
     holders: tuple[bytes, ...]
+    issued: int = 0
+    owner_sig: bytes = b""
 
     def encode(self) -> bytes:
-        out: bytes = msgpack.packb([1, self.manifest, self.replicas_wanted, list(self.holders)], use_bin_type=True)
+        if self.issued == 0 and not self.owner_sig:
+            fields: list[object] = [1, self.manifest, self.replicas_wanted, list(self.holders)]
+        else:
+            fields = [2, self.manifest, self.replicas_wanted, list(self.holders), self.issued, self.owner_sig]
+        out: bytes = msgpack.packb(fields, use_bin_type=True)
         return out
+
+    def placement_bytes(self) -> bytes:
+        """What the owner signs: "this object, this many copies, these holders, as of `issued`"."""
+        body: bytes = msgpack.packb([hashlib.sha256(self.manifest).digest(), self.replicas_wanted,
+                                     sorted(self.holders), self.issued], use_bin_type=True)
+        return _PLACEMENT_DOMAIN + body
+
+    def with_owner_sig(self, issued: int, sign: "Callable[[bytes], bytes]") -> "Offer":
+        """This offer as of `issued`, signed with the owner's `sign`."""
+        unsigned = replace(self, issued=issued, owner_sig=b"")
+        return replace(unsigned, owner_sig=sign(unsigned.placement_bytes()))
+
+    def signed_by(self, owner: "PeerId") -> bool:
+        """True if the owner signed this holder list and count."""
+        return bool(self.owner_sig) and owner.verify(self.owner_sig, self.placement_bytes())
 
     @classmethod
     def decode(cls, data: bytes) -> "Offer":
@@ -170,19 +210,39 @@ class Offer:
                                 max_str_len=0, max_map_len=0, max_ext_len=0)
         except Exception as exc:  # msgpack raises several unrelated types
             raise ProtocolError(f"offer is not valid msgpack: {type(exc).__name__}") from None
-        if not (isinstance(v, list) and len(v) == 4 and v[0] == 1):
-            raise ProtocolError("offer must be [1, manifest, replicas, holders]")
-        _, manifest, wanted, holders = v
+        if isinstance(v, list) and len(v) == 4 and v[0] == 1:
+            _, manifest, wanted, holders = v
+            issued, sig = 0, b""
+        elif isinstance(v, list) and len(v) == 6 and v[0] == 2:
+            _, manifest, wanted, holders, issued, sig = v
+            if (not isinstance(issued, int) or isinstance(issued, bool) or not 0 < issued < 1 << 63
+                    or not isinstance(sig, bytes) or len(sig) != 64):
+                raise ProtocolError("offer placement signature malformed")
+        else:
+            raise ProtocolError("offer must be [2, manifest, replicas, holders, issued, owner_sig]")
         if not isinstance(manifest, bytes) or not isinstance(wanted, int) or isinstance(wanted, bool):
             raise ProtocolError("offer fields have the wrong types")
         if not 1 <= wanted <= MAX_OFFER_HOLDERS or not isinstance(holders, list):
             raise ProtocolError("offer replica count out of range")
         if not all(isinstance(h, bytes) and 2 <= len(h) <= 64 for h in holders):
             raise ProtocolError("offer holder ids malformed")
-        offer = cls(manifest, wanted, tuple(holders))
+        if len(set(holders)) != len(holders):
+            raise ProtocolError("offer lists a holder twice")
+        offer = cls(manifest, wanted, tuple(holders), issued, sig)
         if offer.encode() != data:
             raise ProtocolError("offer encoding is not canonical")
         return offer
+
+
+def trusted_holders(offer: bytes | None, owner: "PeerId") -> tuple[bytes, ...]:
+    """The holder list of a recorded offer if its owner signed it, else ()."""
+    if not offer:
+        return ()
+    try:
+        parsed = Offer.decode(offer)
+    except ProtocolError:
+        return ()
+    return parsed.holders if parsed.signed_by(owner) else ()
 
 
 def offer_signing_bytes(offer: bytes) -> bytes:
@@ -242,7 +302,8 @@ class ReleaseRow:
     def as_json(self) -> dict[str, object]:
         """Shaped like HolderRow.as_json (same keys), so `status` stays one list."""
         return {"peer_id": self.peer_id, "state": _RELEASE_SHOWN.get(self.state, self.state),
-                "last_audit": None, "timeouts_in_a_row": 0, "proven_loss": False, "detail": self.detail,
+                "last_audit": None, "timeouts_in_a_row": 0, "busy_in_a_row": 0, "proven_loss": False,
+                "detail": self.detail,
                 "release_attempts": self.attempts}
 
 
@@ -261,7 +322,7 @@ class HolderRow:
         if self.last_audit_time is not None:
             last = {"time": self.last_audit_time, "ok": bool(self.last_audit_ok)}
         return {"peer_id": self.peer_id, "state": self.replica.state.value, "last_audit": last,
-                "timeouts_in_a_row": self.replica.timeouts_in_a_row,
+                "timeouts_in_a_row": self.replica.timeouts_in_a_row, "busy_in_a_row": self.replica.busy_in_a_row,
                 "proven_loss": self.replica.proven_loss, "detail": self.detail}
 
 
@@ -277,15 +338,16 @@ class AuditRow:
 
 
 def _holder(row: Sequence[object]) -> HolderRow:
-    cid, peer, state, t, loss, refused, since, lat, lao, detail = row
-    replica = Replica(State(str(state)), int(t), bool(loss), bool(refused))  # type: ignore[call-overload]
+    cid, peer, state, t, loss, refused, since, lat, lao, detail, busy, passes = row
+    replica = Replica(State(str(state)), int(t), bool(loss), bool(refused),  # type: ignore[call-overload]
+                      int(busy), int(passes))  # type: ignore[call-overload]
     return HolderRow(str(cid), str(peer), replica, float(since),  # type: ignore[arg-type]
                      None if lat is None else float(lat),  # type: ignore[arg-type]
                      None if lao is None else bool(lao), str(detail))
 
 
 _HOLDER_COLS = ("cid, peer_id, state, timeouts_in_a_row, proven_loss, refused, since, "
-                "last_audit_time, last_audit_ok, detail")
+                "last_audit_time, last_audit_ok, detail, busy_in_a_row, passes_in_a_row")
 _OBJECT_COLS = "cid, role, manifest, owner, replicas_wanted, size, offer, created, released, pin_taken"
 _RELEASE_COLS = "cid, peer_id, state, attempts, next_try, since, detail"
 
@@ -359,6 +421,16 @@ class Agreements:
         with self.index.snapshot() as db:
             row = db.execute("SELECT created FROM pins WHERE cid = ?", (cid,)).fetchone()
         return None if row is None else float(row[0])
+
+    def unprotected(self, keys: Sequence[str]) -> list[str]:
+        """Those of `keys` that no pin protects (read-only, from the store's
+        `pin_blocks`): what a refused replica may delete of what it wrote."""
+        out = []
+        with self.index.snapshot() as db:
+            for key in keys:
+                if db.execute("SELECT 1 FROM pin_blocks WHERE key = ? LIMIT 1", (key,)).fetchone() is None:
+                    out.append(key)
+        return out
 
     def set_pin_taken(self, cid: str, pin_taken: float | None) -> None:
         with self.index.transaction() as db:
@@ -474,13 +546,15 @@ class Agreements:
     def set_holder(self, cid: str, peer_id: str, replica: Replica, detail: str = "") -> None:
         with self.index.transaction() as db:
             db.execute(
-                "INSERT INTO repl_holders (cid, peer_id, state, timeouts_in_a_row, proven_loss, refused, since, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cid, peer_id) DO UPDATE SET "
+                "INSERT INTO repl_holders (cid, peer_id, state, timeouts_in_a_row, proven_loss, refused, since, detail, "
+                "busy_in_a_row, passes_in_a_row) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cid, peer_id) DO UPDATE SET "
                 "state = excluded.state, timeouts_in_a_row = excluded.timeouts_in_a_row, "
                 "proven_loss = excluded.proven_loss, refused = excluded.refused, detail = excluded.detail, "
+                "busy_in_a_row = excluded.busy_in_a_row, passes_in_a_row = excluded.passes_in_a_row, "
                 "since = CASE WHEN repl_holders.state = excluded.state THEN repl_holders.since ELSE excluded.since END",
                 (cid, peer_id, replica.state.value, replica.timeouts_in_a_row, int(replica.proven_loss),
-                 int(replica.refused), time.time(), detail),
+                 int(replica.refused), time.time(), detail, replica.busy_in_a_row, replica.passes_in_a_row),
             )
 
     def holders(self, cid: str) -> list[HolderRow]:
@@ -525,9 +599,10 @@ class Agreements:
             if replica is not None:
                 db.execute(
                     "UPDATE repl_holders SET state = ?, timeouts_in_a_row = ?, proven_loss = ?, "
-                    "last_audit_time = ?, last_audit_ok = ?, detail = ?, "
+                    "busy_in_a_row = ?, passes_in_a_row = ?, last_audit_time = ?, last_audit_ok = ?, detail = ?, "
                     "since = CASE WHEN state = ? THEN since ELSE ? END WHERE cid = ? AND peer_id = ?",
-                    (replica.state.value, replica.timeouts_in_a_row, int(replica.proven_loss), now, int(ok),
+                    (replica.state.value, replica.timeouts_in_a_row, int(replica.proven_loss),
+                     replica.busy_in_a_row, replica.passes_in_a_row, now, int(ok),
                      error, replica.state.value, now, cid, peer_id),
                 )
             _prune(db, "repl_audits", "id", MAX_AUDIT_ROWS)

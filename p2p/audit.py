@@ -7,7 +7,12 @@ The answer must decode, be signed by the holder's key, name the same nonce
 and root, and recompute the committed root from the challenged segments;
 anything else is a proven loss (`Outcome.INVALID`), as is the holder saying
 it does not have the data (ERROR not-found). Silence, a broken connection
-or ERROR busy/internal is a timeout (`Outcome.TIMEOUT`): maybe transient.
+or ERROR internal is a timeout (`Outcome.TIMEOUT`): maybe transient. ERROR
+busy is asked again (`BUSY_RETRIES` times, a fresh nonce each time, backing
+off); still busy, the audit ends `Outcome.BUSY`, which the policy counts
+toward a proven loss (p2p.repair_policy): a holder must not be able to hide
+a loss behind "busy". k is capped per object so that the worst-case proof
+fits one AuditProof (`store.proofs.max_challenges`).
 
 Prover (`prove`): runs in a worker thread; reads only the challenged
 segments through the hash-checking blockstore and takes the Merkle nodes
@@ -24,7 +29,7 @@ import trio
 from store.blockstore import Blockstore
 from store.cid import CID
 from store.errors import StoreError
-from store.proofs import Commitment, NodeSource, Proof, default_k, make_proof, verify_proof
+from store.proofs import Commitment, NodeSource, Proof, default_k, make_proof, max_challenges, verify_proof
 
 from . import limits as L
 from .commit_files import object_bytes
@@ -39,6 +44,8 @@ DEFAULT_K = default_k()  # 66
 BASE_DEADLINE_S = 5.0
 SLACK_S_PER_GIB = 2.0  # reading k blocks is fast; a cold leaf file costs ~0.3 s/GiB to load
 GiB = 1 << 30
+BUSY_RETRIES = 2  # asked three times in all within one audit
+BUSY_BACKOFF_S = 1.0  # then 2 s: an honest holder's in-flight burst is long over
 
 
 @dataclass(frozen=True)
@@ -63,21 +70,30 @@ def deadline_for(size: int) -> float:
 
 
 async def challenge(conn: PeerConnection | None, peer: PeerId, cid: CID, commitment: Commitment,
-                    size: int, k: int = DEFAULT_K) -> AuditResult:
+                    size: int, k: int = DEFAULT_K, busy_retries: int = BUSY_RETRIES,
+                    busy_backoff: float = BUSY_BACKOFF_S) -> AuditResult:
     """Audit `peer` once for `cid`; never raises for anything the peer does."""
     who = str(peer)
     if conn is None:
         return AuditResult(who, Outcome.TIMEOUT, 0, "unreachable")
-    nonce = secrets.token_bytes(L.NONCE_BYTES)
+    k = max(1, min(k, max_challenges(commitment, L.MAX_PROOF_BYTES, len(peer.to_bytes()))))
     deadline = deadline_for(size)
     root = bytes(cid)
-    try:
-        replies = await conn.request(
-            lambda rid: AuditChallenge(rid, root, nonce, k, int(deadline * 1000)), timeout=deadline)
-    except RequestFailed as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            return AuditResult(who, Outcome.INVALID, k, f"holder reports the data missing: {exc}")
-        return AuditResult(who, Outcome.TIMEOUT, k, str(exc))
+    for attempt in range(busy_retries + 1):
+        nonce = secrets.token_bytes(L.NONCE_BYTES)
+        try:
+            replies = await conn.request(
+                lambda rid: AuditChallenge(rid, root, nonce, k, int(deadline * 1000)), timeout=deadline)
+        except RequestFailed as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                return AuditResult(who, Outcome.INVALID, k, f"holder reports the data missing: {exc}")
+            if exc.code == ErrorCode.BUSY:
+                if attempt < busy_retries:
+                    await trio.sleep(busy_backoff * 2**attempt)
+                    continue
+                return AuditResult(who, Outcome.BUSY, k, f"busy {busy_retries + 1} times: {exc}")
+            return AuditResult(who, Outcome.TIMEOUT, k, str(exc))
+        break
     reply = replies[0] if replies else None
     if not isinstance(reply, AuditProof) or reply.nonce != nonce or reply.root_cid != root:
         return AuditResult(who, Outcome.INVALID, k, "answer does not match the challenge")

@@ -35,12 +35,14 @@ from store.blockstore import Blockstore
 from store.cid import CID, RAW
 from store.errors import StoreError
 from store.proofs import (
-    DEFAULT_SEGMENT_SIZE, HASH_LEN, Commitment, MerkleBuilder, MerkleTree, NodeSource, SparseTree,
+    DEFAULT_SEGMENT_SIZE, HASH_LEN, Commitment, MalformedProof, MerkleBuilder, MerkleTree, NodeSource, ShouldStop,
+    SparseTree,
+    check_stop,
 )
 from store.repo import PROOFS_DIR, commitment_file, leaves_file
 
 __all__ = ["ObjectBytes", "object_bytes", "leaves_path", "build_commitment", "load_tree", "has_leaves", "PROOFS_DIR",
-           "recorded_commitment"]
+           "recorded_commitment", "committed_length", "stored_dag_bytes"]
 
 _READ_PIECE = 1 << 20
 
@@ -165,26 +167,82 @@ def has_leaves(repo_path: Path, cid: CID | str, commitment: Commitment) -> bool:
         return False
 
 
+def committed_length(store: Blockstore, cid: CID) -> int:
+    """How many bytes the commitment of `cid` covers, without reading them.
+
+    A file: the size its root declares (nothing checks yet that its blocks
+    add up to it; the pass over the bytes does). A directory: the bytes of
+    its blocks, each once. Raises StoreError if a block is missing.
+    """
+    recent: Any = _RecentBlocks(store)
+    st = exporter.stat(recent, cid)
+    if st.kind in ("file", "raw"):
+        return int(st.size or 0)
+    layout = _dag_layout(recent, cid)
+    return layout[-1][0] + layout[-1][2] if layout else 0
+
+
+def stored_dag_bytes(store: Blockstore, cid: CID, should_stop: ShouldStop | None = None) -> int:
+    """The bytes the DAG under `cid` really occupies: each distinct block once.
+
+    A file that links one block many times declares far more bytes than it
+    stores; work that reads the declared bytes (a commitment pass) is
+    bounded against this number (p2p.holding). Raises StoreError if a block
+    is missing; reads only the dag-pb nodes (raw leaves are sized, not read).
+    """
+    seen: set[bytes] = set()
+    stack = [cid]
+    total = 0
+    while stack:
+        if len(seen) % 256 == 0:
+            check_stop(should_stop)
+        block = stack.pop()
+        key = bytes(block)
+        if key in seen:
+            continue
+        seen.add(key)
+        if block.codec.name == RAW:
+            total += store.size(block)
+            continue
+        data = store.get(block)
+        total += len(data)
+        stack.extend(exporter.iter_links(block, data))
+    return total
+
+
 def build_commitment(store: Blockstore, repo_path: Path, cid: CID,
-                     segment_size: int = DEFAULT_SEGMENT_SIZE) -> Commitment:
+                     segment_size: int = DEFAULT_SEGMENT_SIZE, *,
+                     should_stop: ShouldStop | None = None, max_length: int | None = None) -> Commitment:
     """The object's commitment, with its leaf file saved durably.
 
     If the put already built both (`recorded_commitment`), no pass over the
     object's bytes; otherwise one pass, then the leaf file and the record.
+    `should_stop` is checked between blocks (store.proofs.Cancelled);
+    `max_length` ends the pass with MalformedProof as soon as more bytes than that
+    come out, whatever the DAG declares (a holder passes the signed length).
     """
-    recorded = recorded_commitment(store, repo_path, cid, segment_size)
+    recorded = recorded_commitment(store, repo_path, cid, segment_size, should_stop=should_stop)
     if recorded is not None:
         return recorded
     path = leaves_path(repo_path, cid)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        builder = MerkleBuilder(segment_size, leaf_sink=f.write)
-        for piece in object_bytes(store, cid).stream():
-            builder.update(piece)
-        commitment = builder.finish()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            builder = MerkleBuilder(segment_size, leaf_sink=f.write)
+            seen = 0
+            for piece in object_bytes(store, cid).stream():
+                check_stop(should_stop)
+                seen += len(piece)
+                if max_length is not None and seen > max_length:
+                    raise MalformedProof(f"{cid} has more than the {max_length} bytes its manifest states")
+                builder.update(piece)
+            commitment = builder.finish()
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     record = commitment_file(repo_path, cid)
     rtmp = record.with_name(record.name + f".{os.getpid()}.tmp")
@@ -198,7 +256,8 @@ def build_commitment(store: Blockstore, repo_path: Path, cid: CID,
 
 
 def recorded_commitment(store: Blockstore, repo_path: Path, cid: CID,
-                        segment_size: int = DEFAULT_SEGMENT_SIZE) -> Commitment | None:
+                        segment_size: int = DEFAULT_SEGMENT_SIZE, *,
+                        should_stop: ShouldStop | None = None) -> Commitment | None:
     """The commitment saved for a file object, if its record and leaf file agree.
 
     Checks: `<cid>.commitment` decodes, has this segment size and the file's
@@ -227,6 +286,7 @@ def recorded_commitment(store: Blockstore, repo_path: Path, cid: CID,
     try:
         with open(leaves_path(repo_path, cid), "rb") as f:
             while raw := f.read(piece):
+                check_stop(should_stop)
                 builder.add_leaf_hashes([raw[i : i + HASH_LEN] for i in range(0, len(raw), HASH_LEN)])
     except OSError:
         return None
@@ -238,8 +298,10 @@ def recorded_commitment(store: Blockstore, repo_path: Path, cid: CID,
     return commitment if folded.root == commitment.root else None
 
 
-def load_tree(repo_path: Path, cid: CID | str, commitment: Commitment) -> NodeSource:
-    """The prover's tree from the leaf file (MalformedProof if it does not match)."""
+def load_tree(repo_path: Path, cid: CID | str, commitment: Commitment, *,
+              should_stop: ShouldStop | None = None) -> NodeSource:
+    """The prover's tree from the leaf file (MalformedProof if it does not match;
+    Cancelled if `should_stop` says so while the leaves are read)."""
     if commitment.n_segments == 0:
         return MerkleTree([], commitment)
     path = leaves_path(repo_path, cid)
@@ -249,7 +311,7 @@ def load_tree(repo_path: Path, cid: CID | str, commitment: Commitment) -> NodeSo
         return os.pread(fd, count * HASH_LEN, first * HASH_LEN)
 
     try:
-        tree = SparseTree(read_leaves, commitment)
+        tree = SparseTree(read_leaves, commitment, should_stop=should_stop)
     except BaseException:
         os.close(fd)
         raise

@@ -31,22 +31,25 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
-from store.cid import CID, cid_from_bytes, parse_cid
-from store.errors import StoreError
+from store.cid import CID, block_key, cid_from_bytes, parse_cid
+from store.errors import StorageFull, StoreError
 from store.manifest import Manifest
-from store.proofs import MAX_K, NodeSource
+from store.proofs import MAX_K, Cancelled, NodeSource, ShouldStop, check_stop, max_challenges
 
 from . import limits as L
-from .agreements import Agreements, ObjectRow, Offer, agreement_bytes, offer_signing_bytes, release_bytes
+from .agreements import (
+    Agreements, ObjectRow, Offer, agreement_bytes, offer_signing_bytes, release_bytes, trusted_holders,
+)
 from .audit import prove
 from .cancel import CancellableStore, run_sync_cancellable
-from .commit_files import build_commitment, has_leaves, load_tree
+from .commit_files import build_commitment, committed_length, has_leaves, load_tree, remove_leaves, stored_dag_bytes
 from .connection import PeerConnection
 from .errors import P2PError, ProtocolError
 from .fetch import fetch_dag
@@ -60,6 +63,41 @@ from .messages import (
 log = logging.getLogger("shoal.holding")
 
 MAX_CACHED_TREES = 64
+PULL_SLACK_BYTES = 1 << 20
+PULL_SLACK_DIVISOR = 64  # dag-pb nodes above the leaves: ~0.004 % for 1 MiB chunks, far less than 1/64
+MAX_EXPANSION = 64  # declared bytes per distinct stored byte; a file repeating itself more is refused
+EXPANSION_FLOOR = 64 << 20
+HEAVY_THREADS = 2  # commitment passes at once; trio's other 40 threads stay free for everything else
+TAKE_BASE_S = 60.0  # as the requester's STORE_REQUEST_TIMEOUT_S
+TAKE_RATE_BYTES_PER_S = 4 << 20  # as the requester's PULL_RATE_BYTES_PER_S
+
+
+def pull_budget(declared: int) -> int:
+    """Bytes a replica of `declared` committed bytes may add to the disk:
+    the declared size plus a small slack for the DAG's inner nodes."""
+    return declared + PULL_SLACK_BYTES + declared // PULL_SLACK_DIVISOR
+
+
+def take_deadline(declared: int) -> float:
+    """Seconds a holder spends taking a replica before it gives up (and
+    undoes it): the time the requester waits for the answer."""
+    return TAKE_BASE_S + declared / TAKE_RATE_BYTES_PER_S
+
+
+def _committed_length(store: Any, cid: CID, should_stop: ShouldStop | None = None) -> int:
+    check_stop(should_stop)
+    return committed_length(store, cid)
+
+
+def _offer_issued(offer: bytes | None, owner: PeerId) -> int:
+    """`issued` of a recorded offer the owner signed (0 if none)."""
+    if not offer:
+        return 0
+    try:
+        parsed = Offer.decode(offer)
+    except ProtocolError:
+        return 0
+    return parsed.issued if parsed.signed_by(owner) else 0
 
 
 class Holding:
@@ -70,6 +108,8 @@ class Holding:
         self.db = db
         self._locks = KeyedLocks()  # per object; pruned when unused
         self._trees: OrderedDict[str, NodeSource] = OrderedDict()
+        self._reserved: dict[tuple[str, int], int] = {}  # bytes promised to replicas being taken
+        self._heavy = trio.CapacityLimiter(HEAVY_THREADS)
 
     @property
     def me(self) -> PeerId:
@@ -105,6 +145,10 @@ class Holding:
             return refuse("manifest is not signed by its owner")
         if not requester.verify(msg.owner_sig, offer_signing_bytes(msg.manifest)):
             return refuse("offer is not signed by the requester")
+        if not offer.signed_by(owner):
+            # The holder list decides who may audit us and who may act for
+            # the owner: only the owner's word counts, not the requester's.
+            return refuse("holder list is not signed by the owner")
         if requester != owner and requester.to_bytes() not in offer.holders:
             return refuse("requester is neither the owner nor a holder")
         async with self._lock(text):
@@ -114,22 +158,34 @@ class Holding:
                 # The owner gave this replica back; a deputy that missed the
                 # release must not put it back here (no repair of a released object).
                 return refuse("released by its owner")
-            if existing is None or released:
-                room = self._room()
-                if room is not None and msg.size > room:
-                    return refuse(f"over quota: {msg.size} bytes asked, {room} free")
+            if existing is not None and existing.role != "owner" and not released:
+                held = _offer_issued(existing.offer, owner)
+                if offer.issued < held:
+                    return refuse("an older holder list than the one held")
             # A refresh of an offer we already hold only updates the holder
             # list: pulling again would silently patch over lost blocks, and
             # losses are for audits to find (and for the owner to repair).
             refresh = (existing is not None and not released and existing.manifest == offer.manifest
                        and self.node.repo.index.is_pinned(text))
+            if existing is None or released:
+                room = self._room()
+                if room is not None and msg.size > room:
+                    return refuse(f"over quota: {msg.size} bytes asked, {room} free")
             pinned_before = await self._run(self.db.pin_created, text)
+            reservation = (text, id(msg))
+            self._reserved[reservation] = 0 if refresh else msg.size
             try:
                 if not refresh:
-                    await self._take(cid, manifest, offer, requester)
+                    with trio.fail_after(take_deadline(msg.size)):
+                        await self._take(cid, manifest, offer, requester, pinned_before)
+            except trio.TooSlowError:
+                log.info("store of %s for %s took too long", text, requester)
+                return refuse("could not take the replica in time")
             except (P2PError, StoreError, OSError) as exc:
                 log.info("store of %s for %s failed: %s", text, requester, exc)
                 return refuse(f"could not take the replica: {exc}")
+            finally:
+                self._reserved.pop(reservation, None)
             role = existing.role if existing is not None and existing.role in ("owner", "deputy") else "holder"
             if role == "deputy" and requester == owner:
                 role = "holder"  # the owner is back: the deputy steps down
@@ -205,16 +261,60 @@ class Holding:
         return [ReleaseResponse(rid, msg.root_cid, unpinned)]
 
     def _room(self) -> int | None:
-        """Bytes we may still accept for others (None = no quota), bounded by the disk."""
+        """Bytes we may still accept for others (None = no quota), bounded by
+        the disk, less what replicas being taken right now may still write."""
         free = shutil.disk_usage(self.node.repo.path).free
         quota: int | None = self.node.options.quota_bytes
+        pending = sum(self._reserved.values())
         if quota is None:
-            return free
-        return max(0, min(free, quota - self.db.held_bytes()))
+            return max(0, free - pending)
+        return max(0, min(free, quota - self.db.held_bytes()) - pending)
 
-    async def _take(self, cid: CID, manifest: Manifest, offer: Offer, requester: PeerId) -> None:
-        """Pull, pin, and check the commitment against the signed manifest."""
+    async def run_heavy(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run hashing work that may be long in a worker thread, stoppably.
+
+        Its own small limiter: the threads trio lends everyone else (block
+        serving, index calls) can never all be taken by commitment passes.
+        On cancellation (a deadline, the node shutting down) the thread is
+        abandoned and told to stop; `fn` checks `should_stop` between pieces
+        (store.proofs.Cancelled), so it ends within one piece.
+        """
+        stop = threading.Event()
+
+        def call() -> Any:
+            return fn(*args, should_stop=stop.is_set, **kwargs)
+
+        try:
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._heavy)
+        finally:
+            stop.set()
+
+    async def _take(self, cid: CID, manifest: Manifest, offer: Offer, requester: PeerId,
+                    pinned_before: float | None) -> None:
+        """Pull, pin, and check the commitment against the signed manifest.
+
+        Every failure undoes what this take did before it raises: the pin it
+        made is removed and the blocks it wrote that no pin protects are
+        deleted at once (no waiting for a gc), so a refused offer leaves no
+        trace on the disk.
+        """
         text = str(cid)
+        length = manifest.commitment.length
+        budget = pull_budget(length)
+        written: list[str] = []
+        used = 0
+        count_lock = threading.Lock()
+
+        def on_verified(block: CID, data: bytes) -> None:
+            # Store thread, before the write: the replica may add at most
+            # `budget` bytes to the disk, whatever its DAG turns out to be.
+            nonlocal used
+            with count_lock:
+                if used + len(data) > budget:
+                    raise StorageFull(f"over quota: the DAG is bigger than the {length} bytes declared")
+                used += len(data)
+                written.append(block_key(block))
+
         sources = [requester]
         for raw in offer.holders:
             try:
@@ -223,21 +323,63 @@ class Holding:
                 continue
             if peer not in sources and peer != self.me and self.node.connection_to(peer) is not None:
                 sources.append(peer)
-        await fetch_dag(self.node, cid, holders=sources)
-        async with self.node.store_guard.shared():
-            await self._run(self.node.repo.pin_add, cid)
-        repo_path = self.node.repo.path
-        if has_leaves(repo_path, cid, manifest.commitment):
-            try:
-                self._remember_tree(text, await self._run(load_tree, repo_path, cid, manifest.commitment))
-                return
-            except StoreError:
-                pass  # a stale or damaged leaf file: recompute it below
-        commitment = await self._run(build_commitment, self.node.repo.blockstore, repo_path, cid,
-                                     manifest.commitment.segment_size)
-        if commitment != manifest.commitment:
-            raise P2PError("the object's bytes do not match the manifest's commitment")
-        self._trees.pop(text, None)
+        pinned = False
+        try:
+            await fetch_dag(self.node, cid, holders=sources, on_verified=on_verified)
+            await self._check_size(cid, manifest)
+            async with self.node.store_guard.shared():
+                await self._run(self.node.repo.pin_add, cid)
+            pinned = True
+            repo_path = self.node.repo.path
+            if has_leaves(repo_path, cid, manifest.commitment):
+                try:
+                    self._remember_tree(text, await self.run_heavy(load_tree, repo_path, cid, manifest.commitment))
+                    return
+                except Cancelled:
+                    raise
+                except StoreError:
+                    pass  # a stale or damaged leaf file: recompute it below
+            commitment = await self.run_heavy(build_commitment, self.node.repo.blockstore, repo_path, cid,
+                                              manifest.commitment.segment_size, max_length=length)
+            if commitment != manifest.commitment:
+                raise P2PError("the object's bytes do not match the manifest's commitment")
+            self._trees.pop(text, None)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._undo_take(cid, pinned, pinned_before, written)
+            raise
+
+    async def _check_size(self, cid: CID, manifest: Manifest) -> None:
+        """Refuse, before any hashing, a DAG whose bytes the commitment pass
+        would have to invent: a file root declaring another length than the
+        manifest, or far more bytes than its distinct blocks hold (one block
+        linked a billion times declares an exabyte from a few MiB)."""
+        length = manifest.commitment.length
+        declared = await self.run_heavy(_committed_length, self.node.repo.blockstore, cid)
+        if declared != length:
+            raise P2PError(f"the DAG holds {declared} bytes, the manifest states {length}")
+        stored = await self.run_heavy(stored_dag_bytes, self.node.repo.blockstore, cid)
+        if length > MAX_EXPANSION * stored + EXPANSION_FLOOR:
+            raise P2PError(f"the DAG declares {length} bytes from {stored} stored: refused "
+                           f"(at most {MAX_EXPANSION}x repetition)")
+
+    async def _undo_take(self, cid: CID, pinned: bool, pinned_before: float | None, written: list[str]) -> None:
+        text = str(cid)
+        repo = self.node.repo
+        try:
+            if pinned and pinned_before is None:
+                created = await self._run(self.db.pin_created, text)
+                if created is not None:
+                    await self._run(repo.pin_rm, cid, created)
+            if pinned_before is None:
+                await self._run(remove_leaves, repo.path, cid)
+            doomed = await self._run(self.db.unprotected, written)
+            for key in doomed:
+                await self._run(repo.blockstore.delete_key, key)
+            if doomed:
+                log.info("refused %s: removed the %d block(s) it had written", text, len(doomed))
+        except (StoreError, OSError) as exc:
+            log.warning("cleaning up the refused replica %s failed: %s", text, exc)
 
     # -- audits (holder side) ------------------------------------------------------
 
@@ -257,8 +399,11 @@ class Holding:
         manifest = Manifest.decode(obj.manifest)
         if not self._may_audit(obj, manifest, conn.remote_peer):
             return [Error(rid, ErrorCode.REFUSED, "only the owner or a co-holder may audit")]
-        if msg.count > MAX_K:
-            return [Error(rid, ErrorCode.REFUSED, f"at most {MAX_K} challenges")]
+        most = max_challenges(manifest.commitment, L.MAX_PROOF_BYTES, len(self.me.to_bytes()), MAX_K)
+        if msg.count > most:
+            # The answer must fit one AuditProof; a bigger count could only
+            # end in a proof the wire refuses (and work for nothing).
+            return [Error(rid, ErrorCode.REFUSED, f"at most {most} challenges for this object")]
         if not await self._run(self.db.use_nonce, msg.nonce, text):
             return [Error(rid, ErrorCode.REFUSED, "replayed nonce")]
         try:
@@ -278,14 +423,11 @@ class Holding:
         return [AuditProof(rid, msg.root_cid, msg.nonce, proof.encode(), sig)]
 
     def _may_audit(self, obj: ObjectRow, manifest: Manifest, peer: PeerId) -> bool:
+        """The owner, a co-holder the owner signed, or a holder we placed (as deputy)."""
         if peer.to_bytes() == manifest.owner:
             return True
-        if obj.offer:
-            try:
-                if peer.to_bytes() in Offer.decode(obj.offer).holders:
-                    return True
-            except ProtocolError:
-                pass
+        if peer.to_bytes() in trusted_holders(obj.offer, PeerId.from_bytes(manifest.owner)):
+            return True
         return self.db.holder(obj.cid, str(peer)) is not None
 
     async def tree(self, cid: str, manifest: Manifest) -> NodeSource:
@@ -297,11 +439,11 @@ class Holding:
         repo_path = self.node.repo.path
         parsed = parse_cid(cid)
         if not has_leaves(repo_path, parsed, manifest.commitment):
-            # A pass over the whole object: stopped by the caller's deadline or cancellation.
-            await run_sync_cancellable(lambda flag: build_commitment(
-                CancellableStore(self.node.repo.blockstore, flag), repo_path, parsed,
-                manifest.commitment.segment_size))
-        loaded: NodeSource = await self._run(load_tree, repo_path, parsed, manifest.commitment)
+            # A pass over the whole object, in the heavy-work threads: stopped
+            # by the caller's deadline or cancellation, bounded by the length.
+            await self.run_heavy(build_commitment, self.node.repo.blockstore, repo_path, parsed,
+                                 manifest.commitment.segment_size, max_length=manifest.commitment.length)
+        loaded: NodeSource = await self.run_heavy(load_tree, repo_path, parsed, manifest.commitment)
         self._remember_tree(cid, loaded)
         return loaded
 

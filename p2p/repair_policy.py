@@ -10,8 +10,14 @@ users were disqualified for a bad afternoon:
   replica is `failed` (suspect, still counted) until it misses
   `MAX_TIMEOUTS_IN_A_ROW` = 3 audits in a row; then it is `lost` for
   replication purposes (a replacement is placed) without a proven-loss mark.
-  If it comes back and passes an audit, it is `ok` again: one outage never
-  disqualifies a peer for good.
+  If it comes back and passes `READMIT_PASSES` = 3 audits in a row, it is
+  `ok` again: one outage never disqualifies a peer for good, and one lucky
+  answer does not re-admit it either.
+- A holder that answers ERROR busy is alive and chooses not to prove. The
+  auditor retries within the audit (p2p.audit); an audit that still ends
+  busy counts as a miss (like a timeout), and `MAX_BUSY_IN_A_ROW` = 3 such
+  audits with no pass between them are a proven loss: otherwise "busy"
+  would be a way to hide a loss that NOT_FOUND would admit.
 - Timeouts and proven losses are scored apart (peers.Reputation counts
   `audit_timeouts` and `proven_losses` separately).
 - Repairs draw from a token bucket, so a churn burst (many peers leaving at
@@ -39,12 +45,15 @@ from typing import Iterable, Sequence
 from .identity import PeerId
 
 __all__ = [
-    "State", "Outcome", "Replica", "Verdict", "MAX_TIMEOUTS_IN_A_ROW", "after_audit",
+    "State", "Outcome", "Replica", "Verdict", "MAX_TIMEOUTS_IN_A_ROW", "MAX_BUSY_IN_A_ROW", "READMIT_PASSES",
+    "after_audit",
     "after_store", "counts_as_copy", "repairs_needed", "TokenBucket", "deputy", "OwnerWatch",
     "release_delay", "release_settled", "surplus", "RELEASE_RETRY_BASE_S", "RELEASE_RETRY_MAX_S",
 ]
 
 MAX_TIMEOUTS_IN_A_ROW = 3
+MAX_BUSY_IN_A_ROW = 3
+READMIT_PASSES = 3
 RELEASE_RETRY_BASE_S = 1.0
 RELEASE_RETRY_MAX_S = 600.0  # as peer redials: a holder back from an outage waits at most 10 min
 
@@ -65,7 +74,8 @@ class State(str, Enum):
 class Outcome(str, Enum):
     OK = "ok"
     INVALID = "invalid"  # proven loss
-    TIMEOUT = "timeout"  # deadline passed, unreachable, connection lost, busy
+    TIMEOUT = "timeout"  # deadline passed, unreachable, connection lost
+    BUSY = "busy"  # answered, but only ERROR busy, however often asked within the audit
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class Replica:
     timeouts_in_a_row: int = 0
     proven_loss: bool = False
     refused: bool = False  # never took the replica (store request refused)
+    busy_in_a_row: int = 0  # audits ended busy since the last pass
+    passes_in_a_row: int = 0  # while lost (not proven): passes toward re-admission
 
 
 @dataclass(frozen=True)
@@ -88,23 +100,31 @@ class Verdict:
     score_loss: bool = False  # Reputation.proven_losses += 1
 
 
-def after_audit(r: Replica, outcome: Outcome, max_timeouts: int = MAX_TIMEOUTS_IN_A_ROW) -> Verdict:
+def after_audit(r: Replica, outcome: Outcome, max_timeouts: int = MAX_TIMEOUTS_IN_A_ROW,
+                max_busy: int = MAX_BUSY_IN_A_ROW, readmit: int = READMIT_PASSES) -> Verdict:
     """Apply one audit result to a replica."""
     if outcome is Outcome.OK:
         if r.proven_loss:
             # A proven loss is final for this replica: the data was gone once,
             # a later pass would only mean it was fetched back from elsewhere.
             return Verdict(r)
+        if r.state is State.LOST and r.passes_in_a_row + 1 < readmit:
+            return Verdict(replace(r, passes_in_a_row=r.passes_in_a_row + 1, busy_in_a_row=0))
         return Verdict(Replica(State.OK, 0, False, False))
     if outcome is Outcome.INVALID:
         repair = r.state is not State.LOST
-        return Verdict(Replica(State.LOST, r.timeouts_in_a_row, True, r.refused), repair=repair, score_loss=True)
+        return Verdict(Replica(State.LOST, r.timeouts_in_a_row, True, r.refused, r.busy_in_a_row),
+                       repair=repair, score_loss=True)
     n = r.timeouts_in_a_row + 1
+    busy = r.busy_in_a_row + (outcome is Outcome.BUSY)
+    if outcome is Outcome.BUSY and busy >= max_busy:
+        return Verdict(Replica(State.LOST, n, True, r.refused, busy), repair=r.state is not State.LOST,
+                       score_loss=True)
     if r.state is State.LOST:
-        return Verdict(replace(r, timeouts_in_a_row=n), score_timeout=True)
+        return Verdict(replace(r, timeouts_in_a_row=n, busy_in_a_row=busy, passes_in_a_row=0), score_timeout=True)
     if n >= max_timeouts:
-        return Verdict(Replica(State.LOST, n, r.proven_loss, r.refused), repair=True, score_timeout=True)
-    return Verdict(Replica(State.FAILED, n, r.proven_loss, r.refused), score_timeout=True)
+        return Verdict(Replica(State.LOST, n, r.proven_loss, r.refused, busy), repair=True, score_timeout=True)
+    return Verdict(Replica(State.FAILED, n, r.proven_loss, r.refused, busy), score_timeout=True)
 
 
 def after_store(accepted: bool) -> Verdict:

@@ -49,7 +49,7 @@ from store.manifest import Manifest
 from . import limits as L
 from .agreements import (
     RELEASE_DONE, RELEASE_REFUSED, Agreements, HolderRow, ObjectRow, Offer, agreement_bytes, offer_signing_bytes,
-    release_bytes,
+    release_bytes, trusted_holders,
 )
 from .api import ApiError, param
 from .audit import DEFAULT_K, AuditResult, challenge, verify_local
@@ -101,6 +101,7 @@ class Replication:
         self._placing: set[str] = set()
         self._wake = trio.Event()
         self._owner_watch: dict[str, OwnerWatch] = {}
+        self._issued: dict[str, int] = {}  # last `issued` we signed per object (strictly increasing)
         self.rounds = 0
 
     @property
@@ -337,7 +338,7 @@ class Replication:
                 return obj, Manifest.decode(obj.manifest)
             parsed = parse_cid(cid)
             store = self.node.repo.blockstore
-            commitment = await self._run(build_commitment, store, self.node.repo.path, parsed)
+            commitment = await self.holding.run_heavy(build_commitment, store, self.node.repo.path, parsed)
             rec = next((o for o in self.node.repo.objects() if o.cid == cid), None)
             manifest = Manifest(
                 root_cid=cid, size=rec.size if rec else commitment.length,
@@ -392,6 +393,12 @@ class Replication:
             self._placing.discard(cid)
 
     def _offer(self, obj: ObjectRow, extra: list[PeerId]) -> bytes:
+        """The offer to send: the owner signs the holder list and count afresh;
+        a deputy re-sends the owner's last signed one (it cannot sign for it)."""
+        if obj.role != "owner":
+            if not obj.offer:
+                raise P2PError(f"{obj.cid}: no offer signed by the owner to pass on")
+            return obj.offer
         peers = [self.me.to_bytes()]
         for h in self.db.holders(obj.cid):
             if counts_as_copy(h.replica) and h.peer_id != str(self.me):
@@ -402,7 +409,10 @@ class Replication:
         for p in extra:
             if p.to_bytes() not in peers:
                 peers.append(p.to_bytes())
-        return Offer(obj.manifest, obj.replicas_wanted, tuple(peers[:64])).encode()
+        issued = max(time.time_ns() // 1000, self._issued.get(obj.cid, 0) + 1)
+        self._issued[obj.cid] = issued
+        offer = Offer(obj.manifest, obj.replicas_wanted, tuple(peers[:64]))
+        return offer.with_owner_sig(issued, self.node.identity.sign).encode()
 
     async def _store_on(self, obj: ObjectRow, manifest: Manifest, peer: PeerId, refresh: bool = False,
                         kind: str = "replicate-out") -> bool:
@@ -623,9 +633,11 @@ class Replication:
                 continue
             if not gone:
                 continue
-            offer = Offer.decode(obj.offer)
+            signed = trusted_holders(obj.offer, owner)  # only holders the owner named
+            if self.me.to_bytes() not in signed:
+                continue
             live = [self.me]
-            for raw in offer.holders:
+            for raw in signed:
                 peer = PeerId.from_bytes(raw)
                 if peer not in (owner, self.me) and await self._reach(peer) is not None:
                     live.append(peer)
@@ -633,7 +645,7 @@ class Replication:
                 continue
             log.info("%s: owner %s gone; taking over as deputy", obj.cid, owner)
             await self._run(self.db.set_role, obj.cid, "deputy")
-            for raw in offer.holders:
+            for raw in signed:
                 peer = PeerId.from_bytes(raw)
                 if peer == owner:
                     state = Replica(State.LOST, watch.misses, False)

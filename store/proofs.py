@@ -93,6 +93,25 @@ class MalformedProof(ProofError):
     """
 
 
+class Cancelled(ProofError):
+    """Long hashing work stopped because its caller asked (`should_stop`).
+
+    Worker threads cannot be interrupted from outside; the loops that can
+    run long (a commitment pass, loading a prover's tree) check a flag
+    between pieces instead, so a cancelled request or a node shutting down
+    frees its thread within one piece (~1 ms of hashing).
+    """
+
+
+ShouldStop = Callable[[], bool]
+
+
+def check_stop(should_stop: "ShouldStop | None") -> None:
+    """Raise Cancelled if `should_stop` says so (None: never)."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("stopped before the work was done")
+
+
 def check_segment_size(segment_size: int) -> None:
     """ValueError unless `segment_size` can cut pieces (a multiple of 64)."""
     if not 0 < segment_size <= MAX_SEGMENT_SIZE or segment_size % sha256_chain.BLOCK:
@@ -432,6 +451,7 @@ class SparseTree:
         commitment: Commitment,
         height: int = 3,
         batch: int = 1 << 15,
+        should_stop: ShouldStop | None = None,
     ) -> None:
         n = commitment.n_segments
         if n == 0:
@@ -443,6 +463,7 @@ class SparseTree:
         batch = max(span, batch - batch % span)
         base: list[bytes] = []
         for first in range(0, n, batch):
+            check_stop(should_stop)
             count = min(batch, n - first)
             leaves = self._leaves(first, count)
             for off in range(0, count, span):
@@ -592,6 +613,57 @@ def _root_from(indices: Sequence[int], leaves: Sequence[bytes], nodes: Sequence[
 
 
 _PROOF_MAGIC = b"SHP2"
+_PROOF_FIXED_BYTES = 4 + 32 + 32 + 1 + 4 + 4 + 4  # magic, nonce, root, id length, the three counts
+_PER_SEGMENT_BYTES = 8 + 4  # its index and its length
+
+
+def _max_aux_nodes(known: int, n: int) -> int:
+    """At most how many multi-proof nodes `known` known leaves of n can need.
+
+    Per level, every group of 4 that holds a known node sends at most its 3
+    other members, and no level sends more nodes than it has; the groups
+    holding a known node are at most the known count and at most the level's
+    groups. Summed over the levels (tree_depth(n) of them).
+    """
+    total, width = 0, n
+    while width > 1:
+        groups = min(known, -(-width // ARITY))
+        total += min(3 * groups, width - 1)
+        width = -(-width // ARITY)
+    return total
+
+
+def max_proof_bytes(commitment: Commitment, k: int, holder_id_len: int) -> int:
+    """An upper bound on `Proof.encode()` for any k challenges of this object.
+
+    From the encoding: a fixed header and the holder id; per distinct index
+    (at most min(k, n)) its index, length and segment; at most one prior
+    leaf per index; and `_max_aux_nodes` over the indices and priors. No
+    nonce can make a proof bigger than this, so a holder can check a count
+    before doing any work.
+    """
+    n = commitment.n_segments
+    m = min(max(0, k), n)
+    if m == 0:
+        return _PROOF_FIXED_BYTES + holder_id_len
+    return (_PROOF_FIXED_BYTES + holder_id_len + m * (_PER_SEGMENT_BYTES + commitment.segment_size)
+            + HASH_LEN * m + HASH_LEN * _max_aux_nodes(min(2 * m, n), n))
+
+
+def max_challenges(commitment: Commitment, max_bytes: int, holder_id_len: int, hi: int = MAX_K) -> int:
+    """The largest k <= hi whose worst-case proof fits in `max_bytes`.
+
+    `max_proof_bytes` grows with k, so a binary search finds it; 0 if not
+    even one challenge fits (segments bigger than the cap).
+    """
+    lo_k, hi_k = 0, hi
+    while lo_k < hi_k:
+        mid = (lo_k + hi_k + 1) // 2
+        if max_proof_bytes(commitment, mid, holder_id_len) <= max_bytes:
+            lo_k = mid
+        else:
+            hi_k = mid - 1
+    return lo_k
 _SIGN_DOMAIN = b"shoal-proof-v2\x00"
 
 

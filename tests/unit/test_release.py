@@ -101,7 +101,7 @@ def signed_manifest(repo: Repo, cid: CID) -> Manifest:
 
 
 def store_request(manifest: Manifest, cid: CID, holders: tuple[bytes, ...]) -> StoreRequest:
-    offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(),) + holders).encode()
+    offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(),) + holders).with_owner_sig(1, OWNER.sign).encode()
     return StoreRequest(3, bytes(cid), manifest.commitment.length, offer, OWNER.sign(offer_signing_bytes(offer)))
 
 
@@ -216,7 +216,8 @@ async def test_a_released_deputy_steps_down_and_refuses_a_deputys_re_offer(repos
     assert service.db.holders(str(cid)) == []
     # Another holder acting as deputy (it missed the release) offers it back: refused.
     manifest = Manifest.decode(obj.manifest)
-    offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(), H2.peer_id.to_bytes())).encode()
+    offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(), H2.peer_id.to_bytes())).with_owner_sig(
+        2, OWNER.sign).encode()
     req = StoreRequest(4, bytes(cid), manifest.commitment.length, offer, H2.sign(offer_signing_bytes(offer)))
     [s] = await service.holding.on_store_request(FakeConn(H2.peer_id), req)  # type: ignore[arg-type]
     assert isinstance(s, StoreResponse) and not s.accepted and "released" in s.reason

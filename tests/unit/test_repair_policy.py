@@ -8,7 +8,7 @@ import pytest
 
 from p2p.identity import Identity
 from p2p.repair_policy import (
-    MAX_TIMEOUTS_IN_A_ROW, Outcome, OwnerWatch, Replica, State, TokenBucket, after_audit, after_store,
+    MAX_BUSY_IN_A_ROW, MAX_TIMEOUTS_IN_A_ROW, READMIT_PASSES, Outcome, OwnerWatch, Replica, State, TokenBucket, after_audit, after_store,
     counts_as_copy, deputy, repairs_needed,
 )
 
@@ -43,14 +43,55 @@ def test_timeouts_not_in_a_row_never_disqualify() -> None:
         assert r.state is State.OK and r.timeouts_in_a_row == 0
 
 
-def test_lost_by_timeouts_comes_back_but_proven_loss_does_not() -> None:
+def test_lost_by_timeouts_comes_back_after_passes_in_a_row_but_proven_loss_does_not() -> None:
     r = Replica(State.OK)
     for _ in range(3):
         r = after_audit(r, Outcome.TIMEOUT).replica
     assert r.state is State.LOST
-    assert after_audit(r, Outcome.OK).replica.state is State.OK
+    # One pass is not enough to be re-admitted (issue 12, item 11) ...
+    for _ in range(READMIT_PASSES - 1):
+        r = after_audit(r, Outcome.OK).replica
+        assert r.state is State.LOST and not counts_as_copy(r)
+    # ... a miss in between starts the count again ...
+    r = after_audit(r, Outcome.TIMEOUT).replica
+    assert r.state is State.LOST and r.passes_in_a_row == 0
+    for _ in range(READMIT_PASSES - 1):
+        r = after_audit(r, Outcome.OK).replica
+    assert r.state is State.LOST
+    # ... and READMIT_PASSES in a row bring it back.
+    assert after_audit(r, Outcome.OK).replica == Replica(State.OK)
     lost = after_audit(Replica(State.OK), Outcome.INVALID).replica
-    assert after_audit(lost, Outcome.OK).replica.state is State.LOST
+    for _ in range(READMIT_PASSES + 2):
+        lost = after_audit(lost, Outcome.OK).replica
+        assert lost.state is State.LOST
+
+
+def test_busy_audits_become_a_proven_loss() -> None:
+    """A holder answering ERROR busy instead of NOT_FOUND (issue 12, item 11):
+    misses at first, a proven loss after MAX_BUSY_IN_A_ROW audits, never re-admitted."""
+    r = Replica(State.OK)
+    for i in range(1, MAX_BUSY_IN_A_ROW):
+        v = after_audit(r, Outcome.BUSY)
+        assert v.replica.state is State.FAILED and v.score_timeout and not v.score_loss and not v.repair
+        assert v.replica.busy_in_a_row == i
+        r = v.replica
+    v = after_audit(r, Outcome.BUSY)
+    assert v.replica.state is State.LOST and v.replica.proven_loss and v.score_loss and v.repair
+    r = v.replica
+    for _ in range(READMIT_PASSES + 2):
+        r = after_audit(r, Outcome.OK).replica
+        assert r.state is State.LOST
+    # Busy then timeouts mixed: three misses in a row are lost like timeouts.
+    r = Replica(State.OK)
+    for outcome in (Outcome.BUSY, Outcome.TIMEOUT, Outcome.BUSY):
+        v = after_audit(r, outcome)
+        r = v.replica
+    assert r.state is State.LOST and v.repair and not r.proven_loss
+    # A pass in between clears the busy count: an honest holder busy now and then is never lost.
+    r = Replica(State.OK)
+    for _ in range(10):
+        r = after_audit(after_audit(r, Outcome.BUSY).replica, Outcome.OK).replica
+        assert r == Replica(State.OK)
 
 
 def test_store_answers() -> None:

@@ -51,7 +51,8 @@ def holding(repo: Repo, tmp_path: Path, quota: int | None = None) -> tuple[Repli
     (tmp_path / "f.bin").write_bytes(random_bytes(40_000, 9))
     cid = repo.add(tmp_path / "f.bin", profile=SMALL).cid
     manifest = signed_manifest(repo, cid)
-    offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(), HOLDER.peer_id.to_bytes())).encode()
+    offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(), HOLDER.peer_id.to_bytes())).with_owner_sig(
+        1, OWNER.sign).encode()
     service = Replication(Node(repo, HOLDER, NodeOptions(quota_bytes=quota)))
     service.db.put_object(str(cid), "holder", manifest.encode(), str(OWNER.peer_id), 3,
                           manifest.commitment.length, offer)
@@ -90,7 +91,7 @@ async def test_lost_blocks_are_admitted_not_guessed(repo: Repo, tmp_path: Path) 
 
 
 def store_request(manifest: Manifest, signer: Identity, holders: tuple[bytes, ...] = ()) -> StoreRequest:
-    offer = Offer(manifest.encode(), 3, holders or (OWNER.peer_id.to_bytes(),)).encode()
+    offer = Offer(manifest.encode(), 3, holders or (OWNER.peer_id.to_bytes(),)).with_owner_sig(1, OWNER.sign).encode()
     return StoreRequest(3, _cid_bytes(manifest), manifest.commitment.length,
                         offer, signer.sign(offer_signing_bytes(offer)))
 
