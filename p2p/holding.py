@@ -36,12 +36,14 @@ from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import outcome
 import trio
 
 from store.cid import CID, block_key, cid_from_bytes, parse_cid
 from store.errors import StorageFull, StoreError
 from store.manifest import Manifest
-from store.proofs import MAX_K, Cancelled, NodeSource, ShouldStop, check_stop, max_challenges
+from store.cancel import CancelFlag, Cancelled
+from store.proofs import MAX_K, NodeSource, ShouldStop, check_stop, max_challenges
 
 from . import limits as L
 from .agreements import (
@@ -275,19 +277,33 @@ class Holding:
 
         Its own small limiter: the threads trio lends everyone else (block
         serving, index calls) can never all be taken by commitment passes.
-        On cancellation (a deadline, the node shutting down) the thread is
-        abandoned and told to stop; `fn` checks `should_stop` between pieces
-        (store.proofs.Cancelled), so it ends within one piece.
+        If this task is cancelled (a deadline, the node shutting down), the
+        flag is set and the call waits for `fn` to return: `fn` checks
+        `should_stop` between pieces (store.cancel.Cancelled), so it ends
+        within one piece, and nothing it writes outlives the call (as
+        p2p.node_api.run_stoppable, for the same reason).
         """
-        stop = threading.Event()
+        flag = CancelFlag()
+        box: list[outcome.Outcome[Any]] = []
 
         def call() -> Any:
-            return fn(*args, should_stop=stop.is_set, **kwargs)
+            return fn(*args, should_stop=flag.is_set, **kwargs)
 
-        try:
-            return await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._heavy)
-        finally:
-            stop.set()
+        async def work(done: trio.CancelScope) -> None:
+            async with self._heavy:
+                box.append(await outcome.acapture(trio.to_thread.run_sync, call))
+            done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work, nursery.cancel_scope)
+            try:
+                await trio.sleep_forever()
+            finally:
+                if not box:
+                    flag.set("the replica's work was cancelled")
+        if not box:  # cancelled while waiting for a thread slot: nothing ran
+            raise Cancelled("the replica's work was cancelled")
+        return box[0].unwrap()
 
     async def _take(self, cid: CID, manifest: Manifest, offer: Offer, requester: PeerId,
                     pinned_before: float | None) -> None:

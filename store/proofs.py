@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
 from . import sha256_chain
+from .cancel import Cancelled
 from .errors import ProofError
 from .tree_shape import ARITY as ARITY
 from .tree_shape import HASH_LEN as HASH_LEN
@@ -93,17 +94,11 @@ class MalformedProof(ProofError):
     """
 
 
-class Cancelled(ProofError):
-    """Long hashing work stopped because its caller asked (`should_stop`).
-
-    Worker threads cannot be interrupted from outside; the loops that can
-    run long (a commitment pass, loading a prover's tree) check a flag
-    between pieces instead, so a cancelled request or a node shutting down
-    frees its thread within one piece (~1 ms of hashing).
-    """
-
-
 ShouldStop = Callable[[], bool]
+"""Long hashing loops (a commitment pass, loading a prover's tree) run in
+worker threads, which cannot be interrupted from outside: they call this
+between pieces and raise store.cancel.Cancelled once it says so, so a
+cancelled request or a node shutting down frees its thread within one piece."""
 
 
 def check_stop(should_stop: "ShouldStop | None") -> None:
