@@ -71,7 +71,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
     from p2p.multiaddr import Multiaddr
-    from p2p.node import NodeOptions
+    from p2p.node import NodeLimits, NodeOptions
     from p2p.service import parse_api_bind, run_node
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -94,6 +94,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
             extra={"audit_interval": args.audit_interval or node_cfg.get("audit_interval")},
             swarm_key=swarm_key,
             allow_peers=allow_peers,
+            limits=NodeLimits.from_config(node_cfg.get("limits")),
         )
 
         def ready(node: Any) -> None:

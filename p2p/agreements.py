@@ -569,6 +569,13 @@ class Agreements:
                              (cid, peer_id)).fetchone()
         return _holder(row) if row else None
 
+    def holder_peers(self) -> set[str]:
+        """Every peer that holds (or passed an audit of) a replica for us, never proven to have lost one."""
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT DISTINCT peer_id FROM repl_holders WHERE proven_loss = 0 "
+                              "UNION SELECT DISTINCT peer_id FROM repl_audits WHERE outcome = 'ok'").fetchall()
+        return {str(r[0]) for r in rows}
+
     # -- agreements -------------------------------------------------------------
 
     def record_agreement(self, cid: str, requester: str, holder: str, offer: bytes,

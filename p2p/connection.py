@@ -7,7 +7,12 @@ The trio driver around the sans-IO pieces (FrameDecoder, codec, messages):
 - a send lock keeps frames whole when several tasks send at once;
 - backpressure both ways: at most `max_inflight_out` of our requests are
   outstanding (callers wait for a slot), and at most `max_inflight_in` of the
-  peer's requests are served at once (the next one gets ERROR busy).
+  peer's requests are served at once (the next one gets ERROR busy);
+- a send budget: the bytes read for the peer and not yet written (blocks,
+  reserved before the disk read) stay under `send_budget` (32 MiB), so a
+  peer that stops reading costs that much memory, not 64 requests' worth;
+- a stall timeout: a frame that cannot be written within `stall_timeout`
+  closes the connection (its socket is not being read).
 Malformed input gets an ERROR reply; too much of it, or any framing error,
 closes the connection. Nothing a peer sends can crash the node.
 """
@@ -40,6 +45,34 @@ class RequestFailed(P2PError):
         super().__init__(message)
         self.code = code
         self.timed_out = timed_out
+
+
+class SendBudget:
+    """Bytes a connection may hold for its peer before they reach the socket.
+
+    `acquire(n)` waits until `n` more bytes fit (a request larger than the
+    whole budget takes the whole budget); `release(n)` gives them back.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < L.MAX_FRAME_BYTES:
+            raise P2PError(f"a send budget below one frame ({L.MAX_FRAME_BYTES} bytes) could never send a block")
+        self.limit = limit
+        self.used = 0
+        self._changed = trio.Event()
+
+    async def acquire(self, n: int) -> int:
+        """Wait for room for `n` bytes; returns what was taken (release exactly that)."""
+        n = min(n, self.limit)
+        while self.used + n > self.limit:
+            await self._changed.wait()
+        self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 class _Pending:
@@ -87,6 +120,8 @@ class PeerConnection:
         *,
         max_inflight_in: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
         max_inflight_out: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
+        send_budget: int = L.SEND_BUDGET_BYTES,
+        stall_timeout: float = L.SEND_STALL_TIMEOUT_S,
     ) -> None:
         self.stream = stream
         self.remote_peer = remote_peer
@@ -102,6 +137,14 @@ class PeerConnection:
         self.bytes_received = 0
         self.remote_hello: Message | None = None
         self.hello_received = trio.Event()
+        self.send_budget = SendBudget(send_budget)
+        self._stall_timeout = stall_timeout
+        self.stalled = False  # closed because the peer stopped reading
+        # For eviction (p2p.admission): when a message last went either way,
+        # and how many answers the peer gave to our requests.
+        self.opened_at = trio.current_time()
+        self.last_activity = self.opened_at
+        self.answers = 0
 
     @property
     def closed(self) -> bool:
@@ -118,11 +161,27 @@ class PeerConnection:
         parts = encode_frame_parts(codec.encode_parts(msg))
         send_parts = getattr(self.stream, "send_all_parts", None)
         async with self._send_lock:
-            if send_parts is not None:  # SecureStream: encrypts the parts without joining them
-                await send_parts(parts)
-            else:
-                await self.stream.send_all(b"".join(parts))
+            if self._closed.is_set():
+                raise trio.ClosedResourceError("connection closed")
+            with trio.move_on_after(self._stall_timeout) as stall:
+                if send_parts is not None:  # SecureStream: encrypts the parts without joining them
+                    await send_parts(parts)
+                else:
+                    await self.stream.send_all(b"".join(parts))
+            if stall.cancelled_caught:
+                # Part of a frame may be on the wire: the stream is unusable.
+                self.stalled = True
+                log.info("closing connection to %s: a send made no progress for %gs (peer not reading)",
+                         self.remote_peer, self._stall_timeout)
+                await self.aclose()
+                raise trio.BrokenResourceError("send stalled: the peer is not reading")
         self.bytes_sent += sum(len(p) for p in parts)
+        self.last_activity = trio.current_time()
+
+    async def reply(self, msg: Message) -> bool:
+        """Send a reply from a handler; False if the connection is gone (stop working for it)."""
+        await self._try_send(msg)
+        return not self.closed
 
     async def request(self, make: Callable[[int], Message], timeout: float = L.REQUEST_TIMEOUT_S) -> list[Message]:
         """Send `make(request_id)` and wait for its complete answer.
@@ -192,6 +251,7 @@ class PeerConnection:
                 return
             if not chunks:
                 return
+            self.last_activity = trio.current_time()
             for data in chunks:
                 self.bytes_received += len(data)
                 for payload in decoder.feed(data):
@@ -234,6 +294,8 @@ class PeerConnection:
                 return  # unsolicited or late (after a timeout): drop quietly
             self._malformed += 1
             return
+        if not pending.responses and pending.error is None and not isinstance(msg, Error):
+            self.answers += 1  # the peer answered a request of ours: it is of use to us
         pending.add(msg)
 
     async def _serve(self, msg: Message) -> None:

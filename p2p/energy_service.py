@@ -39,7 +39,7 @@ from store.errors import StoreError
 from .connection import PeerConnection, RequestFailed
 from .identity import PeerId
 from .messages import (
-    AuditChallenge, AuditProof, Block, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
+    AuditChallenge, AuditProof, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
     StoreRequest, StoreResponse,
 )
 
@@ -148,12 +148,12 @@ class EnergyService:
     # -- serving ------------------------------------------------------------------
 
     def _wrap_serve(self, serve: Any) -> Any:
-        async def serve_blocks(conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
+        async def serve_blocks(conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> int:
             kinds = self._outgoing.get(conn.remote_peer)
             with self.account.serving(kinds[-1] if kinds else "serve") as op:
-                out: list[Message] = await serve(conn, rid, cids)
-                op.bytes_sent += sum(len(m.data) for m in out if isinstance(m, Block))
-            return out
+                sent: int = await serve(conn, rid, cids)  # blocks go out as they are read
+                op.bytes_sent += sent
+            return sent
 
         return serve_blocks
 

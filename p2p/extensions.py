@@ -15,4 +15,7 @@ def install(node: Any) -> None:
     """Attach every available service to `node` (replication and audits first)."""
     from .replication import install as install_replication
 
-    install_replication(node)
+    service = install_replication(node)
+    # Peers holding our replicas keep their connection slots when strangers
+    # crowd in (p2p.admission); read from the index in a worker thread.
+    node.protection_sources.append(service.db.holder_peers)

@@ -118,7 +118,37 @@ MAX_CONNECTIONS_TOTAL: Final = 256
 MAX_PENDING_HANDSHAKES: Final = 64
 """Inbound connections still in the Noise handshake. A stranger costs a
 socket and a task until the handshake timeout; capping them apart keeps
-room for real peers while hundreds of silent sockets sit in the queue."""
+room for real peers while hundreds of silent sockets sit in the queue.
+When all are taken, a new socket replaces the oldest one (p2p.admission)."""
+
+MAX_HANDSHAKES_PER_IP: Final = 16
+"""Handshakes in flight from one IP address; past it, that address's oldest
+is dropped. One address cannot take more than a quarter of the pool, so
+its flood only ever displaces its own sockets."""
+
+MAX_CONNECTIONS_PER_IP: Final = 32
+"""Authenticated inbound connections from one IP address (peers that proved
+useful are exempt). Keys are free, addresses are not: 256 throwaway keys
+from one host get 32 slots, not all of them. 32 leaves a swarm of a dozen
+nodes on one host (tests, the demo: all on 127.0.0.1) far from the cap."""
+
+RESERVED_CONNECTIONS: Final = 32
+"""Of MAX_CONNECTIONS_TOTAL, slots only peers that proved useful may take
+(allowlisted, bootstrap, delivered data to us, hold our replicas)."""
+
+NEW_CONNECTION_GRACE_S: Final = 5.0
+"""A new connection is not evicted for a newcomer during its first seconds,
+so two strangers cannot keep displacing each other before either is used."""
+
+SEND_BUDGET_BYTES: Final = 32 * MiB
+"""Block bytes read for one peer and not yet written to its socket. A peer
+that stops reading stalls at this, not at 64 requests x 16 blocks (1 GiB)."""
+
+SEND_STALL_TIMEOUT_S: Final = 60.0
+"""Longest one frame (<= 2.06 MiB) may take to reach the socket before the
+connection is closed as stuck: the same 60 s a requester gives a block
+request (BLOCK_REQUEST_TIMEOUT_S), so a peer that cannot take one frame
+in that time would have given up on it anyway."""
 
 # --- timeouts, seconds (defaults; the node may lower them) ------------------
 
@@ -131,5 +161,9 @@ BLOCK_REQUEST_TIMEOUT_S: Final = 60.0
 """Up to 32 MiB may come back; 60 s tolerates ~4 Mbit/s links."""
 
 STORE_REQUEST_TIMEOUT_S: Final = 60.0
+PEER_EXCHANGE_DEADLINE_S: Final = 5.0
+"""One round of peer exchange asks every connected peer at once and waits
+this long in all: a silent peer costs the round nothing beyond it."""
+
 IDLE_TIMEOUT_S: Final = 300.0
 """Close a connection with nothing in flight for this long."""

@@ -133,7 +133,8 @@ def build_api(node: Node, token: str) -> ControlApi:
     async def stats(p: dict[str, Any]) -> Any:
         """Traffic counters, so operators (and tests) can see who served what."""
         return {"served_bytes": node.served_bytes, "received_bytes": node.received_bytes,
-                "connected_peers": len(node.connected_peers())}
+                "connected_peers": len(node.connected_peers()),
+                "connections": node.connection_stats()}
 
     async def put(p: dict[str, Any]) -> Any:
         path = absolute_path(param(p, "path"), "path")

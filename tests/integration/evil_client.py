@@ -287,6 +287,165 @@ async def garbage_connections(host: str, port: int, count: int, hold_s: float, s
     return opened
 
 
+# -- resource attacks: slots, memory, time ---------------------------------------------------
+
+
+@dataclass
+class Held:
+    """What happened to a batch of connections an attack opened and held."""
+
+    opened: int = 0  # TCP connections established
+    authenticated: int = 0  # ... that also completed the handshake and got the node's Hello
+    closed_by_node: int = 0  # ... that the node closed while we held them
+    failed: int = 0  # refused, reset or closed during the handshake
+
+
+async def _open_from(host: str, port: int, local: str | None) -> trio.SocketStream:
+    """A TCP connection from source address `local` (any 127.x.y.z is loopback)."""
+    return await trio.open_tcp_stream(host, port, local_address=local)
+
+
+async def half_open_handshakes(host: str, port: int, count: int, hold: trio.Event,
+                               sources: list[str] | None = None, held: Held | None = None,
+                               ready: trio.Event | None = None) -> Held:
+    """Open `count` TCP connections that never say a word, held until `hold` is set.
+
+    Each stays in the node's handshake queue until its timeout: the
+    half-open handshake flood. `sources` spreads them over source addresses;
+    `ready` is set once every one is open (or failed).
+    """
+    held = held or Held()
+
+    def settle() -> None:
+        if held.opened + held.failed == count and ready is not None:
+            ready.set()
+
+    async def one(i: int) -> None:
+        local = sources[i % len(sources)] if sources else None
+        try:
+            stream = await _open_from(host, port, local)
+        except OSError:
+            held.failed += 1
+            settle()
+            return
+        held.opened += 1
+        settle()
+        try:
+            await hold.wait()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+            await trio.sleep(0)  # in order, so "the oldest" is well defined
+    return held
+
+
+async def idle_peers(host: str, port: int, peer: PeerId, count: int, hold: trio.Event,
+                     sources: list[str] | None = None, held: Held | None = None,
+                     ready: trio.Event | None = None) -> Held:
+    """`count` authenticated connections, each from a fresh throwaway key, that say
+    Hello and then nothing, reading (and ignoring) whatever the node sends —
+    including its GetPeers requests, which they never answer. Held until
+    `hold` is set; `ready` is set once every attempt has ended up open or failed.
+    """
+    held = held or Held()
+    settled = 0
+
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == count and ready is not None:
+            ready.set()
+
+    async def one(i: int) -> None:
+        local = sources[i % len(sources)] if sources else None
+        try:
+            stream = await _open_from(host, port, local)
+            held.opened += 1
+            secure = await secure_dial(stream, Identity.generate(), peer, timeout=REACTION_TIMEOUT_S * 3)
+            conn = EvilConnection(secure)
+            await conn.send(_hello())
+            got_hello = False
+            with trio.move_on_after(REACTION_TIMEOUT_S * 3):
+                while not got_hello:
+                    data = await secure.receive_some(L.MAX_FRAME_BYTES)
+                    if not data:
+                        break
+                    got_hello = any(isinstance(codec.decode(p), Hello) for p in conn.decoder.feed(data))
+        except (OSError, P2PError, trio.BrokenResourceError, trio.ClosedResourceError):
+            held.failed += 1
+            settle()
+            return
+        if not got_hello:
+            held.failed += 1
+            settle()
+            await conn.aclose()
+            return
+        held.authenticated += 1
+        settle()
+        try:
+            async with trio.open_nursery() as nursery:
+                async def read_all() -> None:
+                    try:
+                        while await secure.receive_some(L.MAX_FRAME_BYTES):
+                            pass
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+                        pass
+                    if not hold.is_set():
+                        held.closed_by_node += 1
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(read_all)
+                await hold.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            await conn.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+            if i % 16 == 15:
+                await trio.sleep(0.05)  # paced: a handshake pool holds them, not a burst
+    return held
+
+
+async def honest_dial(host: str, port: int, peer: PeerId, timeout: float = 15.0) -> bool:
+    """Dial like a real peer: handshake, Hello both ways, Ping answered by Pong."""
+    conn: EvilConnection | None = None
+    try:
+        with trio.fail_after(timeout):
+            conn = await EvilConnection.open(host, port, peer, Identity.generate())
+            await conn.send(_hello())
+            await conn.send(Ping(1, b"honest"))
+            r = Reaction("honest dial")
+            while "Pong" not in r.answered and not r.closed:
+                await conn.observe(r, 0.5)
+            return "Pong" in r.answered and "Hello" in r.answered
+    except (OSError, P2PError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        return False
+    finally:
+        if conn is not None:
+            await conn.aclose()
+
+
+async def stop_reading(host: str, port: int, peer: PeerId, cids: list[bytes], requests: int,
+                       hold: trio.Event) -> None:
+    """Ask for `requests` x len(cids) blocks, then never read a byte, until `hold` is set.
+
+    The node's replies pile up on its side of the socket: the slow-reader attack.
+    """
+    conn = await EvilConnection.open(host, port, peer, Identity.generate())
+    try:
+        await conn.send(_hello())
+        for rid in range(1, requests + 1):
+            await conn.send(WantBlock(rid, tuple(cids)))
+        await hold.wait()
+    finally:
+        await conn.aclose()
+
+
 # -- the server side: a holder that serves corrupt blocks ----------------------------------
 
 

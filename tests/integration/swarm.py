@@ -65,6 +65,8 @@ class NodeProc:
     bootstrap: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    listen: str = "/ip4/127.0.0.1/tcp/0"  # a fixed port keeps the address across restarts
+    preexec_fn: Callable[[], None] | None = None  # run in the child before exec (e.g. setrlimit)
     peer_id: str = ""
     addrs: list[str] = field(default_factory=list)
     api_url: str = ""
@@ -77,7 +79,7 @@ class NodeProc:
         """Spawn the node; with `wait`, block until its API answers and its id is known."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is already running"
         cmd = SHOAL + ["--repo", str(self.repo), "node", "start",
-                       "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
+                       "--listen", self.listen, "--api", "127.0.0.1:0"]
         for b in self.bootstrap:
             cmd += ["--bootstrap", b]
         cmd += self.extra_args
@@ -88,7 +90,8 @@ class NodeProc:
         # process is ready before it is; the node rewrites it when ready.
         (self.repo / "api").unlink(missing_ok=True)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=self._log_file, env=shoal_env(), cwd=PROJECT_ROOT)
+                                     stderr=self._log_file, env=shoal_env(), cwd=PROJECT_ROOT,
+                                     preexec_fn=self.preexec_fn)
         if wait:
             self.wait_ready()
         return self

@@ -13,7 +13,7 @@ import trio
 
 from p2p.energy_service import EnergyService, measuring, replicating_to, summary_from_message, summary_to_message
 from p2p.identity import Identity
-from p2p.messages import Block, LedgerSummary, LedgerSummaryRequest, StoreRequest, StoreResponse
+from p2p.messages import LedgerSummary, LedgerSummaryRequest, StoreRequest, StoreResponse
 from store.energy import ledger
 from store.energy.accounting import EnergyAccount, account_for, put_measured, read_summary
 from store.errors import InvalidInput
@@ -195,9 +195,10 @@ class FakeNode:
         self.background: list[Any] = []
         self.peer_id = Identity.generate().peer_id
 
-    async def _serve_blocks(self, conn: Any, rid: int, cids: tuple[bytes, ...]) -> list[Any]:
+    async def _serve_blocks(self, conn: Any, rid: int, cids: tuple[bytes, ...]) -> int:
+        """Like Node._serve_blocks: sends each block as read, returns the bytes sent."""
         await trio.sleep(0)
-        return [Block(rid, c, b"z" * 1000) for c in cids]
+        return 1000 * len(cids)
 
     def connected_peers(self) -> list[Any]:
         return []
