@@ -23,9 +23,23 @@ from .output import human_size, print_json
 
 def register(sub: Any) -> None:
     p = sub.add_parser("energy", help="energy per stored GB: this swarm vs a centralized cloud store")
-    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="also write a chart (needs matplotlib)")
+    p.add_argument("--detail", action="store_true",
+                   help="also print the sensitivity table (every copy count, accounting and scenario)")
+    p.add_argument("--plot", metavar="FILE", type=plot_path,
+                   help="also write a chart to FILE: .png, .svg or .pdf; needs matplotlib (default: no chart)")
     p.set_defaults(handler=cmd_energy)
+
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_path(text: str) -> Path:
+    """argparse type for --plot: a file name matplotlib can write by its suffix."""
+    path = Path(text)
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"cannot tell the chart format from {text!r}: name the file .png, .svg or .pdf")
+    return path
 
 
 def load_report(repo_path: Path) -> dict[str, Any]:
@@ -40,11 +54,21 @@ def load_report(repo_path: Path) -> dict[str, Any]:
     from store.energy.accounting import read_summary
     from store.energy.coefficients import load_coefficients
 
+    from p2p.energy_service import _compact
+    from p2p.identity import Identity
+
     # Read-only: the report writes nothing, so it may run beside other commands.
     with Repo.open(repo_path, lock=False) as repo:
         energy = repo.config.get("energy", {})
         coefficients = load_coefficients(energy if isinstance(energy, dict) else {})
-        return local_report(repo, read_summary(repo.index), coefficients)
+        summary = read_summary(repo.index)
+        report = dict(local_report(repo, summary, coefficients))
+        # The fields the node's report adds, so that --json has one schema:
+        # offline, this repo is the whole (one-node) swarm.
+        report["node"] = {"peer_id": str(Identity.load_or_create(repo.identity_path).peer_id),
+                          "operations": _compact(summary)}
+        report["swarm_peers"] = {}
+        return report
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
@@ -52,12 +76,12 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
     report = load_report(resolve_repo_path(args.repo))
     if args.plot:
-        written = plot(report, Path(args.plot))
+        written = plot(report, args.plot)
         print(f"wrote {written}", file=sys.stderr)
     if args.json:
         print_json(report)
     else:
-        sys.stdout.write(render_text(report))
+        sys.stdout.write(render_text(report, detail=args.detail))
     return 0
 
 

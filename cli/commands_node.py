@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
+import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from store.config import DEFAULT_API, DEFAULT_LISTEN
 from store.repo import Repo, resolve_repo_path
 
+from .args import SIZE_HINT, positive_int, positive_seconds, size
+from .args import parse_size as _parse_size
 from .errors import CliError
 from .node_client import connect
 from .output import print_json
@@ -22,49 +29,156 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     node = sub.add_parser("node", help="run a peer")
     node_sub = node.add_subparsers(dest="node_command", metavar="start", required=True)
-    p = node_sub.add_parser("start", help="run a peer in the foreground until Ctrl-C / SIGTERM")
+    p = node_sub.add_parser(
+        "start", help="run a peer in the foreground until Ctrl-C / SIGTERM",
+        description="Run a peer in the foreground until Ctrl-C / SIGTERM. Settings come from the "
+                    "repo's config.toml ([node] listen, api, bootstrap, quota, audit_interval; "
+                    "[replication] replicas); a flag given here overrides its setting.")
     p.add_argument("--listen", action="append", metavar="MADDR",
-                   help="peer address to listen on (default /ip4/127.0.0.1/tcp/0); repeatable")
-    p.add_argument("--bootstrap", action="append", metavar="MADDR", default=[],
-                   help="peer to dial at start, /ip4/H/tcp/P/p2p/ID; repeatable")
-    p.add_argument("--api", metavar="HOST:PORT", default="127.0.0.1:0",
-                   help="control API address, loopback only (default %(default)s)")
-    p.add_argument("--quota", metavar="SIZE", help="most bytes to hold for other peers (e.g. 10G)")
-    p.add_argument("--audit-interval", type=float, metavar="SECONDS",
-                   help="seconds between audit rounds of this node's objects")
+                   help="peer address to listen on; repeatable (default: [node] listen in config.toml, "
+                        f"{DEFAULT_LISTEN}; /ip4/127.0.0.1/tcp/0 picks a free port)")
+    p.add_argument("--bootstrap", action="append", metavar="MADDR",
+                   help="peer to dial at start, /ip4/H/tcp/P/p2p/ID; repeatable "
+                        "(default: [node] bootstrap in config.toml, none)")
+    p.add_argument("--api", metavar="HOST:PORT",
+                   help=f"control API address, loopback only (default: [node] api in config.toml, {DEFAULT_API}; "
+                        "port 0 picks a free one)")
+    p.add_argument("--quota", type=size, metavar="SIZE",
+                   help="most bytes to hold for other peers, e.g. 10G (default: [node] quota, no limit)")
+    p.add_argument("--audit-interval", type=positive_seconds, metavar="SECONDS",
+                   help="seconds between audit rounds of this node's objects, above 0 "
+                        f"(default: [node] audit_interval, {DEFAULT_AUDIT_INTERVAL_S:g})")
+    p.add_argument("--replicas", type=positive_int, metavar="N",
+                   help="copies a put through this node keeps when it does not give --replicas "
+                        "(default: [replication] replicas in config.toml, 1)")
     p.add_argument("--swarm-key", metavar="FILE",
                    help="run a private swarm: only peers with this libp2p swarm.key (PSK) can connect "
                         "(default: config [node] swarm_key, else <repo>/swarm.key if it exists, else public)")
     p.add_argument("--allow-peers", metavar="FILE",
                    help="keep connections only with the peer ids in FILE, one per line, # comments "
                         "(default: config [node] allow_peers, else anyone)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="least severe log messages to print on stderr (default: %(default)s)")
     p.add_argument("--no-wait", action="store_true",
                    help="fail at once if another shoal process is writing the repo (default: wait for it)")
-    p.set_defaults(handler=cmd_node_start)
+    p.set_defaults(handler=cmd_node_start, json_unsupported=True)
 
     p = sub.add_parser("id", help="this node's peer id and addresses")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_id)
 
-    p = sub.add_parser("peers", help="peers this node knows")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("peers", help="peers this node knows (needs a running node)")
     p.set_defaults(handler=cmd_peers)
 
 
+# A mirror of p2p.replication.DEFAULT_AUDIT_INTERVAL_S for the help text:
+# building the parser must not import p2p (tests/unit/test_cli_imports.py);
+# tests/unit/test_node_settings.py checks that the two agree.
+DEFAULT_AUDIT_INTERVAL_S = 3600.0
+
+
 def parse_size(text: str) -> int:
-    """'10G', '512M', '1.5T', '1000' -> bytes (binary units)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1] if t and t[-1] in units else ""
-    number = t[: len(t) - len(unit)] if unit else t
+    """'10G', '512M', '1.5T', '1000' -> bytes (binary units); CliError if not a size."""
     try:
-        value = float(number)
-    except ValueError:
-        raise CliError(f"not a size: {text!r}", hint="use e.g. 500M, 10G, 2T") from None
-    if value < 0:
-        raise CliError(f"size must not be negative: {text!r}")
-    return int(value * units[unit])
+        return _parse_size(text)
+    except ValueError as exc:
+        raise CliError(str(exc), hint=SIZE_HINT) from None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What `node start` runs with: config.toml's [node] and [replication]
+    settings, each overridden by its flag when one was given."""
+
+    listen: list[str]
+    bootstrap: list[str]
+    api: str
+    quota_bytes: int | None
+    audit_interval: float | None
+    replicas: int
+
+
+def node_settings(config: dict[str, Any], args: argparse.Namespace) -> NodeSettings:
+    """Merge config and flags; CliError naming the config key for a bad value.
+
+    Pure (no sockets, no p2p imports), so unit tests cover every rule.
+    """
+    node = config.get("node", {})
+    if not isinstance(node, dict):
+        raise CliError("config.toml: [node] must be a table", hint=CONFIG_HINT)
+    repl = config.get("replication", {})
+    if not isinstance(repl, dict):
+        raise CliError("config.toml: [replication] must be a table", hint=CONFIG_HINT)
+
+    def strings(key: str, flag: list[str] | None, default: list[str]) -> list[str]:
+        if flag:
+            return list(flag)
+        value = node.get(key, default)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CliError(f"config.toml: [node] {key} must be a list of multiaddrs", hint=CONFIG_HINT)
+        return list(value)
+
+    listen = strings("listen", args.listen, [DEFAULT_LISTEN])
+    if not listen:
+        raise CliError("config.toml: [node] listen is empty: the node would be unreachable", hint=CONFIG_HINT)
+    bootstrap = strings("bootstrap", args.bootstrap, [])
+    api = args.api if args.api is not None else node.get("api", DEFAULT_API)
+    if not isinstance(api, str):
+        raise CliError("config.toml: [node] api must be \"HOST:PORT\"", hint=CONFIG_HINT)
+
+    quota: int | None = args.quota
+    if quota is None and node.get("quota") not in (None, ""):
+        raw = node["quota"]
+        try:
+            quota = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else _parse_size(str(raw))
+        except ValueError as exc:
+            raise CliError(f"config.toml: [node] quota: {exc}", hint=SIZE_HINT) from None
+
+    interval: float | None = args.audit_interval
+    if interval is None and node.get("audit_interval") is not None:
+        raw = node["audit_interval"]
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw <= 0:
+            raise CliError(f"config.toml: [node] audit_interval must be a number of seconds above 0, not {raw!r}",
+                           hint=CONFIG_HINT)
+        interval = float(raw)
+
+    replicas = args.replicas
+    if replicas is None:
+        raw = repl.get("replicas", 1)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            raise CliError(f"config.toml: [replication] replicas must be a whole number from 1, not {raw!r}",
+                           hint=CONFIG_HINT)
+        replicas = raw
+    return NodeSettings(listen, bootstrap, api, quota, interval, replicas)
+
+
+CONFIG_HINT = "fix the repo's config.toml, or override the setting with its flag (see `shoal node start --help`)"
+
+
+def _check_bindable(host: str, port: int, what: str, flag: str, ipv6: bool = False) -> None:
+    """Fail early, naming the address, if it cannot be bound (port in use, an
+    address not on this machine, a privileged port): the alternative is an
+    OSError from deep inside the node's start-up. Port 0 always binds."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ipv6 or ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # The same option trio's and hypercorn's listeners set, so a port in
+        # TIME_WAIT after a restart does not count as busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                hint = f"another process (another node?) uses port {port}; give {flag} another port, or 0 for any free one"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                hint = f"{host} is not an address of this machine; give {flag} one of its addresses"
+            elif exc.errno == errno.EACCES:
+                hint = f"ports below 1024 need privileges; give {flag} a port from 1024"
+            else:
+                hint = f"give {flag} another address"
+            raise CliError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}", hint=hint) from None
 
 
 def cmd_node_start(args: argparse.Namespace) -> int:
@@ -74,28 +188,31 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     from p2p.node import NodeLimits, NodeOptions
     from p2p.service import parse_api_bind, run_node
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    listen = [Multiaddr.parse(a) for a in (args.listen or ["/ip4/127.0.0.1/tcp/0"])]
-    bootstrap = [Multiaddr.parse(a) for a in args.bootstrap]
-    api_bind = parse_api_bind(args.api)
     def waiting(who: str) -> None:
         print(f"shoal: waiting for {who} to finish with the repo (--no-wait to fail instead)",
               file=sys.stderr, flush=True)
 
     with Repo.open(resolve_repo_path(args.repo), node=True, wait=not args.no_wait, on_wait=waiting) as repo:
-        node_cfg = repo.config.get("node", {}) if isinstance(repo.config.get("node"), dict) else {}
-        quota_text = args.quota or node_cfg.get("quota")
+        settings = node_settings(repo.config, args)
+        node_cfg = repo.config.get("node", {})
         swarm_key, allow_peers = _membership(args, node_cfg, repo.path)
+        listen = [Multiaddr.parse(a) for a in settings.listen]
+        bootstrap = [Multiaddr.parse(a) for a in settings.bootstrap]
+        api_bind = parse_api_bind(settings.api)
+        for addr in listen:
+            _check_bindable(addr.host, addr.port, "peer address", "--listen", addr.family == "ip6")
+        _check_bindable(api_bind[0], api_bind[1], "control API", "--api")
         options = NodeOptions(
             listen=listen,
             bootstrap=bootstrap,
-            quota_bytes=parse_size(str(quota_text)) if quota_text else None,
-            extra={"audit_interval": args.audit_interval or node_cfg.get("audit_interval")},
+            quota_bytes=settings.quota_bytes,
+            extra={"audit_interval": settings.audit_interval, "default_replicas": settings.replicas},
             swarm_key=swarm_key,
             allow_peers=allow_peers,
             limits=NodeLimits.from_config(node_cfg.get("limits")),
         )
+        logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
         def ready(node: Any) -> None:
             print(f"node {node.peer_id} ready", file=sys.stderr, flush=True)

@@ -15,18 +15,16 @@ from store.repo import resolve_repo_path
 
 from .errors import CliError
 from .node_client import connect
-from .output import print_json
+from .output import plural, print_json
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("status", help="replicas of an object: holders, their state, last audit")
-    p.add_argument("cid")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="replicas of an object: holders, their state, last audit (needs a running node)")
+    p.add_argument("cid", help="CID of an object this node owns or holds")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("audit", help="run one proof-of-storage audit round of an object now")
-    p.add_argument("cid")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("audit", help="run one proof-of-storage audit round of an object now (needs a running node)")
+    p.add_argument("cid", help="CID of an object this node owns")
     p.set_defaults(handler=cmd_audit)
 
 
@@ -45,17 +43,52 @@ def _ago(t: float | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cid = str(parse_cid(args.cid))
-    doc = _client(args).call("GET", "/v1/status", cid=cid)
+    client = _client(args)
+    doc = client.call("GET", "/v1/status", cid=cid)
+    doc["shortfall"] = shortfall(doc, client.call("GET", "/v1/peers"))
     if args.json:
         print_json(doc)
         return 0
     ok = doc.get("replicas_ok")
-    print(f"{doc['cid']}  role {doc.get('role', '?')}  replicas {'?' if ok is None else ok}/{doc['replicas_wanted']} ok")
+    wanted = int(doc["replicas_wanted"])
+    print(f"{doc['cid']}  role {doc.get('role', '?')}  "
+          f"{'?' if ok is None else ok} of {plural(wanted, 'copy', 'copies')} ok")
+    if doc["shortfall"]:
+        print(f"  under-replicated: {doc['shortfall']}")
     for h in doc["holders"]:
         last = h.get("last_audit")
         audit = "never audited" if last is None else f"audit {'passed' if last['ok'] else 'FAILED'} {_ago(last['time'])}"
         print(f"  {h['peer_id']}  {h['state']:<7}  {audit}")
     return 0
+
+
+def shortfall(status: dict[str, Any], peers: list[dict[str, Any]]) -> str | None:
+    """Why an owned object has fewer good copies than wanted, or None.
+
+    The node knows the holder states; which of them (and whether the swarm
+    is simply too small) explains the gap is what a user asks next.
+    """
+    ok, wanted = status.get("replicas_ok"), status.get("replicas_wanted")
+    if status.get("role") != "owner" or not isinstance(ok, int) or not isinstance(wanted, int) or ok >= wanted:
+        return None
+    holders = status.get("holders") or []
+    states: dict[str, int] = {}
+    for h in holders:
+        states[h.get("state", "?")] = states.get(h.get("state", "?"), 0) + 1
+    holding = {h.get("peer_id") for h in holders if h.get("state") in ("ok", "pending")}
+    free = [p for p in peers if p.get("connected") and p.get("peer_id") not in holding]
+    reasons = []
+    if states.get("pending"):
+        reasons.append(f"{plural(states['pending'], 'copy', 'copies')} still being placed")
+    if states.get("failed"):
+        reasons.append(f"{plural(states['failed'], 'holder')} refused or missed an audit")
+    if states.get("lost"):
+        reasons.append(f"{plural(states['lost'], 'holder')} lost its copy")
+    missing = wanted - ok - states.get("pending", 0)
+    if missing > len(free):
+        reasons.append(f"{plural(len(free), 'other connected peer')} can take a copy, "
+                       f"{missing} more needed: connect more peers (shoal node start --bootstrap)")
+    return f"{ok} of {wanted} copies ok; " + ("; ".join(reasons) if reasons else "placement is retried")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

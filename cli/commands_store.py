@@ -23,71 +23,83 @@ from typing import Any, Callable, Iterable
 from store.chunker import CHUNKER_NAMES, chunker_for
 from store.cid import parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
+from store.config import DEFAULT_LISTEN
 from store.profiles import DEFAULT_PROFILE, PROFILES
 from store.repo import Repo, resolve_repo_path
 
-from .errors import EXIT_FAILURE, CliError
+from .args import positive_int, size
+from .errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from .node_client import NodeClient, connect
-from .output import human_size, print_json, progress_bar
+from .output import human_size, plural, print_json, progress_bar
 
 
 
 def register(sub: Any) -> None:
     """Add this module's subcommands to the top-level parser."""
-    p = sub.add_parser("init", help="create a repo")
+    p = sub.add_parser("init", help="create a repo (in --repo, $SHOAL_REPO or ~/.shoal)",
+                       description="Create a repo. Refuses a non-empty directory that is not a repo; "
+                                   "run again on an existing repo, it changes nothing.")
+    p.add_argument("--listen", action="append", metavar="MADDR",
+                   help="peer address the node listens on, written to config.toml "
+                        f"(default {DEFAULT_LISTEN}; give /ip4/0.0.0.0/tcp/4101 to accept other machines); "
+                        "repeatable")
     p.set_defaults(handler=cmd_init)
 
     p = sub.add_parser("put", help="add a file or directory; print its CID")
-    p.add_argument("path")
-    p.add_argument("--replicas", type=_positive_int, default=None, metavar="N",
-                   help="copies to keep in the swarm, this node's included (needs a running node); "
+    p.add_argument("path", help="file or directory to add")
+    p.add_argument("--replicas", type=positive_int, default=None, metavar="N",
+                   help="copies to keep in the swarm, this node's included (needs a running node; "
+                        "default: [replication] replicas in config.toml, 1); "
                         "given again for a stored object, it raises or lowers the count")
-    p.add_argument("--chunker", choices=CHUNKER_NAMES, default="fixed")
+    p.add_argument("--chunker", choices=CHUNKER_NAMES, default="fixed",
+                   help="how files are cut into blocks (default: %(default)s)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE.name,
-                   help="CID profile (default: %(default)s)")
+                   help="CID profile: CID version, block size, DAG shape (default: %(default)s)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the root CID")
-    p.add_argument("--json", action="store_true")
     _add_no_wait(p)
     p.set_defaults(handler=cmd_put)
 
     p = sub.add_parser("get", help="write an object (file or directory) to a path")
-    p.add_argument("cid")
-    p.add_argument("-o", "--output", metavar="PATH")
-    p.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
+    p.add_argument("cid", help="CID of the object")
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help="where to write it (default: ./CID); - writes a file's bytes to stdout")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="write over an existing file, or into a non-empty directory")
+    p.add_argument("--max-size", type=size, default=None, metavar="SIZE",
                    help="refuse an object declaring more bytes than this (suffixes K, M, G, T: "
                         "powers of 1024; default: no limit but the destination's free space)")
-    p.add_argument("--json", action="store_true", help="print what was fetched, as JSON")
     p.set_defaults(handler=cmd_get)
 
     p = sub.add_parser("cat", help="print a file's bytes (or a range of them)")
-    p.add_argument("cid")
-    p.add_argument("--offset", type=_non_negative_int, default=0)
-    p.add_argument("--length", type=_non_negative_int, default=None)
-    p.add_argument("--tensor", metavar="NAME", help="print one tensor of a safetensors file")
-    p.set_defaults(handler=cmd_cat)
+    p.add_argument("cid", help="CID of a file")
+    p.add_argument("--offset", type=size, default=0, metavar="SIZE",
+                   help="first byte to print, in bytes or with a suffix (512K, 1M) (default: 0)")
+    p.add_argument("--length", type=size, default=None, metavar="SIZE",
+                   help="most bytes to print, in bytes or with a suffix (default: to the end)")
+    p.add_argument("--tensor", metavar="NAME",
+                   help="print one tensor of a safetensors file; --offset/--length then count within it "
+                        "(default: the whole file)")
+    p.set_defaults(handler=cmd_cat, json_unsupported=True)
 
     p = sub.add_parser("ls", help="list stored objects, or a directory's entries")
-    p.add_argument("cid", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("cid", nargs="?", help="a directory's CID (default: list the repo's objects)")
     p.set_defaults(handler=cmd_ls)
 
     pin = sub.add_parser("pin", help="keep objects from garbage collection")
     pin_sub = pin.add_subparsers(dest="pin_command", metavar="add|rm|ls", required=True)
-    p = pin_sub.add_parser("add")
-    p.add_argument("cid")
+    p = pin_sub.add_parser("add", help="pin an object (fetching what is missing through a running node)")
+    p.add_argument("cid", help="CID of the object")
     _add_no_wait(p)
     p.set_defaults(handler=cmd_pin_add)
-    p = pin_sub.add_parser("rm")
-    p.add_argument("cid")
+    p = pin_sub.add_parser("rm", help="unpin an object (its blocks go at the next gc)")
+    p.add_argument("cid", help="CID of the object")
     _add_no_wait(p)
     p.set_defaults(handler=cmd_pin_rm)
-    p = pin_sub.add_parser("ls")
-    p.add_argument("cid", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p = pin_sub.add_parser("ls", help="list pinned CIDs")
+    p.add_argument("cid", nargs="?", help="only this CID (exit 1 if it is not pinned)")
     p.set_defaults(handler=cmd_pin_ls)
 
     p = sub.add_parser("gc", help="delete blocks no pin reaches")
-    p.add_argument("--json", action="store_true")
     p.add_argument("--force", action="store_true",
                    help="run even when the index holds no pin and never held one "
                         "(by default gc then refuses: the index may have been lost)")
@@ -98,43 +110,27 @@ def register(sub: Any) -> None:
     p.add_argument("--repair", action="store_true",
                    help="move corrupt blocks to <repo>/quarantine/ so a re-put or a fetch restores "
                         "them; with a running node, fetch good copies from peers at once")
-    p.add_argument("--json", action="store_true")
     _add_no_wait(p)
     p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser("repair-index",
                        help="rebuild a lost or damaged index from the blocks: every root block "
                             "nobody links to becomes a pinned object (nothing is deleted)")
-    p.add_argument("--json", action="store_true")
     _add_no_wait(p)
     p.set_defaults(handler=cmd_repair_index)
 
     car = sub.add_parser("car", help="CARv1 import/export")
     car_sub = car.add_subparsers(dest="car_command", metavar="export|import", required=True)
-    p = car_sub.add_parser("export")
-    p.add_argument("cid")
-    p.add_argument("-o", "--output", metavar="FILE", required=True)
+    p = car_sub.add_parser("export", help="write an object's whole DAG to a CAR file")
+    p.add_argument("cid", help="CID of the root")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="CAR file to write")
     p.set_defaults(handler=cmd_car_export)
-    p = car_sub.add_parser("import")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true")
+    p = car_sub.add_parser("import", help="add the blocks of a CAR file and pin its roots")
+    p.add_argument("file", help="CAR file to read")
     _add_no_wait(p)
     p.set_defaults(handler=cmd_car_import)
 
 
-def _size(text: str) -> int:
-    """A byte count: 1500, 64K, 1.5G, 2TiB (powers of 1024)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-    body = text.strip().upper().removesuffix("B").removesuffix("I")
-    number = body.rstrip("KMGTP")
-    unit = body[len(number):]
-    try:
-        value = float(number) * units[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 500M or 2G)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return int(value)
 
 
 def _add_no_wait(p: argparse.ArgumentParser) -> None:
@@ -142,23 +138,6 @@ def _add_no_wait(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="fail at once if another shoal process is writing the repo "
                         "(default: wait for it)")
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
 
 
 def absolute(path: Path) -> str:
@@ -217,10 +196,19 @@ def _input_size(path: Path) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = resolve_repo_path(args.repo)
-    with Repo.init(path) as repo:
-        from p2p.identity import Identity
+    config: dict[str, Any] = {}
+    if args.listen:
+        from p2p.multiaddr import Multiaddr
 
-        Identity.load_or_create(repo.identity_path)
+        for text in args.listen:
+            Multiaddr.parse(text)  # a typo fails here, not at the first `node start`
+        config = {"node": {"listen": list(args.listen)}}
+    from p2p.identity import Identity
+
+    with Repo.init(path, config=config) as repo:
+        identity = Identity.load_or_create(repo.identity_path)
+    if args.json:
+        print_json({"repo": str(path), "peer_id": str(identity.peer_id)})
     print(f"initialized shoal repo in {path}", file=sys.stderr)
     return 0
 
@@ -248,57 +236,108 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def print_put_result(args: argparse.Namespace, cid: str, size: int, name: str, extra: dict[str, Any] | None = None) -> int:
-    """Shared by the offline and node paths so both print the same thing."""
+    """Shared by the offline and node paths so both print the same thing.
+
+    JSON schema (docs/CLI.md): cid, name, size, placement (null unless the
+    put asked for replicas through a node).
+    """
+    placement = (extra or {}).get("placement")
     if args.quiet:
         print(cid)
     elif args.json:
-        print_json({"cid": cid, "size": size, "name": name, **(extra or {})})
+        print_json({"cid": cid, "size": size, "name": name,
+                    "placement": placement if isinstance(placement, dict) else None})
     else:
         print(f"added {cid} {name} ({human_size(size)})")
-        placement = (extra or {}).get("placement")
-        if isinstance(placement, dict):
-            planned = placement.get("planned") or []
-            print(f"placing {placement.get('wanted')} copies in the background "
-                  f"({len(planned)} peer(s) chosen); see `shoal status {cid}`", file=sys.stderr)
+    if isinstance(placement, dict) and not args.quiet:
+        for line in placement_lines(cid, placement):
+            print(line, file=sys.stderr)
     return 0
+
+
+def placement_lines(cid: str, placement: dict[str, Any]) -> list[str]:
+    """What a put with --replicas tells the user (stderr): the plan, and a
+    warning when there are too few peers to reach the count."""
+    wanted = int(placement.get("wanted") or 1)
+    planned = placement.get("planned") or []
+    released = placement.get("released") or []
+    if released:
+        return [f"keeping {plural(wanted, 'copy', 'copies')}: releasing {plural(len(released), 'holder')}; "
+                f"see `shoal status {cid}`"]
+    lines = [f"placing {plural(wanted, 'copy', 'copies')} in the background "
+             f"({plural(len(planned), 'peer')} chosen); see `shoal status {cid}`"]
+    if len(planned) < wanted - 1:
+        lines.append(f"warning: only {plural(len(planned), 'peer')} can take a copy now, so {cid} will be "
+                     f"under-replicated ({len(planned) + 1} of {wanted} copies) until more peers connect")
+    return lines
+
+
+GET_FIELDS = ("cid", "output", "fetched_blocks", "fetched_bytes", "local_blocks", "holders")
+
+
+def check_output(dest: Path, force: bool) -> None:
+    """Refuse to overwrite a file or to write into a non-empty directory
+    unless --force: a mistyped -o must not destroy anything."""
+    if force:
+        return
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise CliError(f"{dest} already exists", hint="pass --force to replace it, or choose another -o PATH")
+    if dest.is_dir():
+        try:
+            non_empty = any(dest.iterdir())
+        except OSError as exc:
+            raise CliError(f"cannot read {dest}: {exc.strerror}") from None
+        if non_empty:
+            raise CliError(f"{dest} is a directory and not empty",
+                           hint="pass --force to write into it, or choose another -o PATH")
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     from store import exporter  # here, not at the top: put never needs it
 
     cid = parse_cid(args.cid)
+    if args.output == "-":
+        if args.json:
+            raise CliError("-o - writes the object's bytes to stdout, which --json would share",
+                           hint="drop --json, or give -o PATH", code=EXIT_USAGE)
+        return _cat(args, cid, 0, None, None)
     dest = Path(args.output) if args.output else Path(args.cid)
+    check_output(dest, args.force)
     client = node_for(args)
     if client is not None:
         # The node writes the files: it applies this process's umask, not its own.
         body = {"cid": str(cid), "output": absolute(dest), "umask": exporter.current_umask(),
                 "max_size": args.max_size}
         doc = client.call("POST", "/v1/get", {k: v for k, v in body.items() if v is not None})
-        if args.json:
-            print_json(doc)
     else:
         with read_repo(args) as repo:
             exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
                                     max_size=args.max_size)
+            local = len(repo.dag_keys(cid)) if args.json else 0
+        doc = {"fetched_blocks": 0, "fetched_bytes": 0, "local_blocks": local, "holders": 0}
+    doc.update(cid=str(cid), output=absolute(dest))
+    if args.json:
+        print_json({k: doc.get(k) for k in GET_FIELDS})
     print(f"saved {cid} to {dest}", file=sys.stderr)
     return 0
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
+    return _cat(args, parse_cid(args.cid), args.offset, args.length, args.tensor)
+
+
+def _cat(args: argparse.Namespace, cid: Any, offset: int, length: int | None, tensor: str | None) -> int:
     from store import exporter  # here, not at the top: put never needs it
 
-    cid = parse_cid(args.cid)
     client = node_for(args)
     if client is not None:
-        _write_stdout(client.stream("/v1/cat", cid=str(cid), offset=args.offset, length=args.length,
-                                    tensor=args.tensor))
+        _write_stdout(client.stream("/v1/cat", cid=str(cid), offset=offset, length=length, tensor=tensor))
         return 0
     with read_repo(args) as repo:
-        offset, length = args.offset, args.length
-        if args.tensor is not None:
+        if tensor is not None:
             from store.tensors import tensor_window
 
-            offset, length = tensor_window(repo.blockstore, cid, args.tensor, offset, length)
+            offset, length = tensor_window(repo.blockstore, cid, tensor, offset, length)
         _write_stdout(exporter.read_file(repo.blockstore, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS))
     return 0
 
@@ -327,9 +366,21 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+# One vocabulary for `kind` in every listing (the index says "directory",
+# the UnixFS reader "dir" and "raw"): docs/CLI.md documents these four.
+_KINDS = {"dir": "directory", "directory": "directory", "raw": "file", "file": "file", "symlink": "symlink"}
+
+
+def ls_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing row in the documented schema: cid, name, size, kind."""
+    return {"cid": str(row["cid"]), "name": row["name"], "size": row["size"],
+            "kind": _KINDS.get(str(row["kind"]), "unknown")}
+
+
 def _print_rows(args: argparse.Namespace, rows: Iterable[dict[str, Any]]) -> None:
     """Print rows as they come (a huge directory is never held in memory);
     --json writes the same document print_json would, one row at a time."""
+    rows = (ls_row(r) for r in rows)
     if args.json:
         out = sys.stdout
         first = True
@@ -365,7 +416,10 @@ def _pin_change(args: argparse.Namespace, verb: str, done: str) -> int:
     else:
         with open_repo(args, frees_space=verb == "rm") as repo:
             (repo.pin_add if verb == "add" else repo.pin_rm)(cid)
-    print(f"{done} {cid}")
+    if args.json:
+        print_json({"cid": str(cid), "pinned": verb == "add"})
+    else:
+        print(f"{done} {cid}")
     return 0
 
 
@@ -399,7 +453,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     else:
-        print(f"removed {doc['removed_blocks']} blocks, freed {human_size(doc['freed_bytes'])}")
+        print(f"removed {plural(int(doc['removed_blocks']), 'block')}, freed {human_size(doc['freed_bytes'])}")
     return 0
 
 
@@ -480,6 +534,8 @@ def cmd_car_export(args: argparse.Namespace) -> int:
     else:
         with read_repo(args) as repo:
             written = export_car_file(repo.blockstore, cid, Path(args.output))
+    if args.json:
+        print_json({"cid": str(cid), "output": absolute(Path(args.output)), "bytes": written})
     print(f"wrote {args.output} ({human_size(written)})", file=sys.stderr)
     return 0
 

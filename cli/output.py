@@ -14,6 +14,11 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """'1 copy', '2 copies', '0 peers': never "1 copies"."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -143,6 +143,9 @@ def build_api(node: Node, token: str) -> ControlApi:
             raise ApiError(f"unknown profile {profile_name}")
         chunker_name = param(p, "chunker", str, "fixed")
         replicas = param(p, "replicas", int, None)  # None: leave the placement as it is
+        # ... of an object already placed; a new one gets the node's default
+        # (`node start --replicas`, [replication] replicas in config.toml).
+        default_replicas = int(node.options.extra.get("default_replicas") or 1)
         profile = PROFILES[profile_name] if profile_name else repo.default_profile()
         if not path.exists():
             raise InvalidInput(f"no such file or directory: {path}")
@@ -150,11 +153,14 @@ def build_api(node: Node, token: str) -> ControlApi:
         async with node.store_guard.shared():
             # An object to replicate gets its proof-of-storage commitment in the same
             # pass (Repo.add commit=True), so placement need not re-read it.
-            commit = replicas is not None and replicas > 1 and getattr(node, "replication", None) is not None
+            wanted = replicas if replicas is not None else default_replicas
+            commit = wanted > 1 and getattr(node, "replication", None) is not None
             result = await run_stoppable(lambda flag: put_measured(
                 repo, path, profile=profile, chunker=chunker, commit=commit, progress=flag.progress))
         doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
         placer = getattr(node, "replication", None)
+        if replicas is None and default_replicas > 1 and placer is not None and not placer.places(result.cid):
+            replicas = default_replicas
         if replicas is not None and replicas > 1:
             if placer is None:
                 raise ApiError("replication is not available on this node")

@@ -23,7 +23,13 @@ from typing import Any
 
 from .errors import RepoError
 
-__all__ = ["DEFAULTS", "default_config", "load_config", "save_config", "dumps", "merge"]
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_API", "DEFAULTS", "default_config", "load_config", "save_config", "dumps", "merge"]
+
+# Fixed ports, so a restarted node keeps the address its peers saved; loopback,
+# so a node is reachable from other machines only when the user says so
+# (`shoal init --listen /ip4/0.0.0.0/tcp/4101` or an edit of config.toml).
+DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/4101"
+DEFAULT_API = "127.0.0.1:5101"
 
 DEFAULTS: dict[str, Any] = {
     "store": {
@@ -31,9 +37,9 @@ DEFAULTS: dict[str, Any] = {
         "chunker": "fixed",
     },
     "node": {
-        "listen": ["/ip4/0.0.0.0/tcp/4101"],
+        "listen": [DEFAULT_LISTEN],
         "bootstrap": [],
-        "api": "127.0.0.1:5101",
+        "api": DEFAULT_API,
     },
     "replication": {
         "replicas": 1,

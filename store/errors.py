@@ -57,6 +57,12 @@ class RepoNotInitialized(RepoError):
     hint = "run `shoal init` first, or pass --repo DIR"
 
 
+class RepoNotEmpty(RepoError):
+    """`init` on a directory that holds files of its own: never made a repo."""
+
+    hint = "give --repo an empty or new directory"
+
+
 class RepoLocked(RepoError):
     hint = "another shoal process (a node or an offline command) is using this repo"
 

@@ -56,12 +56,12 @@ from .cid import CID, RAW, block_key, cid_from_bytes, parse_cid
 from .config import default_config, load_config, merge, save_config
 from .errors import (
     BlockNotFound, GcRefused, HashMismatch, IndexCorrupt, IndexMissing, InvalidInput, NotPinned,
-    RepoError, RepoLocked, RepoNotInitialized, StoreError, StorageFull,
+    RepoError, RepoLocked, RepoNotEmpty, RepoNotInitialized, StoreError, StorageFull,
 )
 from .flatfs import FlatfsBlockstore, cid_for_key
 from .index import Index, ObjectRecord, PinRecord
 from .profiles import DEFAULT_PROFILE, PROFILES, Profile
-from .reserve import Reserve
+from .reserve import RESERVE_FILE, Reserve
 
 if TYPE_CHECKING:
     from .chunker import Chunker
@@ -90,6 +90,24 @@ def leaves_file(repo_path: Path, cid: CID | str) -> Path:
 def commitment_file(repo_path: Path, cid: CID | str) -> Path:
     """`<repo>/proofs/<cid>.commitment`: `Commitment.encode()` of the object's bytes."""
     return Path(repo_path) / PROOFS_DIR / f"{cid}.commitment"
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Names in `path` that no repo (nor an init a crash interrupted) puts there.
+
+    `init` refuses a directory holding any: turning someone's project folder
+    into a repo (and its gc later deciding what lives there) is never meant.
+    """
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        return [path.name]
+    except OSError as exc:
+        raise RepoError(f"cannot read {path}: {exc.strerror}") from exc
+    ours = (CONFIG_FILE, INDEX_FILE, BLOCKS_DIR, LOCK_FILE, PROOFS_DIR, RESERVE_FILE, "identity", "api")
+    return [n for n in names if not any(n == o or n.startswith(o + ".") or n.startswith(o + "-") for o in ours)]
 
 
 def resolve_repo_path(cli_value: str | None) -> Path:
@@ -217,6 +235,9 @@ class Repo:
         `open` calls uninitialized and `init` can complete.
         """
         path = Path(path)
+        foreign = _foreign_entries(path)
+        if foreign and not (path / CONFIG_FILE).exists():
+            raise RepoNotEmpty(f"{path} is not empty and not a shoal repo (it holds {foreign[0]!r})")
         try:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:

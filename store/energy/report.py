@@ -178,8 +178,8 @@ def _sig(x: float | None) -> str:
     return "unmeasured" if x is None else f"{float(x):.3g}"
 
 
-def render_text(report: Mapping[str, Any]) -> str:
-    """A few readable lines and the sensitivity table, plain text."""
+def render_text(report: Mapping[str, Any], detail: bool = True) -> str:
+    """A few readable lines and (with `detail`) the sensitivity table, plain text."""
     sw: Mapping[str, Any] = report["swarm"]
     bl: Mapping[str, Any] = report["baseline"]
     once: Mapping[str, Any] = report["one_time_per_gb"]

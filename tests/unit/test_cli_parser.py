@@ -1,0 +1,190 @@
+"""The argument parser as a whole: help text, global options, size suffixes,
+the one-line error format, and how `node start` merges config.toml and flags.
+
+These walk the whole parser tree, so a flag added later by any command is
+held to the same rules (issue 12, items 18, 21 and 26).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterator
+
+import pytest
+
+from cli.args import parse_size
+from cli.commands_node import DEFAULT_AUDIT_INTERVAL_S, NodeSettings, node_settings
+from cli.errors import CliError
+from cli.main import build_parser, main
+from store.config import DEFAULTS, DEFAULT_LISTEN
+
+
+def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _walk(child, path + (name,))
+
+
+def _commands() -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    return list(_walk(build_parser()))
+
+
+def test_every_argument_and_option_has_help_text() -> None:
+    missing = []
+    for path, parser in _commands():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                subhelp = {a.dest: a.help for a in action._choices_actions}
+                missing += [f"shoal {' '.join(path + (n,))}" for n in action.choices if not subhelp.get(n)]
+                continue
+            if not (action.help and action.help.strip()) or action.help == argparse.SUPPRESS:
+                missing.append(f"shoal {' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == [], f"arguments without help text: {missing}"
+
+
+def test_options_with_a_default_say_it_in_their_help() -> None:
+    """A user reading --help learns what happens when the option is left out."""
+    silent = []
+    for path, parser in _commands():
+        for action in parser._actions:
+            if (not action.option_strings or action.nargs == 0 or action.required
+                    or isinstance(action, argparse._HelpAction)):
+                continue  # positional arguments, switches and required options have no default
+            if "default" not in (action.help or ""):
+                silent.append(f"shoal {' '.join(path)} {action.option_strings[-1]}")
+    assert silent == [], f"options whose help does not state the default: {silent}"
+
+
+def test_every_command_takes_repo_and_json_after_the_command_name() -> None:
+    for path, parser in _commands():
+        if not path:
+            continue
+        opts = parser._option_string_actions
+        assert "--repo" in opts, f"shoal {' '.join(path)} lacks --repo"
+        if not parser.get_default("json_unsupported"):
+            assert "--json" in opts, f"shoal {' '.join(path)} lacks --json"
+
+
+def test_global_options_parse_before_and_after_the_command() -> None:
+    parser = build_parser()
+    for argv in (["--repo", "/r", "--json", "ls"], ["ls", "--repo", "/r", "--json"],
+                 ["--json", "ls", "--repo", "/r"], ["--repo", "/r", "pin", "ls", "--json"]):
+        args = parser.parse_args(argv)
+        assert (args.repo, args.json) == ("/r", True), argv
+    args = parser.parse_args(["ls"])
+    assert (args.repo, args.json) == (None, False)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("shoal ") and out.split()[1][0].isdigit(), out
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0", 0), ("4096", 4096), ("1K", 1024), ("1k", 1024), ("1M", 1 << 20), ("1MiB", 1 << 20),
+    ("1MB", 1 << 20), ("1.5G", 3 << 29), ("2T", 2 << 40), (" 8 M ", 8 << 20),
+])
+def test_sizes_take_binary_suffixes(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "M", "-1", "1X", "1.5", "0.1K", "1e400", "nan", "1..2M", "inf"])
+def test_bad_sizes_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("argv, dest, value", [
+    (["cat", "bafy", "--offset", "1M"], "offset", 1 << 20),
+    (["cat", "bafy", "--length", "4K"], "length", 4096),
+    (["node", "start", "--quota", "10G"], "quota", 10 << 30),
+    (["demo", "--size", "2M"], "size", 2 << 20),
+])
+def test_size_options_accept_suffixes(argv: list[str], dest: str, value: int) -> None:
+    assert getattr(build_parser().parse_args(argv), dest) == value
+
+
+@pytest.mark.parametrize("argv", [
+    ["cat", "bafy", "--offset", "lots"],
+    ["cat", "bafy", "--offset", "-5"],
+    ["node", "start", "--audit-interval", "-5"],
+    ["node", "start", "--audit-interval", "0"],
+    ["node", "start", "--audit-interval", "nan"],
+    ["node", "start", "--replicas", "0"],
+    ["put", "x", "--replicas", "two"],
+    ["energy", "--plot", "file.txt"],
+    ["demo", "--size", "0"],
+    ["frobnicate"],
+    [],
+])
+def test_parser_errors_are_one_line_and_a_hint(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 2 and err[0].startswith("shoal: error: ") and err[1].startswith("hint: "), err
+
+
+# -- node start: config.toml honoured, flags override ----------------------------
+
+
+def _start_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["node", "start", *argv])
+
+
+def test_defaults_listen_on_loopback_on_fixed_ports() -> None:
+    assert DEFAULT_LISTEN == "/ip4/127.0.0.1/tcp/4101"
+    s = node_settings(DEFAULTS, _start_args())
+    assert s == NodeSettings([DEFAULT_LISTEN], [], "127.0.0.1:5101", None, None, 1)
+
+
+def test_config_is_honoured() -> None:
+    config: dict[str, Any] = {
+        "node": {"listen": ["/ip4/127.0.0.1/tcp/4200"], "bootstrap": ["/ip4/127.0.0.1/tcp/4300/p2p/X"],
+                 "api": "127.0.0.1:5200", "quota": "2G", "audit_interval": 30},
+        "replication": {"replicas": 3},
+    }
+    s = node_settings(config, _start_args())
+    assert s == NodeSettings(["/ip4/127.0.0.1/tcp/4200"], ["/ip4/127.0.0.1/tcp/4300/p2p/X"],
+                             "127.0.0.1:5200", 2 << 30, 30.0, 3)
+
+
+def test_flags_override_config() -> None:
+    config: dict[str, Any] = {
+        "node": {"listen": ["/ip4/127.0.0.1/tcp/4200"], "bootstrap": ["/ip4/127.0.0.1/tcp/4300/p2p/X"],
+                 "api": "127.0.0.1:5200", "quota": "2G", "audit_interval": 30},
+        "replication": {"replicas": 3},
+    }
+    args = _start_args("--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/Y",
+                       "--api", "127.0.0.1:0", "--quota", "1M", "--audit-interval", "5", "--replicas", "2")
+    s = node_settings(config, args)
+    assert s == NodeSettings(["/ip4/127.0.0.1/tcp/0"], ["/ip4/127.0.0.1/tcp/1/p2p/Y"], "127.0.0.1:0",
+                             1 << 20, 5.0, 2)
+
+
+@pytest.mark.parametrize("config, word", [
+    ({"node": {"listen": 4101}}, "listen"),
+    ({"node": {"listen": []}}, "listen"),
+    ({"node": {"api": 5101}}, "api"),
+    ({"node": {"quota": "lots"}}, "quota"),
+    ({"node": {"audit_interval": 0}}, "audit_interval"),
+    ({"node": {"audit_interval": -5}}, "audit_interval"),
+    ({"replication": {"replicas": 0}}, "replicas"),
+    ({"node": "x"}, "[node]"),
+])
+def test_bad_config_values_name_their_key(config: dict[str, Any], word: str) -> None:
+    with pytest.raises(CliError, match=word.replace("[", r"\[").replace("]", r"\]")):
+        node_settings(config, _start_args())
+
+
+def test_help_default_audit_interval_matches_the_node() -> None:
+    from p2p.replication import DEFAULT_AUDIT_INTERVAL_S as node_default
+
+    assert DEFAULT_AUDIT_INTERVAL_S == node_default
