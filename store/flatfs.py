@@ -660,18 +660,14 @@ def _holds(path: str, data: bytes | memoryview) -> bool:
     dedupe path pays it. A file that cannot be read counts as not holding
     the data, so it is replaced.
     """
-    view = memoryview(data).cast("B")
+    # bytes == bytes is one memcmp; comparing against a memoryview goes
+    # element by element (slower than SHA-256), so a view is copied once.
+    expected = data if isinstance(data, bytes) else bytes(data)
     try:
         with open(path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size != len(view):
+            if os.fstat(f.fileno()).st_size != len(expected):
                 return False
-            pos = 0
-            while pos < len(view):
-                chunk = f.read(min(1 << 20, len(view) - pos))
-                if not chunk or chunk != view[pos:pos + len(chunk)]:
-                    return False
-                pos += len(chunk)
-            return not f.read(1)
+            return f.read(len(expected) + 1) == expected
     except OSError:
         return False
 
