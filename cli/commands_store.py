@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from store.chunker import CHUNKER_NAMES, chunker_for
+from store.chunker import CHUNKER_NAMES, DEFAULT_CHUNKER, chunker_for
 from store.cid import parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
 from store.config import DEFAULT_LISTEN
@@ -51,8 +51,15 @@ def register(sub: Any) -> None:
                    help="copies to keep in the swarm, this node's included (needs a running node; "
                         "default: [replication] replicas in config.toml, 1); "
                         "given again for a stored object, it raises or lowers the count")
-    p.add_argument("--chunker", choices=CHUNKER_NAMES, default="fixed",
-                   help="how files are cut into blocks (default: %(default)s)")
+    p.add_argument("--chunker", choices=CHUNKER_NAMES, default=DEFAULT_CHUNKER,
+                   help="how files are cut into blocks: auto (default) uses the tensor-aware "
+                        "safetensors chunker for each file that parses as safetensors and the "
+                        "profile's fixed-size chunks (the IPFS CIDs) for every other file; "
+                        "it applies per file in a directory")
+    p.add_argument("--no-follow", action="store_true",
+                   help="refuse symlinks inside a directory instead of importing what they "
+                        "point to (by default they are followed, loop-safe, like kubo's "
+                        "--dereference-symlinks; Hugging Face cache snapshots are symlinks)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE.name,
                    help="CID profile: CID version, block size, DAG shape (default: %(default)s)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the root CID")
@@ -219,7 +226,8 @@ def cmd_put(args: argparse.Namespace) -> int:
         raise CliError(f"no such file or directory: {args.path}")
     client = node_for(args)
     if client is not None:
-        body = {"path": absolute(path), "profile": args.profile, "chunker": args.chunker}
+        body = {"path": absolute(path), "profile": args.profile, "chunker": args.chunker,
+                "follow_symlinks": not args.no_follow}
         if args.replicas is not None:
             body["replicas"] = args.replicas
         doc = client.call("POST", "/v1/put", body)
@@ -231,7 +239,8 @@ def cmd_put(args: argparse.Namespace) -> int:
     chunker = chunker_for(args.chunker, profile, path)
     with open_repo(args) as repo:
         with progress_bar(f"put {path.name}", _input_size(path), enabled=not args.quiet) as advance:
-            result = put_measured(repo, path, profile=profile, chunker=chunker, progress=advance)
+            result = put_measured(repo, path, profile=profile, chunker=chunker, progress=advance,
+                                  follow_symlinks=not args.no_follow)
     return print_put_result(args, str(result.cid), result.size, path.name)
 
 

@@ -93,20 +93,24 @@ class ControlApi:
         except (StoreError, P2PError) as exc:
             await _send_error(send, exc)
             return
-        gone = False
+        answered = False  # the last byte of the response is on its way
+
+        async def send_tracked(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
 
         async def watch_disconnect(scope_to_cancel: trio.CancelScope) -> None:
-            nonlocal gone
             while (await receive())["type"] != "http.disconnect":
                 pass
-            gone = True
             scope_to_cancel.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_disconnect, nursery.cancel_scope)
-            await self._dispatch(key, scope, params, send)
+            await self._dispatch(key, scope, params, send_tracked)
             nursery.cancel_scope.cancel()  # answered: stop watching
-        if gone:
+        if not answered:  # a client that reads its answer and hangs up cancelled nothing
             log.info("%s %s: client went away, request cancelled", scope["method"], scope["path"])
 
     async def _dispatch(self, key: tuple[str, str], scope: Scope, params: dict[str, Any], send: Send) -> None:

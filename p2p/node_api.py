@@ -23,7 +23,7 @@ import trio
 
 from store import exporter
 from store.car import export_car_file
-from store.chunker import chunker_for
+from store.chunker import DEFAULT_CHUNKER, chunker_for
 from store.cancel import CancelFlag
 from store.cid import CID, parse_cid
 from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
@@ -141,7 +141,8 @@ def build_api(node: Node, token: str) -> ControlApi:
         profile_name = param(p, "profile", str, None)
         if profile_name is not None and profile_name not in PROFILES:
             raise ApiError(f"unknown profile {profile_name}")
-        chunker_name = param(p, "chunker", str, "fixed")
+        chunker_name = param(p, "chunker", str, DEFAULT_CHUNKER)
+        follow = param(p, "follow_symlinks", bool, True)
         replicas = param(p, "replicas", int, None)  # None: leave the placement as it is
         # ... of an object already placed; a new one gets the node's default
         # (`node start --replicas`, [replication] replicas in config.toml).
@@ -156,7 +157,8 @@ def build_api(node: Node, token: str) -> ControlApi:
             wanted = replicas if replicas is not None else default_replicas
             commit = wanted > 1 and getattr(node, "replication", None) is not None
             result = await run_stoppable(lambda flag: put_measured(
-                repo, path, profile=profile, chunker=chunker, commit=commit, progress=flag.progress))
+                repo, path, profile=profile, chunker=chunker, commit=commit, progress=flag.progress,
+                follow_symlinks=follow))
         doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
         placer = getattr(node, "replication", None)
         if replicas is None and default_replicas > 1 and placer is not None and not placer.places(result.cid):

@@ -67,24 +67,66 @@ def read_exactly(stream: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-CHUNKER_NAMES = ("fixed", "cdc", "safetensors")
+CHUNKER_NAMES = ("auto", "fixed", "cdc", "safetensors")
+DEFAULT_CHUNKER = "auto"
 
 
-def chunker_for(name: str, profile: "Profile", path: Path | None = None) -> Chunker | None:
+class PerFileChunker:
+    """Chooses the chunker of each file of a directory import ("auto").
+
+    A file that parses as safetensors (its header validates against its
+    size) gets the tensor-aware chunker; any other file the profile's fixed
+    chunker, so its CID is the one `ipfs add` (and the JS importer) gives.
+    `for_file` returns None for "the profile's fixed size", as chunker_for.
+    """
+
+    name = "auto"
+
+    def __init__(self, profile: "Profile") -> None:
+        self.profile = profile
+
+    def for_file(self, path: Path) -> Chunker | None:
+        if not is_safetensors(path):
+            return None
+        from .safetensors import SafetensorsChunker
+
+        return SafetensorsChunker(tensor_chunk_size=self.profile.chunk_size)
+
+
+def is_safetensors(path: Path) -> bool:
+    """True if `path` is a regular file whose safetensors header validates
+    (reads the 8-byte length and the header only; never raises)."""
+    from .safetensors import parse_header
+
+    try:
+        with open(path, "rb") as f:
+            parse_header(f)
+    except (OSError, InvalidInput, ValueError):
+        return False
+    return True
+
+
+def chunker_for(name: str, profile: "Profile", path: Path | None = None) -> "Chunker | PerFileChunker | None":
     """The chunker for a `--chunker` name; None means the profile's fixed size.
 
-    Content-aware chunkers work on single files: a directory is refused.
+    "auto" (the default) on a file is "safetensors" if the file parses as
+    safetensors, else "fixed"; on a directory it is decided per file
+    (PerFileChunker). "safetensors" on a directory is the same as "auto"
+    (a model folder always holds config files too); on a single file it
+    refuses one that does not parse. "cdc" applies to every file.
     """
-    if name == "fixed":
-        return None
     if name not in CHUNKER_NAMES:
         raise InvalidInput(f"unknown chunker {name!r} (choose from {', '.join(CHUNKER_NAMES)})")
-    if path is not None and path.is_dir():
-        raise InvalidInput(f"--chunker {name} works on single files, not directories")
+    if name == "fixed":
+        return None
+    is_dir = path is not None and path.is_dir()
     if name == "cdc":
         from .cdc import FastCDCChunker
 
         return FastCDCChunker()
+    auto = PerFileChunker(profile)
+    if name == "auto" or is_dir:
+        return auto if path is None or is_dir else auto.for_file(path)
     from .safetensors import SafetensorsChunker
 
     return SafetensorsChunker(tensor_chunk_size=profile.chunk_size)

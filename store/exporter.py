@@ -521,7 +521,7 @@ def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: Ca
         if st.kind == "symlink":
             raise InvalidInput(f"{path}: UnixFS symlinks are not exported")
         if st.kind in ("file", "raw"):
-            _make_dirs(path.parent, created)
+            _make_dirs(path.parent, created, mask)
             existed = os.path.lexists(path)
             _write_file(source, node_cid, path, prefetch, cancel=cancel,
                         mode=_file_mode(st.mode, 0o666, mask))
@@ -529,7 +529,7 @@ def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: Ca
                 created.append(path)
             continue
         node, fs = _decode_pb(node_cid, block)
-        _make_dirs(path, created)
+        _make_dirs(path, created, mask)
         if st.mode is not None:
             dir_modes.append((path, _file_mode(st.mode, 0o777, mask)))
         children = [(c, path / name) for name, c in _dir_links(get, node_cid, node, fs, cancel)]
@@ -543,7 +543,7 @@ def _file_mode(recorded: int | None, default: int, mask: int) -> int:
     return ((default if recorded is None else recorded) & 0o777) & ~mask
 
 
-def _make_dirs(path: Path, created: list[Path]) -> None:
+def _make_dirs(path: Path, created: list[Path], mask: int) -> None:
     missing = []
     probe = path
     while not probe.is_dir():
@@ -554,6 +554,7 @@ def _make_dirs(path: Path, created: list[Path]) -> None:
     for p in reversed(missing):
         try:
             p.mkdir()
+            os.chmod(p, 0o777 & ~mask)  # the caller's umask, not this process's (a node's)
         except FileExistsError:
             if not p.is_dir():
                 raise InvalidInput(f"cannot create {p}: a file is in the way") from None

@@ -28,10 +28,25 @@ buffers (`_pooled_chunks`) rather than fresh `bytes`: hashed and written to
 the disk (O_DIRECT) from where the read put them, with no allocation and no
 staging copy per chunk.
 
-Symlinks inside an imported directory are refused (InvalidInput): following
-them could import data from outside the tree, and storing them as UnixFS
-symlinks would export links that point anywhere. A symlink given as the
-top-level path itself is followed, since the user named it.
+Symlinks inside an imported directory are followed by default (files and
+directories; kubo's `--dereference-symlinks`): a Hugging Face cache snapshot
+(`models--org--name/snapshots/<commit>/`) is nothing but symlinks into
+`../../blobs/`, and a model folder must import as the files it shows. The
+entry keeps the symlink's name and gets the target's content. Loop-safe: a
+symlink to a directory on the current path (an ancestor, or itself) is
+refused with InvalidInput, and a directory or file reached twice (two
+symlinks to one target, hard links) is imported once and linked twice, so a
+tree of symlinks fanning out to shared targets costs its distinct inodes,
+not its expansion. A dangling symlink is refused. With
+`follow_symlinks=False` (`put --no-follow`) any symlink inside the tree is
+refused, as storing UnixFS symlinks would export links that point
+anywhere. A symlink given as the top-level path itself is always followed,
+since the user named it.
+
+Chunkers per file: `chunker` may be a `store.chunker.PerFileChunker`
+("auto", the CLI's default), which picks the tensor-aware chunker for each
+file that parses as safetensors and the profile's fixed chunker for every
+other file, so those keep the CIDs `ipfs add` gives.
 
 A directory whose node the JS importer would shard (its size estimate
 passes the profile's `hamt_threshold_bytes`) becomes a UnixFS HAMT built by
@@ -57,13 +72,13 @@ import os
 import stat as stat_mod
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 from . import dagpb, unixfs, varint
 from .blockstore import Blockstore
-from .chunker import Chunker, FixedChunker
+from .chunker import Chunker, FixedChunker, PerFileChunker
 from .direct_io import ALIGN
 from .cid import CID, DAG_PB, RAW, DAG_PB_CODE, RAW_CODE, block_key, cid_for_digest
 from .errors import InvalidInput
@@ -453,12 +468,14 @@ def import_bytes(data: bytes, blockstore: Blockstore, profile: Profile = DEFAULT
 
 
 def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
-                chunker: Chunker | None = None, progress: Progress | None = None,
-                builder: "ByteSink | PieceHasher | None" = None) -> ImportResult:
+                chunker: "Chunker | PerFileChunker | None" = None, progress: Progress | None = None,
+                builder: "ByteSink | PieceHasher | None" = None, *,
+                follow_symlinks: bool = True) -> ImportResult:
     """Import a regular file or a directory tree (empty files and dirs included).
 
     `builder` (a regular file only; InvalidInput for a directory) is fed the
-    file's bytes in the same pass, as in `import_file`.
+    file's bytes in the same pass, as in `import_file`. `chunker` may pick
+    per file (PerFileChunker); `follow_symlinks`: see the module docstring.
     """
     path = Path(path)
     try:
@@ -466,15 +483,16 @@ def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEF
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
     writer = _DagWriter(blockstore, profile)
-    chunker = chunker or FixedChunker(profile.chunk_size)
+    fixed = FixedChunker(profile.chunk_size)
     workers = _workers(writer)
     with _closing(writer), ThreadPoolExecutor(workers, thread_name_prefix="shoal-import") as pool:
-        ctx = _TreeContext(writer, chunker, pool, 2 * workers, progress)
+        ctx = _TreeContext(writer, chunker or fixed, fixed, pool, 2 * workers, progress, follow_symlinks)
         if stat_mod.S_ISREG(st.st_mode):
             node = ctx.file(path, builder)
         elif builder is not None:
             raise InvalidInput(f"{path}: a commitment during import covers one regular file")
         elif stat_mod.S_ISDIR(st.st_mode):
+            ctx.on_path.add((st.st_dev, st.st_ino))
             node = ctx.directory(path)
         else:
             raise InvalidInput(f"{path} is neither a regular file nor a directory")
@@ -484,15 +502,29 @@ def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEF
 @dataclass
 class _TreeContext:
     writer: _DagWriter
-    chunker: Chunker
+    chunker: "Chunker | PerFileChunker"
+    fixed: FixedChunker
     pool: ThreadPoolExecutor
     in_flight: int
     progress: Progress | None
+    follow_symlinks: bool = True
+    # (st_dev, st_ino) of the directories being imported, root to here: a
+    # followed symlink to one of them is a loop.
+    on_path: set[tuple[int, int]] = field(default_factory=set)
+    # Files and directories already imported, by inode: reached again through
+    # another symlink (or a hard link), they are linked, not read again.
+    done: dict[tuple[int, int], _Node] = field(default_factory=dict)
+
+    def _chunker_for(self, path: Path) -> Chunker:
+        if isinstance(self.chunker, PerFileChunker):
+            return self.chunker.for_file(path) or self.fixed
+        return self.chunker
 
     def file(self, path: Path, builder: "ByteSink | PieceHasher | None" = None) -> _Node:
+        chunker = self._chunker_for(path)
         try:
             with open(path, "rb") as f:
-                return _import_stream(f, self.writer, self.chunker, self.pool,
+                return _import_stream(f, self.writer, chunker, self.pool,
                                       self.in_flight, self.progress, builder)
         except OSError as exc:
             raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -506,15 +538,31 @@ class _TreeContext:
         entries: list[tuple[bytes, _Node]] = []
         for ent in dirents:
             child = Path(ent.path)
-            if ent.is_symlink():
-                raise InvalidInput(f"{child} is a symlink; Shoal does not import symlinks "
-                                   "(copy the target in, or import it separately)")
-            if ent.is_dir(follow_symlinks=False):
-                node = self.directory(child)
-            elif ent.is_file(follow_symlinks=False):
-                node = self.file(child)
-            else:
-                raise InvalidInput(f"{child} is not a regular file or directory")
+            if ent.is_symlink() and not self.follow_symlinks:
+                raise InvalidInput(f"{child} is a symlink and --no-follow was given "
+                                   "(drop --no-follow to import what it points to)")
+            try:
+                st = ent.stat(follow_symlinks=True)
+            except OSError as exc:
+                raise InvalidInput(f"{child}: broken symlink or unreadable entry "
+                                   f"({exc.strerror or exc})") from None
+            key = (st.st_dev, st.st_ino)
+            node = self.done.get(key)
+            if node is None:
+                if stat_mod.S_ISDIR(st.st_mode):
+                    if key in self.on_path:
+                        raise InvalidInput(f"{child} is a symlink loop: it points to "
+                                           f"{os.path.realpath(child)}, a directory that contains it")
+                    self.on_path.add(key)
+                    try:
+                        node = self.directory(child)
+                    finally:
+                        self.on_path.discard(key)
+                elif stat_mod.S_ISREG(st.st_mode):
+                    node = self.file(child)
+                else:
+                    raise InvalidInput(f"{child} is not a regular file or directory")
+                self.done[key] = node
             entries.append((os.fsencode(ent.name), node))
         return _build_directory(self.writer, entries)
 

@@ -64,7 +64,7 @@ from .profiles import DEFAULT_PROFILE, PROFILES, Profile
 from .reserve import RESERVE_FILE, Reserve
 
 if TYPE_CHECKING:
-    from .chunker import Chunker
+    from .chunker import Chunker, PerFileChunker
     from .car import CarImportResult
     from .importer import ByteSink, ImportResult, PieceHasher
     from .proofs import Commitment
@@ -387,9 +387,10 @@ class Repo:
         self,
         path: Path,
         profile: Profile | None = None,
-        chunker: "Chunker | None" = None,
+        chunker: "Chunker | PerFileChunker | None" = None,
         progress: Callable[[int], None] | None = None,
         commit: bool = False,
+        follow_symlinks: bool = True,
     ) -> "ImportResult":
         """Import a file or directory and pin it.
 
@@ -409,22 +410,30 @@ class Repo:
         p2p.commit_files.build_commitment makes its own pass later). For a
         node that will replicate the object: build_commitment then skips
         its pass over the bytes.
+
+        `follow_symlinks`: symlinks inside a directory are imported as what
+        they point to (default), or refused (store.importer).
         """
+        from .chunker import PerFileChunker
         from .importer import import_path, pieces_apply
         from .proofs import DEFAULT_SEGMENT_SIZE, piece_size
 
         path = Path(path)
         if not path.exists():
             raise InvalidInput(f"no such file or directory: {path}")
+        if isinstance(chunker, PerFileChunker) and path.is_file():
+            chunker = chunker.for_file(path)  # decided once, so piece hashing still applies
         profile = profile or self.default_profile()
         with self.writing():
             files = None
             if commit and path.is_file():
-                pieces = pieces_apply(profile, chunker, piece_size(DEFAULT_SEGMENT_SIZE))
+                one_file = None if isinstance(chunker, PerFileChunker) else chunker
+                pieces = pieces_apply(profile, one_file, piece_size(DEFAULT_SEGMENT_SIZE))
                 files = _ProofFiles(self.path, path.stat().st_size, pieces)
             try:
                 result = import_path(path, self.blockstore, profile=profile, chunker=chunker,
-                                     progress=progress, builder=files.sink if files else None)
+                                     progress=progress, builder=files.sink if files else None,
+                                     follow_symlinks=follow_symlinks)
                 if files is not None:
                     commitment = files.finish()
                     if commitment is not None and commitment.length == result.size:

@@ -204,3 +204,23 @@ def test_js_dags_read_back(tmp_path: Path) -> None:
         assert (out / "sub" / "deep").read_bytes() == payload(5000, "deep")
         assert b"".join(read_file(bs, (list_dir(bs, listing["sub"].cid)[0]).cid, 1000, 30)) == \
             payload(5000, "deep")[1000:1030]
+
+
+def test_cli_default_put_keeps_parity(tmp_path: Path) -> None:
+    """`shoal put` with no options (--chunker auto) gives the JS importer's CIDs for
+    files that are not safetensors, alone and in a directory (issue 12, item 24)."""
+    from tests.helpers import run_shoal
+
+    repo = tmp_path / "repo"
+    assert run_shoal(repo, "init").code == 0
+    make_tree(tmp_path / "tree")
+    big = write(tmp_path, "big.bin", 3 * MIB + 5)
+    cases = [{"path": big, "profile": "unixfs-v1-2025"},
+             {"path": str(tmp_path / "tree"), "profile": "unixfs-v1-2025"}]
+    expected = js_cids(cases)
+    got = []
+    for c in cases:
+        r = run_shoal(repo, "put", c["path"], "--quiet")
+        assert r.code == 0, r.err
+        got.append(r.text.strip())
+    assert got == expected

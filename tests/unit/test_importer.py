@@ -213,12 +213,17 @@ def test_import_path_file(tmp_path: Path) -> None:
     assert r.cid == make_cid("raw", b"hello")
 
 
-def test_refuses_symlinks(tmp_path: Path) -> None:
+def test_symlinks_followed_or_refused(tmp_path: Path) -> None:
+    """Followed by default (a link to a file is that file); refused with follow_symlinks=False."""
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "target").write_bytes(b"x")
     (tmp_path / "d" / "link").symlink_to("target")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "target").write_bytes(b"x")
+    (tmp_path / "e" / "link").write_bytes(b"x")
+    assert import_path(tmp_path / "d", MemoryBlockstore()).cid == import_path(tmp_path / "e", MemoryBlockstore()).cid
     with pytest.raises(InvalidInput, match="symlink"):
-        import_path(tmp_path / "d", MemoryBlockstore())
+        import_path(tmp_path / "d", MemoryBlockstore(), follow_symlinks=False)
 
 
 def test_missing_path(tmp_path: Path) -> None:
