@@ -385,7 +385,7 @@ def list_dir(source: Source, cid: CID, resolve: bool = True, *,
 
 
 def plan_export(source: Source, cid: CID, *, max_entries: int = DEFAULT_MAX_ENTRIES,
-                cancel: CancelFlag | None = None) -> ExportPlan:
+                cancel: CancelFlag | None = None, root_block: bytes | None = None) -> ExportPlan:
     """Count what exporting `cid` would write, reading each distinct directory once.
 
     Why: a directory linked k times from its parent, nested n levels, is n
@@ -396,8 +396,9 @@ def plan_export(source: Source, cid: CID, *, max_entries: int = DEFAULT_MAX_ENTR
     sizes are checked against the data later, as they are written).
     ExportRefused past `max_entries` (counting links listed, so the walk
     itself is bounded too); MalformedBlock for a directory inside itself.
+    `root_block`: the root's bytes if the caller has them already.
     """
-    get = _getter(source)
+    get = _cached_root(_getter(source), cid, root_block)
     totals: dict[tuple[int, bytes], tuple[int, int]] = {}
     on_path: set[tuple[int, bytes]] = set()
     listed = 0
@@ -493,23 +494,31 @@ def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int 
     process's).
     """
     dest = Path(dest)
-    plan = plan_export(source, cid, max_entries=max_entries, cancel=cancel)
+    root_block = _getter(source)(cid)  # read once for the plan and the walk
+    plan = plan_export(source, cid, max_entries=max_entries, cancel=cancel, root_block=root_block)
     if max_size is not None and plan.bytes > max_size:
         raise ExportRefused(f"{cid} holds {plan.bytes} bytes, more than the limit of {max_size}")
     _check_space(cid, plan, dest)
     mask = current_umask() if umask is None else umask
     created: list[Path] = []
     try:
-        _export_tree(source, cid, dest, prefetch, cancel, mask, created)
+        _export_tree(source, cid, dest, prefetch, cancel, mask, created, root_block)
     except BaseException:
         _remove_created(created)
         raise
     return plan
 
 
+def _cached_root(get: Callable[[CID], bytes], root: CID, block: bytes | None) -> Callable[[CID], bytes]:
+    if block is None:
+        return get
+    key = _key(root)
+    return lambda cid: block if _key(cid) == key else get(cid)
+
+
 def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: CancelFlag | None,
-                 mask: int, created: list[Path]) -> None:
-    get = _getter(source)
+                 mask: int, created: list[Path], root_block: bytes) -> None:
+    get = _cached_root(_getter(source), cid, root_block)
     dir_modes: list[tuple[Path, int]] = []
     stack: list[tuple[CID, Path]] = [(cid, dest)]
     while stack:
