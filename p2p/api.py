@@ -8,10 +8,11 @@ being the one written to `<repo>/api` (mode 0600) when the node is ready.
 
 Routes (all JSON unless noted):
   GET  /v1/id                      GET /v1/peers                 GET /v1/stats
-  POST /v1/put      {path, profile, chunker, replicas}
-  POST /v1/get      {cid, output}
+  POST /v1/put      {path, profile, chunker, replicas, follow_symlinks}
+  POST /v1/get      {cid, output, max_size, umask}   (umask: the client's, for the files' modes)
   GET  /v1/cat?cid=&offset=&length=&tensor=   (streams raw bytes)
-  GET  /v1/ls[?cid=]               GET /v1/pins[?cid=]
+  GET  /v1/ls[?cid=]  (streams NDJSON rows; a late failure is a last `{"error": ...}` row)
+  GET  /v1/pins[?cid=]
   POST /v1/pin/add {cid}           POST /v1/pin/rm {cid}
   POST /v1/gc                      POST /v1/verify
   POST /v1/car/export {cid, output}  POST /v1/car/import {path}

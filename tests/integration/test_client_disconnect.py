@@ -109,3 +109,28 @@ def test_ls_streams_through_the_node(swarm: Swarm, tmp_path: Path) -> None:
     resp = node.api("GET", f"/v1/ls?cid={cid}")
     assert resp.headers["content-type"] == "application/x-ndjson"
     assert len([json.loads(line) for line in resp.text.splitlines()]) == 1500
+
+
+def test_ctrl_c_of_offline_get_removes_partial_output(tmp_path: Path) -> None:
+    from tests.helpers import run_shoal, shoal_env
+    from tests.integration.swarm import PROJECT_ROOT, SHOAL
+
+    repo = tmp_path / "repo"
+    assert run_shoal(repo, "init").code == 0
+    src = tmp_path / "zeros.bin"
+    with open(src, "wb") as f:
+        f.truncate(2048 * MIB)
+    cid = run_shoal(repo, "put", str(src), "--quiet").text.strip()
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen(SHOAL + ["--repo", str(repo), "get", cid, "-o", str(out_dir / "sub" / "model.bin")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=shoal_env(), cwd=PROJECT_ROOT)
+    try:
+        wait_until(lambda: any(p.stat().st_size > 0 for p in out_dir.glob("sub/.shoal-*.part")), 60,
+                   "the export to start writing")
+        code, err = interrupt(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 130 and "interrupted" in err, err
+    assert not out_dir.exists(), list(out_dir.rglob("*"))  # the directories it made go too
