@@ -2,8 +2,10 @@
 
 Real `shoal node` processes (not threads, not mocks) on loopback in a
 temporary directory: start three peers, put a generated model-weights file
-on one, fetch it on another, check the bytes, and clean everything up —
-on success, on error and on Ctrl-C alike.
+on one, fetch it on another, check the bytes; then more peers join for the
+later chapters (replication, a private swarm); clean everything up — on
+success, on error and on Ctrl-C alike. The help and the opening line state
+no number of peers (chapters add their own); the closing line counts them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ if TYPE_CHECKING:  # the swarm (and httpx under it) loads only when a demo runs
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run a local 5-peer swarm demo in a temp directory")
+    p = sub.add_parser("demo", help="run a local swarm of real peers in a temp directory: put, fetch, "
+                                    "replication with audits and repair, energy, a private swarm")
     p.add_argument("--size", type=demo_size, default=DEFAULT_SIZE,
                    help=f"size of the generated model file, {human_size(MIN_SIZE)} or more "
                         "(default: 48M)")
@@ -109,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def run_demo(swarm: LocalSwarm, root: Path, size: int) -> None:
-    say("== Shoal demo: five peers on this machine, real node processes; three start now ==")
+    say("== Shoal demo: real node processes on this machine; three peers start now, more join later ==")
     a = swarm.add_node("alice")
     b = swarm.add_node("bob", bootstrap=a.addrs[:1])
     c = swarm.add_node("carol", bootstrap=b.addrs[:1])
@@ -138,7 +141,7 @@ def run_demo(swarm: LocalSwarm, root: Path, size: int) -> None:
         raise SystemExit("demo failed: the copy differs")
     for hook in _later_steps():
         hook(swarm, root, put["cid"])
-    say("== done: stopping the peers and removing the temp directory ==")
+    say(f"== done: stopping all {len(swarm.nodes)} peers and removing the temp directory ==")
 
 
 def _later_steps() -> list[Any]:

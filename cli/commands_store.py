@@ -491,6 +491,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"restored from peers: {pin}")
         for row in incomplete:
             print(f"incomplete pin: {row['pin']} (missing {row['missing']})")
+        orphans = int(doc.get("orphan_blocks") or 0)
+        if orphans:
+            print(f"{plural(orphans, 'block')} ({human_size(int(doc.get('orphan_bytes') or 0))}) no pin "
+                  f"protects: `shoal gc` frees them", file=sys.stderr)
         if ok:
             print("repo ok" + (" (repaired)" if corrupt else ""), file=sys.stderr)
         elif repair and incomplete and client is None:

@@ -18,8 +18,9 @@ import trio
 
 from store import exporter
 from store.cid import CID
+from store.errors import InvalidInput
 from store.safetensors import LEN_PREFIX, SafetensorsHeader, TensorInfo
-from store.tensors import header_span, read_header, window
+from store.tensors import NotSafetensors, header_span, read_header, window
 
 from .identity import PeerId
 from .range_fetch import fetch_range
@@ -79,7 +80,10 @@ async def _fetch_header(node: "Node", cid: CID, holders: list[PeerId] | None
     first = await fetch_range(node, cid, 0, LEN_PREFIX, holders=holders)
     prefix = await trio.to_thread.run_sync(
         lambda: b"".join(exporter.read_file(store, cid, 0, LEN_PREFIX)))
-    span = header_span(prefix)
+    try:
+        span = header_span(prefix)
+    except InvalidInput as exc:  # as store.tensors.read_header says it, offline
+        raise NotSafetensors(f"{cid} is not a safetensors file ({exc})") from None
     rest = await fetch_range(node, cid, LEN_PREFIX, span - LEN_PREFIX, holders=first.holders or None)
     header = await trio.to_thread.run_sync(read_header, store, cid)
     return header, rest.holders or first.holders, first.fetched_bytes + rest.fetched_bytes

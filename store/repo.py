@@ -139,6 +139,10 @@ class VerifyReport:
     blocks_checked: int = 0
     temp_files_removed: int = 0
     quarantined: list[str] = field(default_factory=list)  # CIDs moved to quarantine/ (repair)
+    # Sound blocks no pin protects: what the next `gc` deletes (no problem in
+    # itself, but a user who unpinned things wants to know the space is there).
+    orphan_blocks: int = 0
+    orphan_bytes: int = 0
 
     def as_json(self, incomplete: list[tuple[str, str]] | None = None,
                 repaired: list[str] | None = None) -> dict[str, Any]:
@@ -154,7 +158,8 @@ class VerifyReport:
         return {"ok": not remaining and (self.ok or cleared),
                 "corrupt_blocks": list(self.corrupt_blocks), "quarantined": list(self.quarantined),
                 "repaired_pins": list(repaired or []),
-                "incomplete_pins": [{"pin": str(a), "missing": str(b)} for a, b in remaining]}
+                "incomplete_pins": [{"pin": str(a), "missing": str(b)} for a, b in remaining],
+                "orphan_blocks": self.orphan_blocks, "orphan_bytes": self.orphan_bytes}
 
 
 @dataclass(frozen=True)
@@ -714,10 +719,15 @@ class Repo:
             temps = self.blockstore.cleanup_temp()
             corrupt_keys: list[str] = []
             checked = 0
+            live = self.index.live_keys()
+            orphans: list[str] = []
             for key, ok in self.blockstore.verify_all():
                 checked += 1
                 if not ok:
                     corrupt_keys.append(key)
+                elif key not in live:
+                    orphans.append(key)
+            orphan_bytes = sum(self.blockstore.size_of_key(k) for k in orphans)
             quarantined = [k for k in corrupt_keys if repair and self._quarantine_key(k)]
             names: dict[str, CID] = {}  # block key -> the CID a pinned DAG links to it by
             incomplete: list[tuple[str, str]] = []
@@ -745,7 +755,7 @@ class Repo:
                 return key  # not a multihash at all: a foreign file, shown as found
         ok = not corrupt_keys and not incomplete
         return VerifyReport(ok, sorted(name(k) for k in corrupt_keys), incomplete, checked, temps,
-                            sorted(name(k) for k in quarantined))
+                            sorted(name(k) for k in quarantined), len(orphans), orphan_bytes)
 
     def quarantine(self, cid: CID | str) -> bool:
         """Move the block of `cid` to `<repo>/quarantine/` if it is corrupt.

@@ -87,7 +87,22 @@ class SafetensorsHeader:
         try:
             return self._by_name[name]
         except KeyError:
-            raise InvalidInput(f"safetensors file has no tensor named {name!r}") from None
+            raise UnknownTensor(name, [t.name for t in self.tensors]) from None
+
+
+class UnknownTensor(InvalidInput):
+    """A tensor name the file does not have; the message lists the names it does
+    (a user who mistyped one needs the right spelling, not a second command)."""
+
+    SHOWN = 12
+
+    def __init__(self, name: str, names: list[str]) -> None:
+        shown = ", ".join(names[: self.SHOWN])
+        more = f" and {len(names) - self.SHOWN} more" if len(names) > self.SHOWN else ""
+        listing = f"it has {len(names)}: {shown}{more}" if names else "it has none"
+        super().__init__(f"safetensors file has no tensor named {name!r}; {listing}")
+        self.name = name
+        self.names = names
 
 
 def tensor_byte_range(header: SafetensorsHeader, name: str) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from .errors import InvalidInput
 from .exporter import Source
 from .safetensors import LEN_PREFIX, MAX_HEADER_LEN, SafetensorsHeader, TensorInfo, parse_header
 
-__all__ = ["SafetensorsObject", "read_header", "tensor_window", "header_span"]
+__all__ = ["NotSafetensors", "SafetensorsObject", "read_header", "tensor_window", "header_span"]
 
 
 def _read_exact(source: Source, cid: CID, offset: int, length: int) -> bytes:
@@ -55,18 +55,31 @@ def read_header(source: Source, cid: CID) -> SafetensorsHeader:
     """
     st = exporter.stat(source, cid)
     if st.kind not in ("file", "raw") or st.size is None:
-        raise InvalidInput(f"{cid} is a {st.kind}, not a safetensors file")
+        raise NotSafetensors(f"{cid} is a {st.kind}, not a safetensors file")
     size = st.size
-    if size < LEN_PREFIX:
-        raise InvalidInput("truncated safetensors file: shorter than the 8-byte header length")
-    prefix = _read_exact(source, cid, 0, LEN_PREFIX)
-    span = header_span(prefix)
-    if span > size:
-        raise InvalidInput(
-            f"safetensors header length {span - LEN_PREFIX} runs past the end of the file ({size} bytes)"
-        )
-    text = _read_exact(source, cid, LEN_PREFIX, span - LEN_PREFIX)
-    return parse_header(prefix + text, file_size=size)
+    try:
+        if size < LEN_PREFIX:
+            raise InvalidInput("truncated safetensors file: shorter than the 8-byte header length")
+        prefix = _read_exact(source, cid, 0, LEN_PREFIX)
+        span = header_span(prefix)
+        if span > size:
+            raise InvalidInput(
+                f"safetensors header length {span - LEN_PREFIX} runs past the end of the file ({size} bytes)"
+            )
+        text = _read_exact(source, cid, LEN_PREFIX, span - LEN_PREFIX)
+        return parse_header(prefix + text, file_size=size)
+    except NotSafetensors:
+        raise
+    except InvalidInput as exc:
+        # What a user who typed --tensor on the wrong file needs first is that
+        # it is not safetensors at all; the parser's detail follows.
+        raise NotSafetensors(f"{cid} is not a safetensors file ({exc})") from None
+
+
+class NotSafetensors(InvalidInput):
+    """A stored object asked for a tensor that is not a valid safetensors file."""
+
+    hint = "--tensor reads one tensor of a .safetensors file; without it `shoal cat` prints the bytes"
 
 
 def window(header: SafetensorsHeader, name: str, offset: int = 0,

@@ -49,7 +49,7 @@ def test_demo_runs_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:] + out[-3000:]
     for line in ("found alice through peer exchange", "bytes identical: yes", "3 copies held",
                  "proof ok", "FAILED, invalid proof (proven loss)", "repaired in", "Energy per stored GB",
-                 "grace fetched frank's", "mallory's get fails: no connected peer", "== done"):
+                 "grace fetched frank's", "mallory's get fails: no connected peer", "== done: stopping all"):
         assert line in out, f"missing {line!r} in:\n{out}"
     assert not list(tmp_path.glob("shoal-demo-*")), "the demo left its temp directory behind"
     assert not _node_processes_under(tmp_path)

@@ -188,3 +188,20 @@ def test_help_default_audit_interval_matches_the_node() -> None:
     from p2p.replication import DEFAULT_AUDIT_INTERVAL_S as node_default
 
     assert DEFAULT_AUDIT_INTERVAL_S == node_default
+
+
+def test_demo_help_states_no_peer_count_that_could_go_stale() -> None:
+    """Issue 12: the help said "5-peer" while the demo said "three peers"
+    (and chapters since added more). Neither states a total now; the demo's
+    closing line counts the peers it really started."""
+    import inspect
+    import re
+
+    import cli.commands_demo as demo
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = next(a.help for a in sub._choices_actions if a.dest == "demo") or ""
+    assert not re.search(r"\d+-peer|\b(three|four|five|six|seven|eight) peers\b", help_text), help_text
+    source = inspect.getsource(demo.run_demo)
+    assert "len(swarm.nodes)" in source and not re.search(r"\b(five|5)[- ]peer", source)
