@@ -86,30 +86,14 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
 
 def brief_lines(report: Mapping[str, Any]) -> list[str]:
-    """The key comparison, what was measured, and per copy count whether the
-    swarm is cheaper: render_text without its 48-row sensitivity table."""
-    from store.energy.report import render_text
+    """The demo's view: the report's summary and what was measured."""
+    from store.energy.report import summary_lines
 
-    text = render_text(report)
-    head = text.split("\nSensitivity", 1)[0].splitlines()
-    lines = [line for line in head if line.strip() and not line.startswith("one-time:")]
+    lines = [line.removeprefix("  ") for line in summary_lines(report) if line.strip()]
     ops = report.get("operations", {})
     measured = ", ".join(f"{kind} {float(op['joules']):.3g} J / {human_size(int(op['bytes']))}"
                          for kind, op in ops.items())
     lines.append(f"measured CPU energy ({report['method']}): {measured or 'nothing yet'}")
-    lines.append("by copies (Wh per GB-month, default figures; swarm vs baseline):")
-    for row in report["by_copies"]:
-        if row["accounting"] != "attributional":
-            continue
-        cp = row["copies"]
-        swarm, base = float(row["swarm_value"]), float(row["baseline_value"])
-        marginal = next((float(r["swarm_value"]) for r in report["by_copies"]
-                         if r["copies"] == cp and r["accounting"] == "marginal"), None)
-        verdict = "cheaper" if swarm < base else f"{100 * (swarm / base - 1):.0f}% more" if base else "more"
-        line = f"  {cp} {'copy' if cp == 1 else 'copies'}: {swarm:.2f} vs {base:.2f} -> {verdict}"
-        if marginal is not None:
-            line += f"; marginal {marginal:.2f} -> {'cheaper' if marginal < base else 'more'}"
-        lines.append(line)
     return lines
 
 
@@ -120,4 +104,4 @@ def demo_step(swarm: Any, root: Path, cid: str) -> None:
     print(f"== energy: {node.name}'s objects, with the swarm's measured operations ==", flush=True)
     for line in brief_lines(report):
         print(f"  {line}", flush=True)
-    print("  (full table and sources: `shoal energy`, `--json`, `--plot FILE.png`; docs/ENERGY.md)", flush=True)
+    print("  (every scenario: `shoal energy --detail`; also `--json`, `--plot FILE.png`; docs/ENERGY.md)", flush=True)

@@ -178,36 +178,68 @@ def _sig(x: float | None) -> str:
     return "unmeasured" if x is None else f"{float(x):.3g}"
 
 
-def render_text(report: Mapping[str, Any], detail: bool = True) -> str:
-    """A few readable lines and (with `detail`) the sensitivity table, plain text."""
+def _copies(n: int) -> str:
+    return f"{n} {'copy' if n == 1 else 'copies'}"
+
+
+def _compare(swarm: float, base: float) -> str:
+    """'78% less', '12% more', 'the same' — the swarm against the baseline."""
+    if base <= 0:
+        return "more" if swarm > 0 else "the same"
+    change = 100 * (swarm / base - 1)
+    if abs(change) < 0.5:
+        return "the same"
+    if change < -99.5:
+        return "over 99% less"
+    return f"{-change:.0f}% less" if change < 0 else f"{change:.0f}% more"
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """The answer first, in a few lines: what is stored, swarm against cloud,
+    the parts of each total, and across how many scenarios the swarm wins."""
     sw: Mapping[str, Any] = report["swarm"]
     bl: Mapping[str, Any] = report["baseline"]
     once: Mapping[str, Any] = report["one_time_per_gb"]
     s_tot, b_tot = float(sw["wh_per_gb_month"]), float(bl["wh_per_gb_month"])
-    ratio = s_tot / b_tot if b_tot else float("inf")
-    verdict = (
-        f"swarm uses {100 * (1 - ratio):.0f}% less than the baseline"
-        if s_tot < b_tot
-        else f"swarm uses {100 * (ratio - 1):.0f}% MORE than the baseline"
-    )
-    marg = "cheaper" if report["swarm_cheaper_marginal"] else "not cheaper"
-    lines = [
-        f"Energy per stored GB  (CPU energy method: {report['method']}; scope: {report['scope']})",
-        f"stored {float(report['stored_gb']):.3f} GB, {report['copies']} copies, "
-        f"{report['disk']}, attributional accounting",
+    marginal = float(sw["marginal_wh_per_gb_month"])
+    rows = report.get("sensitivity") or []
+    wins = sum(1 for r in rows if r["swarm_cheaper"])
+    by_copies = [r for r in report.get("by_copies") or [] if r["accounting"] == "attributional"]
+    return [
+        "Energy per stored GB: this swarm vs a centralized cloud store",
+        f"  stored {float(report['stored_gb']):.3f} GB, {_copies(int(report['copies']))}, {report['disk']}; "
+        f"CPU energy by {report['method']} (scope: {report['scope']})",
+        f"  swarm {s_tot:.3f} vs cloud {b_tot:.3f} Wh per GB-month: the swarm uses {_compare(s_tot, b_tot)}",
+        f"  counting only what disks that spin anyway add (marginal): {marginal:.3f}, "
+        f"{_compare(marginal, b_tot)}",
         "",
-        f"{'Wh per GB-month':<34}{'swarm':>10}{'baseline':>10}",
-        f"{'at rest (disk x copies x PUE)':<34}{_fmt(sw['at_rest_wh_per_gb_month']):>10}"
+        f"  {'Wh per GB-month':<34}{'swarm':>10}{'cloud':>10}",
+        f"  {'at rest (disk x copies x PUE)':<34}{_fmt(sw['at_rest_wh_per_gb_month']):>10}"
         f"{_fmt(bl['at_rest_wh_per_gb_month']):>10}",
-        f"{'audits':<34}{_fmt(sw['audit_wh_per_gb_month']):>10}{'-':>10}",
-        f"{'one-time, over ' + _fmt(once['amortization_months'], 0) + ' months':<34}"
+        f"  {'audits':<34}{_fmt(sw['audit_wh_per_gb_month']):>10}{'-':>10}",
+        f"  {'one-time, over ' + _fmt(once['amortization_months'], 0) + ' months':<34}"
         f"{_fmt(sw['one_time_amortized_wh_per_gb_month']):>10}"
         f"{_fmt(bl['one_time_amortized_wh_per_gb_month']):>10}",
-        f"{'total':<34}{_fmt(s_tot):>10}{_fmt(b_tot):>10}",
-        f"-> {verdict}; with marginal accounting (disks that spin anyway) the swarm is {marg} "
-        f"({_fmt(sw['marginal_wh_per_gb_month'])} Wh/GB-month).",
+        f"  {'total':<34}{_fmt(s_tot):>10}{_fmt(b_tot):>10}",
         "",
-        f"one-time: put {_sig(once['put_j_per_gb'])} J/GB, replicate in "
+        "  by copies: " + "; ".join(
+            f"{_copies(int(r['copies']))} {float(r['swarm_value']):.2f} vs {float(r['baseline_value']):.2f}"
+            for r in by_copies),
+        f"  the swarm is cheaper in {wins} of {len(rows)} scenarios (copies, PUE, disk, network, accounting)",
+    ]
+
+
+def render_text(report: Mapping[str, Any], detail: bool = False) -> str:
+    """The summary, and with `detail` the one-time energy and the sensitivity
+    table (48 rows: every scenario the summary's last line counts)."""
+    once: Mapping[str, Any] = report["one_time_per_gb"]
+    lines = summary_lines(report)
+    if not detail:
+        lines += ["", "More: --detail (every scenario), --json, --plot FILE.png; sources in docs/ENERGY.md."]
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        f"One-time: put {_sig(once['put_j_per_gb'])} J/GB, replicate in "
         f"{_sig(once['replicate_in_j_per_gb'])} / out {_sig(once['replicate_out_j_per_gb'])} J/GB (CPU); "
         f"network: swarm replication {_fmt(once['swarm_replication_network_wh_per_gb'], 2)} Wh/GB, "
         f"baseline ingest {_fmt(once['baseline_ingest_network_wh_per_gb'], 2)} Wh/GB, "
@@ -229,9 +261,27 @@ def render_text(report: Mapping[str, Any], detail: bool = True) -> str:
 
 
 def plot(report: Mapping[str, Any], path: Path | str) -> Path:
-    """Write a PNG bar chart: headline components (left) and how the swarm's
-    total moves with copies and accounting against the baseline (right).
-    Needs matplotlib (the `plot` extra); uses the Agg backend, no display."""
+    """Write a bar chart (PNG, SVG or PDF by the file's suffix): headline
+    components (left) and how the swarm's total moves with copies and
+    accounting against the baseline (right). Needs matplotlib (the `plot`
+    extra); uses the Agg backend, no display."""
+    fig = figure(report)  # first: it says so if matplotlib is missing
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    try:
+        fig.savefig(out, dpi=110)
+    except ValueError as exc:  # a suffix matplotlib cannot write
+        raise InvalidInput(f"cannot write the chart to {out}: {exc}") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the chart to {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return out
+
+
+def figure(report: Mapping[str, Any]) -> Any:
+    """The chart as a matplotlib Figure (the caller saves and closes it)."""
     try:
         import matplotlib
 
@@ -269,26 +319,31 @@ def plot(report: Mapping[str, Any], path: Path | str) -> Path:
         r = next(r for r in rows if r["copies"] == cp and r["accounting"] == acc)
         return float(r[key + "_low"]), float(r[key + "_value"]), float(r[key + "_high"])
 
-    series = [
-        ("swarm, attributional", "attributional", "swarm", "#4c72b0"),
-        ("swarm, marginal (disks spin anyway)", "marginal", "swarm", "#8fb0de"),
-        ("cloud baseline", "attributional", "baseline", "#c44e52"),
+    series = [  # (label, accounting, side, bar colour, a darker one for its numbers)
+        ("swarm, attributional", "attributional", "swarm", "#4c72b0", "#4c72b0"),
+        ("swarm, marginal (disks spin anyway)", "marginal", "swarm", "#8fb0de", "#5b7fb8"),
+        ("cloud baseline", "attributional", "baseline", "#c44e52", "#c44e52"),
     ]
     width = 0.26
-    for k, (label, acc, key, color) in enumerate(series):
+    for k, (label, acc, key, color, text_color) in enumerate(series):
         xs = [i + (k - 1) * width for i in range(len(copies))]
         lo, mid, hi = zip(*(pick(cp, acc, key) for cp in copies))
         ax2.bar(xs, mid, width=width, color=color, label=label)
         ax2.errorbar(xs, mid, yerr=[[m - l for m, l in zip(mid, lo)], [h - m for h, m in zip(hi, mid)]],
                      fmt="none", ecolor="#333333", capsize=3, lw=1)
+        # Each bar's value goes under the axis, not on the bar: a whisker runs
+        # through the middle of every bar, and on a log scale it can reach
+        # from the bottom of the plot to the top, so no spot on a bar is free.
         for x, v in zip(xs, mid):
-            ax2.text(x, v * 0.93, f"{v:.2f}", ha="center", va="top", fontsize=8, zorder=5,
-                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+            ax2.text(x, -0.02, f"{v:.2f}", transform=ax2.get_xaxis_transform(), ha="center", va="top",
+                     fontsize=8, color=text_color, fontweight="bold")
     ax2.set_yscale("log")
-    ax2.set_xticks(range(len(copies)), [f"{cp} copies" for cp in copies])
+    ax2.set_xticks(range(len(copies)), [f"{cp} {'copy' if cp == 1 else 'copies'}" for cp in copies])
+    ax2.tick_params(axis="x", pad=16, length=0)  # room for the values above the tick labels
     ax2.set_ylabel("Wh per GB-month")
     ax2.set_title(
-        f"By copies ({report['disk']}, log scale): bar = default network kWh/GB, whisker = low..high",
+        f"By copies ({report['disk']}, log scale): bar and number = default network kWh/GB,\n"
+        f"whisker = its low..high range",
         fontsize=11,
     )
     ax2.legend(fontsize=9, loc="upper left", frameon=False)
@@ -297,7 +352,4 @@ def plot(report: Mapping[str, Any], path: Path | str) -> Path:
     fig.suptitle(f"Shoal energy per stored GB vs a centralized cloud store  (CPU method: {report['method']})",
                  fontsize=13)
     fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig

@@ -76,8 +76,15 @@ def test_energy_json_has_the_contract_keys_and_at_rest_scales_with_bytes(tmp_pat
     assert two["swarm"]["wh_per_month"] == pytest.approx(2 * one["swarm"]["wh_per_month"], rel=0.01)
     assert two["baseline"]["wh_per_month"] == pytest.approx(2 * one["baseline"]["wh_per_month"], rel=1e-9)
 
+    # The default text leads with the answer and stays short (issue 12): the
+    # 48-row sensitivity table is behind --detail.
     r = run_shoal(repo, "energy")
-    assert r.code == 0 and "swarm" in r.text and "baseline" in r.text and "Sensitivity" in r.text
+    assert r.code == 0 and "swarm" in r.text and "cloud" in r.text and "Sensitivity" not in r.text
+    assert len(r.text.splitlines()) <= 20, r.text
+    assert r.text.splitlines()[2].strip().startswith("swarm "), r.text
+    r = run_shoal(repo, "energy", "--detail")
+    assert r.code == 0 and "Sensitivity" in r.text
+    assert len(r.text.splitlines()) >= len(two["sensitivity"]) + 15, r.text
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

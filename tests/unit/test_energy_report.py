@@ -58,7 +58,8 @@ def test_report_without_operations() -> None:
     assert r["method"] == "none"
     assert r["operations"] == {}
     assert r["one_time_per_gb"]["put_j_per_gb"] is None
-    assert "unmeasured" in render_text(r)
+    assert "unmeasured" in render_text(r, detail=True)
+    assert "nan" not in render_text(r) and "inf" not in render_text(r)
 
 
 def test_report_rejects_bad_arguments() -> None:
@@ -67,10 +68,24 @@ def test_report_rejects_bad_arguments() -> None:
 
 
 def test_render_text() -> None:
-    text = render_text(build_report(sample_summary(), GB, 3, load_coefficients()))
+    report = build_report(sample_summary(), GB, 3, load_coefficients())
+    text = render_text(report, detail=True)
     assert "swarm" in text and "baseline" in text
     assert "Sensitivity" in text
     assert text.count("\n") > 48
+
+
+def test_render_text_leads_with_a_short_summary() -> None:
+    """Issue 12: the default text is the answer in a few lines, not a 48-row table."""
+    report = build_report(sample_summary(), GB, 3, load_coefficients())
+    text = render_text(report)
+    lines = text.splitlines()
+    assert len(lines) <= 20 and "Sensitivity" not in text, text
+    assert lines[2].strip().startswith("swarm ") and "cloud" in lines[2], text
+    assert "3 copies" in text and "1 copies" not in text
+    assert f"cheaper in {sum(r['swarm_cheaper'] for r in report['sensitivity'])} of {len(report['sensitivity'])}" in text
+    one = render_text(build_report(sample_summary(), GB, 1, load_coefficients()))
+    assert "1 copy," in one and "1 copies" not in one
 
 
 def test_plot_writes_png(tmp_path: Path) -> None:
@@ -80,3 +95,38 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 10_000
+
+
+def test_plot_values_do_not_sit_on_the_whiskers() -> None:
+    """Issue 12: every bar's number is drawn clear of every whisker (and of
+    the other numbers), whatever the data: here whiskers span most of the
+    log-scale plot, as with the default coefficients."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    from store.energy.report import figure
+
+    for copies in (1, 3):
+        fig = figure(build_report(sample_summary(), 4 * GB, copies, load_coefficients(), [peer_summary()]))
+        try:
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+            ax = fig.axes[1]
+            labels = [t.get_window_extent(renderer) for t in ax.texts]
+            assert len(labels) == 3 * len(build_report(sample_summary(), GB, copies, load_coefficients())["by_copies"]) // 2
+            whiskers = []
+            for coll in ax.collections:
+                if isinstance(coll, LineCollection):
+                    for seg in coll.get_segments():
+                        (x0, y0), (x1, y1) = ax.transData.transform(seg)
+                        whiskers.append((min(x0, x1) - 1, min(y0, y1), max(x0, x1) + 1, max(y0, y1)))
+            assert whiskers, "no whiskers drawn"
+            for box in labels:
+                for (wx0, wy0, wx1, wy1) in whiskers:
+                    apart = box.x1 < wx0 or box.x0 > wx1 or box.y1 < wy0 or box.y0 > wy1
+                    assert apart, f"a value label {box} overlaps a whisker {(wx0, wy0, wx1, wy1)}"
+            for i, a in enumerate(labels):
+                assert not any(a.overlaps(b) for b in labels[i + 1:]), "value labels overlap each other"
+        finally:
+            plt.close(fig)
