@@ -63,6 +63,9 @@ CASES: list[tuple[str, str]] = [
     ("node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --audit-interval 0", "audit-interval"),
     ("node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --quota lots", "quota"),
     ("node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --bootstrap nowhere", "nowhere"),
+    ("node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --swarm-key {root}/no.key", "no.key"),
+    ("node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --swarm-key {root}/f.bin", "swarm key"),
+    ("node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --allow-peers {root}/no-list", "no-list"),
     ("node start --json", "json"),
     ("--repo {root}/bad-config node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0", "replicas"),
     ("--repo {root}/nothing-here node start", "no shoal repo"),
@@ -104,6 +107,9 @@ CASES: list[tuple[str, str]] = [
     ("status {file}", "no running node"),
     ("audit {file}", "no running node"),
     ("put {root}/f.bin --replicas 3", "running node"),
+    ("put /dev/null", "regular file"),
+    ("cat {dir} --tensor w", "safetensors"),
+    ("get {file} -o {root}/f.bin/below", "f.bin"),
 ]
 
 
