@@ -241,9 +241,14 @@ def test_idle_authenticated_flood_keeps_room_for_useful_and_new_peers(
     time.sleep(0.5)
     assert len(n.connected_ids()) >= 200, "the flood did not take the slots"
 
-    # A useful peer that comes back gets in at once (A restarts: new port, same key).
+    # A useful peer that comes back gets in at once (A restarts: new port,
+    # same key), even when strangers have rushed into the slot it left.
     a.stop()
     wait_until(lambda: a.peer_id not in n.connected_ids(), 15, "N to notice A left")
+    rush = InThread(lambda hold, ready: evil_client.idle_peers(
+        host, port, PeerId.from_string(n.peer_id), 8, hold, ["127.0.0.18"], ready=ready))
+    attacks.append(rush)
+    rush.wait_ready(30)
     a.start()
     wait_until(lambda: a.peer_id in n.connected_ids(), 30, "useful peer A to get back in during the flood",
                on_timeout=lambda: f" stats={n.stats()}\n{n.log_tail()}")
