@@ -570,10 +570,14 @@ class Agreements:
         return _holder(row) if row else None
 
     def holder_peers(self) -> set[str]:
-        """Every peer that holds (or passed an audit of) a replica for us, never proven to have lost one."""
+        """Peers that signed for a replica of ours and were never shown to have lost one.
+
+        The node keeps connection slots for them (p2p.admission): they have
+        proved useful, and audits and repairs need to reach them.
+        """
         with self.index.snapshot() as db:
-            rows = db.execute("SELECT DISTINCT peer_id FROM repl_holders WHERE proven_loss = 0 "
-                              "UNION SELECT DISTINCT peer_id FROM repl_audits WHERE outcome = 'ok'").fetchall()
+            rows = db.execute("SELECT DISTINCT peer_id FROM repl_holders WHERE state IN ('ok', 'failed') "
+                              "AND proven_loss = 0 AND refused = 0").fetchall()
         return {str(r[0]) for r in rows}
 
     # -- agreements -------------------------------------------------------------

@@ -3,7 +3,10 @@ per-IP caps, the reserve for protected peers, eviction order and grace."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import trio
 
 from p2p.admission import Admission, AdmissionLimits
 from p2p.errors import P2PError
@@ -84,3 +87,36 @@ def test_limits_are_validated() -> None:
         AdmissionLimits(max_connections=8, reserved_for_protected=8)
     with pytest.raises(P2PError):
         AdmissionLimits(grace_s=-1)
+
+
+def test_replica_holders_and_allowlisted_peers_are_protected(tmp_path: Path) -> None:
+    from p2p.agreements import Agreements
+    from p2p.identity import Identity
+    from p2p.node import Node, NodeOptions
+    from p2p.repair_policy import Replica, State
+    from store.repo import Repo
+
+    holder, lost, pending, allowed, stranger = (Identity.generate().peer_id for _ in range(5))
+    with Repo.init(tmp_path / "r") as repo:
+        db = Agreements(repo.index)
+        cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+        db.set_holder(cid, str(holder), Replica(State.OK))
+        db.set_holder(cid, str(lost), Replica(State.LOST, proven_loss=True))
+        db.set_holder(cid, str(pending), Replica(State.PENDING))
+        assert db.holder_peers() == {str(holder)}
+
+        node = Node(repo, Identity.generate(), NodeOptions(allow_peers=frozenset({allowed})))
+        node.protection_sources.append(db.holder_peers)
+
+        async def refresh_once() -> None:
+            with trio.move_on_after(1):
+                await node._refresh_protected_loop()  # reads the sources, then sleeps
+
+        trio.run(refresh_once)
+        assert node.is_protected(holder) and node.is_protected(allowed)
+        assert not node.is_protected(lost) and not node.is_protected(pending) and not node.is_protected(stranger)
+        rec = node.peers.ensure(stranger)
+        rec.reputation.delivered = 3  # it served us valid blocks
+        assert node.is_protected(stranger)
+        rec.reputation.corrupt = 1  # ...and one corrupt one: no longer
+        assert not node.is_protected(stranger)
