@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def register(sub: Any) -> None:
     node = sub.add_parser("node", help="run a peer")
-    node_sub = node.add_subparsers(dest="node_command", metavar="start", required=True)
+    node_sub = node.add_subparsers(dest="node_command", metavar="start|status", required=True)
     p = node_sub.add_parser(
         "start", help="run a peer in the foreground until Ctrl-C / SIGTERM",
         description="Run a peer in the foreground until Ctrl-C / SIGTERM. Settings come from the "
@@ -62,6 +62,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="fail at once if another shoal process is writing the repo (default: wait for it)")
     p.set_defaults(handler=cmd_node_start, json_unsupported=True)
+    p = node_sub.add_parser("status", help="the running node's uptime, peers and event-loop health "
+                                           "(needs a running node)")
+    p.set_defaults(handler=cmd_node_status)
 
     p = sub.add_parser("id", help="this node's peer id and addresses")
     p.set_defaults(handler=cmd_id)
@@ -276,6 +279,24 @@ def _setup_extensions(node: Any) -> None:
     install(node)
     from p2p.energy_service import install as install_energy  # energy (issue 5): last, wraps the above
     install_energy(node)
+
+
+def cmd_node_status(args: argparse.Namespace) -> int:
+    client = connect(resolve_repo_path(args.repo))
+    if client is None:
+        raise CliError("no running node for this repo", hint="start one with `shoal node start`")
+    doc = client.call("GET", "/v1/node/status")
+    if args.json:
+        print_json(doc)
+        return 0
+    loop = doc["loop"]
+    print(f"node {doc['peer_id']} up {doc['uptime_s']:.0f}s, "
+          f"{doc['connected_peers']} connected / {doc['known_peers']} known peers")
+    for addr in doc["addrs"]:
+        print(f"listening on {addr}")
+    print(f"event loop: worst stall {loop['worst_stall_s'] * 1000:.1f} ms over the last "
+          f"{loop['window_s']:.0f}s ({loop['samples']} samples)")
+    return 0
 
 
 def cmd_id(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ being the one written to `<repo>/api` (mode 0600) when the node is ready.
 
 Routes (all JSON unless noted):
   GET  /v1/id                      GET /v1/peers                 GET /v1/stats
+  GET  /v1/node/status             (uptime, peers, worst event-loop stall of the last minute)
   POST /v1/put      {path, profile, chunker, replicas, follow_symlinks}
   POST /v1/get      {cid, output, max_size, umask}   (umask: the client's, for the files' modes)
   GET  /v1/cat?cid=&offset=&length=&tensor=   (streams raw bytes)

@@ -38,6 +38,7 @@ from .connection import PeerConnection, RequestFailed
 from .errors import P2PError
 from .guard import StoreGuard
 from .identity import Identity, PeerId
+from .loop_probe import LoopProbe
 from .messages import (
     Block, BlockMissing, DontHave, Error, ErrorCode, GetPeers, Have, Hello, Message,
     PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
@@ -168,6 +169,8 @@ class Node:
         self.store_guard = StoreGuard()
         self.served_bytes = 0
         self.received_bytes = 0
+        self.loop_probe = LoopProbe()
+        self.started_at: float | None = None  # wall clock, set when the node runs
 
     @property
     def peer_id(self) -> PeerId:
@@ -188,6 +191,8 @@ class Node:
     async def _run_nursery(self, task_status: trio.TaskStatus["Node"]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.loop_probe.run)
+            self.started_at = time.time()
             for addr in self.options.listen:
                 listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
                 for listener in listeners:
@@ -211,6 +216,18 @@ class Node:
     def cancel(self) -> None:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def status(self) -> dict[str, Any]:
+        """What `shoal node status` shows: identity, uptime, peers and loop health."""
+        return {
+            "peer_id": str(self.peer_id),
+            "addrs": self.addrs_with_id(),
+            "agent": AGENT,
+            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at is not None else 0.0,
+            "connected_peers": len(self.connected_peers()),
+            "known_peers": len(self.peers.all()),
+            "loop": self.loop_probe.report(),
+        }
 
     def addrs_with_id(self) -> list[str]:
         return [str(a.with_peer(self.peer_id)) for a in self.listen_addrs]

@@ -136,6 +136,10 @@ def build_api(node: Node, token: str) -> ControlApi:
                 "connected_peers": len(node.connected_peers()),
                 "connections": node.connection_stats()}
 
+    async def node_status(p: dict[str, Any]) -> Any:
+        """`shoal node status`: uptime, peers and the event loop's worst recent stall."""
+        return node.status()
+
     async def put(p: dict[str, Any]) -> Any:
         path = absolute_path(param(p, "path"), "path")
         profile_name = param(p, "profile", str, None)
@@ -373,6 +377,7 @@ def build_api(node: Node, token: str) -> ControlApi:
     api.json_route("GET", "/v1/id", ident)
     api.json_route("GET", "/v1/peers", peers)
     api.json_route("GET", "/v1/stats", stats)
+    api.json_route("GET", "/v1/node/status", node_status)
     api.json_route("POST", "/v1/put", put)
     api.json_route("POST", "/v1/get", get)
     api.json_route("POST", "/v1/fetch", fetch)
