@@ -65,22 +65,25 @@ either
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gc
 import hashlib
 import mmap
 import os
 import stat as stat_mod
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, runtime_checkable
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Protocol, runtime_checkable
 
 from . import dagpb, unixfs, varint
 from .blockstore import Blockstore
 from .chunker import Chunker, FixedChunker, PerFileChunker
 from .direct_io import ALIGN
-from .cid import CID, DAG_PB, RAW, DAG_PB_CODE, RAW_CODE, block_key, cid_for_digest
+from .cid import CID, DAG_PB, RAW, DAG_PB_CODE, RAW_CODE, cid_for_digest, cid_from_bytes
 from .errors import InvalidInput
 from .profiles import DEFAULT_PROFILE, Profile
 from .proofs import Commitment
@@ -141,16 +144,31 @@ class ImportResult:
     keys: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
-class _Node:
-    """A finished subtree, all its parent needs to link to it."""
+class _Node(NamedTuple):
+    """A finished subtree, all its parent needs to link to it.
 
-    cid: CID
+    A tuple of plain values, not a dataclass holding a CID object: an import
+    of 100k files keeps one per file (and a block key per block) until the
+    end. The garbage collector stops tracking a tuple of atomic values (so
+    full collections skip it) but never an object like a CID; tracked, they
+    made every full collection walk all of them while holding the GIL: 0.3 s pauses that stalled a node's event loop
+    during a large put (issue 12 item 15).
+    """
+
     cid_bytes: bytes
     tsize: int  # cumulative block bytes below and including this node
     content: int  # file bytes below (a parent's blocksize for it)
     blocks: int
     kind: str = "file"  # "file", "dir" (has entries) or "emptydir"
+
+    @property
+    def cid(self) -> CID:
+        return cid_from_bytes(self.cid_bytes)
+
+
+def _key_of(digest: bytes) -> str:
+    """`block_key` of a sha2-256 CID, from its digest (no CID object needed)."""
+    return base64.b32encode(b"\x12\x20" + digest).decode().rstrip("=")
 
 
 def _maker(codec: str, version: int) -> Callable[[bytes], CID]:
@@ -195,7 +213,7 @@ class _DagWriter:
         self.raw_leaves = profile.raw_leaves
         self._raw_cid = _maker(RAW, 1)
         self._pb_cid = _maker(DAG_PB, profile.cid_version)
-        self.written: list[CID] = []  # every block stored (or found stored); appended from worker threads
+        self.written: list[str] = []  # key of every block stored (or found stored); appended from worker threads
 
     def close(self, failed: bool = False) -> None:
         """Wait until every block staged is in place; raise the first failure
@@ -217,21 +235,19 @@ class _DagWriter:
                 digest = hasher.digest(index, chunk)  # type: ignore[arg-type]
             else:
                 digest = hashlib.sha256(chunk).digest()
-            cid = self._raw_cid(digest)
-            self._stage(cid, chunk)
-            self.written.append(cid)
-            return _Node(cid, _cid_bytes(RAW_CODE, 1, digest), len(chunk), len(chunk), 1)
+            self._stage(self._raw_cid(digest), chunk)
+            self.written.append(_key_of(digest))
+            return _Node(_cid_bytes(RAW_CODE, 1, digest), len(chunk), len(chunk), 1)
         block = file_leaf_block(chunk)
         return self._store_pb(block, len(chunk), 0, 1)
 
     def _store_pb(self, block: bytes, content: int, below: int, blocks: int,
                   kind: str = "file") -> _Node:
         digest = hashlib.sha256(block).digest()
-        cid = self._pb_cid(digest)
-        self._stage(cid, block)
-        self.written.append(cid)
+        self._stage(self._pb_cid(digest), block)
+        self.written.append(_key_of(digest))
         version = self.profile.cid_version
-        return _Node(cid, _cid_bytes(DAG_PB_CODE, version, digest),
+        return _Node(_cid_bytes(DAG_PB_CODE, version, digest),
                      len(block) + below, content, blocks, kind)
 
     def file_parent(self, children: list[_Node]) -> _Node:
@@ -267,7 +283,7 @@ class _DagWriter:
         built = hamt.build((hamt.HamtEntry(name, c.cid_bytes, c.tsize) for name, c in entries),
                            store, self.profile.hamt_fanout)
         root = written[-1]  # shards are written children first, the root last
-        return _Node(root.cid, root.cid_bytes, built.tsize, sum(c.content for _, c in entries),
+        return _Node(root.cid_bytes, built.tsize, sum(c.content for _, c in entries),
                      built.nodes + sum(c.blocks for _, c in entries), "dir")
 
 
@@ -427,7 +443,7 @@ def _workers(writer: _DagWriter) -> int:
 
 def _result(node: _Node, writer: "_DagWriter") -> ImportResult:
     return ImportResult(node.cid, node.content, node.tsize, node.blocks,
-                        keys=frozenset(block_key(c) for c in writer.written))
+                        keys=frozenset(writer.written))
 
 
 def import_file(stream: BinaryIO, blockstore: Blockstore, profile: Profile = DEFAULT_PROFILE,
@@ -493,10 +509,46 @@ def import_path(path: Path | str, blockstore: Blockstore, profile: Profile = DEF
             raise InvalidInput(f"{path}: a commitment during import covers one regular file")
         elif stat_mod.S_ISDIR(st.st_mode):
             ctx.on_path.add((st.st_dev, st.st_ino))
-            node = ctx.directory(path)
+            with deferred_full_gc():
+                node = ctx.directory(path)
         else:
             raise InvalidInput(f"{path} is neither a regular file nor a directory")
     return _result(node, writer)
+
+
+_gc_lock = threading.Lock()
+_gc_deferrals = 0
+_gc_saved_threshold: tuple[int, int, int] = (0, 0, 0)
+_NO_FULL_GC = 1 << 30
+
+
+@contextlib.contextmanager
+def deferred_full_gc() -> Iterator[None]:
+    """No full (generation 2) garbage collection while a directory imports.
+
+    A tree of 100k files keeps an entry per file (and HAMT buckets) alive
+    until its directory nodes are built. Each full collection walks every
+    tracked object with the GIL held, so those collections grow with the
+    import and stop every other thread for as long: 0.3-0.6 s pauses of a
+    node's event loop during a large put. They cannot free the import's own
+    objects anyway (all live), so they are deferred until no import runs;
+    young collections (cheap, bounded) still run, and the import's objects
+    are freed by reference counting when it returns. Process-wide, counted,
+    so overlapping imports restore the threshold only when the last ends.
+    """
+    global _gc_deferrals, _gc_saved_threshold
+    with _gc_lock:
+        if _gc_deferrals == 0:
+            _gc_saved_threshold = gc.get_threshold()
+            gc.set_threshold(_gc_saved_threshold[0], _gc_saved_threshold[1], _NO_FULL_GC)
+        _gc_deferrals += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_deferrals -= 1
+            if _gc_deferrals == 0:
+                gc.set_threshold(*_gc_saved_threshold)
 
 
 @dataclass

@@ -14,6 +14,16 @@ faster but may lose the last commits on power loss; here that would be a pin
 the user was told about, whose blocks the next `gc` would then delete.
 Commits are few (one per put, pin or gc), so FULL costs little.
 
+Readers never wait for the writer: every read goes through a pooled
+connection of its own (`PRAGMA query_only`), and WAL lets it read the last
+committed state while a write transaction runs. Only writes share the one
+writer connection and its lock. Why: a put of 100k blocks records them in
+one transaction that takes over a second; a read that queued behind it on
+the shared connection blocked its caller, and when that caller was the
+node's event loop, every peer and API request with it. A read made inside
+the calling thread's own write transaction uses the writer connection, so
+it sees that transaction's rows.
+
 Schema versions: the core tables' version is `PRAGMA user_version`; other
 modules (energy ledger, peers, agreements) call `register_schema(component,
 migrations)` at import time and their versions live in `schema_components`.
@@ -152,6 +162,11 @@ class Index:
         self.path = Path(path)
         self.read_only = read_only
         self._lock = threading.RLock()
+        self._writer_thread: int | None = None  # the thread inside transaction(), if any
+        self._readers: list[sqlite3.Connection] = []  # idle read connections
+        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()  # held only to take or return a connection
+        self._closed = False
         if not create or read_only:
             try:
                 empty = self.path.stat().st_size == 0
@@ -213,7 +228,56 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
+            with self._readers_lock:
+                self._closed = True
+                readers, self._all_readers, self._readers = self._all_readers, [], []
+            for conn in readers:
+                conn.close()
             self._db.close()
+
+    # -- readers ----------------------------------------------------------
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection to read with, that never waits for a write in progress.
+
+        Inside this thread's own transaction: the writer connection (to see
+        its uncommitted rows); a read-only index has only its one connection,
+        and no writer to wait for. Otherwise an idle pooled read connection,
+        or a new one; the pool grows to the number of threads reading at once.
+        """
+        if self.read_only or self._writer_thread == threading.get_ident():
+            with self._lock:
+                yield self._db
+            return
+        with self._readers_lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = self._open_reader()
+            with self._readers_lock:
+                self._all_readers.append(conn)
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            with self._readers_lock:
+                if self._closed:
+                    conn.close()
+                else:
+                    self._readers.append(conn)
 
     # -- transactions and schema ----------------------------------------
 
@@ -225,6 +289,8 @@ class Index:
         becomes StorageFull, so the user reads "disk full", not "disk I/O error".
         """
         with self._lock:
+            outer = self._writer_thread
+            self._writer_thread = threading.get_ident()  # its reads see its own rows (`_reading`)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -244,16 +310,26 @@ class Index:
                 if isinstance(mapped, (StorageFull, IndexCorrupt)):
                     raise mapped from exc
                 raise
+            finally:
+                self._writer_thread = outer
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every query inside sees one consistent state."""
-        with self._lock:
-            self._db.execute("BEGIN")
+        """A read transaction: every query inside sees one consistent state.
+
+        It runs on a read connection (see `_reading`), so it neither waits
+        for a write in progress nor may it write.
+        """
+        with self._reading() as db:
+            if db is self._db:  # inside our own write transaction: already consistent
+                yield db
+                return
+            db.execute("BEGIN")
             try:
-                yield self._db
+                yield db
             finally:
-                self._db.execute("COMMIT")
+                if db.in_transaction:
+                    db.execute("COMMIT")
 
     def _run_migration(self, script: str, bump: str, params: tuple[object, ...]) -> None:
         try:
@@ -333,40 +409,40 @@ class Index:
             return cur.rowcount > 0
 
     def has_pins(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM pins LIMIT 1").fetchone() is not None
+        with self._reading() as db:
+            return db.execute("SELECT 1 FROM pins LIMIT 1").fetchone() is not None
 
     def is_pinned(self, cid: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM pins WHERE cid = ?", (cid,)).fetchone() is not None
+        with self._reading() as db:
+            return db.execute("SELECT 1 FROM pins WHERE cid = ?", (cid,)).fetchone() is not None
 
     def pins(self) -> list[PinRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT p.cid, p.recursive, p.created, COUNT(b.key) FROM pins p "
                 "LEFT JOIN pin_blocks b ON b.pin = p.cid GROUP BY p.cid ORDER BY p.created, p.cid"
             ).fetchall()
         return [PinRecord(c, bool(r), t, n) for c, r, t, n in rows]
 
     def pin_keys(self, cid: str) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT key FROM pin_blocks WHERE pin = ?", (cid,)).fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT key FROM pin_blocks WHERE pin = ?", (cid,)).fetchall()
         return [r[0] for r in rows]
 
     def refcount(self, key: str) -> int:
         """How many pins protect the block with this key."""
-        with self._lock:
-            row = self._db.execute("SELECT COUNT(*) FROM pin_blocks WHERE key = ?", (key,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT COUNT(*) FROM pin_blocks WHERE key = ?", (key,)).fetchone()
         return int(row[0])
 
     def live_keys(self) -> set[str]:
         """Every block key some pin protects: what gc must keep."""
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT DISTINCT key FROM pin_blocks")}
+        with self._reading() as db:
+            return {r[0] for r in db.execute("SELECT DISTINCT key FROM pin_blocks")}
 
     def objects(self) -> list[ObjectRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT cid, name, kind, size, tsize, blocks, profile, chunker, created "
                 "FROM objects ORDER BY created, cid"
             ).fetchall()

@@ -423,3 +423,25 @@ def test_a_commitment_builder_gets_chunks_it_may_keep(tmp_path: Path) -> None:
     import_path(path, MemoryBlockstore(), small(UNIXFS_V1_2025, 65536, 174), builder=Keeper())
     assert all(isinstance(c, bytes) for c in kept)
     assert b"".join(kept) == data  # type: ignore[arg-type]
+
+
+def test_full_gc_is_deferred_during_a_directory_import_and_restored_after(tmp_path: Path) -> None:
+    """Full collections walk every live object with the GIL held; during a big
+    directory import they only stall other threads (a node's event loop)."""
+    import gc
+
+    from store.importer import deferred_full_gc
+
+    before = gc.get_threshold()
+    with deferred_full_gc():
+        assert gc.get_threshold()[2] > 1_000_000
+        with deferred_full_gc():
+            pass
+        assert gc.get_threshold()[2] > 1_000_000  # the outer import still runs
+    assert gc.get_threshold() == before
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(5):
+        (tree / f"f{i}").write_bytes(b"%d" % i)
+    import_path(tree, MemoryBlockstore())
+    assert gc.get_threshold() == before

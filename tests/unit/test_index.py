@@ -121,3 +121,64 @@ def test_split_sql_keeps_strings_and_triggers() -> None:
     """
     parts = index_mod._split_sql(script)
     assert len(parts) == 3 and parts[0].endswith("'a;b');")
+
+
+def test_reads_do_not_wait_for_a_write_in_progress(tmp_path: Path) -> None:
+    """A read while another thread holds a write transaction answers at once
+    with the last committed state (issue 12 item 15: a node's event loop
+    waited 1.3 s behind a put's transaction on the shared connection)."""
+    import threading
+
+    idx = Index(tmp_path / "i.sqlite")
+    idx.record_put(_obj("before"), ["k0"])
+    in_tx = threading.Event()
+    release = threading.Event()
+
+    def writer() -> None:
+        with idx.transaction() as db:
+            db.execute("INSERT INTO pins (cid, recursive, created) VALUES ('during', 1, 0)")
+            in_tx.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert in_tx.wait(10)
+        done = threading.Event()
+        seen: list[object] = []
+
+        def reader() -> None:
+            seen.extend([idx.is_pinned("before"), idx.is_pinned("during"), [o.cid for o in idx.objects()]])
+            with idx.snapshot() as db:
+                seen.append(db.execute("SELECT COUNT(*) FROM pins").fetchone()[0])
+            done.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        assert done.wait(5), "a read waited for the write transaction"
+        assert seen == [True, False, ["before"], 1]
+    finally:
+        release.set()
+        t.join(10)
+    assert idx.is_pinned("during")  # committed now, and readers see it
+    idx.close()
+
+
+def test_a_read_inside_own_transaction_sees_its_rows(tmp_path: Path) -> None:
+    idx = Index(tmp_path / "i.sqlite")
+    with idx.transaction() as db:
+        db.execute("INSERT INTO pins (cid, recursive, created) VALUES ('x', 1, 0)")
+        assert idx.is_pinned("x")
+        with idx.snapshot() as snap:
+            assert snap.execute("SELECT COUNT(*) FROM pins").fetchone()[0] == 1
+    idx.close()
+
+
+def test_snapshot_cannot_write(tmp_path: Path) -> None:
+    idx = Index(tmp_path / "i.sqlite")
+    with pytest.raises(sqlite3.OperationalError):
+        with idx.snapshot() as db:
+            db.execute("INSERT INTO pins (cid, recursive, created) VALUES ('x', 1, 0)")
+    assert not idx.is_pinned("x")
+    idx.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        idx.pins()
