@@ -79,14 +79,6 @@ def register(sub: Any) -> None:
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
 
 
-def parse_size(text: str) -> int:
-    """'10G', '512M', '1.5T', '1000' -> bytes (binary units); CliError if not a size."""
-    try:
-        return _parse_size(text)
-    except ValueError as exc:
-        raise CliError(str(exc), hint=SIZE_HINT) from None
-
-
 @dataclass(frozen=True)
 class NodeSettings:
     """What `node start` runs with: config.toml's [node] and [replication]
@@ -203,8 +195,11 @@ def cmd_node_start(args: argparse.Namespace) -> int:
         bootstrap = [Multiaddr.parse(a) for a in settings.bootstrap]
         api_bind = parse_api_bind(settings.api)
         for addr in listen:
-            _check_bindable(addr.host, addr.port, "peer address", "--listen", addr.family == "ip6")
-        _check_bindable(api_bind[0], api_bind[1], "control API", "--api")
+            _check_bindable(addr.host, addr.port, "peer address",
+                            "--listen" if args.listen else "--listen (or [node] listen in config.toml)",
+                            addr.family == "ip6")
+        _check_bindable(api_bind[0], api_bind[1], "control API",
+                        "--api" if args.api is not None else "--api (or [node] api in config.toml)")
         options = NodeOptions(
             listen=listen,
             bootstrap=bootstrap,

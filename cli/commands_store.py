@@ -569,7 +569,7 @@ def cmd_car_import(args: argparse.Namespace) -> int:
     else:
         for r in doc["roots"]:
             print(r)
-        print(f"imported {doc['blocks']} blocks ({doc['new_blocks']} new)", file=sys.stderr)
+        print(f"imported {plural(int(doc['blocks']), 'block')} ({doc['new_blocks']} new)", file=sys.stderr)
     return 0
 
 

@@ -45,6 +45,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
+        # A repo whose config.toml names the busy port (as a second node's
+        # repo on the default port 4101 would): the hint points at the file.
+        assert run_shoal(root / "busy-config", "init").code == 0
+        cfg = root / "busy-config" / "config.toml"
+        cfg.write_text(cfg.read_text().replace("/tcp/4101", f"/tcp/{busy.getsockname()[1]}"))
         yield {"root": str(root), "repo": str(repo), "file": file_cid, "dir": dir_cid,
                "busy": str(busy.getsockname()[1])}
 
@@ -69,6 +74,7 @@ CASES: list[tuple[str, str]] = [
     ("node start --json", "json"),
     ("--repo {root}/bad-config node start --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0", "replicas"),
     ("--repo {root}/nothing-here node start", "no shoal repo"),
+    ("--repo {root}/busy-config node start --api 127.0.0.1:0", "config.toml"),
     # energy
     ("energy --plot {root}/file.txt", "png"),
     ("energy --plot {root}/no-such-dir/chart.png", "no-such-dir"),

@@ -180,3 +180,13 @@ def test_every_json_command_is_documented() -> None:
 
     walk(build_parser(), ())
     assert missing == [], f"commands with --json but no example in docs/CLI.md: {missing}"
+
+
+def test_repair_index_json_is_documented(tmp_path: Path) -> None:
+    """repair-index runs offline only (a node must be stopped), so on its own."""
+    repo = tmp_path / "repo"
+    assert run_shoal(repo, "init").code == 0
+    write_random(tmp_path / "f.bin", 300_000, seed=9)
+    assert run_shoal(repo, "put", "-q", str(tmp_path / "f.bin")).code == 0
+    doc = run_json(repo, "repair-index")
+    assert covers(shape(documented()["repair-index"]), shape(doc)), doc
