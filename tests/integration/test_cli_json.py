@@ -153,7 +153,8 @@ def test_json_is_the_same_offline_and_through_a_node_and_documented(swarm: Swarm
         return any(h["state"] == "ok" and h["peer_id"] == b.peer_id for h in status["holders"])
 
     wait_until(holder_ok, 60, "B to hold a copy")
-    for name, args in (("peers", ["peers"]), ("status", ["status", ids["file"]]), ("audit", ["audit", ids["file"]])):
+    for name, args in (("peers", ["peers"]), ("status", ["status", ids["file"]]), ("audit", ["audit", ids["file"]]),
+                       ("node status", ["node", "status"])):
         doc = run_json(repo, *args)
         assert name in docs, f"docs/CLI.md has no JSON example for `shoal {name}`"
         assert covers(shape(docs[name]), shape(doc)), (name, docs[name], doc)
