@@ -124,7 +124,10 @@ def run_demo(swarm: LocalSwarm, root: Path, size: int) -> None:
     model = root / "model.safetensors"
     write_fake_model(model, size)
     t0 = time.monotonic()
-    put = a.call("POST", "/v1/put", {"path": str(model)})
+    # Fixed-size chunks, not the default "auto" (tensor-aware for a safetensors
+    # file): the demo shows the CID `ipfs add` gives, and demo_replication
+    # replicates this same CID.
+    put = a.call("POST", "/v1/put", {"path": str(model), "chunker": "fixed"})
     say(f"alice put {model.name} ({human_size(put['size'])}) in {time.monotonic() - t0:.2f}s")
     say(f"  CID {put['cid']}  (the same CID `ipfs add` with the unixfs-v1-2025 profile gives)")
 

@@ -44,7 +44,10 @@ def replication_step(swarm: LocalSwarm, root: Path, cid: str) -> None:
     say(f"  dave and erin joined: {len(swarm.nodes)} peers")
 
     model = root / "model.safetensors"
-    put = a.call("POST", "/v1/put", {"path": str(model), "replicas": 3})
+    # The same chunks as the first put (commands_demo): the same CID. With the
+    # tensor-aware chunker one of the few block files _break removes can be the
+    # 200-byte header leaf, a loss too small for one audit to see.
+    put = a.call("POST", "/v1/put", {"path": str(model), "replicas": 3, "chunker": "fixed"})
     planned = ", ".join(names.get(p, p[:12]) for p in put["placement"]["planned"])
     say(f"alice: put --replicas 3 returned at once; placement by rendezvous hashing picks {planned}")
 
