@@ -6,7 +6,11 @@ LedgerEntry) are arrays too. Arrays, not maps: no key strings repeated in
 every message, a fixed arity to check, and no dicts to leak past the codec.
 Maps and extension types never appear on the wire and are rejected.
 
-`decode` lets nothing but RemoteProtocolError escape. Before msgpack builds
+`decode` blames the right side. Bad input from the peer (undecodable
+msgpack, a wrong type or arity, a value its message's validation refuses)
+raises RemoteProtocolError; any other exception class from inside the
+decoder is a bug of ours and raises DecoderBug, so a decoder bug is never
+reported to (or counted against) the peer as its protocol error. Before msgpack builds
 any Python object, a small pre-scan walks the bytes and refuses maps,
 extension types, nesting deeper than MAX_WIRE_DEPTH and more than
 MAX_WIRE_OBJECTS objects, so a 2 MiB frame can never turn into a hundred
@@ -23,7 +27,7 @@ import dataclasses
 import msgpack
 
 from . import limits as L
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import DecoderBug, LocalProtocolError, RemoteProtocolError
 from .messages import MESSAGE_TYPES, ErrorCode, LedgerEntry, LedgerSummary, Message, PeerInfo, Peers
 
 __all__ = ["encode", "encode_parts", "decode", "error_code", "error_request_id"]
@@ -40,6 +44,9 @@ _LIMITS = dict(
     max_str_len=_MAX_STR, max_bin_len=_MAX_BIN, max_array_len=_MAX_ARRAY,
     max_map_len=0, max_ext_len=0,
 )
+_BAD_MSGPACK = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+"""What msgpack raises for bytes it cannot unpack (ExtraData, FormatError,
+StackError and UnicodeDecodeError are ValueErrors; unhashable keys TypeError)."""
 _NESTED: dict[type[Message], type] = {Peers: PeerInfo, LedgerSummary: LedgerEntry}
 _ARITY: dict[type[Message], int] = {
     cls: len(dataclasses.fields(cls)) - 1 for cls in MESSAGE_TYPES.values()
@@ -97,13 +104,22 @@ def encode_parts(msg: Message) -> list[bytes | memoryview]:
 
 
 def decode(payload: bytes) -> Message:
-    """Parse one frame payload into a message; only RemoteProtocolError escapes."""
+    """Parse one frame payload into a message.
+
+    RemoteProtocolError: the peer sent bad bytes. DecoderBug: the decoder
+    itself failed (our bug; the traceback is on `__cause__`). Nothing else.
+    """
     try:
         return _decode(payload)
     except RemoteProtocolError:
         raise
-    except Exception as exc:  # belt and braces: a bug here must not kill the node
-        raise _error(ErrorCode.MALFORMED, f"undecodable message ({type(exc).__name__})", 0) from exc
+    except Exception as exc:  # not what bad input raises: ours to fix, not the peer's fault
+        try:
+            rid = _peek_envelope(bytes(payload))[2]
+        except Exception:
+            rid = 0
+        raise DecoderBug(f"decoder failed on a {len(payload)}-byte message: {type(exc).__name__}: {exc}",
+                         request_id=rid) from exc
 
 
 def error_code(exc: RemoteProtocolError) -> ErrorCode:
@@ -144,7 +160,7 @@ def _decode(payload: bytes) -> Message:
     _prescan(payload, rid)
     try:
         obj = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=True, **_LIMITS)
-    except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeDecodeError...
+    except _BAD_MSGPACK as exc:
         raise _error(ErrorCode.MALFORMED, f"bad msgpack: {type(exc).__name__}", rid) from exc
     if (type(obj) is not list or len(obj) < 3 or cls is None or type(obj[0]) is not int
             or type(obj[1]) is not int or type(obj[2]) is not int):
@@ -177,7 +193,7 @@ def _peek_envelope(payload: bytes) -> tuple[int | None, int | None, int]:
         if unpacker.read_array_header() < 3:
             return None, None, 0
         head = [unpacker.unpack() for _ in range(3)]
-    except Exception:
+    except _BAD_MSGPACK:
         return None, None, 0
     version, type_code, rid = (v if type(v) is int else None for v in head)
     if rid is None or not 0 <= rid <= L.MAX_REQUEST_ID:

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable, Sequence
 import trio
 
 from . import codec, limits as L
-from .errors import P2PError, RemoteProtocolError
+from .errors import DecoderBug, P2PError, RemoteProtocolError
 from .framing import FrameDecoder, encode_frame_parts
 from .identity import PeerId
 from .messages import RESPONSES, Error, ErrorCode, Message
@@ -133,6 +133,7 @@ class PeerConnection:
         self._in_slots = trio.Semaphore(max_inflight_in)
         self._closed = trio.Event()
         self._malformed = 0
+        self.decoder_bugs = 0  # messages our own decoder failed on (bugs of ours, not the peer's)
         self.bytes_sent = 0
         self.bytes_received = 0
         self.remote_hello: Message | None = None
@@ -270,6 +271,13 @@ class PeerConnection:
                 raise
             await self._try_send(Error(codec.error_request_id(exc), int(codec.error_code(exc)),
                                        str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]))
+            return
+        except DecoderBug as exc:
+            # Our bug, not the peer's: say so (INTERNAL, retryable elsewhere),
+            # keep the traceback for us, and do not count it against the peer.
+            log.error("%s (message from %s)", exc, self.remote_peer, exc_info=exc.__cause__ or exc)
+            self.decoder_bugs += 1
+            await self._try_send(Error(exc.request_id, ErrorCode.INTERNAL, "internal error decoding the message"))
             return
         if type(msg).ROLE == "hello":
             if self.remote_hello is None:

@@ -31,6 +31,21 @@ class RemoteProtocolError(ProtocolError):
         self.request_id = request_id
 
 
+class DecoderBug(ProtocolError):
+    """Our decoder failed in a way no input may cause: a bug on our side.
+
+    Raised by `codec.decode` for an exception class the decoder does not
+    expect from bad input (KeyError, AttributeError...). The peer is not to
+    blame: the node answers INTERNAL, logs the traceback, and neither counts
+    it as the peer's malformed message nor closes the connection for it.
+    `request_id` is the id the message carried (0 if unreadable).
+    """
+
+    def __init__(self, message: str, *, request_id: int = 0) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
 class HandshakeError(P2PError):
     """The Noise handshake failed: bad bytes, bad signature, wrong peer id."""
 
