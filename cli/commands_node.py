@@ -10,7 +10,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from store.config import DEFAULT_API, DEFAULT_LISTEN
 from store.repo import Repo, resolve_repo_path
@@ -183,6 +183,8 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     from p2p.node import NodeLimits, NodeOptions
     from p2p.service import parse_api_bind, run_node
 
+    setup = _load_services()  # before the repo is opened: a broken install fails at once
+
     def waiting(who: str) -> None:
         print(f"shoal: waiting for {who} to finish with the repo (--no-wait to fail instead)",
               file=sys.stderr, flush=True)
@@ -222,7 +224,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
             if allow_peers is not None:
                 print(f"allowlist: only {len(allow_peers)} listed peer(s) may connect", file=sys.stderr, flush=True)
 
-        trio.run(lambda: run_node(repo, options, api_bind, on_ready=ready, setup=_setup_extensions))
+        trio.run(lambda: run_node(repo, options, api_bind, on_ready=ready, setup=setup))
     print("node stopped", file=sys.stderr)
     return 0
 
@@ -265,15 +267,26 @@ def _config_path(flag: str | None, node_cfg: dict[str, Any], key: str, repo_path
     return (repo_path / Path(value).expanduser()).resolve()
 
 
-def _setup_extensions(node: Any) -> None:
-    """Attach the optional services (replication, audits, energy) if present."""
+def _load_services() -> Callable[[Any], None]:
+    """The node's services (replication, audits, energy), ready to attach.
+
+    Not optional: they ship with Shoal, and a node started without them would
+    accept puts with --replicas, never replicate or audit, and record no
+    energy, with nothing said. So an ImportError (a broken or partial
+    install, or a bug in those modules) stops `node start` with one line.
+    """
     try:
+        from p2p.energy_service import install as install_energy
         from p2p.extensions import install
-    except ImportError:
-        return
-    install(node)
-    from p2p.energy_service import install as install_energy  # energy (issue 5): last, wraps the above
-    install_energy(node)
+    except ImportError as exc:
+        raise CliError(f"cannot start the node: its services failed to load ({exc})",
+                       hint="the Shoal installation is broken; reinstall it (pip install -e .)") from exc
+
+    def setup(node: Any) -> None:
+        install(node)
+        install_energy(node)  # energy (issue 5): last, wraps the above
+
+    return setup
 
 
 def cmd_node_status(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
-"""Optional node services, attached by `shoal node start` before the node runs.
+"""The node services (replication, audits), attached by `shoal node start` before the node runs.
 
-`cli.commands_node._setup_extensions` calls `install(node)`. Each service
+`cli.commands_node._load_services` calls `install(node)`. Each service
 hooks itself in through the node's extension points (extra_handlers,
 extra_routes, background) instead of the node importing it, so the core
 node stays small and each service can be tested on its own.
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# Imported with this module, not inside install(): `node start` loads this
+# module before it opens the repo, so a broken service fails the start at once.
+from .replication import install as install_replication
+
 
 def install(node: Any) -> None:
-    """Attach every available service to `node` (replication and audits first)."""
-    from .replication import install as install_replication
-
+    """Attach every service to `node` (replication and audits first)."""
     service = install_replication(node)
     # Peers holding our replicas keep their connection slots when strangers
     # crowd in (p2p.admission); read from the index in a worker thread.
