@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from store import exporter
 from store.blockstore import MemoryBlockstore
 from store.cid import CID, block_key, make_cid
 from store.config import DEFAULTS, dumps, load_config, merge, save_config
@@ -217,10 +218,7 @@ def test_pin_missing_refused(repo: Repo) -> None:
     assert repo.pins() == []
 
 
-# -- add, dedup, gc, verify (need the importer and exporter) -----------------
-
-importer = pytest.importorskip("store.importer")
-exporter = pytest.importorskip("store.exporter")
+# -- add, dedup, gc, verify ---------------------------------------------------
 
 
 def _file(tmp_path: Path, name: str, size: int, seed: int = 0) -> Path:
