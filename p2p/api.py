@@ -34,6 +34,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -46,6 +47,7 @@ from .errors import P2PError
 log = logging.getLogger("shoal.api")
 
 MAX_BODY_BYTES = 64 * 1024  # requests carry paths and CIDs, never data
+MAX_JSON_DEPTH = 16  # a request is one flat object of strings and numbers; room to spare
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -148,8 +150,33 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+def json_depth(body: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON text (strings skipped).
+
+    Checked before `json.loads`, whose recursive decoder raises
+    RecursionError (and so an HTTP 500) on 64 KiB of `[`: issue 12.
+    Malformed text gets some number; json.loads judges it afterwards.
+    """
+    depth = deepest = 0
+    for token in _BRACKETS.findall(_STRINGS.sub(b'""', body)):
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
 async def _params(scope: Scope, receive: Receive) -> dict[str, Any]:
-    params: dict[str, Any] = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    try:
+        query = scope.get("query_string", b"").decode()
+    except UnicodeDecodeError:
+        raise ApiError("query string is not UTF-8") from None
+    params: dict[str, Any] = {k: v[-1] for k, v in parse_qs(query).items()}
     body = bytearray()
     while True:
         message = await receive()
@@ -159,9 +186,11 @@ async def _params(scope: Scope, receive: Receive) -> dict[str, Any]:
         if not message.get("more_body"):
             break
     if body:
+        if json_depth(bytes(body)) > MAX_JSON_DEPTH:
+            raise ApiError(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError("request body is not JSON") from None
         if not isinstance(doc, dict):
             raise ApiError("request body must be a JSON object")

@@ -53,3 +53,17 @@ def test_a_normal_node_has_its_services(swarm: Swarm, tmp_path: Path) -> None:  
     cid = node.put(small)
     assert node.api("GET", f"/v1/status?cid={cid}").status_code == 200  # replication's route
     assert node.api("GET", "/v1/energy").status_code == 200  # energy's route
+
+
+def test_nested_json_gets_a_400_json_answer_from_a_real_node(swarm: Swarm) -> None:  # noqa: F811
+    """Issue 12: 60 KB of `[` made the node's API answer 500 (RecursionError)."""
+    import httpx
+
+    node = swarm.add("a")
+    for body in (b"[" * 60_000, b'{"cid": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"):
+        resp = httpx.post(node.api_url + "/v1/pin/add", content=body, timeout=30,
+                          headers={"Authorization": f"Bearer {node.api_token}",
+                                   "Content-Type": "application/json"})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["kind"] == "ApiError"
+    assert node.api("GET", "/v1/id").status_code == 200  # and it still serves
