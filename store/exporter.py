@@ -48,7 +48,7 @@ from .cancel import CancelFlag
 from .cid import CID, DAG_PB, RAW, cid_from_bytes
 from .errors import InvalidCID, InvalidInput, MalformedBlock, StorageFull, StoreError
 from .direct_io import DirectWriter
-from .unixfs import DataType, UnixFSData
+from .unixfs import DataType, UnixFSData, valid_hamt_fanout
 
 __all__ = [
     "BlockGetter", "Stat", "DirEntry", "stat", "read_file", "list_dir", "iter_dir",
@@ -326,7 +326,7 @@ def _dir_links(get: Callable[[CID], bytes], cid: CID, node: dagpb.PBNode,
         if cancel is not None:
             cancel.check()
         shard_cid, shard, sfs = stack.pop()
-        if sfs.type != DataType.HAMT_SHARD or not sfs.fanout or sfs.fanout & (sfs.fanout - 1):
+        if sfs.type != DataType.HAMT_SHARD or not valid_hamt_fanout(sfs.fanout):
             raise MalformedBlock(f"{shard_cid}: bad HAMT shard")
         width = len(f"{sfs.fanout - 1:X}")
         subs = []

@@ -58,8 +58,9 @@ class BuiltShard:
 
 
 def _bits_for(fanout: int) -> int:
-    if fanout < 2 or fanout & (fanout - 1) or fanout > 1 << 16:
-        raise ValueError(f"HAMT fanout must be a power of two in 2..65536, not {fanout}")
+    if not unixfs.valid_hamt_fanout(fanout):
+        raise ValueError(f"HAMT fanout must be a power of two in {unixfs.HAMT_MIN_FANOUT}.."
+                         f"{unixfs.HAMT_MAX_FANOUT}, not {fanout}")
     return fanout.bit_length() - 1
 
 

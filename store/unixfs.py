@@ -26,6 +26,18 @@ from .dagpb import MAX_BLOCK_SIZE
 from .errors import MalformedBlock
 
 MAX_BLOCKSIZES = MAX_BLOCK_SIZE // 2  # each costs at least 2 bytes on the wire
+HAMT_MIN_FANOUT = 8
+HAMT_MAX_FANOUT = 1024
+"""The HAMT fanouts a shard may declare: powers of two from 8 to 1024, as
+IPFS implementations accept. A fanout of 1 (a shard that never splits: a
+chain as deep as it has names) or 2^40 (10-hex-digit slot names, bitfields
+of 128 GiB) only ever comes from a hostile DAG."""
+
+
+def valid_hamt_fanout(fanout: int | None) -> bool:
+    """True for a power of two in HAMT_MIN_FANOUT..HAMT_MAX_FANOUT."""
+    return (fanout is not None and HAMT_MIN_FANOUT <= fanout <= HAMT_MAX_FANOUT
+            and fanout & (fanout - 1) == 0)
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755
 _U64 = 1 << 64
@@ -194,4 +206,7 @@ def decode(raw: bytes | memoryview) -> UnixFSData:
         dtype = DataType(type_)
     except ValueError:
         raise MalformedBlock(f"unixfs: unknown Type {type_}") from None
+    if dtype == DataType.HAMT_SHARD and not valid_hamt_fanout(fanout):
+        raise MalformedBlock(f"unixfs: HAMT fanout {fanout} is not a power of two in "
+                             f"{HAMT_MIN_FANOUT}..{HAMT_MAX_FANOUT}")
     return UnixFSData(dtype, data, filesize, tuple(blocksizes), hash_type, fanout, mode, mtime)

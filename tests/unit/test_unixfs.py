@@ -71,7 +71,7 @@ u64 = st.integers(0, 2**63 - 1)
 messages = st.builds(
     lambda t, data, bs, ht, fo, mode, mt: UnixFSData(
         t, data or None, (len(data or b"") + sum(bs)) if t in (DataType.FILE, DataType.RAW) else None,
-        tuple(bs), ht, fo, mode, mt),
+        tuple(bs), ht, 1 << (3 + (fo or 0) % 8) if t == DataType.HAMT_SHARD else fo, mode, mt),  # 8..1024
     st.sampled_from(list(DataType)),
     st.none() | st.binary(max_size=40),
     st.lists(st.integers(0, 2**40), max_size=5),
