@@ -326,7 +326,7 @@ def _dir_links(get: Callable[[CID], bytes], cid: CID, node: dagpb.PBNode,
         if cancel is not None:
             cancel.check()
         shard_cid, shard, sfs = stack.pop()
-        if sfs.type != DataType.HAMT_SHARD or not valid_hamt_fanout(sfs.fanout):
+        if sfs.type != DataType.HAMT_SHARD or sfs.fanout is None or not valid_hamt_fanout(sfs.fanout):
             raise MalformedBlock(f"{shard_cid}: bad HAMT shard")
         width = len(f"{sfs.fanout - 1:X}")
         subs = []
