@@ -563,7 +563,10 @@ def cmd_car_import(args: argparse.Namespace) -> int:
     else:
         with open_repo(args) as repo, open(path, "rb") as src:
             result = repo.import_car(src)
-        doc = {"roots": [str(r) for r in result.roots], "blocks": result.blocks, "new_blocks": result.new_blocks}
+        doc = result.as_json()
+    for root in doc.get("absent_roots", []):
+        print(f"shoal: warning: the CAR's header names root {root}, which the file does not contain; "
+              f"not pinned", file=sys.stderr)
     if args.json:
         print_json(doc)
     else:

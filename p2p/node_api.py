@@ -372,7 +372,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         path = absolute_path(param(p, "path"), "path")
         async with node.store_guard.shared():
             result = await run(_import_car, repo, path)
-        return {"roots": [str(r) for r in result.roots], "blocks": result.blocks, "new_blocks": result.new_blocks}
+        return result.as_json()
 
     api.json_route("GET", "/v1/id", ident)
     api.json_route("GET", "/v1/peers", peers)

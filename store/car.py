@@ -338,10 +338,20 @@ class CarImportResult:
     blocks: int
     new_blocks: int
     missing: list[CID] = field(default_factory=list)
+    # Roots the header names that no section of the CAR carries: a CAR that
+    # claims content it does not hold. Never pinned (Repo.import_car), and
+    # the CLI warns about each one.
+    absent_roots: list[CID] = field(default_factory=list)
+    pinned: list[CID] = field(default_factory=list)  # set by Repo.import_car
 
     @property
     def complete(self) -> bool:
         return not self.missing
+
+    def as_json(self) -> dict[str, object]:
+        """The `car import --json` document (the same offline and through a node)."""
+        return {"roots": [str(r) for r in self.roots], "blocks": self.blocks, "new_blocks": self.new_blocks,
+                "pinned": [str(r) for r in self.pinned], "absent_roots": [str(r) for r in self.absent_roots]}
 
 
 def _links(cid: CID, data: bytes) -> list[CID]:
@@ -443,7 +453,8 @@ def import_car(stream: IO[bytes], blockstore: Blockstore, *,
             missing = _check_missing(roots, present, links, blockstore, require_complete)
             spool.seek(0)
             new = _store_pass(spool, blockstore)
-    return CarImportResult(roots=roots, blocks=count, new_blocks=new, missing=missing)
+    absent = [r for r in roots if block_key(r) not in present]
+    return CarImportResult(roots=roots, blocks=count, new_blocks=new, missing=missing, absent_roots=absent)
 
 
 def _check_missing(roots: list[CID], present: set[str], links: dict[str, list[CID]],

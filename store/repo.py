@@ -571,19 +571,30 @@ class Repo:
         return record
 
     def import_car(self, stream: "IO[bytes]") -> "CarImportResult":
-        """Import a CARv1 all-or-nothing, then pin and list each root whose DAG is complete."""
+        """Import a CARv1 all-or-nothing, then pin and list each root whose DAG is complete.
+
+        Only roots the CAR itself carries are pinned: a header naming a root
+        that is not in the file (`absent_roots`) claims content it does not
+        hold, so it pins nothing even if a block of that CID happens to be
+        stored already (the caller warns about it).
+        """
         from .car import import_car
 
         self._check_writable()
         with self.writing():
             result = import_car(stream, self.blockstore)
             self.blockstore.flush()
+        absent = {str(r) for r in result.absent_roots}
+        pinned = []
         for root in result.roots:
+            if str(root) in absent:
+                continue
             try:
                 self.adopt(root)
             except BlockNotFound:
                 continue  # a partial CAR: its blocks stay unpinned until completed
-        return result
+            pinned.append(root)
+        return dataclasses.replace(result, pinned=pinned)
 
     # -- maintenance ---------------------------------------------------------
 
