@@ -21,6 +21,7 @@ import logging
 import random
 import shutil
 import sqlite3
+import threading
 import time
 from functools import partial
 from dataclasses import dataclass, field
@@ -179,6 +180,9 @@ class Node:
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus["Node"] = trio.TASK_STATUS_IGNORED) -> None:
+        # No index write may run on this thread (the loop would stop for as
+        # long as it waits for another writer); store.index logs any that does.
+        self.repo.index.loop_thread = threading.get_ident()
         await self.load_reputation()
         self._reputation_flushed_at = trio.current_time()
         try:
@@ -187,6 +191,7 @@ class Node:
             # Clean shutdown (cancel, signal): write what changed since the last flush.
             with trio.CancelScope(shield=True):
                 await self.flush_reputation()
+            self.repo.index.loop_thread = None
 
     async def _run_nursery(self, task_status: trio.TaskStatus["Node"]) -> None:
         async with trio.open_nursery() as nursery:

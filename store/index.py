@@ -34,6 +34,7 @@ Not here: any knowledge of blocks on disk or DAG structure (store.repo).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -44,6 +45,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .errors import IndexCorrupt, IndexMissing, RepoError, StorageFull
+
+log = logging.getLogger("shoal.index")
+LOOP_WRITE = "LOOP-WRITE"
+"""Marks the log line of an index write made on a node's event-loop thread
+(the integration tests fail on it)."""
 
 __all__ = [
     "Index", "ObjectRecord", "PinRecord", "register_schema", "CORE_MIGRATIONS",
@@ -163,6 +169,10 @@ class Index:
         self.read_only = read_only
         self._lock = threading.RLock()
         self._writer_thread: int | None = None  # the thread inside transaction(), if any
+        # Set by a running node to its event loop's thread: a write from there
+        # waits behind any other writer with the whole loop stopped, so it is
+        # logged (LOOP_WRITE) as the bug it is. Reads never wait (`_reading`).
+        self.loop_thread: int | None = None
         self._readers: list[sqlite3.Connection] = []  # idle read connections
         self._all_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()  # held only to take or return a connection
@@ -288,6 +298,9 @@ class Index:
         A full disk (SQLITE_FULL, or an I/O error while the disk is full)
         becomes StorageFull, so the user reads "disk full", not "disk I/O error".
         """
+        if self.loop_thread is not None and threading.get_ident() == self.loop_thread:
+            log.error("%s: index write on the event loop's thread (it blocks every peer while it "
+                      "waits for another writer); run it in a worker thread", LOOP_WRITE, stack_info=True)
         with self._lock:
             outer = self._writer_thread
             self._writer_thread = threading.get_ident()  # its reads see its own rows (`_reading`)

@@ -182,3 +182,18 @@ def test_snapshot_cannot_write(tmp_path: Path) -> None:
     idx.close()
     with pytest.raises(sqlite3.ProgrammingError):
         idx.pins()
+
+
+def test_a_write_on_the_loop_thread_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A node marks its event loop's thread; a write from there is a bug the
+    integration tests catch by this log line (tests/integration/swarm.py)."""
+    import threading
+
+    idx = Index(tmp_path / "i.sqlite")
+    idx.record_put(_obj("elsewhere"), ["k"])
+    assert index_mod.LOOP_WRITE not in caplog.text
+    idx.loop_thread = threading.get_ident()
+    idx.record_put(_obj("on-the-loop"), ["k"])
+    assert index_mod.LOOP_WRITE in caplog.text
+    assert idx.is_pinned("on-the-loop")  # logged, not refused
+    idx.close()
