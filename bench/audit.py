@@ -30,16 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # noqa: E402
 
-from store.proofs import (  # noqa: E402
-    DEFAULT_SEGMENT_SIZE,
-    LeafHashes,
-    MerkleBuilder,
-    MerkleTree,
-    Proof,
-    SparseTree,
-    default_k,
-    make_proof,
-    verify_proof,
+from shoal.store.proofs.commitment import (
+    DEFAULT_SEGMENT_SIZE, LeafHashes, MerkleBuilder, MerkleTree, Proof, SparseTree, default_k,
+    make_proof, verify_proof,
 )
 
 MIB = 1 << 20

@@ -5,7 +5,7 @@ default) and a fine-tune of it that changes 10 % of the tensors, inserts one
 new tensor *before* all others (so every later byte offset shifts) and
 changes the metadata. For each chunker (fixed 1 MiB, FastCDC, safetensors
 tensor-aligned) the base and then the fine-tune are put into a fresh on-disk
-repo (`store.repo.Repo`, the same path as `shoal put`), and the bytes of
+repo (`shoal.store.persist.repo.Repo`, the same path as `shoal put`), and the bytes of
 block files the fine-tune added are compared with the bytes that really
 changed: the changed and inserted tensors plus the new header.
 
@@ -31,10 +31,10 @@ PROJECT_ROOT = BENCH_DIR.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from store.chunker import chunker_for  # noqa: E402
-from store.profiles import DEFAULT_PROFILE  # noqa: E402
-from store.repo import Repo  # noqa: E402
-from store.safetensors import parse_header  # noqa: E402
+from shoal.store.chunking.choice import chunker_for  # noqa: E402
+from shoal.store.chunking.profiles import DEFAULT_PROFILE  # noqa: E402
+from shoal.store.persist.repo import Repo  # noqa: E402
+from shoal.store.chunking.safetensors import parse_header  # noqa: E402
 from tests.helpers_safetensors import model_shapes, write_safetensors  # noqa: E402
 
 CHUNKERS = ("fixed", "cdc", "safetensors")

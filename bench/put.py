@@ -8,7 +8,7 @@ a shared machine hits every contender, not one):
   (interpreter start included), its CPU time (`os.wait4`) and its peak RSS
   (VmHWM polled from /proc). Durable: every block's data synced before its
   rename, names fsync'd, then one SQLite transaction. Block files go out
-  with O_DIRECT (store.direct_io); the same put with `SHOAL_DIRECT_IO=0`
+  with O_DIRECT (shoal.store.persist.direct_io); the same put with `SHOAL_DIRECT_IO=0`
   (through the page cache) is a second row, so the effect is measured.
 - `openssl dgst -sha256 FILE`: the hashing limit (one core, SHA extensions).
 - coreutils `sha256sum FILE`: no SHA extensions here, for scale.
@@ -16,17 +16,17 @@ a shared machine hits every contender, not one):
   'unixfs-v1-2025') writing to a `blockstore-fs` 4.0.1 store
   (bench/importer_baseline.mjs). It never fsyncs, so `sync -f` of its store
   is timed right after and reported as a second, durable-equivalent row.
-- the proof-of-storage commitment (`store.proofs.MerkleBuilder`, segment
+- the proof-of-storage commitment (`shoal.store.proofs.commitment.MerkleBuilder`, segment
   `DEFAULT_SEGMENT_SIZE`) over the same bytes, in its own child process:
   `put + commitment` (a second pass after the put) is compared with `put`.
 - `shoal put` of an empty file: the fixed cost (interpreter, imports, repo
   open, index transaction) inside every put's wall time.
 - `Repo.add` in a child process, with and without the commitment built in
   the same pass: `Repo.add(..., commit=True)` (what a node's put with
-  replicas does) with `store.repo.COMMIT_PROCESS_ABOVE = 0`, the default
+  replicas does) with `shoal.store.persist.repo.COMMIT_PROCESS_ABOVE = 0`, the default
   path for files of 16 MiB or more: helper processes hash each 1 MiB piece
   once, for the block's CID and the commitment's leaves
-  (store/piece_hashers.py); and with `COMMIT_PROCESS_ABOVE = None`, an
+  (store/proofs/piece_hashers.py); and with `COMMIT_PROCESS_ABOVE = None`, an
   in-process MerkleBuilder on the reading thread, which hashes the bytes a
   second time. Both save the leaf file and the commitment record durably.
   The helpers' CPU time is in the CPU column (`os.wait4` of the child
@@ -85,7 +85,7 @@ from bench.common import (  # noqa: E402
 RESULTS_JSON = PROJECT_ROOT / "bench" / "results" / "put.json"
 INTEROP_DIR = PROJECT_ROOT / "tests" / "interop"
 NPM_SCRIPT = PROJECT_ROOT / "bench" / "importer_baseline.mjs"
-SHOAL = [sys.executable, "-m", "cli.main"]
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 DEFAULT_DATA_DIR = Path("/var/tmp/shoal-bench")
 
 TARGETS = {
@@ -197,7 +197,7 @@ def shoal_put(work: Path, data: Path, tag: str, root: Path | None = None,
     """`shoal put` from `root` (default: SHOAL_ROOT) into a fresh repo; init is not timed.
 
     `direct_io=False` runs it with SHOAL_DIRECT_IO=0: block files written
-    through the page cache, as before store.direct_io (the same-run comparison).
+    through the page cache, as before shoal.store.persist.direct_io (the same-run comparison).
     """
     root = root or SHOAL_ROOT
     repo = work / f"repo-{tag}"
@@ -326,10 +326,10 @@ def lib_put(work: Path, data: Path, tag: str, commit: bool | str) -> dict[str, A
 def lib_put_child(data: Path, repo_path: Path, via_repo: bool = False, helper: bool = False) -> None:
     """Entry point: init a repo, `Repo.add` the file; with `via_repo`,
     `Repo.add(..., commit=True)`, with `helper` on the piece-hashing helpers."""
-    import store.repo
+    import shoal.store.persist.repo
 
-    store.repo.COMMIT_PROCESS_ABOVE = 0 if helper else None  # each row measures one path
-    from store.repo import Repo
+    shoal.store.persist.repo.COMMIT_PROCESS_ABOVE = 0 if helper else None  # each row measures one path
+    from shoal.store.persist.repo import Repo
 
     with Repo.init(repo_path) as repo:
         started = time.perf_counter()
@@ -346,7 +346,7 @@ def lib_put_child(data: Path, repo_path: Path, via_repo: bool = False, helper: b
 
 def merkle_child(path: Path) -> None:
     """Entry point of the commitment child: feed 1 MiB reads (the chunker's pieces) to MerkleBuilder."""
-    from store.proofs import DEFAULT_SEGMENT_SIZE, MerkleBuilder
+    from shoal.store.proofs.commitment import DEFAULT_SEGMENT_SIZE, MerkleBuilder
 
     started = time.perf_counter()
     builder = MerkleBuilder(DEFAULT_SEGMENT_SIZE)
@@ -783,12 +783,12 @@ def markdown(doc: dict[str, Any]) -> str:
         md.append(
             "The commitment during the put: `Repo.add(commit=True)` (a node's put with `--replicas` > 1) reads "
             "each 1 MiB chunk into a slot of a ring that lives in a memfd, and helper processes "
-            "(store/piece_hashers.py, one more than there are cores) hash each chunk once from there, through "
+            "(store/proofs/piece_hashers.py, one more than there are cores) hash each chunk once from there, through "
             "libcrypto's SHA256_Update in 2 KiB steps: the states between the steps are the commitment's "
-            "leaves and the last one is the block's SHA-256, its CID (store/proofs.py, tree rules version 2). "
+            "leaves and the last one is the block's SHA-256, its CID (store/proofs/commitment.py, tree rules version 2). "
             "The helpers write the leaf file themselves and send back the digest and two tree nodes per piece; "
             "the put folds the nodes into the root and saves the leaf file and `<cid>.commitment` durably "
-            "before the index transaction, so `p2p.commit_files.build_commitment` only re-folds the leaf file "
+            "before the index transaction, so `shoal.p2p.replication.commit_files.build_commitment` only re-folds the leaf file "
             f"later (no data read). It added {extra_cpu} CPU-s to the put in this run (medians): the interpreter "
             "and cffi work of the 2 KiB steps (two foreign calls each) over one SHA-256 call per block, the "
             "4-ary tree's inner hashes, the helpers' start and the pipes. On the reading thread instead (the second row, "
@@ -804,7 +804,7 @@ def markdown(doc: dict[str, Any]) -> str:
               "new page-cache pages is expensive: `dd conv=fsync` took "
               f"{dd['median']} s and {dd['cpu_seconds']['median']} CPU-s, the same copy with `oflag=direct` "
               f"{ddd['median'] if ddd else '?'} s and {ddd['cpu_seconds']['median'] if ddd else '?'} CPU-s; "
-              "so block files go out with O_DIRECT (store/direct_io.py). The same put through the page cache "
+              "so block files go out with O_DIRECT (store/persist/direct_io.py). The same put through the page cache "
               f"(`SHOAL_DIRECT_IO=0`) took {buf['median'] if buf else '?'} s and "
               f"{buf['cpu_seconds']['median'] if buf else '?'} CPU-s. 1.5x openssl would be "
               f"{round(1.5 * ossl['median'], 2)} s: after the fixed cost, under a second for reading, hashing and "

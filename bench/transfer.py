@@ -117,7 +117,7 @@ def shoal_env() -> dict[str, str]:
 
 
 def shoal(repo: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(SHOAL_PY), "-m", "cli.main", "--repo", str(repo), *args],
+    proc = subprocess.run([str(SHOAL_PY), "-m", "shoal.cli.main", "--repo", str(repo), *args],
                           capture_output=True, text=True, timeout=timeout, env=shoal_env(), cwd=PROJECT_ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"shoal {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -148,7 +148,7 @@ class NodeProc:
 def start_node(cl: Cleanup, root: Path, name: str, bootstrap: list[str] = ()) -> NodeProc:
     repo = root / name
     shoal(repo, "init")
-    cmd = [str(SHOAL_PY), "-m", "cli.main", "--repo", str(repo), "node", "start",
+    cmd = [str(SHOAL_PY), "-m", "shoal.cli.main", "--repo", str(repo), "node", "start",
            "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--log-level", "WARNING"]
     for b in bootstrap:
         cmd += ["--bootstrap", b]
@@ -700,8 +700,8 @@ def storage_probe(work: Path, blocks: int = 256) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     sys.path.insert(0, str(PROJECT_ROOT))
-    from store.cid import make_cid
-    from store.flatfs import FlatfsBlockstore
+    from shoal.store.ipld.cid import make_cid
+    from shoal.store.persist.flatfs import FlatfsBlockstore
 
     rng = random.Random(3)
     data = [rng.randbytes(MIB) for _ in range(blocks)]
@@ -735,7 +735,7 @@ def storage_probe(work: Path, blocks: int = 256) -> dict[str, Any]:
     out["pagecache_write_cpu_seconds_per_GiB"] = round((time.process_time() - c0) * GIB / (blocks * MIB), 2)
     path.unlink(missing_ok=True)
     # The durable write a fetch cannot skip, as Shoal does it (O_DIRECT, then fsync).
-    from store.direct_io import write_file_bytes
+    from shoal.store.persist.direct_io import write_file_bytes
 
     path = Path(work) / "probe-direct.bin"
     joined = b"".join(data)  # (allocated before the clock starts)
@@ -862,10 +862,10 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
     md.append("MB/s are decimal (10^6 bytes/s). The Shoal time is the whole `shoal --repo B get CID -o OUT` "
               f"command (interpreter start ~{s['cli_call_overhead_seconds']} s, fetch of every block over "
               "Noise, SHA-256 check, fsync'd store, and the export to OUT, which runs while the fetch goes on, "
-              "taking each block from the fetch right after its hash check (p2p/handoff.py; in this run "
+              "taking each block from the fetch right after its hash check (p2p/exchange/handoff.py; in this run "
               f"{s.get('get_stats', {}).get('export_handed_off', '?')} blocks handed over, "
               f"{s.get('get_stats', {}).get('export_store_reads', '?')} read back from the store), then fsyncs "
-              "OUT; block files and OUT are written with O_DIRECT, store/direct_io.py); "
+              "OUT; block files and OUT are written with O_DIRECT, store/persist/direct_io.py); "
               f"without the CLI start it is {s['throughput_MBps_excluding_cli_start']} MB/s. CPU s/GiB of the "
               "Shoal nodes are utime+stime of each node process over the get (/proc/PID/stat); peak RSS is VmHWM over the get (reset via /proc/PID/clear_refs just before it). "
               "The baselines only move bytes (no hashing, no storing), so the comparison favours them.")
@@ -917,7 +917,7 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
                   f"{sp['put_MBps_sync=True_threads=4']} MB/s with 4 threads, and "
                   f"{sp['put_MBps_sync=False_threads=1']} / {sp['put_MBps_sync=False_threads=4']} MB/s without fsync "
                   f"(1 / 4 threads); the fetch verifies and stores up to {_store_concurrency()} blocks at once "
-                  "(p2p/fetch.py STORE_CONCURRENCY), so the threaded numbers apply."
+                  "(p2p/exchange/fetch.py STORE_CONCURRENCY), so the threaded numbers apply."
                   + (f" Writing into new page-cache pages (new file, no fsync) cost "
                      f"{sp['pagecache_write_cpu_seconds_per_GiB']} CPU s/GiB in this run (the raw TCP row "
                      "that writes a file pays it too); Shoal writes blocks and OUT with O_DIRECT instead, but the "
@@ -958,7 +958,7 @@ def _store_concurrency() -> Any:
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(0, str(PROJECT_ROOT))
     try:
-        from p2p.fetch import STORE_CONCURRENCY
+        from shoal.p2p.exchange.fetch import STORE_CONCURRENCY
         return STORE_CONCURRENCY
     except Exception:  # pragma: no cover - bench run without the project on sys.path
         return "several"

@@ -2,7 +2,7 @@
 
 Each is an argparse `type=` callable that raises ArgumentTypeError with a
 message a user can act on, so a bad value ends as one line on stderr (see
-`cli.main.ShoalArgumentParser.error`) and never reaches a handler. Sizes take
+`shoal.cli.main.ShoalArgumentParser.error`) and never reaches a handler. Sizes take
 the same binary suffixes everywhere (`--offset 1M`, `--quota 10G`,
 `demo --size 48M`), so a user learns the syntax once.
 """

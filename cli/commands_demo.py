@@ -22,11 +22,11 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from .args import size
-from .output import human_size
+from shoal.cli.args import size
+from shoal.cli.output import human_size
 
 if TYPE_CHECKING:  # the swarm (and httpx under it) loads only when a demo runs
-    from .swarm import LocalSwarm
+    from shoal.cli.swarm import LocalSwarm
 
 
 def register(sub: Any) -> None:
@@ -94,7 +94,7 @@ def say(text: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .swarm import LocalSwarm
+    from shoal.cli.swarm import LocalSwarm
 
     root = Path(tempfile.mkdtemp(prefix="shoal-demo-")).absolute()  # the nodes get absolute paths
     try:
@@ -152,8 +152,8 @@ def _later_steps() -> list[Any]:
     (issue 4: put with replicas, audit, break a holder, repair), then energy
     (issue 5), whose report sums up the steps before it, then a separate
     private swarm that a keyless peer cannot join (issue 12)."""
-    from .commands_energy import demo_step as energy_step
-    from .demo_private import private_swarm_step
-    from .demo_replication import replication_step
+    from shoal.cli.commands_energy import demo_step as energy_step
+    from shoal.cli.demo_private import private_swarm_step
+    from shoal.cli.demo_replication import replication_step
 
     return [replication_step, energy_step, private_swarm_step]

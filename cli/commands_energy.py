@@ -3,7 +3,7 @@
 With a running node the report comes from its `/v1/energy` route and covers
 the swarm's operation totals (every connected peer's ledger summary); offline
 it is built from this repo's ledger and objects alone. Either way the
-arithmetic is store.energy.report's; this module only fetches and prints.
+arithmetic is shoal.store.energy.report's; this module only fetches and prints.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-# store.energy loads in the handlers: every `shoal` command imports this
+# shoal.store.energy loads in the handlers: every `shoal` command imports this
 # module to register its parser, and a put should not pay for the report.
-from store.repo import Repo, resolve_repo_path
+from shoal.store.persist.repo import Repo, resolve_repo_path
 
-from .node_client import connect
-from .output import human_size, print_json
+from shoal.cli.node_client import connect
+from shoal.cli.output import human_size, print_json
 
 
 def register(sub: Any) -> None:
@@ -50,12 +50,12 @@ def load_report(repo_path: Path) -> dict[str, Any]:
             return dict(client.call("GET", "/v1/energy"))
         finally:
             client.close()
-    from p2p.energy_service import local_report
-    from store.energy.accounting import read_summary
-    from store.energy.coefficients import load_coefficients
+    from shoal.p2p.net.energy_service import local_report
+    from shoal.store.energy.accounting import read_summary
+    from shoal.store.energy.coefficients import load_coefficients
 
-    from p2p.energy_service import _compact
-    from p2p.identity import Identity
+    from shoal.p2p.net.energy_service import _compact
+    from shoal.p2p.secure.identity import Identity
 
     # Read-only: the report writes nothing, so it may run beside other commands.
     with Repo.open(repo_path, lock=False) as repo:
@@ -72,7 +72,7 @@ def load_report(repo_path: Path) -> dict[str, Any]:
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
-    from store.energy.report import plot, render_text
+    from shoal.store.energy.report import plot, render_text
 
     report = load_report(resolve_repo_path(args.repo))
     if args.plot:
@@ -87,7 +87,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
 def brief_lines(report: Mapping[str, Any]) -> list[str]:
     """The demo's view: the report's summary and what was measured."""
-    from store.energy.report import summary_lines
+    from shoal.store.energy.report import summary_lines
 
     lines = [line.removeprefix("  ") for line in summary_lines(report) if line.strip()]
     ops = report.get("operations", {})

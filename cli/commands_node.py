@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from store.config import DEFAULT_API, DEFAULT_LISTEN
-from store.repo import Repo, resolve_repo_path
+from shoal.store.persist.config import DEFAULT_API, DEFAULT_LISTEN
+from shoal.store.persist.repo import Repo, resolve_repo_path
 
-from .args import SIZE_HINT, positive_int, positive_seconds, size
-from .args import parse_size as _parse_size
-from .errors import CliError
-from .node_client import connect
-from .output import print_json
+from shoal.cli.args import SIZE_HINT, positive_int, positive_seconds, size
+from shoal.cli.args import parse_size as _parse_size
+from shoal.cli.errors import CliError
+from shoal.cli.node_client import connect
+from shoal.cli.output import print_json
 
 if TYPE_CHECKING:
-    from p2p.identity import PeerId
-    from p2p.pnet import SwarmKey
+    from shoal.p2p.secure.identity import PeerId
+    from shoal.p2p.secure.pnet import SwarmKey
 
 
 def register(sub: Any) -> None:
@@ -73,7 +73,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_peers)
 
 
-# A mirror of p2p.replication.DEFAULT_AUDIT_INTERVAL_S for the help text:
+# A mirror of shoal.p2p.replication.owner.DEFAULT_AUDIT_INTERVAL_S for the help text:
 # building the parser must not import p2p (tests/unit/test_cli_imports.py);
 # tests/unit/test_node_settings.py checks that the two agree.
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
@@ -179,9 +179,9 @@ def _check_bindable(host: str, port: int, what: str, flag: str, ipv6: bool = Fal
 def cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
-    from p2p.multiaddr import Multiaddr
-    from p2p.node import NodeLimits, NodeOptions
-    from p2p.service import parse_api_bind, run_node
+    from shoal.p2p.secure.multiaddr import Multiaddr
+    from shoal.p2p.net.node import NodeLimits, NodeOptions
+    from shoal.p2p.net.service import parse_api_bind, run_node
 
     setup = _load_services()  # before the repo is opened: a broken install fails at once
 
@@ -241,8 +241,8 @@ def _membership(args: argparse.Namespace, node_cfg: dict[str, Any],
     Paths in config.toml are relative to the repo; paths on the command line
     to the current directory.
     """
-    from p2p.allowlist import load_allowlist
-    from p2p.pnet import load_swarm_key
+    from shoal.p2p.secure.allowlist import load_allowlist
+    from shoal.p2p.secure.pnet import load_swarm_key
 
     key_path = _config_path(args.swarm_key, node_cfg, "swarm_key", repo_path)
     if key_path is None and (repo_path / SWARM_KEY_FILE).exists():
@@ -276,8 +276,8 @@ def _load_services() -> Callable[[Any], None]:
     install, or a bug in those modules) stops `node start` with one line.
     """
     try:
-        from p2p.energy_service import install as install_energy
-        from p2p.extensions import install
+        from shoal.p2p.net.energy_service import install as install_energy
+        from shoal.p2p.net.extensions import install
     except ImportError as exc:
         raise CliError(f"cannot start the node: its services failed to load ({exc})",
                        hint="the Shoal installation is broken; reinstall it (pip install -e .)") from exc
@@ -308,7 +308,7 @@ def cmd_node_status(args: argparse.Namespace) -> int:
 
 
 def cmd_id(args: argparse.Namespace) -> int:
-    from p2p.identity import Identity  # cryptography: only for the commands that need it
+    from shoal.p2p.secure.identity import Identity  # cryptography: only for the commands that need it
 
     path = resolve_repo_path(args.repo)
     client = connect(path)

@@ -1,7 +1,7 @@
 """Commands about replicas: `shoal status CID` and `shoal audit CID`.
 
 Both go through the running node (its replication state lives there); the
-node answers from its agreements tables (p2p.agreements).
+node answers from its agreements tables (shoal.p2p.replication.agreements).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import argparse
 import time
 from typing import Any
 
-from store.cid import parse_cid
-from store.repo import resolve_repo_path
+from shoal.store.ipld.cid import parse_cid
+from shoal.store.persist.repo import resolve_repo_path
 
-from .errors import CliError
-from .node_client import connect
-from .output import plural, print_json
+from shoal.cli.errors import CliError
+from shoal.cli.node_client import connect
+from shoal.cli.output import plural, print_json
 
 
 def register(sub: Any) -> None:

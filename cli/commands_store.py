@@ -20,17 +20,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from store.chunker import CHUNKER_NAMES, DEFAULT_CHUNKER, chunker_for
-from store.cid import parse_cid
-from store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
-from store.config import DEFAULT_LISTEN
-from store.profiles import DEFAULT_PROFILE, PROFILES
-from store.repo import Repo, resolve_repo_path
+from shoal.store.chunking.choice import CHUNKER_NAMES, DEFAULT_CHUNKER, chunker_for
+from shoal.store.ipld.cid import parse_cid
+from shoal.store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
+from shoal.store.persist.config import DEFAULT_LISTEN
+from shoal.store.chunking.profiles import DEFAULT_PROFILE, PROFILES
+from shoal.store.persist.repo import Repo, resolve_repo_path
 
-from .args import positive_int, size
-from .errors import EXIT_FAILURE, EXIT_USAGE, CliError
-from .node_client import NodeClient, connect
-from .output import human_size, plural, print_json, progress_bar
+from shoal.cli.args import positive_int, size
+from shoal.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
+from shoal.cli.node_client import NodeClient, connect
+from shoal.cli.output import human_size, plural, print_json, progress_bar
 
 
 
@@ -205,12 +205,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = resolve_repo_path(args.repo)
     config: dict[str, Any] = {}
     if args.listen:
-        from p2p.multiaddr import Multiaddr
+        from shoal.p2p.secure.multiaddr import Multiaddr
 
         for text in args.listen:
             Multiaddr.parse(text)  # a typo fails here, not at the first `node start`
         config = {"node": {"listen": list(args.listen)}}
-    from p2p.identity import Identity
+    from shoal.p2p.secure.identity import Identity
 
     with Repo.init(path, config=config) as repo:
         identity = Identity.load_or_create(repo.identity_path)
@@ -302,7 +302,7 @@ def check_output(dest: Path, force: bool) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from store import exporter  # here, not at the top: put never needs it
+    from shoal.store.dag import exporter  # here, not at the top: put never needs it
 
     cid = parse_cid(args.cid)
     if args.output == "-":
@@ -336,7 +336,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def _cat(args: argparse.Namespace, cid: Any, offset: int, length: int | None, tensor: str | None) -> int:
-    from store import exporter  # here, not at the top: put never needs it
+    from shoal.store.dag import exporter  # here, not at the top: put never needs it
 
     client = node_for(args)
     if client is not None:
@@ -344,7 +344,7 @@ def _cat(args: argparse.Namespace, cid: Any, offset: int, length: int | None, te
         return 0
     with read_repo(args) as repo:
         if tensor is not None:
-            from store.tensors import tensor_window
+            from shoal.store.dag.tensor_ranges import tensor_window
 
             offset, length = tensor_window(repo.blockstore, cid, tensor, offset, length)
         _write_stdout(exporter.read_file(repo.blockstore, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS))
@@ -359,7 +359,7 @@ def _write_stdout(chunks: Any) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from store import exporter  # here, not at the top: put never needs it
+    from shoal.store.dag import exporter  # here, not at the top: put never needs it
 
     client = node_for(args)
     if client is not None:
@@ -538,7 +538,7 @@ def cmd_repair_index(args: argparse.Namespace) -> int:
 
 
 def cmd_car_export(args: argparse.Namespace) -> int:
-    from store.car import export_car_file
+    from shoal.store.ipld.car import export_car_file
 
     cid = parse_cid(args.cid)
     client = node_for(args)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import CliError
-from .swarm import LocalSwarm, NodeProcess
+from shoal.cli.errors import CliError
+from shoal.cli.swarm import LocalSwarm, NodeProcess
 
 WAIT_S = 30.0
 
@@ -36,7 +36,7 @@ def _dial_failure(node: NodeProcess, timeout: float = WAIT_S) -> str:
 
 
 def private_swarm_step(swarm: LocalSwarm, root: Path, cid: str) -> None:
-    from p2p.pnet import SwarmKey  # the demo's other steps need no crypto
+    from shoal.p2p.secure.pnet import SwarmKey  # the demo's other steps need no crypto
 
     say("== private swarm: a swarm key (libp2p swarm.key) keeps strangers out ==")
     key = SwarmKey.generate()

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import CliError
-from .swarm import LocalSwarm, NodeProcess
+from shoal.cli.errors import CliError
+from shoal.cli.swarm import LocalSwarm, NodeProcess
 
 WAIT_S = 60.0
 

@@ -12,7 +12,7 @@ import errno
 import sys
 from typing import NoReturn
 
-from store.errors import StoreError
+from shoal.store.errors import StoreError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and found a problem (verify failed) or a user error
@@ -30,7 +30,7 @@ class CliError(Exception):
 
 def _p2p_error_types() -> tuple[type[BaseException], ...]:
     try:
-        from p2p.errors import P2PError
+        from shoal.p2p.errors import P2PError
     except ImportError:  # pragma: no cover - p2p is part of the package
         return ()
     return (P2PError,)

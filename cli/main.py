@@ -7,8 +7,8 @@ Rules every command's parser follows (tests/unit/test_cli_parser.py checks
 them on the whole tree, so a new flag cannot forget them):
 
 - every argument and option has help text, with its unit and default;
-- sizes use `cli.args.size` (binary suffixes: 512K, 1M, 10G), counts and
-  durations the other `cli.args` types, so bad values fail in the parser;
+- sizes use `shoal.cli.args.size` (binary suffixes: 512K, 1M, 10G), counts and
+  durations the other `shoal.cli.args` types, so bad values fail in the parser;
 - `--repo` and `--json` are global: they work before or after the
   subcommand (`shoal --json ls` and `shoal ls --json`). A command whose output
   is not data (cat's bytes, a foreground node) sets `json_unsupported` and
@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, NoReturn, Sequence
 
-from .errors import EXIT_FAILURE, EXIT_USAGE, CliError, describe, fail
+from shoal.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError, describe, fail
 
 REPO_HELP = "repo directory (default: $SHOAL_REPO, else ~/.shoal)"
 JSON_HELP = "print the result as one JSON document on stdout (schemas: docs/CLI.md)"
@@ -60,7 +60,9 @@ def shoal_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands_demo, commands_energy, commands_node, commands_replication, commands_store
+    from shoal.cli import (
+    commands_demo, commands_energy, commands_node, commands_replication, commands_store,
+)
 
     parser = ShoalArgumentParser(
         prog="shoal",

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import CliError
+from shoal.cli.errors import CliError
 
 if TYPE_CHECKING:  # imported at run time only where a node is there to talk to
     import httpx

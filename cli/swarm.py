@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CliError
-from .node_client import NodeClient, read_api_file
+from shoal.cli.errors import CliError
+from shoal.cli.node_client import NodeClient, read_api_file
 
 READY_TIMEOUT_S = 30.0
 
 
 def shoal_cmd() -> list[str]:
     """How to run `shoal` with this interpreter, wherever the package lives."""
-    return [sys.executable, "-m", "cli.main"]
+    return [sys.executable, "-m", "shoal.cli.main"]
 
 
 def _env() -> dict[str, str]:

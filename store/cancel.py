@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from .errors import StoreError
+from shoal.store.errors import StoreError
 
 __all__ = ["Cancelled", "CancelFlag"]
 

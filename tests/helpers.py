@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SHOAL = [sys.executable, "-m", "cli.main"]
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

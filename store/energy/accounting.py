@@ -28,15 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from ..errors import InvalidInput
-from ..index import Index, register_schema
-from . import ledger
-from .coefficients import Coefficients, load_coefficients
-from .meter import DEFAULT_POWERCAP, DEFAULT_PROC, ESTIMATE, EnergyMeter, Measurement
+from shoal.store.errors import InvalidInput
+from shoal.store.persist.index import Index, register_schema
+from shoal.store.energy import ledger
+from shoal.store.energy.coefficients import Coefficients, load_coefficients
+from shoal.store.energy.meter import (
+    DEFAULT_POWERCAP, DEFAULT_PROC, ESTIMATE, EnergyMeter, Measurement,
+)
 
 if TYPE_CHECKING:
-    from ..importer import ImportResult
-    from ..repo import GcResult, Repo
+    from shoal.store.dag.importer import ImportResult
+    from shoal.store.persist.repo import GcResult, Repo
 
 __all__ = ["COMPONENT", "Bytes", "EnergyAccount", "account_for", "read_summary", "put_measured", "gc_measured"]
 

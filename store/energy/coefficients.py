@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from ..errors import InvalidInput
+from shoal.store.errors import InvalidInput
 
 DEFAULTS_PATH = Path(__file__).with_name("coefficients.toml")
 OVERRIDE_SOURCE = "user override (config.toml [energy])"

@@ -16,8 +16,8 @@ import sqlite3
 import time
 from typing import Any, Iterable, Mapping
 
-from ..errors import InvalidInput
-from .meter import ESTIMATE, RAPL
+from shoal.store.errors import InvalidInput
+from shoal.store.energy.meter import ESTIMATE, RAPL
 
 KINDS: tuple[str, ...] = (
     "put",
@@ -62,7 +62,7 @@ CREATE INDEX IF NOT EXISTS energy_ledger_kind ON energy_ledger(kind);
 """
 
 
-# For `store.index.register_schema("energy", MIGRATIONS)`: append, never edit.
+# For `shoal.store.persist.index.register_schema("energy", MIGRATIONS)`: append, never edit.
 MIGRATIONS: tuple[str, ...] = (SCHEMA,)
 
 

@@ -125,7 +125,7 @@ def _busy_cpu_s(proc_root: Path) -> float | None:
 def _cpu_now() -> float:
     """CPU seconds of this process, every thread (hashing threads too), plus
     those of its children reaped so far: a put's piece-hashing helpers
-    (store/piece_hashers.py) do its hashing and are reaped before it returns."""
+    (store/proofs/piece_hashers.py) do its hashing and are reaped before it returns."""
     t = os.times()
     return time.process_time() + t.children_user + t.children_system
 
@@ -147,7 +147,7 @@ class EnergyMeter:
         proc_root: Path = DEFAULT_PROC,
     ) -> None:
         if watts_per_core is None:
-            from .coefficients import load_coefficients
+            from shoal.store.energy.coefficients import load_coefficients
 
             watts_per_core = load_coefficients().value("cpu_watts_per_core")
         self.kind = kind

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
-from .coefficients import Coefficients
+from shoal.store.energy.coefficients import Coefficients
 
 HOURS_PER_MONTH = 730.0
 GB = 1e9

@@ -11,19 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..errors import InvalidInput
-from .coefficients import Coefficients
-from .ledger import BYTE_FIELDS, KINDS, PRIMARY_BYTES, merge_summaries
-from .model import (
-    GB,
-    DiskType,
-    MeasuredInputs,
-    Scenario,
-    baseline_ingest_network_wh_per_gb,
-    delivery_network_wh_per_gb,
-    evaluate,
-    measured_inputs,
-    sensitivity_table,
+from shoal.store.errors import InvalidInput
+from shoal.store.energy.coefficients import Coefficients
+from shoal.store.energy.ledger import BYTE_FIELDS, KINDS, PRIMARY_BYTES, merge_summaries
+from shoal.store.energy.model import (
+    GB, DiskType, MeasuredInputs, Scenario, baseline_ingest_network_wh_per_gb,
+    delivery_network_wh_per_gb, evaluate, measured_inputs, sensitivity_table,
     swarm_replication_network_wh_per_gb,
 )
 

@@ -1,7 +1,7 @@
 """A misbehaving Shoal peer, for tests: it speaks the real protocol, then lies.
 
-It authenticates for real (Noise XX via `p2p.secure_stream`, its own
-Ed25519 identity), frames with `p2p.framing` and encodes with `p2p.codec`,
+It authenticates for real (Noise XX via `shoal.p2p.secure.secure_stream`, its own
+Ed25519 identity), frames with `shoal.p2p.wire.framing` and encodes with `shoal.p2p.wire.codec`,
 so the node under test gets past every outer check and meets the bad input
 where a buggy or hostile peer would put it:
 
@@ -31,15 +31,15 @@ from typing import Awaitable, Callable
 import msgpack
 import trio
 
-from p2p import codec
-from p2p import limits as L
-from p2p.errors import P2PError
-from p2p.framing import FrameDecoder, encode_frame
-from p2p.identity import Identity, PeerId
-from p2p.messages import (
+from shoal.p2p.wire import codec
+from shoal.p2p.wire import limits as L
+from shoal.p2p.errors import P2PError
+from shoal.p2p.wire.framing import FrameDecoder, encode_frame
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.wire.messages import (
     Block, Error, GetPeers, Have, Hello, Message, PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
 )
-from p2p.secure_stream import SecureStream, secure_accept, secure_dial
+from shoal.p2p.secure.secure_stream import SecureStream, secure_accept, secure_dial
 
 AGENT = "evil/0.1"
 REACTION_TIMEOUT_S = 5.0
@@ -457,7 +457,7 @@ receiver meets them at the decoder: the honest-hash, malformed-DAG attack."""
 
 def malformed_root_cid() -> str:
     """The CIDv1 (dag-pb) of MALFORMED_NODE, which the holder serves truthfully."""
-    from store.cid import DAG_PB, make_cid
+    from shoal.store.ipld.cid import DAG_PB, make_cid
 
     return str(make_cid(DAG_PB, MALFORMED_NODE))
 
@@ -546,7 +546,7 @@ async def _answer_badly(conn: EvilConnection, msg: Message, fake: tuple[PeerInfo
 
 
 def _malformed_root_bytes() -> bytes:
-    from store.cid import parse_cid
+    from shoal.store.ipld.cid import parse_cid
 
     return bytes(parse_cid(malformed_root_cid()))
 

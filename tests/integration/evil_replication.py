@@ -24,21 +24,21 @@ from typing import Callable
 
 import trio
 
-from p2p import codec
-from p2p import limits as L
-from p2p.agreements import Offer, agreement_bytes, offer_signing_bytes
-from p2p.errors import P2PError
-from p2p.identity import Identity, PeerId
-from p2p.messages import (
-    AuditChallenge, Block, BlockMissing, DontHave, Error, ErrorCode, GetPeers, Have, Hello, Message, Peers, Ping,
-    Pong, StoreRequest, StoreResponse, WantBlock, WantHave,
+from shoal.p2p.wire import codec
+from shoal.p2p.wire import limits as L
+from shoal.p2p.replication.agreements import Offer, agreement_bytes, offer_signing_bytes
+from shoal.p2p.errors import P2PError
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.wire.messages import (
+    AuditChallenge, Block, BlockMissing, DontHave, Error, ErrorCode, GetPeers, Have, Hello,
+    Message, Peers, Ping, Pong, StoreRequest, StoreResponse, WantBlock, WantHave,
 )
-from store import dagpb, unixfs
-from store.blockstore import MemoryBlockstore
-from store.cid import CID, DAG_PB, RAW, cid_from_bytes, make_cid
-from store.importer import import_bytes
-from store.manifest import Manifest
-from store.proofs import Commitment, commit
+from shoal.store.ipld import dagpb, unixfs
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes, make_cid
+from shoal.store.dag.importer import import_bytes
+from shoal.store.proofs.manifest import Manifest
+from shoal.store.proofs.commitment import Commitment, commit
 from tests.integration.evil_client import EvilConnection
 
 AGENT = "evil-replication/0.1"

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import httpx
 import pytest
 
-from store.index import LOOP_WRITE
+from shoal.store.persist.index import LOOP_WRITE
 from tests.helpers import PROJECT_ROOT, SHOAL, Result, run_shoal, shoal_env
 
 T = TypeVar("T")
@@ -286,7 +286,7 @@ def swarm(tmp_path: Path) -> Iterator[Swarm]:
         s.close()
         print(s.logs())
     # No node may write its index on the event loop's thread (issue 12 item 15;
-    # store.index logs such a write with this marker and a stack).
+    # shoal.store.persist.index logs such a write with this marker and a stack).
     offenders = [n.name for n in s.nodes if LOOP_WRITE in n.log_text()]
     assert not offenders, f"index writes on the event loop in {offenders}:\n{s.logs()}"
 

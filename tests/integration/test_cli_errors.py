@@ -162,9 +162,9 @@ def test_a_node_stops_cleanly_on_a_port_taken_after_the_check(tmp_path: Path) ->
     assert run_shoal(repo, "init").code == 0
     code = (
         "import socket, sys\n"
-        "import cli.commands_node as n\n"
+        "import shoal.cli.commands_node as n\n"
         "n._check_bindable = lambda *a, **k: None  # as if the port were taken after the check\n"
-        "from cli.main import main\n"
+        "from shoal.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     with socket.socket() as busy:

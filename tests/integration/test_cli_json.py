@@ -164,7 +164,7 @@ def test_every_json_command_is_documented() -> None:
     """Each command that takes --json has an example in docs/CLI.md."""
     import argparse
 
-    from cli.main import build_parser
+    from shoal.cli.main import build_parser
 
     docs = documented()
     missing = []

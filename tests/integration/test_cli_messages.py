@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.commands_demo import write_fake_model
+from shoal.cli.commands_demo import write_fake_model
 from tests.helpers import assert_one_line_error, run_shoal, write_random
 from tests.integration.swarm import Swarm, swarm, wait_until  # noqa: F401 (fixture)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from store import dagpb, unixfs
-from store.cid import parse_cid
-from store.repo import Repo
+from shoal.store.ipld import dagpb, unixfs
+from shoal.store.ipld.cid import parse_cid
+from shoal.store.persist.repo import Repo
 from tests.helpers import run_shoal
 
 pytestmark = pytest.mark.integration

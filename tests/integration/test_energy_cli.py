@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cli.swarm import LocalSwarm
+from shoal.cli.swarm import LocalSwarm
 from tests.helpers import run_shoal, write_random
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from store import dagpb, unixfs
-from store.car import write_car
-from store.cid import CID, make_cid
-from store.unixfs import DataType, UnixFSData
+from shoal.store.ipld import dagpb, unixfs
+from shoal.store.ipld.car import write_car
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.ipld.unixfs import DataType, UnixFSData
 from tests.helpers import assert_one_line_error, run_shoal
 from tests.integration.swarm import Swarm, swarm  # noqa: F401  (fixture)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from store.cid import block_key, parse_cid
+from shoal.store.ipld.cid import block_key, parse_cid
 from tests.helpers import run_shoal, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 

@@ -23,8 +23,8 @@ from typing import Any, Iterator
 import pytest
 import trio
 
-from p2p.identity import PeerId
-from p2p.messages import ErrorCode
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.wire.messages import ErrorCode
 from tests.helpers import PROJECT_ROOT, assert_one_line_error, shoal_env, write_random
 from tests.integration import evil_client
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)

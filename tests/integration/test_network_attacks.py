@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import trio
 
-from p2p.identity import PeerId
-from store.cid import RAW, make_cid
+from shoal.p2p.secure.identity import PeerId
+from shoal.store.ipld.cid import RAW, make_cid
 from tests.helpers import write_random
 from tests.integration import evil_client
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)

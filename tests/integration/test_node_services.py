@@ -19,13 +19,13 @@ from tests.integration.swarm import Swarm, swarm  # noqa: F401  (fixture)
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.parametrize("module", ["p2p.extensions", "p2p.replication", "p2p.energy_service"])
+@pytest.mark.parametrize("module", ["shoal.p2p.net.extensions", "shoal.p2p.replication.owner", "shoal.p2p.net.energy_service"])
 def test_node_start_fails_loudly_when_a_service_cannot_be_imported(tmp_path: Path, module: str) -> None:
     repo = tmp_path / "repo"
     assert run_shoal(repo, "init").code == 0
     # `sys.modules[name] = None` makes `import name` raise ImportError, as a
     # missing file or a broken dependency of that module would.
-    code = (f"import sys; sys.modules[{module!r}] = None; from cli.main import main; "
+    code = (f"import sys; sys.modules[{module!r}] = None; from shoal.cli.main import main; "
             f"sys.exit(main(['--repo', {str(repo)!r}, 'node', 'start', '--listen', '/ip4/127.0.0.1/tcp/0', "
             f"'--api', '127.0.0.1:0']))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

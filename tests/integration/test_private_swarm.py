@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2p.identity import Identity
-from p2p.noise import NoiseHandshake, Role
-from p2p.pnet import SwarmKey
-from p2p.secure_stream import encode_frame
-from p2p.pnet_stream import protect
-from store.config import load_config, save_config
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.secure.noise import NoiseHandshake, Role
+from shoal.p2p.secure.pnet import SwarmKey
+from shoal.p2p.secure.secure_stream import encode_frame
+from shoal.p2p.secure.pnet_stream import protect
+from shoal.store.persist.config import load_config, save_config
 from tests.helpers import assert_one_line_error, run_shoal, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 PROMPT_S = 3.0
 """A refused prober must be closed well inside the 10 s handshake timeout
-(p2p/limits.py), which is what a node without the first-message check took."""
+(p2p/wire/limits.py), which is what a node without the first-message check took."""
 
 
 def wait_connected(node: NodeProc, others: list[NodeProc], timeout: float = 15) -> None:

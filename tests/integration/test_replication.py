@@ -165,7 +165,7 @@ def test_deleted_blocks_fail_the_audit_and_are_rebuilt_elsewhere(swarm: Swarm, t
 @pytest.mark.timeout(90)
 def test_large_put_commitment_from_the_piece_helpers_matches_the_holders(swarm: Swarm, tmp_path: Path) -> None:
     """A 20 MiB put is hashed by the owner's piece helpers (files >= 16 MiB,
-    store/piece_hashers.py); each holder rebuilds the commitment from the
+    store/proofs/piece_hashers.py); each holder rebuilds the commitment from the
     blocks it pulled with the in-process builder and refuses a root that
     differs from the owner-signed manifest, so two ok holders that pass an
     audit mean both ways of building agree on real data."""
@@ -256,7 +256,7 @@ def test_owner_killed_deputy_restores_replicas(swarm: Swarm, tmp_path: Path) -> 
 
 
 def _id_bytes(peer_id: str) -> bytes:
-    from p2p.identity import PeerId
+    from shoal.p2p.secure.identity import PeerId
 
     return PeerId.from_string(peer_id).to_bytes()
 

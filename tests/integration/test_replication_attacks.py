@@ -29,14 +29,16 @@ from typing import Any
 import pytest
 import trio
 
-from p2p import limits as L
-from p2p.agreements import Offer
-from p2p.audit import _check
-from p2p.identity import Identity, PeerId
-from p2p.messages import AuditChallenge, AuditProof, Block, Error, ErrorCode, StoreResponse, WantBlock
-from store.cid import parse_cid
-from store.manifest import Manifest
-from store.proofs import commit, max_challenges
+from shoal.p2p.wire import limits as L
+from shoal.p2p.replication.agreements import Offer
+from shoal.p2p.replication.audit import _check
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.wire.messages import (
+    AuditChallenge, AuditProof, Block, Error, ErrorCode, StoreResponse, WantBlock,
+)
+from shoal.store.ipld.cid import parse_cid
+from shoal.store.proofs.manifest import Manifest
+from shoal.store.proofs.commitment import commit, max_challenges
 from tests.helpers import random_bytes
 from tests.integration.evil_replication import (
     EvilPeer, bomb_dag, fake_commitment, file_dag, manifest_for, signed_offer,

@@ -167,7 +167,7 @@ def test_gc_force_deletes_unpinned_blocks_of_a_never_pinned_repo(repo: Path, tmp
 _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[3])
-    from store.repo import Repo
+    from shoal.store.persist.repo import Repo
     done = 0
     def progress(n):
         global done

@@ -1,6 +1,6 @@
 """`shoal cat CID --tensor NAME`: offline, and lazily through a node from a remote peer.
 
-The remote case runs two real node processes (cli.swarm.LocalSwarm): a ~50
+The remote case runs two real node processes (shoal.cli.swarm.LocalSwarm): a ~50
 MB checkpoint is put on A with the safetensors chunker; B, which has none
 of it, prints one tensor. B must receive only the root, the header and that
 tensor's blocks: its received-bytes counter (GET /v1/stats) is bounded by
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from cli.swarm import LocalSwarm
-from store.blockstore import MemoryBlockstore
-from store.exporter import walk_dag
-from store.importer import import_path
-from store.profiles import UNIXFS_V1_2025
-from store.safetensors import SafetensorsChunker, parse_header
+from shoal.cli.swarm import LocalSwarm
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.dag.exporter import walk_dag
+from shoal.store.dag.importer import import_path
+from shoal.store.chunking.profiles import UNIXFS_V1_2025
+from shoal.store.chunking.safetensors import SafetensorsChunker, parse_header
 from tests.helpers import assert_one_line_error, run_shoal
 from tests.helpers_safetensors import model_shapes, write_safetensors
 
@@ -122,12 +122,12 @@ async def test_remote_safetensors_api_in_process(tmp_path: Path) -> None:
     """The Python API: open by CID on a node, read one tensor lazily; a lying holder is caught."""
     import trio
 
-    from p2p.identity import Identity
-    from p2p.node import Node, NodeOptions
-    from p2p.range_fetch import fetch_range
-    from p2p.fetch import FetchFailed
-    from p2p.tensors import RemoteSafetensors
-    from store.repo import Repo
+    from shoal.p2p.secure.identity import Identity
+    from shoal.p2p.net.node import Node, NodeOptions
+    from shoal.p2p.exchange.range_fetch import fetch_range
+    from shoal.p2p.exchange.fetch import FetchFailed
+    from shoal.p2p.exchange.tensor_fetch import RemoteSafetensors
+    from shoal.store.persist.repo import Repo
 
     path, data = _model(tmp_path, layers=3, hidden=256)
     header = parse_header(data)
@@ -163,8 +163,8 @@ async def test_remote_safetensors_api_in_process(tmp_path: Path) -> None:
             assert b.peers.ensure(a.peer_id).reputation.corrupt >= 1
 
             # A hash-valid but malformed DAG (blocksizes lie) fails cleanly, as FetchFailed.
-            from store import dagpb, unixfs
-            from store.cid import make_cid
+            from shoal.store.ipld import dagpb, unixfs
+            from shoal.store.ipld.cid import make_cid
 
             repo_a.blockstore.get = real_get  # type: ignore[method-assign]
             leaf = b"y" * 10

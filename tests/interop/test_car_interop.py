@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from store import exporter, importer
-from store.blockstore import MemoryBlockstore
-from store.car import export_car, import_car, read_car
+from shoal.store.dag import exporter, importer
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.car import export_car, import_car, read_car
 
 pytestmark = pytest.mark.interop
 
@@ -72,7 +72,7 @@ def expected_files(src: Path) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("which", ["file", "dir"])
 def test_shoal_car_read_by_js(tree: Path, tmp_path: Path, which: str) -> None:
-    from store.profiles import DEFAULT_PROFILE
+    from shoal.store.chunking.profiles import DEFAULT_PROFILE
 
     src = tree / "weights.bin" if which == "file" else tree
     bs = MemoryBlockstore()
@@ -114,7 +114,7 @@ def test_js_car_imported_by_shoal(tree: Path, tmp_path: Path, which: str, profil
     assert (again.roots, again.blocks, again.new_blocks) == (result.roots, js["blocks"], 0)
 
     if profile == "2025":
-        from store.profiles import DEFAULT_PROFILE
+        from shoal.store.chunking.profiles import DEFAULT_PROFILE
 
         assert str(importer.import_path(src, MemoryBlockstore(), DEFAULT_PROFILE).cid) == js["root"]
 

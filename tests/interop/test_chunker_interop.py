@@ -1,6 +1,6 @@
 """DAGs built with `--chunker safetensors` and `--chunker cdc` read back exactly in the JS stack.
 
-Shoal writes the DAG to a CAR (store.car.export_car); the real
+Shoal writes the DAG to a CAR (shoal.store.ipld.car.export_car); the real
 `ipfs-unixfs-exporter` (via @ipld/car) reads the whole file and byte ranges
 (one tensor, ranges across leaf boundaries) and must return the original
 bytes. Different chunkers give different CIDs but must stay plain UnixFS.
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from store.blockstore import MemoryBlockstore
-from store.car import export_car
-from store.cdc import FastCDCChunker
-from store.chunker import Chunker
-from store.importer import import_path
-from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
-from store.safetensors import SafetensorsChunker, parse_header
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.car import export_car
+from shoal.store.chunking.cdc import FastCDCChunker
+from shoal.store.chunking.chunker import Chunker
+from shoal.store.dag.importer import import_path
+from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
+from shoal.store.chunking.safetensors import SafetensorsChunker, parse_header
 from tests.helpers import random_bytes
 from tests.helpers_safetensors import model_shapes, write_safetensors
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from store import dagpb, unixfs
-from store.blockstore import MemoryBlockstore
-from store.cid import parse_cid
-from store.exporter import export_to_path, list_dir, read_file
-from store.importer import _DagWriter, estimated_directory_size, import_path
-from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
+from shoal.store.ipld import dagpb, unixfs
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import parse_cid
+from shoal.store.dag.exporter import export_to_path, list_dir, read_file
+from shoal.store.dag.importer import _DagWriter, estimated_directory_size, import_path
+from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 
 pytestmark = pytest.mark.interop
 
@@ -154,12 +154,12 @@ def test_shard_threshold_decision(tmp_path: Path, profile: str, late_dir: bool) 
     ours = import_path(d, MemoryBlockstore(), base.with_overrides(hamt_threshold_bytes=estimate))
     assert str(ours.cid) == js_at
     sharded = import_path(d, MemoryBlockstore(), base.with_overrides(hamt_threshold_bytes=estimate - 1))
-    assert str(sharded.cid) == js_below  # and shards it the same way (store.hamt)
+    assert str(sharded.cid) == js_below  # and shards it the same way (shoal.store.ipld.hamt)
 
 
 def _estimate(d: Path, profile: Profile) -> int:
     """Shoal's estimate for the top directory, read off the directory builder."""
-    import store.importer as importer
+    import shoal.store.dag.importer as importer
 
     seen: list[int] = []
     original = importer._build_directory

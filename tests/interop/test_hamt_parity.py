@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from store.blockstore import MemoryBlockstore
-from store.exporter import list_dir
-from store.importer import import_path
-from store.murmur3 import murmur3_x64_128
-from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.dag.exporter import list_dir
+from shoal.store.dag.importer import import_path
+from shoal.store.ipld.murmur3 import murmur3_x64_128
+from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 
 pytestmark = pytest.mark.interop
 

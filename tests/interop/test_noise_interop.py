@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import trio
 
-from p2p.errors import HandshakeError, PeerIdMismatch
-from p2p.identity import Identity, PeerId
-from p2p.noise import MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN
-from p2p.secure_stream import FrameDecoder, SecureStream, secure_accept, secure_dial
+from shoal.p2p.errors import HandshakeError, PeerIdMismatch
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.noise import MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN
+from shoal.p2p.secure.secure_stream import FrameDecoder, SecureStream, secure_accept, secure_dial
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 

@@ -1,4 +1,4 @@
-"""The admission policy (p2p.admission) without sockets: handshake pool,
+"""The admission policy (shoal.p2p.net.admission) without sockets: handshake pool,
 per-IP caps, the reserve for protected peers, eviction order and grace."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2p.admission import Admission, AdmissionLimits
-from p2p.errors import P2PError
+from shoal.p2p.net.admission import Admission, AdmissionLimits
+from shoal.p2p.errors import P2PError
 
 
 def test_handshakes_past_a_cap_replace_the_oldest_never_refuse() -> None:
@@ -90,11 +90,11 @@ def test_limits_are_validated() -> None:
 
 
 def test_replica_holders_and_allowlisted_peers_are_protected(tmp_path: Path) -> None:
-    from p2p.agreements import Agreements
-    from p2p.identity import Identity
-    from p2p.node import Node, NodeOptions
-    from p2p.repair_policy import Replica, State
-    from store.repo import Repo
+    from shoal.p2p.replication.agreements import Agreements
+    from shoal.p2p.secure.identity import Identity
+    from shoal.p2p.net.node import Node, NodeOptions
+    from shoal.p2p.replication.repair_policy import Replica, State
+    from shoal.store.persist.repo import Repo
 
     holder, lost, pending, allowed, stranger = (Identity.generate().peer_id for _ in range(5))
     with Repo.init(tmp_path / "r") as repo:

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 from hypothesis import given, settings, strategies as st
 
-from p2p.api import MAX_BODY_BYTES, MAX_JSON_DEPTH, ControlApi, json_depth
+from shoal.p2p.net.api import MAX_BODY_BYTES, MAX_JSON_DEPTH, ControlApi, json_depth
 
 TOKEN = "t0ken"
 

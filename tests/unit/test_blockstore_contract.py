@@ -9,10 +9,10 @@ from typing import Iterator
 
 import pytest
 
-from store.blockstore import Blockstore, MemoryBlockstore
-from store.cid import block_key, make_cid
-from store.errors import BlockNotFound, HashMismatch
-from store.flatfs import FlatfsBlockstore
+from shoal.store.persist.blockstore import Blockstore, MemoryBlockstore
+from shoal.store.ipld.cid import block_key, make_cid
+from shoal.store.errors import BlockNotFound, HashMismatch
+from shoal.store.persist.flatfs import FlatfsBlockstore
 
 # Interesting sizes, as iroh-blobs tests do: empty, tiny, around powers of two, 1 MiB.
 SIZES = [0, 1, 255, 256, 4095, 4096, 4097, 65536, 1024 * 1024]

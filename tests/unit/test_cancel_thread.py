@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import trio
 
-from p2p.cancel import CancellableStore, run_sync_cancellable
-from store.cancel import CancelFlag, Cancelled
-from p2p.holding import Holding
-from store.blockstore import MemoryBlockstore
-from store.cid import CID, make_cid
-from store.importer import import_bytes
-from store.profiles import UNIXFS_V1_2025
-from store.proofs import Commitment
+from shoal.p2p.net.thread_work import CancellableStore, run_sync_cancellable
+from shoal.store.cancel import CancelFlag, Cancelled
+from shoal.p2p.replication.holder import Holding
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.dag.importer import import_bytes
+from shoal.store.chunking.profiles import UNIXFS_V1_2025
+from shoal.store.proofs.commitment import Commitment
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store import varint
-from store.blockstore import MemoryBlockstore
-from store.car import (
+from shoal.store.ipld import varint
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.car import (
     MAX_BLOCK_SIZE, CarReader, decode_header, encode_header, import_car, read_car, write_car,
 )
-from store.cid import CID, make_cid
-from store.errors import CarError
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.errors import CarError
 
 
 def raw_blocks(n: int, size: int = 100) -> list[tuple[CID, bytes]]:
@@ -261,7 +261,7 @@ def test_random_round_trip_many_sizes() -> None:
 # --- dag-pb structure: missing blocks are found through links ---
 
 def _tree() -> tuple[tuple[CID, bytes], list[tuple[CID, bytes]]]:
-    from store import dagpb
+    from shoal.store.ipld import dagpb
 
     leaves = raw_blocks(3)
     node = dagpb.encode(dagpb.PBNode(

@@ -15,10 +15,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store.blockstore import MemoryBlockstore
-from store.car import import_car, write_car
-from store.cid import CID, make_cid
-from store.repo import Repo
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.car import import_car, write_car
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.persist.repo import Repo
 from tests.helpers import run_shoal
 
 BLOCKS = [(make_cid("raw", b"block %d" % i), b"block %d" % i) for i in range(6)]

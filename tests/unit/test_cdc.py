@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store import cdc
-from store.cdc import GEAR, MAX_BLOCK, FastCDCChunker, spread_mask
+from shoal.store.chunking import cdc
+from shoal.store.chunking.cdc import GEAR, MAX_BLOCK, FastCDCChunker, spread_mask
 
 SMALL = dict(min_size=2048, avg_size=8192, max_size=65536)
 
@@ -196,7 +196,7 @@ def test_shift_resistance(edit: str) -> None:
 
 def test_fixed_chunking_baseline_is_not_shift_resistant() -> None:
     # Sanity check of the measure itself: a 1-byte insert defeats fixed chunks.
-    from store.chunker import FixedChunker
+    from shoal.store.chunking.chunker import FixedChunker
 
     rng = random.Random(1)
     original = rng.randbytes(8 << 20)

@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 LOADED_BY_THEIR_COMMANDS_ONLY = [
-    "store.exporter",  # get, cat, ls
-    "store.energy.report",  # energy
-    "store.energy.model",
+    "shoal.store.dag.exporter",  # get, cat, ls
+    "shoal.store.energy.report",  # energy
+    "shoal.store.energy.model",
     "p2p",  # node and the commands that reach one
     "httpx",
     "trio",
@@ -35,8 +35,8 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_building_the_parser_loads_no_command_only_module() -> None:
-    loaded = _modules_after("from cli.main import build_parser\nbuild_parser()")
-    assert "cli.commands_store" in loaded  # the probe did build the parser
+    loaded = _modules_after("from shoal.cli.main import build_parser\nbuild_parser()")
+    assert "shoal.cli.commands_store" in loaded  # the probe did build the parser
     assert sorted(m for m in LOADED_BY_THEIR_COMMANDS_ONLY if m in loaded) == []
 
 
@@ -44,11 +44,11 @@ def test_an_offline_put_loads_no_exporter_or_report(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 1000)
     code = (
         "import contextlib, io\n"
-        "from cli.main import main\n"
+        "from shoal.cli.main import main\n"
         f"main(['--repo', {str(tmp_path / 'repo')!r}, 'init'])\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    main(['--repo', {str(tmp_path / 'repo')!r}, 'put', '--quiet', {str(tmp_path / 'f')!r}])\n"
     )
     loaded = _modules_after(code)
-    assert "store.importer" in loaded  # the put did run
-    assert "store.exporter" not in loaded and "store.energy.report" not in loaded
+    assert "shoal.store.dag.importer" in loaded  # the put did run
+    assert "shoal.store.dag.exporter" not in loaded and "shoal.store.energy.report" not in loaded

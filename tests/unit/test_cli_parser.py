@@ -12,11 +12,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from cli.args import parse_size
-from cli.commands_node import DEFAULT_AUDIT_INTERVAL_S, NodeSettings, node_settings
-from cli.errors import CliError
-from cli.main import build_parser, main
-from store.config import DEFAULTS, DEFAULT_LISTEN
+from shoal.cli.args import parse_size
+from shoal.cli.commands_node import DEFAULT_AUDIT_INTERVAL_S, NodeSettings, node_settings
+from shoal.cli.errors import CliError
+from shoal.cli.main import build_parser, main
+from shoal.store.persist.config import DEFAULTS, DEFAULT_LISTEN
 
 
 def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
@@ -185,7 +185,7 @@ def test_bad_config_values_name_their_key(config: dict[str, Any], word: str) -> 
 
 
 def test_help_default_audit_interval_matches_the_node() -> None:
-    from p2p.replication import DEFAULT_AUDIT_INTERVAL_S as node_default
+    from shoal.p2p.replication.owner import DEFAULT_AUDIT_INTERVAL_S as node_default
 
     assert DEFAULT_AUDIT_INTERVAL_S == node_default
 
@@ -197,7 +197,7 @@ def test_demo_help_states_no_peer_count_that_could_go_stale() -> None:
     import inspect
     import re
 
-    import cli.commands_demo as demo
+    import shoal.cli.commands_demo as demo
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -17,13 +17,13 @@ import trio
 from hypothesis import given, settings, strategies as st
 from trio.testing import memory_stream_pair
 
-from p2p import codec
-from p2p import limits as L
-from p2p.connection import PeerConnection
-from p2p.errors import DecoderBug, RemoteProtocolError
-from p2p.framing import FrameDecoder, encode_frame
-from p2p.identity import Identity
-from p2p.messages import MESSAGE_TYPES, Error, ErrorCode, Hello, Message, Ping, Pong
+from shoal.p2p.wire import codec
+from shoal.p2p.wire import limits as L
+from shoal.p2p.net.connection import PeerConnection
+from shoal.p2p.errors import DecoderBug, RemoteProtocolError
+from shoal.p2p.wire.framing import FrameDecoder, encode_frame
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.wire.messages import MESSAGE_TYPES, Error, ErrorCode, Hello, Message, Ping, Pong
 
 BOOM = b"decoder-bug-trigger"
 

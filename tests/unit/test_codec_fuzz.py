@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 import msgpack
 
-from p2p import limits as L
-from p2p.codec import decode, encode
-from p2p.errors import RemoteProtocolError
-from p2p.framing import FrameDecoder, encode_frame
-from p2p.messages import (
+from shoal.p2p.wire import limits as L
+from shoal.p2p.wire.codec import decode, encode
+from shoal.p2p.errors import RemoteProtocolError
+from shoal.p2p.wire.framing import FrameDecoder, encode_frame
+from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error, GetPeers,
     Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message, PeerInfo, Peers, Ping,
     Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse, WantBlock, WantHave,

@@ -13,12 +13,12 @@ import pytest
 import trio
 from trio.testing import lockstep_stream_pair
 
-from p2p import limits as L
-from p2p.connection import PeerConnection, SendBudget
-from p2p.errors import P2PError
-from p2p.identity import Identity
-from p2p.messages import Message, Ping
-from p2p.node import NodeLimits
+from shoal.p2p.wire import limits as L
+from shoal.p2p.net.connection import PeerConnection, SendBudget
+from shoal.p2p.errors import P2PError
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.wire.messages import Message, Ping
+from shoal.p2p.net.node import NodeLimits
 
 MiB = 1024 * 1024
 

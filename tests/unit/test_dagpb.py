@@ -7,9 +7,9 @@ import hashlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store import dagpb
-from store.dagpb import PBLink, PBNode
-from store.errors import MalformedBlock
+from shoal.store.ipld import dagpb
+from shoal.store.ipld.dagpb import PBLink, PBNode
+from shoal.store.errors import MalformedBlock
 
 V0 = b"\x12\x20" + hashlib.sha256(b"a").digest()
 V1 = b"\x01\x55\x12\x20" + hashlib.sha256(b"b").digest()

@@ -1,4 +1,4 @@
-"""store.direct_io: bulk writes past the page cache, with a buffered fallback.
+"""shoal.store.persist.direct_io: bulk writes past the page cache, with a buffered fallback.
 
 What must hold whatever happens: the file ends up with exactly the bytes
 written, in order. What we also check: aligned runs really go out with
@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store import direct_io
-from store.direct_io import ALIGN, MIN_DIRECT_BYTES, STAGING_BYTES, DirectWriter, write_file_bytes
+from shoal.store.persist import direct_io
+from shoal.store.persist.direct_io import (
+    ALIGN, MIN_DIRECT_BYTES, STAGING_BYTES, DirectWriter, write_file_bytes,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this platform")
 

@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 import trio
 
-from p2p.energy_service import EnergyService, measuring, replicating_to, summary_from_message, summary_to_message
-from p2p.identity import Identity
-from p2p.messages import LedgerSummary, LedgerSummaryRequest, StoreRequest, StoreResponse
-from store.energy import ledger
-from store.energy.accounting import EnergyAccount, account_for, put_measured, read_summary
-from store.errors import InvalidInput
-from store.index import Index
-from store.repo import Repo
+from shoal.p2p.net.energy_service import (
+    EnergyService, measuring, replicating_to, summary_from_message, summary_to_message,
+)
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.wire.messages import LedgerSummary, LedgerSummaryRequest, StoreRequest, StoreResponse
+from shoal.store.energy import ledger
+from shoal.store.energy.accounting import EnergyAccount, account_for, put_measured, read_summary
+from shoal.store.errors import InvalidInput
+from shoal.store.persist.index import Index
+from shoal.store.persist.repo import Repo
 
 
 def _rows(index: Index) -> list[tuple[Any, ...]]:

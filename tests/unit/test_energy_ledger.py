@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from store.energy import ledger
-from store.errors import InvalidInput
+from shoal.store.energy import ledger
+from shoal.store.errors import InvalidInput
 
 
 @pytest.fixture

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from store.energy.meter import (
-    ESTIMATE,
-    RAPL,
-    EnergyMeter,
-    counter_delta_uj,
-    find_package_zones,
-    measure,
-    rapl_available,
+from shoal.store.energy.meter import (
+    ESTIMATE, RAPL, EnergyMeter, counter_delta_uj, find_package_zones, measure, rapl_available,
 )
 
 
@@ -72,8 +66,8 @@ def test_rapl_attributed_by_cpu_share(tmp_path: Path, monkeypatch: pytest.Monkey
     proc = tmp_path / "proc"
     make_stat(proc, 1000)
     times = iter([10.0, 10.5])  # this process used 0.5 CPU-s
-    monkeypatch.setattr("store.energy.meter.time.process_time", lambda: next(times))
-    monkeypatch.setattr("store.energy.meter.os.sysconf", lambda _: 100)
+    monkeypatch.setattr("shoal.store.energy.meter.time.process_time", lambda: next(times))
+    monkeypatch.setattr("shoal.store.energy.meter.os.sysconf", lambda _: 100)
     with EnergyMeter("serve", powercap_root=tmp_path / "pc", proc_root=proc) as m:
         (z0 / "energy_uj").write_text("20000000\n")  # 20 J package
         make_stat(proc, 1200)  # machine busy 2 CPU-s
@@ -84,7 +78,7 @@ def test_rapl_attributed_by_cpu_share(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_fallback_estimate_uses_cpu_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     times = iter([3.0, 5.0])
-    monkeypatch.setattr("store.energy.meter.time.process_time", lambda: next(times))
+    monkeypatch.setattr("shoal.store.energy.meter.time.process_time", lambda: next(times))
     with measure("audit-prove", watts_per_core=2.5, powercap_root=tmp_path) as m:
         pass
     assert m.result.method == ESTIMATE

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from store.energy import model
-from store.energy.coefficients import OVERRIDE_SOURCE, load_coefficients
-from store.errors import InvalidInput
+from shoal.store.energy import model
+from shoal.store.energy.coefficients import OVERRIDE_SOURCE, load_coefficients
+from shoal.store.errors import InvalidInput
 
 
 def test_one_watt_per_tb_is_073_wh_per_gb_month() -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from store.energy import build_report, create_schema, load_coefficients, plot, record, render_text, summary
-from store.errors import InvalidInput
+from shoal.store.energy import (
+    build_report, create_schema, load_coefficients, plot, record, render_text, summary,
+)
+from shoal.store.errors import InvalidInput
 
 GB = 10**9
 
@@ -105,7 +107,7 @@ def test_plot_values_do_not_sit_on_the_whiskers() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
-    from store.energy.report import figure
+    from shoal.store.energy.report import figure
 
     for copies in (1, 3):
         fig = figure(build_report(sample_summary(), 4 * GB, copies, load_coefficients(), [peer_summary()]))

@@ -6,7 +6,7 @@ from collections import Counter
 
 from hypothesis import given, settings, strategies as st
 
-from p2p.exchange import FetchPlanner
+from shoal.p2p.exchange.planner import FetchPlanner
 
 
 def test_requests_spread_across_holders() -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from store import dagpb, unixfs
-from store.blockstore import MemoryBlockstore
-from store.cancel import CancelFlag, Cancelled
-from store.cid import CID, make_cid
-from store.errors import MalformedBlock, StorageFull
-from store.exporter import (ExportRefused, export_to_path, iter_dir, list_dir, plan_export)
-from store.importer import import_path
-from store.unixfs import DataType, UnixFSData
+from shoal.store.ipld import dagpb, unixfs
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.cancel import CancelFlag, Cancelled
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.errors import MalformedBlock, StorageFull
+from shoal.store.dag.exporter import ExportRefused, export_to_path, iter_dir, list_dir, plan_export
+from shoal.store.dag.importer import import_path
+from shoal.store.ipld.unixfs import DataType, UnixFSData
 
 
 def store_pb(bs: MemoryBlockstore, links: tuple[dagpb.PBLink, ...], fs: UnixFSData) -> CID:
@@ -162,7 +162,7 @@ def test_malformed_directory_removes_what_it_wrote(tmp_path: Path) -> None:
     missing = make_cid("raw", b"gone")
     d = store_pb(bs, (dagpb.PBLink(bytes(good), "a", 2), dagpb.PBLink(bytes(missing), "b", 4)),
                  UnixFSData(DataType.DIRECTORY))
-    from store.errors import BlockNotFound
+    from shoal.store.errors import BlockNotFound
 
     with pytest.raises(BlockNotFound):
         export_to_path(bs, d, tmp_path / "out")

@@ -1,4 +1,4 @@
-"""store.exporter read-ahead (`prefetch=`): same bytes, bounded, errors in order.
+"""shoal.store.dag.exporter read-ahead (`prefetch=`): same bytes, bounded, errors in order.
 
 Reading ahead in worker threads must change nothing a caller can see but
 the speed: the bytes of any range of any tree shape are those of the serial
@@ -14,12 +14,12 @@ import threading
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store.blockstore import MemoryBlockstore
-from store.cid import CID
-from store.errors import BlockNotFound
-from store.exporter import read_file
-from store.importer import import_bytes
-from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID
+from shoal.store.errors import BlockNotFound
+from shoal.store.dag.exporter import read_file
+from shoal.store.dag.importer import import_bytes
+from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 from tests.helpers import random_bytes
 
 
@@ -83,7 +83,7 @@ def test_missing_block_fails_where_the_walk_reaches_it() -> None:
     bs = _TrackingStore()
     data = random_bytes(40 * 16)
     root = import_bytes(data, bs, UNIXFS_V1_2025.with_overrides(chunk_size=16, max_links=64)).cid
-    from store.exporter import iter_links
+    from shoal.store.dag.exporter import iter_links
 
     leaves = iter_links(root, bs.get(root))
     bs.hidden.add(bytes(leaves[10]))

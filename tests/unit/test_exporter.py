@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store import dagpb, unixfs
-from store.blockstore import MemoryBlockstore
-from store.cid import CID, make_cid
-from store.errors import BlockNotFound, InvalidInput, MalformedBlock
-from store.exporter import (DirEntry, export_to_path, iter_links, list_dir, read_file, stat,
-                            walk_dag)
-from store.importer import import_bytes, import_path
-from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
-from store.unixfs import DataType, UnixFSData
+from shoal.store.ipld import dagpb, unixfs
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.errors import BlockNotFound, InvalidInput, MalformedBlock
+from shoal.store.dag.exporter import (
+    DirEntry, export_to_path, iter_links, list_dir, read_file, stat, walk_dag,
+)
+from shoal.store.dag.importer import import_bytes, import_path
+from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
+from shoal.store.ipld.unixfs import DataType, UnixFSData
 
 CHUNK = 16
 

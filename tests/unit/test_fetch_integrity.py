@@ -1,4 +1,4 @@
-"""The fetch driver (p2p/fetch.py, p2p/range_fetch.py) against in-process fake
+"""The fetch driver (p2p/exchange/fetch.py, p2p/exchange/range_fetch.py) against in-process fake
 holders: a fetch that reports success has every block; its memory is bounded.
 
 No sockets: a fake node whose connections answer WANT_BLOCK from a
@@ -15,18 +15,18 @@ import pytest
 import trio
 import trio.testing
 
-from p2p import fetch as fetch_mod
-from p2p.fetch import FetchFailed, fetch_dag
-from p2p.guard import StoreGuard
-from p2p.identity import Identity, PeerId
-from p2p.messages import Block, BlockMissing, Message
-from p2p.peers import PeerTable
-from p2p.range_fetch import fetch_range
-from store.blockstore import MemoryBlockstore
-from store.cid import CID, RAW, block_key
-from store.exporter import iter_links, walk_dag
-from store.importer import import_bytes
-from store.profiles import UNIXFS_V1_2025
+from shoal.p2p.exchange import fetch as fetch_mod
+from shoal.p2p.exchange.fetch import FetchFailed, fetch_dag
+from shoal.p2p.net.guard import StoreGuard
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.wire.messages import Block, BlockMissing, Message
+from shoal.p2p.net.peers import PeerTable
+from shoal.p2p.exchange.range_fetch import fetch_range
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID, RAW, block_key
+from shoal.store.dag.exporter import iter_links, walk_dag
+from shoal.store.dag.importer import import_bytes
+from shoal.store.chunking.profiles import UNIXFS_V1_2025
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,7 +127,7 @@ async def test_deadline_during_a_slow_local_read_loses_no_block(walk: str) -> No
     node = FakeNode(local, {holder: FakeConn(source, cids, hold_back_b)})
     if walk == "dag":
         result = await fetch_dag(node, root, holders=[holder], request_timeout=0.5)  # type: ignore[arg-type]
-    else:  # p2p/range_fetch.py drives the same loop: the whole file as one range
+    else:  # p2p/exchange/range_fetch.py drives the same loop: the whole file as one range
         result = await fetch_range(node, root, 0, None, holders=[holder],  # type: ignore[arg-type]
                                    request_timeout=0.5)
     assert missing(local, cids) == []
@@ -207,7 +207,7 @@ async def test_waiting_gc_is_not_starved_by_new_readers() -> None:
     """A gc waiting for the guard goes before readers that come after it
     (before: each new reader got in at once, and overlapping readers kept
     gc out for as long as they came)."""
-    from p2p.guard import StoreGuard
+    from shoal.p2p.net.guard import StoreGuard
 
     guard = StoreGuard()
     order: list[str] = []
@@ -237,7 +237,7 @@ async def test_waiting_gc_is_not_starved_by_new_readers() -> None:
 
 
 async def test_cancelled_gc_wait_lets_readers_in() -> None:
-    from p2p.guard import StoreGuard
+    from shoal.p2p.net.guard import StoreGuard
 
     guard = StoreGuard()
     entered: list[str] = []
@@ -252,7 +252,7 @@ async def test_cancelled_gc_wait_lets_readers_in() -> None:
 
 async def test_keyed_locks_forget_unused_keys() -> None:
     """One lock per object ever seen used to stay for the node's lifetime."""
-    from p2p.guard import KeyedLocks
+    from shoal.p2p.net.guard import KeyedLocks
 
     locks = KeyedLocks()
     for i in range(1000):
@@ -280,8 +280,8 @@ async def test_keyed_locks_forget_unused_keys() -> None:
 
 
 async def test_holding_and_replication_use_pruned_locks() -> None:
-    from p2p.guard import KeyedLocks
-    from p2p.holding import Holding
+    from shoal.p2p.net.guard import KeyedLocks
+    from shoal.p2p.replication.holder import Holding
 
     holding = Holding(object(), object())  # type: ignore[arg-type]
     async with holding._lock("bafyone"):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from store import flatfs
-from store.cid import block_key, make_cid
-from store.errors import HashMismatch, RepoError, StorageFull
-from store.flatfs import SHARDING_RULE, FlatfsBlockstore, cid_for_key, shard_of
+from shoal.store.persist import flatfs
+from shoal.store.ipld.cid import block_key, make_cid
+from shoal.store.errors import HashMismatch, RepoError, StorageFull
+from shoal.store.persist.flatfs import SHARDING_RULE, FlatfsBlockstore, cid_for_key, shard_of
 
 
 def test_layout_matches_kubo_flatfs(tmp_path: Path) -> None:

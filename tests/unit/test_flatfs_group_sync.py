@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from store import flatfs
-from store.cid import make_cid
-from store.errors import RepoError
-from store.flatfs import FlatfsBlockstore
+from shoal.store.persist import flatfs
+from shoal.store.ipld.cid import make_cid
+from shoal.store.errors import RepoError
+from shoal.store.persist.flatfs import FlatfsBlockstore
 
 needs_syncfs = pytest.mark.skipif(flatfs._SYNCFS is None, reason="no syncfs(2) on this platform")
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p import limits as L
-from p2p.errors import LocalProtocolError, RemoteProtocolError
-from p2p.framing import FrameDecoder, encode_frame
+from shoal.p2p.wire import limits as L
+from shoal.p2p.errors import LocalProtocolError, RemoteProtocolError
+from shoal.p2p.wire.framing import FrameDecoder, encode_frame
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:

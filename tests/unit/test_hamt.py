@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from store import dagpb, hamt, unixfs
-from store.blockstore import MemoryBlockstore
-from store.cid import DAG_PB, cid_from_bytes, make_cid
-from store.exporter import export_to_path, list_dir, read_file, walk_dag
-from store.importer import import_path
-from store.murmur3 import murmur3_x64_64
-from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025
+from shoal.store.ipld import dagpb, hamt, unixfs
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import DAG_PB, cid_from_bytes, make_cid
+from shoal.store.dag.exporter import export_to_path, list_dir, read_file, walk_dag
+from shoal.store.dag.importer import import_path
+from shoal.store.ipld.murmur3 import murmur3_x64_64
+from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025
 
 
 def test_slot_path_is_hash_bytes_then_rehash() -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store import dagpb, hamt, unixfs
-from store.blockstore import MemoryBlockstore
-from store.cid import make_cid
-from store.errors import MalformedBlock
-from store.exporter import DirEntry, export_to_path, list_dir
-from store.unixfs import DataType, UnixFSData
+from shoal.store.ipld import dagpb, hamt, unixfs
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import make_cid
+from shoal.store.errors import MalformedBlock
+from shoal.store.dag.exporter import DirEntry, export_to_path, list_dir
+from shoal.store.ipld.unixfs import DataType, UnixFSData
 
 VALID = [1 << b for b in range(3, 11)]
 

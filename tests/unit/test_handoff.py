@@ -1,4 +1,4 @@
-"""p2p.handoff.ArrivingBlocks: a fetch hands verified blocks to a running export.
+"""shoal.p2p.exchange.handoff.ArrivingBlocks: a fetch hands verified blocks to a running export.
 
 Driven with plain threads standing in for the fetch's store threads and the
 export's thread; no network. What must hold: the export gets exactly the
@@ -17,11 +17,11 @@ from typing import Callable
 
 import pytest
 
-from p2p import handoff
-from p2p.handoff import ArrivingBlocks
-from store.blockstore import MemoryBlockstore
-from store.cid import CID, make_cid
-from store.errors import BlockNotFound
+from shoal.p2p.exchange import handoff
+from shoal.p2p.exchange.handoff import ArrivingBlocks
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.errors import BlockNotFound
 
 
 def _until(condition: "Callable[[], bool]", timeout: float = 5.0) -> None:

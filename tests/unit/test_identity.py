@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p.errors import InvalidMultiaddr, P2PError
-from p2p.identity import Identity, PeerId, decode_public_key, encode_public_key
+from shoal.p2p.errors import InvalidMultiaddr, P2PError
+from shoal.p2p.secure.identity import Identity, PeerId, decode_public_key, encode_public_key
 
 # peer-ids spec, "Test vectors" table (libp2p/specs peer-ids/peer-ids.md).
 SPEC_ED25519_PRIVATE = bytes.fromhex(

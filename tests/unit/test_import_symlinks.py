@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from store.blockstore import MemoryBlockstore
-from store.chunker import PerFileChunker, chunker_for, is_safetensors
-from store.errors import InvalidInput
-from store.exporter import export_to_path, list_dir
-from store.importer import import_path
-from store.profiles import DEFAULT_PROFILE
-from store.safetensors import SafetensorsChunker
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.chunking.choice import PerFileChunker, chunker_for, is_safetensors
+from shoal.store.errors import InvalidInput
+from shoal.store.dag.exporter import export_to_path, list_dir
+from shoal.store.dag.importer import import_path
+from shoal.store.chunking.profiles import DEFAULT_PROFILE
+from shoal.store.chunking.safetensors import SafetensorsChunker
 
 
 def safetensors_bytes(n_floats: int = 3000) -> bytes:

@@ -11,15 +11,17 @@ from typing import BinaryIO, Iterator
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store import dagpb, unixfs
-from store.blockstore import MemoryBlockstore
-from store.chunker import FixedChunker
-from store.cid import CID, make_cid
-from store.errors import InvalidInput
-from store.exporter import walk_dag
-from store.flatfs import cid_for_key
-from store.importer import ImportResult, file_leaf_block, import_bytes, import_file, import_path
-from store.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
+from shoal.store.ipld import dagpb, unixfs
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.chunking.chunker import FixedChunker
+from shoal.store.ipld.cid import CID, make_cid
+from shoal.store.errors import InvalidInput
+from shoal.store.dag.exporter import walk_dag
+from shoal.store.persist.flatfs import cid_for_key
+from shoal.store.dag.importer import (
+    ImportResult, file_leaf_block, import_bytes, import_file, import_path,
+)
+from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 
 EMPTY_RAW = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 EMPTY_V0 = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
@@ -278,7 +280,7 @@ class _OddChunker:
                                      _OddChunker([65536 + 3, 200_000, 5, 131072 - 3])],
                          ids=["64k", "1m", "70001", "odd"])
 def test_builder_gets_the_file_bytes_in_order(n: int, chunker: object) -> None:
-    from store.proofs import MerkleBuilder, commit
+    from shoal.store.proofs.commitment import MerkleBuilder, commit
 
     data = data_of(n, 7)
     builder = MerkleBuilder()
@@ -290,7 +292,7 @@ def test_builder_gets_the_file_bytes_in_order(n: int, chunker: object) -> None:
 
 
 def test_builder_refused_for_a_directory(tmp_path: Path) -> None:
-    from store.proofs import MerkleBuilder
+    from shoal.store.proofs.commitment import MerkleBuilder
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a").write_bytes(b"a")
@@ -302,7 +304,7 @@ def test_builder_refused_for_a_directory(tmp_path: Path) -> None:
 
 
 def _walked_keys(bs: MemoryBlockstore, root: CID) -> frozenset[str]:
-    from store.cid import block_key
+    from shoal.store.ipld.cid import block_key
 
     return frozenset(block_key(cid) for cid, _ in walk_dag(bs, root))
 
@@ -430,7 +432,7 @@ def test_full_gc_is_deferred_during_a_directory_import_and_restored_after(tmp_pa
     directory import they only stall other threads (a node's event loop)."""
     import gc
 
-    from store.importer import deferred_full_gc
+    from shoal.store.dag.importer import deferred_full_gc
 
     before = gc.get_threshold()
     with deferred_full_gc():

@@ -8,9 +8,9 @@ from typing import Iterator
 
 import pytest
 
-from store import index as index_mod
-from store.errors import RepoError
-from store.index import CORE_MIGRATIONS, Index, ObjectRecord, register_schema
+from shoal.store.persist import index as index_mod
+from shoal.store.errors import RepoError
+from shoal.store.persist.index import CORE_MIGRATIONS, Index, ObjectRecord, register_schema
 
 
 def _obj(cid: str, name: str = "f") -> ObjectRecord:

@@ -7,7 +7,7 @@ import time
 import pytest
 import trio
 
-from p2p.loop_probe import LoopProbe, StallWindow
+from shoal.p2p.net.loop_probe import LoopProbe, StallWindow
 
 
 def test_window_keeps_the_worst_of_the_last_minute_only() -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.cid import make_cid
-from store.manifest import MAX_MANIFEST_BYTES, Manifest, MalformedManifest
-from store.proofs import commit
+from shoal.store.ipld.cid import make_cid
+from shoal.store.proofs.manifest import MAX_MANIFEST_BYTES, Manifest, MalformedManifest
+from shoal.store.proofs.commitment import commit
 
 OWNER = bytes.fromhex("0024080112") + bytes(range(33))
 

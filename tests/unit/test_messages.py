@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p import limits as L
-from p2p.codec import decode, encode, error_code, error_request_id
-from p2p.errors import LocalProtocolError, RemoteProtocolError
-from p2p.messages import (
+from shoal.p2p.wire import limits as L
+from shoal.p2p.wire.codec import decode, encode, error_code, error_request_id
+from shoal.p2p.errors import LocalProtocolError, RemoteProtocolError
+from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, RESPONSES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error,
     ErrorCode, GetPeers, Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
-    PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse, WantBlock,
-    WantHave,
+    PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
+    WantBlock, WantHave,
 )
 
 # --- strategies ---------------------------------------------------------------

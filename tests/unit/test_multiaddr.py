@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p.errors import InvalidMultiaddr
-from p2p.identity import Identity, PeerId
-from p2p.multiaddr import Multiaddr, parse_multiaddr
+from shoal.p2p.errors import InvalidMultiaddr
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr, parse_multiaddr
 
 PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 

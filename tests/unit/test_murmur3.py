@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from store.murmur3 import murmur3_x64_128, murmur3_x64_64
+from shoal.store.ipld.murmur3 import murmur3_x64_128, murmur3_x64_64
 
 
 def canonical(digest: bytes) -> str:

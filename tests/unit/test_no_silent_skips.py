@@ -1,6 +1,6 @@
 """No test may skip itself because one of Shoal's own modules fails to import.
 
-`pytest.importorskip("store.importer")` in tests/unit/test_repo.py turned an
+`pytest.importorskip("shoal.store.dag.importer")` in tests/unit/test_repo.py turned an
 ImportError of our own code into 30 silent skips (issue 12 item 17): the
 suite stayed green while the code it should test could not even load.
 importorskip is for optional third-party packages (matplotlib) only.
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
-OWN_PACKAGES = ("store", "p2p", "cli", "bench", "tests")
+OWN_PACKAGES = ("shoal", "store", "p2p", "cli", "bench", "tests")
 
 
 def _own_importorskips(path: Path) -> list[str]:
@@ -35,6 +35,6 @@ def test_no_importorskip_of_project_modules() -> None:
 
 def test_the_check_sees_an_importorskip(tmp_path: Path) -> None:
     sample = tmp_path / "test_sample.py"
-    sample.write_text('import pytest\nimporter = pytest.importorskip("store.importer")\n'
+    sample.write_text('import pytest\nimporter = pytest.importorskip("shoal.store.dag.importer")\n'
                       'plt = pytest.importorskip("matplotlib")\n')
-    assert [h.split(": ", 1)[1] for h in _own_importorskips(sample)] == ["importorskip('store.importer')"]
+    assert [h.split(": ", 1)[1] for h in _own_importorskips(sample)] == ["importorskip('shoal.store.dag.importer')"]

@@ -7,15 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from p2p.errors import DecryptError, HandshakeError, LocalProtocolError, PeerIdMismatch
-from p2p.identity import Identity, protobuf_bytes_field, protobuf_fields
-from p2p.noise import (
-    MAX_MESSAGE,
-    MAX_PLAINTEXT,
-    NoiseHandshake,
-    Role,
-    SecureSession,
-    _encode_payload,
+from shoal.p2p.errors import DecryptError, HandshakeError, LocalProtocolError, PeerIdMismatch
+from shoal.p2p.secure.identity import Identity, protobuf_bytes_field, protobuf_fields
+from shoal.p2p.secure.noise import (
+    MAX_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, Role, SecureSession, _encode_payload,
 )
 
 ALICE = Identity.from_seed(b"a" * 32)

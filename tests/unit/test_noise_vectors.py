@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from p2p.noise import CipherState, HandshakeState
+from shoal.p2p.secure.noise import CipherState, HandshakeState
 
 VECTOR_FILE = Path(__file__).parent / "vectors" / "noise_xx_25519_chachapoly_sha256.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTOR_FILE.read_text())["vectors"]

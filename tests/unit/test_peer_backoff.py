@@ -11,15 +11,15 @@ from typing import Iterator
 
 import pytest
 
-from p2p import peers as peers_mod
-from p2p.identity import Identity, PeerId
-from p2p.multiaddr import Multiaddr
-from p2p.node import Node, NodeOptions
-from p2p.peers import (
+from shoal.p2p.net import peers as peers_mod
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.peers import (
     DIAL_BACKOFF_BASE_S, DIAL_BACKOFF_CAP_S, DIAL_BACKOFF_JITTER_MIN, FORGET_FAILING_AFTER_S,
     MAX_KNOWN_PEERS, Counts, PeerTable, backoff_delay,
 )
-from store.repo import Repo
+from shoal.store.persist.repo import Repo
 
 ME = PeerId.from_public_key(hashlib.sha256(b"me").digest())
 ADDR = Multiaddr("127.0.0.1", 4001)

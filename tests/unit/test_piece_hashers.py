@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from store import piece_hashers
-from store.piece_hashers import PieceHashers
-from store.proofs import commit, piece_leaves
+from shoal.store.proofs import piece_hashers
+from shoal.store.proofs.piece_hashers import PieceHashers
+from shoal.store.proofs.commitment import commit, piece_leaves
 
 SEG = 2048
 PIECE = SEG * 512
@@ -93,3 +93,27 @@ def test_abort_stops_the_helpers(tmp_path: Path) -> None:
         assert all(p.poll() is not None for p in procs)
     finally:
         os.close(fd)
+
+
+def test_helpers_that_cannot_import_the_package_fail_visibly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A helper whose imports fail (as after a package rename) must not go unnoticed:
+    the put still gets every digest right, has no commitment, and says why."""
+    monkeypatch.setattr(piece_hashers, "_CHILD", "import shoal_no_such_package\n")
+    monkeypatch.setattr(piece_hashers, "REPLY_TIMEOUT_S", 2.0)
+    data = random.Random(6).randbytes(2 * PIECE + 3)
+    with caplog.at_level("WARNING", logger="shoal.put"):
+        digests, commitment, _ = _run(tmp_path, data)
+    assert digests == [hashlib.sha256(data[i : i + PIECE]).digest() for i in range(0, len(data), PIECE)]
+    assert commitment is None
+    assert [r.getMessage() for r in caplog.records if "piece-hashing helpers failed" in r.getMessage()], caplog.text
+
+
+def test_the_real_helpers_start_and_hash_from_this_checkout(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The helpers run with -I -S: they find shoal.store by the path they are given."""
+    data = random.Random(7).randbytes(2 * PIECE)
+    with caplog.at_level("WARNING", logger="shoal.put"):
+        _, commitment, _ = _run(tmp_path, data)
+    assert commitment == commit(data)
+    assert "piece-hashing helpers failed" not in caplog.text

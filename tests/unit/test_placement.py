@@ -1,4 +1,4 @@
-"""Placement: weighted rendezvous hashing (p2p.placement), pure."""
+"""Placement: weighted rendezvous hashing (shoal.p2p.replication.placement), pure."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from p2p.identity import Identity, PeerId
-from p2p.placement import Candidate, place, rendezvous_score
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.replication.placement import Candidate, place, rendezvous_score
 
 GiB = 1 << 30
 
@@ -99,7 +99,7 @@ def test_score_properties() -> None:
 
 
 def test_vetting_factor_and_new_peers_get_a_smaller_share() -> None:
-    from p2p.placement import UNVETTED_FACTOR, VETTED_AFTER, vetting_factor
+    from shoal.p2p.replication.placement import UNVETTED_FACTOR, VETTED_AFTER, vetting_factor
 
     assert vetting_factor(0) == UNVETTED_FACTOR and vetting_factor(VETTED_AFTER) == 1.0
     assert vetting_factor(0) < vetting_factor(VETTED_AFTER // 2) < 1.0 == vetting_factor(10 * VETTED_AFTER)

@@ -14,28 +14,17 @@ from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from trio.testing import lockstep_stream_pair, memory_stream_pair
 
-from p2p.allowlist import AllowlistError, load_allowlist, parse_allowlist
-from p2p.errors import HandshakeError
-from p2p.identity import Identity
-from p2p.noise import NoiseHandshake, Role
-from p2p.pnet import (
-    NONCE_BYTES,
-    PnetCipher,
-    SwarmKey,
-    SwarmKeyError,
-    XSalsa20,
-    hsalsa20,
-    load_swarm_key,
+from shoal.p2p.secure.allowlist import AllowlistError, load_allowlist, parse_allowlist
+from shoal.p2p.errors import HandshakeError
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.secure.noise import NoiseHandshake, Role
+from shoal.p2p.secure.pnet import (
+    NONCE_BYTES, PnetCipher, SwarmKey, SwarmKeyError, XSalsa20, hsalsa20, load_swarm_key,
     parse_swarm_key,
 )
-from p2p.pnet_stream import PnetStream
-from p2p.secure_stream import (
-    FIRST_MESSAGE_BYTES,
-    FrameDecoder,
-    SecureStream,
-    encode_frame,
-    secure_accept,
-    secure_dial,
+from shoal.p2p.secure.pnet_stream import PnetStream
+from shoal.p2p.secure.secure_stream import (
+    FIRST_MESSAGE_BYTES, FrameDecoder, SecureStream, encode_frame, secure_accept, secure_dial,
 )
 
 ALICE = Identity.from_seed(b"a" * 32)

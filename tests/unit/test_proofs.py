@@ -17,34 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store import sha256_chain
-from store.errors import StoreError
-from store.proofs import (
-    DEFAULT_SEGMENT_SIZE,
-    PIECE_SEGMENTS,
-    Commitment,
-    LeafHashes,
-    MalformedProof,
-    MerkleBuilder,
-    MerkleTree,
-    Proof,
-    SparseTree,
-    _aux_positions,
-    _uniform,
-    challenge_indices,
-    commit,
-    commitment_from_pieces,
-    default_k,
-    detection_probability,
-    make_proof,
-    node_hash,
-    piece_leaves,
-    prior_indices,
-    prove_indices,
-    segment_reader,
-    verify_proof,
+from shoal.store.proofs import sha256_chain
+from shoal.store.errors import StoreError
+from shoal.store.proofs.commitment import (
+    DEFAULT_SEGMENT_SIZE, PIECE_SEGMENTS, Commitment, LeafHashes, MalformedProof, MerkleBuilder,
+    MerkleTree, Proof, SparseTree, _aux_positions, _uniform, challenge_indices, commit,
+    commitment_from_pieces, default_k, detection_probability, make_proof, node_hash, piece_leaves,
+    prior_indices, prove_indices, segment_reader, verify_proof,
 )
-from store.tree_shape import piece_nodes
+from shoal.store.proofs.tree_shape import piece_nodes
 
 HOLDER = bytes.fromhex("0024080112") + bytes(range(33))  # shaped like an Ed25519 PeerId
 OTHER = HOLDER[:-1] + b"\xff"

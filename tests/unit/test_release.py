@@ -19,21 +19,24 @@ from typing import Any, Callable, Iterator
 import pytest
 import trio
 
-from p2p.agreements import Offer, offer_signing_bytes, release_bytes
-from p2p.commit_files import build_commitment
-from p2p.connection import RequestFailed
-from p2p.errors import Released
-from p2p.identity import Identity, PeerId
-from p2p.messages import (
-    AuditChallenge, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
+from shoal.p2p.replication.agreements import Offer, offer_signing_bytes, release_bytes
+from shoal.p2p.replication.commit_files import build_commitment
+from shoal.p2p.net.connection import RequestFailed
+from shoal.p2p.errors import Released
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.wire.messages import (
+    AuditChallenge, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse, StoreRequest,
+    StoreResponse,
 )
-from p2p.node import Node, NodeOptions
-from p2p.repair_policy import Replica, State, release_delay, release_settled, surplus
-from p2p.replication import Replication
-from store.cid import CID
-from store.manifest import Manifest
-from store.profiles import DEFAULT_PROFILE
-from store.repo import Repo
+from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.replication.repair_policy import (
+    Replica, State, release_delay, release_settled, surplus,
+)
+from shoal.p2p.replication.owner import Replication
+from shoal.store.ipld.cid import CID
+from shoal.store.proofs.manifest import Manifest
+from shoal.store.chunking.profiles import DEFAULT_PROFILE
+from shoal.store.persist.repo import Repo
 from tests.helpers import random_bytes
 
 SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=4096, max_links=4)
@@ -452,8 +455,8 @@ async def test_a_store_answered_after_the_release_is_given_back_too(repos: Any, 
 
 def test_migration_two_counts_pre_release_holdings_as_agreement_pins(tmp_path: Path) -> None:
     """A repo written before releases existed: its held objects can be released."""
-    from p2p.agreements import COMPONENT, MIGRATIONS, Agreements
-    from store.index import Index
+    from shoal.p2p.replication.agreements import COMPONENT, MIGRATIONS, Agreements
+    from shoal.store.persist.index import Index
 
     path = tmp_path / "old"
     with Repo.init(path) as repo:

@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p import limits as L
-from p2p.codec import decode, encode, error_code, error_request_id
-from p2p.errors import LocalProtocolError, RemoteProtocolError
-from p2p.messages import MESSAGE_TYPES, RESPONSES, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse
+from shoal.p2p.wire import limits as L
+from shoal.p2p.wire.codec import decode, encode, error_code, error_request_id
+from shoal.p2p.errors import LocalProtocolError, RemoteProtocolError
+from shoal.p2p.wire.messages import (
+    MESSAGE_TYPES, RESPONSES, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse,
+)
 
 req_ids = st.integers(1, L.MAX_REQUEST_ID)
 cids = st.binary(min_size=L.MIN_CID_BYTES, max_size=L.MAX_CID_BYTES)

@@ -1,4 +1,4 @@
-"""Replica states, repair decisions, token bucket, deputy election (p2p.repair_policy)."""
+"""Replica states, repair decisions, token bucket, deputy election (shoal.p2p.replication.repair_policy)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from p2p.identity import Identity
-from p2p.repair_policy import (
-    MAX_BUSY_IN_A_ROW, MAX_TIMEOUTS_IN_A_ROW, READMIT_PASSES, Outcome, OwnerWatch, Replica, State, TokenBucket, after_audit, after_store,
-    counts_as_copy, deputy, repairs_needed,
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.replication.repair_policy import (
+    MAX_BUSY_IN_A_ROW, MAX_TIMEOUTS_IN_A_ROW, READMIT_PASSES, Outcome, OwnerWatch, Replica, State,
+    TokenBucket, after_audit, after_store, counts_as_copy, deputy, repairs_needed,
 )
 
 

@@ -22,19 +22,19 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2p import codec
-from p2p import limits as L
-from p2p.commit_files import build_commitment, committed_length, stored_dag_bytes
-from p2p.holding import HEAVY_THREADS, Holding, pull_budget
-from p2p.messages import AuditProof
-from store.blockstore import MemoryBlockstore
-from store.cancel import Cancelled
-from store.cid import cid_from_bytes
-from store.errors import StoreError
-from store.importer import import_bytes
-from store.proofs import (
-    MAX_K, Commitment, MerkleTree, check_stop, make_proof, max_challenges, max_proof_bytes, prove_indices,
-    reduce_nodes,
+from shoal.p2p.wire import codec
+from shoal.p2p.wire import limits as L
+from shoal.p2p.replication.commit_files import build_commitment, committed_length, stored_dag_bytes
+from shoal.p2p.replication.holder import HEAVY_THREADS, Holding, pull_budget
+from shoal.p2p.wire.messages import AuditProof
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.cancel import Cancelled
+from shoal.store.ipld.cid import cid_from_bytes
+from shoal.store.errors import StoreError
+from shoal.store.dag.importer import import_bytes
+from shoal.store.proofs.commitment import (
+    MAX_K, Commitment, MerkleTree, check_stop, make_proof, max_challenges, max_proof_bytes,
+    prove_indices, reduce_nodes,
 )
 from tests.integration.evil_replication import bomb_dag
 

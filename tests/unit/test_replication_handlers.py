@@ -10,17 +10,19 @@ from typing import Iterator
 
 import pytest
 
-from p2p.agreements import Offer, offer_signing_bytes
-from p2p.audit import _check
-from p2p.commit_files import build_commitment
-from p2p.identity import Identity, PeerId
-from p2p.messages import AuditChallenge, AuditProof, Error, ErrorCode, StoreRequest, StoreResponse
-from p2p.node import Node, NodeOptions
-from p2p.replication import Replication
-from store.cid import CID, block_key
-from store.manifest import Manifest
-from store.profiles import DEFAULT_PROFILE
-from store.repo import Repo
+from shoal.p2p.replication.agreements import Offer, offer_signing_bytes
+from shoal.p2p.replication.audit import _check
+from shoal.p2p.replication.commit_files import build_commitment
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.wire.messages import (
+    AuditChallenge, AuditProof, Error, ErrorCode, StoreRequest, StoreResponse,
+)
+from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.replication.owner import Replication
+from shoal.store.ipld.cid import CID, block_key
+from shoal.store.proofs.manifest import Manifest
+from shoal.store.chunking.profiles import DEFAULT_PROFILE
+from shoal.store.persist.repo import Repo
 from tests.helpers import random_bytes
 
 SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=4096, max_links=4)
@@ -97,7 +99,7 @@ def store_request(manifest: Manifest, signer: Identity, holders: tuple[bytes, ..
 
 
 def _cid_bytes(manifest: Manifest) -> bytes:
-    from store.cid import parse_cid
+    from shoal.store.ipld.cid import parse_cid
 
     return bytes(parse_cid(manifest.root_cid))
 
@@ -131,7 +133,7 @@ def _write(path: Path, size: int) -> Path:
 
 
 async def test_store_request_accepted_signs_the_agreement(repo: Repo, tmp_path: Path) -> None:
-    from p2p.agreements import agreement_bytes
+    from shoal.p2p.replication.agreements import agreement_bytes
 
     (tmp_path / "f.bin").write_bytes(random_bytes(40_000, 11))
     cid = repo.add(tmp_path / "f.bin", profile=SMALL).cid  # already local: the pull is a no-op

@@ -9,18 +9,20 @@ from typing import Iterator
 
 import pytest
 
-from p2p.agreements import Agreements, Offer, agreement_bytes, offer_signing_bytes
-from p2p.audit import _check, deadline_for, prove, verify_local
-from p2p.commit_files import build_commitment, has_leaves, leaves_path, load_tree, object_bytes
-from p2p.errors import ProtocolError
-from p2p.identity import Identity
-from p2p.messages import AuditProof
-from p2p.repair_policy import Outcome, Replica, State, after_audit
-from store.cid import block_key
-from store.errors import BlockNotFound, StoreError
-from store.profiles import DEFAULT_PROFILE
-from store.proofs import commit, default_k, verify_proof, Proof
-from store.repo import Repo
+from shoal.p2p.replication.agreements import Agreements, Offer, agreement_bytes, offer_signing_bytes
+from shoal.p2p.replication.audit import _check, deadline_for, prove, verify_local
+from shoal.p2p.replication.commit_files import (
+    build_commitment, has_leaves, leaves_path, load_tree, object_bytes,
+)
+from shoal.p2p.errors import ProtocolError
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.wire.messages import AuditProof
+from shoal.p2p.replication.repair_policy import Outcome, Replica, State, after_audit
+from shoal.store.ipld.cid import block_key
+from shoal.store.errors import BlockNotFound, StoreError
+from shoal.store.chunking.profiles import DEFAULT_PROFILE
+from shoal.store.proofs.commitment import commit, default_k, verify_proof, Proof
+from shoal.store.persist.repo import Repo
 from tests.helpers import random_bytes
 
 SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=4096, max_links=4)
@@ -166,7 +168,7 @@ def test_seeded_monte_carlo_detection_of_a_ten_percent_loss() -> None:
     """k = 66 audits catch a holder missing 10 % of segments >= 99.9 % of the time."""
     import random
 
-    from store.proofs import challenge_indices
+    from shoal.store.proofs.commitment import challenge_indices
 
     rng = random.Random(1234)
     n = 5000

@@ -17,14 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store import exporter
-from store.blockstore import MemoryBlockstore
-from store.cid import CID, block_key, make_cid
-from store.config import DEFAULTS, dumps, load_config, merge, save_config
-from store.errors import BlockNotFound, GcRefused, NotPinned, RepoError, RepoLocked, RepoNotInitialized, StorageFull
-from store.flatfs import shard_of
-from store.profiles import DEFAULT_PROFILE
-from store.repo import GcResult, Repo, resolve_repo_path
+from shoal.store.dag import exporter
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID, block_key, make_cid
+from shoal.store.persist.config import DEFAULTS, dumps, load_config, merge, save_config
+from shoal.store.errors import (
+    BlockNotFound, GcRefused, NotPinned, RepoError, RepoLocked, RepoNotInitialized, StorageFull,
+)
+from shoal.store.persist.flatfs import shard_of
+from shoal.store.chunking.profiles import DEFAULT_PROFILE
+from shoal.store.persist.repo import GcResult, Repo, resolve_repo_path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small chunks and fan-out: multi-level DAGs from a few KiB of data.
@@ -87,8 +89,8 @@ def test_lock_across_processes(repo: Repo) -> None:
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from store.repo import Repo
-        from store.errors import RepoLocked
+        from shoal.store.persist.repo import Repo
+        from shoal.store.errors import RepoLocked
         try:
             Repo.open({str(repo.path)!r})
         except RepoLocked as e:
@@ -332,8 +334,8 @@ def test_sigkill_mid_add(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from store.repo import Repo
-        from store.profiles import DEFAULT_PROFILE
+        from shoal.store.persist.repo import Repo
+        from shoal.store.chunking.profiles import DEFAULT_PROFILE
         prof = DEFAULT_PROFILE.with_overrides(chunk_size=65536)
         done = 0
         def progress(n):
@@ -379,7 +381,7 @@ def test_disk_full_add(tiny_tmpfs: Path, tmp_path: Path) -> None:
 # -- add(..., commit=True): the storage commitment in the same pass -----------------------
 
 def _leaf_layer(data: bytes) -> bytes:
-    from store.proofs import DEFAULT_SEGMENT_SIZE, piece_leaves, piece_size
+    from shoal.store.proofs.commitment import DEFAULT_SEGMENT_SIZE, piece_leaves, piece_size
 
     s = DEFAULT_SEGMENT_SIZE
     p = piece_size(s)
@@ -395,16 +397,16 @@ PIECES = DEFAULT_PROFILE.with_overrides(max_links=3)
 @pytest.mark.parametrize("n", [0, 5000, 300_000, (1 << 20), 5 * (1 << 20) + 4097])
 def test_add_with_commitment(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              helpers: bool, n: int) -> None:
-    import store.piece_hashers
-    import store.repo as repo_mod
-    from store.importer import import_path
-    from store.proofs import Commitment, commit
-    from store.repo import commitment_file, leaves_file
+    import shoal.store.proofs.piece_hashers
+    import shoal.store.persist.repo as repo_mod
+    from shoal.store.dag.importer import import_path
+    from shoal.store.proofs.commitment import Commitment, commit
+    from shoal.store.persist.repo import commitment_file, leaves_file
 
     monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0 if helpers else None)
     used: list[int] = []
-    real_ring = store.piece_hashers.PieceHashers.ring
-    monkeypatch.setattr(store.piece_hashers.PieceHashers, "ring",
+    real_ring = shoal.store.proofs.piece_hashers.PieceHashers.ring
+    monkeypatch.setattr(shoal.store.proofs.piece_hashers.PieceHashers, "ring",
                         lambda self, slots: used.append(slots) or real_ring(self, slots))
     data = os.urandom(n)
     (tmp_path / "f.bin").write_bytes(data)
@@ -421,8 +423,8 @@ def test_add_with_commitment(repo: Repo, tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_add_with_commitment_other_chunking(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks that are not whole pieces (here 1 KiB) take the in-process builder."""
-    import store.repo as repo_mod
-    from store.proofs import commit
+    import shoal.store.persist.repo as repo_mod
+    from shoal.store.proofs.commitment import commit
 
     monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
     data = os.urandom(300_000)
@@ -448,13 +450,13 @@ def test_add_directory_with_commit_has_no_commitment(repo: Repo, tmp_path: Path)
 def test_failed_helpers_still_put(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: str) -> None:
     """Helpers that fail in any way: the blocks are hashed here instead, the put
     succeeds with the right CID and leaves no commitment (built later)."""
-    import store.piece_hashers
-    import store.repo as repo_mod
-    from store.importer import import_path
+    import shoal.store.proofs.piece_hashers
+    import shoal.store.persist.repo as repo_mod
+    from shoal.store.dag.importer import import_path
 
     monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
-    monkeypatch.setattr(store.piece_hashers, "_CHILD", child)
-    monkeypatch.setattr(store.piece_hashers, "REPLY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(shoal.store.proofs.piece_hashers, "_CHILD", child)
+    monkeypatch.setattr(shoal.store.proofs.piece_hashers, "REPLY_TIMEOUT_S", 1.0)
     data = os.urandom(4 * (1 << 20) + 5)
     (tmp_path / "f.bin").write_bytes(data)
     result = repo.add(tmp_path / "f.bin", profile=PIECES, commit=True)
@@ -468,15 +470,15 @@ def test_failed_helpers_still_put(repo: Repo, tmp_path: Path, monkeypatch: pytes
 def test_a_helper_with_a_wrong_digest_fails_the_put(repo: Repo, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A digest that is not the bytes' SHA-256 is a bug: never a block under a wrong name."""
-    import store.piece_hashers
-    import store.repo as repo_mod
-    from store.piece_hashers import PieceHashError
+    import shoal.store.proofs.piece_hashers
+    import shoal.store.persist.repo as repo_mod
+    from shoal.store.proofs.piece_hashers import PieceHashError
 
     child = ("import os, struct, sys\n"
              "while h := sys.stdin.buffer.raw.read(20):\n"
              "    os.write(1, h[:8] + h[16:] + bytes(96))\n")
     monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
-    monkeypatch.setattr(store.piece_hashers, "_CHILD", child)
+    monkeypatch.setattr(shoal.store.proofs.piece_hashers, "_CHILD", child)
     (tmp_path / "f.bin").write_bytes(os.urandom(3 * (1 << 20)))
     with pytest.raises(PieceHashError):
         repo.add(tmp_path / "f.bin", profile=PIECES, commit=True)
@@ -486,10 +488,10 @@ def test_a_helper_with_a_wrong_digest_fails_the_put(repo: Repo, tmp_path: Path,
 
 def test_commit_files_reuse_the_put_commitment(repo: Repo, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """p2p.commit_files.build_commitment skips its pass when the put left both files,
+    """shoal.p2p.replication.commit_files.build_commitment skips its pass when the put left both files,
     and rebuilds them when the leaf file no longer folds to the recorded root."""
-    from p2p import commit_files
-    from store.proofs import commit
+    from shoal.p2p.replication import commit_files
+    from shoal.store.proofs.commitment import commit
 
     data = os.urandom(100_000)
     (tmp_path / "f.bin").write_bytes(data)

@@ -8,13 +8,13 @@ from typing import Iterator
 
 import pytest
 
-from store import exporter
-from store.blockstore import MemoryBlockstore
-from store.cid import CID, block_key, make_cid
-from store.errors import HashMismatch
-from store.flatfs import FlatfsBlockstore, shard_of
-from store.profiles import DEFAULT_PROFILE
-from store.repo import QUARANTINE_DIR, Repo
+from shoal.store.dag import exporter
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.ipld.cid import CID, block_key, make_cid
+from shoal.store.errors import HashMismatch
+from shoal.store.persist.flatfs import FlatfsBlockstore, shard_of
+from shoal.store.chunking.profiles import DEFAULT_PROFILE
+from shoal.store.persist.repo import QUARANTINE_DIR, Repo
 
 SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=1024, max_links=4)
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from store.errors import GcRefused, IndexCorrupt, IndexMissing, RepoError, RepoLocked, StorageFull
-from store.profiles import PROFILES
-from store.repo import Repo
+from shoal.store.errors import (
+    GcRefused, IndexCorrupt, IndexMissing, RepoError, RepoLocked, StorageFull,
+)
+from shoal.store.chunking.profiles import PROFILES
+from shoal.store.persist.repo import Repo
 
 
 

@@ -12,13 +12,13 @@ import pytest
 import trio
 import trio.testing
 
-from p2p import reputation_store as rs
-from p2p.identity import Identity, PeerId
-from p2p.node import Node, NodeOptions
-from p2p.peers import Counts, Reputation
-from p2p.reputation_store import COMPONENT, ReputationStore
-from store.index import Index
-from store.repo import Repo
+from shoal.p2p.net import reputation_store as rs
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.peers import Counts, Reputation
+from shoal.p2p.net.reputation_store import COMPONENT, ReputationStore
+from shoal.store.persist.index import Index
+from shoal.store.persist.repo import Repo
 
 NODE = Identity.from_seed(hashlib.sha256(b"reputation node").digest())
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store.errors import InvalidInput
-from store.safetensors import (
+from shoal.store.errors import InvalidInput
+from shoal.store.chunking.safetensors import (
     MAX_HEADER_LEN, SafetensorsChunker, SafetensorsHeader, parse_header, tensor_byte_range,
 )
 from tests.helpers_safetensors import (

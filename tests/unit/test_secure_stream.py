@@ -10,15 +10,11 @@ import trio
 import trio.testing
 from trio.testing import lockstep_stream_pair, memory_stream_pair
 
-from p2p.errors import DecryptError, HandshakeError, PeerIdMismatch, RemoteProtocolError
-from p2p.identity import Identity
-from p2p.noise import MAX_MESSAGE
-from p2p.secure_stream import (
-    FrameDecoder,
-    SecureStream,
-    encode_frame,
-    secure_accept,
-    secure_dial,
+from shoal.p2p.errors import DecryptError, HandshakeError, PeerIdMismatch, RemoteProtocolError
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.secure.noise import MAX_MESSAGE
+from shoal.p2p.secure.secure_stream import (
+    FrameDecoder, SecureStream, encode_frame, secure_accept, secure_dial,
 )
 
 ALICE = Identity.from_seed(b"a" * 32)

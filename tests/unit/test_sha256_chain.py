@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store import sha256_chain
-from store.sha256_chain import IV, BufferChain, ChainError, piece_leaves, resume
+from shoal.store.proofs import sha256_chain
+from shoal.store.proofs.sha256_chain import IV, BufferChain, ChainError, piece_leaves, resume
 
 
 def test_native_states_are_available_here() -> None:
@@ -103,7 +103,7 @@ def test_pure_python_fallback_gives_the_same_leaves(monkeypatch: pytest.MonkeyPa
 
 
 def test_the_precompiled_declarations_are_what_the_cdef_gives(tmp_path: Path) -> None:
-    """store/_sha256_ffi.py is generated; regenerate it and compare, so it cannot drift."""
+    """store/proofs/_sha256_ffi.py is generated; regenerate it and compare, so it cannot drift."""
     out = tmp_path / "_sha256_ffi.py"
     sha256_chain.emit_ffi_module(str(out))
     committed = Path(sha256_chain.__file__).with_name("_sha256_ffi.py")

@@ -1,4 +1,4 @@
-"""Lazy safetensors reads (store.tensors) and the pure range walk (p2p.range_fetch.RangeWalk).
+"""Lazy safetensors reads (shoal.store.dag.tensor_ranges) and the pure range walk (shoal.p2p.exchange.range_fetch.RangeWalk).
 
 "Reads only the covering blocks" is checked by counting the blocks a
 reader pulls out of the blockstore, not by timing.
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from p2p.range_fetch import RangeWalk
-from store.blockstore import MemoryBlockstore
-from store.chunker import FixedChunker
-from store.cid import CID
-from store.errors import InvalidInput, MalformedBlock
-from store.exporter import read_file
-from store.importer import import_bytes, import_path
-from store.profiles import UNIXFS_V1_2025
-from store.safetensors import SafetensorsChunker, parse_header
-from store.tensors import SafetensorsObject, tensor_window
+from shoal.p2p.exchange.range_fetch import RangeWalk
+from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.chunking.chunker import FixedChunker
+from shoal.store.ipld.cid import CID
+from shoal.store.errors import InvalidInput, MalformedBlock
+from shoal.store.dag.exporter import read_file
+from shoal.store.dag.importer import import_bytes, import_path
+from shoal.store.chunking.profiles import UNIXFS_V1_2025
+from shoal.store.chunking.safetensors import SafetensorsChunker, parse_header
+from shoal.store.dag.tensor_ranges import SafetensorsObject, tensor_window
 from tests.helpers_safetensors import make_safetensors, model_shapes
 
 SHAPES = model_shapes(layers=3, hidden=256, vocab=500)  # ~3.6 MB, tensors 0.5 KB .. 0.5 MB
@@ -147,8 +147,8 @@ def test_range_walk_asks_for_exactly_what_the_exporter_reads() -> None:
 
 
 def test_range_walk_rejects_lying_blocksizes() -> None:
-    from store import dagpb, unixfs
-    from store.cid import make_cid
+    from shoal.store.ipld import dagpb, unixfs
+    from shoal.store.ipld.cid import make_cid
 
     leaf = b"x" * 10
     leaf_cid = make_cid("raw", leaf)

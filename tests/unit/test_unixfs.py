@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from store import unixfs
-from store.errors import MalformedBlock
-from store.unixfs import DataType, UnixFSData, UnixTime
+from shoal.store.ipld import unixfs
+from shoal.store.errors import MalformedBlock
+from shoal.store.ipld.unixfs import DataType, UnixFSData, UnixTime
 
 # Vectors printed by ipfs-unixfs 13.1.1 `new UnixFS({...}).marshal()`.
 VECTORS = [

@@ -1,0 +1,405 @@
+"""Fetch a DAG from the swarm: the trio driver around `exchange.FetchPlanner`.
+
+1. Ask connected peers who holds the root (WANT_HAVE), in parallel.
+2. Walk the DAG from the root. Blocks already stored are read locally, so
+   an interrupted fetch resumes where it stopped; missing ones go to the
+   planner, which spreads them over the holders and retries failures
+   elsewhere.
+3. Every block is hash-checked (`Blockstore.put` verifies) before it is
+   stored or its links are followed. A holder that sends a block that does
+   not match is dropped from the fetch and its reputation marked.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, TYPE_CHECKING, Awaitable, Callable, cast
+
+import trio
+
+from shoal.store.ipld.cid import CID, RAW, verify_block
+from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
+from shoal.store.dag.exporter import iter_links
+
+from shoal.p2p.wire import limits as L
+from shoal.p2p.net.connection import RequestFailed
+from shoal.p2p.errors import NoPeers, P2PError
+from shoal.p2p.exchange.planner import FetchPlanner
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.wire.messages import Block, BlockMissing, Have, WantBlock, WantHave
+
+if TYPE_CHECKING:
+    from shoal.p2p.net.node import Node
+
+log = logging.getLogger("shoal.fetch")
+
+FIND_TIMEOUT_S = 5.0
+# Verified puts run in worker threads, this many at once: a durable put waits
+# on the disk (fsync or a shared syncfs round), so one at a time left the
+# fetch disk-latency bound (bench/transfer.py: ~137 MB/s serial puts against
+# ~590 MB/s with four threads).
+STORE_CONCURRENCY = 6
+# The fetch's block bytes in memory: received blocks waiting for (or in) a
+# put, plus what every request still running may bring (a block of at most
+# `L.MAX_BLOCK_BYTES` each). A new request goes out only if it fits, so
+# memory stays under this bound whatever the number of holders, their
+# in-flight caps, or a slow disk (before: only new requests stopped at the
+# cap, while those in flight kept adding to an unbounded queue).
+STORE_QUEUE_BYTES = 96 * 1024 * 1024
+# Events waiting for the loop. Every sender is a request or store task, whose
+# number the byte budget bounds; a full channel makes them wait (backpressure).
+EVENT_BUFFER = 64
+
+_Event = tuple[str, PeerId, bytes, "bytes | None"]
+"""(kind, holder, block key, data): what a request task reports to the loop."""
+
+
+class FetchFailed(P2PError):
+    """Some blocks could not be had from any holder."""
+
+
+@dataclass
+class FetchResult:
+    cid: CID
+    fetched_blocks: int = 0
+    fetched_bytes: int = 0
+    local_blocks: int = 0
+    holders: int = 0
+
+
+async def find_holders(node: "Node", root: CID, timeout: float = FIND_TIMEOUT_S) -> list[PeerId]:
+    """Connected peers that answer HAVE for `root`, asked all at once."""
+    found: list[PeerId] = []
+    raw = bytes(root)
+
+    async def ask(peer: PeerId) -> None:
+        conn = node.connection_to(peer)
+        if conn is None:
+            return
+        try:
+            replies = await conn.request(lambda rid: WantHave(rid, (raw,)), timeout=timeout)
+        except RequestFailed:
+            return
+        if any(isinstance(r, Have) and raw in r.cids for r in replies):
+            found.append(peer)
+
+    async with trio.open_nursery() as nursery:
+        for peer in node.connected_peers():
+            nursery.start_soon(ask, peer)
+    return found
+
+
+async def fetch_dag(
+    node: "Node",
+    root: CID,
+    *,
+    progress: Callable[[int], None] | None = None,
+    holders: list[PeerId] | None = None,
+    request_timeout: float = 20.0,
+    max_inflight_per_peer: int = 16,
+    on_stored: Callable[[CID, bytes], Awaitable[None]] | None = None,
+    on_verified: Callable[[CID, bytes], None] | None = None,
+    on_wanted: Callable[[CID], None] | None = None,
+    guard: bool = True,
+    check_local: bool = False,
+) -> FetchResult:
+    """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
+
+    `await on_stored(cid, data)` runs for each fetched block once it is
+    hash-checked and stored (not for blocks that were already local); the
+    fetch waits for it, so it can pace the fetch (it must not wait long).
+    `on_verified(cid, data)` runs in the store thread once the block's hash
+    is checked and before it is written (p2p/exchange/handoff.py hands it to an
+    export there); it may block that thread briefly, which paces the fetch.
+    `on_wanted(cid)` runs on the event loop for each block the fetch will
+    get from the swarm, before it is requested. `guard=False` only for a
+    caller that already holds `node.store_guard` shared. `check_local`:
+    re-hash local raw leaves too (normally only inner nodes are read), so a
+    copy known to be damaged is healed: a corrupt block is moved to the
+    repo's quarantine and fetched again.
+    """
+    fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
+    fetch.on_verified = on_verified
+    fetch.on_wanted = on_wanted
+    fetch.check_local = check_local
+    return await fetch.run(holders, guard=guard)
+
+
+def missing_blocks(store: Any, root: CID, limit: int = 16) -> list[CID]:
+    """Blocks of the DAG under `root` that are absent (or, for inner nodes,
+    corrupt), up to `limit`. Raw leaves are checked for presence only (every
+    fetched one was hash-checked before it was stored); inner nodes are read,
+    verified, to follow their links. Runs in a worker thread."""
+    missing: list[CID] = []
+    seen: set[tuple[int, bytes]] = set()
+    stack = [root]
+    while stack and len(missing) < limit:
+        cid = stack.pop()
+        visit = (int(cid.codec.code), bytes(cid))
+        if visit in seen:
+            continue
+        seen.add(visit)
+        if cid.codec.name == RAW:
+            if not store.has(cid):
+                missing.append(cid)
+            continue
+        try:
+            data = store.get(cid)
+        except (BlockNotFound, HashMismatch):
+            missing.append(cid)
+            continue
+        stack.extend(reversed(iter_links(cid, data)))
+    return missing
+
+
+class PlannedFetch(abc.ABC):
+    """What every fetch shares: the planner loop over holders, block requests,
+    hash-checked storing and the reputation bookkeeping.
+
+    Subclasses say which CID a key names (`_cid_for`) and what to do with a
+    verified block (`_on_block`): follow all its links, or only those that
+    cover a byte range.
+    """
+
+    def __init__(self, node: "Node", request_timeout: float, max_inflight_per_peer: int,
+                 result: FetchResult | Any) -> None:
+        self.node = node
+        self.store = node.repo.blockstore
+        self.result = result
+        self.planner = FetchPlanner(max_inflight_per_peer=max_inflight_per_peer, request_timeout=request_timeout)
+        self.events_send, self.events_recv = trio.open_memory_channel[_Event](EVENT_BUFFER)
+        self._store_limiter = trio.CapacityLimiter(STORE_CONCURRENCY)
+        self._store_bytes = 0  # received block bytes not yet stored or rejected
+        self._requests_running = 0  # request tasks that have not reported yet
+        self._store_error: StoreError | OSError | None = None
+        self.on_verified: Callable[[CID, bytes], None] | None = None
+        self.on_wanted: Callable[[CID], None] | None = None
+
+    @abc.abstractmethod
+    def _cid_for(self, key: bytes) -> CID:
+        """The CID a requested key stands for."""
+
+    @abc.abstractmethod
+    async def _on_block(self, key: bytes, cid: CID, data: bytes) -> None:
+        """A block arrived and is stored, verified: follow what it links to."""
+
+    async def _drive(self, root: CID, holders: list[PeerId] | None) -> list[PeerId]:
+        """Fetch everything the planner wants from `holders` (found if None)."""
+        if holders is None:
+            holders = await find_holders(self.node, root)
+        if not holders:
+            raise NoPeers(f"no connected peer has {root}")
+        for peer in holders:
+            self.planner.add_holder(peer)
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            # Caught inside the nursery and re-raised outside it: from the
+            # body it would leave as an ExceptionGroup, which the API's
+            # error mapping does not know (the user got an HTTP 500).
+            try:
+                await self._loop(nursery)
+            except (P2PError, StoreError, OSError) as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if self.planner.failed:
+            raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of {root} from any peer")
+        return holders
+
+    def _request_room(self) -> int:
+        """How many more requests fit in the memory budget (`STORE_QUEUE_BYTES`)."""
+        free = STORE_QUEUE_BYTES - self._store_bytes - self._requests_running * L.MAX_BLOCK_BYTES
+        return max(0, free // L.MAX_BLOCK_BYTES)
+
+    async def _loop(self, nursery: trio.Nursery) -> None:
+        while not self.planner.finished:
+            room = self._request_room()
+            if room:
+                for peer, key in self.planner.next_requests(trio.current_time(), limit=room):
+                    self._requests_running += 1
+                    nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
+            deadline = self.planner.next_deadline()
+            # Only the wait is bounded. Handling an event (a local read of an
+            # inner node, the on_stored hook) must never be cut short by a
+            # request's deadline: a walk dropped halfway leaves blocks marked
+            # seen that nobody will ever request.
+            event: _Event | None = None
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                event = await self.events_recv.receive()
+            if event is None:
+                self.planner.expire(trio.current_time())
+                continue
+            await self._handle(event, nursery)
+
+    async def _request(self, peer: PeerId, key: bytes) -> None:
+        try:
+            event = await self._ask(peer, key)
+        finally:
+            self._requests_running -= 1
+        if event[3] is not None:
+            # The block moves to the store queue in the same step, so the
+            # budget never loses sight of it.
+            self._store_bytes += len(event[3])
+        await self.events_send.send(event)
+
+    async def _ask(self, peer: PeerId, key: bytes) -> _Event:
+        """One WANT_BLOCK to `peer`: what it came to, as an event for the loop."""
+        conn = self.node.connection_to(peer)
+        if conn is None:
+            return ("gone", peer, key, None)
+        try:
+            replies = await conn.request(lambda rid: WantBlock(rid, (key,)), timeout=L.BLOCK_REQUEST_TIMEOUT_S)
+        except RequestFailed as exc:
+            return ("gone" if conn.closed else ("timeout" if exc.timed_out else "fail"), peer, key, None)
+        for reply in replies:
+            if isinstance(reply, Block) and reply.cid == key:
+                return ("block", peer, key, reply.data)
+            if isinstance(reply, BlockMissing):
+                break
+        return ("fail", peer, key, None)
+
+    async def _handle(self, event: "_Event", nursery: trio.Nursery) -> None:
+        kind, peer, key, data = event
+        if kind == "gone":
+            self.planner.on_peer_gone(peer)
+            return
+        if kind in ("fail", "timeout"):
+            self.planner.on_failure(peer, key, timed_out=kind == "timeout")
+            if kind == "timeout":
+                self.node.peers.ensure(peer).reputation.timeouts += 1
+            return
+        assert data is not None
+        if kind == "block":  # verify and store off the loop; "stored"/"corrupt" follows
+            nursery.start_soon(self._store, peer, key, data)  # (counted in _store_bytes already)
+            return
+        self._store_bytes -= len(data)
+        cid = self._cid_for(key)
+        if kind == "corrupt":
+            log.warning("peer %s sent a block that does not match %s", peer, cid)
+            self.node.peers.ensure(peer).reputation.corrupt += 1
+            self.planner.on_block(peer, key, valid=False)
+            return
+        if kind == "error":
+            assert self._store_error is not None
+            raise self._store_error
+        assert kind == "stored"
+        self.planner.on_block(peer, key, valid=True)
+        self.node.peers.ensure(peer).reputation.delivered += 1
+        self.result.fetched_blocks += 1
+        self.result.fetched_bytes += len(data)
+        self.node.received_bytes += len(data)
+        await self._on_block(key, cid, data)
+
+    async def _store(self, peer: PeerId, key: bytes, data: bytes) -> None:
+        """Hash-check and store one block in a worker thread, then report to the loop.
+
+        Nothing else sees the block before `put` has verified it: the loop
+        follows its links only on "stored". Store errors other than a hash
+        mismatch (disk full, I/O) end the fetch, as they did in the loop.
+        """
+        cid = self._cid_for(key)
+        async with self._store_limiter:
+            kind = "stored"
+            try:
+                await trio.to_thread.run_sync(self._verify_and_put, cid, data)
+            except HashMismatch:
+                kind = "corrupt"
+            except (StoreError, OSError) as exc:  # raised by the loop, outside any task
+                self._store_error = exc
+                kind = "error"
+        await self.events_send.send((kind, peer, key, data))
+
+    def _verify_and_put(self, cid: CID, data: bytes) -> None:
+        """Worker thread: hash check (HashMismatch), the `on_verified` hook, then the write."""
+        if self.on_verified is None:
+            self.store.put(cid, data)  # verifies the hash
+            return
+        verify_block(cid, data)
+        self.on_verified(cid, data)
+        self.store.put_trusted(cid, data)
+
+
+class _Fetch(PlannedFetch):
+    """The whole DAG under a root."""
+
+    def __init__(self, node: "Node", root: CID, progress: Callable[[int], None] | None,
+                 request_timeout: float, max_inflight_per_peer: int,
+                 on_stored: Callable[[CID, bytes], Awaitable[None]] | None = None) -> None:
+        super().__init__(node, request_timeout, max_inflight_per_peer, FetchResult(root))
+        self.root = root
+        self.progress = progress or (lambda n: None)
+        self.on_stored = on_stored
+        self.cids: dict[bytes, CID] = {}
+        self.check_local = False  # re-hash local raw leaves too (see fetch_dag)
+
+    async def run(self, holders: list[PeerId] | None, *, guard: bool = True) -> FetchResult:
+        """`guard=False`: the caller already holds the node's store guard shared
+        (taking it again could wait behind a gc that waits for the caller)."""
+        if not guard:
+            return await self._run(holders)
+        async with self.node.store_guard.shared():
+            return await self._run(holders)
+
+    async def _run(self, holders: list[PeerId] | None) -> FetchResult:
+        await self._consider([self.root])
+        if not self.planner.finished:
+            self.result.holders = len(await self._drive(self.root, holders))
+        # Success is a claim about the store, not about the walk: check it.
+        missing = await trio.to_thread.run_sync(missing_blocks, self.store, self.root)
+        if missing:
+            raise FetchFailed(f"fetch of {self.root} ended with {len(missing)} blocks missing, "
+                              f"e.g. {missing[0]}")
+        return self.result
+
+    def _cid_for(self, key: bytes) -> CID:
+        return self.cids[key]
+
+    async def _on_block(self, key: bytes, cid: CID, data: bytes) -> None:
+        if self.on_stored is not None:
+            await self.on_stored(cid, data)
+        self.progress(len(data))
+        if cid.codec.name != RAW:
+            try:
+                links = iter_links(cid, data)
+            except StoreError as exc:
+                raise FetchFailed(f"block {cid} of {self.root} is malformed: {exc}") from None
+            await self._consider(links)
+
+    async def _consider(self, cids: list[CID]) -> None:
+        """Queue missing blocks; walk present dag-pb blocks locally (resume)."""
+        stack = list(reversed(cids))
+        while stack:
+            cid = stack.pop()
+            key = bytes(cid)
+            if key in self.cids:
+                continue
+            self.cids[key] = cid
+            if not self.store.has(cid):
+                self._want(cid, key)
+                continue
+            self.result.local_blocks += 1
+            if cid.codec.name == RAW and not self.check_local:
+                continue
+            try:
+                data = await trio.to_thread.run_sync(self.store.get, cid)
+            except HashMismatch:
+                await trio.to_thread.run_sync(self.node.repo.quarantine, cid)  # corrupt: move aside, fetch a good one
+                self.result.local_blocks -= 1
+                self._want(cid, key)
+                continue
+            except BlockNotFound:
+                self.result.local_blocks -= 1
+                self._want(cid, key)
+                continue
+            if cid.codec.name != RAW:
+                stack.extend(reversed(iter_links(cid, data)))
+
+    def _want(self, cid: CID, key: bytes) -> None:
+        """Fetch this block from the swarm (and tell `on_wanted` it is coming)."""
+        if self.on_wanted is not None:
+            self.on_wanted(cid)
+        self.planner.want([key])

@@ -1,0 +1,1 @@
+"""The node: connections, peers and reputation, admission, the control API and the services it runs."""

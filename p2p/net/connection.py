@@ -1,0 +1,329 @@
+"""One authenticated connection to a peer: requests out, requests in.
+
+The trio driver around the sans-IO pieces (FrameDecoder, codec, messages):
+- a reader task turns decrypted bytes into messages and routes each one:
+  responses go to the request that waits for them (matched by request id),
+  requests go to the node's handler in their own task;
+- a send lock keeps frames whole when several tasks send at once;
+- backpressure both ways: at most `max_inflight_out` of our requests are
+  outstanding (callers wait for a slot), and at most `max_inflight_in` of the
+  peer's requests are served at once (the next one gets ERROR busy);
+- a send budget: the bytes read for the peer and not yet written (blocks,
+  reserved before the disk read) stay under `send_budget` (32 MiB), so a
+  peer that stops reading costs that much memory, not 64 requests' worth;
+- a stall timeout: a frame that cannot be written within `stall_timeout`
+  closes the connection (its socket is not being read).
+Malformed input gets an ERROR reply; too much of it, or any framing error,
+closes the connection. Nothing a peer sends can crash the node.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Awaitable, Callable, Sequence
+
+import trio
+
+from shoal.p2p.wire import codec, limits as L
+from shoal.p2p.errors import DecoderBug, P2PError, RemoteProtocolError
+from shoal.p2p.wire.framing import FrameDecoder, encode_frame_parts
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.wire.messages import RESPONSES, Error, ErrorCode, Message
+
+log = logging.getLogger("shoal.conn")
+
+Handler = Callable[["PeerConnection", Message], Awaitable[Sequence[Message]]]
+MAX_MALFORMED = 16  # malformed messages tolerated before we hang up
+READ_SIZE = 256 * 1024
+
+
+class RequestFailed(P2PError):
+    """The peer answered a request with ERROR, or the connection closed first."""
+
+    def __init__(self, message: str, code: int = 0, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.timed_out = timed_out
+
+
+class SendBudget:
+    """Bytes a connection may hold for its peer before they reach the socket.
+
+    `acquire(n)` waits until `n` more bytes fit (a request larger than the
+    whole budget takes the whole budget); `release(n)` gives them back.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < L.MAX_FRAME_BYTES:
+            raise P2PError(f"a send budget below one frame ({L.MAX_FRAME_BYTES} bytes) could never send a block")
+        self.limit = limit
+        self.used = 0
+        self._changed = trio.Event()
+
+    async def acquire(self, n: int) -> int:
+        """Wait for room for `n` bytes; returns what was taken (release exactly that)."""
+        n = min(n, self.limit)
+        while self.used + n > self.limit:
+            await self._changed.wait()
+        self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+class _Pending:
+    """Collects the responses to one request until it is complete."""
+
+    def __init__(self, request: Message) -> None:
+        self.request = request
+        self.allowed = RESPONSES.get(type(request), ())
+        want = getattr(request, "cids", None)
+        self.remaining: set[bytes] | None = set(want) if want is not None else None
+        self.responses: list[Message] = []
+        self.done = trio.Event()
+        self.error: RequestFailed | None = None
+
+    def add(self, msg: Message) -> None:
+        if isinstance(msg, Error):
+            self.error = RequestFailed(msg.message or "peer error", msg.code)
+            self.done.set()
+            return
+        self.responses.append(msg)
+        if self.remaining is None:
+            self.done.set()
+            return
+        answered = getattr(msg, "cids", None)
+        if answered is None:
+            answered = (getattr(msg, "cid"),)
+        self.remaining.difference_update(answered)
+        if not self.remaining:
+            self.done.set()
+
+    def fail(self, why: str) -> None:
+        if not self.done.is_set():
+            self.error = RequestFailed(why)
+            self.done.set()
+
+
+class PeerConnection:
+    """Request/response multiplexing over one secure byte stream."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        remote_peer: PeerId,
+        handler: Handler,
+        *,
+        max_inflight_in: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
+        max_inflight_out: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
+        send_budget: int = L.SEND_BUDGET_BYTES,
+        stall_timeout: float = L.SEND_STALL_TIMEOUT_S,
+    ) -> None:
+        self.stream = stream
+        self.remote_peer = remote_peer
+        self._handler = handler
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._out_slots = trio.Semaphore(max_inflight_out)
+        self._in_slots = trio.Semaphore(max_inflight_in)
+        self._closed = trio.Event()
+        self._malformed = 0
+        self.decoder_bugs = 0  # messages our own decoder failed on (bugs of ours, not the peer's)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.remote_hello: Message | None = None
+        self.hello_received = trio.Event()
+        self.send_budget = SendBudget(send_budget)
+        self._stall_timeout = stall_timeout
+        self.stalled = False  # closed because the peer stopped reading
+        # For eviction (shoal.p2p.net.admission): when a message last went either way,
+        # and how many answers the peer gave to our requests.
+        self.opened_at = trio.current_time()
+        self.last_activity = self.opened_at
+        self.answers = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def next_request_id(self) -> int:
+        rid = next(self._ids)
+        if rid > L.MAX_REQUEST_ID:  # after four billion requests, start again
+            self._ids = itertools.count(2)
+            rid = 1
+        return rid
+
+    async def send(self, msg: Message) -> None:
+        parts = encode_frame_parts(codec.encode_parts(msg))
+        send_parts = getattr(self.stream, "send_all_parts", None)
+        async with self._send_lock:
+            if self._closed.is_set():
+                raise trio.ClosedResourceError("connection closed")
+            with trio.move_on_after(self._stall_timeout) as stall:
+                if send_parts is not None:  # SecureStream: encrypts the parts without joining them
+                    await send_parts(parts)
+                else:
+                    await self.stream.send_all(b"".join(parts))
+            if stall.cancelled_caught:
+                # Part of a frame may be on the wire: the stream is unusable.
+                self.stalled = True
+                log.info("closing connection to %s: a send made no progress for %gs (peer not reading)",
+                         self.remote_peer, self._stall_timeout)
+                await self.aclose()
+                raise trio.BrokenResourceError("send stalled: the peer is not reading")
+        self.bytes_sent += sum(len(p) for p in parts)
+        self.last_activity = trio.current_time()
+
+    async def reply(self, msg: Message) -> bool:
+        """Send a reply from a handler; False if the connection is gone (stop working for it)."""
+        await self._try_send(msg)
+        return not self.closed
+
+    async def request(self, make: Callable[[int], Message], timeout: float = L.REQUEST_TIMEOUT_S) -> list[Message]:
+        """Send `make(request_id)` and wait for its complete answer.
+
+        Raises RequestFailed on ERROR, timeout or a closed connection.
+        """
+        if self.closed:
+            raise RequestFailed("connection closed")
+        async with self._out_slots:
+            rid = self.next_request_id()
+            msg = make(rid)
+            pending = _Pending(msg)
+            self._pending[rid] = pending
+            try:
+                await self.send(msg)
+                with trio.move_on_after(timeout) as scope:
+                    await pending.done.wait()
+                if scope.cancelled_caught:
+                    raise RequestFailed(f"{type(msg).__name__} timed out after {timeout:g}s", timed_out=True)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise RequestFailed(f"connection lost: {exc}") from None
+            finally:
+                self._pending.pop(rid, None)
+            if pending.error is not None:
+                raise pending.error
+            return pending.responses
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read and dispatch until the connection ends; then fail what waits."""
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                # Caught here, inside the nursery: anything that escapes a
+                # nursery body arrives wrapped in an ExceptionGroup, which
+                # plain `except` clauses outside would not match — and a peer
+                # dying mid-frame would then take the whole node down.
+                try:
+                    await self._read_loop(nursery)
+                except RemoteProtocolError as exc:
+                    log.info("closing connection to %s: %s", self.remote_peer, exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
+                    log.debug("connection to %s ended: %s", self.remote_peer, exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closed.set()
+            for pending in list(self._pending.values()):
+                pending.fail("connection closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        decoder = FrameDecoder()
+        # A SecureStream hands over its decrypted Noise frames unjoined; the
+        # frame decoder keeps views of them, so a block is copied once, when
+        # its frame completes.
+        receive_parts = getattr(self.stream, "receive_some_parts", None)
+        while True:
+            with trio.move_on_after(L.IDLE_TIMEOUT_S) as idle:
+                if receive_parts is not None:
+                    chunks = await receive_parts()
+                else:
+                    data = await self.stream.receive_some(READ_SIZE)
+                    chunks = [data] if data else []
+            if idle.cancelled_caught:
+                if self._pending:
+                    continue
+                return
+            if not chunks:
+                return
+            self.last_activity = trio.current_time()
+            for data in chunks:
+                self.bytes_received += len(data)
+                for payload in decoder.feed(data):
+                    await self._dispatch(payload, nursery)
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await trio.aclose_forcefully(self.stream)
+
+    async def _dispatch(self, payload: bytes, nursery: trio.Nursery) -> None:
+        try:
+            msg = codec.decode(payload)
+        except RemoteProtocolError as exc:
+            self._malformed += 1
+            if self._malformed > MAX_MALFORMED:
+                raise
+            await self._try_send(Error(codec.error_request_id(exc), int(codec.error_code(exc)),
+                                       str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]))
+            return
+        except DecoderBug as exc:
+            # Our bug, not the peer's: say so (INTERNAL, retryable elsewhere),
+            # keep the traceback for us, and do not count it against the peer.
+            log.error("%s (message from %s)", exc, self.remote_peer, exc_info=exc.__cause__ or exc)
+            self.decoder_bugs += 1
+            await self._try_send(Error(exc.request_id, ErrorCode.INTERNAL, "internal error decoding the message"))
+            return
+        if type(msg).ROLE == "hello":
+            if self.remote_hello is None:
+                self.remote_hello = msg
+                self.hello_received.set()
+            else:
+                self._malformed += 1
+            return
+        if type(msg).ROLE == "request":
+            if self.remote_hello is None:
+                await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED, "request before Hello"))
+                return
+            if self._in_slots.value == 0:
+                await self._try_send(Error(msg.request_id, ErrorCode.BUSY, "too many requests in flight"))
+                return
+            await self._in_slots.acquire()
+            nursery.start_soon(self._serve, msg)
+            return
+        pending = self._pending.get(msg.request_id)
+        if pending is None or (pending.allowed and type(msg) not in pending.allowed):
+            if msg.request_id == 0 or pending is None:
+                return  # unsolicited or late (after a timeout): drop quietly
+            self._malformed += 1
+            return
+        if not pending.responses and pending.error is None and not isinstance(msg, Error):
+            self.answers += 1  # the peer answered a request of ours: it is of use to us
+        pending.add(msg)
+
+    async def _serve(self, msg: Message) -> None:
+        try:
+            try:
+                replies = await self._handler(self, msg)
+            except P2PError as exc:
+                replies = [Error(msg.request_id, ErrorCode.REFUSED, str(exc)[:500])]
+            except Exception:  # a bug in a handler must not kill the connection
+                log.exception("handler failed for %s", type(msg).__name__)
+                replies = [Error(msg.request_id, ErrorCode.INTERNAL, "internal error")]
+            for reply in replies:
+                await self._try_send(reply)
+        finally:
+            self._in_slots.release()
+
+    async def _try_send(self, msg: Message) -> None:
+        try:
+            await self.send(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except P2PError as exc:  # e.g. a reply too big for one frame: our bug, not the peer's
+            log.warning("could not send %s to %s: %s", type(msg).__name__, self.remote_peer, exc)

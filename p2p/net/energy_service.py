@@ -1,0 +1,308 @@
+"""Energy accounting on a running node: hooks, the ledger exchange, /v1/energy.
+
+`install(node)` (called after the replication service's install, so it can
+wrap that service's handlers) attaches:
+- block serving (WANT_BLOCK) aggregated as `serve`, or as `replicate-out`
+  while an outgoing store request to that peer is open (`replicating_to`);
+  totals stay in memory and a background task flushes them every
+  `FLUSH_INTERVAL_S` and at shutdown;
+- the holder's StoreRequest handler measured as `replicate-in`, its
+  AuditChallenge handler as `audit-prove`;
+- a LedgerSummaryRequest handler answering this node's totals;
+- `GET /v1/energy`: the report over this node's objects with every connected
+  peer's summary merged in (asked in parallel, each bounded by a timeout).
+
+User-driven fetches (`get`, `cat`) are recorded only where the blocks are
+served, as `serve`: the issue's kinds have no "fetch", and charging both
+sides would count one transfer twice in swarm totals.
+
+Not here: the arithmetic (shoal.store.energy.report) or the measuring itself
+(shoal.store.energy.accounting); this module only wires them to trio and the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping
+
+import trio
+
+from shoal.store.ipld.cid import cid_from_bytes
+from shoal.store.energy import ledger
+from shoal.store.energy.accounting import Bytes, EnergyAccount, account_for
+from shoal.store.energy.coefficients import Coefficients
+from shoal.store.energy.report import Report, build_report
+from shoal.store.errors import StoreError
+
+from shoal.p2p.net.connection import PeerConnection, RequestFailed
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.wire.messages import (
+    AuditChallenge, AuditProof, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
+    StoreRequest, StoreResponse,
+)
+
+if TYPE_CHECKING:
+    from shoal.store.persist.repo import Repo
+
+log = logging.getLogger("shoal.energy")
+
+FLUSH_INTERVAL_S = 5.0
+PEER_SUMMARY_TIMEOUT_S = 3.0
+
+__all__ = [
+    "EnergyService", "install", "measuring", "replicating_to", "repo_facts", "local_report",
+    "summary_from_message", "FLUSH_INTERVAL_S",
+]
+
+
+def repo_facts(repo: "Repo") -> tuple[int, int, int]:
+    """(stored_bytes, copies, objects) for the report, from the repo's index.
+
+    stored_bytes = sum of the sizes of the objects put here; copies = the
+    replicas each wants (the replication service's `repl_objects`), weighted
+    by size and rounded, 1 where unknown or without that table.
+    """
+    objects = repo.objects()
+    stored = sum(o.size for o in objects)
+    wanted: dict[str, int] = {}
+    try:
+        with repo.index.snapshot() as db:
+            for cid, n in db.execute(
+                "SELECT cid, replicas_wanted FROM repl_objects WHERE role IN ('owner', 'deputy')"
+            ):
+                wanted[str(cid)] = max(1, int(n))
+    except sqlite3.OperationalError:
+        pass  # no replication tables in this repo: every object has one copy
+    if not objects:
+        return 0, max(wanted.values(), default=1), 0
+    if stored == 0:
+        return 0, max(wanted.get(o.cid, 1) for o in objects), len(objects)
+    weighted = sum(o.size * wanted.get(o.cid, 1) for o in objects) / stored
+    return stored, max(1, round(weighted)), len(objects)
+
+
+def local_report(
+    repo: "Repo",
+    summary: Mapping[str, Mapping[str, Any]],
+    coefficients: Coefficients,
+    peers: list[Mapping[str, Mapping[str, Any]]] | None = None,
+) -> Report:
+    """The report for this repo's objects; `peers`' summaries make it swarm-wide."""
+    stored, copies, objects = repo_facts(repo)
+    return build_report(summary, stored, copies, coefficients, peers or [], objects=max(objects, 1))
+
+
+def summary_to_message(request_id: int, summary: Mapping[str, Mapping[str, Any]]) -> LedgerSummary:
+    """kind -> (joules, the kind's primary byte count), as the wire carries it."""
+    entries = tuple(
+        LedgerEntry(kind, float(t["joules"]), int(t[ledger.PRIMARY_BYTES[kind]]))
+        for kind, t in sorted(summary.items()) if kind in ledger.PRIMARY_BYTES
+    )
+    return LedgerSummary(request_id, entries)
+
+
+def summary_from_message(msg: LedgerSummary) -> dict[str, ledger.Totals]:
+    """A peer's entries in `ledger.summary` form. Kinds we do not know (a newer
+    peer) are dropped; counts and methods do not travel, so they are 0 / {}."""
+    out: dict[str, ledger.Totals] = {}
+    for e in msg.entries:
+        field = ledger.PRIMARY_BYTES.get(e.kind)
+        if field is None:
+            continue
+        t: ledger.Totals = {"count": 0, "joules": e.joules, "duration_s": 0.0, "methods": {}}
+        for f in ledger.BYTE_FIELDS:
+            t[f] = 0
+        t[field] = e.nbytes
+        out[e.kind] = t
+    return out
+
+
+class EnergyService:
+    """The node's energy hooks; `node.energy` once installed."""
+
+    def __init__(self, node: Any, account: EnergyAccount | None = None) -> None:
+        self.node = node
+        self.account = account if account is not None else account_for(node.repo)
+        self._outgoing: dict[PeerId, list[str]] = {}  # peer -> kinds of open store requests to it
+
+    def install(self) -> None:
+        """Hook into the node; run after every service whose handlers it wraps."""
+        node = self.node
+        node.energy = self
+        handlers = node.extra_handlers
+        if StoreRequest in handlers:
+            handlers[StoreRequest] = self._wrap_store_request(handlers[StoreRequest])
+        if AuditChallenge in handlers:
+            handlers[AuditChallenge] = self._wrap_audit_challenge(handlers[AuditChallenge])
+        handlers[LedgerSummaryRequest] = self.on_summary_request
+        serve = getattr(node, "_serve_blocks", None)
+        if serve is not None:
+            node._serve_blocks = self._wrap_serve(serve)
+        else:  # pragma: no cover - the node's serving method was renamed
+            log.warning("energy: cannot hook block serving; serve energy will not be recorded")
+        node.extra_routes.append(("GET", "/v1/energy", self.api_energy))
+        node.background.append(self.flush_loop)
+
+    # -- serving ------------------------------------------------------------------
+
+    def _wrap_serve(self, serve: Any) -> Any:
+        async def serve_blocks(conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> int:
+            kinds = self._outgoing.get(conn.remote_peer)
+            with self.account.serving(kinds[-1] if kinds else "serve") as op:
+                sent: int = await serve(conn, rid, cids)  # blocks go out as they are read
+                op.bytes_sent += sent
+            return sent
+
+        return serve_blocks
+
+    @contextmanager
+    def replicating_to(self, peer: PeerId, kind: str = "replicate-out") -> Iterator[None]:
+        """While open, blocks served to `peer` count as `kind`, not `serve`."""
+        self._outgoing.setdefault(peer, []).append(kind)
+        try:
+            yield
+        finally:
+            kinds = self._outgoing[peer]
+            kinds.remove(kind)
+            if not kinds:
+                del self._outgoing[peer]
+
+    async def flush_loop(self) -> None:
+        """Background: write aggregated serve totals now and then, and at shutdown."""
+        try:
+            while True:
+                await trio.sleep(FLUSH_INTERVAL_S)
+                await trio.to_thread.run_sync(self.account.flush)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(self.account.flush)
+                except (StoreError, sqlite3.Error) as exc:
+                    log.warning("energy: final flush failed: %s", exc)
+
+    # -- holder-side replication and audits ----------------------------------------------
+
+    def _wrap_store_request(self, handler: Any) -> Any:
+        async def on_store_request(conn: PeerConnection, msg: Message) -> Any:
+            assert isinstance(msg, StoreRequest)
+            held_before = await trio.to_thread.run_sync(self._holds, msg.root_cid)
+            meter = self.account.meter("replicate-in")
+            with meter:
+                replies = await handler(conn, msg)
+            if any(isinstance(r, StoreResponse) and r.accepted for r in replies):
+                # A refresh of a replica we already hold moves no data; a new
+                # one pulls the whole object (a resumed pull overstates a bit).
+                n = 0 if held_before else msg.size
+                await trio.to_thread.run_sync(self.account.record, meter.result, Bytes(n, n, 0, n))
+            return replies
+
+        return on_store_request
+
+    def _holds(self, root_cid: bytes) -> bool:
+        try:
+            return bool(self.node.repo.index.is_pinned(str(cid_from_bytes(root_cid))))
+        except StoreError:
+            return False
+
+    def _wrap_audit_challenge(self, handler: Any) -> Any:
+        async def on_audit_challenge(conn: PeerConnection, msg: Message) -> Any:
+            meter = self.account.meter("audit-prove")
+            with meter:
+                replies = await handler(conn, msg)
+            proofs = [r for r in replies if isinstance(r, AuditProof)]
+            if proofs:  # refusals and replays are not audits
+                sent = sum(len(p.proof) + len(p.sig) for p in proofs)
+                await trio.to_thread.run_sync(
+                    self.account.record, meter.result, Bytes(sum(len(p.proof) for p in proofs), 0, sent, 0))
+            return replies
+
+        return on_audit_challenge
+
+    # -- summaries ------------------------------------------------------------------------
+
+    async def on_summary_request(self, conn: PeerConnection, msg: Message) -> list[Message]:
+        summary = await trio.to_thread.run_sync(self.account.summary)
+        return [summary_to_message(msg.request_id, summary)]
+
+    async def peer_summaries(self, timeout: float = PEER_SUMMARY_TIMEOUT_S) -> dict[str, dict[str, Any]]:
+        """Every connected peer's summary, asked in parallel; peer id -> summary
+        (absent: no answer in time, or an invalid one)."""
+        got: dict[str, dict[str, Any]] = {}
+
+        async def ask(peer: PeerId) -> None:
+            conn = self.node.connection_to(peer)
+            if conn is None:
+                return
+            try:
+                replies = await conn.request(lambda rid: LedgerSummaryRequest(rid), timeout=timeout)
+            except RequestFailed as exc:
+                log.info("energy: no ledger summary from %s: %s", peer, exc)
+                return
+            for r in replies:
+                if isinstance(r, LedgerSummary):
+                    summary = summary_from_message(r)
+                    try:
+                        ledger.merge_summaries([summary])  # validate before trusting
+                    except StoreError as exc:
+                        log.info("energy: bad ledger summary from %s: %s", peer, exc)
+                        return
+                    got[str(peer)] = summary
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.node.connected_peers():
+                nursery.start_soon(ask, peer)
+        return got
+
+    async def api_energy(self, p: dict[str, Any]) -> Any:
+        """GET /v1/energy: this node's objects, with the swarm's operation totals."""
+        peers = await self.peer_summaries()
+        summary = await trio.to_thread.run_sync(self.account.summary)
+        report = await trio.to_thread.run_sync(
+            lambda: local_report(self.node.repo, summary, self.account.coefficients, list(peers.values())))
+        report["node"] = {"peer_id": str(self.node.peer_id), "operations": _compact(summary)}
+        report["swarm_peers"] = {pid: _compact(s) for pid, s in sorted(peers.items())}
+        return report
+
+
+def _compact(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {k: {"joules": float(t["joules"]), "bytes": int(t[ledger.PRIMARY_BYTES[k]])}
+            for k, t in summary.items() if k in ledger.PRIMARY_BYTES}
+
+
+def install(node: Any) -> EnergyService:
+    """Attach energy accounting to `node` (after replication's install)."""
+    service = EnergyService(node)
+    service.install()
+    return service
+
+
+@asynccontextmanager
+async def measuring(node: Any, kind: str) -> AsyncIterator[Bytes]:
+    """For async node code: `async with measuring(node, "audit-verify") as op:`.
+
+    Records one ledger row (written from a worker thread) when the block ends
+    normally; a no-op when the node has no energy service installed.
+    """
+    service: EnergyService | None = getattr(node, "energy", None)
+    op = Bytes()
+    if service is None:
+        yield op
+        return
+    meter = service.account.meter(kind)
+    with meter:
+        yield op
+    await trio.to_thread.run_sync(service.account.record, meter.result, op)
+
+
+@contextmanager
+def replicating_to(node: Any, peer: PeerId, kind: str = "replicate-out") -> Iterator[None]:
+    """Owner side: `with replicating_to(node, peer): await conn.request(StoreRequest...)`,
+    so the blocks `peer` pulls meanwhile count as `kind`. No-op without the service."""
+    service: EnergyService | None = getattr(node, "energy", None)
+    if service is None:
+        yield
+        return
+    with service.replicating_to(peer, kind):
+        yield

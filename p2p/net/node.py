@@ -1,0 +1,684 @@
+"""A Shoal peer: listens, dials, says hello, exchanges peers, serves blocks.
+
+Structured concurrency throughout: `Node.run` owns one nursery; every
+listener, connection, dial and background loop is a task in it (or in a
+child nursery), and readiness is reported with `task_status.started()`.
+Store work (hashing, disk) runs in worker threads via `trio.to_thread`, so
+the event loop never blocks on it.
+
+Inbound sockets go through `shoal.p2p.net.admission` (per-IP and global caps on
+handshakes and connections, eviction of idle strangers, room kept for peers
+that proved useful); `is_protected` says which peers those are, and
+`protected_peers` / `protection_checks` / `protection_sources` are the
+hooks other services use to add to them (an allowlist, replica holders).
+The accept loop is `trio.serve_listeners`, which rides out EMFILE, ENFILE,
+ENOMEM and ENOBUFS instead of dying.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import sqlite3
+import threading
+import time
+from functools import partial
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import trio
+
+from shoal.store.ipld.cid import CID, cid_from_bytes
+from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
+from shoal.store.persist.repo import Repo
+
+from shoal.p2p.wire import limits as L
+from shoal.p2p.net.admission import Admission, AdmissionLimits
+from shoal.p2p.net.connection import PeerConnection, RequestFailed
+from shoal.p2p.errors import P2PError
+from shoal.p2p.net.guard import StoreGuard
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.net.loop_probe import LoopProbe
+from shoal.p2p.wire.messages import (
+    Block, BlockMissing, DontHave, Error, ErrorCode, GetPeers, Have, Hello, Message, PeerInfo,
+    Peers, Ping, Pong, WantBlock, WantHave,
+)
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.net.peers import Clock, PeerTable, Random
+from shoal.p2p.secure.pnet import SwarmKey
+from shoal.p2p.net.reputation_store import REPUTATION_FLUSH_INTERVAL_S, ReputationStore
+from shoal.p2p.secure.secure_stream import secure_accept, secure_dial
+
+log = logging.getLogger("shoal.node")
+
+AGENT = "shoal/0.1"
+DIAL_TIMEOUT_S = 5.0
+MAX_DIALS_IN_FLIGHT = 32
+"""Outgoing dials at once. Peer exchange may report up to 1024 peers (some
+made up, at addresses that never answer); each dial can hang for the whole
+handshake timeout, so without a cap they would pile up round after round."""
+
+PROTECTED_REFRESH_S = 30.0
+"""How often `protection_sources` (e.g. the peers holding our replicas, read
+from the index in a worker thread) are read again."""
+
+MAX_PEX_REQUESTS_IN_FLIGHT = 64
+"""GetPeers requests of one exchange round sent at once (all share one deadline)."""
+
+
+# `[node.limits]` key -> (AdmissionLimits field or None for NodeLimits, type)
+_LIMIT_KEYS: dict[str, tuple[str | None, str, type]] = {
+    "max_handshakes": ("admission", "max_handshakes", int),
+    "max_handshakes_per_ip": ("admission", "max_handshakes_per_ip", int),
+    "max_connections": ("admission", "max_connections", int),
+    "max_connections_per_ip": ("admission", "max_connections_per_ip", int),
+    "reserved_connections": ("admission", "reserved_for_protected", int),
+    "new_connection_grace": ("admission", "grace_s", float),
+    "send_budget": (None, "send_budget_bytes", int),
+    "send_stall_timeout": (None, "send_stall_timeout_s", float),
+}
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """Connection caps a node enforces; defaults from shoal.p2p.wire.limits.
+
+    Set in config.toml under `[node.limits]` (keys in `_LIMIT_KEYS`, e.g.
+    `max_connections_per_ip = 4`, `send_stall_timeout = 5.0`): an operator
+    behind a NAT that many peers share raises the per-IP caps; tests lower
+    them to attack a node on loopback in seconds.
+    """
+
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    send_budget_bytes: int = L.SEND_BUDGET_BYTES
+    send_stall_timeout_s: float = L.SEND_STALL_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.send_budget_bytes < L.MAX_FRAME_BYTES:
+            raise P2PError(f"send_budget must be at least one frame ({L.MAX_FRAME_BYTES} bytes)")
+        if not self.send_stall_timeout_s > 0:
+            raise P2PError("send_stall_timeout must be positive")
+
+    @classmethod
+    def from_config(cls, table: object) -> "NodeLimits":
+        """From the `[node.limits]` table of config.toml (None: every default)."""
+        if table is None:
+            return cls()
+        if not isinstance(table, Mapping):
+            raise P2PError("config: [node.limits] must be a table")
+        admission: dict[str, Any] = {}
+        top: dict[str, Any] = {}
+        for key, value in table.items():
+            spec = _LIMIT_KEYS.get(key)
+            if spec is None:
+                raise P2PError(f"config: unknown key {key!r} in [node.limits]; known: {', '.join(_LIMIT_KEYS)}")
+            where, name, kind = spec
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+                raise P2PError(f"config: [node.limits] {key} must be {'an integer' if kind is int else 'a number'}, "
+                               f"got {value!r}")
+            (admission if where else top)[name] = kind(value)
+        return cls(AdmissionLimits(**admission), **top)
+
+
+@dataclass
+class NodeOptions:
+    listen: list[Multiaddr] = field(default_factory=lambda: [Multiaddr("127.0.0.1", 0)])
+    bootstrap: list[Multiaddr] = field(default_factory=list)
+    pex_interval: float = 2.0
+    quota_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    reputation_flush_interval: float = REPUTATION_FLUSH_INTERVAL_S
+    swarm_key: SwarmKey | None = None
+    """A private swarm: every connection goes through the pre-shared-key
+    protector (p2p/secure/pnet.py) before Noise. None: a public swarm, as before."""
+    allow_peers: frozenset[PeerId] | None = None
+    """Only these peers may connect, either way (checked after Noise). None: anyone."""
+    limits: NodeLimits = field(default_factory=NodeLimits)
+
+
+class Node:
+    """One running peer over one repo (whose lock it holds)."""
+
+    def __init__(self, repo: Repo, identity: Identity, options: NodeOptions, *,
+                 clock: Clock = time.time, rng: Random = random.random) -> None:
+        """`clock` and `rng` drive the peer table's dial backoff (tests pass fakes)."""
+        self.repo = repo
+        self.identity = identity
+        self.options = options
+        self.peers = PeerTable(identity.peer_id, clock=clock, rng=rng)
+        self.reputation_store = ReputationStore(repo.index)
+        self._reputation_lock = trio.Lock()
+        self._reputation_flushed_at = float("-inf")  # trio clock
+        self.connections: dict[PeerId, list[PeerConnection]] = {}
+        self.listen_addrs: list[Multiaddr] = []
+        self._nursery: trio.Nursery | None = None
+        self.admission = Admission(options.limits.admission)
+        self._handshake_scopes: dict[object, trio.CancelScope] = {}
+        self._inbound_conns: set[PeerConnection] = set()
+        # Peers that keep a slot when strangers crowd in (see is_protected).
+        self.protected_peers: set[PeerId] = {a.peer_id for a in options.bootstrap if a.peer_id is not None}
+        self.protection_checks: list[Callable[[PeerId], bool]] = []
+        self.protection_sources: list[Callable[[], Iterable[str]]] = []
+        self._sourced_protected: frozenset[PeerId] = frozenset()
+        self.stalled_connections = 0
+        self._conn_changed = trio.Event()
+        self._dialing: set[PeerId] = set()
+        self.extra_handlers: dict[type[Message], Any] = {}
+        self.extra_routes: list[tuple[str, str, Any]] = []
+        self.background: list[Any] = []  # async callables started with the node (audits...)
+        self.store_guard = StoreGuard()
+        self.served_bytes = 0
+        self.received_bytes = 0
+        self.loop_probe = LoopProbe()
+        self.started_at: float | None = None  # wall clock, set when the node runs
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.identity.peer_id
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus["Node"] = trio.TASK_STATUS_IGNORED) -> None:
+        # No index write may run on this thread (the loop would stop for as
+        # long as it waits for another writer); shoal.store.persist.index logs any that does.
+        self.repo.index.loop_thread = threading.get_ident()
+        await self.load_reputation()
+        self._reputation_flushed_at = trio.current_time()
+        try:
+            await self._run_nursery(task_status)
+        finally:
+            # Clean shutdown (cancel, signal): write what changed since the last flush.
+            with trio.CancelScope(shield=True):
+                await self.flush_reputation()
+            self.repo.index.loop_thread = None
+
+    async def _run_nursery(self, task_status: trio.TaskStatus["Node"]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.loop_probe.run)
+            self.started_at = time.time()
+            for addr in self.options.listen:
+                listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
+                for listener in listeners:
+                    host, port = listener.socket.getsockname()[:2]
+                    self.listen_addrs.append(Multiaddr(host, port, None, addr.family))
+                # serve_listeners, not a bare accept loop: out of file
+                # descriptors or socket memory (EMFILE, ENFILE, ENOMEM,
+                # ENOBUFS), it logs, waits a moment and accepts again.
+                nursery.start_soon(partial(trio.serve_listeners, self._handle_inbound, listeners,
+                                           handler_nursery=nursery))
+            nursery.start_soon(self._refresh_protected_loop)
+            for addr in self.options.bootstrap:
+                if addr.peer_id is not None:
+                    self.peers.learn(addr.peer_id, [addr])
+                self._start_dial(addr)
+            nursery.start_soon(self._peer_exchange_loop)
+            for task in self.background:
+                nursery.start_soon(task)
+            task_status.started(self)
+
+    def cancel(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def status(self) -> dict[str, Any]:
+        """What `shoal node status` shows: identity, uptime, peers and loop health."""
+        return {
+            "peer_id": str(self.peer_id),
+            "addrs": self.addrs_with_id(),
+            "agent": AGENT,
+            "uptime_s": round(time.time() - self.started_at, 3) if self.started_at is not None else 0.0,
+            "connected_peers": len(self.connected_peers()),
+            "known_peers": len(self.peers.all()),
+            "loop": self.loop_probe.report(),
+        }
+
+    def addrs_with_id(self) -> list[str]:
+        return [str(a.with_peer(self.peer_id)) for a in self.listen_addrs]
+
+    # -- reputation persistence ------------------------------------------------
+
+    async def load_reputation(self) -> int:
+        """Put back the counters saved by earlier runs; returns how many peers.
+
+        Never fails the start: a damaged row or table only costs its counts.
+        """
+        async with self._reputation_lock:
+            try:
+                saved = await trio.to_thread.run_sync(self.reputation_store.load)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("cannot load peer reputation: %s", exc)
+                return 0
+            for peer, counts in saved.items():
+                self.peers.restore_reputation(peer, counts)
+            return len(saved)
+
+    async def flush_reputation(self) -> int:
+        """Write every changed counter in one transaction (in a worker thread)."""
+        async with self._reputation_lock:
+            changes = self.reputation_store.pending(self.peers.reputations())
+            if not changes:
+                return 0
+            try:
+                written: int = await trio.to_thread.run_sync(self.reputation_store.write, changes)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("cannot save peer reputation (retrying later): %s", exc)
+                return 0
+            return written
+
+    async def _maybe_flush_reputation(self) -> None:
+        now = trio.current_time()
+        if now - self._reputation_flushed_at >= self.options.reputation_flush_interval:
+            self._reputation_flushed_at = now
+            await self.flush_reputation()
+
+    # -- connections -----------------------------------------------------------
+
+    async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        try:
+            ip = str(stream.socket.getpeername()[0])
+        except OSError:  # gone before we looked
+            await trio.aclose_forcefully(stream)
+            return
+        key = object()
+        decision = self.admission.begin_handshake(key, ip, trio.current_time())
+        if not decision.admit:
+            log.debug("inbound socket refused: %s", decision.reason)
+            await trio.aclose_forcefully(stream)
+            return
+        for victim in decision.evict:  # the oldest strangers make room
+            scope = self._handshake_scopes.pop(victim, None)
+            if scope is not None:
+                scope.cancel()
+        try:
+            secure = None
+            with trio.CancelScope() as scope:
+                self._handshake_scopes[key] = scope
+                try:
+                    secure = await secure_accept(stream, self.identity, timeout=L.HANDSHAKE_TIMEOUT_S,
+                                                 swarm_key=self.options.swarm_key)
+                except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.debug("inbound handshake failed: %s", exc)
+            self._handshake_scopes.pop(key, None)
+            self.admission.end_handshake(key)
+            if secure is None:
+                await trio.aclose_forcefully(stream)  # dropped for a newer one, or failed
+                return
+            if not self.admits(secure.remote_peer):
+                log.info("refused %s: not on the allowlist", secure.remote_peer)
+                await trio.aclose_forcefully(secure)
+                return
+            await self._run_connection(secure, secure.remote_peer, ready=None, inbound_ip=ip)
+        except Exception:
+            # Whatever a stranger's bytes trigger, only this connection may
+            # die: this task runs in the node's nursery, so an escape here
+            # would stop every other connection and the API with it.
+            log.exception("inbound connection failed")
+            await trio.aclose_forcefully(stream)
+        finally:
+            self._handshake_scopes.pop(key, None)
+            self.admission.end_handshake(key)
+
+    # -- who keeps a slot ------------------------------------------------------------
+
+    def is_protected(self, peer: PeerId) -> bool:
+        """Has `peer` proved useful, so that strangers may not take its slot?
+
+        Yes if it is in `protected_peers` (bootstrap peers, `protect()`) or on
+        the allowlist (`--allow-peers`), if a `protection_checks` callable says so, if it is
+        among the peers `protection_sources` report (replica holders), or if
+        it delivered valid data to us and never corrupt data. Merely having
+        connected does not count: keys cost nothing.
+        """
+        if peer in self.protected_peers or peer in self._sourced_protected:
+            return True
+        allowed = self.options.allow_peers
+        if allowed is not None and peer in allowed:
+            return True
+        rec = self.peers.get(peer)
+        if rec is not None and rec.reputation.delivered > 0 and rec.reputation.corrupt == 0:
+            return True
+        return any(check(peer) for check in self.protection_checks)
+
+    def protect(self, peers: Iterable[PeerId]) -> None:
+        """Keep room for these peers from now on (e.g. an allowlist)."""
+        self.protected_peers.update(peers)
+
+    async def _refresh_protected_loop(self) -> None:
+        while True:
+            found: set[PeerId] = set()
+            for source in list(self.protection_sources):
+                try:
+                    ids: list[str] = await trio.to_thread.run_sync(lambda: list(source()))
+                except (StoreError, sqlite3.Error, P2PError, OSError) as exc:
+                    log.warning("cannot read protected peers: %s", exc)
+                    continue
+                for text in ids:
+                    try:
+                        found.add(PeerId.from_string(text))
+                    except (P2PError, ValueError):
+                        continue
+            self._sourced_protected = frozenset(found)
+            await trio.sleep(PROTECTED_REFRESH_S)
+
+    def _admit(self, conn: PeerConnection, ip: str) -> bool:
+        """Give an authenticated inbound connection a slot, evicting if need be."""
+        now = trio.current_time()
+        protected: dict[object, bool] = {}
+        for other in self._inbound_conns:
+            self.admission.touch(other, other.last_activity)
+            entry = self.admission.entry(other)
+            if entry is not None:
+                entry.useful = other.answers
+            protected[other] = self.is_protected(other.remote_peer)
+        decision = self.admission.admit(conn, ip, self.is_protected(conn.remote_peer), now, protected)
+        if not decision.admit:
+            log.info("refusing inbound connection from %s at %s: %s", conn.remote_peer, ip, decision.reason)
+            return False
+        assert self._nursery is not None
+        for victim in decision.evict:
+            assert isinstance(victim, PeerConnection)
+            log.info("evicting idle connection from %s to make room for %s", victim.remote_peer, conn.remote_peer)
+            self._inbound_conns.discard(victim)
+            self._nursery.start_soon(victim.aclose)
+        self._inbound_conns.add(conn)
+        return True
+
+    def connection_stats(self) -> dict[str, int]:
+        """Admission counters and stuck sends, for `/v1/stats` (operators and tests)."""
+        return {**self.admission.stats(), "stalled": self.stalled_connections}
+
+    async def connect(self, addr: Multiaddr) -> PeerConnection:
+        """Dial `addr` (proving its /p2p/ id if given) and return a live connection."""
+        if addr.peer_id is not None:
+            existing = self.connection_to(addr.peer_id)
+            if existing is not None:
+                return existing
+            if addr.peer_id == self.peer_id:
+                raise P2PError("refusing to dial ourselves")
+            if not self.admits(addr.peer_id):
+                raise P2PError(f"not dialling {addr.peer_id}: not on the allowlist")
+        with trio.fail_after(DIAL_TIMEOUT_S + L.HANDSHAKE_TIMEOUT_S):
+            try:
+                stream = await trio.open_tcp_stream(addr.host, addr.port)
+            except OSError as exc:
+                raise P2PError(f"cannot reach {addr}: {exc.strerror or exc}") from None
+            secure = await secure_dial(stream, self.identity, addr.peer_id, timeout=L.HANDSHAKE_TIMEOUT_S,
+                                       swarm_key=self.options.swarm_key)
+        if secure.remote_peer == self.peer_id:
+            await secure.aclose()
+            raise P2PError("dialled ourselves")
+        if not self.admits(secure.remote_peer):
+            await trio.aclose_forcefully(secure)
+            raise P2PError(f"{addr} is {secure.remote_peer}, which is not on the allowlist")
+        send, receive = trio.open_memory_channel[PeerConnection](1)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_connection, secure, secure.remote_peer, send)
+        async with receive:
+            try:
+                conn = await receive.receive()
+            except trio.EndOfChannel:
+                raise P2PError(f"{addr} closed the connection during hello") from None
+        self.peers.learn(conn.remote_peer, [addr])
+        return conn
+
+    def _start_dial(self, addr: Multiaddr) -> bool:
+        """Dial in the background unless that peer is already being dialled."""
+        if addr.peer_id is not None:
+            if addr.peer_id in self._dialing:
+                return False
+            self._dialing.add(addr.peer_id)  # now, not in the task: the next round must see it
+        assert self._nursery is not None
+        self._nursery.start_soon(self._dial_quietly, addr)
+        return True
+
+    async def _dial_quietly(self, addr: Multiaddr) -> None:
+        try:
+            await self.connect(addr)
+        except (P2PError, trio.TooSlowError, OSError) as exc:
+            log.info("dial %s failed: %s", addr, exc)
+            if addr.peer_id is not None:
+                self.peers.dial_failed(addr.peer_id)  # backs off its next dial
+        finally:
+            if addr.peer_id is not None:
+                self._dialing.discard(addr.peer_id)
+
+    async def _run_connection(
+        self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None",
+        inbound_ip: str | None = None,
+    ) -> None:
+        conns = self.connections.setdefault(peer, [])
+        limits = self.options.limits
+        conn = PeerConnection(stream, peer, self._handle_request, send_budget=limits.send_budget_bytes,
+                              stall_timeout=limits.send_stall_timeout_s)
+        if len(conns) >= L.MAX_CONNECTIONS_PER_PEER or (inbound_ip is not None and not self._admit(conn, inbound_ip)):
+            if not conns:
+                self.connections.pop(peer, None)
+            await trio.aclose_forcefully(stream)
+            if ready is not None:
+                await ready.aclose()
+            return
+        conns.append(conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(conn.run)
+                await conn.send(self._hello())
+                with trio.move_on_after(L.HELLO_TIMEOUT_S):
+                    await conn.hello_received.wait()
+                if conn.remote_hello is None:
+                    await conn.aclose()
+                    return
+                self._on_hello(conn)
+                if ready is not None:
+                    await ready.send(conn)
+                    await ready.aclose()
+                    ready = None
+                self._notify()
+        # except*: errors from a nursery body arrive as an ExceptionGroup.
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+            pass
+        finally:
+            if ready is not None:
+                await ready.aclose()
+            if inbound_ip is not None:
+                self._inbound_conns.discard(conn)
+                self.admission.forget(conn)
+            if conn.stalled:
+                self.stalled_connections += 1
+            conns.remove(conn)
+            if not conns:
+                if self.connections.get(peer) is conns:
+                    self.connections.pop(peer, None)
+                self.peers.mark_connected(peer, False)
+            self._notify()
+
+    def _hello(self) -> Hello:
+        total, free = self._capacity()
+        return Hello(0, (L.PROTOCOL_VERSION,), tuple(str(a) for a in self.listen_addrs[: L.MAX_LISTEN_ADDRS]),
+                     AGENT, total, min(free, total))
+
+    def _capacity(self) -> tuple[int, int]:
+        usage = shutil.disk_usage(self.repo.path)
+        quota = self.options.quota_bytes
+        if quota is None:
+            return usage.total, usage.free
+        used = self.held_for_others()
+        return quota, max(0, min(quota - used, usage.free))
+
+    def held_for_others(self) -> int:
+        """Bytes of replicas this node keeps for other owners (what --quota limits)."""
+        replication = getattr(self, "replication", None)
+        return int(replication.db.held_bytes()) if replication is not None else 0
+
+    def _on_hello(self, conn: PeerConnection) -> None:
+        hello = conn.remote_hello
+        assert isinstance(hello, Hello)
+        addrs = []
+        for text in hello.listen_addrs:
+            try:
+                addrs.append(Multiaddr.parse(text))
+            except P2PError:
+                continue
+        rec = self.peers.learn(conn.remote_peer, addrs)
+        if rec is not None:
+            rec.capacity_bytes, rec.free_bytes, rec.agent = hello.capacity_bytes, hello.free_bytes, hello.agent
+        self.peers.mark_connected(conn.remote_peer, True)
+
+    def _notify(self) -> None:
+        self._conn_changed.set()
+        self._conn_changed = trio.Event()
+
+    def connection_to(self, peer: PeerId) -> PeerConnection | None:
+        for conn in self.connections.get(peer, []):
+            if not conn.closed and conn.remote_hello is not None:
+                return conn
+        return None
+
+    def connected_peers(self) -> list[PeerId]:
+        return [p for p in list(self.connections) if self.connection_to(p) is not None]
+
+    async def wait_for_peers(self, count: int, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while len(self.connected_peers()) < count:
+                await self._conn_changed.wait()
+            return True
+        return False
+
+    # -- peer exchange -------------------------------------------------------------
+
+    async def _peer_exchange_loop(self) -> None:
+        while True:
+            await trio.sleep(self.options.pex_interval)
+            await self._maybe_flush_reputation()
+            await self._exchange_peers()
+            # Only peers past their backoff, those that failed least first
+            # (made-up addresses cannot starve real peers of dial slots).
+            for rec in self.peers.dialable():
+                if len(self._dialing) >= MAX_DIALS_IN_FLIGHT:
+                    break
+                self._start_dial(rec.addrs[0].with_peer(rec.peer_id))
+
+    async def _exchange_peers(self, deadline: float = L.PEER_EXCHANGE_DEADLINE_S) -> None:
+        """Ask every connected peer for its peers at once; the round ends at `deadline`.
+
+        In turn, 5 s each, twelve silent peers made one round take a minute,
+        and redials (which follow the round) waited for it.
+        """
+        conns = [c for c in map(self.connection_to, self.connected_peers()) if c is not None]
+        slots = trio.CapacityLimiter(MAX_PEX_REQUESTS_IN_FLIGHT)
+
+        async def ask(conn: PeerConnection) -> None:
+            async with slots:
+                try:
+                    replies = await conn.request(lambda rid: GetPeers(rid, L.MAX_PEERS_PER_REPLY), timeout=deadline)
+                except RequestFailed:
+                    return
+            for reply in replies:
+                if isinstance(reply, Peers):
+                    self._learn_peers(reply)
+
+        with trio.move_on_after(deadline):
+            async with trio.open_nursery() as nursery:
+                for conn in conns:
+                    nursery.start_soon(ask, conn)
+
+    def _learn_peers(self, reply: Peers) -> None:
+        for info in reply.peers:
+            try:
+                peer = PeerId.from_bytes(info.peer_id)
+                addrs = [Multiaddr.parse(a) for a in info.addrs]
+            except (P2PError, ValueError):
+                continue
+            if self.admits(peer):  # never remember (and so never dial) a peer we would refuse
+                self.peers.learn(peer, addrs)
+
+    def admits(self, peer: PeerId) -> bool:
+        """Whether the allowlist, if the node has one, lets `peer` connect."""
+        allowed = self.options.allow_peers
+        return allowed is None or peer in allowed
+
+    # -- serving requests ---------------------------------------------------------------
+
+    async def _handle_request(self, conn: PeerConnection, msg: Message) -> Sequence[Message]:
+        rid = msg.request_id
+        if isinstance(msg, Ping):
+            return [Pong(rid, msg.payload)]
+        if isinstance(msg, GetPeers):
+            infos = []
+            for rec in self.peers.connected():
+                if rec.peer_id != conn.remote_peer and rec.addrs:
+                    infos.append(PeerInfo(rec.peer_id.to_bytes(), tuple(str(a) for a in rec.addrs[: L.MAX_ADDRS_PER_PEER])))
+                if len(infos) >= msg.max_peers:
+                    break
+            return [Peers(rid, tuple(infos))]
+        if isinstance(msg, WantHave):
+            return await self._serve_want_have(rid, msg.cids)
+        if isinstance(msg, WantBlock):
+            await self._serve_blocks(conn, rid, msg.cids)
+            return []  # sent one by one as they were read
+        handler = self.extra_handlers.get(type(msg))
+        if handler is not None:
+            replies: Sequence[Message] = await handler(conn, msg)
+            return replies
+        return [Error(rid, ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not served here")]
+
+    async def _serve_want_have(self, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
+        have: list[bytes] = []
+        missing: list[bytes] = []
+        for raw in cids:
+            try:
+                cid = cid_from_bytes(raw)
+                present = self.repo.blockstore.has(cid)
+            except StoreError:
+                present = False
+            (have if present else missing).append(raw)
+        out: list[Message] = []
+        if have:
+            out.append(Have(rid, tuple(have)))
+        if missing:
+            out.append(DontHave(rid, tuple(missing)))
+        return out
+
+    def _quarantine_quietly(self, cid: CID) -> None:
+        """Worker thread: move a corrupt block aside; a failure only leaves it in place."""
+        try:
+            self.repo.quarantine(cid)
+        except (StoreError, OSError) as exc:
+            log.warning("cannot quarantine corrupt block %s: %s", cid, exc)
+
+    async def _serve_blocks(self, conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> int:
+        """Send each block (or BlockMissing) as soon as it is read; returns block bytes sent.
+
+        Room in the connection's send budget is taken before each disk read
+        and given back once the frame is on the socket, so however many
+        requests a peer stacks up without reading, the blocks held for it
+        stay under the budget.
+        """
+        sent = 0
+        for raw in cids:
+            taken = await conn.send_budget.acquire(L.MAX_BLOCK_BYTES)
+            try:
+                try:
+                    cid = cid_from_bytes(raw)
+                    data = await trio.to_thread.run_sync(self.repo.blockstore.get, cid)
+                except HashMismatch:
+                    # Never serve it, and stop finding it: moved aside, it is missing
+                    # until a fetch or re-put restores it (issue 12 A3).
+                    await trio.to_thread.run_sync(self._quarantine_quietly, cid)
+                    reply: Message = BlockMissing(rid, raw)
+                except (BlockNotFound, StoreError):
+                    reply = BlockMissing(rid, raw)
+                else:
+                    conn.send_budget.release(taken - min(taken, len(data)))  # blocks are mostly 1 MiB
+                    taken = min(taken, len(data))
+                    reply = Block(rid, raw, data)
+                    del data
+                if not await conn.reply(reply):
+                    break  # gone: read nothing more for it
+                if isinstance(reply, Block):
+                    sent += len(reply.data)
+                    self.served_bytes += len(reply.data)
+            finally:
+                conn.send_budget.release(taken)
+        return sent

@@ -1,0 +1,400 @@
+"""The node's control API routes: each one a thin async wrapper over store/
+and the node, with blocking store work in worker threads.
+
+Long thread work (put, get's export) runs through `run_stoppable`: when the
+request is cancelled (its client disconnected, shoal.p2p.net.api) the store work sees
+its CancelFlag at the next block and stops, undoing what it left half done
+(an export removes its output; a put's blocks stay unpinned for gc), and
+the request ends only once the thread has. `ls` streams its entries
+(NDJSON) in bounded batches instead of building the listing in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import functools
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
+
+import outcome
+import trio
+
+from shoal.store.dag import exporter
+from shoal.store.ipld.car import export_car_file
+from shoal.store.chunking.choice import DEFAULT_CHUNKER, chunker_for
+from shoal.store.cancel import CancelFlag
+from shoal.store.ipld.cid import CID, parse_cid
+from shoal.store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
+from shoal.store.errors import BlockNotFound, HashMismatch, InvalidInput, NotPinned, StoreError
+from shoal.store.chunking.profiles import PROFILES
+
+from shoal.p2p.net.api import ApiError, ControlApi, NdjsonStream, param
+from shoal.p2p.errors import P2PError
+from shoal.p2p.exchange.fetch import fetch_dag
+from shoal.p2p.exchange.handoff import ArrivingBlocks
+from shoal.p2p.exchange.heal import HealingBlocks
+from shoal.p2p.net.node import Node
+
+log = logging.getLogger("shoal.api")
+
+READ_PIECE = 1024 * 1024
+_ARRIVAL_POLL_S = 0.5
+LS_BATCH = 512  # directory entries listed per thread hop: one hop per entry costs more than the entry
+
+T = TypeVar("T")
+
+
+async def run_stoppable(fn: Callable[[CancelFlag], T]) -> T:
+    """Run `fn(flag)` in a worker thread; if this task is cancelled, set the
+    flag and wait for `fn` to return (it checks the flag between blocks).
+
+    Why not `abandon_on_cancel`: an abandoned thread goes on writing; the
+    point is that the work stops, and that the store guard held around this
+    call is not released while it still runs.
+    """
+    flag = CancelFlag()
+    box: list[outcome.Outcome[T]] = []
+
+    async def work(done: trio.CancelScope) -> None:
+        box.append(await outcome.acapture(trio.to_thread.run_sync, fn, flag))
+        done.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work, nursery.cancel_scope)
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not box:
+                flag.set("the request was cancelled (its client went away)")
+    return box[0].unwrap()
+
+
+def _umask_param(p: dict[str, Any]) -> int | None:
+    value = param(p, "umask", int, None)
+    if value is not None and value > 0o777:
+        raise ApiError("parameter umask must be at most 0o777")
+    return value  # type: ignore[no-any-return]
+
+
+def _ls_row(e: exporter.DirEntry) -> dict[str, Any]:
+    return {"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind}
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(itertools.islice(it, n))
+
+
+def _complete_locally(repo: Any, cid: CID) -> int | None:
+    """How many blocks the DAG has if every one is in the store, else None."""
+    try:
+        return len(repo.dag_keys(cid))
+    except (BlockNotFound, HashMismatch):
+        return None
+
+
+def absolute_path(text: str, field: str) -> Path:
+    """A path the client sent; it must be absolute.
+
+    The node runs as its own user in its own working directory: a relative
+    path would be resolved against that directory, not the one the user
+    typed it in, and could silently read or write the wrong file. The CLI
+    resolves every path in its own process before sending it.
+    """
+    path = Path(text)
+    if not path.is_absolute():
+        error = ApiError(f"{field} must be an absolute path, not {text!r}")
+        error.hint = "resolve it where the user typed it (the shoal CLI does)"
+        raise error
+    return path
+
+
+def build_api(node: Node, token: str) -> ControlApi:
+    api = ControlApi(token)
+    repo = node.repo
+
+    async def run(fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args)
+
+    async def ensure_local(cid: CID, guard: bool = True) -> dict[str, Any]:
+        """Fetch whatever part of the DAG is not here yet (nothing if complete).
+        `guard=False` if the caller holds the store guard already."""
+        result = await fetch_dag(node, cid, guard=guard)
+        return {"fetched_blocks": result.fetched_blocks, "fetched_bytes": result.fetched_bytes,
+                "local_blocks": result.local_blocks, "holders": result.holders}
+
+    async def ident(p: dict[str, Any]) -> Any:
+        return {"peer_id": str(node.peer_id), "addrs": node.addrs_with_id()}
+
+    async def peers(p: dict[str, Any]) -> Any:
+        return [rec.as_json() for rec in node.peers.all()]
+
+    async def stats(p: dict[str, Any]) -> Any:
+        """Traffic counters, so operators (and tests) can see who served what."""
+        return {"served_bytes": node.served_bytes, "received_bytes": node.received_bytes,
+                "connected_peers": len(node.connected_peers()),
+                "connections": node.connection_stats()}
+
+    async def node_status(p: dict[str, Any]) -> Any:
+        """`shoal node status`: uptime, peers and the event loop's worst recent stall."""
+        return node.status()
+
+    async def put(p: dict[str, Any]) -> Any:
+        path = absolute_path(param(p, "path"), "path")
+        profile_name = param(p, "profile", str, None)
+        if profile_name is not None and profile_name not in PROFILES:
+            raise ApiError(f"unknown profile {profile_name}")
+        chunker_name = param(p, "chunker", str, DEFAULT_CHUNKER)
+        follow = param(p, "follow_symlinks", bool, True)
+        replicas = param(p, "replicas", int, None)  # None: leave the placement as it is
+        # ... of an object already placed; a new one gets the node's default
+        # (`node start --replicas`, [replication] replicas in config.toml).
+        default_replicas = int(node.options.extra.get("default_replicas") or 1)
+        profile = PROFILES[profile_name] if profile_name else repo.default_profile()
+        if not path.exists():
+            raise InvalidInput(f"no such file or directory: {path}")
+        chunker = chunker_for(chunker_name, profile, path)
+        async with node.store_guard.shared():
+            # An object to replicate gets its proof-of-storage commitment in the same
+            # pass (Repo.add commit=True), so placement need not re-read it.
+            wanted = replicas if replicas is not None else default_replicas
+            commit = wanted > 1 and getattr(node, "replication", None) is not None
+            result = await run_stoppable(lambda flag: put_measured(
+                repo, path, profile=profile, chunker=chunker, commit=commit, progress=flag.progress,
+                follow_symlinks=follow))
+        doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
+        placer = getattr(node, "replication", None)
+        if replicas is None and default_replicas > 1 and placer is not None and not placer.places(result.cid):
+            replicas = default_replicas
+        if replicas is not None and replicas > 1:
+            if placer is None:
+                raise ApiError("replication is not available on this node")
+            doc["placement"] = await placer.place(result.cid, replicas)
+        elif replicas == 1 and placer is not None and placer.places(result.cid):
+            doc["placement"] = await placer.place(result.cid, 1)  # back to the owner's copy only
+        return doc
+
+    async def get(p: dict[str, Any]) -> Any:
+        """Fetch and export at once: a file is written while its blocks arrive.
+
+        The export (in a worker thread) takes each fetched block as soon as
+        the fetch has hash-checked it (p2p/exchange/handoff.py), instead
+        of reading the whole DAG back after the fetch. A directory tree is
+        exported only after a complete fetch, so a failed get never leaves a
+        partial tree behind; a file is written to a temp name and renamed
+        only when complete either way.
+        """
+        cid = parse_cid(param(p, "cid"))
+        output = absolute_path(param(p, "output"), "output")
+        limits: dict[str, Any] = {"max_size": param(p, "max_size", int, None), "umask": _umask_param(p)}
+        async with node.store_guard.shared():
+            present = await run(_complete_locally, repo, cid)
+            if present is not None:  # nothing to fetch: export from the store, reading ahead
+                source = HealingBlocks(node)  # a corrupt local block is replaced from a peer as it is read
+                await run_stoppable(lambda flag: exporter.export_to_path(
+                    source, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
+                return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
+                        "local_blocks": present, "holders": 0}
+        blocks = ArrivingBlocks(HealingBlocks(node))
+
+        async def stored(_cid: CID, _data: bytes) -> None:
+            blocks.arrived()
+
+        stats: dict[str, Any] = {}
+        fetch_error: BaseException | None = None
+        export_error: BaseException | None = None
+
+        async def fetch_all() -> None:
+            nonlocal fetch_error
+            try:
+                result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified,
+                                         on_wanted=blocks.expect)
+                stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
+                             local_blocks=result.local_blocks, holders=result.holders)
+            except Exception as exc:  # re-raised below, outside the nursery
+                fetch_error = exc
+            finally:
+                blocks.finish()
+
+        def export(flag: CancelFlag) -> None:
+            try:
+                if exporter.stat(blocks.get, cid).kind == "dir":
+                    blocks.export_over()  # nothing to hand off: it reads the finished fetch
+                    blocks.wait_done()
+                exporter.export_to_path(blocks, cid, output, cancel=flag, **limits)
+            finally:
+                blocks.export_over()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch_all)
+            try:
+                await run_stoppable(export)
+            except Exception as exc:
+                export_error = exc
+        if fetch_error is not None:
+            raise fetch_error
+        if export_error is not None:
+            raise export_error
+        stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads)
+        return {"cid": str(cid), "output": str(output), **stats}
+
+    async def fetch(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        return {"cid": str(cid), **(await ensure_local(cid))}
+
+    async def cat(p: dict[str, Any]) -> AsyncIterator[bytes]:
+        cid = parse_cid(param(p, "cid"))
+        offset = param(p, "offset", int, 0)
+        length = param(p, "length", int, None)
+        tensor = param(p, "tensor", str, None)
+        from shoal.p2p.exchange.tensor_fetch import ensure_cat_range  # fetch only the blocks this read covers
+
+        await ensure_cat_range(node, cid, offset, length, tensor)
+        source = HealingBlocks(node)  # a corrupt local block is replaced from a peer as it is read
+        if tensor is not None:
+            from shoal.store.dag.tensor_ranges import tensor_window
+
+            offset, length = await run(tensor_window, source, cid, tensor, offset, length)
+        await run(exporter.stat, source, cid)  # errors before the response starts
+        pieces = exporter.read_file(source, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS)
+
+        async def stream() -> AsyncIterator[bytes]:
+            while True:
+                piece = await run(next, pieces, None)
+                if piece is None:
+                    return
+                yield piece
+
+        return stream()
+
+    async def ls(p: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Stream the rows as NDJSON, LS_BATCH at a time: a 40,000-wide
+        directory costs one batch of memory, and a client that leaves stops
+        the listing at the next batch. An error after the first batch is a
+        last line `{"error": ..., "kind": ...}`."""
+        text = param(p, "cid", str, None)
+        rows: Iterator[dict[str, Any]]
+        if text is None:
+            objs = await run(repo.objects)
+            rows = iter([{"cid": o.cid, "name": o.name, "size": o.size, "kind": o.kind} for o in objs])
+        else:
+            cid = parse_cid(text)
+            await ensure_local_root(cid)
+            rows = map(_ls_row, exporter.iter_dir(repo.blockstore, cid))
+        first = await run(_take, rows, LS_BATCH)  # errors before the response starts
+
+        async def stream() -> AsyncIterator[bytes]:
+            batch = first
+            while batch:
+                yield "".join(json.dumps(r) + "\n" for r in batch).encode()
+                if len(batch) < LS_BATCH:
+                    return
+                try:
+                    batch = await run(_take, rows, LS_BATCH)
+                except (StoreError, P2PError) as exc:
+                    yield (json.dumps({"error": str(exc) or type(exc).__name__,
+                                       "hint": getattr(exc, "hint", ""), "kind": type(exc).__name__}) + "\n").encode()
+                    return
+
+        return NdjsonStream(stream())
+
+    async def ensure_local_root(cid: CID) -> None:
+        if not repo.blockstore.has(cid):
+            await ensure_local(cid)
+
+    async def pins(p: dict[str, Any]) -> Any:
+        return [r.cid for r in await run(repo.pins)]
+
+    async def pin_add(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        async with node.store_guard.shared():
+            try:
+                await run(repo.pin_add, cid)
+            except (BlockNotFound, HashMismatch):
+                await ensure_local(cid, guard=False)  # the guard is ours already
+                await run(repo.pin_add, cid)
+        return {"pinned": str(cid)}
+
+    async def pin_rm(p: dict[str, Any]) -> Any:
+        """Unpin; for an object this node owns and replicates, give every replica back.
+
+        The release is recorded first (audits and repairs stop at once, the
+        holders are owed a release that the replication loop retries until
+        they answer), then the local pin goes. An owned object whose pin is
+        already gone (say, removed offline) is still released.
+        """
+        cid = parse_cid(param(p, "cid"))
+        placer = getattr(node, "replication", None)
+        release = await placer.release_object(cid) if placer is not None else None
+        try:
+            await run(repo.pin_rm, cid)
+        except NotPinned:
+            if release is None or not release["new"]:
+                raise  # a second pin rm of a released object is as wrong as of any unpinned one
+        doc: dict[str, Any] = {"unpinned": str(cid)}
+        if release is not None:
+            doc["release"] = release
+        return doc
+
+    async def gc(p: dict[str, Any]) -> Any:
+        async with node.store_guard.exclusive():
+            result = await run(gc_measured, repo, bool((p or {}).get("force", False)))
+        return {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
+
+    async def verify(p: dict[str, Any]) -> Any:
+        """Re-hash every block; with `repair`, quarantine the corrupt ones and
+        fetch every pinned DAG left incomplete from the swarm."""
+        repair = param(p, "repair", bool, False)
+        async with node.store_guard.exclusive():
+            report = await run(functools.partial(repo.verify, repair=repair))
+        incomplete = list(report.incomplete_pins)
+        repaired: list[str] = []
+        if repair and incomplete:
+            for pin in dict.fromkeys(a for a, _ in incomplete):  # each pin once, in order
+                try:
+                    await fetch_dag(node, parse_cid(pin))
+                except (P2PError, StoreError) as exc:
+                    log.warning("verify --repair: cannot restore %s from peers: %s", pin, exc)
+                    continue
+                repaired.append(pin)
+            incomplete = [(a, b) for a, b in incomplete if a not in repaired]
+        return report.as_json(incomplete, repaired)
+
+    async def car_export(p: dict[str, Any]) -> Any:
+        cid = parse_cid(param(p, "cid"))
+        output = absolute_path(param(p, "output"), "output")
+        await ensure_local(cid)
+        written = await run(export_car_file, repo.blockstore, cid, output)
+        return {"cid": str(cid), "output": str(output), "bytes": written}
+
+    async def car_import(p: dict[str, Any]) -> Any:
+        path = absolute_path(param(p, "path"), "path")
+        async with node.store_guard.shared():
+            result = await run(_import_car, repo, path)
+        return result.as_json()
+
+    api.json_route("GET", "/v1/id", ident)
+    api.json_route("GET", "/v1/peers", peers)
+    api.json_route("GET", "/v1/stats", stats)
+    api.json_route("GET", "/v1/node/status", node_status)
+    api.json_route("POST", "/v1/put", put)
+    api.json_route("POST", "/v1/get", get)
+    api.json_route("POST", "/v1/fetch", fetch)
+    api.stream_route("GET", "/v1/cat", cat)
+    api.stream_route("GET", "/v1/ls", ls)
+    api.json_route("GET", "/v1/pins", pins)
+    api.json_route("POST", "/v1/pin/add", pin_add)
+    api.json_route("POST", "/v1/pin/rm", pin_rm)
+    api.json_route("POST", "/v1/gc", gc)
+    api.json_route("POST", "/v1/verify", verify)
+    api.json_route("POST", "/v1/car/export", car_export)
+    api.json_route("POST", "/v1/car/import", car_import)
+    for method, path, handler in getattr(node, "extra_routes", []):
+        api.json_route(method, path, handler)
+    return api
+
+
+def _import_car(repo: Any, path: Path) -> Any:
+    with open(path, "rb") as src:
+        return repo.import_car(src)

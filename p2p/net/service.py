@@ -1,0 +1,93 @@
+"""Run a node as a foreground service: repo lock, identity, API, api file, signals.
+
+Start-up order: lock the repo, load the identity, open the peer listeners,
+start the control API, and only then write `<repo>/api` (address + token,
+mode 0600, temp + rename) — so a client that finds the file finds a node
+that answers. On SIGINT/SIGTERM: stop accepting, let in-flight store writes
+finish (they run in threads that trio waits for), remove the api file, exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from shoal.store.persist.repo import Repo
+
+from shoal.p2p.errors import P2PError
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.node_api import build_api
+
+log = logging.getLogger("shoal.service")
+
+
+def parse_api_bind(text: str) -> tuple[str, int]:
+    """HOST:PORT for the control API; only loopback hosts are allowed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise P2PError(f"--api expects HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise P2PError(f"the control API must listen on loopback, not {host!r}")
+    return ("127.0.0.1" if host == "localhost" else host), int(port)
+
+
+def write_api_file(path: Path, url: str, token: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def run_node(
+    repo: Repo,
+    options: NodeOptions,
+    api_bind: tuple[str, int],
+    *,
+    on_ready: Callable[[Node], None] | None = None,
+    setup: Callable[[Node], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. The caller holds the repo open (and locked)."""
+    identity = Identity.load_or_create(repo.identity_path)
+    node = Node(repo, identity, options)
+    if setup is not None:
+        setup(node)
+    token = secrets.token_urlsafe(32)
+    api_file = repo.api_path
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                config = HypercornConfig()
+                config.bind = [f"{api_bind[0]}:{api_bind[1]}"]
+                config.accesslog = None
+                config.errorlog = logging.getLogger("shoal.api.server")
+                config.graceful_timeout = 5
+                app: Any = build_api(node, token)  # a plain ASGI callable; hypercorn's types are narrower
+                binds = await nursery.start(lambda task_status: serve(
+                    app, config, shutdown_trigger=shutdown.wait, task_status=task_status))
+                write_api_file(api_file, binds[0], token)
+                if on_ready is not None:
+                    on_ready(node)
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    break
+                shutdown.set()
+                node.cancel()
+                nursery.cancel_scope.deadline = trio.current_time() + 10
+        finally:
+            api_file.unlink(missing_ok=True)

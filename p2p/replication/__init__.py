@@ -1,0 +1,1 @@
+"""Replication: placement, the owner and holder sides, agreements, audits and repair policy."""

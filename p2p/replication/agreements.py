@@ -1,0 +1,664 @@
+"""Storage agreements, replica states and audit history, kept in the repo index.
+
+Why in `index.sqlite`: an agreement is a promise that must survive restarts
+and crashes exactly like a pin does, and the index already gives WAL,
+FULL sync and one transaction per change. Tables (component "replication",
+registered with `shoal.store.persist.index.register_schema`):
+
+- `repl_objects`: objects this node owns (role "owner"), holds for someone
+  (role "holder"), or looks after as deputy of a gone owner (role
+  "deputy"); the signed manifest, the wanted replica count, the last offer.
+- `repl_holders`: the owner's (or deputy's) view of each holder: policy
+  state, timeouts in a row, last audit.
+- `repl_agreements`: both signatures of each agreement (offer signed by the
+  requester, agreement signed by the holder), as evidence.
+- `repl_audits`: audit history (who, when, ok, why), bounded.
+- `repl_nonces`: nonces a holder has answered, so replays are refused.
+- `repl_releases` (migration 2): the owner's releases of replicas it no
+  longer wants, one row per holder, `pending` until the holder answered.
+  Migration 2 also adds `released` (when the agreement ended) and
+  `pin_taken` (the pin's creation time if the holder took the pin for the
+  agreement, NULL if its user had pinned the object already) to
+  `repl_objects`, and `released` / `release_sig` to `repl_agreements`.
+
+Also here, because both sides must build the exact same bytes: the offer
+(what a StoreRequest's `manifest` field carries) and the agreement's
+signing bytes, and the release's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import msgpack
+
+from shoal.store.persist.index import Index, register_schema
+
+from shoal.p2p.errors import ProtocolError
+from shoal.p2p.replication.repair_policy import Replica, State
+
+if TYPE_CHECKING:
+    from shoal.p2p.secure.identity import PeerId
+
+__all__ = [
+    "COMPONENT", "MIGRATIONS", "Offer", "trusted_holders", "agreement_bytes", "offer_signing_bytes", "release_bytes",
+    "ObjectRow", "HolderRow", "AuditRow", "ReleaseRow", "Agreements", "RELEASE_PENDING", "RELEASE_DONE",
+    "RELEASE_REFUSED",
+]
+
+COMPONENT = "replication"
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE repl_objects (
+        cid TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('owner', 'holder', 'deputy')),
+        manifest BLOB NOT NULL,
+        owner TEXT NOT NULL,
+        replicas_wanted INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        offer BLOB,
+        created REAL NOT NULL
+    );
+    CREATE TABLE repl_holders (
+        cid TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'failed', 'lost')),
+        timeouts_in_a_row INTEGER NOT NULL DEFAULT 0,
+        proven_loss INTEGER NOT NULL DEFAULT 0,
+        refused INTEGER NOT NULL DEFAULT 0,
+        since REAL NOT NULL,
+        last_audit_time REAL,
+        last_audit_ok INTEGER,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (cid, peer_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE repl_agreements (
+        cid TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        offer BLOB NOT NULL,
+        requester_sig BLOB NOT NULL,
+        holder_sig BLOB NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (cid, requester, holder)
+    ) WITHOUT ROWID;
+    CREATE TABLE repl_audits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cid TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        time REAL NOT NULL,
+        ok INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        challenged INTEGER NOT NULL,
+        error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX repl_audits_by_cid ON repl_audits(cid, peer_id, id);
+    CREATE TABLE repl_nonces (
+        nonce BLOB PRIMARY KEY,
+        cid TEXT NOT NULL,
+        time REAL NOT NULL
+    );
+    """,
+    # 2: releases. Columns are added (not a table rebuild) so that existing
+    # agreements keep their rows untouched. Objects a node already held for
+    # others before this version are assumed to be pinned for the agreement
+    # (there was no other reason recorded), so a release can free them.
+    """
+    ALTER TABLE repl_objects ADD COLUMN released REAL;
+    ALTER TABLE repl_objects ADD COLUMN pin_taken REAL;
+    ALTER TABLE repl_agreements ADD COLUMN released REAL;
+    ALTER TABLE repl_agreements ADD COLUMN release_sig BLOB;
+    CREATE TABLE repl_releases (
+        cid TEXT NOT NULL,
+        peer_id TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'refused')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL,
+        since REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (cid, peer_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX repl_releases_due ON repl_releases(state, next_try);
+    UPDATE repl_objects SET pin_taken = (SELECT created FROM pins WHERE pins.cid = repl_objects.cid)
+        WHERE role IN ('holder', 'deputy');
+    """,
+    # 3: audits answered only "busy" count toward a proven loss, and a lost
+    # replica needs several passes in a row to be re-admitted.
+    """
+    ALTER TABLE repl_holders ADD COLUMN busy_in_a_row INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE repl_holders ADD COLUMN passes_in_a_row INTEGER NOT NULL DEFAULT 0;
+    """,
+)
+register_schema(COMPONENT, MIGRATIONS)
+
+MAX_AUDIT_ROWS = 100_000  # history kept per node; older rows are pruned
+MAX_NONCE_ROWS = 200_000  # replay window: far more audits than any deadline spans
+MAX_OFFER_HOLDERS = 64
+
+_OFFER_DOMAIN = b"shoal-offer-v1\x00"
+_PLACEMENT_DOMAIN = b"shoal-placement-v1\x00"
+_AGREEMENT_DOMAIN = b"shoal-agreement-v1\x00"
+_RELEASE_DOMAIN = b"shoal-release-v1\x00"
+
+RELEASE_PENDING = "pending"
+RELEASE_DONE = "done"
+RELEASE_REFUSED = "refused"  # answered, but not released (an old holder, or it does not know us as owner)
+_RELEASE_SHOWN = {RELEASE_PENDING: "releasing", RELEASE_DONE: "released", RELEASE_REFUSED: "release_refused"}
+
+
+# ------------------------------------------------------------------ wire formats
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a StoreRequest's `manifest` field carries.
+
+    msgpack array [2, manifest bytes (shoal.store.proofs.manifest, signed by the owner),
+    replicas wanted, [holder peer id bytes...], issued, owner_sig]. The
+    holder list lets a holder find the other copies (to pull from, to know
+    who may audit it, and to elect a deputy if the owner disappears), so it
+    is the owner's word, not the requester's: `owner_sig` is the owner's
+    signature over `placement_bytes()` (the manifest's hash, the count, the
+    holder list and `issued`). A deputy re-sends the owner's last signed
+    placement unchanged; it cannot add holders. `issued` (the owner's clock,
+    microseconds, strictly increasing per object) lets a holder refuse an
+    older signed list replayed over a newer one.
+
+    The requester also signs `offer_signing_bytes` (the StoreRequest's
+    `owner_sig`, named before deputies existed). Version 1 arrays
+    ([1, manifest, replicas, holders], no owner signature) still decode, for
+    offers recorded by older versions; nothing trusts their holder list.
+    """
+
+    manifest: bytes
+    replicas_wanted: int
+    holders: tuple[bytes, ...]
+    issued: int = 0
+    owner_sig: bytes = b""
+
+    def encode(self) -> bytes:
+        if self.issued == 0 and not self.owner_sig:
+            fields: list[object] = [1, self.manifest, self.replicas_wanted, list(self.holders)]
+        else:
+            fields = [2, self.manifest, self.replicas_wanted, list(self.holders), self.issued, self.owner_sig]
+        out: bytes = msgpack.packb(fields, use_bin_type=True)
+        return out
+
+    def placement_bytes(self) -> bytes:
+        """What the owner signs: "this object, this many copies, these holders, as of `issued`"."""
+        body: bytes = msgpack.packb([hashlib.sha256(self.manifest).digest(), self.replicas_wanted,
+                                     sorted(self.holders), self.issued], use_bin_type=True)
+        return _PLACEMENT_DOMAIN + body
+
+    def with_owner_sig(self, issued: int, sign: "Callable[[bytes], bytes]") -> "Offer":
+        """This offer as of `issued`, signed with the owner's `sign`."""
+        unsigned = replace(self, issued=issued, owner_sig=b"")
+        return replace(unsigned, owner_sig=sign(unsigned.placement_bytes()))
+
+    def signed_by(self, owner: "PeerId") -> bool:
+        """True if the owner signed this holder list and count."""
+        return bool(self.owner_sig) and owner.verify(self.owner_sig, self.placement_bytes())
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Offer":
+        try:
+            v = msgpack.unpackb(data, raw=False, max_bin_len=4096, max_array_len=MAX_OFFER_HOLDERS,
+                                max_str_len=0, max_map_len=0, max_ext_len=0)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ProtocolError(f"offer is not valid msgpack: {type(exc).__name__}") from None
+        if isinstance(v, list) and len(v) == 4 and v[0] == 1:
+            _, manifest, wanted, holders = v
+            issued, sig = 0, b""
+        elif isinstance(v, list) and len(v) == 6 and v[0] == 2:
+            _, manifest, wanted, holders, issued, sig = v
+            if (not isinstance(issued, int) or isinstance(issued, bool) or not 0 < issued < 1 << 63
+                    or not isinstance(sig, bytes) or len(sig) != 64):
+                raise ProtocolError("offer placement signature malformed")
+        else:
+            raise ProtocolError("offer must be [2, manifest, replicas, holders, issued, owner_sig]")
+        if not isinstance(manifest, bytes) or not isinstance(wanted, int) or isinstance(wanted, bool):
+            raise ProtocolError("offer fields have the wrong types")
+        if not 1 <= wanted <= MAX_OFFER_HOLDERS or not isinstance(holders, list):
+            raise ProtocolError("offer replica count out of range")
+        if not all(isinstance(h, bytes) and 2 <= len(h) <= 64 for h in holders):
+            raise ProtocolError("offer holder ids malformed")
+        if len(set(holders)) != len(holders):
+            raise ProtocolError("offer lists a holder twice")
+        offer = cls(manifest, wanted, tuple(holders), issued, sig)
+        if offer.encode() != data:
+            raise ProtocolError("offer encoding is not canonical")
+        return offer
+
+
+def trusted_holders(offer: bytes | None, owner: "PeerId") -> tuple[bytes, ...]:
+    """The holder list of a recorded offer if its owner signed it, else ()."""
+    if not offer:
+        return ()
+    try:
+        parsed = Offer.decode(offer)
+    except ProtocolError:
+        return ()
+    return parsed.holders if parsed.signed_by(owner) else ()
+
+
+def offer_signing_bytes(offer: bytes) -> bytes:
+    """What the requester signs (StoreRequest.owner_sig)."""
+    return _OFFER_DOMAIN + offer
+
+
+def agreement_bytes(offer: bytes, requester: bytes, holder: bytes) -> bytes:
+    """What the holder signs (StoreResponse.agreement_sig): "I, holder, keep
+    the object of this offer for this requester". Hashing the offer keeps it
+    short; the ids are length-prefixed so no two triples share bytes."""
+    digest = hashlib.sha256(offer).digest()
+    return _AGREEMENT_DOMAIN + digest + bytes([len(requester)]) + requester + bytes([len(holder)]) + holder
+
+
+def release_bytes(root_cid: bytes, owner: bytes, holder: bytes) -> bytes:
+    """What the owner signs (ReleaseRequest.owner_sig): "I, owner, no longer
+    need holder to keep this object". Per holder, so one holder's evidence
+    says nothing about another's; length-prefixed like `agreement_bytes`."""
+    return (_RELEASE_DOMAIN + bytes([len(root_cid)]) + root_cid + bytes([len(owner)]) + owner
+            + bytes([len(holder)]) + holder)
+
+
+# ------------------------------------------------------------------ rows
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    cid: str
+    role: str
+    manifest: bytes
+    owner: str
+    replicas_wanted: int
+    size: int
+    offer: bytes | None
+    created: float
+    released: float | None = None  # when the owner gave the replicas back (None: active)
+    pin_taken: float | None = None  # holder: creation time of the pin it took for the agreement
+
+    @property
+    def is_released(self) -> bool:
+        return self.released is not None
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    """The owner's view of giving one holder's replica back."""
+
+    cid: str
+    peer_id: str
+    state: str  # RELEASE_PENDING until the holder answered, then RELEASE_DONE (or RELEASE_REFUSED)
+    attempts: int
+    next_try: float
+    since: float
+    detail: str
+
+    def as_json(self) -> dict[str, object]:
+        """Shaped like HolderRow.as_json (same keys), so `status` stays one list."""
+        return {"peer_id": self.peer_id, "state": _RELEASE_SHOWN.get(self.state, self.state),
+                "last_audit": None, "timeouts_in_a_row": 0, "busy_in_a_row": 0, "proven_loss": False,
+                "detail": self.detail,
+                "release_attempts": self.attempts}
+
+
+@dataclass(frozen=True)
+class HolderRow:
+    cid: str
+    peer_id: str
+    replica: Replica
+    since: float
+    last_audit_time: float | None
+    last_audit_ok: bool | None
+    detail: str
+
+    def as_json(self) -> dict[str, object]:
+        last = None
+        if self.last_audit_time is not None:
+            last = {"time": self.last_audit_time, "ok": bool(self.last_audit_ok)}
+        return {"peer_id": self.peer_id, "state": self.replica.state.value, "last_audit": last,
+                "timeouts_in_a_row": self.replica.timeouts_in_a_row, "busy_in_a_row": self.replica.busy_in_a_row,
+                "proven_loss": self.replica.proven_loss, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    cid: str
+    peer_id: str
+    time: float
+    ok: bool
+    outcome: str
+    challenged: int
+    error: str
+
+
+def _holder(row: Sequence[object]) -> HolderRow:
+    cid, peer, state, t, loss, refused, since, lat, lao, detail, busy, passes = row
+    replica = Replica(State(str(state)), int(t), bool(loss), bool(refused),  # type: ignore[call-overload]
+                      int(busy), int(passes))  # type: ignore[call-overload]
+    return HolderRow(str(cid), str(peer), replica, float(since),  # type: ignore[arg-type]
+                     None if lat is None else float(lat),  # type: ignore[arg-type]
+                     None if lao is None else bool(lao), str(detail))
+
+
+_HOLDER_COLS = ("cid, peer_id, state, timeouts_in_a_row, proven_loss, refused, since, "
+                "last_audit_time, last_audit_ok, detail, busy_in_a_row, passes_in_a_row")
+_OBJECT_COLS = "cid, role, manifest, owner, replicas_wanted, size, offer, created, released, pin_taken"
+_RELEASE_COLS = "cid, peer_id, state, attempts, next_try, since, detail"
+
+
+class Agreements:
+    """Synchronous access to the replication tables (call from worker threads
+    or directly: every call is one short SQLite transaction)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        index.apply_schema(COMPONENT, MIGRATIONS)  # the repo may have been opened before we registered
+
+    # -- objects -----------------------------------------------------------
+
+    def put_object(self, cid: str, role: str, manifest: bytes, owner: str, replicas_wanted: int,
+                   size: int, offer: bytes | None = None) -> None:
+        with self.index.transaction() as db:
+            db.execute(
+                "INSERT INTO repl_objects (cid, role, manifest, owner, replicas_wanted, size, offer, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cid) DO UPDATE SET role = excluded.role, "
+                "manifest = excluded.manifest, owner = excluded.owner, "
+                "replicas_wanted = excluded.replicas_wanted, size = excluded.size, "
+                "offer = COALESCE(excluded.offer, repl_objects.offer)",
+                (cid, role, manifest, owner, replicas_wanted, size, offer, time.time()),
+            )
+
+    def set_wanted(self, cid: str, replicas_wanted: int) -> None:
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET replicas_wanted = ? WHERE cid = ?", (replicas_wanted, cid))
+
+    def set_role(self, cid: str, role: str) -> None:
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET role = ? WHERE cid = ?", (role, cid))
+
+    def get_object(self, cid: str) -> ObjectRow | None:
+        with self.index.snapshot() as db:
+            row = db.execute(f"SELECT {_OBJECT_COLS} FROM repl_objects WHERE cid = ?", (cid,)).fetchone()
+        return ObjectRow(*row) if row else None
+
+    def objects(self, roles: Sequence[str] = ("owner", "holder", "deputy"),
+                released: bool = False) -> list[ObjectRow]:
+        """Objects in `roles`; released ones only with `released=True`.
+
+        Every loop (audits, repairs, owner watch) goes through here, so
+        leaving released objects out by default is what stops audits and
+        repairs of an object the moment its owner gave it back.
+        """
+        marks = ",".join("?" * len(roles))
+        live = "" if released else " AND released IS NULL"
+        with self.index.snapshot() as db:
+            rows = db.execute(f"SELECT {_OBJECT_COLS} FROM repl_objects WHERE role IN ({marks}){live} "
+                              "ORDER BY created, cid", tuple(roles)).fetchall()
+        return [ObjectRow(*r) for r in rows]
+
+    def held_bytes(self) -> int:
+        """Bytes this node holds for other peers (what --quota limits); a
+        released agreement no longer counts, whatever gc has done yet."""
+        with self.index.snapshot() as db:
+            row = db.execute("SELECT COALESCE(SUM(size), 0) FROM repl_objects "
+                             "WHERE role != 'owner' AND released IS NULL").fetchone()
+        return int(row[0])
+
+    def pin_created(self, cid: str) -> float | None:
+        """When the repo's pin of `cid` was (last) made, None if not pinned.
+
+        Read from the store's `pins` table (read-only): `Repo.pin_add`
+        replaces a pin with a fresh `created`, so comparing it with the
+        time recorded when the holder pinned tells whether anyone pinned
+        the object again since — the holder's user, independently.
+        """
+        with self.index.snapshot() as db:
+            row = db.execute("SELECT created FROM pins WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def unprotected(self, keys: Sequence[str]) -> list[str]:
+        """Those of `keys` that no pin protects (read-only, from the store's
+        `pin_blocks`): what a refused replica may delete of what it wrote."""
+        out = []
+        with self.index.snapshot() as db:
+            for key in keys:
+                if db.execute("SELECT 1 FROM pin_blocks WHERE key = ? LIMIT 1", (key,)).fetchone() is None:
+                    out.append(key)
+        return out
+
+    def set_pin_taken(self, cid: str, pin_taken: float | None) -> None:
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET pin_taken = ? WHERE cid = ?", (pin_taken, cid))
+
+    def reopen(self, cid: str) -> None:
+        """A released object is wanted again (new offer, or the owner re-put it)."""
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET released = NULL WHERE cid = ?", (cid,))
+
+    # -- releases, holder side -------------------------------------------------
+
+    def mark_released(self, cid: str, release_sig: bytes) -> None:
+        """Holder: the owner ended the agreement. One transaction: the object
+        stops counting (quota, audits, deputy duty), a deputy steps down, and
+        the agreements keep the owner's signed release as evidence."""
+        now = time.time()
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_objects SET released = ?, pin_taken = NULL, "
+                       "role = CASE WHEN role = 'deputy' THEN 'holder' ELSE role END "
+                       "WHERE cid = ? AND released IS NULL", (now, cid))
+            db.execute("UPDATE repl_agreements SET released = ?, release_sig = ? "
+                       "WHERE cid = ? AND released IS NULL", (now, release_sig, cid))
+            # A deputy's own view of the holders is moot once the owner is back and done.
+            db.execute("DELETE FROM repl_holders WHERE cid = ?", (cid,))
+
+    # -- releases, owner side ----------------------------------------------------
+
+    def begin_release(self, cid: str, me: str, peers: Sequence[str], replicas_wanted: int,
+                      release_object: bool) -> list[str]:
+        """Owner: stop counting `peers` as holders and owe each a release.
+
+        One transaction: each peer's holder row leaves `repl_holders` (so no
+        audit, repair count or offer sees it again) and becomes a `pending`
+        release; with `release_object` the whole object is marked released
+        and wants 0 replicas (our own copy becomes a `done` row). Holders
+        that refused the store never took anything and are simply dropped.
+        Returns the peers that now need a release message.
+        """
+        now = time.time()
+        owed: list[str] = []
+        with self.index.transaction() as db:
+            if release_object:
+                db.execute("UPDATE repl_objects SET released = ?, replicas_wanted = 0 WHERE cid = ?", (now, cid))
+            else:
+                db.execute("UPDATE repl_objects SET replicas_wanted = ? WHERE cid = ?", (replicas_wanted, cid))
+            for peer in peers:
+                row = db.execute("SELECT refused FROM repl_holders WHERE cid = ? AND peer_id = ?",
+                                 (cid, peer)).fetchone()
+                db.execute("DELETE FROM repl_holders WHERE cid = ? AND peer_id = ?", (cid, peer))
+                if peer == me:
+                    _upsert_release(db, cid, peer, RELEASE_DONE, now, "the owner's own copy, unpinned")
+                elif row is not None and row[0]:
+                    continue
+                else:
+                    _upsert_release(db, cid, peer, RELEASE_PENDING, now, "release not yet answered")
+                    owed.append(peer)
+        return owed
+
+    def releases(self, cid: str) -> list[ReleaseRow]:
+        with self.index.snapshot() as db:
+            rows = db.execute(f"SELECT {_RELEASE_COLS} FROM repl_releases WHERE cid = ? ORDER BY since, peer_id",
+                              (cid,)).fetchall()
+        return [ReleaseRow(*r) for r in rows]
+
+    def release(self, cid: str, peer_id: str) -> ReleaseRow | None:
+        with self.index.snapshot() as db:
+            row = db.execute(f"SELECT {_RELEASE_COLS} FROM repl_releases WHERE cid = ? AND peer_id = ?",
+                             (cid, peer_id)).fetchone()
+        return ReleaseRow(*row) if row else None
+
+    def due_releases(self, now: float, limit: int) -> list[ReleaseRow]:
+        """Pending releases whose next attempt is due, oldest first (bounded)."""
+        with self.index.snapshot() as db:
+            rows = db.execute(f"SELECT {_RELEASE_COLS} FROM repl_releases WHERE state = 'pending' "
+                              "AND next_try <= ? ORDER BY next_try, cid, peer_id LIMIT ?", (now, limit)).fetchall()
+        return [ReleaseRow(*r) for r in rows]
+
+    def owe_release(self, cid: str, peer_id: str) -> None:
+        """One more holder to release (it took the replica while the release was decided)."""
+        with self.index.transaction() as db:
+            db.execute("DELETE FROM repl_holders WHERE cid = ? AND peer_id = ?", (cid, peer_id))
+            _upsert_release(db, cid, peer_id, RELEASE_PENDING, time.time(), "release not yet answered")
+
+    def release_done(self, cid: str, peer_id: str, detail: str, state: str = RELEASE_DONE) -> None:
+        """The holder answered: `done`, or `refused` if it answered but kept the agreement."""
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_releases SET state = ?, detail = ? WHERE cid = ? AND peer_id = ?",
+                       (state, detail, cid, peer_id))
+
+    def release_retry(self, cid: str, peer_id: str, next_try: float, detail: str) -> None:
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_releases SET attempts = attempts + 1, next_try = ?, detail = ? "
+                       "WHERE cid = ? AND peer_id = ? AND state = 'pending'", (next_try, detail, cid, peer_id))
+
+    def forget_done_releases(self, cid: str, peer_id: str | None = None) -> None:
+        """Drop finished release rows (the object, or that peer, is wanted again)."""
+        with self.index.transaction() as db:
+            if peer_id is None:
+                db.execute("DELETE FROM repl_releases WHERE cid = ? AND state != 'pending'", (cid,))
+            else:
+                db.execute("DELETE FROM repl_releases WHERE cid = ? AND peer_id = ? AND state != 'pending'",
+                           (cid, peer_id))
+
+    def pending_release_peers(self, cid: str) -> set[str]:
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT peer_id FROM repl_releases WHERE cid = ? AND state = 'pending'",
+                              (cid,)).fetchall()
+        return {str(r[0]) for r in rows}
+
+    # -- holders -------------------------------------------------------------
+
+    def set_holder(self, cid: str, peer_id: str, replica: Replica, detail: str = "") -> None:
+        with self.index.transaction() as db:
+            db.execute(
+                "INSERT INTO repl_holders (cid, peer_id, state, timeouts_in_a_row, proven_loss, refused, since, detail, "
+                "busy_in_a_row, passes_in_a_row) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cid, peer_id) DO UPDATE SET "
+                "state = excluded.state, timeouts_in_a_row = excluded.timeouts_in_a_row, "
+                "proven_loss = excluded.proven_loss, refused = excluded.refused, detail = excluded.detail, "
+                "busy_in_a_row = excluded.busy_in_a_row, passes_in_a_row = excluded.passes_in_a_row, "
+                "since = CASE WHEN repl_holders.state = excluded.state THEN repl_holders.since ELSE excluded.since END",
+                (cid, peer_id, replica.state.value, replica.timeouts_in_a_row, int(replica.proven_loss),
+                 int(replica.refused), time.time(), detail, replica.busy_in_a_row, replica.passes_in_a_row),
+            )
+
+    def holders(self, cid: str) -> list[HolderRow]:
+        with self.index.snapshot() as db:
+            rows = db.execute(f"SELECT {_HOLDER_COLS} FROM repl_holders WHERE cid = ? ORDER BY since, peer_id",
+                              (cid,)).fetchall()
+        return [_holder(r) for r in rows]
+
+    def holder(self, cid: str, peer_id: str) -> HolderRow | None:
+        with self.index.snapshot() as db:
+            row = db.execute(f"SELECT {_HOLDER_COLS} FROM repl_holders WHERE cid = ? AND peer_id = ?",
+                             (cid, peer_id)).fetchone()
+        return _holder(row) if row else None
+
+    def holder_peers(self) -> set[str]:
+        """Peers that signed for a replica of ours and were never shown to have lost one.
+
+        The node keeps connection slots for them (shoal.p2p.net.admission): they have
+        proved useful, and audits and repairs need to reach them.
+        """
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT DISTINCT peer_id FROM repl_holders WHERE state IN ('ok', 'failed') "
+                              "AND proven_loss = 0 AND refused = 0").fetchall()
+        return {str(r[0]) for r in rows}
+
+    # -- agreements -------------------------------------------------------------
+
+    def record_agreement(self, cid: str, requester: str, holder: str, offer: bytes,
+                         requester_sig: bytes, holder_sig: bytes) -> None:
+        with self.index.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO repl_agreements "
+                "(cid, requester, holder, offer, requester_sig, holder_sig, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (cid, requester, holder, offer, requester_sig, holder_sig, time.time()),
+            )
+
+    def agreements(self, cid: str) -> list[dict[str, object]]:
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT requester, holder, created, released FROM repl_agreements WHERE cid = ? "
+                              "ORDER BY created", (cid,)).fetchall()
+        return [{"requester": r, "holder": h, "created": c, "released": rel} for r, h, c, rel in rows]
+
+    # -- audits --------------------------------------------------------------------
+
+    def record_audit(self, cid: str, peer_id: str, outcome: str, challenged: int, error: str,
+                     replica: Replica | None) -> None:
+        """One audit result and (for the auditor) the replica's new state, atomically."""
+        now = time.time()
+        ok = outcome == "ok"
+        with self.index.transaction() as db:
+            db.execute("INSERT INTO repl_audits (cid, peer_id, time, ok, outcome, challenged, error) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (cid, peer_id, now, int(ok), outcome, challenged, error))
+            if replica is not None:
+                db.execute(
+                    "UPDATE repl_holders SET state = ?, timeouts_in_a_row = ?, proven_loss = ?, "
+                    "busy_in_a_row = ?, passes_in_a_row = ?, last_audit_time = ?, last_audit_ok = ?, detail = ?, "
+                    "since = CASE WHEN state = ? THEN since ELSE ? END WHERE cid = ? AND peer_id = ?",
+                    (replica.state.value, replica.timeouts_in_a_row, int(replica.proven_loss),
+                     replica.busy_in_a_row, replica.passes_in_a_row, now, int(ok),
+                     error, replica.state.value, now, cid, peer_id),
+                )
+            _prune(db, "repl_audits", "id", MAX_AUDIT_ROWS)
+
+    def audits(self, cid: str | None = None, limit: int = 1000) -> list[AuditRow]:
+        sql = "SELECT cid, peer_id, time, ok, outcome, challenged, error FROM repl_audits"
+        args: tuple[object, ...] = ()
+        if cid is not None:
+            sql += " WHERE cid = ?"
+            args = (cid,)
+        sql += " ORDER BY id DESC LIMIT ?"
+        with self.index.snapshot() as db:
+            rows = db.execute(sql, args + (limit,)).fetchall()
+        return [AuditRow(c, p, t, bool(o), oc, n, e) for c, p, t, o, oc, n, e in rows]
+
+    def passed_audits(self) -> dict[str, int]:
+        """Audits each peer has passed for us (vetting new peers in placement)."""
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT peer_id, COUNT(*) FROM repl_audits WHERE outcome = 'ok' "
+                              "GROUP BY peer_id").fetchall()
+        return {str(p): int(n) for p, n in rows}
+
+    def use_nonce(self, nonce: bytes, cid: str) -> bool:
+        """Remember a nonce; False if it was seen before (a replay)."""
+        with self.index.transaction() as db:
+            try:
+                db.execute("INSERT INTO repl_nonces (nonce, cid, time) VALUES (?, ?, ?)", (nonce, cid, time.time()))
+            except sqlite3.IntegrityError:
+                return False
+            _prune(db, "repl_nonces", "time", MAX_NONCE_ROWS)
+        return True
+
+
+def _upsert_release(db: sqlite3.Connection, cid: str, peer: str, state: str, now: float, detail: str) -> None:
+    db.execute(
+        "INSERT INTO repl_releases (cid, peer_id, state, attempts, next_try, since, detail) "
+        "VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT (cid, peer_id) DO UPDATE SET state = excluded.state, "
+        "attempts = 0, next_try = excluded.next_try, since = excluded.since, detail = excluded.detail",
+        (cid, peer, state, now, now, detail),
+    )
+
+
+def _prune(db: sqlite3.Connection, table: str, order: str, keep: int) -> None:
+    # Cheap check first: most commits are far below the cap.
+    (count,) = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    if count > keep:
+        db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY {order} LIMIT ?)",
+                   (count - keep,))

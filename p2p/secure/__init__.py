@@ -1,0 +1,1 @@
+"""Secure channels: identities and PeerIds, multiaddrs, Noise XX, the private-swarm layer and the allowlist."""

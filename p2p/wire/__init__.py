@@ -1,0 +1,1 @@
+"""The wire: limits, length-prefixed frames, message classes and their msgpack codec (sans-IO)."""

@@ -1,0 +1,1 @@
+"""Chunkers: the IPFS profiles, fixed-size, FastCDC and safetensors tensor-aware cutting."""

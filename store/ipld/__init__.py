@@ -1,0 +1,1 @@
+"""IPLD formats: varints, CIDs, dag-pb, UnixFS, HAMT directories and CAR files."""

@@ -1,0 +1,1 @@
+"""Local persistence: the blockstore interface, flatfs on disk, direct I/O, the SQLite index, the repo and its config."""

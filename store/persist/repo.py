@@ -1,0 +1,947 @@
+"""The repo: one directory holding a node's blocks, index, config and lock.
+
+```
+<repo>/config.toml     settings (shoal.store.persist.config), written last by init
+<repo>/index.sqlite    objects, pins, pin membership (shoal.store.persist.index)
+<repo>/blocks/         block files (shoal.store.persist.flatfs)
+<repo>/repo.lock       flock'd by whoever writes: an offline command or the node;
+                       holds the holder's pid (and "node" for a node)
+<repo>/reserve         emergency space, given back on a full disk (shoal.store.persist.reserve)
+<repo>/identity.key    created by p2p/, not here (see `Repo.identity_path`)
+<repo>/quarantine/     corrupt block files moved aside by `verify --repair` or a
+                       read that found them bad (`<key>.data`), kept for
+                       inspection; a re-put or a fetch writes good copies
+<repo>/proofs/         storage-commitment files, per object CID: `<cid>.leaves`
+                       (the leaf-hash layer, 32 B per segment) and
+                       `<cid>.commitment` (the 45-byte `proofs.Commitment`);
+                       written by `add(..., commit=True)` or shoal.p2p.replication.commit_files
+```
+
+Crash rules (details in docs/ARCHITECTURE.md): blocks are written and made
+durable before the single index transaction that references them, so the
+index never points at a block that may not exist; `gc` deletes only blocks
+outside the committed pin set, so stopping it at any moment loses nothing
+pinned; anything a crash leaves behind (unreferenced blocks, `*.tmp` files)
+is garbage that `gc` or `verify` removes.
+
+Who waits for whom: writers (put, pin, gc, verify, a node) take the lock,
+and a writer that finds it held waits for it if asked to (`wait=True`),
+except behind a node, which holds it for its whole life. Readers
+(`lock=False`) take no lock and open the index read-only: SQLite's WAL
+lets them read beside a writer, and they work on a read-only repo.
+
+The index is never created by `open`: a lost or emptied `index.sqlite`
+raises IndexMissing, `repair_index` rebuilds it from the blocks, and `gc`
+refuses to delete every block when the index never held a pin.
+
+Not here: the network, the node's API, identity keys, CAR files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import os
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+
+from shoal.store.ipld.cid import CID, RAW, block_key, cid_from_bytes, parse_cid
+from shoal.store.persist.config import default_config, load_config, merge, save_config
+from shoal.store.errors import (
+    BlockNotFound, GcRefused, HashMismatch, IndexCorrupt, IndexMissing, InvalidInput, NotPinned,
+    RepoError, RepoLocked, RepoNotEmpty, RepoNotInitialized, StoreError, StorageFull,
+)
+from shoal.store.persist.flatfs import FlatfsBlockstore, cid_for_key
+from shoal.store.persist.index import Index, ObjectRecord, PinRecord
+from shoal.store.chunking.profiles import DEFAULT_PROFILE, PROFILES, Profile
+from shoal.store.persist.reserve import RESERVE_FILE, Reserve
+
+if TYPE_CHECKING:
+    from shoal.store.chunking.chunker import Chunker
+    from shoal.store.chunking.choice import PerFileChunker
+    from shoal.store.ipld.car import CarImportResult
+    from shoal.store.dag.importer import ByteSink, ImportResult, PieceHasher
+    from shoal.store.proofs.commitment import Commitment
+
+__all__ = ["Repo", "GcResult", "VerifyReport", "RepairReport", "resolve_repo_path", "ENV_VAR",
+           "PROOFS_DIR", "QUARANTINE_DIR", "leaves_file", "commitment_file"]
+
+ENV_VAR = "SHOAL_REPO"
+CONFIG_FILE = "config.toml"
+INDEX_FILE = "index.sqlite"
+BLOCKS_DIR = "blocks"
+LOCK_FILE = "repo.lock"
+PROOFS_DIR = "proofs"
+QUARANTINE_DIR = "quarantine"
+STALE_TEMP_AGE_S = 600.0  # a commitment temp file older than this belongs to no live writer
+
+
+def leaves_file(repo_path: Path, cid: CID | str) -> Path:
+    """`<repo>/proofs/<cid>.leaves`: the raw concatenated leaf hashes (`proofs.LeafHashes`)."""
+    return Path(repo_path) / PROOFS_DIR / f"{cid}.leaves"
+
+
+def commitment_file(repo_path: Path, cid: CID | str) -> Path:
+    """`<repo>/proofs/<cid>.commitment`: `Commitment.encode()` of the object's bytes."""
+    return Path(repo_path) / PROOFS_DIR / f"{cid}.commitment"
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """Names in `path` that no repo (nor an init a crash interrupted) puts there.
+
+    `init` refuses a directory holding any: turning someone's project folder
+    into a repo (and its gc later deciding what lives there) is never meant.
+    """
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        return [path.name]
+    except OSError as exc:
+        raise RepoError(f"cannot read {path}: {exc.strerror}") from exc
+    ours = (CONFIG_FILE, INDEX_FILE, BLOCKS_DIR, LOCK_FILE, PROOFS_DIR, RESERVE_FILE, "identity", "api")
+    return [n for n in names if not any(n == o or n.startswith(o + ".") or n.startswith(o + "-") for o in ours)]
+
+
+def resolve_repo_path(cli_value: str | None) -> Path:
+    """`--repo DIR`, else `$SHOAL_REPO`, else `~/.shoal`."""
+    if cli_value:
+        return Path(cli_value).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".shoal"
+
+
+@dataclass(frozen=True)
+class GcResult:
+    removed_blocks: int
+    freed_bytes: int
+    temp_files_removed: int = 0
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """`ok` only if no block is corrupt and every pinned DAG is complete."""
+
+    ok: bool
+    # CIDs, as a pinned DAG links to them (else the raw CIDv1 of the multihash:
+    # a block no pin reaches has no other name)
+    corrupt_blocks: list[str] = field(default_factory=list)
+    incomplete_pins: list[tuple[str, str]] = field(default_factory=list)  # (pin, missing or bad CID)
+    blocks_checked: int = 0
+    temp_files_removed: int = 0
+    quarantined: list[str] = field(default_factory=list)  # CIDs moved to quarantine/ (repair)
+    # Sound blocks no pin protects: what the next `gc` deletes (no problem in
+    # itself, but a user who unpinned things wants to know the space is there).
+    orphan_blocks: int = 0
+    orphan_bytes: int = 0
+
+    def as_json(self, incomplete: list[tuple[str, str]] | None = None,
+                repaired: list[str] | None = None) -> dict[str, Any]:
+        """`shoal verify --json`, the same offline and through a node.
+
+        After a repair, `incomplete` is what is still missing (a node
+        fetched the rest: `repaired`, the pins restored from peers); `ok`
+        then says the repo is whole again: every corrupt block moved aside
+        and every pin complete.
+        """
+        remaining = self.incomplete_pins if incomplete is None else incomplete
+        cleared = set(self.quarantined) == set(self.corrupt_blocks)
+        return {"ok": not remaining and (self.ok or cleared),
+                "corrupt_blocks": list(self.corrupt_blocks), "quarantined": list(self.quarantined),
+                "repaired_pins": list(repaired or []),
+                "incomplete_pins": [{"pin": str(a), "missing": str(b)} for a, b in remaining],
+                "orphan_blocks": self.orphan_blocks, "orphan_bytes": self.orphan_bytes}
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What `repair_index` found and recorded."""
+
+    blocks_scanned: int
+    objects: list[ObjectRecord]  # the roots it pinned and listed
+    corrupt_blocks: int = 0  # skipped: their links cannot be trusted
+    moved_aside: str | None = None  # where an unreadable index was moved
+
+
+class _SharedExclusive:
+    """Many writers (imports, fetches) may run together; gc and verify run alone.
+
+    gc must never see blocks that an import wrote but has not yet recorded.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class Repo:
+    """An open repo. Use `Repo.init` or `Repo.open`; close it (or use `with`)."""
+
+    def __init__(self, path: Path, lock_fd: int | None, *, create_index: bool = False) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._guard = _SharedExclusive()
+        self.reserve = Reserve(path)
+        #: Bytes of the emergency reserve this open gave back (a full disk).
+        self.reserve_released = 0
+        #: Where `open_for_repair` moved an unreadable index, if it did.
+        self.index_moved_aside: Path | None = None
+        self.config: dict[str, Any] = load_config(path / CONFIG_FILE)
+        read_only = lock_fd is None
+        self.index = Index(path / INDEX_FILE, migrate=not read_only, create=create_index,
+                           read_only=read_only)
+        try:
+            self.blockstore = FlatfsBlockstore(path / BLOCKS_DIR)
+        except BaseException:
+            self.index.close()
+            raise
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: Path, *, config: dict[str, Any] | None = None) -> "Repo":
+        """Create a repo at `path` and return it open and locked.
+
+        config.toml is written last: a crash mid-init leaves a directory that
+        `open` calls uninitialized and `init` can complete.
+        """
+        path = Path(path)
+        foreign = _foreign_entries(path)
+        if foreign and not (path / CONFIG_FILE).exists():
+            raise RepoNotEmpty(f"{path} is not empty and not a shoal repo (it holds {foreign[0]!r})")
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise RepoError(f"cannot create repo {path}: {exc.strerror}") from exc
+        fd = _acquire_lock(path)
+        try:
+            if (path / CONFIG_FILE).exists():
+                raise RepoError(f"{path} is already a shoal repo")
+            FlatfsBlockstore(path / BLOCKS_DIR)
+            Index(path / INDEX_FILE).close()
+            Reserve(path).ensure()
+            save_config(path / CONFIG_FILE, merge(default_config(), config or {}))
+            return cls(path, fd, create_index=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        lock: bool = True,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
+        node: bool = False,
+        frees_space: bool = False,
+    ) -> "Repo":
+        """Open an existing repo; RepoNotInitialized, RepoLocked or IndexMissing otherwise.
+
+        `lock=False` opens for reading: no lock (so it never waits for a
+        writer), the index read-only (so a read-only repo works); every
+        method that writes then raises RepoError. With the lock, `wait=True`
+        waits for another writer to finish (calling `on_wait(who)` once
+        first) instead of raising RepoLocked, but never behind a node.
+        `node=True` marks the lock as a node's. `frees_space=True` (pin rm,
+        gc): on a full disk, give back the emergency reserve first so the
+        index can be opened at all (`reserve_released` says how much);
+        other writers recreate the reserve first if it is missing and there
+        is room, so they cannot eat into it.
+        """
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise RepoNotInitialized(f"no shoal repo at {path}")
+        fd = _acquire_lock(path, wait=wait, on_wait=on_wait, node=node) if lock else None
+        released = 0
+        try:
+            if fd is not None:
+                reserve = Reserve(path)
+                if frees_space and reserve.disk_full():
+                    released = reserve.release()
+                elif not frees_space:
+                    reserve.ensure()
+            repo = cls(path, fd)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        repo.reserve_released = released
+        return repo
+
+    @classmethod
+    def open_for_repair(
+        cls, path: Path, *, wait: bool = False, on_wait: Callable[[str], None] | None = None
+    ) -> "Repo":
+        """Open with the lock for `repair_index`, whatever state the index is in.
+
+        A missing or empty index is created afresh; an unreadable one is
+        moved aside (`index.sqlite.damaged-<time>`, with its -wal and -shm)
+        and replaced; a readable one is kept (the repair only adds to it).
+        """
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise RepoNotInitialized(f"no shoal repo at {path}")
+        fd = _acquire_lock(path, wait=wait, on_wait=on_wait)
+        moved: Path | None = None
+        try:
+            Reserve(path).release()  # the repair's own index needs room more than the reserve
+            index_path = path / INDEX_FILE
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            try:
+                Index(index_path, create=False).close()
+            except IndexMissing:
+                # A -wal left by the lost file must not be replayed into the new one.
+                for suffix in ("-wal", "-shm"):
+                    side = index_path.with_name(INDEX_FILE + suffix)
+                    if side.exists():
+                        os.replace(side, side.with_name(f"{side.name}.orphan-{stamp}"))
+            except IndexCorrupt:
+                moved = index_path.with_name(f"{INDEX_FILE}.damaged-{stamp}")
+                for suffix in ("", "-wal", "-shm"):
+                    side = index_path.with_name(INDEX_FILE + suffix)
+                    if side.exists():
+                        os.replace(side, moved.with_name(moved.name + suffix))
+            repo = cls(path, fd, create_index=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        repo.index_moved_aside = moved
+        repo.reserve.ensure()
+        return repo
+
+    def close(self) -> None:
+        self.index.close()
+        self.blockstore.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "Repo":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def identity_path(self) -> Path:
+        """Where p2p/ keeps the node's Ed25519 key (mode 0600); not created here."""
+        return self.path / "identity.key"
+
+    @property
+    def api_path(self) -> Path:
+        """Where a running node writes its API address and token."""
+        return self.path / "api"
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold while writing blocks that will be pinned later (e.g. a fetch): gc waits."""
+        self._check_writable()
+        with self._guard.shared():
+            yield
+
+    def _check_writable(self) -> None:
+        if self._lock_fd is None:
+            raise RepoError(f"repo {self.path} was opened without its lock (read-only)")
+
+    # -- objects and pins -----------------------------------------------------
+
+    def default_profile(self) -> Profile:
+        name = str(self.config.get("store", {}).get("profile", DEFAULT_PROFILE.name))
+        try:
+            return PROFILES[name]
+        except KeyError:
+            raise RepoError(f"unknown profile {name!r} in {self.path / CONFIG_FILE}") from None
+
+    def add(
+        self,
+        path: Path,
+        profile: Profile | None = None,
+        chunker: "Chunker | PerFileChunker | None" = None,
+        progress: Callable[[int], None] | None = None,
+        commit: bool = False,
+        follow_symlinks: bool = True,
+    ) -> "ImportResult":
+        """Import a file or directory and pin it.
+
+        Blocks are written (and flushed) first; then one transaction records
+        the object, its recursive pin and the pin's block set. Adding the
+        same bytes again stores nothing new.
+
+        `commit=True` (a regular file; ignored for a directory, whose
+        commitment covers its DAG blocks and is built by shoal.p2p.replication.commit_files):
+        also build the proof-of-storage commitment in the same pass (in
+        helper processes that also give the blocks' digests, if
+        `COMMIT_PROCESS_ABOVE` says so and the chunks are whole pieces; else
+        on the reading thread) and save `<repo>/proofs/<cid>.leaves` and
+        `<cid>.commitment` durably before the index transaction; the
+        result's `commitment` is set (left None if the helpers failed: the
+        put still succeeds, and
+        shoal.p2p.replication.commit_files.build_commitment makes its own pass later). For a
+        node that will replicate the object: build_commitment then skips
+        its pass over the bytes.
+
+        `follow_symlinks`: symlinks inside a directory are imported as what
+        they point to (default), or refused (shoal.store.dag.importer).
+        """
+        from shoal.store.chunking.choice import PerFileChunker
+        from shoal.store.dag.importer import import_path, pieces_apply
+        from shoal.store.proofs.commitment import DEFAULT_SEGMENT_SIZE, piece_size
+
+        path = Path(path)
+        if not path.exists():
+            raise InvalidInput(f"no such file or directory: {path}")
+        if isinstance(chunker, PerFileChunker) and path.is_file():
+            chunker = chunker.for_file(path)  # decided once, so piece hashing still applies
+        profile = profile or self.default_profile()
+        with self.writing():
+            files = None
+            if commit and path.is_file():
+                one_file = None if isinstance(chunker, PerFileChunker) else chunker
+                pieces = pieces_apply(profile, one_file, piece_size(DEFAULT_SEGMENT_SIZE))
+                files = _ProofFiles(self.path, path.stat().st_size, pieces)
+            try:
+                result = import_path(path, self.blockstore, profile=profile, chunker=chunker,
+                                     progress=progress, builder=files.sink if files else None,
+                                     follow_symlinks=follow_symlinks)
+                if files is not None:
+                    commitment = files.finish()
+                    if commitment is not None and commitment.length == result.size:
+                        files.save(result.cid, commitment)
+                        result = dataclasses.replace(result, commitment=commitment)
+            finally:
+                if files is not None:
+                    files.discard()
+            # The importer reports every block it stored (or found stored),
+            # which is the DAG's block set (tests/unit/test_importer.py
+            # checks it against dag_keys): no second walk over 1,000s of files.
+            keys = set(result.keys) if result.keys else self.dag_keys(result.cid)
+            self.blockstore.flush()
+            record = ObjectRecord(
+                cid=str(result.cid),
+                name=path.resolve().name,
+                kind="directory" if path.is_dir() else "file",
+                size=result.size,
+                tsize=result.tsize,
+                blocks=result.blocks,
+                profile=profile.name,
+                chunker=getattr(chunker, "name", "fixed"),
+            )
+            self.index.record_put(record, keys)
+        return result
+
+    def pin_add(self, cid: CID | str, recursive: bool = True) -> None:
+        """Pin a DAG already in the blockstore; BlockNotFound if any block is missing."""
+        cid = _as_cid(cid)
+        with self.writing():
+            if recursive:
+                keys = self.dag_keys(cid)
+            else:
+                if not self.blockstore.has(cid):
+                    raise BlockNotFound(cid)
+                keys = {block_key(cid)}
+            self.blockstore.flush()
+            self.index.add_pin(str(cid), recursive, keys)
+
+    def pin_rm(self, cid: CID | str, created: float | None = None) -> None:
+        """Unpin; its blocks are removed at the next gc unless another pin holds them.
+
+        `created`: remove the pin only if it is the one made at that time
+        (shoal.p2p.replication.holder releases its own pin, never one its user made since).
+        """
+        cid = _as_cid(cid)
+        self._check_writable()
+        try:
+            removed = self.index.remove_pin(str(cid), created)
+        except StorageFull:
+            # Unpinning is how the user gets out of a full disk: a node (or an
+            # open that did not see the disk full) spends the reserve on it.
+            released = self.reserve.release()
+            if not released:
+                raise
+            self.reserve_released += released
+            removed = self.index.remove_pin(str(cid), created)
+        if not removed:
+            raise NotPinned(f"not pinned: {cid}" if created is None else f"not pinned by that pin: {cid}")
+
+    def pins(self) -> list[PinRecord]:
+        return self.index.pins()
+
+    def objects(self) -> list[ObjectRecord]:
+        return self.index.objects()
+
+    def dag_keys(self, root: CID) -> set[str]:
+        """Every block key of the DAG under `root`; BlockNotFound if one is absent.
+
+        Raw leaves (the bulk of the bytes) are only checked for presence:
+        they have no links, and re-hashing them is verify's job. dag-pb nodes
+        are read (hence hash-checked) to follow their links.
+        """
+        keys: set[str] = set()
+        for cid, problem in self._walk(root):
+            if problem is not None:
+                raise problem
+            keys.add(block_key(cid))
+        return keys
+
+    def _walk(self, root: CID) -> Iterator[tuple[CID, BlockNotFound | HashMismatch | None]]:
+        """Yield (cid, None) per present block, (cid, error) per missing or bad one."""
+        from shoal.store.dag.exporter import iter_links
+
+        seen: set[tuple[int, str]] = set()
+        stack = [root]
+        while stack:
+            cid = stack.pop()
+            # The codec is part of the visit key: raw and dag-pb readings of
+            # the same bytes differ in links.
+            visit = (int(cid.codec.code), block_key(cid))
+            if visit in seen:
+                continue
+            seen.add(visit)
+            if cid.codec.name == RAW:
+                if self.blockstore.has(cid):
+                    yield cid, None
+                else:
+                    yield cid, BlockNotFound(cid)
+                continue
+            try:
+                data = self.blockstore.get(cid)
+            except (BlockNotFound, HashMismatch) as exc:
+                yield cid, exc
+                continue
+            yield cid, None
+            stack.extend(reversed(iter_links(cid, data)))
+
+    def adopt(self, cid: CID | str, name: str | None = None) -> ObjectRecord:
+        """Pin a complete DAG that arrived by other means (a CAR, the network)
+        and list it as an object, in one transaction."""
+        from shoal.store.dag.exporter import stat
+
+        cid = _as_cid(cid)
+        with self.writing():
+            keys = self.dag_keys(cid)
+            info = stat(self.blockstore, cid)
+            self.blockstore.flush()
+            record = ObjectRecord(
+                cid=str(cid),
+                name=name or str(cid),
+                kind="directory" if info.kind == "dir" else "file",
+                size=info.size or 0,
+                tsize=sum(self.blockstore.size_of_key(k) for k in keys),
+                blocks=len(keys),
+                profile="unknown",
+                chunker="unknown",
+            )
+            self.index.record_put(record, keys)
+        return record
+
+    def import_car(self, stream: "IO[bytes]") -> "CarImportResult":
+        """Import a CARv1 all-or-nothing, then pin and list each root whose DAG is complete.
+
+        Only roots the CAR itself carries are pinned: a header naming a root
+        that is not in the file (`absent_roots`) claims content it does not
+        hold, so it pins nothing even if a block of that CID happens to be
+        stored already (the caller warns about it).
+        """
+        from shoal.store.ipld.car import import_car
+
+        self._check_writable()
+        with self.writing():
+            result = import_car(stream, self.blockstore)
+            self.blockstore.flush()
+        absent = {str(r) for r in result.absent_roots}
+        pinned = []
+        for root in result.roots:
+            if str(root) in absent:
+                continue
+            try:
+                self.adopt(root)
+            except BlockNotFound:
+                continue  # a partial CAR: its blocks stay unpinned until completed
+            pinned.append(root)
+        return dataclasses.replace(result, pinned=pinned)
+
+    # -- maintenance ---------------------------------------------------------
+
+    def gc(self, force: bool = False) -> GcResult:
+        """Delete every block no pin protects; forget objects whose root went with them.
+
+        GcRefused, unless `force`, when the index holds no pin and never
+        held one while blocks are stored: that is what a lost index
+        recreated (or replaced by a fresh one) looks like, and gc would
+        delete every object. (An index whose pins were all removed on
+        purpose has held one, so gc proceeds.) Afterwards the emergency
+        reserve is recreated if there is room again.
+        """
+        self._check_writable()
+        with self._guard.exclusive():
+            if not force:
+                stored = self.blocks_an_index_never_knew()
+                if stored:
+                    raise GcRefused(
+                        f"the index holds no pin and never held one, but {stored} block(s) are "
+                        f"stored: gc would delete them all")
+            live = self.index.live_keys()
+            removed = freed = 0
+            for key in list(self.blockstore.keys()):
+                if key in live:
+                    continue
+                freed += self.blockstore.size_of_key(key)
+                self.blockstore.delete_key(key)
+                removed += 1
+            temps = self.blockstore.cleanup_temp() + self._cleanup_proof_temps()
+            gone = [o.cid for o in self.index.objects() if not self.blockstore.has(parse_cid(o.cid))]
+            if gone:
+                self.index.forget_objects(gone)
+        self.reserve.ensure()
+        return GcResult(removed, freed, temps)
+
+    def blocks_an_index_never_knew(self) -> int:
+        """How many blocks are stored while the index holds no pin and never
+        held one (0 otherwise): the mark of a lost or replaced index."""
+        if self.index.has_pins() or self.index.ever_pinned():
+            return 0
+        return sum(1 for _ in self.blockstore.keys())
+
+    def repair_index(self) -> RepairReport:
+        """Rebuild objects and pins from the blocks present; never removes anything.
+
+        Every block is read (hence hash-checked; a corrupt one is skipped,
+        since its links cannot be trusted). A block that decodes as a UnixFS
+        dag-pb node is read as one, any other as a raw block. Each block
+        that no other block links to is a root: unless a pin already covers
+        it, it is pinned (with whatever of its DAG is present, so an
+        incomplete DAG keeps its blocks and `verify` names what is missing)
+        and listed as an object named by its CID. A stray raw leaf of a
+        crashed put also becomes an object that way: keeping garbage is
+        the price of losing nothing.
+        """
+        from shoal.store.dag.exporter import stat
+
+        self._check_writable()
+        with self._guard.exclusive():
+            linked: set[str] = set()
+            roots: dict[str, CID] = {}
+            scanned = corrupt = 0
+            for key in list(self.blockstore.keys()):
+                scanned += 1
+                try:
+                    data = self.blockstore.get(cid_for_key(key))
+                except HashMismatch:
+                    corrupt += 1
+                    continue
+                except (BlockNotFound, RepoError):
+                    continue
+                cid, links = _read_as_unixfs(key, data)
+                linked.update(links)
+                roots[key] = cid
+            live = self.index.live_keys()
+            added: list[ObjectRecord] = []
+            for key, cid in roots.items():
+                if key in linked or key in live:
+                    continue
+                keys = {block_key(c) for c, problem in self._walk(cid) if problem is None}
+                kind, size = "file", 0
+                try:
+                    info = stat(self.blockstore, cid)
+                    kind = "directory" if info.kind == "dir" else "file"
+                    size = info.size or 0
+                except StoreError:
+                    pass
+                record = ObjectRecord(
+                    cid=str(cid), name=str(cid), kind=kind, size=size,
+                    tsize=sum(self.blockstore.size_of_key(k) for k in keys), blocks=len(keys),
+                    profile="unknown", chunker="unknown",
+                )
+                self.index.record_put(record, keys)
+                live |= keys
+                added.append(record)
+        moved = str(self.index_moved_aside) if self.index_moved_aside else None
+        return RepairReport(scanned, added, corrupt, moved)
+
+    def _cleanup_proof_temps(self, min_age_s: float = STALE_TEMP_AGE_S) -> int:
+        """Remove temp files a crash left in `<repo>/proofs/`.
+
+        Only old ones: a node may be writing a commitment file right now
+        (the replication layer builds them in the background, outside the
+        gc guard), and a fresh temp file may be that one.
+        """
+        directory = self.path / PROOFS_DIR
+        if not directory.is_dir():
+            return 0
+        removed = 0
+        cutoff = time.time() - min_age_s
+        for entry in directory.iterdir():
+            if not entry.name.endswith(".tmp"):
+                continue
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Re-hash every block, check every pinned DAG is complete, drop stale temp files.
+
+        `repair`: move every corrupt block to `<repo>/quarantine/` first, so
+        a re-put or a fetch of its object restores a good copy (nothing
+        dedupes against, serves or exports the bad one any more). The pins
+        it leaves incomplete are reported as such: a node then fetches them.
+        """
+        self._check_writable()
+        with self._guard.exclusive():
+            temps = self.blockstore.cleanup_temp()
+            corrupt_keys: list[str] = []
+            checked = 0
+            live = self.index.live_keys()
+            orphans: list[str] = []
+            for key, ok in self.blockstore.verify_all():
+                checked += 1
+                if not ok:
+                    corrupt_keys.append(key)
+                elif key not in live:
+                    orphans.append(key)
+            orphan_bytes = sum(self.blockstore.size_of_key(k) for k in orphans)
+            quarantined = [k for k in corrupt_keys if repair and self._quarantine_key(k)]
+            names: dict[str, CID] = {}  # block key -> the CID a pinned DAG links to it by
+            incomplete: list[tuple[str, str]] = []
+            for pin in self.index.pins():
+                pin_cid = parse_cid(pin.cid)
+                if pin.recursive:
+                    bad = []
+                    for c, problem in self._walk(pin_cid):
+                        names.setdefault(block_key(c), c)
+                        if problem is not None:
+                            bad.append((pin.cid, str(c)))
+                elif not self.blockstore.has(pin_cid):
+                    bad = [(pin.cid, pin.cid)]
+                else:
+                    bad = []
+                incomplete.extend(bad)
+
+        def name(key: str) -> str:
+            cid = names.get(key)
+            if cid is not None:
+                return str(cid)
+            try:
+                return str(cid_for_key(key))
+            except RepoError:
+                return key  # not a multihash at all: a foreign file, shown as found
+        ok = not corrupt_keys and not incomplete
+        return VerifyReport(ok, sorted(name(k) for k in corrupt_keys), incomplete, checked, temps,
+                            sorted(name(k) for k in quarantined), len(orphans), orphan_bytes)
+
+    def quarantine(self, cid: CID | str) -> bool:
+        """Move the block of `cid` to `<repo>/quarantine/` if it is corrupt.
+
+        For a reader that found the block bad (HashMismatch): the block then
+        counts as missing, so a fetch (p2p/) or a re-put writes a good copy.
+        False if the block is absent or good (healed meanwhile)."""
+        self._check_writable()
+        return self._quarantine_key(block_key(_as_cid(cid)))
+
+    def _quarantine_key(self, key: str) -> bool:
+        return self.blockstore.quarantine(key, self.path / QUARANTINE_DIR) is not None
+
+
+# `add(..., commit=True)` hashes a file of at least this many bytes whose
+# chunks are whole pieces (the default profile) in helper processes that
+# give each block's digest and the commitment's leaves from one pass
+# (store/proofs/piece_hashers.py); any other file gets an in-process MerkleBuilder
+# on the reading thread, which hashes its bytes a second time. A helper
+# costs ~40 ms to start. None turns the helpers off.
+COMMIT_PROCESS_ABOVE: int | None = 16 * 1024 * 1024
+
+
+class _ProofFiles:
+    """The commitment and leaf-hash file of one `add(..., commit=True)`.
+
+    Built while importing: by `PieceHashers` (helper processes that write
+    the leaves into the temp file themselves) for a file of at least
+    `COMMIT_PROCESS_ABOVE` bytes made of whole pieces, else by an
+    in-process MerkleBuilder whose `leaf_sink` is the temp file. `save`
+    makes the leaf file durable under `<cid>.leaves` (temp + fsync +
+    rename), then writes `<cid>.commitment` the same way and fsyncs the
+    directory once. The record is written last, so a crash leaves at worst
+    a leaf file without a record, which shoal.p2p.replication.commit_files rebuilds. A crash
+    mid-import leaves a `.put-*.tmp` file here (not a block: gc keeps it).
+    """
+
+    def __init__(self, repo_path: Path, size: int, pieces: bool) -> None:
+        from shoal.store.proofs.piece_hashers import PieceHashers
+        from shoal.store.proofs.commitment import DEFAULT_SEGMENT_SIZE, MerkleBuilder
+
+        self.dir = repo_path / PROOFS_DIR
+        self.dir.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=self.dir)
+        self.tmp: Path | None = Path(name)
+        self._fd = fd
+        self._file: IO[bytes] | None = None
+        self._hashers: PieceHashers | None = None
+        self._builder: MerkleBuilder | None = None
+        if pieces and COMMIT_PROCESS_ABOVE is not None and size >= COMMIT_PROCESS_ABOVE:
+            self._hashers = PieceHashers(fd, DEFAULT_SEGMENT_SIZE)
+            self.sink: "ByteSink | PieceHasher" = self._hashers
+        else:
+            self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+            self._builder = MerkleBuilder(DEFAULT_SEGMENT_SIZE, leaf_sink=self._file.write)
+            self.sink = self._builder
+
+    def finish(self) -> "Commitment | None":
+        """The commitment, the leaf file synced; None if the helpers failed."""
+        if self._hashers is not None:
+            hashers, self._hashers = self._hashers, None
+            commitment = hashers.finish()
+            if commitment is not None:
+                os.fsync(self._fd)
+            return commitment
+        assert self._builder is not None and self._file is not None
+        commitment = self._builder.finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return commitment
+
+    def save(self, cid: CID, commitment: "Commitment") -> None:
+        assert self.tmp is not None
+        os.replace(self.tmp, leaves_file(self.dir.parent, cid))
+        self.tmp = None
+        record = commitment_file(self.dir.parent, cid)
+        tmp = record.with_name(record.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(commitment.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, record)
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def discard(self) -> None:
+        """Drop whatever is left (no-op after `save`)."""
+        if self._hashers is not None:
+            self._hashers.abort()
+            self._hashers = None
+        if self._file is not None:
+            if not self._file.closed:
+                self._file.close()
+        elif self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None
+
+
+def _as_cid(cid: CID | str) -> CID:
+    return parse_cid(cid) if isinstance(cid, str) else cid
+
+
+def _read_as_unixfs(key: str, data: bytes) -> tuple[CID, list[str]]:
+    """(the CID a stored block is best read under, the keys it links to).
+
+    dag-pb if it decodes as a dag-pb node carrying UnixFS data with valid
+    link CIDs (CIDv0 if its links are CIDv0, as a kubo-legacy DAG's are),
+    else raw.
+    """
+    from shoal.store.ipld import dagpb, unixfs
+
+    raw = cid_for_key(key)
+    try:
+        node = dagpb.decode(data)
+        if node.data is None:
+            return raw, []
+        unixfs.decode(node.data)
+        links = [cid_from_bytes(link.hash) for link in node.links]
+    except (StoreError, ValueError):
+        return raw, []
+    version = 0 if links and all(c.version == 0 for c in links) else 1
+    cid = CID("base58btc" if version == 0 else "base32", version, "dag-pb", raw.digest)
+    return cid, [block_key(c) for c in links]
+
+
+def _acquire_lock(path: Path, *, wait: bool = False, on_wait: Callable[[str], None] | None = None,
+                  node: bool = False) -> int:
+    """Take `<repo>/repo.lock` exclusively; RepoLocked if held and not `wait`ing.
+
+    Waiting blocks in flock(2) (Ctrl-C still interrupts it), but never
+    behind a node: a node holds the lock until it stops.
+    """
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"cannot create {lock_path}: disk full") from exc
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise RepoError(f"repo {path} is read-only ({exc.strerror}): only reading "
+                            f"commands (ls, cat, get, pin ls) work on it") from exc
+        raise RepoError(f"cannot open {lock_path}: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fields = os.pread(fd, 64, 0).decode(errors="replace").split()
+            pid = fields[0] if fields and fields[0].isdigit() else ""
+            if len(fields) > 1 and fields[1] == "node":
+                err = RepoLocked(f"repo {path} is in use by a shoal node (pid {pid})")
+                err.hint = "its API is not answering (yet): wait until it is ready, or stop it"
+                raise err from None
+            who = f"another shoal process (pid {pid})" if pid else "another shoal process"
+            if not wait:
+                raise RepoLocked(f"repo {path} is in use by {who}") from None
+            if on_wait is not None:
+                on_wait(who)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        os.close(fd)
+        raise RepoError(f"cannot lock {lock_path}: {exc.strerror}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}{' node' if node else ''}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only a diagnostic; the flock is what counts
+    return fd

@@ -1,0 +1,1 @@
+"""Proof-of-storage commitments: the Merkle tree over SHA-256 chaining values, its helpers and manifests."""
