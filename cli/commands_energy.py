@@ -3,7 +3,8 @@
 With a running node the report comes from its `/v1/energy` route and covers
 the swarm's operation totals (every connected peer's ledger summary); offline
 it is built from this repo's ledger and objects alone. Either way the
-arithmetic is shoal.store.energy.report's; this module only fetches and prints.
+arithmetic is shoal.store.energy.report's and the rendering
+shoal.cli.energy_report's; this module only fetches and prints.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def load_report(repo_path: Path) -> dict[str, Any]:
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
-    from shoal.store.energy.report import plot, render_text
+    from shoal.cli.energy_report import plot, render_text
 
     report = load_report(resolve_repo_path(args.repo))
     if args.plot:
@@ -87,7 +88,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
 
 def brief_lines(report: Mapping[str, Any]) -> list[str]:
     """The demo's view: the report's summary and what was measured."""
-    from shoal.store.energy.report import summary_lines
+    from shoal.cli.energy_report import summary_lines
 
     lines = [line.removeprefix("  ") for line in summary_lines(report) if line.strip()]
     ops = report.get("operations", {})

@@ -1,11 +1,11 @@
-"""Energy per stored gigabyte: measure, record, model and report.
+"""Energy per stored gigabyte: measure, record, model and report (as data).
 
 Role: measure the CPU energy of each store operation (RAPL or a documented
 estimate), keep it in a ledger table of the repo index, and compare the
 swarm's energy per GB-month with a centralized cloud store using sourced
 coefficients that a user can override.
 
-Deliberately not here: networking or trio (peers' summaries arrive as plain
+Deliberately not here: the text and the chart (shoal.cli.energy_report), networking or trio (peers' summaries arrive as plain
 dicts), wiring into the repo (the caller passes a sqlite3 connection), and any
 claim the coefficients do not support: the report says when the swarm costs
 more.
@@ -23,7 +23,7 @@ _EXPORTS = {
     "KINDS": "ledger", "create_schema": "ledger", "merge_summaries": "ledger", "record": "ledger",
     "summary": "ledger",
     "ESTIMATE": "meter", "RAPL": "meter", "EnergyMeter": "meter", "Measurement": "meter", "measure": "meter",
-    "build_report": "report", "plot": "report", "render_text": "report",
+    "build_report": "report",
 }
 
 
@@ -47,8 +47,6 @@ __all__ = [
     "load_coefficients",
     "measure",
     "merge_summaries",
-    "plot",
     "record",
-    "render_text",
     "summary",
 ]

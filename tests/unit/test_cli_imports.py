@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOADED_BY_THEIR_COMMANDS_ONLY = [
     "shoal.store.dag.exporter",  # get, cat, ls
     "shoal.store.energy.report",  # energy
+    "shoal.cli.energy_report",
     "shoal.store.energy.model",
     "p2p",  # node and the commands that reach one
     "httpx",

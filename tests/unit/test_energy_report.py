@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.store.energy import (
-    build_report, create_schema, load_coefficients, plot, record, render_text, summary,
-)
+from shoal.cli.energy_report import plot, render_text
+from shoal.store.energy import build_report, create_schema, load_coefficients, record, summary
 from shoal.store.errors import InvalidInput
 
 GB = 10**9
@@ -107,7 +106,7 @@ def test_plot_values_do_not_sit_on_the_whiskers() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
-    from shoal.store.energy.report import figure
+    from shoal.cli.energy_report import figure
 
     for copies in (1, 3):
         fig = figure(build_report(sample_summary(), 4 * GB, copies, load_coefficients(), [peer_summary()]))
@@ -132,3 +131,18 @@ def test_plot_values_do_not_sit_on_the_whiskers() -> None:
                 assert not any(a.overlaps(b) for b in labels[i + 1:]), "value labels overlap each other"
         finally:
             plt.close(fig)
+
+
+def test_the_store_holds_the_numbers_and_the_cli_the_presentation() -> None:
+    """Issue 13: shoal.store.energy keeps the report as data; the text and the
+    chart are the CLI's (shoal.cli.energy_report), and no store module touches
+    matplotlib."""
+    import shoal.store.energy as energy
+    from shoal.store.energy import report as data
+
+    for name in ("render_text", "summary_lines", "plot", "figure"):
+        assert not hasattr(data, name), f"shoal.store.energy.report still renders: {name}"
+        assert name not in energy.__all__
+    store_root = Path(data.__file__).resolve().parents[1]
+    users = sorted(str(p.relative_to(store_root)) for p in store_root.rglob("*.py") if "matplotlib" in p.read_text())
+    assert users == [], f"store modules import matplotlib: {users}"
