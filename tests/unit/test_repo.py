@@ -88,7 +88,6 @@ def test_lock_in_process(repo: Repo) -> None:
 def test_lock_across_processes(repo: Repo) -> None:
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(ROOT)!r})
         from shoal.store.persist.repo import Repo
         from shoal.store.errors import RepoLocked
         try:
@@ -333,7 +332,6 @@ def test_sigkill_mid_add(tmp_path: Path) -> None:
     src.write_bytes(os.urandom(3 * 1024 * 1024))
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(ROOT)!r})
         from shoal.store.persist.repo import Repo
         from shoal.store.chunking.profiles import DEFAULT_PROFILE
         prof = DEFAULT_PROFILE.with_overrides(chunk_size=65536)
@@ -357,9 +355,11 @@ def test_sigkill_mid_add(tmp_path: Path) -> None:
         proc.wait(timeout=60)
     with Repo.open(tmp_path / "r") as r:  # the kernel released the flock
         assert r.objects() == [] and r.pins() == []
-        assert len(list(r.blockstore.keys())) > 0
+        # How many blocks were renamed into place before the kill depends on
+        # the staging sync rounds (none is possible); each that was is whole.
+        left = len(list(r.blockstore.keys()))
         assert r.verify().ok
-        assert r.gc(force=True).removed_blocks > 0  # never pinned: see test_crash_between_blocks_and_index
+        assert r.gc(force=True).removed_blocks == left  # never pinned: see test_crash_between_blocks_and_index
         res = r.add(src)
         assert [o.cid for o in r.objects()] == [str(res.cid)]
 
