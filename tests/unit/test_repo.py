@@ -28,7 +28,6 @@ from shoal.store.persist.flatfs import shard_of
 from shoal.store.chunking.profiles import DEFAULT_PROFILE
 from shoal.store.persist.repo import GcResult, Repo, resolve_repo_path
 
-ROOT = Path(__file__).resolve().parents[2]
 # Small chunks and fan-out: multi-level DAGs from a few KiB of data.
 SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=1024, max_links=4)
 
