@@ -9,7 +9,6 @@ before writing anything and `ls` must fail fast, with one line on stderr.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
