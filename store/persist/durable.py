@@ -1,0 +1,106 @@
+"""Durable file writes: temp file -> fsync -> rename -> fsync of the directory.
+
+The one way Shoal replaces or creates a whole file that must survive a
+crash (config.toml, the API file, the reserve, proof files, exported files
+and CARs, the identity key, the blockstore's SHARDING file). After a crash
+the path holds the old content or the new, never a torn mix, and once the
+call returns the new name itself is on disk: the rename is only durable
+when the directory holding it is fsync'd, which is the step ad-hoc copies
+of this sequence used to forget.
+
+Block files are the exception (shoal.store.persist.flatfs): a put writes
+thousands of them, so they share syncfs rounds and per-shard directory
+fsyncs batched at `flush()`; this module is for single files.
+
+Not here: what goes into the file, error wording (callers map OSError to
+their own exceptions).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+__all__ = ["durable_file", "write_durably", "publish", "fsync_dir"]
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync the directory `path`, so the names in it (a rename, a create) are durable.
+
+    EINVAL is ignored: some filesystems (several network and FUSE ones)
+    cannot fsync a directory at all, and there is nothing more to do there.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str | Path, path: str | Path, *, overwrite: bool = True, sync_dir: bool = True) -> None:
+    """Give the already-fsync'd temp file `tmp` its real name `path`, then fsync the directory.
+
+    `overwrite=False` never replaces an existing `path`: the temp file is
+    hard-linked into place (FileExistsError if `path` appeared meanwhile,
+    and `tmp` is left for the caller to remove); a filesystem without hard
+    links falls back to a rename. `sync_dir=False` leaves the directory
+    fsync to the caller, for several files published into one directory.
+    """
+    if overwrite:
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here
+            os.replace(tmp, path)
+        else:
+            os.unlink(tmp)
+    if sync_dir:
+        fsync_dir(Path(path).parent)
+
+
+@contextmanager
+def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True,
+                 prefix: str | None = None, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """Write `path` through a temp file in its directory; durable when the block exits.
+
+    Yields the temp file opened for binary writing (write through it, or
+    through its `fileno()`). A clean exit flushes and fsyncs it, renames it
+    onto `path` (see `publish` for `overwrite=False`) and fsyncs the
+    directory. Any exception, including one from those steps, removes the
+    temp file and propagates: `path` keeps its old content (or stays absent).
+
+    The temp name is `<prefix><random><suffix>`, by default `<name>.<random>.tmp`
+    beside `path`, so repo code that recognises its own leftovers (gc,
+    verify, init's check for foreign files) still does; `mode` is applied
+    whatever the umask.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=path.name + "." if prefix is None else prefix, suffix=suffix,
+                                dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp, path, overwrite=overwrite)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_durably(path: str | Path, data: bytes, *, mode: int = 0o600, overwrite: bool = True) -> None:
+    """Replace (or create) `path` with `data` durably: `durable_file` for a whole buffer."""
+    with durable_file(path, mode=mode, overwrite=overwrite) as f:
+        f.write(data)
