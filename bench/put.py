@@ -23,7 +23,7 @@ a shared machine hits every contender, not one):
   open, index transaction) inside every put's wall time.
 - `Repo.add` in a child process, with and without the commitment built in
   the same pass: `Repo.add(..., commit=True)` (what a node's put with
-  replicas does) with `shoal.store.persist.repo.COMMIT_PROCESS_ABOVE = 0`, the default
+  replicas does) with `shoal.store.proofs.commit_files.COMMIT_PROCESS_ABOVE = 0`, the default
   path for files of 16 MiB or more: helper processes hash each 1 MiB piece
   once, for the block's CID and the commitment's leaves
   (store/proofs/piece_hashers.py); and with `COMMIT_PROCESS_ABOVE = None`, an
@@ -326,9 +326,9 @@ def lib_put(work: Path, data: Path, tag: str, commit: bool | str) -> dict[str, A
 def lib_put_child(data: Path, repo_path: Path, via_repo: bool = False, helper: bool = False) -> None:
     """Entry point: init a repo, `Repo.add` the file; with `via_repo`,
     `Repo.add(..., commit=True)`, with `helper` on the piece-hashing helpers."""
-    import shoal.store.persist.repo
+    import shoal.store.proofs.commit_files
 
-    shoal.store.persist.repo.COMMIT_PROCESS_ABOVE = 0 if helper else None  # each row measures one path
+    shoal.store.proofs.commit_files.COMMIT_PROCESS_ABOVE = 0 if helper else None  # each row measures one path
     from shoal.store.persist.repo import Repo
 
     with Repo.init(repo_path) as repo:
@@ -788,7 +788,7 @@ def markdown(doc: dict[str, Any]) -> str:
             "leaves and the last one is the block's SHA-256, its CID (store/proofs/commitment.py, tree rules version 2). "
             "The helpers write the leaf file themselves and send back the digest and two tree nodes per piece; "
             "the put folds the nodes into the root and saves the leaf file and `<cid>.commitment` durably "
-            "before the index transaction, so `shoal.p2p.replication.commit_files.build_commitment` only re-folds the leaf file "
+            "before the index transaction, so `shoal.store.proofs.commit_files.build_commitment` only re-folds the leaf file "
             f"later (no data read). It added {extra_cpu} CPU-s to the put in this run (medians): the interpreter "
             "and cffi work of the 2 KiB steps (two foreign calls each) over one SHA-256 call per block, the "
             "4-ary tree's inner hashes, the helpers' start and the pipes. On the reading thread instead (the second row, "

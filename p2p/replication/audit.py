@@ -34,7 +34,7 @@ from shoal.store.proofs.commitment import (
 )
 
 from shoal.p2p.wire import limits as L
-from shoal.p2p.replication.commit_files import object_bytes
+from shoal.store.proofs.commit_files import object_bytes
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import AuditChallenge, AuditProof, ErrorCode

@@ -52,7 +52,7 @@ from shoal.p2p.replication.agreements import (
 )
 from shoal.p2p.replication.audit import prove
 from shoal.p2p.net.thread_work import CancellableStore, run_sync_cancellable
-from shoal.p2p.replication.commit_files import (
+from shoal.store.proofs.commit_files import (
     build_commitment, committed_length, has_leaves, load_tree, remove_leaves, stored_dag_bytes,
 )
 from shoal.p2p.net.connection import PeerConnection

@@ -53,7 +53,7 @@ from shoal.p2p.replication.agreements import (
 )
 from shoal.p2p.net.api import ApiError, param
 from shoal.p2p.replication.audit import DEFAULT_K, AuditResult, challenge, verify_local
-from shoal.p2p.replication.commit_files import build_commitment
+from shoal.store.proofs.commit_files import build_commitment
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.errors import NotOwner, NotReplicated, P2PError, ProtocolError, Released
 from shoal.p2p.net.energy_service import measuring, replicating_to

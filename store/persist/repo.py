@@ -14,7 +14,7 @@
 <repo>/proofs/         storage-commitment files, per object CID: `<cid>.leaves`
                        (the leaf-hash layer, 32 B per segment) and
                        `<cid>.commitment` (the 45-byte `proofs.Commitment`);
-                       written by `add(..., commit=True)` or shoal.p2p.replication.commit_files
+                       written by `add(..., commit=True)` or shoal.store.proofs.commit_files
 ```
 
 Crash rules (details in docs/ARCHITECTURE.md): blocks are written and made
@@ -43,7 +43,6 @@ import dataclasses
 import errno
 import fcntl
 import os
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -62,35 +61,24 @@ from shoal.store.persist.flatfs import FlatfsBlockstore, cid_for_key
 from shoal.store.persist.index import Index, ObjectRecord, PinRecord
 from shoal.store.chunking.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from shoal.store.persist.reserve import RESERVE_FILE, Reserve
+from shoal.store.proofs.commit_files import PROOFS_DIR, PutProofFiles
 
 if TYPE_CHECKING:
     from shoal.store.chunking.chunker import Chunker
     from shoal.store.chunking.choice import PerFileChunker
     from shoal.store.ipld.car import CarImportResult
-    from shoal.store.dag.importer import ByteSink, ImportResult, PieceHasher
-    from shoal.store.proofs.commitment import Commitment
+    from shoal.store.dag.importer import ImportResult
 
 __all__ = ["Repo", "GcResult", "VerifyReport", "RepairReport", "resolve_repo_path", "ENV_VAR",
-           "PROOFS_DIR", "QUARANTINE_DIR", "leaves_file", "commitment_file"]
+           "QUARANTINE_DIR"]
 
 ENV_VAR = "SHOAL_REPO"
 CONFIG_FILE = "config.toml"
 INDEX_FILE = "index.sqlite"
 BLOCKS_DIR = "blocks"
 LOCK_FILE = "repo.lock"
-PROOFS_DIR = "proofs"
 QUARANTINE_DIR = "quarantine"
 STALE_TEMP_AGE_S = 600.0  # a commitment temp file older than this belongs to no live writer
-
-
-def leaves_file(repo_path: Path, cid: CID | str) -> Path:
-    """`<repo>/proofs/<cid>.leaves`: the raw concatenated leaf hashes (`proofs.LeafHashes`)."""
-    return Path(repo_path) / PROOFS_DIR / f"{cid}.leaves"
-
-
-def commitment_file(repo_path: Path, cid: CID | str) -> Path:
-    """`<repo>/proofs/<cid>.commitment`: `Commitment.encode()` of the object's bytes."""
-    return Path(repo_path) / PROOFS_DIR / f"{cid}.commitment"
 
 
 def _foreign_entries(path: Path) -> list[str]:
@@ -405,7 +393,7 @@ class Repo:
         same bytes again stores nothing new.
 
         `commit=True` (a regular file; ignored for a directory, whose
-        commitment covers its DAG blocks and is built by shoal.p2p.replication.commit_files):
+        commitment covers its DAG blocks and is built by shoal.store.proofs.commit_files):
         also build the proof-of-storage commitment in the same pass (in
         helper processes that also give the blocks' digests, if
         `COMMIT_PROCESS_ABOVE` says so and the chunks are whole pieces; else
@@ -413,7 +401,7 @@ class Repo:
         `<cid>.commitment` durably before the index transaction; the
         result's `commitment` is set (left None if the helpers failed: the
         put still succeeds, and
-        shoal.p2p.replication.commit_files.build_commitment makes its own pass later). For a
+        shoal.store.proofs.commit_files.build_commitment makes its own pass later). For a
         node that will replicate the object: build_commitment then skips
         its pass over the bytes.
 
@@ -435,7 +423,7 @@ class Repo:
             if commit and path.is_file():
                 one_file = None if isinstance(chunker, PerFileChunker) else chunker
                 pieces = pieces_apply(profile, one_file, piece_size(DEFAULT_SEGMENT_SIZE))
-                files = _ProofFiles(self.path, path.stat().st_size, pieces)
+                files = PutProofFiles(self.path, path.stat().st_size, pieces)
             try:
                 result = import_path(path, self.blockstore, profile=profile, chunker=chunker,
                                      progress=progress, builder=files.sink if files else None,
@@ -780,97 +768,6 @@ class Repo:
 
     def _quarantine_key(self, key: str) -> bool:
         return self.blockstore.quarantine(key, self.path / QUARANTINE_DIR) is not None
-
-
-# `add(..., commit=True)` hashes a file of at least this many bytes whose
-# chunks are whole pieces (the default profile) in helper processes that
-# give each block's digest and the commitment's leaves from one pass
-# (store/proofs/piece_hashers.py); any other file gets an in-process MerkleBuilder
-# on the reading thread, which hashes its bytes a second time. A helper
-# costs ~40 ms to start. None turns the helpers off.
-COMMIT_PROCESS_ABOVE: int | None = 16 * 1024 * 1024
-
-
-class _ProofFiles:
-    """The commitment and leaf-hash file of one `add(..., commit=True)`.
-
-    Built while importing: by `PieceHashers` (helper processes that write
-    the leaves into the temp file themselves) for a file of at least
-    `COMMIT_PROCESS_ABOVE` bytes made of whole pieces, else by an
-    in-process MerkleBuilder whose `leaf_sink` is the temp file. `save`
-    makes the leaf file durable under `<cid>.leaves` (temp + fsync +
-    rename), then writes `<cid>.commitment` the same way and fsyncs the
-    directory once. The record is written last, so a crash leaves at worst
-    a leaf file without a record, which shoal.p2p.replication.commit_files rebuilds. A crash
-    mid-import leaves a `.put-*.tmp` file here (not a block: gc keeps it).
-    """
-
-    def __init__(self, repo_path: Path, size: int, pieces: bool) -> None:
-        from shoal.store.proofs.piece_hashers import PieceHashers
-        from shoal.store.proofs.commitment import DEFAULT_SEGMENT_SIZE, MerkleBuilder
-
-        self.dir = repo_path / PROOFS_DIR
-        self.dir.mkdir(exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=self.dir)
-        self.tmp: Path | None = Path(name)
-        self._fd = fd
-        self._file: IO[bytes] | None = None
-        self._hashers: PieceHashers | None = None
-        self._builder: MerkleBuilder | None = None
-        if pieces and COMMIT_PROCESS_ABOVE is not None and size >= COMMIT_PROCESS_ABOVE:
-            self._hashers = PieceHashers(fd, DEFAULT_SEGMENT_SIZE)
-            self.sink: "ByteSink | PieceHasher" = self._hashers
-        else:
-            self._file = os.fdopen(fd, "wb", buffering=1 << 20)
-            self._builder = MerkleBuilder(DEFAULT_SEGMENT_SIZE, leaf_sink=self._file.write)
-            self.sink = self._builder
-
-    def finish(self) -> "Commitment | None":
-        """The commitment, the leaf file synced; None if the helpers failed."""
-        if self._hashers is not None:
-            hashers, self._hashers = self._hashers, None
-            commitment = hashers.finish()
-            if commitment is not None:
-                os.fsync(self._fd)
-            return commitment
-        assert self._builder is not None and self._file is not None
-        commitment = self._builder.finish()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        return commitment
-
-    def save(self, cid: CID, commitment: "Commitment") -> None:
-        assert self.tmp is not None
-        os.replace(self.tmp, leaves_file(self.dir.parent, cid))
-        self.tmp = None
-        record = commitment_file(self.dir.parent, cid)
-        tmp = record.with_name(record.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(commitment.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, record)
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-    def discard(self) -> None:
-        """Drop whatever is left (no-op after `save`)."""
-        if self._hashers is not None:
-            self._hashers.abort()
-            self._hashers = None
-        if self._file is not None:
-            if not self._file.closed:
-                self._file.close()
-        elif self._fd >= 0:
-            os.close(self._fd)
-        self._fd = -1
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
-            self.tmp = None
 
 
 def _as_cid(cid: CID | str) -> CID:

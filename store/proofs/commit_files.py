@@ -1,6 +1,6 @@
-"""The bytes an object's storage commitment covers, and its leaf-hash file.
+"""The bytes an object's storage commitment covers, and its files on disk.
 
-Synchronous (worker threads call it). Two jobs:
+Synchronous (worker threads call it; no network). Three jobs:
 
 1. Say which bytes of an object the Merkle commitment (shoal.store.proofs.commitment) covers,
    and read any segment of them from the local blockstore:
@@ -18,6 +18,13 @@ Synchronous (worker threads call it). Two jobs:
    for (by `Repo.add(..., commit=True)` during the put, or by
    `build_commitment`); with both present and consistent, `build_commitment`
    skips its pass over the object's bytes.
+3. `PutProofFiles`: the same two files built during `Repo.add(..., commit=True)`,
+   from the import's own pass over the bytes (shoal.store.proofs.piece_hashers
+   helper processes, or an in-process MerkleBuilder).
+
+Every file here is written through shoal.store.persist.durable; the record
+always last, so a crash leaves at worst a leaf file without a record, which
+`build_commitment` rebuilds, or a `*.tmp` file that `Repo.verify` removes.
 
 Not here: signing, the network, policy.
 """
@@ -26,9 +33,10 @@ from __future__ import annotations
 
 import bisect
 import os
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from shoal.store.dag import exporter
 from shoal.store.persist.blockstore import Blockstore
@@ -38,12 +46,36 @@ from shoal.store.proofs.commitment import (
     DEFAULT_SEGMENT_SIZE, HASH_LEN, Commitment, MalformedProof, MerkleBuilder, MerkleTree,
     NodeSource, ShouldStop, SparseTree, check_stop,
 )
-from shoal.store.persist.repo import PROOFS_DIR, commitment_file, leaves_file
+from shoal.store.persist.durable import durable_file, publish
 
-__all__ = ["ObjectBytes", "object_bytes", "leaves_path", "build_commitment", "load_tree", "has_leaves", "PROOFS_DIR",
-           "recorded_commitment", "committed_length", "stored_dag_bytes"]
+if TYPE_CHECKING:
+    from shoal.store.dag.importer import ByteSink, PieceHasher
+    from shoal.store.proofs.piece_hashers import PieceHashers
 
+__all__ = ["ObjectBytes", "object_bytes", "leaves_file", "commitment_file", "build_commitment", "load_tree",
+           "has_leaves", "PROOFS_DIR", "recorded_commitment", "committed_length", "stored_dag_bytes",
+           "remove_leaves", "PutProofFiles", "COMMIT_PROCESS_ABOVE"]
+
+PROOFS_DIR = "proofs"
 _READ_PIECE = 1 << 20
+
+# `Repo.add(..., commit=True)` hashes a file of at least this many bytes whose
+# chunks are whole pieces (the default profile) in helper processes that
+# give each block's digest and the commitment's leaves from one pass
+# (shoal.store.proofs.piece_hashers); any other file gets an in-process MerkleBuilder
+# on the reading thread, which hashes its bytes a second time. A helper
+# costs ~40 ms to start. None turns the helpers off.
+COMMIT_PROCESS_ABOVE: int | None = 16 * 1024 * 1024
+
+
+def leaves_file(repo_path: Path, cid: CID | str) -> Path:
+    """`<repo>/proofs/<cid>.leaves`: the raw concatenated leaf hashes, 32 bytes per segment."""
+    return Path(repo_path) / PROOFS_DIR / f"{cid}.leaves"
+
+
+def commitment_file(repo_path: Path, cid: CID | str) -> Path:
+    """`<repo>/proofs/<cid>.commitment`: `Commitment.encode()` of the object's bytes."""
+    return Path(repo_path) / PROOFS_DIR / f"{cid}.commitment"
 
 
 class ObjectBytes:
@@ -155,13 +187,9 @@ def _dag_layout(store: Blockstore, root: CID) -> list[tuple[int, CID, int]]:
     return out
 
 
-def leaves_path(repo_path: Path, cid: CID | str) -> Path:
-    return leaves_file(repo_path, cid)
-
-
 def has_leaves(repo_path: Path, cid: CID | str, commitment: Commitment) -> bool:
     try:
-        return leaves_path(repo_path, cid).stat().st_size == HASH_LEN * commitment.n_segments
+        return leaves_file(repo_path, cid).stat().st_size == HASH_LEN * commitment.n_segments
     except OSError:
         return False
 
@@ -223,34 +251,19 @@ def build_commitment(store: Blockstore, repo_path: Path, cid: CID,
     recorded = recorded_commitment(store, repo_path, cid, segment_size, should_stop=should_stop)
     if recorded is not None:
         return recorded
-    path = leaves_path(repo_path, cid)
+    path = leaves_file(repo_path, cid)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            builder = MerkleBuilder(segment_size, leaf_sink=f.write)
-            seen = 0
-            for piece in object_bytes(store, cid).stream():
-                check_stop(should_stop)
-                seen += len(piece)
-                if max_length is not None and seen > max_length:
-                    raise MalformedProof(f"{cid} has more than the {max_length} bytes its manifest states")
-                builder.update(piece)
-            commitment = builder.finish()
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    record = commitment_file(repo_path, cid)
-    rtmp = record.with_name(record.name + f".{os.getpid()}.tmp")
-    with open(rtmp, "wb") as f:
-        f.write(commitment.encode())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(rtmp, record)
-    _fsync_dir(path.parent)
+    with durable_file(path) as f:
+        builder = MerkleBuilder(segment_size, leaf_sink=f.write)
+        seen = 0
+        for piece in object_bytes(store, cid).stream():
+            check_stop(should_stop)
+            seen += len(piece)
+            if max_length is not None and seen > max_length:
+                raise MalformedProof(f"{cid} has more than the {max_length} bytes its manifest states")
+            builder.update(piece)
+        commitment = builder.finish()
+    _save_record(repo_path, cid, commitment)
     return commitment
 
 
@@ -283,7 +296,7 @@ def recorded_commitment(store: Blockstore, repo_path: Path, cid: CID,
     builder = MerkleBuilder(segment_size)
     piece = HASH_LEN * (_READ_PIECE // HASH_LEN)
     try:
-        with open(leaves_path(repo_path, cid), "rb") as f:
+        with open(leaves_file(repo_path, cid), "rb") as f:
             while raw := f.read(piece):
                 check_stop(should_stop)
                 builder.add_leaf_hashes([raw[i : i + HASH_LEN] for i in range(0, len(raw), HASH_LEN)])
@@ -303,7 +316,7 @@ def load_tree(repo_path: Path, cid: CID | str, commitment: Commitment, *,
     Cancelled if `should_stop` says so while the leaves are read)."""
     if commitment.n_segments == 0:
         return MerkleTree([], commitment)
-    path = leaves_path(repo_path, cid)
+    path = leaves_file(repo_path, cid)
     fd = os.open(path, os.O_RDONLY)
 
     def read_leaves(first: int, count: int) -> bytes:
@@ -336,16 +349,85 @@ class _OwnedTree:
             pass
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_leaves(repo_path: Path, cid: CID | str) -> None:
     commitment_file(repo_path, cid).unlink(missing_ok=True)
-    leaves_path(repo_path, cid).unlink(missing_ok=True)
+    leaves_file(repo_path, cid).unlink(missing_ok=True)
 
 
+
+
+def _save_record(repo_path: Path, cid: CID, commitment: Commitment) -> None:
+    """Write `<cid>.commitment` durably, after its leaf file (the record says the leaves are complete)."""
+    with durable_file(commitment_file(repo_path, cid)) as f:
+        f.write(commitment.encode())
+
+
+class PutProofFiles:
+    """The commitment and leaf-hash file of one `Repo.add(..., commit=True)`.
+
+    Built while importing: by `PieceHashers` (helper processes that write
+    the leaves into the temp file themselves) for a file of at least
+    `COMMIT_PROCESS_ABOVE` bytes made of whole pieces, else by an
+    in-process MerkleBuilder whose `leaf_sink` is the temp file. `save`
+    publishes the leaf file under `<cid>.leaves` (it is fsync'd by
+    `finish`), then writes `<cid>.commitment` durably. A crash mid-import
+    leaves a `.put-*.tmp` file in `<repo>/proofs/` (not a block: gc keeps
+    it; verify removes it once stale).
+    """
+
+    def __init__(self, repo_path: Path, size: int, pieces: bool) -> None:
+        from shoal.store.proofs.piece_hashers import PieceHashers
+
+        self.repo_path = Path(repo_path)
+        directory = self.repo_path / PROOFS_DIR
+        directory.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=directory)
+        self.tmp: Path | None = Path(name)
+        self._fd = fd
+        self._file: IO[bytes] | None = None
+        self._hashers: PieceHashers | None = None
+        self._builder: MerkleBuilder | None = None
+        if pieces and COMMIT_PROCESS_ABOVE is not None and size >= COMMIT_PROCESS_ABOVE:
+            self._hashers = PieceHashers(fd, DEFAULT_SEGMENT_SIZE)
+            self.sink: "ByteSink | PieceHasher" = self._hashers
+        else:
+            self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+            self._builder = MerkleBuilder(DEFAULT_SEGMENT_SIZE, leaf_sink=self._file.write)
+            self.sink = self._builder
+
+    def finish(self) -> Commitment | None:
+        """The commitment, the leaf file synced; None if the helpers failed."""
+        if self._hashers is not None:
+            hashers, self._hashers = self._hashers, None
+            commitment = hashers.finish()
+            if commitment is not None:
+                os.fsync(self._fd)
+            return commitment
+        assert self._builder is not None and self._file is not None
+        commitment = self._builder.finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return commitment
+
+    def save(self, cid: CID, commitment: Commitment) -> None:
+        """Publish the leaf file for `cid`, then its record (both durable on return)."""
+        assert self.tmp is not None
+        publish(self.tmp, leaves_file(self.repo_path, cid))
+        self.tmp = None
+        _save_record(self.repo_path, cid, commitment)
+
+    def discard(self) -> None:
+        """Drop whatever is left (no-op after `save`)."""
+        if self._hashers is not None:
+            self._hashers.abort()
+            self._hashers = None
+        if self._file is not None:
+            if not self._file.closed:
+                self._file.close()
+        elif self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+            self.tmp = None

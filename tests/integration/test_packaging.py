@@ -105,6 +105,7 @@ def test_installed_wheel_commitment_comes_from_the_helpers(venv: Path, tmp_path:
         import logging, os, sys
         from pathlib import Path
         import shoal.store.persist.repo as repo_mod
+        from shoal.store.proofs import commit_files
         from shoal.store.proofs import piece_hashers
         started = []
         real = piece_hashers.PieceHashers._start
@@ -120,12 +121,12 @@ def test_installed_wheel_commitment_comes_from_the_helpers(venv: Path, tmp_path:
         root = Path(sys.argv[1])
         repo = repo_mod.Repo.init(root / "repo")
         src = root / "big.bin"
-        src.write_bytes(os.urandom(repo_mod.COMMIT_PROCESS_ABOVE + 3 * (1 << 20)))
+        src.write_bytes(os.urandom(commit_files.COMMIT_PROCESS_ABOVE + 3 * (1 << 20)))
         result = repo.add(src, commit=True)
         assert started and started[0] > 0, started
         assert not warnings, warnings
         assert result.commitment is not None, "no commitment from the helpers"
-        assert repo_mod.commitment_file(repo.path, result.cid).exists()
+        assert commit_files.commitment_file(repo.path, result.cid).exists()
         print("ok", started[0])
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SHOAL_REPO")}

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from shoal.p2p.replication.agreements import Offer, offer_signing_bytes, release_bytes
-from shoal.p2p.replication.commit_files import build_commitment
+from shoal.store.proofs.commit_files import build_commitment
 from shoal.p2p.net.connection import RequestFailed
 from shoal.p2p.errors import Released
 from shoal.p2p.secure.identity import Identity, PeerId

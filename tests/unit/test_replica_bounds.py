@@ -24,7 +24,7 @@ import trio
 
 from shoal.p2p.wire import codec
 from shoal.p2p.wire import limits as L
-from shoal.p2p.replication.commit_files import build_commitment, committed_length, stored_dag_bytes
+from shoal.store.proofs.commit_files import build_commitment, committed_length, stored_dag_bytes
 from shoal.p2p.replication.holder import HEAVY_THREADS, Holding, pull_budget
 from shoal.p2p.wire.messages import AuditProof
 from shoal.store.persist.blockstore import MemoryBlockstore

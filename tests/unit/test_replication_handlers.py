@@ -12,7 +12,7 @@ import pytest
 
 from shoal.p2p.replication.agreements import Offer, offer_signing_bytes
 from shoal.p2p.replication.audit import _check
-from shoal.p2p.replication.commit_files import build_commitment
+from shoal.store.proofs.commit_files import build_commitment
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.wire.messages import (
     AuditChallenge, AuditProof, Error, ErrorCode, StoreRequest, StoreResponse,

@@ -11,8 +11,8 @@ import pytest
 
 from shoal.p2p.replication.agreements import Agreements, Offer, agreement_bytes, offer_signing_bytes
 from shoal.p2p.replication.audit import _check, deadline_for, prove, verify_local
-from shoal.p2p.replication.commit_files import (
-    build_commitment, has_leaves, leaves_path, load_tree, object_bytes,
+from shoal.store.proofs.commit_files import (
+    build_commitment, has_leaves, leaves_file, load_tree, object_bytes,
 )
 from shoal.p2p.errors import ProtocolError
 from shoal.p2p.secure.identity import Identity
@@ -94,7 +94,7 @@ def test_file_commitment_is_over_file_bytes_and_proofs_verify(repo: Repo, tmp_pa
     cid = repo.add(tmp_path / "f.bin", profile=SMALL).cid
     c = build_commitment(repo.blockstore, repo.path, cid)
     assert c == commit(data)  # independent of the chunking
-    assert has_leaves(repo.path, cid, c) and leaves_path(repo.path, cid).stat().st_size == 32 * c.n_segments
+    assert has_leaves(repo.path, cid, c) and leaves_file(repo.path, cid).stat().st_size == 32 * c.n_segments
     tree = load_tree(repo.path, cid, c)
     k = default_k()
     nonce = b"\x07" * 32
@@ -150,7 +150,7 @@ def test_damaged_leaf_file_is_refused(repo: Repo, tmp_path: Path) -> None:
     (tmp_path / "f.bin").write_bytes(random_bytes(30_000, 5))
     cid = repo.add(tmp_path / "f.bin", profile=SMALL).cid
     c = build_commitment(repo.blockstore, repo.path, cid)
-    path = leaves_path(repo.path, cid)
+    path = leaves_file(repo.path, cid)
     raw = bytearray(path.read_bytes())
     raw[5] ^= 0xFF
     path.write_bytes(bytes(raw))

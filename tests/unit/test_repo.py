@@ -397,12 +397,12 @@ PIECES = DEFAULT_PROFILE.with_overrides(max_links=3)
 def test_add_with_commitment(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              helpers: bool, n: int) -> None:
     import shoal.store.proofs.piece_hashers
-    import shoal.store.persist.repo as repo_mod
+    from shoal.store.proofs import commit_files
     from shoal.store.dag.importer import import_path
     from shoal.store.proofs.commitment import Commitment, commit
-    from shoal.store.persist.repo import commitment_file, leaves_file
+    from shoal.store.proofs.commit_files import commitment_file, leaves_file
 
-    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0 if helpers else None)
+    monkeypatch.setattr(commit_files, "COMMIT_PROCESS_ABOVE", 0 if helpers else None)
     used: list[int] = []
     real_ring = shoal.store.proofs.piece_hashers.PieceHashers.ring
     monkeypatch.setattr(shoal.store.proofs.piece_hashers.PieceHashers, "ring",
@@ -422,10 +422,10 @@ def test_add_with_commitment(repo: Repo, tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_add_with_commitment_other_chunking(repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks that are not whole pieces (here 1 KiB) take the in-process builder."""
-    import shoal.store.persist.repo as repo_mod
+    from shoal.store.proofs import commit_files
     from shoal.store.proofs.commitment import commit
 
-    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
+    monkeypatch.setattr(commit_files, "COMMIT_PROCESS_ABOVE", 0)
     data = os.urandom(300_000)
     (tmp_path / "f.bin").write_bytes(data)
     result = repo.add(tmp_path / "f.bin", profile=SMALL, commit=True)
@@ -450,10 +450,10 @@ def test_failed_helpers_still_put(repo: Repo, tmp_path: Path, monkeypatch: pytes
     """Helpers that fail in any way: the blocks are hashed here instead, the put
     succeeds with the right CID and leaves no commitment (built later)."""
     import shoal.store.proofs.piece_hashers
-    import shoal.store.persist.repo as repo_mod
+    from shoal.store.proofs import commit_files
     from shoal.store.dag.importer import import_path
 
-    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
+    monkeypatch.setattr(commit_files, "COMMIT_PROCESS_ABOVE", 0)
     monkeypatch.setattr(shoal.store.proofs.piece_hashers, "_CHILD", child)
     monkeypatch.setattr(shoal.store.proofs.piece_hashers, "REPLY_TIMEOUT_S", 1.0)
     data = os.urandom(4 * (1 << 20) + 5)
@@ -470,13 +470,13 @@ def test_a_helper_with_a_wrong_digest_fails_the_put(repo: Repo, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A digest that is not the bytes' SHA-256 is a bug: never a block under a wrong name."""
     import shoal.store.proofs.piece_hashers
-    import shoal.store.persist.repo as repo_mod
+    from shoal.store.proofs import commit_files
     from shoal.store.proofs.piece_hashers import PieceHashError
 
     child = ("import os, struct, sys\n"
              "while h := sys.stdin.buffer.raw.read(20):\n"
              "    os.write(1, h[:8] + h[16:] + bytes(96))\n")
-    monkeypatch.setattr(repo_mod, "COMMIT_PROCESS_ABOVE", 0)
+    monkeypatch.setattr(commit_files, "COMMIT_PROCESS_ABOVE", 0)
     monkeypatch.setattr(shoal.store.proofs.piece_hashers, "_CHILD", child)
     (tmp_path / "f.bin").write_bytes(os.urandom(3 * (1 << 20)))
     with pytest.raises(PieceHashError):
@@ -487,9 +487,9 @@ def test_a_helper_with_a_wrong_digest_fails_the_put(repo: Repo, tmp_path: Path,
 
 def test_commit_files_reuse_the_put_commitment(repo: Repo, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """shoal.p2p.replication.commit_files.build_commitment skips its pass when the put left both files,
+    """shoal.store.proofs.commit_files.build_commitment skips its pass when the put left both files,
     and rebuilds them when the leaf file no longer folds to the recorded root."""
-    from shoal.p2p.replication import commit_files
+    from shoal.store.proofs import commit_files
     from shoal.store.proofs.commitment import commit
 
     data = os.urandom(100_000)
@@ -499,7 +499,7 @@ def test_commit_files_reuse_the_put_commitment(repo: Repo, tmp_path: Path,
     with monkeypatch.context() as m:
         m.setattr(commit_files, "object_bytes", lambda *a: pytest.fail("read the data again"))
         assert commit_files.build_commitment(repo.blockstore, repo.path, result.cid) == result.commitment
-    path = commit_files.leaves_path(repo.path, result.cid)
+    path = commit_files.leaves_file(repo.path, result.cid)
     raw = bytearray(path.read_bytes())
     raw[40] ^= 1
     path.write_bytes(bytes(raw))
