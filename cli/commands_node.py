@@ -22,6 +22,7 @@ from shoal.cli.node_client import connect
 from shoal.cli.output import print_json
 
 if TYPE_CHECKING:
+    from shoal.p2p.net.node import Node
     from shoal.p2p.secure.identity import PeerId
     from shoal.p2p.secure.pnet import SwarmKey
 
@@ -214,7 +215,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
         logging.basicConfig(level=args.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-        def ready(node: Any) -> None:
+        def ready(node: "Node") -> None:
             print(f"node {node.peer_id} ready", file=sys.stderr, flush=True)
             for addr in node.addrs_with_id():
                 print(f"listening on {addr}", file=sys.stderr, flush=True)
@@ -267,7 +268,7 @@ def _config_path(flag: str | None, node_cfg: dict[str, Any], key: str, repo_path
     return (repo_path / Path(value).expanduser()).resolve()
 
 
-def _load_services() -> Callable[[Any], None]:
+def _load_services() -> "Callable[[Node], None]":
     """The node's services (replication, audits, energy), ready to attach.
 
     Not optional: they ship with Shoal, and a node started without them would
@@ -282,7 +283,7 @@ def _load_services() -> Callable[[Any], None]:
         raise CliError(f"cannot start the node: its services failed to load ({exc})",
                        hint="the Shoal installation is broken; reinstall it (pip install -e .)") from exc
 
-    def setup(node: Any) -> None:
+    def setup(node: "Node") -> None:
         install(node)
         install_energy(node)  # energy (issue 5): last, wraps the above
 

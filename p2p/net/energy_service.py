@@ -1,8 +1,10 @@
 """Energy accounting on a running node: hooks, the ledger exchange, /v1/energy.
 
 `install(node)` (called after the replication service's install, so it can
-wrap that service's handlers) attaches:
-- block serving (WANT_BLOCK) aggregated as `serve`, or as `replicate-out`
+wrap that service's handlers) registers an `EnergyService`, which attaches
+through the node's extension points (shoal.p2p.net.services):
+- block serving (WANT_BLOCK), watched as a serve observer, aggregated as
+  `serve`, or as `replicate-out`
   while an outgoing store request to that peer is open (`replicating_to`);
   totals stay in memory and a background task flushes them every
   `FLUSH_INTERVAL_S` and at shutdown;
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping, Sequence
 
 import trio
 
@@ -37,6 +39,7 @@ from shoal.store.energy.report import Report, build_report
 from shoal.store.errors import StoreError
 
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
+from shoal.p2p.net.services import Handler
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import (
     AuditChallenge, AuditProof, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
@@ -45,6 +48,7 @@ from shoal.p2p.wire.messages import (
 
 if TYPE_CHECKING:
     from shoal.store.persist.repo import Repo
+    from shoal.p2p.net.node import Node
 
 log = logging.getLogger("shoal.energy")
 
@@ -120,42 +124,43 @@ def summary_from_message(msg: LedgerSummary) -> dict[str, ledger.Totals]:
 
 
 class EnergyService:
-    """The node's energy hooks; `node.energy` once installed."""
+    """The node's energy hooks (a NodeService); `node.energy` once registered."""
 
-    def __init__(self, node: Any, account: EnergyAccount | None = None) -> None:
+    def __init__(self, node: "Node", account: EnergyAccount | None = None) -> None:
         self.node = node
         self.account = account if account is not None else account_for(node.repo)
         self._outgoing: dict[PeerId, list[str]] = {}  # peer -> kinds of open store requests to it
 
-    def install(self) -> None:
-        """Hook into the node; run after every service whose handlers it wraps."""
-        node = self.node
-        node.energy = self
-        handlers = node.extra_handlers
-        if StoreRequest in handlers:
-            handlers[StoreRequest] = self._wrap_store_request(handlers[StoreRequest])
-        if AuditChallenge in handlers:
-            handlers[AuditChallenge] = self._wrap_audit_challenge(handlers[AuditChallenge])
-        handlers[LedgerSummaryRequest] = self.on_summary_request
-        serve = getattr(node, "_serve_blocks", None)
-        if serve is not None:
-            node._serve_blocks = self._wrap_serve(serve)
-        else:  # pragma: no cover - the node's serving method was renamed
-            log.warning("energy: cannot hook block serving; serve energy will not be recorded")
-        node.extra_routes.append(("GET", "/v1/energy", self.api_energy))
-        node.background.append(self.flush_loop)
+    def attach(self, node: "Node") -> None:
+        """Hook into the node; registered after every service whose handlers it wraps."""
+        node.provide_energy(self)
+        node.wrap_handler(StoreRequest, self._wrap_store_request)
+        node.wrap_handler(AuditChallenge, self._wrap_audit_challenge)
+        node.add_handler(LedgerSummaryRequest, self.on_summary_request)
+        node.add_serve_observer(self)
+        node.add_route("GET", "/v1/energy", self.api_energy)
+
+    async def run(self) -> None:
+        await self.flush_loop()
 
     # -- serving ------------------------------------------------------------------
 
-    def _wrap_serve(self, serve: Any) -> Any:
-        async def serve_blocks(conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> int:
-            kinds = self._outgoing.get(conn.remote_peer)
-            with self.account.serving(kinds[-1] if kinds else "serve") as op:
-                sent: int = await serve(conn, rid, cids)  # blocks go out as they are read
-                op.bytes_sent += sent
-            return sent
+    @contextmanager
+    def serving(self, peer: PeerId) -> Iterator[Bytes]:
+        """Around one WANT_BLOCK of `peer`: `replicate-out` (or the open store
+        request's kind) while we asked it to take a replica, else `serve`."""
+        kinds = self._outgoing.get(peer)
+        with self.account.serving(kinds[-1] if kinds else "serve") as op:
+            yield op
 
-        return serve_blocks
+    @asynccontextmanager
+    async def measuring(self, kind: str) -> AsyncIterator[Bytes]:
+        """One ledger row of `kind` (written from a worker thread) when the block ends normally."""
+        op = Bytes()
+        meter = self.account.meter(kind)
+        with meter:
+            yield op
+        await trio.to_thread.run_sync(self.account.record, meter.result, op)
 
     @contextmanager
     def replicating_to(self, peer: PeerId, kind: str = "replicate-out") -> Iterator[None]:
@@ -184,8 +189,8 @@ class EnergyService:
 
     # -- holder-side replication and audits ----------------------------------------------
 
-    def _wrap_store_request(self, handler: Any) -> Any:
-        async def on_store_request(conn: PeerConnection, msg: Message) -> Any:
+    def _wrap_store_request(self, handler: Handler) -> Handler:
+        async def on_store_request(conn: PeerConnection, msg: Message) -> Sequence[Message]:
             assert isinstance(msg, StoreRequest)
             held_before = await trio.to_thread.run_sync(self._holds, msg.root_cid)
             meter = self.account.meter("replicate-in")
@@ -206,8 +211,8 @@ class EnergyService:
         except StoreError:
             return False
 
-    def _wrap_audit_challenge(self, handler: Any) -> Any:
-        async def on_audit_challenge(conn: PeerConnection, msg: Message) -> Any:
+    def _wrap_audit_challenge(self, handler: Handler) -> Handler:
+        async def on_audit_challenge(conn: PeerConnection, msg: Message) -> Sequence[Message]:
             meter = self.account.meter("audit-prove")
             with meter:
                 replies = await handler(conn, msg)
@@ -271,36 +276,33 @@ def _compact(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, An
             for k, t in summary.items() if k in ledger.PRIMARY_BYTES}
 
 
-def install(node: Any) -> EnergyService:
-    """Attach energy accounting to `node` (after replication's install)."""
+def install(node: "Node") -> EnergyService:
+    """Register energy accounting on `node` (after replication's install)."""
     service = EnergyService(node)
-    service.install()
+    node.register(service)
     return service
 
 
 @asynccontextmanager
-async def measuring(node: Any, kind: str) -> AsyncIterator[Bytes]:
+async def measuring(node: "Node", kind: str) -> AsyncIterator[Bytes]:
     """For async node code: `async with measuring(node, "audit-verify") as op:`.
 
     Records one ledger row (written from a worker thread) when the block ends
-    normally; a no-op when the node has no energy service installed.
+    normally; a no-op when the node has no energy service.
     """
-    service: EnergyService | None = getattr(node, "energy", None)
-    op = Bytes()
+    service = node.energy
     if service is None:
-        yield op
+        yield Bytes()
         return
-    meter = service.account.meter(kind)
-    with meter:
+    async with service.measuring(kind) as op:
         yield op
-    await trio.to_thread.run_sync(service.account.record, meter.result, op)
 
 
 @contextmanager
-def replicating_to(node: Any, peer: PeerId, kind: str = "replicate-out") -> Iterator[None]:
+def replicating_to(node: "Node", peer: PeerId, kind: str = "replicate-out") -> Iterator[None]:
     """Owner side: `with replicating_to(node, peer): await conn.request(StoreRequest...)`,
     so the blocks `peer` pulls meanwhile count as `kind`. No-op without the service."""
-    service: EnergyService | None = getattr(node, "energy", None)
+    service = node.energy
     if service is None:
         yield
         return

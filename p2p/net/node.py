@@ -23,6 +23,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from contextlib import ExitStack
 from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -48,6 +49,9 @@ from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.net.peers import Clock, PeerTable, Random
 from shoal.p2p.secure.pnet import SwarmKey
 from shoal.p2p.net.reputation_store import REPUTATION_FLUSH_INTERVAL_S, ReputationStore
+from shoal.p2p.net.services import (
+    EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, SentBytes, ServeObserver,
+)
 from shoal.p2p.secure.secure_stream import secure_accept, secure_dial
 
 log = logging.getLogger("shoal.node")
@@ -164,9 +168,13 @@ class Node:
         self.stalled_connections = 0
         self._conn_changed = trio.Event()
         self._dialing: set[PeerId] = set()
-        self.extra_handlers: dict[type[Message], Any] = {}
-        self.extra_routes: list[tuple[str, str, Any]] = []
-        self.background: list[Any] = []  # async callables started with the node (audits...)
+        # Extension points (shoal.p2p.net.services): filled by `register`ed services.
+        self.services: list[NodeService] = []
+        self.handlers: dict[type[Message], Handler] = {}
+        self.routes: list[Route] = []
+        self.serve_observers: list[ServeObserver] = []
+        self._replication: ReplicationApi | None = None
+        self._energy: EnergyApi | None = None
         self.store_guard = StoreGuard()
         self.served_bytes = 0
         self.received_bytes = 0
@@ -176,6 +184,61 @@ class Node:
     @property
     def peer_id(self) -> PeerId:
         return self.identity.peer_id
+
+    # -- extension points (shoal.p2p.net.services) ---------------------------------
+
+    def register(self, service: NodeService) -> None:
+        """Attach `service` (it adds its hooks now) and run it with the node."""
+        if self._nursery is not None:
+            raise P2PError("services are registered before the node runs")
+        if any(s is service for s in self.services):
+            raise P2PError(f"{type(service).__name__} is registered already")
+        self.services.append(service)
+        service.attach(self)
+
+    def add_handler(self, kind: type[Message], handler: Handler) -> None:
+        """Serve requests of type `kind` (one handler per type)."""
+        if kind in self.handlers:
+            raise P2PError(f"{kind.__name__} already has a handler")
+        self.handlers[kind] = handler
+
+    def wrap_handler(self, kind: type[Message], wrap: Callable[[Handler], Handler]) -> bool:
+        """Replace the handler of `kind` by `wrap(handler)`; False if it has none."""
+        handler = self.handlers.get(kind)
+        if handler is None:
+            return False
+        self.handlers[kind] = wrap(handler)
+        return True
+
+    def add_route(self, method: str, path: str, handler: RouteHandler) -> None:
+        """Serve `method path` on the control API (JSON in, JSON out)."""
+        if any(r.method == method and r.path == path for r in self.routes):
+            raise P2PError(f"{method} {path} already has a handler")
+        self.routes.append(Route(method, path, handler))
+
+    def add_serve_observer(self, observer: ServeObserver) -> None:
+        """Let `observer` watch every WANT_BLOCK this node serves."""
+        self.serve_observers.append(observer)
+
+    def provide_replication(self, service: ReplicationApi) -> None:
+        if self._replication is not None:
+            raise P2PError("this node has a replication service already")
+        self._replication = service
+
+    def provide_energy(self, service: EnergyApi) -> None:
+        if self._energy is not None:
+            raise P2PError("this node has an energy service already")
+        self._energy = service
+
+    @property
+    def replication(self) -> ReplicationApi | None:
+        """The owner side of replication, if a service provides it."""
+        return self._replication
+
+    @property
+    def energy(self) -> EnergyApi | None:
+        """Energy accounting, if a service provides it."""
+        return self._energy
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -214,8 +277,8 @@ class Node:
                     self.peers.learn(addr.peer_id, [addr])
                 self._start_dial(addr)
             nursery.start_soon(self._peer_exchange_loop)
-            for task in self.background:
-                nursery.start_soon(task)
+            for service in self.services:
+                nursery.start_soon(service.run)
             task_status.started(self)
 
     def cancel(self) -> None:
@@ -508,8 +571,7 @@ class Node:
 
     def held_for_others(self) -> int:
         """Bytes of replicas this node keeps for other owners (what --quota limits)."""
-        replication = getattr(self, "replication", None)
-        return int(replication.db.held_bytes()) if replication is not None else 0
+        return self._replication.held_bytes() if self._replication is not None else 0
 
     def _on_hello(self, conn: PeerConnection) -> None:
         hello = conn.remote_hello
@@ -617,10 +679,9 @@ class Node:
         if isinstance(msg, WantBlock):
             await self._serve_blocks(conn, rid, msg.cids)
             return []  # sent one by one as they were read
-        handler = self.extra_handlers.get(type(msg))
+        handler = self.handlers.get(type(msg))
         if handler is not None:
-            replies: Sequence[Message] = await handler(conn, msg)
-            return replies
+            return await handler(conn, msg)
         return [Error(rid, ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not served here")]
 
     async def _serve_want_have(self, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
@@ -655,6 +716,13 @@ class Node:
         requests a peer stacks up without reading, the blocks held for it
         stay under the budget.
         """
+        with ExitStack() as observing:
+            counters: list[SentBytes] = [observing.enter_context(o.serving(conn.remote_peer))
+                                         for o in self.serve_observers]
+            return await self._send_blocks(conn, rid, cids, counters)
+
+    async def _send_blocks(self, conn: PeerConnection, rid: int, cids: tuple[bytes, ...],
+                           counters: list[SentBytes]) -> int:
         sent = 0
         for raw in cids:
             taken = await conn.send_budget.acquire(L.MAX_BLOCK_BYTES)
@@ -679,6 +747,8 @@ class Node:
                 if isinstance(reply, Block):
                     sent += len(reply.data)
                     self.served_bytes += len(reply.data)
+                    for counter in counters:
+                        counter.bytes_sent += len(reply.data)
             finally:
                 conn.send_budget.release(taken)
         return sent

@@ -159,12 +159,12 @@ def build_api(node: Node, token: str) -> ControlApi:
             # An object to replicate gets its proof-of-storage commitment in the same
             # pass (Repo.add commit=True), so placement need not re-read it.
             wanted = replicas if replicas is not None else default_replicas
-            commit = wanted > 1 and getattr(node, "replication", None) is not None
+            commit = wanted > 1 and node.replication is not None
             result = await run_stoppable(lambda flag: put_measured(
                 repo, path, profile=profile, chunker=chunker, commit=commit, progress=flag.progress,
                 follow_symlinks=follow))
         doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
-        placer = getattr(node, "replication", None)
+        placer = node.replication
         if replicas is None and default_replicas > 1 and placer is not None and not placer.places(result.cid):
             replicas = default_replicas
         if replicas is not None and replicas > 1:
@@ -325,7 +325,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         already gone (say, removed offline) is still released.
         """
         cid = parse_cid(param(p, "cid"))
-        placer = getattr(node, "replication", None)
+        placer = node.replication
         release = await placer.release_object(cid) if placer is not None else None
         try:
             await run(repo.pin_rm, cid)
@@ -390,8 +390,8 @@ def build_api(node: Node, token: str) -> ControlApi:
     api.json_route("POST", "/v1/verify", verify)
     api.json_route("POST", "/v1/car/export", car_export)
     api.json_route("POST", "/v1/car/import", car_import)
-    for method, path, handler in getattr(node, "extra_routes", []):
-        api.json_route(method, path, handler)
+    for route in node.routes:
+        api.json_route(route.method, route.path, route.handler)
     return api
 
 

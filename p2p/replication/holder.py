@@ -34,7 +34,7 @@ import shutil
 import threading
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import outcome
 import trio
@@ -64,6 +64,9 @@ from shoal.p2p.wire.messages import (
     AuditChallenge, AuditProof, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse,
     StoreRequest, StoreResponse,
 )
+
+if TYPE_CHECKING:
+    from shoal.p2p.net.node import Node
 
 log = logging.getLogger("shoal.holding")
 
@@ -108,7 +111,7 @@ def _offer_issued(offer: bytes | None, owner: PeerId) -> int:
 class Holding:
     """Handlers for StoreRequest, ReleaseRequest and AuditChallenge, and the prover's tree cache."""
 
-    def __init__(self, node: Any, db: Agreements) -> None:
+    def __init__(self, node: "Node", db: Agreements) -> None:
         self.node = node
         self.db = db
         self._locks = KeyedLocks()  # per object; pruned when unused
@@ -118,7 +121,7 @@ class Holding:
 
     @property
     def me(self) -> PeerId:
-        return self.node.peer_id  # type: ignore[no-any-return]
+        return self.node.peer_id
 
     def _lock(self, cid: str) -> AbstractAsyncContextManager[None]:
         return self._locks.hold(cid)

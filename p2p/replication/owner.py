@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -70,6 +70,9 @@ from shoal.p2p.replication.repair_policy import (
     deputy, release_delay, release_settled, repairs_needed, surplus,
 )
 
+if TYPE_CHECKING:
+    from shoal.p2p.net.node import Node
+
 log = logging.getLogger("shoal.replication")
 
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
@@ -85,7 +88,7 @@ RELEASE_CONCURRENCY = 16  # release requests in flight at once
 class Replication:
     """One node's replication state machine driver."""
 
-    def __init__(self, node: Any, *, audit_interval: float | None = None, k: int = DEFAULT_K,
+    def __init__(self, node: "Node", *, audit_interval: float | None = None, k: int = DEFAULT_K,
                  repair_rate: float = REPAIR_RATE_PER_S, repair_burst: int = REPAIR_BURST) -> None:
         self.node = node
         self.db = Agreements(node.repo.index)
@@ -108,17 +111,23 @@ class Replication:
 
     @property
     def me(self) -> PeerId:
-        return self.node.peer_id  # type: ignore[no-any-return]
+        return self.node.peer_id
 
-    def install(self) -> None:
-        """Attach to the node's hooks (before it starts)."""
-        self.node.replication = self
-        self.node.extra_handlers[StoreRequest] = self.holding.on_store_request
-        self.node.extra_handlers[AuditChallenge] = self.holding.on_audit_challenge
-        self.node.extra_handlers[ReleaseRequest] = self.holding.on_release_request
-        self.node.extra_routes.append(("GET", "/v1/status", self.api_status))
-        self.node.extra_routes.append(("POST", "/v1/audit", self.api_audit))
-        self.node.background.append(self.run)
+    def attach(self, node: "Node") -> None:
+        """Hook into the node (a NodeService; `Node.register` calls this before it runs)."""
+        node.provide_replication(self)
+        node.add_handler(StoreRequest, self.holding.on_store_request)
+        node.add_handler(AuditChallenge, self.holding.on_audit_challenge)
+        node.add_handler(ReleaseRequest, self.holding.on_release_request)
+        node.add_route("GET", "/v1/status", self.api_status)
+        node.add_route("POST", "/v1/audit", self.api_audit)
+        # Peers holding our replicas keep their connection slots when strangers
+        # crowd in (shoal.p2p.net.admission); read from the index in a worker thread.
+        node.protection_sources.append(self.db.holder_peers)
+
+    def held_bytes(self) -> int:
+        """Bytes of replicas this node keeps for other owners (what --quota limits)."""
+        return self.db.held_bytes()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -500,14 +509,14 @@ class Replication:
     async def _reach(self, peer: PeerId) -> PeerConnection | None:
         conn = self.node.connection_to(peer)
         if conn is not None:
-            return conn  # type: ignore[no-any-return]
+            return conn
         rec = self.node.peers.get(peer)
         if rec is None:
             return None
         for addr in list(rec.addrs):
             with trio.move_on_after(REACH_TIMEOUT_S):
                 try:
-                    return await self.node.connect(addr.with_peer(peer))  # type: ignore[no-any-return]
+                    return await self.node.connect(addr.with_peer(peer))
                 except (P2PError, trio.TooSlowError, OSError):
                     continue
         return None
@@ -745,9 +754,8 @@ def _prefix(addrs: list[Any]) -> str:
     return ""
 
 
-def install(node: Any) -> Replication:
-    """Create the replication service for `node` from its options and hook it in."""
-    extra = getattr(node.options, "extra", {}) or {}
-    service = Replication(node, audit_interval=extra.get("audit_interval"))
-    service.install()
+def install(node: "Node") -> Replication:
+    """Create the replication service for `node` from its options and register it."""
+    service = Replication(node, audit_interval=node.options.extra.get("audit_interval"))
+    node.register(service)
     return service

@@ -1,5 +1,5 @@
 """EnergyAccount: rows land in the ledger with method and bytes; threads; serve
-aggregation and its flush; the node-side wrappers on a stand-in node."""
+aggregation and its flush; the service's hooks on a real (not running) node."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 import trio
 
+from shoal.p2p.net.connection import SendBudget
+from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.wire import limits as L
+from shoal.store.ipld.cid import RAW, make_cid
 from shoal.p2p.net.energy_service import (
     EnergyService, measuring, replicating_to, summary_from_message, summary_to_message,
 )
@@ -179,50 +183,48 @@ def test_summary_wire_round_trip_keeps_joules_and_primary_bytes(account: EnergyA
     ledger.merge_summaries([back])  # valid as a peer summary
 
 
-# -- the node-side wrappers, on a stand-in node -------------------------------------
+# -- the node-side hooks, on a real (not running) node -------------------------------------
 
 
 class FakeConn:
+    """What Node._serve_blocks and the handlers touch: the peer, a send budget, replies."""
+
     def __init__(self, peer: Any) -> None:
         self.remote_peer = peer
+        self.send_budget = SendBudget(L.SEND_BUDGET_BYTES)
+        self.sent: list[Any] = []
 
-
-class FakeNode:
-    """Only what EnergyService touches: hooks, the repo and a block server."""
-
-    def __init__(self, repo: Repo) -> None:
-        self.repo = repo
-        self.extra_handlers: dict[type, Any] = {}
-        self.extra_routes: list[Any] = []
-        self.background: list[Any] = []
-        self.peer_id = Identity.generate().peer_id
-
-    async def _serve_blocks(self, conn: Any, rid: int, cids: tuple[bytes, ...]) -> int:
-        """Like Node._serve_blocks: sends each block as read, returns the bytes sent."""
-        await trio.sleep(0)
-        return 1000 * len(cids)
-
-    def connected_peers(self) -> list[Any]:
-        return []
+    async def reply(self, msg: Any) -> bool:
+        self.sent.append(msg)
+        return True
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Any:
     repo = Repo.init(tmp_path / "node")
-    yield FakeNode(repo)
+    yield Node(repo, Identity.generate(), NodeOptions())
     repo.close()
+
+
+def _block(node: Node, fill: bytes) -> bytes:
+    """A 1000-byte raw block stored in the node's repo; its CID's bytes."""
+    data = fill * 1000
+    cid = make_cid(RAW, data)
+    node.repo.blockstore.put(cid, data)
+    return bytes(cid)
 
 
 async def test_service_wraps_serving_store_requests_and_answers_summaries(node: Any) -> None:
     async def on_store(conn: Any, msg: Any) -> list[Any]:
         return [StoreResponse(msg.request_id, True, "", b"s" * 64)]
 
-    node.extra_handlers[StoreRequest] = on_store
+    node.add_handler(StoreRequest, on_store)
     service = EnergyService(node)
-    service.install()
-    assert node.energy is service and node.background and node.extra_routes[-1][1] == "/v1/energy"
+    node.register(service)
+    assert node.energy is service and node.services == [service]
+    assert [(r.method, r.path) for r in node.routes] == [("GET", "/v1/energy")]
     peer, other = Identity.generate().peer_id, Identity.generate().peer_id
-    cid = bytes.fromhex("01551220") + b"\x11" * 32
+    cid = _block(node, b"\x11")
 
     await node._serve_blocks(FakeConn(peer), 1, (cid, cid))
     with replicating_to(node, other):
@@ -230,11 +232,11 @@ async def test_service_wraps_serving_store_requests_and_answers_summaries(node: 
     await node._serve_blocks(FakeConn(other), 3, (cid,))  # after the store request: serve again
 
     req = StoreRequest(4, cid, 12345, b"m", b"s" * 64)
-    await node.extra_handlers[StoreRequest](FakeConn(peer), req)
+    await node.handlers[StoreRequest](FakeConn(peer), req)  # type: ignore[arg-type]
     async with measuring(node, "audit-verify") as op:
         op.bytes_hashed += 7
 
-    (reply,) = await node.extra_handlers[LedgerSummaryRequest](FakeConn(peer), LedgerSummaryRequest(5))
+    (reply,) = await node.handlers[LedgerSummaryRequest](FakeConn(peer), LedgerSummaryRequest(5))  # type: ignore[arg-type]
     assert isinstance(reply, LedgerSummary)
     got = reply.as_dict()
     assert got["serve"][1] == 3000
@@ -253,8 +255,8 @@ async def test_measuring_without_a_service_is_a_no_op(node: Any) -> None:
 
 async def test_flush_loop_writes_pending_serve_totals_when_cancelled(node: Any) -> None:
     service = EnergyService(node)
-    service.install()
-    cid = bytes.fromhex("01551220") + b"\x22" * 32
+    node.register(service)
+    cid = _block(node, b"\x22")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(service.flush_loop)
         await node._serve_blocks(FakeConn(Identity.generate().peer_id), 1, (cid,))
