@@ -21,6 +21,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from shoal.store.persist.durable import write_durably
 from shoal.store.persist.repo import Repo
 
 from shoal.p2p.errors import P2PError
@@ -43,13 +44,8 @@ def parse_api_bind(text: str) -> tuple[str, int]:
 
 
 def write_api_file(path: Path, url: str, token: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `<repo>/api` (mode 0600: it holds the token) durably (persist.durable)."""
+    write_durably(path, json.dumps({"url": url, "token": token, "pid": os.getpid()}).encode(), mode=0o600)
 
 
 async def run_node(

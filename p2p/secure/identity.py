@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +30,7 @@ from multiformats import CID, multibase
 
 from shoal.p2p.errors import InvalidMultiaddr, P2PError
 from shoal.store.ipld import varint
+from shoal.store.persist.durable import durable_file
 
 __all__ = [
     "Identity",
@@ -323,28 +323,11 @@ class Identity:
 
     def _write_new(self, path: Path) -> bool:
         """Write the key file unless one appeared meanwhile; True if we wrote it."""
-        directory = path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".key-", dir=directory)  # mkstemp uses 0600
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with os.fdopen(fd, "wb") as f:
+            # Linked into place, never over a key another process wrote meanwhile.
+            with durable_file(path, mode=0o600, overwrite=False, prefix=".key-", suffix="") as f:
                 f.write(self.to_private_proto())
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)
-                wrote = True
-            except FileExistsError:
-                wrote = False
-            except OSError:  # filesystems without hard links
-                os.replace(tmp, path)
-                wrote = True
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return wrote
+        except FileExistsError:
+            return False
+        return True

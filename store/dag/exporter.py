@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat as stat_mod
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from shoal.store.cancel import CancelFlag
 from shoal.store.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes
 from shoal.store.errors import InvalidCID, InvalidInput, MalformedBlock, StorageFull, StoreError
 from shoal.store.persist.direct_io import DirectWriter
+from shoal.store.persist.durable import durable_file, fsync_dir
 from shoal.store.ipld.unixfs import DataType, UnixFSData, valid_hamt_fanout
 
 __all__ = [
@@ -520,6 +520,7 @@ def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: Ca
                  mask: int, created: list[Path], root_block: bytes) -> None:
     get = _cached_root(_getter(source), cid, root_block)
     dir_modes: list[tuple[Path, int]] = []
+    dirty: set[Path] = set()  # directories whose new names must be made durable
     stack: list[tuple[CID, Path]] = [(cid, dest)]
     while stack:
         if cancel is not None:
@@ -534,6 +535,7 @@ def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: Ca
             existed = os.path.lexists(path)
             _write_file(source, node_cid, path, prefetch, cancel=cancel,
                         mode=_file_mode(st.mode, 0o666, mask))
+            dirty.add(path.parent)
             if not existed:  # a file replaced stays replaced: only new ones are undone
                 created.append(path)
             continue
@@ -543,6 +545,14 @@ def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: Ca
             dir_modes.append((path, _file_mode(st.mode, 0o777, mask)))
         children = [(c, path / name) for name, c in _dir_links(get, node_cid, node, fs, cancel)]
         stack.extend(reversed(children))
+    # The files' and new directories' names, durable before the modes are
+    # set (a directory may become unreadable, and fsync needs to open it).
+    dirty.update(p.parent for p in created)
+    try:
+        for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(directory)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {dest}: {exc.strerror or exc}") from None
     for path, mode in reversed(dir_modes):  # last: a read-only directory is filled first
         os.chmod(path, mode)
 
@@ -588,39 +598,22 @@ def _remove_created(created: list[Path]) -> None:
 
 def _write_file(source: Source, cid: CID, path: Path, prefetch: int = 0, *,
                 cancel: CancelFlag | None = None, mode: int = 0o644) -> None:
+    """Write one file through a temp file beside it (persist.durable); the
+    caller fsyncs its directory once the whole tree is written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".shoal-", suffix=".part", dir=path.parent)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        try:
-            os.fchmod(fd, stat_mod.S_IMODE(mode))  # mkstemp makes 0600 whatever the umask
+        with durable_file(path, mode=stat_mod.S_IMODE(mode), sync_dir=False,
+                          prefix=".shoal-", suffix=".part") as f:
             # Staged in 4 MiB aligned runs and written past the page cache
-            # (shoal.store.persist.direct_io: the fsync below waits for the disk anyway).
-            writer = DirectWriter(fd)
+            # (shoal.store.persist.direct_io: the fsync on close waits for the disk anyway).
+            writer = DirectWriter(f.fileno())
             for piece in read_file(source, cid, prefetch=prefetch):
                 if cancel is not None:
                     cancel.check()
                 writer.write(piece)
             writer.close_tail()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
     except OSError as exc:
-        _unlink_quietly(tmp)
         raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def iter_links(cid: CID, data: bytes) -> list[CID]:

@@ -16,7 +16,6 @@ other than sha2-256, or holding a whole CAR in memory.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import tempfile
@@ -28,6 +27,7 @@ from shoal.store.ipld import varint
 from shoal.store.ipld.cid import CID, DAG_PB, block_key, cid_from_bytes, verify_block
 from shoal.store.errors import CarError, HashMismatch, InvalidCID, MalformedBlock, StoreError
 from shoal.store.dag.exporter import iter_links, walk_dag
+from shoal.store.persist.durable import durable_file
 
 if TYPE_CHECKING:
     from shoal.store.persist.blockstore import Blockstore
@@ -307,17 +307,10 @@ def export_car(blockstore: Blockstore, root: CID, out: IO[bytes]) -> int:
 
 
 def export_car_file(blockstore: Blockstore, root: CID, path: Path) -> int:
-    """`export_car` to a file: temp file + fsync + rename, so no partial CAR is left."""
+    """`export_car` to a file, written durably (persist.durable), so no partial CAR is left."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as out:
-            written = export_car(blockstore, root, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with durable_file(path, mode=0o644, prefix=f".{path.name}.", suffix=".partial") as out:
+        written = export_car(blockstore, root, out)
     return written
 
 

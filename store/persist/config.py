@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from shoal.store.errors import RepoError
+from shoal.store.persist.durable import write_durably
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_API", "DEFAULTS", "default_config", "load_config", "save_config", "dumps", "merge"]
 
@@ -81,15 +81,10 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 def save_config(path: Path, config: dict[str, Any]) -> None:
-    """Write atomically (temp + fsync + rename), so a crash leaves old or new, never half."""
+    """Write durably (persist.durable), so a crash leaves old or new, never half."""
     text = dumps(config)
-    tmp = Path(str(path) + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_durably(path, text.encode("utf-8"), mode=0o644)
     except OSError as exc:
         raise RepoError(f"cannot write {path}: {exc.strerror}") from exc
 

@@ -69,7 +69,7 @@ def publish(tmp: str | Path, path: str | Path, *, overwrite: bool = True, sync_d
 
 
 @contextmanager
-def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True,
+def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True, sync_dir: bool = True,
                  prefix: str | None = None, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """Write `path` through a temp file in its directory; durable when the block exits.
 
@@ -78,6 +78,8 @@ def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True,
     onto `path` (see `publish` for `overwrite=False`) and fsyncs the
     directory. Any exception, including one from those steps, removes the
     temp file and propagates: `path` keeps its old content (or stays absent).
+    `sync_dir=False`: the caller fsyncs the directory itself, once for many
+    files written into it (an exported tree).
 
     The temp name is `<prefix><random><suffix>`, by default `<name>.<random>.tmp`
     beside `path`, so repo code that recognises its own leftovers (gc,
@@ -94,7 +96,7 @@ def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True,
             yield f
             f.flush()
             os.fsync(f.fileno())
-        publish(tmp, path, overwrite=overwrite)
+        publish(tmp, path, overwrite=overwrite, sync_dir=sync_dir)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

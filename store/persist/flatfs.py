@@ -76,6 +76,7 @@ from typing import Callable, Iterator
 
 from shoal.store.ipld.cid import CID, block_key, verify_block
 from shoal.store.persist.direct_io import create_file
+from shoal.store.persist.durable import fsync_dir, publish, write_durably
 from shoal.store.errors import BlockNotFound, RepoError, StorageFull
 
 SHARDING_RULE = "/repo/flatfs/shard/v1/next-to-last/2"
@@ -115,14 +116,6 @@ def cid_for_key(key: str) -> CID:
     except ValueError as exc:
         raise RepoError(f"not a block key: {key!r}") from exc
     return CID("base32", 1, "raw", mh)
-
-
-def _fsync_dir(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
@@ -228,11 +221,7 @@ class FlatfsBlockstore:
                 if rule != SHARDING_RULE:
                     raise RepoError(f"{self.root} uses shard rule {rule!r}; Shoal needs {SHARDING_RULE!r}")
                 return
-            tmp = sharding.with_name("SHARDING.tmp")
-            tmp.write_text(SHARDING_RULE + "\n")
-            os.replace(tmp, sharding)
-            if self.sync:
-                _fsync_dir(self.root)
+            write_durably(sharding, (SHARDING_RULE + "\n").encode(), mode=0o644)
         except OSError as exc:
             raise _storage_error(exc, f"cannot set up blockstore at {self.root}") from exc
 
@@ -544,11 +533,11 @@ class FlatfsBlockstore:
         try:
             if len(dirs) <= 1:
                 for path in dirs:
-                    _fsync_dir(path)
+                    fsync_dir(path)
             else:
                 with ThreadPoolExecutor(min(len(dirs), WRITE_CONCURRENCY),
                                         thread_name_prefix="shoal-flush") as pool:
-                    for _ in pool.map(_fsync_dir, dirs):
+                    for _ in pool.map(fsync_dir, dirs):
                         pass
         except OSError as exc:
             with self._state_lock:
@@ -589,7 +578,7 @@ class FlatfsBlockstore:
                 while target.exists():  # quarantined before: keep every bad copy
                     n += 1
                     target = dest / f"{key}.{n}{SUFFIX}"
-                os.replace(self._path(key), target)
+                publish(self._path(key), target)  # the source shard's dir: at flush
             except FileNotFoundError:
                 return None
             except OSError as exc:
@@ -637,8 +626,7 @@ class FlatfsBlockstore:
                 if entry.name.endswith(TEMP_SUFFIX):
                     _unlink_quietly(entry.path)
                     removed += 1
-        tmp = self.root / "SHARDING.tmp"
-        if tmp.exists():
+        for tmp in self.root.glob("SHARDING.*tmp"):  # SHARDING.tmp from older versions too
             _unlink_quietly(str(tmp))
             removed += 1
         return removed

@@ -57,6 +57,7 @@ from shoal.store.errors import (
     BlockNotFound, GcRefused, HashMismatch, IndexCorrupt, IndexMissing, InvalidInput, NotPinned,
     RepoError, RepoLocked, RepoNotEmpty, RepoNotInitialized, StoreError, StorageFull,
 )
+from shoal.store.persist.durable import publish
 from shoal.store.persist.flatfs import FlatfsBlockstore, cid_for_key
 from shoal.store.persist.index import Index, ObjectRecord, PinRecord
 from shoal.store.chunking.profiles import DEFAULT_PROFILE, PROFILES, Profile
@@ -319,13 +320,13 @@ class Repo:
                 for suffix in ("-wal", "-shm"):
                     side = index_path.with_name(INDEX_FILE + suffix)
                     if side.exists():
-                        os.replace(side, side.with_name(f"{side.name}.orphan-{stamp}"))
+                        publish(side, side.with_name(f"{side.name}.orphan-{stamp}"))
             except IndexCorrupt:
                 moved = index_path.with_name(f"{INDEX_FILE}.damaged-{stamp}")
                 for suffix in ("", "-wal", "-shm"):
                     side = index_path.with_name(INDEX_FILE + suffix)
                     if side.exists():
-                        os.replace(side, moved.with_name(moved.name + suffix))
+                        publish(side, moved.with_name(moved.name + suffix))
             repo = cls(path, fd, create_index=True)
         except BaseException:
             os.close(fd)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from shoal.store.persist.durable import durable_file
+
 __all__ = ["Reserve", "RESERVE_BYTES", "RESERVE_FILE", "free_bytes"]
 
 RESERVE_FILE = "reserve"
@@ -82,20 +84,10 @@ class Reserve:
         size = min(self.target, free // MAX_FRACTION)
         if size < 64 * 1024 or free < 2 * size:
             return False
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
+            with durable_file(self.path) as f:
                 # Really allocated (not a sparse file), or the space is not held.
-                os.posix_fallocate(fd, 0, size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+                os.posix_fallocate(f.fileno(), 0, size)
             return True
         except OSError:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             return False

@@ -90,13 +90,13 @@ def test_temp_files_ignored_and_cleaned(tmp_path: Path) -> None:
 
 def test_flush_syncs_dirty_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[Path] = []
-    real = flatfs._fsync_dir
+    real = flatfs.fsync_dir
 
     def spy(path: Path) -> None:
         synced.append(Path(path))
         real(path)
 
-    monkeypatch.setattr(flatfs, "_fsync_dir", spy)
+    monkeypatch.setattr(flatfs, "fsync_dir", spy)
     bs = FlatfsBlockstore(tmp_path / "blocks")
     cid = make_cid("raw", b"durable")
     bs.put(cid, b"durable")

@@ -119,7 +119,7 @@ def test_flush_syncs_new_shards_and_root(tmp_path: Path, monkeypatch: pytest.Mon
         with lock:
             synced.append(Path(path))
 
-    monkeypatch.setattr(flatfs, "_fsync_dir", record)
+    monkeypatch.setattr(flatfs, "fsync_dir", record)
     data = _blocks(20)
     for d in data:
         store.put_trusted(make_cid("raw", d), d)
@@ -140,11 +140,11 @@ def test_flush_failure_keeps_everything_dirty(tmp_path: Path, monkeypatch: pytes
     def broken(path: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(flatfs, "_fsync_dir", broken)
+    monkeypatch.setattr(flatfs, "fsync_dir", broken)
     with pytest.raises(RepoError):
         store.flush()
     synced: list[Path] = []
-    monkeypatch.setattr(flatfs, "_fsync_dir", lambda p: synced.append(Path(p)))
+    monkeypatch.setattr(flatfs, "fsync_dir", lambda p: synced.append(Path(p)))
     store.flush()
     assert tmp_path / "blocks" in synced and len(synced) > 1
 
@@ -157,7 +157,7 @@ def test_reput_of_an_existing_block_still_syncs_its_name(tmp_path: Path, monkeyp
     FlatfsBlockstore(tmp_path / "blocks").put_trusted(cid, data)  # never flushed: "died"
     store = FlatfsBlockstore(tmp_path / "blocks")
     synced: list[Path] = []
-    monkeypatch.setattr(flatfs, "_fsync_dir", lambda p: synced.append(Path(p)))
+    monkeypatch.setattr(flatfs, "fsync_dir", lambda p: synced.append(Path(p)))
     assert store.put_trusted(cid, data) is False
     store.flush()
     assert tmp_path / "blocks" in synced
