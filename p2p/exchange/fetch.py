@@ -23,6 +23,7 @@ import trio
 from shoal.store.ipld.cid import CID, RAW, verify_block
 from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
 from shoal.store.dag.exporter import iter_links
+from shoal.store.dag.walk import DagWalk, cid_key
 
 from shoal.p2p.wire import limits as L
 from shoal.p2p.net.connection import RequestFailed
@@ -134,14 +135,10 @@ def missing_blocks(store: Any, root: CID, limit: int = 16) -> list[CID]:
     fetched one was hash-checked before it was stored); inner nodes are read,
     verified, to follow their links. Runs in a worker thread."""
     missing: list[CID] = []
-    seen: set[tuple[int, bytes]] = set()
-    stack = [root]
-    while stack and len(missing) < limit:
-        cid = stack.pop()
-        visit = (int(cid.codec.code), bytes(cid))
-        if visit in seen:
-            continue
-        seen.add(visit)
+    walk = DagWalk([root])
+    for cid in walk:
+        if len(missing) >= limit:
+            break
         if cid.codec.name == RAW:
             if not store.has(cid):
                 missing.append(cid)
@@ -151,7 +148,7 @@ def missing_blocks(store: Any, root: CID, limit: int = 16) -> list[CID]:
         except (BlockNotFound, HashMismatch):
             missing.append(cid)
             continue
-        stack.extend(reversed(iter_links(cid, data)))
+        walk.push(iter_links(cid, data))
     return missing
 
 
@@ -334,6 +331,7 @@ class _Fetch(PlannedFetch):
         self.progress = progress or (lambda n: None)
         self.on_stored = on_stored
         self.cids: dict[bytes, CID] = {}
+        self.walk = DagWalk(key=cid_key)  # keyed like `cids`: by binary CID
         self.check_local = False  # re-hash local raw leaves too (see fetch_dag)
 
     async def run(self, holders: list[PeerId] | None, *, guard: bool = True) -> FetchResult:
@@ -370,13 +368,15 @@ class _Fetch(PlannedFetch):
             await self._consider(links)
 
     async def _consider(self, cids: list[CID]) -> None:
-        """Queue missing blocks; walk present dag-pb blocks locally (resume)."""
-        stack = list(reversed(cids))
-        while stack:
-            cid = stack.pop()
+        """Queue missing blocks; walk present dag-pb blocks locally (resume).
+
+        One `DagWalk` for the whole fetch: a block wanted from the swarm is
+        visited (and deduped) now, and its links are pushed on the same walk
+        when it arrives (`_on_block`).
+        """
+        self.walk.push(cids)
+        for cid in self.walk:
             key = bytes(cid)
-            if key in self.cids:
-                continue
             self.cids[key] = cid
             if not self.store.has(cid):
                 self._want(cid, key)
@@ -396,7 +396,7 @@ class _Fetch(PlannedFetch):
                 self._want(cid, key)
                 continue
             if cid.codec.name != RAW:
-                stack.extend(reversed(iter_links(cid, data)))
+                self.walk.push(iter_links(cid, data))
 
     def _want(self, cid: CID, key: bytes) -> None:
         """Fetch this block from the swarm (and tell `on_wanted` it is coming)."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import trio
 
+from shoal.store.dag.walk import DagWalk
 from shoal.store.ipld import dagpb, unixfs
 from shoal.store.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes
 from shoal.store.errors import (
@@ -177,9 +178,10 @@ def missing_range_blocks(store: Any, cid: CID, offset: int, length: int | None,
     in `store` (inner nodes: absent or corrupt), up to `limit`. A worker thread's job."""
     walk = RangeWalk(cid, offset, length)
     missing: list[CID] = []
-    stack = list(reversed(walk.start()))
-    while stack and len(missing) < limit:
-        block = stack.pop()
+    blocks = DagWalk(walk.start(), key=None)  # a block once per span it covers
+    for block in blocks:
+        if len(missing) >= limit:
+            break
         if block.codec.name == RAW:
             if not store.has(block):
                 missing.append(block)
@@ -191,7 +193,7 @@ def missing_range_blocks(store: Any, cid: CID, offset: int, length: int | None,
             missing.append(block)
             continue
         try:
-            stack.extend(reversed(walk.on_block(block, data)))
+            blocks.push(walk.on_block(block, data))
         except StoreError as exc:
             raise FetchFailed(f"block {block} of {cid} is malformed: {exc}") from None
     return missing
@@ -206,6 +208,9 @@ class _RangeFetch(PlannedFetch):
         self.result: RangeFetchResult = result
         self.walk = walk
         self.waiting: set[bytes] = set()
+        # No dedupe in the walk: `RangeWalk` tracks each span a block covers,
+        # and a block already asked for is skipped through `waiting` instead.
+        self.blocks = DagWalk(key=None)
 
     async def run(self) -> None:
         await self._consider(self.walk.start())
@@ -221,10 +226,12 @@ class _RangeFetch(PlannedFetch):
         await self._consider(self._expand(cid, data))
 
     async def _consider(self, cids: list[CID]) -> None:
-        """Expand blocks we already hold; queue the rest (each key once)."""
-        stack = list(reversed(cids))
-        while stack:
-            cid = stack.pop()
+        """Expand blocks we already hold; queue the rest (each key once).
+
+        The shared `DagWalk` gives the order; `RangeWalk` decides which
+        links of a block to follow (those covering the range)."""
+        self.blocks.push(cids)
+        for cid in self.blocks:
             key = bytes(cid)
             if key in self.waiting:
                 continue  # its arrival expands every occurrence
@@ -244,7 +251,7 @@ class _RangeFetch(PlannedFetch):
                 self.planner.want([key])
                 continue
             self.result.local_blocks += 1
-            stack.extend(reversed(self._expand(cid, data)))
+            self.blocks.push(self._expand(cid, data))
 
     def _expand(self, cid: CID, data: bytes) -> list[CID]:
         try:

@@ -48,6 +48,7 @@ from shoal.store.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes
 from shoal.store.errors import InvalidCID, InvalidInput, MalformedBlock, StorageFull, StoreError
 from shoal.store.persist.direct_io import DirectWriter
 from shoal.store.persist.durable import durable_file, fsync_dir
+from shoal.store.dag.walk import DagWalk, block_identity
 from shoal.store.ipld.unixfs import DataType, UnixFSData, valid_hamt_fanout
 
 __all__ = [
@@ -633,14 +634,8 @@ def walk_dag(source: Source, cid: CID) -> Iterator[tuple[CID, bytes]]:
     dag-pb block count once, and a raw CID never hides a dag-pb one's links.
     """
     get = _getter(source)
-    seen: set[tuple[int, bytes]] = set()
-    stack = [cid]
-    while stack:
-        current = stack.pop()
-        key = (current.codec.code, bytes(current.digest))
-        if key in seen:
-            continue
-        seen.add(key)
+    walk = DagWalk([cid], key=block_identity)
+    for current in walk:
         block = get(current)
         yield current, block
-        stack.extend(reversed(iter_links(current, block)))
+        walk.push(iter_links(current, block))

@@ -28,6 +28,7 @@ from shoal.store.ipld.cid import CID, DAG_PB, block_key, cid_from_bytes, verify_
 from shoal.store.errors import CarError, HashMismatch, InvalidCID, MalformedBlock, StoreError
 from shoal.store.dag.exporter import iter_links, walk_dag
 from shoal.store.persist.durable import durable_file
+from shoal.store.dag.walk import DagWalk
 
 if TYPE_CHECKING:
     from shoal.store.persist.blockstore import Blockstore
@@ -398,14 +399,10 @@ def _find_missing(roots: list[CID], present: set[str], links: dict[str, list[CID
                   blockstore: Blockstore) -> list[CID]:
     """CIDs reachable from the roots that are neither in the CAR nor in the store."""
     missing: list[CID] = []
-    seen: set[str] = set()
-    stack = list(reversed(roots))
-    while stack:
-        cid = stack.pop()
+    # Keyed like the blockstore (multihash only): the CAR's presence set is too.
+    walk = DagWalk(roots, key=block_key)
+    for cid in walk:
         key = block_key(cid)
-        if key in seen:
-            continue
-        seen.add(key)
         if key in present:
             children = links.get(key, []) if cid.codec.name == DAG_PB else []
         elif blockstore.has(cid):
@@ -414,7 +411,7 @@ def _find_missing(roots: list[CID], present: set[str], links: dict[str, list[CID
         else:
             missing.append(cid.set(base="base32") if cid.version == 1 else cid)
             continue
-        stack.extend(reversed(children))
+        walk.push(children)
     return missing
 
 
