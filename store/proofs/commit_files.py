@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from shoal.store.dag import exporter
+from shoal.store.dag.walk import DagWalk
 from shoal.store.persist.blockstore import Blockstore
 from shoal.store.ipld.cid import CID, RAW
 from shoal.store.errors import StoreError
@@ -167,21 +168,15 @@ def object_bytes(backing: Blockstore, cid: CID) -> ObjectBytes:
 def _dag_layout(store: Blockstore, root: CID) -> list[tuple[int, CID, int]]:
     """(offset, cid, size) of every block, depth-first in link order, each block once."""
     out: list[tuple[int, CID, int]] = []
-    seen: set[bytes] = set()
-    stack = [root]
     pos = 0
-    while stack:
-        cid = stack.pop()
-        key = bytes(cid)
-        if key in seen:
-            continue
-        seen.add(key)
+    walk = DagWalk([root])
+    for cid in walk:
         if cid.codec.name == RAW:
             size = store.size(cid)
         else:
             data = store.get(cid)
             size = len(data)
-            stack.extend(reversed(exporter.iter_links(cid, data)))
+            walk.push(exporter.iter_links(cid, data))
         out.append((pos, cid, size))
         pos += size
     return out
@@ -217,23 +212,19 @@ def stored_dag_bytes(store: Blockstore, cid: CID, should_stop: ShouldStop | None
     bounded against this number (shoal.p2p.replication.holder). Raises StoreError if a block
     is missing; reads only the dag-pb nodes (raw leaves are sized, not read).
     """
-    seen: set[bytes] = set()
-    stack = [cid]
     total = 0
-    while stack:
-        if len(seen) % 256 == 0:
+    walk = DagWalk([cid])
+    for block in walk:
+        if walk.visited % 256 == 1:  # the first block, then every 256th
             check_stop(should_stop)
-        block = stack.pop()
-        key = bytes(block)
-        if key in seen:
-            continue
-        seen.add(key)
         if block.codec.name == RAW:
             total += store.size(block)
             continue
         data = store.get(block)
         total += len(data)
-        stack.extend(exporter.iter_links(block, data))
+        # Last link first, as this walk always went: the sum does not care,
+        # but on a DAG damaged in several places it picks which error is raised.
+        walk.push(exporter.iter_links(block, data)[::-1])
     return total
 
 
