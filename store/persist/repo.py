@@ -512,17 +512,12 @@ class Repo:
     def _walk(self, root: CID) -> Iterator[tuple[CID, BlockNotFound | HashMismatch | None]]:
         """Yield (cid, None) per present block, (cid, error) per missing or bad one."""
         from shoal.store.dag.exporter import iter_links
+        from shoal.store.dag.walk import DagWalk, block_identity
 
-        seen: set[tuple[int, str]] = set()
-        stack = [root]
-        while stack:
-            cid = stack.pop()
-            # The codec is part of the visit key: raw and dag-pb readings of
-            # the same bytes differ in links.
-            visit = (int(cid.codec.code), block_key(cid))
-            if visit in seen:
-                continue
-            seen.add(visit)
+        # The codec is part of the visit key: raw and dag-pb readings of
+        # the same bytes differ in links.
+        walk = DagWalk([root], key=block_identity)
+        for cid in walk:
             if cid.codec.name == RAW:
                 if self.blockstore.has(cid):
                     yield cid, None
@@ -535,7 +530,7 @@ class Repo:
                 yield cid, exc
                 continue
             yield cid, None
-            stack.extend(reversed(iter_links(cid, data)))
+            walk.push(iter_links(cid, data))
 
     def adopt(self, cid: CID | str, name: str | None = None) -> ObjectRecord:
         """Pin a complete DAG that arrived by other means (a CAR, the network)

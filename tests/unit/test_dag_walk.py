@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -30,6 +31,7 @@ from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
 from shoal.store.ipld import car, dagpb
 from shoal.store.ipld.cid import CID, RAW, block_key, make_cid
 from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.persist.repo import Repo
 from shoal.store.proofs import commit_files
 from tests.unit.test_fetch_integrity import FakeNode
 
@@ -161,6 +163,30 @@ def old_stored_dag_bytes(store: Any, cid: CID) -> int:
         total += len(data)
         stack.extend(iter_links(block, data))
     return total
+
+
+def old_repo_walk(store: Any, root: CID) -> list[tuple[CID, Any]]:
+    """store/persist/repo.py's `Repo._walk` (dag_keys, gc, verify) as it was."""
+    out: list[tuple[CID, Any]] = []
+    seen: set[tuple[int, str]] = set()
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        visit = (int(cid.codec.code), block_key(cid))
+        if visit in seen:
+            continue
+        seen.add(visit)
+        if cid.codec.name == RAW:
+            out.append((cid, None if store.has(cid) else BlockNotFound(cid)))
+            continue
+        try:
+            data = store.get(cid)
+        except (BlockNotFound, HashMismatch) as exc:
+            out.append((cid, exc))
+            continue
+        out.append((cid, None))
+        stack.extend(reversed(iter_links(cid, data)))
+    return out
 
 
 @dataclass
@@ -562,3 +588,17 @@ def test_range_fetch_walk_is_unchanged(data: st.DataObject) -> None:
     new = new_range_walk(new_local, dag.source, dag.root, offset, length)
     assert new == old
     assert missing_range_blocks(new_local, dag.root, offset, length) == []
+
+
+@SETTINGS
+@given(st.data())
+def test_repo_walk_is_unchanged(data: st.DataObject) -> None:
+    """`Repo._walk` (behind dag_keys, gc's pin walk and verify) on a damaged copy."""
+    dag = data.draw(dags())
+    local = damaged_copy(data.draw, dag)
+    repo: Any = SimpleNamespace(blockstore=local)  # the walk uses nothing else of the repo
+
+    def shown(walked: Any) -> list[tuple[bytes, str | None]]:
+        return [(bytes(c), None if p is None else f"{type(p).__name__}: {p}") for c, p in walked]
+
+    assert shown(Repo._walk(repo, dag.root)) == shown(old_repo_walk(local, dag.root))
