@@ -5,8 +5,8 @@
 - `ProcSample` / `cpu_seconds` / `peak_rss`: CPU time (utime + stime, all
   threads) and peak resident set (VmHWM) of a running process, read from
   /proc so they work for long-lived child processes we do not reap.
-- `Cleanup`: owns every child process and temp dir a benchmark makes and
-  removes them on normal exit, on an exception and on SIGINT / SIGTERM.
+- `Cleanup`: owns every child process, node swarm and temp dir a benchmark
+  makes and removes them on normal exit, on an exception and on SIGINT / SIGTERM.
 - `print_table`, `write_json`, `update_results_section`: output.
 
 Standard library only, so it also runs under the separate baseline venv.
@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
@@ -129,6 +129,7 @@ class Cleanup:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
         self.dirs: list[Path] = []
+        self.callbacks: list[Callable[[], None]] = []
         self._old_term: Any = None
         self._old_int: Any = None
 
@@ -176,7 +177,17 @@ class Cleanup:
                 except OSError:
                     pass
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run `callback` at close, before the processes and dirs go (e.g. stopping a node swarm)."""
+        self.callbacks.append(callback)
+
     def close(self) -> None:
+        for callback in reversed(self.callbacks):
+            try:
+                callback()
+            except Exception as exc:  # keep cleaning up the rest
+                print(f"cleanup: {callback!r} failed: {exc}", file=sys.stderr)
+        self.callbacks.clear()
         for proc in reversed(self.procs):
             try:
                 self.stop(proc)

@@ -43,11 +43,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from shoal.cli.swarm import LocalSwarm  # noqa: E402
+from shoal.cli.swarm import NodeProcess as NodeProc  # noqa: E402
 
 from common import (  # noqa: E402
     BENCH_DIR,
@@ -124,54 +127,24 @@ def shoal(repo: Path, *args: str, timeout: float = 3600) -> subprocess.Completed
     return proc
 
 
-@dataclass
-class NodeProc:
-    name: str
-    repo: Path
-    proc: subprocess.Popen
-    peer_id: str = ""
-    addrs: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def addr(self) -> str:
-        return self.addrs[0]
-
-    def connected_peers(self) -> set[str]:
-        peers = json.loads(shoal(self.repo, "peers", "--json").stdout)
-        return {p["peer_id"] for p in peers if p.get("connected")}
+NODE_READY_S = 60.0
+STOP_S = 15.0  # as Cleanup.stop
 
 
-def start_node(cl: Cleanup, root: Path, name: str, bootstrap: list[str] = ()) -> NodeProc:
-    repo = root / name
-    shoal(repo, "init")
-    cmd = [str(SHOAL_PY), "-m", "shoal.cli.main", "--repo", str(repo), "node", "start",
-           "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--log-level", "WARNING"]
-    for b in bootstrap:
-        cmd += ["--bootstrap", b]
-    logf = open(root / f"{name}.log", "wb")
-    proc = cl.popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=shoal_env(), cwd=PROJECT_ROOT)
-    logf.close()
-    node = NodeProc(name, repo, proc)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"node {name} exited with {proc.returncode}: "
-                               f"{(root / f'{name}.log').read_text()[-2000:]}")
-        return (repo / "api").exists()
-
-    wait_for(ready, 60, f"node {name} to write its api file")
-    doc = json.loads(shoal(repo, "id", "--json").stdout)
-    node.peer_id, node.addrs = doc["peer_id"], doc["addrs"]
-    return node
+def node_swarm(cl: Cleanup, root: Path) -> LocalSwarm:
+    """Nodes under `root`, started by the shared harness (shoal.cli.swarm, as for the demo and the
+    tests); `cl` stops them on any exit, before it removes the temp dirs."""
+    swarm = LocalSwarm(root, ["--log-level", "WARNING"], python=str(SHOAL_PY), env=shoal_env(), cwd=PROJECT_ROOT)
+    cl.on_close(swarm.close)
+    return swarm
 
 
-def wait_connected(node: NodeProc, peer_ids: list[str], timeout: float = 30) -> None:
-    wait_for(lambda: set(peer_ids) <= node.connected_peers(), timeout,
-             f"{node.name} to connect to {len(peer_ids)} peer(s)", interval=0.3)
+def start_node(swarm: LocalSwarm, name: str, bootstrap: list[str] = ()) -> NodeProc:
+    return swarm.add(name, bootstrap, timeout=NODE_READY_S)
+
+
+def wait_connected(swarm: LocalSwarm, node: NodeProc, peer_ids: list[str], timeout: float = 30) -> None:
+    swarm.wait_connected(node, peer_ids, timeout)
 
 
 def put(node: NodeProc, path: Path) -> str:
@@ -290,15 +263,16 @@ def _short(frame: str) -> str:
 
 def bench_shoal(cl: Cleanup, work: Path, data: Path, size: int, profile: bool) -> dict[str, Any]:
     root = cl.tempdir("shoal-xfer-", parent=str(work))
+    swarm = node_swarm(cl, root)
     log("shoal: starting node A")
-    a = start_node(cl, root, "A")
+    a = start_node(swarm, "A")
     log(f"shoal: put {human_bytes(size)} on A (not timed)")
     t0 = time.perf_counter()
     cid = put(a, data)
     put_s = time.perf_counter() - t0
     log(f"shoal: put took {put_s:.1f} s, cid {cid}; starting B bootstrapped to A")
-    b = start_node(cl, root, "B", [a.addr])
-    wait_connected(b, [a.peer_id])
+    b = start_node(swarm, "B", [a.addr])
+    wait_connected(swarm, b, [a.peer_id])
     overhead = cli_overhead(b)
     out = root / "out.bin"
     log("shoal: timing `shoal --repo B get`")
@@ -326,18 +300,19 @@ def bench_shoal(cl: Cleanup, work: Path, data: Path, size: int, profile: bool) -
         "get_stats": run["stats"],
     }
     out.unlink()
-    cl.stop(b.proc)
-    result["breakdown"] = breakdown(cl, root, a, cid, size)
+    b.stop(STOP_S)
+    result["breakdown"] = breakdown(swarm, a, cid, size)
     if profile:
-        result["profile"] = profile_get(cl, root, a, cid, size)
-    cl.stop(a.proc)
+        result["profile"] = profile_get(cl, swarm, a, cid, size)
+    a.stop(STOP_S)
     return result
 
 
-def breakdown(cl: Cleanup, root: Path, a: NodeProc, cid: str, size: int) -> dict[str, Any]:
+def breakdown(swarm: LocalSwarm, a: NodeProc, cid: str, size: int) -> dict[str, Any]:
     """Into a fresh node F: time the network fetch alone (API), then `shoal get` with every block local."""
-    f = start_node(cl, root, "F", [a.addr])
-    wait_connected(f, [a.peer_id])
+    root = swarm.root
+    f = start_node(swarm, "F", [a.addr])
+    wait_connected(swarm, f, [a.peer_id])
     log("shoal: breakdown: fetch only (POST /v1/fetch) into fresh node F")
     before = ProcSample.take([a.pid, f.pid])
     fetch = api_fetch(f, cid)
@@ -347,7 +322,7 @@ def breakdown(cl: Cleanup, root: Path, a: NodeProc, cid: str, size: int) -> dict
     shoal(f.repo, "get", cid, "-o", str(out))
     export_s = time.perf_counter() - t0
     out.unlink()
-    cl.stop(f.proc)
+    f.stop(STOP_S)
     return {"fetch_only_seconds": round(fetch["seconds"], 3),
             "fetch_only_MBps": round(mb_per_s(size, fetch["seconds"]), 1),
             "fetch_only_cpu_seconds_per_GiB": {"sender_A": round(cpu[a.pid] * GIB / size, 2),
@@ -355,13 +330,14 @@ def breakdown(cl: Cleanup, root: Path, a: NodeProc, cid: str, size: int) -> dict
             "local_get_seconds (CLI + export of local blocks to OUT, fsync)": round(export_s, 3)}
 
 
-def profile_get(cl: Cleanup, root: Path, a: NodeProc, cid: str, size: int) -> dict[str, Any]:
+def profile_get(cl: Cleanup, swarm: LocalSwarm, a: NodeProc, cid: str, size: int) -> dict[str, Any]:
     """A second get, into a fresh node C, with py-spy recording A and C (not the timed run)."""
     spy = pyspy_bin()
     if spy is None:
         return {"error": "py-spy not found (pip install py-spy)"}
-    c = start_node(cl, root, "C", [a.addr])
-    wait_connected(c, [a.peer_id])
+    root = swarm.root
+    c = start_node(swarm, "C", [a.addr])
+    wait_connected(swarm, c, [a.peer_id])
     recs = {}
     for node in (a, c):
         outp = root / f"pyspy-{node.name}.txt"
@@ -385,7 +361,7 @@ def profile_get(cl: Cleanup, root: Path, a: NodeProc, cid: str, size: int) -> di
             summary["error"] = err.strip()[-500:]
         report["sender_A" if name == "A" else "receiver_C"] = summary
     (root / "out-profiled.bin").unlink(missing_ok=True)
-    cl.stop(c.proc)
+    c.stop(STOP_S)
     return report
 
 
@@ -648,16 +624,17 @@ def bench_rate_limited(cl: Cleanup, work: Path, size: int, rate: float) -> dict[
     data = root / "rate.bin"
     write_pseudorandom(data, size, seed=7)
     log(f"rate: two holders H1, H2 with the same {human_bytes(size)} object, {rate / 1e6:g} MB/s each")
-    h1 = start_node(cl, root, "H1")
-    h2 = start_node(cl, root, "H2")
+    swarm = node_swarm(cl, root)
+    h1 = start_node(swarm, "H1")
+    h2 = start_node(swarm, "H2")
     cid = put(h1, data)
     if put(h2, data) != cid:
         raise RuntimeError("the two holders computed different CIDs for the same bytes")
     cases: dict[str, Any] = {}
     for label, holders in (("one_holder", [h1]), ("two_holders", [h1, h2])):
         proxies = [start_proxy(cl, root, f"{label}-{h.name}", tcp_port(h.addr), rate) for h in holders]
-        c = start_node(cl, root, f"C-{label}", [proxied_addr(h, p) for h, p in zip(holders, proxies)])
-        wait_connected(c, [h.peer_id for h in holders])
+        c = start_node(swarm, f"C-{label}", [proxied_addr(h, p) for h, p in zip(holders, proxies)])
+        wait_connected(swarm, c, [h.peer_id for h in holders])
         out = root / f"out-{label}.bin"
         log(f"rate: timing get on C with {len(holders)} throttled holder(s)")
         run = timed_get(c, cid, out, holders + [c])
@@ -673,7 +650,7 @@ def bench_rate_limited(cl: Cleanup, work: Path, size: int, rate: float) -> dict[
             "all_bytes_through_proxies": sum(via.values()) >= size,
         }
         out.unlink()
-        cl.stop(c.proc)  # C now holds the object: it must not serve the next case
+        c.stop(STOP_S)  # C now holds the object: it must not serve the next case
         for p in proxies:
             cl.stop(p.proc)
     one, two = cases["one_holder"]["get_seconds"], cases["two_holders"]["get_seconds"]

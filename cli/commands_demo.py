@@ -113,9 +113,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def run_demo(swarm: LocalSwarm, root: Path, size: int) -> None:
     say("== Shoal demo: real node processes on this machine; three peers start now, more join later ==")
-    a = swarm.add_node("alice")
-    b = swarm.add_node("bob", bootstrap=a.addrs[:1])
-    c = swarm.add_node("carol", bootstrap=b.addrs[:1])
+    a = swarm.add("alice")
+    b = swarm.add("bob", bootstrap=a.addrs[:1])
+    c = swarm.add("carol", bootstrap=b.addrs[:1])
     for n in (a, b, c):
         say(f"  {n.name:<6} {n.peer_id}  {n.addrs[0].rsplit('/p2p/', 1)[0]}")
     swarm.wait_connected(c, 2)

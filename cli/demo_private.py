@@ -43,9 +43,9 @@ def private_swarm_step(swarm: LocalSwarm, root: Path, cid: str) -> None:
     key_file = root / "swarm.key"
     key_file.write_bytes(key.encode())
     key_file.chmod(0o600)
-    frank = swarm.add_node("frank", args=["--swarm-key", str(key_file)])
-    grace = swarm.add_node("grace", bootstrap=frank.addrs[:1], args=["--swarm-key", str(key_file)])
-    mallory = swarm.add_node("mallory", bootstrap=frank.addrs[:1])
+    frank = swarm.add("frank", extra_args=["--swarm-key", str(key_file)])
+    grace = swarm.add("grace", bootstrap=frank.addrs[:1], extra_args=["--swarm-key", str(key_file)])
+    mallory = swarm.add("mallory", bootstrap=frank.addrs[:1])
     say(f"  frank and grace share a swarm key (fingerprint {key.fingerprint()}); mallory has none")
 
     secret = root / "private-notes.bin"

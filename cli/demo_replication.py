@@ -38,7 +38,7 @@ def replication_step(swarm: LocalSwarm, root: Path, cid: str) -> None:
     a = swarm.nodes[0]
     say("== replication: three copies, proofs of storage, automatic repair ==")
     for name in ("dave", "erin"):
-        swarm.add_node(name, bootstrap=a.addrs[:1])
+        swarm.add(name, bootstrap=a.addrs[:1])
     names = {n.peer_id: n.name for n in swarm.nodes}
     swarm.wait_connected(a, len(swarm.nodes) - 1)
     say(f"  dave and erin joined: {len(swarm.nodes)} peers")

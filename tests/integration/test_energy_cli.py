@@ -103,8 +103,8 @@ def test_getter_sees_the_peers_serve_energy_in_swarm_totals(tmp_path: Path) -> N
     size = 16 * MiB
     write_random(tmp_path / "model.bin", size, seed=4)
     with LocalSwarm(tmp_path / "swarm") as swarm:
-        a = swarm.add_node("a")
-        b = swarm.add_node("b", bootstrap=a.addrs[:1])
+        a = swarm.add("a")
+        b = swarm.add("b", bootstrap=a.addrs[:1])
         swarm.wait_connected(b, 1)
         cid = a.call("POST", "/v1/put", {"path": str(tmp_path / "model.bin")})["cid"]
         r = run_shoal(b.repo, "get", cid, "-o", str(tmp_path / "copy.bin"))
@@ -120,7 +120,7 @@ def test_getter_sees_the_peers_serve_energy_in_swarm_totals(tmp_path: Path) -> N
 
         text = run_shoal(b.repo, "energy")
         assert text.code == 0 and "scope: swarm" in text.text
-        swarm.stop(a)
+        a.stop()
     # a flushed its aggregated serve totals to its ledger when it stopped.
     offline = energy(a.repo)
     assert offline["scope"] == "node"

@@ -42,31 +42,10 @@ def set_config(repo: Path, **node: object) -> None:
     path.write_text("\n".join(out) + "\n")
 
 
-class ConfigNode(NodeProc):
+def config_node(swarm: Swarm, name: str, *flags: str) -> NodeProc:
     """A node started with only the flags a test gives, so config.toml decides the rest."""
-
-    def start(self, wait: bool = True) -> "ConfigNode":
-        import subprocess
-
-        from tests.helpers import PROJECT_ROOT, SHOAL, shoal_env
-
-        assert self.proc is None or self.proc.poll() is not None
-        cmd = SHOAL + ["--repo", str(self.repo), "node", "start", *self.extra_args]
-        self._log_file = open(self.log_path, "ab")
-        (self.repo / "api").unlink(missing_ok=True)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=self._log_file, env=shoal_env(), cwd=PROJECT_ROOT)
-        if wait:
-            self.wait_ready()
-        return self
-
-
-def config_node(swarm: Swarm, name: str, *flags: str) -> ConfigNode:
-    repo = swarm.root / f"repo-{name}"
-    r = run_shoal(repo, "init")
-    assert r.code == 0, r.err
-    node = ConfigNode(name, repo, swarm.root / f"{name}.log", [], list(flags))
-    swarm.nodes.append(node)
+    node = swarm.node(name, extra_args=flags, listen=None, api_listen=None)
+    assert isinstance(node, NodeProc)
     return node
 
 

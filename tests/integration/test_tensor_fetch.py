@@ -69,8 +69,8 @@ def test_cat_tensor_from_remote_peer_moves_only_that_tensor(tmp_path: Path) -> N
     node_bytes = sum(len(block) for c, block in walk_dag(bs, expected_cid) if c.codec.name == "dag-pb")
 
     with LocalSwarm(tmp_path / "swarm") as swarm:
-        a = swarm.add_node("a")
-        b = swarm.add_node("b", bootstrap=a.addrs)
+        a = swarm.add("a")
+        b = swarm.add("b", bootstrap=a.addrs)
         swarm.wait_connected(b, 1)
         put = run_shoal(a.repo, "put", str(path), "--chunker", "safetensors", "--quiet")
         assert put.code == 0, put.err
@@ -106,8 +106,8 @@ def test_cat_byte_range_from_remote_peer_fixed_chunks(tmp_path: Path) -> None:
     src = tmp_path / "blob.bin"
     data = write_random(src, 20 * 1024 * 1024 + 123, seed=5)
     with LocalSwarm(tmp_path / "swarm") as swarm:
-        a = swarm.add_node("a")
-        b = swarm.add_node("b", bootstrap=a.addrs)
+        a = swarm.add("a")
+        b = swarm.add("b", bootstrap=a.addrs)
         swarm.wait_connected(b, 1)
         cid = run_shoal(a.repo, "put", str(src), "--quiet").text.strip()
         out = run_shoal(b.repo, "cat", cid, "--offset", str(5 * 1024 * 1024 - 10), "--length", "20")
