@@ -3,13 +3,14 @@ per-key locks that do not outlive their users.
 
 StoreGuard: fetches and imports write blocks that become pinned only at the
 end; gc must not run in between or it would delete them. Many writers may
-hold the guard together (shared); gc holds it alone (exclusive). A waiting
-gc goes first: once it waits, new shared holders wait behind it, so a
-stream of overlapping fetches cannot starve it (before, they could for as
-long as they kept coming). The price: a task must never take the guard
-shared while it already holds it (it would wait for a gc that waits for
-it); nested callers pass `guard=False` (shoal.p2p.exchange.fetch.fetch_dag). Waiting
-happens in the event loop, never by blocking a thread.
+hold the guard together (shared); gc holds it alone (exclusive). Who may
+enter is decided by shoal.store.persist.shared_exclusive.SharedExclusivePolicy,
+the same policy the repo's thread guard uses: a waiting gc goes first, so
+a stream of overlapping fetches cannot starve it. The price: a task must
+never take the guard shared while it already holds it (it would wait for a
+gc that waits for it); nested callers pass `guard=False`
+(shoal.p2p.exchange.fetch.fetch_dag). Waiting happens in the event loop,
+never by blocking a thread.
 
 KeyedLocks: one lock per key (an object's CID) for as long as anyone holds
 or waits for it, then forgotten; a dictionary of locks that only grew kept
@@ -23,12 +24,14 @@ from typing import AsyncIterator
 
 import trio
 
+from shoal.store.persist.shared_exclusive import SharedExclusivePolicy
+
 
 class StoreGuard:
+    """The shared/exclusive policy (shoal.store.persist.shared_exclusive) for trio tasks."""
+
     def __init__(self) -> None:
-        self._shared = 0
-        self._exclusive = False
-        self._exclusive_waiting = 0
+        self.policy = SharedExclusivePolicy()
         self._changed = trio.Event()
 
     def _notify(self) -> None:
@@ -37,31 +40,30 @@ class StoreGuard:
 
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
-        while self._exclusive or self._exclusive_waiting:
+        while not self.policy.may_share():
             await self._changed.wait()
-        self._shared += 1
+        self.policy.enter_shared()
         try:
             yield
         finally:
-            self._shared -= 1
+            self.policy.leave_shared()
             self._notify()
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        self._exclusive_waiting += 1
+        self.policy.wait_exclusive()
         try:
-            while self._exclusive or self._shared:
+            while not self.policy.may_take_exclusive():
                 await self._changed.wait()
         except BaseException:
-            self._exclusive_waiting -= 1
+            self.policy.stop_waiting_exclusive()
             self._notify()  # shared waiters held back by this one may go now
             raise
-        self._exclusive_waiting -= 1
-        self._exclusive = True
+        self.policy.enter_exclusive()
         try:
             yield
         finally:
-            self._exclusive = False
+            self.policy.leave_exclusive()
             self._notify()
 
 

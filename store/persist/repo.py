@@ -43,7 +43,6 @@ import dataclasses
 import errno
 import fcntl
 import os
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from shoal.store.persist.flatfs import FlatfsBlockstore, cid_for_key
 from shoal.store.persist.index import Index, ObjectRecord, PinRecord
 from shoal.store.chunking.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from shoal.store.persist.reserve import RESERVE_FILE, Reserve
+from shoal.store.persist.shared_exclusive import SharedExclusive
 from shoal.store.proofs.commit_files import PROOFS_DIR, PutProofFiles
 
 if TYPE_CHECKING:
@@ -162,49 +162,13 @@ class RepairReport:
     moved_aside: str | None = None  # where an unreadable index was moved
 
 
-class _SharedExclusive:
-    """Many writers (imports, fetches) may run together; gc and verify run alone.
-
-    gc must never see blocks that an import wrote but has not yet recorded.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
-
-
 class Repo:
     """An open repo. Use `Repo.init` or `Repo.open`; close it (or use `with`)."""
 
     def __init__(self, path: Path, lock_fd: int | None, *, create_index: bool = False) -> None:
         self.path = path
         self._lock_fd = lock_fd
-        self._guard = _SharedExclusive()
+        self._guard = SharedExclusive()
         self.reserve = Reserve(path)
         #: Bytes of the emergency reserve this open gave back (a full disk).
         self.reserve_released = 0
