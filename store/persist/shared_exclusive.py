@@ -8,8 +8,11 @@ it alone (exclusive).
 `SharedExclusivePolicy` decides who may enter, and nothing else (sans-IO:
 no locks, no waiting). It prefers the exclusive side: once a gc waits, new
 shared holders wait behind it, so a stream of overlapping writers cannot
-starve it. The price: a holder must never take the guard shared again
-while it holds it (it would wait for a gc that waits for it).
+starve it. A holder that takes the guard shared again while it holds it
+(`nested=True`) always gets in: it would otherwise wait for a gc that waits
+for it. The thread driver knows which threads hold it and says so; the
+trio driver does not track tasks, so its callers never nest (they pass
+`guard=False` instead).
 
 Two thin drivers wait on it: `SharedExclusive` below for threads (the
 repo's, `Repo.writing` / gc / verify), and shoal.p2p.net.guard.StoreGuard
@@ -41,11 +44,12 @@ class SharedExclusivePolicy:
         self.exclusive = False
         self.exclusive_waiting = 0
 
-    def may_share(self) -> bool:
-        return not self.exclusive and not self.exclusive_waiting
+    def may_share(self, nested: bool = False) -> bool:
+        """`nested`: the caller holds the guard shared already (so no exclusive holder exists)."""
+        return not self.exclusive and (nested or not self.exclusive_waiting)
 
-    def enter_shared(self) -> None:
-        if not self.may_share():
+    def enter_shared(self, nested: bool = False) -> None:
+        if not self.may_share(nested):
             raise RuntimeError("shared entry while exclusive is held or waited for")
         self.shared += 1
 
@@ -78,20 +82,29 @@ class SharedExclusivePolicy:
 
 
 class SharedExclusive:
-    """The policy for threads: waiting blocks the calling thread on a condition."""
+    """The policy for threads: waiting blocks the calling thread on a condition.
+
+    A thread may nest `shared()` (e.g. `Repo.pin_add` inside `Repo.writing`):
+    the inner entry is nested and never waits behind a waiting gc.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.policy = SharedExclusivePolicy()
+        self._held = threading.local()  # .depth: this thread's shared entries
 
     @contextmanager
     def shared(self) -> Iterator[None]:
+        depth: int = getattr(self._held, "depth", 0)
+        nested = depth > 0
         with self._cond:
-            self._cond.wait_for(self.policy.may_share)
-            self.policy.enter_shared()
+            self._cond.wait_for(lambda: self.policy.may_share(nested))
+            self.policy.enter_shared(nested)
+        self._held.depth = depth + 1
         try:
             yield
         finally:
+            self._held.depth = depth
             with self._cond:
                 self.policy.leave_shared()
                 self._cond.notify_all()

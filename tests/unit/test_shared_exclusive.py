@@ -49,6 +49,35 @@ def test_policy_prefers_the_waiting_exclusive() -> None:
     assert p.may_share()
 
 
+def test_policy_nested_shared_passes_a_waiting_exclusive() -> None:
+    """A holder entering again must not wait for a gc that waits for it."""
+    p = SharedExclusivePolicy()
+    p.enter_shared()
+    p.wait_exclusive()
+    assert not p.may_share() and p.may_share(nested=True)
+    p.enter_shared(nested=True)
+    assert p.shared == 2
+
+
+def test_thread_guard_nested_shared_with_gc_waiting() -> None:
+    guard = SharedExclusive()
+    with guard.shared():
+        gc_ran = threading.Event()
+
+        def gc() -> None:
+            with guard.exclusive():
+                gc_ran.set()
+
+        g = threading.Thread(target=gc)
+        g.start()
+        _wait_until(lambda: guard.policy.exclusive_waiting == 1)
+        with guard.shared():  # nested in this thread: gets in
+            assert guard.policy.shared == 2
+        assert not gc_ran.is_set()
+    g.join(10)
+    assert gc_ran.is_set()
+
+
 def test_policy_rejects_misuse() -> None:
     p = SharedExclusivePolicy()
     with pytest.raises(RuntimeError):
