@@ -46,9 +46,9 @@ from shoal.store.cancel import CancelFlag, Cancelled
 from shoal.store.proofs.commitment import MAX_K, NodeSource, ShouldStop, check_stop, max_challenges
 
 from shoal.p2p.wire import limits as L
-from shoal.p2p.replication.agreements import (
-    Agreements, ObjectRow, Offer, agreement_bytes, offer_signing_bytes, release_bytes,
-    trusted_holders,
+from shoal.p2p.replication.agreements import Agreements, ObjectRow
+from shoal.p2p.replication.signed import (
+    Offer, agreement_bytes, offer_signing_bytes, release_bytes, trusted_holders,
 )
 from shoal.p2p.replication.audit import prove
 from shoal.p2p.net.thread_work import CancellableStore, run_sync_cancellable
@@ -108,7 +108,7 @@ def _offer_issued(offer: bytes | None, owner: PeerId) -> int:
     return parsed.issued if parsed.signed_by(owner) else 0
 
 
-class Holding:
+class Holder:
     """Handlers for StoreRequest, ReleaseRequest and AuditChallenge, and the prover's tree cache."""
 
     def __init__(self, node: "Node", db: Agreements) -> None:

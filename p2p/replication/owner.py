@@ -1,10 +1,13 @@
-"""Replication service: placement, audits, repair and deputies on a node (owner side).
+"""Replication service, owner side: placement, releases, audits and repair on a node.
 
 The trio driver around the pure parts (`placement`, `repair_policy`) and the
 tables (`agreements`); the holder's side (taking replicas, answering audits)
-is `shoal.p2p.replication.holder`. Installed on a node by `shoal.p2p.net.extensions.install`: handlers
-for StoreRequest and AuditChallenge (from `Holding`), API routes /v1/status
-and /v1/audit, and one background task (`run`) owning a nursery.
+is `shoal.p2p.replication.holder`, deputy election `deputy`, the API routes
+/v1/status and /v1/audit `routes`, the signed byte formats `signed`.
+`ReplicationOwner` is a NodeService (shoal.p2p.net.services), registered by
+`shoal.p2p.net.extensions.install`: it adds the holder's handlers (StoreRequest,
+AuditChallenge, ReleaseRequest), the routes, and runs one background task
+(`run`) owning a nursery.
 
 Flows (docs/PROTOCOL.md has the wire details):
 - put --replicas N: the API's put calls `place`, which records the wanted
@@ -33,9 +36,7 @@ Flows (docs/PROTOCOL.md has the wire details):
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import random
 import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -47,27 +48,27 @@ from shoal.store.errors import StoreError
 from shoal.store.proofs.manifest import Manifest
 
 from shoal.p2p.wire import limits as L
-from shoal.p2p.replication.agreements import (
-    RELEASE_DONE, RELEASE_REFUSED, Agreements, HolderRow, ObjectRow, Offer, agreement_bytes,
-    offer_signing_bytes, release_bytes, trusted_holders,
-)
-from shoal.p2p.net.api import ApiError, param
+from shoal.p2p.replication.agreements import Agreements, HolderRow, ObjectRow
+from shoal.p2p.replication.signed import Offer, agreement_bytes, offer_signing_bytes
+from shoal.p2p.net.api import ApiError
 from shoal.p2p.replication.audit import DEFAULT_K, AuditResult, challenge, verify_local
 from shoal.store.proofs.commit_files import build_commitment
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
-from shoal.p2p.errors import NotOwner, NotReplicated, P2PError, ProtocolError, Released
+from shoal.p2p.errors import NotOwner, NotReplicated, P2PError, Released
 from shoal.p2p.net.energy_service import measuring, replicating_to
 from shoal.p2p.exchange.fetch import fetch_dag
 from shoal.p2p.net.guard import KeyedLocks
-from shoal.p2p.replication.holder import Holding
+from shoal.p2p.replication.holder import Holder
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import (
-    AuditChallenge, ErrorCode, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
+    AuditChallenge, ReleaseRequest, StoreRequest, StoreResponse,
 )
-from shoal.p2p.replication.placement import Candidate, place, rendezvous_score, vetting_factor
+from shoal.p2p.replication.deputy import DeputyElection
+from shoal.p2p.replication.placement import Candidate, network_prefix, place, vetting_factor
+from shoal.p2p.replication.releases import OwnerReleases
+from shoal.p2p.replication.routes import ReplicationRoutes
 from shoal.p2p.replication.repair_policy import (
-    Outcome, OwnerWatch, Replica, State, TokenBucket, after_audit, after_store, counts_as_copy,
-    deputy, release_delay, release_settled, repairs_needed, surplus,
+    Outcome, Replica, State, TokenBucket, after_audit, after_store, counts_as_copy, repairs_needed,
 )
 
 if TYPE_CHECKING:
@@ -81,11 +82,9 @@ REPAIR_BURST = 8
 REPAIR_CHECK_S = 5.0  # re-check under-replicated objects at least this often
 REACH_TIMEOUT_S = 3.0
 PULL_RATE_BYTES_PER_S = 4 * 1024 * 1024  # for the store request's timeout: a slow link still makes it
-RELEASE_BATCH = 32  # due releases looked at per repair-loop pass
-RELEASE_CONCURRENCY = 16  # release requests in flight at once
 
 
-class Replication:
+class ReplicationOwner:
     """One node's replication state machine driver."""
 
     def __init__(self, node: "Node", *, audit_interval: float | None = None, k: int = DEFAULT_K,
@@ -95,17 +94,15 @@ class Replication:
         self.audit_interval = float(audit_interval or DEFAULT_AUDIT_INTERVAL_S)
         self.k = k
         self.bucket = TokenBucket(repair_rate, repair_burst, time.monotonic())
-        # Retried releases get their own bucket: a mass unpin must not eat the
-        # tokens that repairs of still-wanted objects need, nor the reverse.
-        self.release_bucket = TokenBucket(repair_rate, repair_burst, time.monotonic())
-        self._releasing: set[tuple[str, str]] = set()
-        self._release_slots = trio.CapacityLimiter(RELEASE_CONCURRENCY)
+        self.releases = OwnerReleases(self, repair_rate, repair_burst)
         self._nursery: trio.Nursery | None = None
         self._locks = KeyedLocks()  # per object; pruned when unused
-        self.holding = Holding(node, self.db)
+        self.holder = Holder(node, self.db)
+        # A lambda, not the bound method: tests stand in for `_reach` after construction.
+        self.deputies = DeputyElection(self.db, node.peer_id, lambda peer: self._reach(peer), self.wake)
+        self.routes = ReplicationRoutes(self)
         self._placing: set[str] = set()
         self._wake = trio.Event()
-        self._owner_watch: dict[str, OwnerWatch] = {}
         self._issued: dict[str, int] = {}  # last `issued` we signed per object (strictly increasing)
         self.rounds = 0
 
@@ -116,11 +113,10 @@ class Replication:
     def attach(self, node: "Node") -> None:
         """Hook into the node (a NodeService; `Node.register` calls this before it runs)."""
         node.provide_replication(self)
-        node.add_handler(StoreRequest, self.holding.on_store_request)
-        node.add_handler(AuditChallenge, self.holding.on_audit_challenge)
-        node.add_handler(ReleaseRequest, self.holding.on_release_request)
-        node.add_route("GET", "/v1/status", self.api_status)
-        node.add_route("POST", "/v1/audit", self.api_audit)
+        node.add_handler(StoreRequest, self.holder.on_store_request)
+        node.add_handler(AuditChallenge, self.holder.on_audit_challenge)
+        node.add_handler(ReleaseRequest, self.holder.on_release_request)
+        self.routes.attach(node)
         # Peers holding our replicas keep their connection slots when strangers
         # crowd in (shoal.p2p.net.admission); read from the index in a worker thread.
         node.protection_sources.append(self.db.holder_peers)
@@ -175,7 +171,7 @@ class Replication:
         else:
             await self._run(self.db.set_wanted, text, replicas)
         await self._run(self.db.set_holder, text, str(self.me), Replica(State.OK), "owner")
-        released = await self._release_surplus(cid, replicas)
+        released = await self.releases.release_surplus(cid, replicas)
         planned = [str(p) for p in self._choose(cid, replicas - 1, size=0, holders=[])]
         self._spawn(self._ensure_placed, text)
         doc: dict[str, Any] = {"wanted": replicas, "state": "pending", "planned": planned}
@@ -184,130 +180,11 @@ class Replication:
             doc["planned"] = []
         return doc
 
-    # -- releases (owner side) --------------------------------------------------------
-
-    def _rank(self, cid: CID, peer_id: str) -> tuple[float, bytes]:
-        """A holder's rendezvous rank for `cid` (higher = kept longer).
-
-        The weight is the peer's current placement weight; a peer that is not
-        connected weighs 0 and so is the first to be given back.
-        """
-        try:
-            peer = PeerId.from_string(peer_id)
-        except P2PError:
-            return (0.0, b"")
-        weight = next((c.weight for c in self._candidates() if c.peer_id == peer), 0.0)
-        return (rendezvous_score(bytes(cid), peer, weight), peer.to_bytes())
-
-    async def _release_surplus(self, cid: CID, wanted: int) -> list[str]:
-        """Lowering the count: give back the lowest-ranked holders beyond `wanted`.
-
-        Only copies other than our own are candidates (the owner's copy is
-        never released here); they leave the holder table in the same
-        transaction that owes them a release, so they stop counting and
-        stop being audited at once.
-        """
-        text = str(cid)
-        me = str(self.me)
-        others = [h.peer_id for h in self.db.holders(text) if h.peer_id != me and counts_as_copy(h.replica)]
-        victims = surplus(sorted(others, key=lambda p: self._rank(cid, p)), wanted)
-        if not victims:
-            return []
-        owed = await self._run(self.db.begin_release, text, me, victims, wanted, False)
-        log.info("%s: %d replicas wanted now; releasing %s", text, wanted, ", ".join(victims))
-        for peer in owed:
-            self._spawn(self._send_release, text, peer)
-        self._spawn(self._refresh_holders, text)
-        return list(victims)
+    # -- releases (owner side: shoal.p2p.replication.releases) -----------------------
 
     async def release_object(self, cid: CID) -> dict[str, Any] | None:
-        """`pin rm` of an object we own: give every replica back.
-
-        None if we do not own `cid` (nothing to release). The release is
-        recorded before anything is sent (and before the caller unpins), so
-        a crash at any point leaves releases owed, never forgotten.
-        """
-        text = str(cid)
-        obj = self.db.get_object(text)
-        if obj is None or obj.role != "owner":
-            return None
-        if not obj.is_released:
-            peers = [h.peer_id for h in self.db.holders(text)]
-            if str(self.me) not in peers:
-                peers.append(str(self.me))
-            owed = await self._run(self.db.begin_release, text, str(self.me), peers, 0, True)
-            log.info("%s: unpinned by its owner; releasing %d holder(s)", text, len(owed))
-            for peer in owed:
-                self._spawn(self._send_release, text, peer)
-        rows = self.db.releases(text)
-        return {"state": "released", "new": not obj.is_released, "holders": len(rows) - 1,
-                "pending": sorted(r.peer_id for r in rows if r.state == "pending")}
-
-    async def _send_release(self, cid: str, peer_id: str) -> None:
-        """One attempt to release `peer_id`'s replica of `cid`; the row records the outcome.
-
-        An answer of any kind ends the release (ok; not-found: the holder has
-        no agreement left; refused or an unknown message type: asking again
-        cannot change it). No answer (unreachable, timeout, busy, internal,
-        connection lost) leaves it pending with a later `next_try`.
-        """
-        key = (cid, peer_id)
-        if key in self._releasing:
-            return
-        self._releasing.add(key)
-        try:
-            async with self._release_slots:
-                row = self.db.release(cid, peer_id)
-                if row is None or row.state != "pending":
-                    return
-                outcome = await self._release_once(cid, peer_id)
-                if outcome is None:
-                    return
-                state, detail = outcome
-                if state is not None:
-                    await self._run(self.db.release_done, cid, peer_id, detail, state)
-                    log.info("%s: release of %s %s (%s)", cid, peer_id, state, detail)
-                else:
-                    delay = release_delay(row.attempts, random.uniform(0.5, 1.0))
-                    await self._run(self.db.release_retry, cid, peer_id, time.time() + delay, detail)
-                    log.info("%s: release of %s not answered (%s); retrying in %.0fs", cid, peer_id, detail, delay)
-        finally:
-            self._releasing.discard(key)
-
-    async def _release_once(self, cid: str, peer_id: str) -> tuple[str | None, str] | None:
-        """(final state or None to retry, detail) for one ReleaseRequest; None if the id is unusable."""
-        try:
-            peer = PeerId.from_string(peer_id)
-        except P2PError:
-            await self._run(self.db.release_done, cid, peer_id, "not a peer id", RELEASE_REFUSED)
-            return None
-        raw = bytes(parse_cid(cid))
-        sig = self.node.identity.sign(release_bytes(raw, self.me.to_bytes(), peer.to_bytes()))
-        conn = await self._reach(peer)
-        if conn is None:
-            return None, "unreachable"
-        try:
-            replies = await conn.request(lambda rid: ReleaseRequest(rid, raw, sig), timeout=L.REQUEST_TIMEOUT_S)
-        except RequestFailed as exc:
-            answered = exc.code or None  # RequestFailed.code is 0 for timeouts and lost connections
-            if not release_settled(answered):
-                return None, str(exc) or "no answer"
-            if exc.code == ErrorCode.NOT_FOUND:
-                return RELEASE_DONE, f"holder has no agreement for it: {exc}"
-            return RELEASE_REFUSED, f"holder cannot release it: {exc}"
-        resp = next((r for r in replies if isinstance(r, ReleaseResponse)), None)
-        if resp is None or resp.root_cid != raw:
-            return None, "answer is not about this object"
-        return RELEASE_DONE, "unpinned" if resp.unpinned else "released; the holder keeps its own pin"
-
-    async def _retry_releases(self) -> None:
-        """Background: resend due releases, as fast as the release bucket allows."""
-        for row in self.db.due_releases(time.time(), RELEASE_BATCH):
-            if (row.cid, row.peer_id) in self._releasing:
-                continue
-            if not self.release_bucket.take(time.monotonic()):
-                break
-            self._spawn(self._send_release, row.cid, row.peer_id)
+        """`pin rm` of an object we own: give every replica back (None: not ours)."""
+        return await self.releases.release_object(cid)
 
     def _candidates(self) -> list[Candidate]:
         passed = self.db.passed_audits()
@@ -317,7 +194,7 @@ class Replication:
             if rec is None:
                 continue
             weight = rec.reputation.score * vetting_factor(passed.get(str(peer), 0))
-            out.append(Candidate(peer, rec.free_bytes, weight, _prefix(rec.addrs)))
+            out.append(Candidate(peer, rec.free_bytes, weight, network_prefix(rec.addrs)))
         return out
 
     def _choose(self, cid: CID, count: int, size: int, holders: list[HolderRow]) -> list[PeerId]:
@@ -336,7 +213,7 @@ class Replication:
             exclude.add(peer)
             rec = self.node.peers.get(peer)
             if rec is not None and counts_as_copy(h.replica):
-                used.add(_prefix(rec.addrs))
+                used.add(network_prefix(rec.addrs))
         return place(bytes(cid), self._candidates(), count, size=size, exclude=exclude, used_prefixes=used)
 
     async def _ensure_manifest(self, cid: str) -> tuple[ObjectRow, Manifest]:
@@ -349,7 +226,7 @@ class Replication:
                 return obj, Manifest.decode(obj.manifest)
             parsed = parse_cid(cid)
             store = self.node.repo.blockstore
-            commitment = await self.holding.run_heavy(build_commitment, store, self.node.repo.path, parsed)
+            commitment = await self.holder.run_heavy(build_commitment, store, self.node.repo.path, parsed)
             rec = next((o for o in self.node.repo.objects() if o.cid == cid), None)
             manifest = Manifest(
                 root_cid=cid, size=rec.size if rec else commitment.length,
@@ -482,7 +359,7 @@ class Replication:
             return False
         if accepted and now.role == "owner":
             await self._run(self.db.owe_release, cid, str(peer))
-            self._spawn(self._send_release, cid, str(peer))
+            self._spawn(self.releases.send, cid, str(peer))
         return True
 
     async def _resume_pending(self) -> None:
@@ -560,7 +437,7 @@ class Replication:
     async def _self_check(self, obj: ObjectRow, manifest: Manifest, cid: CID) -> AuditResult:
         why = ""
         try:
-            tree = await self.holding.tree(obj.cid, manifest)
+            tree = await self.holder.tree(obj.cid, manifest)
             why = await self._run(verify_local, self.node.repo.blockstore, cid, tree, self.me, self.k)
         except (StoreError, OSError) as exc:
             why = f"local copy damaged: {exc}"
@@ -572,7 +449,7 @@ class Replication:
                 # check_local: a corrupt leaf is present, so only re-hashing finds it
                 await fetch_dag(self.node, cid, holders=sources or None, check_local=True)
                 why = await self._run(verify_local, self.node.repo.blockstore, cid,
-                                      await self.holding.tree(obj.cid, manifest), self.me, self.k)
+                                      await self.holder.tree(obj.cid, manifest), self.me, self.k)
             except (P2PError, StoreError, OSError) as exc:
                 why = f"{why}; refetch failed: {exc}"
         return AuditResult(str(self.me), Outcome.INVALID if why else Outcome.OK, self.k, why)
@@ -606,7 +483,7 @@ class Replication:
                 if not obj.manifest:
                     continue
                 await _guarded(self.audit_object, obj.cid)
-            await _guarded(self._watch_owners)
+            await _guarded(self.deputies.check)
 
     async def _repair_loop(self) -> None:
         while True:
@@ -622,114 +499,7 @@ class Replication:
         for obj in self.db.objects(("owner", "deputy")):  # released objects are not listed
             if obj.cid not in self._placing:
                 self._spawn(self._ensure_placed, obj.cid)
-        await self._retry_releases()
-
-    async def _watch_owners(self) -> None:
-        """Holder side: elect a deputy for objects whose owner has gone."""
-        seen: dict[PeerId, bool] = {}
-        for obj in self.db.objects(("holder", "deputy")):
-            if not obj.offer or not obj.manifest:
-                continue
-            manifest = Manifest.decode(obj.manifest)
-            owner = PeerId.from_bytes(manifest.owner)
-            watch = self._owner_watch.setdefault(obj.cid, OwnerWatch())
-            if owner not in seen:  # one check per owner per round, however many objects
-                seen[owner] = await self._reach(owner) is not None
-            reachable = seen[owner]
-            gone = watch.check(reachable)
-            if obj.role == "deputy":
-                if reachable:
-                    await self._run(self.db.set_role, obj.cid, "holder")
-                    log.info("%s: owner %s is back, stepping down as deputy", obj.cid, owner)
-                continue
-            if not gone:
-                continue
-            signed = trusted_holders(obj.offer, owner)  # only holders the owner named
-            if self.me.to_bytes() not in signed:
-                continue
-            live = [self.me]
-            for raw in signed:
-                peer = PeerId.from_bytes(raw)
-                if peer not in (owner, self.me) and await self._reach(peer) is not None:
-                    live.append(peer)
-            if deputy(live) != self.me:
-                continue
-            log.info("%s: owner %s gone; taking over as deputy", obj.cid, owner)
-            await self._run(self.db.set_role, obj.cid, "deputy")
-            for raw in signed:
-                peer = PeerId.from_bytes(raw)
-                if peer == owner:
-                    state = Replica(State.LOST, watch.misses, False)
-                    detail = "owner unreachable"
-                elif peer == self.me or peer in live:
-                    state, detail = Replica(State.OK), "co-holder (deputy's view)"
-                else:
-                    state, detail = Replica(State.FAILED, 1), "unreachable at takeover"
-                if self.db.holder(obj.cid, str(peer)) is None or peer == owner:
-                    await self._run(self.db.set_holder, obj.cid, str(peer), state, detail)
-            self.wake()
-
-    def _prefix_of(self, peer_id: str) -> str:
-        """Network prefix of a holder (ours from our listen addresses)."""
-        if peer_id == str(self.me):
-            return _prefix(self.node.listen_addrs)
-        try:
-            rec = self.node.peers.get(PeerId.from_string(peer_id))
-        except P2PError:
-            return ""
-        return _prefix(rec.addrs) if rec is not None else ""
-
-    # -- API -----------------------------------------------------------------------------
-
-    async def api_status(self, p: dict[str, Any]) -> Any:
-        cid = str(parse_cid(param(p, "cid")))
-        obj = self.db.get_object(cid)
-        me = str(self.me)
-        if obj is None:
-            if not self.node.repo.index.is_pinned(cid):
-                raise NotReplicated(f"{cid} is neither stored nor replicated by this node")
-            return {"cid": cid, "role": "local", "owner": me, "replicas_wanted": 1, "replicas_ok": 1,
-                    "holders": [{"peer_id": me, "state": "ok", "last_audit": None}]}
-        doc: dict[str, Any] = {"cid": cid, "role": obj.role, "owner": obj.owner,
-                               "replicas_wanted": obj.replicas_wanted, "size": obj.size,
-                               "commitment_ready": bool(obj.manifest), "released": obj.is_released}
-        if obj.role in ("owner", "deputy"):
-            rows = self.db.holders(cid)
-            releases = self.db.releases(cid)
-            # Holders being given back stay listed, in state "releasing" until
-            # they answered and "released" after: replicas_ok counts only "ok".
-            doc["holders"] = [r.as_json() for r in rows] + [r.as_json() for r in releases]
-            doc["replicas_ok"] = sum(1 for r in rows if r.replica.state is State.OK)
-            doc["distinct_prefixes"] = len({self._prefix_of(r.peer_id) for r in rows
-                                            if r.replica.state is State.OK})
-            doc["releases_pending"] = sum(1 for r in releases if r.state == "pending")
-        else:
-            audits = self.db.audits(cid, limit=1)
-            last = {"time": audits[0].time, "ok": audits[0].outcome == "answered"} if audits else None
-            state = "ok" if self.node.repo.index.is_pinned(cid) else "lost"
-            doc["holders"] = [{"peer_id": me, "state": "released" if obj.is_released else state,
-                               "last_audit": last}]
-            doc["replicas_ok"] = None  # only the owner (or deputy) knows
-            doc["agreements"] = self.db.agreements(cid)
-            doc["known_holders"] = _offer_holders(obj.offer)
-        return doc
-
-    async def api_audit(self, p: dict[str, Any]) -> Any:
-        cid = str(parse_cid(param(p, "cid")))
-        if self.db.get_object(cid) is None:
-            raise NotReplicated(f"no replication record for {cid}")
-        results = await self.audit_object(cid)
-        return {"cid": cid, "results": [r.as_json() for r in results]}
-
-
-def _offer_holders(offer: bytes | None) -> list[str]:
-    """The holder list of the last offer we accepted (for status and tests)."""
-    if not offer:
-        return []
-    try:
-        return [str(PeerId.from_bytes(h)) for h in Offer.decode(offer).holders]
-    except (ProtocolError, P2PError):
-        return []
+        await self.releases.retry_due()
 
 
 async def _guarded(fn: Any, *args: Any) -> None:
@@ -742,20 +512,8 @@ async def _guarded(fn: Any, *args: Any) -> None:
         log.exception("%s crashed", getattr(fn, "__name__", fn))
 
 
-def _prefix(addrs: list[Any]) -> str:
-    """The network prefix used to spread replicas: /24 for IPv4, /48 for IPv6."""
-    for addr in addrs:
-        try:
-            ip = ipaddress.ip_address(addr.host)
-        except ValueError:
-            continue
-        bits = 24 if ip.version == 4 else 48
-        return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
-    return ""
-
-
-def install(node: "Node") -> Replication:
+def install(node: "Node") -> ReplicationOwner:
     """Create the replication service for `node` from its options and register it."""
-    service = Replication(node, audit_interval=node.options.extra.get("audit_interval"))
+    service = ReplicationOwner(node, audit_interval=node.options.extra.get("audit_interval"))
     node.register(service)
     return service

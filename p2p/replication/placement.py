@@ -30,13 +30,17 @@ the candidates from `PeerTable` and `Hello.free_bytes`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from shoal.p2p.secure.identity import PeerId
 
-__all__ = ["Candidate", "rendezvous_score", "place", "vetting_factor", "VETTED_AFTER", "UNVETTED_FACTOR"]
+if TYPE_CHECKING:
+    from shoal.p2p.secure.multiaddr import Multiaddr
+
+__all__ = ["Candidate", "rendezvous_score", "place", "vetting_factor", "network_prefix", "VETTED_AFTER", "UNVETTED_FACTOR"]
 
 VETTED_AFTER = 10
 """Passed audits after which a peer counts as vetted (full weight)."""
@@ -128,3 +132,15 @@ def place(
         if c.peer_id not in chosen:
             chosen.append(c.peer_id)
     return chosen
+
+
+def network_prefix(addrs: Iterable["Multiaddr"]) -> str:
+    """The network prefix used to spread replicas: /24 for IPv4, /48 for IPv6."""
+    for addr in addrs:
+        try:
+            ip = ipaddress.ip_address(addr.host)
+        except ValueError:
+            continue
+        bits = 24 if ip.version == 4 else 48
+        return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+    return ""

@@ -346,7 +346,7 @@ class ReleaseRequest(Message):
 
     Only the owner recorded in the holder's agreement may send it (the Noise
     handshake proves who the sender is). `owner_sig` signs the release bytes
-    (shoal.p2p.replication.agreements.release_bytes); the holder keeps it beside the agreement
+    (shoal.p2p.replication.signed.release_bytes); the holder keeps it beside the agreement
     as evidence, just as both signatures of the agreement itself are kept,
     so a holder can show that it dropped the data because it was told to.
     """

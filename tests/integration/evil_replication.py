@@ -26,7 +26,7 @@ import trio
 
 from shoal.p2p.wire import codec
 from shoal.p2p.wire import limits as L
-from shoal.p2p.replication.agreements import Offer, agreement_bytes, offer_signing_bytes
+from shoal.p2p.replication.signed import Offer, agreement_bytes, offer_signing_bytes
 from shoal.p2p.errors import P2PError
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.wire.messages import (

@@ -30,7 +30,7 @@ import pytest
 import trio
 
 from shoal.p2p.wire import limits as L
-from shoal.p2p.replication.agreements import Offer
+from shoal.p2p.replication.signed import Offer
 from shoal.p2p.replication.audit import _check
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import (

@@ -19,7 +19,7 @@ import trio
 
 from shoal.p2p.net.thread_work import CancellableStore, run_sync_cancellable
 from shoal.store.cancel import CancelFlag, Cancelled
-from shoal.p2p.replication.holder import Holding
+from shoal.p2p.replication.holder import Holder
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.ipld.cid import CID, make_cid
 from shoal.store.dag.importer import import_bytes
@@ -81,13 +81,13 @@ async def test_uncancelled_work_returns_its_value_and_errors() -> None:
 
 
 async def test_audit_tree_build_stops_at_the_deadline(tmp_path: Path) -> None:
-    """The prover's commitment pass (Holding.tree) under `fail_after`: it used
+    """The prover's commitment pass (Holder.tree) under `fail_after`: it used
     to keep hashing (here 64 reads x 50 ms) long after the deadline."""
     store = SlowStore()
     data = bytes(i % 251 for i in range(64 * 1024))
     root = import_bytes(data, store, UNIXFS_V1_2025.with_overrides(chunk_size=1024, max_links=1024)).cid
     node: Any = SimpleNamespace(repo=SimpleNamespace(path=tmp_path, blockstore=store), peer_id=None)
-    holding = Holding(node, SimpleNamespace())  # type: ignore[arg-type]
+    holding = Holder(node, SimpleNamespace())  # type: ignore[arg-type]
     commitment = Commitment(b"\0" * 32, len(data), 4096)  # never on disk: a full pass is needed
     manifest: Any = SimpleNamespace(commitment=commitment)
     start = time.monotonic()

@@ -281,9 +281,9 @@ async def test_keyed_locks_forget_unused_keys() -> None:
 
 async def test_holding_and_replication_use_pruned_locks() -> None:
     from shoal.p2p.net.guard import KeyedLocks
-    from shoal.p2p.replication.holder import Holding
+    from shoal.p2p.replication.holder import Holder
 
-    holding = Holding(object(), object())  # type: ignore[arg-type]
+    holding = Holder(object(), object())  # type: ignore[arg-type]
     async with holding._lock("bafyone"):
         pass
     assert isinstance(holding._locks, KeyedLocks) and len(holding._locks) == 0

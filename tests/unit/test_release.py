@@ -1,8 +1,8 @@
 """Giving replicas back, without sockets.
 
-Holder side: `Holding.on_release_request` driven directly (owner, stranger,
+Holder side: `Holder.on_release_request` driven directly (owner, stranger,
 unknown CID, bad signature, a pin the holder's user made). Owner side:
-`Replication.release_object` / `place` with `_reach` replaced by in-process
+`ReplicationOwner.release_object` / `place` with `_reach` replaced by in-process
 connections to holder services (or by None: unreachable), so the whole
 pending -> done machine, the retries and the stop of audits run for real on
 real repos and tables. Plus the pure helpers in repair_policy.
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import trio
 
-from shoal.p2p.replication.agreements import Offer, offer_signing_bytes, release_bytes
+from shoal.p2p.replication.signed import Offer, offer_signing_bytes, release_bytes
 from shoal.store.proofs.commit_files import build_commitment
 from shoal.p2p.net.connection import RequestFailed
 from shoal.p2p.errors import Released
@@ -28,11 +28,12 @@ from shoal.p2p.wire.messages import (
     AuditChallenge, Error, ErrorCode, Message, ReleaseRequest, ReleaseResponse, StoreRequest,
     StoreResponse,
 )
-from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.replication.repair_policy import (
     Replica, State, release_delay, release_settled, surplus,
 )
-from shoal.p2p.replication.owner import Replication
+from shoal.p2p.replication.owner import ReplicationOwner
 from shoal.store.ipld.cid import CID
 from shoal.store.proofs.manifest import Manifest
 from shoal.store.chunking.profiles import DEFAULT_PROFILE
@@ -60,7 +61,7 @@ class LocalConn:
     handlers (as `node` would), raising RequestFailed for ERROR as the real
     one does. `sent` records what went over it."""
 
-    def __init__(self, holder: Replication, me: PeerId) -> None:
+    def __init__(self, holder: ReplicationOwner, me: PeerId) -> None:
         self.holder = holder
         self.me = me
         self.sent: list[Message] = []
@@ -68,8 +69,8 @@ class LocalConn:
     async def request(self, make: Callable[[int], Message], timeout: float = 30) -> list[Message]:
         msg = make(1)
         self.sent.append(msg)
-        handlers: dict[type, Any] = {ReleaseRequest: self.holder.holding.on_release_request,
-                                     StoreRequest: self.holder.holding.on_store_request}
+        handlers: dict[type, Any] = {ReleaseRequest: self.holder.holder.on_release_request,
+                                     StoreRequest: self.holder.holder.on_store_request}
         replies: list[Message] = await handlers[type(msg)](FakeConn(self.me), msg)
         for r in replies:
             if isinstance(r, Error):
@@ -108,7 +109,7 @@ def store_request(manifest: Manifest, cid: CID, holders: tuple[bytes, ...]) -> S
     return StoreRequest(3, bytes(cid), manifest.commitment.length, offer, OWNER.sign(offer_signing_bytes(offer)))
 
 
-async def holder_service(repo: Repo, tmp_path: Path, me: Identity, *, user_pinned: bool) -> tuple[Replication, CID]:
+async def holder_service(repo: Repo, tmp_path: Path, me: Identity, *, user_pinned: bool) -> tuple[ReplicationOwner, CID]:
     """A holder that took OWNER's object through a real StoreRequest.
 
     The blocks are already local (so the pull is a no-op); with
@@ -118,8 +119,8 @@ async def holder_service(repo: Repo, tmp_path: Path, me: Identity, *, user_pinne
     cid = add_object(repo, tmp_path)
     if not user_pinned:
         repo.pin_rm(cid)  # blocks stay until gc
-    service = Replication(Node(repo, me, NodeOptions()))
-    [r] = await service.holding.on_store_request(FakeConn(OWNER.peer_id),  # type: ignore[arg-type]
+    service = ReplicationOwner(Node(repo, me, NodeOptions()))
+    [r] = await service.holder.on_store_request(FakeConn(OWNER.peer_id),  # type: ignore[arg-type]
                                                  store_request(signed_manifest(repo, cid), cid, (me.peer_id.to_bytes(),)))
     assert isinstance(r, StoreResponse) and r.accepted, r
     assert repo.index.is_pinned(str(cid))
@@ -138,7 +139,7 @@ async def test_owner_release_drops_the_agreement_pin_and_marks_released(repos: A
     repo = repos("h1")
     service, cid = await holder_service(repo, tmp_path, H1, user_pinned=False)
     assert service.db.held_bytes() > 0
-    [r] = await service.holding.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
     assert isinstance(r, ReleaseResponse) and r.unpinned and r.root_cid == bytes(cid) and r.request_id == 5
     assert not repo.index.is_pinned(str(cid))
     obj = service.db.get_object(str(cid))
@@ -148,10 +149,10 @@ async def test_owner_release_drops_the_agreement_pin_and_marks_released(repos: A
     assert service.db.objects(("holder", "deputy")) == []  # no owner watch, no deputy duty
     assert repo.gc().removed_blocks > 0  # the holder's normal gc frees the blocks
     # The owner's retry after a lost answer gets the same answer, changes nothing.
-    [again] = await service.holding.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
+    [again] = await service.holder.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
     assert isinstance(again, ReleaseResponse)
     # Audits of a released replica are refused as policy, not admitted as a loss.
-    [a] = await service.holding.on_audit_challenge(  # type: ignore[arg-type]
+    [a] = await service.holder.on_audit_challenge(  # type: ignore[arg-type]
         FakeConn(OWNER.peer_id), AuditChallenge(7, bytes(cid), b"\x01" * 32, 66, 5000))
     assert isinstance(a, Error) and a.code == ErrorCode.REFUSED
 
@@ -161,17 +162,17 @@ async def test_stranger_unknown_cid_and_forged_signature_change_nothing(repos: A
     service, cid = await holder_service(repo, tmp_path, H1, user_pinned=False)
     before = service.db.get_object(str(cid))
 
-    [r] = await service.holding.on_release_request(FakeConn(STRANGER.peer_id),  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(STRANGER.peer_id),  # type: ignore[arg-type]
                                                    release_msg(cid, H1, signer=STRANGER))
     assert isinstance(r, Error) and r.code == ErrorCode.REFUSED
     # The owner's own signature, but sent by someone else: still the wrong peer.
-    [r] = await service.holding.on_release_request(FakeConn(STRANGER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(STRANGER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
     assert isinstance(r, Error) and r.code == ErrorCode.REFUSED
     # From the owner's connection but signed for another holder.
-    [r] = await service.holding.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H2))  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H2))  # type: ignore[arg-type]
     assert isinstance(r, Error) and r.code == ErrorCode.REFUSED and "signed" in r.message
     other = bytes(CID.decode("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"))
-    [r] = await service.holding.on_release_request(FakeConn(OWNER.peer_id),  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(OWNER.peer_id),  # type: ignore[arg-type]
                                                    ReleaseRequest(5, other, OWNER.sign(b"x")))
     assert isinstance(r, Error) and r.code == ErrorCode.NOT_FOUND
 
@@ -185,7 +186,7 @@ async def test_a_pin_the_holders_user_made_before_is_kept(repos: Any, tmp_path: 
     service, cid = await holder_service(repo, tmp_path, H1, user_pinned=True)
     obj = service.db.get_object(str(cid))
     assert obj is not None and obj.pin_taken is None  # the pin was never ours
-    [r] = await service.holding.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
     assert isinstance(r, ReleaseResponse) and not r.unpinned
     assert repo.index.is_pinned(str(cid))
     assert service.db.get_object(str(cid)).is_released  # type: ignore[union-attr]
@@ -197,7 +198,7 @@ async def test_a_pin_the_holders_user_made_again_later_is_kept(repos: Any, tmp_p
     service, cid = await holder_service(repo, tmp_path, H1, user_pinned=False)
     await trio.sleep(0.01)
     repo.pin_add(cid)  # `shoal pin add` on the holder while the agreement runs
-    [r] = await service.holding.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
     assert isinstance(r, ReleaseResponse) and not r.unpinned
     assert repo.index.is_pinned(str(cid))
 
@@ -207,7 +208,7 @@ async def test_a_released_deputy_steps_down_and_refuses_a_deputys_re_offer(repos
     service, cid = await holder_service(repo, tmp_path, H1, user_pinned=False)
     service.db.set_role(str(cid), "deputy")  # the owner was gone; we took over
     service.db.set_holder(str(cid), str(H2.peer_id), Replica(State.LOST), "deputy's view")
-    [r] = await service.holding.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
+    [r] = await service.holder.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
     assert isinstance(r, ReleaseResponse)
     obj = service.db.get_object(str(cid))
     assert obj is not None and obj.role == "holder" and obj.is_released
@@ -222,7 +223,7 @@ async def test_a_released_deputy_steps_down_and_refuses_a_deputys_re_offer(repos
     offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(), H2.peer_id.to_bytes())).with_owner_sig(
         2, OWNER.sign).encode()
     req = StoreRequest(4, bytes(cid), manifest.commitment.length, offer, H2.sign(offer_signing_bytes(offer)))
-    [s] = await service.holding.on_store_request(FakeConn(H2.peer_id), req)  # type: ignore[arg-type]
+    [s] = await service.holder.on_store_request(FakeConn(H2.peer_id), req)  # type: ignore[arg-type]
     assert isinstance(s, StoreResponse) and not s.accepted and "released" in s.reason
     assert not repo.index.is_pinned(str(cid))
 
@@ -230,8 +231,8 @@ async def test_a_released_deputy_steps_down_and_refuses_a_deputys_re_offer(repos
 async def test_the_owner_may_place_a_released_object_again(repos: Any, tmp_path: Path) -> None:
     repo = repos("h1")
     service, cid = await holder_service(repo, tmp_path, H1, user_pinned=False)
-    await service.holding.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
-    [s] = await service.holding.on_store_request(  # type: ignore[arg-type]
+    await service.holder.on_release_request(FakeConn(OWNER.peer_id), release_msg(cid, H1))  # type: ignore[arg-type]
+    [s] = await service.holder.on_store_request(  # type: ignore[arg-type]
         FakeConn(OWNER.peer_id), store_request(signed_manifest(repo, cid), cid, (H1.peer_id.to_bytes(),)))
     assert isinstance(s, StoreResponse) and s.accepted
     obj = service.db.get_object(str(cid))
@@ -245,7 +246,7 @@ async def test_the_owner_may_place_a_released_object_again(repos: Any, tmp_path:
 class Swarm:
     """An owner service and in-process holders; `down` holders are unreachable."""
 
-    def __init__(self, owner: Replication, holders: dict[PeerId, Replication]) -> None:
+    def __init__(self, owner: ReplicationOwner, holders: dict[PeerId, ReplicationOwner]) -> None:
         self.owner = owner
         self.holders = holders
         self.down: set[PeerId] = set()
@@ -267,12 +268,12 @@ async def owner_with_holders(repos: Any, tmp_path: Path, names: list[Identity]) 
     """OWNER owns an object replicated to every identity in `names` (all ok)."""
     owner_repo = repos("owner")
     cid = add_object(owner_repo, tmp_path)
-    owner = Replication(Node(owner_repo, OWNER, NodeOptions()))
+    owner = ReplicationOwner(Node(owner_repo, OWNER, NodeOptions()))
     manifest = signed_manifest(owner_repo, cid)
     owner.db.put_object(str(cid), "owner", manifest.encode(), str(OWNER.peer_id), len(names) + 1,
                         manifest.commitment.length)
     owner.db.set_holder(str(cid), str(OWNER.peer_id), Replica(State.OK), "owner")
-    holders: dict[PeerId, Replication] = {}
+    holders: dict[PeerId, ReplicationOwner] = {}
     for ident in names:
         service, _ = await holder_service(repos(f"holder-{ident.peer_id}"), tmp_path, ident, user_pinned=False)
         holders[ident.peer_id] = service
@@ -280,7 +281,7 @@ async def owner_with_holders(repos: Any, tmp_path: Path, names: list[Identity]) 
     return Swarm(owner, holders), cid
 
 
-def states(owner: Replication, cid: CID) -> dict[str, str]:
+def states(owner: ReplicationOwner, cid: CID) -> dict[str, str]:
     return {r.peer_id: r.state for r in owner.db.releases(str(cid))}
 
 
@@ -314,7 +315,7 @@ async def test_pin_rm_releases_every_holder_pending_then_done_and_audits_stop(re
         await owner._check_all()  # H2 not yet due: no resend either
     assert owner.db.holders(str(cid)) == [] and swarm.sent(H2.peer_id, ReleaseRequest) == 0
 
-    status = await owner.api_status({"cid": str(cid)})
+    status = await owner.routes.status({"cid": str(cid)})
     assert status["replicas_wanted"] == 0 and status["replicas_ok"] == 0 and status["released"]
     assert status["releases_pending"] == 1
     shown = {h["peer_id"]: h["state"] for h in status["holders"]}
@@ -329,7 +330,7 @@ async def test_pin_rm_releases_every_holder_pending_then_done_and_audits_stop(re
         await owner._check_all()
     assert states(owner, cid)[str(H2.peer_id)] == "done"
     assert not swarm.holders[H2.peer_id].node.repo.index.is_pinned(str(cid))
-    assert (await owner.api_status({"cid": str(cid)}))["releases_pending"] == 0
+    assert (await owner.routes.status({"cid": str(cid)}))["releases_pending"] == 0
     # Done is done: later passes send nothing more.
     sent = swarm.sent(H2.peer_id, ReleaseRequest)
     _make_due(owner, cid, H2.peer_id)
@@ -339,7 +340,7 @@ async def test_pin_rm_releases_every_holder_pending_then_done_and_audits_stop(re
     assert swarm.sent(H2.peer_id, ReleaseRequest) == sent
 
 
-def _make_due(owner: Replication, cid: CID, peer: PeerId) -> None:
+def _make_due(owner: ReplicationOwner, cid: CID, peer: PeerId) -> None:
     with owner.db.index.transaction() as db:
         db.execute("UPDATE repl_releases SET next_try = 0 WHERE cid = ? AND peer_id = ?", (str(cid), str(peer)))
 
@@ -353,8 +354,8 @@ async def test_retries_are_rate_limited_and_survive_a_restart(repos: Any, tmp_pa
         await owner.release_object(cid)
     assert owner.db.release(str(cid), str(H1.peer_id)).attempts == 1  # type: ignore[union-attr]
     # The release bucket is empty: a due retry waits for a token.
-    owner.release_bucket.tokens = 0.0
-    owner.release_bucket.updated = time.monotonic() + 3600  # no refill during the test
+    owner.releases.bucket.tokens = 0.0
+    owner.releases.bucket.updated = time.monotonic() + 3600  # no refill during the test
     _make_due(owner, cid, H1.peer_id)
     swarm.down.clear()
     async with trio.open_nursery() as nursery:
@@ -362,7 +363,7 @@ async def test_retries_are_rate_limited_and_survive_a_restart(repos: Any, tmp_pa
         await owner._check_all()
     assert states(owner, cid)[str(H1.peer_id)] == "pending" and swarm.sent(H1.peer_id, ReleaseRequest) == 0
     # A restarted owner (fresh service on the same repo) still owes it, and pays.
-    again = Replication(Node(owner.node.repo, OWNER, NodeOptions()))
+    again = ReplicationOwner(Node(owner.node.repo, OWNER, NodeOptions()))
     Swarm(again, swarm.holders)
     async with trio.open_nursery() as nursery:
         again._nursery = nursery
@@ -389,7 +390,7 @@ async def test_busy_holder_is_retried_but_a_refusal_ends_the_release(repos: Any,
         await owner.release_object(cid)
     assert states(owner, cid)[str(H1.peer_id)] == "pending"
     assert states(owner, cid)[str(H2.peer_id)] == "refused"
-    shown = {h["peer_id"]: h["state"] for h in (await owner.api_status({"cid": str(cid)}))["holders"]}
+    shown = {h["peer_id"]: h["state"] for h in (await owner.routes.status({"cid": str(cid)}))["holders"]}
     assert shown[str(H2.peer_id)] == "release_refused" and shown[str(H1.peer_id)] == "releasing"
     assert "cannot release" in owner.db.release(str(cid), str(H2.peer_id)).detail  # type: ignore[union-attr]
 

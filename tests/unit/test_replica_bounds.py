@@ -8,7 +8,7 @@
   distinct blocks hold is measured without reading the declared bytes, and a
   commitment pass stops on its cancel flag and on its length bound, leaving
   no temp file.
-- `Holding.run_heavy`: a cancelled caller stops the thread's work within a
+- `Holder.run_heavy`: a cancelled caller stops the thread's work within a
   step, and the work never holds more than HEAVY_THREADS threads.
 """
 
@@ -25,7 +25,7 @@ import trio
 from shoal.p2p.wire import codec
 from shoal.p2p.wire import limits as L
 from shoal.store.proofs.commit_files import build_commitment, committed_length, stored_dag_bytes
-from shoal.p2p.replication.holder import HEAVY_THREADS, Holding, pull_budget
+from shoal.p2p.replication.holder import HEAVY_THREADS, Holder, pull_budget
 from shoal.p2p.wire.messages import AuditProof
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.cancel import Cancelled
@@ -135,7 +135,7 @@ class _Node:
 
 
 async def test_run_heavy_stops_its_thread_when_cancelled_and_caps_the_threads() -> None:
-    holding = Holding(_Node(), None)  # type: ignore[arg-type]
+    holding = Holder(_Node(), None)  # type: ignore[arg-type]
     running = {"now": 0, "max": 0}
     lock = threading.Lock()
     stopped: list[bool] = []

@@ -10,15 +10,16 @@ from typing import Iterator
 
 import pytest
 
-from shoal.p2p.replication.agreements import Offer, offer_signing_bytes
+from shoal.p2p.replication.signed import Offer, offer_signing_bytes
 from shoal.p2p.replication.audit import _check
 from shoal.store.proofs.commit_files import build_commitment
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.wire.messages import (
     AuditChallenge, AuditProof, Error, ErrorCode, StoreRequest, StoreResponse,
 )
-from shoal.p2p.net.node import Node, NodeOptions
-from shoal.p2p.replication.owner import Replication
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
+from shoal.p2p.replication.owner import ReplicationOwner
 from shoal.store.ipld.cid import CID, block_key
 from shoal.store.proofs.manifest import Manifest
 from shoal.store.chunking.profiles import DEFAULT_PROFILE
@@ -48,14 +49,14 @@ def signed_manifest(repo: Repo, cid: CID) -> Manifest:
     return m.with_signature(OWNER.sign(m.signing_bytes()))
 
 
-def holding(repo: Repo, tmp_path: Path, quota: int | None = None) -> tuple[Replication, CID, Manifest]:
+def holding(repo: Repo, tmp_path: Path, quota: int | None = None) -> tuple[ReplicationOwner, CID, Manifest]:
     """A holder node that already holds an object of OWNER's under an agreement."""
     (tmp_path / "f.bin").write_bytes(random_bytes(40_000, 9))
     cid = repo.add(tmp_path / "f.bin", profile=SMALL).cid
     manifest = signed_manifest(repo, cid)
     offer = Offer(manifest.encode(), 3, (OWNER.peer_id.to_bytes(), HOLDER.peer_id.to_bytes())).with_owner_sig(
         1, OWNER.sign).encode()
-    service = Replication(Node(repo, HOLDER, NodeOptions(quota_bytes=quota)))
+    service = ReplicationOwner(Node(repo, HOLDER, NodeOptions(quota_bytes=quota)))
     service.db.put_object(str(cid), "holder", manifest.encode(), str(OWNER.peer_id), 3,
                           manifest.commitment.length, offer)
     return service, cid, manifest
@@ -68,19 +69,19 @@ def challenge(cid: CID, nonce: bytes, k: int = 66) -> AuditChallenge:
 async def test_owner_gets_a_valid_signed_proof_and_a_replay_is_refused(repo: Repo, tmp_path: Path) -> None:
     service, cid, manifest = holding(repo, tmp_path)
     nonce = b"\x11" * 32
-    [reply] = await service.holding.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(cid, nonce))  # type: ignore[arg-type]
+    [reply] = await service.holder.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(cid, nonce))  # type: ignore[arg-type]
     assert isinstance(reply, AuditProof) and reply.request_id == 7
     assert _check(manifest.commitment, nonce, HOLDER.peer_id, 66, reply) == ""
-    [again] = await service.holding.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(cid, nonce))  # type: ignore[arg-type]
+    [again] = await service.holder.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(cid, nonce))  # type: ignore[arg-type]
     assert isinstance(again, Error) and again.code == ErrorCode.REFUSED and "replayed" in again.message
 
 
 async def test_strangers_and_unknown_objects(repo: Repo, tmp_path: Path) -> None:
     service, cid, _ = holding(repo, tmp_path)
-    [r] = await service.holding.on_audit_challenge(FakeConn(STRANGER.peer_id), challenge(cid, b"\x12" * 32))  # type: ignore[arg-type]
+    [r] = await service.holder.on_audit_challenge(FakeConn(STRANGER.peer_id), challenge(cid, b"\x12" * 32))  # type: ignore[arg-type]
     assert isinstance(r, Error) and r.code == ErrorCode.REFUSED
     other = repo.add(_write(tmp_path / "g.bin", 100), profile=SMALL).cid
-    [r] = await service.holding.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(other, b"\x13" * 32))  # type: ignore[arg-type]
+    [r] = await service.holder.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(other, b"\x13" * 32))  # type: ignore[arg-type]
     assert isinstance(r, Error) and r.code == ErrorCode.NOT_FOUND
 
 
@@ -88,7 +89,7 @@ async def test_lost_blocks_are_admitted_not_guessed(repo: Repo, tmp_path: Path) 
     service, cid, _ = holding(repo, tmp_path)
     for key in [k for k in repo.blockstore.keys() if k != block_key(cid)]:
         repo.blockstore.delete_key(key)
-    [r] = await service.holding.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(cid, b"\x14" * 32))  # type: ignore[arg-type]
+    [r] = await service.holder.on_audit_challenge(FakeConn(OWNER.peer_id), challenge(cid, b"\x14" * 32))  # type: ignore[arg-type]
     assert isinstance(r, Error) and r.code == ErrorCode.NOT_FOUND
 
 
@@ -108,21 +109,21 @@ async def test_store_request_checks_signatures_and_quota(repo: Repo, tmp_path: P
     (tmp_path / "f.bin").write_bytes(random_bytes(40_000, 10))
     cid = repo.add(tmp_path / "f.bin", profile=SMALL).cid
     manifest = signed_manifest(repo, cid)
-    service = Replication(Node(repo, HOLDER, NodeOptions(quota_bytes=1000)))
+    service = ReplicationOwner(Node(repo, HOLDER, NodeOptions(quota_bytes=1000)))
     owner = FakeConn(OWNER.peer_id)
 
     # signed by someone who is neither the owner nor a listed holder
-    [r] = await service.holding.on_store_request(FakeConn(STRANGER.peer_id), store_request(manifest, STRANGER))  # type: ignore[arg-type]
+    [r] = await service.holder.on_store_request(FakeConn(STRANGER.peer_id), store_request(manifest, STRANGER))  # type: ignore[arg-type]
     assert isinstance(r, StoreResponse) and not r.accepted and "neither" in r.reason
     # the offer's signature must be the requester's
-    [r] = await service.holding.on_store_request(owner, store_request(manifest, STRANGER))  # type: ignore[arg-type]
+    [r] = await service.holder.on_store_request(owner, store_request(manifest, STRANGER))  # type: ignore[arg-type]
     assert isinstance(r, StoreResponse) and not r.accepted and "requester" in r.reason
     # a manifest not signed by its owner
     forged = manifest.with_signature(STRANGER.sign(manifest.signing_bytes()))
-    [r] = await service.holding.on_store_request(owner, store_request(forged, OWNER))  # type: ignore[arg-type]
+    [r] = await service.holder.on_store_request(owner, store_request(forged, OWNER))  # type: ignore[arg-type]
     assert isinstance(r, StoreResponse) and not r.accepted and "owner" in r.reason
     # all good, but 40 kB does not fit a 1000-byte quota
-    [r] = await service.holding.on_store_request(owner, store_request(manifest, OWNER))  # type: ignore[arg-type]
+    [r] = await service.holder.on_store_request(owner, store_request(manifest, OWNER))  # type: ignore[arg-type]
     assert isinstance(r, StoreResponse) and not r.accepted and "quota" in r.reason
     assert service.db.get_object(str(cid)) is None  # nothing recorded for a refusal
 
@@ -133,14 +134,14 @@ def _write(path: Path, size: int) -> Path:
 
 
 async def test_store_request_accepted_signs_the_agreement(repo: Repo, tmp_path: Path) -> None:
-    from shoal.p2p.replication.agreements import agreement_bytes
+    from shoal.p2p.replication.signed import agreement_bytes
 
     (tmp_path / "f.bin").write_bytes(random_bytes(40_000, 11))
     cid = repo.add(tmp_path / "f.bin", profile=SMALL).cid  # already local: the pull is a no-op
     manifest = signed_manifest(repo, cid)
-    service = Replication(Node(repo, HOLDER, NodeOptions()))
+    service = ReplicationOwner(Node(repo, HOLDER, NodeOptions()))
     req = store_request(manifest, OWNER)
-    [r] = await service.holding.on_store_request(FakeConn(OWNER.peer_id), req)  # type: ignore[arg-type]
+    [r] = await service.holder.on_store_request(FakeConn(OWNER.peer_id), req)  # type: ignore[arg-type]
     assert isinstance(r, StoreResponse) and r.accepted, r
     signed = agreement_bytes(req.manifest, OWNER.peer_id.to_bytes(), HOLDER.peer_id.to_bytes())
     assert HOLDER.peer_id.verify(r.agreement_sig, signed)

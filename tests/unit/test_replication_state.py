@@ -9,7 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from shoal.p2p.replication.agreements import Agreements, Offer, agreement_bytes, offer_signing_bytes
+from shoal.p2p.replication.agreements import Agreements
+from shoal.p2p.replication.signed import Offer, agreement_bytes, offer_signing_bytes
 from shoal.p2p.replication.audit import _check, deadline_for, prove, verify_local
 from shoal.store.proofs.commit_files import (
     build_commitment, has_leaves, leaves_file, load_tree, object_bytes,
