@@ -181,7 +181,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
     from shoal.p2p.secure.multiaddr import Multiaddr
-    from shoal.p2p.net.node import NodeLimits, NodeOptions
+    from shoal.p2p.net.node_config import NodeLimits, NodeOptions
     from shoal.p2p.net.service import parse_api_bind, run_node
 
     setup = _load_services()  # before the repo is opened: a broken install fails at once

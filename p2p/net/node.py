@@ -23,34 +23,31 @@ import shutil
 import sqlite3
 import threading
 import time
-from contextlib import ExitStack
 from functools import partial
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import trio
 
-from shoal.store.ipld.cid import CID, cid_from_bytes
-from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
+from shoal.store.errors import StoreError
 from shoal.store.persist.repo import Repo
 
 from shoal.p2p.wire import limits as L
-from shoal.p2p.net.admission import Admission, AdmissionLimits
+from shoal.p2p.net.admission import Admission
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.errors import P2PError
 from shoal.p2p.net.guard import StoreGuard
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.net.loop_probe import LoopProbe
 from shoal.p2p.wire.messages import (
-    Block, BlockMissing, DontHave, Error, ErrorCode, GetPeers, Have, Hello, Message, PeerInfo,
-    Peers, Ping, Pong, WantBlock, WantHave,
+    Error, ErrorCode, GetPeers, Hello, Message, PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
 )
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.net.peers import Clock, PeerTable, Random
-from shoal.p2p.secure.pnet import SwarmKey
-from shoal.p2p.net.reputation_store import REPUTATION_FLUSH_INTERVAL_S, ReputationStore
+from shoal.p2p.net.block_server import BlockServer
+from shoal.p2p.net.node_config import NodeOptions
+from shoal.p2p.net.reputation_store import ReputationStore
 from shoal.p2p.net.services import (
-    EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, SentBytes, ServeObserver,
+    EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, ServeObserver,
 )
 from shoal.p2p.secure.secure_stream import secure_accept, secure_dial
 
@@ -69,76 +66,6 @@ from the index in a worker thread) are read again."""
 
 MAX_PEX_REQUESTS_IN_FLIGHT = 64
 """GetPeers requests of one exchange round sent at once (all share one deadline)."""
-
-
-# `[node.limits]` key -> (AdmissionLimits field or None for NodeLimits, type)
-_LIMIT_KEYS: dict[str, tuple[str | None, str, type]] = {
-    "max_handshakes": ("admission", "max_handshakes", int),
-    "max_handshakes_per_ip": ("admission", "max_handshakes_per_ip", int),
-    "max_connections": ("admission", "max_connections", int),
-    "max_connections_per_ip": ("admission", "max_connections_per_ip", int),
-    "reserved_connections": ("admission", "reserved_for_protected", int),
-    "new_connection_grace": ("admission", "grace_s", float),
-    "send_budget": (None, "send_budget_bytes", int),
-    "send_stall_timeout": (None, "send_stall_timeout_s", float),
-}
-
-
-@dataclass(frozen=True)
-class NodeLimits:
-    """Connection caps a node enforces; defaults from shoal.p2p.wire.limits.
-
-    Set in config.toml under `[node.limits]` (keys in `_LIMIT_KEYS`, e.g.
-    `max_connections_per_ip = 4`, `send_stall_timeout = 5.0`): an operator
-    behind a NAT that many peers share raises the per-IP caps; tests lower
-    them to attack a node on loopback in seconds.
-    """
-
-    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
-    send_budget_bytes: int = L.SEND_BUDGET_BYTES
-    send_stall_timeout_s: float = L.SEND_STALL_TIMEOUT_S
-
-    def __post_init__(self) -> None:
-        if self.send_budget_bytes < L.MAX_FRAME_BYTES:
-            raise P2PError(f"send_budget must be at least one frame ({L.MAX_FRAME_BYTES} bytes)")
-        if not self.send_stall_timeout_s > 0:
-            raise P2PError("send_stall_timeout must be positive")
-
-    @classmethod
-    def from_config(cls, table: object) -> "NodeLimits":
-        """From the `[node.limits]` table of config.toml (None: every default)."""
-        if table is None:
-            return cls()
-        if not isinstance(table, Mapping):
-            raise P2PError("config: [node.limits] must be a table")
-        admission: dict[str, Any] = {}
-        top: dict[str, Any] = {}
-        for key, value in table.items():
-            spec = _LIMIT_KEYS.get(key)
-            if spec is None:
-                raise P2PError(f"config: unknown key {key!r} in [node.limits]; known: {', '.join(_LIMIT_KEYS)}")
-            where, name, kind = spec
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-                raise P2PError(f"config: [node.limits] {key} must be {'an integer' if kind is int else 'a number'}, "
-                               f"got {value!r}")
-            (admission if where else top)[name] = kind(value)
-        return cls(AdmissionLimits(**admission), **top)
-
-
-@dataclass
-class NodeOptions:
-    listen: list[Multiaddr] = field(default_factory=lambda: [Multiaddr("127.0.0.1", 0)])
-    bootstrap: list[Multiaddr] = field(default_factory=list)
-    pex_interval: float = 2.0
-    quota_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    reputation_flush_interval: float = REPUTATION_FLUSH_INTERVAL_S
-    swarm_key: SwarmKey | None = None
-    """A private swarm: every connection goes through the pre-shared-key
-    protector (p2p/secure/pnet.py) before Noise. None: a public swarm, as before."""
-    allow_peers: frozenset[PeerId] | None = None
-    """Only these peers may connect, either way (checked after Noise). None: anyone."""
-    limits: NodeLimits = field(default_factory=NodeLimits)
 
 
 class Node:
@@ -176,7 +103,7 @@ class Node:
         self._replication: ReplicationApi | None = None
         self._energy: EnergyApi | None = None
         self.store_guard = StoreGuard()
-        self.served_bytes = 0
+        self.blocks = BlockServer(repo, self.serve_observers)
         self.received_bytes = 0
         self.loop_probe = LoopProbe()
         self.started_at: float | None = None  # wall clock, set when the node runs
@@ -184,6 +111,11 @@ class Node:
     @property
     def peer_id(self) -> PeerId:
         return self.identity.peer_id
+
+    @property
+    def served_bytes(self) -> int:
+        """Block bytes sent to peers since the node started (for `/v1/stats`)."""
+        return self.blocks.served_bytes
 
     # -- extension points (shoal.p2p.net.services) ---------------------------------
 
@@ -675,80 +607,11 @@ class Node:
                     break
             return [Peers(rid, tuple(infos))]
         if isinstance(msg, WantHave):
-            return await self._serve_want_have(rid, msg.cids)
+            return await self.blocks.want_have(rid, msg.cids)
         if isinstance(msg, WantBlock):
-            await self._serve_blocks(conn, rid, msg.cids)
+            await self.blocks.serve(conn, rid, msg.cids)
             return []  # sent one by one as they were read
         handler = self.handlers.get(type(msg))
         if handler is not None:
             return await handler(conn, msg)
         return [Error(rid, ErrorCode.UNKNOWN_TYPE, f"{type(msg).__name__} is not served here")]
-
-    async def _serve_want_have(self, rid: int, cids: tuple[bytes, ...]) -> list[Message]:
-        have: list[bytes] = []
-        missing: list[bytes] = []
-        for raw in cids:
-            try:
-                cid = cid_from_bytes(raw)
-                present = self.repo.blockstore.has(cid)
-            except StoreError:
-                present = False
-            (have if present else missing).append(raw)
-        out: list[Message] = []
-        if have:
-            out.append(Have(rid, tuple(have)))
-        if missing:
-            out.append(DontHave(rid, tuple(missing)))
-        return out
-
-    def _quarantine_quietly(self, cid: CID) -> None:
-        """Worker thread: move a corrupt block aside; a failure only leaves it in place."""
-        try:
-            self.repo.quarantine(cid)
-        except (StoreError, OSError) as exc:
-            log.warning("cannot quarantine corrupt block %s: %s", cid, exc)
-
-    async def _serve_blocks(self, conn: PeerConnection, rid: int, cids: tuple[bytes, ...]) -> int:
-        """Send each block (or BlockMissing) as soon as it is read; returns block bytes sent.
-
-        Room in the connection's send budget is taken before each disk read
-        and given back once the frame is on the socket, so however many
-        requests a peer stacks up without reading, the blocks held for it
-        stay under the budget.
-        """
-        with ExitStack() as observing:
-            counters: list[SentBytes] = [observing.enter_context(o.serving(conn.remote_peer))
-                                         for o in self.serve_observers]
-            return await self._send_blocks(conn, rid, cids, counters)
-
-    async def _send_blocks(self, conn: PeerConnection, rid: int, cids: tuple[bytes, ...],
-                           counters: list[SentBytes]) -> int:
-        sent = 0
-        for raw in cids:
-            taken = await conn.send_budget.acquire(L.MAX_BLOCK_BYTES)
-            try:
-                try:
-                    cid = cid_from_bytes(raw)
-                    data = await trio.to_thread.run_sync(self.repo.blockstore.get, cid)
-                except HashMismatch:
-                    # Never serve it, and stop finding it: moved aside, it is missing
-                    # until a fetch or re-put restores it (issue 12 A3).
-                    await trio.to_thread.run_sync(self._quarantine_quietly, cid)
-                    reply: Message = BlockMissing(rid, raw)
-                except (BlockNotFound, StoreError):
-                    reply = BlockMissing(rid, raw)
-                else:
-                    conn.send_budget.release(taken - min(taken, len(data)))  # blocks are mostly 1 MiB
-                    taken = min(taken, len(data))
-                    reply = Block(rid, raw, data)
-                    del data
-                if not await conn.reply(reply):
-                    break  # gone: read nothing more for it
-                if isinstance(reply, Block):
-                    sent += len(reply.data)
-                    self.served_bytes += len(reply.data)
-                    for counter in counters:
-                        counter.bytes_sent += len(reply.data)
-            finally:
-                conn.send_budget.release(taken)
-        return sent

@@ -26,7 +26,8 @@ from shoal.store.persist.repo import Repo
 
 from shoal.p2p.errors import P2PError
 from shoal.p2p.secure.identity import Identity
-from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.node_api import build_api
 
 log = logging.getLogger("shoal.service")

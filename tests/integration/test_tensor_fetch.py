@@ -123,7 +123,8 @@ async def test_remote_safetensors_api_in_process(tmp_path: Path) -> None:
     import trio
 
     from shoal.p2p.secure.identity import Identity
-    from shoal.p2p.net.node import Node, NodeOptions
+    from shoal.p2p.net.node import Node
+    from shoal.p2p.net.node_config import NodeOptions
     from shoal.p2p.exchange.range_fetch import fetch_range
     from shoal.p2p.exchange.fetch import FetchFailed
     from shoal.p2p.exchange.tensor_fetch import RemoteSafetensors

@@ -92,7 +92,8 @@ def test_limits_are_validated() -> None:
 def test_replica_holders_and_allowlisted_peers_are_protected(tmp_path: Path) -> None:
     from shoal.p2p.replication.agreements import Agreements
     from shoal.p2p.secure.identity import Identity
-    from shoal.p2p.net.node import Node, NodeOptions
+    from shoal.p2p.net.node import Node
+    from shoal.p2p.net.node_config import NodeOptions
     from shoal.p2p.replication.repair_policy import Replica, State
     from shoal.store.persist.repo import Repo
 

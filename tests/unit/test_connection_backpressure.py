@@ -18,7 +18,7 @@ from shoal.p2p.net.connection import PeerConnection, SendBudget
 from shoal.p2p.errors import P2PError
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.wire.messages import Message, Ping
-from shoal.p2p.net.node import NodeLimits
+from shoal.p2p.net.node_config import NodeLimits
 
 MiB = 1024 * 1024
 

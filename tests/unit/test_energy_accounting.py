@@ -12,14 +12,15 @@ import pytest
 import trio
 
 from shoal.p2p.net.connection import SendBudget
-from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.wire import limits as L
 from shoal.store.ipld.cid import RAW, make_cid
 from shoal.p2p.net.energy_service import (
     EnergyService, measuring, replicating_to, summary_from_message, summary_to_message,
 )
 from shoal.p2p.secure.identity import Identity
-from shoal.p2p.wire.messages import LedgerSummary, LedgerSummaryRequest, StoreRequest, StoreResponse
+from shoal.p2p.wire.messages import LedgerSummary, LedgerSummaryRequest, StoreRequest, StoreResponse, WantBlock
 from shoal.store.energy import ledger
 from shoal.store.energy.accounting import EnergyAccount, account_for, put_measured, read_summary
 from shoal.store.errors import InvalidInput
@@ -187,7 +188,7 @@ def test_summary_wire_round_trip_keeps_joules_and_primary_bytes(account: EnergyA
 
 
 class FakeConn:
-    """What Node._serve_blocks and the handlers touch: the peer, a send budget, replies."""
+    """What the block server and the handlers touch: the peer, a send budget, replies."""
 
     def __init__(self, peer: Any) -> None:
         self.remote_peer = peer
@@ -224,12 +225,12 @@ async def test_service_wraps_serving_store_requests_and_answers_summaries(node: 
     assert node.energy is service and node.services == [service]
     assert [(r.method, r.path) for r in node.routes] == [("GET", "/v1/energy")]
     peer, other = Identity.generate().peer_id, Identity.generate().peer_id
-    cid = _block(node, b"\x11")
+    cid, cid2 = _block(node, b"\x11"), _block(node, b"\x12")
 
-    await node._serve_blocks(FakeConn(peer), 1, (cid, cid))
+    await node._handle_request(FakeConn(peer), WantBlock(1, (cid, cid2)))  # type: ignore[arg-type]
     with replicating_to(node, other):
-        await node._serve_blocks(FakeConn(other), 2, (cid,))
-    await node._serve_blocks(FakeConn(other), 3, (cid,))  # after the store request: serve again
+        await node._handle_request(FakeConn(other), WantBlock(2, (cid,)))  # type: ignore[arg-type]
+    await node._handle_request(FakeConn(other), WantBlock(3, (cid,)))  # type: ignore[arg-type]  # served again after the store request
 
     req = StoreRequest(4, cid, 12345, b"m", b"s" * 64)
     await node.handlers[StoreRequest](FakeConn(peer), req)  # type: ignore[arg-type]
@@ -259,7 +260,7 @@ async def test_flush_loop_writes_pending_serve_totals_when_cancelled(node: Any) 
     cid = _block(node, b"\x22")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(service.flush_loop)
-        await node._serve_blocks(FakeConn(Identity.generate().peer_id), 1, (cid,))
+        await node._handle_request(FakeConn(Identity.generate().peer_id), WantBlock(1, (cid,)))  # type: ignore[arg-type]
         await trio.sleep(0.01)
         assert _rows(node.repo.index) == []  # well before the first periodic flush
         nursery.cancel_scope.cancel()  # node shutdown

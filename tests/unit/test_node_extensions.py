@@ -25,7 +25,8 @@ from shoal.store.persist.repo import Repo
 
 from shoal.p2p.errors import P2PError
 from shoal.p2p.net.connection import SendBudget
-from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.node_api import build_api
 from shoal.p2p.net.services import EnergyApi, NodeService, ReplicationApi, SentBytes, ServeObserver
 from shoal.p2p.secure.identity import Identity, PeerId

@@ -14,7 +14,8 @@ import pytest
 from shoal.p2p.net import peers as peers_mod
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
-from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.peers import (
     DIAL_BACKOFF_BASE_S, DIAL_BACKOFF_CAP_S, DIAL_BACKOFF_JITTER_MIN, FORGET_FAILING_AFTER_S,
     MAX_KNOWN_PEERS, Counts, PeerTable, backoff_delay,

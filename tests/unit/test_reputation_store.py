@@ -14,7 +14,8 @@ import trio.testing
 
 from shoal.p2p.net import reputation_store as rs
 from shoal.p2p.secure.identity import Identity, PeerId
-from shoal.p2p.net.node import Node, NodeOptions
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.peers import Counts, Reputation
 from shoal.p2p.net.reputation_store import COMPONENT, ReputationStore
 from shoal.store.persist.index import Index

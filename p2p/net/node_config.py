@@ -1,0 +1,97 @@
+"""A node's configuration: `NodeOptions` (what `shoal node start` passes) and
+`NodeLimits` (the `[node.limits]` table of config.toml, validated).
+
+Kept apart from the node so reading and checking configuration needs no
+sockets or trio, and the CLI can build options before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from shoal.p2p.errors import P2PError
+from shoal.p2p.net.admission import AdmissionLimits
+from shoal.p2p.net.reputation_store import REPUTATION_FLUSH_INTERVAL_S
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.pnet import SwarmKey
+from shoal.p2p.wire import limits as L
+
+__all__ = ["NodeLimits", "NodeOptions"]
+
+
+# `[node.limits]` key -> (AdmissionLimits field or None for NodeLimits, type)
+_LIMIT_KEYS: dict[str, tuple[str | None, str, type]] = {
+    "max_handshakes": ("admission", "max_handshakes", int),
+    "max_handshakes_per_ip": ("admission", "max_handshakes_per_ip", int),
+    "max_connections": ("admission", "max_connections", int),
+    "max_connections_per_ip": ("admission", "max_connections_per_ip", int),
+    "reserved_connections": ("admission", "reserved_for_protected", int),
+    "new_connection_grace": ("admission", "grace_s", float),
+    "send_budget": (None, "send_budget_bytes", int),
+    "send_stall_timeout": (None, "send_stall_timeout_s", float),
+}
+
+
+@dataclass(frozen=True)
+class NodeLimits:
+    """Connection caps a node enforces; defaults from shoal.p2p.wire.limits.
+
+    Set in config.toml under `[node.limits]` (keys in `_LIMIT_KEYS`, e.g.
+    `max_connections_per_ip = 4`, `send_stall_timeout = 5.0`): an operator
+    behind a NAT that many peers share raises the per-IP caps; tests lower
+    them to attack a node on loopback in seconds.
+    """
+
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    send_budget_bytes: int = L.SEND_BUDGET_BYTES
+    send_stall_timeout_s: float = L.SEND_STALL_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.send_budget_bytes < L.MAX_FRAME_BYTES:
+            raise P2PError(f"send_budget must be at least one frame ({L.MAX_FRAME_BYTES} bytes)")
+        if not self.send_stall_timeout_s > 0:
+            raise P2PError("send_stall_timeout must be positive")
+
+    @classmethod
+    def from_config(cls, table: object) -> "NodeLimits":
+        """From the `[node.limits]` table of config.toml (None: every default)."""
+        if table is None:
+            return cls()
+        if not isinstance(table, Mapping):
+            raise P2PError("config: [node.limits] must be a table")
+        admission: dict[str, Any] = {}
+        top: dict[str, Any] = {}
+        for key, value in table.items():
+            spec = _LIMIT_KEYS.get(key)
+            if spec is None:
+                raise P2PError(f"config: unknown key {key!r} in [node.limits]; known: {', '.join(_LIMIT_KEYS)}")
+            where, name, kind = spec
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+                raise P2PError(f"config: [node.limits] {key} must be {'an integer' if kind is int else 'a number'}, "
+                               f"got {value!r}")
+            (admission if where else top)[name] = kind(value)
+        return cls(AdmissionLimits(**admission), **top)
+
+
+@dataclass
+class NodeOptions:
+    """How a node runs: where it listens, whom it dials first, its quota and limits.
+
+    `extra` carries service settings (`audit_interval`, `default_replicas`)
+    the node itself does not read.
+    """
+
+    listen: list[Multiaddr] = field(default_factory=lambda: [Multiaddr("127.0.0.1", 0)])
+    bootstrap: list[Multiaddr] = field(default_factory=list)
+    pex_interval: float = 2.0
+    quota_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    reputation_flush_interval: float = REPUTATION_FLUSH_INTERVAL_S
+    swarm_key: SwarmKey | None = None
+    """A private swarm: every connection goes through the pre-shared-key
+    protector (p2p/secure/pnet.py) before Noise. None: a public swarm, as before."""
+    allow_peers: frozenset[PeerId] | None = None
+    """Only these peers may connect, either way (checked after Noise). None: anyone."""
+    limits: NodeLimits = field(default_factory=NodeLimits)
