@@ -16,9 +16,9 @@ from typing import Any, Mapping
 
 # shoal.store.energy loads in the handlers: every `shoal` command imports this
 # module to register its parser, and a put should not pay for the report.
-from shoal.store.persist.repo import Repo, resolve_repo_path
+from shoal.store.persist.repo import Repo
 
-from shoal.cli.node_client import connect
+from shoal.cli.dispatch import Access, run
 from shoal.cli.output import human_size, print_json
 
 
@@ -43,14 +43,15 @@ def plot_path(text: str) -> Path:
     return path
 
 
-def load_report(repo_path: Path) -> dict[str, Any]:
+def load_report(args: argparse.Namespace) -> dict[str, Any]:
     """Through the repo's node if one answers (swarm totals), else offline."""
-    client = connect(repo_path)
-    if client is not None:
-        try:
-            return dict(client.call("GET", "/v1/energy"))
-        finally:
-            client.close()
+    # Read-only: the report writes nothing, so it may run beside other commands.
+    return run(args, node=lambda client: dict(client.call("GET", "/v1/energy")), offline=offline_report,
+               access=Access.READ)
+
+
+def offline_report(repo: Repo) -> dict[str, Any]:
+    """This repo's report: offline, the repo is the whole (one-node) swarm."""
     from shoal.p2p.net.energy_service import local_report
     from shoal.store.energy.accounting import read_summary
     from shoal.store.energy.coefficients import load_coefficients
@@ -58,24 +59,22 @@ def load_report(repo_path: Path) -> dict[str, Any]:
     from shoal.p2p.net.energy_service import _compact
     from shoal.p2p.secure.identity import Identity
 
-    # Read-only: the report writes nothing, so it may run beside other commands.
-    with Repo.open(repo_path, lock=False) as repo:
-        energy = repo.config.get("energy", {})
-        coefficients = load_coefficients(energy if isinstance(energy, dict) else {})
-        summary = read_summary(repo.index)
-        report = dict(local_report(repo, summary, coefficients))
-        # The fields the node's report adds, so that --json has one schema:
-        # offline, this repo is the whole (one-node) swarm.
-        report["node"] = {"peer_id": str(Identity.load_or_create(repo.identity_path).peer_id),
-                          "operations": _compact(summary)}
-        report["swarm_peers"] = {}
-        return report
+    energy = repo.config.get("energy", {})
+    coefficients = load_coefficients(energy if isinstance(energy, dict) else {})
+    summary = read_summary(repo.index)
+    report = dict(local_report(repo, summary, coefficients))
+    # The fields the node's report adds, so that --json has one schema:
+    # offline, this repo is the whole (one-node) swarm.
+    report["node"] = {"peer_id": str(Identity.load_or_create(repo.identity_path).peer_id),
+                      "operations": _compact(summary)}
+    report["swarm_peers"] = {}
+    return report
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
     from shoal.cli.energy_report import plot, render_text
 
-    report = load_report(resolve_repo_path(args.repo))
+    report = load_report(args)
     if args.plot:
         written = plot(report, args.plot)
         print(f"wrote {written}", file=sys.stderr)

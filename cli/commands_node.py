@@ -18,7 +18,7 @@ from shoal.store.persist.repo import Repo, resolve_repo_path
 from shoal.cli.args import SIZE_HINT, positive_int, positive_seconds, size
 from shoal.cli.args import parse_size as _parse_size
 from shoal.cli.errors import CliError
-from shoal.cli.node_client import connect
+from shoal.cli.dispatch import Access, run
 from shoal.cli.output import print_json
 
 if TYPE_CHECKING:
@@ -291,10 +291,7 @@ def _load_services() -> "Callable[[Node], None]":
 
 
 def cmd_node_status(args: argparse.Namespace) -> int:
-    client = connect(resolve_repo_path(args.repo))
-    if client is None:
-        raise CliError("no running node for this repo", hint="start one with `shoal node start`")
-    doc = client.call("GET", "/v1/node/status")
+    doc = run(args, node=lambda client: client.call("GET", "/v1/node/status"), offline=None)
     if args.json:
         print_json(doc)
         return 0
@@ -311,14 +308,10 @@ def cmd_node_status(args: argparse.Namespace) -> int:
 def cmd_id(args: argparse.Namespace) -> int:
     from shoal.p2p.secure.identity import Identity  # cryptography: only for the commands that need it
 
-    path = resolve_repo_path(args.repo)
-    client = connect(path)
-    if client is not None:
-        doc = client.call("GET", "/v1/id")
-    else:
-        with Repo.open(path, lock=False) as repo:
-            identity = Identity.load_or_create(repo.identity_path)
-        doc = {"peer_id": str(identity.peer_id), "addrs": []}
+    def offline(repo: Repo) -> dict[str, Any]:
+        return {"peer_id": str(Identity.load_or_create(repo.identity_path).peer_id), "addrs": []}
+
+    doc = run(args, node=lambda client: client.call("GET", "/v1/id"), offline=offline, access=Access.READ)
     if args.json:
         print_json(doc)
     else:
@@ -329,10 +322,7 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    client = connect(resolve_repo_path(args.repo))
-    if client is None:
-        raise CliError("no running node for this repo", hint="start one with `shoal node start`")
-    peers = client.call("GET", "/v1/peers")
+    peers = run(args, node=lambda client: client.call("GET", "/v1/peers"), offline=None)
     if args.json:
         print_json(peers)
     else:

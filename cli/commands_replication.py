@@ -11,10 +11,8 @@ import time
 from typing import Any
 
 from shoal.store.ipld.cid import parse_cid
-from shoal.store.persist.repo import resolve_repo_path
-
-from shoal.cli.errors import CliError
-from shoal.cli.node_client import connect
+from shoal.cli.dispatch import run
+from shoal.cli.node_client import NodeClient
 from shoal.cli.output import plural, print_json
 
 
@@ -28,13 +26,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_audit)
 
 
-def _client(args: argparse.Namespace) -> Any:
-    client = connect(resolve_repo_path(args.repo))
-    if client is None:
-        raise CliError("no running node for this repo", hint="start one with `shoal node start`")
-    return client
-
-
 def _ago(t: float | None) -> str:
     if t is None:
         return "never"
@@ -43,9 +34,13 @@ def _ago(t: float | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cid = str(parse_cid(args.cid))
-    client = _client(args)
-    doc = client.call("GET", "/v1/status", cid=cid)
-    doc["shortfall"] = shortfall(doc, client.call("GET", "/v1/peers"))
+
+    def node(client: NodeClient) -> dict[str, Any]:
+        doc = dict(client.call("GET", "/v1/status", cid=cid))
+        doc["shortfall"] = shortfall(doc, client.call("GET", "/v1/peers"))
+        return doc
+
+    doc = run(args, node=node, offline=None)
     if args.json:
         print_json(doc)
         return 0
@@ -93,7 +88,7 @@ def shortfall(status: dict[str, Any], peers: list[dict[str, Any]]) -> str | None
 
 def cmd_audit(args: argparse.Namespace) -> int:
     cid = str(parse_cid(args.cid))
-    doc = _client(args).call("POST", "/v1/audit", {"cid": cid})
+    doc = run(args, node=lambda client: client.call("POST", "/v1/audit", {"cid": cid}), offline=None)
     if args.json:
         print_json(doc)
         return 0

@@ -6,9 +6,9 @@ and the index read-only, so they never wait for a writer and work on a
 read-only repo. Writers wait for another writer (saying so on stderr) unless
 given `--no-wait`.
 
-Each handler takes the parsed arguments and returns an exit code. With a
-running node for the repo the node-aware front (`cli.via_node`) serves the
-command instead; these handlers are the offline path.
+Each handler takes the parsed arguments and returns an exit code. A handler
+says what its command does through the repo's running node and what it does
+offline, with which lock; shoal.cli.dispatch picks the path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from shoal.store.persist.repo import Repo, resolve_repo_path
 
 from shoal.cli.args import positive_int, size
 from shoal.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
-from shoal.cli.node_client import NodeClient, connect
+from shoal.cli.dispatch import Access, run
+from shoal.cli.node_client import NodeClient
 from shoal.cli.output import human_size, plural, print_json, progress_bar
 
 
@@ -157,37 +158,6 @@ def absolute(path: Path) -> str:
     return os.path.abspath(path)
 
 
-def node_for(args: argparse.Namespace) -> NodeClient | None:
-    """The running node of this repo, if one answers: then commands go through it."""
-    return connect(resolve_repo_path(args.repo))
-
-
-def open_repo(args: argparse.Namespace, *, frees_space: bool = False) -> Repo:
-    """Open (and lock) the repo named by --repo / $SHOAL_REPO / ~/.shoal, to write.
-
-    Waits for another writer, saying so on stderr, unless `--no-wait`.
-    `frees_space` (pin rm, gc): on a full disk the repo gives back its
-    emergency reserve so the command can run; say so.
-    """
-    path = resolve_repo_path(args.repo)
-
-    def waiting(who: str) -> None:
-        print(f"shoal: waiting for {who} to finish with the repo (--no-wait to fail instead)",
-              file=sys.stderr, flush=True)
-
-    repo = Repo.open(path, wait=not getattr(args, "no_wait", False), on_wait=waiting,
-                     frees_space=frees_space)
-    if repo.reserve_released:
-        print(f"shoal: disk full: released the {human_size(repo.reserve_released)} emergency reserve "
-              f"so this command can run", file=sys.stderr)
-    return repo
-
-
-def read_repo(args: argparse.Namespace) -> Repo:
-    """Open the repo to read: no lock, so no waiting; works on a read-only repo."""
-    return Repo.open(resolve_repo_path(args.repo), lock=False)
-
-
 def _input_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -224,8 +194,8 @@ def cmd_put(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise CliError(f"no such file or directory: {args.path}")
-    client = node_for(args)
-    if client is not None:
+
+    def node(client: NodeClient) -> int:
         body = {"path": absolute(path), "profile": args.profile, "chunker": args.chunker,
                 "follow_symlinks": not args.no_follow}
         if args.replicas is not None:
@@ -233,15 +203,19 @@ def cmd_put(args: argparse.Namespace) -> int:
         doc = client.call("POST", "/v1/put", body)
         extra = {k: v for k, v in doc.items() if k not in ("cid", "size", "name")}
         return print_put_result(args, doc["cid"], doc["size"], doc["name"], extra)
-    if args.replicas is not None and args.replicas > 1:
-        raise CliError("--replicas needs a running node", hint="start one with `shoal node start`")
-    profile = PROFILES[args.profile]
-    chunker = chunker_for(args.chunker, profile, path)
-    with open_repo(args) as repo:
+
+    def offline(repo: Repo) -> int:
+        chunker = chunker_for(args.chunker, profile, path)
         with progress_bar(f"put {path.name}", _input_size(path), enabled=not args.quiet) as advance:
             result = put_measured(repo, path, profile=profile, chunker=chunker, progress=advance,
                                   follow_symlinks=not args.no_follow)
-    return print_put_result(args, str(result.cid), result.size, path.name)
+        return print_put_result(args, str(result.cid), result.size, path.name)
+
+    profile = PROFILES[args.profile]
+    needs_node = None
+    if args.replicas is not None and args.replicas > 1:
+        needs_node = CliError("--replicas needs a running node", hint="start one with `shoal node start`")
+    return run(args, node=node, offline=offline, access=Access.WRITE, needs_node=needs_node)
 
 
 def print_put_result(args: argparse.Namespace, cid: str, size: int, name: str, extra: dict[str, Any] | None = None) -> int:
@@ -312,18 +286,20 @@ def cmd_get(args: argparse.Namespace) -> int:
         return _cat(args, cid, 0, None, None)
     dest = Path(args.output) if args.output else Path(args.cid)
     check_output(dest, args.force)
-    client = node_for(args)
-    if client is not None:
+
+    def node(client: NodeClient) -> dict[str, Any]:
         # The node writes the files: it applies this process's umask, not its own.
         body = {"cid": str(cid), "output": absolute(dest), "umask": exporter.current_umask(),
                 "max_size": args.max_size}
-        doc = client.call("POST", "/v1/get", {k: v for k, v in body.items() if v is not None})
-    else:
-        with read_repo(args) as repo:
-            exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
-                                    max_size=args.max_size)
-            local = len(repo.dag_keys(cid)) if args.json else 0
-        doc = {"fetched_blocks": 0, "fetched_bytes": 0, "local_blocks": local, "holders": 0}
+        return dict(client.call("POST", "/v1/get", {k: v for k, v in body.items() if v is not None}))
+
+    def offline(repo: Repo) -> dict[str, Any]:
+        exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
+                                max_size=args.max_size)
+        local = len(repo.dag_keys(cid)) if args.json else 0
+        return {"fetched_blocks": 0, "fetched_bytes": 0, "local_blocks": local, "holders": 0}
+
+    doc = run(args, node=node, offline=offline, access=Access.READ)
     doc.update(cid=str(cid), output=absolute(dest))
     if args.json:
         print_json({k: doc.get(k) for k in GET_FIELDS})
@@ -338,17 +314,20 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def _cat(args: argparse.Namespace, cid: Any, offset: int, length: int | None, tensor: str | None) -> int:
     from shoal.store.dag import exporter  # here, not at the top: put never needs it
 
-    client = node_for(args)
-    if client is not None:
+    def node(client: NodeClient) -> int:
         _write_stdout(client.stream("/v1/cat", cid=str(cid), offset=offset, length=length, tensor=tensor))
         return 0
-    with read_repo(args) as repo:
+
+    def offline(repo: Repo) -> int:
+        start, count = offset, length
         if tensor is not None:
             from shoal.store.dag.tensor_ranges import tensor_window
 
-            offset, length = tensor_window(repo.blockstore, cid, tensor, offset, length)
-        _write_stdout(exporter.read_file(repo.blockstore, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS))
-    return 0
+            start, count = tensor_window(repo.blockstore, cid, tensor, offset, length)
+        _write_stdout(exporter.read_file(repo.blockstore, cid, start, count, prefetch=exporter.PREFETCH_BLOCKS))
+        return 0
+
+    return run(args, node=node, offline=offline, access=Access.READ)
 
 
 def _write_stdout(chunks: Any) -> None:
@@ -361,18 +340,20 @@ def _write_stdout(chunks: Any) -> None:
 def cmd_ls(args: argparse.Namespace) -> int:
     from shoal.store.dag import exporter  # here, not at the top: put never needs it
 
-    client = node_for(args)
-    if client is not None:
+    def node(client: NodeClient) -> int:
         _print_rows(args, client.lines("/v1/ls", cid=args.cid))
         return 0
-    with read_repo(args) as repo:
+
+    def offline(repo: Repo) -> int:
         if args.cid is None:
             _print_rows(args, (_object_row(o) for o in repo.objects()))
             return 0
         cid = parse_cid(args.cid)
         entries = exporter.iter_dir(repo.blockstore, cid)
         _print_rows(args, ({"name": e.name, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries))
-    return 0
+        return 0
+
+    return run(args, node=node, offline=offline, access=Access.READ)
 
 
 # One vocabulary for `kind` in every listing (the index says "directory",
@@ -419,12 +400,9 @@ def cmd_pin_rm(args: argparse.Namespace) -> int:
 def _pin_change(args: argparse.Namespace, verb: str, done: str) -> int:
     """pin add / pin rm: through the node if one runs, else on the repo."""
     cid = parse_cid(args.cid)
-    client = node_for(args)
-    if client is not None:
-        client.call("POST", f"/v1/pin/{verb}", {"cid": str(cid)})
-    else:
-        with open_repo(args, frees_space=verb == "rm") as repo:
-            (repo.pin_add if verb == "add" else repo.pin_rm)(cid)
+    run(args, node=lambda client: client.call("POST", f"/v1/pin/{verb}", {"cid": str(cid)}),
+        offline=lambda repo: (repo.pin_add if verb == "add" else repo.pin_rm)(cid),
+        access=Access.FREES_SPACE if verb == "rm" else Access.WRITE)
     if args.json:
         print_json({"cid": str(cid), "pinned": verb == "add"})
     else:
@@ -434,12 +412,8 @@ def _pin_change(args: argparse.Namespace, verb: str, done: str) -> int:
 
 def cmd_pin_ls(args: argparse.Namespace) -> int:
     wanted = parse_cid(args.cid) if args.cid else None
-    client = node_for(args)
-    if client is not None:
-        all_pins = [str(c) for c in client.call("GET", "/v1/pins")]
-    else:
-        with read_repo(args) as repo:
-            all_pins = [p.cid for p in repo.pins()]
+    all_pins: list[str] = run(args, node=lambda client: [str(c) for c in client.call("GET", "/v1/pins")],
+                              offline=lambda repo: [p.cid for p in repo.pins()], access=Access.READ)
     pins = [c for c in all_pins if wanted is None or c == str(wanted)]
     if wanted is not None and not pins:
         raise CliError(f"not pinned: {wanted}")
@@ -452,13 +426,12 @@ def cmd_pin_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    client = node_for(args)
-    if client is not None:
-        doc = client.call("POST", "/v1/gc", {"force": True} if args.force else None)
-    else:
-        with open_repo(args, frees_space=True) as repo:
-            result = gc_measured(repo, force=args.force)
-        doc = {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
+    def offline(repo: Repo) -> dict[str, Any]:
+        result = gc_measured(repo, force=args.force)
+        return {"removed_blocks": result.removed_blocks, "freed_bytes": result.freed_bytes}
+
+    doc = run(args, node=lambda client: client.call("POST", "/v1/gc", {"force": True} if args.force else None),
+              offline=offline, access=Access.FREES_SPACE)
     if args.json:
         print_json(doc)
     else:
@@ -468,17 +441,17 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     repair = bool(getattr(args, "repair", False))
-    client = node_for(args)
-    if client is not None:
-        doc = client.call("POST", "/v1/verify", {"repair": repair})
-    else:
-        with open_repo(args) as repo:
-            doc = repo.verify(repair=repair).as_json()
-            unknown = repo.blocks_an_index_never_knew()
+    def offline(repo: Repo) -> tuple[dict[str, Any], bool]:
+        doc = repo.verify(repair=repair).as_json()
+        unknown = repo.blocks_an_index_never_knew()
         if unknown:
             print(f"shoal: warning: the index holds no pin and never held one, but {unknown} block(s) "
                   f"are stored; if index.sqlite was lost or replaced, run `shoal repair-index`",
                   file=sys.stderr)
+        return doc, False
+
+    doc, through_node = run(args, node=lambda client: (client.call("POST", "/v1/verify", {"repair": repair}), True),
+                            offline=offline, access=Access.WRITE)
     corrupt, incomplete = doc["corrupt_blocks"], doc["incomplete_pins"]
     quarantined = set(doc.get("quarantined", []))
     ok = bool(doc["ok"])
@@ -497,7 +470,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                   f"protects: `shoal gc` frees them", file=sys.stderr)
         if ok:
             print("repo ok" + (" (repaired)" if corrupt else ""), file=sys.stderr)
-        elif repair and incomplete and client is None:
+        elif repair and incomplete and not through_node:
             print("repo has problems: re-put the files, or run `shoal verify --repair` with the "
                   "node running to fetch good copies from peers", file=sys.stderr)
         else:
@@ -508,16 +481,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_repair_index(args: argparse.Namespace) -> int:
     """Offline only: the node must be stopped (it could not start without an index anyway)."""
-    path = resolve_repo_path(args.repo)
-    if connect(path) is not None:
-        raise CliError("a node is running on this repo", hint="stop it (`shoal node stop`), then repair")
-
-    def waiting(who: str) -> None:
-        print(f"shoal: waiting for {who} to finish with the repo (--no-wait to fail instead)",
-              file=sys.stderr, flush=True)
-
-    with Repo.open_for_repair(path, wait=not args.no_wait, on_wait=waiting) as repo:
-        report = repo.repair_index()
+    report = run(args, node=None, offline=lambda repo: repo.repair_index(), access=Access.REPAIR)
     doc = {
         "blocks_scanned": report.blocks_scanned,
         "corrupt_blocks": report.corrupt_blocks,
@@ -541,12 +505,9 @@ def cmd_car_export(args: argparse.Namespace) -> int:
     from shoal.store.ipld.car import export_car_file
 
     cid = parse_cid(args.cid)
-    client = node_for(args)
-    if client is not None:
-        written = client.call("POST", "/v1/car/export", {"cid": str(cid), "output": absolute(Path(args.output))})["bytes"]
-    else:
-        with read_repo(args) as repo:
-            written = export_car_file(repo.blockstore, cid, Path(args.output))
+    written = run(args, node=lambda client: client.call("POST", "/v1/car/export",
+                                                        {"cid": str(cid), "output": absolute(Path(args.output))})["bytes"],
+                  offline=lambda repo: export_car_file(repo.blockstore, cid, Path(args.output)), access=Access.READ)
     if args.json:
         print_json({"cid": str(cid), "output": absolute(Path(args.output)), "bytes": written})
     print(f"wrote {args.output} ({human_size(written)})", file=sys.stderr)
@@ -557,13 +518,12 @@ def cmd_car_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"no such file: {args.file}")
-    client = node_for(args)
-    if client is not None:
-        doc = client.call("POST", "/v1/car/import", {"path": absolute(path)})
-    else:
-        with open_repo(args) as repo, open(path, "rb") as src:
-            result = repo.import_car(src)
-        doc = result.as_json()
+    def offline(repo: Repo) -> dict[str, Any]:
+        with open(path, "rb") as src:
+            return dict(repo.import_car(src).as_json())
+
+    doc = run(args, node=lambda client: client.call("POST", "/v1/car/import", {"path": absolute(path)}),
+              offline=offline, access=Access.WRITE)
     for root in doc.get("absent_roots", []):
         print(f"shoal: warning: the CAR's header names root {root}, which the file does not contain; "
               f"not pinned", file=sys.stderr)
