@@ -33,18 +33,19 @@ from shoal.store.persist.repo import Repo
 
 from shoal.p2p.wire import limits as L
 from shoal.p2p.net.admission import Admission
-from shoal.p2p.net.connection import PeerConnection, RequestFailed
+from shoal.p2p.net.connection import PeerConnection
 from shoal.p2p.errors import P2PError
 from shoal.p2p.net.guard import StoreGuard
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.net.loop_probe import LoopProbe
 from shoal.p2p.wire.messages import (
-    Error, ErrorCode, GetPeers, Hello, Message, PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
+    Error, ErrorCode, GetPeers, Hello, Message, Peers, Ping, Pong, WantBlock, WantHave,
 )
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.net.peers import Clock, PeerTable, Random
 from shoal.p2p.net.block_server import BlockServer
 from shoal.p2p.net.node_config import NodeOptions
+from shoal.p2p.net.peer_exchange import exchange_round, learn_peers, peers_reply
 from shoal.p2p.net.reputation_store import ReputationStore
 from shoal.p2p.net.services import (
     EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, ServeObserver,
@@ -64,8 +65,6 @@ PROTECTED_REFRESH_S = 30.0
 """How often `protection_sources` (e.g. the peers holding our replicas, read
 from the index in a worker thread) are read again."""
 
-MAX_PEX_REQUESTS_IN_FLIGHT = 64
-"""GetPeers requests of one exchange round sent at once (all share one deadline)."""
 
 
 class Node:
@@ -554,38 +553,11 @@ class Node:
                 self._start_dial(rec.addrs[0].with_peer(rec.peer_id))
 
     async def _exchange_peers(self, deadline: float = L.PEER_EXCHANGE_DEADLINE_S) -> None:
-        """Ask every connected peer for its peers at once; the round ends at `deadline`.
-
-        In turn, 5 s each, twelve silent peers made one round take a minute,
-        and redials (which follow the round) waited for it.
-        """
         conns = [c for c in map(self.connection_to, self.connected_peers()) if c is not None]
-        slots = trio.CapacityLimiter(MAX_PEX_REQUESTS_IN_FLIGHT)
-
-        async def ask(conn: PeerConnection) -> None:
-            async with slots:
-                try:
-                    replies = await conn.request(lambda rid: GetPeers(rid, L.MAX_PEERS_PER_REPLY), timeout=deadline)
-                except RequestFailed:
-                    return
-            for reply in replies:
-                if isinstance(reply, Peers):
-                    self._learn_peers(reply)
-
-        with trio.move_on_after(deadline):
-            async with trio.open_nursery() as nursery:
-                for conn in conns:
-                    nursery.start_soon(ask, conn)
+        await exchange_round(conns, self._learn_peers, deadline)
 
     def _learn_peers(self, reply: Peers) -> None:
-        for info in reply.peers:
-            try:
-                peer = PeerId.from_bytes(info.peer_id)
-                addrs = [Multiaddr.parse(a) for a in info.addrs]
-            except (P2PError, ValueError):
-                continue
-            if self.admits(peer):  # never remember (and so never dial) a peer we would refuse
-                self.peers.learn(peer, addrs)
+        learn_peers(self.peers, reply, self.admits)
 
     def admits(self, peer: PeerId) -> bool:
         """Whether the allowlist, if the node has one, lets `peer` connect."""
@@ -599,13 +571,7 @@ class Node:
         if isinstance(msg, Ping):
             return [Pong(rid, msg.payload)]
         if isinstance(msg, GetPeers):
-            infos = []
-            for rec in self.peers.connected():
-                if rec.peer_id != conn.remote_peer and rec.addrs:
-                    infos.append(PeerInfo(rec.peer_id.to_bytes(), tuple(str(a) for a in rec.addrs[: L.MAX_ADDRS_PER_PEER])))
-                if len(infos) >= msg.max_peers:
-                    break
-            return [Peers(rid, tuple(infos))]
+            return [peers_reply(self.peers, conn.remote_peer, rid, msg.max_peers)]
         if isinstance(msg, WantHave):
             return await self.blocks.want_have(rid, msg.cids)
         if isinstance(msg, WantBlock):
