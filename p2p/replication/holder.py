@@ -68,7 +68,7 @@ from shoal.p2p.wire.messages import (
 if TYPE_CHECKING:
     from shoal.p2p.net.node import Node
 
-log = logging.getLogger("shoal.holding")
+log = logging.getLogger("shoal.holder")
 
 MAX_CACHED_TREES = 64
 PULL_SLACK_BYTES = 1 << 20
