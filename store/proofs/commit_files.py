@@ -38,7 +38,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from shoal.store.dag import exporter
 from shoal.store.dag.walk import DagWalk
 from shoal.store.persist.blockstore import Blockstore
 from shoal.store.ipld.cid import CID, RAW
@@ -133,6 +132,7 @@ def object_bytes(backing: Blockstore, cid: CID) -> ObjectBytes:
     Blocks are still hash-checked when first read; a few recent ones are
     kept for the life of this object (one proof), never longer.
     """
+    from shoal.store.dag import exporter  # not at the top: every command loads this module (via the repo)
     store: Any = _RecentBlocks(backing)
     st = exporter.stat(store, cid)
     if st.kind in ("file", "raw"):
@@ -167,6 +167,7 @@ def object_bytes(backing: Blockstore, cid: CID) -> ObjectBytes:
 
 def _dag_layout(store: Blockstore, root: CID) -> list[tuple[int, CID, int]]:
     """(offset, cid, size) of every block, depth-first in link order, each block once."""
+    from shoal.store.dag import exporter
     out: list[tuple[int, CID, int]] = []
     pos = 0
     walk = DagWalk([root])
@@ -196,6 +197,7 @@ def committed_length(store: Blockstore, cid: CID) -> int:
     add up to it; the pass over the bytes does). A directory: the bytes of
     its blocks, each once. Raises StoreError if a block is missing.
     """
+    from shoal.store.dag import exporter
     recent: Any = _RecentBlocks(store)
     st = exporter.stat(recent, cid)
     if st.kind in ("file", "raw"):
@@ -212,6 +214,7 @@ def stored_dag_bytes(store: Blockstore, cid: CID, should_stop: ShouldStop | None
     bounded against this number (shoal.p2p.replication.holder). Raises StoreError if a block
     is missing; reads only the dag-pb nodes (raw leaves are sized, not read).
     """
+    from shoal.store.dag import exporter
     total = 0
     walk = DagWalk([cid])
     for block in walk:
@@ -270,6 +273,7 @@ def recorded_commitment(store: Blockstore, repo_path: Path, cid: CID,
     data read). Anything else, e.g. a damaged leaf file, gives None, so the
     caller recomputes both from the data.
     """
+    from shoal.store.dag import exporter
     try:
         commitment = Commitment.decode(commitment_file(repo_path, cid).read_bytes())
     except (OSError, StoreError):
