@@ -5,7 +5,7 @@ and room in the connection's send budget is taken before every read, so a
 peer that stacks up requests without reading costs at most its budget. A
 block whose bytes no longer match its CID is never served: it is moved
 aside (quarantined) and answered as missing. Serve observers (energy
-accounting, shoal.p2p.net.services.ServeObserver) see every WANT_BLOCK and
+accounting, shoal.p2p.net.hooks.ServeObserver) see every WANT_BLOCK and
 the bytes it sent.
 
 Not here: which requests reach this (the node's dispatch in
@@ -24,7 +24,7 @@ from shoal.store.ipld.cid import CID, cid_from_bytes
 from shoal.store.persist.repo import Repo
 
 from shoal.p2p.net.connection import PeerConnection
-from shoal.p2p.net.services import SentBytes, ServeObserver
+from shoal.p2p.net.hooks import SentBytes, ServeObserver
 from shoal.p2p.wire import limits as L
 from shoal.p2p.wire.messages import Block, BlockMissing, DontHave, Have, Message
 

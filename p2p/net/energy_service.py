@@ -2,7 +2,7 @@
 
 `install(node)` (called after the replication service's install, so it can
 wrap that service's handlers) registers an `EnergyService`, which attaches
-through the node's extension points (shoal.p2p.net.services):
+through the node's extension points (shoal.p2p.net.hooks):
 - block serving (WANT_BLOCK), watched as a serve observer, aggregated as
   `serve`, or as `replicate-out`
   while an outgoing store request to that peer is open (`replicating_to`);
@@ -39,7 +39,7 @@ from shoal.store.energy.report import Report, build_report
 from shoal.store.errors import StoreError
 
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
-from shoal.p2p.net.services import Handler
+from shoal.p2p.net.hooks import Handler
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import (
     AuditChallenge, AuditProof, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,

@@ -2,7 +2,7 @@
 
 `shoal.cli.commands_node._load_services` calls `install(node)`. Each service
 registers itself with `Node.register` and hooks in through the node's typed
-extension points (shoal.p2p.net.services) instead of the node importing it,
+extension points (shoal.p2p.net.hooks) instead of the node importing it,
 so the core node stays small and each service can be tested on its own.
 """
 

@@ -47,7 +47,7 @@ from shoal.p2p.net.block_server import BlockServer
 from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.peer_exchange import exchange_round, learn_peers, peers_reply
 from shoal.p2p.net.reputation_store import ReputationStore
-from shoal.p2p.net.services import (
+from shoal.p2p.net.hooks import (
     EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, ServeObserver,
 )
 from shoal.p2p.secure.secure_stream import secure_accept, secure_dial
@@ -94,7 +94,7 @@ class Node:
         self.stalled_connections = 0
         self._conn_changed = trio.Event()
         self._dialing: set[PeerId] = set()
-        # Extension points (shoal.p2p.net.services): filled by `register`ed services.
+        # Extension points (shoal.p2p.net.hooks): filled by `register`ed services.
         self.services: list[NodeService] = []
         self.handlers: dict[type[Message], Handler] = {}
         self.routes: list[Route] = []
@@ -116,7 +116,7 @@ class Node:
         """Block bytes sent to peers since the node started (for `/v1/stats`)."""
         return self.blocks.served_bytes
 
-    # -- extension points (shoal.p2p.net.services) ---------------------------------
+    # -- extension points (shoal.p2p.net.hooks) ---------------------------------
 
     def register(self, service: NodeService) -> None:
         """Attach `service` (it adds its hooks now) and run it with the node."""

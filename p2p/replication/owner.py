@@ -4,7 +4,7 @@ The trio driver around the pure parts (`placement`, `repair_policy`) and the
 tables (`agreements`); the holder's side (taking replicas, answering audits)
 is `shoal.p2p.replication.holder`, deputy election `deputy`, the API routes
 /v1/status and /v1/audit `routes`, the signed byte formats `signed`.
-`ReplicationOwner` is a NodeService (shoal.p2p.net.services), registered by
+`ReplicationOwner` is a NodeService (shoal.p2p.net.hooks), registered by
 `shoal.p2p.net.extensions.install`: it adds the holder's handlers (StoreRequest,
 AuditChallenge, ReleaseRequest), the routes, and runs one background task
 (`run`) owning a nursery.

@@ -1,4 +1,4 @@
-"""The node's typed extension points (shoal.p2p.net.services, issue 13 item 5).
+"""The node's typed extension points (shoal.p2p.net.hooks, issue 13 item 5).
 
 - No code in p2p/ or cli/ takes an untyped node (`node: Any`), reaches into
   one with `getattr(node, ...)`, or replaces a node method from outside
@@ -28,7 +28,7 @@ from shoal.p2p.net.connection import SendBudget
 from shoal.p2p.net.node import Node
 from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.node_api import build_api
-from shoal.p2p.net.services import EnergyApi, NodeService, ReplicationApi, SentBytes, ServeObserver
+from shoal.p2p.net.hooks import EnergyApi, NodeService, ReplicationApi, SentBytes, ServeObserver
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.wire import limits as L
 from shoal.p2p.wire.messages import Block, Message, Ping, Pong, WantBlock
@@ -89,7 +89,7 @@ def test_no_untyped_node_in_p2p_or_cli() -> None:
     for folder in ("p2p", "cli"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             found += untyped_node_uses(path.read_text(), str(path.relative_to(ROOT)))
-    assert found == [], "use the node's typed extension points (shoal.p2p.net.services):\n" + "\n".join(found)
+    assert found == [], "use the node's typed extension points (shoal.p2p.net.hooks):\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("snippet", [
