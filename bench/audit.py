@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # noqa: E402
 
+from shoal.store.proofs.challenge import default_k
 from shoal.store.proofs.commitment import (
-    DEFAULT_SEGMENT_SIZE, LeafHashes, MerkleBuilder, MerkleTree, Proof, SparseTree, default_k,
-    make_proof, verify_proof,
+    DEFAULT_SEGMENT_SIZE, LeafHashes, MerkleBuilder, MerkleTree, SparseTree,
 )
+from shoal.store.proofs.proof import Proof, make_proof, verify_proof
 
 MIB = 1 << 20
 HOLDER = bytes.fromhex("0024080112") + bytes(range(33))  # PeerId-shaped, 38 bytes

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # noqa: E402
 
-from shoal.store.proofs.commitment import (
-    MerkleBuilder, _aux_positions, challenge_indices, default_k, prior_indices,
-)  # noqa: E402
+from shoal.store.proofs.challenge import challenge_indices, default_k  # noqa: E402
+from shoal.store.proofs.commitment import MerkleBuilder  # noqa: E402
+from shoal.store.proofs.proof import _aux_positions, prior_indices  # noqa: E402
 
 SIZES = [256, 1024, 2048, 4096, 8192, 16384, 65536]
 GIB = 1 << 30

@@ -1,6 +1,6 @@
 """Proof-of-storage audits on the wire: challenge a holder, answer a challenge.
 
-Auditor (`challenge`): a fresh 32-byte nonce, k = shoal.store.proofs.commitment.default_k()
+Auditor (`challenge`): a fresh 32-byte nonce, k = shoal.store.proofs.challenge.default_k()
 challenges (66: a 10 % loss is caught with >= 99.9 % odds per audit), and a
 deadline of `BASE_DEADLINE_S` plus `SLACK_S_PER_GIB` per GiB of the object.
 The answer must decode, be signed by the holder's key, name the same nonce
@@ -12,7 +12,7 @@ busy is asked again (`BUSY_RETRIES` times, a fresh nonce each time, backing
 off); still busy, the audit ends `Outcome.BUSY`, which the policy counts
 toward a proven loss (shoal.p2p.replication.repair_policy): a holder must not be able to hide
 a loss behind "busy". k is capped per object so that the worst-case proof
-fits one AuditProof (`shoal.store.proofs.commitment.max_challenges`).
+fits one AuditProof (`shoal.store.proofs.proof.max_challenges`).
 
 Prover (`prove`): runs in a worker thread; reads only the challenged
 segments through the hash-checking blockstore and takes the Merkle nodes
@@ -29,9 +29,9 @@ import trio
 from shoal.store.persist.blockstore import Blockstore
 from shoal.store.ipld.cid import CID
 from shoal.store.errors import StoreError
-from shoal.store.proofs.commitment import (
-    Commitment, NodeSource, Proof, default_k, make_proof, max_challenges, verify_proof,
-)
+from shoal.store.proofs.challenge import default_k
+from shoal.store.proofs.commitment import Commitment, NodeSource
+from shoal.store.proofs.proof import Proof, make_proof, max_challenges, verify_proof
 
 from shoal.p2p.wire import limits as L
 from shoal.store.proofs.commit_files import object_bytes

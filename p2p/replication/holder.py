@@ -43,7 +43,9 @@ from shoal.store.ipld.cid import CID, block_key, cid_from_bytes, parse_cid
 from shoal.store.errors import StorageFull, StoreError
 from shoal.store.proofs.manifest import Manifest
 from shoal.store.cancel import CancelFlag, Cancelled
-from shoal.store.proofs.commitment import MAX_K, NodeSource, ShouldStop, check_stop, max_challenges
+from shoal.store.proofs.challenge import MAX_K
+from shoal.store.proofs.commitment import NodeSource, ShouldStop, check_stop
+from shoal.store.proofs.proof import max_challenges
 
 from shoal.p2p.wire import limits as L
 from shoal.p2p.replication.agreements import Agreements, ObjectRow

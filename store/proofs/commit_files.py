@@ -43,8 +43,8 @@ from shoal.store.persist.blockstore import Blockstore
 from shoal.store.ipld.cid import CID, RAW
 from shoal.store.errors import StoreError
 from shoal.store.proofs.commitment import (
-    DEFAULT_SEGMENT_SIZE, HASH_LEN, Commitment, MalformedProof, MerkleBuilder, MerkleTree,
-    NodeSource, ShouldStop, SparseTree, check_stop,
+    DEFAULT_SEGMENT_SIZE, HASH_LEN, Commitment, MalformedProof, MerkleBuilder, MerkleTree, NodeSource,
+    ShouldStop, SparseTree, check_stop,
 )
 from shoal.store.persist.durable import durable_file, publish
 
@@ -93,7 +93,7 @@ class ObjectBytes:
         return self._stream()
 
     def segment_reader(self, segment_size: int) -> Callable[[int], bytes]:
-        """`read_segment(i)` for shoal.store.proofs.commitment.make_proof."""
+        """`read_segment(i)` for shoal.store.proofs.proof.make_proof."""
         return lambda i: self._read(i * segment_size, segment_size)
 
 
@@ -238,7 +238,7 @@ def build_commitment(store: Blockstore, repo_path: Path, cid: CID,
 
     If the put already built both (`recorded_commitment`), no pass over the
     object's bytes; otherwise one pass, then the leaf file and the record.
-    `should_stop` is checked between blocks (shoal.store.proofs.commitment.Cancelled);
+    `should_stop` is checked between blocks (shoal.store.cancel.Cancelled);
     `max_length` ends the pass with MalformedProof as soon as more bytes than that
     come out, whatever the DAG declares (a holder passes the signed length).
     """

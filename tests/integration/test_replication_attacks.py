@@ -38,7 +38,8 @@ from shoal.p2p.wire.messages import (
 )
 from shoal.store.ipld.cid import parse_cid
 from shoal.store.proofs.manifest import Manifest
-from shoal.store.proofs.commitment import commit, max_challenges
+from shoal.store.proofs.commitment import commit
+from shoal.store.proofs.proof import max_challenges
 from tests.helpers import random_bytes
 from tests.integration.evil_replication import (
     EvilPeer, bomb_dag, fake_commitment, file_dag, manifest_for, signed_offer,

@@ -19,11 +19,13 @@ from hypothesis import strategies as st
 
 from shoal.store.proofs import sha256_chain
 from shoal.store.errors import StoreError
+from shoal.store.proofs.challenge import _uniform, challenge_indices, default_k, detection_probability
 from shoal.store.proofs.commitment import (
     DEFAULT_SEGMENT_SIZE, PIECE_SEGMENTS, Commitment, LeafHashes, MalformedProof, MerkleBuilder,
-    MerkleTree, Proof, SparseTree, _aux_positions, _uniform, challenge_indices, commit,
-    commitment_from_pieces, default_k, detection_probability, make_proof, node_hash, piece_leaves,
-    prior_indices, prove_indices, segment_reader, verify_proof,
+    MerkleTree, SparseTree, commit, commitment_from_pieces, node_hash, piece_leaves, segment_reader,
+)
+from shoal.store.proofs.proof import (
+    Proof, _aux_positions, make_proof, prior_indices, prove_indices, verify_proof,
 )
 from shoal.store.proofs.tree_shape import piece_nodes
 

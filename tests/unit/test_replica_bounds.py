@@ -32,10 +32,9 @@ from shoal.store.cancel import Cancelled
 from shoal.store.ipld.cid import cid_from_bytes
 from shoal.store.errors import StoreError
 from shoal.store.dag.importer import import_bytes
-from shoal.store.proofs.commitment import (
-    MAX_K, Commitment, MerkleTree, check_stop, make_proof, max_challenges, max_proof_bytes,
-    prove_indices, reduce_nodes,
-)
+from shoal.store.proofs.challenge import MAX_K
+from shoal.store.proofs.commitment import Commitment, MerkleTree, check_stop, reduce_nodes
+from shoal.store.proofs.proof import make_proof, max_challenges, max_proof_bytes, prove_indices
 from tests.integration.evil_replication import bomb_dag
 
 HOLDER = bytes(range(38))  # an Ed25519 peer id's length

@@ -22,7 +22,9 @@ from shoal.p2p.replication.repair_policy import Outcome, Replica, State, after_a
 from shoal.store.ipld.cid import block_key
 from shoal.store.errors import BlockNotFound, StoreError
 from shoal.store.chunking.profiles import DEFAULT_PROFILE
-from shoal.store.proofs.commitment import commit, default_k, verify_proof, Proof
+from shoal.store.proofs.challenge import default_k
+from shoal.store.proofs.commitment import commit
+from shoal.store.proofs.proof import verify_proof, Proof
 from shoal.store.persist.repo import Repo
 from tests.helpers import random_bytes
 
@@ -169,7 +171,7 @@ def test_seeded_monte_carlo_detection_of_a_ten_percent_loss() -> None:
     """k = 66 audits catch a holder missing 10 % of segments >= 99.9 % of the time."""
     import random
 
-    from shoal.store.proofs.commitment import challenge_indices
+    from shoal.store.proofs.challenge import challenge_indices
 
     rng = random.Random(1234)
     n = 5000
