@@ -21,39 +21,15 @@ blocks from the index (the repo) call `flush()` first, so an index row never
 points at a block whose name could vanish in a power cut; blocks put but not
 yet flushed can be lost, and nothing refers to them yet.
 
-How a block's data is made durable before its rename ("group sync"): on
-Linux, instead of one fsync per block file, concurrent puts share one
-`syncfs(2)` of the blocks' filesystem. A put writes and closes its temp
-file, joins the open sync round and waits; the first waiter with no sync
-running closes the round and calls syncfs, which covers every temp file
-whose write finished before the call, i.e. every member of the round; each
-member then renames its temp file. So, exactly as with per-file fsync, a
-temp file gets its real name only after its data is durable, and the name
-itself becomes durable at the next `flush()`. A failed syncfs fails every
-put of that round. The fd syncfs is called on is opened once, before any
-write, because syncfs reports writeback errors only from the moment that
-fd was opened. Elsewhere (no syncfs) each temp file is fsync'd.
-
-Why: a durable put costs a journal commit and a device cache flush per
-fsync, milliseconds each on a VM disk, so 1,024 fsyncs per GiB dominate a
-put (bench/put.py). One syncfs per round amortises that over every block in
-flight. The price: syncfs also writes back other dirty data on the same
-filesystem, so a blocks directory on a busy shared filesystem makes puts
-wait for other programs' writes too (`group_sync=False` opts out).
-Puts overlap because `put` is thread-safe and `write_concurrency` tells a
-writer how many to keep in flight; `flush()` fsyncs its directories from
-that many threads at once.
-
-Staging (`stager()`, what the importer uses): the same rule, but the writer
-does not wait for its round. `FlatfsStager.stage` writes and closes the
-temp file and queues it; one namer thread takes everything queued, calls
-syncfs once (which covers every queued file, all closed before the call),
-then renames them; the session's `close()` waits until each of its blocks
-has its name and raises if its round failed. So the disk keeps receiving
-new blocks while the previous round syncs, and eight writer threads (each
-hashing, then writing) keep about the four writes in flight this VM's disk
-likes best, with fewer GIL hand-offs than sixteen blocking puts had
-(bench/put.py measures it). A crash leaves only unnamed temp files, as before.
+How a block's data is made durable before its rename: on Linux, concurrent
+puts share one syncfs(2) round (shoal.store.persist.group_sync); elsewhere,
+or with `group_sync=False`, each temp file is fsync'd. Puts overlap because
+`put` is thread-safe and `write_concurrency` tells a writer how many to keep
+in flight; `flush()` fsyncs its directories from that many threads at once.
+The importer writes through `stager()` instead, which does not wait for
+its round (shoal.store.persist.stager). This is not shoal.store.persist.durable's
+one-file sequence on purpose: blocks come by the thousand, so their data
+syncs are shared and their directory fsyncs batched at `flush()`.
 
 Not here: reference counting, pinning, garbage collection (see shoal.store.persist.repo),
 and any caching: the OS page cache does that job.
@@ -62,14 +38,11 @@ and any caching: the OS page cache does that job.
 from __future__ import annotations
 
 import base64
-import ctypes
 import errno
 import hashlib
 import itertools
 import os
-import sys
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -78,6 +51,9 @@ from shoal.store.ipld.cid import CID, block_key, verify_block
 from shoal.store.persist.direct_io import create_file
 from shoal.store.persist.durable import fsync_dir, publish, write_durably
 from shoal.store.errors import BlockNotFound, RepoError, StorageFull
+from shoal.store.persist import group_sync as _group_sync
+from shoal.store.persist.group_sync import GroupSync
+from shoal.store.persist.stager import FlatfsStager, StagingQueue
 
 SHARDING_RULE = "/repo/flatfs/shard/v1/next-to-last/2"
 SUFFIX = ".data"
@@ -89,12 +65,6 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # per-file fsync, 2 -> 16 writers took a put from ~8-10 s to ~3.5-7 s; with
 # group sync 8, 16 and 32 were alike (a round then holds ~that many blocks).
 WRITE_CONCURRENCY = 16
-# Staging (FlatfsStager): writer threads that never wait for a sync round;
-# at most MAX_STAGED blocks are being written or wait for the namer before
-# stage() blocks.
-STAGE_CONCURRENCY = 8
-MAX_STAGED = 256
-NAMER_IDLE_S = 0.5
 
 __all__ = ["FlatfsBlockstore", "SHARDING_RULE", "shard_of", "cid_for_key"]
 
@@ -116,41 +86,6 @@ def cid_for_key(key: str) -> CID:
     except ValueError as exc:
         raise RepoError(f"not a block key: {key!r}") from exc
     return CID("base32", 1, "raw", mh)
-
-
-def _load_syncfs() -> Callable[[int], None] | None:
-    """libc's syncfs(2) as a function raising OSError, or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        # dlopen(NULL): the C library already loaded into this process. (find_library
-        # would run `ldconfig -p` in a subprocess on every start.)
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-
-    def syncfs(fd: int) -> None:
-        if fn(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    return syncfs
-
-
-_SYNCFS = _load_syncfs()
-
-
-class _SyncRound:
-    """Puts whose temp files one syncfs call makes durable."""
-
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.error: OSError | None = None
 
 
 class FlatfsBlockstore:
@@ -175,40 +110,28 @@ class FlatfsBlockstore:
         self._root_dirty = False
         self._state_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
-        self._sync_cond = threading.Condition()
-        self._open_round = _SyncRound()
-        self._syncing = False
-        self._sync_fd: int | None = None
         self._temp_ids = itertools.count()
-        self._stage_cond = threading.Condition()
-        self._staged: list[_Staged] = []  # written, waiting for the namer's next round
-        self._backlog = 0  # entries being written or in _staged: at most MAX_STAGED
-        self._staging: dict[str, _Staged] = {}  # key -> its entry, until it is named (or failed)
-        self._naming = False  # the namer is in a round
-        self._namer: threading.Thread | None = None
+        self._group: GroupSync | None = None
         self._open_layout()
-        if sync and group_sync is not False and _SYNCFS is not None:
+        if sync and group_sync is not False and _group_sync.SYNCFS is not None:
             try:
-                self._sync_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                self._group = GroupSync(self.root)
             except OSError as exc:
                 raise _storage_error(exc, f"cannot open blockstore {self.root}") from exc
-            self._closer = weakref.finalize(self, os.close, self._sync_fd)
+        self._staging = StagingQueue(self)
 
     def close(self) -> None:
         """Release the sync fd (if any); later puts fall back to per-file fsync.
 
         Staged blocks are named first."""
-        self._wait_staged()
-        if self._sync_fd is not None:
-            with self._sync_cond:
-                self._sync_cond.wait_for(lambda: not self._syncing)
-                self._sync_fd = None
-            self._closer()
+        self._staging.wait()
+        if self._group is not None:
+            self._group.close()
 
     @property
     def group_sync(self) -> bool:
         """True if block data is made durable by shared syncfs rounds."""
-        return self._sync_fd is not None
+        return self._group is not None and self._group.fd is not None
 
     # -- layout -------------------------------------------------------------
 
@@ -268,11 +191,11 @@ class FlatfsBlockstore:
                 self._mark_dirty(shard)
                 return False
             replace = True  # a corrupt copy: never dedupe against it, overwrite it
-        group = self.sync and self._sync_fd is not None
+        group = self.sync and self.group_sync
         tmp_name = self._write_temp(cid, key, shard, data, fsync=self.sync and not group)
         try:
             if group:
-                self._group_sync()
+                self._sync_round()
             return self._rename_into_place(tmp_name, key, shard, replace=replace) or replace
         except OSError as exc:
             _unlink_quietly(tmp_name)
@@ -299,91 +222,45 @@ class FlatfsBlockstore:
 
     # -- staging: writes that do not wait for their sync round ----------------
 
-    def stager(self) -> "FlatfsStager":
-        """A staging session for a bulk writer (the importer); see `FlatfsStager`."""
-        return FlatfsStager(self)
+    def stager(self) -> FlatfsStager:
+        """A staging session for a bulk writer (the importer); see shoal.store.persist.stager."""
+        return FlatfsStager(self._staging)
 
-    def _stage(self, session: "FlatfsStager", cid: CID, data: bytes | memoryview) -> bool:
-        key = block_key(cid)
-        shard = shard_of(key)
-        cond = self._stage_cond
-        with cond:
-            while True:
-                entry = self._staging.get(key)
-                if entry is not None:  # staged already (by anyone): share its outcome
-                    entry.sessions.append(session)
-                    session._pending += 1
-                    return False
-                if self._backlog < MAX_STAGED:
-                    break
-                cond.wait()  # the namer is behind: bounded backlog
-            entry = _Staged(key, shard, [session])
-            self._staging[key] = entry  # reserved: a concurrent stage of it waits for ours
-            self._backlog += 1
-            session._pending += 1
+    def shard_for(self, key: str) -> str:
+        return shard_of(key)
+
+    def write_staged(self, cid: CID, key: str, shard: str,
+                     data: bytes | memoryview) -> tuple[str, bool, bool] | None:
+        """For the stager: write the temp file of a block that is not stored yet
+        ((path, replaces a corrupt copy, fsync'd on its own), or None if it is)."""
         final = self._path(key)
-        try:
-            if os.path.exists(final):
-                if _holds(final, data):
-                    self._mark_dirty(shard)
-                    self._settle([entry], None, unqueued=True)
-                    return False
-                entry.replace = True  # a corrupt copy: overwrite it, never dedupe against it
-            entry.fsynced = self.sync and self._sync_fd is None  # no syncfs: this file's own fsync
-            entry.tmp = self._write_temp(cid, key, shard, data, fsync=entry.fsynced)
-        except BaseException as exc:
-            error = exc if isinstance(exc, (RepoError, StorageFull)) else RepoError(f"cannot write block {cid}")
-            self._settle([entry], error, unqueued=True)
-            raise
-        with cond:
-            self._staged.append(entry)
-            if self._namer is None:
-                self._namer = threading.Thread(target=self._name_staged, name="shoal-flatfs-namer",
-                                               daemon=True)
-                self._namer.start()
-            cond.notify_all()
-        return True
+        replace = False
+        if os.path.exists(final):
+            if _holds(final, data):
+                self._mark_dirty(shard)
+                return None
+            replace = True  # a corrupt copy: overwrite it, never dedupe against it
+        fsynced = self.sync and not self.group_sync  # no syncfs: this file's own fsync
+        return self._write_temp(cid, key, shard, data, fsync=fsynced), replace, fsynced
 
-    def _name_staged(self) -> None:
-        """The namer thread: one sync round for everything staged so far, then
-        the renames; exits after `NAMER_IDLE_S` with nothing to do."""
-        cond = self._stage_cond
-        while True:
-            with cond:
-                if not self._staged:
-                    cond.wait(NAMER_IDLE_S)
-                    if not self._staged:
-                        self._namer = None
-                        cond.notify_all()
-                        return
-                batch = list(self._staged)
-                self._staged.clear()
-                self._backlog -= len(batch)
-                self._naming = True
-                cond.notify_all()  # stagers waiting for backlog room
-            error: RepoError | StorageFull | None = None
-            try:
-                # Every file in `batch` was closed before this call. (Decided per
-                # file, not from the store's current state: close() may have
-                # dropped the sync fd since; _group_sync then falls back to sync.)
-                if self.sync and not all(entry.fsynced for entry in batch):
-                    self._group_sync()
-            except OSError as exc:
-                error = _storage_error(exc, "cannot sync staged blocks")
-            for entry in batch:
-                if error is None:
-                    try:
-                        self._rename_into_place(entry.tmp, entry.key, entry.shard, replace=entry.replace)
-                        continue
-                    except OSError as exc:
-                        error = _storage_error(exc, "cannot name a staged block")
-                _unlink_quietly(entry.tmp)
-            # A failed round fails the whole batch; entries named before a
-            # rename error are in place and harmless (unreferenced blocks).
-            self._settle(batch, error)
-            with cond:
-                self._naming = False
-                cond.notify_all()
+    def sync_staged(self) -> None:
+        """For the stager: make every temp file closed so far durable (a sync round)."""
+        if not self.sync:
+            return
+        try:
+            self._sync_round()
+        except OSError as exc:
+            raise _storage_error(exc, "cannot sync staged blocks") from exc
+
+    def name_staged(self, tmp: str, key: str, shard: str, replace: bool) -> None:
+        """For the stager: give a durable temp file its real name."""
+        try:
+            self._rename_into_place(tmp, key, shard, replace=replace)
+        except OSError as exc:
+            raise _storage_error(exc, "cannot name a staged block") from exc
+
+    def discard_temp(self, tmp: str) -> None:
+        _unlink_quietly(tmp)
 
     def _rename_into_place(self, tmp_name: str, key: str, shard: str, *, replace: bool = False) -> bool:
         """Give a durable temp file its real name; False (temp removed) if the block is there.
@@ -401,34 +278,6 @@ class FlatfsBlockstore:
         self._mark_dirty(shard)
         return renamed
 
-    def _settle(self, entries: list["_Staged"], error: "RepoError | StorageFull | None",
-                unqueued: bool = False) -> None:
-        """Report each entry's outcome to every session waiting on it
-        (`unqueued`: entries that never reached the namer's queue)."""
-        with self._stage_cond:
-            if unqueued:
-                self._backlog -= len(entries)
-            for entry in entries:
-                if self._staging.get(entry.key) is entry:
-                    del self._staging[entry.key]
-                for session in entry.sessions:
-                    session._pending -= 1
-                    if error is not None and session._error is None:
-                        session._error = error
-            self._stage_cond.notify_all()
-
-    def _wait_staged(self, session: "FlatfsStager | None" = None) -> None:
-        """Until `session`'s blocks (or, with None, every staged block) are settled.
-
-        `flush` does not wait here: a staged block counts as put only once
-        its session's `close` returned, and by then it is in place (and its
-        shard marked dirty), so the next flush covers it like any put."""
-        with self._stage_cond:
-            if session is None:
-                self._stage_cond.wait_for(lambda: not self._staging and not self._naming)
-            else:
-                self._stage_cond.wait_for(lambda: session._pending == 0)
-
     def _mark_dirty(self, shard: str) -> None:
         """The shard's entries must be fsynced by the next flush()."""
         if self.sync:
@@ -438,42 +287,14 @@ class FlatfsBlockstore:
                     self._root_dirty = True
                 self._dirty_shards.add(shard)
 
-    def _group_sync(self) -> None:
-        """Return once every temp file closed before this call is durable.
+    def _sync_round(self) -> None:
+        """Every temp file closed before this call is durable (a shared syncfs round).
 
-        Join the open round; the first member that finds no sync running
-        closes that round (later writers join the next one) and syncs it.
+        Only for files written unsynced while group sync was on; after
+        `close()` the round falls back to sync(2) (shoal.store.persist.group_sync).
         """
-        cond = self._sync_cond
-        with cond:
-            mine = self._open_round
-            while not mine.done:
-                if self._syncing:
-                    cond.wait()
-                    continue
-                self._syncing = True
-                batch, self._open_round = self._open_round, _SyncRound()
-                fd = self._sync_fd
-                error: OSError | None = None
-                cond.release()
-                try:
-                    if fd is None:  # closed meanwhile: nothing left to syncfs on
-                        os.sync()
-                    else:
-                        assert _SYNCFS is not None
-                        _SYNCFS(fd)
-                except OSError as exc:
-                    error = exc
-                except BaseException:
-                    error = OSError(errno.EIO, "block sync interrupted")
-                    raise
-                finally:
-                    cond.acquire()
-                    self._syncing = False
-                    batch.done, batch.error = True, error
-                    cond.notify_all()
-            if mine.error is not None:
-                raise OSError(mine.error.errno, mine.error.strerror)
+        assert self._group is not None
+        self._group.wait()
 
     def get(self, cid: CID) -> bytes:
         """Read and re-hash the block; BlockNotFound or HashMismatch otherwise."""
@@ -671,55 +492,3 @@ def _storage_error(exc: OSError, what: str) -> RepoError | StorageFull:
     if exc.errno in _FULL_ERRNOS:
         return StorageFull(f"{what}: disk full")
     return RepoError(f"{what}: {exc.strerror or exc}")
-
-
-class _Staged:
-    """A staged block: its temp file, and the sessions waiting for its name."""
-
-    __slots__ = ("key", "shard", "tmp", "fsynced", "sessions", "replace")
-
-    def __init__(self, key: str, shard: str, sessions: list["FlatfsStager"]) -> None:
-        self.key, self.shard, self.sessions = key, shard, sessions
-        self.replace = False  # the stored copy is corrupt: the staged one overwrites it
-        self.tmp = ""  # set once written
-        self.fsynced = False  # True: made durable by its own fsync, needs no round
-
-
-class FlatfsStager:
-    """Writes for one bulk writer that do not wait for their sync round.
-
-    `stage(cid, data)` writes the block's temp file (O_DIRECT where the
-    buffer allows, see shoal.store.persist.direct_io) and returns; the store's namer
-    thread gives it its real name after the next sync round that covers it,
-    exactly as `put_trusted` would, so a crash still never leaves a partial
-    block under a real name. A writer thread therefore never sleeps through
-    a syncfs: the disk keeps receiving data while the previous round syncs,
-    and a few threads do what `write_concurrency` blocking puts did
-    (bench/put.py). `close()` waits until each of this session's blocks is
-    in place (visible to `get`/`has`) and raises the first failure of any
-    of them (StorageFull or RepoError), so a writer learns of a failed
-    round before it records anything. A block staged by two sessions at once
-    is written once, and both learn its outcome. Until `close()` a staged
-    block may not be visible yet. Thread-safe.
-    """
-
-    #: Concurrent `stage` calls worth keeping in flight. 1 GiB `Repo.add`
-    #: here: 4 -> 0.9-1.14 s, 8 -> 0.91, 12 -> 0.88-1.0 (an O_DIRECT disk
-    #: write is fastest with ~4 in flight, and a writer hashes part of the time).
-    concurrency = STAGE_CONCURRENCY
-
-    def __init__(self, store: FlatfsBlockstore) -> None:
-        self._store = store
-        self._pending = 0  # guarded by the store's _stage_cond
-        self._error: RepoError | StorageFull | None = None
-
-    def stage(self, cid: CID, data: bytes | memoryview) -> bool:
-        """Write a block the caller just hashed; True if it was not stored or staged yet."""
-        return self._store._stage(self, cid, data)
-
-    def close(self) -> None:
-        """Wait for this session's blocks to be in place; raise the first failure."""
-        self._store._wait_staged(self)
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error

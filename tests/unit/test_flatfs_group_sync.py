@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from shoal.store.persist import flatfs
+from shoal.store.persist import flatfs, group_sync
 from shoal.store.ipld.cid import make_cid
 from shoal.store.errors import RepoError
 from shoal.store.persist.flatfs import FlatfsBlockstore
 
-needs_syncfs = pytest.mark.skipif(flatfs._SYNCFS is None, reason="no syncfs(2) on this platform")
+needs_syncfs = pytest.mark.skipif(group_sync.SYNCFS is None, reason="no syncfs(2) on this platform")
 
 
 def _blocks(n: int) -> list[bytes]:
@@ -34,7 +34,7 @@ def _temp_files(root: Path) -> list[Path]:
 @needs_syncfs
 def test_concurrent_puts_share_syncfs_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = flatfs._SYNCFS
+    real = group_sync.SYNCFS
     assert real is not None
 
     def slow_syncfs(fd: int) -> None:
@@ -42,7 +42,7 @@ def test_concurrent_puts_share_syncfs_rounds(tmp_path: Path, monkeypatch: pytest
         time.sleep(0.02)  # long enough that other puts queue up behind this round
         real(fd)
 
-    monkeypatch.setattr(flatfs, "_SYNCFS", slow_syncfs)
+    monkeypatch.setattr(group_sync, "SYNCFS", slow_syncfs)
     store = FlatfsBlockstore(tmp_path / "blocks")
     assert store.group_sync
     data = _blocks(64)
@@ -66,7 +66,7 @@ def test_failed_syncfs_fails_its_round_and_names_nothing(tmp_path: Path, monkeyp
         time.sleep(0.05)
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(flatfs, "_SYNCFS", failing_syncfs)
+    monkeypatch.setattr(group_sync, "SYNCFS", failing_syncfs)
     store = FlatfsBlockstore(tmp_path / "blocks")
     data = _blocks(8)
     cids = [make_cid("raw", d) for d in data]

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from shoal.store.persist import flatfs
+from shoal.store.persist import flatfs, group_sync, stager as stager_mod
 from shoal.store.ipld.cid import make_cid
 from shoal.store.errors import RepoError, StorageFull
 from shoal.store.persist.flatfs import FlatfsBlockstore
 
-needs_syncfs = pytest.mark.skipif(flatfs._SYNCFS is None, reason="no syncfs(2) on this platform")
+needs_syncfs = pytest.mark.skipif(group_sync.SYNCFS is None, reason="no syncfs(2) on this platform")
 
 
 def _blocks(n: int, tag: str = "") -> list[bytes]:
@@ -58,10 +58,10 @@ class _GatedSyncfs:
 
 @pytest.fixture
 def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _GatedSyncfs:
-    if flatfs._SYNCFS is None:
+    if group_sync.SYNCFS is None:
         pytest.skip("no syncfs(2) on this platform")
-    syncfs = _GatedSyncfs(tmp_path / "blocks", flatfs._SYNCFS)
-    monkeypatch.setattr(flatfs, "_SYNCFS", syncfs)
+    syncfs = _GatedSyncfs(tmp_path / "blocks", group_sync.SYNCFS)
+    monkeypatch.setattr(group_sync, "SYNCFS", syncfs)
     return syncfs
 
 
@@ -185,7 +185,7 @@ def test_an_existing_block_is_not_written_again(tmp_path: Path, monkeypatch: pyt
 @needs_syncfs
 def test_the_backlog_of_unnamed_blocks_is_bounded(tmp_path: Path, gated: _GatedSyncfs,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flatfs, "MAX_STAGED", 3)
+    monkeypatch.setattr(stager_mod, "MAX_STAGED", 3)
     store = FlatfsBlockstore(tmp_path / "blocks")
     longest = [0]
 
@@ -194,7 +194,7 @@ def test_the_backlog_of_unnamed_blocks_is_bounded(tmp_path: Path, gated: _GatedS
             super().append(item)
             longest[0] = max(longest[0], len(self))
 
-    store._staged = Watched()
+    store._staging._staged = Watched()
     data = _blocks(30)
     cids = [make_cid("raw", d) for d in data]
     stager = store.stager()
@@ -223,7 +223,7 @@ def test_disk_full_while_staging_raises_at_once(tiny_tmpfs: Path) -> None:
 
 
 def test_the_namer_thread_stops_when_idle_and_comes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flatfs, "NAMER_IDLE_S", 0.01)
+    monkeypatch.setattr(stager_mod, "NAMER_IDLE_S", 0.01)
     store = FlatfsBlockstore(tmp_path / "blocks")
     for round_ in range(2):
         data = _blocks(3, tag=f"r{round_}-")
@@ -232,10 +232,10 @@ def test_the_namer_thread_stops_when_idle_and_comes_back(tmp_path: Path, monkeyp
             stager.stage(make_cid("raw", d), d)
         stager.close()
         assert all(store.has(make_cid("raw", d)) for d in data)
-        namer = store._namer
+        namer = store._staging._namer
         if namer is not None:
             namer.join(10)
-        assert store._namer is None or not store._namer.is_alive()
+        assert store._staging._namer is None or not store._staging._namer.is_alive()
 
 
 @needs_syncfs
@@ -252,7 +252,7 @@ def test_a_block_written_for_a_round_gets_one_even_if_the_sync_fd_goes_away(
     stager.stage(make_cid("raw", first), first)
     assert gated.entered.wait(10)  # the first round is held inside syncfs
     stager.stage(make_cid("raw", second), second)  # written without fsync: the next round covers it
-    store._sync_fd = None  # as close() would leave it
+    store._group.fd = None  # as close() would leave it
     gated.gate.set()
     stager.close()
     assert synced == ["sync"]  # the second round fell back to sync(2) instead of skipping
