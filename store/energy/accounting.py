@@ -38,7 +38,8 @@ from shoal.store.energy.meter import (
 
 if TYPE_CHECKING:
     from shoal.store.dag.importer import ImportResult
-    from shoal.store.persist.repo import GcResult, Repo
+    from shoal.store.persist.maintenance import GcResult
+    from shoal.store.persist.repo import Repo
 
 __all__ = ["COMPONENT", "Bytes", "EnergyAccount", "account_for", "read_summary", "put_measured", "gc_measured"]
 

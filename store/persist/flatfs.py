@@ -45,7 +45,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from shoal.store.ipld.cid import CID, block_key, verify_block
 from shoal.store.persist.direct_io import create_file

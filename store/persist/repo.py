@@ -34,33 +34,39 @@ The index is never created by `open`: a lost or emptied `index.sqlite`
 raises IndexMissing, `repair_index` rebuilds it from the blocks, and `gc`
 refuses to delete every block when the index never held a pin.
 
+This module: opening, creating and closing a repo, and what writes objects
+and pins (add, pin, adopt, CAR import). Beside it: the lock file
+(shoal.store.persist.repo_lock), gc / verify / index repair
+(shoal.store.persist.maintenance), the commitment files of a put
+(shoal.store.proofs.commit_files).
+
 Not here: the network, the node's API, identity keys, CAR files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from shoal.store.ipld.cid import CID, RAW, block_key, cid_from_bytes, parse_cid
+from shoal.store.ipld.cid import CID, RAW, block_key, parse_cid
 from shoal.store.persist.config import default_config, load_config, merge, save_config
 from shoal.store.errors import (
-    BlockNotFound, GcRefused, HashMismatch, IndexCorrupt, IndexMissing, InvalidInput, NotPinned,
-    RepoError, RepoLocked, RepoNotEmpty, RepoNotInitialized, StoreError, StorageFull,
+    BlockNotFound, HashMismatch, IndexCorrupt, IndexMissing, InvalidInput, NotPinned,
+    RepoError, RepoNotEmpty, RepoNotInitialized, StorageFull,
 )
 from shoal.store.persist.durable import publish
-from shoal.store.persist.flatfs import FlatfsBlockstore, cid_for_key
+from shoal.store.persist.flatfs import FlatfsBlockstore
 from shoal.store.persist.index import Index, ObjectRecord, PinRecord
 from shoal.store.chunking.profiles import DEFAULT_PROFILE, PROFILES, Profile
 from shoal.store.persist.reserve import RESERVE_FILE, Reserve
+from shoal.store.persist import maintenance
+from shoal.store.persist.maintenance import GcResult, RepairReport, VerifyReport
+from shoal.store.persist.repo_lock import LOCK_FILE, acquire_lock
 from shoal.store.persist.shared_exclusive import SharedExclusive
 from shoal.store.proofs.commit_files import PROOFS_DIR, PutProofFiles
 
@@ -70,16 +76,13 @@ if TYPE_CHECKING:
     from shoal.store.ipld.car import CarImportResult
     from shoal.store.dag.importer import ImportResult
 
-__all__ = ["Repo", "GcResult", "VerifyReport", "RepairReport", "resolve_repo_path", "ENV_VAR",
-           "QUARANTINE_DIR"]
+__all__ = ["Repo", "resolve_repo_path", "ENV_VAR", "QUARANTINE_DIR"]
 
 ENV_VAR = "SHOAL_REPO"
 CONFIG_FILE = "config.toml"
 INDEX_FILE = "index.sqlite"
 BLOCKS_DIR = "blocks"
-LOCK_FILE = "repo.lock"
 QUARANTINE_DIR = "quarantine"
-STALE_TEMP_AGE_S = 600.0  # a commitment temp file older than this belongs to no live writer
 
 
 def _foreign_entries(path: Path) -> list[str]:
@@ -108,58 +111,6 @@ def resolve_repo_path(cli_value: str | None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".shoal"
-
-
-@dataclass(frozen=True)
-class GcResult:
-    removed_blocks: int
-    freed_bytes: int
-    temp_files_removed: int = 0
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """`ok` only if no block is corrupt and every pinned DAG is complete."""
-
-    ok: bool
-    # CIDs, as a pinned DAG links to them (else the raw CIDv1 of the multihash:
-    # a block no pin reaches has no other name)
-    corrupt_blocks: list[str] = field(default_factory=list)
-    incomplete_pins: list[tuple[str, str]] = field(default_factory=list)  # (pin, missing or bad CID)
-    blocks_checked: int = 0
-    temp_files_removed: int = 0
-    quarantined: list[str] = field(default_factory=list)  # CIDs moved to quarantine/ (repair)
-    # Sound blocks no pin protects: what the next `gc` deletes (no problem in
-    # itself, but a user who unpinned things wants to know the space is there).
-    orphan_blocks: int = 0
-    orphan_bytes: int = 0
-
-    def as_json(self, incomplete: list[tuple[str, str]] | None = None,
-                repaired: list[str] | None = None) -> dict[str, Any]:
-        """`shoal verify --json`, the same offline and through a node.
-
-        After a repair, `incomplete` is what is still missing (a node
-        fetched the rest: `repaired`, the pins restored from peers); `ok`
-        then says the repo is whole again: every corrupt block moved aside
-        and every pin complete.
-        """
-        remaining = self.incomplete_pins if incomplete is None else incomplete
-        cleared = set(self.quarantined) == set(self.corrupt_blocks)
-        return {"ok": not remaining and (self.ok or cleared),
-                "corrupt_blocks": list(self.corrupt_blocks), "quarantined": list(self.quarantined),
-                "repaired_pins": list(repaired or []),
-                "incomplete_pins": [{"pin": str(a), "missing": str(b)} for a, b in remaining],
-                "orphan_blocks": self.orphan_blocks, "orphan_bytes": self.orphan_bytes}
-
-
-@dataclass(frozen=True)
-class RepairReport:
-    """What `repair_index` found and recorded."""
-
-    blocks_scanned: int
-    objects: list[ObjectRecord]  # the roots it pinned and listed
-    corrupt_blocks: int = 0  # skipped: their links cannot be trusted
-    moved_aside: str | None = None  # where an unreadable index was moved
 
 
 class Repo:
@@ -201,7 +152,7 @@ class Repo:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise RepoError(f"cannot create repo {path}: {exc.strerror}") from exc
-        fd = _acquire_lock(path)
+        fd = acquire_lock(path)
         try:
             if (path / CONFIG_FILE).exists():
                 raise RepoError(f"{path} is already a shoal repo")
@@ -241,7 +192,7 @@ class Repo:
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise RepoNotInitialized(f"no shoal repo at {path}")
-        fd = _acquire_lock(path, wait=wait, on_wait=on_wait, node=node) if lock else None
+        fd = acquire_lock(path, wait=wait, on_wait=on_wait, node=node) if lock else None
         released = 0
         try:
             if fd is not None:
@@ -271,7 +222,7 @@ class Repo:
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
             raise RepoNotInitialized(f"no shoal repo at {path}")
-        fd = _acquire_lock(path, wait=wait, on_wait=on_wait)
+        fd = acquire_lock(path, wait=wait, on_wait=on_wait)
         moved: Path | None = None
         try:
             Reserve(path).release()  # the repair's own index needs room more than the reserve
@@ -548,174 +499,20 @@ class Repo:
     # -- maintenance ---------------------------------------------------------
 
     def gc(self, force: bool = False) -> GcResult:
-        """Delete every block no pin protects; forget objects whose root went with them.
-
-        GcRefused, unless `force`, when the index holds no pin and never
-        held one while blocks are stored: that is what a lost index
-        recreated (or replaced by a fresh one) looks like, and gc would
-        delete every object. (An index whose pins were all removed on
-        purpose has held one, so gc proceeds.) Afterwards the emergency
-        reserve is recreated if there is room again.
-        """
-        self._check_writable()
-        with self._guard.exclusive():
-            if not force:
-                stored = self.blocks_an_index_never_knew()
-                if stored:
-                    raise GcRefused(
-                        f"the index holds no pin and never held one, but {stored} block(s) are "
-                        f"stored: gc would delete them all")
-            live = self.index.live_keys()
-            removed = freed = 0
-            for key in list(self.blockstore.keys()):
-                if key in live:
-                    continue
-                freed += self.blockstore.size_of_key(key)
-                self.blockstore.delete_key(key)
-                removed += 1
-            temps = self.blockstore.cleanup_temp() + self._cleanup_proof_temps()
-            gone = [o.cid for o in self.index.objects() if not self.blockstore.has(parse_cid(o.cid))]
-            if gone:
-                self.index.forget_objects(gone)
-        self.reserve.ensure()
-        return GcResult(removed, freed, temps)
+        """Delete every block no pin protects (shoal.store.persist.maintenance.gc)."""
+        return maintenance.gc(self, force)
 
     def blocks_an_index_never_knew(self) -> int:
-        """How many blocks are stored while the index holds no pin and never
-        held one (0 otherwise): the mark of a lost or replaced index."""
-        if self.index.has_pins() or self.index.ever_pinned():
-            return 0
-        return sum(1 for _ in self.blockstore.keys())
+        """Blocks stored while the index never held a pin: the mark of a lost index."""
+        return maintenance.blocks_an_index_never_knew(self)
 
     def repair_index(self) -> RepairReport:
-        """Rebuild objects and pins from the blocks present; never removes anything.
-
-        Every block is read (hence hash-checked; a corrupt one is skipped,
-        since its links cannot be trusted). A block that decodes as a UnixFS
-        dag-pb node is read as one, any other as a raw block. Each block
-        that no other block links to is a root: unless a pin already covers
-        it, it is pinned (with whatever of its DAG is present, so an
-        incomplete DAG keeps its blocks and `verify` names what is missing)
-        and listed as an object named by its CID. A stray raw leaf of a
-        crashed put also becomes an object that way: keeping garbage is
-        the price of losing nothing.
-        """
-        from shoal.store.dag.exporter import stat
-
-        self._check_writable()
-        with self._guard.exclusive():
-            linked: set[str] = set()
-            roots: dict[str, CID] = {}
-            scanned = corrupt = 0
-            for key in list(self.blockstore.keys()):
-                scanned += 1
-                try:
-                    data = self.blockstore.get(cid_for_key(key))
-                except HashMismatch:
-                    corrupt += 1
-                    continue
-                except (BlockNotFound, RepoError):
-                    continue
-                cid, links = _read_as_unixfs(key, data)
-                linked.update(links)
-                roots[key] = cid
-            live = self.index.live_keys()
-            added: list[ObjectRecord] = []
-            for key, cid in roots.items():
-                if key in linked or key in live:
-                    continue
-                keys = {block_key(c) for c, problem in self._walk(cid) if problem is None}
-                kind, size = "file", 0
-                try:
-                    info = stat(self.blockstore, cid)
-                    kind = "directory" if info.kind == "dir" else "file"
-                    size = info.size or 0
-                except StoreError:
-                    pass
-                record = ObjectRecord(
-                    cid=str(cid), name=str(cid), kind=kind, size=size,
-                    tsize=sum(self.blockstore.size_of_key(k) for k in keys), blocks=len(keys),
-                    profile="unknown", chunker="unknown",
-                )
-                self.index.record_put(record, keys)
-                live |= keys
-                added.append(record)
-        moved = str(self.index_moved_aside) if self.index_moved_aside else None
-        return RepairReport(scanned, added, corrupt, moved)
-
-    def _cleanup_proof_temps(self, min_age_s: float = STALE_TEMP_AGE_S) -> int:
-        """Remove temp files a crash left in `<repo>/proofs/`.
-
-        Only old ones: a node may be writing a commitment file right now
-        (the replication layer builds them in the background, outside the
-        gc guard), and a fresh temp file may be that one.
-        """
-        directory = self.path / PROOFS_DIR
-        if not directory.is_dir():
-            return 0
-        removed = 0
-        cutoff = time.time() - min_age_s
-        for entry in directory.iterdir():
-            if not entry.name.endswith(".tmp"):
-                continue
-            try:
-                if entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed += 1
-            except OSError:
-                continue
-        return removed
+        """Rebuild objects and pins from the blocks present (shoal.store.persist.maintenance.repair_index)."""
+        return maintenance.repair_index(self)
 
     def verify(self, repair: bool = False) -> VerifyReport:
-        """Re-hash every block, check every pinned DAG is complete, drop stale temp files.
-
-        `repair`: move every corrupt block to `<repo>/quarantine/` first, so
-        a re-put or a fetch of its object restores a good copy (nothing
-        dedupes against, serves or exports the bad one any more). The pins
-        it leaves incomplete are reported as such: a node then fetches them.
-        """
-        self._check_writable()
-        with self._guard.exclusive():
-            temps = self.blockstore.cleanup_temp()
-            corrupt_keys: list[str] = []
-            checked = 0
-            live = self.index.live_keys()
-            orphans: list[str] = []
-            for key, ok in self.blockstore.verify_all():
-                checked += 1
-                if not ok:
-                    corrupt_keys.append(key)
-                elif key not in live:
-                    orphans.append(key)
-            orphan_bytes = sum(self.blockstore.size_of_key(k) for k in orphans)
-            quarantined = [k for k in corrupt_keys if repair and self._quarantine_key(k)]
-            names: dict[str, CID] = {}  # block key -> the CID a pinned DAG links to it by
-            incomplete: list[tuple[str, str]] = []
-            for pin in self.index.pins():
-                pin_cid = parse_cid(pin.cid)
-                if pin.recursive:
-                    bad = []
-                    for c, problem in self._walk(pin_cid):
-                        names.setdefault(block_key(c), c)
-                        if problem is not None:
-                            bad.append((pin.cid, str(c)))
-                elif not self.blockstore.has(pin_cid):
-                    bad = [(pin.cid, pin.cid)]
-                else:
-                    bad = []
-                incomplete.extend(bad)
-
-        def name(key: str) -> str:
-            cid = names.get(key)
-            if cid is not None:
-                return str(cid)
-            try:
-                return str(cid_for_key(key))
-            except RepoError:
-                return key  # not a multihash at all: a foreign file, shown as found
-        ok = not corrupt_keys and not incomplete
-        return VerifyReport(ok, sorted(name(k) for k in corrupt_keys), incomplete, checked, temps,
-                            sorted(name(k) for k in quarantined), len(orphans), orphan_bytes)
+        """Re-hash every block, check every pin is complete (shoal.store.persist.maintenance.verify)."""
+        return maintenance.verify(self, repair)
 
     def quarantine(self, cid: CID | str) -> bool:
         """Move the block of `cid` to `<repo>/quarantine/` if it is corrupt.
@@ -732,73 +529,3 @@ class Repo:
 
 def _as_cid(cid: CID | str) -> CID:
     return parse_cid(cid) if isinstance(cid, str) else cid
-
-
-def _read_as_unixfs(key: str, data: bytes) -> tuple[CID, list[str]]:
-    """(the CID a stored block is best read under, the keys it links to).
-
-    dag-pb if it decodes as a dag-pb node carrying UnixFS data with valid
-    link CIDs (CIDv0 if its links are CIDv0, as a kubo-legacy DAG's are),
-    else raw.
-    """
-    from shoal.store.ipld import dagpb, unixfs
-
-    raw = cid_for_key(key)
-    try:
-        node = dagpb.decode(data)
-        if node.data is None:
-            return raw, []
-        unixfs.decode(node.data)
-        links = [cid_from_bytes(link.hash) for link in node.links]
-    except (StoreError, ValueError):
-        return raw, []
-    version = 0 if links and all(c.version == 0 for c in links) else 1
-    cid = CID("base58btc" if version == 0 else "base32", version, "dag-pb", raw.digest)
-    return cid, [block_key(c) for c in links]
-
-
-def _acquire_lock(path: Path, *, wait: bool = False, on_wait: Callable[[str], None] | None = None,
-                  node: bool = False) -> int:
-    """Take `<repo>/repo.lock` exclusively; RepoLocked if held and not `wait`ing.
-
-    Waiting blocks in flock(2) (Ctrl-C still interrupts it), but never
-    behind a node: a node holds the lock until it stops.
-    """
-    lock_path = path / LOCK_FILE
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFull(f"cannot create {lock_path}: disk full") from exc
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise RepoError(f"repo {path} is read-only ({exc.strerror}): only reading "
-                            f"commands (ls, cat, get, pin ls) work on it") from exc
-        raise RepoError(f"cannot open {lock_path}: {exc.strerror}") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fields = os.pread(fd, 64, 0).decode(errors="replace").split()
-            pid = fields[0] if fields and fields[0].isdigit() else ""
-            if len(fields) > 1 and fields[1] == "node":
-                err = RepoLocked(f"repo {path} is in use by a shoal node (pid {pid})")
-                err.hint = "its API is not answering (yet): wait until it is ready, or stop it"
-                raise err from None
-            who = f"another shoal process (pid {pid})" if pid else "another shoal process"
-            if not wait:
-                raise RepoLocked(f"repo {path} is in use by {who}") from None
-            if on_wait is not None:
-                on_wait(who)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as exc:
-        os.close(fd)
-        raise RepoError(f"cannot lock {lock_path}: {exc.strerror}") from exc
-    except BaseException:
-        os.close(fd)
-        raise
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}{' node' if node else ''}\n".encode(), 0)
-    except OSError:
-        pass  # the pid is only a diagnostic; the flock is what counts
-    return fd

@@ -80,7 +80,7 @@ from shoal.store.proofs.tree_shape import NODE_PREFIX
 from shoal.store.proofs.tree_shape import PIECE_LEVEL as PIECE_LEVEL
 from shoal.store.proofs.tree_shape import PIECE_SEGMENTS as PIECE_SEGMENTS
 from shoal.store.proofs.tree_shape import node_hash as node_hash
-from shoal.store.proofs.tree_shape import next_level, piece_nodes, reduce_flat, tree_depth
+from shoal.store.proofs.tree_shape import next_level, piece_nodes, reduce_flat
 
 DEFAULT_SEGMENT_SIZE = 2048
 MAX_SEGMENT_SIZE = 1 << 24

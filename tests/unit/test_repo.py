@@ -26,7 +26,8 @@ from shoal.store.errors import (
 )
 from shoal.store.persist.flatfs import shard_of
 from shoal.store.chunking.profiles import DEFAULT_PROFILE
-from shoal.store.persist.repo import GcResult, Repo, resolve_repo_path
+from shoal.store.persist.maintenance import GcResult
+from shoal.store.persist.repo import Repo, resolve_repo_path
 
 # Small chunks and fan-out: multi-level DAGs from a few KiB of data.
 SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=1024, max_links=4)
