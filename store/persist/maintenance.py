@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.store.dag.exporter import stat
 from shoal.store.errors import BlockNotFound, GcRefused, HashMismatch, RepoError, StoreError
 from shoal.store.ipld.cid import CID, block_key, cid_from_bytes, parse_cid
 from shoal.store.persist.flatfs import cid_for_key
@@ -143,6 +142,8 @@ def repair_index(repo: Repo) -> RepairReport:
     crashed put also becomes an object that way: keeping garbage is
     the price of losing nothing.
     """
+    from shoal.store.dag.exporter import stat  # not at the top: every command loads the repo
+
     repo._check_writable()
     with repo._guard.exclusive():
         linked: set[str] = set()
