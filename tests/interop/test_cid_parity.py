@@ -21,7 +21,9 @@ from shoal.store.ipld import dagpb, unixfs
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.ipld.cid import parse_cid
 from shoal.store.dag.exporter import export_to_path, list_dir, read_file
-from shoal.store.dag.importer import _DagWriter, estimated_directory_size, import_path
+from shoal.store.dag.dag_writer import DagWriter
+from shoal.store.dag.importer import import_path
+from shoal.store.dag.tree_import import estimated_directory_size
 from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 
 pytestmark = pytest.mark.interop
@@ -159,20 +161,20 @@ def test_shard_threshold_decision(tmp_path: Path, profile: str, late_dir: bool) 
 
 def _estimate(d: Path, profile: Profile) -> int:
     """Shoal's estimate for the top directory, read off the directory builder."""
-    import shoal.store.dag.importer as importer
+    import shoal.store.dag.tree_import as tree_import
 
     seen: list[int] = []
-    original = importer._build_directory
+    original = tree_import.build_directory
 
-    def spy(writer: _DagWriter, entries: list) -> object:  # type: ignore[type-arg]
+    def spy(writer: DagWriter, entries: list) -> object:  # type: ignore[type-arg]
         seen.append(estimated_directory_size(entries, writer.profile))
         return original(writer, entries)
 
-    importer._build_directory = spy  # type: ignore[assignment]
+    tree_import.build_directory = spy  # type: ignore[assignment]
     try:
         import_path(d, MemoryBlockstore(), profile)
     finally:
-        importer._build_directory = original  # type: ignore[assignment]
+        tree_import.build_directory = original  # type: ignore[assignment]
     return seen[-1]
 
 

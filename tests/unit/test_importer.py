@@ -18,9 +18,8 @@ from shoal.store.ipld.cid import CID, make_cid
 from shoal.store.errors import InvalidInput
 from shoal.store.dag.exporter import walk_dag
 from shoal.store.persist.flatfs import cid_for_key
-from shoal.store.dag.importer import (
-    ImportResult, file_leaf_block, import_bytes, import_file, import_path,
-)
+from shoal.store.dag.dag_writer import file_leaf_block
+from shoal.store.dag.importer import ImportResult, import_bytes, import_file, import_path
 from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 
 EMPTY_RAW = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
@@ -432,7 +431,7 @@ def test_full_gc_is_deferred_during_a_directory_import_and_restored_after(tmp_pa
     directory import they only stall other threads (a node's event loop)."""
     import gc
 
-    from shoal.store.dag.importer import deferred_full_gc
+    from shoal.store.dag.tree_import import deferred_full_gc
 
     before = gc.get_threshold()
     with deferred_full_gc():
