@@ -276,7 +276,7 @@ def check_output(dest: Path, force: bool) -> None:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from shoal.store.dag import exporter  # here, not at the top: put never needs it
+    from shoal.store.dag import disk_export, exporter  # here, not at the top: put never needs them
 
     cid = parse_cid(args.cid)
     if args.output == "-":
@@ -289,13 +289,13 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     def node(client: NodeClient) -> dict[str, Any]:
         # The node writes the files: it applies this process's umask, not its own.
-        body = {"cid": str(cid), "output": absolute(dest), "umask": exporter.current_umask(),
+        body = {"cid": str(cid), "output": absolute(dest), "umask": disk_export.current_umask(),
                 "max_size": args.max_size}
         return dict(client.call("POST", "/v1/get", {k: v for k, v in body.items() if v is not None}))
 
     def offline(repo: Repo) -> dict[str, Any]:
-        exporter.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
-                                max_size=args.max_size)
+        disk_export.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
+                                   max_size=args.max_size)
         local = len(repo.dag_keys(cid)) if args.json else 0
         return {"fetched_blocks": 0, "fetched_bytes": 0, "local_blocks": local, "holders": 0}
 

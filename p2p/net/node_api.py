@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 import outcome
 import trio
 
-from shoal.store.dag import exporter
+from shoal.store.dag import disk_export, exporter
 from shoal.store.ipld.car import export_car_file
 from shoal.store.chunking.choice import DEFAULT_CHUNKER, chunker_for
 from shoal.store.cancel import CancelFlag
@@ -192,7 +192,7 @@ def build_api(node: Node, token: str) -> ControlApi:
             present = await run(_complete_locally, repo, cid)
             if present is not None:  # nothing to fetch: export from the store, reading ahead
                 source = HealingBlocks(node)  # a corrupt local block is replaced from a peer as it is read
-                await run_stoppable(lambda flag: exporter.export_to_path(
+                await run_stoppable(lambda flag: disk_export.export_to_path(
                     source, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
                 return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
                         "local_blocks": present, "holders": 0}
@@ -222,7 +222,7 @@ def build_api(node: Node, token: str) -> ControlApi:
                 if exporter.stat(blocks.get, cid).kind == "dir":
                     blocks.export_over()  # nothing to hand off: it reads the finished fetch
                     blocks.wait_done()
-                exporter.export_to_path(blocks, cid, output, cancel=flag, **limits)
+                disk_export.export_to_path(blocks, cid, output, cancel=flag, **limits)
             finally:
                 blocks.export_over()
 

@@ -20,7 +20,8 @@ import pytest
 from shoal.store.ipld import dagpb, unixfs
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.ipld.cid import parse_cid
-from shoal.store.dag.exporter import export_to_path, list_dir, read_file
+from shoal.store.dag.disk_export import export_to_path
+from shoal.store.dag.exporter import list_dir, read_file
 from shoal.store.dag.dag_writer import DagWriter
 from shoal.store.dag.importer import import_path
 from shoal.store.dag.tree_import import estimated_directory_size

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from shoal.store.dag.exporter import export_to_path
+from shoal.store.dag.disk_export import export_to_path
 from shoal.store.dag.importer import import_path
 from shoal.store.ipld.car import export_car_file
 from shoal.store.persist.blockstore import MemoryBlockstore

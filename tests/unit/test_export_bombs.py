@@ -14,7 +14,8 @@ from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.cancel import CancelFlag, Cancelled
 from shoal.store.ipld.cid import CID, make_cid
 from shoal.store.errors import MalformedBlock, StorageFull
-from shoal.store.dag.exporter import ExportRefused, export_to_path, iter_dir, list_dir, plan_export
+from shoal.store.dag.disk_export import export_to_path, plan_export
+from shoal.store.dag.exporter import ExportRefused, iter_dir, list_dir
 from shoal.store.dag.importer import import_path
 from shoal.store.ipld.unixfs import DataType, UnixFSData
 

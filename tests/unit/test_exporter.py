@@ -12,9 +12,8 @@ from shoal.store.ipld import dagpb, unixfs
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.ipld.cid import CID, make_cid
 from shoal.store.errors import BlockNotFound, InvalidInput, MalformedBlock
-from shoal.store.dag.exporter import (
-    DirEntry, export_to_path, iter_links, list_dir, read_file, stat, walk_dag,
-)
+from shoal.store.dag.disk_export import export_to_path
+from shoal.store.dag.exporter import DirEntry, iter_links, list_dir, read_file, stat, walk_dag
 from shoal.store.dag.importer import import_bytes, import_path
 from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025, Profile
 from shoal.store.ipld.unixfs import DataType, UnixFSData

@@ -13,7 +13,8 @@ import pytest
 from shoal.store.ipld import dagpb, hamt, unixfs
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.ipld.cid import DAG_PB, cid_from_bytes, make_cid
-from shoal.store.dag.exporter import export_to_path, list_dir, read_file, walk_dag
+from shoal.store.dag.disk_export import export_to_path
+from shoal.store.dag.exporter import list_dir, read_file, walk_dag
 from shoal.store.dag.importer import import_path
 from shoal.store.ipld.murmur3 import murmur3_x64_64
 from shoal.store.chunking.profiles import KUBO_LEGACY, UNIXFS_V1_2025

@@ -16,7 +16,8 @@ from shoal.store.ipld import dagpb, hamt, unixfs
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.ipld.cid import make_cid
 from shoal.store.errors import MalformedBlock
-from shoal.store.dag.exporter import DirEntry, export_to_path, list_dir
+from shoal.store.dag.disk_export import export_to_path
+from shoal.store.dag.exporter import DirEntry, list_dir
 from shoal.store.ipld.unixfs import DataType, UnixFSData
 
 VALID = [1 << b for b in range(3, 11)]

@@ -15,7 +15,8 @@ import pytest
 from shoal.store.persist.blockstore import MemoryBlockstore
 from shoal.store.chunking.choice import PerFileChunker, chunker_for, is_safetensors
 from shoal.store.errors import InvalidInput
-from shoal.store.dag.exporter import export_to_path, list_dir
+from shoal.store.dag.disk_export import export_to_path
+from shoal.store.dag.exporter import list_dir
 from shoal.store.dag.importer import import_path
 from shoal.store.chunking.profiles import DEFAULT_PROFILE
 from shoal.store.chunking.safetensors import SafetensorsChunker
