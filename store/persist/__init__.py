@@ -1,1 +1,1 @@
-"""Local persistence: the blockstore interface, flatfs on disk, direct I/O, the SQLite index, the repo and its config."""
+"""Local persistence: blockstores (flatfs, group sync, staging), direct I/O, durable writes, the SQLite index, the repo (lock, guard, maintenance) and its config."""

@@ -1,1 +1,1 @@
-"""Proof-of-storage commitments: the Merkle tree over SHA-256 chaining values, its helpers and manifests."""
+"""Proof-of-storage commitments: the Merkle tree over SHA-256 chaining values, audit challenges, proofs, commit files and manifests."""
