@@ -117,10 +117,16 @@ def connect(repo: Path) -> NodeClient | None:
         return None
     import httpx
 
-    client = NodeClient(doc["url"], doc["token"])
+    # A damaged or hand-edited api file (a URL httpx cannot parse, a token
+    # that is no header value) names no node either: httpx raises InvalidURL
+    # or UnicodeEncodeError for those, not an HTTPError.
+    try:
+        client = NodeClient(doc["url"], doc["token"])
+    except (httpx.InvalidURL, ValueError):
+        return None
     try:
         client._client.get("/v1/id", timeout=CONNECT_TIMEOUT).raise_for_status()
-    except httpx.HTTPError:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
         client.close()
         return None
     return client

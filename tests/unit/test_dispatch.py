@@ -88,6 +88,19 @@ def test_without_a_node_the_offline_side_runs_on_the_repo(repo: Path) -> None:
     assert Path(seen) == repo
 
 
+@pytest.mark.parametrize("api", [
+    {"url": "http://[::1", "token": "x"},  # not a URL (httpx.InvalidURL is no HTTPError)
+    {"url": "http://127.0.0.1:1x", "token": "x"},  # a bad port
+    {"url": "http://127.0.0.1:9", "token": "t\u00e9"},  # a token that is no header value
+])
+def test_a_damaged_api_file_means_no_node_not_a_traceback(repo: Path, api: dict[str, str]) -> None:
+    """A hand-edited or damaged api file is an api file that names no node:
+    the command runs offline (the repo lock still refuses a live node)."""
+    (repo / "api").write_text(json.dumps(api))
+    seen = run(_args(repo), node=lambda c: pytest.fail("no node answers"), offline=lambda r: r.path)
+    assert Path(seen) == repo
+
+
 def test_the_offline_side_opens_the_repo_with_the_declared_lock(repo: Path) -> None:
     with Repo.open(repo, wait=False):  # another writer holds the repo
         assert run(_args(repo, no_wait=True), node=None, offline=lambda r: "read", access=Access.READ) == "read"
