@@ -481,19 +481,21 @@ class Repo:
         from shoal.store.ipld.car import import_car
 
         self._check_writable()
+        # One shared hold for the blocks and their pins: between the two a
+        # gc would delete the fresh, still unpinned blocks.
         with self.writing():
             result = import_car(stream, self.blockstore)
             self.blockstore.flush()
-        absent = {str(r) for r in result.absent_roots}
-        pinned = []
-        for root in result.roots:
-            if str(root) in absent:
-                continue
-            try:
-                self.adopt(root)
-            except BlockNotFound:
-                continue  # a partial CAR: its blocks stay unpinned until completed
-            pinned.append(root)
+            absent = {str(r) for r in result.absent_roots}
+            pinned = []
+            for root in result.roots:
+                if str(root) in absent:
+                    continue
+                try:
+                    self.adopt(root)
+                except BlockNotFound:
+                    continue  # a partial CAR: its blocks stay unpinned until completed
+                pinned.append(root)
         return dataclasses.replace(result, pinned=pinned)
 
     # -- maintenance ---------------------------------------------------------

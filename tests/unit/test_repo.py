@@ -541,3 +541,45 @@ def test_conditional_unpin_keeps_a_pin_made_again_since(repo: Repo, tmp_path: Pa
     assert [p.cid for p in repo.pins()] == [str(res.cid)]
     repo.pin_rm(res.cid, again.created)
     assert repo.pins() == []
+
+
+def test_car_import_pins_before_a_waiting_gc_runs(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CAR's blocks stay under the writer guard until their roots are pinned.
+
+    import_car used to leave `writing()` after storing the blocks and pin
+    each root afterwards: a gc in another thread ran in between, deleted
+    the fresh unpinned blocks, and the root was silently left unpinned.
+    """
+    import io
+
+    from shoal.store.ipld.car import write_car
+
+    earlier = _raw(repo, b"pinned once, so gc does not take the index for a lost one")
+    repo.pin_add(earlier)
+    repo.pin_rm(earlier)
+    data = b"a CAR's only block"
+    cid = make_cid("raw", data)
+    buf = io.BytesIO()
+    write_car(buf, [cid], [(cid, data)])
+    buf.seek(0)
+    result: dict[str, GcResult] = {}
+    gc_thread: list[threading.Thread] = []
+    adopt = repo.adopt
+
+    def adopt_after_a_gc_came(root: CID | str, name: str | None = None) -> object:
+        t = threading.Thread(target=lambda: result.setdefault("gc", repo.gc()))
+        gc_thread.append(t)
+        t.start()
+        # Either gc ran (the old code: nothing held it back) or it waits for the guard.
+        deadline = time.monotonic() + 10
+        while t.is_alive() and repo._guard.policy.exclusive_waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return adopt(root, name)
+
+    monkeypatch.setattr(repo, "adopt", adopt_after_a_gc_came)
+    imported = repo.import_car(buf)
+    gc_thread[0].join(10)
+    assert imported.pinned == [cid]
+    assert [p.cid for p in repo.pins()] == [str(cid)]
+    assert result["gc"].removed_blocks == 1  # the unpinned earlier block only
+    assert repo.blockstore.get(cid) == data
