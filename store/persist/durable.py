@@ -50,7 +50,9 @@ def publish(tmp: str | Path, path: str | Path, *, overwrite: bool = True, sync_d
     `overwrite=False` never replaces an existing `path`: the temp file is
     hard-linked into place (FileExistsError if `path` appeared meanwhile,
     and `tmp` is left for the caller to remove); a filesystem without hard
-    links falls back to a rename. `sync_dir=False` leaves the directory
+    links falls back to a rename after checking that `path` is still
+    absent (there only a writer racing in the same instant can lose its
+    file). `sync_dir=False` leaves the directory
     fsync to the caller, for several files published into one directory.
     """
     if overwrite:
@@ -61,6 +63,8 @@ def publish(tmp: str | Path, path: str | Path, *, overwrite: bool = True, sync_d
         except FileExistsError:
             raise
         except OSError:  # no hard links here
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
             os.replace(tmp, path)
         else:
             os.unlink(tmp)

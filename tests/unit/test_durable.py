@@ -115,3 +115,24 @@ def test_fsync_dir_tolerates_einval_only(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(durable.os, "fsync", eio)
     with pytest.raises(OSError):
         durable.fsync_dir(tmp_path)
+
+
+def test_no_overwrite_without_hard_links_still_keeps_the_winner(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a filesystem without hard links (vfat, some FUSE: link() fails with
+    EPERM) `overwrite=False` used to fall back to a plain rename, replacing an
+    existing file (an identity key!) after all."""
+    target = tmp_path / "identity.key"
+    target.write_bytes(b"first")
+
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(durable.os, "link", no_links)
+    with pytest.raises(FileExistsError):
+        durable.write_durably(target, b"second", overwrite=False)
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["identity.key"]
+    fresh = tmp_path / "other.key"
+    durable.write_durably(fresh, b"new", overwrite=False)  # the fallback still creates a new file
+    assert fresh.read_bytes() == b"new"
