@@ -76,7 +76,7 @@ def register(sub: Any) -> None:
 
 # A mirror of shoal.p2p.replication.owner.DEFAULT_AUDIT_INTERVAL_S for the help text:
 # building the parser must not import p2p (tests/unit/test_cli_imports.py);
-# tests/unit/test_node_settings.py checks that the two agree.
+# tests/unit/test_cli_parser.py checks that the two agree.
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
 
 

@@ -48,7 +48,7 @@ refused, as storing UnixFS symlinks would export links that point
 anywhere. A symlink given as the top-level path itself is always followed,
 since the user named it.
 
-Chunkers per file: `chunker` may be a `shoal.store.chunking.chunker.PerFileChunker`
+Chunkers per file: `chunker` may be a `shoal.store.chunking.choice.PerFileChunker`
 ("auto", the CLI's default), which picks the tensor-aware chunker for each
 file that parses as safetensors and the profile's fixed chunker for every
 other file, so those keep the CIDs `ipfs add` gives.

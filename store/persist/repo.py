@@ -13,7 +13,7 @@
                        inspection; a re-put or a fetch writes good copies
 <repo>/proofs/         storage-commitment files, per object CID: `<cid>.leaves`
                        (the leaf-hash layer, 32 B per segment) and
-                       `<cid>.commitment` (the 45-byte `proofs.Commitment`);
+                       `<cid>.commitment` (the 45-byte `shoal.store.proofs.commitment.Commitment`);
                        written by `add(..., commit=True)` or shoal.store.proofs.commit_files
 ```
 
