@@ -190,9 +190,9 @@ class NodeProcess:
                 try:
                     self.proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    self.note(f"did not stop within {timeout:g}s of SIGTERM: SIGKILL")
-                    self.proc.kill()
+                    self.proc.kill()  # first: a note that cannot be written must not spare it
                     self.proc.wait(timeout=STOP_TIMEOUT_S)
+                    self.note(f"did not stop within {timeout:g}s of SIGTERM: SIGKILL")
         finally:
             self._close_log()
         return self.proc.returncode
@@ -319,12 +319,17 @@ class LocalSwarm:
                 pass
         deadline = time.monotonic() + timeout
         for node in self.nodes:
+            # The escalation sits inside the try: an error while escalating
+            # (the log's folder gone, a kill that does not finish) must not
+            # leave this node running nor skip the others.
             try:
                 if node.proc is not None and node.proc.poll() is None:
-                    node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.note("did not stop after SIGTERM: SIGKILL")
-                node.kill()
+                    try:
+                        node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        node.proc.kill()
+                        node.proc.wait(timeout=STOP_TIMEOUT_S)
+                        node.note("did not stop after SIGTERM: SIGKILL")
             except Exception as exc:  # keep stopping the others
                 print(f"shoal: could not stop node {node.name}: {exc}", file=sys.stderr)
             finally:

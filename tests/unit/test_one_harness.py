@@ -48,3 +48,57 @@ def test_the_tests_and_benchmarks_build_on_the_harness() -> None:
     bench = ast.parse((ROOT / "bench" / "transfer.py").read_text())
     imported = {n.module for n in ast.walk(bench) if isinstance(n, ast.ImportFrom)}
     assert "shoal.cli.swarm" in imported
+
+
+def test_swarm_close_kills_a_node_that_ignores_sigterm_and_never_raises(tmp_path: Path) -> None:
+    """LocalSwarm.close promises to stop every node and never raise. A node
+    that ignores SIGTERM is escalated to SIGKILL even when the harness cannot
+    write the note about it to the log (its folder gone): the note used to
+    raise from inside the escalation, so close() raised and the process lived on."""
+    import subprocess
+    import sys
+
+    from shoal.cli.swarm import LocalSwarm, NodeProcess
+
+    stubborn = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"  # SIGTERM now ignored
+        swarm = LocalSwarm(tmp_path)
+        node = NodeProcess("stubborn", tmp_path / "repo", tmp_path / "gone" / "stubborn.log", proc=proc)
+        swarm.nodes.append(node)
+        swarm.close(timeout=0.5)
+        assert proc.poll() is not None  # killed, not left running
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_node_stop_kills_before_it_writes_the_note(tmp_path: Path) -> None:
+    """NodeProcess.stop escalates to SIGKILL even if its log cannot be written."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from shoal.cli.swarm import NodeProcess
+
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        node = NodeProcess("stubborn", tmp_path / "repo", tmp_path / "gone" / "stubborn.log", proc=proc)
+        with pytest.raises(OSError):  # the note about the SIGKILL cannot be written
+            node.stop(timeout=0.5)
+        assert proc.poll() is not None  # but the node was killed first
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
