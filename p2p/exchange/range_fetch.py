@@ -57,7 +57,13 @@ class RangeWalk:
     `start()` gives the root; each `on_block(cid, data)` (verified bytes)
     returns the children now needed. Positions are tracked per block, so a
     block that occurs twice in the file (deduplicated leaves) is expanded
-    for each occurrence. MalformedBlock if a node's sizes do not add up.
+    for each distinct window the range takes of it: every occurrence the
+    range covers whole needs the same children, so it is expanded once.
+    Without that, six blocks linking each other 1,024 times a level (an
+    exabyte declared) meant 2^30 occurrences to walk, in memory and on the
+    event loop; now the work is bounded by the distinct blocks times the
+    few windows at the range's two ends. MalformedBlock if a node's sizes
+    do not add up.
     """
 
     def __init__(self, root: CID, offset: int, length: int | None) -> None:
@@ -68,6 +74,7 @@ class RangeWalk:
         self.end = None if length is None else offset + length
         self._positions: dict[bytes, list[_Position]] = {}
         self._cids: dict[bytes, CID] = {}
+        self._windows: set[tuple[bytes, int | None, int, int | None]] = set()
 
     @property
     def empty(self) -> bool:
@@ -81,6 +88,17 @@ class RangeWalk:
 
     def _want(self, cid: CID, start: int, promised: int | None) -> list[CID]:
         key = bytes(cid)
+        # The part of this occurrence the range needs, relative to its start:
+        # occurrences with the same window (and the same promised size, which
+        # `_expand` checks) need exactly the same blocks below them.
+        lo = max(self.offset - start, 0)
+        hi = None if self.end is None else self.end - start
+        if hi is not None and promised is not None and hi >= promised:
+            hi = None  # covered to its end, as with no end at all
+        window = (key, promised, lo, hi)
+        if window in self._windows:
+            return []
+        self._windows.add(window)
         self._positions.setdefault(key, []).append((start, promised))
         self._cids[key] = cid
         return [cid]
