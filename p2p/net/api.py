@@ -24,7 +24,7 @@ Errors: `{"error": message, "hint": hint, "kind": ExceptionName}` with a 4xx/5xx
 A client that goes away (Ctrl-C of `shoal put`/`get`, a dropped connection)
 cancels its request: every handler runs in a cancel scope that a watcher
 task cancels on the ASGI `http.disconnect` event, and handlers' thread work
-(shoal.p2p.net.node_api.run_stoppable) stops at its next block. Work a client no
+(shoal.p2p.net.thread_work.run_sync_cancellable) stops at its next block. Work a client no
 longer waits for never runs to completion, so nobody can make the node
 write or list without bound by asking and hanging up.
 """

@@ -1,8 +1,8 @@
 """The node's control API routes: each one a thin async wrapper over store/
 and the node, with blocking store work in worker threads.
 
-Long thread work (put, get's export) runs through `run_stoppable`: when the
-request is cancelled (its client disconnected, shoal.p2p.net.api) the store work sees
+Long thread work (put, get's export) runs through `run_stoppable`
+(shoal.p2p.net.thread_work.run_sync_cancellable): when the request is cancelled (its client disconnected, shoal.p2p.net.api) the store work sees
 its CancelFlag at the next block and stops, undoing what it left half done
 (an export removes its output; a put's blocks stay unpinned for gc), and
 the request ends only once the thread has. `ls` streams its entries
@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
-import outcome
 import trio
 
 from shoal.store.dag import disk_export, exporter
@@ -36,6 +35,7 @@ from shoal.p2p.exchange.fetch import fetch_dag
 from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.exchange.heal import HealingBlocks
 from shoal.p2p.net.node import Node
+from shoal.p2p.net.thread_work import run_sync_cancellable
 
 log = logging.getLogger("shoal.api")
 
@@ -46,29 +46,12 @@ LS_BATCH = 512  # directory entries listed per thread hop: one hop per entry cos
 T = TypeVar("T")
 
 
+CLIENT_GONE = "the request was cancelled (its client went away)"
+
+
 async def run_stoppable(fn: Callable[[CancelFlag], T]) -> T:
-    """Run `fn(flag)` in a worker thread; if this task is cancelled, set the
-    flag and wait for `fn` to return (it checks the flag between blocks).
-
-    Why not `abandon_on_cancel`: an abandoned thread goes on writing; the
-    point is that the work stops, and that the store guard held around this
-    call is not released while it still runs.
-    """
-    flag = CancelFlag()
-    box: list[outcome.Outcome[T]] = []
-
-    async def work(done: trio.CancelScope) -> None:
-        box.append(await outcome.acapture(trio.to_thread.run_sync, fn, flag))
-        done.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(work, nursery.cancel_scope)
-        try:
-            await trio.sleep_forever()
-        finally:
-            if not box:
-                flag.set("the request was cancelled (its client went away)")
-    return box[0].unwrap()
+    """`fn(flag)` in a worker thread, stopped (never abandoned) if the request is cancelled."""
+    return await run_sync_cancellable(fn, reason=CLIENT_GONE)
 
 
 def _umask_param(p: dict[str, Any]) -> int | None:

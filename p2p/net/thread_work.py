@@ -6,27 +6,28 @@ had finished on its own: an audit's proof over a huge (or hostile) object
 kept a worker thread hashing long after its deadline, and its caller
 waiting with it.
 
-How: the work reads its data through a `CancellableStore`, a blockstore
-wrapper whose reads check a `shoal.store.cancel.CancelFlag` (the flag the
-exporter and importer check too) and raise `shoal.store.cancel.Cancelled` once
-the caller is cancelled.
-Blocks are at most 2 MiB, so the work stops within one block's worth of
-hashing, with no change to the store/ code it runs (store/ knows nothing of
-trio). `run_sync_cancellable` runs it: on cancellation it raises the flag,
-waits (shielded, briefly) for the thread to reach its next read and stop,
-then lets trio's Cancelled (or TooSlowError) go on; the thread's own
-`shoal.store.cancel.Cancelled` is dropped there, so it can never be mistaken for
-lost data (it is a StoreError) by code that catches those. So no thread
-outlives the task that started it. (shoal.p2p.net.node_api.run_stoppable does the
-same for API requests, without a store wrapper: the exporter checks its
-flag itself.)
+How: the work checks a `shoal.store.cancel.CancelFlag` (the flag the
+exporter and importer check), or reads its data through a
+`CancellableStore`, a blockstore wrapper whose every read checks it and
+raises `shoal.store.cancel.Cancelled` once the caller is cancelled. Blocks
+are at most 2 MiB, so the work stops within one block's worth of hashing,
+with no change to the store/ code it runs (store/ knows nothing of trio).
+`run_sync_cancellable` runs it: on cancellation it sets the flag and waits
+for the thread to return, then lets trio's Cancelled (or TooSlowError) go
+on; the thread's own `Cancelled` is dropped there, so it can never be
+mistaken for lost data (it is a StoreError) by code that catches those. So
+no thread outlives the task that started it, and nothing it writes (a
+put's blocks, an export's files) or a lock held around the call (the store
+guard) outlives it either. It is the one way the node runs long thread
+work: API requests (put, get's export), audits and the holder's commitment
+passes (with their own small thread limiter).
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Iterator, TypeVar
 
+import outcome
 import trio
 
 from shoal.store.cancel import CancelFlag
@@ -64,26 +65,38 @@ class CancellableStore:
         return getattr(self._store, name)
 
 
-async def run_sync_cancellable(work: Callable[[CancelFlag], T]) -> T:
+async def run_sync_cancellable(work: Callable[[CancelFlag], T], *,
+                               limiter: trio.CapacityLimiter | None = None,
+                               reason: str = "cancelled") -> T:
     """Run `work(flag)` in a worker thread; cancelling the caller stops it.
 
     `work` must check `flag` often (e.g. read through `CancellableStore(store,
-    flag)`). On cancellation the flag is set and the caller waits, shielded,
-    for the thread to stop at its next check, then the cancellation goes on.
+    flag)`). On cancellation the flag is set (with `reason`) and the caller
+    waits for the thread to return at its next check, then the cancellation
+    goes on. The thread is never abandoned, so the wait needs no second
+    thread (and no token of a limiter another thread may hold). `limiter`:
+    the threads to take the worker from (trio's default if None); a caller
+    cancelled while waiting for one ran nothing.
     """
     flag = CancelFlag()
-    finished = threading.Event()
+    box: list[outcome.Outcome[T]] = []
 
-    def run() -> T:
+    async def run(done: trio.CancelScope) -> None:
+        # Not outcome.acapture: trio's Cancelled (while waiting for a thread)
+        # must travel as itself, not be stored and raised elsewhere.
         try:
-            return work(flag)
-        finally:
-            finished.set()
+            value = await trio.to_thread.run_sync(work, flag, limiter=limiter)
+        except Exception as exc:
+            box.append(outcome.Error(exc))
+        else:
+            box.append(outcome.Value(value))
+        done.cancel()
 
-    try:
-        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
-    except trio.Cancelled:
-        flag.set()
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(finished.wait)
-        raise
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, nursery.cancel_scope)
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not box:
+                flag.set(reason)
+    return box[0].unwrap()

@@ -36,13 +36,12 @@ from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-import outcome
 import trio
 
 from shoal.store.ipld.cid import CID, block_key, cid_from_bytes, parse_cid
 from shoal.store.errors import StorageFull, StoreError
 from shoal.store.proofs.manifest import Manifest
-from shoal.store.cancel import CancelFlag, Cancelled
+from shoal.store.cancel import Cancelled
 from shoal.store.proofs.challenge import MAX_K
 from shoal.store.proofs.commitment import NodeSource, ShouldStop, check_stop
 from shoal.store.proofs.proof import max_challenges
@@ -285,33 +284,13 @@ class Holder:
 
         Its own small limiter: the threads trio lends everyone else (block
         serving, index calls) can never all be taken by commitment passes.
-        If this task is cancelled (a deadline, the node shutting down), the
-        flag is set and the call waits for `fn` to return: `fn` checks
-        `should_stop` between pieces (shoal.store.cancel.Cancelled), so it ends
-        within one piece, and nothing it writes outlives the call (as
-        shoal.p2p.net.node_api.run_stoppable, for the same reason).
+        `fn` checks `should_stop` between pieces, so a cancelled caller (a
+        deadline, the node shutting down) stops it within one piece and
+        nothing it writes outlives the call
+        (shoal.p2p.net.thread_work.run_sync_cancellable).
         """
-        flag = CancelFlag()
-        box: list[outcome.Outcome[Any]] = []
-
-        def call() -> Any:
-            return fn(*args, should_stop=flag.is_set, **kwargs)
-
-        async def work(done: trio.CancelScope) -> None:
-            async with self._heavy:
-                box.append(await outcome.acapture(trio.to_thread.run_sync, call))
-            done.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(work, nursery.cancel_scope)
-            try:
-                await trio.sleep_forever()
-            finally:
-                if not box:
-                    flag.set("the replica's work was cancelled")
-        if not box:  # cancelled while waiting for a thread slot: nothing ran
-            raise Cancelled("the replica's work was cancelled")
-        return box[0].unwrap()
+        return await run_sync_cancellable(lambda flag: fn(*args, should_stop=flag.is_set, **kwargs),
+                                          limiter=self._heavy, reason="the replica's work was cancelled")
 
     async def _take(self, cid: CID, manifest: Manifest, offer: Offer, requester: PeerId,
                     pinned_before: float | None) -> None:

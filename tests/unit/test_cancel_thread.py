@@ -98,3 +98,45 @@ async def test_audit_tree_build_stops_at_the_deadline(tmp_path: Path) -> None:
     await trio.sleep(0.3)
     assert store.reads == stopped_at
     assert time.monotonic() - start < 2.5  # the full pass takes > 3 s
+
+
+async def test_one_runner_for_api_audit_and_heavy_work() -> None:
+    """The API's `run_stoppable` and the holder's `run_heavy` are
+    `run_sync_cancellable` (one implementation): a limiter caps the threads,
+    and a caller cancelled while waiting for one never runs its work."""
+    from shoal.p2p.net import node_api
+
+    assert await node_api.run_stoppable(lambda flag: 7) == 7
+    limiter = trio.CapacityLimiter(1)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def hold(flag: CancelFlag) -> None:
+        ran.append("hold")
+        while not release.is_set():
+            flag.check()
+            time.sleep(0.01)
+
+    def second(flag: CancelFlag) -> None:
+        ran.append("second")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_sync_cancellable(hold, limiter=limiter))
+        await trio.sleep(0.1)
+        with trio.move_on_after(0.2) as waited:
+            await run_sync_cancellable(second, limiter=limiter)
+        assert waited.cancelled_caught
+        release.set()
+    assert ran == ["hold"]
+
+    flags: list[CancelFlag] = []
+
+    def spin(flag: CancelFlag) -> None:
+        flags.append(flag)
+        while True:
+            flag.check()
+            time.sleep(0.01)
+
+    with trio.move_on_after(0.2):
+        await run_sync_cancellable(spin, reason="why it stopped")
+    assert flags[0].is_set() and flags[0].reason == "why it stopped"
