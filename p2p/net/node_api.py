@@ -215,6 +215,10 @@ def build_api(node: Node, token: str) -> ControlApi:
                 await run_stoppable(export)
             except Exception as exc:
                 export_error = exc
+                # Refused (--max-size, disk space) or failed: nobody will read
+                # what the fetch would still bring, so stop it now rather than
+                # answer only once the whole DAG is stored.
+                nursery.cancel_scope.cancel()
         if fetch_error is not None:
             raise fetch_error
         if export_error is not None:
