@@ -29,7 +29,7 @@ from shoal.store.persist.repo import Repo, resolve_repo_path
 
 from shoal.cli.args import positive_int, size
 from shoal.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
-from shoal.cli.dispatch import Access, run
+from shoal.cli.dispatch import Access, open_repo, run
 from shoal.cli.node_client import NodeClient
 from shoal.cli.output import human_size, plural, print_json, progress_bar
 
@@ -441,17 +441,27 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     repair = bool(getattr(args, "repair", False))
-    def offline(repo: Repo) -> tuple[dict[str, Any], bool]:
-        doc = repo.verify(repair=repair).as_json()
+
+    def warn_if_index_replaced(repo: Repo) -> None:
         unknown = repo.blocks_an_index_never_knew()
         if unknown:
             print(f"shoal: warning: the index holds no pin and never held one, but {unknown} block(s) "
                   f"are stored; if index.sqlite was lost or replaced, run `shoal repair-index`",
                   file=sys.stderr)
+
+    def node(client: NodeClient) -> tuple[dict[str, Any], bool]:
+        doc = client.call("POST", "/v1/verify", {"repair": repair})
+        # The node's answer does not carry it; a reader may open the repo beside the node.
+        with open_repo(resolve_repo_path(args.repo), Access.READ) as repo:
+            warn_if_index_replaced(repo)
+        return doc, True
+
+    def offline(repo: Repo) -> tuple[dict[str, Any], bool]:
+        doc = repo.verify(repair=repair).as_json()
+        warn_if_index_replaced(repo)
         return doc, False
 
-    doc, through_node = run(args, node=lambda client: (client.call("POST", "/v1/verify", {"repair": repair}), True),
-                            offline=offline, access=Access.WRITE)
+    doc, through_node = run(args, node=node, offline=offline, access=Access.WRITE)
     corrupt, incomplete = doc["corrupt_blocks"], doc["incomplete_pins"]
     quarantined = set(doc.get("quarantined", []))
     ok = bool(doc["ok"])

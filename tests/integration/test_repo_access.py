@@ -26,6 +26,7 @@ import pytest
 from tests.helpers import (
     PROJECT_ROOT, SHOAL, assert_one_line_error, run_shoal, shoal_env, write_random,
 )
+from tests.integration.swarm import Swarm, swarm  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -387,3 +388,21 @@ def test_a_node_refuses_a_lost_index_and_its_gc_the_never_pinned_guard(tmp_path:
         assert node.json("gc", "--json")["removed_blocks"] == 0
     finally:
         swarm.close()
+
+
+def test_verify_through_a_node_warns_about_a_fresh_index_as_offline_does(swarm: Swarm, tmp_path: Path) -> None:
+    """docs/CLI.md: a command prints the same thing offline and through a node.
+    The warning that the index never held a pin while blocks are stored (a
+    replaced index: run repair-index) was printed by the offline verify only."""
+    node = swarm.add("a", start=False)
+    data = tmp_path / "f.bin"
+    write_random(data, 300_000)
+    put(node.repo, data)
+    other = tmp_path / "other"
+    assert run_shoal(other, "init").code == 0
+    remove_index(node.repo)
+    shutil.copy(other / "index.sqlite", node.repo / "index.sqlite")
+    node.start()
+    r = node.shoal("verify")
+    assert r.code == 0, r.err  # through the node: the offline verify would find the repo locked by it
+    assert "never held one" in r.err and "repair-index" in r.err, r.err
