@@ -33,8 +33,9 @@ DEFAULT_API = "127.0.0.1:5101"
 
 DEFAULTS: dict[str, Any] = {
     "store": {
+        # The profile a put uses when it names none (Repo.default_profile).
+        # No chunker here: `shoal put --chunker` decides per put (default auto).
         "profile": "unixfs-v1-2025",
-        "chunker": "fixed",
     },
     "node": {
         "listen": [DEFAULT_LISTEN],

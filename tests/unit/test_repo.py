@@ -68,6 +68,8 @@ def test_init_layout(tmp_path: Path) -> None:
         assert (r.path / "blocks" / "SHARDING").is_file()
         assert not r.identity_path.exists()  # p2p/ creates it
         assert r.config["store"]["profile"] == "unixfs-v1-2025"
+        # No setting nothing reads: `chunker = "fixed"` contradicted put's default (auto) and did nothing.
+        assert "chunker" not in load_config(r.path / "config.toml")["store"]
     with pytest.raises(RepoError, match="already"):
         Repo.init(tmp_path / "r")
 
@@ -128,7 +130,7 @@ def test_config_defaults_and_errors(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text('[energy]\npue = 1.5\n[store]\nprofile = "kubo-legacy"\n')
     cfg = load_config(tmp_path / "c.toml")
     assert cfg["energy"] == {"pue": 1.5}
-    assert cfg["store"] == {"profile": "kubo-legacy", "chunker": "fixed"}
+    assert cfg["store"] == {"profile": "kubo-legacy"}
     assert cfg["node"] == DEFAULTS["node"]
     (tmp_path / "bad.toml").write_text("not = [toml")
     with pytest.raises(RepoError, match="not valid TOML"):
