@@ -328,9 +328,12 @@ class Holder:
                 sources.append(peer)
         pinned = False
         try:
-            await fetch_dag(self.node, cid, holders=sources, on_verified=on_verified)
-            await self._check_size(cid, manifest)
+            # One shared hold of the store guard from the pull to the pin:
+            # released in between, a gc waiting for it would go first and
+            # delete every block just pulled (none is pinned yet).
             async with self.node.store_guard.shared():
+                await fetch_dag(self.node, cid, holders=sources, on_verified=on_verified, guard=False)
+                await self._check_size(cid, manifest)
                 await self._run(self.node.repo.pin_add, cid)
             pinned = True
             repo_path = self.node.repo.path
