@@ -18,7 +18,7 @@ each with a global cap and a per-IP cap:
   allowlisted, configured, dialled by us, delivered data to us, holds our
   replicas); protected peers are exempt from the per-IP cap. When the slots
   are full a newcomer takes the slot of the least valuable unprotected
-  connection: first those that never answered a request of ours, then the
+  connection: first those that never sent data we asked for (a block, a proof), then the
   one idle longest. Connections younger than `grace_s` are left alone, so
   two newcomers cannot keep evicting each other before either is used;
   a protected newcomer ignores the grace period.
@@ -78,7 +78,7 @@ class Entry:
     """One admitted inbound connection as the policy sees it.
 
     The driver keeps `last_active` and `useful` current (any message in
-    either direction; answers to our requests) and `protected` is asked of
+    either direction; our requests answered with data) and `protected` is asked of
     the node at every decision, since a peer may prove itself later.
     """
 

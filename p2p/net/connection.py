@@ -29,13 +29,14 @@ from shoal.p2p.wire import codec, limits as L
 from shoal.p2p.errors import DecoderBug, P2PError, RemoteProtocolError
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame_parts
 from shoal.p2p.secure.identity import PeerId
-from shoal.p2p.wire.messages import RESPONSES, Error, ErrorCode, Message
+from shoal.p2p.wire.messages import RESPONSES, AuditProof, Block, Error, ErrorCode, Message
 
 log = logging.getLogger("shoal.conn")
 
 Handler = Callable[["PeerConnection", Message], Awaitable[Sequence[Message]]]
 MAX_MALFORMED = 16  # malformed messages tolerated before we hang up
 READ_SIZE = 256 * 1024
+_USEFUL_ANSWERS = (Block, AuditProof)  # answers that count for `answers` (eviction, admission)
 
 
 class RequestFailed(P2PError):
@@ -142,7 +143,7 @@ class PeerConnection:
         self._stall_timeout = stall_timeout
         self.stalled = False  # closed because the peer stopped reading
         # For eviction (shoal.p2p.net.admission): when a message last went either way,
-        # and how many answers the peer gave to our requests.
+        # and how many of our requests the peer answered with data (a block, a proof).
         self.opened_at = trio.current_time()
         self.last_activity = self.opened_at
         self.answers = 0
@@ -302,8 +303,11 @@ class PeerConnection:
                 return  # unsolicited or late (after a timeout): drop quietly
             self._malformed += 1
             return
-        if not pending.responses and pending.error is None and not isinstance(msg, Error):
-            self.answers += 1  # the peer answered a request of ours: it is of use to us
+        if not pending.responses and pending.error is None and isinstance(msg, _USEFUL_ANSWERS):
+            # The peer sent data we asked for: it is of use to us. Not a Pong,
+            # Peers, Have: any throwaway key answers the node's own peer
+            # exchange with those, and would rank with the peers that serve us.
+            self.answers += 1
         pending.add(msg)
 
     async def _serve(self, msg: Message) -> None:
