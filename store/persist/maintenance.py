@@ -29,7 +29,7 @@ from shoal.store.proofs.commit_files import PROOFS_DIR
 if TYPE_CHECKING:
     from shoal.store.persist.repo import Repo
 
-__all__ = ["GcResult", "VerifyReport", "RepairReport", "gc", "verify", "repair_index",
+__all__ = ["GcResult", "VerifyReport", "RepairReport", "gc", "verify", "repair_index", "remove_orphan_proof_files",
            "blocks_an_index_never_knew", "cleanup_proof_temps", "STALE_TEMP_AGE_S"]
 
 STALE_TEMP_AGE_S = 600.0  # a commitment temp file older than this belongs to no live writer
@@ -117,8 +117,44 @@ def gc(repo: Repo, force: bool = False) -> GcResult:
         gone = [o.cid for o in repo.index.objects() if not repo.blockstore.has(parse_cid(o.cid))]
         if gone:
             repo.index.forget_objects(gone)
+        remove_orphan_proof_files(repo)
     repo.reserve.ensure()
     return GcResult(removed, freed, temps)
+
+
+PROOF_SUFFIXES = (".leaves", ".commitment")
+
+
+def remove_orphan_proof_files(repo: Repo) -> int:
+    """Remove `<repo>/proofs/<cid>.leaves` / `.commitment` whose root block is gone; how many.
+
+    Why: they are 1/64 of the object's size and nothing else ever removes
+    them once gc collected the object. Without its root nobody can prove
+    or audit from them, and a fetch of the object again rebuilds them
+    (shoal.store.proofs.commit_files.build_commitment). Run under gc's
+    exclusive hold: a commitment being built for a pinned object has its
+    root stored, so it is never touched.
+    """
+    directory = repo.path / PROOFS_DIR
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for entry in directory.iterdir():
+        suffix = next((s for s in PROOF_SUFFIXES if entry.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        try:
+            cid = parse_cid(entry.name[: -len(suffix)])
+        except StoreError:
+            continue  # not ours: leave it
+        if repo.blockstore.has(cid):
+            continue
+        try:
+            entry.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def blocks_an_index_never_knew(repo: Repo) -> int:

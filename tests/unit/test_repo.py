@@ -585,3 +585,24 @@ def test_car_import_pins_before_a_waiting_gc_runs(repo: Repo, monkeypatch: pytes
     assert [p.cid for p in repo.pins()] == [str(cid)]
     assert result["gc"].removed_blocks == 1  # the unpinned earlier block only
     assert repo.blockstore.get(cid) == data
+
+
+def test_gc_removes_the_proof_files_of_objects_it_removes(repo: Repo, tmp_path: Path) -> None:
+    """`<cid>.leaves` (32 bytes per 2 KiB segment: 16 MiB per GiB) and
+    `<cid>.commitment` of a put with a commitment used to stay behind forever
+    once its object was unpinned and collected. gc removes them with the
+    root block; a pinned object's files stay."""
+    from shoal.store.proofs.commit_files import commitment_file, leaves_file
+
+    (tmp_path / "gone.bin").write_bytes(os.urandom(300_000))
+    (tmp_path / "kept.bin").write_bytes(os.urandom(200_000))
+    gone = repo.add(tmp_path / "gone.bin", profile=PIECES, commit=True).cid
+    kept = repo.add(tmp_path / "kept.bin", profile=PIECES, commit=True).cid
+    for cid in (gone, kept):
+        assert leaves_file(repo.path, cid).is_file() and commitment_file(repo.path, cid).is_file()
+    repo.pin_rm(gone)
+    assert repo.gc().removed_blocks > 0
+    assert not leaves_file(repo.path, gone).exists() and not commitment_file(repo.path, gone).exists()
+    assert leaves_file(repo.path, kept).is_file() and commitment_file(repo.path, kept).is_file()
+    assert sorted(p.name for p in (repo.path / "proofs").iterdir()) == sorted(
+        [leaves_file(repo.path, kept).name, commitment_file(repo.path, kept).name])
