@@ -8,6 +8,7 @@ user if a node that does not answer still holds it).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -47,8 +48,10 @@ class NodeClient:
             raise CliError(f"node at {self.url} did not answer: {exc}") from None
         return _decode(resp)
 
-    def stream(self, path: str, **query: Any) -> Iterator[bytes]:
-        """A streamed raw-bytes GET (cat)."""
+    @contextmanager
+    def _get_stream(self, path: str, query: dict[str, Any]) -> Iterator[httpx.Response]:
+        """A streamed GET whose status is checked (the node's error as CliError);
+        a transport error, before or while reading, is one CliError too."""
         import httpx
 
         params = {k: v for k, v in query.items() if v is not None}
@@ -57,35 +60,30 @@ class NodeClient:
                 if resp.status_code != 200:
                     resp.read()
                     _decode(resp)
-                yield from resp.iter_bytes()
+                yield resp
         except httpx.HTTPError as exc:
             raise CliError(f"node at {self.url} did not answer: {exc}") from None
 
+    def stream(self, path: str, **query: Any) -> Iterator[bytes]:
+        """A streamed raw-bytes GET (cat)."""
+        with self._get_stream(path, query) as resp:
+            yield from resp.iter_bytes()
 
     def lines(self, path: str, **query: Any) -> Iterator[Any]:
         """A streamed NDJSON GET (ls): one decoded document per line, as they arrive.
 
         A line `{"error": ...}` is the node's failure after the stream began."""
-        import httpx
-
-        params = {k: v for k, v in query.items() if v is not None}
-        try:
-            with self._client.stream("GET", path, params=params) as resp:
-                if resp.status_code != 200:
-                    resp.read()
-                    _decode(resp)
-                for line in resp.iter_lines():
-                    if not line:
-                        continue
-                    try:
-                        doc = json.loads(line)
-                    except ValueError:
-                        raise CliError("node sent a malformed listing line") from None
-                    if isinstance(doc, dict) and "error" in doc:
-                        raise CliError(str(doc["error"]), hint=str(doc.get("hint", "")))
-                    yield doc
-        except httpx.HTTPError as exc:
-            raise CliError(f"node at {self.url} did not answer: {exc}") from None
+        with self._get_stream(path, query) as resp:
+            for line in resp.iter_lines():
+                if not line:
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    raise CliError("node sent a malformed listing line") from None
+                if isinstance(doc, dict) and "error" in doc:
+                    raise CliError(str(doc["error"]), hint=str(doc.get("hint", "")))
+                yield doc
 
 
 def _decode(resp: httpx.Response) -> Any:

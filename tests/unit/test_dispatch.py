@@ -135,3 +135,26 @@ def test_no_command_module_chooses_the_path_itself() -> None:
                 names = {a.name for a in n.names} & {"connect", "read_api_file"}
                 offenders += [f"{path.name}: imports {name}" for name in sorted(names)]
     assert offenders == [], offenders
+
+
+def test_streamed_gets_check_the_status_and_map_transport_errors(node: Path) -> None:
+    """NodeClient.stream (cat) and .lines (ls) share one streamed GET: a node's
+    error status is its message, a dead node one line, and data comes through."""
+    doc = json.loads((node / "api").read_text())
+    good = NodeClient(doc["url"], doc["token"])
+    bad = NodeClient(doc["url"], "wrong")
+    dead = NodeClient("http://127.0.0.1:9", "x")
+    try:
+        assert [d["path"] for d in good.lines("/v1/id")] == ["/v1/id"]
+        assert json.loads(b"".join(good.stream("/v1/id")))["peer_id"] == "12D3KooWfake"
+        with pytest.raises(CliError, match="unauthorized"):
+            list(bad.lines("/v1/id"))
+        with pytest.raises(CliError, match="unauthorized"):
+            list(bad.stream("/v1/id"))
+        with pytest.raises(CliError, match="did not answer"):
+            list(dead.lines("/v1/ls"))
+        with pytest.raises(CliError, match="did not answer"):
+            list(dead.stream("/v1/cat"))
+    finally:
+        for c in (good, bad, dead):
+            c.close()
