@@ -23,6 +23,7 @@ from shoal.cli.output import print_json
 
 if TYPE_CHECKING:
     from shoal.p2p.net.node import Node
+    from shoal.p2p.gateway.app import GatewayOptions
     from shoal.p2p.secure.identity import PeerId
     from shoal.p2p.secure.pnet import SwarmKey
 
@@ -58,6 +59,13 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-peers", metavar="FILE",
                    help="keep connections only with the peer ids in FILE, one per line, # comments "
                         "(default: config [node] allow_peers, else anyone)")
+    p.add_argument("--gateway", metavar="HOST:PORT",
+                   help="also serve the read-only HTTP gateway (/ipfs/{cid}, trustless: raw blocks and CARs) "
+                        "on HOST:PORT, e.g. 127.0.0.1:8080 (0.0.0.0:8080 serves the LAN; default: [gateway] "
+                        "listen in config.toml, else off)")
+    p.add_argument("--gateway-cache-pin", action="store_true", default=None,
+                   help="pin what the gateway fetched from peers once a whole DAG is here "
+                        "(default: [gateway] cache_pin, else cached unpinned: gc may evict it)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="least severe log messages to print on stderr (default: %(default)s)")
     p.add_argument("--no-wait", action="store_true",
@@ -149,6 +157,30 @@ def node_settings(config: dict[str, Any], args: argparse.Namespace) -> NodeSetti
     return NodeSettings(listen, bootstrap, api, quota, interval, replicas)
 
 
+def gateway_settings(config: dict[str, Any], args: argparse.Namespace) -> "GatewayOptions | None":
+    """`--gateway`/`--gateway-cache-pin` over `[gateway] listen`/`cache_pin`; None: no gateway."""
+    from shoal.p2p.errors import P2PError
+    from shoal.p2p.gateway.app import GatewayOptions
+    from shoal.p2p.net.service import parse_gateway_bind
+
+    table = config.get("gateway", {})
+    if not isinstance(table, dict):
+        raise CliError("config.toml: [gateway] must be a table", hint=CONFIG_HINT)
+    listen = args.gateway if args.gateway is not None else table.get("listen")
+    if listen is None or listen == "":
+        return None
+    if not isinstance(listen, str):
+        raise CliError("config.toml: [gateway] listen must be \"HOST:PORT\"", hint=CONFIG_HINT)
+    pin = args.gateway_cache_pin if args.gateway_cache_pin is not None else table.get("cache_pin", False)
+    if not isinstance(pin, bool):
+        raise CliError("config.toml: [gateway] cache_pin must be true or false", hint=CONFIG_HINT)
+    try:
+        host, port = parse_gateway_bind(listen)
+    except P2PError as exc:
+        raise CliError(str(exc), hint="for example --gateway 127.0.0.1:8080") from None
+    return GatewayOptions(host=host, port=port, cache_pin=pin)
+
+
 CONFIG_HINT = "fix the repo's config.toml, or override the setting with its flag (see `shoal node start --help`)"
 
 
@@ -203,11 +235,16 @@ def cmd_node_start(args: argparse.Namespace) -> int:
                             addr.family == "ip6")
         _check_bindable(api_bind[0], api_bind[1], "control API",
                         "--api" if args.api is not None else "--api (or [node] api in config.toml)")
+        gateway = gateway_settings(repo.config, args)
+        if gateway is not None:
+            _check_bindable(gateway.host, gateway.port, "gateway",
+                            "--gateway" if args.gateway is not None else "--gateway (or [gateway] listen in config.toml)")
         options = NodeOptions(
             listen=listen,
             bootstrap=bootstrap,
             quota_bytes=settings.quota_bytes,
-            extra={"audit_interval": settings.audit_interval, "default_replicas": settings.replicas},
+            extra={"audit_interval": settings.audit_interval, "default_replicas": settings.replicas,
+                   "gateway": gateway},
             swarm_key=swarm_key,
             allow_peers=allow_peers,
             limits=NodeLimits.from_config(node_cfg.get("limits")),

@@ -108,7 +108,11 @@ def build_api(node: Node, token: str) -> ControlApi:
                 "local_blocks": result.local_blocks, "holders": result.holders}
 
     async def ident(p: dict[str, Any]) -> Any:
-        return {"peer_id": str(node.peer_id), "addrs": node.addrs_with_id()}
+        doc: dict[str, Any] = {"peer_id": str(node.peer_id), "addrs": node.addrs_with_id()}
+        gateway_url = node.options.extra.get("gateway_url")
+        if gateway_url:
+            doc["gateway"] = gateway_url
+        return doc
 
     async def peers(p: dict[str, Any]) -> Any:
         return [rec.as_json() for rec in node.peers.all()]

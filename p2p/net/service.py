@@ -44,6 +44,33 @@ def parse_api_bind(text: str) -> tuple[str, int]:
     return ("127.0.0.1" if host == "localhost" else host), int(port)
 
 
+def parse_gateway_bind(text: str) -> tuple[str, int]:
+    """HOST:PORT for the HTTP gateway; any host (0.0.0.0 serves the LAN), as asked."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise P2PError(f"--gateway expects HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    return ("127.0.0.1" if host == "localhost" else host), int(port)
+
+
+async def _start_gateway(nursery: trio.Nursery, node: Node, gateway: Any, shutdown: trio.Event) -> None:
+    """Serve the read-only gateway (shoal.p2p.gateway.app) on its own address;
+    record its URL where `/v1/id` finds it."""
+    from shoal.p2p.gateway.app import GatewayApp
+
+    config = HypercornConfig()
+    host = f"[{gateway.host}]" if ":" in gateway.host else gateway.host
+    config.bind = [f"{host}:{gateway.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("shoal.gateway.server")
+    config.graceful_timeout = 5
+    app: Any = GatewayApp(node, gateway)
+    binds = await nursery.start(lambda task_status: serve(
+        app, config, shutdown_trigger=shutdown.wait, task_status=task_status))
+    node.options.extra["gateway_url"] = binds[0]
+    log.info("gateway listening on %s", binds[0])
+
+
 def write_api_file(path: Path, url: str, token: str) -> None:
     """Write `<repo>/api` (mode 0600: it holds the token) durably (persist.durable)."""
     write_durably(path, json.dumps({"url": url, "token": token, "pid": os.getpid()}).encode(), mode=0o600)
@@ -77,6 +104,9 @@ async def run_node(
                 app: Any = build_api(node, token)  # a plain ASGI callable; hypercorn's types are narrower
                 binds = await nursery.start(lambda task_status: serve(
                     app, config, shutdown_trigger=shutdown.wait, task_status=task_status))
+                gateway = options.extra.get("gateway")
+                if gateway is not None:
+                    await _start_gateway(nursery, node, gateway, shutdown)
                 write_api_file(api_file, binds[0], token)
                 if on_ready is not None:
                     on_ready(node)
