@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 import trio
 
@@ -40,6 +40,9 @@ from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.exchange.range_fetch import fetch_range
 from shoal.p2p.gateway.car_stream import car_header, car_section, file_window, gateway_cid, select_blocks
 from shoal.p2p.gateway.params import GatewayRequest, GatewayRequestError, parse_request
+
+if TYPE_CHECKING:
+    from shoal.p2p.net.node import Node
 
 log = logging.getLogger("shoal.gateway")
 
@@ -65,7 +68,7 @@ class GatewayOptions:
 class _RootFetch(PlannedFetch):
     """Fetch one block (a DAG's root) from whichever connected peer has it."""
 
-    def __init__(self, node: Any, cid: CID) -> None:
+    def __init__(self, node: "Node", cid: CID) -> None:
         super().__init__(node, ROOT_FETCH_TIMEOUT_S, 4, FetchResult(cid))
         self.cid = cid
 
@@ -86,7 +89,7 @@ class _RootFetch(PlannedFetch):
 class GatewayApp:
     """The ASGI callable. `node` is a running `shoal.p2p.net.node.Node`."""
 
-    def __init__(self, node: Any, options: GatewayOptions) -> None:
+    def __init__(self, node: "Node", options: GatewayOptions) -> None:
         self.node = node
         self.options = options
         self.limiter = trio.CapacityLimiter(options.max_requests)
