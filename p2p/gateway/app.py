@@ -105,11 +105,32 @@ class GatewayApp:
         except trio.WouldBlock:
             await _send_text(send, 503, "gateway busy: too many requests at once", [(b"retry-after", b"1")])
             return
+        answered = False  # the last byte of the response is on its way
+
+        async def send_tracked(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
+
+        async def watch_disconnect(work: trio.CancelScope) -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            # A client that hangs up once answered cancels nothing: what runs
+            # then is the end of a fetch it already has every block of (the
+            # last stores, the cache pin), which must not be left half done.
+            if not answered:
+                work.cancel()
+
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-                await self._serve(scope, send)
+                work = trio.CancelScope()
+                nursery.start_soon(watch_disconnect, work)
+                with work:
+                    await self._serve(scope, send_tracked)
                 nursery.cancel_scope.cancel()
+            if work.cancelled_caught:
+                log.info("%s %s: client went away, request cancelled", scope["method"], scope["path"])
         finally:
             self.limiter.release()
 
@@ -283,12 +304,6 @@ async def _stream(send: Send, status: int, headers: list[tuple[bytes, bytes]],
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
         chunk = await trio.to_thread.run_sync(next, chunks, None)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _watch_disconnect(receive: Receive, scope_to_cancel: trio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope_to_cancel.cancel()
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
