@@ -91,8 +91,11 @@ def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True,
     whatever the umask.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=path.name + "." if prefix is None else prefix, suffix=suffix,
-                                dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=path.name + "." if prefix is None else prefix, suffix=suffix,
+                                    dir=path.parent)
+    except OSError as exc:  # name what the caller asked for, not the hidden temp name
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:

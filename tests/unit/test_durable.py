@@ -136,3 +136,12 @@ def test_no_overwrite_without_hard_links_still_keeps_the_winner(tmp_path: Path,
     fresh = tmp_path / "other.key"
     durable.write_durably(fresh, b"new", overwrite=False)  # the fallback still creates a new file
     assert fresh.read_bytes() == b"new"
+
+
+def test_a_missing_directory_is_reported_under_the_path_asked_for(tmp_path: Path) -> None:
+    """The temp file's hidden name (`.x.car.k2j3.partial`) is no name the user
+    typed: an error creating it names the target instead."""
+    target = tmp_path / "no-such-dir" / "x.car"
+    with pytest.raises(FileNotFoundError) as info:
+        durable.write_durably(target, b"data")
+    assert info.value.filename == str(target)
