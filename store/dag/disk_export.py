@@ -139,11 +139,16 @@ def _check_space(cid: CID, plan: ExportPlan, dest: Path) -> None:
         vfs = os.statvfs(where)
     except OSError:
         return  # cannot tell: the writes themselves will say ENOSPC
+    short = None
     if plan.bytes > free:
-        raise StorageFull(f"{cid} declares {plan.bytes} bytes but {where} has only {free} bytes free")
-    if vfs.f_files and plan.entries > vfs.f_favail:
-        raise StorageFull(f"{cid} declares {plan.entries} files and directories "
-                          f"but {where} has only {vfs.f_favail} free inodes")
+        short = StorageFull(f"{cid} declares {plan.bytes} bytes but {where} has only {free} bytes free")
+    elif vfs.f_files and plan.entries > vfs.f_favail:
+        short = StorageFull(f"{cid} declares {plan.entries} files and directories "
+                            f"but {where} has only {vfs.f_favail} free inodes")
+    if short is not None:
+        # The destination's disk, not the repo's: unpinning would not help.
+        short.hint = f"free space on the disk that holds {where}, or write the object to another disk"
+        raise short
 
 
 def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int = 0,

@@ -72,9 +72,11 @@ def test_small_repeated_subtree_still_exports(tmp_path: Path) -> None:
 def test_declared_size_over_free_space_is_refused(tmp_path: Path) -> None:
     bs = MemoryBlockstore()
     root = huge_file(bs, 1 << 50)
-    with pytest.raises(StorageFull):
+    with pytest.raises(StorageFull) as info:
         export_to_path(bs, root, tmp_path / "big")
     assert listing(tmp_path) == []
+    # The destination's disk is short, not the repo's: no `pin rm` / `gc` advice.
+    assert "gc" not in info.value.hint and str(tmp_path) in info.value.hint
 
 
 def test_max_size(tmp_path: Path) -> None:
