@@ -1,4 +1,5 @@
-"""Fetch a DAG from the swarm: the trio driver around `exchange.FetchPlanner`.
+"""Fetch a DAG from the swarm: the trio driver around the planner
+(`shoal.p2p.exchange.planner.FetchPlanner`).
 
 1. Ask connected peers who holds the root (WANT_HAVE), in parallel.
 2. Walk the DAG from the root. Blocks already stored are read locally, so

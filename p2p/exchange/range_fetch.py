@@ -10,7 +10,7 @@ path and the covering leaves are fetched; nothing else.
 Split as elsewhere in p2p/: `RangeWalk` is the pure part (which blocks a
 range needs, given the blocks seen so far; checks every node's
 bookkeeping), and `fetch_range` is the trio driver that feeds it blocks
-from the local store or from holders via `exchange.FetchPlanner`. Every
+from the local store or from holders via `shoal.p2p.exchange.planner.FetchPlanner`. Every
 block is hash-verified (`Blockstore.put`/`get`) before its links are read,
 and stored, so a later `exporter.read_file` of the same range runs locally
 and a repeated fetch is free. Fetched blocks are not pinned: they are a
