@@ -88,21 +88,31 @@ class _Pending:
         self.done = trio.Event()
         self.error: RequestFailed | None = None
 
-    def add(self, msg: Message) -> None:
+    def add(self, msg: Message) -> bool:
+        """Take one response; False if it answers nothing still asked (dropped).
+
+        A response about CIDs the request did not name, or already answered,
+        is never kept: kept, a peer could stream blocks under one request id
+        and grow `responses` for as long as the request waits.
+        """
         if isinstance(msg, Error):
             self.error = RequestFailed(msg.message or "peer error", msg.code)
             self.done.set()
-            return
-        self.responses.append(msg)
+            return True
         if self.remaining is None:
+            self.responses.append(msg)
             self.done.set()
-            return
+            return True
         answered = getattr(msg, "cids", None)
         if answered is None:
             answered = (getattr(msg, "cid"),)
+        if self.remaining.isdisjoint(answered):
+            return False
+        self.responses.append(msg)
         self.remaining.difference_update(answered)
         if not self.remaining:
             self.done.set()
+        return True
 
     def fail(self, why: str) -> None:
         if not self.done.is_set():
@@ -303,12 +313,17 @@ class PeerConnection:
                 return  # unsolicited or late (after a timeout): drop quietly
             self._malformed += 1
             return
-        if not pending.responses and pending.error is None and isinstance(msg, _USEFUL_ANSWERS):
+        first = not pending.responses and pending.error is None
+        if not pending.add(msg):
+            self._malformed += 1  # an answer to nothing we asked
+            if self._malformed > MAX_MALFORMED:
+                raise RemoteProtocolError(f"more than {MAX_MALFORMED} responses about CIDs never asked for")
+            return
+        if first and isinstance(msg, _USEFUL_ANSWERS):
             # The peer sent data we asked for: it is of use to us. Not a Pong,
             # Peers, Have: any throwaway key answers the node's own peer
             # exchange with those, and would rank with the peers that serve us.
             self.answers += 1
-        pending.add(msg)
 
     async def _serve(self, msg: Message) -> None:
         try:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import pytest
 import trio
 import trio.testing
 
-from shoal.p2p.net.connection import PeerConnection
+from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.wire import limits as L
 from shoal.p2p.wire.messages import (
@@ -54,3 +55,39 @@ async def test_only_data_answers_make_a_connection_useful() -> None:
         await a.request(lambda rid: WantBlock(rid, (CID,)))
         assert a.answers == 1
         nursery.cancel_scope.cancel()
+
+
+OTHER = b"\x01\x55\x12\x20" + bytes([1]) * 32
+
+
+async def test_blocks_never_asked_for_are_dropped_and_a_flood_closes_the_connection() -> None:
+    """A peer answering one WantBlock with blocks under other CIDs: they
+    were all kept in the request's responses (memory for as long as the
+    request waits, at line rate); now dropped, and past MAX_MALFORMED the
+    connection is closed."""
+    from shoal.p2p.net.connection import MAX_MALFORMED
+
+    async def flooder(conn: PeerConnection, msg: Message) -> Sequence[Message]:
+        assert isinstance(msg, WantBlock)
+        junk = [Block(msg.request_id, OTHER, b"j" * 1024) for _ in range(n_junk)]
+        return junk + [Block(msg.request_id, msg.cids[0], b"data")]
+
+    for n_junk, closes in ((3, False), (MAX_MALFORMED + 1, True)):
+        a_stream, b_stream = trio.testing.memory_stream_pair()
+        a = PeerConnection(a_stream, Identity.generate().peer_id, stranger)
+        b = PeerConnection(b_stream, Identity.generate().peer_id, flooder)
+        hello = Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await a.send(hello)
+            await b.send(hello)
+            await a.hello_received.wait()
+            if closes:
+                with pytest.raises(RequestFailed):
+                    await a.request(lambda rid: WantBlock(rid, (CID,)), timeout=5)
+                assert a.closed
+            else:
+                replies = await a.request(lambda rid: WantBlock(rid, (CID,)), timeout=5)
+                assert replies == [Block(replies[0].request_id, CID, b"data")]
+            nursery.cancel_scope.cancel()
