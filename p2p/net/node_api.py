@@ -26,7 +26,7 @@ from shoal.store.chunking.choice import DEFAULT_CHUNKER, chunker_for
 from shoal.store.cancel import CancelFlag
 from shoal.store.ipld.cid import CID, parse_cid
 from shoal.store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
-from shoal.store.errors import BlockNotFound, HashMismatch, InvalidInput, NotPinned, StoreError
+from shoal.store.errors import BlockNotFound, HashMismatch, InvalidInput, MalformedBlock, NotPinned, StoreError
 from shoal.store.chunking.profiles import PROFILES
 
 from shoal.p2p.net.api import ApiError, ControlApi, NdjsonStream, param
@@ -225,6 +225,10 @@ def build_api(node: Node, token: str) -> ControlApi:
                 nursery.cancel_scope.cancel()
         if fetch_error is not None:
             raise fetch_error
+        if isinstance(export_error, MalformedBlock):
+            # The export met the bad block before the (now stopped) fetch
+            # could say which object it spoils: say it here, as the fetch would.
+            raise MalformedBlock(f"the DAG of {cid} is malformed: {export_error}") from export_error
         if export_error is not None:
             raise export_error
         stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads)
