@@ -302,7 +302,13 @@ async def _stream(send: Send, status: int, headers: list[tuple[bytes, bytes]],
     chunk = first
     while chunk is not None:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        chunk = await trio.to_thread.run_sync(next, chunks, None)
+        try:
+            chunk = await trio.to_thread.run_sync(next, chunks, None)
+        except (StoreError, P2PError):
+            # Cancelled meanwhile (the client left, so the fetch stopped and the
+            # walk found its next block missing): end as cancelled, quietly.
+            await trio.lowlevel.checkpoint()
+            raise
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -174,3 +174,21 @@ def test_gateway_off_by_default(swarm: Swarm) -> None:
     node = swarm.add("plain")
     doc: dict[str, Any] = node.json("id")
     assert "gateway" not in doc
+
+
+def test_gateway_client_disconnect_cancels_the_request(swarm: Swarm, tmp_path: Path) -> None:
+    """A client that reads a little of a large CAR and hangs up cancels the
+    node's work for it (logged), and the gateway keeps serving."""
+    write_random(tmp_path / "big.bin", 48 * 1024 * 1024, seed=11)
+    a, b = two_nodes(swarm)
+    cid = a.put(tmp_path / "big.bin")
+    url = gateway_url(b)
+    with httpx.stream("GET", f"{url}/ipfs/{cid}", params={"format": "car"}, timeout=60) as resp:
+        assert resp.status_code == 200
+        first = next(resp.iter_raw())
+        assert first  # the response started streaming
+    wait_until(lambda: "client went away, request cancelled" in b.log_text(), 30,
+               "the node to cancel the abandoned request", on_timeout=b.log_tail)
+    r = httpx.get(f"{url}/ipfs/bafkqaaa", params={"format": "raw"}, timeout=30)
+    assert r.status_code == 200
+    assert "Error in ASGI" not in b.log_text(), b.log_tail()  # cancelled, not failed
