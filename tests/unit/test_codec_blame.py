@@ -57,18 +57,22 @@ _values = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=5), max_lea
 def test_malformed_fields_blame_the_peer_never_us(type_code: int, rid: int, fields: list[object]) -> None:
     payload = msgpack.packb([L.PROTOCOL_VERSION, type_code, rid, *fields], use_bin_type=True)
     try:
-        codec.decode(payload)
+        msg = codec.decode(payload)
     except RemoteProtocolError:
-        pass  # the peer's fault, as it should be; DecoderBug would fail the test
+        return  # the peer's fault, as it should be; DecoderBug would fail the test
+    # Accepted: then it is a valid message of that type, which survives a round trip.
+    assert msg.TYPE == type_code and msg.request_id == rid
+    assert codec.decode(codec.encode(msg)) == msg
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_blame_the_peer_never_us(payload: bytes) -> None:
     try:
-        codec.decode(payload)
+        msg = codec.decode(payload)
     except RemoteProtocolError:
-        pass
+        return
+    assert codec.decode(codec.encode(msg)) == msg
 
 
 async def _pong(conn: PeerConnection, msg: Message) -> Sequence[Message]:
