@@ -479,11 +479,16 @@ class ReplicationOwner:
     async def _audit_loop(self) -> None:
         while True:
             await trio.sleep(self.audit_interval)
-            for obj in self.db.objects(("owner", "deputy")):
-                if not obj.manifest:
-                    continue
-                await _guarded(self.audit_object, obj.cid)
-            await _guarded(self.deputies.check)
+            # Guarded as a whole too: the listing itself (an index read) may
+            # fail, and this task runs in the node's nursery.
+            await _guarded(self._audit_round)
+
+    async def _audit_round(self) -> None:
+        for obj in self.db.objects(("owner", "deputy")):
+            if not obj.manifest:
+                continue
+            await _guarded(self.audit_object, obj.cid)
+        await _guarded(self.deputies.check)
 
     async def _repair_loop(self) -> None:
         while True:
