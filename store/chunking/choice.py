@@ -7,6 +7,8 @@ chunker, and the chunkers need none of this.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,9 +46,20 @@ class PerFileChunker:
 
 def is_safetensors(path: Path) -> bool:
     """True if `path` is a regular file whose safetensors header validates
-    (reads the 8-byte length and the header only; never raises)."""
+    (reads the 8-byte length and the header only; never raises).
+
+    Opened without blocking and checked to be a regular file before any
+    read: a FIFO or a device would otherwise make the peek wait forever
+    (for a writer) or read without end.
+    """
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return False
             parse_header(f)
     except (OSError, InvalidInput, ValueError):
         return False

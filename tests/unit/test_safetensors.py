@@ -324,3 +324,31 @@ def test_fuzz_valid_files_chunk_on_tensor_boundaries(
         pos += len(c)
         ends.add(pos)
     assert {header.data_start + t.end for t in header.tensors if t.nbytes} <= ends
+
+
+def test_auto_never_blocks_on_a_fifo(tmp_path: Path) -> None:
+    """`--chunker auto` (the default) peeks at a file's header to choose. A
+    FIFO given to `shoal put` made that open() wait forever for a writer
+    (offline the command hung; through a node, the call site runs on the
+    event loop). Only regular files are peeked at, and never with a blocking open."""
+    import threading
+
+    from shoal.store.chunking.choice import chunker_for, is_safetensors
+    from shoal.store.chunking.profiles import DEFAULT_PROFILE
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    seen: list[object] = []
+    t = threading.Thread(target=lambda: seen.extend([is_safetensors(fifo),
+                                                     chunker_for("auto", DEFAULT_PROFILE, fifo)]),
+                         daemon=True)
+    t.start()
+    t.join(5)
+    try:
+        assert not t.is_alive(), "is_safetensors blocked opening a FIFO"
+        assert seen == [False, None]
+    finally:
+        if t.is_alive():  # release the blocked open() so the thread ends
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+            t.join(5)
