@@ -126,7 +126,7 @@ PROOF_SUFFIXES = (".leaves", ".commitment")
 
 
 def remove_orphan_proof_files(repo: Repo) -> int:
-    """Remove `<repo>/proofs/<cid>.leaves` / `.commitment` whose root block is gone; how many.
+    """Remove `<repo>/proofs/<cid>.leaves` / `.commitment` of objects gone (unpinned, root collected); how many.
 
     Why: they are 1/64 of the object's size and nothing else ever removes
     them once gc collected the object. Without its root nobody can prove
@@ -138,6 +138,10 @@ def remove_orphan_proof_files(repo: Repo) -> int:
     directory = repo.path / PROOFS_DIR
     if not directory.is_dir():
         return 0
+    # A pinned object keeps its files even while its root is missing (a
+    # quarantined root that a fetch will restore): rebuilding them is a pass
+    # over the whole object.
+    pinned = {str(parse_cid(p.cid)) for p in repo.index.pins()}
     removed = 0
     for entry in directory.iterdir():
         suffix = next((s for s in PROOF_SUFFIXES if entry.name.endswith(s)), None)
@@ -147,7 +151,7 @@ def remove_orphan_proof_files(repo: Repo) -> int:
             cid = parse_cid(entry.name[: -len(suffix)])
         except StoreError:
             continue  # not ours: leave it
-        if repo.blockstore.has(cid):
+        if str(cid) in pinned or repo.blockstore.has(cid):
             continue
         try:
             entry.unlink()

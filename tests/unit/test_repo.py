@@ -606,3 +606,9 @@ def test_gc_removes_the_proof_files_of_objects_it_removes(repo: Repo, tmp_path: 
     assert leaves_file(repo.path, kept).is_file() and commitment_file(repo.path, kept).is_file()
     assert sorted(p.name for p in (repo.path / "proofs").iterdir()) == sorted(
         [leaves_file(repo.path, kept).name, commitment_file(repo.path, kept).name])
+    # A pinned object whose root was quarantined (a fetch will restore it) keeps them.
+    assert repo.quarantine(kept) is False  # good blocks stay; corrupt it first
+    _block_path(repo, block_key(kept)).write_bytes(b"rot")
+    assert repo.quarantine(kept) is True and not repo.blockstore.has(kept)
+    repo.gc()
+    assert leaves_file(repo.path, kept).is_file() and commitment_file(repo.path, kept).is_file()
