@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from fractions import Fraction
 
 __all__ = ["parse_size", "size", "positive_size", "positive_int", "non_negative_int", "positive_seconds"]
 
@@ -31,10 +32,8 @@ def parse_size(text: str) -> int:
             raise ValueError(f"must not be negative: {text!r}")
         raise ValueError(f"not a size: {text!r}")
     number, unit, _b = m.groups()
-    value = float(number) * _UNITS[unit.upper()]
-    if not math.isfinite(value):
-        raise ValueError(f"not a size: {text!r}")
-    if value != int(value):
+    value = Fraction(number) * _UNITS[unit.upper()]  # exact: a float loses bytes past 2^53
+    if value.denominator != 1:
         raise ValueError(f"not a whole number of bytes: {text!r}")
     return int(value)
 

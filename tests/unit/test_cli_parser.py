@@ -95,6 +95,13 @@ def test_sizes_take_binary_suffixes(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
+def test_sizes_are_exact_past_float_precision() -> None:
+    """A byte count is an integer: 2^53 + 1 went through a float and came back as 2^53."""
+    assert parse_size(str((1 << 53) + 1)) == (1 << 53) + 1
+    assert parse_size("8388609.5K") == 8388609 * 1024 + 512
+    assert parse_size("99999999999999999999999") == 99999999999999999999999
+
+
 @pytest.mark.parametrize("text", ["", "M", "-1", "1X", "1.5", "0.1K", "1e400", "nan", "1..2M", "inf"])
 def test_bad_sizes_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
