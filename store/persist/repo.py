@@ -251,11 +251,16 @@ class Repo:
         return repo
 
     def close(self) -> None:
-        self.index.close()
-        self.blockstore.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        """Close the index and the blockstore, then release the lock, whatever fails on the way."""
+        try:
+            self.index.close()
+        finally:
+            try:
+                self.blockstore.close()
+            finally:
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)  # releases the flock
+                    self._lock_fd = None
 
     def __enter__(self) -> "Repo":
         return self

@@ -612,3 +612,23 @@ def test_gc_removes_the_proof_files_of_objects_it_removes(repo: Repo, tmp_path: 
     assert repo.quarantine(kept) is True and not repo.blockstore.has(kept)
     repo.gc()
     assert leaves_file(repo.path, kept).is_file() and commitment_file(repo.path, kept).is_file()
+
+
+def test_close_releases_the_lock_even_if_closing_the_index_fails(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing index close used to skip the blockstore's close and the lock
+    release: the repo stayed locked for the rest of the process (a node's)."""
+    import sqlite3
+
+    repo = Repo.init(tmp_path / "repo")
+    real_close = repo.index.close
+
+    def failing_close() -> None:
+        real_close()
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(repo.index, "close", failing_close)
+    with pytest.raises(sqlite3.OperationalError):
+        repo.close()
+    with Repo.open(tmp_path / "repo", wait=False) as again:  # RepoLocked if the fd leaked
+        assert again.pins() == []
