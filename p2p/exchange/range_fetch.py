@@ -35,7 +35,7 @@ from shoal.store.errors import (
     BlockNotFound, HashMismatch, InvalidCID, InvalidInput, MalformedBlock, StoreError,
 )
 
-from shoal.p2p.exchange.fetch import FetchFailed, PlannedFetch
+from shoal.p2p.exchange.fetch import LEAF_BATCH, FetchFailed, PlannedFetch, _read_if_present
 from shoal.p2p.secure.identity import PeerId
 
 if TYPE_CHECKING:
@@ -247,22 +247,28 @@ class _RangeFetch(PlannedFetch):
         """Expand blocks we already hold; queue the rest (each key once).
 
         The shared `DagWalk` gives the order; `RangeWalk` decides which
-        links of a block to follow (those covering the range)."""
+        links of a block to follow (those covering the range). As in the
+        whole-DAG fetch, no store call runs on the event loop: raw leaves
+        are checked in batches, inner nodes looked up and read in one hop."""
         self.blocks.push(cids)
+        leaves: list[CID] = []
         for cid in self.blocks:
             key = bytes(cid)
             if key in self.waiting:
                 continue  # its arrival expands every occurrence
-            if cid.codec.name == RAW and self.store.has(cid):
-                self.result.local_blocks += 1
-                self.walk.leaf_present(cid)  # no links: nothing to read now
+            if cid.codec.name == RAW:
+                leaves.append(cid)
+                if len(leaves) >= LEAF_BATCH:
+                    await self._leaves(leaves)
+                    leaves = []
                 continue
+            if leaves:
+                await self._leaves(leaves)
+                leaves = []
             try:
-                data = await trio.to_thread.run_sync(self.store.get, cid) if self.store.has(cid) else None
+                data = await trio.to_thread.run_sync(_read_if_present, self.store, cid)
             except HashMismatch:
                 await trio.to_thread.run_sync(self.node.repo.quarantine, cid)  # corrupt: move aside, fetch a good one
-                data = None
-            except BlockNotFound:
                 data = None
             if data is None:
                 self.waiting.add(key)
@@ -270,6 +276,20 @@ class _RangeFetch(PlannedFetch):
                 continue
             self.result.local_blocks += 1
             self.blocks.push(self._expand(cid, data))
+        if leaves:
+            await self._leaves(leaves)
+
+    async def _leaves(self, leaves: list[CID]) -> None:
+        """Raw leaves met by the walk, in order: done if present, else wanted (once)."""
+        present = await trio.to_thread.run_sync(lambda: [self.store.has(c) for c in leaves])
+        for cid, here in zip(leaves, present):
+            key = bytes(cid)
+            if here:
+                self.result.local_blocks += 1
+                self.walk.leaf_present(cid)  # no links: nothing to read now
+            elif key not in self.waiting:
+                self.waiting.add(key)
+                self.planner.want([key])
 
     def _expand(self, cid: CID, data: bytes) -> list[CID]:
         try:

@@ -67,3 +67,25 @@ def test_local_walk_runs_no_store_call_on_the_loop() -> None:
     distinct = {bytes(c) for c in blocks}
     assert wanted == [bytes(missing_leaf)]
     assert local == len(distinct) - 1
+
+
+def test_range_walk_runs_no_store_call_on_the_loop() -> None:
+    from shoal.p2p.exchange.range_fetch import RangeFetchResult, RangeWalk, _RangeFetch
+
+    store = ThreadRecordingStore()
+    data = random.Random(8).randbytes(3000 * 64)
+    profile = UNIXFS_V1_2025.with_overrides(chunk_size=64, max_links=1024)
+    root = import_bytes(data, store, profile).cid
+
+    async def run() -> int:
+        store.loop_thread = threading.get_ident()
+        node: Any = FakeNode(store, {})
+        fetch = _RangeFetch(node, RangeWalk(root, 100, 2500 * 64), RangeFetchResult(root), 20.0, 16)
+        await fetch._consider(fetch.walk.start())
+        assert not fetch.waiting
+        return fetch.result.local_blocks
+
+    store.calls = 0
+    local = trio.run(run)
+    assert local > 2500 and store.calls > LEAF_BATCH
+    assert store.on_loop == 0
