@@ -39,7 +39,8 @@ from shoal.p2p.exchange.fetch import FetchFailed, FetchResult, PlannedFetch, fet
 from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.exchange.range_fetch import fetch_range
 from shoal.p2p.gateway.car_stream import car_header, car_section, file_window, gateway_cid, select_blocks
-from shoal.p2p.gateway.params import GatewayRequest, GatewayRequestError, parse_request
+from shoal.p2p.gateway.files import serve_path
+from shoal.p2p.gateway.params import IMMUTABLE_CACHE, GatewayRequest, GatewayRequestError, parse_request
 
 if TYPE_CHECKING:
     from shoal.p2p.net.node import Node
@@ -141,11 +142,8 @@ class GatewayApp:
             path = path.split("?", 1)[0]
             request = parse_request(scope["method"], path, scope.get("query_string", b""), scope.get("headers", []))
             cid, inline = gateway_cid(request.cid_text)
-            if request.format is None:
-                raise GatewayRequestError(406, "ask for a verifiable response: Accept: application/vnd.ipld.raw "
-                                               "or application/vnd.ipld.car (or ?format=raw|car)")
-            if request.path:
-                raise GatewayRequestError(400, "the trustless gateway serves /ipfs/{cid} without a path")
+            if request.path and request.format is not None:
+                raise GatewayRequestError(400, "raw and CAR responses are served for /ipfs/{cid} without a path")
         except GatewayRequestError as exc:
             await _send_text(send, exc.status, str(exc))
             return
@@ -157,6 +155,9 @@ class GatewayApp:
             await send({"type": "http.response.start", "status": 304, "headers": request.headers(text)})
             await send({"type": "http.response.body", "body": b""})
             return
+        if request.format is None:
+            await self._serve_path(request, cid, inline, send)
+            return
         try:
             if inline is None:
                 await self._ensure_root(request, cid)
@@ -166,6 +167,27 @@ class GatewayApp:
                 await self._send_car(request, cid, inline, send)
         except _Refused as exc:
             await _send_text(send, exc.status, exc.message)
+
+    async def _serve_path(self, request: GatewayRequest, cid: CID, inline: bytes | None, send: Send) -> None:
+        """The path gateway (shoal.p2p.gateway.files): plain bytes, ranges, listings."""
+        if inline is not None:
+            if request.path:
+                await _send_text(send, 404, f"{cid} is a raw block: it has no {'/'.join(request.path)}")
+                return
+            headers = [(b"content-type", b"application/octet-stream"),
+                       (b"content-length", str(len(inline)).encode()),
+                       (b"cache-control", IMMUTABLE_CACHE.encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if request.head else inline})
+            return
+
+        async def fetch_one(block: CID) -> None:
+            await _RootFetch(self.node, block).run()
+
+        try:
+            await serve_path(self.node, request, cid, fetch_one, send)
+        except GatewayRequestError as exc:
+            await _send_text(send, exc.status, str(exc))
 
     async def _ensure_root(self, request: GatewayRequest, cid: CID) -> None:
         if self.node.repo.blockstore.has(cid):

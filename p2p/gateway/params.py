@@ -89,6 +89,7 @@ class GatewayRequest:
     dups: bool = False
     only_if_cached: bool = False
     if_none_match: str | None = None
+    range_header: str | None = None
 
     def content_type(self) -> str:
         if self.format == "raw":
@@ -282,4 +283,54 @@ def parse_request(method: str, raw_path: str, query_string: bytes,
         dups=car.dups == "y",
         only_if_cached="only-if-cached" in cache_control,
         if_none_match=_header(headers, b"if-none-match"),
+        range_header=_header(headers, b"range"),
     )
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """A satisfiable single `Range: bytes=` request, as [start, end] inclusive."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The `Range` header against an entity of `size` bytes (RFC 9110 §14).
+
+    None: serve the whole entity (no header, another unit, several ranges —
+    which a server may ignore — or a syntax it does not parse). A single
+    byte range that starts past the end is a 416 (GatewayRequestError).
+    """
+    if header is None:
+        return None
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or len(first) > 19 or len(last) > 19:
+        return None
+    if not (first == "" or (first.isascii() and first.isdigit())) or \
+            not (last == "" or (last.isascii() and last.isdigit())):
+        return None
+    if first == "":
+        if last == "":
+            return None
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise GatewayRequestError(416, "range not satisfiable")
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if last != "" and int(last) < start:
+        return None  # invalid: ignored, as RFC 9110 allows
+    if start >= size:
+        raise GatewayRequestError(416, "range not satisfiable")
+    return ByteRange(start, end)

@@ -17,7 +17,8 @@ from shoal.store.persist.blockstore import MemoryBlockstore
 from tests.helpers import random_bytes
 from shoal.p2p.gateway.car_stream import car_header, car_section, gateway_cid, select_blocks
 from shoal.p2p.gateway.params import (
-    EntityBytes, GatewayRequestError, parse_entity_bytes, parse_media_ranges, parse_request,
+    ByteRange, EntityBytes, GatewayRequestError, parse_entity_bytes, parse_media_ranges, parse_range,
+    parse_request,
 )
 
 SMALL = DEFAULT_PROFILE.with_overrides(chunk_size=64 * 1024, raw_leaves=True)
@@ -177,3 +178,32 @@ def test_fuzz_entity_bytes_window_inside_entity(text: str, size: int) -> None:
         return
     offset, length = entity.window(size)
     assert 0 <= offset <= size and 0 <= length and offset + length <= size
+
+
+@pytest.mark.parametrize("header,size,expected", [
+    (None, 10, None), ("bytes=0-4", 10, ByteRange(0, 4)), ("bytes=5-", 10, ByteRange(5, 9)),
+    ("bytes=-3", 10, ByteRange(7, 9)), ("bytes=-30", 10, ByteRange(0, 9)), ("bytes=8-100", 10, ByteRange(8, 9)),
+    ("bytes=0-1,3-4", 10, None), ("items=0-1", 10, None), ("bytes=5-2", 10, None), ("bytes=x-1", 10, None),
+    ("bytes=-", 10, None),
+])
+def test_parse_range(header, size, expected) -> None:
+    assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize("header,size", [("bytes=10-", 10), ("bytes=10-12", 10), ("bytes=-0", 10), ("bytes=-5", 0)])
+def test_unsatisfiable_range(header: str, size: int) -> None:
+    with pytest.raises(GatewayRequestError) as info:
+        parse_range(header, size)
+    assert info.value.status == 416
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=st.text(max_size=40), size=st.integers(0, 2**50))
+def test_fuzz_range_inside_entity(header: str, size: int) -> None:
+    try:
+        got = parse_range(header, size)
+    except GatewayRequestError as exc:
+        assert exc.status == 416
+        return
+    if got is not None:
+        assert 0 <= got.start <= got.end < size and got.length >= 1
