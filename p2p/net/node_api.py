@@ -77,6 +77,13 @@ def _complete_locally(repo: Any, cid: CID) -> int | None:
         return None
 
 
+def _chunker_for_path(name: str, profile: Any, path: Path) -> Any:
+    """Worker thread: the chunker for what `path` is (InvalidInput if it is not there)."""
+    if not path.exists():
+        raise InvalidInput(f"no such file or directory: {path}")
+    return chunker_for(name, profile, path)
+
+
 def absolute_path(text: str, field: str) -> Path:
     """A path the client sent; it must be absolute.
 
@@ -139,9 +146,9 @@ def build_api(node: Node, token: str) -> ControlApi:
         # (`node start --replicas`, [replication] replicas in config.toml).
         default_replicas = int(node.options.extra.get("default_replicas") or 1)
         profile = PROFILES[profile_name] if profile_name else repo.default_profile()
-        if not path.exists():
-            raise InvalidInput(f"no such file or directory: {path}")
-        chunker = chunker_for(chunker_name, profile, path)
+        # In a worker thread: "auto" parses a single file's safetensors header
+        # (megabytes of JSON for a large model), which stalled every peer.
+        chunker = await run(_chunker_for_path, chunker_name, profile, path)
         async with node.store_guard.shared():
             # An object to replicate gets its proof-of-storage commitment in the same
             # pass (Repo.add commit=True), so placement need not re-read it.

@@ -1,0 +1,45 @@
+"""The put route decides its chunker in a worker thread: "auto" parses a
+single file's safetensors header (megabytes of JSON for a large model), and
+that ran on the event loop, stalling every peer and API call meanwhile."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from shoal.p2p.net import node_api
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
+from shoal.p2p.secure.identity import Identity
+from shoal.store.errors import InvalidInput
+from shoal.store.persist.repo import Repo
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_put_chooses_its_chunker_off_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Repo.init(tmp_path / "r")
+    try:
+        node = Node(repo, Identity.generate(), NodeOptions())
+        api = node_api.build_api(node, "token")
+        put = api._json_routes[("POST", "/v1/put")]
+        threads: list[int] = []
+        real = node_api.chunker_for
+
+        def recording(*args: Any) -> Any:
+            threads.append(threading.get_ident())
+            return real(*args)
+
+        monkeypatch.setattr(node_api, "chunker_for", recording)
+        (tmp_path / "w.bin").write_bytes(b"not safetensors" * 100)
+        doc = await put({"path": str(tmp_path / "w.bin")})
+        assert doc["size"] == 1500
+        assert threads and threading.get_ident() not in threads
+        with pytest.raises(InvalidInput, match="no such file"):
+            await put({"path": str(tmp_path / "absent.bin")})
+    finally:
+        repo.close()
