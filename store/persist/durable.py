@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-__all__ = ["durable_file", "write_durably", "publish", "fsync_dir"]
+__all__ = ["durable_file", "write_durably", "publish", "fsync_dir", "make_dirs"]
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -42,6 +42,23 @@ def fsync_dir(path: str | Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def make_dirs(path: str | Path) -> None:
+    """`mkdir -p path`, each directory it creates made durable (its parent fsync'd).
+
+    A file published into a directory that a crash can take back with it is
+    not durable either: the first commitment file of a repo creates
+    `<repo>/proofs/`, whose name lives in `<repo>`.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    while not path.is_dir() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        fsync_dir(directory.parent)
 
 
 def publish(tmp: str | Path, path: str | Path, *, overwrite: bool = True, sync_dir: bool = True) -> None:

@@ -46,7 +46,7 @@ from shoal.store.proofs.commitment import (
     DEFAULT_SEGMENT_SIZE, HASH_LEN, Commitment, MalformedProof, MerkleBuilder, MerkleTree, NodeSource,
     ShouldStop, SparseTree, check_stop,
 )
-from shoal.store.persist.durable import durable_file, publish
+from shoal.store.persist.durable import durable_file, make_dirs, publish
 
 if TYPE_CHECKING:
     from shoal.store.dag.importer import ByteSink, PieceHasher
@@ -246,7 +246,7 @@ def build_commitment(store: Blockstore, repo_path: Path, cid: CID,
     if recorded is not None:
         return recorded
     path = leaves_file(repo_path, cid)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     with durable_file(path) as f:
         builder = MerkleBuilder(segment_size, leaf_sink=f.write)
         seen = 0
@@ -375,7 +375,7 @@ class PutProofFiles:
 
         self.repo_path = Path(repo_path)
         directory = self.repo_path / PROOFS_DIR
-        directory.mkdir(exist_ok=True)
+        make_dirs(directory)
         fd, name = tempfile.mkstemp(prefix=".put-", suffix=".tmp", dir=directory)
         self.tmp: Path | None = Path(name)
         self._fd = fd

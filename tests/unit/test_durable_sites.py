@@ -104,6 +104,23 @@ def _commitment(tmp_path: Path) -> Path:
     return commitment_file(tmp_path / "repo", cid)  # type: ignore[arg-type]
 
 
+def _commitment_new_dir(tmp_path: Path) -> Path:
+    """`<repo>/proofs`, created by the first commitment, must be a durable name too."""
+    _commitment(tmp_path)
+    return tmp_path / "repo" / "proofs"
+
+
+def _put_commitment_new_dir(tmp_path: Path) -> Path:
+    """The same for a put that builds its commitment (Repo.add commit=True)."""
+    from shoal.store.persist.repo import Repo
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300_000))
+    with Repo.init(tmp_path / "repo") as repo:
+        assert repo.add(src, commit=True).commitment is not None
+    return tmp_path / "repo" / "proofs"
+
+
 def _reserve(tmp_path: Path) -> Path:
     reserve = Reserve(tmp_path, target=256 * 1024)
     assert reserve.ensure()
@@ -127,6 +144,7 @@ def _identity(tmp_path: Path) -> Path:
 SITES: dict[str, Callable[[Path], Path]] = {
     "config": _config, "api-file": _api, "car-export": _car, "export": _export,
     "export-new-dir": _export_new_dir, "commitment": _commitment, "reserve": _reserve,
+    "commitment-new-dir": _commitment_new_dir, "put-commitment-new-dir": _put_commitment_new_dir,
     "sharding": _sharding, "identity": _identity,
 }
 
