@@ -43,3 +43,30 @@ async def test_put_chooses_its_chunker_off_the_loop(tmp_path: Path, monkeypatch:
             await put({"path": str(tmp_path / "absent.bin")})
     finally:
         repo.close()
+
+
+async def test_want_have_looks_blocks_up_off_the_loop(tmp_path: Path) -> None:
+    """A peer's WANT_HAVE (up to 256 CIDs) was answered with a `has` per CID
+    on the event loop."""
+    from shoal.p2p.net.block_server import BlockServer
+    from shoal.p2p.wire.messages import DontHave, Have
+    from shoal.store.ipld.cid import make_cid
+
+    repo = Repo.init(tmp_path / "r")
+    try:
+        here = make_cid("raw", b"here")
+        repo.blockstore.put(here, b"here")
+        absent = make_cid("raw", b"absent")
+        threads: list[int] = []
+        real_has = repo.blockstore.has
+
+        def has(cid: Any) -> bool:
+            threads.append(threading.get_ident())
+            return bool(real_has(cid))
+
+        repo.blockstore.has = has  # type: ignore[method-assign]
+        out = await BlockServer(repo, []).want_have(9, (bytes(here), bytes(absent)))
+        assert out == [Have(9, (bytes(here),)), DontHave(9, (bytes(absent),))]
+        assert len(threads) == 2 and threading.get_ident() not in threads
+    finally:
+        repo.close()
