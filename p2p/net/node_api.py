@@ -366,8 +366,11 @@ def build_api(node: Node, token: str) -> ControlApi:
     async def car_export(p: dict[str, Any]) -> Any:
         cid = parse_cid(param(p, "cid"))
         output = absolute_path(param(p, "output"), "output")
-        await ensure_local(cid)
-        written = await run(export_car_file, repo.blockstore, cid, output)
+        # One shared hold from the fetch to the end of the export: fetched
+        # blocks are not pinned, and a gc let in between deleted them.
+        async with node.store_guard.shared():
+            await ensure_local(cid, guard=False)
+            written = await run(export_car_file, repo.blockstore, cid, output)
         return {"cid": str(cid), "output": str(output), "bytes": written}
 
     async def car_import(p: dict[str, Any]) -> Any:
