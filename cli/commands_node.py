@@ -174,11 +174,18 @@ def gateway_settings(config: dict[str, Any], args: argparse.Namespace) -> "Gatew
     pin = args.gateway_cache_pin if args.gateway_cache_pin is not None else table.get("cache_pin", False)
     if not isinstance(pin, bool):
         raise CliError("config.toml: [gateway] cache_pin must be true or false", hint=CONFIG_HINT)
+    most = table.get("max_requests", DEFAULT_GATEWAY_REQUESTS)
+    if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= 1024:
+        raise CliError(f"config.toml: [gateway] max_requests must be a whole number from 1 to 1024, not {most!r}",
+                       hint=CONFIG_HINT)
     try:
         host, port = parse_gateway_bind(listen)
     except P2PError as exc:
         raise CliError(str(exc), hint="for example --gateway 127.0.0.1:8080") from None
-    return GatewayOptions(host=host, port=port, cache_pin=pin)
+    return GatewayOptions(host=host, port=port, cache_pin=pin, max_requests=most)
+
+
+DEFAULT_GATEWAY_REQUESTS = 8  # shoal.p2p.gateway.app.DEFAULT_MAX_REQUESTS
 
 
 CONFIG_HINT = "fix the repo's config.toml, or override the setting with its flag (see `shoal node start --help`)"

@@ -93,7 +93,7 @@ class GatewayApp:
     def __init__(self, node: "Node", options: GatewayOptions) -> None:
         self.node = node
         self.options = options
-        self.limiter = trio.CapacityLimiter(options.max_requests)
+        self.active = 0  # requests running now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -101,11 +101,10 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
-        try:
-            self.limiter.acquire_nowait()
-        except trio.WouldBlock:
+        if self.active >= self.options.max_requests:
             await _send_text(send, 503, "gateway busy: too many requests at once", [(b"retry-after", b"1")])
             return
+        self.active += 1  # (one event loop: no lock needed between the check and this)
         answered = False  # the last byte of the response is on its way
 
         async def send_tracked(message: dict[str, Any]) -> None:
@@ -133,7 +132,7 @@ class GatewayApp:
             if work.cancelled_caught:
                 log.info("%s %s: client went away, request cancelled", scope["method"], scope["path"])
         finally:
-            self.limiter.release()
+            self.active -= 1
 
     async def _serve(self, scope: Scope, send: Send) -> None:
         try:

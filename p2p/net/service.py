@@ -68,7 +68,7 @@ async def _start_gateway(nursery: trio.Nursery, node: Node, gateway: Any, shutdo
     binds = await nursery.start(lambda task_status: serve(
         app, config, shutdown_trigger=shutdown.wait, task_status=task_status))
     node.options.extra["gateway_url"] = binds[0]
-    log.info("gateway listening on %s", binds[0])
+    log.info("gateway listening on %s (at most %d requests at once)", binds[0], gateway.max_requests)
 
 
 def write_api_file(path: Path, url: str, token: str) -> None:

@@ -261,3 +261,25 @@ def test_gateway_serves_while_downloading(swarm: Swarm, tmp_path: Path) -> None:
             body += chunk
     _, store, _ = car_blocks(bytes(body))
     assert b"".join(exporter.read_file(store, parse_cid(cid))) == data
+
+
+def test_gateway_bounds_concurrent_requests(swarm: Swarm, tmp_path: Path) -> None:
+    """`[gateway] max_requests`: past it a request is refused at once (503,
+    Retry-After), not queued; a slot frees when its request ends."""
+    write_random(tmp_path / "big.bin", 48 * 1024 * 1024, seed=41)
+    a = swarm.add("a")
+    b = swarm.add("b", bootstrap=[a.addr], extra_args=["--gateway", "127.0.0.1:0"], start=False)
+    config = b.repo / "config.toml"
+    config.write_text(config.read_text() + "\n[gateway]\nmax_requests = 1\n")
+    b.start()
+    swarm.wait_connected(b, 1)
+    cid = a.put(tmp_path / "big.bin")
+    url = gateway_url(b)
+    with httpx.stream("GET", f"{url}/ipfs/{cid}", params={"format": "car"}, timeout=60) as resp:
+        assert resp.status_code == 200
+        chunks = resp.iter_raw()  # kept: a dropped iterator closes the response
+        assert next(chunks)  # the one slot is taken by a response still streaming
+        r = httpx.get(f"{url}/ipfs/bafkqaaa", params={"format": "raw"}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    wait_until(lambda: httpx.get(f"{url}/ipfs/bafkqaaa", params={"format": "raw"}, timeout=30).status_code == 200,
+               30, "the slot to be free again")
