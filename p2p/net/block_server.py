@@ -96,6 +96,10 @@ class BlockServer:
         for raw in cids:
             taken = await conn.send_budget.acquire(L.MAX_BLOCK_BYTES)
             try:
+                if conn.closed:
+                    # Room came back because the connection died (a stalled
+                    # peer is closed): read nothing more for it.
+                    break
                 try:
                     cid = cid_from_bytes(raw)
                     data = await trio.to_thread.run_sync(self.repo.blockstore.get, cid)

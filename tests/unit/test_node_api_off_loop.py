@@ -70,3 +70,40 @@ async def test_want_have_looks_blocks_up_off_the_loop(tmp_path: Path) -> None:
         assert len(threads) == 2 and threading.get_ident() not in threads
     finally:
         repo.close()
+
+
+async def test_no_block_is_read_for_a_connection_already_closed(tmp_path: Path) -> None:
+    """Requests of a peer that stopped reading wait for send budget; when the
+    stalled connection is closed the budget comes back, and each waiting
+    request read one more block (up to 64 x 2 MiB) for nobody."""
+    from shoal.p2p.net.block_server import BlockServer
+    from shoal.p2p.net.connection import SendBudget
+    from shoal.p2p.wire import limits as L
+    from shoal.store.ipld.cid import make_cid
+
+    repo = Repo.init(tmp_path / "r")
+    try:
+        cid = make_cid("raw", b"block")
+        repo.blockstore.put(cid, b"block")
+        reads: list[Any] = []
+        real_get = repo.blockstore.get
+
+        def get(c: Any) -> bytes:
+            reads.append(c)
+            return bytes(real_get(c))
+
+        repo.blockstore.get = get  # type: ignore[method-assign]
+
+        class ClosedConn:
+            closed = True
+            remote_peer = Identity.generate().peer_id
+            send_budget = SendBudget(L.MAX_FRAME_BYTES)
+
+            async def reply(self, msg: Any) -> bool:
+                return False
+
+        sent = await BlockServer(repo, [])._send(ClosedConn(), 3, (bytes(cid),) * 4, [])  # type: ignore[arg-type]
+        assert sent == 0 and reads == []
+        assert ClosedConn.send_budget.used == 0
+    finally:
+        repo.close()
