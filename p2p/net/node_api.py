@@ -258,7 +258,9 @@ def build_api(node: Node, token: str) -> ControlApi:
             from shoal.store.dag.tensor_ranges import tensor_window
 
             offset, length = await run(tensor_window, source, cid, tensor, offset, length)
-        await run(exporter.stat, source, cid)  # errors before the response starts
+        st = await run(exporter.stat, source, cid)  # errors before the response starts
+        if st.kind not in ("file", "raw"):  # as the offline read says, and before any byte is sent
+            raise InvalidInput(f"{cid} is a {st.kind}, not a file")
         pieces = exporter.read_file(source, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS)
 
         async def stream() -> AsyncIterator[bytes]:

@@ -72,6 +72,22 @@ def test_cat_tensor_messages_offline_and_through_a_node(swarm: Swarm, tmp_path: 
         assert r.code == 0 and len(r.out) == 1024, (where, r.err)
 
 
+@pytest.mark.timeout(180)
+def test_cat_of_a_directory_is_one_line_offline_and_through_a_node(swarm: Swarm, tmp_path: Path) -> None:
+    """Through a node the reply used to start and then break ("incomplete chunked read")."""
+    node = swarm.add("A", start=False)
+    (tmp_path / "d").mkdir()
+    write_random(tmp_path / "d" / "x.bin", 1000, seed=5)
+    folder = run_shoal(node.repo, "put", "-q", str(tmp_path / "d")).text.strip()
+    for where in ("offline", "node"):
+        if where == "node":
+            node.start()
+        r = node.shoal("cat", folder)
+        assert_one_line_error(r)
+        assert f"{folder} is a dir, not a file" in r.err, (where, r.err)
+        assert r.out == b"" or r.out == "", (where, r.out)
+
+
 def test_verify_points_at_gc_for_unpinned_blocks_and_counts_in_words(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     assert run_shoal(repo, "init").code == 0
