@@ -194,6 +194,7 @@ class FakeConn:
         self.remote_peer = peer
         self.send_budget = SendBudget(L.SEND_BUDGET_BYTES)
         self.sent: list[Any] = []
+        self.closed = False
 
     async def reply(self, msg: Any) -> bool:
         self.sent.append(msg)

@@ -233,6 +233,7 @@ class FakeConn:
         self.remote_peer = peer
         self.send_budget = SendBudget(L.SEND_BUDGET_BYTES)
         self.sent: list[Message] = []
+        self.closed = False
 
     async def reply(self, msg: Message) -> bool:
         self.sent.append(msg)
