@@ -203,51 +203,8 @@ async def test_corrupt_local_inner_node_is_quarantined_and_refetched() -> None:
 
 # -- D16: the store guard and the per-object locks -----------------------------
 
-async def test_waiting_gc_is_not_starved_by_new_readers() -> None:
-    """A gc waiting for the guard goes before readers that come after it
-    (before: each new reader got in at once, and overlapping readers kept
-    gc out for as long as they came)."""
-    from shoal.p2p.net.guard import StoreGuard
-
-    guard = StoreGuard()
-    order: list[str] = []
-    release_first = trio.Event()
-
-    async def reader(name: str, hold: trio.Event | None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with guard.shared():
-            task_status.started()
-            if hold is not None:
-                await hold.wait()
-            order.append(name)
-
-    async def gc(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async with guard.exclusive():
-            order.append("gc")
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(reader, "first", release_first)
-        await nursery.start(gc)
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(reader, "later", None)
-        await trio.testing.wait_all_tasks_blocked()
-        assert order == []  # the later reader waits behind the waiting gc
-        release_first.set()
-    assert order == ["first", "gc", "later"]
-
-
-async def test_cancelled_gc_wait_lets_readers_in() -> None:
-    from shoal.p2p.net.guard import StoreGuard
-
-    guard = StoreGuard()
-    entered: list[str] = []
-    async with guard.shared():
-        with trio.move_on_after(0.05):
-            async with guard.exclusive():
-                pytest.fail("exclusive while shared")
-        async with guard.shared():  # no gc waits any more: a nested reader gets in
-            entered.append("reader")
-    assert entered == ["reader"]
+# The store guard's writer preference (a waiting gc goes before later readers)
+# is tested once, with the policy it shares with the repo: test_shared_exclusive.py.
 
 
 async def test_keyed_locks_forget_unused_keys() -> None:
