@@ -41,6 +41,7 @@ from shoal.p2p.exchange.range_fetch import fetch_range
 from shoal.p2p.gateway.car_stream import car_header, car_section, file_window, gateway_cid, select_blocks
 from shoal.p2p.gateway.files import serve_path
 from shoal.p2p.gateway.params import IMMUTABLE_CACHE, GatewayRequest, GatewayRequestError, parse_request
+from shoal.p2p.net.api import run_until_client_leaves, serve_lifespan
 
 if TYPE_CHECKING:
     from shoal.p2p.net.node import Node
@@ -97,7 +98,7 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -105,31 +106,8 @@ class GatewayApp:
             await _send_text(send, 503, "gateway busy: too many requests at once", [(b"retry-after", b"1")])
             return
         self.active += 1  # (one event loop: no lock needed between the check and this)
-        answered = False  # the last byte of the response is on its way
-
-        async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                answered = True
-            await send(message)
-
-        async def watch_disconnect(work: trio.CancelScope) -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            # A client that hangs up once answered cancels nothing: what runs
-            # then is the end of a fetch it already has every block of (the
-            # last stores, the cache pin), which must not be left half done.
-            if not answered:
-                work.cancel()
-
         try:
-            async with trio.open_nursery() as nursery:
-                work = trio.CancelScope()
-                nursery.start_soon(watch_disconnect, work)
-                with work:
-                    await self._serve(scope, send_tracked)
-                nursery.cancel_scope.cancel()
-            if work.cancelled_caught:
+            if await run_until_client_leaves(receive, send, lambda s: self._serve(scope, s)):
                 log.info("%s %s: client went away, request cancelled", scope["method"], scope["path"])
         finally:
             self.active -= 1
@@ -331,16 +309,6 @@ async def _stream(send: Send, status: int, headers: list[tuple[bytes, bytes]],
             await trio.lowlevel.checkpoint()
             raise
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _send_text(send: Send, status: int, message: str,

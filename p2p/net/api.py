@@ -84,7 +84,7 @@ class ControlApi:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -97,24 +97,7 @@ class ControlApi:
         except (StoreError, P2PError) as exc:
             await _send_error(send, exc)
             return
-        answered = False  # the last byte of the response is on its way
-
-        async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                answered = True
-            await send(message)
-
-        async def watch_disconnect(scope_to_cancel: trio.CancelScope) -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            scope_to_cancel.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_disconnect, nursery.cancel_scope)
-            await self._dispatch(key, scope, params, send_tracked)
-            nursery.cancel_scope.cancel()  # answered: stop watching
-        if not answered:  # a client that reads its answer and hangs up cancelled nothing
+        if await run_until_client_leaves(receive, send, lambda s: self._dispatch(key, scope, params, s)):
             log.info("%s %s: client went away, request cancelled", scope["method"], scope["path"])
 
     async def _dispatch(self, key: tuple[str, str], scope: Scope, params: dict[str, Any], send: Send) -> None:
@@ -140,7 +123,8 @@ class ControlApi:
         return False
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI lifespan scope (nothing to set up or tear down)."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -148,6 +132,37 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+async def run_until_client_leaves(receive: Receive, send: Send, serve: Callable[[Send], Awaitable[None]]) -> bool:
+    """Run `serve(send)`; cancel it if the client disconnects before the last
+    byte of its answer went out. True if it was cancelled that way.
+
+    Why: work for a client that left (a fetch, an export, a put) must stop
+    (issue 12). A client that hangs up once answered cancels nothing: what
+    still runs then is the end of work it already has every byte of (the
+    last stores, a cache pin), which must not be left half done.
+    """
+    answered = False
+
+    async def send_tracked(message: dict[str, Any]) -> None:
+        nonlocal answered
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = True
+        await send(message)
+
+    async def watch_disconnect(work: trio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not answered:
+            work.cancel()
+
+    work = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_disconnect, work)
+        with work:
+            await serve(send_tracked)
+        nursery.cancel_scope.cancel()  # served: stop watching
+    return work.cancelled_caught
 
 
 def json_depth(body: bytes) -> int:
