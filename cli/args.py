@@ -13,8 +13,9 @@ import argparse
 import math
 import re
 from fractions import Fraction
+from typing import Callable
 
-__all__ = ["parse_size", "size", "positive_size", "positive_int", "non_negative_int", "positive_seconds"]
+__all__ = ["parse_size", "size", "positive_size", "positive_int", "non_negative_int", "positive_seconds", "seconds_at_least"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGTP]?)(I?B)?\s*$", re.IGNORECASE)
@@ -82,3 +83,14 @@ def positive_seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
     return value
+
+
+def seconds_at_least(minimum: float) -> Callable[[str], float]:
+    """argparse type: a duration of at least `minimum` seconds (a tiny positive
+    interval like 1e-320 is "above 0" but still a busy loop)."""
+    def parse(text: str) -> float:
+        value = positive_seconds(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} seconds, not {text!r}")
+        return value
+    return parse

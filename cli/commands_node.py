@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from shoal.store.persist.config import DEFAULT_API, DEFAULT_LISTEN
 from shoal.store.persist.repo import Repo, resolve_repo_path
 
-from shoal.cli.args import SIZE_HINT, positive_int, positive_seconds, size
+from shoal.cli.args import SIZE_HINT, positive_int, seconds_at_least, size
 from shoal.cli.args import parse_size as _parse_size
 from shoal.cli.errors import CliError
 from shoal.cli.dispatch import Access, run
@@ -47,8 +47,8 @@ def register(sub: Any) -> None:
                         "port 0 picks a free one)")
     p.add_argument("--quota", type=size, metavar="SIZE",
                    help="most bytes to hold for other peers, e.g. 10G (default: [node] quota, no limit)")
-    p.add_argument("--audit-interval", type=positive_seconds, metavar="SECONDS",
-                   help="seconds between audit rounds of this node's objects, above 0 "
+    p.add_argument("--audit-interval", type=seconds_at_least(MIN_AUDIT_INTERVAL_S), metavar="SECONDS",
+                   help=f"seconds between audit rounds of this node's objects, at least {MIN_AUDIT_INTERVAL_S:g} "
                         f"(default: [node] audit_interval, {DEFAULT_AUDIT_INTERVAL_S:g})")
     p.add_argument("--replicas", type=positive_int, metavar="N",
                    help="copies a put through this node keeps when it does not give --replicas "
@@ -86,6 +86,7 @@ def register(sub: Any) -> None:
 # building the parser must not import p2p (tests/unit/test_cli_imports.py);
 # tests/unit/test_cli_parser.py checks that the two agree.
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
+MIN_AUDIT_INTERVAL_S = 0.1  # mirrors shoal.p2p.replication.owner.MIN_AUDIT_INTERVAL_S likewise
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,10 @@ def node_settings(config: dict[str, Any], args: argparse.Namespace) -> NodeSetti
     interval: float | None = args.audit_interval
     if interval is None and node.get("audit_interval") is not None:
         raw = node["audit_interval"]
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw <= 0:
-            raise CliError(f"config.toml: [node] audit_interval must be a number of seconds above 0, not {raw!r}",
+        if (isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw)
+                or raw < MIN_AUDIT_INTERVAL_S):
+            raise CliError(f"config.toml: [node] audit_interval must be a number of seconds, at least "
+                           f"{MIN_AUDIT_INTERVAL_S:g}, not {raw!r}",
                            hint=CONFIG_HINT)
         interval = float(raw)
 

@@ -14,10 +14,11 @@ each with a global cap and a per-IP cap:
 - connections (after the handshake, when the key is known): at most
   `max_connections_per_ip` from one address, and `max_connections` in all,
   of which `reserved_for_protected` only protected peers may use. A
-  protected peer is one that already proved useful (the node decides:
-  allowlisted, configured, dialled by us, delivered data to us, holds our
-  replicas); protected peers are exempt from the per-IP cap. When the slots
-  are full a newcomer takes the slot of the least valuable unprotected
+  protected peer is one the node vouches for (it decides, in
+  `Node.is_protected`: a bootstrap peer from the config, an allowlisted
+  peer, one protected by a service, a replica holder, one that delivered
+  valid data to us and never corrupt data — never merely for connecting);
+  protected peers are exempt from the per-IP cap. When the slots are full a newcomer takes the slot of the least valuable unprotected
   connection: first those that never sent data we asked for (a block, a proof), then the
   one idle longest. Connections younger than `grace_s` are left alone, so
   two newcomers cannot keep evicting each other before either is used;

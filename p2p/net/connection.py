@@ -35,6 +35,10 @@ log = logging.getLogger("shoal.conn")
 
 Handler = Callable[["PeerConnection", Message], Awaitable[Sequence[Message]]]
 MAX_MALFORMED = 16  # malformed messages tolerated before we hang up
+# Our own decoder's bugs are logged with their traceback this many times per
+# connection, then only counted: a peer that found input which trips one
+# must not be able to fill the node's log at line rate.
+MAX_LOGGED_DECODER_BUGS = 3
 READ_SIZE = 256 * 1024
 _USEFUL_ANSWERS = (Block, AuditProof)  # answers that count for `answers` (eviction, admission)
 
@@ -277,17 +281,19 @@ class PeerConnection:
         try:
             msg = codec.decode(payload)
         except RemoteProtocolError as exc:
-            self._malformed += 1
-            if self._malformed > MAX_MALFORMED:
-                raise
+            self._blame(exc)
             await self._try_send(Error(codec.error_request_id(exc), int(codec.error_code(exc)),
                                        str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]))
             return
         except DecoderBug as exc:
             # Our bug, not the peer's: say so (INTERNAL, retryable elsewhere),
             # keep the traceback for us, and do not count it against the peer.
-            log.error("%s (message from %s)", exc, self.remote_peer, exc_info=exc.__cause__ or exc)
             self.decoder_bugs += 1
+            if self.decoder_bugs <= MAX_LOGGED_DECODER_BUGS:
+                log.error("%s (message from %s)", exc, self.remote_peer, exc_info=exc.__cause__ or exc)
+                if self.decoder_bugs == MAX_LOGGED_DECODER_BUGS:
+                    log.error("further decoder errors on the connection from %s are counted, not logged",
+                              self.remote_peer)
             await self._try_send(Error(exc.request_id, ErrorCode.INTERNAL, "internal error decoding the message"))
             return
         if type(msg).ROLE == "hello":
@@ -295,7 +301,7 @@ class PeerConnection:
                 self.remote_hello = msg
                 self.hello_received.set()
             else:
-                self._malformed += 1
+                self._blame(RemoteProtocolError("a second Hello on one connection"))
             return
         if type(msg).ROLE == "request":
             if self.remote_hello is None:
@@ -311,19 +317,24 @@ class PeerConnection:
         if pending is None or (pending.allowed and type(msg) not in pending.allowed):
             if msg.request_id == 0 or pending is None:
                 return  # unsolicited or late (after a timeout): drop quietly
-            self._malformed += 1
+            self._blame(RemoteProtocolError(f"a {type(msg).__name__} in answer to a request that cannot have it"))
             return
         first = not pending.responses and pending.error is None
         if not pending.add(msg):
-            self._malformed += 1  # an answer to nothing we asked
-            if self._malformed > MAX_MALFORMED:
-                raise RemoteProtocolError(f"more than {MAX_MALFORMED} responses about CIDs never asked for")
+            self._blame(RemoteProtocolError("a response about a CID never asked for"))
             return
         if first and isinstance(msg, _USEFUL_ANSWERS):
             # The peer sent data we asked for: it is of use to us. Not a Pong,
             # Peers, Have: any throwaway key answers the node's own peer
             # exchange with those, and would rank with the peers that serve us.
             self.answers += 1
+
+    def _blame(self, exc: RemoteProtocolError) -> None:
+        """Count one misbehaviour of the peer; past MAX_MALFORMED, hang up (raise `exc`)."""
+        self._malformed += 1
+        if self._malformed > MAX_MALFORMED:
+            raise RemoteProtocolError(f"more than {MAX_MALFORMED} malformed or unexpected messages; "
+                                      f"the last: {exc}") from exc
 
     async def _serve(self, msg: Message) -> None:
         try:

@@ -77,6 +77,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.replication")
 
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
+# Shorter than this, audit rounds would run back to back (1e-320 s is "above 0"
+# but is a busy loop that starves the node); tests use 1 s.
+MIN_AUDIT_INTERVAL_S = 0.1
 REPAIR_RATE_PER_S = 0.5  # steady state: one repair every 2 s per node
 REPAIR_BURST = 8
 REPAIR_CHECK_S = 5.0  # re-check under-replicated objects at least this often
@@ -91,7 +94,7 @@ class ReplicationOwner:
                  repair_rate: float = REPAIR_RATE_PER_S, repair_burst: int = REPAIR_BURST) -> None:
         self.node = node
         self.db = Agreements(node.repo.index)
-        self.audit_interval = float(audit_interval or DEFAULT_AUDIT_INTERVAL_S)
+        self.audit_interval = max(MIN_AUDIT_INTERVAL_S, float(audit_interval or DEFAULT_AUDIT_INTERVAL_S))
         self.k = k
         self.bucket = TokenBucket(repair_rate, repair_burst, time.monotonic())
         self.releases = OwnerReleases(self, repair_rate, repair_burst)

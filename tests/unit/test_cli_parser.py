@@ -124,6 +124,7 @@ def test_size_options_accept_suffixes(argv: list[str], dest: str, value: int) ->
     ["node", "start", "--audit-interval", "-5"],
     ["node", "start", "--audit-interval", "0"],
     ["node", "start", "--audit-interval", "nan"],
+    ["node", "start", "--audit-interval", "1e-320"],
     ["node", "start", "--replicas", "0"],
     ["put", "x", "--replicas", "two"],
     ["energy", "--plot", "file.txt"],
@@ -183,6 +184,7 @@ def test_flags_override_config() -> None:
     ({"node": {"quota": "lots"}}, "quota"),
     ({"node": {"audit_interval": 0}}, "audit_interval"),
     ({"node": {"audit_interval": -5}}, "audit_interval"),
+    ({"node": {"audit_interval": 1e-320}}, "audit_interval"),
     ({"replication": {"replicas": 0}}, "replicas"),
     ({"node": "x"}, "[node]"),
 ])
@@ -195,6 +197,13 @@ def test_help_default_audit_interval_matches_the_node() -> None:
     from shoal.p2p.replication.owner import DEFAULT_AUDIT_INTERVAL_S as node_default
 
     assert DEFAULT_AUDIT_INTERVAL_S == node_default
+
+
+def test_min_audit_interval_matches_the_node() -> None:
+    from shoal.cli.commands_node import MIN_AUDIT_INTERVAL_S
+    from shoal.p2p.replication.owner import MIN_AUDIT_INTERVAL_S as node_min
+
+    assert MIN_AUDIT_INTERVAL_S == node_min
 
 
 def test_demo_help_states_no_peer_count_that_could_go_stale() -> None:

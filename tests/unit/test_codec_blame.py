@@ -105,3 +105,30 @@ async def test_the_connection_answers_internal_and_does_not_blame_the_peer(
     assert sorted(e.request_id for e in errors) == list(range(1, 20))
     assert Pong(99, b"still there?") in replies
     assert conn.decoder_bugs == 19 and conn._malformed == 0
+
+
+async def test_decoder_bugs_are_logged_a_bounded_number_of_times(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Each decoder bug was logged with its traceback: a peer that found an
+    input tripping one could fill the node's log at line rate. Now the first
+    few are logged, then only counted."""
+    from shoal.p2p.net.connection import MAX_LOGGED_DECODER_BUGS
+
+    monkeypatch.setattr(codec, "_tuplify", _buggy_tuplify(codec._tuplify))
+    ours, theirs = memory_stream_pair()
+    conn = PeerConnection(ours, Identity.generate().peer_id, _pong)
+    frames = FrameDecoder()
+    replies = 0
+    with caplog.at_level("ERROR", logger="shoal"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(conn.run)
+            await theirs.send_all(encode_frame(codec.encode(Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0))))
+            for rid in range(1, 51):
+                await theirs.send_all(encode_frame(codec.encode(Ping(rid, BOOM))))
+            with trio.fail_after(10):
+                while replies < 50:
+                    replies += len(frames.feed(await theirs.receive_some(1 << 16)))
+            nursery.cancel_scope.cancel()
+    assert conn.decoder_bugs == 50
+    logged = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(logged) == MAX_LOGGED_DECODER_BUGS + 1  # the first few, then one "counted, not logged"

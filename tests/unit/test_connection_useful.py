@@ -91,3 +91,32 @@ async def test_blocks_never_asked_for_are_dropped_and_a_flood_closes_the_connect
                 replies = await a.request(lambda rid: WantBlock(rid, (CID,)), timeout=5)
                 assert replies == [Block(replies[0].request_id, CID, b"data")]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_repeated_hellos_closes_the_connection() -> None:
+    """A second Hello is a protocol error; it was counted but never checked
+    against MAX_MALFORMED, so a peer could repeat Hello forever (each one
+    decoded, at line rate) and stay connected."""
+    from shoal.p2p.net.connection import MAX_MALFORMED
+
+    for n_hellos, closes in ((MAX_MALFORMED, False), (MAX_MALFORMED + 1, True)):
+        a_stream, b_stream = trio.testing.memory_stream_pair()
+        a = PeerConnection(a_stream, Identity.generate().peer_id, stranger)
+        b = PeerConnection(b_stream, Identity.generate().peer_id, stranger)
+        hello = Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await b.send(hello)
+            await a.send(hello)
+            await a.hello_received.wait()
+            for _ in range(n_hellos):
+                await b.send(hello)
+            with trio.fail_after(10):
+                while not a.closed and a._malformed < n_hellos:
+                    await trio.sleep(0.01)
+            if not closes:
+                # Still serving: a request gets its answer.
+                assert await b.request(lambda rid: Ping(rid, b"x"), timeout=5)
+            assert a.closed == closes
+            nursery.cancel_scope.cancel()
