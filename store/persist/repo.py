@@ -3,6 +3,7 @@
 ```
 <repo>/config.toml     settings (shoal.store.persist.config), written last by init
 <repo>/index.sqlite    objects, pins, pin membership (shoal.store.persist.index)
+<repo>/names.sqlite    name records: org/name@revision -> CID (shoal.store.names.book)
 <repo>/blocks/         block files (shoal.store.persist.flatfs)
 <repo>/repo.lock       flock'd by whoever writes: an offline command or the node;
                        holds the holder's pid (and "node" for a node)
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     from shoal.store.chunking.choice import PerFileChunker
     from shoal.store.ipld.car import CarImportResult
     from shoal.store.dag.importer import ImportResult
+    from shoal.store.names.book import NameBook
 
 __all__ = ["Repo", "resolve_repo_path", "ENV_VAR", "QUARANTINE_DIR"]
 
@@ -99,7 +101,7 @@ def _foreign_entries(path: Path) -> list[str]:
         return [path.name]
     except OSError as exc:
         raise RepoError(f"cannot read {path}: {exc.strerror}") from exc
-    ours = (CONFIG_FILE, INDEX_FILE, BLOCKS_DIR, LOCK_FILE, PROOFS_DIR, RESERVE_FILE, "identity", "api")
+    ours = (CONFIG_FILE, INDEX_FILE, BLOCKS_DIR, LOCK_FILE, PROOFS_DIR, RESERVE_FILE, "identity", "api", "names")
     return [n for n in names if not any(n == o or n.startswith(o + ".") or n.startswith(o + "-") for o in ours)]
 
 
@@ -134,6 +136,7 @@ class Repo:
         except BaseException:
             self.index.close()
             raise
+        self._names: "NameBook | None" = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -251,8 +254,11 @@ class Repo:
         return repo
 
     def close(self) -> None:
-        """Close the index and the blockstore, then release the lock, whatever fails on the way."""
+        """Close the name book, the index and the blockstore, then release the lock, whatever fails on the way."""
         try:
+            if self._names is not None:
+                self._names.close()
+                self._names = None
             self.index.close()
         finally:
             try:
@@ -272,6 +278,16 @@ class Repo:
     def identity_path(self) -> Path:
         """Where p2p/ keeps the node's Ed25519 key (mode 0600); not created here."""
         return self.path / "identity.key"
+
+    @property
+    def names(self) -> "NameBook":
+        """The name book (`<repo>/names.sqlite`, shoal.store.names.book), opened on first use;
+        read-only (and empty if absent) when the repo was opened without its lock."""
+        if self._names is None:
+            from shoal.store.names.book import BOOK_FILE, NameBook
+
+            self._names = NameBook(self.path / BOOK_FILE, read_only=self._lock_fd is None)
+        return self._names
 
     @property
     def api_path(self) -> Path:
