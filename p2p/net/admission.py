@@ -5,6 +5,7 @@ its key, and a key costs nothing to make. So admission works in two steps,
 each with a global cap and a per-IP cap:
 
 - handshakes: at most `max_handshakes_per_ip` in flight from one address
+  (an IPv4 address or an IPv6 /64: `address_group`)
   and `max_handshakes` in all; a new socket past either cap replaces the
   OLDEST handshake (of that address, or of all). A real handshake finishes
   in a few round trips, so a flood of silent sockets would have to outpace
@@ -32,6 +33,7 @@ not counted here.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping
 
@@ -119,6 +121,7 @@ class Admission:
         it out; silent sockets only ever push out each other.
         """
         lim = self.limits
+        ip = address_group(ip)
         evict: list[Key] = []
         if self._hs_per_ip.get(ip, 0) >= lim.max_handshakes_per_ip:
             evict.append(next(k for k, hs in self._handshakes.items() if hs.ip == ip))
@@ -152,6 +155,7 @@ class Admission:
         connections to close to make room (already forgotten here).
         """
         lim = self.limits
+        ip = address_group(ip)
         prot = is_protected or {}
         same_ip = sum(1 for k, e in self._conns.items() if e.ip == ip and not prot.get(k, False))
         if not protected and same_ip >= lim.max_connections_per_ip:
@@ -210,6 +214,25 @@ class Admission:
         return {"inbound": len(self._conns), "handshaking": len(self._handshakes),
                 "refused": self.refused, "evicted": self.evicted,
                 "dropped_handshakes": self.dropped_handshakes}
+
+
+def address_group(ip: str) -> str:
+    """What a per-IP cap counts: an IPv4 address, or an IPv6 /64.
+
+    One IPv6 host is usually given a whole /64, so counting single IPv6
+    addresses would let it open 2^64 "different" peers; an IPv4-mapped IPv6
+    address counts as the IPv4 address it is. Anything unparsable counts
+    as itself.
+    """
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 def _dec(counts: dict[str, int], ip: str) -> None:

@@ -121,3 +121,32 @@ def test_replica_holders_and_allowlisted_peers_are_protected(tmp_path: Path) -> 
         assert node.is_protected(stranger)
         rec.reputation.corrupt = 1  # ...and one corrupt one: no longer
         assert not node.is_protected(stranger)
+
+
+def test_per_ip_caps_count_an_ipv6_slash_64_as_one_address() -> None:
+    """One IPv6 host usually holds a whole /64: counted per address, it could
+    take every slot from "different" addresses of its own prefix."""
+    adm = Admission(AdmissionLimits(max_connections=10, max_connections_per_ip=2, reserved_for_protected=0,
+                                    max_handshakes=10, max_handshakes_per_ip=2))
+    assert adm.admit("x1", "2001:db8:1:2::1", False, 0).admit
+    assert adm.admit("x2", "2001:db8:1:2:ffff::9", False, 0).admit
+    d = adm.admit("x3", "2001:db8:1:2:abcd::3", False, 0)
+    assert not d.admit and "2001:db8:1:2::/64" in d.reason
+    assert adm.admit("y1", "2001:db8:1:3::1", False, 0).admit  # the next /64 is someone else
+    # Handshakes likewise: a third from the same /64 replaces its own oldest.
+    adm.begin_handshake("h1", "2001:db8:9:9::1", 0)
+    adm.begin_handshake("h2", "2001:db8:9:9::2", 1)
+    assert adm.begin_handshake("h3", "2001:db8:9:9::3", 2).evict == ["h1"]
+
+
+@pytest.mark.parametrize("ip, group", [
+    ("10.0.0.1", "10.0.0.1"),
+    ("::ffff:10.0.0.1", "10.0.0.1"),
+    ("2001:db8::1", "2001:db8::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+    ("not an address", "not an address"),
+])
+def test_address_group(ip: str, group: str) -> None:
+    from shoal.p2p.net.admission import address_group
+
+    assert address_group(ip) == group
