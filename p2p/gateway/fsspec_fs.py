@@ -40,7 +40,7 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
@@ -83,12 +83,13 @@ class GatewayNotFound(GatewayError, ConnectionError):
 
 def normalize_gateway(url: str) -> str:
     """`http://HOST:PORT` (a bare `HOST:PORT` gets `http://`), without a trailing slash."""
-    text = url.strip().rstrip("/")
+    text = url.strip()
     if "://" not in text:
         text = "http://" + text
-    if not text.startswith(("http://", "https://")) or len(text) <= len("https://"):
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"shoal: gateway must be http://HOST:PORT, not {url!r}")
-    return text
+    return text.rstrip("/")
 
 
 def gateway_of_repo(repo: str | os.PathLike[str] | None = None) -> str:

@@ -50,7 +50,7 @@ def model(swarm: Swarm, tmp_path: Path) -> Iterator[tuple[NodeProc, str, Path]]:
     yield node, node.put(folder), folder
 
 
-def test_fsspec_open_ls_info_cat(model: tuple[NodeProc, str, Path]) -> None:
+def test_fsspec_open_ls_info_cat(model: tuple[NodeProc, str, Path], tmp_path: Path) -> None:
     node, cid, folder = model
     url = gateway_url(node)
     data = (folder / "model.safetensors").read_bytes()
@@ -90,6 +90,11 @@ def test_fsspec_open_ls_info_cat(model: tuple[NodeProc, str, Path]) -> None:
         assert f.read(70_000) == data[3_000_000:3_070_000]
         f.seek(-5, os.SEEK_END)
         assert f.read() == data[-5:]
+
+    fs.get(f"shoal://{cid}/extra", str(tmp_path / "got"), recursive=True)
+    assert (tmp_path / "got" / "notes bin#1.dat").read_bytes() == notes
+    assert fs.find(cid) == sorted(f"{cid}/{n}" for n in ("config.json", "extra/notes bin#1.dat",
+                                                          "model.safetensors"))
 
     with pytest.raises(FileNotFoundError):
         fs.cat_file(f"{cid}/missing.safetensors")
