@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from shoal.store.ipld.cid import CID
-from shoal.store.errors import HashMismatch, StoreError
+from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
 
 from shoal.p2p.errors import P2PError
 
@@ -38,8 +38,12 @@ class HealingBlocks:
     """A thread-safe block source over the node's store whose corrupt blocks
     are replaced from peers on read. Make it on the event loop."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: "Node", *, refetch_missing: bool = False) -> None:
         self._node = node
+        # `cat` makes its range local, then streams it under the store guard:
+        # a gc that ran in between may have evicted a cached (unpinned) block,
+        # which is then fetched again instead of failing the read.
+        self._refetch_missing = refetch_missing
         self._store = node.repo.blockstore
         self._token = trio.lowlevel.current_trio_token()
         self._lock = threading.Lock()
@@ -50,6 +54,12 @@ class HealingBlocks:
             return self._store.get(cid)
         except HashMismatch as exc:
             corrupt = exc
+        except BlockNotFound:
+            if not self._refetch_missing:
+                raise
+            log.info("block %s went missing since it was fetched (gc?): fetching it again", cid)
+            trio.from_thread.run(self._fetch, cid, trio_token=self._token)
+            return self._store.get(cid)
         log.warning("local block %s is corrupt: moved to quarantine, fetching a good copy", cid)
         try:
             self._node.repo.quarantine(cid)

@@ -35,7 +35,8 @@ import hmac
 import json
 import logging
 import re
-from typing import Any, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs
 
 import trio
@@ -53,7 +54,20 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 JsonHandler = Callable[[dict[str, Any]], Awaitable[Any]]
-StreamHandler = Callable[[dict[str, Any]], Awaitable[AsyncIterator[bytes]]]
+
+
+class ByteChunks(Protocol):
+    """What a stream handler returns: async chunks that can be closed early
+    (an async generator, or NdjsonStream around one)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+StreamHandler = Callable[[dict[str, Any]], Awaitable[ByteChunks]]
 
 
 class ApiError(P2PError):
@@ -233,7 +247,7 @@ class NdjsonStream:
 
     content_type = b"application/x-ndjson"
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
         self._chunks = chunks
 
     def __aiter__(self) -> "NdjsonStream":
@@ -242,17 +256,24 @@ class NdjsonStream:
     async def __anext__(self) -> bytes:
         return await self._chunks.__anext__()
 
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
 
 def _content_type(chunks: Any) -> bytes:
     return chunks.content_type if isinstance(chunks, NdjsonStream) else b"application/octet-stream"
 
 
-async def _send_stream(send: Send, chunks: AsyncIterator[bytes], content_type: bytes) -> None:
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", content_type)]})
-    async for chunk in chunks:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+async def _send_stream(send: Send, chunks: ByteChunks, content_type: bytes) -> None:
+    # aclosing: the handler's generator may hold the store guard; it is
+    # released here, at once, whether the response ends, fails or is
+    # cancelled, not whenever the garbage collector finalises it.
+    async with aclosing(chunks):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", content_type)]})
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def param(params: dict[str, Any], name: str, kind: type = str, default: Any = ..., ) -> Any:

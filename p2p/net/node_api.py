@@ -16,7 +16,7 @@ import json
 import functools
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
+from typing import Any, AsyncGenerator, Callable, Iterator, TypeVar
 
 import trio
 
@@ -29,7 +29,7 @@ from shoal.store.energy.accounting import gc_measured, put_measured  # energy (i
 from shoal.store.errors import BlockNotFound, HashMismatch, InvalidInput, MalformedBlock, NotPinned, StoreError
 from shoal.store.chunking.profiles import PROFILES
 
-from shoal.p2p.net.api import ApiError, ControlApi, NdjsonStream, param
+from shoal.p2p.net.api import ApiError, ByteChunks, ControlApi, NdjsonStream, param
 from shoal.p2p.errors import P2PError
 from shoal.p2p.exchange.fetch import fetch_dag
 from shoal.p2p.exchange.handoff import ArrivingBlocks
@@ -245,7 +245,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         cid = parse_cid(param(p, "cid"))
         return {"cid": str(cid), **(await ensure_local(cid))}
 
-    async def cat(p: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def cat(p: dict[str, Any]) -> ByteChunks:
         cid = parse_cid(param(p, "cid"))
         offset = param(p, "offset", int, 0)
         length = param(p, "length", int, None)
@@ -253,7 +253,9 @@ def build_api(node: Node, token: str) -> ControlApi:
         from shoal.p2p.exchange.tensor_fetch import ensure_cat_range  # fetch only the blocks this read covers
 
         await ensure_cat_range(node, cid, offset, length, tensor)
-        source = HealingBlocks(node)  # a corrupt local block is replaced from a peer as it is read
+        # A corrupt local block is replaced from a peer as it is read, and one a
+        # gc evicted since ensure_cat_range is fetched again.
+        source = HealingBlocks(node, refetch_missing=True)
         if tensor is not None:
             from shoal.store.dag.tensor_ranges import tensor_window
 
@@ -263,16 +265,21 @@ def build_api(node: Node, token: str) -> ControlApi:
             raise InvalidInput(f"{cid} is a {st.kind}, not a file")
         pieces = exporter.read_file(source, cid, offset, length, prefetch=exporter.PREFETCH_BLOCKS)
 
-        async def stream() -> AsyncIterator[bytes]:
-            while True:
-                piece = await run(next, pieces, None)
-                if piece is None:
-                    return
-                yield piece
+        async def stream() -> AsyncGenerator[bytes, None]:
+            # Under the store guard, as `get` reads: a gc waits for the stream
+            # instead of deleting the blocks it is reading. The API closes this
+            # generator when the response ends or the client leaves, which
+            # releases the guard.
+            async with node.store_guard.shared():
+                while True:
+                    piece = await run(next, pieces, None)
+                    if piece is None:
+                        return
+                    yield piece
 
         return stream()
 
-    async def ls(p: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def ls(p: dict[str, Any]) -> ByteChunks:
         """Stream the rows as NDJSON, LS_BATCH at a time: a 40,000-wide
         directory costs one batch of memory, and a client that leaves stops
         the listing at the next batch. An error after the first batch is a
@@ -288,7 +295,7 @@ def build_api(node: Node, token: str) -> ControlApi:
             rows = map(_ls_row, exporter.iter_dir(repo.blockstore, cid))
         first = await run(_take, rows, LS_BATCH)  # errors before the response starts
 
-        async def stream() -> AsyncIterator[bytes]:
+        async def stream() -> AsyncGenerator[bytes, None]:
             batch = first
             while batch:
                 yield "".join(json.dumps(r) + "\n" for r in batch).encode()
