@@ -350,8 +350,15 @@ def presence_size(presence: BlockPresence) -> int:
 
 
 def payload_size(cid: bytes, data_len: int) -> int:
-    """Bytes a block of `data_len` bytes under `cid` adds to an encoded message."""
-    prefix_len = len(cid_prefix(cid).to_bytes())
+    """Bytes a block of `data_len` bytes under `cid` adds to an encoded message.
+
+    BitswapError if blocks under this CID cannot travel: its hash is one a
+    receiver could not check (only sha2-256 and identity are accepted).
+    """
+    prefix = cid_prefix(cid)
+    if prefix.mh_type not in (_SHA2_256, _IDENTITY):
+        raise BitswapError(f"unsupported multihash 0x{prefix.mh_type:x} for a block")
+    prefix_len = len(prefix.to_bytes())
     return _len_size(_len_size(prefix_len) + _len_size(data_len))
 
 
