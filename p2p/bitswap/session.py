@@ -260,7 +260,12 @@ class Session:
                 continue
             if presence.type is PresenceType.DONT_HAVE:
                 want.ask[peer] = _Ask.NO
-            elif want.ask[peer] is not _Ask.BLOCK:
+            elif want.ask[peer] is _Ask.ASKED:
+                # An answer: its earlier silences no longer count against it. Only
+                # here, so unsolicited HAVEs cannot keep a session alive forever.
+                want.ask[peer] = _Ask.HAVE
+                want.attempts[peer] = 0
+            elif want.ask[peer] is _Ask.IDLE:
                 want.ask[peer] = _Ask.HAVE
             self._advance(presence.cid, now)
         self._fill(now)
