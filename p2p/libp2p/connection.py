@@ -1,0 +1,595 @@
+"""Trio driver: a libp2p connection (Noise + yamux) and its negotiated streams.
+
+The upgrade follows js-libp2p's and go-libp2p's order exactly:
+
+    TCP -> [pnet protector, with a swarm key] -> multistream-select `/noise`
+        -> Noise XX (libp2p payload) -> multistream-select `/yamux/1.0.0`
+        -> yamux session -> one yamux stream per protocol, each negotiated
+           by multistream-select (the opener is the dialer of that stream)
+
+The connection's dialer is the multistream dialer of both upgrades, the
+Noise initiator and the yamux client (odd stream ids).
+
+Tasks (one nursery, owned by `Libp2pConnection.run`): a reader feeds the
+sans-IO `YamuxSession` and routes its events to stream objects, a writer
+sends whatever the session queued (so no task that reads ever blocks on a
+send), and one task per inbound stream runs multistream-select as listener
+and then the registered handler. Backpressure: a stream buffers at most its
+receive window (the session grants credit only for bytes the application
+has read), and senders wait while more than `MAX_QUEUED` bytes wait for the
+writer or the peer's window is exhausted.
+
+All protocol decisions live in `multistream` and `yamux`; this module only
+moves bytes, owns the clock (negotiation timeouts) and the tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable, Mapping, Sequence
+
+import trio
+
+from shoal.p2p.errors import (
+    LocalProtocolError, P2PError, ProtocolError, RemoteProtocolError,
+)
+from shoal.p2p.libp2p import multistream as mss
+from shoal.p2p.libp2p.yamux import (
+    GoAwayCode, GoAwayReceived, PingAnswered, StreamData, StreamEnded, StreamOpened,
+    StreamReset, WindowIncreased, YamuxSession,
+)
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.pnet import SwarmKey
+from shoal.p2p.secure.pnet_stream import protect
+from shoal.p2p.secure.secure_stream import (
+    DEFAULT_HANDSHAKE_TIMEOUT, SecureStream, secure_accept, secure_dial,
+)
+
+__all__ = [
+    "NOISE_PROTOCOL",
+    "YAMUX_PROTOCOL",
+    "Libp2pConnection",
+    "NegotiationFailed",
+    "StreamHandler",
+    "YamuxStream",
+    "upgrade_inbound",
+    "upgrade_outbound",
+]
+
+log = logging.getLogger("shoal.libp2p")
+
+NOISE_PROTOCOL = "/noise"
+YAMUX_PROTOCOL = "/yamux/1.0.0"
+NEGOTIATION_TIMEOUT = 10.0
+MAX_QUEUED = 1024 * 1024
+"""Bytes stream senders may queue for the writer before they wait."""
+_READ = 1024 * 1024
+
+StreamHandler = Callable[["YamuxStream"], Awaitable[None]]
+
+
+class NegotiationFailed(P2PError):
+    """multistream-select ended without a common protocol."""
+
+    hint = "the peer does not speak that protocol (or refused it)"
+
+
+class PrefixedStream(trio.abc.Stream):
+    """`inner`, with `prefix` returned first: bytes a negotiation read past its end."""
+
+    def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
+        self.inner = inner
+        self._prefix = prefix
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            out, self._prefix = self._prefix[:n], self._prefix[n:]
+            await trio.lowlevel.checkpoint()
+            return out
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _run_negotiation(
+    stream: trio.abc.Stream, machine: mss.Dialer | mss.Listener
+) -> mss.Selected:
+    """Drive one multistream-select machine over `stream` to its outcome."""
+    while True:
+        out = machine.data_to_send()
+        if out:
+            await stream.send_all(out)
+        data = await stream.receive_some(mss.MAX_MESSAGE)
+        if not data:
+            raise RemoteProtocolError("connection closed during multistream-select")
+        event = machine.receive_data(data)
+        if isinstance(event, mss.Selected):
+            out = machine.data_to_send()
+            if out:
+                await stream.send_all(out)
+            return event
+        if isinstance(event, mss.Rejected):
+            raise NegotiationFailed(f"peer supports none of {list(event.proposed)}")
+
+
+async def select_protocol(
+    stream: trio.abc.Stream, protocols: Sequence[str], timeout: float = NEGOTIATION_TIMEOUT
+) -> mss.Selected:
+    """multistream-select as dialer; NegotiationFailed or ProtocolError on failure."""
+    with trio.fail_after(timeout):
+        return await _run_negotiation(stream, mss.Dialer(protocols))
+
+
+async def accept_protocol(
+    stream: trio.abc.Stream, supported: Sequence[str], timeout: float = NEGOTIATION_TIMEOUT
+) -> mss.Selected:
+    """multistream-select as listener."""
+    with trio.fail_after(timeout):
+        return await _run_negotiation(stream, mss.Listener(supported))
+
+
+class YamuxStream(trio.abc.HalfCloseableStream):
+    """One yamux stream: a half-closeable trio stream with window backpressure.
+
+    `receive_some` returns b"" after the peer's FIN; after the peer's RST
+    (or the connection's end) it raises `trio.BrokenResourceError`.
+    `send_eof` sends FIN; `aclose` sends FIN if not yet sent and discards
+    later data; `reset` aborts both directions.
+    """
+
+    def __init__(self, conn: "Libp2pConnection", stream_id: int, inbound: bool) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.inbound = inbound
+        self.protocol = ""
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._uncredited = 0  # unread bytes already granted back once
+        self._eof = False
+        self._reset = False
+        self._sent_eof = False
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+
+    def _check_send(self) -> None:
+        if self._closed or self._sent_eof:
+            raise trio.ClosedResourceError("stream closed for sending")
+        if self._reset:
+            raise trio.BrokenResourceError("stream was reset")
+        if self.conn.closed:
+            raise trio.BrokenResourceError("connection closed")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_send()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            view = memoryview(data).cast("B")
+            pos, end = 0, len(view)
+            conn, session = self.conn, self.conn.session
+            if not end:
+                await trio.lowlevel.checkpoint()
+            while pos < end:
+                self._check_send()
+                room = min(session.send_window(self.stream_id), MAX_QUEUED - conn.queued)
+                if room <= 0:
+                    await conn.wait_change()
+                    continue
+                taken = session.send_data(self.stream_id, view[pos : pos + room])
+                conn.queued += taken
+                pos += taken
+                conn.wake_writer()
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        while self.conn.session.send_window(self.stream_id) == 0 and not (
+                self._reset or self.conn.closed or self._sent_eof or self._closed):
+            await self.conn.wait_change()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self._receiving = True
+        try:
+            while not self._buffered:
+                if self._reset:
+                    raise trio.BrokenResourceError("stream was reset")
+                if self._eof:
+                    await trio.lowlevel.checkpoint()
+                    return b""
+                if self.conn.closed:
+                    raise trio.BrokenResourceError("connection closed")
+                await self.conn.wait_change()
+            out = self._take(max_bytes)
+            again = min(self._uncredited, len(out))
+            self._uncredited -= again
+            self.conn.session.consumed(self.stream_id, len(out) - again)
+            self.conn.wake_writer()
+            await trio.lowlevel.checkpoint()
+            return out
+        finally:
+            self._receiving = False
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        chunks = self._chunks
+        if max_bytes is None or max_bytes >= self._buffered:
+            out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        else:
+            head = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            out, rest = head[:max_bytes], head[max_bytes:]
+            chunks[:] = [rest]
+        self._buffered -= len(out)
+        return out
+
+    def _deliver(self, data: bytes) -> None:
+        if self._closed:  # nobody will read it: grant the credit back at once
+            self.conn.session.consumed(self.stream_id, len(data))
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes a negotiation read past its end (not credited again)."""
+        if data:
+            self._chunks.insert(0, data)
+            self._buffered += len(data)
+            self._uncredited += len(data)
+
+    async def send_eof(self) -> None:
+        if self._sent_eof or self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._sent_eof = True
+        if not self._reset and not self.conn.closed and self.conn.session.is_open(self.stream_id):
+            self.conn.session.send_fin(self.stream_id)
+            self.conn.wake_writer()
+        await trio.lowlevel.checkpoint()
+
+    def reset(self) -> None:
+        """Abort both directions at once (RST)."""
+        if not self._reset:
+            self._reset = True
+            self._closed = True
+            if not self.conn.closed:
+                self.conn.session.reset(self.stream_id)
+                self.conn.wake_writer()
+            self.conn.forget(self)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.send_eof()
+        self._closed = True
+        # Credit back what was never read, so the peer's sender is not stuck.
+        if self._buffered > self._uncredited and not self.conn.closed:
+            self.conn.session.consumed(self.stream_id, self._buffered - self._uncredited)
+            self.conn.wake_writer()
+        self._chunks.clear()
+        self._buffered = 0
+        if self._eof:
+            self.conn.forget(self)
+
+
+class Libp2pConnection:
+    """A secured, multiplexed connection. Start `run` in a nursery, then use it."""
+
+    def __init__(
+        self,
+        secure: SecureStream,
+        *,
+        is_client: bool,
+        handlers: Mapping[str, StreamHandler],
+        leftover: bytes = b"",
+        remote_addr: tuple[str, int] | None = None,
+        local_addr: tuple[str, int] | None = None,
+        max_inbound_streams: int = 256,
+    ) -> None:
+        self.secure = secure
+        self.session = YamuxSession(is_client, max_inbound_streams=max_inbound_streams)
+        self.handlers = handlers  # the registry may be shared (a host's) and grow
+        self.remote_peer: PeerId = secure.remote_peer
+        self.remote_addr = remote_addr
+        self.local_addr = local_addr
+        self.queued = 0
+        self.closed = False
+        self.go_away_code: int | None = None
+        self._leftover = leftover
+        self._streams: dict[int, YamuxStream] = {}
+        self._changed = trio.Event()
+        self._writer_wake = trio.Event()
+        self._pings: dict[int, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
+
+    # -- small coordination primitives -------------------------------------------
+
+    async def wait_change(self) -> None:
+        """Wait until the next state change (data, window, close...)."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def wake_writer(self) -> None:
+        self._writer_wake.set()
+
+    def forget(self, stream: YamuxStream) -> None:
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+
+    # -- public API -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the connection until either side closes it; cancels its stream handlers."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                task_status.started()
+                try:
+                    await self._reader()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._shutdown()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.secure)
+
+    async def open_stream(
+        self, protocols: str | Sequence[str], timeout: float = NEGOTIATION_TIMEOUT
+    ) -> YamuxStream:
+        """A new stream, negotiated to the first of `protocols` the peer speaks."""
+        if isinstance(protocols, str):
+            protocols = [protocols]
+        if self.closed:
+            raise trio.BrokenResourceError("connection closed")
+        sid = self.session.open_stream()
+        stream = YamuxStream(self, sid, inbound=False)
+        self._streams[sid] = stream
+        self.wake_writer()
+        try:
+            selected = await select_protocol(stream, protocols, timeout)
+        except BaseException:
+            stream.reset()
+            raise
+        stream.protocol = selected.protocol
+        stream.unread(selected.leftover)
+        return stream
+
+    async def ping_session(self, timeout: float = 10.0) -> float:
+        """Round-trip time of a yamux-level ping, in seconds."""
+        opaque = self.session.ping()
+        done = self._pings[opaque] = trio.Event()
+        self.wake_writer()
+        start = trio.current_time()
+        try:
+            with trio.fail_after(timeout):
+                while not done.is_set():
+                    if self.closed:
+                        raise trio.BrokenResourceError("connection closed")
+                    await self.wait_change()
+        finally:
+            self._pings.pop(opaque, None)
+        return trio.current_time() - start
+
+    async def aclose(self) -> None:
+        """GoAway(normal), flush, close the transport."""
+        if self.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self.session.go_away(GoAwayCode.NORMAL)
+        with trio.move_on_after(2):
+            await self._flush_now()
+        self._shutdown()
+        await trio.aclose_forcefully(self.secure)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def _flush_now(self) -> None:
+        while (self.session.has_data_to_send or self._writing) and not self.closed:
+            self.wake_writer()
+            await self.wait_change()
+
+    async def _writer(self) -> None:
+        session = self.session
+        while True:
+            if not session.has_data_to_send:
+                await self._writer_wake.wait()
+                self._writer_wake = trio.Event()
+                continue
+            parts = session.data_to_send_parts()
+            self.queued = 0
+            self._writing = True
+            try:
+                await self.secure.send_all_parts(tuple(parts))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+                self._shutdown()
+                return
+            finally:
+                self._writing = False
+            self._notify()
+
+    async def _reader(self) -> None:
+        data, self._leftover = self._leftover, b""
+        while True:
+            if not data:
+                try:
+                    data = await self.secure.receive_some(_READ)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
+                    log.debug("connection to %s broke: %s", self.remote_peer, exc)
+                    return
+                if not data:
+                    return
+            try:
+                self._feed(data)
+            except ProtocolError as exc:
+                log.info("yamux protocol error from %s: %s", self.remote_peer, exc)
+                # The session queued GoAway(protocol error): try to get it out.
+                with trio.move_on_after(1):
+                    await self._flush_now()
+                return
+            data = b""
+
+    def _feed(self, data: bytes) -> None:
+        for event in self.session.receive_data(data):
+            if isinstance(event, StreamData):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream._deliver(event.data)
+                else:
+                    self.session.consumed(event.stream_id, len(event.data))
+            elif isinstance(event, StreamOpened):
+                self._accept(event.stream_id)
+            elif isinstance(event, StreamEnded):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream._eof = True
+                    if stream._closed:
+                        self.forget(stream)
+            elif isinstance(event, StreamReset):
+                stream = self._streams.pop(event.stream_id, None)
+                if stream is not None:
+                    stream._reset = True
+            elif isinstance(event, PingAnswered):
+                ev = self._pings.get(event.opaque)
+                if ev is not None:
+                    ev.set()
+            elif isinstance(event, GoAwayReceived):
+                self.go_away_code = event.code
+            elif isinstance(event, WindowIncreased):
+                pass  # the notify below wakes the senders
+        if self.session.has_data_to_send:
+            self.wake_writer()
+        self._notify()
+
+    def _accept(self, stream_id: int) -> None:
+        stream = YamuxStream(self, stream_id, inbound=True)
+        self._streams[stream_id] = stream
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_inbound, stream)
+
+    async def _serve_inbound(self, stream: YamuxStream) -> None:
+        try:
+            selected = await accept_protocol(stream, sorted(self.handlers))
+        except (trio.TooSlowError, ProtocolError, NegotiationFailed, LocalProtocolError,
+                trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("inbound stream %d from %s: negotiation failed: %s",
+                      stream.stream_id, self.remote_peer, exc)
+            stream.reset()
+            return
+        stream.protocol = selected.protocol
+        stream.unread(selected.leftover)
+        try:
+            await self.handlers[selected.protocol](stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError,
+                trio.TooSlowError) as exc:
+            log.debug("%s handler for %s ended: %s", selected.protocol, self.remote_peer, exc)
+            stream.reset()
+            return
+        except Exception:
+            log.exception("%s handler failed", selected.protocol)
+            stream.reset()
+            return
+        await stream.aclose()
+
+    def _shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for stream in list(self._streams.values()):
+            if not stream._eof:
+                stream._reset = True
+        self._streams.clear()
+        self._notify()
+        self._writer_wake.set()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+
+def _addr(stream: trio.abc.Stream, which: str) -> tuple[str, int] | None:
+    """The (host, port) of a trio SocketStream under any wrappers, if there is one."""
+    inner: object = stream
+    for _ in range(8):
+        sock = getattr(inner, "socket", None)
+        if sock is not None:
+            try:
+                addr = sock.getpeername() if which == "peer" else sock.getsockname()
+                return (str(addr[0]), int(addr[1]))
+            except OSError:
+                return None
+        inner = getattr(inner, "transport", None) or getattr(inner, "inner", None)
+        if inner is None:
+            return None
+    return None
+
+
+async def upgrade_outbound(
+    tcp: trio.abc.Stream,
+    identity: Identity,
+    handlers: Mapping[str, StreamHandler],
+    *,
+    expected_peer: PeerId | None = None,
+    swarm_key: SwarmKey | None = None,
+    timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> Libp2pConnection:
+    """Upgrade a dialled TCP stream as libp2p does; the caller then starts `run`.
+
+    On failure the TCP stream is closed and the error raised: NegotiationFailed,
+    a ProtocolError, a HandshakeError subclass, or trio.TooSlowError.
+    """
+    raw = protect(tcp, swarm_key)
+    try:
+        with trio.fail_after(timeout):
+            chosen = await select_protocol(raw, [NOISE_PROTOCOL], timeout)
+            plain = PrefixedStream(raw, chosen.leftover) if chosen.leftover else raw
+            secure = await secure_dial(plain, identity, expected_peer, timeout=timeout)
+            muxer = await select_protocol(secure, [YAMUX_PROTOCOL], timeout)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(raw)
+        raise
+    return Libp2pConnection(secure, is_client=True, handlers=handlers, leftover=muxer.leftover,
+                            remote_addr=_addr(tcp, "peer"), local_addr=_addr(tcp, "sock"))
+
+
+async def upgrade_inbound(
+    tcp: trio.abc.Stream,
+    identity: Identity,
+    handlers: Mapping[str, StreamHandler],
+    *,
+    swarm_key: SwarmKey | None = None,
+    timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> Libp2pConnection:
+    """Upgrade an accepted TCP stream as the listener; the caller then starts `run`."""
+    raw = protect(tcp, swarm_key)
+    try:
+        with trio.fail_after(timeout):
+            chosen = await accept_protocol(raw, [NOISE_PROTOCOL], timeout)
+            plain = PrefixedStream(raw, chosen.leftover) if chosen.leftover else raw
+            secure = await secure_accept(plain, identity, timeout=timeout)
+            muxer = await accept_protocol(secure, [YAMUX_PROTOCOL], timeout)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(raw)
+        raise
+    return Libp2pConnection(secure, is_client=False, handlers=handlers, leftover=muxer.leftover,
+                            remote_addr=_addr(tcp, "peer"), local_addr=_addr(tcp, "sock"))

@@ -1,0 +1,160 @@
+"""Two in-process libp2p hosts over a real TCP socket on 127.0.0.1.
+
+The full upgrade (mss /noise, Noise XX, mss /yamux/1.0.0, yamux) runs both
+ways; then many concurrent streams, ping, identify, half-close and reset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pytest
+import trio
+
+from shoal.p2p.errors import HandshakeError, PeerIdMismatch, RemoteProtocolError
+from shoal.p2p.libp2p.connection import NegotiationFailed, YamuxStream
+from shoal.p2p.libp2p.host import Libp2pHost
+from shoal.p2p.libp2p.identify import (
+    IDENTIFY_PROTOCOL, PING_PROTOCOL, agent_version, decode_multiaddr, identify, ping,
+)
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.pnet import SwarmKey
+
+ECHO = "/shoal/test/echo/1.0.0"
+SINK = "/shoal/test/sink/1.0.0"
+
+
+async def echo_handler(stream: YamuxStream) -> None:
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+
+
+async def sink_handler(stream: YamuxStream) -> None:
+    """Reads everything, answers with its length and sha256 once the opener half-closes."""
+    h, n = hashlib.sha256(), 0
+    while data := await stream.receive_some():
+        h.update(data)
+        n += len(data)
+    await stream.send_all(f"{n} {h.hexdigest()}".encode())
+
+
+async def read_all(stream: YamuxStream) -> bytes:
+    out = bytearray()
+    while data := await stream.receive_some():
+        out += data
+    return bytes(out)
+
+
+async def pair(nursery: trio.Nursery, key_a: SwarmKey | None = None,
+               key_b: SwarmKey | None = None) -> tuple[Libp2pHost, Libp2pHost, Multiaddr]:
+    a = Libp2pHost(Identity.generate(), nursery, swarm_key=key_a, handshake_timeout=5)
+    b = Libp2pHost(Identity.generate(), nursery, swarm_key=key_b, handshake_timeout=5)
+    for host in (a, b):
+        host.handlers[ECHO] = echo_handler
+        host.handlers[SINK] = sink_handler
+    addrs = await nursery.start(b.serve)
+    return a, b, addrs[0]
+
+
+async def test_many_streams_ping_identify_half_close() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            conn = await a.dial(addr)
+            assert conn.remote_peer == b.peer_id
+
+            payloads = [os.urandom(n) for n in (0, 1, 1000, 300_000, 1_200_000) * 8]
+            results: dict[int, bytes] = {}
+
+            async def one(i: int, data: bytes) -> None:
+                stream = await conn.open_stream(["/nope/1.0.0", SINK])
+                assert stream.protocol == SINK
+                await stream.send_all(data)
+                await stream.send_eof()  # half-close: the answer still comes back
+                results[i] = await read_all(stream)
+                await stream.aclose()
+
+            async with trio.open_nursery() as inner:
+                for i, data in enumerate(payloads):
+                    inner.start_soon(one, i, data)
+            for i, data in enumerate(payloads):
+                assert results[i] == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
+
+            # Inbound streams opened by the listener side use even ids and work the same.
+            (back,) = [c for c in b.connections]
+            stream = await back.open_stream(ECHO)
+            assert stream.stream_id % 2 == 0
+            await stream.send_all(b"hello")
+            assert await stream.receive_some(5) == b"hello"
+            await stream.aclose()
+
+            rtts = await ping(await conn.open_stream(PING_PROTOCOL), count=3)
+            assert len(rtts) == 3 and all(r >= 0 for r in rtts)
+            assert await conn.ping_session() >= 0
+
+            info = await identify(await conn.open_stream(IDENTIFY_PROTOCOL))
+            assert info.peer_id() == b.peer_id
+            assert info.agent_version == agent_version()
+            assert info.agent_version.startswith("shoal/")
+            assert set(info.protocols) >= {PING_PROTOCOL, IDENTIFY_PROTOCOL, ECHO, SINK}
+            assert info.listen_addr_texts() == [f"/ip4/127.0.0.1/tcp/{addr.port}"]
+            assert info.observed_addr is not None
+            observed = decode_multiaddr(info.observed_addr)
+            assert observed.startswith("/ip4/127.0.0.1/tcp/")
+            nursery.cancel_scope.cancel()
+
+
+async def test_reset_and_unknown_protocol() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            seen: list[YamuxStream] = []
+            got_reset = trio.Event()
+
+            async def hold(stream: YamuxStream) -> None:
+                seen.append(stream)
+                try:
+                    await stream.receive_some()
+                    await stream.receive_some()
+                except trio.BrokenResourceError:
+                    got_reset.set()
+                    raise
+
+            b.handlers["/shoal/test/hold/1.0.0"] = hold
+            conn = await a.dial(addr)
+            with pytest.raises(NegotiationFailed):
+                await conn.open_stream("/not/spoken/1.0.0")
+            stream = await conn.open_stream("/shoal/test/hold/1.0.0")
+            await stream.send_all(b"x")
+            stream.reset()
+            await got_reset.wait()
+            with pytest.raises(trio.ClosedResourceError):  # we reset it: closed, not broken
+                await stream.send_all(b"more")
+            # The connection itself is unharmed.
+            echo = await conn.open_stream(ECHO)
+            await echo.send_all(b"still here")
+            assert await echo.receive_some() == b"still here"
+            nursery.cancel_scope.cancel()
+
+
+async def test_wrong_peer_and_swarm_keys() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            key = SwarmKey.generate()
+            a, b, addr = await pair(nursery, key, key)
+            conn = await a.dial(addr)  # same key: works
+            stream = await conn.open_stream(ECHO)
+            await stream.send_all(b"private")
+            assert await stream.receive_some() == b"private"
+
+            with pytest.raises(PeerIdMismatch):
+                await a.dial(addr.with_peer(Identity.generate().peer_id))
+
+            stranger = Libp2pHost(Identity.generate(), nursery, swarm_key=SwarmKey.generate(),
+                                  handshake_timeout=3)
+            # Another key: the pnet keystreams differ, so multistream-select already
+            # reads noise and fails, before any Noise message or protocol byte.
+            with pytest.raises((RemoteProtocolError, HandshakeError)):
+                await stranger.dial(addr)
+            nursery.cancel_scope.cancel()
