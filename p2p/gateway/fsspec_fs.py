@@ -163,6 +163,14 @@ def _content_range_start(value: str | None) -> tuple[int, int] | None:
     return int(first), int(last)
 
 
+def _content_range_total(value: str | None, name: str) -> int:
+    """The total of `bytes first-last/total`."""
+    total = (value or "").rpartition("/")[2]
+    if not total.isdigit():
+        raise GatewayError(f"shoal: gateway sent no usable Content-Range for {name}: {value!r}")
+    return int(total)
+
+
 def _etag_cid(value: str | None) -> str | None:
     if value is None:
         return None
@@ -327,10 +335,12 @@ class ShoalFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
     def _head(self, name: str, url: str) -> dict[str, Any]:
         with self._stream("HEAD", url, name) as resp:
             if resp.status_code == 501:  # the path gateway serves no symlinks
+                _bounded_text(resp)
                 found: dict[str, Any] = {"name": name, "size": 0, "type": "other", "cid": None}
             else:
                 self._check(resp, name)
                 found = _info_from_headers(name, resp.headers)
+                resp.read()  # the empty body's end: without it the connection is not reused
         self._infos.put(name, found)
         return found
 
@@ -338,7 +348,8 @@ class ShoalFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
         """A directory's entries (a file: itself). With `detail`, an entry the
         listing does not describe (a multi-block file, a directory) costs one HEAD."""
         name = self._strip_protocol(path)
-        entries = self._listing(name)
+        known = self._infos.get_item(name)
+        entries = None if known is not None and known["type"] != "directory" else self._listing(name)
         if entries is None:  # a file
             return [self.info(name)] if detail else [name]
         if not detail:
@@ -361,10 +372,19 @@ class ShoalFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
         cached = self._listings.get_item(name)
         if cached is not None:
             return list(cached)
-        with self._stream("GET", self._url(name), name) as resp:
+        # A listing ignores Range; a file then answers one byte, not all of them.
+        with self._stream("GET", self._url(name), name, {"Range": "bytes=0-0"}) as resp:
+            if resp.status_code == 416:  # an empty file
+                _bounded_text(resp)
+                self._head(name, self._url(name))
+                return None
             self._check(resp, name)
-            if "accept-ranges" in resp.headers:  # a file: its bytes, which we do not want
-                self._infos.put(name, _info_from_headers(name, resp.headers))
+            if "accept-ranges" in resp.headers:
+                found = _info_from_headers(name, resp.headers)
+                if resp.status_code == 206:
+                    found["size"] = _content_range_total(resp.headers.get("content-range"), name)
+                    _read_bounded(resp, 1, f"the first byte of {name}")  # to the end, so the connection is reused
+                self._infos.put(name, found)
                 return None
             body = _read_bounded(resp, MAX_LISTING_BYTES, f"the listing of {name}")
         entries = _parse_listing(body, name)
@@ -398,15 +418,15 @@ class ShoalFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
                 raise IsADirectoryError(errno.EISDIR, "shoal: a directory, not a file", name)
             if resp.status_code == 206:
                 span = _content_range_start(resp.headers.get("content-range"))
-                if span is None or span[0] != start or span[1] < start:
+                if span is None or span[0] != start or span[1] < start or (end is not None and span[1] >= end):
                     raise GatewayError(f"shoal: gateway answered bytes {resp.headers.get('content-range')!r} "
                                        f"for {name} when asked for {headers['Range']!r}")
-                skip, want = 0, span[1] - span[0] + 1
-            else:  # the whole file (no Range asked, or the gateway ignored it)
-                total = _content_length(resp)
-                stop = total if end is None else min(end, total)
-                skip, want = start, max(0, stop - start)
-            return _read_window(resp, skip, want, name)
+                # the body is the window: read it to its end, so the connection goes back to the pool
+                return _read_window(resp, 0, span[1] - span[0] + 1, name, drain=True)
+            # the whole file (no Range asked, or the gateway ignored it): only as far as needed
+            total = _content_length(resp)
+            stop = total if end is None else min(end, total)
+            return _read_window(resp, start, max(0, stop - start), name, drain=stop == total)
 
     def _open(self, path: Any, mode: str = "rb", block_size: int | None = None,
               autocommit: bool = True, cache_options: dict[str, Any] | None = None,
@@ -429,8 +449,9 @@ class ShoalFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
 
     def invalidate_cache(self, path: str | None = None) -> None:
         """Nothing under a CID changes; forgetting only frees memory."""
-        self._infos.clear()
-        self._listings.clear()
+        for cache in (self._infos, self._listings):
+            with cache.lock:
+                cache.clear()
         super().invalidate_cache(path)
 
     # -- everything that would write ------------------------------------------
@@ -516,15 +537,23 @@ def _read_bounded(resp: httpx.Response, limit: int, what: str) -> bytes:
     return bytes(out)
 
 
-def _read_window(resp: httpx.Response, skip: int, want: int, name: str) -> bytes:
-    """`want` bytes after the first `skip` of the body; stop reading once there."""
+def _read_window(resp: httpx.Response, skip: int, want: int, name: str, drain: bool) -> bytes:
+    """`want` bytes after the first `skip` of the body. With `drain` the window
+    ends the body: read on to its end (nothing more may come), so the
+    connection is reused; without, stop reading once there (the connection is
+    then closed rather than reading bytes nobody asked for)."""
     out = bytearray()
     for chunk in resp.iter_bytes():
         if skip:
             drop = min(skip, len(chunk))
             chunk, skip = chunk[drop:], skip - drop
-        out += chunk[: want - len(out)]
-        if len(out) >= want:
+        if len(out) + len(chunk) > want:
+            if drain:
+                raise GatewayError(f"shoal: gateway sent more than the {want} bytes asked of {name}")
+            out += chunk[: want - len(out)]
+        else:
+            out += chunk
+        if len(out) >= want and not drain:
             return bytes(out)
     if len(out) < want:
         raise GatewayError(f"shoal: gateway sent {len(out)} of {want} bytes of {name} (truncated)")

@@ -96,6 +96,22 @@ def test_fsspec_open_ls_info_cat(model: tuple[NodeProc, str, Path], tmp_path: Pa
     assert fs.find(cid) == sorted(f"{cid}/{n}" for n in ("config.json", "extra/notes bin#1.dat",
                                                           "model.safetensors"))
 
+    # Range reads share one pooled connection (httpx's documented "trace" extension sees each connect)
+    connects: list[str] = []
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            connects.append(event)
+
+    fresh = fsspec.filesystem("shoal", gateway=url, skip_instance_cache=True)
+    fresh._http().event_hooks["request"].append(lambda request: request.extensions.update(trace=trace))
+    for i in range(20):
+        assert fresh.cat_file(f"{cid}/model.safetensors", i * 1000, i * 1000 + 999) == data[i * 1000:i * 1000 + 999]
+    assert fresh.info(f"{cid}/extra/notes bin#1.dat")["size"] == len(notes)
+    assert len(fresh.ls(cid)) == 3 and fresh.ls(f"{cid}/config.json")[0]["type"] == "file"
+    assert fresh.cat_file(f"{cid}/config.json") == (folder / "config.json").read_bytes()
+    assert len(connects) == 1, connects
+
     with pytest.raises(FileNotFoundError):
         fs.cat_file(f"{cid}/missing.safetensors")
     with pytest.raises(FileNotFoundError):

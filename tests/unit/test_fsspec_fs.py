@@ -200,6 +200,27 @@ def test_listing_of_unresolved_entries_costs_one_head_each_and_is_cached() -> No
     assert len(seen) == 2
 
 
+def test_ls_of_a_file_is_the_file_and_asks_one_byte() -> None:
+    body = os.urandom(70_000)
+    fs, seen = make_fs(serve_bytes(body))
+    assert fs.ls(f"{CID}/") == [{"name": CID, "size": len(body), "type": "file", "cid": CID}]
+    assert fs.ls(CID, detail=False) == [CID]
+    assert [(r.method, r.headers.get("range")) for r in seen] == [("GET", "bytes=0-0")]
+    fs, seen = make_fs(serve_bytes(b""))  # an empty file answers the one-byte Range with 416
+    assert fs.ls(CID) == [{"name": CID, "size": 0, "type": "file", "cid": CID}]
+
+
+def test_a_range_answer_longer_than_asked_is_an_error() -> None:
+    fs, _ = make_fs(lambda r: httpx.Response(206, content=b"x" * 200, headers={
+        **FILE_HEADERS, "content-range": "bytes 0-99/1000"}))
+    with pytest.raises(GatewayError, match="more than the 100 bytes"):
+        fs.cat_file(CID, 0, 100)
+    fs, _ = make_fs(lambda r: httpx.Response(206, content=b"x" * 200, headers={
+        **FILE_HEADERS, "content-range": "bytes 0-199/1000"}))
+    with pytest.raises(GatewayError, match="asked for"):
+        fs.cat_file(CID, 0, 100)
+
+
 def test_writes_are_refused() -> None:
     fs, seen = make_fs(serve_bytes(b"x"))
     for mode in ("wb", "ab", "xb", "w"):
