@@ -19,7 +19,8 @@ How one CID is fetched (boxo's session, simplified):
   times per peer; after that the peer counts as not having the block.
 - A block is checked against its CID (sha2-256 of the data, or identity)
   before it is reported; a mismatch marks the sender bad for the whole
-  session. Once a block is in, the others are sent a cancel.
+  session. Once a block is in (or the CID has failed), every peer asked
+  is sent a cancel, so no remote ledger keeps a stale want.
 - The CID has failed when every peer said DONT_HAVE, timed out too often,
   went away or was bad.
 
@@ -228,6 +229,13 @@ class Session:
             return
         del self._active[cid]
         self._failed.add(cid)
+        self._cancel(cid, want, None)
+
+    def _cancel(self, cid: bytes, want: _Want, sender: Hashable | None) -> None:
+        """Cancel `cid` at every reachable peer that was asked, so no ledger keeps a stale want."""
+        for peer, ask in want.ask.items():
+            if peer != sender and ask is not _Ask.IDLE and peer not in self._gone and peer not in self._bad:
+                self._send(peer, Entry(cid, want.priority, cancel=True))
 
     def _ask_block(self, cid: bytes, want: _Want, peer: Hashable, now: float) -> None:
         want.ask[peer] = _Ask.BLOCK
@@ -283,9 +291,7 @@ class Session:
         del self._active[block.cid]
         self._received.add(block.cid)
         self._events.append(BlockReceived(block.cid, block.data, peer))
-        for other, ask in want.ask.items():
-            if other != peer and ask in (_Ask.ASKED, _Ask.HAVE, _Ask.BLOCK):
-                self._send(other, Entry(block.cid, want.priority, cancel=True))
+        self._cancel(block.cid, want, peer)
 
     def peer_gone(self, peer: Hashable, now: float) -> None:
         """The connection to `peer` closed: stop counting on it."""
@@ -303,8 +309,7 @@ class Session:
                     continue
                 want.attempts[peer] += 1
                 if want.attempts[peer] >= self._max_attempts:
-                    want.ask[peer] = _Ask.NO
-                    self._send(peer, Entry(cid, want.priority, cancel=True))
+                    want.ask[peer] = _Ask.NO  # (cancelled with the others when the CID ends)
                 elif ask is _Ask.BLOCK and any(a is _Ask.HAVE for a in want.ask.values()):
                     # Another peer has it: let it try, keep this one as a fallback.
                     want.ask[peer] = _Ask.HAVE
