@@ -223,7 +223,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
     from shoal.p2p.secure.multiaddr import Multiaddr
-    from shoal.p2p.net.node_config import NodeLimits, NodeOptions
+    from shoal.p2p.net.node_config import FetchConfig, NodeLimits, NodeOptions
     from shoal.p2p.net.service import parse_api_bind, run_node
 
     setup = _load_services()  # before the repo is opened: a broken install fails at once
@@ -258,6 +258,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
             swarm_key=swarm_key,
             allow_peers=allow_peers,
             limits=NodeLimits.from_config(node_cfg.get("limits")),
+            fetch=FetchConfig.from_config(repo.config.get("fetch")),
         )
         logging.basicConfig(level=args.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -76,6 +76,10 @@ def register(sub: Any) -> None:
     p.add_argument("--max-size", type=size, default=None, metavar="SIZE",
                    help="refuse an object declaring more bytes than this (suffixes K, M, G, T: "
                         "powers of 1024; default: no limit but the destination's free space)")
+    p.add_argument("--gateway", action="append", default=[], metavar="URL",
+                   help="an IPFS trustless gateway (http://HOST:PORT) to fetch blocks from, beside the "
+                        "node's peers; every block is hash-checked; repeatable; adds to [fetch] gateways "
+                        "in config.toml. Works without a running node too")
     p.set_defaults(handler=cmd_get)
 
     p = sub.add_parser("cat", help="print a file's bytes (or a range of them)")
@@ -280,6 +284,9 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     cid = parse_cid(args.cid)
     if args.output == "-":
+        if args.gateway:
+            raise CliError("--gateway needs -o PATH: -o - reads only what the node and its peers have",
+                           hint="fetch with `shoal get CID --gateway URL -o PATH` first", code=EXIT_USAGE)
         if args.json:
             raise CliError("-o - writes the object's bytes to stdout, which --json would share",
                            hint="drop --json, or give -o PATH", code=EXIT_USAGE)
@@ -287,24 +294,91 @@ def cmd_get(args: argparse.Namespace) -> int:
     dest = Path(args.output) if args.output else Path(args.cid)
     check_output(dest, args.force)
 
+    flag_gateways = _gateway_flags(args.gateway)
+
     def node(client: NodeClient) -> dict[str, Any]:
         # The node writes the files: it applies this process's umask, not its own.
         body = {"cid": str(cid), "output": absolute(dest), "umask": disk_export.current_umask(),
-                "max_size": args.max_size}
+                "max_size": args.max_size, "gateways": flag_gateways or None}
         return dict(client.call("POST", "/v1/get", {k: v for k, v in body.items() if v is not None}))
 
     def offline(repo: Repo) -> dict[str, Any]:
+        fetched: dict[str, Any] = {"fetched_blocks": 0, "fetched_bytes": 0, "holders": 0}
+        gateways = _offline_gateways(repo, flag_gateways)
+        if gateways:
+            fetched = _fetch_offline(repo, cid, gateways)
         disk_export.export_to_path(repo.blockstore, cid, dest, prefetch=exporter.PREFETCH_BLOCKS,
                                    max_size=args.max_size)
         local = len(repo.dag_keys(cid)) if args.json else 0
-        return {"fetched_blocks": 0, "fetched_bytes": 0, "local_blocks": local, "holders": 0}
+        return {"local_blocks": local, **fetched}
 
-    doc = run(args, node=node, offline=offline, access=Access.READ)
+    # Gateways offline: this process fetches into the repo, so it takes the writer lock.
+    access = Access.WRITE if flag_gateways or _config_has_gateways(args) else Access.READ
+    doc = run(args, node=node, offline=offline, access=access)
+    for url, why in dict(doc.get("gateways_dropped") or {}).items():
+        print(f"shoal: gateway {url} was dropped: {why}", file=sys.stderr)
     doc.update(cid=str(cid), output=absolute(dest))
     if args.json:
         print_json({k: doc.get(k) for k in GET_FIELDS})
     print(f"saved {cid} to {dest}", file=sys.stderr)
     return 0
+
+
+def _gateway_flags(urls: list[str]) -> list[str]:
+    """`--gateway` URLs, checked here so a typo fails before any work."""
+    from shoal.p2p.errors import P2PError
+    from shoal.p2p.net.node_config import parse_gateways
+
+    try:
+        return [g.url for g in parse_gateways(urls, "--gateway")]
+    except P2PError as exc:
+        raise CliError(str(exc), hint="for example --gateway http://127.0.0.1:8080") from None
+
+
+def _config_has_gateways(args: argparse.Namespace) -> bool:
+    """Whether the repo's config.toml names `[fetch] gateways` (read before the
+    repo is opened: an offline get that fetches needs the writer lock)."""
+    from shoal.store.persist.config import load_config
+    from shoal.store.persist.repo import CONFIG_FILE
+
+    path = resolve_repo_path(args.repo) / CONFIG_FILE
+    try:
+        fetch = load_config(path).get("fetch") if path.is_file() else None
+    except Exception:  # noqa: BLE001 - a broken config is reported when the repo opens
+        return False
+    return isinstance(fetch, dict) and bool(fetch.get("gateways"))
+
+
+def _offline_gateways(repo: Repo, flags: list[str]) -> "tuple[Any, ...]":
+    """`[fetch] gateways` of the repo, then the flags', deduplicated."""
+    from shoal.p2p.errors import P2PError
+    from shoal.p2p.net.node_config import FetchConfig, parse_gateways
+
+    try:
+        configured = FetchConfig.from_config(repo.config.get("fetch")).gateways
+        return parse_gateways([g.url for g in configured] + flags, "gateways")
+    except P2PError as exc:
+        raise CliError(str(exc), hint="fix [fetch] gateways in the repo's config.toml") from None
+
+
+def _fetch_offline(repo: Repo, cid: Any, gateways: "tuple[Any, ...]") -> dict[str, Any]:
+    """No node runs: this process fetches the DAG from the gateways into the
+    repo with the swarm's own fetch (a Node object that never listens or
+    dials, so it has no peers), every block hash-checked before it is stored."""
+    import trio
+
+    from shoal.p2p.exchange.fetch import fetch_dag
+    from shoal.p2p.net.node import Node
+    from shoal.p2p.net.node_config import NodeOptions
+    from shoal.p2p.secure.identity import Identity
+
+    async def fetch() -> dict[str, Any]:
+        node = Node(repo, Identity.load_or_create(repo.identity_path), NodeOptions(listen=[]))
+        result = await fetch_dag(node, cid, gateways=gateways)
+        return {"fetched_blocks": result.fetched_blocks, "fetched_bytes": result.fetched_bytes,
+                "holders": result.holders, "gateways_dropped": result.gateways_dropped}
+
+    return trio.run(fetch)
 
 
 def cmd_cat(args: argparse.Namespace) -> int:

@@ -9,15 +9,20 @@
 3. Every block is hash-checked (`Blockstore.put` verifies) before it is
    stored or its links are followed. A holder that sends a block that does
    not match is dropped from the fetch and its reputation marked.
+4. HTTP trustless gateways given to the fetch (`gateways=`) are holders
+   like peers (shoal.p2p.exchange.gateway_client): the planner spreads
+   blocks over peers and gateways alike, a gateway answering wrong bytes is
+   dropped for the rest of the fetch and reported in the result.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, TYPE_CHECKING, Awaitable, Callable, cast
+from dataclasses import dataclass, field
+from typing import Any, TYPE_CHECKING, Awaitable, Callable, Sequence, Union, cast
 
 import trio
 
@@ -29,6 +34,8 @@ from shoal.store.dag.walk import DagWalk, cid_key
 from shoal.p2p.wire import limits as L
 from shoal.p2p.net.connection import RequestFailed
 from shoal.p2p.errors import NoPeers, P2PError
+from shoal.p2p.exchange.gateway_client import GatewayClient, open_gateway_client
+from shoal.p2p.exchange.gateway_source import Gateway
 from shoal.p2p.exchange.planner import FetchPlanner
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import Block, BlockMissing, Have, WantBlock, WantHave
@@ -57,7 +64,9 @@ EVENT_BUFFER = 64
 # Raw leaves checked for presence per worker-thread hop in a fetch's local walk.
 LEAF_BATCH = 512
 
-_Event = tuple[str, PeerId, bytes, "bytes | None"]
+Source = Union[PeerId, Gateway]
+"""A holder the planner spreads requests over: a connected peer or an HTTP gateway."""
+_Event = tuple[str, Source, bytes, "bytes | None"]
 """(kind, holder, block key, data): what a request task reports to the loop."""
 
 
@@ -72,6 +81,8 @@ class FetchResult:
     fetched_bytes: int = 0
     local_blocks: int = 0
     holders: int = 0
+    gateways_dropped: dict[str, str] = field(default_factory=dict)
+    """Gateway URL -> why it was dropped (it answered bytes that are not the block)."""
 
 
 async def find_holders(node: "Node", root: CID, timeout: float = FIND_TIMEOUT_S) -> list[PeerId]:
@@ -109,6 +120,7 @@ async def fetch_dag(
     on_wanted: Callable[[CID], None] | None = None,
     guard: bool = True,
     check_local: bool = False,
+    gateways: Sequence[Gateway] = (),
 ) -> FetchResult:
     """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
 
@@ -123,12 +135,15 @@ async def fetch_dag(
     caller that already holds `node.store_guard` shared. `check_local`:
     re-hash local raw leaves too (normally only inner nodes are read), so a
     copy known to be damaged is healed: a corrupt block is moved to the
-    repo's quarantine and fetched again.
+    repo's quarantine and fetched again. `gateways`: HTTP trustless gateways
+    asked for blocks beside the peers (each one a holder with the same
+    in-flight cap); with gateways, no connected peer is not an error.
     """
     fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
     fetch.on_verified = on_verified
     fetch.on_wanted = on_wanted
     fetch.check_local = check_local
+    fetch.gateways = list(dict.fromkeys(gateways))
     return await fetch.run(holders, guard=guard)
 
 
@@ -188,6 +203,11 @@ class PlannedFetch(abc.ABC):
         self._store_error: StoreError | OSError | None = None
         self.on_verified: Callable[[CID, bytes], None] | None = None
         self.on_wanted: Callable[[CID], None] | None = None
+        self.gateways: list[Gateway] = []
+        self.gateways_dropped: dict[str, str] = {}
+        self._gateway_notes: dict[Gateway, str] = {}  # the last failure of each gateway, for the error
+        self._gateway_client: GatewayClient | None = None
+        self._max_inflight = max_inflight_per_peer
 
     @abc.abstractmethod
     def _cid_for(self, key: bytes) -> CID:
@@ -198,28 +218,44 @@ class PlannedFetch(abc.ABC):
         """A block arrived and is stored, verified: follow what it links to."""
 
     async def _drive(self, root: CID, holders: list[PeerId] | None) -> list[PeerId]:
-        """Fetch everything the planner wants from `holders` (found if None)."""
+        """Fetch everything the planner wants from `holders` (found if None)
+        and from `self.gateways`."""
         if holders is None:
             holders = await find_holders(self.node, root)
-        if not holders:
+        if not holders and not self.gateways:
             raise NoPeers(f"no connected peer has {root}")
         for peer in holders:
             self.planner.add_holder(peer)
+        for gateway in self.gateways:
+            self.planner.add_holder(gateway)
         failure: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            # Caught inside the nursery and re-raised outside it: from the
-            # body it would leave as an ExceptionGroup, which the API's
-            # error mapping does not know (the user got an HTTP 500).
-            try:
-                await self._loop(nursery)
-            except (P2PError, StoreError, OSError) as exc:
-                failure = exc
-            nursery.cancel_scope.cancel()
+        async with contextlib.AsyncExitStack() as stack:
+            if self.gateways:
+                self._gateway_client = await stack.enter_async_context(
+                    open_gateway_client(len(self.gateways), self._max_inflight))
+            async with trio.open_nursery() as nursery:
+                # Caught inside the nursery and re-raised outside it: from the
+                # body it would leave as an ExceptionGroup, which the API's
+                # error mapping does not know (the user got an HTTP 500).
+                try:
+                    await self._loop(nursery)
+                except (P2PError, StoreError, OSError) as exc:
+                    failure = exc
+                nursery.cancel_scope.cancel()
+            self._gateway_client = None
         if failure is not None:
             raise failure
         if self.planner.failed:
-            raise FetchFailed(f"could not fetch {len(self.planner.failed)} blocks of {root} from any peer")
+            raise FetchFailed(self._failure_text(root))
         return holders
+
+    def _failure_text(self, root: CID) -> str:
+        """One line: how many blocks no source gave, and what the gateways did."""
+        where = "any peer or gateway" if self.gateways else "any peer"
+        text = f"could not fetch {len(self.planner.failed)} blocks of {root} from {where}"
+        notes = [f"{url} dropped: {why}" for url, why in self.gateways_dropped.items()]
+        notes += [why for gw, why in self._gateway_notes.items() if gw.url not in self.gateways_dropped]
+        return text + (f" ({'; '.join(notes)})" if notes else "")
 
     def _request_room(self) -> int:
         """How many more requests fit in the memory budget (`STORE_QUEUE_BYTES`)."""
@@ -232,7 +268,7 @@ class PlannedFetch(abc.ABC):
             if room:
                 for peer, key in self.planner.next_requests(trio.current_time(), limit=room):
                     self._requests_running += 1
-                    nursery.start_soon(self._request, cast(PeerId, peer), cast(bytes, key))
+                    nursery.start_soon(self._request, cast(Source, peer), cast(bytes, key))
             deadline = self.planner.next_deadline()
             # Only the wait is bounded. Handling an event (a local read of an
             # inner node, the on_stored hook) must never be cut short by a
@@ -246,7 +282,7 @@ class PlannedFetch(abc.ABC):
                 continue
             await self._handle(event, nursery)
 
-    async def _request(self, peer: PeerId, key: bytes) -> None:
+    async def _request(self, peer: Source, key: bytes) -> None:
         try:
             event = await self._ask(peer, key)
         finally:
@@ -257,8 +293,10 @@ class PlannedFetch(abc.ABC):
             self._store_bytes += len(event[3])
         await self.events_send.send(event)
 
-    async def _ask(self, peer: PeerId, key: bytes) -> _Event:
-        """One WANT_BLOCK to `peer`: what it came to, as an event for the loop."""
+    async def _ask(self, peer: Source, key: bytes) -> _Event:
+        """One WANT_BLOCK to `peer` (or GET to a gateway): what it came to, as an event for the loop."""
+        if isinstance(peer, Gateway):
+            return await self._ask_gateway(peer, key)
         conn = self.node.connection_to(peer)
         if conn is None:
             return ("gone", peer, key, None)
@@ -273,6 +311,23 @@ class PlannedFetch(abc.ABC):
                 break
         return ("fail", peer, key, None)
 
+    async def _ask_gateway(self, gateway: Gateway, key: bytes) -> _Event:
+        """One block GET to `gateway`; its bytes come back only hash-checked
+        (a mismatch is "lied", the gateway is dropped)."""
+        assert self._gateway_client is not None  # set by _drive for as long as requests run
+        kind, data, why = await self._gateway_client.fetch_block(gateway, self._cid_for(key))
+        if kind == "block":
+            return ("block", gateway, key, data)
+        self._gateway_notes[gateway] = why
+        if kind == "corrupt":
+            return ("lied", gateway, key, None)
+        return ("timeout" if kind == "timeout" else "fail", gateway, key, None)
+
+    def _drop_gateway(self, gateway: Gateway, why: str) -> None:
+        if gateway.url not in self.gateways_dropped:
+            log.warning("dropping %s for the rest of this fetch: %s", gateway, why)
+            self.gateways_dropped[gateway.url] = why
+
     async def _handle(self, event: "_Event", nursery: trio.Nursery) -> None:
         kind, peer, key, data = event
         if kind == "gone":
@@ -280,8 +335,13 @@ class PlannedFetch(abc.ABC):
             return
         if kind in ("fail", "timeout"):
             self.planner.on_failure(peer, key, timed_out=kind == "timeout")
-            if kind == "timeout":
+            if kind == "timeout" and not isinstance(peer, Gateway):
                 self.node.peers.ensure(peer).reputation.timeouts += 1
+            return
+        if kind == "lied":
+            assert isinstance(peer, Gateway)
+            self._drop_gateway(peer, self._gateway_notes.get(peer, "it sent wrong bytes"))
+            self.planner.on_block(peer, key, valid=False)
             return
         assert data is not None
         if kind == "block":  # verify and store off the loop; "stored"/"corrupt" follows
@@ -290,8 +350,11 @@ class PlannedFetch(abc.ABC):
         self._store_bytes -= len(data)
         cid = self._cid_for(key)
         if kind == "corrupt":
-            log.warning("peer %s sent a block that does not match %s", peer, cid)
-            self.node.peers.ensure(peer).reputation.corrupt += 1
+            if isinstance(peer, Gateway):
+                self._drop_gateway(peer, f"it sent bytes that do not match {cid}")
+            else:
+                log.warning("peer %s sent a block that does not match %s", peer, cid)
+                self.node.peers.ensure(peer).reputation.corrupt += 1
             self.planner.on_block(peer, key, valid=False)
             return
         if kind == "error":
@@ -299,13 +362,14 @@ class PlannedFetch(abc.ABC):
             raise self._store_error
         assert kind == "stored"
         self.planner.on_block(peer, key, valid=True)
-        self.node.peers.ensure(peer).reputation.delivered += 1
+        if not isinstance(peer, Gateway):
+            self.node.peers.ensure(peer).reputation.delivered += 1
         self.result.fetched_blocks += 1
         self.result.fetched_bytes += len(data)
         self.node.received_bytes += len(data)
         await self._on_block(key, cid, data)
 
-    async def _store(self, peer: PeerId, key: bytes, data: bytes) -> None:
+    async def _store(self, peer: Source, key: bytes, data: bytes) -> None:
         """Hash-check and store one block in a worker thread, then report to the loop.
 
         Nothing else sees the block before `put` has verified it: the loop
@@ -359,7 +423,10 @@ class _Fetch(PlannedFetch):
     async def _run(self, holders: list[PeerId] | None) -> FetchResult:
         await self._consider([self.root])
         if not self.planner.finished:
-            self.result.holders = len(await self._drive(self.root, holders))
+            try:
+                self.result.holders = len(await self._drive(self.root, holders)) + len(self.gateways)
+            finally:
+                self.result.gateways_dropped = dict(self.gateways_dropped)
         # Success is a claim about the store, not about the walk: check it.
         missing = await trio.to_thread.run_sync(missing_blocks, self.store, self.root)
         if missing:

@@ -10,7 +10,8 @@ Routes (all JSON unless noted):
   GET  /v1/id                      GET /v1/peers                 GET /v1/stats
   GET  /v1/node/status             (uptime, peers, worst event-loop stall of the last minute)
   POST /v1/put      {path, profile, chunker, replicas, follow_symlinks}
-  POST /v1/get      {cid, output, max_size, umask}   (umask: the client's, for the files' modes)
+  POST /v1/get      {cid, output, max_size, umask, gateways}   (umask: the client's, for the files' modes;
+                   gateways: trustless gateway URLs asked beside peers and [fetch] gateways)
   GET  /v1/cat?cid=&offset=&length=&tensor=   (streams raw bytes)
   GET  /v1/ls[?cid=]  (streams NDJSON rows; a late failure is a last `{"error": ...}` row)
   GET  /v1/pins[?cid=]

@@ -32,6 +32,8 @@ from shoal.store.chunking.profiles import PROFILES
 from shoal.p2p.net.api import ApiError, ByteChunks, ControlApi, NdjsonStream, param
 from shoal.p2p.errors import P2PError
 from shoal.p2p.exchange.fetch import fetch_dag
+from shoal.p2p.exchange.gateway_source import Gateway
+from shoal.p2p.net.node_config import parse_gateways
 from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.exchange.heal import HealingBlocks
 from shoal.p2p.net.node import Node
@@ -52,6 +54,16 @@ CLIENT_GONE = "the request was cancelled (its client went away)"
 async def run_stoppable(fn: Callable[[CancelFlag], T]) -> T:
     """`fn(flag)` in a worker thread, stopped (never abandoned) if the request is cancelled."""
     return await run_sync_cancellable(fn, reason=CLIENT_GONE)
+
+
+def _gateways_param(p: dict[str, Any], node: Node) -> tuple[Gateway, ...]:
+    """The request's `gateways` (URLs) after the node's `[fetch] gateways`, deduplicated."""
+    asked = param(p, "gateways", list, [])
+    try:
+        extra = parse_gateways(asked, "parameter gateways")
+        return parse_gateways([g.url for g in (*node.options.fetch.gateways, *extra)], "gateways")
+    except P2PError as exc:
+        raise ApiError(str(exc)) from None
 
 
 def _umask_param(p: dict[str, Any]) -> int | None:
@@ -182,6 +194,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         cid = parse_cid(param(p, "cid"))
         output = absolute_path(param(p, "output"), "output")
         limits: dict[str, Any] = {"max_size": param(p, "max_size", int, None), "umask": _umask_param(p)}
+        gateways = _gateways_param(p, node)
         async with node.store_guard.shared():
             present = await run(_complete_locally, repo, cid)
             if present is not None:  # nothing to fetch: export from the store, reading ahead
@@ -203,9 +216,10 @@ def build_api(node: Node, token: str) -> ControlApi:
             nonlocal fetch_error
             try:
                 result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified,
-                                         on_wanted=blocks.expect)
+                                         on_wanted=blocks.expect, gateways=gateways)
                 stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
-                             local_blocks=result.local_blocks, holders=result.holders)
+                             local_blocks=result.local_blocks, holders=result.holders,
+                             gateways_dropped=result.gateways_dropped)
             except Exception as exc:  # re-raised below, outside the nursery
                 fetch_error = exc
             finally:

@@ -1,5 +1,6 @@
 """A node's configuration: `NodeOptions` (what `shoal node start` passes) and
-`NodeLimits` (the `[node.limits]` table of config.toml, validated).
+`NodeLimits` (the `[node.limits]` table of config.toml, validated) and
+`FetchConfig` (the `[fetch]` table: HTTP gateways as a block source).
 
 Kept apart from the node so reading and checking configuration needs no
 sockets or trio, and the CLI can build options before anything runs.
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from shoal.p2p.errors import P2PError
+from shoal.p2p.exchange.gateway_source import Gateway, GatewayUrlError, parse_gateway_url
 from shoal.p2p.net.admission import AdmissionLimits
 from shoal.p2p.net.reputation_store import REPUTATION_FLUSH_INTERVAL_S
 from shoal.p2p.secure.identity import PeerId
@@ -18,7 +20,12 @@ from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
 from shoal.p2p.wire import limits as L
 
-__all__ = ["NodeLimits", "NodeOptions"]
+__all__ = ["FetchConfig", "NodeLimits", "NodeOptions", "MAX_GATEWAYS", "parse_gateways"]
+
+MAX_GATEWAYS = 16
+"""Gateways one fetch asks at most (config and request together): each is a
+holder with its own in-flight requests, so the count bounds the fetch's
+connections."""
 
 
 # `[node.limits]` key -> (AdmissionLimits field or None for NodeLimits, type)
@@ -75,6 +82,43 @@ class NodeLimits:
         return cls(AdmissionLimits(**admission), **top)
 
 
+def parse_gateways(urls: object, where: str) -> tuple[Gateway, ...]:
+    """A list of gateway URLs, checked and deduplicated (P2PError naming `where`)."""
+    if not isinstance(urls, (list, tuple)) or not all(isinstance(u, str) for u in urls):
+        raise P2PError(f"{where} must be a list of URLs")
+    try:
+        gateways = tuple(dict.fromkeys(parse_gateway_url(u) for u in urls))
+    except GatewayUrlError as exc:
+        raise P2PError(f"{where}: {exc}") from None
+    if len(gateways) > MAX_GATEWAYS:
+        raise P2PError(f"{where}: at most {MAX_GATEWAYS} gateways, got {len(gateways)}")
+    return gateways
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """The `[fetch]` table of config.toml.
+
+    `gateways = ["http://HOST:PORT", ...]`: IPFS trustless gateways that
+    `shoal get` asks for blocks beside the connected peers (every block
+    hash-checked; see shoal.p2p.exchange.gateway_source).
+    """
+
+    gateways: tuple[Gateway, ...] = ()
+
+    @classmethod
+    def from_config(cls, table: object) -> "FetchConfig":
+        """From the `[fetch]` table of config.toml (None: no gateways)."""
+        if table is None:
+            return cls()
+        if not isinstance(table, Mapping):
+            raise P2PError("config: [fetch] must be a table")
+        for key in table:
+            if key != "gateways":
+                raise P2PError(f"config: unknown key {key!r} in [fetch]; known: gateways")
+        return cls(parse_gateways(table.get("gateways", []), "config: [fetch] gateways"))
+
+
 @dataclass
 class NodeOptions:
     """How a node runs: where it listens, whom it dials first, its quota and limits.
@@ -95,3 +139,4 @@ class NodeOptions:
     allow_peers: frozenset[PeerId] | None = None
     """Only these peers may connect, either way (checked after Noise). None: anyone."""
     limits: NodeLimits = field(default_factory=NodeLimits)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
