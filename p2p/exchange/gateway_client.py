@@ -5,8 +5,12 @@ trio through anyio; a trio cancellation closes the request). Each call
 fetches ONE raw block: the response's head is judged, the body streamed
 into a `BodyReader` that stops at the bound, the bytes hash-checked (in a
 worker thread), all by the sans-IO rules of shoal.p2p.exchange.gateway_source.
-Concurrency is the fetch planner's per-holder in-flight cap (a gateway is a
-holder); the connection pool only has room for it.
+The fetch planner keeps up to its per-holder cap of requests outstanding
+per gateway (a gateway is a holder); at most `PER_GATEWAY` of them are on
+the wire at once, the rest wait their turn here, so the next request is
+ready the moment one ends. A busy answer (429/503, as a Shoal gateway gives
+past its request cap) is retried after its Retry-After, within the block's
+time limit.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from shoal.p2p.exchange.gateway_source import (
 
 __all__ = ["GatewayAnswer", "GatewayClient", "open_gateway_client"]
 
+PER_GATEWAY = 8
+"""Requests on the wire to one gateway at once: a Shoal gateway serves 8 by
+default ([gateway] max_requests) and kubo's is similar, so more only earns 503s."""
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 20.0
 BLOCK_TIMEOUT_S = 30.0
@@ -41,10 +48,12 @@ class GatewayClient:
     """Fetches single verified raw blocks from gateways."""
 
     def __init__(self, client: httpx.AsyncClient, max_bytes: int = MAX_GATEWAY_BLOCK_BYTES,
-                 timeout: float = BLOCK_TIMEOUT_S) -> None:
+                 timeout: float = BLOCK_TIMEOUT_S, per_gateway: int = PER_GATEWAY) -> None:
         self._client = client
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.per_gateway = per_gateway
+        self._slots: dict[Gateway, trio.Semaphore] = {}
 
     async def fetch_block(self, gateway: Gateway, cid: CID) -> GatewayAnswer:
         """Ask `gateway` for `cid`; the block only if its hash matches.
@@ -53,9 +62,17 @@ class GatewayClient:
         is an answer the fetch planner understands (a lie is "corrupt").
         """
         data: bytes | None = None
+        slots = self._slots.setdefault(gateway, trio.Semaphore(self.per_gateway))
         with trio.move_on_after(self.timeout):
             try:
-                data = await self._read(gateway, cid)
+                while data is None:
+                    try:
+                        async with slots:
+                            data = await self._read(gateway, cid)
+                    except BadGateway as exc:
+                        if exc.kind != "busy":
+                            raise
+                        await trio.sleep(exc.retry_after)  # outside the slot: others may go first
             except BadGateway as exc:
                 return exc.kind, None, f"gateway {gateway} {exc}"  # type: ignore[return-value]
             except httpx.TimeoutException:
@@ -85,15 +102,17 @@ class GatewayClient:
 
 @contextlib.asynccontextmanager
 async def open_gateway_client(gateways: int, per_gateway: int) -> AsyncIterator[GatewayClient]:
-    """A client with pool room for `per_gateway` requests to each of `gateways`.
+    """A client with room for `per_gateway` (at most `PER_GATEWAY`) requests on
+    the wire to each of `gateways`.
 
     No environment proxies (trust_env=False): a LAN gateway must not be sent
     through a proxy meant for the internet. No redirects: the URL the user
     gave is the source; a redirect is a failed request.
     """
-    most = max(1, gateways * per_gateway)
+    each = max(1, min(per_gateway, PER_GATEWAY))
+    most = gateways * each
     timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     limits = httpx.Limits(max_connections=most, max_keepalive_connections=most)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False,
                                  follow_redirects=False) as client:
-        yield GatewayClient(client)
+        yield GatewayClient(client, per_gateway=each)

@@ -32,7 +32,8 @@ from shoal.p2p.wire import limits as L
 
 __all__ = [
     "ACCEPT_RAW", "BadGateway", "BodyReader", "Gateway", "GatewayUrlError", "MAX_GATEWAY_BLOCK_BYTES",
-    "block_url", "check_head", "parse_gateway_url", "request_headers", "verify_gateway_block",
+    "MAX_RETRY_AFTER_S", "block_url", "check_head", "parse_gateway_url", "request_headers", "retry_after",
+    "verify_gateway_block",
 ]
 
 ACCEPT_RAW = "application/vnd.ipld.raw"
@@ -47,6 +48,9 @@ _OTHER_FORMATS = frozenset({
     "application/vnd.ipfs.ipns-record", "text/html",
 })
 _MISSING_STATUSES = frozenset({404, 410, 451})
+_BUSY_STATUSES = frozenset({429, 503})
+MAX_RETRY_AFTER_S = 5.0
+DEFAULT_RETRY_AFTER_S = 0.5
 
 
 class GatewayUrlError(P2PError):
@@ -61,6 +65,8 @@ class BadGateway(P2PError):
     `kind` says what the fetch makes of it:
     - "missing": the gateway says it does not have the block (404/410/451);
       another source may.
+    - "busy": 429/503, the gateway sheds load (a Shoal gateway answers 503
+      past its request cap): asked again after `retry_after` seconds.
     - "fail": an error status, another format, a block too big for us, a
       truncated body: no proof of bad faith, the block is retried elsewhere.
     - "corrupt": bytes that do not hash to the CID, or a body longer than the
@@ -68,9 +74,10 @@ class BadGateway(P2PError):
       rest of the fetch.
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -135,9 +142,11 @@ def check_head(cid: CID, status: int, headers: Mapping[str, str], max_bytes: int
     """
     if status in _MISSING_STATUSES:
         raise BadGateway("missing", f"does not have {cid} (HTTP {status})")
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if status in _BUSY_STATUSES:
+        raise BadGateway("busy", f"is busy (HTTP {status}) for {cid}", retry_after(lowered.get("retry-after")))
     if status != 200:
         raise BadGateway("fail", f"answered HTTP {status} for {cid}")
-    lowered = {k.lower(): v for k, v in headers.items()}
     media = lowered.get("content-type", "").split(";", 1)[0].strip().lower()
     if media in _OTHER_FORMATS:
         raise BadGateway("fail", f"answered {media} for {cid}, not a raw block")
@@ -154,6 +163,15 @@ def check_head(cid: CID, status: int, headers: Mapping[str, str], max_bytes: int
     if length > max_bytes:
         raise BadGateway("fail", f"declared a {length}-byte block for {cid}, over the {max_bytes}-byte limit")
     return length
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds to wait before asking a busy gateway again: its Retry-After
+    in seconds, bounded to `MAX_RETRY_AFTER_S` (an HTTP date, or nothing,
+    gets the default) so a gateway cannot park a fetch."""
+    if value is not None and value.strip().isdigit() and len(value.strip()) < 10:
+        return min(float(value.strip()), MAX_RETRY_AFTER_S)
+    return DEFAULT_RETRY_AFTER_S
 
 
 class BodyReader:
