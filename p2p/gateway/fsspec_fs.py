@@ -344,6 +344,15 @@ class ShoalFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
         self._infos.put(name, found)
         return found
 
+    def exists(self, path: Any, **kwargs: Any) -> bool:
+        """False for a path that is not there or cannot be one; a gateway that
+        cannot be reached is an error, not a False (fsspec's default hides it)."""
+        try:
+            self.info(path)
+        except (FileNotFoundError, ValueError):
+            return False
+        return True
+
     def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
         """A directory's entries (a file: itself). With `detail`, an entry the
         listing does not describe (a multi-block file, a directory) costs one HEAD."""

@@ -154,6 +154,30 @@ def test_simplecache_gives_safe_open_a_local_path(model: tuple[NodeProc, str, Pa
             assert np.array_equal(got.get_tensor(name), original.get_tensor(name)), name
 
 
+def test_reads_through_a_node_that_fetches_on_demand(swarm: Swarm, tmp_path: Path) -> None:
+    """The node behind the gateway holds nothing: every range it serves it
+    fetches from its peer first (verified), and fsspec cannot tell."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", SHAPES, seed=11)
+    a = swarm.add("a")
+    b = swarm.add("b", bootstrap=[a.addr], extra_args=["--gateway", "127.0.0.1:0"])
+    swarm.wait_connected(b, 1)
+    cid = a.put(folder)
+    fs = fsspec.filesystem("shoal", gateway=gateway_url(b), skip_instance_cache=True)
+    assert fs.ls(cid, detail=False) == [f"{cid}/model.safetensors"]
+    path = f"{cid}/model.safetensors"
+    with fs.open(path, block_size=64 * 1024) as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        name = "layers.0.attn.out.weight"
+        begin, end = header[name]["data_offsets"]
+        f.seek(8 + n + begin)
+        got = np.frombuffer(f.read(end - begin), dtype=np.float16).reshape(header[name]["shape"])
+    with safe_open(str(folder / "model.safetensors"), framework="numpy") as original:
+        assert np.array_equal(got, original.get_tensor(name))
+
+
 def test_gateway_found_through_the_repo(swarm: Swarm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No gateway option: $SHOAL_GATEWAY, else the node running on $SHOAL_REPO;
     a node without a gateway, or no node, is an error that says what to start."""

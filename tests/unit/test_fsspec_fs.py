@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,27 @@ def test_no_node_on_the_repo_says_what_to_start(tmp_path: Path, monkeypatch: pyt
         fs.info(CID)
     monkeypatch.setenv("SHOAL_GATEWAY", "127.0.0.1:4321")
     assert ShoalFileSystem(skip_instance_cache=True).gateway == "http://127.0.0.1:4321"
+
+
+def test_exists_does_not_hide_an_unreachable_gateway() -> None:
+    fs, _ = make_fs(lambda r: httpx.Response(404, text="no such path"))
+    assert not fs.exists(f"{CID}/a") and not fs.exists("shoal://not-a-cid")
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    fs, _ = make_fs(refuse)
+    with pytest.raises(GatewayError, match="refused the connection"):
+        fs.exists(f"{CID}/a")
+
+
+def test_pickles_by_its_options() -> None:
+    """fsspec ships filesystems to worker processes by pickling: the options
+    travel, the connection pool does not."""
+    fs = ShoalFileSystem(gateway="http://127.0.0.1:8080", timeout=12, skip_instance_cache=True)
+    fs._http()
+    again = pickle.loads(pickle.dumps(fs))
+    assert again.gateway == "http://127.0.0.1:8080" and again._timeout == 12.0 and again._client is None
 
 
 # -- packaging ------------------------------------------------------------------
