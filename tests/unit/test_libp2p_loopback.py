@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from shoal.p2p.errors import HandshakeError, PeerIdMismatch, RemoteProtocolError
+from shoal.p2p.libp2p import multistream as mss
 from shoal.p2p.libp2p.connection import NegotiationFailed, YamuxStream
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.libp2p.identify import (
@@ -19,6 +20,7 @@ from shoal.p2p.libp2p.identify import (
 )
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.libp2p.yamux import DEFAULT_WINDOW as WINDOW
 from shoal.p2p.secure.pnet import SwarmKey
 
 ECHO = "/shoal/test/echo/1.0.0"
@@ -157,4 +159,60 @@ async def test_wrong_peer_and_swarm_keys() -> None:
             # reads noise and fails, before any Noise message or protocol byte.
             with pytest.raises((RemoteProtocolError, HandshakeError)):
                 await stranger.dial(addr)
+            nursery.cancel_scope.cancel()
+
+
+async def test_backpressure_bounds_what_a_slow_reader_buffers() -> None:
+    """A reader that stops reading holds at most one window; the sender waits, then resumes."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            arrived: list[YamuxStream] = []
+            release = trio.Event()
+
+            async def slow(stream: YamuxStream) -> None:
+                arrived.append(stream)
+                await release.wait()
+                await sink_handler(stream)
+
+            b.handlers["/shoal/test/slow/1.0.0"] = slow
+            conn = await a.dial(addr)
+            stream = await conn.open_stream("/shoal/test/slow/1.0.0")
+            data = os.urandom(4 * 1024 * 1024)
+            sent = trio.Event()
+
+            async def send() -> None:
+                await stream.send_all(data)
+                await stream.send_eof()
+                sent.set()
+
+            nursery.start_soon(send)
+            while not arrived or arrived[0]._buffered < WINDOW:  # the window fills up...
+                await trio.sleep(0.01)
+            await trio.sleep(0.2)  # ...and nothing more arrives while nobody reads
+            (server_stream,) = arrived
+            assert server_stream._buffered == WINDOW
+            assert not sent.is_set()  # the sender waits on the window
+            release.set()
+            answer = await read_all(stream)
+            assert answer == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
+            assert sent.is_set()
+            nursery.cancel_scope.cancel()
+
+
+async def test_listener_takes_pipelined_protocol_bytes() -> None:
+    """A dialer that sends header, proposal and its first data at once (as lazy
+    js-libp2p dialers do) loses no byte: the listener hands them to the handler."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            conn = await a.dial(addr)
+            sid = conn.session.open_stream()
+            stream = YamuxStream(conn, sid, inbound=False)
+            conn._streams[sid] = stream
+            await stream.send_all(mss.encode_message(mss.HEADER) + mss.encode_message(ECHO)
+                                  + b"early bytes")
+            await stream.send_eof()
+            got = await read_all(stream)
+            assert got == mss.encode_message(mss.HEADER) + mss.encode_message(ECHO) + b"early bytes"
             nursery.cancel_scope.cancel()
