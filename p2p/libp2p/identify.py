@@ -262,12 +262,22 @@ async def read_length_prefixed(stream: trio.abc.ReceiveStream, limit: int) -> by
     return body
 
 
-async def identify(stream: trio.abc.Stream, timeout: float = 10.0) -> IdentifyInfo:
-    """Read the peer's Identify message from a stream we opened to `/ipfs/id/1.0.0`."""
+async def identify(
+    stream: trio.abc.Stream, expected_peer: PeerId | None = None, timeout: float = 10.0
+) -> IdentifyInfo:
+    """Read the peer's Identify message from a stream we opened to `/ipfs/id/1.0.0`.
+
+    With `expected_peer` (the PeerId the connection's Noise handshake proved),
+    a message whose public key is another peer's is refused: identify must
+    not let a peer speak for someone else.
+    """
     with trio.fail_after(timeout):
         body = await read_length_prefixed(stream, MAX_IDENTIFY)
     await stream.aclose()
-    return decode_identify(body)
+    info = decode_identify(body)
+    if expected_peer is not None and info.peer_id() != expected_peer:
+        raise RemoteProtocolError(f"identify: public key of {info.peer_id()}, not {expected_peer}")
+    return info
 
 
 async def send_identify(stream: trio.abc.Stream, info: IdentifyInfo) -> None:

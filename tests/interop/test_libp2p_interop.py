@@ -139,7 +139,7 @@ async def test_shoal_dials_js_libp2p(tmp_path: Path) -> None:
 
                 rtts = await ping(await conn.open_stream(PING_PROTOCOL), count=3)
                 assert len(rtts) == 3
-                info = await identify(await conn.open_stream(IDENTIFY_PROTOCOL))
+                info = await identify(await conn.open_stream(IDENTIFY_PROTOCOL), conn.remote_peer)
                 assert info.peer_id() == js_peer
                 assert info.agent_version.startswith("js-libp2p/")
                 assert set(info.protocols) >= {PING_PROTOCOL, IDENTIFY_PROTOCOL, SINK}

@@ -95,7 +95,7 @@ async def test_many_streams_ping_identify_half_close() -> None:
             assert len(rtts) == 3 and all(r >= 0 for r in rtts)
             assert await conn.ping_session() >= 0
 
-            info = await identify(await conn.open_stream(IDENTIFY_PROTOCOL))
+            info = await identify(await conn.open_stream(IDENTIFY_PROTOCOL), conn.remote_peer)
             assert info.peer_id() == b.peer_id
             assert info.agent_version == agent_version()
             assert info.agent_version.startswith("shoal/")
