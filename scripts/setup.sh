@@ -35,6 +35,11 @@ fi
 if [ "$MODE" = runtime ]; then
   exit 0
 fi
+# An old (0.x) Hugging Face client, which lists a repo's files from `siblings`,
+# beside the pinned current one: tests run it with PYTHONPATH=.venv/hf-old.
+if [ ! -f .venv/hf-old/huggingface_hub-0.20.3.dist-info/METADATA ]; then
+  .venv/bin/python -m pip install -q --target .venv/hf-old huggingface_hub==0.20.3 >/dev/null
+fi
 if command -v npm >/dev/null 2>&1; then
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 else

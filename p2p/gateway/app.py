@@ -40,6 +40,9 @@ from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.exchange.range_fetch import fetch_range
 from shoal.p2p.gateway.car_stream import car_header, car_section, file_window, gateway_cid, select_blocks
 from shoal.p2p.gateway.files import serve_path
+from shoal.p2p.gateway.hf_app import serve_hf
+from shoal.p2p.gateway.hf_routes import DEFAULT_PAGE_SIZE, HfRequest, parse_hf_request
+from shoal.p2p.gateway.names_standin import resolver_of
 from shoal.p2p.gateway.params import IMMUTABLE_CACHE, GatewayRequest, GatewayRequestError, parse_request
 from shoal.p2p.net.api import run_until_client_leaves, serve_lifespan
 
@@ -65,6 +68,7 @@ class GatewayOptions:
     port: int = 0
     cache_pin: bool = False
     max_requests: int = DEFAULT_MAX_REQUESTS
+    hf_page_size: int = DEFAULT_PAGE_SIZE  # entries per page of a Hub tree listing
 
 
 class _RootFetch(PlannedFetch):
@@ -117,6 +121,11 @@ class GatewayApp:
             raw_path = scope.get("raw_path")
             path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else scope["path"]
             path = path.split("?", 1)[0]
+            if not (path == "/ipfs" or path.startswith("/ipfs/")):
+                hf = parse_hf_request(scope["method"], path, scope.get("query_string", b""))
+                if hf is not None:
+                    await self._serve_hf(scope, hf, path, send)
+                    return
             request = parse_request(scope["method"], path, scope.get("query_string", b""), scope.get("headers", []))
             cid, inline = gateway_cid(request.cid_text)
             if request.path and request.format is not None:
@@ -144,6 +153,17 @@ class GatewayApp:
                 await self._send_car(request, cid, inline, send)
         except _Refused as exc:
             await _send_text(send, exc.status, exc.message)
+
+    async def _serve_hf(self, scope: Scope, request: HfRequest, path: str, send: Send) -> None:
+        """The Hugging Face Hub routes (shoal.p2p.gateway.hf_app), names resolved by the node's records."""
+
+        async def fetch_one(block: CID) -> None:
+            await _RootFetch(self.node, block).run()
+
+        server = scope.get("server") or ("127.0.0.1", self.options.port)
+        fallback = f"http://{server[0]}:{server[1]}"
+        await serve_hf(self.node, resolver_of(self.node), request, path, list(scope.get("headers", [])),
+                       fetch_one, send, page_size=self.options.hf_page_size, fallback_url=fallback)
 
     async def _serve_path(self, request: GatewayRequest, cid: CID, inline: bytes | None, send: Send) -> None:
         """The path gateway (shoal.p2p.gateway.files): plain bytes, ranges, listings."""

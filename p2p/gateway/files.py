@@ -107,6 +107,18 @@ async def serve_path(node: "Node", request: GatewayRequest, root: CID,
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
+    await stream_file(source, target, offset, length, status, headers, send)
+
+
+async def stream_file(source: OnDemandBlocks, target: CID, offset: int, length: int, status: int,
+                      headers: list[tuple[bytes, bytes]], send: Send) -> None:
+    """Send `length` bytes of file `target` from `offset` as the body of a `status` response.
+
+    The first piece is read before the response starts, so a file whose first
+    block cannot be had is an error the caller still answers with a status;
+    a failure later cuts the body short (the client sees a truncated body).
+    Shared by the path gateway and the Hugging Face routes.
+    """
     pieces = exporter.read_file(source, target, offset, length, prefetch=exporter.PREFETCH_BLOCKS)
     first = await _next_piece(pieces)
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -1,0 +1,160 @@
+"""The Hugging Face Hub routes over a running node (the driver of `hf_routes`).
+
+A name (kind, repo, revision) resolves through the node's name records
+(`shoal.p2p.names.service.resolver_of(node)`, which applies the node's trust
+policy) to a signed record: the repo's directory CID, its commit and its
+file list. Repo info and tree listings are answered from the record alone;
+a file's bytes come from the directory DAG: the path is walked from the
+record's directory CID (so the bytes served are the ones the directory
+names, whatever the record's file list says), the file's size and CID must
+agree with the record's entry (else 502), and blocks the node lacks are
+fetched from peers on demand, hash-checked, as the path gateway does
+(`shoal.p2p.gateway.files`), a Range moving only the blocks it covers.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
+
+import trio
+
+from shoal.store.dag import exporter
+from shoal.store.errors import BlockNotFound, InvalidCID, InvalidInput, StoreError
+from shoal.store.ipld.cid import CID, parse_cid
+
+from shoal.p2p.errors import NoPeers, P2PError
+from shoal.p2p.gateway.files import OnDemandBlocks, resolve_path, stream_file
+from shoal.p2p.gateway.hf_routes import (
+    DEFAULT_PAGE_SIZE,
+    HfError,
+    HfRequest,
+    NameRecordLike,
+    base_url,
+    find_file,
+    is_commit,
+    json_headers,
+    next_link,
+    repo_info,
+    resolve_headers,
+    tree_page,
+    url_path,
+)
+from shoal.p2p.gateway.params import GatewayRequestError, parse_range
+
+if TYPE_CHECKING:
+    from shoal.p2p.net.node import Node
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class NameResolverLike(Protocol):
+    """What the routes need of `shoal.p2p.names.service.resolver_of(node)` (trust already applied)."""
+
+    def resolve(self, kind: str, repo: str, revision: str) -> NameRecordLike | None: ...
+
+    def repos(self) -> Sequence[NameRecordLike]: ...
+
+
+def lookup(resolver: NameResolverLike, request: HfRequest) -> NameRecordLike:
+    """The record a request names, or the Hub's RepoNotFound / RevisionNotFound."""
+    record = resolver.resolve(request.kind, request.repo, request.revision)
+    if record is not None:
+        return record
+    if any(r.kind == request.kind and r.repo == request.repo for r in resolver.repos()):
+        raise HfError(404, "RevisionNotFound", f"{request.kind} {request.repo}: no revision {request.revision!r}")
+    raise HfError(404, "RepoNotFound", f"{request.kind} {request.repo}: no such repository is known to this node")
+
+
+async def serve_hf(node: "Node", resolver: NameResolverLike, request: HfRequest, raw_path: str,
+                   headers: list[tuple[bytes, bytes]], fetch_one: Callable[[CID], Awaitable[None]],
+                   send: Send, page_size: int = DEFAULT_PAGE_SIZE, fallback_url: str = "") -> None:
+    """Answer one Hub request; refusals are sent here (HfError with X-Error-Code, others as text)."""
+    try:
+        record = lookup(resolver, request)
+        if request.action == "info":
+            await _send_json(send, request, repo_info(request, record), record.commit)
+        elif request.action == "tree":
+            page = tree_page(request, record, page_size)
+            extra = []
+            if page.next_cursor is not None:
+                host = next((v.decode("latin-1") for k, v in headers if k.lower() == b"host"), None)
+                link = next_link(base_url(host, fallback_url), url_path(request), request, page.next_cursor)
+                extra.append((b"link", link.encode()))
+            await _send_json(send, request, page.body, record.commit, extra)
+        else:
+            await _serve_file(node, request, record, headers, fetch_one, send)
+    except HfError as exc:
+        body = exc.body()
+        await send({"type": "http.response.start", "status": exc.status,
+                    "headers": json_headers(len(body)) + exc.headers()})
+        await send({"type": "http.response.body", "body": b"" if request.head else body})
+    except GatewayRequestError as exc:
+        text = (str(exc) + "\n").encode()
+        await send({"type": "http.response.start", "status": exc.status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"content-length", str(len(text)).encode())]})
+        await send({"type": "http.response.body", "body": b"" if request.head else text})
+
+
+async def _send_json(send: Send, request: HfRequest, body: bytes, commit: str,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": json_headers(len(body), commit) + (extra or [])})
+    await send({"type": "http.response.body", "body": b"" if request.head else body})
+
+
+async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
+                      headers: list[tuple[bytes, bytes]], fetch_one: Callable[[CID], Awaitable[None]],
+                      send: Send) -> None:
+    entry = find_file(record, request.path)
+    if entry is None:
+        raise HfError(404, "EntryNotFound", f"{request.path}: no such file in {record.repo}@{record.commit}",
+                      record.commit)
+    try:
+        root = parse_cid(record.cid)
+    except InvalidCID as exc:
+        raise GatewayRequestError(502, f"the name record of {record.repo} has a bad CID: {exc}") from None
+    source = OnDemandBlocks(node, fetch_one)
+    try:
+        target = await trio.to_thread.run_sync(resolve_path, source, root, tuple(request.path.split("/")))
+        info = await trio.to_thread.run_sync(exporter.stat, source, target)
+    except GatewayRequestError as exc:
+        raise GatewayRequestError(502, f"{record.repo}@{record.commit}: the directory {root} does not hold "
+                                       f"{request.path} as its name record says ({exc})") from None
+    except InvalidInput as exc:
+        raise GatewayRequestError(502, f"{request.path}: {exc}") from None
+    except (BlockNotFound, NoPeers) as exc:
+        raise GatewayRequestError(503, f"{request.path}: no connected peer has it ({exc})") from None
+    except (StoreError, P2PError) as exc:
+        raise GatewayRequestError(502, f"{request.path}: could not be fetched: {exc}") from None
+    if info.kind not in ("file", "raw") or info.size != entry.size or str(target) != entry.cid:
+        raise GatewayRequestError(502, f"{request.path}: the directory {root} holds {target} "
+                                       f"({info.kind}, {info.size} bytes), not the record's {entry.cid} "
+                                       f"({entry.size} bytes)")
+    size = entry.size
+    range_header = next((v.decode("latin-1") for k, v in headers if k.lower() == b"range"), None)
+    wanted = parse_range(range_header, size)  # a 416 is a GatewayRequestError
+    status, offset, length = (200, 0, size) if wanted is None else (206, wanted.start, wanted.length)
+    mime = mimetypes.guess_type(request.path.rsplit("/", 1)[-1])[0] or "application/octet-stream"
+    out = resolve_headers(record, entry, is_commit(request.revision)) + [
+        (b"content-type", mime.encode()), (b"content-length", str(length).encode())]
+    if wanted is not None:
+        out.append((b"content-range", wanted.content_range(size).encode()))
+    if request.head or length == 0:
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    started = False
+
+    async def tracked(message: dict[str, Any]) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await stream_file(source, target, offset, length, status, out, tracked)
+    except (BlockNotFound, NoPeers) as exc:
+        if started:
+            raise  # the body is cut short: the client sees a truncated download and resumes it
+        raise GatewayRequestError(503, f"{request.path}: no connected peer has it ({exc})") from None
