@@ -1,0 +1,195 @@
+"""The gateway as a Hugging Face mirror (issue 14 item 6), real node processes on 127.0.0.1 and
+the real `huggingface_hub` client: two peers hold a model, a third node runs `--gateway` and
+holds nothing; the client downloads through it (every block fetched from the peers on demand,
+hash-checked) and gets the exact bytes in the HF cache layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from shoal.store.dag import exporter
+from shoal.store.dag.importer import import_path
+from shoal.store.persist.blockstore import MemoryBlockstore
+
+from tests.hf_helpers import OLD_HF, make_model, make_record, run_client
+from tests.helpers import write_random
+from tests.integration.swarm import NodeProc, Swarm, swarm
+
+__all__ = ["swarm"]
+
+BIG = 48 * 1024 * 1024
+
+
+def gateway_url(node: NodeProc) -> str:
+    url = node.json("id").get("gateway")
+    assert isinstance(url, str) and url.startswith("http://127.0.0.1:")
+    return url
+
+
+def mirror(swarm: Swarm, tmp: Path) -> tuple[NodeProc, NodeProc, NodeProc, Path, dict[str, bytes]]:
+    """Holders a and b (each `shoal put` the folder), gateway c bootstrapped to both, holding nothing."""
+    folder = tmp / "tiny"
+    files = make_model(folder)
+    (folder / "weights").mkdir()
+    files["weights/big.bin"] = write_random(folder / "weights" / "big.bin", BIG, seed=21)
+    store = MemoryBlockstore()
+    root = import_path(folder, store).cid
+    cids = {}
+    for rel in files:
+        target = root
+        for part in rel.split("/"):
+            target = next(e.cid for e in exporter.iter_dir(store, target, resolve=False) if e.name == part)
+        cids[rel] = str(target)
+    a = swarm.add("a")
+    b = swarm.add("b", bootstrap=[a.addr])
+    assert a.put(folder) == str(root) and b.put(folder) == str(root)
+    records = [asdict(make_record("org/tiny", "model", folder, str(root), cids)),
+               asdict(make_record("org/tiny-data", "dataset", folder, str(root), cids))]
+    (tmp / "records.json").write_text(json.dumps(records))
+    swarm.env = dict(swarm.env or {}, SHOAL_HF_RECORDS=str(tmp / "records.json"))
+    c = swarm.add("c", bootstrap=[a.addr, b.addr], extra_args=["--gateway", "127.0.0.1:0"])
+    swarm.wait_connected(c, 2)
+    assert c.block_count() == 0
+    return a, b, c, folder, files
+
+
+SNAPSHOT = """
+import json, os
+from huggingface_hub import snapshot_download, hf_hub_download
+cache = os.environ["HF_HUB_CACHE"]
+p = snapshot_download("org/tiny", cache_dir=cache, allow_patterns=["*.json", "*.md", "*.safetensors", "tokenizer/*"])
+one = hf_hub_download("org/tiny-data", "tokenizer/vocab.txt", repo_type="dataset", cache_dir=cache)
+print(json.dumps({"snapshot": p, "one": one}))
+"""
+
+ERRORS = """
+import json, os
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+out = {}
+for name, kw in [("entry", dict(repo_id="org/tiny", filename="missing.safetensors")),
+                 ("repo", dict(repo_id="org/nobody", filename="config.json")),
+                 ("dataset-entry", dict(repo_id="org/tiny-data", filename="nope.csv", repo_type="dataset"))]:
+    try:
+        hf_hub_download(cache_dir=os.environ["HF_HUB_CACHE"], **kw)
+        out[name] = "downloaded"
+    except EntryNotFoundError:
+        out[name] = "EntryNotFoundError"
+    except RepositoryNotFoundError:
+        out[name] = "RepositoryNotFoundError"
+print(json.dumps(out))
+"""
+
+BIG_DOWNLOAD = """
+import json, os
+from huggingface_hub import hf_hub_download
+p = hf_hub_download("org/tiny", "weights/big.bin", cache_dir=os.environ["HF_HUB_CACHE"])
+print(json.dumps({"path": p}))
+"""
+# 0.x clients resume only when asked (later ones always do)
+OLD_BIG_DOWNLOAD = BIG_DOWNLOAD.replace('cache_dir=os.environ["HF_HUB_CACHE"])',
+                                        'cache_dir=os.environ["HF_HUB_CACHE"], resume_download=True)')
+
+
+def test_hf_client_through_a_gateway_that_holds_nothing(swarm: Swarm, tmp_path: Path) -> None:
+    a, b, c, folder, files = mirror(swarm, tmp_path)
+    url = gateway_url(c)
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    out = run_client(SNAPSHOT, url, cache)
+    snap = Path(out["snapshot"])
+    assert snap.parent.name == "snapshots" and snap.parent.parent.name == "models--org--tiny"
+    assert len(snap.name) == 40 and (snap.parent.parent / "refs" / "main").read_text() == snap.name
+    got = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
+    assert got == sorted(r for r in files if r != "weights/big.bin")
+    for rel in got:
+        assert (snap / rel).read_bytes() == files[rel], rel
+    assert Path(out["one"]).read_bytes() == files["tokenizer/vocab.txt"]
+    assert "datasets--org--tiny-data" in out["one"]
+    assert c.block_count() > 0  # what it served it fetched from a and b
+
+    # the old 0.x client lists the files from `siblings` of the revision info
+    old_cache = tmp_path / "hf-old"
+    old_cache.mkdir()
+    out = run_client(SNAPSHOT, url, old_cache, old=True)
+    old_snap = Path(out["snapshot"])
+    assert old_snap.name == snap.name
+    for rel in got:
+        assert (old_snap / rel).read_bytes() == files[rel], rel
+
+    errors = run_client(ERRORS, url, cache)
+    assert errors == {"entry": "EntryNotFoundError", "repo": "RepositoryNotFoundError",
+                      "dataset-entry": "EntryNotFoundError"}, errors
+
+
+def kill_mid_file(code: str, env: dict[str, str], cwd: Path, blobs: Path, holders: list[NodeProc]) -> int:
+    """Start a client downloading the big file; once its `.incomplete` file has bytes, freeze both
+    holders (the gateway can fetch no further block, so the client is certainly mid-file), kill
+    the client, thaw the holders. Returns how many bytes the killed client had written."""
+    log = (cwd / "client.log").open("wb")
+    client = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(cwd),
+                              stdout=log, stderr=subprocess.STDOUT)
+    stopped: list[NodeProc] = []
+    partial = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and client.poll() is None:
+            incomplete = list(blobs.glob("*.incomplete")) if blobs.exists() else []
+            if incomplete and incomplete[0].stat().st_size > 0:
+                for holder in holders:
+                    os.kill(holder.pid, signal.SIGSTOP)
+                    stopped.append(holder)
+                time.sleep(0.5)
+                partial = incomplete[0].stat().st_size
+                break
+            time.sleep(0.005)
+    finally:
+        client.kill()
+        client.wait(timeout=30)
+        for holder in stopped:
+            os.kill(holder.pid, signal.SIGCONT)
+        log.close()
+    print((cwd / "client.log").read_text(errors="replace")[-3000:])
+    return partial
+
+
+def client_env(url: str, cache: Path, old: bool) -> dict[str, str]:
+    env = dict(os.environ, HF_ENDPOINT=url, HF_HUB_CACHE=str(cache), HF_HUB_DISABLE_XET="1",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(cache / "home"))
+    if old:
+        env["PYTHONPATH"] = str(OLD_HF)
+    return env
+
+
+def test_hf_download_resumes_after_the_client_is_killed(swarm: Swarm, tmp_path: Path) -> None:
+    a, b, c, folder, files = mirror(swarm, tmp_path)
+    url = gateway_url(c)
+    # The 0.x client keeps `blobs/<etag>.incomplete` and resumes it with `Range: bytes=N-`.
+    cache = tmp_path / "hf-old"
+    cache.mkdir()
+    blobs = cache / "models--org--tiny" / "blobs"
+    partial = kill_mid_file(OLD_BIG_DOWNLOAD, client_env(url, cache, old=True), cache, blobs, [a, b])
+    assert 0 < partial < BIG, partial
+    (left,) = list(blobs.glob("*.incomplete"))
+    inode = left.stat().st_ino
+    out = run_client(OLD_BIG_DOWNLOAD, url, cache, old=True)
+    final = Path(out["path"])
+    # the same file, continued (a 200 instead of the 206 would have appended the whole file again)
+    assert final.read_bytes() == files["weights/big.bin"] and final.resolve().stat().st_ino == inode
+    assert not list(blobs.glob("*.incomplete"))
+    # The current client writes a process-unique temporary file (huggingface_hub PR 4228): a
+    # killed download is started over, and must still end byte-identical.
+    cache = tmp_path / "hf-new"
+    cache.mkdir()
+    blobs = cache / "models--org--tiny" / "blobs"
+    partial = kill_mid_file(BIG_DOWNLOAD, client_env(url, cache, old=False), cache, blobs, [a, b])
+    assert 0 < partial < BIG, partial
+    out = run_client(BIG_DOWNLOAD, url, cache)
+    assert Path(out["path"]).read_bytes() == files["weights/big.bin"]
