@@ -3,8 +3,8 @@ CarReader, ipfs-unixfs-exporter): node B holds nothing and fetches from A
 while it streams the CAR; JS must see the same root, every block's hash
 matching its CID, and the exact bytes of every file.
 
-Helia's trustless-gateway block broker (issue 14 item 3) needs Node.js 22
-and is not exercised here yet.
+Helia's trustless-gateway block broker (issue 14 item 3) is exercised in
+test_helia_gateway.py (with the pinned Node.js 22 binary).
 """
 
 from __future__ import annotations
