@@ -3,7 +3,8 @@
 For clients that do not verify (curl, fsspec's HTTPFileSystem, a
 safetensors reader over HTTP ranges): a file's bytes, with a single
 `Range` (206 + Content-Range, 416 past the end), Content-Length and
-Accept-Ranges; a directory as a JSON listing streamed entry by entry. The
+Accept-Ranges; a directory as a JSON (or, for a client that prefers it,
+HTML) listing streamed entry by entry. The
 node still verifies every block it reads or fetches; the client trusts the
 node.
 
@@ -14,7 +15,6 @@ few at once, so the first bytes go out while the rest is still coming.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
@@ -25,6 +25,7 @@ from shoal.store.errors import BlockNotFound, InvalidInput, StoreError
 from shoal.store.ipld.cid import CID
 
 from shoal.p2p.errors import NoPeers, P2PError
+from shoal.p2p.gateway import listing
 from shoal.p2p.gateway.params import IMMUTABLE_CACHE, GatewayRequest, GatewayRequestError, parse_range
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ async def serve_path(node: "Node", request: GatewayRequest, root: CID,
     base = [(b"etag", f'"{target}"'.encode()), (b"cache-control", IMMUTABLE_CACHE.encode()),
             (b"x-content-type-options", b"nosniff"), (b"x-ipfs-path", _ipfs_path(root, request).encode())]
     if info.kind == "dir":
-        await _send_listing(source, target, _ipfs_path(root, request), request.head, base, send)
+        await _send_listing(source, target, _ipfs_path(root, request), request, base, send)
         return
     if info.kind == "symlink" or info.size is None:
         raise GatewayRequestError(501, f"{target} is a {info.kind}: not served by the path gateway")
@@ -150,32 +151,41 @@ def _take(entries: Iterator[exporter.DirEntry], n: int) -> list[exporter.DirEntr
     return out
 
 
-async def _send_listing(source: OnDemandBlocks, cid: CID, ipfs_path: str, head: bool,
+async def _send_listing(source: OnDemandBlocks, cid: CID, ipfs_path: str, request: GatewayRequest,
                         base: list[tuple[bytes, bytes]], send: Send) -> None:
-    """`{"cid": ..., "entries": [{"name", "cid", "size", "kind"}, ...]}`, streamed in batches.
+    """The directory's entries, streamed in batches: JSON, or HTML if the client prefers it
+    (shoal.p2p.gateway.listing renders both; names are escaped in HTML).
 
     Entries are not resolved (no block read per entry): a raw child is a
     "file" with its size, a dag-pb child "unknown" without one.
     """
-    headers = base + [(b"content-type", b"application/json")]
-    if head:
+    if request.html:  # another representation: its own Etag
+        base = [(k, f'"{cid}.html"'.encode()) if k == b"etag" else (k, v) for k, v in base]
+        headers = base + [(b"content-type", listing.HTML_TYPE.encode()),
+                          (b"content-security-policy", listing.HTML_CSP.encode())]
+    else:
+        headers = base + [(b"content-type", listing.JSON_TYPE.encode())]
+    headers.append((b"vary", b"Accept"))
+    if request.head:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
     entries = exporter.iter_dir(source, cid, resolve=False, max_entries=MAX_LISTING_ENTRIES)
     batch = await trio.to_thread.run_sync(_take, entries, LISTING_BATCH)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    prefix = json.dumps({"cid": str(cid), "path": ipfs_path})[:-1] + ', "entries": ['
+    if request.html:
+        head, tail = listing.html_head(ipfs_path, str(cid)), listing.HTML_TAIL
+    else:
+        head, tail = listing.json_head(ipfs_path, str(cid)), listing.JSON_TAIL
     first = True
-    await send({"type": "http.response.body", "body": prefix.encode(), "more_body": True})
+    await send({"type": "http.response.body", "body": head.encode(), "more_body": True})
     while batch:
         rows = []
         for e in batch:
-            row = {"name": e.name, "cid": str(e.cid), "kind": e.kind, "size": e.size}
-            rows.append(("" if first else ",") + json.dumps(row))
+            rows.append(listing.html_row(ipfs_path, e) if request.html else listing.json_row(e, first))
             first = False
         await send({"type": "http.response.body", "body": "".join(rows).encode(), "more_body": True})
         if len(batch) < LISTING_BATCH:
             break
         batch = await trio.to_thread.run_sync(_take, entries, LISTING_BATCH)
-    await send({"type": "http.response.body", "body": b"]}", "more_body": False})
+    await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})

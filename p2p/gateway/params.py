@@ -90,6 +90,8 @@ class GatewayRequest:
     only_if_cached: bool = False
     if_none_match: str | None = None
     range_header: str | None = None
+    html: bool = False
+    """A directory listing is wanted as HTML (Accept prefers text/html over JSON)."""
 
     def content_type(self) -> str:
         if self.format == "raw":
@@ -105,7 +107,7 @@ class GatewayRequest:
         if self.format == "car":
             spec = f"{self.scope}|{self.entity_bytes.text() if self.entity_bytes else ''}|{int(self.dups)}|dfs|1"
             return f'"{cid}.car.{hashlib.sha256(spec.encode()).hexdigest()[:16]}"'
-        return f'"{cid}"'
+        return f'"{cid}.html"' if self.html else f'"{cid}"'  # (an HTML listing is another representation)
 
     def filename(self, cid: str) -> str:
         return f"{cid}.{'car' if self.format == 'car' else 'bin'}"
@@ -197,6 +199,22 @@ def _negotiate(accept: str | None, fmt: str | None, car: _CarOptions) -> str | N
     return None
 
 
+def wants_html(accept: str | None) -> bool:
+    """True when `Accept` ranks text/html (or XHTML) above application/json.
+
+    The first of those the client prefers decides; neither named (curl's
+    `*/*`, no header) means JSON, the listing's default.
+    """
+    if accept is None:
+        return False
+    for mtype, _params in parse_media_ranges(accept):
+        if mtype in ("text/html", "application/xhtml+xml"):
+            return True
+        if mtype == "application/json":
+            return False
+    return False
+
+
 def parse_entity_bytes(text: str) -> EntityBytes:
     """`from:to`, inclusive; `to` may be `*`; both may be negative (from the end)."""
     start_text, sep, end_text = text.partition(":")
@@ -256,7 +274,8 @@ def parse_request(method: str, raw_path: str, query_string: bytes,
             raise GatewayRequestError(400, f"parameter {key[:40]} given twice")
         params[key] = value
     car = _CarOptions(params.get("car-version"), params.get("car-order"), params.get("car-dups"))
-    fmt = _negotiate(_header(headers, b"accept"), params.get("format"), car)
+    accept = _header(headers, b"accept")
+    fmt = _negotiate(accept, params.get("format"), car)
     if fmt != "car" and any(k in params for k in ("dag-scope", "entity-bytes", "car-version", "car-order",
                                                    "car-dups")):
         raise GatewayRequestError(400, "dag-scope, entity-bytes and car-* need a CAR response (format=car)")
@@ -284,6 +303,7 @@ def parse_request(method: str, raw_path: str, query_string: bytes,
         only_if_cached="only-if-cached" in cache_control,
         if_none_match=_header(headers, b"if-none-match"),
         range_header=_header(headers, b"range"),
+        html=fmt is None and wants_html(accept),
     )
 
 
