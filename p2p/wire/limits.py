@@ -167,3 +167,17 @@ this long in all: a silent peer costs the round nothing beyond it."""
 
 IDLE_TIMEOUT_S: Final = 300.0
 """Close a connection with nothing in flight for this long."""
+
+# --- name records (shoal.p2p.names) ----------------------------------------------
+
+MAX_NAME_RECORD_BYTES: Final = 2 * MiB - 64 * KiB
+"""One encoded name record (shoal.store.names.records.MAX_RECORD_BYTES, which
+tests/unit/test_names_service.py checks equal): 10,000 files fit, and the
+record plus its envelope fits one frame."""
+
+MAX_NAMES_ON_CONNECT: Final = 64
+"""Own records a node offers a peer when they connect; newer names first."""
+
+MAX_NAMES_PER_PUBLISHER: Final = 1024
+"""Distinct (kind, repo, revision) a node keeps per remote publisher: a peer
+cannot fill another's disk with names (a newer seq of a held name still replaces it)."""

@@ -25,7 +25,7 @@ __all__ = [
     "ErrorCode", "Message", "Error", "Hello", "Ping", "Pong", "GetPeers", "Peers",
     "PeerInfo", "WantHave", "Have", "DontHave", "WantBlock", "Block", "BlockMissing",
     "StoreRequest", "StoreResponse", "ReleaseRequest", "ReleaseResponse", "AuditChallenge", "AuditProof",
-    "LedgerSummaryRequest", "LedgerSummary", "LedgerEntry", "MESSAGE_TYPES",
+    "LedgerSummaryRequest", "LedgerSummary", "LedgerEntry", "NamePublish", "NameAck", "MESSAGE_TYPES",
     "RESPONSES",
 ]
 
@@ -453,12 +453,40 @@ class LedgerSummary(Message):
         return {e.kind: (e.joules, e.nbytes) for e in self.entries}
 
 
+# --- name records -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NamePublish(Message):
+    """A signed name record, in its own encoding (shoal.store.names.records),
+    opaque here: the names service decodes, bounds and verifies it."""
+
+    TYPE: ClassVar[int] = 0x60
+    ROLE: ClassVar[str] = "request"
+    record: bytes
+
+    def _validate(self) -> None:
+        _bytes("record", self.record, 1, L.MAX_NAME_RECORD_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class NameAck(Message):
+    """The record was valid; `stored`: it was new or newer than the one held."""
+
+    TYPE: ClassVar[int] = 0x61
+    stored: bool
+
+    def _validate(self) -> None:
+        if type(self.stored) is not bool:
+            raise _bad("stored", f"expected bool, got {type(self.stored).__name__}")
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Error, Hello, Ping, Pong, GetPeers, Peers, WantHave, Have, DontHave, WantBlock,
         Block, BlockMissing, StoreRequest, StoreResponse, ReleaseRequest, ReleaseResponse,
-        AuditChallenge, AuditProof, LedgerSummaryRequest, LedgerSummary,
+        AuditChallenge, AuditProof, LedgerSummaryRequest, LedgerSummary, NamePublish, NameAck,
     )
 }
 """Type code -> class. Codes never change meaning within a protocol version."""
@@ -472,5 +500,6 @@ RESPONSES: dict[type[Message], tuple[type[Message], ...]] = {
     ReleaseRequest: (ReleaseResponse, Error),
     AuditChallenge: (AuditProof, Error),
     LedgerSummaryRequest: (LedgerSummary, Error),
+    NamePublish: (NameAck, Error),
 }
 """Request class -> the message classes that may answer it (same request id)."""

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from shoal.store.errors import RepoError
 from shoal.store.names.records import NameRecord
@@ -89,7 +89,7 @@ class NameBook:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def _rows(self, sql: str, params: tuple[object, ...]) -> list[tuple[bytes]]:
+    def _rows(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         with self._lock:
             if self._db is None:
                 return []
@@ -127,6 +127,15 @@ class NameBook:
                 "SELECT seq FROM records WHERE publisher = ? AND kind = ? AND repo = ? AND revision = ?",
                 (publisher, kind, repo, revision)).fetchone()
         return None if row is None else int(row[0])
+
+    def holds(self, publisher: str, kind: str, repo: str, revision: str) -> bool:
+        """Whether a record of this publisher for this name is stored."""
+        return self.latest_seq(publisher, kind, repo, revision) is not None
+
+    def count_names(self, publisher: str) -> int:
+        """How many names (kind, repo, revision) `publisher` has records for here."""
+        rows = self._rows("SELECT COUNT(*) FROM records WHERE publisher = ?", (publisher,))
+        return int(rows[0][0]) if rows else 0
 
     def records(self) -> Iterator[NameRecord]:
         """Every stored record (any publisher), in (kind, repo, revision, publisher) order."""

@@ -25,7 +25,7 @@ from shoal.p2p.errors import RemoteProtocolError
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame
 from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error, GetPeers,
-    Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message, PeerInfo, Peers, Ping,
+    Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message, NameAck, NamePublish, PeerInfo, Peers, Ping,
     Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse, WantBlock, WantHave,
 )
 
@@ -56,6 +56,7 @@ def corpus(rng: random.Random) -> list[bytes]:
         AuditProof(6, cid(), rng.randbytes(32), rng.randbytes(5000), rng.randbytes(64)),
         LedgerSummaryRequest(7),
         LedgerSummary(7, (LedgerEntry("put", 12.5, 10**9), LedgerEntry("audit", 0.25, 4096))),
+        NamePublish(10, rng.randbytes(3000)), NameAck(10, True),
     ]
     assert {type(m) for m in msgs} == set(MESSAGE_TYPES.values())
     return [encode(m) for m in msgs]

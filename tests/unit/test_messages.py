@@ -15,7 +15,7 @@ from shoal.p2p.errors import LocalProtocolError, RemoteProtocolError
 from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, RESPONSES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error,
     ErrorCode, GetPeers, Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
-    PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
+    NameAck, NamePublish, PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
     WantBlock, WantHave,
 )
 
@@ -87,6 +87,8 @@ MESSAGES: dict[type[Message], st.SearchStrategy] = {
         LedgerSummary, req_ids,
         st.lists(ledger_entries, max_size=8, unique_by=lambda e: e.kind).map(tuple),
     ),
+    NamePublish: st.builds(NamePublish, req_ids, st.binary(min_size=1, max_size=2048)),
+    NameAck: st.builds(NameAck, req_ids, st.booleans()),
 }
 any_message = st.one_of(*MESSAGES.values())
 
