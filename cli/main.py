@@ -61,7 +61,7 @@ def shoal_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from shoal.cli import (
-    commands_demo, commands_energy, commands_node, commands_replication, commands_store,
+    commands_demo, commands_energy, commands_hf, commands_node, commands_replication, commands_store,
 )
 
     parser = ShoalArgumentParser(
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo", metavar="DIR", default=None, help=REPO_HELP)
     parser.add_argument("--json", action="store_true", default=False, help=JSON_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (commands_store, commands_node, commands_replication, commands_energy, commands_demo):
+    for module in (commands_store, commands_node, commands_replication, commands_energy, commands_hf,
+                   commands_demo):
         module.register(sub)
     _add_global_options(parser)
     return parser
@@ -109,7 +110,7 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
 
 def _command_name(args: argparse.Namespace) -> str:
     parts = [getattr(args, "command", None)]
-    for attr in ("pin_command", "car_command", "node_command"):
+    for attr in ("pin_command", "car_command", "node_command", "hf_command"):
         if getattr(args, attr, None):
             parts.append(getattr(args, attr))
     return " ".join(p for p in parts if p)
