@@ -107,6 +107,8 @@ def test_json_is_the_same_offline_and_through_a_node_and_documented(swarm: Swarm
         ("car export", ["car", "export", "{dir}", "-o", str(tmp_path / "d-{run}.car")]),
         ("car import", ["car", "import", str(tmp_path / "d-{run}.car")]),
         ("id", ["id"]),
+        ("hf import", ["hf", "import", str(tmp_path / "d"), "--repo", "org/d"]),
+        ("hf ls", ["hf", "ls"]),
         ("energy", ["energy"]),
     ]
     ids: dict[str, str] = {}
