@@ -1,19 +1,19 @@
 """The trio driver of Bitswap: the engine and sessions on byte streams.
 
 `Bitswap` is one node's Bitswap: one `Engine` serving a `BlockSource`, and
-any number of fetch `Session`s. For each connected peer the caller runs
-`run_peer` with two streams: `outgoing` (a stream this node opened, which
-carries every message to the peer: answers and wants) and `incoming` (the
-peer's stream to us, read until it ends). That is how Bitswap uses libp2p:
-each side sends on a stream it opened and reads the ones the other opened;
-plugging in shoal.p2p.libp2p is opening and accepting those streams.
+any number of fetch `Session`s. As in libp2p, each side sends every message
+on a stream it opened and reads whatever streams the other side opened:
+`serve_peer(peer, protocol, send)` runs for the life of a connection with
+the sender of our stream to the peer, and `read_stream(peer, stream)` runs
+for each stream the peer opens to us. `run_peer` composes the two for a
+peer with exactly one stream each way (the in-memory tests);
+shoal.p2p.bitswap.service does it on a libp2p host.
 
-Structured concurrency: `run_peer` runs the peer's reader and sender in
-its own nursery and returns (removing the peer everywhere) when the
-incoming stream ends, a stream breaks or the peer breaks the protocol. The
-engine is not thread-safe, so every call into it holds one lock; `poll`,
-which calls the store, runs in a worker thread under that lock, as do the
-block reads (the store verifies each block against its CID on read).
+Structured concurrency: `serve_peer` returns (removing the peer
+everywhere) when it is cancelled or its stream breaks. The engine is not
+thread-safe, so every call into it holds one lock; `poll`, which calls the
+store, runs in a worker thread under that lock. Block reads run in worker
+threads too (the store verifies each block against its CID on read).
 
 Not here: opening or accepting streams, the swarm key (below the streams),
 storing fetched blocks (the caller gets them from `fetch`).
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Protocol
+from typing import Awaitable, Callable, Hashable, Iterable, Protocol
 
 import trio
 
@@ -47,7 +47,7 @@ from shoal.p2p.bitswap.session import (
     Session,
 )
 
-__all__ = ["Bitswap", "BlockSource", "ByteStream", "FetchResult"]
+__all__ = ["Bitswap", "BlockSource", "ByteStream", "FetchResult", "MessageSender", "stream_sender"]
 
 log = logging.getLogger("shoal.bitswap")
 
@@ -85,17 +85,30 @@ class FetchResult:
     bad_peers: list[Hashable] = field(default_factory=list)
 
 
+MessageSender = Callable[[Message], Awaitable[None]]
+"""Writes one message to the peer (framing it); raises trio's Broken/Closed errors."""
+
+
 @dataclass(eq=False)
 class _Link:
     peer: Hashable
     protocol: str
-    outgoing: ByteStream
+    sender: MessageSender
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     wake: trio.Event = field(default_factory=trio.Event)
 
     async def send(self, message: Message) -> None:
-        async with self.send_lock:  # whole frames, never interleaved
-            await self.outgoing.send_all(frame(message))
+        async with self.send_lock:  # whole messages, never interleaved
+            await self.sender(message)
+
+
+def stream_sender(stream: ByteStream) -> MessageSender:
+    """A MessageSender writing framed messages to `stream`."""
+
+    async def send(message: Message) -> None:
+        await stream.send_all(frame(message))
+
+    return send
 
 
 @dataclass(eq=False)
@@ -122,28 +135,27 @@ class Bitswap:
 
     # -- peers -----------------------------------------------------------------
 
-    async def run_peer(self, peer: Hashable, protocol: str, outgoing: ByteStream,
-                       incoming: ByteStream, *,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve and fetch with `peer` until its incoming stream ends; then forget it.
+    def has_peer(self, peer: Hashable) -> bool:
+        return peer in self._links
 
-        A BitswapError from the peer (malformed or over-limit message) ends
-        this peer's run quietly (logged); the caller closes the connection.
+    async def serve_peer(self, peer: Hashable, protocol: str, send: MessageSender, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve `peer` (its wants, our wants to it) until cancelled or sending fails.
+
+        `protocol` is the Bitswap version negotiated on our stream to it;
+        `send` writes on that stream. Messages from the peer come in through
+        `read_stream`, on as many streams as it opens. On return the peer is
+        forgotten: its ledger dropped, sessions told it is gone.
         """
         if peer in self._links:
             raise BitswapError(f"a second Bitswap run for {peer!r}")
         async with self._engine_lock:
             self.engine.add_peer(peer, protocol)
-        link = self._links[peer] = _Link(peer, protocol, outgoing)
+        link = self._links[peer] = _Link(peer, protocol, send)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, link)
-                task_status.started()
-                await self._reader(link, incoming)
-                nursery.cancel_scope.cancel()
-        except* BitswapError as group:
-            log.info("bitswap: %r broke the protocol: %s", peer, group.exceptions[0])
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            task_status.started()
+            await self._sender(link)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the connection went: nothing to tell anyone
         finally:
             del self._links[peer]
@@ -155,7 +167,14 @@ class Bitswap:
                 run.session.peer_gone(peer, now)
                 run.changed.set()
 
-    async def _reader(self, link: _Link, incoming: ByteStream) -> None:
+    async def read_stream(self, peer: Hashable, incoming: ByteStream) -> None:
+        """Take messages from one of `peer`'s streams until it ends.
+
+        BitswapError if the peer breaks the protocol (malformed, over a
+        limit, a stream ending inside a message): the caller drops the
+        stream (and may drop the connection). Wantlists from a peer that
+        `serve_peer` is not running for are ignored.
+        """
         reader = FrameReader()
         while True:
             data = await incoming.receive_some(_RECEIVE_BYTES)
@@ -164,15 +183,36 @@ class Bitswap:
                     raise BitswapError("stream ended inside a message")
                 return
             for message in reader.feed(data):
-                if message.wantlist.entries or message.wantlist.full:
+                link = self._links.get(peer)
+                if link is not None and (message.wantlist.entries or message.wantlist.full):
                     async with self._engine_lock:
-                        self.engine.receive_message(link.peer, message)
+                        if peer in self._links:
+                            self.engine.receive_message(peer, message)
                     link.wake.set()
                 if message.blocks or message.presences:
                     now = trio.current_time()
                     for run in list(self._runs):
-                        run.session.receive_message(link.peer, message, now)
+                        run.session.receive_message(peer, message, now)
                         run.changed.set()
+
+    async def run_peer(self, peer: Hashable, protocol: str, outgoing: ByteStream,
+                       incoming: ByteStream, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """`serve_peer` on `outgoing` and `read_stream` of `incoming`, until `incoming` ends.
+
+        For a peer with exactly one stream each way. A peer that breaks the
+        protocol ends its run quietly (logged); the caller closes the streams.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.serve_peer, peer, protocol, stream_sender(outgoing))
+                task_status.started()
+                await self.read_stream(peer, incoming)
+                nursery.cancel_scope.cancel()
+        except* BitswapError as group:
+            log.info("bitswap: %r broke the protocol: %s", peer, group.exceptions[0])
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the connection went: nothing to tell anyone
 
     async def _sender(self, link: _Link) -> None:
         """Answer the peer's wants as the engine decides, one message at a time."""

@@ -158,6 +158,10 @@ class Engine:
     def peers(self) -> list[Hashable]:
         return list(self._peers)
 
+    def is_legacy(self, peer: Hashable) -> bool:
+        """True if the peer is served as Bitswap 1.1.0 (blocks only, no presences)."""
+        return self._state(peer).legacy
+
     def ledger_size(self, peer: Hashable) -> int:
         """Wants the peer has open with us."""
         return len(self._state(peer).ledger)

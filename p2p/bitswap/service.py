@@ -1,0 +1,98 @@
+"""Bitswap on a libp2p host: `/ipfs/bitswap/1.2.0` and `1.1.0` streams for the driver.
+
+`BitswapService(host, bitswap)` registers the Bitswap protocol ids in the
+host's handler registry. For each connection that speaks Bitswap (the peer
+opened a Bitswap stream to us, or we are fetching from it) it opens one
+stream of its own, negotiated to the best version both speak, and runs
+`Bitswap.serve_peer` on it until the connection closes; every Bitswap
+stream the peer opens is read with `Bitswap.read_stream`. That is how
+go/js Bitswap use libp2p: messages flow on streams their sender opened.
+
+The private swarm key, Noise and yamux are the host's business: a peer
+without the key never reaches multistream-select, let alone Bitswap.
+A peer that breaks the Bitswap protocol has that stream reset (the
+connection's handler wrapper does it) and its other streams live on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import trio
+
+from shoal.p2p.bitswap.driver import Bitswap, FetchResult, stream_sender
+from shoal.p2p.bitswap.message import PROTOCOLS
+from shoal.p2p.errors import P2PError
+from shoal.p2p.libp2p.connection import Libp2pConnection, YamuxStream
+from shoal.p2p.libp2p.host import Libp2pHost
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr
+
+__all__ = ["BitswapService"]
+
+log = logging.getLogger("shoal.bitswap")
+
+
+class BitswapService:
+    """A `Bitswap` driver plugged into a `Libp2pHost`'s connections."""
+
+    def __init__(self, host: Libp2pHost, bitswap: Bitswap) -> None:
+        self.host = host
+        self.bitswap = bitswap
+        self._starting: dict[PeerId, trio.Event] = {}
+        for protocol in PROTOCOLS:
+            host.handlers[protocol] = self._handle
+
+    async def _handle(self, stream: YamuxStream) -> None:
+        """A Bitswap stream the peer opened: make sure we serve it, then read it."""
+        await self.connect(stream.conn)
+        await self.bitswap.read_stream(stream.conn.remote_peer, stream)
+
+    async def connect(self, conn: Libp2pConnection) -> None:
+        """Start serving Bitswap on `conn` (idempotent; concurrent callers wait for one start)."""
+        peer = conn.remote_peer
+        while not self.bitswap.has_peer(peer):
+            starting = self._starting.get(peer)
+            if starting is None:
+                break
+            await starting.wait()
+        else:
+            return
+        starting = self._starting[peer] = trio.Event()
+        try:
+            stream = await conn.open_stream(list(PROTOCOLS))
+            await self.host.nursery.start(self._run, conn, stream)
+        finally:
+            del self._starting[peer]
+            starting.set()
+
+    async def _run(self, conn: Libp2pConnection, stream: YamuxStream, *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.bitswap.serve_peer, conn.remote_peer, stream.protocol,
+                                    stream_sender(stream))
+                task_status.started()
+                while not conn.closed:
+                    await conn.wait_change()
+                nursery.cancel_scope.cancel()
+        finally:
+            stream.reset()
+
+    async def fetch(self, cids: Iterable[bytes], addrs: Sequence[Multiaddr | str]) -> FetchResult:
+        """Dial `addrs` (those that answer), then fetch `cids` from them over Bitswap.
+
+        Blocks come back verified against their CIDs; storing them is the caller's.
+        """
+        peers: list[PeerId] = []
+        for addr in addrs:
+            try:
+                conn = await self.host.dial(addr)
+                await self.connect(conn)
+            except (P2PError, OSError, trio.TooSlowError, trio.BrokenResourceError,
+                    trio.ClosedResourceError) as exc:
+                log.info("bitswap: cannot use %s: %s", addr, exc)
+                continue
+            peers.append(conn.remote_peer)
+        return await self.bitswap.fetch(cids, peers)

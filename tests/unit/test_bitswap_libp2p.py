@@ -1,0 +1,116 @@
+"""Bitswap between two libp2p hosts over real TCP on 127.0.0.1 (BitswapService).
+
+The whole stack runs: TCP, (pnet,) multistream-select, Noise, yamux,
+multistream-select of /ipfs/bitswap/1.2.0 on each side's own stream, the
+driver, the engine and a session; blocks come from and are checked against
+an in-memory source.
+"""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from shoal.p2p.bitswap.driver import Bitswap
+from shoal.p2p.bitswap.message import PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
+from shoal.p2p.bitswap.service import BitswapService
+from shoal.p2p.libp2p.host import Libp2pHost
+from shoal.p2p.secure.identity import Identity
+from shoal.p2p.secure.pnet import SwarmKey
+from shoal.store.ipld.cid import make_cid
+
+
+class Source:
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blocks = {bytes(make_cid("raw", b)): b for b in blobs}
+
+    def has(self, cid: bytes) -> bool:
+        return cid in self.blocks
+
+    def size(self, cid: bytes) -> int | None:
+        return len(self.blocks[cid]) if cid in self.blocks else None
+
+    def get(self, cid: bytes) -> bytes | None:
+        return self.blocks.get(cid)
+
+
+def cid_of(data: bytes) -> bytes:
+    return bytes(make_cid("raw", data))
+
+
+def node(nursery: trio.Nursery, blobs: list[bytes], key: SwarmKey | None = None) -> BitswapService:
+    host = Libp2pHost(Identity.generate(), nursery, swarm_key=key, handshake_timeout=5)
+    return BitswapService(host, Bitswap(Source(blobs)))
+
+
+async def test_fetch_both_ways_over_tcp() -> None:
+    rng = random.Random(16)
+    a_blobs = [rng.randbytes(rng.randint(1, 1_200_000)) for _ in range(12)]
+    b_blobs = [rng.randbytes(rng.randint(1, 50_000)) for _ in range(30)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a, b = node(nursery, a_blobs), node(nursery, b_blobs)
+            assert set(PROTOCOLS) <= set(a.host.handlers)
+            (a_addr,) = await nursery.start(a.host.serve)
+            got = await b.fetch([cid_of(x) for x in a_blobs] + [cid_of(b"nowhere")], [a_addr])
+            assert got.blocks == {cid_of(x): x for x in a_blobs}
+            assert got.missing == (cid_of(b"nowhere"),)
+            # A now knows B through B's Bitswap stream, and fetches back on the same connection.
+            assert a.bitswap.peers() == [b.host.peer_id]
+            back = await a.bitswap.fetch([cid_of(x) for x in b_blobs])
+            assert back.blocks == {cid_of(x): x for x in b_blobs} and back.missing == ()
+            assert len(a.host.connections) == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_1_1_0_only_peer_is_served_blocks() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a, b = node(nursery, [b"legacy block"]), node(nursery, [])
+            del b.host.handlers[PROTOCOL_1_2_0]  # b accepts 1.1.0 streams only
+            (a_addr,) = await nursery.start(a.host.serve)
+            conn = await b.host.dial(a_addr)
+            stream = await conn.open_stream([PROTOCOL_1_2_0, PROTOCOL_1_1_0])
+            assert stream.protocol == PROTOCOL_1_2_0  # a offers both...
+            stream.reset()
+            got = await b.fetch([cid_of(b"legacy block")], [a_addr])
+            assert got.blocks == {cid_of(b"legacy block"): b"legacy block"}
+            # ...and a's own stream to b settled on 1.1.0: a sends b no presences.
+            assert a.bitswap.engine.is_legacy(b.host.peer_id)
+            nursery.cancel_scope.cancel()
+
+
+async def test_different_swarm_keys_fetch_nothing() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a = node(nursery, [b"private"], SwarmKey(bytes(range(32))))
+            b = node(nursery, [], SwarmKey(bytes(range(1, 33))))
+            (a_addr,) = await nursery.start(a.host.serve)
+            got = await b.fetch([cid_of(b"private")], [a_addr])
+            assert got.blocks == {} and got.missing == (cid_of(b"private"),)
+            assert a.bitswap.peers() == []
+            same = node(nursery, [], SwarmKey(bytes(range(32))))
+            got = await same.fetch([cid_of(b"private")], [a_addr])
+            assert got.blocks == {cid_of(b"private"): b"private"}
+            nursery.cancel_scope.cancel()
+
+
+async def test_garbage_on_a_bitswap_stream_resets_that_stream_only() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a, b = node(nursery, [b"still served"]), node(nursery, [])
+            (a_addr,) = await nursery.start(a.host.serve)
+            conn = await b.host.dial(a_addr)
+            bad = await conn.open_stream(PROTOCOL_1_2_0)
+            await bad.send_all(b"\xff\xff\xff\xff\xff\xff")  # a length prefix past every cap
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        if await bad.receive_some() == b"":
+                            break
+                    except trio.BrokenResourceError:
+                        break  # reset by a
+            got = await b.fetch([cid_of(b"still served")], [a_addr])
+            assert got.blocks == {cid_of(b"still served"): b"still served"}
+            nursery.cancel_scope.cancel()
