@@ -130,3 +130,14 @@ def test_publish_folder_signs_and_counts_seq(tmp_path: Path) -> None:
             publish_folder(repo, ALICE, folder, "org/../m")
         with pytest.raises(InvalidNameRecord):
             publish_folder(repo, ALICE, folder, "org/m", kind="space")
+
+
+def test_publish_a_dataset_snapshot_keeps_its_commit_and_type(tmp_path: Path) -> None:
+    from tests.unit.test_name_folder import COMMIT, make_snapshot
+
+    snap, contents = make_snapshot(tmp_path / "hub", kind="datasets")
+    with Repo.init(tmp_path / "repo") as repo:
+        published = publish_folder(repo, ALICE, snap, "org/tiny-model")
+        assert (published.kind, published.commit) == ("dataset", COMMIT)
+        assert repo.names.resolve("dataset", "org/tiny-model", COMMIT) == published
+        assert sorted(f.path for f in published.files) == sorted(contents)
