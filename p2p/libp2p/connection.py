@@ -31,7 +31,7 @@ from typing import Awaitable, Callable, Mapping, Sequence
 import trio
 
 from shoal.p2p.errors import (
-    LocalProtocolError, P2PError, ProtocolError, RemoteProtocolError,
+    HandshakeError, LocalProtocolError, P2PError, ProtocolError, RemoteProtocolError,
 )
 from shoal.p2p.libp2p import multistream as mss
 from shoal.p2p.libp2p.yamux import (
@@ -542,6 +542,48 @@ def _addr(stream: trio.abc.Stream, which: str) -> tuple[str, int] | None:
     return None
 
 
+async def _upgrade(
+    tcp: trio.abc.Stream,
+    identity: Identity,
+    handlers: Mapping[str, StreamHandler],
+    *,
+    initiator: bool,
+    expected_peer: PeerId | None,
+    swarm_key: SwarmKey | None,
+    timeout: float,
+) -> Libp2pConnection:
+    raw = protect(tcp, swarm_key)
+    # With a swarm key, most failures mean the peer holds another key or none: say so.
+    note = "" if swarm_key is None else (
+        f" (private swarm {swarm_key.fingerprint()}: does the peer hold the same swarm key?)")
+    try:
+        with trio.fail_after(timeout):
+            if initiator:
+                chosen = await select_protocol(raw, [NOISE_PROTOCOL], timeout)
+            else:
+                chosen = await accept_protocol(raw, [NOISE_PROTOCOL], timeout)
+            plain = PrefixedStream(raw, chosen.leftover) if chosen.leftover else raw
+            if initiator:
+                secure = await secure_dial(plain, identity, expected_peer, timeout=timeout)
+                muxer = await select_protocol(secure, [YAMUX_PROTOCOL], timeout)
+            else:
+                secure = await secure_accept(plain, identity, timeout=timeout)
+                muxer = await accept_protocol(secure, [YAMUX_PROTOCOL], timeout)
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(raw)
+        if isinstance(exc, trio.TooSlowError):
+            raise HandshakeError(f"connection upgrade took longer than {timeout} s{note}") from None
+        if isinstance(exc, RemoteProtocolError):
+            raise HandshakeError(f"{exc}{note}") from None
+        if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+            raise HandshakeError(f"connection broke during the upgrade: {exc}{note}") from exc
+        raise
+    return Libp2pConnection(secure, is_client=initiator, handlers=handlers,
+                            leftover=muxer.leftover,
+                            remote_addr=_addr(tcp, "peer"), local_addr=_addr(tcp, "sock"))
+
+
 async def upgrade_outbound(
     tcp: trio.abc.Stream,
     identity: Identity,
@@ -553,22 +595,14 @@ async def upgrade_outbound(
 ) -> Libp2pConnection:
     """Upgrade a dialled TCP stream as libp2p does; the caller then starts `run`.
 
-    On failure the TCP stream is closed and the error raised: NegotiationFailed,
-    a ProtocolError, a HandshakeError subclass, or trio.TooSlowError.
+    On failure the TCP stream is closed and a HandshakeError subclass is
+    raised (PeerIdMismatch for the wrong peer; a timeout, malformed
+    multistream-select or a broken connection become HandshakeError too,
+    naming the swarm key when there is one), or NegotiationFailed when the
+    peer speaks neither `/noise` nor `/yamux/1.0.0`.
     """
-    raw = protect(tcp, swarm_key)
-    try:
-        with trio.fail_after(timeout):
-            chosen = await select_protocol(raw, [NOISE_PROTOCOL], timeout)
-            plain = PrefixedStream(raw, chosen.leftover) if chosen.leftover else raw
-            secure = await secure_dial(plain, identity, expected_peer, timeout=timeout)
-            muxer = await select_protocol(secure, [YAMUX_PROTOCOL], timeout)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(raw)
-        raise
-    return Libp2pConnection(secure, is_client=True, handlers=handlers, leftover=muxer.leftover,
-                            remote_addr=_addr(tcp, "peer"), local_addr=_addr(tcp, "sock"))
+    return await _upgrade(tcp, identity, handlers, initiator=True, expected_peer=expected_peer,
+                          swarm_key=swarm_key, timeout=timeout)
 
 
 async def upgrade_inbound(
@@ -579,17 +613,6 @@ async def upgrade_inbound(
     swarm_key: SwarmKey | None = None,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> Libp2pConnection:
-    """Upgrade an accepted TCP stream as the listener; the caller then starts `run`."""
-    raw = protect(tcp, swarm_key)
-    try:
-        with trio.fail_after(timeout):
-            chosen = await accept_protocol(raw, [NOISE_PROTOCOL], timeout)
-            plain = PrefixedStream(raw, chosen.leftover) if chosen.leftover else raw
-            secure = await secure_accept(plain, identity, timeout=timeout)
-            muxer = await accept_protocol(secure, [YAMUX_PROTOCOL], timeout)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(raw)
-        raise
-    return Libp2pConnection(secure, is_client=False, handlers=handlers, leftover=muxer.leftover,
-                            remote_addr=_addr(tcp, "peer"), local_addr=_addr(tcp, "sock"))
+    """Upgrade an accepted TCP stream as the listener; errors as `upgrade_outbound`."""
+    return await _upgrade(tcp, identity, handlers, initiator=False, expected_peer=None,
+                          swarm_key=swarm_key, timeout=timeout)

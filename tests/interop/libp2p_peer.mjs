@@ -4,6 +4,7 @@
 //   node libp2p_peer.mjs listen [--timeout MS]         listen on /ip4/127.0.0.1/tcp/0
 //   node libp2p_peer.mjs dial --addr MA [--sink N]    dial MA, ping, identify, then send
 //                                                     N random bytes on /shoal/test/sink/1.0.0
+//   --swarm-key FILE   a private network: @libp2p/pnet with this swarm.key (both modes)
 //
 // Both modes serve /shoal/test/sink/1.0.0: read to the end, answer "<len> <sha256 hex>".
 // Reports one JSON object per line on stdout:
@@ -23,6 +24,8 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { ping } from '@libp2p/ping'
 import { identify } from '@libp2p/identify'
+import { preSharedKey } from '@libp2p/pnet'
+import { readFileSync } from 'node:fs'
 import { multiaddr } from '@multiformats/multiaddr'
 
 const SINK = '/shoal/test/sink/1.0.0'
@@ -31,6 +34,7 @@ const { positionals, values: opts } = parseArgs({
   options: {
     addr: { type: 'string' },
     sink: { type: 'string', default: '0' },
+    'swarm-key': { type: 'string' },
     timeout: { type: 'string', default: '25000' }
   }
 })
@@ -76,6 +80,7 @@ try {
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
+    ...(opts['swarm-key'] ? { connectionProtector: preSharedKey({ psk: readFileSync(opts['swarm-key']) }) } : {}),
     services: {
       ping: ping(),
       identify: identify({ runOnConnectionOpen: mode === 'listen' })

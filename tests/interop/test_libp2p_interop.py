@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 
+from shoal.p2p.errors import HandshakeError
 from shoal.p2p.libp2p.connection import YamuxStream
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.libp2p.identify import (
@@ -30,6 +31,7 @@ from shoal.p2p.libp2p.identify import (
 )
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.pnet import SwarmKey
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -153,5 +155,39 @@ async def test_shoal_dials_js_libp2p(tmp_path: Path) -> None:
                 while chunk := await stream.receive_some():
                     answer += chunk
                 assert answer.decode() == f"{SINK_BYTES} {hashlib.sha256(data).hexdigest()}"
+                await conn.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_private_network_with_js_libp2p_pnet(tmp_path: Path) -> None:
+    """@libp2p/pnet and Shoal's protector with one swarm.key are one network: js
+    dials, pings and identifies Shoal through it. With another key Shoal's dial
+    fails in multistream-select, before Noise or any protocol message."""
+    key = SwarmKey.generate()
+    key_file = tmp_path / "swarm.key"
+    key_file.write_bytes(key.encode())
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host = Libp2pHost(Identity.generate(), nursery, swarm_key=key)
+            host.handlers[SINK] = sink_handler
+            (addr,) = await nursery.start(host.serve)
+            async with js_node(tmp_path, "dial", "--addr", str(addr), "--swarm-key",
+                               str(key_file), "--sink", "100000") as js:
+                assert (await js.expect("pinged"))["rtt"] >= 0
+                check_identified(await js.expect("identified"), host, addr)
+                sunk = await js.expect("sunk")
+                assert sunk["answer"] == f"100000 {sunk['sent_sha256']}"
+                assert await js.proc.wait() == 0, js.stderr()
+
+            async with js_node(tmp_path, "listen", "--swarm-key", str(key_file)) as js:
+                ready = await js.expect("ready")
+                outsider = Libp2pHost(Identity.generate(), nursery, swarm_key=SwarmKey.generate(),
+                                      handshake_timeout=5)
+                with pytest.raises(HandshakeError, match="same swarm key"):
+                    await outsider.dial(ready["addrs"][0])
+                insider = Libp2pHost(Identity.generate(), nursery, swarm_key=key)
+                conn = await insider.dial(ready["addrs"][0])
+                rtts = await ping(await conn.open_stream(PING_PROTOCOL), count=2)
+                assert len(rtts) == 2
                 await conn.aclose()
             nursery.cancel_scope.cancel()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+
 import pytest
 import trio
 
-from shoal.p2p.errors import HandshakeError, PeerIdMismatch, RemoteProtocolError
+from shoal.p2p.errors import HandshakeError, PeerIdMismatch
 from shoal.p2p.libp2p import multistream as mss
 from shoal.p2p.libp2p.connection import NegotiationFailed, YamuxStream
 from shoal.p2p.libp2p.host import Libp2pHost
@@ -19,8 +20,8 @@ from shoal.p2p.libp2p.identify import (
     IDENTIFY_PROTOCOL, PING_PROTOCOL, agent_version, decode_multiaddr, identify, ping,
 )
 from shoal.p2p.secure.identity import Identity
-from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.libp2p.yamux import DEFAULT_WINDOW as WINDOW
+from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
 
 ECHO = "/shoal/test/echo/1.0.0"
@@ -157,7 +158,7 @@ async def test_wrong_peer_and_swarm_keys() -> None:
                                   handshake_timeout=3)
             # Another key: the pnet keystreams differ, so multistream-select already
             # reads noise and fails, before any Noise message or protocol byte.
-            with pytest.raises((RemoteProtocolError, HandshakeError)):
+            with pytest.raises(HandshakeError, match="same swarm key"):
                 await stranger.dial(addr)
             nursery.cancel_scope.cancel()
 
