@@ -86,7 +86,8 @@ def make_record(repo: str, kind: str, folder: Path, dir_cid: str, cids: dict[str
     return Record(repo, kind, revision, dir_cid, commit, file_rows(folder, cids))
 
 
-def run_client(code: str, endpoint: str, cache: Path, old: bool = False, timeout: float = 240) -> Any:
+def run_client(code: str, endpoint: str, cache: Path, old: bool = False, timeout: float = 240,
+               args: list[str] | None = None) -> Any:
     """Run `code` (which prints one JSON line last) with the real huggingface_hub in a fresh process."""
     env = dict(os.environ)
     env.update({"HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache / "home"),
@@ -96,7 +97,7 @@ def run_client(code: str, endpoint: str, cache: Path, old: bool = False, timeout
         env.pop(var, None)
     if old:
         env["PYTHONPATH"] = str(OLD_HF)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-c", code, *(args or [])], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=str(cache))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

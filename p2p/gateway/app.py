@@ -42,8 +42,8 @@ from shoal.p2p.gateway.car_stream import car_header, car_section, file_window, g
 from shoal.p2p.gateway.files import serve_path
 from shoal.p2p.gateway.hf_app import serve_hf
 from shoal.p2p.gateway.hf_routes import DEFAULT_PAGE_SIZE, HfRequest, parse_hf_request
-from shoal.p2p.gateway.names_standin import resolver_of
 from shoal.p2p.gateway.params import IMMUTABLE_CACHE, GatewayRequest, GatewayRequestError, parse_request
+from shoal.p2p.names.service import resolver_of
 from shoal.p2p.net.api import run_until_client_leaves, serve_lifespan
 
 if TYPE_CHECKING:
@@ -162,7 +162,12 @@ class GatewayApp:
 
         server = scope.get("server") or ("127.0.0.1", self.options.port)
         fallback = f"http://{server[0]}:{server[1]}"
-        await serve_hf(self.node, resolver_of(self.node), request, path, list(scope.get("headers", [])),
+        try:
+            resolver = resolver_of(self.node)
+        except P2PError as exc:
+            await _send_text(send, 503, f"names are not served here: {exc}")
+            return
+        await serve_hf(self.node, resolver, request, path, list(scope.get("headers", [])),
                        fetch_one, send, page_size=self.options.hf_page_size, fallback_url=fallback)
 
     async def _serve_path(self, request: GatewayRequest, cid: CID, inline: bytes | None, send: Send) -> None:

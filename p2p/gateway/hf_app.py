@@ -49,7 +49,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class NameResolverLike(Protocol):
-    """What the routes need of `shoal.p2p.names.service.resolver_of(node)` (trust already applied)."""
+    """What the routes need of `shoal.p2p.names.service.resolver_of(node)` (trust already applied;
+    both methods block on the name book)."""
 
     def resolve(self, kind: str, repo: str, revision: str) -> NameRecordLike | None: ...
 
@@ -57,7 +58,8 @@ class NameResolverLike(Protocol):
 
 
 def lookup(resolver: NameResolverLike, request: HfRequest) -> NameRecordLike:
-    """The record a request names, or the Hub's RepoNotFound / RevisionNotFound."""
+    """The record a request names, or the Hub's RepoNotFound / RevisionNotFound. Blocking (the
+    name book is SQLite): called in a worker thread."""
     record = resolver.resolve(request.kind, request.repo, request.revision)
     if record is not None:
         return record
@@ -71,7 +73,7 @@ async def serve_hf(node: "Node", resolver: NameResolverLike, request: HfRequest,
                    send: Send, page_size: int = DEFAULT_PAGE_SIZE, fallback_url: str = "") -> None:
     """Answer one Hub request; refusals are sent here (HfError with X-Error-Code, others as text)."""
     try:
-        record = lookup(resolver, request)
+        record = await trio.to_thread.run_sync(lookup, resolver, request)
         if request.action == "info":
             await _send_json(send, request, repo_info(request, record), record.commit)
         elif request.action == "tree":

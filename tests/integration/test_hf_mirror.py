@@ -11,20 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from shoal.store.dag import exporter
-from shoal.store.dag.importer import import_path
-from shoal.store.persist.blockstore import MemoryBlockstore
+import httpx
 
-from tests.hf_helpers import OLD_HF, make_model, make_record, run_client
+from tests.hf_helpers import OLD_HF, make_model, run_client
 from tests.helpers import write_random
-from tests.integration.swarm import NodeProc, Swarm, swarm
+from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
 
 __all__ = ["swarm"]
 
-BIG = 48 * 1024 * 1024
+BIG = 40 * 1024 * 1024
 
 
 def gateway_url(node: NodeProc) -> str:
@@ -34,30 +32,36 @@ def gateway_url(node: NodeProc) -> str:
 
 
 def mirror(swarm: Swarm, tmp: Path) -> tuple[NodeProc, NodeProc, NodeProc, Path, dict[str, bytes]]:
-    """Holders a and b (each `shoal put` the folder), gateway c bootstrapped to both, holding nothing."""
+    """Holders a (`shoal hf import` of the folder as model org/tiny and dataset org/tiny-data) and b
+    (`shoal put` of the same folder); gateway c, bootstrapped to both, trusting the swarm's names,
+    holding no block."""
     folder = tmp / "tiny"
     files = make_model(folder)
     (folder / "weights").mkdir()
     files["weights/big.bin"] = write_random(folder / "weights" / "big.bin", BIG, seed=21)
-    store = MemoryBlockstore()
-    root = import_path(folder, store).cid
-    cids = {}
-    for rel in files:
-        target = root
-        for part in rel.split("/"):
-            target = next(e.cid for e in exporter.iter_dir(store, target, resolve=False) if e.name == part)
-        cids[rel] = str(target)
+    files["weights/big2.bin"] = write_random(folder / "weights" / "big2.bin", BIG, seed=22)
     a = swarm.add("a")
     b = swarm.add("b", bootstrap=[a.addr])
-    assert a.put(folder) == str(root) and b.put(folder) == str(root)
-    records = [asdict(make_record("org/tiny", "model", folder, str(root), cids)),
-               asdict(make_record("org/tiny-data", "dataset", folder, str(root), cids))]
-    (tmp / "records.json").write_text(json.dumps(records))
-    swarm.env = dict(swarm.env or {}, SHOAL_HF_RECORDS=str(tmp / "records.json"))
-    c = swarm.add("c", bootstrap=[a.addr, b.addr], extra_args=["--gateway", "127.0.0.1:0"])
+    model = hf_import(a, folder, "org/tiny")
+    data = hf_import(a, folder, "org/tiny-data", "--type", "dataset")
+    assert b.put(folder) == model["cid"] == data["cid"]
+    c = swarm.add("c", bootstrap=[a.addr, b.addr], extra_args=["--gateway", "127.0.0.1:0"], start=False)
+    config = c.repo / "config.toml"
+    config.write_text(config.read_text() + '\n[names]\ntrust = "swarm"\n')  # believe a's records
+    c.start()
     swarm.wait_connected(c, 2)
+    url = gateway_url(c)
+    for route in ("/api/models/org/tiny/revision/main", "/api/datasets/org/tiny-data/revision/main"):
+        wait_until(lambda: httpx.get(url + route, timeout=10).status_code == 200, 30, f"c to resolve {route}")
     assert c.block_count() == 0
     return a, b, c, folder, files
+
+
+def hf_import(node: NodeProc, folder: Path, repo: str, *args: str) -> dict[str, Any]:
+    r = node.shoal("hf", "import", str(folder), "--repo", repo, *args, "--json")
+    assert r.code == 0, r.err
+    doc: dict[str, Any] = json.loads(r.out)
+    return doc
 
 
 SNAPSHOT = """
@@ -88,9 +92,9 @@ print(json.dumps(out))
 """
 
 BIG_DOWNLOAD = """
-import json, os
+import json, os, sys
 from huggingface_hub import hf_hub_download
-p = hf_hub_download("org/tiny", "weights/big.bin", cache_dir=os.environ["HF_HUB_CACHE"])
+p = hf_hub_download("org/tiny", sys.argv[1], cache_dir=os.environ["HF_HUB_CACHE"])
 print(json.dumps({"path": p}))
 """
 # 0.x clients resume only when asked (later ones always do)
@@ -108,7 +112,7 @@ def test_hf_client_through_a_gateway_that_holds_nothing(swarm: Swarm, tmp_path: 
     assert snap.parent.name == "snapshots" and snap.parent.parent.name == "models--org--tiny"
     assert len(snap.name) == 40 and (snap.parent.parent / "refs" / "main").read_text() == snap.name
     got = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
-    assert got == sorted(r for r in files if r != "weights/big.bin")
+    assert got == sorted(r for r in files if not r.startswith("weights/"))
     for rel in got:
         assert (snap / rel).read_bytes() == files[rel], rel
     assert Path(out["one"]).read_bytes() == files["tokenizer/vocab.txt"]
@@ -129,12 +133,13 @@ def test_hf_client_through_a_gateway_that_holds_nothing(swarm: Swarm, tmp_path: 
                       "dataset-entry": "EntryNotFoundError"}, errors
 
 
-def kill_mid_file(code: str, env: dict[str, str], cwd: Path, blobs: Path, holders: list[NodeProc]) -> int:
+def kill_mid_file(code: str, name: str, env: dict[str, str], cwd: Path, blobs: Path,
+                  holders: list[NodeProc]) -> int:
     """Start a client downloading the big file; once its `.incomplete` file has bytes, freeze both
-    holders (the gateway can fetch no further block, so the client is certainly mid-file), kill
+    holders (the gateway, which has none of the file's blocks, can fetch no further one, so the client is certainly mid-file), kill
     the client, thaw the holders. Returns how many bytes the killed client had written."""
     log = (cwd / "client.log").open("wb")
-    client = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(cwd),
+    client = subprocess.Popen([sys.executable, "-c", code, name], env=env, cwd=str(cwd),
                               stdout=log, stderr=subprocess.STDOUT)
     stopped: list[NodeProc] = []
     partial = 0
@@ -142,12 +147,12 @@ def kill_mid_file(code: str, env: dict[str, str], cwd: Path, blobs: Path, holder
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and client.poll() is None:
             incomplete = list(blobs.glob("*.incomplete")) if blobs.exists() else []
-            if incomplete and incomplete[0].stat().st_size > 0:
+            if incomplete and _size(incomplete[0]) > 0:
                 for holder in holders:
                     os.kill(holder.pid, signal.SIGSTOP)
                     stopped.append(holder)
                 time.sleep(0.5)
-                partial = incomplete[0].stat().st_size
+                partial = _size(incomplete[0])
                 break
             time.sleep(0.005)
     finally:
@@ -158,6 +163,13 @@ def kill_mid_file(code: str, env: dict[str, str], cwd: Path, blobs: Path, holder
         log.close()
     print((cwd / "client.log").read_text(errors="replace")[-3000:])
     return partial
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # renamed: that download is complete
+        return -1
 
 
 def client_env(url: str, cache: Path, old: bool) -> dict[str, str]:
@@ -175,11 +187,12 @@ def test_hf_download_resumes_after_the_client_is_killed(swarm: Swarm, tmp_path: 
     cache = tmp_path / "hf-old"
     cache.mkdir()
     blobs = cache / "models--org--tiny" / "blobs"
-    partial = kill_mid_file(OLD_BIG_DOWNLOAD, client_env(url, cache, old=True), cache, blobs, [a, b])
+    partial = kill_mid_file(OLD_BIG_DOWNLOAD, "weights/big.bin", client_env(url, cache, old=True), cache, blobs,
+                            [a, b])
     assert 0 < partial < BIG, partial
     (left,) = list(blobs.glob("*.incomplete"))
     inode = left.stat().st_ino
-    out = run_client(OLD_BIG_DOWNLOAD, url, cache, old=True)
+    out = run_client(OLD_BIG_DOWNLOAD, url, cache, old=True, args=["weights/big.bin"])
     final = Path(out["path"])
     # the same file, continued (a 200 instead of the 206 would have appended the whole file again)
     assert final.read_bytes() == files["weights/big.bin"] and final.resolve().stat().st_ino == inode
@@ -189,7 +202,8 @@ def test_hf_download_resumes_after_the_client_is_killed(swarm: Swarm, tmp_path: 
     cache = tmp_path / "hf-new"
     cache.mkdir()
     blobs = cache / "models--org--tiny" / "blobs"
-    partial = kill_mid_file(BIG_DOWNLOAD, client_env(url, cache, old=False), cache, blobs, [a, b])
+    partial = kill_mid_file(BIG_DOWNLOAD, "weights/big2.bin", client_env(url, cache, old=False), cache, blobs,
+                            [a, b])
     assert 0 < partial < BIG, partial
-    out = run_client(BIG_DOWNLOAD, url, cache)
-    assert Path(out["path"]).read_bytes() == files["weights/big.bin"]
+    out = run_client(BIG_DOWNLOAD, url, cache, args=["weights/big2.bin"])
+    assert Path(out["path"]).read_bytes() == files["weights/big2.bin"]
