@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
     p.add_argument("--gateway", action="append", default=[], metavar="URL",
                    help="an IPFS trustless gateway (http://HOST:PORT) to fetch blocks from, beside the "
                         "node's peers; every block is hash-checked; repeatable; adds to [fetch] gateways "
-                        "in config.toml. Works without a running node too")
+                        "in config.toml (default: only [fetch] gateways). Works without a running node too")
     p.set_defaults(handler=cmd_get)
 
     p = sub.add_parser("cat", help="print a file's bytes (or a range of them)")
