@@ -35,7 +35,7 @@ from shoal.p2p.errors import (
 )
 from shoal.p2p.libp2p import multistream as mss
 from shoal.p2p.libp2p.yamux import (
-    GoAwayCode, GoAwayReceived, PingAnswered, StreamData, StreamEnded, StreamOpened,
+    DEFAULT_WINDOW, GoAwayCode, GoAwayReceived, PingAnswered, StreamData, StreamEnded, StreamOpened,
     StreamReset, WindowIncreased, YamuxSession,
 )
 from shoal.p2p.secure.identity import Identity, PeerId
@@ -301,9 +301,11 @@ class Libp2pConnection:
         remote_addr: tuple[str, int] | None = None,
         local_addr: tuple[str, int] | None = None,
         max_inbound_streams: int = 256,
+        receive_window: int = DEFAULT_WINDOW,
     ) -> None:
         self.secure = secure
-        self.session = YamuxSession(is_client, max_inbound_streams=max_inbound_streams)
+        self.session = YamuxSession(is_client, max_inbound_streams=max_inbound_streams,
+                                    receive_window=receive_window)
         self.handlers = handlers  # the registry may be shared (a host's) and grow
         self.remote_peer: PeerId = secure.remote_peer
         self.remote_addr = remote_addr
@@ -551,6 +553,7 @@ async def _upgrade(
     expected_peer: PeerId | None,
     swarm_key: SwarmKey | None,
     timeout: float,
+    receive_window: int,
 ) -> Libp2pConnection:
     raw = protect(tcp, swarm_key)
     # With a swarm key, most failures mean the peer holds another key or none: say so.
@@ -580,7 +583,7 @@ async def _upgrade(
             raise HandshakeError(f"connection broke during the upgrade: {exc}{note}") from exc
         raise
     return Libp2pConnection(secure, is_client=initiator, handlers=handlers,
-                            leftover=muxer.leftover,
+                            leftover=muxer.leftover, receive_window=receive_window,
                             remote_addr=_addr(tcp, "peer"), local_addr=_addr(tcp, "sock"))
 
 
@@ -592,6 +595,7 @@ async def upgrade_outbound(
     expected_peer: PeerId | None = None,
     swarm_key: SwarmKey | None = None,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    receive_window: int = DEFAULT_WINDOW,
 ) -> Libp2pConnection:
     """Upgrade a dialled TCP stream as libp2p does; the caller then starts `run`.
 
@@ -602,7 +606,7 @@ async def upgrade_outbound(
     peer speaks neither `/noise` nor `/yamux/1.0.0`.
     """
     return await _upgrade(tcp, identity, handlers, initiator=True, expected_peer=expected_peer,
-                          swarm_key=swarm_key, timeout=timeout)
+                          swarm_key=swarm_key, timeout=timeout, receive_window=receive_window)
 
 
 async def upgrade_inbound(
@@ -612,7 +616,8 @@ async def upgrade_inbound(
     *,
     swarm_key: SwarmKey | None = None,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    receive_window: int = DEFAULT_WINDOW,
 ) -> Libp2pConnection:
     """Upgrade an accepted TCP stream as the listener; errors as `upgrade_outbound`."""
     return await _upgrade(tcp, identity, handlers, initiator=False, expected_peer=None,
-                          swarm_key=swarm_key, timeout=timeout)
+                          swarm_key=swarm_key, timeout=timeout, receive_window=receive_window)

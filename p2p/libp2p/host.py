@@ -23,6 +23,7 @@ from shoal.p2p.libp2p.identify import (
     IDENTIFY_PROTOCOL, PING_PROTOCOL, PROTOCOL_VERSION, IdentifyInfo, agent_version,
     encode_multiaddr, ping_handler, send_identify,
 )
+from shoal.p2p.libp2p.yamux import DEFAULT_WINDOW
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
@@ -49,11 +50,13 @@ class Libp2pHost:
         swarm_key: SwarmKey | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_connections: int = 256,
+        receive_window: int = DEFAULT_WINDOW,
     ) -> None:
         self.identity = identity
         self.nursery = nursery
         self.swarm_key = swarm_key
         self.handshake_timeout = handshake_timeout
+        self.receive_window = receive_window  # per stream: what one stream may buffer
         self.listen_addrs: list[Multiaddr] = []
         self.connections: set[Libp2pConnection] = set()
         self.on_connection: Callable[[Libp2pConnection], None] | None = None
@@ -106,7 +109,8 @@ class Libp2pHost:
             try:
                 conn = await upgrade_inbound(tcp, self.identity, self.handlers,
                                              swarm_key=self.swarm_key,
-                                             timeout=self.handshake_timeout)
+                                             timeout=self.handshake_timeout,
+                                             receive_window=self.receive_window)
             except (P2PError, trio.TooSlowError, trio.BrokenResourceError,
                     trio.ClosedResourceError, OSError) as exc:
                 log.debug("inbound upgrade failed: %s", exc)
@@ -133,6 +137,7 @@ class Libp2pHost:
         tcp = await trio.open_tcp_stream(addr.host, addr.port)
         conn = await upgrade_outbound(tcp, self.identity, self.handlers,
                                       expected_peer=addr.peer_id, swarm_key=self.swarm_key,
-                                      timeout=self.handshake_timeout)
+                                      timeout=self.handshake_timeout,
+                                      receive_window=self.receive_window)
         await self.nursery.start(self._run, conn)
         return conn

@@ -10,7 +10,9 @@ RST aborts both. The dialer (client) uses odd stream ids, the listener even.
 Flow control: each direction of each stream starts with a 256 KiB window.
 Data may only be sent within the receiver's window; the receiver grants
 more with WindowUpdate once the application has consumed half of it, so a
-stream never buffers more than its window. A peer sending past the window,
+stream never buffers more than its window. A session may grant a larger
+fixed window (`receive_window`, up to 16 MiB) with the SYN or ACK frame, as
+go-yamux does, so one stream can fill a path with more than 256 KiB in flight. A peer sending past the window,
 reusing a stream id, or sending a malformed frame has broken the protocol:
 the session queues GoAway(protocol error) and raises `RemoteProtocolError`.
 
@@ -24,7 +26,7 @@ never exceeds 2**32-1.
 Usage, like h11: call methods (`open_stream`, `send_data`, `send_fin`,
 `reset`, `consumed`, `ping`, `go_away`) and `receive_data(bytes)`, which
 returns events; send whatever `data_to_send()` returns after either.
-Deliberately not here: window auto-tuning (the window stays 256 KiB),
+Deliberately not here: window auto-tuning (the window stays fixed),
 keep-alive timers and any clock; the driver owns time.
 """
 
@@ -61,6 +63,8 @@ MAX_WINDOW: Final = 2**32 - 1
 MAX_SEND_FRAME: Final = 256 * 1024
 """Largest Data frame we send: one whole initial window, so a bulk sender
 writes one header per window instead of one per Noise frame."""
+MAX_RECEIVE_WINDOW: Final = 16 * 1024 * 1024
+"""Largest receive window a session may grant per stream (go-yamux's cap)."""
 DEFAULT_MAX_INBOUND: Final = 256
 DEFAULT_MAX_OUTBOUND: Final = 1024
 _HEADER: Final = struct.Struct(">BBHII")
@@ -162,8 +166,12 @@ class YamuxSession:
         *,
         max_inbound_streams: int = DEFAULT_MAX_INBOUND,
         max_outbound_streams: int = DEFAULT_MAX_OUTBOUND,
+        receive_window: int = DEFAULT_WINDOW,
     ) -> None:
+        if not DEFAULT_WINDOW <= receive_window <= MAX_RECEIVE_WINDOW:
+            raise LocalProtocolError("receive window must be 256 KiB .. 16 MiB")
         self.is_client = is_client
+        self.receive_window = receive_window
         self.max_inbound_streams = max_inbound_streams
         self.max_outbound_streams = max_outbound_streams
         self._next_id = 1 if is_client else 2
@@ -205,8 +213,11 @@ class YamuxSession:
             raise LocalProtocolError("stream ids exhausted")
         sid = self._next_id
         self._next_id += 2
-        self._streams[sid] = _Stream(inbound=False)
-        self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, sid, 0))
+        st = self._streams[sid] = _Stream(inbound=False)
+        # The SYN carries the growth of our receive window beyond the spec's 256 KiB.
+        extra = self.receive_window - DEFAULT_WINDOW
+        st.recv_window += extra
+        self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, sid, extra))
         return sid
 
     def send_window(self, stream_id: int) -> int:
@@ -260,7 +271,7 @@ class YamuxSession:
         if st is None or self.failed:
             return
         st.unacked += n
-        if st.remote_open and st.unacked >= DEFAULT_WINDOW // 2:
+        if st.remote_open and st.unacked >= self.receive_window // 2:
             self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, self._flags(st),
                                               stream_id, st.unacked))
             st.recv_window += st.unacked
@@ -376,8 +387,10 @@ class YamuxSession:
         st = _Stream(inbound=True)
         self._streams[sid] = st
         self._inbound_count += 1
-        # Accept at once: an empty window update carrying ACK.
-        self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, sid, 0))
+        # Accept at once: a window update carrying ACK (and any window growth).
+        extra = self.receive_window - DEFAULT_WINDOW
+        st.recv_window += extra
+        self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, sid, extra))
         st.need_ack = False
         events.append(StreamOpened(sid))
         return st

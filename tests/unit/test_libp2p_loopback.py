@@ -163,11 +163,13 @@ async def test_wrong_peer_and_swarm_keys() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_backpressure_bounds_what_a_slow_reader_buffers() -> None:
+@pytest.mark.parametrize("window", [WINDOW, 4 * WINDOW])
+async def test_backpressure_bounds_what_a_slow_reader_buffers(window: int) -> None:
     """A reader that stops reading holds at most one window; the sender waits, then resumes."""
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             a, b, addr = await pair(nursery)
+            b.receive_window = window
             arrived: list[YamuxStream] = []
             release = trio.Event()
 
@@ -189,11 +191,11 @@ async def test_backpressure_bounds_what_a_slow_reader_buffers() -> None:
 
             nursery.start_soon(send)
             # The window (less the few negotiation bytes already counted) fills up...
-            while not arrived or arrived[0]._buffered < WINDOW - 1024:
+            while not arrived or arrived[0]._buffered < window - 1024:
                 await trio.sleep(0.01)
             await trio.sleep(0.2)  # ...and nothing more arrives while nobody reads
             (server_stream,) = arrived
-            assert server_stream._buffered <= WINDOW
+            assert server_stream._buffered <= window
             assert not sent.is_set()  # the sender waits on the window
             release.set()
             answer = await read_all(stream)

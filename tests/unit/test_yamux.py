@@ -74,6 +74,26 @@ def test_exceeding_the_window_is_a_protocol_error_with_go_away() -> None:
         b.receive_data(b"")
 
 
+def test_a_larger_receive_window_is_granted_with_syn_and_ack() -> None:
+    big = 4 * W
+    a, b = YamuxSession(True, receive_window=big), YamuxSession(False, receive_window=big)
+    sid = a.open_stream()
+    syn = a.data_to_send()
+    assert frames(syn) == [(FrameType.WINDOW_UPDATE, Flag.SYN, sid, big - W)]
+    assert b.receive_data(syn) == [y.StreamOpened(sid), y.WindowIncreased(sid)]
+    assert b.send_window(sid) == big
+    ack = b.data_to_send()
+    assert frames(ack) == [(FrameType.WINDOW_UPDATE, Flag.ACK, sid, big - W)]
+    a.receive_data(ack)
+    assert a.send_window(sid) == big
+    assert a.send_data(sid, bytes(big + 1)) == big
+    b.receive_data(a.data_to_send())  # a whole 1 MiB window in: no error
+    with pytest.raises(RemoteProtocolError):  # one byte more is past the window
+        b.receive_data(encode_header(FrameType.DATA, 0, sid, 1) + b"x")
+    with pytest.raises(LocalProtocolError):
+        YamuxSession(True, receive_window=64 * 1024 * 1024)
+
+
 def test_window_counts_across_frames() -> None:
     b = YamuxSession(False)
     b.receive_data(encode_header(FrameType.DATA, Flag.SYN, 1, W) + bytes(W))
@@ -165,7 +185,8 @@ def test_random_interleavings_deliver_every_stream_in_order(
 ) -> None:
     payloads, ops, seed = plan
     rng = random.Random(seed ^ 0x5A5A)
-    a, b = YamuxSession(True), YamuxSession(False)
+    a = YamuxSession(True, receive_window=rng.choice([W, 3 * W]))
+    b = YamuxSession(False, receive_window=rng.choice([W, 2 * W]))
     sids = [a.open_stream() for _ in payloads]
     sent = [0] * len(payloads)
     fin = [False] * len(payloads)
