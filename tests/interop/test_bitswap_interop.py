@@ -5,8 +5,10 @@ yamux, identify) + `withBitswap`, with no router that could find anything:
 its only provider is the peer it is given.
 
 - Helia fetches from Shoal: a Shoal libp2p host with BitswapService serves a
-  multi-block UnixFS file (imported by Shoal's importer) and a raw block from
-  a blockstore; Helia dials it and `cat`s both, every block over Bitswap.
+  multi-block UnixFS file and a directory with a nested multi-block file
+  (imported by Shoal's importer) and a raw block from a blockstore; Helia
+  dials it and reads them with @helia/unixfs (stat, ls, cat), every block
+  over Bitswap.
 - Shoal fetches from Helia: Helia adds a multi-block file (256 KiB raw
   leaves) and a raw block; Shoal dials it, fetches the root over Bitswap,
   follows the dag-pb links level by level, and reads the file back with
@@ -37,10 +39,11 @@ from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.store.dag import exporter
-from shoal.store.dag.importer import import_bytes
+from shoal.store.dag.importer import import_path
 from shoal.store.ipld import dagpb
 from shoal.store.ipld.cid import cid_from_bytes, make_cid, parse_cid
 from shoal.store.persist.blockstore import MemoryBlockstore
+from tests.interop.test_car_interop import expected_files
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 
@@ -97,25 +100,38 @@ def shoal_node(nursery: trio.Nursery, store: MemoryBlockstore) -> BitswapService
     return BitswapService(host, Bitswap(StoreSource(store), timeout_s=10.0))
 
 
-async def test_helia_fetches_a_file_and_a_block_from_shoal(node22: Path, tmp_path: Path) -> None:
-    data = random.Random(5).randbytes(FILE_BYTES)
+async def test_helia_fetches_a_file_a_directory_and_a_block_from_shoal(node22: Path, tmp_path: Path) -> None:
+    rng = random.Random(5)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "config.json").write_bytes(b'{"dim": 4096}\n')
+    (tree / "sub" / "shard.bin").write_bytes(rng.randbytes(2 * 1024 * 1024 + 7))
+    (tree / "sub" / "empty").write_bytes(b"")
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(rng.randbytes(FILE_BYTES))
     store = MemoryBlockstore()
-    file_cid = import_bytes(data, store).cid
+    file_cid = import_path(weights, store).cid
+    dir_cid = import_path(tree, store).cid
     block = b"a single raw block held by Shoal"
     block_cid = make_cid("raw", block)
     store.put(block_cid, block)
-    assert len(list(store.keys())) >= 6
+    assert len(list(store.keys())) >= 10
     with trio.fail_after(TEST_TIMEOUT):
         async with trio.open_nursery() as nursery:
             shoal = shoal_node(nursery, store)
             (addr,) = await nursery.start(shoal.host.serve)
-            async with js(node22, tmp_path, "get", "--addr", str(addr), str(file_cid), str(block_cid)) as peer:
+            cids = [str(file_cid), str(dir_cid), str(block_cid)]
+            async with js(node22, tmp_path, "get", "--addr", str(addr), *cids) as peer:
                 got = (await peer.expect("got"))["results"]
                 assert await peer.proc.wait() == 0, peer.stderr()
+            with trio.fail_after(10):
+                while shoal.bitswap.peers():  # Helia's connection closed: its ledger goes with it
+                    await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
-    assert got[str(file_cid)] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    assert got[str(block_cid)] == {"size": len(block), "sha256": hashlib.sha256(block).hexdigest()}
-    assert shoal.bitswap.peers() == []  # Helia's connection closed: its ledger went with it
+    assert got[str(file_cid)] == expected_files(weights)
+    assert got[str(dir_cid)] == expected_files(tree)
+    assert got[str(block_cid)] == {"": {"type": "file", "size": len(block),
+                                        "sha256": hashlib.sha256(block).hexdigest()}}
 
 
 async def fetch_dag(shoal: BitswapService, root: bytes, addr: Multiaddr, store: MemoryBlockstore) -> None:
