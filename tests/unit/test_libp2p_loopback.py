@@ -14,13 +14,14 @@ import trio
 
 from shoal.p2p.errors import HandshakeError, PeerIdMismatch
 from shoal.p2p.libp2p import multistream as mss
-from shoal.p2p.libp2p.connection import NegotiationFailed, YamuxStream
+from shoal.p2p.libp2p.connection import NegotiationFailed, YamuxStream, upgrade_outbound
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.libp2p.identify import (
     IDENTIFY_PROTOCOL, PING_PROTOCOL, agent_version, decode_multiaddr, identify, ping,
 )
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.libp2p.yamux import DEFAULT_WINDOW as WINDOW
+from shoal.p2p.libp2p.yamux import Flag, FrameType, GoAwayCode, encode_header
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
 
@@ -219,4 +220,47 @@ async def test_listener_takes_pipelined_protocol_bytes() -> None:
             await stream.send_eof()
             got = await read_all(stream)
             assert got == mss.encode_message(mss.HEADER) + mss.encode_message(ECHO) + b"early bytes"
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_breaking_yamux_gets_go_away_and_is_hung_up_on() -> None:
+    """Data past the window: the driver sends GoAway(protocol error) and closes."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            _, b, addr = await pair(nursery)
+            tcp = await trio.open_tcp_stream(addr.host, addr.port)
+            # Only the upgrade: we drive the yamux bytes by hand, below the session.
+            conn = await upgrade_outbound(tcp, Identity.generate(), {}, expected_peer=b.peer_id)
+            secure = conn.secure
+            await secure.send_all(encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 0)
+                                  + encode_header(FrameType.DATA, 0, 1, WINDOW + 1))
+            received = bytearray()
+            while data := await secure.receive_some():
+                received += data
+            # The ACK of stream 1, then GoAway(1); then the connection ends.
+            assert received.endswith(encode_header(FrameType.GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))
+            assert not b.connections or all(c.closed for c in b.connections)
+            await secure.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_inbound_stream_limit_refuses_with_reset() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            b.handlers["/shoal/test/hold/1.0.0"] = lambda stream: trio.sleep_forever()
+            conn = await a.dial(addr)
+            (server,) = b.connections
+            server.session.max_inbound_streams = 4
+            held = [await conn.open_stream("/shoal/test/hold/1.0.0") for _ in range(4)]
+            with pytest.raises(trio.BrokenResourceError):  # the 5th gets RST
+                await conn.open_stream("/shoal/test/hold/1.0.0")
+            held[0].reset()
+            for _ in range(100):  # the RST frees a slot on the other side
+                if server.session.open_streams < 4:
+                    break
+                await trio.sleep(0.01)
+            extra = await conn.open_stream(ECHO)
+            await extra.send_all(b"ok")
+            assert await extra.receive_some() == b"ok"
             nursery.cancel_scope.cancel()
