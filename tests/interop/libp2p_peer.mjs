@@ -4,6 +4,7 @@
 //   node libp2p_peer.mjs listen [--timeout MS]         listen on /ip4/127.0.0.1/tcp/0
 //   node libp2p_peer.mjs dial --addr MA [--sink N]    dial MA, ping, identify, then send
 //                                                     N random bytes on /shoal/test/sink/1.0.0
+//   --streams K        (dial) K concurrent sink streams of N bytes each
 //   --swarm-key FILE   a private network: @libp2p/pnet with this swarm.key (both modes)
 //
 // Both modes serve /shoal/test/sink/1.0.0: read to the end, answer "<len> <sha256 hex>".
@@ -34,6 +35,7 @@ const { positionals, values: opts } = parseArgs({
   options: {
     addr: { type: 'string' },
     sink: { type: 'string', default: '0' },
+    streams: { type: 'string', default: '1' },
     'swarm-key': { type: 'string' },
     timeout: { type: 'string', default: '25000' }
   }
@@ -60,6 +62,27 @@ setTimeout(() => {
 
 function flat (chunk) {
   return chunk instanceof Uint8Array ? chunk : chunk.subarray()
+}
+
+async function sinkOnce (conn, size) {
+  const data = randomBytes(size)
+  const stream = await conn.newStream(SINK)
+  for (let pos = 0; pos < size; pos += 65536) {
+    if (!stream.send(data.subarray(pos, pos + 65536))) {
+      await stream.onDrain()
+    }
+  }
+  await stream.close()
+  let answer = ''
+  for await (const chunk of stream) {
+    answer += new TextDecoder().decode(flat(chunk))
+  }
+  report({
+    event: 'sunk',
+    answer,
+    sent_len: size,
+    sent_sha256: createHash('sha256').update(data).digest('hex')
+  })
 }
 
 function identified (result) {
@@ -121,24 +144,8 @@ try {
     identified(await node.services.identify.identify(conn))
     const size = Number(opts.sink)
     if (size > 0) {
-      const data = randomBytes(size)
-      const stream = await conn.newStream(SINK)
-      for (let pos = 0; pos < size; pos += 65536) {
-        if (!stream.send(data.subarray(pos, pos + 65536))) {
-          await stream.onDrain()
-        }
-      }
-      await stream.close()
-      let answer = ''
-      for await (const chunk of stream) {
-        answer += new TextDecoder().decode(flat(chunk))
-      }
-      report({
-        event: 'sunk',
-        answer,
-        sent_len: size,
-        sent_sha256: createHash('sha256').update(data).digest('hex')
-      })
+      // --streams K: K sink streams at once, their frames interleaved on one connection
+      await Promise.all(Array.from({ length: Number(opts.streams) }, () => sinkOnce(conn, size)))
     }
     await node.stop()
     process.exit(0)

@@ -122,6 +122,15 @@ async def test_js_libp2p_dials_shoal(tmp_path: Path) -> None:
                 assert sunk["sent_len"] == SINK_BYTES
                 assert sunk["answer"] == f"{SINK_BYTES} {sunk['sent_sha256']}"
                 assert await js.proc.wait() == 0, js.stderr()
+            # Many streams at once from js: their yamux frames interleave on one connection.
+            async with js_node(tmp_path, "dial", "--addr", str(addr), "--sink", "700000",
+                               "--streams", "12") as js:
+                await js.expect("pinged")
+                await js.expect("identified")
+                for _ in range(12):
+                    sunk = await js.expect("sunk")
+                    assert sunk["answer"] == f"700000 {sunk['sent_sha256']}"
+                assert await js.proc.wait() == 0, js.stderr()
             nursery.cancel_scope.cancel()
 
 
