@@ -12,6 +12,11 @@ The private swarm key, Noise and yamux are the host's business: a peer
 without the key never reaches multistream-select, let alone Bitswap.
 A peer that breaks the Bitswap protocol has that stream reset (the
 connection's handler wrapper does it) and its other streams live on.
+
+At most `max_readers_per_peer` of a connection's Bitswap streams are read
+at once: each may hold a partial message of up to 4 MiB, so a peer opening
+hundreds of streams would otherwise pin hundreds of them. The others wait
+unread, and yamux's window stops their senders.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 
-__all__ = ["BitswapService"]
+__all__ = ["BitswapService", "MAX_READERS_PER_PEER"]
+
+MAX_READERS_PER_PEER = 4
+"""Bitswap streams of one connection read at once (go keeps one per peer;
+js may have a few open while it sends)."""
 
 log = logging.getLogger("shoal.bitswap")
 
@@ -37,17 +46,25 @@ log = logging.getLogger("shoal.bitswap")
 class BitswapService:
     """A `Bitswap` driver plugged into a `Libp2pHost`'s connections."""
 
-    def __init__(self, host: Libp2pHost, bitswap: Bitswap) -> None:
+    def __init__(self, host: Libp2pHost, bitswap: Bitswap, *,
+                 max_readers_per_peer: int = MAX_READERS_PER_PEER) -> None:
         self.host = host
         self.bitswap = bitswap
+        self.max_readers_per_peer = max_readers_per_peer
         self._starting: dict[PeerId, trio.Event] = {}
+        self._read_slots: dict[Libp2pConnection, trio.Semaphore] = {}
         for protocol in PROTOCOLS:
             host.handlers[protocol] = self._handle
 
     async def _handle(self, stream: YamuxStream) -> None:
         """A Bitswap stream the peer opened: make sure we serve it, then read it."""
-        await self.connect(stream.conn)
-        await self.bitswap.read_stream(stream.conn.remote_peer, stream)
+        conn = stream.conn
+        await self.connect(conn)
+        if conn.closed:
+            return
+        slots = self._read_slots.setdefault(conn, trio.Semaphore(self.max_readers_per_peer))
+        async with slots:
+            await self.bitswap.read_stream(conn.remote_peer, stream)
 
     async def connect(self, conn: Libp2pConnection) -> None:
         """Start serving Bitswap on `conn` (idempotent; concurrent callers wait for one start)."""
@@ -79,6 +96,7 @@ class BitswapService:
                 nursery.cancel_scope.cancel()
         finally:
             stream.reset()
+            self._read_slots.pop(conn, None)
 
     async def fetch(self, cids: Iterable[bytes], addrs: Sequence[Multiaddr | str]) -> FetchResult:
         """Dial `addrs` (those that answer), then fetch `cids` from them over Bitswap.

@@ -13,8 +13,11 @@ import random
 import trio
 
 from shoal.p2p.bitswap.driver import Bitswap
-from shoal.p2p.bitswap.message import PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS
+from shoal.p2p.bitswap.message import (
+    PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS, Entry, Message, WantType, Wantlist, frame,
+)
 from shoal.p2p.bitswap.service import BitswapService
+from shoal.p2p.libp2p.connection import YamuxStream
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.secure.pnet import SwarmKey
@@ -113,4 +116,42 @@ async def test_garbage_on_a_bitswap_stream_resets_that_stream_only() -> None:
                         break  # reset by a
             got = await b.fetch([cid_of(b"still served")], [a_addr])
             assert got.blocks == {cid_of(b"still served"): b"still served"}
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_s_streams_are_read_a_few_at_a_time() -> None:
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            host = Libp2pHost(Identity.generate(), nursery, handshake_timeout=5)
+            a = BitswapService(host, Bitswap(Source([])), max_readers_per_peer=2)
+            # b: a bare host whose Bitswap handler only drains A's stream (and opens none of its own).
+            b = Libp2pHost(Identity.generate(), nursery, handshake_timeout=5)
+
+            async def drain(stream: YamuxStream) -> None:
+                while await stream.receive_some():
+                    pass
+
+            b.handlers[PROTOCOL_1_2_0] = drain
+            (a_addr,) = await nursery.start(a.host.serve)
+            conn = await b.dial(a_addr)
+            # A want A cannot answer (no sendDontHave): it stays in A's ledger once read.
+            whole = frame(Message(Wantlist((Entry(cid_of(b"absent"), want_type=WantType.HAVE),))))
+            held = []
+            for _ in range(2):  # two streams stuck inside a message take both read slots
+                stream = await conn.open_stream(PROTOCOL_1_2_0)
+                await stream.send_all(whole[:-1])
+                held.append(stream)
+            third = await conn.open_stream(PROTOCOL_1_2_0)
+            await third.send_all(whole)
+            peer = b.peer_id
+            with trio.fail_after(10):
+                while not a.bitswap.has_peer(peer):
+                    await trio.sleep(0.01)
+            await trio.sleep(0.5)
+            assert a.bitswap.engine.ledger_size(peer) == 0  # the third stream waits unread
+            await held[0].send_eof()  # it ends inside a message: that reader fails, its slot frees
+            with trio.fail_after(10):
+                while a.bitswap.engine.ledger_size(peer) == 0:
+                    await trio.sleep(0.01)
+            assert a.bitswap.engine.ledger_size(peer) == 1
             nursery.cancel_scope.cancel()
