@@ -98,6 +98,12 @@ class BitswapService:
             stream.reset()
             self._read_slots.pop(conn, None)
 
+    async def dial(self, addr: Multiaddr | str) -> PeerId:
+        """Connect to `addr` and start Bitswap with it; the peer to name in fetches."""
+        conn = await self.host.dial(addr)
+        await self.connect(conn)
+        return conn.remote_peer
+
     async def fetch(self, cids: Iterable[bytes], addrs: Sequence[Multiaddr | str]) -> FetchResult:
         """Dial `addrs` (those that answer), then fetch `cids` from them over Bitswap.
 
@@ -106,11 +112,8 @@ class BitswapService:
         peers: list[PeerId] = []
         for addr in addrs:
             try:
-                conn = await self.host.dial(addr)
-                await self.connect(conn)
+                peers.append(await self.dial(addr))
             except (P2PError, OSError, trio.TooSlowError, trio.BrokenResourceError,
                     trio.ClosedResourceError) as exc:
                 log.info("bitswap: cannot use %s: %s", addr, exc)
-                continue
-            peers.append(conn.remote_peer)
         return await self.bitswap.fetch(cids, peers)

