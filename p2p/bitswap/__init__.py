@@ -16,7 +16,13 @@ of the rest of `p2p/`:
   asks who has them, fetches each from one peer, verifies it, cancels
   elsewhere, re-asks on timeouts, and ends with what is still missing.
 
-Deliberately not here: sockets, streams, trio, multistream-select and
-yamux (shoal.p2p.libp2p), and the blockstore itself. Drivers connect these
-state machines to streams and to the repo.
+Around them, with trio:
+
+- `driver`: one node's Bitswap (an engine and its sessions) over byte streams.
+- `service`: the driver on a libp2p host's connections (shoal.p2p.libp2p).
+- `repo_source`: a blockstore or repo as the blocks the engine serves.
+- `dag_fetch`: a whole DAG, level by level, into a blockstore.
+
+The three protocol modules are sans-IO: no sockets, streams or trio; the
+blockstore is reached only through callbacks.
 """
