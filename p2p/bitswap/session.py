@@ -285,6 +285,7 @@ class Session:
             return
         if not block_cid(block.cid, block.data):
             self._bad.add(peer)
+            self._out.pop(peer, None)  # nothing more for it, not even what was queued
             self._events.append(PeerBad(peer, f"block for {block.cid.hex()} does not match its CID"))
             self._drop_peer(peer, now)
             return

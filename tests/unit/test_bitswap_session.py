@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.p2p.bitswap.engine import Engine
 from shoal.p2p.bitswap.message import (
@@ -301,3 +303,74 @@ def test_a_session_fails_cleanly_on_what_no_engine_has_and_drops_liars() -> None
     # The liar's corrupt blocks decode under other CIDs: they are strays, never delivered.
     assert all(e.peer == "honest" for e in events if isinstance(e, BlockReceived))
     assert events[-1] == Failed(tuple(cids[5:]) + (missing,))
+
+
+# -- any sequence of inputs --------------------------------------------------------
+
+BLOBS = [b"block %d" % i for i in range(5)]
+PEERS = ["a", "b", "c"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_sequence_of_answers_ends_consistently(data: st.DataObject) -> None:
+    """Random presences, blocks (right, forged, stray), ticks and departures, from any peer.
+
+    Whatever happens: only verified blocks are reported, each once; nothing is
+    sent to a peer after it left or lied; ticks alone always end the session;
+    the end lists exactly the CIDs not received.
+    """
+    wanted = BLOBS[: data.draw(st.integers(1, len(BLOBS)))]
+    cids = [cid_of(b) for b in wanted]
+    legacy = data.draw(st.sets(st.sampled_from(PEERS), max_size=1))
+    s = Session(cids, PEERS, now=0.0, legacy_peers=legacy, timeout_s=1.0, max_attempts=2,
+                max_in_flight=data.draw(st.integers(1, 3)))
+    now = 0.0
+    received: dict[bytes, bytes] = {}
+    silenced: set[str] = set()
+    ends: list[Event] = []
+
+    def drain() -> None:
+        for event in s.next_events():
+            if isinstance(event, SendWants):
+                assert event.peer not in silenced
+            elif isinstance(event, BlockReceived):
+                assert event.cid not in received and cid_of(event.data) == event.cid
+                received[event.cid] = event.data
+            elif isinstance(event, PeerBad):
+                silenced.add(str(event.peer))
+            else:
+                ends.append(event)
+
+    drain()
+    for _ in range(data.draw(st.integers(0, 40))):
+        peer = data.draw(st.sampled_from(PEERS))
+        i = data.draw(st.integers(0, len(wanted) - 1))
+        action = data.draw(st.sampled_from(["have", "dont", "block", "forged", "stray", "tick", "gone"]))
+        if action == "have":
+            s.receive_message(peer, have(cids[i]), now)
+        elif action == "dont":
+            s.receive_message(peer, dont_have(cids[i]), now)
+        elif action == "block":
+            s.receive_message(peer, block(wanted[i]), now)
+        elif action == "forged":
+            s.receive_message(peer, Message(blocks=(BlockPayload(cids[i], b"forged"),)), now)
+        elif action == "stray":
+            s.receive_message(peer, block(b"nobody asked"), now)
+        elif action == "tick":
+            now += data.draw(st.floats(0.0, 3.0))
+            s.tick(now)
+        else:
+            s.peer_gone(peer, now)
+            silenced.add(peer)
+        drain()
+    for _ in range(20):  # with no more answers, timeouts alone finish it
+        if s.finished:
+            break
+        now += 1.0
+        s.tick(now)
+        drain()
+    assert s.finished and len(ends) == 1
+    missing = [c for c in cids if c not in received]
+    assert ends[0] == (Failed(tuple(missing)) if missing else Done())
+    assert s.next_events() == []
