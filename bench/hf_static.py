@@ -123,7 +123,10 @@ def make_handler(folder: Path, records: list[Record]) -> type[BaseHTTPRequestHan
                     if method == "GET" and length:
                         with open(folder / req.path, "rb") as fh:
                             fh.seek(offset)
-                            _copy(fh, self.wfile, length)
+                            try:
+                                _copy(fh, self.wfile, length)
+                            except (BrokenPipeError, ConnectionResetError):
+                                self.close_connection = True  # the client left mid-body (a TTFB probe)
             except HfError as exc:
                 body = exc.body()
                 self._send(exc.status, json_headers(len(body)) + exc.headers(), body)

@@ -111,7 +111,7 @@ async def serve_path(node: "Node", request: GatewayRequest, root: CID,
     await stream_file(source, target, offset, length, status, headers, send)
 
 
-async def stream_file(source: OnDemandBlocks, target: CID, offset: int, length: int, status: int,
+async def stream_file(source: exporter.Source, target: CID, offset: int, length: int, status: int,
                       headers: list[tuple[bytes, bytes]], send: Send) -> None:
     """Send `length` bytes of file `target` from `offset` as the body of a `status` response.
 

@@ -8,12 +8,15 @@ a file's bytes come from the directory DAG: the path is walked from the
 record's directory CID (so the bytes served are the ones the directory
 names, whatever the record's file list says), the file's size and CID must
 agree with the record's entry (else 502), and blocks the node lacks are
-fetched from peers on demand, hash-checked, as the path gateway does
-(`shoal.p2p.gateway.files`), a Range moving only the blocks it covers.
+fetched from peers, hash-checked: a whole file by `fetch_dag` from every
+holder at once while the response streams (each verified block handed to
+the reader), a Range on demand as the path gateway does
+(`shoal.p2p.gateway.files`), moving only the blocks it covers.
 """
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
@@ -24,6 +27,8 @@ from shoal.store.errors import BlockNotFound, InvalidCID, InvalidInput, StoreErr
 from shoal.store.ipld.cid import CID, parse_cid
 
 from shoal.p2p.errors import NoPeers, P2PError
+from shoal.p2p.exchange.fetch import fetch_dag
+from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.gateway.files import OnDemandBlocks, resolve_path, stream_file
 from shoal.p2p.gateway.hf_routes import (
     DEFAULT_PAGE_SIZE,
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
     from shoal.p2p.net.node import Node
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+log = logging.getLogger("shoal.gateway")
 
 
 class NameResolverLike(Protocol):
@@ -155,8 +161,41 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
         await send(message)
 
     try:
-        await stream_file(source, target, offset, length, status, out, tracked)
+        if wanted is None:
+            await _stream_whole(node, target, size, out, tracked)
+        else:
+            await stream_file(source, target, offset, length, status, out, tracked)
     except (BlockNotFound, NoPeers) as exc:
         if started:
             raise  # the body is cut short: the client sees a truncated download and resumes it
         raise GatewayRequestError(503, f"{request.path}: no connected peer has it ({exc})") from None
+
+
+async def _stream_whole(node: "Node", target: CID, size: int, headers: list[tuple[bytes, bytes]],
+                        send: Send) -> None:
+    """A whole file: `fetch_dag` gets its blocks from every holder at once while the response
+    streams them, each verified block handed straight to the reader (p2p/exchange/handoff.py).
+
+    Block by block on demand (what a Range read does) leaves the holders idle between reads;
+    the whole-DAG fetch keeps several requests in flight per holder, so a download through the
+    gateway runs at the swarm's pace, not at one round trip per block.
+    """
+    blocks = ArrivingBlocks(node.repo.blockstore)
+
+    async def stored(_cid: CID, _data: bytes) -> None:
+        blocks.arrived()
+
+    async def fetch_all() -> None:
+        try:
+            await fetch_dag(node, target, on_stored=stored, on_verified=blocks.verified, on_wanted=blocks.expect)
+        except (P2PError, StoreError) as exc:  # the reader then finds the block missing
+            log.warning("gateway fetch of %s failed: %s", target, exc)
+        finally:
+            blocks.finish()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch_all)
+        try:
+            await stream_file(blocks, target, 0, size, 200, headers, send)
+        finally:
+            blocks.export_over()

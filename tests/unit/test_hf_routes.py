@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 import httpx
@@ -18,7 +17,7 @@ from hypercorn.trio import serve
 
 from shoal.store.dag import exporter
 from shoal.store.dag.importer import import_path
-from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.persist.repo import Repo
 
 from shoal.p2p.gateway import app as app_module
 from shoal.p2p.gateway.app import GatewayApp, GatewayOptions
@@ -30,6 +29,9 @@ from shoal.p2p.gateway.hf_routes import (
     parse_hf_request,
     tree_page,
 )
+from shoal.p2p.net.node import Node
+from shoal.p2p.net.node_config import NodeOptions
+from shoal.p2p.secure.identity import Identity
 from tests.hf_helpers import FileRow, Record, Resolver, make_model, make_record, run_client
 
 
@@ -106,7 +108,8 @@ async def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     """A gateway app over a local store holding a model and a dataset, served by hypercorn on 127.0.0.1."""
     folder = tmp_path / "model"
     files = make_model(folder)
-    store = MemoryBlockstore()
+    repo = Repo.init(tmp_path / "repo")
+    store = repo.blockstore
     root = import_path(folder, store).cid
     cids = {}
     for rel in files:
@@ -117,7 +120,7 @@ async def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     records = [make_record("org/tiny", "model", folder, str(root), cids),
                make_record("org/tiny-data", "dataset", folder, str(root), cids)]
     monkeypatch.setattr(app_module, "resolver_of", lambda node: Resolver(records))
-    node: Any = SimpleNamespace(repo=SimpleNamespace(blockstore=store))
+    node = Node(repo, Identity.generate(), NodeOptions())  # not started: everything is local
     app: Any = GatewayApp(node, GatewayOptions(hf_page_size=2))
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
@@ -126,8 +129,11 @@ async def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(lambda task_status: serve(app, config, shutdown_trigger=stop.wait,
                                                               task_status=task_status))
-        yield binds[0], tmp_path, files
-        stop.set()
+        try:
+            yield binds[0], tmp_path, files
+        finally:
+            stop.set()
+    repo.close()
 
 
 SNAPSHOT = """
