@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.p2p.bitswap.engine import Engine, SendMessage
 from shoal.p2p.bitswap.message import (
@@ -233,3 +235,53 @@ def test_wants_for_unverifiable_cids_are_dont_have() -> None:
     out = liar.poll()
     assert block_cids(out) == [] and presences(out) == [(blake3, PresenceType.DONT_HAVE)]
     assert BlockPresence(blake3, PresenceType.DONT_HAVE) in out[0].message.presences
+
+
+# -- any sequence of wantlists ---------------------------------------------------------
+
+POOL = [bytes([i]) * (100 * (i + 1)) for i in range(12)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_sequence_keeps_the_bounds(data: st.DataObject) -> None:
+    """Random wants, cancels, full lists, sends and departures from two peers (one 1.1.0).
+
+    The ledgers never pass their caps and their sum is the total; a peer's
+    in-flight bytes stay under the budget (or are one block); blocks go only
+    to peers that want them and exist; 1.1.0 peers never get a presence.
+    """
+    store = Store(*POOL[::2])
+    engine = Engine(store.has, store.size, send_budget_bytes=1500, max_entries_per_peer=6,
+                    max_entries_total=9, max_message_bytes=1200)
+    protocols = {"new": PROTOCOL_1_2_0, "old": PROTOCOL_1_1_0}
+    for peer, protocol in protocols.items():
+        engine.add_peer(peer, protocol)
+    unsent: list[SendMessage] = []
+    for _ in range(data.draw(st.integers(1, 40))):
+        peer = data.draw(st.sampled_from(sorted(protocols)))
+        action = data.draw(st.sampled_from(["want", "want", "cancel", "full", "poll", "sent", "gone"]))
+        if action in ("want", "cancel", "full"):
+            entries = tuple(
+                Entry(cid_of(data.draw(st.sampled_from(POOL))), data.draw(st.integers(-3, 3)),
+                      action == "cancel", data.draw(st.sampled_from(WantType)), data.draw(st.booleans()))
+                for _ in range(data.draw(st.integers(0, 8))))
+            engine.receive_message(peer, wants(*entries, full=action == "full"))
+        elif action == "poll":
+            for event in engine.poll(peer):
+                assert len(encode(store.fill(event))) <= 1200 or len(event.block_cids) == 1
+                assert all(store.has(c) for c in event.block_cids)
+                if protocols[peer] == PROTOCOL_1_1_0:
+                    assert event.message.presences == ()
+                unsent.append(event)
+        elif action == "sent" and unsent:
+            engine.message_sent(unsent.pop(0))
+        elif action == "gone":
+            engine.remove_peer(peer)
+            unsent = [e for e in unsent if e.peer != peer]
+            engine.add_peer(peer, protocols[peer])
+        sizes = [engine.ledger_size(p) for p in protocols]
+        assert all(n <= 6 for n in sizes) and sum(sizes) == engine.total_entries <= 9
+        for p in protocols:
+            in_flight = engine.in_flight(p)
+            assert in_flight <= 1500 or len([c for e in unsent if e.peer == p for c in e.block_cids]) == 1
