@@ -13,6 +13,7 @@
 //       file (raw leaves, 256 KiB chunks) and one raw block, then wait to be killed
 //       -> {"event":"ready","peer":ID,"addrs":[..],"file":CID,"file_sha256":HEX,
 //           "file_size":N,"block":CID,"block_sha256":HEX}
+//   --swarm-key FILE   a libp2p private network (@libp2p/pnet) with that swarm.key
 //   on failure {"event":"error","name":..,"message":..} and exit 1.
 //
 // The node is createHeliaLight + withLibp2pLight + withBitswap, with a no-op
@@ -28,7 +29,9 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
 import { tcp } from '@libp2p/tcp'
+import { preSharedKey } from '@libp2p/pnet'
 import { multiaddr } from '@multiformats/multiaddr'
+import { readFileSync } from 'node:fs'
 import { createHeliaLight } from 'helia'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
@@ -40,6 +43,7 @@ const { positionals, values: opts } = parseArgs({
   options: {
     addr: { type: 'string' },
     size: { type: 'string', default: '0' },
+    'swarm-key': { type: 'string' },
     timeout: { type: 'string', default: '60000' }
   }
 })
@@ -84,6 +88,7 @@ try {
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
+    ...(opts['swarm-key'] ? { connectionProtector: preSharedKey({ psk: readFileSync(opts['swarm-key']) }) } : {}),
     services: { identify: identify() }
   }))
   await helia.start()

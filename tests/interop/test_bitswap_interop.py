@@ -39,6 +39,7 @@ from shoal.p2p.bitswap.service import BitswapService
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.pnet import SwarmKey
 from shoal.store.dag import exporter
 from shoal.store.dag.importer import import_path
 from shoal.store.ipld.cid import make_cid, parse_cid
@@ -158,3 +159,53 @@ async def test_shoal_fetches_a_file_and_a_block_from_helia(node22: Path, tmp_pat
     assert len(list(store.keys())) >= 7  # the root and 6 leaves came over Bitswap
     assert hashlib.sha256(result.blocks[bytes(block_cid)]).hexdigest() == ready["block_sha256"]
     assert nothing.missing == (bytes(absent),)  # Helia's DONT_HAVE ended it
+
+
+def shoal_private_node(nursery: trio.Nursery, store: MemoryBlockstore, key: SwarmKey) -> BitswapService:
+    host = Libp2pHost(Identity.generate(), nursery, swarm_key=key, handshake_timeout=10)
+    return BitswapService(host, Bitswap(StoreSource(store), timeout_s=10.0))
+
+
+async def test_private_network_same_key_fetches_other_key_fails(node22: Path, tmp_path: Path) -> None:
+    """Shoal's swarm.key and @libp2p/pnet's: one key, one network; another key, nothing at all."""
+    key = SwarmKey.generate()
+    (tmp_path / "swarm.key").write_bytes(key.encode())
+    (tmp_path / "other.key").write_bytes(SwarmKey.generate().encode())
+    block = b"a block of a private swarm"
+    block_cid = make_cid("raw", block)
+    store = MemoryBlockstore()
+    store.put(block_cid, block)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            shoal = shoal_private_node(nursery, store, key)
+            (addr,) = await nursery.start(shoal.host.serve)
+            async with js(node22, tmp_path, "get", "--addr", str(addr), str(block_cid),
+                          "--swarm-key", str(tmp_path / "other.key")) as peer:
+                failed = await peer.expect("error")
+                assert await peer.proc.wait() != 0
+            assert shoal.bitswap.peers() == [] and not shoal.host.connections  # no protocol message
+            async with js(node22, tmp_path, "get", "--addr", str(addr), str(block_cid),
+                          "--swarm-key", str(tmp_path / "swarm.key")) as peer:
+                got = (await peer.expect("got"))["results"]
+                assert await peer.proc.wait() == 0, peer.stderr()
+            nursery.cancel_scope.cancel()
+    assert failed["message"]
+    assert got[str(block_cid)][""]["sha256"] == hashlib.sha256(block).hexdigest()
+
+
+async def test_shoal_fetches_from_a_private_helia(node22: Path, tmp_path: Path) -> None:
+    key = SwarmKey.generate()
+    (tmp_path / "swarm.key").write_bytes(key.encode())
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            async with js(node22, tmp_path, "serve", "--size", "1000",
+                          "--swarm-key", str(tmp_path / "swarm.key")) as peer:
+                ready = await peer.expect("ready")
+                block_cid = bytes(parse_cid(ready["block"]))
+                outsider = shoal_private_node(nursery, MemoryBlockstore(), SwarmKey.generate())
+                refused = await outsider.fetch([block_cid], [ready["addrs"][0]])
+                member = shoal_private_node(nursery, MemoryBlockstore(), key)
+                result = await member.fetch([block_cid], [ready["addrs"][0]])
+            nursery.cancel_scope.cancel()
+    assert refused.blocks == {} and refused.missing == (block_cid,)
+    assert hashlib.sha256(result.blocks[block_cid]).hexdigest() == ready["block_sha256"]
