@@ -168,7 +168,8 @@ class GatewayApp:
             await _send_text(send, 503, f"names are not served here: {exc}")
             return
         await serve_hf(self.node, resolver, request, path, list(scope.get("headers", [])),
-                       fetch_one, send, page_size=self.options.hf_page_size, fallback_url=fallback)
+                       fetch_one, send, page_size=self.options.hf_page_size, fallback_url=fallback,
+                       cache_pin=self.options.cache_pin)
 
     async def _serve_path(self, request: GatewayRequest, cid: CID, inline: bytes | None, send: Send) -> None:
         """The path gateway (shoal.p2p.gateway.files): plain bytes, ranges, listings."""

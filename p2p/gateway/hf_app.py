@@ -76,7 +76,8 @@ def lookup(resolver: NameResolverLike, request: HfRequest) -> NameRecordLike:
 
 async def serve_hf(node: "Node", resolver: NameResolverLike, request: HfRequest, raw_path: str,
                    headers: list[tuple[bytes, bytes]], fetch_one: Callable[[CID], Awaitable[None]],
-                   send: Send, page_size: int = DEFAULT_PAGE_SIZE, fallback_url: str = "") -> None:
+                   send: Send, page_size: int = DEFAULT_PAGE_SIZE, fallback_url: str = "",
+                   cache_pin: bool = False) -> None:
     """Answer one Hub request; refusals are sent here (HfError with X-Error-Code, others as text)."""
     try:
         record = await trio.to_thread.run_sync(lookup, resolver, request)
@@ -91,7 +92,7 @@ async def serve_hf(node: "Node", resolver: NameResolverLike, request: HfRequest,
                 extra.append((b"link", link.encode()))
             await _send_json(send, request, page.body, record.commit, extra)
         else:
-            await _serve_file(node, request, record, headers, fetch_one, send)
+            await _serve_file(node, request, record, headers, fetch_one, send, cache_pin)
     except HfError as exc:
         body = exc.body()
         await send({"type": "http.response.start", "status": exc.status,
@@ -114,7 +115,7 @@ async def _send_json(send: Send, request: HfRequest, body: bytes, commit: str,
 
 async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
                       headers: list[tuple[bytes, bytes]], fetch_one: Callable[[CID], Awaitable[None]],
-                      send: Send) -> None:
+                      send: Send, cache_pin: bool) -> None:
     entry = find_file(record, request.path)
     if entry is None:
         raise HfError(404, "EntryNotFound", f"{request.path}: no such file in {record.repo}@{record.commit}",
@@ -162,7 +163,7 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
 
     try:
         if wanted is None:
-            await _stream_whole(node, target, size, out, tracked)
+            await _stream_whole(node, target, size, out, tracked, cache_pin)
         else:
             await stream_file(source, target, offset, length, status, out, tracked)
     except (BlockNotFound, NoPeers) as exc:
@@ -172,13 +173,14 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
 
 
 async def _stream_whole(node: "Node", target: CID, size: int, headers: list[tuple[bytes, bytes]],
-                        send: Send) -> None:
+                        send: Send, cache_pin: bool) -> None:
     """A whole file: `fetch_dag` gets its blocks from every holder at once while the response
     streams them, each verified block handed straight to the reader (p2p/exchange/handoff.py).
 
     Block by block on demand (what a Range read does) leaves the holders idle between reads;
     the whole-DAG fetch keeps several requests in flight per holder, so a download through the
-    gateway runs at the swarm's pace, not at one round trip per block.
+    gateway runs at the swarm's pace, not at one round trip per block. With `--gateway-cache-pin`
+    the file is pinned once complete, as the trustless routes pin a DAG fetched whole.
     """
     blocks = ArrivingBlocks(node.repo.blockstore)
 
@@ -188,6 +190,9 @@ async def _stream_whole(node: "Node", target: CID, size: int, headers: list[tupl
     async def fetch_all() -> None:
         try:
             await fetch_dag(node, target, on_stored=stored, on_verified=blocks.verified, on_wanted=blocks.expect)
+            if cache_pin:
+                async with node.store_guard.shared():
+                    await trio.to_thread.run_sync(node.repo.pin_add, target)
         except (P2PError, StoreError) as exc:  # the reader then finds the block missing
             log.warning("gateway fetch of %s failed: %s", target, exc)
         finally:

@@ -6,6 +6,7 @@ path is tests/integration/test_hf_mirror.py)."""
 from __future__ import annotations
 
 import json
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -103,8 +104,9 @@ def test_tree_lists_folders_and_pages() -> None:
 # ------------------------------------------------------------------ the real clients, in-process server
 
 
-@pytest.fixture
-async def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Path, dict[str, bytes]]]:
+@asynccontextmanager
+async def serve_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    options: GatewayOptions) -> AsyncIterator[tuple[str, Path, dict[str, bytes], Repo]]:
     """A gateway app over a local store holding a model and a dataset, served by hypercorn on 127.0.0.1."""
     folder = tmp_path / "model"
     files = make_model(folder)
@@ -121,19 +123,41 @@ async def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
                make_record("org/tiny-data", "dataset", folder, str(root), cids)]
     monkeypatch.setattr(app_module, "resolver_of", lambda node: Resolver(records))
     node = Node(repo, Identity.generate(), NodeOptions())  # not started: everything is local
-    app: Any = GatewayApp(node, GatewayOptions(hf_page_size=2))
+    app: Any = GatewayApp(node, options)
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(lambda task_status: serve(app, config, shutdown_trigger=stop.wait,
-                                                              task_status=task_status))
-        try:
-            yield binds[0], tmp_path, files
-        finally:
-            stop.set()
-    repo.close()
+    try:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(lambda task_status: serve(app, config, shutdown_trigger=stop.wait,
+                                                                  task_status=task_status))
+            try:
+                yield binds[0], tmp_path, files, repo
+            finally:
+                stop.set()
+    finally:
+        repo.close()
+
+
+@pytest.fixture
+async def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Path, dict[str, bytes]]]:
+    async with serve_hub(tmp_path, monkeypatch, GatewayOptions(hf_page_size=2)) as (url, tmp, files, _repo):
+        yield url, tmp, files
+
+
+async def test_cache_pin_pins_a_file_served_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serve_hub(tmp_path, monkeypatch, GatewayOptions(cache_pin=True)) as (url, _, files, repo):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            r = await c.get("/org/tiny/resolve/main/model.safetensors", headers={"Range": "bytes=0-9"})
+            assert r.status_code == 206
+            assert not repo.pins()  # a range is not the whole file: nothing pinned
+            r = await c.get("/org/tiny/resolve/main/model.safetensors")
+            assert r.status_code == 200 and r.content == files["model.safetensors"]
+            with trio.fail_after(10):  # pinned once the fetch behind the response has ended
+                while not repo.pins():
+                    await trio.sleep(0.02)
+            assert [str(p.cid) for p in repo.pins()] == [r.headers["x-shoal-cid"]]
 
 
 SNAPSHOT = """
