@@ -63,7 +63,6 @@ YAMUX_PROTOCOL = "/yamux/1.0.0"
 NEGOTIATION_TIMEOUT = 10.0
 MAX_QUEUED = 1024 * 1024
 """Bytes stream senders may queue for the writer before they wait."""
-_READ = 1024 * 1024
 
 StreamHandler = Callable[["YamuxStream"], Awaitable[None]]
 
@@ -185,11 +184,18 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 if room <= 0:
                     await conn.wait_change()
                     continue
-                taken = session.send_data(self.stream_id, view[pos : pos + room])
+                # No copy: the queue holds views of `data`, and this call does
+                # not return before the writer has sent them (below).
+                taken = session.send_data(self.stream_id, view[pos : pos + room], copy=False)
                 conn.queued += taken
+                conn.queued_gen += 1
                 pos += taken
                 conn.wake_writer()
-                await trio.lowlevel.checkpoint()
+            mine = conn.queued_gen if end else 0
+            while conn.sent_gen < mine:
+                if conn.closed:
+                    raise trio.BrokenResourceError("connection closed")
+                await conn.wait_change()
         finally:
             self._sending = False
 
@@ -311,6 +317,8 @@ class Libp2pConnection:
         self.remote_addr = remote_addr
         self.local_addr = local_addr
         self.queued = 0
+        self.queued_gen = 0  # stream sends queued so far (counted per send_data)
+        self.sent_gen = 0  # of those, how many the writer has handed to the transport
         self.closed = False
         self.go_away_code: int | None = None
         self._leftover = leftover
@@ -418,6 +426,7 @@ class Libp2pConnection:
                 await self._writer_wake.wait()
                 self._writer_wake = trio.Event()
                 continue
+            taking = self.queued_gen
             parts = session.data_to_send_parts()
             self.queued = 0
             self._writing = True
@@ -428,31 +437,36 @@ class Libp2pConnection:
                 return
             finally:
                 self._writing = False
+            self.sent_gen = taking
             self._notify()
 
     async def _reader(self) -> None:
-        data, self._leftover = self._leftover, b""
+        parts: list[bytes] = [self._leftover] if self._leftover else []
+        self._leftover = b""
         while True:
-            if not data:
+            if not parts:
                 try:
-                    data = await self.secure.receive_some(_READ)
+                    # The decrypted Noise frames as they are: no join of up to 1 MiB.
+                    parts = await self.secure.receive_some_parts()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
                     log.debug("connection to %s broke: %s", self.remote_peer, exc)
                     return
-                if not data:
+                if not parts:
                     return
             try:
-                self._feed(data)
+                self._feed(parts)
             except ProtocolError as exc:
                 log.info("yamux protocol error from %s: %s", self.remote_peer, exc)
                 # The session queued GoAway(protocol error): try to get it out.
                 with trio.move_on_after(1):
                     await self._flush_now()
                 return
-            data = b""
+            parts = []
 
-    def _feed(self, data: bytes) -> None:
-        for event in self.session.receive_data(data):
+    def _feed(self, parts: list[bytes]) -> None:
+        receive = self.session.receive_data
+        events = receive(parts[0]) if len(parts) == 1 else [e for p in parts for e in receive(p)]
+        for event in events:
             if isinstance(event, StreamData):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:

@@ -17,8 +17,8 @@ reusing a stream id, or sending a malformed frame has broken the protocol:
 the session queues GoAway(protocol error) and raises `RemoteProtocolError`.
 
 Bounds, before allocation: a Data frame longer than the stream's remaining
-receive window is refused on its header (no payload is buffered), so the
-decoder holds at most one header plus one window; at most
+receive window is refused on its header; payloads are passed on as they
+arrive, so the decoder holds at most a partial header; at most
 `max_inbound_streams` streams opened by the peer at once (a further SYN is
 answered with RST, as go-yamux does with a full backlog); a send window
 never exceeds 2**32-1.
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Final, Union
 
 from shoal.p2p.errors import LocalProtocolError, RemoteProtocolError
+from shoal.p2p.secure.noise import MAX_PLAINTEXT
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -60,9 +61,11 @@ VERSION: Final = 0
 HEADER_LEN: Final = 12
 DEFAULT_WINDOW: Final = 256 * 1024
 MAX_WINDOW: Final = 2**32 - 1
-MAX_SEND_FRAME: Final = 256 * 1024
-"""Largest Data frame we send: one whole initial window, so a bulk sender
-writes one header per window instead of one per Noise frame."""
+MAX_SEND_FRAME: Final = 4 * MAX_PLAINTEXT - HEADER_LEN
+"""Largest Data payload we send: header and payload fill exactly four Noise
+frames, so a bulk sender's frames line up with Noise's 65519-byte plaintext
+cut and no tiny Noise frame carries a frame's last bytes (one header per
+~256 KiB instead of one per Noise frame)."""
 MAX_RECEIVE_WINDOW: Final = 16 * 1024 * 1024
 """Largest receive window a session may grant per stream (go-yamux's cap)."""
 DEFAULT_MAX_INBOUND: Final = 256
@@ -178,9 +181,12 @@ class YamuxSession:
         self._streams: dict[int, _Stream] = {}
         self._inbound_count = 0
         self._last_remote_id = 0
-        self._outbox: list[bytes] = []
-        self._buf = bytearray()
-        self._pos = 0
+        self._outbox: list[bytes | memoryview] = []
+        self._hdr = bytearray()  # a header split across feeds (< 12 bytes)
+        self._left = 0  # payload bytes of the current Data frame still to come
+        self._payload_stream: _Stream | None = None  # where they go (None: dropped)
+        self._payload_sid = 0
+        self._payload_flags = 0
         self._next_ping = 1
         self.local_go_away = False
         self.remote_go_away: int | None = None
@@ -193,7 +199,7 @@ class YamuxSession:
         self._outbox.clear()
         return out
 
-    def data_to_send_parts(self) -> list[bytes]:
+    def data_to_send_parts(self) -> list[bytes | memoryview]:
         """Like `data_to_send`, without joining (a writer that can send parts)."""
         out, self._outbox = self._outbox, []
         return out
@@ -230,8 +236,14 @@ class YamuxSession:
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
 
-    def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
-        """Queue as much of `data` as the window allows; the number of bytes taken."""
+    def send_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, *, copy: bool = True
+    ) -> int:
+        """Queue as much of `data` as the window allows; the number of bytes taken.
+
+        With `copy=False` the queue holds views of `data`: the caller must keep
+        it unchanged until the bytes have left through `data_to_send*`.
+        """
         self._check_alive()
         st = self._local_stream(stream_id)
         view = memoryview(data).cast("B")
@@ -240,7 +252,8 @@ class YamuxSession:
         while pos < take:
             n = min(take - pos, MAX_SEND_FRAME)
             self._outbox.append(encode_header(FrameType.DATA, self._flags(st), stream_id, n))
-            self._outbox.append(bytes(view[pos : pos + n]))
+            piece = view[pos : pos + n]
+            self._outbox.append(bytes(piece) if copy else piece)
             pos += n
         st.send_window -= take
         return take
@@ -295,54 +308,84 @@ class YamuxSession:
     # -- what the peer does ----------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Feed bytes from the peer; the events they complete, in order."""
+        """Feed bytes from the peer; the events they complete, in order.
+
+        A Data frame's payload is passed on as it arrives (one `StreamData`
+        per piece of the frame in this feed), never buffered here: the
+        session holds at most a partial 12-byte header between feeds, and
+        each payload byte is copied once.
+        """
         self._check_alive()
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
         events: list[Event] = []
         try:
-            while self._next_frame(events):
-                pass
+            self._parse(data, events)
         except RemoteProtocolError:
             self._fail(GoAwayCode.PROTOCOL_ERROR)
             raise
         return events
 
-    def _next_frame(self, events: list[Event]) -> bool:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < HEADER_LEN:
-            return False
-        version, ftype, flags, sid, length = _HEADER.unpack_from(buf, pos)
+    def _parse(self, data: bytes | bytearray | memoryview, events: list[Event]) -> None:
+        n, pos = len(data), 0
+        hdr = self._hdr
+        while pos < n:
+            if self._left:
+                take = min(self._left, n - pos)
+                st = self._payload_stream
+                if st is not None and self._streams.get(self._payload_sid) is st:
+                    chunk = data if take == n and isinstance(data, bytes) else data[pos : pos + take]
+                    events.append(StreamData(self._payload_sid,
+                                             chunk if isinstance(chunk, bytes) else bytes(chunk)))
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._end_data_frame(events)
+                continue
+            if not hdr and n - pos >= HEADER_LEN:
+                version, ftype, flags, sid, length = _HEADER.unpack_from(data, pos)
+                pos += HEADER_LEN
+            else:
+                need = HEADER_LEN - len(hdr)
+                hdr += data[pos : pos + need]
+                pos = min(pos + need, n)
+                if len(hdr) < HEADER_LEN:
+                    return
+                version, ftype, flags, sid, length = _HEADER.unpack(hdr)
+                hdr.clear()
+            self._frame(version, ftype, flags, sid, length, events)
+
+    def _end_data_frame(self, events: list[Event]) -> None:
+        """Flags of a Data frame apply after its payload (FIN after the last byte)."""
+        st, sid = self._payload_stream, self._payload_sid
+        self._payload_stream = None
+        if st is not None and self._streams.get(sid) is st:
+            self._stream_flags(sid, st, self._payload_flags, events)
+
+    def _frame(self, version: int, ftype: int, flags: int, sid: int, length: int,
+               events: list[Event]) -> None:
         if version != VERSION:
             raise RemoteProtocolError(f"yamux version {version}")
         if ftype == FrameType.DATA:
-            st = self._streams.get(sid)
             if sid == 0:
                 raise RemoteProtocolError("data frame on stream 0")
-            # Bound the payload on the header alone, before waiting for it.
+            st = self._streams.get(sid)
+            # Bound the payload on the header alone, before any of it arrives.
             limit = st.recv_window if st is not None and not flags & Flag.SYN else DEFAULT_WINDOW
             if length > limit:
                 raise RemoteProtocolError(
                     f"stream {sid}: {length} bytes exceed the receive window of {limit}")
-            end = pos + HEADER_LEN + length
-            if len(buf) < end:
-                return False
-            self._pos = end
             if flags & Flag.SYN:
                 st = self._remote_open(sid, events)
-            if st is not None and self._streams.get(sid) is st:
-                if length:
-                    if not st.remote_open:
-                        raise RemoteProtocolError(f"stream {sid}: data after FIN")
-                    st.recv_window -= length
-                    events.append(StreamData(sid, bytes(buf[pos + HEADER_LEN : end])))
-                self._stream_flags(sid, st, flags, events)
-            # else: a stream we reset or that never was (and was not SYN): drop it.
-            return True
-        self._pos = pos + HEADER_LEN
-        if ftype == FrameType.WINDOW_UPDATE:
+            if st is not None and length:
+                if not st.remote_open:
+                    raise RemoteProtocolError(f"stream {sid}: data after FIN")
+                st.recv_window -= length
+            # st None: a stream we reset or refused; its payload is read and dropped.
+            self._payload_stream, self._payload_sid = st, sid
+            self._payload_flags = flags
+            self._left = length
+            if not length:
+                self._end_data_frame(events)
+        elif ftype == FrameType.WINDOW_UPDATE:
             if sid == 0:
                 raise RemoteProtocolError("window update on stream 0")
             st = self._streams.get(sid)
@@ -372,7 +415,6 @@ class YamuxSession:
                 events.append(GoAwayReceived(length))
         else:
             raise RemoteProtocolError(f"unknown yamux frame type {ftype}")
-        return True
 
     def _remote_open(self, sid: int, events: list[Event]) -> _Stream | None:
         """A SYN from the peer: accept (queue ACK) or refuse with RST."""

@@ -264,3 +264,23 @@ async def test_inbound_stream_limit_refuses_with_reset() -> None:
             await extra.send_all(b"ok")
             assert await extra.receive_some() == b"ok"
             nursery.cancel_scope.cancel()
+
+
+async def test_send_all_returns_only_when_the_buffer_may_be_reused() -> None:
+    """Stream sends queue views, not copies: send_all must not return before they
+    are written, so a caller reusing its buffer at once cannot change sent bytes."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            conn = await a.dial(addr)
+            stream = await conn.open_stream(SINK)
+            buf = bytearray(os.urandom(100_000))
+            expected = hashlib.sha256()
+            for _ in range(20):
+                expected.update(buf)
+                await stream.send_all(buf)
+                buf[:] = os.urandom(len(buf))  # reuse the buffer right away
+            await stream.send_eof()
+            answer = await read_all(stream)
+            assert answer == f"{20 * len(buf)} {expected.hexdigest()}".encode()
+            nursery.cancel_scope.cancel()

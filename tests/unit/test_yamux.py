@@ -94,6 +94,15 @@ def test_a_larger_receive_window_is_granted_with_syn_and_ack() -> None:
         YamuxSession(True, receive_window=64 * 1024 * 1024)
 
 
+def test_payload_is_passed_on_as_it_arrives() -> None:
+    """Nothing of a Data frame is held back: pieces come out of each feed, FIN after the last."""
+    b = YamuxSession(False)
+    frame = encode_header(FrameType.DATA, Flag.SYN | Flag.FIN, 1, 10) + b"0123456789"
+    assert b.receive_data(frame[:5]) == []  # only part of the header
+    assert b.receive_data(frame[5:15]) == [y.StreamOpened(1), y.StreamData(1, b"012")]
+    assert b.receive_data(frame[15:]) == [y.StreamData(1, b"3456789"), y.StreamEnded(1)]
+
+
 def test_window_counts_across_frames() -> None:
     b = YamuxSession(False)
     b.receive_data(encode_header(FrameType.DATA, Flag.SYN, 1, W) + bytes(W))
