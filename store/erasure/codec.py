@@ -36,7 +36,7 @@ import zfec
 
 from shoal.store.dag.walk import DagWalk, block_identity
 from shoal.store.erasure.layout import (
-    DEFAULT_PIECE_SIZE, MAX_PIECE_SIZE, BlockRef, ErasureError, Layout, dag_blocks, dag_links,
+    DEFAULT_PIECE_SIZE, MAX_PIECE_SIZE, BlockRef, ErasureError, Layout, dag_blocks, dag_links, sha256_of,
 )
 from shoal.store.erasure.shard import (
     MAX_HEADER_BYTES, ShardCorrupt, ShardHeader, ShardInfo, ShardReader, header_size, shard_cid,
@@ -133,7 +133,7 @@ def _stripes_of(layout: Layout, blocks: Iterable[tuple[CID, bytes | memoryview]]
             raise LayoutMismatch("fewer blocks than the layout lists") from None
         if bytes(cid) != bytes(ref.cid) or len(data) != ref.length:
             raise LayoutMismatch(f"block {cid} is not the layout's next block {ref.cid}")
-        if verify and hashlib.sha256(data).digest() != bytes(cid.raw_digest):
+        if verify and hashlib.sha256(data).digest() != sha256_of(cid):
             raise HashMismatch(cid)
         src = memoryview(data)
         while src:
@@ -270,7 +270,7 @@ def reconstruct(shards: Sequence[ShardReader], object_cid: CID, *,
         expected = next(walk, None)
         if expected is None or block_identity(expected) != block_identity(ref.cid):
             raise LayoutMismatch(f"block {ref.cid} is not the next block of the DAG under {object_cid}")
-        if hashlib.sha256(data).digest() != bytes(ref.cid.raw_digest):
+        if hashlib.sha256(data).digest() != sha256_of(ref.cid):
             raise HashMismatch(ref.cid, "rebuilt from shards")
         walk.push(dag_links(expected, data))
         return ref.cid, data
@@ -281,20 +281,22 @@ def reconstruct(shards: Sequence[ShardReader], object_cid: CID, *,
     current = next_ref()
     remaining = layout.data_length
     for s in range(layout.stripes):
-        pieces = src.data(s)
-        take = min(remaining, layout.stripe_bytes)
-        remaining -= take
-        stream = memoryview(b"".join(pieces))[:take]
-        while current is not None:
-            need = current.length - len(buf)
-            if need > len(stream):
-                buf += stream
-                break
-            buf += stream[:need]
-            stream = stream[need:]
-            yield finish(current, bytes(buf))
-            buf.clear()
-            current = next_ref()
+        for piece in src.data(s):  # piece by piece: never a joined copy of the stripe
+            take = min(remaining, len(piece))
+            remaining -= take
+            stream = memoryview(piece)[:take]
+            while current is not None:
+                need = current.length - len(buf)
+                if need > len(stream):
+                    buf += stream
+                    break
+                buf += stream[:need]
+                stream = stream[need:]
+                block = bytes(buf)
+                buf.clear()
+                yield finish(current, block)
+                del block
+                current = next_ref()
     while current is not None and current.length == 0:  # empty blocks at the very end
         yield finish(current, b"")
         current = next_ref()

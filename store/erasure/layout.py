@@ -45,7 +45,7 @@ from shoal.store.ipld.cid import CID, DAG_PB_CODE, cid_from_bytes
 
 __all__ = [
     "ErasureError", "BlockRef", "Layout", "PIECE_ALIGN", "DEFAULT_PIECE_SIZE", "MAX_PIECE_SIZE",
-    "MAX_K", "MAX_SHARDS", "dag_links", "dag_blocks", "dag_block_refs",
+    "MAX_K", "MAX_SHARDS", "sha256_of", "dag_links", "dag_blocks", "dag_block_refs",
 ]
 
 PIECE_ALIGN = 64
@@ -167,6 +167,21 @@ class Layout:
             first += 1
         last = bisect.bisect_left(offsets, hi, lo=first)
         return range(first, min(last, len(self.blocks)))
+
+
+def sha256_of(cid: CID) -> bytes:
+    """The sha2-256 digest a block of `cid` must hash to.
+
+    Sliced from the multihash rather than read from `CID.raw_digest`: that
+    multiformats property keeps a reference to its caller's frame alive
+    (measured with tracemalloc: a generator that calls it per block pins
+    megabytes of blocks already handed out), which breaks the codec's
+    memory bound.
+    """
+    mh = bytes(cid.digest)
+    if mh[:2] != b"\x12\x20" or len(mh) != 34:
+        raise ErasureError(f"{cid}: only sha2-256 CIDs are supported")
+    return mh[2:]
 
 
 def dag_links(cid: CID, data: bytes | memoryview) -> list[CID]:
