@@ -26,8 +26,8 @@ from typing import Iterable, Sequence
 
 import trio
 
-from shoal.p2p.bitswap.driver import Bitswap, FetchResult, stream_sender
-from shoal.p2p.bitswap.message import PROTOCOLS
+from shoal.p2p.bitswap.driver import Bitswap, FetchResult
+from shoal.p2p.bitswap.message import PROTOCOLS, Message, frame
 from shoal.p2p.errors import P2PError
 from shoal.p2p.libp2p.connection import Libp2pConnection, YamuxStream
 from shoal.p2p.libp2p.host import Libp2pHost
@@ -36,11 +36,48 @@ from shoal.p2p.secure.multiaddr import Multiaddr
 
 __all__ = ["BitswapService", "MAX_READERS_PER_PEER"]
 
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
+
 MAX_READERS_PER_PEER = 4
 """Bitswap streams of one connection read at once (go keeps one per peer;
 js may have a few open while it sends)."""
 
 log = logging.getLogger("shoal.bitswap")
+
+
+class _Outbound:
+    """Our stream to the peer, opened again if the peer closed or reset it.
+
+    js Bitswap aborts an incoming stream that stays silent for 10 s, and any
+    peer may close one; the connection still carries Bitswap, so a message
+    that finds the stream broken goes on a fresh one (once: if that fails
+    too, the peer is no longer served).
+    """
+
+    def __init__(self, conn: Libp2pConnection, stream: YamuxStream) -> None:
+        self.conn = conn
+        self.stream: YamuxStream | None = stream
+
+    async def send(self, message: Message) -> None:
+        data = frame(message)
+        for attempt in (1, 2):
+            try:
+                if self.stream is None:
+                    try:
+                        self.stream = await self.conn.open_stream(list(PROTOCOLS))
+                    except (P2PError, trio.TooSlowError) as exc:  # refused or silent
+                        raise trio.BrokenResourceError(f"cannot reopen a Bitswap stream: {exc}") from exc
+                await self.stream.send_all(data)
+                return
+            except _BROKEN:
+                self.close()
+                if attempt == 2 or self.conn.closed:
+                    raise
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.reset()
+            self.stream = None
 
 
 class BitswapService:
@@ -86,16 +123,22 @@ class BitswapService:
 
     async def _run(self, conn: Libp2pConnection, stream: YamuxStream, *,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the peer on our stream until the connection closes (or cannot carry Bitswap)."""
+        outbound = _Outbound(conn, stream)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.bitswap.serve_peer, conn.remote_peer, stream.protocol,
-                                    stream_sender(stream))
-                task_status.started()
-                while not conn.closed:
-                    await conn.wait_change()
+
+                async def watch() -> None:
+                    while not conn.closed:
+                        await conn.wait_change()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                await self.bitswap.serve_peer(conn.remote_peer, stream.protocol, outbound.send,
+                                              task_status=task_status)
                 nursery.cancel_scope.cancel()
         finally:
-            stream.reset()
+            outbound.close()
             self._read_slots.pop(conn, None)
 
     async def dial(self, addr: Multiaddr | str) -> PeerId:

@@ -14,7 +14,7 @@ import trio
 
 from shoal.p2p.bitswap.driver import Bitswap
 from shoal.p2p.bitswap.message import (
-    PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS, Entry, Message, WantType, Wantlist, frame,
+    PROTOCOL_1_1_0, PROTOCOL_1_2_0, PROTOCOLS, Entry, FrameReader, Message, WantType, Wantlist, frame,
 )
 from shoal.p2p.bitswap.service import BitswapService
 from shoal.p2p.libp2p.connection import YamuxStream
@@ -154,4 +154,42 @@ async def test_a_peer_s_streams_are_read_a_few_at_a_time() -> None:
                 while a.bitswap.engine.ledger_size(peer) == 0:
                     await trio.sleep(0.01)
             assert a.bitswap.engine.ledger_size(peer) == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_the_peer_resets_is_opened_again() -> None:
+    """js Bitswap aborts an incoming stream after 10 s of silence: the next answer goes on a new one."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            a = node(nursery, [b"first", b"second"])
+            b = Libp2pHost(Identity.generate(), nursery, handshake_timeout=5)
+            received: list[tuple[int, Message]] = []
+            streams_seen = 0
+            got = trio.Event()
+
+            async def receive(stream: YamuxStream) -> None:
+                nonlocal streams_seen, got
+                streams_seen += 1
+                number = streams_seen
+                reader = FrameReader()
+                while data := await stream.receive_some():
+                    for message in reader.feed(data):
+                        received.append((number, message))
+                        got.set()
+                        if number == 1:
+                            stream.reset()  # like js after its receive timeout
+                            return
+
+            b.handlers[PROTOCOL_1_2_0] = receive
+            (a_addr,) = await nursery.start(a.host.serve)
+            conn = await b.dial(a_addr)
+            for blob in (b"first", b"second"):
+                got = trio.Event()
+                want = await conn.open_stream(PROTOCOL_1_2_0)
+                await want.send_all(frame(Message(Wantlist((Entry(cid_of(blob), want_type=WantType.HAVE),)))))
+                await want.aclose()
+                await got.wait()
+            assert [(n, m.presences[0].cid) for n, m in received] == [(1, cid_of(b"first")),
+                                                                     (2, cid_of(b"second"))]
+            assert a.bitswap.peers() == [b.peer_id]  # still served, on the second stream
             nursery.cancel_scope.cancel()
