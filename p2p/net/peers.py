@@ -11,6 +11,10 @@ and later. After n failures in a row the next dial waits
 once per failure from [DIAL_BACKOFF_JITTER_MIN, 1]; a successful connection
 resets it. The table stays bounded: when it is full, a peer that is not
 connected and whose dials have failed for FORGET_FAILING_AFTER_S makes room.
+
+What a record needs to survive a restart (addresses, times, the backoff
+state) is `PeerState`; shoal.p2p.net.peer_store writes it to the index and
+`PeerTable.restore` puts it back.
 """
 
 from __future__ import annotations
@@ -108,12 +112,29 @@ class Reputation:
         return self.counts() == Counts()
 
 
+class PeerState(NamedTuple):
+    """The part of a PeerRecord that is persisted (see shoal.p2p.net.peer_store).
+
+    Not the connection flag nor what Hello said (capacity, agent): those are
+    true only while connected. The backoff fields are kept, so a peer that
+    was failing before a restart is not redialled at once after it.
+    """
+
+    addrs: tuple[Multiaddr, ...]
+    last_seen: float = 0.0
+    last_connected: float = 0.0
+    dial_failures: int = 0
+    failing_since: float = 0.0
+    next_dial_at: float = 0.0
+
+
 @dataclass
 class PeerRecord:
     peer_id: PeerId
     addrs: list[Multiaddr] = field(default_factory=list)
     connected: bool = False
     last_seen: float = 0.0
+    last_connected: float = 0.0  # clock time we were last connected (0: never)
     capacity_bytes: int = 0
     free_bytes: int = 0
     agent: str = ""
@@ -121,6 +142,18 @@ class PeerRecord:
     dial_failures: int = 0  # in a row; reset by a successful connection
     failing_since: float = 0.0  # clock time of the first failure of the current run
     next_dial_at: float = 0.0  # not dialled before this clock time
+
+    def dial_addr(self) -> Multiaddr:
+        """The address to dial next, with our /p2p/ id: the next one after each failure.
+
+        Always the first would never reach a peer whose first address went
+        stale (it restarted on another port) while a later one is good.
+        """
+        return self.addrs[self.dial_failures % len(self.addrs)].with_peer(self.peer_id)
+
+    def state(self) -> PeerState:
+        return PeerState(tuple(self.addrs), self.last_seen, self.last_connected, self.dial_failures,
+                         self.failing_since, self.next_dial_at)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -236,8 +269,11 @@ class PeerTable:
 
     def mark_connected(self, peer: PeerId, connected: bool) -> None:
         rec = self.ensure(peer)
+        now = self._clock()
+        if connected or rec.connected:  # connected now, or until now
+            rec.last_connected = now
         rec.connected = connected
-        rec.last_seen = self._clock()
+        rec.last_seen = now
         if connected:
             rec.dial_failures = 0
             rec.failing_since = 0.0
@@ -255,6 +291,30 @@ class PeerTable:
         rec.dial_failures += 1
         rec.next_dial_at = now + backoff_delay(rec.dial_failures, self._rng())
 
+    def restore(self, peer: PeerId, state: PeerState) -> PeerRecord | None:
+        """Put back a record saved by an earlier run (the node does this at start).
+
+        The backoff is kept, but the next dial is at most DIAL_BACKOFF_CAP_S
+        away: a clock that jumped, or a value written by a bug, cannot
+        silence a peer for longer than the backoff ever would. A peer the
+        table already knows keeps its live state and only gains addresses.
+        """
+        if peer == self.me:
+            return None
+        fresh = peer not in self._peers
+        rec = self.learn(peer, list(state.addrs))
+        if rec is None or not fresh:
+            return rec
+        now = self._clock()
+        rec.last_seen = min(state.last_seen, now)
+        rec.last_connected = min(state.last_connected, now)
+        if state.dial_failures > 0:
+            rec.dial_failures = state.dial_failures
+            rec.failing_since = min(state.failing_since, now)
+            rec.next_dial_at = min(state.next_dial_at, now + DIAL_BACKOFF_CAP_S)
+            self._forget_not_before = min(self._forget_not_before, rec.failing_since + FORGET_FAILING_AFTER_S)
+        return rec
+
     def all(self) -> list[PeerRecord]:
         return list(self._peers.values())
 
@@ -265,9 +325,11 @@ class PeerTable:
         """Known, not connected, with an address, and past its backoff; fewest failures first.
 
         Fewest failures first, so made-up addresses cannot starve real peers
-        of the node's few dial slots.
+        of the node's few dial slots; among equals the best reputation, then
+        the most recently connected (after a restart the whole saved table is
+        dialable at once, and the peers that served us well come first).
         """
         t = self._clock() if now is None else now
         ready = [r for r in self._peers.values() if not r.connected and r.addrs and r.next_dial_at <= t]
-        ready.sort(key=lambda r: r.dial_failures)
+        ready.sort(key=lambda r: (r.dial_failures, -r.reputation.score, -r.last_connected))
         return ready
