@@ -46,6 +46,7 @@ from shoal.p2p.net.peers import Clock, PeerTable, Random
 from shoal.p2p.net.block_server import BlockServer
 from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.peer_exchange import exchange_round, learn_peers, peers_reply
+from shoal.p2p.net.peer_store import PeerStore
 from shoal.p2p.net.reputation_store import ReputationStore
 from shoal.p2p.net.hooks import (
     EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, ServeObserver,
@@ -80,6 +81,9 @@ class Node:
         self.reputation_store = ReputationStore(repo.index)
         self._reputation_lock = trio.Lock()
         self._reputation_flushed_at = float("-inf")  # trio clock
+        self.peer_store = PeerStore(repo.index)
+        self._peer_store_lock = trio.Lock()
+        self._peer_table_flushed_at = float("-inf")  # trio clock
         self.connections: dict[PeerId, list[PeerConnection]] = {}
         self.listen_addrs: list[Multiaddr] = []
         self._nursery: trio.Nursery | None = None
@@ -177,14 +181,16 @@ class Node:
         # No index write may run on this thread (the loop would stop for as
         # long as it waits for another writer); shoal.store.persist.index logs any that does.
         self.repo.index.loop_thread = threading.get_ident()
+        await self.load_peer_table()
         await self.load_reputation()
-        self._reputation_flushed_at = trio.current_time()
+        self._reputation_flushed_at = self._peer_table_flushed_at = trio.current_time()
         try:
             await self._run_nursery(task_status)
         finally:
             # Clean shutdown (cancel, signal): write what changed since the last flush.
             with trio.CancelScope(shield=True):
                 await self.flush_reputation()
+                await self.flush_peer_table()
             self.repo.index.loop_thread = None
 
     async def _run_nursery(self, task_status: trio.TaskStatus["Node"]) -> None:
@@ -207,6 +213,9 @@ class Node:
                 if addr.peer_id is not None:
                     self.peers.learn(addr.peer_id, [addr])
                 self._start_dial(addr)
+            # The peers saved by earlier runs (load_peer_table), past their
+            # backoff: a restart without --bootstrap finds its swarm again.
+            self._dial_ready()
             nursery.start_soon(self._peer_exchange_loop)
             for service in self.services:
                 nursery.start_soon(service.run)
@@ -261,11 +270,51 @@ class Node:
                 return 0
             return written
 
-    async def _maybe_flush_reputation(self) -> None:
+    async def _maybe_flush(self) -> None:
+        """Write reputation and the peer table if their batch intervals have passed."""
         now = trio.current_time()
         if now - self._reputation_flushed_at >= self.options.reputation_flush_interval:
             self._reputation_flushed_at = now
             await self.flush_reputation()
+        if now - self._peer_table_flushed_at >= self.options.peer_table_flush_interval:
+            self._peer_table_flushed_at = now
+            await self.flush_peer_table()
+
+    # -- peer table persistence ------------------------------------------------
+
+    async def load_peer_table(self) -> int:
+        """Put back the peers saved by earlier runs; returns how many.
+
+        Peers the allowlist refuses are left out (a peer never remembered is
+        never dialled); their rows stay, in case the allowlist changes back.
+        Never fails the start: a damaged row or table only costs its peers.
+        """
+        async with self._peer_store_lock:
+            try:
+                saved = await trio.to_thread.run_sync(self.peer_store.load)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("cannot load the saved peer table: %s", exc)
+                return 0
+            restored = 0
+            for peer, state in saved.items():
+                if self.admits(peer) and self.peers.restore(peer, state) is not None:
+                    restored += 1
+            if restored:
+                log.info("%d known peers restored from the index", restored)
+            return restored
+
+    async def flush_peer_table(self) -> int:
+        """Write every changed peer record in one transaction (in a worker thread)."""
+        async with self._peer_store_lock:
+            changes = self.peer_store.pending(self.peers.all())
+            if not changes and not self.peer_store.has_damaged_rows:
+                return 0
+            try:
+                written: int = await trio.to_thread.run_sync(self.peer_store.write, changes)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("cannot save the peer table (retrying later): %s", exc)
+                return 0
+            return written
 
     # -- connections -----------------------------------------------------------
 
@@ -543,14 +592,26 @@ class Node:
     async def _peer_exchange_loop(self) -> None:
         while True:
             await trio.sleep(self.options.pex_interval)
-            await self._maybe_flush_reputation()
+            await self._maybe_flush()
             await self._exchange_peers()
-            # Only peers past their backoff, those that failed least first
-            # (made-up addresses cannot starve real peers of dial slots).
-            for rec in self.peers.dialable():
-                if len(self._dialing) >= MAX_DIALS_IN_FLIGHT:
-                    break
-                self._start_dial(rec.addrs[0].with_peer(rec.peer_id))
+            self._dial_ready()
+
+    def _dial_ready(self) -> int:
+        """Dial known peers past their backoff, up to MAX_DIALS_IN_FLIGHT; returns how many started.
+
+        In `PeerTable.dialable` order: those that failed least first (made-up
+        addresses cannot starve real peers of dial slots), then the best
+        reputation, then the most recently connected. Peers the allowlist
+        refuses are not dialled (and so do not count as failures); the
+        swarm key is applied by `connect` as for every dial.
+        """
+        started = 0
+        for rec in self.peers.dialable():
+            if len(self._dialing) >= MAX_DIALS_IN_FLIGHT:
+                break
+            if self.admits(rec.peer_id) and self._start_dial(rec.dial_addr()):
+                started += 1
+        return started
 
     async def _exchange_peers(self, deadline: float = L.PEER_EXCHANGE_DEADLINE_S) -> None:
         conns = [c for c in map(self.connection_to, self.connected_peers()) if c is not None]

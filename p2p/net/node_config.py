@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from shoal.p2p.errors import P2PError
 from shoal.p2p.exchange.gateway_source import Gateway, GatewayUrlError, parse_gateway_url
 from shoal.p2p.net.admission import AdmissionLimits
+from shoal.p2p.net.peer_store import PEER_TABLE_FLUSH_INTERVAL_S
 from shoal.p2p.net.reputation_store import REPUTATION_FLUSH_INTERVAL_S
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
@@ -133,6 +134,9 @@ class NodeOptions:
     quota_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     reputation_flush_interval: float = REPUTATION_FLUSH_INTERVAL_S
+    peer_table_flush_interval: float = PEER_TABLE_FLUSH_INTERVAL_S
+    """Changed peer records (addresses, times, backoff) are written to the
+    index at most this often, and once more at a clean shutdown."""
     swarm_key: SwarmKey | None = None
     """A private swarm: every connection goes through the pre-shared-key
     protector (p2p/secure/pnet.py) before Noise. None: a public swarm, as before."""

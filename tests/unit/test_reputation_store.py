@@ -217,13 +217,13 @@ async def test_periodic_flush_is_rate_limited(tmp_path: Path, mock_clock: trio.t
         rep = node.peers.ensure(pid(1)).reputation
         for _ in range(4):  # pex rounds every 1 s: no write before 5 s have passed
             rep.delivered += 10
-            await node._maybe_flush_reputation()
+            await node._maybe_flush()
             mock_clock.jump(1.0)
         assert begins == []
         mock_clock.jump(1.0)
-        await node._maybe_flush_reputation()
+        await node._maybe_flush()
         assert len(begins) == 1
         assert ReputationStore(repo.index).load() == {pid(1): Counts(delivered=40)}
         rep.corrupt += 1
-        await node._maybe_flush_reputation()  # right after a flush: waits again
+        await node._maybe_flush()  # right after a flush: waits again
         assert len(begins) == 1
