@@ -167,6 +167,21 @@ def test_restore_keeps_the_live_state_of_a_known_peer() -> None:
     assert t.restore(ME, PeerState((addr(4003),))) is None  # never ourselves
 
 
+def test_redials_move_on_to_the_next_saved_address() -> None:
+    """A saved first address may be stale (the peer restarted on another
+    port): each failed dial tries the next one instead of the first for ever."""
+    clock = FakeClock()
+    t = table(clock)
+    t.restore(pid(1), PeerState((addr(4001), addr(4002), addr(4003))))
+    rec = t.get(pid(1))
+    assert rec is not None
+    tried = []
+    for _ in range(4):
+        tried.append(rec.dial_addr())
+        t.dial_failed(pid(1))
+    assert tried == [a.with_peer(pid(1)) for a in (addr(4001), addr(4002), addr(4003), addr(4001))]
+
+
 def test_many_changes_are_one_write_and_unchanged_records_none(index: Index) -> None:
     clock = FakeClock()
     t = table(clock)
