@@ -26,15 +26,3 @@ def common_prefix_len(a: int, b: int) -> int:
     """Number of leading bits a and b share (256 when they are equal)."""
     return KEY_BITS - (a ^ b).bit_length()
 
-
-def random_key_in_bucket(local: int, cpl: int, rand_bits: int) -> int:
-    """A key sharing exactly `cpl` leading bits with `local` (for bucket refresh).
-
-    `rand_bits` supplies the free low bits (the caller owns the randomness so
-    simulations stay reproducible). Requires 0 <= cpl < 256.
-    """
-    if not 0 <= cpl < KEY_BITS:
-        raise ValueError("cpl out of range")
-    flip = 1 << (KEY_BITS - 1 - cpl)
-    low_mask = flip - 1
-    return ((local ^ flip) & ~low_mask) | (rand_bits & low_mask)

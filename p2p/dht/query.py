@@ -37,7 +37,7 @@ from . import ALPHA, BETA, K
 from .keys import kad_key
 from .messages import Message, MessageType, PeerInfo
 
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 5.0
 """Seconds a request may stay unanswered before its peer counts as unreachable."""
 
 
@@ -96,6 +96,7 @@ class Lookup:
         request_timeout: float = REQUEST_TIMEOUT,
         want_providers: int = K,
         followup: bool = False,
+        window: bool = True,
     ) -> None:
         if kind not in (MessageType.FIND_NODE, MessageType.GET_PROVIDERS):
             raise ValueError("a lookup is FIND_NODE or GET_PROVIDERS")
@@ -107,6 +108,7 @@ class Lookup:
         self.request_timeout = request_timeout
         self.want_providers = want_providers
         self.followup = followup
+        self.window = window
         self._peers: dict[bytes, _Peer] = {}
         self._order: list[tuple[int, bytes]] = []  # (distance, id), ascending
         self._providers: dict[bytes, PeerInfo] = {}
@@ -220,12 +222,14 @@ class Lookup:
         if self._following:
             return self._step_followup(now)
         events: list[Event] = []
-        for _, pid in self._order:
+        candidates = self._k_closest_alive() if self.window else (self._peers[pid] for _, pid in self._order)
+        for peer in candidates:
             if self._waiting >= self.alpha:
                 break
-            peer = self._peers[pid]
             if peer.state is _State.HEARD:
                 events.append(self._send(peer, now))
+        if not events and self._waiting == 0:
+            return self._finish("starved")
         return events
 
     def _step_followup(self, now: float) -> list[Event]:

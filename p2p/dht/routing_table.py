@@ -27,14 +27,16 @@ clock, which is what lets the simulator run 48 virtual hours in seconds.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
 from . import K
-from .keys import KEY_BITS, common_prefix_len, kad_key, random_key_in_bucket
+from .keys import KEY_BITS, common_prefix_len, kad_key
 
 REFRESH_INTERVAL = 10 * 60.0
 """A bucket not refreshed by a lookup for this long is stale (go-libp2p-kad-dht: 10 min)."""
@@ -51,6 +53,7 @@ class AddResult(Enum):
     REJECTED_SELF = "rejected-self"
 
 
+@functools.lru_cache(maxsize=65536)
 def ip_group(ip: str | None, *, exempt_private: bool = True) -> str | None:
     """The diversity group of an IP: its /24 (IPv4) or /48 (IPv6); None = not limited.
 
@@ -231,9 +234,19 @@ class RoutingTable:
             if now - self._refreshed.get(cpl, self._created) >= self.refresh_interval
         ]
 
-    def refresh_key(self, cpl: int, rand_bits: int) -> int:
-        """A random key falling in bucket `cpl`: looking it up refreshes that bucket."""
-        return random_key_in_bucket(self.local_key, cpl, rand_bits)
+    def refresh_id(self, cpl: int, randbytes: Callable[[int], bytes]) -> bytes:
+        """A random peer id whose key falls in bucket `cpl`: FIND_NODE of it refreshes that bucket.
+
+        Drawn by rejection (about 2**(cpl+1) sha256 for cpl <= MAX_REFRESH_CPL,
+        as go-libp2p-kbucket's GenRandPeerID does with a table); `randbytes`
+        is the caller's randomness (os.urandom, or a seeded Random's).
+        """
+        if not 0 <= cpl <= MAX_REFRESH_CPL:
+            raise ValueError(f"refresh cpl must be in 0..{MAX_REFRESH_CPL}")
+        while True:
+            candidate = b"\x00\x20" + randbytes(32)  # identity-multihash shaped, never dialled
+            if self.cpl(kad_key(candidate)) == cpl:
+                return candidate
 
     def mark_refreshed(self, key: int, now: float) -> None:
         """A lookup for `key` completed: the bucket it falls into is fresh."""
