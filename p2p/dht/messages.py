@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from multiformats import varint
-
 from shoal.p2p.errors import RemoteProtocolError
 from shoal.p2p.secure.identity import protobuf_fields
 
@@ -123,12 +121,23 @@ class Message:
 # -- encoding -----------------------------------------------------------------
 
 
+def _uvarint(value: int) -> bytes:
+    # Protobuf varints go up to 10 bytes (a negative int32 is sign-extended
+    # to 64 bits); multiformats' varint stops at 9, so ours is local.
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _len_field(number: int, value: bytes) -> bytes:
-    return bytes(varint.encode(number << 3 | 2)) + bytes(varint.encode(len(value))) + value
+    return _uvarint(number << 3 | 2) + _uvarint(len(value)) + value
 
 
 def _varint_field(number: int, value: int) -> bytes:
-    return bytes(varint.encode(number << 3)) + bytes(varint.encode(value & (2**64 - 1)))
+    return _uvarint(number << 3) + _uvarint(value & (2**64 - 1))
 
 
 def _encode_peer(peer: PeerInfo) -> bytes:
@@ -172,7 +181,7 @@ def encode(msg: Message) -> bytes:
 def frame(msg: Message) -> bytes:
     """`msg` encoded and prefixed with its uvarint length, as sent on the stream."""
     body = encode(msg)
-    return bytes(varint.encode(len(body))) + body
+    return _uvarint(len(body)) + body
 
 
 # -- decoding -----------------------------------------------------------------
