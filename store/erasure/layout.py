@@ -21,9 +21,9 @@ reader with all K data shards never decodes). Only the last stripe is short;
 it is padded with zero bytes to K * P (the padding is never stored in any
 block, and the reader drops it by `data_length`). Blocks may straddle
 stripes: the stripe boundaries are fixed by bytes, not by blocks, so no
-space is lost to packing. `piece_size` is min(the requested piece size,
-ceil(data_length / K) rounded up to 64): a small object is one stripe with
-little padding.
+space is lost to packing. `piece_size` is the smallest multiple of 64 that
+carries the stream in as many stripes as the requested piece size needs:
+padding is under 64 bytes per piece, for small objects and large ones.
 
 What describes a stripe: nothing stored per stripe but its pieces' hashes
 (shoal.store.erasure.shard); the blocks a stripe covers follow from the
@@ -82,9 +82,11 @@ def choose_piece_size(data_length: int, k: int, piece_size: int = DEFAULT_PIECE_
     """The piece size a layout of `data_length` bytes over K data shards uses."""
     if not PIECE_ALIGN <= piece_size <= MAX_PIECE_SIZE or piece_size % PIECE_ALIGN:
         raise ErasureError(f"piece size must be a multiple of {PIECE_ALIGN} in [{PIECE_ALIGN}, {MAX_PIECE_SIZE}]")
-    per_shard = -(-data_length // k)
-    fitted = max(PIECE_ALIGN, -(-per_shard // PIECE_ALIGN) * PIECE_ALIGN)
-    return min(piece_size, fitted)
+    # as few stripes as `piece_size` allows, then the smallest aligned piece
+    # that fills them: padding stays under 64 bytes per piece, not a stripe
+    stripes = max(1, -(-data_length // (k * piece_size)))
+    per_piece = -(-data_length // (stripes * k))
+    return min(piece_size, max(PIECE_ALIGN, -(-per_piece // PIECE_ALIGN) * PIECE_ALIGN))
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ def test_any_k_shards_reconstruct_exact_blocks(obj: tuple[bytes, bool, int, int]
     k, m = scheme
     layout, shards = _encode(root, store, k, m, piece)
     assert [bytes(b.cid) for b in layout.blocks] == [c for c, _ in _expected(root, store)]
+    # few stripes, little padding: under 64 bytes per piece
+    assert layout.stripes == -(-layout.data_length // (k * piece))  # 0 for an empty stream
+    assert 0 <= layout.stripes * layout.stripe_bytes - layout.data_length < max(1, 64 * k * layout.stripes)
     which = rnd.sample(range(k + m), k)
     got = [(bytes(c), d) for c, d in codec.reconstruct(_readers(shards, which), root)]
     assert got == _expected(root, store)
