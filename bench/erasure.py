@@ -82,18 +82,22 @@ class _Discard:
 class _Case:
     """One scheme over one object: the layout, the shards, the raw stream."""
 
-    def __init__(self, root: CID, store: MemoryBlockstore, blocks: list[tuple[CID, bytes]], k: int, m: int) -> None:
+    def __init__(self, root: CID, store: MemoryBlockstore, blocks: list[tuple[CID, bytes]], stream: bytes,
+                 k: int, m: int) -> None:
         self.k, self.m, self.root, self.blocks = k, m, root, blocks
         self.layout: Layout = codec.plan_object(root, store.get, store.size, k, m)
         sinks = [io.BytesIO() for _ in range(k + m)]
         self.infos = codec.encode(self.layout, blocks, sinks)  # type: ignore[arg-type]
         self.shards = [s.getvalue() for s in sinks]
-        stream = bytearray(b"".join(d for _, d in blocks))
-        stream += bytes(self.layout.stripes * self.layout.stripe_bytes - len(stream))
-        view = memoryview(bytes(stream))
-        p = self.layout.piece_size
-        self.stripes = [tuple(view[s * k * p + j * p:s * k * p + (j + 1) * p] for j in range(k))
-                        for s in range(self.layout.stripes)]
+        # views into one stream shared by every case; only the last, padded stripe is a copy
+        view = memoryview(stream)
+        p, sb = self.layout.piece_size, self.layout.stripe_bytes
+        self.stripes = []
+        for s in range(self.layout.stripes):
+            chunk = view[s * sb:(s + 1) * sb]
+            if len(chunk) < sb:
+                chunk = memoryview(bytes(chunk) + bytes(sb - len(chunk)))
+            self.stripes.append(tuple(chunk[j * p:(j + 1) * p] for j in range(k)))
         self.parity = [zfec.Encoder(k, k + m).encode(st, tuple(range(k, k + m))) for st in self.stripes]
         self.worst = list(range(m, k + m))  # first M data shards lost
 
@@ -155,12 +159,14 @@ def _peak(fn: Callable[[], None]) -> int:
 
 
 def run(size: int, repeats: int, seed: int) -> dict[str, Any]:
-    data = random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    data = b"".join(rng.randbytes(min(MIB, size - at)) for at in range(0, size, MIB))
     store = MemoryBlockstore()
     root = import_bytes(data, store).cid
     del data
     blocks = list(dag_blocks(root, store.get))
-    cases = {f"{k}+{m}": _Case(root, store, blocks, k, m) for k, m in SCHEMES}
+    stream = b"".join(d for _, d in blocks)
+    cases = {f"{k}+{m}": _Case(root, store, blocks, stream, k, m) for k, m in SCHEMES}
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _ in range(repeats):
         for name, case in cases.items():
