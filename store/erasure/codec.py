@@ -43,6 +43,7 @@ from shoal.store.erasure.shard import (
 )
 from shoal.store.errors import HashMismatch
 from shoal.store.ipld.cid import CID, RAW_CODE
+from shoal.store.proofs.commitment import MerkleBuilder
 
 __all__ = [
     "NotEnoughShards", "LayoutMismatch", "plan", "plan_object", "encode", "encode_object",
@@ -90,19 +91,25 @@ def plan_object(root: CID, get: Callable[[CID], bytes], size: Callable[[CID], in
 
 
 class _ShardWriters:
-    """K + M (or some) sinks being written front to back, each hashed as it goes."""
+    """Sinks being written front to back, each hashed as it goes (and, with
+    `commit_segment_size`, fed to a storage-commitment builder)."""
 
-    def __init__(self, indexes: Sequence[int], sinks: Sequence[BinaryIO]) -> None:
+    def __init__(self, indexes: Sequence[int], sinks: Sequence[BinaryIO],
+                 commit_segment_size: int | None = None) -> None:
         if len(indexes) != len(sinks):
             raise ErasureError("one sink per shard")
         self.indexes = list(indexes)
         self.sinks = list(sinks)
         self.hashers = [hashlib.sha256() for _ in sinks]
+        self.builders = ([MerkleBuilder(commit_segment_size) for _ in sinks]
+                         if commit_segment_size is not None else None)
         self.lengths = [0] * len(sinks)
 
     def write(self, slot: int, data: bytes | memoryview) -> None:
         self.sinks[slot].write(data)
         self.hashers[slot].update(data)
+        if self.builders is not None:
+            self.builders[slot].update(data)
         self.lengths[slot] += len(data)
 
     def finish(self, layout: Layout, piece_hashes: bytes) -> list[ShardInfo]:
@@ -112,7 +119,8 @@ class _ShardWriters:
             raw = header.encode()
             self.write(slot, raw)
             self.write(slot, header.footer(len(raw)))
-            out.append(ShardInfo(index, shard_cid(self.hashers[slot].digest()), self.lengths[slot]))
+            commitment = None if self.builders is None else self.builders[slot].finish()
+            out.append(ShardInfo(index, shard_cid(self.hashers[slot].digest()), self.lengths[slot], commitment))
         return out
 
 
@@ -152,19 +160,21 @@ def _stripes_of(layout: Layout, blocks: Iterable[tuple[CID, bytes | memoryview]]
 
 
 def encode(layout: Layout, blocks: Iterable[tuple[CID, bytes | memoryview]],
-           sinks: Sequence[BinaryIO], *, verify: bool = True) -> list[ShardInfo]:
+           sinks: Sequence[BinaryIO], *, verify: bool = True,
+           commit_segment_size: int | None = None) -> list[ShardInfo]:
     """Write the K + M shards of `layout` to `sinks` (sink i gets shard i).
 
     `blocks` yields (CID, bytes) in the layout's order (`dag_blocks` gives
     them). Each sink is written front to back once (pipes and sockets do);
-    returns each shard's CID and length.
+    returns each shard's CID and length, and its storage commitment if
+    `commit_segment_size` is given.
     """
     if len(sinks) != layout.n:
         raise ErasureError(f"need {layout.n} sinks, got {len(sinks)}")
     k, n, p = layout.k, layout.n, layout.piece_size
     enc = zfec.Encoder(k, n)
     parity = tuple(range(k, n))
-    writers = _ShardWriters(range(n), sinks)
+    writers = _ShardWriters(range(n), sinks, commit_segment_size)
     hashes = bytearray()
     for stripe in _stripes_of(layout, blocks, verify):
         data = tuple(stripe[j * p:(j + 1) * p] for j in range(k))
@@ -178,12 +188,13 @@ def encode(layout: Layout, blocks: Iterable[tuple[CID, bytes | memoryview]],
 
 
 def encode_object(root: CID, get: Callable[[CID], bytes], size: Callable[[CID], int],
-                  sinks: Sequence[BinaryIO], k: int, m: int,
-                  piece_size: int = DEFAULT_PIECE_SIZE) -> tuple[Layout, list[ShardInfo]]:
+                  sinks: Sequence[BinaryIO], k: int, m: int, piece_size: int = DEFAULT_PIECE_SIZE,
+                  commit_segment_size: int | None = None) -> tuple[Layout, list[ShardInfo]]:
     """Plan and encode the DAG under `root` from a blockstore's `get`/`size`
     (whose `get` already verifies, so blocks are not hashed twice)."""
     layout = plan_object(root, get, size, k, m, piece_size)
-    return layout, encode(layout, dag_blocks(root, get), sinks, verify=False)
+    return layout, encode(layout, dag_blocks(root, get), sinks, verify=False,
+                          commit_segment_size=commit_segment_size)
 
 
 class _StripeSource:
@@ -305,18 +316,20 @@ def reconstruct(shards: Sequence[ShardReader], object_cid: CID, *,
 
 
 def rebuild(lost: Sequence[int], healthy: Sequence[ShardReader], sinks: Sequence[BinaryIO], *,
-            layout_id: bytes | None = None) -> list[ShardInfo]:
+            layout_id: bytes | None = None, commit_segment_size: int | None = None) -> list[ShardInfo]:
     """Write shards `lost` (sink i gets lost[i]) from any K healthy shards.
 
     Each rebuilt piece must hash to the layout's record of it, so a repair
     never places a shard that differs from the one that was lost (same CID:
-    its commitment and the owner's signature stay valid).
+    its commitment and the owner's signature stay valid; with
+    `commit_segment_size` the commitment is rebuilt in the same pass, for
+    the new holder's leaf file).
     """
     src = _StripeSource(healthy, layout_id, None)
     layout = src.layout
     if len(set(lost)) != len(lost) or not all(0 <= i < layout.n for i in lost):
         raise ErasureError("lost shard indexes must be distinct and in range")
-    writers = _ShardWriters(lost, sinks)
+    writers = _ShardWriters(lost, sinks, commit_segment_size)
     enc = zfec.Encoder(layout.k, layout.n)
     want = tuple(lost)
     for s in range(layout.stripes):

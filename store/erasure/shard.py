@@ -47,6 +47,7 @@ from shoal.store.erasure.layout import (
 )
 from shoal.store.errors import InvalidCID
 from shoal.store.ipld.cid import CID, RAW, cid_for_digest, cid_from_bytes
+from shoal.store.proofs.commitment import Commitment
 
 __all__ = [
     "MalformedShard", "ShardCorrupt", "ShardHeader", "ShardReader", "ShardInfo",
@@ -199,11 +200,14 @@ def shard_cid(digest: bytes) -> CID:
 @dataclass(frozen=True, slots=True)
 class ShardInfo:
     """A shard just written: its index, content address (raw CID of the whole
-    shard's sha256) and length in bytes."""
+    shard's sha256), length in bytes, and, if asked for, the storage
+    commitment over its bytes (built in the same pass; audits of the shard's
+    holder are checked against it exactly as a replica's are)."""
 
     index: int
     cid: CID
     length: int
+    commitment: Commitment | None = None
 
 
 class ShardReader:
