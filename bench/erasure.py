@@ -25,9 +25,10 @@ MB/s are object bytes (decimal MB) per wall second, and per CPU second
 (process CPU time; the codec is single-threaded, so on a machine shared
 with other work the CPU figure is the steadier one); the ratios are zfec's
 time over ours for the same parameters (below 1: slower than zfec). Peak memory is tracemalloc's peak of
-Python allocations during one extra, untimed run (zfec's buffers are Python
-bytes, so they count); the zfec baselines hold the whole stream and every
-piece, the codec one stripe.
+Python allocations during one extra, untimed run (zfec's output buffers are
+Python bytes, so they count). The zfec baselines' input, the whole stream
+already in memory, is not in their figure; the codec's rows include
+everything it holds: about one stripe of K + M pieces and one block.
 
 Storage and repair (computed from the shards actually written): stored bytes
 per object byte, shard headers included; repair traffic for one lost
