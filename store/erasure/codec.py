@@ -220,37 +220,36 @@ class _StripeSource:
         self.layout = self.header.layout
         if object_cid is not None and bytes(self.layout.object_cid) != bytes(object_cid):
             raise LayoutMismatch(f"shards encode {self.layout.object_cid}, not {object_cid}")
-        by_index: dict[int, ShardReader] = {}
-        for s in pool:
-            by_index.setdefault(s.index, s)
-        self.pool = [by_index[i] for i in sorted(by_index)]
-        self.bad: dict[int, ShardCorrupt] = {}
+        # several copies of one shard index (fetched from two holders) are spares of each other
+        self.pool = sorted(pool, key=lambda r: r.index)
+        self.bad: dict[int, ShardCorrupt] = {}  # position in pool -> why it was dropped
         self._dec = zfec.Decoder(self.layout.k, self.layout.n)
         self._check_enough()
 
     def _check_enough(self) -> None:
-        healthy = len(self.pool) - len(self.bad)
+        healthy = len({r.index for pos, r in enumerate(self.pool) if pos not in self.bad})
         if healthy < self.layout.k:
             detail = "; ".join(str(e) for e in self.bad.values())
             raise NotEnoughShards(f"{healthy} healthy shards, need {self.layout.k}" + (f" ({detail})" if detail else ""))
 
     def pieces(self, stripe: int) -> tuple[list[bytes], list[int]]:
-        """K verified pieces of `stripe` and their shard indexes."""
+        """K verified pieces of `stripe` from K distinct shards, and their indexes."""
         got: list[bytes] = []
         idx: list[int] = []
-        for s in self.pool:
+        for pos, r in enumerate(self.pool):
             if len(got) == self.layout.k:
                 break
-            if s.index in self.bad:
+            if pos in self.bad or (idx and idx[-1] == r.index):
                 continue
             try:
-                got.append(s.piece(stripe))
-                idx.append(s.index)
+                got.append(r.piece(stripe))
+                idx.append(r.index)
             except ShardCorrupt as exc:
-                self.bad[s.index] = exc
+                self.bad[pos] = exc
                 self._check_enough()
         if len(got) < self.layout.k:
             self._check_enough()
+            raise NotEnoughShards(f"only {len(got)} shards answered for stripe {stripe}")
         return got, idx
 
     def data(self, stripe: int) -> tuple[bytes | memoryview, ...]:

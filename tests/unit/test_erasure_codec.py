@@ -120,6 +120,7 @@ def test_a_corrupted_piece_names_the_shard_and_a_spare_replaces_it() -> None:
     root, store = _object(random.Random(7).randbytes(20_000), False, 1024, 4)
     layout, shards = _encode(root, store, 4, 2, 1024)
     assert layout.stripes >= 3
+    clean = list(shards)
     raw = bytearray(shards[1])
     raw[2 * layout.piece_size + 5] ^= 0x40  # shard 1, stripe 2
     shards[1] = bytes(raw)
@@ -127,6 +128,10 @@ def test_a_corrupted_piece_names_the_shard_and_a_spare_replaces_it() -> None:
         list(codec.reconstruct(_readers(shards, [0, 1, 2, 3]), root))
     # with a spare, the liar is dropped and parity shard 4 takes its place
     got = [(bytes(c), d) for c, d in codec.reconstruct(_readers(shards, [0, 1, 2, 3, 4]), root)]
+    assert got == _expected(root, store)
+    # a second copy of shard 1 (another holder's) is a spare for the first
+    got = [(bytes(c), d) for c, d in codec.reconstruct(
+        _readers(shards, [1, 0, 2, 3]) + [ShardReader(io.BytesIO(clean[1]))], root)]
     assert got == _expected(root, store)
     # a repair from it notices too, and never writes a shard from the lie
     with pytest.raises(NotEnoughShards):
