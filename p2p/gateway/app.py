@@ -54,6 +54,7 @@ log = logging.getLogger("shoal.gateway")
 CHUNK_BYTES = 256 * 1024
 DEFAULT_MAX_REQUESTS = 8
 ROOT_FETCH_TIMEOUT_S = 20.0
+HUB_SLOT_WAIT_S = 10.0  # how long a Hugging Face route request waits for a free slot before a 503
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -99,6 +100,7 @@ class GatewayApp:
         self.node = node
         self.options = options
         self.active = 0  # requests running now
+        self._freed: trio.Event | None = None  # set (and replaced) each time a request ends
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -106,7 +108,8 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
-        if self.active >= self.options.max_requests:
+        if self.active >= self.options.max_requests and not (
+                _is_hub_path(scope) and await self._wait_for_slot(HUB_SLOT_WAIT_S)):
             await _send_text(send, 503, "gateway busy: too many requests at once", [(b"retry-after", b"1")])
             return
         self.active += 1  # (one event loop: no lock needed between the check and this)
@@ -115,6 +118,26 @@ class GatewayApp:
                 log.info("%s %s: client went away, request cancelled", scope["method"], scope["path"])
         finally:
             self.active -= 1
+            if self._freed is not None:
+                self._freed.set()
+                self._freed = None
+
+    async def _wait_for_slot(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a free request slot (True if one is free).
+
+        For the Hugging Face routes only: a Hub client downloads with 8 workers (the default
+        `max_requests`) and sends a worker's next request the moment a body ends, which can be
+        before that request's handler has returned (a whole-file fetch finishes storing its last
+        blocks): refusing at once would fail a download that stays within the limit, and the
+        client does not retry a 503. Trustless and path requests keep the 503-at-once rule.
+        """
+        with trio.move_on_after(timeout):
+            while self.active >= self.options.max_requests:
+                if self._freed is None:
+                    self._freed = trio.Event()
+                await self._freed.wait()
+            return True
+        return False
 
     async def _serve(self, scope: Scope, send: Send) -> None:
         try:
@@ -277,6 +300,11 @@ class GatewayApp:
                               select_blocks(blocks.get, cid, "all", None, request.dups), cid)
             finally:
                 blocks.export_over()
+
+
+def _is_hub_path(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    return isinstance(path, str) and not (path == "/ipfs" or path.startswith("/ipfs/"))
 
 
 class _Refused(Exception):

@@ -116,31 +116,23 @@ async def _send_json(send: Send, request: HfRequest, body: bytes, commit: str,
 async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
                       headers: list[tuple[bytes, bytes]], fetch_one: Callable[[CID], Awaitable[None]],
                       send: Send, cache_pin: bool) -> None:
+    """HEAD or GET of one file: checked against the directory, then streamed.
+
+    A whole-file GET starts fetching the record's file CID from every holder at once (`fetch_dag`,
+    verified blocks handed to the reader, p2p/exchange/handoff.py) while the path is still being
+    checked against the directory, so the first byte waits for one round of fetches, not for
+    each block on the way in turn; if the check fails the fetch is cancelled and the answer is a
+    502. A HEAD or a Range reads on demand (`OnDemandBlocks`), moving only the blocks it needs.
+    With `--gateway-cache-pin` a file fetched whole is pinned once complete.
+    """
     entry = find_file(record, request.path)
     if entry is None:
         raise HfError(404, "EntryNotFound", f"{request.path}: no such file in {record.repo}@{record.commit}",
                       record.commit)
     try:
-        root = parse_cid(record.cid)
+        root, file_cid = parse_cid(record.cid), parse_cid(entry.cid)
     except InvalidCID as exc:
         raise GatewayRequestError(502, f"the name record of {record.repo} has a bad CID: {exc}") from None
-    source = OnDemandBlocks(node, fetch_one)
-    try:
-        target = await trio.to_thread.run_sync(resolve_path, source, root, tuple(request.path.split("/")))
-        info = await trio.to_thread.run_sync(exporter.stat, source, target)
-    except GatewayRequestError as exc:
-        raise GatewayRequestError(502, f"{record.repo}@{record.commit}: the directory {root} does not hold "
-                                       f"{request.path} as its name record says ({exc})") from None
-    except InvalidInput as exc:
-        raise GatewayRequestError(502, f"{request.path}: {exc}") from None
-    except (BlockNotFound, NoPeers) as exc:
-        raise GatewayRequestError(503, f"{request.path}: no connected peer has it ({exc})") from None
-    except (StoreError, P2PError) as exc:
-        raise GatewayRequestError(502, f"{request.path}: could not be fetched: {exc}") from None
-    if info.kind not in ("file", "raw") or info.size != entry.size or str(target) != entry.cid:
-        raise GatewayRequestError(502, f"{request.path}: the directory {root} holds {target} "
-                                       f"({info.kind}, {info.size} bytes), not the record's {entry.cid} "
-                                       f"({entry.size} bytes)")
     size = entry.size
     range_header = next((v.decode("latin-1") for k, v in headers if k.lower() == b"range"), None)
     wanted = parse_range(range_header, size)  # a 416 is a GatewayRequestError
@@ -150,57 +142,78 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
         (b"content-type", mime.encode()), (b"content-length", str(length).encode())]
     if wanted is not None:
         out.append((b"content-range", wanted.content_range(size).encode()))
-    if request.head or length == 0:
-        await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": b""})
-        return
+    source = OnDemandBlocks(node, fetch_one)
+    blocks = ArrivingBlocks(node.repo.blockstore) if wanted is None and not request.head and size else None
+    reader: exporter.Source = blocks if blocks is not None else source
     started = False
+    failure: GatewayRequestError | None = None
 
     async def tracked(message: dict[str, Any]) -> None:
         nonlocal started
         started = started or message["type"] == "http.response.start"
         await send(message)
 
-    try:
-        if wanted is None:
-            await _stream_whole(node, target, size, out, tracked, cache_pin)
-        else:
-            await stream_file(source, target, offset, length, status, out, tracked)
-    except (BlockNotFound, NoPeers) as exc:
-        if started:
-            raise  # the body is cut short: the client sees a truncated download and resumes it
-        raise GatewayRequestError(503, f"{request.path}: no connected peer has it ({exc})") from None
-
-
-async def _stream_whole(node: "Node", target: CID, size: int, headers: list[tuple[bytes, bytes]],
-                        send: Send, cache_pin: bool) -> None:
-    """A whole file: `fetch_dag` gets its blocks from every holder at once while the response
-    streams them, each verified block handed straight to the reader (p2p/exchange/handoff.py).
-
-    Block by block on demand (what a Range read does) leaves the holders idle between reads;
-    the whole-DAG fetch keeps several requests in flight per holder, so a download through the
-    gateway runs at the swarm's pace, not at one round trip per block. With `--gateway-cache-pin`
-    the file is pinned once complete, as the trustless routes pin a DAG fetched whole.
-    """
-    blocks = ArrivingBlocks(node.repo.blockstore)
-
-    async def stored(_cid: CID, _data: bytes) -> None:
-        blocks.arrived()
-
-    async def fetch_all() -> None:
+    async def fetch_all(arriving: ArrivingBlocks) -> None:
         try:
-            await fetch_dag(node, target, on_stored=stored, on_verified=blocks.verified, on_wanted=blocks.expect)
+            await fetch_dag(node, file_cid, on_stored=lambda _c, _d: _arrived(arriving),
+                            on_verified=arriving.verified, on_wanted=arriving.expect)
             if cache_pin:
                 async with node.store_guard.shared():
-                    await trio.to_thread.run_sync(node.repo.pin_add, target)
+                    await trio.to_thread.run_sync(node.repo.pin_add, file_cid)
         except (P2PError, StoreError) as exc:  # the reader then finds the block missing
-            log.warning("gateway fetch of %s failed: %s", target, exc)
+            log.warning("gateway fetch of %s failed: %s", file_cid, exc)
         finally:
-            blocks.finish()
+            arriving.finish()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(fetch_all)
+        if blocks is not None:
+            nursery.start_soon(fetch_all, blocks)
         try:
-            await stream_file(blocks, target, 0, size, 200, headers, send)
+            await _check_entry(source, reader, root, file_cid, request.path, size)
+            if request.head or length == 0:
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await stream_file(reader, file_cid, offset, length, status, out, tracked)
+        except GatewayRequestError as exc:
+            failure = exc
+        except (BlockNotFound, NoPeers) as exc:
+            if started:
+                raise  # the body is cut short: the client sees a truncated download and resumes it
+            failure = GatewayRequestError(503, f"{request.path}: no connected peer has it ({exc})")
+        except (StoreError, P2PError) as exc:
+            if started:
+                raise
+            failure = GatewayRequestError(502, f"{request.path}: could not be fetched: {exc}")
         finally:
-            blocks.export_over()
+            if blocks is not None:
+                blocks.export_over()
+            if failure is not None:
+                nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def _arrived(arriving: ArrivingBlocks) -> None:
+    arriving.arrived()
+
+
+async def _check_entry(dir_source: OnDemandBlocks, file_source: exporter.Source, root: CID, file_cid: CID,
+                       path: str, size: int) -> None:
+    """The directory `root` holds `file_cid` at `path`, a file of `size` bytes; else a 502."""
+    try:
+        target = await trio.to_thread.run_sync(resolve_path, dir_source, root, tuple(path.split("/")))
+    except GatewayRequestError as exc:
+        raise GatewayRequestError(502, f"the directory {root} does not hold {path} as its name record "
+                                       f"says ({exc})") from None
+    except InvalidInput as exc:  # a path through a file
+        raise GatewayRequestError(502, f"{path}: {exc}") from None
+    if target != file_cid:
+        raise GatewayRequestError(502, f"{path}: the directory {root} holds {target}, not the record's {file_cid}")
+    try:
+        info = await trio.to_thread.run_sync(exporter.stat, file_source, target)
+    except InvalidInput as exc:
+        raise GatewayRequestError(502, f"{path}: {exc}") from None
+    if info.kind not in ("file", "raw") or info.size != size:
+        raise GatewayRequestError(502, f"{path}: {target} is a {info.kind} of {info.size} bytes, the record "
+                                       f"says a file of {size}")

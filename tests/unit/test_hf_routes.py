@@ -5,6 +5,7 @@ path is tests/integration/test_hf_mirror.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -121,6 +122,13 @@ async def serve_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         cids[rel] = str(target)
     records = [make_record("org/tiny", "model", folder, str(root), cids),
                make_record("org/tiny-data", "dataset", folder, str(root), cids)]
+    # A record whose file list disagrees with its directory: config.json named by README.md's CID,
+    # the safetensors file with a size one byte short.
+    honest = make_record("org/liar", "model", folder, str(root), cids)
+    lies = tuple(dataclasses.replace(f, cid=cids["README.md"]) if f.path == "config.json" else
+                 dataclasses.replace(f, size=f.size - 1) if f.path == "model.safetensors" else f
+                 for f in honest.files)
+    records.append(dataclasses.replace(honest, files=lies))
     monkeypatch.setattr(app_module, "resolver_of", lambda node: Resolver(records))
     node = Node(repo, Identity.generate(), NodeOptions())  # not started: everything is local
     app: Any = GatewayApp(node, options)
@@ -275,3 +283,33 @@ async def test_api_listing_through_paginated_tree(hub: tuple[str, Path, dict[str
     out = await trio.to_thread.run_sync(lambda: run_client(LIST, url, tmp))
     assert out["tree"] == sorted(files) and out["siblings"] == sorted(files)
     assert out["lfs"] == ["model.safetensors"]
+
+
+async def test_a_record_that_disagrees_with_its_directory_serves_nothing(
+        hub: tuple[str, Path, dict[str, bytes]]) -> None:
+    url, _, _ = hub
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        for path in ("config.json", "model.safetensors"):
+            for method in ("HEAD", "GET"):
+                r = await c.request(method, f"/org/liar/resolve/main/{path}")
+                assert r.status_code == 502, (method, path, r.status_code, r.text)
+        r = await c.get("/org/liar/resolve/main/README.md")  # the files it lists truly are fine
+        assert r.status_code == 200 and r.content == b"# test model\n"
+
+
+async def test_hub_requests_wait_for_a_slot_instead_of_failing(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """More Hub requests at once than `max_requests`: they wait for a slot (the HF client does
+    not retry a 503); each still gets its exact bytes."""
+    async with serve_hub(tmp_path, monkeypatch, GatewayOptions(max_requests=1)) as (url, _, files, _repo):
+        statuses: list[int] = []
+
+        async def one(c: httpx.AsyncClient, path: str) -> None:
+            r = await c.get(f"/org/tiny/resolve/main/{path}")
+            statuses.append(r.status_code)
+            assert r.status_code != 200 or r.content == files[path]
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c, trio.open_nursery() as nursery:
+            for path in list(files) * 3:
+                nursery.start_soon(one, c, path)
+        assert statuses == [200] * len(files) * 3, statuses
