@@ -201,7 +201,8 @@ def ttfb(url: str) -> float:
     with httpx.Client(timeout=60) as client:
         t0 = time.perf_counter()
         with client.stream("GET", url) as resp:
-            resp.raise_for_status()
+            if resp.status_code != 200:
+                raise RuntimeError(f"{url}: {resp.status_code} {resp.read().decode(errors='replace')}")
             for _chunk in resp.iter_raw():
                 return time.perf_counter() - t0
     raise RuntimeError(f"{url}: empty body")
