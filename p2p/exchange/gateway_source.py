@@ -25,7 +25,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from shoal.store.errors import HashMismatch
-from shoal.store.ipld.cid import CID
+from shoal.store.ipld.cid import CID, multihash_digest
 
 from shoal.p2p.errors import P2PError
 from shoal.p2p.wire import limits as L
@@ -213,7 +213,7 @@ def verify_gateway_block(cid: CID, data: bytes) -> None:
     BadGateway("fail") for a hash we do not support.
     """
     name = cid.hashfun.name
-    digest = bytes(cid.raw_digest)
+    digest = multihash_digest(cid)
     if name == "sha2-256":
         if hashlib.sha256(data).digest() != digest:
             raise HashMismatch(cid, "from a gateway")

@@ -30,7 +30,7 @@ from shoal.store.dag.walk import DagWalk, WalkBudgetExceeded, block_identity
 from shoal.store.errors import InvalidCID, MalformedBlock
 from shoal.store.ipld import dagpb, unixfs, varint
 from shoal.store.ipld.car import encode_header
-from shoal.store.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes, parse_cid
+from shoal.store.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes, multihash_digest, parse_cid
 
 from shoal.p2p.gateway.params import EntityBytes
 
@@ -57,7 +57,7 @@ def gateway_cid(text: str) -> tuple[CID, bytes | None]:
             raise InvalidCID(f"not a CID: {text[:80]!r}") from None
         if cid.hashfun.name != "identity" or cid.codec.name != RAW or cid.version != 1:
             raise
-        data = bytes(cid.raw_digest)
+        data = multihash_digest(cid)
         if len(data) > MAX_INLINE_BYTES:
             raise InvalidCID(f"identity CID over {MAX_INLINE_BYTES} bytes") from None
         return cid.set(base="base32"), data

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from shoal.store.dag.walk import DagWalk, block_identity
 from shoal.store.errors import InvalidCID, MalformedBlock, StoreError
 from shoal.store.ipld import dagpb
-from shoal.store.ipld.cid import CID, DAG_PB_CODE, cid_from_bytes
+from shoal.store.ipld.cid import CID, DAG_PB_CODE, cid_from_bytes, multihash_digest
 
 __all__ = [
     "ErasureError", "BlockRef", "Layout", "PIECE_ALIGN", "DEFAULT_PIECE_SIZE", "MAX_PIECE_SIZE",
@@ -172,18 +172,11 @@ class Layout:
 
 
 def sha256_of(cid: CID) -> bytes:
-    """The sha2-256 digest a block of `cid` must hash to.
-
-    Sliced from the multihash rather than read from `CID.raw_digest`: that
-    multiformats property keeps a reference to its caller's frame alive
-    (measured with tracemalloc: a generator that calls it per block pins
-    megabytes of blocks already handed out), which breaks the codec's
-    memory bound.
-    """
+    """The sha2-256 digest a block of `cid` must hash to (ErasureError for another hash)."""
     mh = bytes(cid.digest)
     if mh[:2] != b"\x12\x20" or len(mh) != 34:
         raise ErasureError(f"{cid}: only sha2-256 CIDs are supported")
-    return mh[2:]
+    return multihash_digest(cid)
 
 
 def dag_links(cid: CID, data: bytes | memoryview) -> list[CID]:
