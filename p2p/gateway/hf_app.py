@@ -80,7 +80,12 @@ async def serve_hf(node: "Node", resolver: NameResolverLike, request: HfRequest,
                    cache_pin: bool = False) -> None:
     """Answer one Hub request; refusals are sent here (HfError with X-Error-Code, others as text)."""
     try:
-        record = await trio.to_thread.run_sync(lookup, resolver, request)
+        try:
+            record = await trio.to_thread.run_sync(lookup, resolver, request)
+        except HfError:
+            raise
+        except (StoreError, P2PError) as exc:  # the name book could not be read
+            raise GatewayRequestError(503, f"names cannot be resolved now: {exc}") from None
         if request.action == "info":
             await _send_json(send, request, repo_info(request, record), record.commit)
         elif request.action == "tree":

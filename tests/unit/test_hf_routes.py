@@ -19,6 +19,7 @@ from hypercorn.trio import serve
 
 from shoal.store.dag import exporter
 from shoal.store.dag.importer import import_path
+from shoal.store.errors import StoreError
 from shoal.store.persist.repo import Repo
 
 from shoal.p2p.gateway import app as app_module
@@ -313,3 +314,18 @@ async def test_hub_requests_wait_for_a_slot_instead_of_failing(tmp_path: Path,
             for path in list(files) * 3:
                 nursery.start_soon(one, c, path)
         assert statuses == [200] * len(files) * 3, statuses
+
+
+async def test_a_name_book_that_cannot_be_read_is_a_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken:
+        def resolve(self, kind: str, repo: str, revision: str) -> None:
+            raise StoreError("database disk image is malformed")
+
+        def repos(self) -> list[Record]:
+            raise StoreError("database disk image is malformed")
+
+    async with serve_hub(tmp_path, monkeypatch, GatewayOptions()) as (url, _, _files, _repo):
+        monkeypatch.setattr(app_module, "resolver_of", lambda node: Broken())
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            r = await c.get("/api/models/org/tiny/revision/main")
+            assert r.status_code == 503 and "malformed" in r.text
