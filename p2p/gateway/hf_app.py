@@ -52,6 +52,12 @@ if TYPE_CHECKING:
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 log = logging.getLogger("shoal.gateway")
+# Block requests in flight per holder for one file served whole. The exchange's default (16)
+# put the reader's first block behind up to 31 others (1 MiB each) from two holders: the first
+# byte of a resolve waited for ~32 MiB (0.26-0.56 s here under load); with 4 it waits for ~8 MiB
+# (0.03-0.1 s), and a Hub client downloads several files at once, which adds up to the
+# default again (bench/gateway.py: the gateway's time stays within ~10 % of `shoal get`).
+FILE_INFLIGHT_PER_PEER = 4
 
 
 class NameResolverLike(Protocol):
@@ -161,6 +167,7 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
     async def fetch_all(arriving: ArrivingBlocks) -> None:
         try:
             await fetch_dag(node, file_cid, on_stored=lambda _c, _d: _arrived(arriving),
+                            max_inflight_per_peer=FILE_INFLIGHT_PER_PEER,
                             on_verified=arriving.verified, on_wanted=arriving.expect)
             if cache_pin:
                 async with node.store_guard.shared():
