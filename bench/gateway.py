@@ -215,8 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="static and gateway runs, interleaved (default 1)")
     ap.add_argument("--workdir", default=None, help="where temp files go (default: system temp dir)")
     ap.add_argument("--no-write", action="store_true", help="do not write results/gateway.json")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="first wait up to SECONDS for the machine's CPUs to be under 25%% busy with other work")
     args = ap.parse_args(argv)
     size = parse_size(args.size)
+    if args.wait_quiet > 0:
+        deadline = time.monotonic() + args.wait_quiet
+        while (load := system_load(3.0))["cpu_busy_fraction_while_idle"] > 0.25 and time.monotonic() < deadline:
+            log(f"waiting for a quiet machine: {load}")
+            time.sleep(7)
     doc: dict[str, Any] = {"benchmark": "gateway", "bytes": size, "shards": args.shards,
                            "machine": machine_info(), "load_before": system_load()}
     with Cleanup() as cl:
