@@ -63,7 +63,7 @@ from shoal.p2p.dht import K
 from shoal.p2p.dht.keys import KEY_BITS, common_prefix_len, kad_key
 from shoal.p2p.dht.messages import Message, MessageType, PeerInfo, decode, encode
 from shoal.p2p.dht.providers import ProvideSchedule, ProviderStore
-from shoal.p2p.dht.query import REQUEST_TIMEOUT, Done, Lookup, SendRequest
+from shoal.p2p.dht.query import REQUEST_TIMEOUT, SLOW_AFTER, Done, Lookup, SendRequest
 from shoal.p2p.dht.routing_table import RoutingTable
 
 HOUR = 3600.0
@@ -79,6 +79,7 @@ class Params:
     dial_rtts: int = 2
     wire: bool = True
     window: bool = True
+    slow_after: float | None = SLOW_AFTER
     latency_median: float = 0.050
     latency_sigma: float = 0.6
 
@@ -186,9 +187,10 @@ class Network:
         lk = Lookup(
             origin.peer_id, kind, key, seeds, alpha=self.p.alpha, beta=self.p.beta, k=self.p.k,
             request_timeout=self.p.timeout, want_providers=want_providers, followup=followup,
-            window=self.p.window,
+            window=self.p.window, slow_after=self.p.slow_after,
         )
-        heap: list[tuple[float, int, int, bool]] = []
+        # (time, seq, peer index, kind): 0 = answer arrives, 1 = a dead peer's timeout, 2 = clock tick
+        heap: list[tuple[float, int, int, int]] = []
         seq = 0
         start = now
 
@@ -207,15 +209,23 @@ class Network:
                 self.messages += 1
                 seq += 1
                 if peer.alive:
-                    heapq.heappush(heap, (t + rtt, seq, j, True))
+                    heapq.heappush(heap, (t + rtt, seq, j, 0))
                 else:
-                    heapq.heappush(heap, (t + self.p.timeout, seq, j, False))
+                    heapq.heappush(heap, (t + self.p.timeout, seq, j, 1))
+            deadline = lk.next_deadline()
+            if deadline is not None:
+                seq += 1
+                heapq.heappush(heap, (deadline, seq, -1, 2))
 
         dispatch(lk.start(now), now)
         while lk.done is None and heap:
-            t, _, j, answered = heapq.heappop(heap)
+            t, _, j, kind = heapq.heappop(heap)
+            now = t
+            if kind == 2:
+                dispatch(lk.on_tick(t), t)
+                continue
             peer = self.nodes[j]
-            if answered:
+            if kind == 0:
                 resp = self.serve(peer, origin, lk.kind, key, t)
                 if self.p.wire:
                     resp = decode(encode(resp))
@@ -225,8 +235,11 @@ class Network:
             else:
                 origin.table.remove(peer.peer_id, t)
                 dispatch(lk.on_tick(t), t)
-            now = t
         assert lk.done is not None, "lookup neither finished nor has events pending"
+        # The driver lets dials to dead peers run out after the lookup and evicts them then.
+        for _, _, j, kind in heap:
+            if kind == 1:
+                origin.table.remove(self.nodes[j].peer_id, now)
         origin.table.mark_refreshed(target, now)
         return LookupResult(lk.done, now - start)
 
@@ -437,12 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--join", choices=("fast", "lookup"), default="fast")
     ap.add_argument("--no-wire", action="store_true", help="skip the protobuf encode/decode of each response")
     ap.add_argument("--no-window", action="store_true", help="go's rule: also ask heard peers beyond the k closest")
+    ap.add_argument("--no-slow", action="store_true", help="go's rule: an unanswered request holds its slot until the timeout")
     ap.add_argument("--dial-rtts", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    params = Params(seed=args.seed, wire=not args.no_wire, dial_rtts=args.dial_rtts, window=not args.no_window)
+    params = Params(seed=args.seed, wire=not args.no_wire, dial_rtts=args.dial_rtts, window=not args.no_window,
+                    slow_after=None if args.no_slow else SLOW_AFTER)
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else (
         [200, 500, 1000] if args.quick else [1000, 2000, 5000, 10000])
     lookups = args.lookups or (100 if args.quick else 500)

@@ -23,6 +23,12 @@ Rules, as in go-libp2p-kad-dht's query.go:
 * A request unanswered after `request_timeout` seconds, or reported failed,
   marks the peer unreachable; it is skipped from then on and never in the
   result. Late answers from such peers are ignored.
+* Our addition (go has none): a request unanswered after `slow_after`
+  seconds makes its peer "slow": it frees its alpha slot and no longer
+  counts among the beta closest, so one dead peer near the target does not
+  hold the whole lookup for the full timeout; an answer that still arrives
+  (before the timeout, while the lookup runs) is used as any other. Measured
+  in bench/dht_sim.py: see docs/ROUTING.md.
 
 `Done.closest` holds the k closest peers that answered, closest first.
 """
@@ -39,6 +45,8 @@ from .messages import Message, MessageType, PeerInfo
 
 REQUEST_TIMEOUT = 5.0
 """Seconds a request may stay unanswered before its peer counts as unreachable."""
+SLOW_AFTER = 2.0
+"""Seconds after which an unanswered request stops holding a slot or the lookup's end."""
 
 
 class _State(Enum):
@@ -46,6 +54,7 @@ class _State(Enum):
     WAITING = 1
     QUERIED = 2
     UNREACHABLE = 3
+    SLOW = 4  # past slow_after: frees its slot, no longer holds up the end; may still answer
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class Done:
 
 
 Event = SendRequest | Done
+_IN_FLIGHT = frozenset({_State.WAITING, _State.SLOW})
+_OUT = frozenset({_State.UNREACHABLE, _State.SLOW})
 
 
 @dataclass
@@ -78,6 +89,7 @@ class _Peer:
     state: _State
     hop: int
     deadline: float = 0.0
+    slow_at: float = 0.0
 
 
 class Lookup:
@@ -97,6 +109,7 @@ class Lookup:
         want_providers: int = K,
         followup: bool = False,
         window: bool = True,
+        slow_after: float | None = SLOW_AFTER,
     ) -> None:
         if kind not in (MessageType.FIND_NODE, MessageType.GET_PROVIDERS):
             raise ValueError("a lookup is FIND_NODE or GET_PROVIDERS")
@@ -109,11 +122,13 @@ class Lookup:
         self.want_providers = want_providers
         self.followup = followup
         self.window = window
+        self.slow_after = slow_after
         self._peers: dict[bytes, _Peer] = {}
         self._order: list[tuple[int, bytes]] = []  # (distance, id), ascending
         self._providers: dict[bytes, PeerInfo] = {}
         self._provider_hop = 0
         self._waiting = 0
+        self._slow = 0
         self._messages = 0
         self._timeouts = 0
         self._following = False
@@ -131,12 +146,12 @@ class Lookup:
     def on_response(self, peer_id: bytes, message: Message, now: float) -> list[Event]:
         """A peer answered; its closer peers (and providers) join the lookup."""
         peer = self._peers.get(peer_id)
-        if self.done is not None or peer is None or peer.state is not _State.WAITING:
+        if self.done is not None or peer is None or peer.state not in _IN_FLIGHT:
             return []
         if message.type is not self.kind:
             return self.on_failure(peer_id, now)
+        self._release(peer)
         peer.state = _State.QUERIED
-        self._waiting -= 1
         for info in message.closer_peers:
             self._hear(info, peer.hop + 1)
         if self.kind is MessageType.GET_PROVIDERS:
@@ -152,28 +167,41 @@ class Lookup:
     def on_failure(self, peer_id: bytes, now: float) -> list[Event]:
         """The request to `peer_id` failed (dial error, stream reset, bad answer)."""
         peer = self._peers.get(peer_id)
-        if self.done is not None or peer is None or peer.state is not _State.WAITING:
+        if self.done is not None or peer is None or peer.state not in _IN_FLIGHT:
             return []
+        self._release(peer)
         peer.state = _State.UNREACHABLE
-        self._waiting -= 1
         return self._step(now)
 
     def on_tick(self, now: float) -> list[Event]:
-        """Time advanced: requests past their deadline count as failed."""
+        """Time advanced: requests past `slow_after` turn slow, past their deadline failed."""
         if self.done is not None:
             return []
-        expired = [p for p in self._peers.values() if p.state is _State.WAITING and p.deadline <= now]
-        for peer in expired:
-            peer.state = _State.UNREACHABLE
-            self._waiting -= 1
-            self._timeouts += 1
-        return self._step(now) if expired else []
+        changed = False
+        for peer in self._peers.values():
+            if peer.state not in _IN_FLIGHT:
+                continue
+            if peer.deadline <= now:
+                self._release(peer)
+                peer.state = _State.UNREACHABLE
+                self._timeouts += 1
+                changed = True
+            elif peer.state is _State.WAITING and peer.slow_at <= now:
+                self._release(peer)
+                peer.state = _State.SLOW
+                self._slow += 1
+                changed = True
+        return self._step(now) if changed else []
 
     def next_deadline(self) -> float | None:
         """When `on_tick` next has work to do (None: nothing in flight)."""
         if self.done is not None:
             return None
-        deadlines = [p.deadline for p in self._peers.values() if p.state is _State.WAITING]
+        deadlines = [
+            min(p.deadline, p.slow_at) if p.state is _State.WAITING else p.deadline
+            for p in self._peers.values()
+            if p.state in _IN_FLIGHT
+        ]
         return min(deadlines, default=None)
 
     @property
@@ -201,14 +229,14 @@ class Lookup:
         closest: list[_Peer] = []
         for _, pid in self._order:
             peer = self._peers[pid]
-            if peer.state is _State.UNREACHABLE:
+            if peer.state in _OUT:
                 continue
             closest.append(peer)
             if len(closest) == self.beta:
                 break
         if closest and all(p.state is _State.QUERIED for p in closest):
             return "beta"
-        if self._waiting == 0 and not any(p.state is _State.HEARD for p in self._peers.values()):
+        if self._idle() and not any(p.state is _State.HEARD for p in self._peers.values()):
             return "starved"
         return None
 
@@ -228,7 +256,7 @@ class Lookup:
                 break
             if peer.state is _State.HEARD:
                 events.append(self._send(peer, now))
-        if not events and self._waiting == 0:
+        if not events and self._idle():
             return self._finish("starved")
         return events
 
@@ -237,7 +265,7 @@ class Lookup:
         for peer in self._k_closest_alive():
             if peer.state is _State.HEARD:
                 events.append(self._send(peer, now))
-        if self._waiting == 0:
+        if self._idle():
             return self._finish("beta")
         return events
 
@@ -245,7 +273,7 @@ class Lookup:
         out: list[_Peer] = []
         for _, pid in self._order:
             peer = self._peers[pid]
-            if peer.state is not _State.UNREACHABLE:
+            if peer.state not in _OUT:
                 out.append(peer)
                 if len(out) == self.k:
                     break
@@ -254,9 +282,19 @@ class Lookup:
     def _send(self, peer: _Peer, now: float) -> SendRequest:
         peer.state = _State.WAITING
         peer.deadline = now + self.request_timeout
+        peer.slow_at = peer.deadline if self.slow_after is None else now + self.slow_after
         self._waiting += 1
         self._messages += 1
         return SendRequest(peer.info, self._request)
+
+    def _release(self, peer: _Peer) -> None:
+        if peer.state is _State.WAITING:
+            self._waiting -= 1
+        elif peer.state is _State.SLOW:
+            self._slow -= 1
+
+    def _idle(self) -> bool:
+        return self._waiting == 0 and self._slow == 0
 
     def _finish(self, reason: str) -> list[Event]:
         answered = [

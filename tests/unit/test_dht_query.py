@@ -67,7 +67,7 @@ def test_timeouts_on_the_virtual_clock_skip_dead_peers() -> None:
     key = b"k"
     ranked = _by_distance(peers, key)
     lk = Lookup(me, MessageType.FIND_NODE, key, [PeerInfo(p) for p in peers], alpha=2, beta=1, k=3,
-                request_timeout=5.0)
+                request_timeout=5.0, slow_after=None)
     assert _sends(lk.start(0.0)) == ranked[:2]
     assert lk.next_deadline() == 5.0
     assert lk.on_tick(4.9) == []
@@ -78,6 +78,25 @@ def test_timeouts_on_the_virtual_clock_skip_dead_peers() -> None:
     assert ranked[0] not in [p.id for p in ev[-1].closest]
     # A late answer from the timed-out peer is ignored.
     assert lk.on_response(ranked[0], Message(MessageType.FIND_NODE), 6.0) == []
+
+
+def test_a_slow_peer_frees_its_slot_and_stops_holding_the_end_but_may_still_answer() -> None:
+    me, *peers = _ids(8, seed=10)
+    key = b"k"
+    ranked = _by_distance(peers, key)
+    empty = Message(MessageType.FIND_NODE)
+    lk = Lookup(me, MessageType.FIND_NODE, key, [PeerInfo(p) for p in peers], alpha=2, beta=2, k=4,
+                request_timeout=5.0, slow_after=1.0)
+    assert _sends(lk.start(0.0)) == ranked[:2]
+    assert lk.next_deadline() == 1.0
+    assert _sends(lk.on_tick(1.0)) == ranked[2:4]  # both slow: their slots go to the next two
+    assert lk.next_deadline() == 2.0  # the new requests turn slow at 2.0, before the old ones' 5.0
+    assert lk.on_response(ranked[2], empty, 1.5) == [SendRequest(PeerInfo(ranked[4]), Message(MessageType.FIND_NODE, key=key))]
+    # The slow closest answers after all (before its timeout): it counts as answered, and with
+    # ranked[1] still slow the beta=2 closest that are not slow (ranked[0], ranked[2]) have answered.
+    ev = lk.on_response(ranked[0], empty, 1.6)
+    assert isinstance(ev[-1], Done) and [p.id for p in ev[-1].closest] == [ranked[0], ranked[2]]
+    assert ev[-1].timeouts == 0 and ev[-1].reason == "beta"
 
 
 def test_failure_and_wrong_answer_type_mark_the_peer_unreachable() -> None:
