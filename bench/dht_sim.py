@@ -8,7 +8,8 @@ one-way delay per pair of nodes drawn once from a log-normal distribution
 (median 50 ms, sigma 0.6, clipped to 10-200 ms), a request costing one round
 trip plus `--dial-rtts` extra round trips the first time two nodes talk
 (TCP + Noise handshakes; multistream and yamux pipelined), and silently dead
-nodes that never answer (the requester's 5 s timeout fires).
+nodes that never answer (the lookup marks them slow after 2 s and
+the requester's 5 s timeout evicts them from its table).
 
 Routing tables (justification of the fast join): a Kademlia network in
 steady state -- every node joined through a bootstrap peer, did its

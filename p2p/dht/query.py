@@ -19,6 +19,10 @@ Rules, as in go-libp2p-kad-dht's query.go:
 * `followup=True` (go's `runLookupWithFollowup`, used before providing):
   after termination, the not-yet-asked peers among the k closest are asked
   too, so the result is the true k closest as far as the network knows.
+* Our addition, `window=True` (default): only peers within the k closest
+  still considered alive are asked; go also asks farther heard peers while a
+  slot is free, which cannot improve the result (measured at N=10,000, 10 %
+  dead: same success, p95 messages 34 instead of 92).
 * GET_PROVIDERS stops early once `want_providers` distinct providers arrived.
 * A request unanswered after `request_timeout` seconds, or reported failed,
   marks the peer unreachable; it is skipped from then on and never in the
