@@ -263,12 +263,17 @@ class Network:
     def provide(self, origin: SimNode, mh: bytes, now: float) -> int:
         """Announce `origin` as provider of `mh` to the k closest it can find; returns how many stored it."""
         res = self.lookup(origin, MessageType.FIND_NODE, mh, now, followup=True)
+        msg = Message(MessageType.ADD_PROVIDER, key=mh, provider_peers=(origin.info,))
         stored = 0
         for info in res.done.closest:
             holder = self.nodes[self.by_id[info.id]]
             self.messages += 1
-            if holder.alive and holder.providers.add(mh, origin.peer_id, origin.info.addrs, now):
-                stored += 1
+            if holder.alive:
+                got = decode(encode(msg)) if self.p.wire else msg
+                # As go does, a server only records the sender itself as provider.
+                for prov in got.provider_peers:
+                    if prov.id == origin.peer_id and holder.providers.add(got.key, prov.id, prov.addrs, now):
+                        stored += 1
         return stored
 
 
