@@ -220,13 +220,13 @@ class Network:
 
         dispatch(lk.start(now), now)
         while lk.done is None and heap:
-            t, _, j, kind = heapq.heappop(heap)
+            t, _, j, what = heapq.heappop(heap)
             now = t
-            if kind == 2:
+            if what == 2:
                 dispatch(lk.on_tick(t), t)
                 continue
             peer = self.nodes[j]
-            if kind == 0:
+            if what == 0:
                 resp = self.serve(peer, origin, lk.kind, key, t)
                 if self.p.wire:
                     resp = decode(encode(resp))
@@ -238,8 +238,8 @@ class Network:
                 dispatch(lk.on_tick(t), t)
         assert lk.done is not None, "lookup neither finished nor has events pending"
         # The driver lets dials to dead peers run out after the lookup and evicts them then.
-        for _, _, j, kind in heap:
-            if kind == 1:
+        for _, _, j, what in heap:
+            if what == 1:
                 origin.table.remove(self.nodes[j].peer_id, now)
         origin.table.mark_refreshed(target, now)
         return LookupResult(lk.done, now - start)
