@@ -100,6 +100,7 @@ class NodeSettings:
     quota_bytes: int | None
     audit_interval: float | None
     replicas: int
+    ec: str | None = None  # [replication] ec = "K+M": the default scheme of a put instead of replicas
 
 
 def node_settings(config: dict[str, Any], args: argparse.Namespace) -> NodeSettings:
@@ -157,7 +158,17 @@ def node_settings(config: dict[str, Any], args: argparse.Namespace) -> NodeSetti
             raise CliError(f"config.toml: [replication] replicas must be a whole number from 1, not {raw!r}",
                            hint=CONFIG_HINT)
         replicas = raw
-    return NodeSettings(listen, bootstrap, api, quota, interval, replicas)
+    ec = repl.get("ec")
+    if ec in (None, ""):
+        ec = None
+    else:
+        from shoal.p2p.net.node_config import parse_ec_scheme  # pure: no sockets, no trio
+
+        try:
+            parse_ec_scheme(ec if isinstance(ec, str) else repr(ec))
+        except ValueError as exc:
+            raise CliError(f"config.toml: [replication] ec: {exc}", hint=CONFIG_HINT) from None
+    return NodeSettings(listen, bootstrap, api, quota, interval, replicas, ec)
 
 
 def gateway_settings(config: dict[str, Any], args: argparse.Namespace) -> "GatewayOptions | None":
@@ -254,6 +265,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
             bootstrap=bootstrap,
             quota_bytes=settings.quota_bytes,
             extra={"audit_interval": settings.audit_interval, "default_replicas": settings.replicas,
+                   "default_ec": settings.ec,
                    "gateway": gateway},
             swarm_key=swarm_key,
             allow_peers=allow_peers,

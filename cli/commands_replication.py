@@ -44,6 +44,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
         return 0
+    if "ec" in (doc.get("scheme") or {}):
+        k, m = doc["scheme"]["ec"]
+        print(f"{doc['cid']}  role {doc.get('role', '?')}  erasure-coded {k}+{m}  "
+              f"{doc['shards_healthy']} of {k + m} shards healthy, survives {doc['survives_losses']} more losses")
+        for s in doc["shards"]:
+            last = s.get("last_audit")
+            audit = "never audited" if last is None else f"audit {'passed' if last['ok'] else 'FAILED'} {_ago(last['time'])}"
+            print(f"  shard {s['index']:>2}  {s['holder'] or '-'}  {s['state']:<8}  {audit}")
+        return 0
     ok = doc.get("replicas_ok")
     wanted = int(doc["replicas_wanted"])
     print(f"{doc['cid']}  role {doc.get('role', '?')}  "

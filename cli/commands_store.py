@@ -52,6 +52,12 @@ def register(sub: Any) -> None:
                    help="copies to keep in the swarm, this node's included (needs a running node; "
                         "default: [replication] replicas in config.toml, 1); "
                         "given again for a stored object, it raises or lowers the count")
+    p.add_argument("--ec", default=None, metavar="K+M",
+                   help="store the object erasure-coded instead: K data + M parity shards, each on a "
+                        "distinct peer (needs a running node; K, M >= 1, K + M <= 32; "
+                        "default: [replication] ec in config.toml, none)")
+    p.add_argument("--ec-drop-local", action="store_true",
+                   help="with --ec: drop this node's whole copy once every shard has a holder")
     p.add_argument("--chunker", choices=CHUNKER_NAMES, default=DEFAULT_CHUNKER,
                    help="how files are cut into blocks: auto (default) uses the tensor-aware "
                         "safetensors chunker for each file that parses as safetensors and the "
@@ -204,6 +210,10 @@ def cmd_put(args: argparse.Namespace) -> int:
                 "follow_symlinks": not args.no_follow}
         if args.replicas is not None:
             body["replicas"] = args.replicas
+        if args.ec is not None:
+            body["ec"] = args.ec
+        if args.ec_drop_local:
+            body["ec_drop_local"] = True
         doc = client.call("POST", "/v1/put", body)
         extra = {k: v for k, v in doc.items() if k not in ("cid", "size", "name")}
         return print_put_result(args, doc["cid"], doc["size"], doc["name"], extra)
@@ -217,8 +227,21 @@ def cmd_put(args: argparse.Namespace) -> int:
 
     profile = PROFILES[args.profile]
     needs_node = None
+    if args.ec is not None:
+        from shoal.p2p.net.node_config import parse_ec_scheme
+
+        try:
+            parse_ec_scheme(args.ec)
+        except ValueError as exc:
+            raise CliError(f"--ec: {exc}") from None
+        if args.replicas is not None and args.replicas > 1:
+            raise CliError("choose --replicas or --ec, not both")
+    if args.ec_drop_local and args.ec is None:
+        raise CliError("--ec-drop-local needs --ec K+M")
     if args.replicas is not None and args.replicas > 1:
         needs_node = CliError("--replicas needs a running node", hint="start one with `shoal node start`")
+    if args.ec is not None:
+        needs_node = CliError("--ec needs a running node", hint="start one with `shoal node start`")
     return run(args, node=node, offline=offline, access=Access.WRITE, needs_node=needs_node)
 
 
@@ -245,6 +268,11 @@ def print_put_result(args: argparse.Namespace, cid: str, size: int, name: str, e
 def placement_lines(cid: str, placement: dict[str, Any]) -> list[str]:
     """What a put with --replicas tells the user (stderr): the plan, and a
     warning when there are too few peers to reach the count."""
+    scheme = placement.get("scheme")
+    if isinstance(scheme, dict) and "ec" in scheme:
+        k, m = scheme["ec"]
+        return [f"encoding {k}+{m} shards, each placed on a distinct peer in the background; "
+                f"see `shoal status {cid}`"]
     wanted = int(placement.get("wanted") or 1)
     planned = placement.get("planned") or []
     released = placement.get("released") or []
@@ -319,7 +347,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         print(f"shoal: gateway {url} was dropped: {why}", file=sys.stderr)
     doc.update(cid=str(cid), output=absolute(dest))
     if args.json:
-        print_json({k: doc.get(k) for k in GET_FIELDS})
+        shown = {k: doc.get(k) for k in GET_FIELDS}
+        shown.update({k: v for k, v in doc.items() if k.startswith("rebuilt_")})  # read from EC shards
+        print_json(shown)
     print(f"saved {cid} to {dest}", file=sys.stderr)
     return 0
 

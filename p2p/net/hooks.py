@@ -103,6 +103,15 @@ class ReplicationApi(Protocol):
         """`pin rm` of an object we own: give every replica back (None: not ours)."""
         ...
 
+    async def place_ec(self, cid: CID, k: int, m: int, drop_local: bool = False,
+                       threshold: int | None = None) -> dict[str, Any]:
+        """Store `cid` as K + M erasure-coded shards on distinct peers (in the background)."""
+        ...
+
+    async def recover_ec(self, cid: CID) -> dict[str, Any]:
+        """Rebuild `cid` into the local store from K of its shards; P2PError if it cannot."""
+        ...
+
 
 class EnergyApi(Protocol):
     """Energy accounting, as other node code measures its work with it."""

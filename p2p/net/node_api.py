@@ -33,7 +33,7 @@ from shoal.p2p.net.api import ApiError, ByteChunks, ControlApi, NdjsonStream, pa
 from shoal.p2p.errors import P2PError
 from shoal.p2p.exchange.fetch import fetch_dag
 from shoal.p2p.exchange.gateway_source import Gateway
-from shoal.p2p.net.node_config import parse_gateways
+from shoal.p2p.net.node_config import parse_ec_scheme, parse_gateways
 from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.exchange.heal import HealingBlocks
 from shoal.p2p.net.node import Node
@@ -87,6 +87,14 @@ def _complete_locally(repo: Any, cid: CID) -> int | None:
         return len(repo.dag_keys(cid))
     except (BlockNotFound, HashMismatch):
         return None
+
+
+def _ec_scheme(text: str) -> tuple[int, int]:
+    """"K+M" from the API or config -> (K, M); ApiError with one line otherwise."""
+    try:
+        return parse_ec_scheme(text)
+    except ValueError as exc:
+        raise ApiError(str(exc)) from None
 
 
 def _chunker_for_path(name: str, profile: Any, path: Path) -> Any:
@@ -154,6 +162,15 @@ def build_api(node: Node, token: str) -> ControlApi:
         chunker_name = param(p, "chunker", str, DEFAULT_CHUNKER)
         follow = param(p, "follow_symlinks", bool, True)
         replicas = param(p, "replicas", int, None)  # None: leave the placement as it is
+        ec_text = param(p, "ec", str, None)  # "K+M": erasure-coded shards instead of replicas
+        ec_drop_local = param(p, "ec_drop_local", bool, False)
+        if ec_text is None and replicas is None:
+            ec_text = node.options.extra.get("default_ec") or None
+        ec = _ec_scheme(ec_text) if ec_text is not None else None
+        if ec is not None and replicas is not None and replicas > 1:
+            raise ApiError("choose --replicas or --ec, not both")
+        if ec_drop_local and ec is None:
+            raise ApiError("--ec-drop-local needs --ec K+M")
         # ... of an object already placed; a new one gets the node's default
         # (`node start --replicas`, [replication] replicas in config.toml).
         default_replicas = int(node.options.extra.get("default_replicas") or 1)
@@ -165,12 +182,17 @@ def build_api(node: Node, token: str) -> ControlApi:
             # An object to replicate gets its proof-of-storage commitment in the same
             # pass (Repo.add commit=True), so placement need not re-read it.
             wanted = replicas if replicas is not None else default_replicas
-            commit = wanted > 1 and node.replication is not None
+            commit = ec is None and wanted > 1 and node.replication is not None
             result = await run_stoppable(lambda flag: put_measured(
                 repo, path, profile=profile, chunker=chunker, commit=commit, progress=flag.progress,
                 follow_symlinks=follow))
         doc: dict[str, Any] = {"cid": str(result.cid), "size": result.size, "name": path.name}
         placer = node.replication
+        if ec is not None:
+            if placer is None:
+                raise ApiError("replication is not available on this node")
+            doc["placement"] = await placer.place_ec(result.cid, ec[0], ec[1], ec_drop_local)
+            return doc
         if replicas is None and default_replicas > 1 and placer is not None and not placer.places(result.cid):
             replicas = default_replicas
         if replicas is not None and replicas > 1:
@@ -244,6 +266,18 @@ def build_api(node: Node, token: str) -> ControlApi:
                 # what the fetch would still bring, so stop it now rather than
                 # answer only once the whole DAG is stored.
                 nursery.cancel_scope.cancel()
+        if isinstance(fetch_error, P2PError) and not stats.get("fetched_blocks") and node.replication is not None:
+            # No peer has the plain DAG: an erasure-coded object is rebuilt from
+            # K of its shards (verified block by block), then exported as usual.
+            try:
+                rebuilt = await node.replication.recover_ec(cid)
+            except P2PError as exc:
+                raise fetch_error from exc
+            async with node.store_guard.shared():
+                await run_stoppable(lambda flag: disk_export.export_to_path(
+                    repo.blockstore, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
+            return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
+                    "holders": 0, **rebuilt}
         if fetch_error is not None:
             raise fetch_error
         if isinstance(export_error, MalformedBlock):

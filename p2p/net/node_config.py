@@ -21,7 +21,25 @@ from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
 from shoal.p2p.wire import limits as L
 
-__all__ = ["FetchConfig", "NodeLimits", "NodeOptions", "MAX_GATEWAYS", "parse_gateways"]
+__all__ = ["FetchConfig", "NodeLimits", "NodeOptions", "MAX_GATEWAYS", "MAX_EC_SHARDS", "parse_gateways",
+           "parse_ec_scheme"]
+
+MAX_EC_SHARDS = 32
+"""K + M at most for `put --ec K+M`: one distinct holder per shard, and a swarm
+rarely has more peers on distinct network prefixes."""
+
+
+def parse_ec_scheme(text: str) -> tuple[int, int]:
+    """"K+M" (put --ec, [replication] ec) -> (K, M); ValueError with a one-line reason."""
+    parts = str(text).strip().split("+")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"erasure scheme must look like K+M (e.g. 4+2), not {text!r}")
+    k, m = (int(p) for p in parts)
+    if k < 1 or m < 1:
+        raise ValueError(f"erasure scheme {k}+{m}: need K >= 1 and M >= 1")
+    if k + m > MAX_EC_SHARDS:
+        raise ValueError(f"erasure scheme {k}+{m}: K + M must be at most {MAX_EC_SHARDS}")
+    return k, m
 
 MAX_GATEWAYS = 16
 """Gateways one fetch asks at most (config and request together): each is a

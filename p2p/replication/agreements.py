@@ -37,7 +37,7 @@ from shoal.store.persist.index import Index, register_schema
 from shoal.p2p.replication.repair_policy import Replica, State
 
 __all__ = [
-    "COMPONENT", "MIGRATIONS",
+    "COMPONENT", "MIGRATIONS", "EcRow", "EcShardRow",
     "ObjectRow", "HolderRow", "AuditRow", "ReleaseRow", "Agreements", "RELEASE_PENDING", "RELEASE_DONE",
     "RELEASE_REFUSED",
 ]
@@ -125,6 +125,37 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE repl_holders ADD COLUMN busy_in_a_row INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE repl_holders ADD COLUMN passes_in_a_row INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: erasure-coded objects (shoal.p2p.replication.erasure). The owner's
+    # objects and their shards (each shard is also an ordinary repl_objects
+    # row, role owner, so it is offered, agreed and audited as a replica), and
+    # the newest signed shard map a holder was pushed, for readers.
+    """
+    CREATE TABLE repl_ec (
+        cid TEXT PRIMARY KEY,
+        k INTEGER NOT NULL,
+        m INTEGER NOT NULL,
+        threshold INTEGER NOT NULL,
+        drop_local INTEGER NOT NULL DEFAULT 0,
+        layout_id BLOB,
+        map BLOB,
+        created REAL NOT NULL
+    );
+    CREATE TABLE repl_ec_shards (
+        cid TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        shard_cid TEXT NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (cid, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX repl_ec_shards_by_shard ON repl_ec_shards(shard_cid);
+    CREATE TABLE repl_ec_maps (
+        cid TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        issued INTEGER NOT NULL,
+        map BLOB NOT NULL,
+        received REAL NOT NULL
+    );
+    """,
 )
 register_schema(COMPONENT, MIGRATIONS)
 
@@ -157,6 +188,28 @@ class ObjectRow:
     @property
     def is_released(self) -> bool:
         return self.released is not None
+
+
+@dataclass(frozen=True)
+class EcRow:
+    """An erasure-coded object this node owns (`repl_ec`)."""
+
+    cid: str
+    k: int
+    m: int
+    threshold: int
+    drop_local: bool
+    layout_id: bytes | None
+    map: bytes | None
+    created: float
+
+
+@dataclass(frozen=True)
+class EcShardRow:
+    cid: str
+    idx: int
+    shard_cid: str
+    length: int
 
 
 @dataclass(frozen=True)
@@ -312,6 +365,76 @@ class Agreements:
         """A released object is wanted again (new offer, or the owner re-put it)."""
         with self.index.transaction() as db:
             db.execute("UPDATE repl_objects SET released = NULL WHERE cid = ?", (cid,))
+
+    # -- erasure-coded objects ---------------------------------------------------
+
+    def put_ec(self, cid: str, k: int, m: int, threshold: int, drop_local: bool) -> None:
+        """Owner: `cid` is (to be) stored as K + M shards; a new scheme forgets old shards."""
+        with self.index.transaction() as db:
+            row = db.execute("SELECT k, m FROM repl_ec WHERE cid = ?", (cid,)).fetchone()
+            if row is not None and (int(row[0]), int(row[1])) != (k, m):
+                db.execute("DELETE FROM repl_ec_shards WHERE cid = ?", (cid,))
+                db.execute("UPDATE repl_ec SET layout_id = NULL, map = NULL WHERE cid = ?", (cid,))
+            db.execute(
+                "INSERT INTO repl_ec (cid, k, m, threshold, drop_local, created) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (cid) DO UPDATE SET k = excluded.k, m = excluded.m, "
+                "threshold = excluded.threshold, drop_local = excluded.drop_local",
+                (cid, k, m, threshold, int(drop_local), time.time()))
+
+    def ec_object(self, cid: str) -> EcRow | None:
+        with self.index.snapshot() as db:
+            row = db.execute("SELECT cid, k, m, threshold, drop_local, layout_id, map, created FROM repl_ec "
+                             "WHERE cid = ?", (cid,)).fetchone()
+        if row is None:
+            return None
+        c, k, m, t, d, lid, mp, cr = row
+        return EcRow(str(c), int(k), int(m), int(t), bool(d), lid, mp, float(cr))
+
+    def ec_objects(self) -> list[EcRow]:
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT cid FROM repl_ec ORDER BY created, cid").fetchall()
+        return [r for r in (self.ec_object(str(c)) for (c,) in rows) if r is not None]
+
+    def set_ec_shards(self, cid: str, layout_id: bytes, shards: Sequence[tuple[int, str, int]]) -> None:
+        """Owner: the shards an encoding produced (index, shard CID, length)."""
+        with self.index.transaction() as db:
+            db.execute("DELETE FROM repl_ec_shards WHERE cid = ?", (cid,))
+            db.executemany("INSERT INTO repl_ec_shards (cid, idx, shard_cid, length) VALUES (?, ?, ?, ?)",
+                           [(cid, i, s, n) for i, s, n in shards])
+            db.execute("UPDATE repl_ec SET layout_id = ? WHERE cid = ?", (layout_id, cid))
+
+    def ec_shards(self, cid: str) -> list[EcShardRow]:
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT cid, idx, shard_cid, length FROM repl_ec_shards WHERE cid = ? ORDER BY idx",
+                              (cid,)).fetchall()
+        return [EcShardRow(str(c), int(i), str(s), int(n)) for c, i, s, n in rows]
+
+    def is_ec_shard(self, shard_cid: str) -> bool:
+        with self.index.snapshot() as db:
+            row = db.execute("SELECT 1 FROM repl_ec_shards WHERE shard_cid = ? LIMIT 1", (shard_cid,)).fetchone()
+        return row is not None
+
+    def set_ec_map(self, cid: str, signed_map: bytes) -> None:
+        with self.index.transaction() as db:
+            db.execute("UPDATE repl_ec SET map = ? WHERE cid = ?", (signed_map, cid))
+
+    def keep_ec_map(self, cid: str, owner: str, issued: int, signed_map: bytes) -> bool:
+        """Holder: keep a pushed map unless one at least as new from that owner is kept."""
+        with self.index.transaction() as db:
+            row = db.execute("SELECT owner, issued FROM repl_ec_maps WHERE cid = ?", (cid,)).fetchone()
+            if row is not None and str(row[0]) == owner and int(row[1]) >= issued:
+                return False
+            db.execute("INSERT OR REPLACE INTO repl_ec_maps (cid, owner, issued, map, received) VALUES (?, ?, ?, ?, ?)",
+                       (cid, owner, issued, signed_map, time.time()))
+        return True
+
+    def ec_map(self, cid: str) -> bytes | None:
+        """The signed map of `cid` this node knows: its own if it owns it, else the one pushed to it."""
+        with self.index.snapshot() as db:
+            row = db.execute("SELECT map FROM repl_ec WHERE cid = ? AND map IS NOT NULL", (cid,)).fetchone()
+            if row is None:
+                row = db.execute("SELECT map FROM repl_ec_maps WHERE cid = ?", (cid,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- releases, holder side -------------------------------------------------
 
@@ -507,6 +630,12 @@ class Agreements:
             rows = db.execute("SELECT peer_id, COUNT(*) FROM repl_audits WHERE outcome = 'ok' "
                               "GROUP BY peer_id").fetchall()
         return {str(p): int(n) for p, n in rows}
+
+    def first_audit(self, peer_id: str) -> float | None:
+        """When we first audited `peer_id` (the start of what we observed of it)."""
+        with self.index.snapshot() as db:
+            row = db.execute("SELECT MIN(time) FROM repl_audits WHERE peer_id = ?", (peer_id,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def use_nonce(self, nonce: bytes, cid: str) -> bool:
         """Remember a nonce; False if it was seen before (a replay)."""

@@ -64,6 +64,7 @@ from shoal.p2p.wire.messages import (
     AuditChallenge, ReleaseRequest, StoreRequest, StoreResponse,
 )
 from shoal.p2p.replication.deputy import DeputyElection
+from shoal.p2p.replication.erasure import ErasureService
 from shoal.p2p.replication.placement import Candidate, network_prefix, place, vetting_factor
 from shoal.p2p.replication.releases import OwnerReleases
 from shoal.p2p.replication.routes import ReplicationRoutes
@@ -104,6 +105,7 @@ class ReplicationOwner:
         # A lambda, not the bound method: tests stand in for `_reach` after construction.
         self.deputies = DeputyElection(self.db, node.peer_id, lambda peer: self._reach(peer), self.wake)
         self.routes = ReplicationRoutes(self)
+        self.erasure = ErasureService(self)
         self._placing: set[str] = set()
         self._wake = trio.Event()
         self._issued: dict[str, int] = {}  # last `issued` we signed per object (strictly increasing)
@@ -120,6 +122,7 @@ class ReplicationOwner:
         node.add_handler(AuditChallenge, self.holder.on_audit_challenge)
         node.add_handler(ReleaseRequest, self.holder.on_release_request)
         self.routes.attach(node)
+        self.erasure.attach(node)
         # Peers holding our replicas keep their connection slots when strangers
         # crowd in (shoal.p2p.net.admission); read from the index in a worker thread.
         node.protection_sources.append(self.db.holder_peers)
@@ -182,6 +185,15 @@ class ReplicationOwner:
             doc["released"] = released
             doc["planned"] = []
         return doc
+
+    async def place_ec(self, cid: CID, k: int, m: int, drop_local: bool = False,
+                       threshold: int | None = None) -> dict[str, Any]:
+        """Store `cid` as K + M shards on distinct peers (shoal.p2p.replication.erasure)."""
+        return await self.erasure.place(cid, k, m, drop_local, threshold)
+
+    async def recover_ec(self, cid: CID) -> dict[str, Any]:
+        """Rebuild `cid` locally from its shards (a get whose plain fetch found no holder)."""
+        return await self.erasure.recover(cid)
 
     # -- releases (owner side: shoal.p2p.replication.releases) -----------------------
 
@@ -505,8 +517,11 @@ class ReplicationOwner:
 
     async def _check_all(self) -> None:
         for obj in self.db.objects(("owner", "deputy")):  # released objects are not listed
-            if obj.cid not in self._placing:
+            # A shard of our EC object has one holder and no other copy: it is
+            # rebuilt from the other shards, by the erasure service, not re-sent.
+            if obj.cid not in self._placing and not (obj.role == "owner" and self.db.is_ec_shard(obj.cid)):
                 self._spawn(self._ensure_placed, obj.cid)
+        self.erasure.check_all()
         await self.releases.retry_due()
 
 

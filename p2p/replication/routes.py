@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from shoal.store.ipld.cid import parse_cid
 
 from shoal.p2p.errors import NotReplicated, P2PError, ProtocolError
@@ -50,14 +52,21 @@ class ReplicationRoutes:
     async def status(self, p: dict[str, Any]) -> Any:
         """GET /v1/status?cid=: the object's role, wanted and live copies, its holders."""
         cid = str(parse_cid(param(p, "cid")))
-        obj = self.owner.db.get_object(cid)
         me = str(self.owner.me)
+        ec = self.owner.db.ec_object(cid)
+        if ec is not None:  # an erasure-coded object we own: its shards, not copies
+            ec_doc: dict[str, Any] = {"cid": cid, "role": "owner", "owner": me}
+            ec_doc.update(await trio.to_thread.run_sync(self.owner.erasure.status, ec))
+            return ec_doc
+        obj = self.owner.db.get_object(cid)
         if obj is None:
             if not self.owner.node.repo.index.is_pinned(cid):
                 raise NotReplicated(f"{cid} is neither stored nor replicated by this node")
-            return {"cid": cid, "role": "local", "owner": me, "replicas_wanted": 1, "replicas_ok": 1,
+            return {"cid": cid, "role": "local", "owner": me, "scheme": {"replicas": 1},
+                    "replicas_wanted": 1, "replicas_ok": 1,
                     "holders": [{"peer_id": me, "state": "ok", "last_audit": None}]}
         doc: dict[str, Any] = {"cid": cid, "role": obj.role, "owner": obj.owner,
+                               "scheme": {"replicas": obj.replicas_wanted},
                                "replicas_wanted": obj.replicas_wanted, "size": obj.size,
                                "commitment_ready": bool(obj.manifest), "released": obj.is_released}
         if obj.role in ("owner", "deputy"):
@@ -84,6 +93,14 @@ class ReplicationRoutes:
     async def audit(self, p: dict[str, Any]) -> Any:
         """POST /v1/audit {cid}: one audit round now (owner or deputy); its results."""
         cid = str(parse_cid(param(p, "cid")))
+        if self.owner.db.ec_object(cid) is not None:  # one round over every placed shard
+            shard_results: list[dict[str, object]] = []
+            for shard in self.owner.db.ec_shards(cid):
+                obj = self.owner.db.get_object(shard.shard_cid)
+                if obj is not None and obj.manifest:
+                    for r in await self.owner.audit_object(shard.shard_cid):
+                        shard_results.append(dict(r.as_json(), shard=shard.idx))
+            return {"cid": cid, "results": shard_results}
         if self.owner.db.get_object(cid) is None:
             raise NotReplicated(f"no replication record for {cid}")
         results = await self.owner.audit_object(cid)

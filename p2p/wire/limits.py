@@ -94,6 +94,9 @@ MAX_CIDS_PER_WANT_BLOCK: Final = 16
 """Each answer may be a 2 MiB block, so one request commits <= 32 MiB."""
 
 MAX_MANIFEST_BYTES: Final = 1 * MiB
+MAX_EC_MAP_BYTES: Final = 16 * KiB
+"""One signed shard map of an erasure-coded object (shoal.p2p.replication.ec_map):
+32 shards with their CIDs and holders take ~3 KiB."""
 MAX_AUDIT_CHALLENGES: Final = 1024
 """k per audit; DESIGN.md needs 688 to catch a 1 % loss, 1024 leaves room."""
 

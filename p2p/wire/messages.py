@@ -25,7 +25,8 @@ __all__ = [
     "ErrorCode", "Message", "Error", "Hello", "Ping", "Pong", "GetPeers", "Peers",
     "PeerInfo", "WantHave", "Have", "DontHave", "WantBlock", "Block", "BlockMissing",
     "StoreRequest", "StoreResponse", "ReleaseRequest", "ReleaseResponse", "AuditChallenge", "AuditProof",
-    "LedgerSummaryRequest", "LedgerSummary", "LedgerEntry", "NamePublish", "NameAck", "MESSAGE_TYPES",
+    "LedgerSummaryRequest", "LedgerSummary", "LedgerEntry", "NamePublish", "NameAck", "EcMapGet", "EcMapPush",
+    "EcMapReply", "MESSAGE_TYPES",
     "RESPONSES",
 ]
 
@@ -409,6 +410,48 @@ class AuditProof(Message):
         _bytes("sig", self.sig, L.SIGNATURE_BYTES, L.SIGNATURE_BYTES)
 
 
+# --- erasure-coded objects (shoal.p2p.replication.erasure) --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EcMapGet(Message):
+    """Ask a peer for the shard map of an erasure-coded object (a reader
+    whose plain fetch found no holder of the object's DAG)."""
+
+    TYPE: ClassVar[int] = 0x34
+    ROLE: ClassVar[str] = "request"
+    root_cid: bytes
+
+    def _validate(self) -> None:
+        _bytes("root_cid", self.root_cid, L.MIN_CID_BYTES, L.MAX_CID_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class EcMapPush(Message):
+    """The owner hands its signed shard map to the holders of the shards, so
+    that readers can learn it from them when the owner is gone. The map is
+    opaque here (shoal.p2p.replication.ec_map bounds, decodes and verifies it)."""
+
+    TYPE: ClassVar[int] = 0x35
+    ROLE: ClassVar[str] = "request"
+    ec_map: bytes
+
+    def _validate(self) -> None:
+        _bytes("ec_map", self.ec_map, 1, L.MAX_EC_MAP_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class EcMapReply(Message):
+    """Answers EcMapGet with the newest signed map held, or EcMapPush with an
+    empty `ec_map` (stored)."""
+
+    TYPE: ClassVar[int] = 0x36
+    ec_map: bytes
+
+    def _validate(self) -> None:
+        _bytes("ec_map", self.ec_map, 0, L.MAX_EC_MAP_BYTES)
+
+
 # --- energy ledger ------------------------------------------------------------------
 
 
@@ -487,6 +530,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Error, Hello, Ping, Pong, GetPeers, Peers, WantHave, Have, DontHave, WantBlock,
         Block, BlockMissing, StoreRequest, StoreResponse, ReleaseRequest, ReleaseResponse,
         AuditChallenge, AuditProof, LedgerSummaryRequest, LedgerSummary, NamePublish, NameAck,
+        EcMapGet, EcMapPush, EcMapReply,
     )
 }
 """Type code -> class. Codes never change meaning within a protocol version."""
@@ -501,5 +545,7 @@ RESPONSES: dict[type[Message], tuple[type[Message], ...]] = {
     AuditChallenge: (AuditProof, Error),
     LedgerSummaryRequest: (LedgerSummary, Error),
     NamePublish: (NameAck, Error),
+    EcMapGet: (EcMapReply, Error),
+    EcMapPush: (EcMapReply, Error),
 }
 """Request class -> the message classes that may answer it (same request id)."""

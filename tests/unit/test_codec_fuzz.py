@@ -25,7 +25,7 @@ from shoal.p2p.errors import RemoteProtocolError
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame
 from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error, GetPeers,
-    Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message, NameAck, NamePublish, PeerInfo, Peers, Ping,
+    EcMapGet, EcMapPush, EcMapReply, Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message, NameAck, NamePublish, PeerInfo, Peers, Ping,
     Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse, WantBlock, WantHave,
 )
 
@@ -57,6 +57,8 @@ def corpus(rng: random.Random) -> list[bytes]:
         LedgerSummaryRequest(7),
         LedgerSummary(7, (LedgerEntry("put", 12.5, 10**9), LedgerEntry("audit", 0.25, 4096))),
         NamePublish(10, rng.randbytes(3000)), NameAck(10, True),
+        EcMapGet(11, cid()), EcMapPush(12, rng.randbytes(3000)), EcMapReply(11, rng.randbytes(3000)),
+        EcMapReply(12, b""),
     ]
     assert {type(m) for m in msgs} == set(MESSAGE_TYPES.values())
     return [encode(m) for m in msgs]

@@ -15,7 +15,7 @@ from shoal.p2p.errors import LocalProtocolError, RemoteProtocolError
 from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, RESPONSES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error,
     ErrorCode, GetPeers, Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
-    NameAck, NamePublish, PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
+    EcMapGet, EcMapPush, EcMapReply, NameAck, NamePublish, PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
     WantBlock, WantHave,
 )
 
@@ -89,6 +89,9 @@ MESSAGES: dict[type[Message], st.SearchStrategy] = {
     ),
     NamePublish: st.builds(NamePublish, req_ids, st.binary(min_size=1, max_size=2048)),
     NameAck: st.builds(NameAck, req_ids, st.booleans()),
+    EcMapGet: st.builds(EcMapGet, req_ids, cids),
+    EcMapPush: st.builds(EcMapPush, req_ids, st.binary(min_size=1, max_size=2048)),
+    EcMapReply: st.builds(EcMapReply, req_ids, st.binary(max_size=2048)),
 }
 any_message = st.one_of(*MESSAGES.values())
 

@@ -287,6 +287,13 @@ class FakeReplication:
     async def release_object(self, cid: CID) -> dict[str, Any] | None:
         return None
 
+    async def place_ec(self, cid: CID, k: int, m: int, drop_local: bool = False,
+                       threshold: int | None = None) -> dict[str, Any]:
+        return {}
+
+    async def recover_ec(self, cid: CID) -> dict[str, Any]:
+        raise P2PError("no shards")
+
 
 def test_typed_slots_hold_one_service_each(node: Node) -> None:
     assert node.replication is None and node.energy is None and node.held_for_others() == 0

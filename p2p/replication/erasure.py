@@ -1,0 +1,627 @@
+"""Erasure-coded placement on the network: put --ec K+M, reading, repair, status.
+
+How an object becomes shards, and why this path: the owner encodes the
+object's whole DAG into K + M shards (shoal.store.erasure.codec, in a
+heavy-work thread, one stripe in memory at a time), and imports each shard
+file as its own UnixFS file with the default profile, so that a shard has
+a CID that anyone importing the same bytes gets again (a rebuilt shard is
+byte-identical, so its CID is too). Each shard is then an ordinary object
+to the replication machinery: a `repl_objects` row (role owner, one copy
+wanted, the owner not counted as a holder), a signed manifest with its own
+commitment, a StoreRequest to exactly one holder, which pulls the shard's
+DAG from the owner, checks the commitment and signs the agreement, and
+audits by the owner's audit loop like any replica. Nothing in holder.py,
+audit.py or the offer formats changes: the object being replicated is just
+the shard.
+
+What is EC-specific lives here:
+- placement of all K + M shards at once with `placement.place` keyed by
+  the object's CID, so the holders are K + M distinct peers, distinct
+  network prefixes first; a peer that ever held a shard of the object is
+  never chosen again for another one;
+- the signed shard map (shoal.p2p.replication.ec_map), kept by the owner
+  and pushed to every holder (EcMapPush), answered to readers (EcMapGet);
+- reading (`recover`): a `get` whose plain fetch found nobody with the DAG
+  asks connected peers for the map, fetches the shard DAGs from their
+  holders until K are local, and reconstructs the object's blocks, every
+  one checked against its CID and the DAG walk, into the blockstore;
+- repair: when fewer than `threshold` (default K + 1) shards are healthy
+  (a holder row that counts as a copy: ok, pending, or suspect), the owner
+  fetches K healthy shards, rebuilds the lost ones (codec.rebuild, each
+  piece checked against the layout), imports them (same CIDs), and places
+  them on new peers, each placement drawing a token from the repair bucket;
+- settling: once every shard has a holder that signed, the owner unpins
+  its local shard DAGs (the next gc frees them) and, with
+  `--ec-drop-local`, its own copy of the object.
+
+Not here: the codec and shard format (shoal.store.erasure), offers,
+agreements and audits (owner.py, holder.py, audit.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import trio
+
+from shoal.store.dag import exporter
+from shoal.store.dag.importer import import_file
+from shoal.store.erasure.codec import encode_object, reconstruct, rebuild
+from shoal.store.erasure.durability import HOURS_PER_YEAR, loss_probability, survivable_losses
+from shoal.store.erasure.shard import ShardReader
+from shoal.store.errors import NotPinned, StoreError
+from shoal.store.ipld.cid import CID, cid_from_bytes, parse_cid
+from shoal.store.proofs.commitment import ShouldStop, check_stop
+
+from shoal.p2p.errors import NoPeers, P2PError, ProtocolError
+from shoal.p2p.exchange.fetch import fetch_dag, missing_blocks
+from shoal.p2p.net.api import ApiError
+from shoal.p2p.net.connection import PeerConnection, RequestFailed
+from shoal.p2p.net.energy_service import measuring
+from shoal.p2p.replication.agreements import EcRow, EcShardRow, HolderRow
+from shoal.p2p.replication.ec_map import EcMap, ShardEntry, parse_scheme
+from shoal.p2p.replication.placement import network_prefix, place
+from shoal.p2p.replication.repair_policy import Replica, State, counts_as_copy
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.wire.messages import EcMapGet, EcMapPush, EcMapReply, Error, ErrorCode, Message
+
+if TYPE_CHECKING:
+    from shoal.p2p.net.node import Node
+    from shoal.p2p.replication.owner import ReplicationOwner
+
+log = logging.getLogger("shoal.erasure")
+
+__all__ = ["ErasureService", "holder_afr", "PRIOR_AFR", "MAP_TIMEOUT_S"]
+
+MAP_TIMEOUT_S = 5.0
+SHARD_FETCH_BASE_S = 60.0
+SHARD_FETCH_RATE = 4 << 20  # bytes/s a slow holder still manages
+PUSH_TIMEOUT_S = 10.0
+PRIOR_AFR = 0.05
+"""Annual failure probability assumed for a holder we know nothing about
+(a commodity disk's ~2 % plus a volunteer peer leaving for good); observed
+proven losses move each holder's estimate from there."""
+PRIOR_YEARS = 1.0  # weight of the prior, in holder-years of observation
+
+
+def holder_afr(proven_losses: int, observed_years: float) -> float:
+    """A holder's annual failure probability from what we saw of it: proven
+    losses per year observed, smoothed by PRIOR_AFR over PRIOR_YEARS (so one
+    loss in a day does not read as certainty, and no record is not zero)."""
+    rate = (max(0, proven_losses) + PRIOR_AFR * PRIOR_YEARS) / (max(0.0, observed_years) + PRIOR_YEARS)
+    return min(0.99, -math.expm1(-rate))
+
+
+def _complete(store: Any, root: CID) -> bool:
+    return not missing_blocks(store, root, limit=1)
+
+
+def _encode_shards(repo: Any, root: CID, k: int, m: int,
+                   should_stop: ShouldStop | None = None) -> tuple[bytes, list[tuple[int, str, int]]]:
+    """Worker thread: encode the DAG under `root` into K + M shard files, import
+    each as a UnixFS file (its CID) and pin it until it is placed."""
+    store = repo.blockstore
+    with tempfile.TemporaryDirectory(prefix=".ec-", dir=repo.path) as tmp:
+        paths = [Path(tmp) / f"shard-{i}" for i in range(k + m)]
+        files: list[BinaryIO] = [open(p, "wb") for p in paths]
+        try:
+            _, infos = encode_object(root, store.get, store.size, files, k, m)
+        finally:
+            for f in files:
+                f.close()
+        check_stop(should_stop)
+        with open(paths[0], "rb") as f:
+            layout_id = ShardReader(f).header.layout_id
+        out = []
+        for info, p in zip(infos, paths):
+            check_stop(should_stop)
+            with repo.writing(), open(p, "rb") as f:
+                cid = import_file(f, store).cid
+                store.flush()
+            repo.pin_add(cid)
+            out.append((info.index, str(cid), info.length))
+    return layout_id, out
+
+
+def _shard_files(repo: Any, tmp: Path, shard_cids: list[CID]) -> list[BinaryIO]:
+    """Write each (local) shard DAG's bytes to a file in `tmp`; open for reading."""
+    out: list[BinaryIO] = []
+    for n, cid in enumerate(shard_cids):
+        path = tmp / f"in-{n}"
+        with open(path, "wb") as f:
+            for piece in exporter.read_file(repo.blockstore, cid):
+                f.write(piece)
+        out.append(open(path, "rb"))
+    return out
+
+
+def _rebuild_shards(repo: Any, healthy: list[CID], lost: list[tuple[int, str]], layout_id: bytes | None,
+                    should_stop: ShouldStop | None = None) -> list[str]:
+    """Worker thread: rebuild shards `lost` (index, expected CID) from local
+    healthy shard DAGs, import and pin them. Raises if a rebuilt shard's CID
+    is not the recorded one."""
+    store = repo.blockstore
+    with tempfile.TemporaryDirectory(prefix=".ec-", dir=repo.path) as tmp:
+        inputs = _shard_files(repo, Path(tmp), healthy)
+        try:
+            readers = [ShardReader(f) for f in inputs]
+            outs = [Path(tmp) / f"out-{i}" for i, _ in lost]
+            sinks: list[BinaryIO] = [open(p, "wb") for p in outs]
+            try:
+                rebuild([i for i, _ in lost], readers, sinks, layout_id=layout_id)
+            finally:
+                for f in sinks:
+                    f.close()
+        finally:
+            for f in inputs:
+                f.close()
+        made = []
+        for (i, want), p in zip(lost, outs):
+            check_stop(should_stop)
+            with repo.writing(), open(p, "rb") as f:
+                cid = import_file(f, store).cid
+                store.flush()
+            if str(cid) != want:
+                raise StoreError(f"rebuilt shard {i} is {cid}, not the recorded {want}")
+            repo.pin_add(cid)
+            made.append(want)
+    return made
+
+
+def _reconstruct_object(repo: Any, root: CID, shards: list[CID], layout_id: bytes,
+                        should_stop: ShouldStop | None = None) -> tuple[int, int]:
+    """Worker thread: the object's blocks from local shard DAGs into the
+    blockstore, each checked against its CID and the DAG walk."""
+    store = repo.blockstore
+    blocks = total = 0
+    with tempfile.TemporaryDirectory(prefix=".ec-", dir=repo.path) as tmp:
+        inputs = _shard_files(repo, Path(tmp), shards)
+        try:
+            readers = [ShardReader(f) for f in inputs]
+            with repo.writing():
+                for cid, data in reconstruct(readers, root, layout_id=layout_id):
+                    check_stop(should_stop)
+                    store.put(cid, data)
+                    blocks += 1
+                    total += len(data)
+                store.flush()
+        finally:
+            for f in inputs:
+                f.close()
+    return blocks, total
+
+
+class ErasureService:
+    """The EC side of one node's replication service (owner, holder and reader)."""
+
+    def __init__(self, owner: "ReplicationOwner") -> None:
+        self.owner = owner
+        self.db = owner.db
+        self._busy: set[str] = set()
+        self._issued: dict[str, int] = {}
+        self._pushed: dict[str, set[str]] = {}  # object -> holders that took the current map
+
+    @property
+    def node(self) -> "Node":
+        return self.owner.node
+
+    def attach(self, node: "Node") -> None:
+        node.add_handler(EcMapGet, self.on_map_get)
+        node.add_handler(EcMapPush, self.on_map_push)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args)
+
+    # -- owner: put --ec ---------------------------------------------------------
+
+    async def place(self, cid: CID, k: int, m: int, drop_local: bool = False,
+                    threshold: int | None = None) -> dict[str, Any]:
+        """Record that `cid` is to be stored as K + M shards; the work runs in the background."""
+        try:
+            parse_scheme(f"{k}+{m}")
+        except ValueError as exc:
+            raise ApiError(str(exc)) from None
+        threshold = k + 1 if threshold is None else threshold
+        if not k <= threshold <= k + m:
+            raise ApiError(f"repair threshold must be between K ({k}) and K + M ({k + m})")
+        text = str(cid)
+        obj = self.db.get_object(text)
+        if obj is not None and obj.role == "owner" and not obj.is_released and obj.replicas_wanted > 1:
+            raise ApiError(f"{text} is replicated ({obj.replicas_wanted} copies); "
+                           "pin rm it first to store it erasure-coded")
+        await self._run(self.db.put_ec, text, k, m, threshold, drop_local)
+        self._issued.pop(text, None)
+        self.owner._spawn(self.ensure, text)
+        return {"scheme": {"ec": [k, m]}, "threshold": threshold, "state": "pending",
+                "drop_local": drop_local}
+
+    def check_all(self) -> None:
+        """From the repair loop: bring every EC object we own to its wanted state."""
+        for ec in self.db.ec_objects():
+            if ec.cid not in self._busy:
+                self.owner._spawn(self.ensure, ec.cid)
+
+    async def ensure(self, cid: str) -> None:
+        """Encode if not yet, place shards without a holder, repair below the
+        threshold, publish the map, settle. One run per object at a time."""
+        if cid in self._busy:
+            return
+        self._busy.add(cid)
+        try:
+            ec = self.db.ec_object(cid)
+            if ec is None:
+                return
+            shards = self.db.ec_shards(cid)
+            if not shards:
+                shards = await self._encode(ec)
+                ec = self.db.ec_object(cid) or ec
+            await self._place(ec, shards)
+        except (P2PError, StoreError, OSError) as exc:
+            log.warning("erasure placement of %s failed: %s", cid, exc)
+        finally:
+            self._busy.discard(cid)
+
+    async def _encode(self, ec: EcRow) -> list[EcShardRow]:
+        root = parse_cid(ec.cid)
+        # Metered as part of the put (the ledger's kinds are fixed; encoding is put work).
+        async with measuring(self.node, "put") as op:
+            async with self.node.store_guard.shared():
+                layout_id, infos = await self.owner.holder.run_heavy(
+                    _encode_shards, self.node.repo, root, ec.k, ec.m)
+            op.bytes_hashed += sum(n for _, _, n in infos)
+        me = str(self.owner.me)
+        for _, shard, _ in infos:
+            if self.db.get_object(shard) is None:
+                await self._run(self.db.put_object, shard, "owner", b"", me, 1, 0)
+        await self._run(self.db.set_ec_shards, ec.cid, layout_id, infos)
+        log.info("%s encoded as %d+%d shards", ec.cid, ec.k, ec.m)
+        return self.db.ec_shards(ec.cid)
+
+    def _rows(self, shards: list[EcShardRow]) -> dict[int, list[HolderRow]]:
+        return {s.idx: self.db.holders(s.shard_cid) for s in shards}
+
+    @staticmethod
+    def _live(rows: list[HolderRow]) -> list[HolderRow]:
+        return [h for h in rows if counts_as_copy(h.replica)]
+
+    async def _place(self, ec: EcRow, shards: list[EcShardRow]) -> None:
+        rows = self._rows(shards)
+        missing = [s for s in shards if not self._live(rows[s.idx])]
+        healthy = len(shards) - len(missing)
+        # Lost: a holder signed for it and then lost it (audits); repaired only
+        # below the threshold. Anything else missing (never placed, refused)
+        # is placed as soon as a candidate exists.
+        lost = [s for s in missing if any(h.replica.state is State.LOST for h in rows[s.idx])]
+        never = [s for s in missing if s not in lost]
+        to_place = never + (lost if healthy < ec.threshold else [])
+        if to_place:
+            store = self.node.repo.blockstore
+            absent = [s for s in to_place if not await self._run(_complete, store, parse_cid(s.shard_cid))]
+            if absent:
+                await self._rebuild(ec, shards, rows, absent)
+            await self._place_on_peers(ec, shards, rows, to_place, repair=bool(lost))
+            rows = self._rows(shards)
+        await self._publish_map(ec, shards, rows)
+        if all(any(h.replica.state is State.OK for h in rows[s.idx]) for s in shards):
+            await self._settle(ec, shards)
+
+    async def _rebuild(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
+                       absent: list[EcShardRow]) -> None:
+        """Rebuild `absent` shards from K healthy ones fetched from their holders."""
+        store = self.node.repo.blockstore
+        wanted = {s.idx for s in absent}
+        sources: list[CID] = []
+        fetched = 0
+        async with measuring(self.node, "repair") as op:
+            async with self.node.store_guard.shared():
+                for s in shards:
+                    if len(sources) == ec.k:
+                        break
+                    if s.idx in wanted:
+                        continue
+                    cid = parse_cid(s.shard_cid)
+                    if await self._run(_complete, store, cid):
+                        sources.append(cid)
+                        continue
+                    for h in rows[s.idx]:
+                        if h.replica.state is not State.OK:
+                            continue
+                        if await self._fetch_shard(cid, PeerId.from_string(h.peer_id), s.length):
+                            sources.append(cid)
+                            fetched += s.length
+                            break
+                if len(sources) < ec.k:
+                    raise P2PError(f"{ec.cid}: only {len(sources)} healthy shards reachable, need {ec.k}")
+                made = await self.owner.holder.run_heavy(
+                    _rebuild_shards, self.node.repo, sources, [(s.idx, s.shard_cid) for s in absent], ec.layout_id)
+            op.bytes_hashed += fetched + sum(s.length for s in absent)
+        log.info("%s: rebuilt %d shard(s) from %d healthy ones", ec.cid, len(made), len(sources))
+
+    async def _fetch_shard(self, cid: CID, peer: PeerId, length: int) -> bool:
+        """Make shard `cid` local from `peer`; False if it cannot (the caller holds the store guard)."""
+        if peer == self.owner.me:
+            return False
+        conn = await self.owner._reach(peer)
+        if conn is None:
+            return False
+        with trio.move_on_after(SHARD_FETCH_BASE_S + length / SHARD_FETCH_RATE):
+            try:
+                await fetch_dag(self.node, cid, holders=[peer], guard=False)
+                return True
+            except (P2PError, StoreError, OSError) as exc:
+                log.info("shard %s from %s: %s", cid, peer, exc)
+        return False
+
+    async def _place_on_peers(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
+                              to_place: list[EcShardRow], repair: bool) -> None:
+        exclude = {self.owner.me}
+        used: set[str] = set()
+        for s in shards:
+            for h in rows[s.idx]:
+                try:
+                    peer = PeerId.from_string(h.peer_id)
+                except P2PError:
+                    continue
+                exclude.add(peer)  # distinct peers: none holds (or held) two shards of one object
+                rec = self.node.peers.get(peer)
+                if rec is not None and counts_as_copy(h.replica):
+                    used.add(network_prefix(rec.addrs))
+        size = max(s.length for s in to_place)
+        picks = place(bytes(parse_cid(ec.cid)), self.owner._candidates(), len(to_place), size=size,
+                      exclude=exclude, used_prefixes=used)
+        if len(picks) < len(to_place):
+            log.info("%s: %d shard(s) to place, %d candidate peer(s)", ec.cid, len(to_place), len(picks))
+        tasks: list[tuple[EcShardRow, PeerId]] = []
+        for s, peer in zip(to_place, picks):
+            lost_before = any(h.replica.state is State.LOST for h in rows[s.idx])
+            if lost_before and not self.owner.bucket.take(time.monotonic()):
+                log.info("%s: repair rate limit reached, retrying later", ec.cid)
+                break
+            await self._run(self.db.set_holder, s.shard_cid, str(peer), Replica(State.PENDING), "store requested")
+            tasks.append((s, peer))
+        kind = "repair" if repair else "replicate-out"
+        async with trio.open_nursery() as nursery:
+            for s, peer in tasks:
+                nursery.start_soon(self._store_shard, s, peer, kind)
+
+    async def _store_shard(self, shard: EcShardRow, peer: PeerId, kind: str) -> None:
+        try:
+            obj, manifest = await self.owner._ensure_manifest(shard.shard_cid)
+            await self.owner._store_on(obj, manifest, peer, False, kind)
+        except (P2PError, StoreError, OSError) as exc:
+            log.warning("shard %d (%s) to %s failed: %s", shard.idx, shard.shard_cid, peer, exc)
+            await self._run(self.db.set_holder, shard.shard_cid, str(peer),
+                            Replica(State.FAILED, 0, False, True), str(exc)[:200])
+
+    def _current_map(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]]) -> EcMap:
+        entries = []
+        for s in shards:
+            best = b""
+            for h in sorted(rows[s.idx], key=lambda r: (r.replica.state is not State.OK, -r.since)):
+                if counts_as_copy(h.replica):
+                    best = PeerId.from_string(h.peer_id).to_bytes()
+                    break
+            entries.append(ShardEntry(bytes(parse_cid(s.shard_cid)), best))
+        return EcMap(bytes(parse_cid(ec.cid)), ec.k, ec.m, ec.layout_id or bytes(32), tuple(entries),
+                     self.owner.me.to_bytes())
+
+    async def _publish_map(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]]) -> None:
+        """Sign the map afresh if a holder changed, and push it to every OK holder that lacks it."""
+        fresh = self._current_map(ec, shards, rows)
+        old = None
+        if ec.map:
+            try:
+                old = EcMap.decode(ec.map)
+            except ProtocolError:
+                old = None
+        if old is None or old.shards != fresh.shards or old.layout_id != fresh.layout_id:
+            issued = max(time.time_ns() // 1000, (old.issued if old else 0) + 1, self._issued.get(ec.cid, 0) + 1)
+            self._issued[ec.cid] = issued
+            signed = fresh.signed(issued, self.node.identity.sign)
+            await self._run(self.db.set_ec_map, ec.cid, signed.encode())
+            self._pushed[ec.cid] = set()
+            current = signed
+        else:
+            current = old
+        data = current.encode()
+        done = self._pushed.setdefault(ec.cid, set())
+        targets = [current.holder(i) for i in range(len(current.shards))]
+        ok_peers = {h.peer_id for s in shards for h in rows[s.idx] if h.replica.state is State.OK}
+
+        async def push(peer: PeerId) -> None:
+            conn = await self.owner._reach(peer)
+            if conn is None:
+                return
+            try:
+                replies = await conn.request(lambda rid: EcMapPush(rid, data), timeout=PUSH_TIMEOUT_S)
+            except RequestFailed as exc:
+                log.info("shard map of %s to %s: %s", ec.cid, peer, exc)
+                return
+            if replies and isinstance(replies[0], EcMapReply):
+                done.add(str(peer))
+
+        async with trio.open_nursery() as nursery:
+            for peer in targets:
+                if peer is not None and str(peer) in ok_peers and str(peer) not in done:
+                    nursery.start_soon(push, peer)
+
+    async def _settle(self, ec: EcRow, shards: list[EcShardRow]) -> None:
+        """Every shard has a holder that signed: our local shard copies may go
+        (unpinned, freed by the next gc), and with --ec-drop-local our copy too."""
+        repo = self.node.repo
+        drop = [s.shard_cid for s in shards]
+        if ec.drop_local:
+            drop.append(ec.cid)
+        for cid in drop:
+            if repo.index.is_pinned(cid):
+                try:
+                    await self._run(repo.pin_rm, parse_cid(cid))
+                    log.info("%s: local %s unpinned", ec.cid, "copy" if cid == ec.cid else f"shard {cid}")
+                except NotPinned:
+                    pass
+
+    # -- holder: shard maps --------------------------------------------------------
+
+    async def on_map_get(self, conn: PeerConnection, msg: Message) -> list[Message]:
+        assert isinstance(msg, EcMapGet)
+        try:
+            cid = cid_from_bytes(msg.root_cid)
+        except StoreError:
+            return [Error(msg.request_id, ErrorCode.MALFORMED, "bad CID")]
+        data = await self._run(self.db.ec_map, str(cid))
+        if data is None:
+            return [Error(msg.request_id, ErrorCode.NOT_FOUND, "no shard map for this object")]
+        return [EcMapReply(msg.request_id, data)]
+
+    async def on_map_push(self, conn: PeerConnection, msg: Message) -> list[Message]:
+        """Keep a map only from the owner it names, signed by it, listing us as a holder."""
+        assert isinstance(msg, EcMapPush)
+        rid = msg.request_id
+        try:
+            ecmap = EcMap.decode(msg.ec_map)
+        except ProtocolError as exc:
+            return [Error(rid, ErrorCode.MALFORMED, f"bad shard map: {exc}"[:500])]
+        sender = conn.remote_peer.to_bytes()
+        if ecmap.owner != sender or not ecmap.verify():
+            return [Error(rid, ErrorCode.REFUSED, "shard map is not signed by its sender")]
+        if self.owner.me.to_bytes() not in {s.holder for s in ecmap.shards}:
+            return [Error(rid, ErrorCode.REFUSED, "this node holds no shard of that object")]
+        await self._run(self.db.keep_ec_map, str(ecmap.object_root), str(conn.remote_peer), ecmap.issued, msg.ec_map)
+        return [EcMapReply(rid, b"")]
+
+    # -- reader ---------------------------------------------------------------------
+
+    async def find_maps(self, cid: CID) -> list[EcMap]:
+        """Signed shard maps of `cid` from our tables and every connected peer, newest first."""
+        found: dict[bytes, EcMap] = {}
+
+        def take(data: bytes | None) -> None:
+            if not data:
+                return
+            try:
+                ecmap = EcMap.decode(data)
+            except ProtocolError:
+                return
+            if ecmap.object_cid == bytes(cid) and ecmap.verify():
+                found[data] = ecmap
+
+        take(await self._run(self.db.ec_map, str(cid)))
+
+        async def ask(peer: PeerId) -> None:
+            conn = self.node.connection_to(peer)
+            if conn is None:
+                return
+            try:
+                replies = await conn.request(lambda rid: EcMapGet(rid, bytes(cid)), timeout=MAP_TIMEOUT_S)
+            except RequestFailed:
+                return
+            if replies and isinstance(replies[0], EcMapReply):
+                take(replies[0].ec_map)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.node.connected_peers():
+                nursery.start_soon(ask, peer)
+        return sorted(found.values(), key=lambda e: e.issued, reverse=True)
+
+    async def recover(self, cid: CID) -> dict[str, Any]:
+        """Rebuild `cid` into the blockstore from K shards (NoPeers if no map is found)."""
+        maps = await self.find_maps(cid)
+        if not maps:
+            raise NoPeers(f"no connected peer has {cid}, nor a shard map of it")
+        failure: Exception | None = None
+        for ecmap in maps:
+            try:
+                return await self._recover_from(cid, ecmap)
+            except (P2PError, StoreError, OSError) as exc:
+                failure = exc
+                log.info("rebuilding %s from the map of %s failed: %s", cid, ecmap.owner.hex()[:16], exc)
+        raise P2PError(f"could not rebuild {cid} from its shards: {failure}")
+
+    async def _recover_from(self, cid: CID, ecmap: EcMap) -> dict[str, Any]:
+        store = self.node.repo.blockstore
+        got: list[int] = []
+        async with self.node.store_guard.shared():
+            async with trio.open_nursery() as nursery:
+
+                async def one(i: int) -> None:
+                    shard = ecmap.shard_cid(i)
+                    if await self._run(_complete, store, shard):
+                        ok = True
+                    else:
+                        peer = ecmap.holder(i)
+                        ok = peer is not None and await self._fetch_shard(shard, peer, 0)
+                    if ok:
+                        got.append(i)
+                        if len(got) >= ecmap.k:
+                            nursery.cancel_scope.cancel()
+
+                for i in range(len(ecmap.shards)):
+                    nursery.start_soon(one, i)
+            if len(got) < ecmap.k:
+                raise P2PError(f"only {len(got)} of the {ecmap.k} shards needed could be fetched")
+            chosen = sorted(got)[:ecmap.k]
+            blocks, total = await self.owner.holder.run_heavy(
+                _reconstruct_object, self.node.repo, cid, [ecmap.shard_cid(i) for i in chosen], ecmap.layout_id)
+        log.info("%s rebuilt from shards %s (%d blocks)", cid, chosen, blocks)
+        return {"rebuilt_from_shards": chosen, "rebuilt_blocks": blocks, "rebuilt_bytes": total}
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self, ec: EcRow) -> dict[str, Any]:
+        """The EC part of `shoal status CID --json` on the owner."""
+        shards = self.db.ec_shards(ec.cid)
+        out = []
+        healthy = 0
+        holders: list[str] = []
+        for s in shards:
+            rows = self.db.holders(s.shard_cid)
+            live = sorted(self._live(rows), key=lambda r: (r.replica.state is not State.OK, -r.since))
+            row = live[0] if live else (max(rows, key=lambda r: r.since) if rows else None)
+            doc: dict[str, Any] = {"index": s.idx, "shard_cid": s.shard_cid, "length": s.length,
+                                   "kind": "data" if s.idx < ec.k else "parity"}
+            if row is None:
+                doc.update(holder=None, state="unplaced", last_audit=None)
+            else:
+                j = row.as_json()
+                doc.update(holder=row.peer_id, state=j["state"], last_audit=j["last_audit"], detail=j["detail"])
+            if live:
+                healthy += 1
+                holders.append(live[0].peer_id)
+            doc["healthy"] = bool(live)
+            out.append(doc)
+        placed = bool(shards) and all(d["state"] == "ok" for d in out)
+        result: dict[str, Any] = {
+            "scheme": {"ec": [ec.k, ec.m]}, "threshold": ec.threshold, "drop_local": ec.drop_local,
+            "local_copy": self.node.repo.index.is_pinned(ec.cid), "encoded": bool(shards),
+            "placed": placed, "shards": out, "shards_healthy": healthy,
+            "survives_losses": survivable_losses(healthy, ec.k) if shards else None,
+        }
+        if ec.map:
+            try:
+                result["map_issued"] = EcMap.decode(ec.map).issued
+            except ProtocolError:
+                pass
+        if shards:
+            afr = [self._afr(p) for p in holders]
+            repair_hours = (3 * self.owner.audit_interval + 3600.0) / 3600.0
+            result["annual_loss_probability"] = loss_probability(afr, healthy - ec.k, repair_hours) \
+                if healthy >= ec.k else 1.0
+            result["durability_model"] = {
+                "holder_afr": afr, "repair_hours": repair_hours, "prior_afr": PRIOR_AFR,
+                "note": "docs/DURABILITY.md; per holder: proven losses per observed year, prior-smoothed"}
+        return result
+
+    def _afr(self, peer_id: str) -> float:
+        try:
+            rec = self.node.peers.get(PeerId.from_string(peer_id))
+        except P2PError:
+            rec = None
+        losses = rec.reputation.proven_losses if rec is not None else 0
+        first = self.db.first_audit(peer_id)
+        years = (time.time() - first) / (HOURS_PER_YEAR * 3600.0) if first is not None else 0.0
+        return holder_afr(losses, years)
