@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shoal.erasure")
 
-__all__ = ["ErasureService", "holder_afr", "PRIOR_AFR", "MAP_TIMEOUT_S"]
+__all__ = ["ErasureService", "holder_afr", "shards_to_place", "PRIOR_AFR", "MAP_TIMEOUT_S"]
 
 MAP_TIMEOUT_S = 5.0
 SHARD_FETCH_BASE_S = 60.0
@@ -95,6 +95,30 @@ def holder_afr(proven_losses: int, observed_years: float) -> float:
     loss in a day does not read as certainty, and no record is not zero)."""
     rate = (max(0, proven_losses) + PRIOR_AFR * PRIOR_YEARS) / (max(0.0, observed_years) + PRIOR_YEARS)
     return min(0.99, -math.expm1(-rate))
+
+
+def shards_to_place(replicas: dict[int, list[Replica]], threshold: int) -> list[int]:
+    """Which shards need a new holder now, given every holder row's replica
+    state per shard index. Pure.
+
+    A shard is healthy while one of its rows counts as a copy (ok, pending,
+    or a suspect that has not missed three audits). A shard that was held
+    and then lost (a row in state lost) is repaired only once fewer than
+    `threshold` shards are healthy, and then every lost one at once: lazy
+    repair, as Storj does, so one flaky holder does not cost a rebuild (K
+    shards moved) each time. A shard that never found a holder (none yet,
+    or every one refused) is placed at once, whatever the threshold.
+    """
+    healthy = sum(1 for rows in replicas.values() if any(counts_as_copy(r) for r in rows))
+    out = []
+    for idx in sorted(replicas):
+        rows = replicas[idx]
+        if any(counts_as_copy(r) for r in rows):
+            continue
+        lost = any(r.state is State.LOST for r in rows)
+        if not lost or healthy < threshold:
+            out.append(idx)
+    return out
 
 
 def _complete(store: Any, root: CID) -> bool:
@@ -205,6 +229,7 @@ class ErasureService:
         self._busy: set[str] = set()
         self._issued: dict[str, int] = {}
         self._pushed: dict[str, set[str]] = {}  # object -> holders that took the current map
+        self.rebuilt: dict[str, int] = {}  # object -> shards rebuilt from others since the node started
 
     @property
     def node(self) -> "Node":
@@ -291,17 +316,20 @@ class ErasureService:
 
     async def _place(self, ec: EcRow, shards: list[EcShardRow]) -> None:
         rows = self._rows(shards)
-        missing = [s for s in shards if not self._live(rows[s.idx])]
-        healthy = len(shards) - len(missing)
-        # Lost: a holder signed for it and then lost it (audits); repaired only
-        # below the threshold. Anything else missing (never placed, refused)
-        # is placed as soon as a candidate exists.
-        lost = [s for s in missing if any(h.replica.state is State.LOST for h in rows[s.idx])]
-        never = [s for s in missing if s not in lost]
-        to_place = never + (lost if healthy < ec.threshold else [])
+        wanted = set(shards_to_place({i: [h.replica for h in r] for i, r in rows.items()}, ec.threshold))
+        to_place = [s for s in shards if s.idx in wanted]
+        lost = [s for s in to_place if any(h.replica.state is State.LOST for h in rows[s.idx])]
         if to_place:
-            store = self.node.repo.blockstore
-            absent = [s for s in to_place if not await self._run(_complete, store, parse_cid(s.shard_cid))]
+            repo = self.node.repo
+            absent = []
+            async with self.node.store_guard.shared():
+                for s in to_place:
+                    if await self._run(_complete, repo.blockstore, parse_cid(s.shard_cid)):
+                        # Still here from the encoding (no gc since): pinned again
+                        # so that no gc takes it while the new holder pulls it.
+                        await self._run(repo.pin_add, parse_cid(s.shard_cid))
+                    else:
+                        absent.append(s)
             if absent:
                 await self._rebuild(ec, shards, rows, absent)
             await self._place_on_peers(ec, shards, rows, to_place, repair=bool(lost))
@@ -340,6 +368,7 @@ class ErasureService:
                 made = await self.owner.holder.run_heavy(
                     _rebuild_shards, self.node.repo, sources, [(s.idx, s.shard_cid) for s in absent], ec.layout_id)
             op.bytes_hashed += fetched + sum(s.length for s in absent)
+        self.rebuilt[ec.cid] = self.rebuilt.get(ec.cid, 0) + len(made)
         log.info("%s: rebuilt %d shard(s) from %d healthy ones", ec.cid, len(made), len(sources))
 
     async def _fetch_shard(self, cid: CID, peer: PeerId, length: int) -> bool:
@@ -600,6 +629,7 @@ class ErasureService:
             "local_copy": self.node.repo.index.is_pinned(ec.cid), "encoded": bool(shards),
             "placed": placed, "shards": out, "shards_healthy": healthy,
             "survives_losses": survivable_losses(healthy, ec.k) if shards else None,
+            "shards_rebuilt": self.rebuilt.get(ec.cid, 0),
         }
         if ec.map:
             try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import write_random
+from tests.helpers import assert_one_line_error, run_shoal, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 from tests.integration.test_replication import alive_ids, by_id, start_swarm, status_api
 
@@ -99,3 +99,65 @@ def test_put_ec_places_shards_and_get_rebuilds_after_two_holders_die(swarm: Swar
     assert sha(out) == sha(src)
     assert len(got["rebuilt_from_shards"]) == 4 and 0 not in got["rebuilt_from_shards"], got
     print(f"get of a 4+2 object with two holders dead and no owner copy: {time.monotonic() - t0:.1f}s")
+
+
+@pytest.mark.timeout(240)
+def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm, tmp_path: Path) -> None:
+    # The owner, six holders and two spare peers: two new holders must exist
+    # once two are dead (no peer ever holds two shards of one object).
+    nodes = start_swarm(swarm, n=9)
+    owner = nodes[0]
+    src = tmp_path / "w.bin"
+    write_random(src, 3 * MiB + 999, seed=19)
+    cid = put_ec(owner, src)["cid"]
+    doc = wait_shards_ok(owner, nodes, cid)
+    assert doc["local_copy"] is True  # no --ec-drop-local: the owner keeps its copy
+    assert owner.shoal("gc").code == 0  # the placed shards' local copies go: a repair must rebuild
+    before = {s["index"]: s["holder"] for s in doc["shards"]}
+    victims = [by_id(nodes, before[1]), by_id(nodes, before[5])]
+    for v in victims:
+        v.kill()
+    t0 = time.monotonic()
+    doc = wait_shards_ok(owner, nodes, cid, timeout=90)
+    took = time.monotonic() - t0
+    after = {s["index"]: s["holder"] for s in doc["shards"]}
+    assert doc["shards_healthy"] == 6 and doc["survives_losses"] == 2, doc
+    assert doc["shards_rebuilt"] == 2, doc  # rebuilt from four healthy shards (codec.rebuild)
+    assert {after[1], after[5]}.isdisjoint({v.peer_id for v in victims}), after
+    assert len(set(after.values())) == 6 and owner.peer_id not in after.values(), after
+    assert {i: after[i] for i in (0, 2, 3, 4)} == {i: before[i] for i in (0, 2, 3, 4)}  # untouched
+    # The rebuilt shards are the same shards (same CIDs: commitments and map stay valid).
+    assert [s["shard_cid"] for s in doc["shards"]] == [s["shard_cid"] for s in status_api(owner, cid)["shards"]]
+    audit = owner.json("audit", cid)
+    results = {r["shard"]: r for r in audit["results"] if r["peer_id"] in alive_ids(nodes)}
+    assert sorted(results) == list(range(6)) and all(r["ok"] for r in results.values()), audit
+    # The new holders learnt the re-signed map: a reader can find them.
+    for i in (1, 5):
+        view = status_api(by_id(nodes, after[i]), doc["shards"][i]["shard_cid"])
+        assert view["role"] == "holder", view
+    print(f"two holders of a 4+2 object killed -> six healthy shards again after {took:.1f}s")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--ec", "0+2"], "K >= 1"), (["--ec", "4+0"], "M >= 1"), (["--ec", "20+13"], "at most 32"),
+    (["--ec", "four"], "K+M"), (["--ec", "4+2", "--replicas", "3"], "not both"),
+    (["--ec-drop-local"], "needs --ec"), (["--ec", "4+2"], "needs a running node"),
+])
+def test_put_ec_errors_are_one_line(tmp_path: Path, args: list[str], says: str) -> None:
+    repo = tmp_path / "repo"
+    assert run_shoal(repo, "init").code == 0
+    write_random(tmp_path / "f.bin", 1000, seed=1)
+    r = run_shoal(repo, "put", str(tmp_path / "f.bin"), *args)
+    assert_one_line_error(r)
+    assert says in r.err, r.err
+
+
+def test_config_ec_is_checked_when_the_node_starts(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert run_shoal(repo, "init").code == 0
+    config = (repo / "config.toml").read_text()
+    assert "[replication]\n" in config
+    (repo / "config.toml").write_text(config.replace("[replication]\n", '[replication]\nec = "4+40"\n', 1))
+    r = run_shoal(repo, "node", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", timeout=60)
+    assert_one_line_error(r)
+    assert "[replication] ec" in r.err and "at most 32" in r.err, r.err
