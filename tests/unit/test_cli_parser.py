@@ -221,3 +221,12 @@ def test_demo_help_states_no_peer_count_that_could_go_stale() -> None:
     assert not re.search(r"\d+-peer|\b(three|four|five|six|seven|eight) peers\b", help_text), help_text
     source = inspect.getsource(demo.run_demo)
     assert "len(swarm.nodes)" in source and not re.search(r"\b(five|5)[- ]peer", source)
+
+
+def test_config_ec_default_scheme() -> None:
+    s = node_settings({"replication": {"replicas": 1, "ec": "4+2"}}, _start_args())
+    assert s.ec == "4+2" and s.replicas == 1
+    assert node_settings({"replication": {"ec": ""}}, _start_args()).ec is None
+    for bad in ("4+0", 42, "8+30"):
+        with pytest.raises(CliError, match=r"\[replication\] ec"):
+            node_settings({"replication": {"ec": bad}}, _start_args())

@@ -465,7 +465,7 @@ def test_migration_two_counts_pre_release_holdings_as_agreement_pins(tmp_path: P
         with index.transaction() as db:
             db.execute("DELETE FROM schema_components WHERE component = ?", (COMPONENT,))
             for table in ("repl_releases", "repl_objects", "repl_holders", "repl_agreements", "repl_audits",
-                          "repl_nonces"):
+                          "repl_nonces", "repl_ec", "repl_ec_shards", "repl_ec_maps"):
                 db.execute(f"DROP TABLE IF EXISTS {table}")
         index.apply_schema(COMPONENT, MIGRATIONS[:1])
         with index.transaction() as db:
