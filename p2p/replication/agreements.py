@@ -418,6 +418,12 @@ class Agreements:
         with self.index.transaction() as db:
             db.execute("UPDATE repl_ec SET map = ? WHERE cid = ?", (signed_map, cid))
 
+    def drop_ec(self, cid: str) -> None:
+        """Owner: `cid` is no longer stored erasure-coded (pin rm); its shard rows go with it."""
+        with self.index.transaction() as db:
+            db.execute("DELETE FROM repl_ec_shards WHERE cid = ?", (cid,))
+            db.execute("DELETE FROM repl_ec WHERE cid = ?", (cid,))
+
     def keep_ec_map(self, cid: str, owner: str, issued: int, signed_map: bytes) -> bool:
         """Holder: keep a pushed map unless one at least as new from that owner is kept."""
         with self.index.transaction() as db:

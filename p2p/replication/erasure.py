@@ -494,6 +494,31 @@ class ErasureService:
                 except NotPinned:
                     pass
 
+    async def release(self, cid: CID) -> dict[str, Any]:
+        """`pin rm` of an EC object we own: every shard is released as a replica
+        is (owed until its holder answers), and the object stops being audited,
+        repaired and mapped."""
+        text = str(cid)
+        shards = self.db.ec_shards(text)
+        await self._run(self.db.drop_ec, text)
+        self._pushed.pop(text, None)
+        holders = 0
+        pending: list[str] = []
+        repo = self.node.repo
+        for s in shards:
+            doc = await self.owner.releases.release_object(parse_cid(s.shard_cid))
+            if doc is not None:
+                holders += int(doc["holders"])
+                pending += list(doc["pending"])
+            if repo.index.is_pinned(s.shard_cid):
+                try:
+                    await self._run(repo.pin_rm, parse_cid(s.shard_cid))
+                except NotPinned:
+                    pass
+        log.info("%s: unpinned by its owner; releasing %d shard(s)", text, len(shards))
+        return {"state": "released", "new": True, "holders": holders, "pending": sorted(pending),
+                "shards": len(shards)}
+
     # -- holder: shard maps --------------------------------------------------------
 
     async def on_map_get(self, conn: PeerConnection, msg: Message) -> list[Message]:

@@ -199,6 +199,8 @@ class ReplicationOwner:
 
     async def release_object(self, cid: CID) -> dict[str, Any] | None:
         """`pin rm` of an object we own: give every replica back (None: not ours)."""
+        if self.db.ec_object(str(cid)) is not None:
+            return await self.erasure.release(cid)
         return await self.releases.release_object(cid)
 
     def _candidates(self) -> list[Candidate]:

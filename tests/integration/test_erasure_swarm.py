@@ -137,6 +137,17 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
         assert view["role"] == "holder", view
     print(f"two holders of a 4+2 object killed -> six healthy shards again after {took:.1f}s")
 
+    # pin rm gives every shard back, as it gives replicas back.
+    r = owner.shoal("pin", "rm", cid)
+    assert r.code == 0, r.err
+
+    def all_released() -> bool:
+        return all(status_api(by_id(nodes, after[i]), doc["shards"][i]["shard_cid"])["holders"][0]["state"]
+                   == "released" for i in range(6))
+
+    wait_until(all_released, 30, "every shard holder to be released")
+    assert owner.api("GET", f"/v1/status?cid={cid}").status_code != 200  # no longer stored nor coded
+
 
 @pytest.mark.parametrize("args, says", [
     (["--ec", "0+2"], "K >= 1"), (["--ec", "4+0"], "M >= 1"), (["--ec", "20+13"], "at most 32"),
