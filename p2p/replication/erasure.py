@@ -318,25 +318,41 @@ class ErasureService:
         rows = self._rows(shards)
         wanted = set(shards_to_place({i: [h.replica for h in r] for i, r in rows.items()}, ec.threshold))
         to_place = [s for s in shards if s.idx in wanted]
-        lost = [s for s in to_place if any(h.replica.state is State.LOST for h in rows[s.idx])]
         if to_place:
-            repo = self.node.repo
-            absent = []
-            async with self.node.store_guard.shared():
-                for s in to_place:
-                    if await self._run(_complete, repo.blockstore, parse_cid(s.shard_cid)):
-                        # Still here from the encoding (no gc since): pinned again
-                        # so that no gc takes it while the new holder pulls it.
-                        await self._run(repo.pin_add, parse_cid(s.shard_cid))
-                    else:
-                        absent.append(s)
-            if absent:
-                await self._rebuild(ec, shards, rows, absent)
-            await self._place_on_peers(ec, shards, rows, to_place, repair=bool(lost))
-            rows = self._rows(shards)
+            # Peers and repair tokens first: nothing is fetched or rebuilt for
+            # a shard that could not be placed now (a swarm too small would
+            # otherwise cost K shards of traffic every repair check).
+            pairs: list[tuple[EcShardRow, PeerId]] = []
+            for s, peer in zip(to_place, self._pick(ec, shards, rows, to_place)):
+                lost_before = any(h.replica.state is State.LOST for h in rows[s.idx])
+                if lost_before and not self.owner.bucket.take(time.monotonic()):
+                    log.info("%s: repair rate limit reached, retrying later", ec.cid)
+                    break
+                pairs.append((s, peer))
+            if pairs:
+                await self._make_local(ec, shards, rows, [s for s, _ in pairs])
+                await self._store_shards(pairs, repair=any(
+                    h.replica.state is State.LOST for s, _ in pairs for h in rows[s.idx]))
+                rows = self._rows(shards)
         await self._publish_map(ec, shards, rows)
         if all(any(h.replica.state is State.OK for h in rows[s.idx]) for s in shards):
             await self._settle(ec, shards)
+
+    async def _make_local(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
+                          needed: list[EcShardRow]) -> None:
+        """Every shard in `needed` complete and pinned here, rebuilt from K others if it is not."""
+        repo = self.node.repo
+        absent = []
+        async with self.node.store_guard.shared():
+            for s in needed:
+                if await self._run(_complete, repo.blockstore, parse_cid(s.shard_cid)):
+                    # Still here from the encoding (no gc since): pinned again
+                    # so that no gc takes it while the new holder pulls it.
+                    await self._run(repo.pin_add, parse_cid(s.shard_cid))
+                else:
+                    absent.append(s)
+        if absent:
+            await self._rebuild(ec, shards, rows, absent)
 
     async def _rebuild(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
                        absent: list[EcShardRow]) -> None:
@@ -386,8 +402,11 @@ class ErasureService:
                 log.info("shard %s from %s: %s", cid, peer, exc)
         return False
 
-    async def _place_on_peers(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
-                              to_place: list[EcShardRow], repair: bool) -> None:
+    def _pick(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
+              to_place: list[EcShardRow]) -> list[PeerId]:
+        """New holders for `to_place`: rendezvous order keyed by the object,
+        distinct network prefixes first, never a peer that holds or held a
+        shard of this object (so no peer ever has two)."""
         exclude = {self.owner.me}
         used: set[str] = set()
         for s in shards:
@@ -396,7 +415,7 @@ class ErasureService:
                     peer = PeerId.from_string(h.peer_id)
                 except P2PError:
                     continue
-                exclude.add(peer)  # distinct peers: none holds (or held) two shards of one object
+                exclude.add(peer)
                 rec = self.node.peers.get(peer)
                 if rec is not None and counts_as_copy(h.replica):
                     used.add(network_prefix(rec.addrs))
@@ -405,17 +424,14 @@ class ErasureService:
                       exclude=exclude, used_prefixes=used)
         if len(picks) < len(to_place):
             log.info("%s: %d shard(s) to place, %d candidate peer(s)", ec.cid, len(to_place), len(picks))
-        tasks: list[tuple[EcShardRow, PeerId]] = []
-        for s, peer in zip(to_place, picks):
-            lost_before = any(h.replica.state is State.LOST for h in rows[s.idx])
-            if lost_before and not self.owner.bucket.take(time.monotonic()):
-                log.info("%s: repair rate limit reached, retrying later", ec.cid)
-                break
+        return picks
+
+    async def _store_shards(self, pairs: list[tuple[EcShardRow, PeerId]], repair: bool) -> None:
+        for s, peer in pairs:
             await self._run(self.db.set_holder, s.shard_cid, str(peer), Replica(State.PENDING), "store requested")
-            tasks.append((s, peer))
         kind = "repair" if repair else "replicate-out"
         async with trio.open_nursery() as nursery:
-            for s, peer in tasks:
+            for s, peer in pairs:
                 nursery.start_soon(self._store_shard, s, peer, kind)
 
     async def _store_shard(self, shard: EcShardRow, peer: PeerId, kind: str) -> None:

@@ -166,6 +166,8 @@ class ReplicationOwner:
         if replicas > L.MAX_AUDIT_CHALLENGES or replicas > 64:
             raise ApiError("at most 64 replicas")
         text = str(cid)
+        if self.db.ec_object(text) is not None:
+            raise ApiError(f"{text} is stored erasure-coded; pin rm it first to keep replicas instead")
         obj = self.db.get_object(text)
         if obj is not None and obj.is_released:
             # Put again after a pin rm (or after holding it for someone who
