@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 from shoal.store.errors import InvalidInput
 from shoal.store.energy.meter import ESTIMATE, RAPL
 
+EC_ENCODE = "ec-encode"
+EC_REPAIR = "ec-repair"
 KINDS: tuple[str, ...] = (
     "put",
     "replicate-in",
@@ -28,6 +30,11 @@ KINDS: tuple[str, ...] = (
     "audit-verify",
     "repair",
     "gc",
+    # Erasure coding (issue 18): encoding an object into K + M shards, and
+    # rebuilding lost shards from K healthy ones. Their names live here only;
+    # the replication service measures them, the energy model reads them.
+    EC_ENCODE,
+    EC_REPAIR,
 )
 METHODS: tuple[str, ...] = (RAPL, ESTIMATE)
 BYTE_FIELDS: tuple[str, ...] = ("bytes_hashed", "bytes_written", "bytes_sent", "bytes_received")
@@ -41,6 +48,8 @@ PRIMARY_BYTES: dict[str, str] = {
     "audit-verify": "bytes_hashed",
     "repair": "bytes_received",
     "gc": "bytes_written",
+    EC_ENCODE: "bytes_hashed",  # the object's bytes read and encoded
+    EC_REPAIR: "bytes_hashed",  # healthy shard bytes read + rebuilt shard bytes written
 }
 
 Totals = dict[str, Any]
