@@ -35,6 +35,7 @@ from shoal.store.ipld.cid import cid_from_bytes
 from shoal.store.energy import ledger
 from shoal.store.energy.accounting import Bytes, EnergyAccount, account_for
 from shoal.store.energy.coefficients import Coefficients
+from shoal.store.energy.model import Layout
 from shoal.store.energy.report import Report, build_report
 from shoal.store.errors import StoreError
 
@@ -56,19 +57,38 @@ FLUSH_INTERVAL_S = 5.0
 PEER_SUMMARY_TIMEOUT_S = 3.0
 
 __all__ = [
-    "EnergyService", "install", "measuring", "replicating_to", "repo_facts", "local_report",
+    "EnergyService", "install", "measuring", "replicating_to", "repo_facts", "repo_scheme", "local_report",
     "summary_from_message", "FLUSH_INTERVAL_S",
 ]
 
 
-def repo_facts(repo: "Repo") -> tuple[int, int, int]:
-    """(stored_bytes, copies, objects) for the report, from the repo's index.
+def _ec_tables(repo: "Repo") -> tuple[dict[str, Layout], set[str]]:
+    """The erasure-coded objects this node owns (cid -> scheme, the owner's
+    copy kept unless `--ec-drop-local`) and every shard CID, from the
+    replication service's `repl_ec` tables; nothing in a repo without them."""
+    try:
+        with repo.index.snapshot() as db:
+            ec = {str(cid): Layout.ec(int(k), int(m), owner_copy=not bool(drop))
+                  for cid, k, m, drop in db.execute("SELECT cid, k, m, drop_local FROM repl_ec")}
+            shards = {str(s) for (s,) in db.execute("SELECT shard_cid FROM repl_ec_shards")}
+    except sqlite3.OperationalError:
+        return {}, set()  # no erasure-coding tables in this repo
+    return ec, shards
 
-    stored_bytes = sum of the sizes of the objects put here; copies = the
-    replicas each wants (the replication service's `repl_objects`), weighted
-    by size and rounded, 1 where unknown or without that table.
+
+def repo_scheme(repo: "Repo") -> tuple[int, int, int, Layout]:
+    """(stored_bytes, copies, objects, scheme) for the report, from the repo's index.
+
+    stored_bytes = sum of the sizes of the objects put here (an EC object's
+    shards, imported as objects of their own, are not counted twice: the
+    scheme counts their bytes); copies = the replicas each wants (the
+    replication service's `repl_objects`), weighted by size and rounded, 1
+    where unknown or without that table. The scheme is EC K+M when
+    erasure-coded objects hold at least half the bytes (the K+M holding
+    most), else replicas `copies`.
     """
-    objects = repo.objects()
+    ec, shards = _ec_tables(repo)
+    objects = [o for o in repo.objects() if o.cid not in shards]
     stored = sum(o.size for o in objects)
     wanted: dict[str, int] = {}
     try:
@@ -80,11 +100,26 @@ def repo_facts(repo: "Repo") -> tuple[int, int, int]:
     except sqlite3.OperationalError:
         pass  # no replication tables in this repo: every object has one copy
     if not objects:
-        return 0, max(wanted.values(), default=1), 0
+        copies = max(wanted.values(), default=1)
+        return 0, copies, 0, Layout.replicas(copies)
     if stored == 0:
-        return 0, max(wanted.get(o.cid, 1) for o in objects), len(objects)
-    weighted = sum(o.size * wanted.get(o.cid, 1) for o in objects) / stored
-    return stored, max(1, round(weighted)), len(objects)
+        copies = max(wanted.get(o.cid, 1) for o in objects)
+        return 0, copies, len(objects), Layout.replicas(copies)
+    weighted = sum(o.size * wanted.get(o.cid, 1) for o in objects if o.cid not in ec) / stored
+    copies = max(1, round(weighted))
+    by_scheme: dict[Layout, int] = {}
+    for o in objects:
+        if o.cid in ec:
+            by_scheme[ec[o.cid]] = by_scheme.get(ec[o.cid], 0) + o.size
+    if by_scheme and 2 * sum(by_scheme.values()) >= stored:
+        return stored, copies, len(objects), max(by_scheme, key=lambda lay: by_scheme[lay])
+    return stored, copies, len(objects), Layout.replicas(copies)
+
+
+def repo_facts(repo: "Repo") -> tuple[int, int, int]:
+    """(stored_bytes, copies, objects): `repo_scheme` without the scheme."""
+    stored, copies, objects, _ = repo_scheme(repo)
+    return stored, copies, objects
 
 
 def local_report(
@@ -93,9 +128,10 @@ def local_report(
     coefficients: Coefficients,
     peers: list[Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> Report:
-    """The report for this repo's objects; `peers`' summaries make it swarm-wide."""
-    stored, copies, objects = repo_facts(repo)
-    return build_report(summary, stored, copies, coefficients, peers or [], objects=max(objects, 1))
+    """The report for this repo's objects, in their scheme; `peers`' summaries make it swarm-wide."""
+    stored, copies, objects, scheme = repo_scheme(repo)
+    return build_report(summary, stored, copies, coefficients, peers or [], objects=max(objects, 1),
+                        scheme=scheme)
 
 
 def summary_to_message(request_id: int, summary: Mapping[str, Mapping[str, Any]]) -> LedgerSummary:

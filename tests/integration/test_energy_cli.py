@@ -125,3 +125,40 @@ def test_getter_sees_the_peers_serve_energy_in_swarm_totals(tmp_path: Path) -> N
     offline = energy(a.repo)
     assert offline["scope"] == "node"
     assert offline["operations"]["serve"]["bytes"] >= size
+
+
+def test_energy_shows_equal_durability_and_per_copy(tmp_path: Path) -> None:
+    """Issue 18 item 5: `shoal energy` leads with the comparison at equal
+    durability and keeps the per-copy one, labelled, in text, --json and
+    --plot; the JSON keeps every field it had."""
+    repo = init(tmp_path / "repo")
+    write_random(tmp_path / "a", 1 * MiB, seed=5)
+    put(repo, tmp_path / "a")
+    doc = energy(repo)
+    # the fields from before schemes are all still there
+    for key in ("method", "methods", "scope", "peers", "stored_bytes", "stored_gb", "copies", "objects", "disk",
+                "accounting", "swarm", "baseline", "swarm_cheaper", "swarm_cheaper_marginal", "one_time_per_gb",
+                "operations", "coefficients", "sensitivity", "by_copies", "notes", "node", "swarm_peers"):
+        assert key in doc, key
+    assert doc["headline"] == "equal_durability" and doc["scheme"] == {"replicas": 1}
+    eq, pc = doc["equal_durability"], doc["per_copy"]
+    assert eq["baseline_replicas"] >= 1 and eq["baseline_loss_probability"] <= eq["swarm_loss_probability"]
+    assert pc["baseline_wh_per_gb_month"] == doc["baseline"]["wh_per_gb_month"]
+    names = {c["name"] for c in doc["coefficients"]}
+    assert {"swarm_holder_afr", "cloud_holder_afr", "swarm_repair_hours", "cloud_repair_hours",
+            "ec_encode_cpu_s_per_gb", "ec_rebuild_cpu_s_per_gb"} <= names
+    assert {"replicas 2", "replicas 3", "EC 4+2", "EC 8+4", "EC 10+6"} <= {r["scheme_label"] for r in doc["by_scheme"]}
+
+    text = run_shoal(repo, "energy")
+    assert text.code == 0, text.err
+    lines = text.text.splitlines()
+    assert "at equal durability" in lines[2] and lines[4].strip().startswith("per copy"), text.text
+    assert f"{eq['baseline_wh_per_gb_month']:.3f}" in lines[2], text.text
+
+    # Coefficients override the durability assumptions like any other figure.
+    cfg = repo / "config.toml"
+    text_cfg = cfg.read_text()
+    assert "\n[energy]\n" in text_cfg  # init writes an empty [energy] table
+    cfg.write_text(text_cfg.replace("\n[energy]\n", "\n[energy]\nswarm_holder_afr = 0.2\n", 1))
+    flaky = energy(repo)
+    assert flaky["equal_durability"]["swarm_loss_probability"] > eq["swarm_loss_probability"]
