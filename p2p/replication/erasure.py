@@ -549,7 +549,8 @@ class ErasureService:
         return [EcMapReply(msg.request_id, data)]
 
     async def on_map_push(self, conn: PeerConnection, msg: Message) -> list[Message]:
-        """Keep a map only from the owner it names, signed by it, listing us as a holder."""
+        """Keep a map only from the owner it names, signed by it, listing us as
+        the holder of a shard we hold under an agreement with that owner."""
         assert isinstance(msg, EcMapPush)
         rid = msg.request_id
         try:
@@ -559,8 +560,13 @@ class ErasureService:
         sender = conn.remote_peer.to_bytes()
         if ecmap.owner != sender or not ecmap.verify():
             return [Error(rid, ErrorCode.REFUSED, "shard map is not signed by its sender")]
-        if self.owner.me.to_bytes() not in {s.holder for s in ecmap.shards}:
-            return [Error(rid, ErrorCode.REFUSED, "this node holds no shard of that object")]
+        # Only a holder under agreement keeps a map: a peer cannot fill our index
+        # with maps of objects we hold nothing of.
+        mine = [ecmap.shard_cid(i) for i, s in enumerate(ecmap.shards) if s.holder == self.owner.me.to_bytes()]
+        held = [self.db.get_object(str(c)) for c in mine]
+        if not any(o is not None and o.role != "owner" and not o.is_released and o.owner == str(conn.remote_peer)
+                   for o in held):
+            return [Error(rid, ErrorCode.REFUSED, "this node holds no shard of that object for its sender")]
         await self._run(self.db.keep_ec_map, str(ecmap.object_root), str(conn.remote_peer), ecmap.issued, msg.ec_map)
         return [EcMapReply(rid, b"")]
 

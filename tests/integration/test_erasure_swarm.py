@@ -103,6 +103,21 @@ def test_put_ec_places_shards_and_get_rebuilds_after_two_holders_die(swarm: Swar
     assert len(got["rebuilt_from_shards"]) == 4 and 0 not in got["rebuilt_from_shards"], got
     print(f"get of a 4+2 object with two holders dead and no owner copy: {time.monotonic() - t0:.1f}s")
 
+    # The owner gone too: the holders kept the signed map the owner pushed them,
+    # so another fresh node still finds the shards.
+    owner.kill()
+    reader.kill()  # it has the object now: the second reader must not simply fetch it from there
+    live_holder = next(n for n in nodes if n.running and n.peer_id in holders)
+    reader2 = swarm.add("R2", bootstrap=[live_holder.addr], extra_args=["--audit-interval", "1"])
+    want = {n.peer_id for n in nodes if n.running and n.peer_id in holders}
+    wait_until(lambda: want <= reader2.connected_ids(), 20, "the second reader to see the live holders")
+    out2 = tmp_path / "back2.bin"
+    t0 = time.monotonic()
+    r = reader2.shoal("get", cid, "-o", str(out2), "--json", timeout=120)
+    print(f"the same with the owner dead too, map from a holder: {time.monotonic() - t0:.1f}s")
+    assert r.code == 0, r.err
+    assert sha(out2) == sha(src) and len(json.loads(r.text)["rebuilt_from_shards"]) == 4
+
 
 @pytest.mark.timeout(240)
 def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm, tmp_path: Path) -> None:
@@ -115,6 +130,9 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
     cid = put_ec(owner, src)["cid"]
     doc = wait_shards_ok(owner, nodes, cid)
     assert doc["local_copy"] is True  # no --ec-drop-local: the owner keeps its copy
+    write_random(tmp_path / "r.bin", 100_000, seed=20)  # replicas stay the default scheme, shown as such
+    plain = owner.json("put", str(tmp_path / "r.bin"), "--replicas", "2")["cid"]
+    assert status_api(owner, plain)["scheme"] == {"replicas": 2}
     assert owner.shoal("gc").code == 0  # the placed shards' local copies go: a repair must rebuild
     before = {s["index"]: s["holder"] for s in doc["shards"]}
     victims = [by_id(nodes, before[1]), by_id(nodes, before[5])]
@@ -131,6 +149,8 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
     assert {i: after[i] for i in (0, 2, 3, 4)} == {i: before[i] for i in (0, 2, 3, 4)}  # untouched
     # The rebuilt shards are the same shards (same CIDs: commitments and map stay valid).
     assert [s["shard_cid"] for s in doc["shards"]] == [s["shard_cid"] for s in status_api(owner, cid)["shards"]]
+    human = owner.shoal("status", cid)
+    assert human.code == 0 and "erasure-coded 4+2" in human.text and "6 of 6 shards healthy" in human.text, human
     audit = owner.json("audit", cid)
     results = {r["shard"]: r for r in audit["results"] if r["peer_id"] in alive_ids(nodes)}
     assert sorted(results) == list(range(6)) and all(r["ok"] for r in results.values()), audit

@@ -144,6 +144,10 @@ async def test_map_push_kept_only_from_its_owner_listing_us(repo: Repo) -> None:
     ec = service.erasure
     listed = a_map([HOLDER.peer_id.to_bytes()] + [b""] * 5)
     obj = bytes(listed.object_cid)
+    # Listed as a holder but holding nothing: refused.
+    [r] = await ec.on_map_push(FakeConn(OWNER.peer_id), EcMapPush(9, listed.encode()))  # type: ignore[arg-type]
+    assert isinstance(r, Error) and r.code == ErrorCode.REFUSED
+    service.db.put_object(str(listed.shard_cid(0)), "holder", b"", str(OWNER.peer_id), 1, 0)
     [miss] = await ec.on_map_get(FakeConn(STRANGER.peer_id), EcMapGet(1, obj))  # type: ignore[arg-type]
     assert isinstance(miss, Error) and miss.code == ErrorCode.NOT_FOUND
     # From someone else than the owner the map names: refused, not kept.
