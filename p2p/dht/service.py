@@ -36,7 +36,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from typing import Awaitable, Callable, Iterable, Literal
 
 import trio
 
@@ -63,6 +63,9 @@ __all__ = ["DHTService", "DHTConfig", "Mode", "ProviderInfo"]
 log = logging.getLogger("shoal.dht")
 
 Mode = Literal["server", "client"]
+Dialer = Callable[[Multiaddr], Awaitable[object]]
+"""Dials a /p2p/-pinned address; the connection must end up in the host's `connections`
+(the node passes its own dial, which applies its allowlist, swarm key and admission)."""
 
 MAX_STREAMS_PER_PEER = 8
 """Kad streams of one peer served at once (more are reset at once)."""
@@ -151,10 +154,11 @@ class DHTService:
     """Kademlia on a libp2p host (server or client mode)."""
 
     def __init__(self, host: Libp2pHost, *, mode: Mode = "server",
-                 config: DHTConfig | None = None) -> None:
+                 config: DHTConfig | None = None, dial: Dialer | None = None) -> None:
         if mode not in ("server", "client"):
             raise ValueError("DHT mode is 'server' or 'client'")
         self.host = host
+        self._dial: Dialer = dial or self._host_dial
         self.mode: Mode = mode
         self.config = config or DHTConfig()
         self.local_id = host.peer_id.to_bytes()
@@ -212,9 +216,14 @@ class DHTService:
         return len(self.table)
 
     async def _bootstrap_one(self, addr: Multiaddr | str) -> None:
+        if isinstance(addr, str):
+            addr = Multiaddr.parse(addr)
         try:
             with trio.fail_after(self.config.dial_timeout + self.config.request_timeout):
-                conn = await self.host.dial(addr)
+                if addr.peer_id is None:
+                    conn = await self.host.dial(addr)
+                else:
+                    conn = await self.connect(addr.peer_id.to_bytes(), [addr.with_peer(None)])
                 await self._identify(conn)
         except _NET_ERRORS as exc:
             log.info("dht: bootstrap peer %s unusable: %s", addr, exc)
@@ -397,13 +406,19 @@ class DHTService:
             for addr in candidates[:MAX_DIAL_ADDRS]:
                 try:
                     with trio.fail_after(self.config.dial_timeout):
-                        return await self.host.dial(addr.with_peer(pid))
+                        await self._dial(addr.with_peer(pid))
                 except _NET_ERRORS as exc:
-                    last = exc
+                    last = exc  # the node's dial may fail *and* keep the connection (an IPFS peer)
+                conn = self._connection(peer)
+                if conn is not None:
+                    return conn
             raise P2PError(f"cannot dial {pid}: {last}")
         finally:
             del self._dialing[peer]
             done.set()
+
+    async def _host_dial(self, addr: Multiaddr) -> object:
+        return await self.host.dial(addr)
 
     async def request(self, peer: PeerInfo, message: Message, *, expect_answer: bool = True) -> Message | None:
         """Send one request to `peer` on a fresh kad stream; its answer (None when none is expected).
