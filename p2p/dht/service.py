@@ -37,6 +37,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Literal
+from weakref import WeakKeyDictionary
 
 import trio
 
@@ -173,6 +174,7 @@ class DHTService:
         self._serving: dict[bytes, int] = {}
         self._banned: dict[bytes, float] = {}
         self._dialing: dict[bytes, trio.Event] = {}
+        self._identifying: WeakKeyDictionary[Libp2pConnection, trio.Event] = WeakKeyDictionary()
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self.ready = trio.Event()
@@ -242,6 +244,18 @@ class DHTService:
             log.debug("dht: identify of %s failed: %s", conn.remote_peer, exc)
 
     async def _identify(self, conn: Libp2pConnection) -> None:
+        """Identify `conn`'s peer once (js-libp2p resets a second concurrent identify stream)."""
+        running = self._identifying.get(conn)
+        if running is not None:
+            await running.wait()
+            return
+        done = self._identifying[conn] = trio.Event()
+        try:
+            await self._identify_once(conn)
+        finally:
+            done.set()
+
+    async def _identify_once(self, conn: Libp2pConnection) -> None:
         info = await identify(await conn.open_stream(IDENTIFY_PROTOCOL), conn.remote_peer,
                               timeout=self.config.request_timeout)
         peer = conn.remote_peer.to_bytes()
