@@ -156,6 +156,11 @@ MIGRATIONS: tuple[str, ...] = (
         received REAL NOT NULL
     );
     """,
+    # 5: the shard offers an owner pushes with its map (what a deputy re-sends).
+    """
+    ALTER TABLE repl_ec_maps ADD COLUMN offers BLOB;
+    ALTER TABLE repl_ec ADD COLUMN deputy_for TEXT;
+    """,
 )
 register_schema(COMPONENT, MIGRATIONS)
 
@@ -202,6 +207,7 @@ class EcRow:
     layout_id: bytes | None
     map: bytes | None
     created: float
+    deputy_for: str | None = None  # the gone owner we act for (None: our own object)
 
 
 @dataclass(frozen=True)
@@ -368,7 +374,8 @@ class Agreements:
 
     # -- erasure-coded objects ---------------------------------------------------
 
-    def put_ec(self, cid: str, k: int, m: int, threshold: int, drop_local: bool) -> None:
+    def put_ec(self, cid: str, k: int, m: int, threshold: int, drop_local: bool,
+               deputy_for: str | None = None) -> None:
         """Owner: `cid` is (to be) stored as K + M shards; a new scheme forgets old shards."""
         with self.index.transaction() as db:
             row = db.execute("SELECT k, m FROM repl_ec WHERE cid = ?", (cid,)).fetchone()
@@ -376,19 +383,20 @@ class Agreements:
                 db.execute("DELETE FROM repl_ec_shards WHERE cid = ?", (cid,))
                 db.execute("UPDATE repl_ec SET layout_id = NULL, map = NULL WHERE cid = ?", (cid,))
             db.execute(
-                "INSERT INTO repl_ec (cid, k, m, threshold, drop_local, created) VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO repl_ec (cid, k, m, threshold, drop_local, created, deputy_for) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (cid) DO UPDATE SET k = excluded.k, m = excluded.m, "
-                "threshold = excluded.threshold, drop_local = excluded.drop_local",
-                (cid, k, m, threshold, int(drop_local), time.time()))
+                "threshold = excluded.threshold, drop_local = excluded.drop_local, deputy_for = excluded.deputy_for",
+                (cid, k, m, threshold, int(drop_local), time.time(), deputy_for))
 
     def ec_object(self, cid: str) -> EcRow | None:
         with self.index.snapshot() as db:
-            row = db.execute("SELECT cid, k, m, threshold, drop_local, layout_id, map, created FROM repl_ec "
-                             "WHERE cid = ?", (cid,)).fetchone()
+            row = db.execute("SELECT cid, k, m, threshold, drop_local, layout_id, map, created, deputy_for "
+                             "FROM repl_ec WHERE cid = ?", (cid,)).fetchone()
         if row is None:
             return None
-        c, k, m, t, d, lid, mp, cr = row
-        return EcRow(str(c), int(k), int(m), int(t), bool(d), lid, mp, float(cr))
+        c, k, m, t, d, lid, mp, cr, dep = row
+        return EcRow(str(c), int(k), int(m), int(t), bool(d), lid, mp, float(cr), None if dep is None else str(dep))
 
     def ec_objects(self) -> list[EcRow]:
         with self.index.snapshot() as db:
@@ -424,15 +432,27 @@ class Agreements:
             db.execute("DELETE FROM repl_ec_shards WHERE cid = ?", (cid,))
             db.execute("DELETE FROM repl_ec WHERE cid = ?", (cid,))
 
-    def keep_ec_map(self, cid: str, owner: str, issued: int, signed_map: bytes) -> bool:
-        """Holder: keep a pushed map unless one at least as new from that owner is kept."""
+    def keep_ec_map(self, cid: str, owner: str, issued: int, signed_map: bytes, offers: bytes = b"") -> bool:
+        """Holder: keep a pushed map (and its shard offers) unless one at least as new from that owner is kept."""
         with self.index.transaction() as db:
             row = db.execute("SELECT owner, issued FROM repl_ec_maps WHERE cid = ?", (cid,)).fetchone()
             if row is not None and str(row[0]) == owner and int(row[1]) >= issued:
                 return False
-            db.execute("INSERT OR REPLACE INTO repl_ec_maps (cid, owner, issued, map, received) VALUES (?, ?, ?, ?, ?)",
-                       (cid, owner, issued, signed_map, time.time()))
+            db.execute("INSERT OR REPLACE INTO repl_ec_maps (cid, owner, issued, map, received, offers) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (cid, owner, issued, signed_map, time.time(), offers))
         return True
+
+    def ec_maps_kept(self) -> list[tuple[str, bytes, bytes]]:
+        """Holder: (object, signed map, shard offers) of every map pushed to us."""
+        with self.index.snapshot() as db:
+            rows = db.execute("SELECT cid, map, offers FROM repl_ec_maps ORDER BY cid").fetchall()
+        return [(str(c), bytes(m), bytes(o or b"")) for c, m, o in rows]
+
+    def forget_object(self, cid: str) -> None:
+        """A deputy steps down: drop the rows it made for a shard it never held."""
+        with self.index.transaction() as db:
+            db.execute("DELETE FROM repl_holders WHERE cid = ?", (cid,))
+            db.execute("DELETE FROM repl_objects WHERE cid = ?", (cid,))
 
     def ec_map(self, cid: str) -> bytes | None:
         """The signed map of `cid` this node knows: its own if it owns it, else the one pushed to it."""

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import msgpack
 import trio
 
 from shoal.store.dag import exporter
@@ -64,9 +65,11 @@ from shoal.p2p.net.api import ApiError
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.net.energy_service import measuring
 from shoal.p2p.replication.agreements import EcRow, EcShardRow, HolderRow
-from shoal.p2p.replication.ec_map import EcMap, ShardEntry, parse_scheme
+from shoal.p2p.replication.ec_map import MAX_EC_SHARDS, EcMap, ShardEntry, parse_scheme
+from shoal.p2p.replication.signed import Offer
+from shoal.store.proofs.manifest import Manifest
 from shoal.p2p.replication.placement import network_prefix, place
-from shoal.p2p.replication.repair_policy import Replica, State, counts_as_copy
+from shoal.p2p.replication.repair_policy import OwnerWatch, Replica, State, counts_as_copy, deputy
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import EcMapGet, EcMapPush, EcMapReply, Error, ErrorCode, Message
 
@@ -220,6 +223,35 @@ def _reconstruct_object(repo: Any, root: CID, shards: list[CID], layout_id: byte
     return blocks, total
 
 
+def _offer_list(packed: bytes) -> list[bytes]:
+    if not packed:
+        return []
+    try:
+        v = msgpack.unpackb(packed, raw=False, max_bin_len=64 * 1024, max_array_len=MAX_EC_SHARDS,
+                            max_str_len=0, max_map_len=0, max_ext_len=0)
+    except Exception:  # msgpack raises several unrelated types
+        return []
+    return [x for x in v if isinstance(x, bytes)] if isinstance(v, list) else []
+
+
+def _checked_offers(packed: bytes, ecmap: EcMap) -> bytes:
+    """The pushed shard offers worth keeping: each signed by the map's owner,
+    for one of the map's shards (anything else is dropped, not stored)."""
+    owner = PeerId.from_bytes(ecmap.owner)
+    shards = {str(ecmap.shard_cid(i)) for i in range(len(ecmap.shards))}
+    keep = []
+    for raw in _offer_list(packed):
+        try:
+            offer = Offer.decode(raw)
+            root = Manifest.decode(offer.manifest).root_cid
+        except (ProtocolError, StoreError):
+            continue
+        if root in shards and offer.signed_by(owner):
+            keep.append(raw)
+    out: bytes = msgpack.packb(keep, use_bin_type=True)
+    return out
+
+
 class ErasureService:
     """The EC side of one node's replication service (owner, holder and reader)."""
 
@@ -230,6 +262,7 @@ class ErasureService:
         self._issued: dict[str, int] = {}
         self._pushed: dict[str, set[str]] = {}  # object -> holders that took the current map
         self.rebuilt: dict[str, int] = {}  # object -> shards rebuilt from others since the node started
+        self._watch: dict[str, OwnerWatch] = {}  # object -> its owner's reachability (deputy election)
 
     @property
     def node(self) -> "Node":
@@ -473,7 +506,10 @@ class ErasureService:
             current = signed
         else:
             current = old
+        if ec.deputy_for is not None:
+            return  # holders keep only their owner's maps; a reader finds the deputy's by asking it
         data = current.encode()
+        offers = await self._shard_offers(shards, rows)
         done = self._pushed.setdefault(ec.cid, set())
         targets = [current.holder(i) for i in range(len(current.shards))]
         ok_peers = {h.peer_id for s in shards for h in rows[s.idx] if h.replica.state is State.OK}
@@ -483,7 +519,7 @@ class ErasureService:
             if conn is None:
                 return
             try:
-                replies = await conn.request(lambda rid: EcMapPush(rid, data), timeout=PUSH_TIMEOUT_S)
+                replies = await conn.request(lambda rid: EcMapPush(rid, data, offers), timeout=PUSH_TIMEOUT_S)
             except RequestFailed as exc:
                 log.info("shard map of %s to %s: %s", ec.cid, peer, exc)
                 return
@@ -495,11 +531,28 @@ class ErasureService:
                 if peer is not None and str(peer) in ok_peers and str(peer) not in done:
                     nursery.start_soon(push, peer)
 
+    async def _shard_offers(self, shards: list[EcShardRow], rows: dict[int, list[HolderRow]]) -> bytes:
+        """Each shard's offer, signed by us as its owner, naming every shard's
+        holder: what a deputy re-sends to place a rebuilt shard when we are gone
+        (a new holder takes a shard only from the owner or a holder the owner named)."""
+        everyone = [PeerId.from_string(h.peer_id) for s in shards for h in rows[s.idx]
+                    if h.replica.state is State.OK]
+        out = []
+        for s in shards:
+            obj = self.db.get_object(s.shard_cid)
+            if obj is not None and obj.manifest:
+                out.append(self.owner._offer(obj, everyone))
+        packed: bytes = msgpack.packb(out, use_bin_type=True)
+        return packed
+
     async def _settle(self, ec: EcRow, shards: list[EcShardRow]) -> None:
         """Every shard has a holder that signed: our local shard copies may go
-        (unpinned, freed by the next gc), and with --ec-drop-local our copy too."""
+        (unpinned, freed by the next gc), and with --ec-drop-local our copy too.
+        A deputy keeps the shard it holds itself under its agreement."""
         repo = self.node.repo
-        drop = [s.shard_cid for s in shards]
+        me = str(self.owner.me)
+        drop = [s.shard_cid for s in shards
+                if not any(h.peer_id == me for h in self.db.holders(s.shard_cid))]
         if ec.drop_local:
             drop.append(ec.cid)
         for cid in drop:
@@ -567,8 +620,115 @@ class ErasureService:
         if not any(o is not None and o.role != "owner" and not o.is_released and o.owner == str(conn.remote_peer)
                    for o in held):
             return [Error(rid, ErrorCode.REFUSED, "this node holds no shard of that object for its sender")]
-        await self._run(self.db.keep_ec_map, str(ecmap.object_root), str(conn.remote_peer), ecmap.issued, msg.ec_map)
+        offers = _checked_offers(msg.offers, ecmap)
+        await self._run(self.db.keep_ec_map, str(ecmap.object_root), str(conn.remote_peer), ecmap.issued,
+                        msg.ec_map, offers)
         return [EcMapReply(rid, b"")]
+
+    def co_holders(self, shard_cid: str) -> set[bytes]:
+        """The holders (and owner) of every shard of the EC object `shard_cid`
+        belongs to, per the owner's map we keep: who may audit us as a deputy."""
+        out: set[bytes] = set()
+        for _, data, _ in self.db.ec_maps_kept():
+            try:
+                ecmap = EcMap.decode(data)
+            except ProtocolError:
+                continue
+            if any(s.cid == bytes(parse_cid(shard_cid)) for s in ecmap.shards):
+                out |= {s.holder for s in ecmap.shards if s.holder}
+        return out
+
+    # -- deputy: the owner of an EC object is gone -------------------------------------
+
+    async def check_deputies(self) -> None:
+        """One round over the maps pushed to us: once an object's owner has
+        missed three checks in a row, the lowest-id live shard holder takes
+        over its audits and repairs (as for replicas); it steps down when the
+        owner is back."""
+        me = self.owner.me
+        seen: dict[bytes, bool] = {}
+        for cid, data, offers in self.db.ec_maps_kept():
+            try:
+                ecmap = EcMap.decode(data)
+                owner = PeerId.from_bytes(ecmap.owner)
+            except (ProtocolError, P2PError):
+                continue
+            if owner == me:
+                continue
+            if ecmap.owner not in seen:
+                seen[ecmap.owner] = await self.owner._reach(owner) is not None
+            reachable = seen[ecmap.owner]
+            watch = self._watch.setdefault(cid, OwnerWatch())
+            gone = watch.check(reachable)
+            ec = self.db.ec_object(cid)
+            if ec is not None and ec.deputy_for is not None:
+                if reachable:
+                    await self._step_down(ec)
+                continue
+            if ec is not None or not gone:
+                continue
+            live = [me]
+            for i in range(len(ecmap.shards)):
+                peer = ecmap.holder(i)
+                if peer is not None and peer != me and await self.owner._reach(peer) is not None:
+                    live.append(peer)
+            if deputy(live) == me:
+                await self._take_over(cid, ecmap, data, offers, owner)
+
+    async def _take_over(self, cid: str, ecmap: EcMap, data: bytes, offers: bytes, owner: PeerId) -> None:
+        me = str(self.owner.me)
+        mine = [i for i, s in enumerate(ecmap.shards) if s.holder == self.owner.me.to_bytes()]
+        held = self.db.get_object(str(ecmap.shard_cid(mine[0]))) if mine else None
+        if held is None or not held.size:
+            return
+        by_shard: dict[str, bytes] = {}
+        for raw in _offer_list(offers):
+            try:
+                by_shard[Manifest.decode(Offer.decode(raw).manifest).root_cid] = raw
+            except (ProtocolError, StoreError):
+                continue
+        rows = []
+        for i in range(len(ecmap.shards)):
+            shard = str(ecmap.shard_cid(i))
+            holder = ecmap.holder(i)
+            if i in mine:
+                await self._run(self.db.set_holder, shard, me, Replica(State.OK), "deputy's own shard")
+            else:
+                offered = by_shard.get(shard)
+                if offered is None:
+                    log.info("%s: no offer for shard %d from its owner; cannot act as deputy", cid, i)
+                    return
+                offer = Offer.decode(offered)
+                if self.db.get_object(shard) is None:
+                    await self._run(self.db.put_object, shard, "deputy", offer.manifest, str(owner), 1,
+                                    held.size, offered)
+                if holder is not None:
+                    await self._run(self.db.set_holder, shard, str(holder), Replica(State.OK),
+                                    "co-holder (deputy's view)")
+            rows.append((i, shard, held.size))
+        await self._run(self.db.put_ec, cid, ecmap.k, ecmap.m, ecmap.k + 1, False, str(owner))
+        await self._run(self.db.set_ec_shards, cid, ecmap.layout_id, rows)
+        await self._run(self.db.set_ec_map, cid, data)
+        log.info("%s: owner %s gone; taking over its %d+%d shards as deputy", cid, owner, ecmap.k, ecmap.m)
+        self.owner.wake()
+
+    async def _step_down(self, ec: EcRow) -> None:
+        """The owner is back: forget what we made to act for it (it audits and
+        repairs again; shards we placed meanwhile are agreements with it)."""
+        me = str(self.owner.me)
+        repo = self.node.repo
+        for s in self.db.ec_shards(ec.cid):
+            obj = self.db.get_object(s.shard_cid)
+            if obj is not None and obj.role == "deputy" and not any(
+                    h.peer_id == me for h in self.db.holders(s.shard_cid)):
+                await self._run(self.db.forget_object, s.shard_cid)
+                if repo.index.is_pinned(s.shard_cid):
+                    try:
+                        await self._run(repo.pin_rm, parse_cid(s.shard_cid))
+                    except NotPinned:
+                        pass
+        await self._run(self.db.drop_ec, ec.cid)
+        log.info("%s: owner %s is back, stepping down as deputy", ec.cid, ec.deputy_for)
 
     # -- reader ---------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import shutil
 import threading
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -119,6 +119,10 @@ class Holder:
         self._trees: OrderedDict[str, NodeSource] = OrderedDict()
         self._reserved: dict[tuple[str, int], int] = {}  # bytes promised to replicas being taken
         self._heavy = trio.CapacityLimiter(HEAVY_THREADS)
+        # Peer ids the owner named beside us for an object (the holders of the
+        # other shards of an EC object, shoal.p2p.replication.erasure): they may
+        # audit us as a deputy would. Set by the replication service.
+        self.co_holders: Callable[[str], set[bytes]] = lambda cid: set()
 
     @property
     def me(self) -> PeerId:
@@ -433,6 +437,8 @@ class Holder:
         if peer.to_bytes() == manifest.owner:
             return True
         if peer.to_bytes() in trusted_holders(obj.offer, PeerId.from_bytes(manifest.owner)):
+            return True
+        if peer.to_bytes() in self.co_holders(obj.cid):
             return True
         return self.db.holder(obj.cid, str(peer)) is not None
 

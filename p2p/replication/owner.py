@@ -106,6 +106,7 @@ class ReplicationOwner:
         self.deputies = DeputyElection(self.db, node.peer_id, lambda peer: self._reach(peer), self.wake)
         self.routes = ReplicationRoutes(self)
         self.erasure = ErasureService(self)
+        self.holder.co_holders = self.erasure.co_holders
         self._placing: set[str] = set()
         self._wake = trio.Event()
         self._issued: dict[str, int] = {}  # last `issued` we signed per object (strictly increasing)
@@ -507,6 +508,9 @@ class ReplicationOwner:
             if not obj.manifest:
                 continue
             await _guarded(self.audit_object, obj.cid)
+        # EC deputies first: stepping down drops the rows a deputy made for
+        # shards it never held, before the replica election looks at them.
+        await _guarded(self.erasure.check_deputies)
         await _guarded(self.deputies.check)
 
     async def _repair_loop(self) -> None:
@@ -523,7 +527,7 @@ class ReplicationOwner:
         for obj in self.db.objects(("owner", "deputy")):  # released objects are not listed
             # A shard of our EC object has one holder and no other copy: it is
             # rebuilt from the other shards, by the erasure service, not re-sent.
-            if obj.cid not in self._placing and not (obj.role == "owner" and self.db.is_ec_shard(obj.cid)):
+            if obj.cid not in self._placing and not self.db.is_ec_shard(obj.cid):
                 self._spawn(self._ensure_placed, obj.cid)
         self.erasure.check_all()
         await self.releases.retry_due()

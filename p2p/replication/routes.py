@@ -55,7 +55,8 @@ class ReplicationRoutes:
         me = str(self.owner.me)
         ec = self.owner.db.ec_object(cid)
         if ec is not None:  # an erasure-coded object we own: its shards, not copies
-            ec_doc: dict[str, Any] = {"cid": cid, "role": "owner", "owner": me}
+            ec_doc: dict[str, Any] = {"cid": cid, "role": "deputy" if ec.deputy_for else "owner",
+                                      "owner": ec.deputy_for or me}
             ec_doc.update(await trio.to_thread.run_sync(self.owner.erasure.status, ec))
             return ec_doc
         obj = self.owner.db.get_object(cid)

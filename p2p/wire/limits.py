@@ -97,6 +97,9 @@ MAX_MANIFEST_BYTES: Final = 1 * MiB
 MAX_EC_MAP_BYTES: Final = 16 * KiB
 """One signed shard map of an erasure-coded object (shoal.p2p.replication.ec_map):
 32 shards with their CIDs and holders take ~3 KiB."""
+MAX_EC_OFFERS_BYTES: Final = 512 * KiB
+"""The shard offers an EC_MAP_PUSH carries (one signed offer per shard, each a
+manifest and up to 32 holder ids: ~2 KiB; 32 of them)."""
 MAX_AUDIT_CHALLENGES: Final = 1024
 """k per audit; DESIGN.md needs 688 to catch a 1 % loss, 1024 leaves room."""
 

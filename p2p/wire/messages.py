@@ -435,9 +435,11 @@ class EcMapPush(Message):
     TYPE: ClassVar[int] = 0x35
     ROLE: ClassVar[str] = "request"
     ec_map: bytes
+    offers: bytes = b""  # msgpack [offer bytes, ...]: each shard's owner-signed offer, for a deputy
 
     def _validate(self) -> None:
         _bytes("ec_map", self.ec_map, 1, L.MAX_EC_MAP_BYTES)
+        _bytes("offers", self.offers, 0, L.MAX_EC_OFFERS_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,3 +195,57 @@ def test_config_ec_is_checked_when_the_node_starts(tmp_path: Path) -> None:
     r = run_shoal(repo, "node", "start", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", timeout=60)
     assert_one_line_error(r)
     assert "[replication] ec" in r.err and "at most 32" in r.err, r.err
+
+
+@pytest.mark.timeout(240)
+def test_deputy_rebuilds_lost_shards_when_the_owner_is_gone(swarm: Swarm, tmp_path: Path) -> None:
+    # The owner, six holders, three spares: the owner and two holders die.
+    nodes = start_swarm(swarm, n=10)
+    owner = nodes[0]
+    src = tmp_path / "w.bin"
+    write_random(src, 2 * MiB + 4321, seed=21)
+    cid = put_ec(owner, src, "--ec-drop-local")["cid"]
+    doc = wait_shards_ok(owner, nodes, cid)
+    before = {s["index"]: s["holder"] for s in doc["shards"]}
+    assert owner.shoal("gc").code == 0
+    time.sleep(2)  # the map push (with the shard offers) follows the last agreement
+    for victim in (owner, by_id(nodes, before[2]), by_id(nodes, before[3])):
+        victim.kill()
+    survivors = [by_id(nodes, before[i]) for i in (0, 1, 4, 5)]
+
+    def deputy_view() -> dict[str, Any] | None:
+        alive = alive_ids(nodes)
+        for n in survivors:
+            resp = n.api("GET", f"/v1/status?cid={cid}")
+            if resp.status_code != 200:
+                continue
+            view: dict[str, Any] = resp.json()
+            good = [s for s in view.get("shards", []) if s["state"] == "ok" and s["holder"] in alive]
+            if view.get("role") == "deputy" and len(good) == 6:
+                view["node"] = n.name
+                return view
+        return None
+
+    t0 = time.monotonic()
+    view = wait_until(deputy_view, 120, "a deputy to restore six healthy shards",
+                      on_timeout=lambda: json.dumps([n.api("GET", f"/v1/status?cid={cid}").json()
+                                                     for n in survivors], indent=1)[:20000])
+    assert view["owner"] == owner.peer_id and view["shards_rebuilt"] == 2, view
+    after = {s["index"]: s["holder"] for s in view["shards"]}
+    assert len(set(after.values())) == 6 and {after[2], after[3]}.isdisjoint({before[2], before[3], owner.peer_id})
+    print(f"owner and two holders killed -> a deputy restored six shards after {time.monotonic() - t0:.1f}s")
+    reader = swarm.add("R", bootstrap=[survivors[0].addr], extra_args=["--audit-interval", "1"])
+    wait_until(lambda: {n.peer_id for n in survivors} <= reader.connected_ids(), 20, "the reader to connect")
+    out = tmp_path / "back.bin"
+    r = reader.shoal("get", cid, "-o", str(out), "--json", timeout=120)
+    assert r.code == 0, r.err
+    assert sha(out) == sha(src)
+
+    # The owner comes back: the deputy steps down and keeps only its own shard.
+    deputy = next(n for n in survivors if n.name == view["node"])
+    own = next(s["shard_cid"] for s in view["shards"] if s["holder"] == deputy.peer_id)
+    owner.start()
+    wait_until(lambda: deputy.api("GET", f"/v1/status?cid={cid}").status_code != 200, 60,
+               "the deputy to step down")
+    mine = status_api(deputy, own)
+    assert mine["role"] == "holder" and mine["holders"][0]["state"] == "ok", mine

@@ -57,7 +57,7 @@ def corpus(rng: random.Random) -> list[bytes]:
         LedgerSummaryRequest(7),
         LedgerSummary(7, (LedgerEntry("put", 12.5, 10**9), LedgerEntry("audit", 0.25, 4096))),
         NamePublish(10, rng.randbytes(3000)), NameAck(10, True),
-        EcMapGet(11, cid()), EcMapPush(12, rng.randbytes(3000)), EcMapReply(11, rng.randbytes(3000)),
+        EcMapGet(11, cid()), EcMapPush(12, rng.randbytes(3000), rng.randbytes(20000)), EcMapReply(11, rng.randbytes(3000)),
         EcMapReply(12, b""),
     ]
     assert {type(m) for m in msgs} == set(MESSAGE_TYPES.values())

@@ -90,7 +90,7 @@ MESSAGES: dict[type[Message], st.SearchStrategy] = {
     NamePublish: st.builds(NamePublish, req_ids, st.binary(min_size=1, max_size=2048)),
     NameAck: st.builds(NameAck, req_ids, st.booleans()),
     EcMapGet: st.builds(EcMapGet, req_ids, cids),
-    EcMapPush: st.builds(EcMapPush, req_ids, st.binary(min_size=1, max_size=2048)),
+    EcMapPush: st.builds(EcMapPush, req_ids, st.binary(min_size=1, max_size=2048), st.binary(max_size=2048)),
     EcMapReply: st.builds(EcMapReply, req_ids, st.binary(max_size=2048)),
 }
 any_message = st.one_of(*MESSAGES.values())
