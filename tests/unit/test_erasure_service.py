@@ -163,6 +163,9 @@ async def test_map_push_kept_only_from_its_owner_listing_us(repo: Repo) -> None:
     assert isinstance(r, EcMapReply)
     [got] = await ec.on_map_get(FakeConn(STRANGER.peer_id), EcMapGet(6, obj))  # type: ignore[arg-type]
     assert isinstance(got, EcMapReply) and got.ec_map == listed.encode()
+    # The map names who may audit our shard besides its owner: the object's shard holders.
+    assert ec.co_holders(str(listed.shard_cid(3))) == {HOLDER.peer_id.to_bytes()}
+    assert ec.co_holders(str(parse_cid("bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"))) == set()
     # An older map from the same owner does not replace the newer one.
     older = EcMap(**{**listed.__dict__, "sig": b""}).signed(100, OWNER.sign)
     [r] = await ec.on_map_push(FakeConn(OWNER.peer_id), EcMapPush(7, older.encode()))  # type: ignore[arg-type]
@@ -192,3 +195,32 @@ def test_owner_encoding_gives_pinned_shard_objects_that_rebuild_the_object(repo:
                 picked.append(cid)
         blocks, total = _reconstruct_object(other, root, picked, layout_id)
         assert blocks > 1 and b"".join(exporter.read_file(other.blockstore, root)) == data
+
+
+def test_pushed_offers_kept_only_if_the_owner_signed_them_for_the_maps_shards(repo: Repo, tmp_path: Path) -> None:
+    from shoal.p2p.replication.erasure import _checked_offers, _offer_list
+    from shoal.p2p.replication.signed import Offer
+    from shoal.store.proofs.commit_files import build_commitment
+    from shoal.store.proofs.manifest import Manifest
+
+    (tmp_path / "f.bin").write_bytes(random_bytes(50_000, 3))
+    root = repo.add(tmp_path / "f.bin", profile=SMALL).cid
+    layout_id, shards = _encode_shards(repo, root, 2, 1)
+    holders = (OWNER.peer_id.to_bytes(), HOLDER.peer_id.to_bytes(), STRANGER.peer_id.to_bytes())
+
+    def offer(shard: str, signer: Identity) -> bytes:
+        c = build_commitment(repo.blockstore, repo.path, parse_cid(shard))
+        m = Manifest(shard, c.length, "fixed", "p", c, OWNER.peer_id.to_bytes(), 1)
+        m = m.with_signature(OWNER.sign(m.signing_bytes()))
+        return Offer(m.encode(), 1, holders).with_owner_sig(5, signer.sign).encode()
+
+    ecmap = EcMap(bytes(root), 2, 1, layout_id, tuple(ShardEntry(bytes(parse_cid(c)), h)
+                                                      for (_, c, _), h in zip(shards, holders)),
+                  OWNER.peer_id.to_bytes()).signed(9, OWNER.sign)
+    good = [offer(c, OWNER) for _, c, _ in shards]
+    forged = offer(shards[0][1], STRANGER)  # holder list not signed by the owner
+    (tmp_path / "g.bin").write_bytes(random_bytes(9_000, 4))
+    other = offer(str(repo.add(tmp_path / "g.bin", profile=SMALL).cid), OWNER)  # not a shard of this map
+    packed = msgpack.packb(good + [forged, other, b"junk"], use_bin_type=True)
+    assert _offer_list(_checked_offers(packed, ecmap)) == good
+    assert _offer_list(b"\xc1") == [] and _checked_offers(b"", ecmap) == msgpack.packb([])
