@@ -263,6 +263,7 @@ class ErasureService:
         self._pushed: dict[str, set[str]] = {}  # object -> holders that took the current map
         self.rebuilt: dict[str, int] = {}  # object -> shards rebuilt from others since the node started
         self._watch: dict[str, OwnerWatch] = {}  # object -> its owner's reachability (deputy election)
+        self._handed_back: dict[str, EcMap] = {}  # object -> the map a deputy handed back on stepping down
 
     @property
     def node(self) -> "Node":
@@ -350,6 +351,9 @@ class ErasureService:
     async def _place(self, ec: EcRow, shards: list[EcShardRow]) -> None:
         rows = self._rows(shards)
         wanted = set(shards_to_place({i: [h.replica for h in r] for i, r in rows.items()}, ec.threshold))
+        if wanted and ec.deputy_for is None and await self._adopt(ec, shards, rows, wanted):
+            rows = self._rows(shards)
+            wanted = set(shards_to_place({i: [h.replica for h in r] for i, r in rows.items()}, ec.threshold))
         to_place = [s for s in shards if s.idx in wanted]
         if to_place:
             # Peers and repair tokens first: nothing is fetched or rebuilt for
@@ -370,6 +374,37 @@ class ErasureService:
         await self._publish_map(ec, shards, rows)
         if all(any(h.replica.state is State.OK for h in rows[s.idx]) for s in shards):
             await self._settle(ec, shards)
+
+    async def _adopt(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
+                     wanted: set[int]) -> bool:
+        """Back after a deputy acted for us: holders it placed for shards we
+        count as lost are taken back (a StoreRequest they answer as a refresh,
+        moving no data, since they hold the shard under our offer) instead of
+        rebuilding the shard once more. The deputy's map is only a hint: a
+        peer that does not hold the shard refuses, and audits check the rest."""
+        maps = [m for m in await self.find_maps(parse_cid(ec.cid)) if m.owner != self.owner.me.to_bytes()]
+        if ec.cid in self._handed_back:
+            maps.insert(0, self._handed_back[ec.cid])
+        connected = set(self.node.connected_peers())
+        adopted = False
+        for s in shards:
+            if s.idx not in wanted:
+                continue
+            known = {h.peer_id for h in rows[s.idx]}
+            for m in maps:
+                if s.idx >= len(m.shards) or m.shards[s.idx].cid != bytes(parse_cid(s.shard_cid)):
+                    continue
+                peer = m.holder(s.idx)
+                if peer is None or peer == self.owner.me or str(peer) in known or peer not in connected:
+                    continue
+                await self._run(self.db.set_holder, s.shard_cid, str(peer), Replica(State.PENDING),
+                                "placed by a deputy")
+                await self._store_shard(s, peer, "repair")
+                adopted = True
+                break
+        if adopted:
+            log.info("%s: took back shard holders a deputy placed", ec.cid)
+        return adopted
 
     async def _make_local(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
                           needed: list[EcShardRow]) -> None:
@@ -613,6 +648,16 @@ class ErasureService:
         sender = conn.remote_peer.to_bytes()
         if ecmap.owner != sender or not ecmap.verify():
             return [Error(rid, ErrorCode.REFUSED, "shard map is not signed by its sender")]
+        own = self.db.ec_object(str(ecmap.object_root))
+        if own is not None and own.deputy_for is None:
+            # Our own object: a deputy that stepped down hands back the map of
+            # what it placed. Only a holder our map names may; it is a hint
+            # for `_adopt`, kept in memory, never served to readers.
+            if own.map is None or sender not in {s.holder for s in EcMap.decode(own.map).shards}:
+                return [Error(rid, ErrorCode.REFUSED, "not a holder of this object")]
+            self._handed_back[str(ecmap.object_root)] = ecmap
+            self.owner.wake()
+            return [EcMapReply(rid, b"")]
         # Only a holder under agreement keeps a map: a peer cannot fill our index
         # with maps of objects we hold nothing of.
         mine = [ecmap.shard_cid(i) for i, s in enumerate(ecmap.shards) if s.holder == self.owner.me.to_bytes()]
@@ -727,6 +772,16 @@ class ErasureService:
                         await self._run(repo.pin_rm, parse_cid(s.shard_cid))
                     except NotPinned:
                         pass
+        if ec.map and ec.deputy_for:
+            # Hand our map back: the owner takes over the holders we placed
+            # instead of rebuilding their shards once more.
+            conn = await self.owner._reach(PeerId.from_string(ec.deputy_for))
+            if conn is not None:
+                data = ec.map
+                try:
+                    await conn.request(lambda rid: EcMapPush(rid, data), timeout=PUSH_TIMEOUT_S)
+                except RequestFailed as exc:
+                    log.info("%s: handing the map back to %s: %s", ec.cid, ec.deputy_for, exc)
         await self._run(self.db.drop_ec, ec.cid)
         log.info("%s: owner %s is back, stepping down as deputy", ec.cid, ec.deputy_for)
 

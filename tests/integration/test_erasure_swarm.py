@@ -249,3 +249,7 @@ def test_deputy_rebuilds_lost_shards_when_the_owner_is_gone(swarm: Swarm, tmp_pa
                "the deputy to step down")
     mine = status_api(deputy, own)
     assert mine["role"] == "holder" and mine["holders"][0]["state"] == "ok", mine
+    # The owner finds the holders the deputy placed and takes them back, rebuilding nothing.
+    back = wait_shards_ok(owner, nodes + [reader], cid, timeout=60)
+    assert {s["index"]: s["holder"] for s in back["shards"]} == after, back
+    assert back["shards_rebuilt"] == 0, back
