@@ -55,6 +55,7 @@ from shoal.store.dag.importer import import_file
 from shoal.store.erasure.codec import encode_object, reconstruct, rebuild
 from shoal.store.erasure.durability import HOURS_PER_YEAR, loss_probability, survivable_losses
 from shoal.store.erasure.shard import ShardReader
+from shoal.store.energy.ledger import EC_ENCODE, EC_REPAIR
 from shoal.store.errors import NotPinned, StoreError
 from shoal.store.ipld.cid import CID, cid_from_bytes, parse_cid
 from shoal.store.proofs.commitment import ShouldStop, check_stop
@@ -129,7 +130,7 @@ def _complete(store: Any, root: CID) -> bool:
 
 
 def _encode_shards(repo: Any, root: CID, k: int, m: int,
-                   should_stop: ShouldStop | None = None) -> tuple[bytes, list[tuple[int, str, int]]]:
+                   should_stop: ShouldStop | None = None) -> tuple[bytes, list[tuple[int, str, int]], int]:
     """Worker thread: encode the DAG under `root` into K + M shard files, import
     each as a UnixFS file (its CID) and pin it until it is placed."""
     store = repo.blockstore
@@ -137,7 +138,7 @@ def _encode_shards(repo: Any, root: CID, k: int, m: int,
         paths = [Path(tmp) / f"shard-{i}" for i in range(k + m)]
         files: list[BinaryIO] = [open(p, "wb") for p in paths]
         try:
-            _, infos = encode_object(root, store.get, store.size, files, k, m)
+            layout, infos = encode_object(root, store.get, store.size, files, k, m)
         finally:
             for f in files:
                 f.close()
@@ -152,7 +153,7 @@ def _encode_shards(repo: Any, root: CID, k: int, m: int,
                 store.flush()
             repo.pin_add(cid)
             out.append((info.index, str(cid), info.length))
-    return layout_id, out
+    return layout_id, out, layout.data_length
 
 
 def _shard_files(repo: Any, tmp: Path, shard_cids: list[CID]) -> list[BinaryIO]:
@@ -327,12 +328,13 @@ class ErasureService:
 
     async def _encode(self, ec: EcRow) -> list[EcShardRow]:
         root = parse_cid(ec.cid)
-        # Metered as part of the put (the ledger's kinds are fixed; encoding is put work).
-        async with measuring(self.node, "put") as op:
+        # The ledger's ec-encode row: J per GB of object (store/energy/model.py reads it).
+        async with measuring(self.node, EC_ENCODE) as op:
             async with self.node.store_guard.shared():
-                layout_id, infos = await self.owner.holder.run_heavy(
+                layout_id, infos, object_bytes = await self.owner.holder.run_heavy(
                     _encode_shards, self.node.repo, root, ec.k, ec.m)
-            op.bytes_hashed += sum(n for _, _, n in infos)
+            op.bytes_hashed += object_bytes
+            op.bytes_written += sum(n for _, _, n in infos)
         me = str(self.owner.me)
         for _, shard, _ in infos:
             if self.db.get_object(shard) is None:
@@ -429,8 +431,8 @@ class ErasureService:
         wanted = {s.idx for s in absent}
         sources: list[CID] = []
         fetched = 0
-        async with measuring(self.node, "repair") as op:
-            async with self.node.store_guard.shared():
+        async with self.node.store_guard.shared():
+            async with measuring(self.node, "repair") as op:  # the shards fetched: repair traffic
                 for s in shards:
                     if len(sources) == ec.k:
                         break
@@ -447,11 +449,16 @@ class ErasureService:
                             sources.append(cid)
                             fetched += s.length
                             break
-                if len(sources) < ec.k:
-                    raise P2PError(f"{ec.cid}: only {len(sources)} healthy shards reachable, need {ec.k}")
+                op.bytes_received += fetched
+            if len(sources) < ec.k:
+                raise P2PError(f"{ec.cid}: only {len(sources)} healthy shards reachable, need {ec.k}")
+            # The ledger's ec-repair row: CPU per shard byte read and written.
+            async with measuring(self.node, EC_REPAIR) as rop:
                 made = await self.owner.holder.run_heavy(
                     _rebuild_shards, self.node.repo, sources, [(s.idx, s.shard_cid) for s in absent], ec.layout_id)
-            op.bytes_hashed += fetched + sum(s.length for s in absent)
+                length = max(s.length for s in shards)
+                rop.bytes_hashed += (len(sources) + len(made)) * length
+                rop.bytes_written += len(made) * length
         self.rebuilt[ec.cid] = self.rebuilt.get(ec.cid, 0) + len(made)
         log.info("%s: rebuilt %d shard(s) from %d healthy ones", ec.cid, len(made), len(sources))
 

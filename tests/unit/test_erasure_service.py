@@ -177,11 +177,12 @@ def test_owner_encoding_gives_pinned_shard_objects_that_rebuild_the_object(repo:
     data = random_bytes(300_000, 18)
     (tmp_path / "f.bin").write_bytes(data)
     root = repo.add(tmp_path / "f.bin", profile=SMALL).cid
-    layout_id, shards = _encode_shards(repo, root, 4, 2)
+    layout_id, shards, object_bytes = _encode_shards(repo, root, 4, 2)
+    assert object_bytes >= len(data)  # the whole DAG: leaves and the nodes above them
     assert [i for i, _, _ in shards] == list(range(6)) and len({c for _, c, _ in shards}) == 6
     assert all(repo.index.is_pinned(c) for _, c, _ in shards)
     # The same bytes encode to the same shard CIDs (what lets a rebuilt shard keep its CID).
-    assert _encode_shards(repo, root, 4, 2) == (layout_id, shards)
+    assert _encode_shards(repo, root, 4, 2) == (layout_id, shards, object_bytes)
     # A second repo that has only shards 1, 2, 4, 5 rebuilds the object, block by block.
     with Repo.init(tmp_path / "other") as other:
         picked = []
@@ -205,7 +206,7 @@ def test_pushed_offers_kept_only_if_the_owner_signed_them_for_the_maps_shards(re
 
     (tmp_path / "f.bin").write_bytes(random_bytes(50_000, 3))
     root = repo.add(tmp_path / "f.bin", profile=SMALL).cid
-    layout_id, shards = _encode_shards(repo, root, 2, 1)
+    layout_id, shards, _ = _encode_shards(repo, root, 2, 1)
     holders = (OWNER.peer_id.to_bytes(), HOLDER.peer_id.to_bytes(), STRANGER.peer_id.to_bytes())
 
     def offer(shard: str, signer: Identity) -> bytes:
