@@ -144,6 +144,11 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
     after = {s["index"]: s["holder"] for s in doc["shards"]}
     assert doc["shards_healthy"] == 6 and doc["survives_losses"] == 2, doc
     assert doc["shards_rebuilt"] == 2, doc  # rebuilt from four healthy shards (codec.rebuild)
+    # The energy ledger has the encoding (object bytes) and the rebuild (4 read + 2 written shards).
+    ops = owner.api("GET", "/v1/energy").json()["node"]["operations"]
+    assert ops["ec-encode"]["bytes"] >= src.stat().st_size, ops
+    assert ops["ec-repair"]["bytes"] == 6 * doc["shards"][0]["length"], ops
+    assert ops["repair"]["bytes"] >= 4 * doc["shards"][0]["length"], ops  # the shards fetched for it
     assert {after[1], after[5]}.isdisjoint({v.peer_id for v in victims}), after
     assert len(set(after.values())) == 6 and owner.peer_id not in after.values(), after
     assert {i: after[i] for i in (0, 2, 3, 4)} == {i: before[i] for i in (0, 2, 3, 4)}  # untouched
