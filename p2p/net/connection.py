@@ -4,7 +4,10 @@ The trio driver around the sans-IO pieces (FrameDecoder, codec, messages):
 - a reader task turns decrypted bytes into messages and routes each one:
   responses go to the request that waits for them (matched by request id),
   requests go to the node's handler in their own task;
-- a send lock keeps frames whole when several tasks send at once;
+- a send lock keeps frames whole when several tasks send at once, and a
+  frame once started is written whole even if its sender is cancelled
+  (half a frame, or a Noise nonce spent on a frame never sent, makes the
+  peer hang up);
 - backpressure both ways: at most `max_inflight_out` of our requests are
   outstanding (callers wait for a slot), and at most `max_inflight_in` of the
   peer's requests are served at once (the next one gets ERROR busy);
@@ -26,7 +29,7 @@ from typing import Awaitable, Callable, Sequence
 import trio
 
 from shoal.p2p.wire import codec, limits as L
-from shoal.p2p.errors import DecoderBug, P2PError, RemoteProtocolError
+from shoal.p2p.errors import DecoderBug, DecryptError, P2PError, RemoteProtocolError
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame_parts
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import RESPONSES, AuditProof, Block, Error, ErrorCode, Message
@@ -142,6 +145,7 @@ class PeerConnection:
         self.remote_peer = remote_peer
         self._handler = handler
         self._send_lock = trio.Lock()
+        self._write_scope: trio.CancelScope | None = None  # the frame being written, if any
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._out_slots = trio.Semaphore(max_inflight_out)
@@ -179,11 +183,30 @@ class PeerConnection:
         async with self._send_lock:
             if self._closed.is_set():
                 raise trio.ClosedResourceError("connection closed")
-            with trio.move_on_after(self._stall_timeout) as stall:
-                if send_parts is not None:  # SecureStream: encrypts the parts without joining them
-                    await send_parts(parts)
-                else:
-                    await self.stream.send_all(b"".join(parts))
+            # A caller cancelled before the frame starts sends nothing (the
+            # lock may have been handed over while the cancel was pending).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            # Once started, the frame goes out whole whatever happens to the
+            # caller: a send cut short by the caller's cancellation (a fetch
+            # whose HTTP client left, a Ctrl-C'd `shoal get`) left half a
+            # frame on the wire, or Noise nonces used by frames never sent,
+            # and the peer hung up at the next frame ("failed
+            # authentication"): every other request on the connection failed
+            # with it, and the next fetch found no holder. Only the stall
+            # timeout or the connection's own teardown (`_abort_write`) ends
+            # the write early; either closes the connection.
+            with trio.CancelScope(shield=True) as write:
+                self._write_scope = write
+                try:
+                    with trio.move_on_after(self._stall_timeout) as stall:
+                        if send_parts is not None:  # SecureStream: encrypts the parts without joining them
+                            await send_parts(parts)
+                        else:
+                            await self.stream.send_all(b"".join(parts))
+                finally:
+                    self._write_scope = None
+            if write.cancelled_caught:
+                raise trio.ClosedResourceError("connection closed during a send")
             if stall.cancelled_caught:
                 # Part of a frame may be on the wire: the stream is unusable.
                 self.stalled = True
@@ -236,10 +259,18 @@ class PeerConnection:
                 # dying mid-frame would then take the whole node down.
                 try:
                     await self._read_loop(nursery)
-                except RemoteProtocolError as exc:
+                except (RemoteProtocolError, DecryptError) as exc:
+                    # (DecryptError: a frame that fails authentication, tampered
+                    # with or a peer's bug: worth a line, not a debug message)
                     log.info("closing connection to %s: %s", self.remote_peer, exc)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
                     log.debug("connection to %s ended: %s", self.remote_peer, exc)
+                finally:
+                    # Ended or cancelled (node shutdown): a reply being written
+                    # is shielded from the cancel below; stop it too, or the
+                    # nursery would wait for it up to the stall timeout.
+                    self._closed.set()
+                    self._abort_write()
                 nursery.cancel_scope.cancel()
         finally:
             self._closed.set()
@@ -275,7 +306,13 @@ class PeerConnection:
 
     async def aclose(self) -> None:
         self._closed.set()
+        self._abort_write()
         await trio.aclose_forcefully(self.stream)
+
+    def _abort_write(self) -> None:
+        """The connection is going away: end the frame being written (shielded in `send`)."""
+        if self._write_scope is not None:
+            self._write_scope.cancel()
 
     async def _dispatch(self, payload: bytes, nursery: trio.Nursery) -> None:
         try:

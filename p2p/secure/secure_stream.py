@@ -161,8 +161,12 @@ class SecureStream(trio.abc.Stream):
     hands them to the transport in one write; `receive_some` returns
     decrypted bytes, b"" at the remote's clean EOF. A frame that fails
     authentication raises DecryptError; the stream is then broken and later
-    calls raise `trio.BrokenResourceError`. As with every trio stream, two
-    tasks may not send (or receive) at once.
+    calls raise `trio.BrokenResourceError`. A send that does not complete
+    (cancelled, or the transport failed) may have spent nonces on frames
+    the peer never got, or sent part of one: later sends raise
+    `trio.BrokenResourceError` rather than write frames the peer cannot
+    authenticate. As with every trio stream, two tasks may not send (or
+    receive) at once.
     """
 
     def __init__(
@@ -178,6 +182,7 @@ class SecureStream(trio.abc.Stream):
         self._receiving = False
         self._closed = False
         self._broken = False
+        self._send_broken = False  # a send was cut short: the peer's nonce is not ours any more
 
     @property
     def remote_peer(self) -> PeerId:
@@ -203,7 +208,10 @@ class SecureStream(trio.abc.Stream):
         encryption, and all frames of the call go to the transport at once.
         """
         self._check(self._sending, "send_all")
+        if self._send_broken:
+            raise trio.BrokenResourceError("an earlier send on this secure stream was cut short")
         self._sending = True
+        complete = False
         try:
             wire: list[bytes] = []
             # SecureSession is annotated with bytes, but the AEAD underneath
@@ -235,11 +243,15 @@ class SecureStream(trio.abc.Stream):
                 ct = encrypt(b"".join(carry) if len(carry) > 1 else carry[0])
                 wire += (_LEN[len(ct)], ct)
             if not wire:
+                complete = True
                 await trio.lowlevel.checkpoint()
                 return
             await self.transport.send_all(b"".join(wire) if len(wire) > 2 else wire[0] + wire[1])
+            complete = True
         finally:
             self._sending = False
+            if not complete:
+                self._send_broken = True
 
     async def wait_send_all_might_not_block(self) -> None:
         self._check(self._sending, "send_all")
