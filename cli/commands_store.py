@@ -56,6 +56,8 @@ def register(sub: Any) -> None:
                    help="store the object erasure-coded instead: K data + M parity shards, each on a "
                         "distinct peer (needs a running node; K, M >= 1, K + M <= 32; "
                         "default: [replication] ec in config.toml, none)")
+    p.add_argument("--ec-threshold", type=positive_int, default=None, metavar="N",
+                   help="with --ec: repair once fewer than N shards are healthy (K..K+M; default K+1)")
     p.add_argument("--ec-drop-local", action="store_true",
                    help="with --ec: drop this node's whole copy once every shard has a holder")
     p.add_argument("--chunker", choices=CHUNKER_NAMES, default=DEFAULT_CHUNKER,
@@ -214,6 +216,8 @@ def cmd_put(args: argparse.Namespace) -> int:
             body["ec"] = args.ec
         if args.ec_drop_local:
             body["ec_drop_local"] = True
+        if args.ec_threshold is not None:
+            body["ec_threshold"] = args.ec_threshold
         doc = client.call("POST", "/v1/put", body)
         extra = {k: v for k, v in doc.items() if k not in ("cid", "size", "name")}
         return print_put_result(args, doc["cid"], doc["size"], doc["name"], extra)
@@ -228,16 +232,19 @@ def cmd_put(args: argparse.Namespace) -> int:
     profile = PROFILES[args.profile]
     needs_node = None
     if args.ec is not None:
-        from shoal.p2p.net.node_config import parse_ec_scheme
+        from shoal.p2p.net.node_config import parse_ec_scheme  # only then: every put pays its imports
 
         try:
-            parse_ec_scheme(args.ec)
+            k, m = parse_ec_scheme(args.ec)
         except ValueError as exc:
             raise CliError(f"--ec: {exc}") from None
         if args.replicas is not None and args.replicas > 1:
             raise CliError("choose --replicas or --ec, not both")
-    if args.ec_drop_local and args.ec is None:
-        raise CliError("--ec-drop-local needs --ec K+M")
+        if args.ec_threshold is not None and not k <= args.ec_threshold <= k + m:
+            raise CliError(f"--ec-threshold must be between K ({k}) and K + M ({k + m})")
+    elif args.ec_drop_local or args.ec_threshold is not None:
+        flag = "--ec-drop-local" if args.ec_drop_local else "--ec-threshold"
+        raise CliError(f"{flag} needs --ec K+M")
     if args.replicas is not None and args.replicas > 1:
         needs_node = CliError("--replicas needs a running node", hint="start one with `shoal node start`")
     if args.ec is not None:

@@ -164,13 +164,14 @@ def build_api(node: Node, token: str) -> ControlApi:
         replicas = param(p, "replicas", int, None)  # None: leave the placement as it is
         ec_text = param(p, "ec", str, None)  # "K+M": erasure-coded shards instead of replicas
         ec_drop_local = param(p, "ec_drop_local", bool, False)
+        ec_threshold = param(p, "ec_threshold", int, None)  # repair below this many healthy shards
         if ec_text is None and replicas is None:
             ec_text = node.options.extra.get("default_ec") or None
         ec = _ec_scheme(ec_text) if ec_text is not None else None
         if ec is not None and replicas is not None and replicas > 1:
             raise ApiError("choose --replicas or --ec, not both")
-        if ec_drop_local and ec is None:
-            raise ApiError("--ec-drop-local needs --ec K+M")
+        if (ec_drop_local or ec_threshold is not None) and ec is None:
+            raise ApiError("--ec-drop-local and --ec-threshold need --ec K+M")
         # ... of an object already placed; a new one gets the node's default
         # (`node start --replicas`, [replication] replicas in config.toml).
         default_replicas = int(node.options.extra.get("default_replicas") or 1)
@@ -191,7 +192,7 @@ def build_api(node: Node, token: str) -> ControlApi:
         if ec is not None:
             if placer is None:
                 raise ApiError("replication is not available on this node")
-            doc["placement"] = await placer.place_ec(result.cid, ec[0], ec[1], ec_drop_local)
+            doc["placement"] = await placer.place_ec(result.cid, ec[0], ec[1], ec_drop_local, ec_threshold)
             return doc
         if replicas is None and default_replicas > 1 and placer is not None and not placer.places(result.cid):
             replicas = default_replicas

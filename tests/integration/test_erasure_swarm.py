@@ -127,8 +127,9 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
     owner = nodes[0]
     src = tmp_path / "w.bin"
     write_random(src, 3 * MiB + 999, seed=19)
-    cid = put_ec(owner, src)["cid"]
+    cid = put_ec(owner, src, "--ec-threshold", "5")["cid"]  # the default (K + 1), given explicitly
     doc = wait_shards_ok(owner, nodes, cid)
+    assert doc["threshold"] == 5
     assert doc["local_copy"] is True  # no --ec-drop-local: the owner keeps its copy
     write_random(tmp_path / "r.bin", 100_000, seed=20)  # replicas stay the default scheme, shown as such
     plain = owner.json("put", str(tmp_path / "r.bin"), "--replicas", "2")["cid"]
@@ -181,6 +182,7 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
     (["--ec", "0+2"], "K >= 1"), (["--ec", "4+0"], "M >= 1"), (["--ec", "20+13"], "at most 32"),
     (["--ec", "four"], "K+M"), (["--ec", "4+2", "--replicas", "3"], "not both"),
     (["--ec-drop-local"], "needs --ec"), (["--ec", "4+2"], "needs a running node"),
+    (["--ec", "4+2", "--ec-threshold", "7"], "between K (4) and K + M (6)"), (["--ec-threshold", "5"], "needs --ec"),
 ])
 def test_put_ec_errors_are_one_line(tmp_path: Path, args: list[str], says: str) -> None:
     repo = tmp_path / "repo"
