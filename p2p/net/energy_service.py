@@ -69,7 +69,9 @@ def _ec_tables(repo: "Repo") -> tuple[dict[str, Layout], set[str]]:
     try:
         with repo.index.snapshot() as db:
             ec = {str(cid): Layout.ec(int(k), int(m), owner_copy=not bool(drop))
-                  for cid, k, m, drop in db.execute("SELECT cid, k, m, drop_local FROM repl_ec")}
+                  for cid, k, m, drop in db.execute(
+                      # A deputy's rows are the gone owner's objects, not this node's.
+                      "SELECT cid, k, m, drop_local FROM repl_ec WHERE deputy_for IS NULL")}
             shards = {str(s) for (s,) in db.execute("SELECT shard_cid FROM repl_ec_shards")}
     except sqlite3.OperationalError:
         return {}, set()  # no erasure-coding tables in this repo

@@ -13,11 +13,12 @@ from shoal.store.energy.model import Layout
 from shoal.store.persist.repo import Repo
 
 # As the replication service creates them (p2p/replication/agreements.py,
-# migration 4); IF NOT EXISTS since that migration may already have run.
+# migrations 4 and 5); IF NOT EXISTS since they may already have run.
 EC_TABLES = """
 CREATE TABLE IF NOT EXISTS repl_ec (
     cid TEXT PRIMARY KEY, k INTEGER NOT NULL, m INTEGER NOT NULL, threshold INTEGER NOT NULL,
-    drop_local INTEGER NOT NULL DEFAULT 0, layout_id BLOB, map BLOB, created REAL NOT NULL);
+    drop_local INTEGER NOT NULL DEFAULT 0, layout_id BLOB, map BLOB, created REAL NOT NULL,
+    deputy_for TEXT);
 CREATE TABLE IF NOT EXISTS repl_ec_shards (
     cid TEXT NOT NULL, idx INTEGER NOT NULL, shard_cid TEXT NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY (cid, idx)) WITHOUT ROWID
@@ -58,3 +59,20 @@ def test_an_erasure_coded_repo_is_reported_as_ec(tmp_path: Path) -> None:
         with repo.index.transaction() as db:
             db.execute("UPDATE repl_ec SET cid = ?", (str(obj.cid),))
         assert repo_scheme(repo)[3] == Layout.ec(8, 4, owner_copy=False)
+
+
+def test_objects_a_deputy_repairs_for_a_gone_owner_are_not_this_nodes_scheme(tmp_path: Path) -> None:
+    """A deputy keeps a `repl_ec` row for the object it repairs on behalf of
+    its gone owner; counted as its own, a node that put nothing with EC was
+    reported as an EC swarm."""
+    with Repo.init(tmp_path / "repo") as repo:
+        mine = repo.add(_file(tmp_path / "mine.bin", 300_000, 4))
+        with repo.index.transaction() as db:
+            for statement in EC_TABLES.split(";"):
+                db.execute(statement)
+            db.execute("INSERT INTO repl_ec (cid, k, m, threshold, drop_local, created, deputy_for) "
+                       "VALUES (?, 4, 2, 5, 0, 0, ?)", (str(mine.cid), "12D3KooWGoneOwner"))
+        assert repo_scheme(repo)[3] == Layout.replicas(1)
+        with repo.index.transaction() as db:
+            db.execute("UPDATE repl_ec SET deputy_for = NULL")
+        assert repo_scheme(repo)[3] == Layout.ec(4, 2)
