@@ -96,6 +96,7 @@ class DHTConfig:
     rate: float = 20.0  # requests per second one peer may send us, sustained
     burst: float = 100.0  # and in a burst
     ban_time: float = 600.0
+    idle_close: float = 60.0  # a connection the DHT dialled is closed after this long unused by it
     exempt_private: bool = True  # diversity limit off for loopback/LAN addresses
 
 
@@ -175,6 +176,7 @@ class DHTService:
         self._banned: dict[bytes, float] = {}
         self._dialing: dict[bytes, trio.Event] = {}
         self._identifying: WeakKeyDictionary[Libp2pConnection, trio.Event] = WeakKeyDictionary()
+        self._dialled: WeakKeyDictionary[Libp2pConnection, float] = WeakKeyDictionary()  # -> last use
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self.ready = trio.Event()
@@ -425,6 +427,7 @@ class DHTService:
                     last = exc  # the node's dial may fail *and* keep the connection (an IPFS peer)
                 conn = self._connection(peer)
                 if conn is not None:
+                    self._dialled[conn] = trio.current_time()
                     return conn
             raise P2PError(f"cannot dial {pid}: {last}")
         finally:
@@ -441,6 +444,8 @@ class DHTService:
         a malformed answer also drops the peer.
         """
         conn = await self.connect(peer.id, _text_addrs(peer.addrs))
+        if conn in self._dialled:
+            self._dialled[conn] = trio.current_time()
         with trio.fail_after(self.config.request_timeout):
             stream = await conn.open_stream(PROTOCOL_ID, timeout=self.config.request_timeout)
             try:
@@ -650,7 +655,16 @@ class DHTService:
             if now >= next_expire:
                 self.providers.expire(now)
                 next_expire = now + min(self.config.provider_expiry, 600.0) / 4
-            wake = min(next_expire, now + max(1.0, self.config.refresh_interval / 4))
+            for conn, used in list(self._dialled.items()):
+                if conn.closed:
+                    del self._dialled[conn]
+                elif now - used >= self.config.idle_close:
+                    # Ours, and idle: lookups touch many peers, and the connections
+                    # they open would otherwise pile up (go trims with its connmgr).
+                    del self._dialled[conn]
+                    nursery.start_soon(conn.aclose)
+            wake = min(next_expire, now + max(1.0, self.config.refresh_interval / 4),
+                       now + self.config.idle_close / 2)
             due = self.schedule.next_due()
             if due is not None:
                 wake = min(wake, due)

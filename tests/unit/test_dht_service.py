@@ -208,3 +208,23 @@ async def test_records_expire_unless_republished() -> None:
                 assert dht.providers.get(mh, trio.current_time()) == []
             assert await seeker.find_providers(mh) == []
             nursery.cancel_scope.cancel()
+
+
+async def test_connections_the_dht_dialled_are_closed_once_idle() -> None:
+    config = DHTConfig(request_timeout=3.0, slow_after=1.0, idle_close=0.5)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a, a_addr = await start(nursery, config=config)
+            b, _ = await start(nursery, config=config)
+            c, _ = await start(nursery, config=config)
+            await b.bootstrap([a_addr])
+            await c.bootstrap([a_addr])
+            await c.lookup_peers(c.local_id)  # c dials b, which it heard of from a
+            assert c._connection(b.local_id) is not None
+            with trio.fail_after(10):
+                while c._connection(b.local_id) is not None or c._connection(a.local_id) is not None:
+                    await trio.sleep(0.1)
+            # The table keeps them; the next request dials again.
+            assert b.local_id in c.table
+            assert await c.ping(b.local_id)
+            nursery.cancel_scope.cancel()
