@@ -37,6 +37,10 @@ size over the network) and writes one shard; a replica repair copies one
 whole object. The durability column is docs/DURABILITY.md's model (10 %
 annual failure probability, one-week repair).
 
+The same schemes end to end on real nodes (put --ec 4+2 vs --replicas 3,
+bytes on the wire, CPU of every node, joules, repair after a kill):
+bench/erasure_swarm.py, a sibling because it needs a process swarm.
+
 Usage:
     .venv/bin/python bench/erasure.py                   # 256 MiB, 3 repeats
     .venv/bin/python bench/erasure.py --size 64M --repeats 1
