@@ -109,7 +109,7 @@ def ledger_of(node: NodeProcess) -> dict[str, Any]:
     """This node's ledger totals by kind, read-only from its index (WAL: the node keeps writing)."""
     db = sqlite3.connect(f"file:{node.repo / 'index.sqlite'}?mode=ro", uri=True, timeout=10)
     try:
-        return ledger.summary(db)
+        return dict(ledger.summary(db))
     except sqlite3.OperationalError:  # no ledger table yet
         return {}
     finally:
