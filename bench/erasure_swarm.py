@@ -23,17 +23,18 @@ is deduplicated, no block is already anywhere), with the same `--size` file
    `shoal gc` on the owner (its shard copies from the encoding go; the
    object stays pinned) and the bytes stored across the swarm (every repo's
    blocks/ folder, file sizes).
-2. repair: two spare peers join (so EC has free peers for the lost shards:
+2. repair: spare peers join (so EC has a free peer for each lost shard:
    no peer ever holds two shards of an object), then the fewest holders
    whose loss starts a repair are killed with SIGKILL: one replica holder;
-   for EC two shard holders (shards 0 and K, a data and a parity one),
-   because an EC object is repaired lazily, once fewer than K + 1 shards
-   are healthy (the default threshold; one lost shard of 4+2 leaves 5 and
-   no repair starts, by design). Timed until status shows every shard /
-   replica ok on live peers again. The same counters over that span, also
-   per lost holder: an EC repair fetches K shards to the owner (its shard
-   copies went with the gc) and sends the rebuilt ones out; a replica
-   repair sends one whole copy.
+   for EC, with the bench's default `put --ec-threshold 6` (repair below
+   K + M healthy shards: eager), one shard holder (shard 0). With the
+   node's own default (`--ec-threshold 5`, K + 1: lazy, as Storj repairs)
+   one lost shard of 4+2 starts no repair, by design, so the bench kills
+   K + M - threshold + 1 shard holders (shards 0, K, ...: data and parity).
+   Timed until status shows every shard / replica ok on live peers again.
+   The same counters over that span, also per lost holder: an EC repair
+   fetches K shards to the owner (its shard copies went with the gc) and
+   sends the rebuilt ones out; a replica repair sends one whole copy.
 
 Ratios EC / replicas are paired per round, then the median of the rounds.
 
@@ -72,9 +73,6 @@ K, M = 4, 2
 REPLICAS = 3
 SCHEMES = ("ec", "replicas")
 FLUSH_WAIT_S = 6.5  # the energy service writes aggregated serve rows every 5 s
-# The node writes no ec-encode / ec-repair rows yet (store/energy/ledger.py names
-# them for the model): the encode's CPU shows in the node's CPU seconds, and a
-# rebuild is in the owner's "repair" row with the shards it fetched.
 PY = os.environ.get("SHOAL_BENCH_PYTHON") or sys.executable
 
 
@@ -247,8 +245,13 @@ def start_nodes(swarm: LocalSwarm, names: list[str], bootstrap: list[str]) -> li
     return nodes
 
 
+def ec_victims(threshold: int) -> int:
+    """Shard holders to kill so that fewer than `threshold` shards stay healthy."""
+    return K + M - threshold + 1
+
+
 def run_scheme(cl: Cleanup, work: Path, data: Path, scheme: str, peers: int, size: int,
-               round_no: int) -> dict[str, Any]:
+               round_no: int, threshold: int) -> dict[str, Any]:
     root = work / f"r{round_no}-{scheme}"
     swarm = LocalSwarm(root, ["--log-level", "WARNING", "--audit-interval", "1"], python=PY, cwd=PROJECT_ROOT)
     cl.on_close(swarm.close)
@@ -258,7 +261,8 @@ def run_scheme(cl: Cleanup, work: Path, data: Path, scheme: str, peers: int, siz
         for n in nodes:
             swarm.wait_connected(n, {o.peer_id for o in nodes if o is not n}, 30)
         budget = 120 + 2 * size / MIB  # bounded, generous for a shared 2-core machine
-        flags = ["--ec", f"{K}+{M}"] if scheme == "ec" else ["--replicas", str(REPLICAS)]
+        flags = (["--ec", f"{K}+{M}", "--ec-threshold", str(threshold)] if scheme == "ec"
+                 else ["--replicas", str(REPLICAS)])
         ids = {n.peer_id for n in nodes}
 
         span = Span(nodes)
@@ -281,15 +285,16 @@ def run_scheme(cl: Cleanup, work: Path, data: Path, scheme: str, peers: int, siz
         log(f"round {round_no} {scheme}: placed in {put['seconds']:.1f}s, owner sent "
             f"{human_bytes(put['owner_sent'])}, stored {human_bytes(put['stored_total'])}")
 
-        spares = start_nodes(swarm, ["spare1", "spare2"], [owner.addr])
+        kills = ec_victims(threshold)  # as many spares in both swarms, so they stay alike
+        spares = start_nodes(swarm, [f"spare{i + 1}" for i in range(kills)], [owner.addr])
         nodes += spares
         for n in nodes:
             swarm.wait_connected(n, {o.peer_id for o in nodes if o is not n}, 30)
         by_id.update({n.peer_id: n for n in spares})
-        # The fewest losses that start a repair: one replica; for EC, with the
-        # default lazy threshold (repair once fewer than K + 1 shards are
-        # healthy), two shards (a data and a parity one, as M = 2 allows).
-        victims = [by_id[holders[0]]] + ([by_id[holders[K]]] if scheme == "ec" else [])
+        # The fewest losses that start a repair: one replica; for EC enough
+        # shards to fall below the threshold (shard 0, then K, K + 1, ...).
+        victims = ([by_id[holders[i]] for i in [0, *range(K, K + M)][:kills]] if scheme == "ec"
+                   else [by_id[holders[0]]])
         lost = sum(stored_bytes(v) for v in victims)
         span = Span(nodes)
         for v in victims:
@@ -339,9 +344,11 @@ def field(run: dict[str, Any], phase: str, name: str) -> float:
     return float(p["energy"]["joules"] if name == "joules" else p[name])
 
 
-def run(size: int, repeats: int, peers: int, seed: int) -> dict[str, Any]:
+def run(size: int, repeats: int, peers: int, seed: int, threshold: int = K + M) -> dict[str, Any]:
     if peers < K + M:
         raise SystemExit(f"--peers must be at least {K + M} (one peer per shard of EC {K}+{M})")
+    if not K < threshold <= K + M:
+        raise SystemExit(f"--ec-threshold must be from {K + 1} to {K + M} (at K no loss is ever repaired)")
     runs: list[dict[str, Any]] = []
     with Cleanup() as cl:
         work = cl.tempdir("shoal-ecswarm-")
@@ -350,7 +357,7 @@ def run(size: int, repeats: int, peers: int, seed: int) -> dict[str, Any]:
         for r in range(repeats):
             order = SCHEMES if r % 2 == 0 else SCHEMES[::-1]
             for scheme in order:
-                runs.append(run_scheme(cl, work, data, scheme, peers, size, r))
+                runs.append(run_scheme(cl, work, data, scheme, peers, size, r, threshold))
     pairs = []
     for r in range(repeats):
         ec = next(x for x in runs if x["round"] == r and x["scheme"] == "ec")
@@ -365,6 +372,7 @@ def run(size: int, repeats: int, peers: int, seed: int) -> dict[str, Any]:
             for m, n in x[ph]["energy"]["methods"].items():
                 methods[m] = methods.get(m, 0) + n
     return {"machine": machine_info(), "size": size, "repeats": repeats, "peers": peers, "k": K, "m": M,
+            "ec_threshold": threshold, "ec_killed": ec_victims(threshold),
             "replicas": REPLICAS, "runs": runs, "paired_ratios": pairs, "median_ratios": ratios,
             "meters": methods}
 
@@ -380,7 +388,7 @@ def _fmt(label: str, v: float) -> str:
 def render(doc: dict[str, Any]) -> str:
     size = doc["size"]
     out = [machine_line(doc["machine"]),
-           f"object {human_bytes(size)}; owner + {doc['peers']} peers (+2 spares for the repair; it kills 1 replica holder, 2 EC shard holders), fresh swarm per "
+           f"object {human_bytes(size)}; owner + {doc['peers']} peers (+{doc['ec_killed']} spare(s) for the repair; it kills 1 replica holder, {doc['ec_killed']} EC shard holder(s): put --ec-threshold {doc['ec_threshold']}), fresh swarm per "
            f"scheme and round; EC {doc['k']}+{doc['m']} vs replicas {doc['replicas']}; {doc['repeats']} round(s); "
            f"meter: {', '.join(f'{m} ({n} rows)' for m, n in sorted(doc['meters'].items())) or 'no ledger rows'}", ""]
     rows = []
@@ -415,10 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=parse_size, default=256 * MIB)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peers", type=int, default=K + M, help="peers besides the owner (default 6)")
+    ap.add_argument("--ec-threshold", type=int, default=K + M,
+                    help=f"put --ec-threshold: repair below N healthy shards (default {K + M}: one lost shard "
+                         f"is repaired at once; {K + 1}, the node's default, waits for two)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    doc = run(args.size, args.repeats, args.peers, args.seed)
+    doc = run(args.size, args.repeats, args.peers, args.seed, args.ec_threshold)
     print(render(doc), flush=True)
     if args.json:
         write_json(args.json, doc)

@@ -52,21 +52,27 @@ def test_bench_at_a_tiny_size_is_internally_consistent(tmp_path: Path, capsys: p
     assert approx(ec["put"]["stored_total"], SIZE * ((k + m) / k + 1)), ec["put"]["stored"]
     assert approx(rp["put"]["stored_total"], SIZE * doc["replicas"]), rp["put"]["stored"]
 
-    # Repair: EC fetches K shards to the owner and sends the two rebuilt ones;
-    # a replica repair sends one copy and the owner fetches nothing.
+    # The encoding is in the ledger as such.
+    assert ec["put"]["energy"]["kinds"]["ec-encode"]["bytes_hashed"] >= SIZE, ec["put"]["energy"]["kinds"]
+
+    # Repair of one lost holder (the bench puts with --ec-threshold K+M): EC
+    # fetches K shards to the owner and sends the one rebuilt; a replica
+    # repair sends one copy and the owner fetches nothing.
     er, rr = ec["repair"], rp["repair"]
-    assert er["lost_holders"] == 2 and rr["lost_holders"] == 1
-    assert len(er["new_holders"]) == 2 and len(rr["new_holders"]) == 1
-    assert er["shards_rebuilt"] == 2
+    assert doc["ec_threshold"] == k + m and doc["ec_killed"] == 1
+    assert er["lost_holders"] == 1 and rr["lost_holders"] == 1
+    assert len(er["new_holders"]) == 1 and len(rr["new_holders"]) == 1
+    assert er["shards_rebuilt"] == 1
     shard = ec["put"]["stored_holders"] / (k + m)
     assert approx(er["owner_received"], k * shard, 0.1), er["traffic"]
-    assert approx(er["sent_total"], (k + 2) * shard, 0.1), er["traffic"]
+    assert approx(er["sent_total"], (k + 1) * shard, 0.1), er["traffic"]
+    assert "ec-repair" in er["energy"]["kinds"], er["energy"]["kinds"]
     assert approx(rr["sent_total"], SIZE, 0.1) and rr["owner_received"] == 0, rr["traffic"]
     # (the new holder may pull part of it from the surviving holder, not the owner)
     assert approx(rr["received_total"], SIZE, 0.1), rr["traffic"]
     new = rr["traffic"][rr["new_holders"][0]]["received"]
     assert approx(new, SIZE, 0.1), rr["traffic"]
-    assert er["sent_per_lost_holder"] == pytest.approx(er["sent_total"] / 2)
+    assert er["sent_per_lost_holder"] == pytest.approx(er["sent_total"])
     assert set(er["cpu_s"]).isdisjoint(er["victims"]) and "spare1" in er["cpu_s"]
 
     # The ratios are EC over replicas of the same round.
