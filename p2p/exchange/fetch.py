@@ -13,6 +13,10 @@
    like peers (shoal.p2p.exchange.gateway_client): the planner spreads
    blocks over peers and gateways alike, a gateway answering wrong bytes is
    dropped for the rest of the fetch and reported in the result.
+5. When no Shoal peer has the root, connected libp2p peers that speak
+   Bitswap (IPFS nodes: Helia, kubo) are holders instead (`BitswapPeer`):
+   each block is one Bitswap want, verified against its CID by the Bitswap
+   session and again by the store.
 """
 
 from __future__ import annotations
@@ -64,8 +68,18 @@ EVENT_BUFFER = 64
 # Raw leaves checked for presence per worker-thread hop in a fetch's local walk.
 LEAF_BATCH = 512
 
-Source = Union[PeerId, Gateway]
-"""A holder the planner spreads requests over: a connected peer or an HTTP gateway."""
+@dataclass(frozen=True)
+class BitswapPeer:
+    """A libp2p peer asked over Bitswap (an IPFS node), as a holder of the planner."""
+
+    peer: PeerId
+
+    def __str__(self) -> str:
+        return f"bitswap peer {self.peer}"
+
+
+Source = Union[PeerId, Gateway, BitswapPeer]
+"""A holder the planner spreads requests over: a connected peer, an HTTP gateway, a Bitswap peer."""
 _Event = tuple[str, Source, bytes, "bytes | None"]
 """(kind, holder, block key, data): what a request task reports to the loop."""
 
@@ -208,6 +222,7 @@ class PlannedFetch(abc.ABC):
         self._gateway_notes: dict[Gateway, str] = {}  # the last failure of each gateway, for the error
         self._gateway_client: GatewayClient | None = None
         self._max_inflight = max_inflight_per_peer
+        self.bitswap_holders: list[BitswapPeer] = []
 
     @abc.abstractmethod
     def _cid_for(self, key: bytes) -> CID:
@@ -222,10 +237,14 @@ class PlannedFetch(abc.ABC):
         and from `self.gateways`."""
         if holders is None:
             holders = await find_holders(self.node, root)
-        if not holders and not self.gateways:
+        if not holders:  # no Shoal peer has it: ask the IPFS nodes we are connected to
+            self.bitswap_holders = [BitswapPeer(p) for p in await self.node.bitswap_peers()]
+        if not holders and not self.gateways and not self.bitswap_holders:
             raise NoPeers(f"no connected peer has {root}")
         for peer in holders:
             self.planner.add_holder(peer)
+        for bitswap_peer in self.bitswap_holders:
+            self.planner.add_holder(bitswap_peer)
         for gateway in self.gateways:
             self.planner.add_holder(gateway)
         failure: Exception | None = None
@@ -297,6 +316,8 @@ class PlannedFetch(abc.ABC):
         """One WANT_BLOCK to `peer` (or GET to a gateway): what it came to, as an event for the loop."""
         if isinstance(peer, Gateway):
             return await self._ask_gateway(peer, key)
+        if isinstance(peer, BitswapPeer):
+            return await self._ask_bitswap(peer, key)
         conn = self.node.connection_to(peer)
         if conn is None:
             return ("gone", peer, key, None)
@@ -323,6 +344,20 @@ class PlannedFetch(abc.ABC):
             return ("lied", gateway, key, None)
         return ("timeout" if kind == "timeout" else "fail", gateway, key, None)
 
+    async def _ask_bitswap(self, holder: BitswapPeer, key: bytes) -> _Event:
+        """One block over Bitswap from `holder`: the session verifies it against
+        its CID (a forgery makes the peer "lied"); DONT_HAVE or silence is "fail"."""
+        service = self.node.bitswap
+        if service is None or not service.bitswap.has_peer(holder.peer):
+            return ("gone", holder, key, None)
+        result = await service.bitswap.fetch([key], [holder.peer])
+        data = result.blocks.get(key)
+        if data is not None:
+            return ("block", holder, key, data)
+        if holder.peer in result.bad_peers:
+            return ("lied", holder, key, None)
+        return ("fail", holder, key, None)
+
     def _drop_gateway(self, gateway: Gateway, why: str) -> None:
         if gateway.url not in self.gateways_dropped:
             log.warning("dropping %s for the rest of this fetch: %s", gateway, why)
@@ -335,12 +370,14 @@ class PlannedFetch(abc.ABC):
             return
         if kind in ("fail", "timeout"):
             self.planner.on_failure(peer, key, timed_out=kind == "timeout")
-            if kind == "timeout" and not isinstance(peer, Gateway):
+            if kind == "timeout" and isinstance(peer, PeerId):
                 self.node.peers.ensure(peer).reputation.timeouts += 1
             return
         if kind == "lied":
-            assert isinstance(peer, Gateway)
-            self._drop_gateway(peer, self._gateway_notes.get(peer, "it sent wrong bytes"))
+            if isinstance(peer, Gateway):
+                self._drop_gateway(peer, self._gateway_notes.get(peer, "it sent wrong bytes"))
+            else:
+                log.warning("%s sent a block that does not match %s", peer, self._cid_for(key))
             self.planner.on_block(peer, key, valid=False)
             return
         assert data is not None
@@ -352,6 +389,8 @@ class PlannedFetch(abc.ABC):
         if kind == "corrupt":
             if isinstance(peer, Gateway):
                 self._drop_gateway(peer, f"it sent bytes that do not match {cid}")
+            elif isinstance(peer, BitswapPeer):
+                log.warning("%s sent a block that does not match %s", peer, cid)
             else:
                 log.warning("peer %s sent a block that does not match %s", peer, cid)
                 self.node.peers.ensure(peer).reputation.corrupt += 1
@@ -362,7 +401,7 @@ class PlannedFetch(abc.ABC):
             raise self._store_error
         assert kind == "stored"
         self.planner.on_block(peer, key, valid=True)
-        if not isinstance(peer, Gateway):
+        if isinstance(peer, PeerId):
             self.node.peers.ensure(peer).reputation.delivered += 1
         self.result.fetched_blocks += 1
         self.result.fetched_bytes += len(data)
@@ -424,7 +463,8 @@ class _Fetch(PlannedFetch):
         await self._consider([self.root])
         if not self.planner.finished:
             try:
-                self.result.holders = len(await self._drive(self.root, holders)) + len(self.gateways)
+                self.result.holders = (len(await self._drive(self.root, holders)) + len(self.gateways)
+                                       + len(self.bitswap_holders))
             finally:
                 self.result.gateways_dropped = dict(self.gateways_dropped)
         # Success is a claim about the store, not about the walk: check it.

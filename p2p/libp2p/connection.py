@@ -199,6 +199,13 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
+    def grow_window(self, window: int) -> None:
+        """Let the peer have up to `window` bytes in flight on this stream (see
+        `YamuxSession.grow_window`): for a stream that is always read."""
+        if not self.conn.closed and not self._reset:
+            self.conn.session.grow_window(self.stream_id, window)
+            self.conn.wake_writer()
+
     async def wait_send_all_might_not_block(self) -> None:
         while self.conn.session.send_window(self.stream_id) == 0 and not (
                 self._reset or self.conn.closed or self._sent_eof or self._closed):

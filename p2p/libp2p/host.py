@@ -4,8 +4,9 @@ The registry `handlers` (protocol id -> coroutine taking a `YamuxStream`)
 is shared by all connections, so a service can add its protocol at any time.
 Every connection runs in the host's nursery; `serve` reports its listening
 addresses through `task_status.started()`.
-This is the piece the node will adopt in one step; today it stands beside
-`shoal.p2p.net` and is used by the tests and `shoal.p2p.libp2p.tool`.
+The node (`shoal.p2p.net.node`) runs every connection through a host: it
+accepts and upgrades sockets itself (admission decides first) and hands
+them to `run_connection`; `serve` and `dial` are the standalone paths.
 """
 
 from __future__ import annotations
@@ -116,6 +117,16 @@ class Libp2pHost:
                 log.debug("inbound upgrade failed: %s", exc)
                 return
             await self._run(conn)
+
+    async def run_connection(self, conn: Libp2pConnection,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve an upgraded connection (ours or a caller's) until it ends, tracked in `connections`.
+
+        For a caller that upgrades connections itself (the node: admission
+        decides before a connection runs), so every connection the host
+        serves gets the same handlers, identify and `on_connection`.
+        """
+        await self._run(conn, task_status)
 
     async def _run(self, conn: Libp2pConnection,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

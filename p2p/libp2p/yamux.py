@@ -147,12 +147,13 @@ Event = Union[StreamOpened, StreamData, StreamEnded, StreamReset, WindowIncrease
 
 
 class _Stream:
-    __slots__ = ("send_window", "recv_window", "unacked", "local_open", "remote_open",
+    __slots__ = ("send_window", "recv_window", "window", "unacked", "local_open", "remote_open",
                  "inbound", "need_ack")
 
-    def __init__(self, inbound: bool) -> None:
+    def __init__(self, inbound: bool, window: int = DEFAULT_WINDOW) -> None:
         self.send_window = DEFAULT_WINDOW
         self.recv_window = DEFAULT_WINDOW  # what the peer may still send us
+        self.window = window  # the receive window we keep granting (session's, or grown)
         self.unacked = 0  # consumed by the application, not yet granted back
         self.local_open = True  # we have not sent FIN
         self.remote_open = True  # the peer has not sent FIN
@@ -219,7 +220,7 @@ class YamuxSession:
             raise LocalProtocolError("stream ids exhausted")
         sid = self._next_id
         self._next_id += 2
-        st = self._streams[sid] = _Stream(inbound=False)
+        st = self._streams[sid] = _Stream(inbound=False, window=self.receive_window)
         # The SYN carries the growth of our receive window beyond the spec's 256 KiB.
         extra = self.receive_window - DEFAULT_WINDOW
         st.recv_window += extra
@@ -284,11 +285,31 @@ class YamuxSession:
         if st is None or self.failed:
             return
         st.unacked += n
-        if st.remote_open and st.unacked >= self.receive_window // 2:
+        if st.remote_open and st.unacked >= st.window // 2:
             self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, self._flags(st),
                                               stream_id, st.unacked))
             st.recv_window += st.unacked
             st.unacked = 0
+
+    def grow_window(self, stream_id: int, window: int) -> None:
+        """Keep granting `window` bytes (at most 16 MiB) on this one stream from now on.
+
+        For a stream the application always reads (a long-lived protocol
+        stream that carries bulk data): the rest of the session keeps its
+        window, so many idle streams cannot pin many large buffers. The
+        growth is granted at once with a WindowUpdate; a smaller `window`
+        than the stream has is ignored (windows never shrink).
+        """
+        if not DEFAULT_WINDOW <= window <= MAX_RECEIVE_WINDOW:
+            raise LocalProtocolError("receive window must be 256 KiB .. 16 MiB")
+        st = self._streams.get(stream_id)
+        if st is None or self.failed or window <= st.window:
+            return
+        extra = window - st.window
+        st.window = window
+        if st.remote_open:
+            st.recv_window += extra
+            self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, self._flags(st), stream_id, extra))
 
     def ping(self) -> int:
         """Queue a ping; `PingAnswered(opaque)` arrives with the answer."""
@@ -426,7 +447,7 @@ class YamuxSession:
         if self.local_go_away or self._inbound_count >= self.max_inbound_streams:
             self._outbox.append(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, sid, 0))
             return None
-        st = _Stream(inbound=True)
+        st = _Stream(inbound=True, window=self.receive_window)
         self._streams[sid] = st
         self._inbound_count += 1
         # Accept at once: a window update carrying ACK (and any window growth).

@@ -51,7 +51,13 @@ from shoal.p2p.net.reputation_store import ReputationStore
 from shoal.p2p.net.hooks import (
     EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, ServeObserver,
 )
-from shoal.p2p.secure.secure_stream import secure_accept, secure_dial
+from shoal.p2p.bitswap.driver import Bitswap
+from shoal.p2p.bitswap.repo_source import RepoSource
+from shoal.p2p.bitswap.service import BitswapService
+from shoal.p2p.libp2p.connection import (
+    Libp2pConnection, NegotiationFailed, YamuxStream, upgrade_inbound, upgrade_outbound,
+)
+from shoal.p2p.libp2p.host import Libp2pHost
 
 log = logging.getLogger("shoal.node")
 
@@ -65,6 +71,53 @@ handshake timeout, so without a cap they would pile up round after round."""
 PROTECTED_REFRESH_S = 30.0
 """How often `protection_sources` (e.g. the peers holding our replicas, read
 from the index in a worker thread) are read again."""
+
+SHOAL_PROTOCOL = "/shoal/1.0.0"
+"""The yamux stream that carries Shoal's own messages (docs/PROTOCOL.md §3):
+one per connection, opened by the dialer right after the upgrade."""
+
+SHOAL_STREAM_WINDOW = 16 * 1024 * 1024
+"""Receive window of the /shoal stream. Blocks of up to 1 MiB flow on it, many
+requests at once: with yamux's 256 KiB default the sender would stop every
+quarter block for a window update. Only this stream (one per connection,
+always read) gets it; every other stream keeps the session's window."""
+
+
+class Libp2pOnlyPeer(P2PError):
+    """The peer speaks libp2p (identify, ping, Bitswap) but not Shoal's protocol: an IPFS node."""
+
+    hint = "it can still serve blocks over Bitswap (shoal get asks it when no Shoal peer has the root)"
+
+
+class _Inbound:
+    """An inbound connection's admission slot (shoal.p2p.net.admission).
+
+    Every inbound libp2p connection holds one from the moment it is
+    authenticated, whether or not the peer ever opens the /shoal stream: an
+    IPFS node that only speaks Bitswap takes a slot and counts for its IP
+    like any Shoal peer. Activity and usefulness come from its Shoal
+    connection once there is one.
+    """
+
+    def __init__(self, conn: Libp2pConnection) -> None:
+        self.conn = conn
+        self.shoal: PeerConnection | None = None
+        self.opened_at = trio.current_time()
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self.conn.remote_peer
+
+    @property
+    def last_activity(self) -> float:
+        return self.shoal.last_activity if self.shoal is not None else self.opened_at
+
+    @property
+    def answers(self) -> int:
+        return self.shoal.answers if self.shoal is not None else 0
+
+    async def aclose(self) -> None:
+        await self.conn.aclose()
 
 
 
@@ -89,7 +142,14 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.admission = Admission(options.limits.admission)
         self._handshake_scopes: dict[object, trio.CancelScope] = {}
-        self._inbound_conns: set[PeerConnection] = set()
+        self._inbound_conns: set[_Inbound] = set()
+        # The libp2p layer (created when the node runs): every connection is a
+        # libp2p connection; Shoal's messages ride one /shoal stream of it.
+        self.host: Libp2pHost | None = None
+        self.bitswap: BitswapService | None = None
+        self._libp2p_slots: dict[Libp2pConnection, _Inbound | None] = {}
+        self._shoal_streams: set[Libp2pConnection] = set()  # connections whose /shoal stream is taken
+        self.libp2p_only: dict[PeerId, Libp2pConnection] = {}  # peers without /shoal (IPFS nodes)
         # Peers that keep a slot when strangers crowd in (see is_protected).
         self.protected_peers: set[PeerId] = {a.peer_id for a in options.bootstrap if a.peer_id is not None}
         self.protection_checks: list[Callable[[PeerId], bool]] = []
@@ -198,6 +258,11 @@ class Node:
             self._nursery = nursery
             await nursery.start(self.loop_probe.run)
             self.started_at = time.time()
+            self.host = Libp2pHost(self.identity, nursery, swarm_key=self.options.swarm_key,
+                                   handshake_timeout=L.HANDSHAKE_TIMEOUT_S)
+            self.host.listen_addrs = self.listen_addrs  # identify reports what we listen on
+            self.host.handlers[SHOAL_PROTOCOL] = self._shoal_stream
+            self.bitswap = BitswapService(self.host, Bitswap(RepoSource(self.repo)))
             for addr in self.options.listen:
                 listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
                 for listener in listeners:
@@ -334,25 +399,34 @@ class Node:
             scope = self._handshake_scopes.pop(victim, None)
             if scope is not None:
                 scope.cancel()
+        assert self.host is not None
         try:
-            secure = None
+            conn = None
             with trio.CancelScope() as scope:
                 self._handshake_scopes[key] = scope
                 try:
-                    secure = await secure_accept(stream, self.identity, timeout=L.HANDSHAKE_TIMEOUT_S,
-                                                 swarm_key=self.options.swarm_key)
-                except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    # The whole libp2p upgrade ([pnet], mss /noise, Noise XX, mss
+                    # /yamux/1.0.0) is the handshake: one timeout, one admission slot.
+                    conn = await upgrade_inbound(stream, self.identity, self.host.handlers,
+                                                 swarm_key=self.options.swarm_key,
+                                                 timeout=L.HANDSHAKE_TIMEOUT_S)
+                except (P2PError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                        OSError) as exc:
                     log.debug("inbound handshake failed: %s", exc)
             self._handshake_scopes.pop(key, None)
             self.admission.end_handshake(key)
-            if secure is None:
+            if conn is None:
                 await trio.aclose_forcefully(stream)  # dropped for a newer one, or failed
                 return
-            if not self.admits(secure.remote_peer):
-                log.info("refused %s: not on the allowlist", secure.remote_peer)
-                await trio.aclose_forcefully(secure)
+            if not self.admits(conn.remote_peer):
+                log.info("refused %s: not on the allowlist", conn.remote_peer)
+                await trio.aclose_forcefully(conn.secure)
                 return
-            await self._run_connection(secure, secure.remote_peer, ready=None, inbound_ip=ip)
+            slot = _Inbound(conn)
+            if not self._admit(slot, ip):
+                await trio.aclose_forcefully(conn.secure)
+                return
+            await self._serve_libp2p(conn, slot)
         except Exception:
             # Whatever a stranger's bytes trigger, only this connection may
             # die: this task runs in the node's nursery, so an escape here
@@ -405,7 +479,7 @@ class Node:
             self._sourced_protected = frozenset(found)
             await trio.sleep(PROTECTED_REFRESH_S)
 
-    def _admit(self, conn: PeerConnection, ip: str) -> bool:
+    def _admit(self, conn: _Inbound, ip: str) -> bool:
         """Give an authenticated inbound connection a slot, evicting if need be."""
         now = trio.current_time()
         protected: dict[object, bool] = {}
@@ -421,7 +495,7 @@ class Node:
             return False
         assert self._nursery is not None
         for victim in decision.evict:
-            assert isinstance(victim, PeerConnection)
+            assert isinstance(victim, _Inbound)
             log.info("evicting idle connection from %s to make room for %s", victim.remote_peer, conn.remote_peer)
             self._inbound_conns.discard(victim)
             self._nursery.start_soon(victim.aclose)
@@ -442,29 +516,54 @@ class Node:
                 raise P2PError("refusing to dial ourselves")
             if not self.admits(addr.peer_id):
                 raise P2PError(f"not dialling {addr.peer_id}: not on the allowlist")
+            only = self.libp2p_only.get(addr.peer_id)
+            if only is not None and not only.closed:
+                raise Libp2pOnlyPeer(f"{addr.peer_id} is connected, but speaks no {SHOAL_PROTOCOL}")
+        assert self.host is not None and self._nursery is not None
         with trio.fail_after(DIAL_TIMEOUT_S + L.HANDSHAKE_TIMEOUT_S):
             try:
-                stream = await trio.open_tcp_stream(addr.host, addr.port)
+                tcp = await trio.open_tcp_stream(addr.host, addr.port)
             except OSError as exc:
                 raise P2PError(f"cannot reach {addr}: {exc.strerror or exc}") from None
-            secure = await secure_dial(stream, self.identity, addr.peer_id, timeout=L.HANDSHAKE_TIMEOUT_S,
-                                       swarm_key=self.options.swarm_key)
-        if secure.remote_peer == self.peer_id:
-            await secure.aclose()
+            conn = await upgrade_outbound(tcp, self.identity, self.host.handlers, expected_peer=addr.peer_id,
+                                          swarm_key=self.options.swarm_key, timeout=L.HANDSHAKE_TIMEOUT_S)
+        peer = conn.remote_peer
+        if peer == self.peer_id:
+            await trio.aclose_forcefully(conn.secure)
             raise P2PError("dialled ourselves")
-        if not self.admits(secure.remote_peer):
-            await trio.aclose_forcefully(secure)
-            raise P2PError(f"{addr} is {secure.remote_peer}, which is not on the allowlist")
+        if not self.admits(peer):
+            await trio.aclose_forcefully(conn.secure)
+            raise P2PError(f"{addr} is {peer}, which is not on the allowlist")
+        await self._nursery.start(self._serve_libp2p, conn, None)
+        try:
+            with trio.fail_after(L.HANDSHAKE_TIMEOUT_S):
+                stream = await conn.open_stream(SHOAL_PROTOCOL)
+        except NegotiationFailed:
+            # An IPFS node (Helia, kubo): keep the connection for Bitswap.
+            self.libp2p_only[peer] = conn
+            assert self.bitswap is not None
+            try:
+                await self.bitswap.connect(conn)
+            except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.info("%s: no Bitswap either (%s)", addr, exc)
+                await conn.aclose()
+            self._notify()
+            raise Libp2pOnlyPeer(f"{addr} speaks libp2p but not {SHOAL_PROTOCOL}: "
+                                 "connected for Bitswap only") from None
+        except (P2PError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await conn.aclose()
+            raise P2PError(f"{addr}: cannot open the {SHOAL_PROTOCOL} stream: {exc}") from None
+        stream.grow_window(SHOAL_STREAM_WINDOW)
+        self._shoal_streams.add(conn)
         send, receive = trio.open_memory_channel[PeerConnection](1)
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_connection, secure, secure.remote_peer, send)
+        self._nursery.start_soon(partial(self._run_connection, stream, peer, send, libp2p=conn))
         async with receive:
             try:
-                conn = await receive.receive()
+                shoal = await receive.receive()
             except trio.EndOfChannel:
                 raise P2PError(f"{addr} closed the connection during hello") from None
-        self.peers.learn(conn.remote_peer, [addr])
-        return conn
+        self.peers.learn(shoal.remote_peer, [addr])
+        return shoal
 
     def _start_dial(self, addr: Multiaddr) -> bool:
         """Dial in the background unless that peer is already being dialled."""
@@ -479,6 +578,8 @@ class Node:
     async def _dial_quietly(self, addr: Multiaddr) -> None:
         try:
             await self.connect(addr)
+        except Libp2pOnlyPeer as exc:
+            log.info("dial %s: %s", addr, exc)  # not a failure: no backoff
         except (P2PError, trio.TooSlowError, OSError) as exc:
             log.info("dial %s failed: %s", addr, exc)
             if addr.peer_id is not None:
@@ -487,21 +588,65 @@ class Node:
             if addr.peer_id is not None:
                 self._dialing.discard(addr.peer_id)
 
+    async def _serve_libp2p(self, conn: Libp2pConnection, slot: _Inbound | None, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run one libp2p connection until it ends (its streams: /shoal, Bitswap, identify, ping)."""
+        assert self.host is not None
+        self._libp2p_slots[conn] = slot
+        try:
+            await self.host.run_connection(conn, task_status=task_status)
+        finally:
+            del self._libp2p_slots[conn]
+            self._shoal_streams.discard(conn)
+            if self.libp2p_only.get(conn.remote_peer) is conn:
+                del self.libp2p_only[conn.remote_peer]
+            if slot is not None:
+                self._inbound_conns.discard(slot)
+                self.admission.forget(slot)
+            self._notify()
+
+    async def _shoal_stream(self, stream: YamuxStream) -> None:
+        """The dialer opened /shoal/1.0.0: Shoal's messages run on it for the connection's life."""
+        conn = stream.conn
+        if conn in self._shoal_streams or conn not in self._libp2p_slots:
+            stream.reset()  # one Shoal stream per connection
+            return
+        self._shoal_streams.add(conn)
+        stream.grow_window(SHOAL_STREAM_WINDOW)
+        await self._run_connection(stream, conn.remote_peer, ready=None, libp2p=conn,
+                                   slot=self._libp2p_slots.get(conn))
+
     async def _run_connection(
         self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None",
-        inbound_ip: str | None = None,
+        *, libp2p: Libp2pConnection | None = None, slot: _Inbound | None = None,
+    ) -> None:
+        """Shoal's protocol on `stream` (the /shoal stream of `libp2p`, which ends with it)."""
+        try:
+            await self._run_peer_connection(stream, peer, ready, slot)
+        finally:
+            if libp2p is not None:
+                # The Shoal connection is over (closed, evicted, stalled, malformed):
+                # so is the libp2p connection under it, as when it was one socket.
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await libp2p.aclose()
+
+    async def _run_peer_connection(
+        self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None",
+        slot: _Inbound | None,
     ) -> None:
         conns = self.connections.setdefault(peer, [])
         limits = self.options.limits
         conn = PeerConnection(stream, peer, self._handle_request, send_budget=limits.send_budget_bytes,
                               stall_timeout=limits.send_stall_timeout_s)
-        if len(conns) >= L.MAX_CONNECTIONS_PER_PEER or (inbound_ip is not None and not self._admit(conn, inbound_ip)):
+        if len(conns) >= L.MAX_CONNECTIONS_PER_PEER:
             if not conns:
                 self.connections.pop(peer, None)
             await trio.aclose_forcefully(stream)
             if ready is not None:
                 await ready.aclose()
             return
+        if slot is not None:
+            slot.shoal = conn
         conns.append(conn)
         try:
             async with trio.open_nursery() as nursery:
@@ -524,9 +669,6 @@ class Node:
         finally:
             if ready is not None:
                 await ready.aclose()
-            if inbound_ip is not None:
-                self._inbound_conns.discard(conn)
-                self.admission.forget(conn)
             if conn.stalled:
                 self.stalled_connections += 1
             conns.remove(conn)
@@ -576,6 +718,26 @@ class Node:
             if not conn.closed and conn.remote_hello is not None:
                 return conn
         return None
+
+    async def bitswap_peers(self, timeout: float = 5.0) -> list[PeerId]:
+        """Connected peers to fetch from over Bitswap: the libp2p-only ones (IPFS nodes).
+
+        Bitswap is started on each such connection that does not run it yet
+        (an IPFS node that dialled us may not have opened a Bitswap stream).
+        """
+        if self.bitswap is None:
+            return []
+        service = self.bitswap
+        for conn in list(self._libp2p_slots):
+            if conn.closed or conn in self._shoal_streams or service.bitswap.has_peer(conn.remote_peer):
+                continue
+            with trio.move_on_after(timeout):
+                try:
+                    await service.connect(conn)
+                except (P2PError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    log.debug("no Bitswap with %s: %s", conn.remote_peer, exc)
+        shoal = set(self.connected_peers())
+        return [p for p in service.bitswap.peers() if isinstance(p, PeerId) and p not in shoal]
 
     def connected_peers(self) -> list[PeerId]:
         return [p for p in list(self.connections) if self.connection_to(p) is not None]
