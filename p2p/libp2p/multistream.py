@@ -103,6 +103,9 @@ def encode_message(text: str) -> bytes:
     return _uvarint(len(body)) + body
 
 
+_HEADER_MESSAGE: Final = bytes([len(HEADER) + 1]) + HEADER.encode() + b"\n"
+
+
 class _Reader:
     """Splits bounded, newline-terminated messages off a byte buffer."""
 
@@ -154,6 +157,18 @@ class _Reader:
             raise RemoteProtocolError("multistream message holds a newline")
         return text
 
+    def check_header_prefix(self) -> None:
+        """Refuse at the first byte that cannot begin the header message.
+
+        Every negotiation starts with exactly `/multistream/1.0.0`, so a
+        wrong byte is wrong at once: noise from a peer without the swarm
+        key (or any other protocol) is refused on its first bytes instead
+        of after waiting for a length prefix that may claim 1 KiB.
+        """
+        n = min(len(self._buf), len(_HEADER_MESSAGE))
+        if self._buf[:n] != _HEADER_MESSAGE[:n]:
+            raise RemoteProtocolError(f"not multistream-select 1.0: {bytes(self._buf[:16])!r}")
+
     def take_rest(self) -> bytes:
         rest = bytes(self._buf)
         self._buf.clear()
@@ -183,6 +198,8 @@ class Dialer:
         if self._result is not None:
             raise LocalProtocolError("negotiation already finished")
         self._reader.feed(data)
+        if not self._header_seen:
+            self._reader.check_header_prefix()
         while (message := self._reader.next_message()) is not None:
             if not self._header_seen:
                 if message != HEADER:
@@ -205,7 +222,13 @@ class Dialer:
 
 
 class Listener:
-    """The answering side: echoes the first proposal it supports."""
+    """The answering side: echoes the first proposal it supports.
+
+    It says nothing before the dialer's header has arrived whole and right
+    (the dialer sends its header and first proposal without waiting, as
+    js-libp2p and go-multistream do): a prober that does not speak
+    multistream-select, or has no swarm key, gets not one byte back.
+    """
 
     def __init__(self, supported: Collection[str], *, allow_ls: bool = True) -> None:
         self._supported = frozenset(check_protocol_id(p) for p in supported)
@@ -213,7 +236,7 @@ class Listener:
         self._reader = _Reader()
         self._header_seen = False
         self._requests = 0
-        self._outbox = bytearray(encode_message(HEADER))
+        self._outbox = bytearray()  # our header goes out once theirs has arrived
         self._result: Selected | None = None
 
     @staticmethod
@@ -231,11 +254,14 @@ class Listener:
         if self._result is not None:
             raise LocalProtocolError("negotiation already finished")
         self._reader.feed(data)
+        if not self._header_seen:
+            self._reader.check_header_prefix()
         while (message := self._reader.next_message()) is not None:
             if not self._header_seen:
                 if message != HEADER:
                     raise RemoteProtocolError(f"not multistream-select 1.0: {message[:64]!r}")
                 self._header_seen = True
+                self._outbox += encode_message(HEADER)
                 continue
             self._requests += 1
             if self._requests > MAX_PROPOSALS:

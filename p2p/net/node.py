@@ -519,12 +519,14 @@ class Node:
             only = self.libp2p_only.get(addr.peer_id)
             if only is not None and not only.closed:
                 raise Libp2pOnlyPeer(f"{addr.peer_id} is connected, but speaks no {SHOAL_PROTOCOL}")
-        assert self.host is not None and self._nursery is not None
         with trio.fail_after(DIAL_TIMEOUT_S + L.HANDSHAKE_TIMEOUT_S):
             try:
                 tcp = await trio.open_tcp_stream(addr.host, addr.port)
             except OSError as exc:
                 raise P2PError(f"cannot reach {addr}: {exc.strerror or exc}") from None
+            if self.host is None or self._nursery is None:
+                await trio.aclose_forcefully(tcp)
+                raise P2PError("the node is not running")
             conn = await upgrade_outbound(tcp, self.identity, self.host.handlers, expected_peer=addr.peer_id,
                                           swarm_key=self.options.swarm_key, timeout=L.HANDSHAKE_TIMEOUT_S)
         peer = conn.remote_peer
@@ -534,6 +536,7 @@ class Node:
         if not self.admits(peer):
             await trio.aclose_forcefully(conn.secure)
             raise P2PError(f"{addr} is {peer}, which is not on the allowlist")
+        assert self._nursery is not None
         await self._nursery.start(self._serve_libp2p, conn, None)
         try:
             with trio.fail_after(L.HANDSHAKE_TIMEOUT_S):

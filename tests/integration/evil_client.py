@@ -1,9 +1,10 @@
 """A misbehaving Shoal peer, for tests: it speaks the real protocol, then lies.
 
-It authenticates for real (Noise XX via `shoal.p2p.secure.secure_stream`, its own
-Ed25519 identity), frames with `shoal.p2p.wire.framing` and encodes with `shoal.p2p.wire.codec`,
-so the node under test gets past every outer check and meets the bad input
-where a buggy or hostile peer would put it:
+It connects for real (the libp2p upgrade of `shoal.p2p.libp2p.connection`:
+multistream-select, Noise XX with its own Ed25519 identity, yamux, then the
+`/shoal/1.0.0` stream), frames with `shoal.p2p.wire.framing` and encodes
+with `shoal.p2p.wire.codec`, so the node under test gets past every outer
+check and meets the bad input where a buggy or hostile peer would put it:
 
 - `run_attacks(...)`: one fresh connection per attack — random frame
   payloads, malformed msgpack, wrong arity, unknown message types and
@@ -26,7 +27,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, cast
 
 import msgpack
 import trio
@@ -39,7 +40,10 @@ from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.wire.messages import (
     Block, Error, GetPeers, Have, Hello, Message, PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
 )
-from shoal.p2p.secure.secure_stream import SecureStream, secure_accept, secure_dial
+from shoal.p2p.libp2p.connection import YamuxStream, upgrade_outbound
+from shoal.p2p.libp2p.host import Libp2pHost
+from shoal.p2p.net.node import SHOAL_PROTOCOL
+from shoal.p2p.secure.secure_stream import SecureStream
 
 AGENT = "evil/0.1"
 REACTION_TIMEOUT_S = 5.0
@@ -71,29 +75,38 @@ class Reaction:
 
 
 class EvilConnection:
-    """One authenticated connection on which we may send anything at all."""
+    """One authenticated connection's /shoal stream, on which we may send anything at all."""
 
-    def __init__(self, secure: SecureStream) -> None:
-        self.secure = secure
+    def __init__(self, stream: YamuxStream) -> None:
+        self.stream = stream
+        self.secure: SecureStream = stream.conn.secure  # under yamux: for Noise-level attacks
         self.decoder = FrameDecoder()
 
     @classmethod
-    async def open(cls, host: str, port: int, peer: PeerId | None, identity: Identity) -> "EvilConnection":
-        stream = await trio.open_tcp_stream(host, port)
-        return cls(await secure_dial(stream, identity, peer, timeout=REACTION_TIMEOUT_S))
+    async def open(cls, nursery: trio.Nursery, host: str, port: int, peer: PeerId | None,
+                   identity: Identity, local: str | None = None) -> "EvilConnection":
+        """Dial, upgrade and open /shoal/1.0.0; the connection runs in `nursery`."""
+        tcp = await trio.open_tcp_stream(host, port, local_address=local)
+        conn = await upgrade_outbound(tcp, identity, {}, expected_peer=peer, timeout=REACTION_TIMEOUT_S)
+        await nursery.start(conn.run)
+        try:
+            return cls(await conn.open_stream(SHOAL_PROTOCOL))
+        except BaseException:
+            await trio.aclose_forcefully(conn.secure)
+            raise
 
     async def send(self, msg: Message) -> None:
-        await self.secure.send_all(encode_frame(codec.encode(msg)))
+        await self.stream.send_all(encode_frame(codec.encode(msg)))
 
     async def send_raw(self, data: bytes) -> None:
-        await self.secure.send_all(data)
+        await self.stream.send_all(data)
 
     async def observe(self, reaction: Reaction, seconds: float, until_errors: int = 0) -> Reaction:
         """Read what the node sends for up to `seconds` (or until it closes)."""
         with trio.move_on_after(seconds):
             while True:
                 try:
-                    data = await self.secure.receive_some(L.MAX_FRAME_BYTES)
+                    data = await self.stream.receive_some(L.MAX_FRAME_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
                     reaction.closed = True
                     return reaction
@@ -111,7 +124,7 @@ class EvilConnection:
         return reaction
 
     async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.secure)
+        await self.stream.conn.aclose()
 
 
 def malformed_payloads(rng: random.Random) -> list[bytes]:
@@ -140,7 +153,13 @@ async def run_attacks(host: str, port: int, peer: PeerId, seed: int = 1) -> list
     reactions: list[Reaction] = []
 
     async def on_connection(name: str, attack: Callable[[EvilConnection, Reaction], Awaitable[None]]) -> None:
-        conn = await EvilConnection.open(host, port, peer, identity)
+        async with trio.open_nursery() as nursery:
+            await attack_on(nursery, name, attack)
+            nursery.cancel_scope.cancel()
+
+    async def attack_on(nursery: trio.Nursery, name: str,
+                        attack: Callable[[EvilConnection, Reaction], Awaitable[None]]) -> None:
+        conn = await EvilConnection.open(nursery, host, port, peer, identity)
         reaction = Reaction(name)
         try:
             await conn.send(_hello())
@@ -361,20 +380,29 @@ async def idle_peers(host: str, port: int, peer: PeerId, count: int, hold: trio.
 
     async def one(i: int) -> None:
         local = sources[i % len(sources)] if sources else None
+        async with trio.open_nursery() as nursery:
+            await idle_one(nursery, local)
+            nursery.cancel_scope.cancel()
+
+    async def idle_one(nursery: trio.Nursery, local: str | None) -> None:
+        conn: EvilConnection | None = None
         try:
-            stream = await _open_from(host, port, local)
+            tcp = await _open_from(host, port, local)
             held.opened += 1
-            secure = await secure_dial(stream, Identity.generate(), peer, timeout=REACTION_TIMEOUT_S * 3)
-            conn = EvilConnection(secure)
+            upgraded = await upgrade_outbound(tcp, Identity.generate(), {}, expected_peer=peer,
+                                              timeout=REACTION_TIMEOUT_S * 3)
+            await nursery.start(upgraded.run)
+            with trio.fail_after(REACTION_TIMEOUT_S * 3):
+                conn = EvilConnection(await upgraded.open_stream(SHOAL_PROTOCOL))
             await conn.send(_hello())
             got_hello = False
             with trio.move_on_after(REACTION_TIMEOUT_S * 3):
                 while not got_hello:
-                    data = await secure.receive_some(L.MAX_FRAME_BYTES)
+                    data = await conn.stream.receive_some(L.MAX_FRAME_BYTES)
                     if not data:
                         break
                     got_hello = any(isinstance(codec.decode(p), Hello) for p in conn.decoder.feed(data))
-        except (OSError, P2PError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (OSError, P2PError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             held.failed += 1
             settle()
             return
@@ -385,21 +413,22 @@ async def idle_peers(host: str, port: int, peer: PeerId, count: int, hold: trio.
             return
         held.authenticated += 1
         settle()
+        stream = conn.stream
         try:
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as inner:
                 async def read_all() -> None:
                     try:
-                        while await secure.receive_some(L.MAX_FRAME_BYTES):
+                        while await stream.receive_some(L.MAX_FRAME_BYTES):
                             pass
                     except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
                         pass
                     if not hold.is_set():
                         held.closed_by_node += 1
-                    nursery.cancel_scope.cancel()
+                    inner.cancel_scope.cancel()
 
-                nursery.start_soon(read_all)
+                inner.start_soon(read_all)
                 await hold.wait()
-                nursery.cancel_scope.cancel()
+                inner.cancel_scope.cancel()
         finally:
             await conn.aclose()
 
@@ -413,10 +442,17 @@ async def idle_peers(host: str, port: int, peer: PeerId, count: int, hold: trio.
 
 async def honest_dial(host: str, port: int, peer: PeerId, timeout: float = 15.0) -> bool:
     """Dial like a real peer: handshake, Hello both ways, Ping answered by Pong."""
+    async with trio.open_nursery() as nursery:
+        ok = await _honest_dial(nursery, host, port, peer, timeout)
+        nursery.cancel_scope.cancel()
+    return ok
+
+
+async def _honest_dial(nursery: trio.Nursery, host: str, port: int, peer: PeerId, timeout: float) -> bool:
     conn: EvilConnection | None = None
     try:
         with trio.fail_after(timeout):
-            conn = await EvilConnection.open(host, port, peer, Identity.generate())
+            conn = await EvilConnection.open(nursery, host, port, peer, Identity.generate())
             await conn.send(_hello())
             await conn.send(Ping(1, b"honest"))
             r = Reaction("honest dial")
@@ -436,14 +472,16 @@ async def stop_reading(host: str, port: int, peer: PeerId, cids: list[bytes], re
 
     The node's replies pile up on its side of the socket: the slow-reader attack.
     """
-    conn = await EvilConnection.open(host, port, peer, Identity.generate())
-    try:
-        await conn.send(_hello())
-        for rid in range(1, requests + 1):
-            await conn.send(WantBlock(rid, tuple(cids)))
-        await hold.wait()
-    finally:
-        await conn.aclose()
+    async with trio.open_nursery() as nursery:
+        conn = await EvilConnection.open(nursery, host, port, peer, Identity.generate())
+        try:
+            await conn.send(_hello())
+            for rid in range(1, requests + 1):
+                await conn.send(WantBlock(rid, tuple(cids)))
+            await hold.wait()
+        finally:
+            await conn.aclose()
+        nursery.cancel_scope.cancel()
 
 
 # -- the server side: a holder that serves corrupt blocks ----------------------------------
@@ -474,9 +512,6 @@ async def serve_corrupt_holder(port: int = 0, *, fake_peers: int = 0,
     answers is passed to `log` (e.g. "want-block <hex>", "tarpit-max 12").
     """
     identity = Identity.generate()
-    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
-    bound = listeners[0].socket.getsockname()[1]
-    addr = f"/ip4/127.0.0.1/tcp/{bound}"
     fake: tuple[PeerInfo, ...] = ()
     tarpit_listeners: list[trio.SocketListener] = []
     if fake_peers:
@@ -500,27 +535,27 @@ async def serve_corrupt_holder(port: int = 0, *, fake_peers: int = 0,
             held["now"] -= 1
             await trio.aclose_forcefully(stream)
 
-    async def handle(stream: trio.SocketStream) -> None:
-        try:
-            secure = await secure_accept(stream, identity, timeout=REACTION_TIMEOUT_S)
-        except (P2PError, trio.BrokenResourceError, OSError):
-            return
-        conn = EvilConnection(secure)
+    addr = ""
+
+    async def handle(stream: YamuxStream) -> None:
+        """The node's /shoal stream (it dialled us): Hello, then lies."""
+        conn = EvilConnection(stream)
         try:
             await conn.send(_hello((addr,)))
             while True:
-                data = await secure.receive_some(L.MAX_FRAME_BYTES)
+                data = await stream.receive_some(L.MAX_FRAME_BYTES)
                 if not data:
                     return
                 for payload in conn.decoder.feed(data):
                     await _answer_badly(conn, codec.decode(payload), fake, log)
         except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
             return
-        finally:
-            await conn.aclose()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        host = Libp2pHost(identity, nursery, handshake_timeout=REACTION_TIMEOUT_S)
+        host.handlers[SHOAL_PROTOCOL] = handle
+        (bound,) = cast(list[object], await nursery.start(host.serve, "127.0.0.1", port))
+        addr = f"/ip4/127.0.0.1/tcp/{str(bound).split('/')[4]}"
         if tarpit_listeners:
             nursery.start_soon(trio.serve_listeners, hold_silently, tarpit_listeners)
         task_status.started(f"{addr}/p2p/{identity.peer_id}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from shoal.p2p.libp2p import multistream as mss
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.secure.noise import NoiseHandshake, Role
 from shoal.p2p.secure.pnet import SwarmKey
@@ -46,7 +47,8 @@ def wait_dial_failed(node: NodeProc, timeout: float = 15) -> str:
 
 
 def probe(host_port: str, key: SwarmKey | None, until_eof: bool = True) -> tuple[bytes, float]:
-    """Dial like a Noise initiator (optionally behind `key`) and send message 1.
+    """Dial like a libp2p dialer (optionally behind `key`): multistream-select's
+    header and the `/noise` proposal, then Noise message 1, in one write.
 
     Returns (bytes received, seconds taken): until the node closes, or with
     `until_eof=False` until its first reply.
@@ -57,7 +59,8 @@ def probe(host_port: str, key: SwarmKey | None, until_eof: bool = True) -> tuple
         received = bytearray()
         stream = protect(await trio.open_tcp_stream(host, port), key)
         start = trio.current_time()
-        await stream.send_all(encode_frame(NoiseHandshake(Role.INITIATOR, Identity.generate()).write_message()))
+        await stream.send_all(mss.encode_message(mss.HEADER) + mss.encode_message("/noise")
+                              + encode_frame(NoiseHandshake(Role.INITIATOR, Identity.generate()).write_message()))
         with trio.fail_after(15):
             try:
                 while chunk := await stream.receive_some(65536):
@@ -120,7 +123,8 @@ def test_only_peers_with_the_swarm_key_connect_and_fetch(swarm: Swarm, tmp_path:
         received, took = probe(a.host_port, prober_key)
         assert received == b"", received[:64]
         assert took < PROMPT_S, f"closed after {took:.1f}s"
-    # The same probe with the key gets the node's Noise reply: the port does speak to members.
+    # The same probe with the key gets the node's answer (multistream-select, then Noise):
+    # the port does speak to members.
     received, _ = probe(a.host_port, key, until_eof=False)
     assert len(received) > 2
 

@@ -31,10 +31,10 @@ def test_wire_bytes_of_a_first_choice_match() -> None:
     dialer = mss.Dialer(["/noise"])
     assert dialer.data_to_send() == b"\x13/multistream/1.0.0\n\x07/noise\n"
     listener = mss.Listener(["/noise", "/tls/1.0.0"])
-    assert listener.data_to_send() == b"\x13/multistream/1.0.0\n"
+    assert listener.data_to_send() == b""  # silent until the dialer's header has arrived
     ev = listener.receive_data(b"\x13/multistream/1.0.0\n\x07/noise\nNOISE-BYTES")
     assert ev == mss.Selected("/noise", b"NOISE-BYTES")
-    assert listener.data_to_send() == b"\x07/noise\n"
+    assert listener.data_to_send() == b"\x13/multistream/1.0.0\n\x07/noise\n"
     assert dialer.receive_data(b"\x13/multistream/1.0.0\n\x07/noise\nrest") == mss.Selected("/noise", b"rest")
 
 
@@ -55,14 +55,36 @@ def test_ls_is_answered_or_refused() -> None:
     listener.data_to_send()
     assert listener.receive_data(mss.encode_message(mss.HEADER) + mss.encode_message("ls")) == mss.NeedData()
     out = listener.data_to_send()
-    length, body = out[0], out[1:]
+    header = mss.encode_message(mss.HEADER)
+    assert out.startswith(header)
+    length, body = out[len(header)], out[len(header) + 1:]
     assert length == len(body)
     assert mss.parse_ls_response(body) == ["/a", "/b"]
 
     closed = mss.Listener(["/a"], allow_ls=False)
     closed.data_to_send()
     closed.receive_data(mss.encode_message(mss.HEADER) + mss.encode_message("ls"))
-    assert closed.data_to_send() == mss.encode_message("na")
+    assert closed.data_to_send() == mss.encode_message(mss.HEADER) + mss.encode_message("na")
+
+
+@pytest.mark.parametrize("role", ["listener", "dialer"])
+def test_a_wrong_first_byte_is_refused_at_once_and_the_listener_says_nothing(role: str) -> None:
+    """Noise from a peer without the swarm key: refused on its first byte that
+    cannot start the header (not after waiting for a claimed 1 KiB message),
+    and a listener has sent nothing by then."""
+    header = mss.encode_message(mss.HEADER)
+    for garbage in (b"\x7f", b"\x13/multistream/2", b"\x05hello", header[:10] + b"X"):
+        machine = mss.Listener(["/a"]) if role == "listener" else mss.Dialer(["/a"])
+        machine.data_to_send()
+        with pytest.raises(RemoteProtocolError):
+            for i in range(len(garbage)):  # byte by byte: refused as soon as it is wrong
+                machine.receive_data(garbage[i : i + 1])
+        assert i == next(j for j, b in enumerate(garbage) if b != header[j])
+        if role == "listener":
+            assert machine.data_to_send() == b""
+    listener = mss.Listener(["/a"])
+    assert listener.receive_data(header[:7]) == mss.NeedData()  # a right prefix waits
+    assert listener.data_to_send() == b""
 
 
 def test_bounds() -> None:
