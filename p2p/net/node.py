@@ -503,8 +503,12 @@ class Node:
         return True
 
     def connection_stats(self) -> dict[str, int]:
-        """Admission counters and stuck sends, for `/v1/stats` (operators and tests)."""
-        return {**self.admission.stats(), "stalled": self.stalled_connections}
+        """Admission counters, stuck sends and libp2p connections (those without
+        a /shoal stream: IPFS nodes), for `/v1/stats` (operators and tests)."""
+        libp2p = [c for c in self._libp2p_slots if not c.closed]
+        return {**self.admission.stats(), "stalled": self.stalled_connections,
+                "libp2p": len(libp2p),  # every connection, Shoal peers and IPFS nodes alike
+                "libp2p_only": sum(1 for c in libp2p if c not in self._shoal_streams)}
 
     async def connect(self, addr: Multiaddr) -> PeerConnection:
         """Dial `addr` (proving its /p2p/ id if given) and return a live connection."""

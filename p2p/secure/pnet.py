@@ -155,6 +155,11 @@ class PnetCipher:
     def remote_nonce_received(self) -> bool:
         return self._receiver is not None
 
+    @property
+    def nonce_sent(self) -> bool:
+        """Whether `seal` has handed out our nonce already."""
+        return self._nonce_sent
+
     def seal(self, data: bytes | bytearray | memoryview) -> bytes:
         """Encrypt outgoing bytes (prefixed by our nonce the first time)."""
         out = self._sender.xor(data) if len(data) else b""

@@ -53,6 +53,13 @@ class PnetStream(trio.abc.Stream):
                 if not data:
                     return b""
                 plain = self._cipher.open(data)
+                if self._cipher.remote_nonce_received and not self._cipher.nonce_sent:
+                    # The peer's nonce is in: answer with ours now, even if we have
+                    # nothing to say yet. js-libp2p's protector waits for our nonce
+                    # before it sends a byte, and a multistream-select listener
+                    # waits for the dialer's header: without this they deadlock.
+                    # (A prober that sent 24 bytes learns 24 random ones, no more.)
+                    await self.transport.send_all(self._cipher.seal(b""))
                 if plain:
                     return plain
                 # Only nonce bytes so far: read again rather than return b"" (EOF).

@@ -117,11 +117,13 @@ def test_only_peers_with_the_swarm_key_connect_and_fetch(swarm: Swarm, tmp_path:
     assert a.connected_ids() == {b.peer_id} and b.connected_ids() == {a.peer_id}
     assert {keyless.peer_id, wrong.peer_id}.isdisjoint({p["peer_id"] for p in a.peers()})
 
-    # A prober without the key (or with another) learns nothing but that the port is open:
-    # not one byte comes back, and the node closes at once instead of waiting out the handshake.
+    # A prober without the key (or with another) learns nothing but that the port is open
+    # (and the node's random 24-byte pnet nonce, which libp2p's protector sends first:
+    # js-libp2p waits for it): no multistream-select or Noise byte comes back, and the
+    # node closes at once instead of waiting out the handshake.
     for prober_key in (None, other):
         received, took = probe(a.host_port, prober_key)
-        assert received == b"", received[:64]
+        assert len(received) <= 24, received[:64]
         assert took < PROMPT_S, f"closed after {took:.1f}s"
     # The same probe with the key gets the node's answer (multistream-select, then Noise):
     # the port does speak to members.
