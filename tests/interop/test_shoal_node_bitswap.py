@@ -176,3 +176,22 @@ def test_private_network_with_helia_both_ways(swarm: Swarm, content: Path, tmp_p
     r = outsider.shoal("get", ready["file"], "-o", str(tmp_path / "outsider.bin"), timeout=60)
     assert r.code != 0 and "no connected peer" in r.err, r
     assert not (tmp_path / "outsider.bin").exists()
+
+
+def test_js_libp2p_pings_and_identifies_a_shoal_node(swarm: Swarm, node22: Path) -> None:
+    """(c) js-libp2p's ping and identify against `shoal node`: what a libp2p-only peer gets."""
+    node = swarm.add("s")
+    addr = shoal_multiaddr(node)
+    proc = subprocess.run([str(node22), "libp2p_peer.mjs", "dial", "--addr", addr, "--timeout", "30000"],
+                          cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = {e["event"]: e for e in map(json.loads, proc.stdout.strip().splitlines())}
+    assert events["pinged"]["rtt"] >= 0
+    ident = events["identified"]
+    assert ident["peer"] == node.peer_id
+    assert ident["agentVersion"].startswith("shoal/") and ident["protocolVersion"] == "ipfs/0.1.0"
+    assert set(ident["protocols"]) >= {"/shoal/1.0.0", "/ipfs/bitswap/1.2.0", "/ipfs/bitswap/1.1.0",
+                                        "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"}, ident["protocols"]
+    assert ident["listenAddrs"] == [addr.split("/p2p/")[0]]
+    assert ident["observedAddr"].startswith("/ip4/127.0.0.1/tcp/")
+    assert node.stats()["connected_peers"] == 0  # js-libp2p never opened /shoal/1.0.0
