@@ -221,6 +221,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             while not self._buffered:
+                if self._closed and not self._reset:
+                    # Closed by another task while this one waited (as a trio
+                    # socket does): the reader must not wait for data forever.
+                    raise trio.ClosedResourceError("stream closed")
                 if self._reset:
                     raise trio.BrokenResourceError("stream was reset")
                 if self._eof:
@@ -265,14 +269,16 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             self._buffered += len(data)
             self._uncredited += len(data)
 
-    async def send_eof(self) -> None:
+    def _fin(self) -> None:
         if self._sent_eof or self._closed:
-            await trio.lowlevel.checkpoint()
             return
         self._sent_eof = True
         if not self._reset and not self.conn.closed and self.conn.session.is_open(self.stream_id):
             self.conn.session.send_fin(self.stream_id)
             self.conn.wake_writer()
+
+    async def send_eof(self) -> None:
+        self._fin()
         await trio.lowlevel.checkpoint()
 
     def reset(self) -> None:
@@ -284,13 +290,17 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 self.conn.session.reset(self.stream_id)
                 self.conn.wake_writer()
             self.conn.forget(self)
+            self.conn._notify()  # a task waiting in receive_some or send_all sees it
 
     async def aclose(self) -> None:
+        # Everything happens before the one checkpoint at the end, so a
+        # cancelled close (trio.aclose_forcefully) still closes.
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        await self.send_eof()
+        self._fin()
         self._closed = True
+        self.conn._notify()  # wakes a task waiting in receive_some: it gets ClosedResourceError
         # Credit back what was never read, so the peer's sender is not stuck.
         if self._buffered > self._uncredited and not self.conn.closed:
             self.conn.session.consumed(self.stream_id, self._buffered - self._uncredited)
@@ -299,6 +309,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._buffered = 0
         if self._eof:
             self.conn.forget(self)
+        await trio.lowlevel.checkpoint()
 
 
 class Libp2pConnection:

@@ -284,3 +284,31 @@ async def test_send_all_returns_only_when_the_buffer_may_be_reused() -> None:
             answer = await read_all(stream)
             assert answer == f"{20 * len(buf)} {expected.hexdigest()}".encode()
             nursery.cancel_scope.cancel()
+
+
+async def test_closing_a_stream_wakes_its_reader_even_when_the_close_is_cancelled() -> None:
+    """As with a trio socket: a task waiting in `receive_some` gets
+    ClosedResourceError when another task closes the stream, and
+    `trio.aclose_forcefully` (a cancelled close) still closes it. The node's
+    Shoal connection relies on it: a send that stalls closes the /shoal
+    stream, and its read loop must end instead of waiting for data forever."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            a, _b, addr = await pair(nursery)
+            conn = await a.dial(addr)
+            for close in (lambda s: s.aclose(), trio.aclose_forcefully):
+                stream = await conn.open_stream(ECHO)
+                outcome: list[str] = []
+
+                async def reader(stream: YamuxStream = stream, outcome: list[str] = outcome) -> None:
+                    try:
+                        await stream.receive_some()
+                    except trio.ClosedResourceError:
+                        outcome.append("closed")
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(reader)
+                    await trio.sleep(0.2)  # the reader waits: the echo peer sends nothing
+                    await close(stream)
+                assert outcome == ["closed"]
+            nursery.cancel_scope.cancel()
