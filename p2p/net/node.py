@@ -615,13 +615,15 @@ class Node:
     async def _shoal_stream(self, stream: YamuxStream) -> None:
         """The dialer opened /shoal/1.0.0: Shoal's messages run on it for the connection's life."""
         conn = stream.conn
-        if conn in self._shoal_streams or conn not in self._libp2p_slots:
-            stream.reset()  # one Shoal stream per connection
+        slot = self._libp2p_slots.get(conn)
+        if slot is None or conn in self._shoal_streams:
+            # Only the dialer opens it (slot None: we dialled, or not a node
+            # connection), and only once per connection.
+            stream.reset()
             return
         self._shoal_streams.add(conn)
         stream.grow_window(SHOAL_STREAM_WINDOW)
-        await self._run_connection(stream, conn.remote_peer, ready=None, libp2p=conn,
-                                   slot=self._libp2p_slots.get(conn))
+        await self._run_connection(stream, conn.remote_peer, ready=None, libp2p=conn, slot=slot)
 
     async def _run_connection(
         self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None",
