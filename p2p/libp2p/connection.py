@@ -168,30 +168,40 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError("connection closed")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.send_all_parts((data,))
+
+    async def send_all_parts(
+        self, parts: "tuple[bytes | bytearray | memoryview, ...] | list[bytes | bytearray | memoryview]"
+    ) -> None:
+        """Send the concatenation of `parts` without joining them (Shoal's
+        frames: a header and a block's bytes); as `send_all` of their join."""
         self._check_send()
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
         try:
-            view = memoryview(data).cast("B")
-            pos, end = 0, len(view)
             conn, session = self.conn, self.conn.session
-            if not end:
+            total = 0
+            for data in parts:
+                view = memoryview(data).cast("B")
+                pos, end = 0, len(view)
+                total += end
+                while pos < end:
+                    self._check_send()
+                    room = min(session.send_window(self.stream_id), MAX_QUEUED - conn.queued)
+                    if room <= 0:
+                        await conn.wait_change()
+                        continue
+                    # No copy: the queue holds views of `data`, and this call does
+                    # not return before the writer has sent them (below).
+                    taken = session.send_data(self.stream_id, view[pos : pos + room], copy=False)
+                    conn.queued += taken
+                    conn.queued_gen += 1
+                    pos += taken
+                    conn.wake_writer()
+            if not total:
                 await trio.lowlevel.checkpoint()
-            while pos < end:
-                self._check_send()
-                room = min(session.send_window(self.stream_id), MAX_QUEUED - conn.queued)
-                if room <= 0:
-                    await conn.wait_change()
-                    continue
-                # No copy: the queue holds views of `data`, and this call does
-                # not return before the writer has sent them (below).
-                taken = session.send_data(self.stream_id, view[pos : pos + room], copy=False)
-                conn.queued += taken
-                conn.queued_gen += 1
-                pos += taken
-                conn.wake_writer()
-            mine = conn.queued_gen if end else 0
+            mine = conn.queued_gen if total else 0
             while conn.sent_gen < mine:
                 if conn.closed:
                     raise trio.BrokenResourceError("connection closed")
@@ -212,12 +222,25 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             await self.conn.wait_change()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        parts = await self._receive(max_bytes)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def receive_some_parts(self) -> list[bytes]:
+        """Everything buffered, as the chunks it arrived in (not joined): [] at EOF.
+
+        For a reader that splits its own frames out of the chunks (Shoal's
+        frame decoder keeps views of them): a 1 MiB block is then copied
+        once, when its frame completes, not again to join the chunks.
+        """
+        return await self._receive(None)
+
+    async def _receive(self, max_bytes: int | None) -> list[bytes]:
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1")
         self._receiving = True
         try:
             while not self._buffered:
@@ -229,31 +252,47 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                     raise trio.BrokenResourceError("stream was reset")
                 if self._eof:
                     await trio.lowlevel.checkpoint()
-                    return b""
+                    return []
                 if self.conn.closed:
                     raise trio.BrokenResourceError("connection closed")
                 await self.conn.wait_change()
             out = self._take(max_bytes)
-            again = min(self._uncredited, len(out))
+            n = sum(map(len, out))
+            again = min(self._uncredited, n)
             self._uncredited -= again
-            self.conn.session.consumed(self.stream_id, len(out) - again)
+            self.conn.session.consumed(self.stream_id, n - again)
             self.conn.wake_writer()
             await trio.lowlevel.checkpoint()
             return out
         finally:
             self._receiving = False
 
-    def _take(self, max_bytes: int | None) -> bytes:
+    def _take(self, max_bytes: int | None) -> list[bytes]:
+        """Up to `max_bytes` from the front, as whole chunks plus at most one
+        split one: never a join of the whole buffer (which may hold a 16 MiB
+        window, read 256 KiB at a time)."""
         chunks = self._chunks
         if max_bytes is None or max_bytes >= self._buffered:
-            out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-        else:
-            head = b"".join(chunks) if len(chunks) > 1 else chunks[0]
-            out, rest = head[:max_bytes], head[max_bytes:]
-            chunks[:] = [rest]
-        self._buffered -= len(out)
-        return out
+            out = chunks
+            self._chunks = []
+            self._buffered = 0
+            return out
+        taken: list[bytes] = []
+        need = max_bytes
+        i = 0
+        while need:
+            head = chunks[i]
+            if len(head) <= need:
+                taken.append(head)
+                need -= len(head)
+                i += 1
+            else:
+                taken.append(head[:need])
+                chunks[i] = head[need:]
+                need = 0
+        del chunks[:i]
+        self._buffered -= max_bytes
+        return taken
 
     def _deliver(self, data: bytes) -> None:
         if self._closed:  # nobody will read it: grant the credit back at once
