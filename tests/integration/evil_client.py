@@ -40,7 +40,7 @@ from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.wire.messages import (
     Block, Error, GetPeers, Have, Hello, Message, PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
 )
-from shoal.p2p.libp2p.connection import YamuxStream, upgrade_outbound
+from shoal.p2p.libp2p.connection import Libp2pConnection, YamuxStream, upgrade_outbound
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.net.node import SHOAL_PROTOCOL
 from shoal.p2p.secure.secure_stream import SecureStream
@@ -74,21 +74,52 @@ class Reaction:
         return f"{self.name}: errors={self.error_codes} closed={self.closed} other={self.answered}"
 
 
+class ShoalChannel:
+    """The /shoal stream as the old harness saw its secure channel: bytes to and
+    from the node's Shoal protocol, the proven `remote_peer`, and `transport`
+    (the bytes under Noise, for attacks below the encryption)."""
+
+    def __init__(self, stream: YamuxStream) -> None:
+        self.stream = stream
+        self.remote_peer: PeerId = stream.conn.remote_peer
+        self.noise: SecureStream = stream.conn.secure
+        self.transport = self.noise.transport
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+
+async def _run_quietly(conn: Libp2pConnection) -> None:
+    """A harness connection's tasks, for callers without a nursery: it ends
+    with the connection or the run, and never takes the run down."""
+    try:
+        await conn.run()
+    except Exception:  # a test-only connection: whatever broke, it is over
+        pass
+
+
 class EvilConnection:
     """One authenticated connection's /shoal stream, on which we may send anything at all."""
 
     def __init__(self, stream: YamuxStream) -> None:
         self.stream = stream
-        self.secure: SecureStream = stream.conn.secure  # under yamux: for Noise-level attacks
+        self.secure = ShoalChannel(stream)
         self.decoder = FrameDecoder()
 
     @classmethod
-    async def open(cls, nursery: trio.Nursery, host: str, port: int, peer: PeerId | None,
-                   identity: Identity, local: str | None = None) -> "EvilConnection":
-        """Dial, upgrade and open /shoal/1.0.0; the connection runs in `nursery`."""
+    async def open(cls, host: str, port: int, peer: PeerId | None, identity: Identity,
+                   local: str | None = None, *, nursery: trio.Nursery | None = None) -> "EvilConnection":
+        """Dial, upgrade and open /shoal/1.0.0; the connection runs in `nursery`
+        (or, without one, in a system task that ends with it)."""
         tcp = await trio.open_tcp_stream(host, port, local_address=local)
         conn = await upgrade_outbound(tcp, identity, {}, expected_peer=peer, timeout=REACTION_TIMEOUT_S)
-        await nursery.start(conn.run)
+        if nursery is not None:
+            await nursery.start(conn.run)
+        else:
+            trio.lowlevel.spawn_system_task(_run_quietly, conn)
         try:
             return cls(await conn.open_stream(SHOAL_PROTOCOL))
         except BaseException:
@@ -159,7 +190,7 @@ async def run_attacks(host: str, port: int, peer: PeerId, seed: int = 1) -> list
 
     async def attack_on(nursery: trio.Nursery, name: str,
                         attack: Callable[[EvilConnection, Reaction], Awaitable[None]]) -> None:
-        conn = await EvilConnection.open(nursery, host, port, peer, identity)
+        conn = await EvilConnection.open(host, port, peer, identity, nursery=nursery)
         reaction = Reaction(name)
         try:
             await conn.send(_hello())
@@ -216,7 +247,7 @@ async def run_attacks(host: str, port: int, peer: PeerId, seed: int = 1) -> list
 
     async def undecryptable(conn: EvilConnection, r: Reaction) -> None:
         # Under the encryption: a Noise frame whose tag cannot verify.
-        await conn.secure.transport.send_all(b"\x00\x40" + rng.randbytes(64))
+        await conn.secure.transport.send_all(b"\x00\x40" + rng.randbytes(64))  # under Noise
         await conn.observe(r, REACTION_TIMEOUT_S)
 
     async def huge_want_block(conn: EvilConnection, r: Reaction) -> None:
@@ -452,7 +483,7 @@ async def _honest_dial(nursery: trio.Nursery, host: str, port: int, peer: PeerId
     conn: EvilConnection | None = None
     try:
         with trio.fail_after(timeout):
-            conn = await EvilConnection.open(nursery, host, port, peer, Identity.generate())
+            conn = await EvilConnection.open(host, port, peer, Identity.generate(), nursery=nursery)
             await conn.send(_hello())
             await conn.send(Ping(1, b"honest"))
             r = Reaction("honest dial")
@@ -473,7 +504,7 @@ async def stop_reading(host: str, port: int, peer: PeerId, cids: list[bytes], re
     The node's replies pile up on its side of the socket: the slow-reader attack.
     """
     async with trio.open_nursery() as nursery:
-        conn = await EvilConnection.open(nursery, host, port, peer, Identity.generate())
+        conn = await EvilConnection.open(host, port, peer, Identity.generate(), nursery=nursery)
         try:
             await conn.send(_hello())
             for rid in range(1, requests + 1):
