@@ -27,9 +27,13 @@ What is EC-specific lives here:
   one checked against its CID and the DAG walk, into the blockstore;
 - repair: when fewer than `threshold` (default K + 1) shards are healthy
   (a holder row that counts as a copy: ok, pending, or suspect), the owner
-  fetches K healthy shards, rebuilds the lost ones (codec.rebuild, each
-  piece checked against the layout), imports them (same CIDs), and places
-  them on new peers, each placement drawing a token from the repair bucket;
+  rebuilds the lost ones, imports them (same CIDs), and places them on new
+  peers, each placement drawing a token from the repair bucket. An owner
+  that still holds the object (pinned and complete) re-encodes it locally
+  (codec.rebuild_from_blocks: no traffic but the rebuilt shards); otherwise
+  (a deputy, --ec-drop-local, or a local copy gone or corrupt) it fetches K
+  healthy shards and decodes (codec.rebuild, each piece checked against the
+  layout) — see `repair_source`;
 - settling: once every shard has a holder that signed, the owner unpins
   its local shard DAGs (the next gc frees them) and, with
   `--ec-drop-local`, its own copy of the object.
@@ -52,7 +56,8 @@ import trio
 
 from shoal.store.dag import exporter
 from shoal.store.dag.importer import import_file
-from shoal.store.erasure.codec import encode_object, reconstruct, rebuild
+from shoal.store.erasure.codec import encode_object, plan_object, rebuild, rebuild_from_blocks, reconstruct
+from shoal.store.erasure.layout import dag_blocks
 from shoal.store.erasure.durability import HOURS_PER_YEAR, loss_probability, survivable_losses
 from shoal.store.erasure.shard import ShardReader
 from shoal.store.energy.ledger import EC_ENCODE, EC_REPAIR
@@ -80,7 +85,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shoal.erasure")
 
-__all__ = ["ErasureService", "holder_afr", "shards_to_place", "PRIOR_AFR", "MAP_TIMEOUT_S"]
+__all__ = ["ErasureService", "holder_afr", "shards_to_place", "repair_source", "PRIOR_AFR", "MAP_TIMEOUT_S",
+           "FROM_LOCAL", "FROM_SHARDS"]
 
 MAP_TIMEOUT_S = 5.0
 SHARD_FETCH_BASE_S = 60.0
@@ -123,6 +129,28 @@ def shards_to_place(replicas: dict[int, list[Replica]], threshold: int) -> list[
         if not lost or healthy < threshold:
             out.append(idx)
     return out
+
+
+FROM_LOCAL = "local"
+FROM_SHARDS = "shards"
+
+
+def repair_source(is_deputy: bool, has_layout_id: bool, object_pinned: bool, object_complete: bool) -> str:
+    """Where lost shards are rebuilt from. Pure.
+
+    FROM_LOCAL: the owner still holds the whole object (pinned, so it is kept
+    on purpose, and every block present), so it encodes the lost shards from
+    its own blocks: the repair moves only the rebuilt shards over the
+    network, not K shards (one object's worth) to rebuild one. The recorded
+    layout id is needed to prove the re-encoding is the placed one.
+    FROM_SHARDS otherwise: a deputy never holds the object, and an owner
+    whose copy was dropped (--ec-drop-local), collected or is incomplete
+    fetches K healthy shards. A local copy found corrupt while encoding also
+    ends here (the caller falls back).
+    """
+    if not is_deputy and has_layout_id and object_pinned and object_complete:
+        return FROM_LOCAL
+    return FROM_SHARDS
 
 
 def _complete(store: Any, root: CID) -> bool:
@@ -188,17 +216,45 @@ def _rebuild_shards(repo: Any, healthy: list[CID], lost: list[tuple[int, str]], 
         finally:
             for f in inputs:
                 f.close()
-        made = []
-        for (i, want), p in zip(lost, outs):
-            check_stop(should_stop)
-            with repo.writing(), open(p, "rb") as f:
-                cid = import_file(f, store).cid
-                store.flush()
-            if str(cid) != want:
-                raise StoreError(f"rebuilt shard {i} is {cid}, not the recorded {want}")
-            repo.pin_add(cid)
-            made.append(want)
+        return _import_rebuilt(repo, lost, outs, should_stop)
+
+
+def _import_rebuilt(repo: Any, lost: list[tuple[int, str]], outs: list[Path],
+                    should_stop: ShouldStop | None) -> list[str]:
+    """Import each rebuilt shard file and pin it; raises if one is not the
+    recorded CID (then nothing wrong is ever offered to a new holder)."""
+    store = repo.blockstore
+    made = []
+    for (i, want), p in zip(lost, outs):
+        check_stop(should_stop)
+        with repo.writing(), open(p, "rb") as f:
+            cid = import_file(f, store).cid
+            store.flush()
+        if str(cid) != want:
+            raise StoreError(f"rebuilt shard {i} is {cid}, not the recorded {want}")
+        repo.pin_add(cid)
+        made.append(want)
     return made
+
+
+def _rebuild_shards_local(repo: Any, root: CID, k: int, m: int, lost: list[tuple[int, str]], layout_id: bytes,
+                          should_stop: ShouldStop | None = None) -> tuple[list[str], int]:
+    """Worker thread: rebuild shards `lost` (index, expected CID) by encoding
+    the object's local blocks again (the blockstore's `get` verifies each),
+    import and pin them. Returns the shard CIDs and the object bytes read."""
+    store = repo.blockstore
+    layout = plan_object(root, store.get, store.size, k, m)
+    with tempfile.TemporaryDirectory(prefix=".ec-", dir=repo.path) as tmp:
+        outs = [Path(tmp) / f"out-{i}" for i, _ in lost]
+        sinks: list[BinaryIO] = [open(p, "wb") for p in outs]
+        try:
+            rebuild_from_blocks(layout, dag_blocks(root, store.get), [i for i, _ in lost], sinks,
+                                layout_id=layout_id, verify=False)
+        finally:
+            for f in sinks:
+                f.close()
+        check_stop(should_stop)
+        return _import_rebuilt(repo, lost, outs, should_stop), layout.data_length
 
 
 def _reconstruct_object(repo: Any, root: CID, shards: list[CID], layout_id: bytes,
@@ -426,6 +482,42 @@ class ErasureService:
 
     async def _rebuild(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
                        absent: list[EcShardRow]) -> None:
+        """Rebuild `absent` shards: from our own copy of the object if we
+        hold it whole, else from K healthy shards fetched from their holders."""
+        if await self._rebuild_local(ec, absent):
+            return
+        await self._rebuild_from_shards(ec, shards, rows, absent)
+
+    async def _rebuild_local(self, ec: EcRow, absent: list[EcShardRow]) -> bool:
+        """Encode `absent` from the local object if `repair_source` says so;
+        False (nothing made) when it does not, or the copy fails (corrupt
+        block, another layout): the caller then fetches shards."""
+        repo = self.node.repo
+        root = parse_cid(ec.cid)
+        async with self.node.store_guard.shared():
+            pinned = repo.index.is_pinned(ec.cid)
+            complete = pinned and await self._run(_complete, repo.blockstore, root)
+            if repair_source(ec.deputy_for is not None, ec.layout_id is not None, pinned,
+                             complete) != FROM_LOCAL or ec.layout_id is None:
+                return False
+            try:
+                # The ledger's ec-repair row: CPU per byte read (the object) and written (the shards).
+                async with measuring(self.node, EC_REPAIR) as rop:
+                    made, object_bytes = await self.owner.holder.run_heavy(
+                        _rebuild_shards_local, repo, root, ec.k, ec.m,
+                        [(s.idx, s.shard_cid) for s in absent], ec.layout_id)
+                    length = max(s.length for s in absent)
+                    rop.bytes_hashed += object_bytes + len(made) * length
+                    rop.bytes_written += len(made) * length
+            except (StoreError, OSError) as exc:
+                log.warning("%s: rebuilding from the local copy failed (%s); fetching shards instead", ec.cid, exc)
+                return False
+        self.rebuilt[ec.cid] = self.rebuilt.get(ec.cid, 0) + len(made)
+        log.info("%s: rebuilt %d shard(s) from the local copy", ec.cid, len(made))
+        return True
+
+    async def _rebuild_from_shards(self, ec: EcRow, shards: list[EcShardRow], rows: dict[int, list[HolderRow]],
+                                   absent: list[EcShardRow]) -> None:
         """Rebuild `absent` shards from K healthy ones fetched from their holders."""
         store = self.node.repo.blockstore
         wanted = {s.idx for s in absent}

@@ -47,7 +47,7 @@ from shoal.store.proofs.commitment import MerkleBuilder
 
 __all__ = [
     "NotEnoughShards", "LayoutMismatch", "plan", "plan_object", "encode", "encode_object",
-    "reconstruct", "rebuild",
+    "reconstruct", "rebuild", "rebuild_from_blocks",
 ]
 
 
@@ -339,3 +339,40 @@ def rebuild(lost: Sequence[int], healthy: Sequence[ShardReader], sinks: Sequence
                 raise LayoutMismatch(f"rebuilt piece of shard {want[slot]} at stripe {s} does not match the layout")
             writers.write(slot, piece)
     return writers.finish(layout, src.header.piece_hashes)
+
+
+def rebuild_from_blocks(layout: Layout, blocks: Iterable[tuple[CID, bytes | memoryview]], lost: Sequence[int],
+                        sinks: Sequence[BinaryIO], *, layout_id: bytes, verify: bool = True,
+                        commit_segment_size: int | None = None) -> list[ShardInfo]:
+    """Write shards `lost` (sink i gets lost[i]) by encoding the object's own
+    blocks again: what an owner that still holds the object does instead of
+    fetching K shards (one object's worth of traffic) to rebuild one.
+
+    zfec produces only the parity pieces asked for, but every shard's header
+    carries every piece's hash, so each stripe is encoded whole (one stripe
+    in memory, as `encode`) and only the lost pieces are written. The result
+    must be the encoding named `layout_id` (the one the shards were placed
+    under): otherwise LayoutMismatch, and the caller discards the sinks, so
+    a repair never places a shard that differs from the lost one.
+    """
+    if len(set(lost)) != len(lost) or not all(0 <= i < layout.n for i in lost):
+        raise ErasureError("lost shard indexes must be distinct and in range")
+    if len(sinks) != len(lost):
+        raise ErasureError("one sink per lost shard")
+    k, n, p = layout.k, layout.n, layout.piece_size
+    enc = zfec.Encoder(k, n)
+    parity = tuple(range(k, n))
+    slots = {index: slot for slot, index in enumerate(lost)}
+    writers = _ShardWriters(lost, sinks, commit_segment_size)
+    hashes = bytearray()
+    for stripe in _stripes_of(layout, blocks, verify):
+        pieces: list[bytes | memoryview] = [stripe[j * p:(j + 1) * p] for j in range(k)]
+        pieces += enc.encode(tuple(pieces), parity)
+        for j, piece in enumerate(pieces):
+            hashes += hashlib.sha256(piece).digest()
+            slot = slots.get(j)
+            if slot is not None:
+                writers.write(slot, piece)
+    if ShardHeader(layout, bytes(hashes), 0).layout_id != layout_id:
+        raise LayoutMismatch(f"the local blocks of {layout.object_cid} encode to another layout than the shards'")
+    return writers.finish(layout, bytes(hashes))

@@ -20,7 +20,8 @@ from shoal.p2p.net.node import Node
 from shoal.p2p.net.node_config import NodeOptions, parse_ec_scheme
 from shoal.p2p.replication.ec_map import EcMap, ShardEntry
 from shoal.p2p.replication.erasure import (
-    PRIOR_AFR, _encode_shards, _reconstruct_object, holder_afr, shards_to_place,
+    FROM_LOCAL, FROM_SHARDS, PRIOR_AFR, _encode_shards, _rebuild_shards_local, _reconstruct_object, holder_afr,
+    repair_source, shards_to_place,
 )
 from shoal.p2p.replication.owner import ReplicationOwner
 from shoal.p2p.replication.repair_policy import Replica, State
@@ -30,6 +31,7 @@ from shoal.store.chunking.profiles import DEFAULT_PROFILE
 from shoal.store.dag import exporter
 from shoal.store.dag.importer import import_file
 from shoal.store.ipld.cid import RAW, cid_for_digest, parse_cid
+from shoal.store.errors import StoreError
 from shoal.store.persist.repo import Repo
 from tests.helpers import random_bytes
 
@@ -225,3 +227,39 @@ def test_pushed_offers_kept_only_if_the_owner_signed_them_for_the_maps_shards(re
     packed = msgpack.packb(good + [forged, other, b"junk"], use_bin_type=True)
     assert _offer_list(_checked_offers(packed, ecmap)) == good
     assert _offer_list(b"\xc1") == [] and _checked_offers(b"", ecmap) == msgpack.packb([])
+
+
+def test_repair_source_is_the_local_copy_only_when_the_owner_holds_it_whole() -> None:
+    """The owner with its copy pinned and complete re-encodes (moves no shard in);
+    a deputy, a dropped/collected copy, or a missing layout id fetch K shards."""
+    assert repair_source(is_deputy=False, has_layout_id=True, object_pinned=True, object_complete=True) == FROM_LOCAL
+    for deputy, has_id, pinned, complete in [
+        (True, True, True, True),    # a deputy: whatever it has, it is not the owner's copy
+        (False, True, False, True),  # blocks still there but unpinned (--ec-drop-local): gc may take them
+        (False, True, True, False),  # pinned but some block gone
+        (False, False, True, True),  # no recorded layout to prove the re-encoding against
+        (False, True, False, False),
+    ]:
+        assert repair_source(deputy, has_id, pinned, complete) == FROM_SHARDS, (deputy, has_id, pinned, complete)
+
+
+def test_local_rebuild_gives_the_placed_shards_again(repo: Repo, tmp_path: Path) -> None:
+    """After the shards' local copies are collected, the owner's copy alone gives
+    the lost shards back byte for byte (same CIDs), reading the object once."""
+    data = random_bytes(300_000, 19)
+    (tmp_path / "f.bin").write_bytes(data)
+    root = repo.add(tmp_path / "f.bin", profile=SMALL).cid
+    layout_id, shards, object_bytes = _encode_shards(repo, root, 4, 2)
+    for _, c, _ in shards:
+        repo.pin_rm(parse_cid(c))
+    repo.gc()
+    lost = [(1, shards[1][1]), (5, shards[5][1])]
+    assert not any(repo.blockstore.has(parse_cid(c)) for _, c in lost)
+    made, read = _rebuild_shards_local(repo, root, 4, 2, lost, layout_id)
+    assert made == [c for _, c in lost] and read == object_bytes
+    assert all(repo.index.is_pinned(c) for c in made)
+    for (i, c), length in zip(lost, (shards[1][2], shards[5][2])):
+        assert sum(len(p) for p in exporter.read_file(repo.blockstore, parse_cid(c))) == length
+    # Another encoding (another scheme) never passes for the placed shards.
+    with pytest.raises(StoreError):
+        _rebuild_shards_local(repo, root, 3, 3, lost, layout_id)
