@@ -9,7 +9,10 @@ and the control API as a user would:
   from the four shards left;
 - in a bigger swarm, two holders killed: the owner rebuilds the two lost
   shards and places them on new peers, status shows six healthy shards
-  again and an audit round passes.
+  again and an audit round passes;
+- one holder killed with --ec-threshold 6 while the owner keeps its copy:
+  the owner re-encodes the lost shard from its own blocks, receiving no
+  shard bytes, and sends only that one shard.
 """
 
 from __future__ import annotations
@@ -176,6 +179,44 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
 
     wait_until(all_released, 30, "every shard holder to be released")
     assert owner.api("GET", f"/v1/status?cid={cid}").status_code != 200  # no longer stored nor coded
+
+
+@pytest.mark.timeout(180)
+def test_owner_with_its_copy_rebuilds_a_lost_shard_without_fetching_any(swarm: Swarm, tmp_path: Path) -> None:
+    # The owner, six holders and one spare for the new holder.
+    nodes = start_swarm(swarm, n=8)
+    owner = nodes[0]
+    src = tmp_path / "w.bin"
+    write_random(src, 3 * MiB + 777, seed=22)
+    cid = put_ec(owner, src, "--ec-threshold", "6")["cid"]  # repair at the first loss
+    doc = wait_shards_ok(owner, nodes, cid)
+    assert doc["threshold"] == 6 and doc["local_copy"] is True, doc
+    assert owner.shoal("gc").code == 0  # the placed shards' local copies go: the lost one must be rebuilt
+    length = doc["shards"][0]["length"]
+    before = {s["index"]: s["holder"] for s in doc["shards"]}
+    stats0 = owner.api("GET", "/v1/stats").json()
+    victim = by_id(nodes, before[2])
+    victim.kill()
+    doc = wait_shards_ok(owner, nodes, cid, timeout=90)
+    after = {s["index"]: s["holder"] for s in doc["shards"]}
+    assert after[2] != victim.peer_id and owner.peer_id not in after.values() and len(set(after.values())) == 6
+    assert {i: after[i] for i in (0, 1, 3, 4, 5)} == {i: before[i] for i in (0, 1, 3, 4, 5)}, after
+    assert doc["shards_rebuilt"] == 1, doc
+    stats1 = owner.api("GET", "/v1/stats").json()
+    # Rebuilt from the owner's own blocks: not one shard byte came in; the one shard went out.
+    assert stats1["received_bytes"] == stats0["received_bytes"], (stats0, stats1)
+    sent = stats1["served_bytes"] - stats0["served_bytes"]
+    assert length <= sent < 2 * length, (sent, length)
+    ops = owner.api("GET", "/v1/energy").json()["node"]["operations"]
+    # The ledger's ec-repair row: the object read locally (its whole DAG) + the one shard written.
+    assert ops["ec-repair"]["bytes"] >= src.stat().st_size + length, ops
+    assert ops.get("repair", {}).get("bytes", 0) == 0, ops  # no shard fetched for the repair
+    # The same shard (same CID: commitment and map stay valid), and its new holder passes an audit.
+    assert [s["shard_cid"] for s in doc["shards"]] == [s["shard_cid"] for s in status_api(owner, cid)["shards"]]
+    audit = owner.json("audit", doc["shards"][2]["shard_cid"])
+    assert [(r["peer_id"], r["ok"]) for r in audit["results"] if r["peer_id"] == after[2]] == [(after[2], True)], audit
+    view = status_api(by_id(nodes, after[2]), doc["shards"][2]["shard_cid"])
+    assert view["role"] == "holder" and view["owner"] == owner.peer_id, view
 
 
 @pytest.mark.parametrize("args, says", [
