@@ -32,9 +32,10 @@ is deduplicated, no block is already anywhere), with the same `--size` file
    one lost shard of 4+2 starts no repair, by design, so the bench kills
    K + M - threshold + 1 shard holders (shards 0, K, ...: data and parity).
    Timed until status shows every shard / replica ok on live peers again.
-   The same counters over that span, also per lost holder: an EC repair
-   fetches K shards to the owner (its shard copies went with the gc) and
-   sends the rebuilt ones out; a replica repair sends one whole copy.
+   The same counters over that span, also per lost holder: the owner keeps
+   its copy (no --ec-drop-local), so an EC repair re-encodes the lost
+   shards from it (its shard copies went with the gc), receives nothing
+   and sends only the rebuilt ones; a replica repair sends one whole copy.
 
 Ratios EC / replicas are paired per round, then the median of the rounds.
 

@@ -7,8 +7,9 @@ and the control API as a user would:
 - two shard holders killed with -9 and the owner's copy dropped
   (--ec-drop-local + gc): a fresh node's `get` rebuilds identical bytes
   from the four shards left;
-- in a bigger swarm, two holders killed: the owner rebuilds the two lost
-  shards and places them on new peers, status shows six healthy shards
+- in a bigger swarm, two holders killed and the owner's copy dropped: the
+  owner rebuilds the two lost shards from four fetched ones and places
+  them on new peers, status shows six healthy shards
   again and an audit round passes;
 - one holder killed with --ec-threshold 6 while the owner keeps its copy:
   the owner re-encodes the lost shard from its own blocks, receiving no
@@ -130,14 +131,16 @@ def test_two_lost_shards_are_rebuilt_on_new_peers_and_pass_an_audit(swarm: Swarm
     owner = nodes[0]
     src = tmp_path / "w.bin"
     write_random(src, 3 * MiB + 999, seed=19)
-    cid = put_ec(owner, src, "--ec-threshold", "5")["cid"]  # the default (K + 1), given explicitly
+    # --ec-drop-local: with no copy of its own the owner must fetch four shards and
+    # decode (codec.rebuild); an owner keeping its copy re-encodes from it (below).
+    cid = put_ec(owner, src, "--ec-threshold", "5", "--ec-drop-local")["cid"]  # the default (K + 1), given explicitly
     doc = wait_shards_ok(owner, nodes, cid)
     assert doc["threshold"] == 5
-    assert doc["local_copy"] is True  # no --ec-drop-local: the owner keeps its copy
+    wait_until(lambda: not status_api(owner, cid)["local_copy"], 20, "the owner to drop its copy")
     write_random(tmp_path / "r.bin", 100_000, seed=20)  # replicas stay the default scheme, shown as such
     plain = owner.json("put", str(tmp_path / "r.bin"), "--replicas", "2")["cid"]
     assert status_api(owner, plain)["scheme"] == {"replicas": 2}
-    assert owner.shoal("gc").code == 0  # the placed shards' local copies go: a repair must rebuild
+    assert owner.shoal("gc").code == 0  # the shards' and the object's local copies go: a repair must rebuild
     before = {s["index"]: s["holder"] for s in doc["shards"]}
     victims = [by_id(nodes, before[1]), by_id(nodes, before[5])]
     for v in victims:
