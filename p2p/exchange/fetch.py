@@ -237,6 +237,10 @@ class PlannedFetch(abc.ABC):
         and from `self.gateways`."""
         if holders is None:
             holders = await find_holders(self.node, root)
+            routing = self.node.routing
+            if not holders and routing is not None and await routing.connect_providers(root):
+                # No connected peer had it; the DHT's providers are connected now.
+                holders = await find_holders(self.node, root)
         if not holders:  # no Shoal peer has it: ask the IPFS nodes we are connected to
             self.bitswap_holders = [BitswapPeer(p) for p in await self.node.bitswap_peers()]
         if not holders and not self.gateways and not self.bitswap_holders:

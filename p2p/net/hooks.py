@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Handler", "RouteHandler", "Route", "SentBytes", "ServeObserver", "NodeService",
-    "ReplicationApi", "EnergyApi",
+    "ReplicationApi", "EnergyApi", "RoutingApi",
 ]
 
 Handler = Callable[[PeerConnection, Message], Awaitable[Sequence[Message]]]
@@ -122,4 +122,12 @@ class EnergyApi(Protocol):
 
     def replicating_to(self, peer: PeerId, kind: str = "replicate-out") -> AbstractContextManager[None]:
         """While open, blocks served to `peer` count as `kind`, not `serve`."""
+        ...
+
+
+class RoutingApi(Protocol):
+    """Content routing (the DHT), as `get` uses it when no connected peer has a root."""
+
+    async def connect_providers(self, root: CID, want: int = 5) -> int:
+        """Find providers of `root` and connect to up to `want` of them; how many are connected."""
         ...

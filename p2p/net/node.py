@@ -49,7 +49,7 @@ from shoal.p2p.net.peer_exchange import exchange_round, learn_peers, peers_reply
 from shoal.p2p.net.peer_store import PeerStore
 from shoal.p2p.net.reputation_store import ReputationStore
 from shoal.p2p.net.hooks import (
-    EnergyApi, Handler, NodeService, ReplicationApi, Route, RouteHandler, ServeObserver,
+    EnergyApi, Handler, NodeService, ReplicationApi, Route, RoutingApi, RouteHandler, ServeObserver,
 )
 from shoal.p2p.bitswap.driver import Bitswap
 from shoal.p2p.bitswap.repo_source import RepoSource
@@ -164,6 +164,7 @@ class Node:
         self.routes: list[Route] = []
         self.serve_observers: list[ServeObserver] = []
         self._replication: ReplicationApi | None = None
+        self._routing: RoutingApi | None = None
         self._energy: EnergyApi | None = None
         self.store_guard = StoreGuard()
         self.blocks = BlockServer(repo, self.serve_observers)
@@ -219,6 +220,16 @@ class Node:
         if self._replication is not None:
             raise P2PError("this node has a replication service already")
         self._replication = service
+
+    def provide_routing(self, service: RoutingApi) -> None:
+        if self._routing is not None:
+            raise P2PError("this node has a routing service already")
+        self._routing = service
+
+    @property
+    def routing(self) -> RoutingApi | None:
+        """Content routing (the DHT service), if one is attached: `get` asks it for providers."""
+        return self._routing
 
     def provide_energy(self, service: EnergyApi) -> None:
         if self._energy is not None:
@@ -764,7 +775,8 @@ class Node:
         while True:
             await trio.sleep(self.options.pex_interval)
             await self._maybe_flush()
-            await self._exchange_peers()
+            if self.options.peer_exchange:
+                await self._exchange_peers()
             self._dial_ready()
 
     def _dial_ready(self) -> int:

@@ -149,6 +149,10 @@ class NodeOptions:
     listen: list[Multiaddr] = field(default_factory=lambda: [Multiaddr("127.0.0.1", 0)])
     bootstrap: list[Multiaddr] = field(default_factory=list)
     pex_interval: float = 2.0
+    peer_exchange: bool = True
+    """False (`[node] peer_exchange = false`): peers are found only through
+    bootstrap and the DHT, as in a large swarm where learning and dialling
+    every peer a neighbour knows is no longer wanted."""
     quota_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     reputation_flush_interval: float = REPUTATION_FLUSH_INTERVAL_S
