@@ -1,4 +1,4 @@
-"""The node services (replication, audits, name records), attached by `shoal node start` before the node runs.
+"""The node services (replication, audits, name records, content routing), attached by `shoal node start` before the node runs.
 
 `shoal.cli.commands_node._load_services` calls `install(node)`. Each service
 registers itself with `Node.register` and hooks in through the node's typed
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 # Imported with this module, not inside install(): `node start` loads this
 # module before it opens the repo, so a broken service fails the start at once.
+from shoal.p2p.dht.node_service import install as install_routing
 from shoal.p2p.names.service import install as install_names
 from shoal.p2p.replication.owner import install as install_replication
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 
 def install(node: "Node") -> None:
-    """Register every service on `node` (replication and audits first, then names)."""
+    """Register every service on `node` (replication and audits first, then names, then the DHT)."""
     install_replication(node)
     install_names(node)
+    install_routing(node)
