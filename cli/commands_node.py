@@ -66,6 +66,13 @@ def register(sub: Any) -> None:
     p.add_argument("--gateway-cache-pin", action="store_true", default=None,
                    help="pin what the gateway fetched from peers once a whole DAG is here "
                         "(default: [gateway] cache_pin, else cached unpinned: gc may evict it)")
+    p.add_argument("--routing", choices=["auto", "server", "client", "off"], default=None,
+                   help="DHT mode: server answers lookups, client only asks, off runs no DHT (default: "
+                        "[routing] mode in config.toml, else auto: server in a private swarm or on "
+                        "loopback/private addresses only, client otherwise)")
+    p.add_argument("--provide", choices=["roots", "all"], default=None,
+                   help="what the node announces in the DHT: the roots it holds, or every block of them "
+                        "(default: [routing] provide in config.toml, roots)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="least severe log messages to print on stderr (default: %(default)s)")
     p.add_argument("--no-wait", action="store_true",
@@ -236,6 +243,8 @@ def cmd_node_start(args: argparse.Namespace) -> int:
     from shoal.p2p.secure.multiaddr import Multiaddr
     from shoal.p2p.net.node_config import FetchConfig, NodeLimits, NodeOptions
     from shoal.p2p.net.service import parse_api_bind, run_node
+    from shoal.p2p.dht.node_service import RoutingSettings, is_private_setup
+    from shoal.p2p.errors import P2PError
 
     setup = _load_services()  # before the repo is opened: a broken install fails at once
 
@@ -260,13 +269,23 @@ def cmd_node_start(args: argparse.Namespace) -> int:
         if gateway is not None:
             _check_bindable(gateway.host, gateway.port, "gateway",
                             "--gateway" if args.gateway is not None else "--gateway (or [gateway] listen in config.toml)")
+        try:
+            routing = RoutingSettings.from_config(repo.config.get("routing"), mode=args.routing,
+                                                  provide=args.provide,
+                                                  private=is_private_setup(listen, swarm_key))
+        except P2PError as exc:
+            raise CliError(str(exc).replace("config:", "config.toml:", 1), hint=CONFIG_HINT) from None
+        peer_exchange = node_cfg.get("peer_exchange", True)
+        if not isinstance(peer_exchange, bool):
+            raise CliError("config.toml: [node] peer_exchange must be true or false", hint=CONFIG_HINT)
         options = NodeOptions(
+            peer_exchange=peer_exchange,
             listen=listen,
             bootstrap=bootstrap,
             quota_bytes=settings.quota_bytes,
             extra={"audit_interval": settings.audit_interval, "default_replicas": settings.replicas,
                    "default_ec": settings.ec,
-                   "gateway": gateway},
+                   "gateway": gateway, "routing": routing},
             swarm_key=swarm_key,
             allow_peers=allow_peers,
             limits=NodeLimits.from_config(node_cfg.get("limits")),

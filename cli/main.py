@@ -61,7 +61,8 @@ def shoal_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from shoal.cli import (
-    commands_demo, commands_energy, commands_hf, commands_node, commands_replication, commands_store,
+    commands_demo, commands_energy, commands_hf, commands_node, commands_replication, commands_routing,
+    commands_store,
 )
 
     parser = ShoalArgumentParser(
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", default=False, help=JSON_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (commands_store, commands_node, commands_replication, commands_energy, commands_hf,
-                   commands_demo):
+                   commands_routing, commands_demo):
         module.register(sub)
     _add_global_options(parser)
     return parser
