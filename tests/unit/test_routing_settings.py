@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
-from shoal.p2p.dht.node_service import RoutingSettings, is_private_setup
+from shoal.store.persist.repo import Repo
+from shoal.p2p.dht.node_service import RoutingService, RoutingSettings, is_private_setup
 from shoal.p2p.errors import P2PError
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
@@ -40,3 +45,20 @@ def test_flags_override_config_and_times_are_read() -> None:
 def test_bad_values_are_named(table: object, needle: str) -> None:
     with pytest.raises(P2PError, match=needle):
         RoutingSettings.from_config(table, private=True)
+
+
+def test_provide_roots_or_every_block(tmp_path: Path) -> None:
+    """"roots" announces each object put (and recursive pin) once; "all" every block of them."""
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(1_500_000))  # several chunks: leaves under one root
+    with Repo.init(tmp_path / "repo") as repo:
+        root = repo.add(src).cid
+        holder = SimpleNamespace(repo=repo)
+        roots = RoutingService(RoutingSettings(provide="roots"))
+        roots.node = holder  # type: ignore[assignment]
+        assert roots._holdings() == {bytes(root.digest)}
+        every = RoutingService(RoutingSettings(provide="all"))
+        every.node = holder  # type: ignore[assignment]
+        blocks = every._holdings()
+        assert bytes(root.digest) in blocks
+        assert len(blocks) == len(repo.dag_keys(root)) > 2
