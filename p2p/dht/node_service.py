@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import trio
 
+from shoal.store.errors import StoreError
 from shoal.store.ipld.cid import CID, parse_cid
 from shoal.p2p.errors import P2PError
 from shoal.p2p.net.api import ApiError, param
@@ -130,6 +131,7 @@ class RoutingService:
         self.node: "Node | None" = None
         self.dht: DHTService | None = None
         self.provided: set[bytes] = set()
+        self._dag_blocks: dict[bytes, frozenset[bytes]] = {}  # root multihash -> its blocks ("all")
 
     # -- NodeService -----------------------------------------------------------
 
@@ -209,13 +211,19 @@ class RoutingService:
                 roots.append(parse_cid(pin.cid))
         out = {bytes(cid.digest) for cid in roots}
         if self.settings.provide == "all":
+            walked: dict[bytes, frozenset[bytes]] = {}
             for cid in roots:
-                try:
-                    keys = repo.dag_keys(cid)
-                except Exception as exc:  # a DAG not (yet) complete here: its present blocks wait
-                    log.debug("routing: cannot walk %s: %s", cid, exc)
-                    continue
-                out.update(_multihash_of_key(k) for k in keys)
+                mh = bytes(cid.digest)
+                blocks = self._dag_blocks.get(mh)
+                if blocks is None:  # each DAG is walked once, not on every scan
+                    try:
+                        blocks = frozenset(_multihash_of_key(k) for k in repo.dag_keys(cid))
+                    except StoreError as exc:  # not (yet) complete here: walked again next scan
+                        log.debug("routing: cannot walk %s: %s", cid, exc)
+                        continue
+                walked[mh] = blocks
+                out.update(blocks)
+            self._dag_blocks = walked
         return out
 
     async def _provide_loop(self) -> None:
