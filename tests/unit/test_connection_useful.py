@@ -7,7 +7,7 @@ that serve us."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -36,18 +36,27 @@ async def stranger(conn: PeerConnection, msg: Message) -> Sequence[Message]:
     return []
 
 
-async def test_only_data_answers_make_a_connection_useful() -> None:
+HELLO = Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0)
+
+
+async def _greeted_pair(nursery: trio.Nursery, b_handler: Callable[[PeerConnection, Message], Awaitable[Sequence[Message]]] = stranger,
+                        ) -> tuple[PeerConnection, PeerConnection]:
+    """Two connections over an in-memory stream, running, each having had the other's Hello."""
     a_stream, b_stream = trio.testing.memory_stream_pair()
     a = PeerConnection(a_stream, Identity.generate().peer_id, stranger)
-    b = PeerConnection(b_stream, Identity.generate().peer_id, stranger)
-    hello = Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0)
+    b = PeerConnection(b_stream, Identity.generate().peer_id, b_handler)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    await a.send(HELLO)
+    await b.send(HELLO)
+    await a.hello_received.wait()
+    await b.hello_received.wait()
+    return a, b
+
+
+async def test_only_data_answers_make_a_connection_useful() -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        await nursery.start(b.run)
-        await a.send(hello)
-        await b.send(hello)
-        await a.hello_received.wait()
-        await b.hello_received.wait()
+        a, _ = await _greeted_pair(nursery)
         await a.request(lambda rid: Ping(rid, b"x"))
         await a.request(lambda rid: GetPeers(rid, 8))
         await a.request(lambda rid: WantHave(rid, (CID,)))
@@ -73,16 +82,8 @@ async def test_blocks_never_asked_for_are_dropped_and_a_flood_closes_the_connect
         return junk + [Block(msg.request_id, msg.cids[0], b"data")]
 
     for n_junk, closes in ((3, False), (MAX_MALFORMED + 1, True)):
-        a_stream, b_stream = trio.testing.memory_stream_pair()
-        a = PeerConnection(a_stream, Identity.generate().peer_id, stranger)
-        b = PeerConnection(b_stream, Identity.generate().peer_id, flooder)
-        hello = Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0)
         async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await a.send(hello)
-            await b.send(hello)
-            await a.hello_received.wait()
+            a, _ = await _greeted_pair(nursery, flooder)
             if closes:
                 with pytest.raises(RequestFailed):
                     await a.request(lambda rid: WantBlock(rid, (CID,)), timeout=5)
@@ -100,18 +101,10 @@ async def test_a_flood_of_repeated_hellos_closes_the_connection() -> None:
     from shoal.p2p.net.connection import MAX_MALFORMED
 
     for n_hellos, closes in ((MAX_MALFORMED, False), (MAX_MALFORMED + 1, True)):
-        a_stream, b_stream = trio.testing.memory_stream_pair()
-        a = PeerConnection(a_stream, Identity.generate().peer_id, stranger)
-        b = PeerConnection(b_stream, Identity.generate().peer_id, stranger)
-        hello = Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0)
         async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await b.send(hello)
-            await a.send(hello)
-            await a.hello_received.wait()
+            a, b = await _greeted_pair(nursery)
             for _ in range(n_hellos):
-                await b.send(hello)
+                await b.send(HELLO)
             with trio.fail_after(10):
                 while not a.closed and a._malformed < n_hellos:
                     await trio.sleep(0.01)
