@@ -6,22 +6,28 @@ libp2p `PublicKey {Type = Ed25519, Data = 32 bytes}`, shown as base58btc
 read back out of the PeerId, so a peer id alone is enough to verify its
 owner's signatures.
 
-What this module does not do: RSA, secp256k1 or ECDSA keys. PeerIds of those
-kinds (`Qm...`, `16Uiu2...`) parse and compare, but cannot verify anything.
-The key file holds the libp2p `PrivateKey` protobuf, so keys can be moved to
-and from other libp2p implementations.
+Remote peers may hold any of the four key types of the peer-ids spec
+(`PublicKey`): public IPFS nodes use RSA (`Qm...`, bootstrap peers),
+secp256k1 (`16Uiu2...`) and ECDSA as well as Ed25519, and a node that joins the
+public DHT must verify them in the Noise handshake and in identify. Keys longer
+than 42 bytes once encoded (RSA, ECDSA) get sha2-256 peer ids, so such an id
+does not carry its key: it is only checked against a key sent alongside.
+Our own identity stays Ed25519. The key file holds the libp2p `PrivateKey`
+protobuf, so keys can be moved to and from other libp2p implementations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -35,17 +41,31 @@ from shoal.store.persist.durable import durable_file
 __all__ = [
     "Identity",
     "PeerId",
+    "PublicKey",
     "decode_public_key",
     "encode_public_key",
     "protobuf_fields",
     "protobuf_bytes_field",
 ]
 
+KEY_TYPE_RSA = 0
 KEY_TYPE_ED25519 = 1
+KEY_TYPE_SECP256K1 = 2
+KEY_TYPE_ECDSA = 3
 _IDENTITY_CODE = 0x00
 _SHA256_CODE = 0x12
 _MAX_INLINE_KEY = 42  # peer-ids spec: keys longer than this are sha256-hashed
 _ED25519_LEN = 32
+_SECP256K1_LEN = 33  # compressed point, the only canonical form
+# RSA below 2048 bits is refused (peer-ids spec minimum); above 8192 bits the
+# verify cost and key size only serve an attacker. An 8192-bit PKIX key is
+# about 1,060 bytes, so 2 KiB bounds any acceptable `PublicKey` protobuf.
+RSA_MIN_BITS = 2048
+RSA_MAX_BITS = 8192
+MAX_PUBLIC_KEY_PROTO = 2048
+_ECDSA_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+_DER = serialization.Encoding.DER
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
 _RAW_PRIV = serialization.PrivateFormat.Raw
@@ -105,29 +125,117 @@ def protobuf_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
             raise ValueError(f"unsupported wire type {wire}")
 
 
+def _key_proto(key_type: int, data: bytes) -> bytes:
+    """The canonical `PublicKey` protobuf: Type (even when 0, proto2) then Data."""
+    return varint.encode(1 << 3) + varint.encode(key_type) + protobuf_bytes_field(2, data)
+
+
 def encode_public_key(raw: bytes) -> bytes:
     """The libp2p `PublicKey` protobuf of a raw 32-byte Ed25519 public key."""
     if len(raw) != _ED25519_LEN:
         raise ValueError("an Ed25519 public key is 32 bytes")
-    return bytes([0x08, KEY_TYPE_ED25519]) + protobuf_bytes_field(2, raw)
+    return _key_proto(KEY_TYPE_ED25519, raw)
 
 
-def decode_public_key(proto: bytes) -> Ed25519PublicKey:
-    """Parse a libp2p `PublicKey` protobuf holding an Ed25519 key.
+_VerifyKey = Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A remote peer's verified-canonical libp2p public key, of any spec type.
+
+    Built only by `decode_public_key` (or `from_ed25519`), so `proto` is the
+    one canonical encoding and its PeerId is unique.
+    """
+
+    key_type: int
+    data: bytes
+    key: _VerifyKey = field(repr=False, compare=False)
+
+    @classmethod
+    def from_ed25519(cls, key: Ed25519PublicKey | bytes) -> PublicKey:
+        raw = key if isinstance(key, bytes) else key.public_bytes(_RAW, _RAW_PUB)
+        if len(raw) != _ED25519_LEN:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        return cls(KEY_TYPE_ED25519, raw, Ed25519PublicKey.from_public_bytes(raw))
+
+    def to_proto(self) -> bytes:
+        """The canonical libp2p `PublicKey` protobuf."""
+        return _key_proto(self.key_type, self.data)
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """True if `signature` over `data` is valid under the type's scheme.
+
+        Ed25519 signs the message itself; RSA uses RSASSA-PKCS1-v1_5 with
+        SHA-256; secp256k1 and ECDSA use ECDSA over SHA-256 with a DER
+        signature (what go-libp2p and js-libp2p produce).
+        """
+        if len(signature) > 2048:
+            return False
+        key = self.key
+        try:
+            if isinstance(key, Ed25519PublicKey):
+                key.verify(signature, data)
+            elif isinstance(key, rsa.RSAPublicKey):
+                key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+            else:
+                key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+def _decode_key_data(key_type: int, data: bytes) -> _VerifyKey:
+    """The key object of canonical `data`; ValueError for anything else."""
+    if key_type == KEY_TYPE_ED25519:
+        if len(data) != _ED25519_LEN:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        return Ed25519PublicKey.from_public_bytes(data)
+    if key_type == KEY_TYPE_SECP256K1:
+        if len(data) != _SECP256K1_LEN or data[0] not in (2, 3):
+            raise ValueError("a secp256k1 key must be a 33-byte compressed point")
+        # from_encoded_point checks that the point is on the curve.
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), data)
+    if key_type not in (KEY_TYPE_RSA, KEY_TYPE_ECDSA):
+        raise ValueError(f"unsupported key type {key_type!r}")
+    try:
+        key = serialization.load_der_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"bad PKIX public key: {exc}") from None
+    if key.public_bytes(_DER, _SPKI) != data:
+        raise ValueError("non-canonical PKIX public key")
+    if key_type == KEY_TYPE_RSA:
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ValueError("RSA key type holds a non-RSA key")
+        if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
+            raise ValueError(f"RSA key of {key.key_size} bits (allowed "
+                             f"{RSA_MIN_BITS}..{RSA_MAX_BITS})")
+        return key
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _ECDSA_CURVES):
+        raise ValueError("ECDSA key type must hold a NIST P-256/384/521 key")
+    return key
+
+
+def decode_public_key(proto: bytes) -> PublicKey:
+    """Parse a libp2p `PublicKey` protobuf of any of the four spec key types.
 
     Only the canonical encoding is accepted (the peer-ids spec requires it),
-    so one key has exactly one PeerId. ValueError otherwise.
+    so one key has exactly one PeerId: Type then Data, nothing else, and
+    Data in its canonical form (raw Ed25519, compressed secp256k1, DER PKIX
+    for RSA and ECDSA). Bounded in size; ValueError otherwise.
     """
+    if len(proto) > MAX_PUBLIC_KEY_PROTO:
+        raise ValueError(f"PublicKey of {len(proto)} bytes is too large")
     fields = list(protobuf_fields(proto))
     if [n for n, _ in fields] != [1, 2]:
         raise ValueError("PublicKey must hold exactly Type then Data")
     key_type, data = fields[0][1], fields[1][1]
-    if key_type != KEY_TYPE_ED25519:
-        raise ValueError(f"unsupported key type {key_type!r}")
-    assert isinstance(data, bytes)
-    if len(data) != _ED25519_LEN or encode_public_key(data) != proto:
-        raise ValueError("non-canonical Ed25519 PublicKey")
-    return Ed25519PublicKey.from_public_bytes(data)
+    if not isinstance(key_type, int) or not isinstance(data, bytes):
+        raise ValueError("PublicKey fields have the wrong wire types")
+    key = _decode_key_data(key_type, data)
+    if _key_proto(key_type, data) != proto:
+        raise ValueError("non-canonical PublicKey protobuf")
+    return PublicKey(key_type, data, key)
 
 
 # -- PeerId ------------------------------------------------------------------
@@ -154,11 +262,22 @@ class PeerId:
         raise InvalidMultiaddr("peer id must be an identity or sha2-256 multihash")
 
     @classmethod
-    def from_public_key(cls, key: Ed25519PublicKey | bytes) -> PeerId:
-        """The PeerId of an Ed25519 public key (object or raw 32 bytes)."""
-        raw = key if isinstance(key, bytes) else key.public_bytes(_RAW, _RAW_PUB)
-        proto = encode_public_key(raw)
-        return cls(bytes([_IDENTITY_CODE, len(proto)]) + proto)
+    def from_public_key(cls, key: PublicKey | Ed25519PublicKey | bytes) -> PeerId:
+        """The PeerId of a public key (raw 32 bytes meaning Ed25519).
+
+        Identity multihash when the encoded key is at most 42 bytes
+        (Ed25519, secp256k1), else sha2-256 of it (RSA, ECDSA): peer-ids spec.
+        """
+        if not isinstance(key, PublicKey):
+            key = PublicKey.from_ed25519(key)
+        proto = key.to_proto()
+        if len(proto) <= _MAX_INLINE_KEY:
+            return cls(bytes([_IDENTITY_CODE, len(proto)]) + proto)
+        return cls(bytes([_SHA256_CODE, 32]) + hashlib.sha256(proto).digest())
+
+    def matches(self, key: PublicKey) -> bool:
+        """True if `key` is the key this id names (also for hashed ids)."""
+        return PeerId.from_public_key(key) == self
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PeerId:
@@ -196,8 +315,8 @@ class PeerId:
     def __repr__(self) -> str:
         return f"PeerId({self.to_string()!r})"
 
-    def public_key(self) -> Ed25519PublicKey:
-        """The Ed25519 key inlined in the id; ValueError for other key kinds."""
+    def public_key(self) -> PublicKey:
+        """The key inlined in the id; ValueError for hashed ids."""
         if self.multihash[0] != _IDENTITY_CODE:
             raise ValueError("hashed peer ids do not carry their key")
         return decode_public_key(self.multihash[2:])
@@ -205,10 +324,10 @@ class PeerId:
     def verify(self, signature: bytes, data: bytes) -> bool:
         """True if `signature` over `data` was made by this peer's key."""
         try:
-            self.public_key().verify(signature, data)
-        except (ValueError, InvalidSignature):
+            key = self.public_key()
+        except ValueError:
             return False
-        return True
+        return key.verify(signature, data)
 
 
 # -- Identity ----------------------------------------------------------------

@@ -343,8 +343,9 @@ def _verify_payload(payload: bytes, remote_static: bytes) -> PeerId:
         key = decode_public_key(key_proto)
     except ValueError as exc:
         raise HandshakeError(f"bad handshake payload: {exc}") from None
+    # Verify with the key itself: RSA and ECDSA ids are hashes that cannot.
     peer = PeerId.from_public_key(key)
-    if not peer.verify(sig, _SIG_PREFIX + remote_static):
+    if not key.verify(sig, _SIG_PREFIX + remote_static):
         raise HandshakeError("remote's identity signature over its static key is invalid")
     return peer
 
