@@ -6,6 +6,8 @@
 //                                                     N random bytes on /shoal/test/sink/1.0.0
 //   --streams K        (dial) K concurrent sink streams of N bytes each
 //   --swarm-key FILE   a private network: @libp2p/pnet with this swarm.key (both modes)
+//   --key-type T       this node's identity: Ed25519 (default), RSA (2048 bits),
+//                      or secp256k1, from @libp2p/crypto generateKeyPair
 //
 // Both modes serve /shoal/test/sink/1.0.0: read to the end, answer "<len> <sha256 hex>".
 // Reports one JSON object per line on stdout:
@@ -28,6 +30,7 @@ import { identify } from '@libp2p/identify'
 import { preSharedKey } from '@libp2p/pnet'
 import { readFileSync } from 'node:fs'
 import { multiaddr } from '@multiformats/multiaddr'
+import { generateKeyPair } from '@libp2p/crypto/keys'
 
 const SINK = '/shoal/test/sink/1.0.0'
 const { positionals, values: opts } = parseArgs({
@@ -37,6 +40,7 @@ const { positionals, values: opts } = parseArgs({
     sink: { type: 'string', default: '0' },
     streams: { type: 'string', default: '1' },
     'swarm-key': { type: 'string' },
+    'key-type': { type: 'string', default: 'Ed25519' },
     timeout: { type: 'string', default: '25000' }
   }
 })
@@ -98,7 +102,10 @@ function identified (result) {
 }
 
 try {
+  const keyType = opts['key-type']
+  const privateKey = await generateKeyPair(keyType, keyType === 'RSA' ? 2048 : undefined)
   const node = await createLibp2p({
+    privateKey,
     addresses: { listen: mode === 'listen' ? ['/ip4/127.0.0.1/tcp/0'] : [] },
     transports: [tcp()],
     connectionEncrypters: [noise()],

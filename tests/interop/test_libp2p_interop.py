@@ -203,3 +203,40 @@ async def test_private_network_with_js_libp2p_pnet(tmp_path: Path) -> None:
                 assert len(rtts) == 2
                 await conn.aclose()
             nursery.cancel_scope.cancel()
+
+
+# ECDSA is left to tests/unit/test_remote_keys.py: js-libp2p 3 cannot yet run
+# with an ECDSA identity (UnsupportedKeyTypeError from peer-id).
+@pytest.mark.parametrize("key_type", ["RSA", "secp256k1"])
+async def test_js_libp2p_with_non_ed25519_identity(tmp_path: Path, key_type: str) -> None:
+    """Public IPFS peers (the bootstrap peers among them) hold RSA or secp256k1
+    keys: js-libp2p with such an identity dials, pings and identifies
+    Shoal (Shoal verifies its key as Noise responder), and Shoal dials it,
+    checking its Noise payload and identify key against the /p2p/ id."""
+    prefix = "16Uiu2" if key_type == "secp256k1" else "Qm"
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            host = Libp2pHost(Identity.generate(), nursery)
+            host.handlers[SINK] = sink_handler
+            (addr,) = await nursery.start(host.serve)
+            async with js_node(tmp_path, "dial", "--addr", str(addr), "--key-type", key_type,
+                               "--sink", "100000") as js:
+                assert (await js.expect("pinged"))["rtt"] >= 0
+                check_identified(await js.expect("identified"), host, addr)
+                sunk = await js.expect("sunk")
+                assert sunk["answer"] == f"100000 {sunk['sent_sha256']}"
+                assert await js.proc.wait() == 0, js.stderr()
+
+            async with js_node(tmp_path, "listen", "--key-type", key_type) as js:
+                ready = await js.expect("ready")
+                assert ready["peer"].startswith(prefix)
+                js_peer = PeerId.from_string(ready["peer"])
+                js_addr = Multiaddr.parse(ready["addrs"][0])
+                conn = await host.dial(js_addr)
+                assert conn.remote_peer == js_peer
+                check_identified(await js.expect("identified"), host, None)
+                assert (await js.expect("pinged"))["rtt"] >= 0
+                info = await identify(await conn.open_stream(IDENTIFY_PROTOCOL), conn.remote_peer)
+                assert info.peer_id() == js_peer
+                await conn.aclose()
+            nursery.cancel_scope.cancel()
