@@ -337,7 +337,7 @@ class Node:
         """Write every changed counter in one transaction (in a worker thread)."""
         async with self._reputation_lock:
             changes = self.reputation_store.pending(self.peers.reputations())
-            if not changes:
+            if not changes and not self.reputation_store.has_damaged_rows:
                 return 0
             try:
                 written: int = await trio.to_thread.run_sync(self.reputation_store.write, changes)

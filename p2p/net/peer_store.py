@@ -12,7 +12,7 @@ Table (component "peer_table", registered with `shoal.store.persist.index.regist
 multiaddr strings without /p2p/; times are wall-clock seconds (the clock the
 peer table's backoff uses).
 
-Batched like reputation (shoal.p2p.net.reputation_store): the node calls
+Batched like reputation, through `shoal.p2p.net.batched_table`: the node calls
 `pending` on the event loop (a comparison with what was last written or
 loaded, no I/O) and `write` in a worker thread (all changed rows in ONE
 transaction) at most every PEER_TABLE_FLUSH_INTERVAL_S and once more at a
@@ -35,14 +35,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
-import time
-from typing import Callable, Final, Iterable, Mapping
+from typing import Final, Iterable
 
-from shoal.store.errors import StoreError
-from shoal.store.persist.index import Index, register_schema
+from shoal.store.persist.index import register_schema
 
 from shoal.p2p.errors import P2PError
+from shoal.p2p.net.batched_table import BatchedPeerTable
 from shoal.p2p.net.peers import MAX_KNOWN_PEERS, PeerRecord, PeerState
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
@@ -85,7 +83,8 @@ MAX_DIAL_FAILURES: Final = 1 << 20
 """Failures counted in a row; far past the backoff cap, and keeps the
 value in SQLite's integer range whatever the run did."""
 
-_COLUMNS: Final = "peer_id, addrs, last_seen, last_connected, dial_failures, failing_since, next_dial_at"
+_COLUMNS: Final = ("peer_id", "addrs", "last_seen", "last_connected", "dial_failures", "failing_since",
+                   "next_dial_at")
 
 # Pruning order (first to go), see the module docstring.
 _PRUNE_ORDER: Final = ("(last_connected > 0), (dial_failures = 0), "
@@ -96,64 +95,26 @@ _LOAD_ORDER: Final = ("(last_connected > 0) DESC, (dial_failures = 0) DESC, "
                       "last_connected DESC, last_seen DESC, updated DESC")
 
 
-class PeerStore:
-    """Reads and writes `peer_table`; remembers what it last wrote.
+class PeerStore(BatchedPeerTable[PeerState]):
+    """Reads and writes `peer_table` (the batching is `BatchedPeerTable`'s)."""
 
-    Not thread-safe by itself: the caller runs at most one `write` at a
-    time and does not call `pending` while one runs (the node holds a lock).
-    """
+    component = COMPONENT
+    migrations = MIGRATIONS
+    table = "peer_table"
+    columns = _COLUMNS
+    load_order = _LOAD_ORDER
+    prune_order = _PRUNE_ORDER
+    what = "peer table"
+    log = log
 
-    def __init__(self, index: Index, *, clock: Callable[[], float] = time.time) -> None:
-        self.index = index
-        self._clock = clock
-        self._written: dict[PeerId, PeerState] = {}
-        self._damaged: set[str] = set()  # peer_id texts of damaged rows, deleted at the next write
-        self._schema_ok = False
-        self.writes = 0  # transactions committed by `write`
-        self.skipped_rows = 0  # damaged rows ignored by the last `load`
+    def max_rows(self) -> int:
+        return MAX_STORED_PEERS
 
-    def _ensure_schema(self) -> bool:
-        """Create the table if this module was imported after the index was opened."""
-        if not self._schema_ok:
-            try:
-                self.index.apply_schema(COMPONENT, MIGRATIONS)
-            except (StoreError, sqlite3.Error) as exc:
-                log.warning("the peer table is not persisted: %s", exc)
-                return False
-            self._schema_ok = True
-        return True
+    def encode_row(self, peer: PeerId, value: PeerState) -> tuple[object, ...]:
+        return _row(peer, value)
 
-    def load(self) -> dict[PeerId, PeerState]:
-        """Every readable row, the most valuable first (the reverse of the pruning order).
-
-        A damaged row is skipped (and deleted at the next write); an
-        unreadable table gives {}.
-        """
-        self.skipped_rows = 0
-        if not self._ensure_schema():
-            return {}
-        try:
-            with self.index.snapshot() as db:
-                rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM peer_table ORDER BY {_LOAD_ORDER} LIMIT ?", (MAX_STORED_PEERS,),
-                ).fetchall()
-        except sqlite3.Error as exc:
-            log.warning("cannot read the saved peer table, starting without it: %s", exc)
-            return {}
-        out: dict[PeerId, PeerState] = {}
-        for row in rows:
-            parsed = _parse_row(row)
-            if parsed is None:
-                self.skipped_rows += 1
-                if isinstance(row[0], str):
-                    self._damaged.add(row[0])
-                continue
-            peer, state = parsed
-            out[peer] = state
-        if self.skipped_rows:
-            log.warning("ignored %d damaged rows of the saved peer table", self.skipped_rows)
-        self._written.update(out)
-        return out
+    def decode_row(self, row: tuple[object, ...]) -> tuple[PeerId, PeerState] | None:
+        return _parse_row(row)
 
     def pending(self, records: Iterable[PeerRecord]) -> dict[PeerId, PeerState]:
         """Records that differ from what was last written or loaded. No I/O.
@@ -166,56 +127,20 @@ class PeerStore:
             if not rec.addrs:
                 continue
             state = rec.state()
-            if self._written.get(rec.peer_id) != state:
+            if self.changed(rec.peer_id, state):
                 out[rec.peer_id] = state
         return out
-
-    @property
-    def has_damaged_rows(self) -> bool:
-        return bool(self._damaged)
-
-    def write(self, changes: Mapping[PeerId, PeerState]) -> int:
-        """Upsert all `changes` in one transaction (and drop damaged rows); returns the rows written.
-
-        On an exception nothing is recorded as written, so the next call
-        retries the same rows.
-        """
-        if (not changes and not self._damaged) or not self._ensure_schema():
-            return 0
-        now = self._clock()
-        rows = [_row(peer, state, now) for peer, state in changes.items()]
-        damaged = sorted(self._damaged)
-        with self.index.transaction() as db:
-            db.executemany("DELETE FROM peer_table WHERE peer_id = ?", [(d,) for d in damaged])
-            db.executemany(
-                f"INSERT INTO peer_table ({_COLUMNS}, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (peer_id) DO UPDATE SET addrs = excluded.addrs, last_seen = excluded.last_seen, "
-                "last_connected = excluded.last_connected, dial_failures = excluded.dial_failures, "
-                "failing_since = excluded.failing_since, next_dial_at = excluded.next_dial_at, "
-                "updated = excluded.updated",
-                rows,
-            )
-            pruned = _prune(db, MAX_STORED_PEERS)
-        self.writes += 1
-        self._damaged.difference_update(damaged)
-        self._written.update(changes)
-        for text in pruned:
-            try:
-                self._written.pop(PeerId.from_string(text), None)
-            except P2PError:
-                continue
-        return len(rows)
 
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) and value >= 0 else 0.0
 
 
-def _row(peer: PeerId, state: PeerState, now: float) -> tuple[object, ...]:
+def _row(peer: PeerId, state: PeerState) -> tuple[object, ...]:
     addrs = json.dumps([str(a.with_peer(None)) for a in state.addrs[:MAX_ADDRS_PER_PEER]])
     return (str(peer), addrs, _finite(state.last_seen), _finite(state.last_connected),
             min(max(int(state.dial_failures), 0), MAX_DIAL_FAILURES), _finite(state.failing_since),
-            _finite(state.next_dial_at), now)
+            _finite(state.next_dial_at))
 
 
 def _parse_row(row: tuple[object, ...]) -> tuple[PeerId, PeerState] | None:
@@ -241,13 +166,3 @@ def _parse_row(row: tuple[object, ...]) -> tuple[PeerId, PeerState] | None:
     t = [float(v) for v in times if isinstance(v, (int, float))]
     return peer, PeerState(addrs, t[0], t[1], failures, t[2], t[3])
 
-
-def _prune(db: sqlite3.Connection, keep: int) -> list[str]:
-    """Drop rows beyond `keep` in the pruning order; returns their peer ids."""
-    (count,) = db.execute("SELECT COUNT(*) FROM peer_table").fetchone()
-    if count <= keep:
-        return []
-    victims = [r[0] for r in db.execute(
-        f"SELECT peer_id FROM peer_table ORDER BY {_PRUNE_ORDER} LIMIT ?", (count - keep,))]
-    db.executemany("DELETE FROM peer_table WHERE peer_id = ?", [(v,) for v in victims])
-    return victims

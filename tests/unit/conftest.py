@@ -9,6 +9,8 @@ from typing import Iterator
 
 import pytest
 
+from shoal.store.persist.index import Index
+
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
@@ -24,3 +26,13 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: an open handle cannot keep it
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    """A fresh repo index (the persisted tables' home), closed after the test."""
+    idx = Index(tmp_path / "index.sqlite")
+    try:
+        yield idx
+    finally:
+        idx.close()

@@ -21,24 +21,10 @@ from shoal.p2p.net.peers import (
     MAX_KNOWN_PEERS, Counts, PeerTable, backoff_delay,
 )
 from shoal.store.persist.repo import Repo
+from tests.unit.peer_helpers import FakeClock, pid
 
 ME = PeerId.from_public_key(hashlib.sha256(b"me").digest())
 ADDR = Multiaddr("127.0.0.1", 4001)
-
-
-def pid(n: int) -> PeerId:
-    return PeerId.from_public_key(hashlib.sha256(b"peer %d" % n).digest())
-
-
-class FakeClock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class FixedRandom:

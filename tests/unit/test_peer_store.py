@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import trio
@@ -18,52 +17,23 @@ from shoal.p2p.net.node import MAX_DIALS_IN_FLIGHT, Node
 from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.peer_store import COMPONENT, PeerStore
 from shoal.p2p.net.peers import DIAL_BACKOFF_CAP_S, PeerState, PeerTable
-from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.identity import Identity
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.wire.limits import MAX_ADDRS_PER_PEER
 from shoal.store.persist.index import Index
 from shoal.store.persist.repo import Repo
+from tests.unit.peer_helpers import FakeClock, count_write_transactions, pid
 
 NODE = Identity.from_seed(hashlib.sha256(b"peer store node").digest())
 ME = NODE.peer_id
-
-
-def pid(n: int) -> PeerId:
-    return PeerId.from_public_key(hashlib.sha256(b"peer %d" % n).digest())
 
 
 def addr(port: int) -> Multiaddr:
     return Multiaddr("127.0.0.1", port)
 
 
-class FakeClock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 def table(clock: FakeClock) -> PeerTable:
     return PeerTable(ME, clock=clock, rng=lambda: 0.0)  # jitter 0.5
-
-
-@pytest.fixture
-def index(tmp_path: Path) -> Iterator[Index]:
-    idx = Index(tmp_path / "index.sqlite")
-    try:
-        yield idx
-    finally:
-        idx.close()
-
-
-def count_write_transactions(idx: Index) -> list[str]:
-    seen: list[str] = []
-    idx._db.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith("BEGIN IMMEDIATE") else None)
-    return seen
 
 
 def insert_raw(idx: Index, rows: list[tuple[object, ...]]) -> None:

@@ -6,42 +6,22 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import trio
 import trio.testing
 
 from shoal.p2p.net import reputation_store as rs
-from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.identity import Identity
 from shoal.p2p.net.node import Node
 from shoal.p2p.net.node_config import NodeOptions
 from shoal.p2p.net.peers import Counts, Reputation
 from shoal.p2p.net.reputation_store import COMPONENT, ReputationStore
 from shoal.store.persist.index import Index
 from shoal.store.persist.repo import Repo
+from tests.unit.peer_helpers import count_write_transactions, pid
 
 NODE = Identity.from_seed(hashlib.sha256(b"reputation node").digest())
-
-
-def pid(n: int) -> PeerId:
-    return PeerId.from_public_key(hashlib.sha256(b"peer %d" % n).digest())
-
-
-@pytest.fixture
-def index(tmp_path: Path) -> Iterator[Index]:
-    idx = Index(tmp_path / "index.sqlite")
-    try:
-        yield idx
-    finally:
-        idx.close()
-
-
-def count_write_transactions(idx: Index) -> list[str]:
-    """Every `BEGIN IMMEDIATE` the index runs from now on (each write is one)."""
-    seen: list[str] = []
-    idx._db.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith("BEGIN IMMEDIATE") else None)
-    return seen
 
 
 def test_counters_written_and_read_back_from_a_fresh_connection(tmp_path: Path, index: Index) -> None:
@@ -227,3 +207,19 @@ async def test_periodic_flush_is_rate_limited(tmp_path: Path, mock_clock: trio.t
         rep.corrupt += 1
         await node._maybe_flush()  # right after a flush: waits again
         assert len(begins) == 1
+
+
+def test_damaged_rows_are_deleted_at_the_next_write(index: Index) -> None:
+    """Like the peer table (shared `BatchedPeerTable`): a damaged row is not read back forever."""
+    store = ReputationStore(index)
+    store.write({pid(1): Counts(corrupt=2)})
+    with index.transaction() as db:
+        db.execute(
+            "INSERT INTO peer_reputation (peer_id, delivered, corrupt, timeouts, proven_losses, audit_timeouts, "
+            "updated) VALUES ('not a peer id', 1, 0, 0, 0, 0, 0)")
+    fresh = ReputationStore(index)
+    assert fresh.load() == {pid(1): Counts(corrupt=2)} and fresh.skipped_rows == 1
+    assert fresh.has_damaged_rows
+    assert fresh.write({}) == 0 and fresh.writes == 1 and not fresh.has_damaged_rows
+    again = ReputationStore(index)
+    assert again.load() == {pid(1): Counts(corrupt=2)} and again.skipped_rows == 0
