@@ -6,6 +6,10 @@ and `/dns/H/tcp/P`, each optionally followed by `/p2p/PEERID` (the legacy
 lower-case host names, `/p2p/` with base58btc ids, so equal addresses give
 equal strings.
 
+`/dnsaddr/HOST[/p2p/PEERID]` (kubo's bootstrap list) is a `Dnsaddr`, read by
+`parse_address`: it names TXT records, not an endpoint, and is resolved by
+`shoal.p2p.net.dnsaddr` before dialling.
+
 Not supported (refused with InvalidMultiaddr): the binary multiaddr form,
 UDP/QUIC/WebSocket and other transports, `/p2p/ID` on its own, IPv6 zones.
 """
@@ -20,7 +24,7 @@ from typing import Literal
 from shoal.p2p.errors import InvalidMultiaddr
 from shoal.p2p.secure.identity import PeerId
 
-__all__ = ["Family", "Multiaddr", "parse_multiaddr"]
+__all__ = ["Dnsaddr", "Family", "Multiaddr", "parse_address", "parse_multiaddr"]
 
 Family = Literal["ip4", "ip6", "dns4", "dns6", "dns"]
 _FAMILIES: tuple[str, ...] = ("ip4", "ip6", "dns4", "dns6", "dns")
@@ -114,4 +118,49 @@ class Multiaddr:
 
 def parse_multiaddr(text: str) -> Multiaddr:
     """Shorthand for `Multiaddr.parse`."""
+    return Multiaddr.parse(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Dnsaddr:
+    """`/dnsaddr/HOST[/p2p/ID]`: addresses published in TXT records at `_dnsaddr.HOST`.
+
+    The optional peer id filters what the records give (libp2p dnsaddr spec).
+    """
+
+    host: str
+    peer_id: PeerId | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str):
+            raise InvalidMultiaddr("host must be a string")
+        if self.peer_id is not None and not isinstance(self.peer_id, PeerId):
+            raise InvalidMultiaddr("peer_id must be a PeerId")
+        object.__setattr__(self, "host", _check_hostname(self.host))
+
+    @classmethod
+    def parse(cls, text: str) -> Dnsaddr:
+        if not isinstance(text, str) or len(text) > _MAX_LEN:
+            raise InvalidMultiaddr("multiaddr must be a string of at most 512 characters")
+        parts = text.split("/")
+        if parts[0] != "" or len(parts) not in (3, 5) or parts[1] != "dnsaddr":
+            raise InvalidMultiaddr(f"expected /dnsaddr/<host>[/p2p/<id>], got {text!r}")
+        peer: PeerId | None = None
+        if len(parts) == 5:
+            if parts[3] not in ("p2p", "ipfs"):
+                raise InvalidMultiaddr(f"expected /p2p/<id> after the host in {text!r}")
+            peer = PeerId.from_string(parts[4])
+        return cls(parts[2], peer)
+
+    def __str__(self) -> str:
+        text = f"/dnsaddr/{self.host}"
+        if self.peer_id is not None:
+            text += f"/p2p/{self.peer_id}"
+        return text
+
+
+def parse_address(text: str) -> Multiaddr | Dnsaddr:
+    """A dialable TCP multiaddr, or a `/dnsaddr/` one still to be resolved."""
+    if isinstance(text, str) and text.startswith("/dnsaddr/"):
+        return Dnsaddr.parse(text)
     return Multiaddr.parse(text)
