@@ -9,7 +9,8 @@ CIDs, and each holder's audits are checked against the signed commitment of
 the shard it keeps, exactly as a replica's are against
 shoal.store.proofs.manifest.Manifest.
 
-Encoding (canonical, like the replica manifest): a msgpack array in fixed
+Encoding (canonical; the envelope is shoal.store.proofs.signed_array's, shared with
+the replica manifest): a msgpack array in fixed
 field order, ints in msgpack's shortest form, bytes as bin, text as str:
     [version=1, root_cid, k, m, piece_size, layout_id,
      [[shard_cid_bytes, commitment.encode()] * (k + m)],
@@ -26,20 +27,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-import msgpack
-
 from shoal.store.erasure.layout import MAX_SHARDS, ErasureError, check_scheme
 from shoal.store.erasure.shard import ShardHeader, ShardInfo
 from shoal.store.errors import InvalidCID
-from shoal.store.ipld.cid import CID, RAW_CODE, cid_from_bytes, parse_cid
+from shoal.store.ipld.cid import CID, RAW_CODE, cid_from_bytes
 from shoal.store.proofs.commitment import Commitment, MalformedProof
+from shoal.store.proofs.signed_array import (
+    MAX_OWNER, MAX_SIGNATURE, check_envelope, is_int as _is_int, pack, signing_bytes, unpack_array,
+)
 
 __all__ = ["ErasureManifest", "MalformedErasureManifest", "MAX_EC_MANIFEST_BYTES"]
 
 EC_MANIFEST_VERSION = 1
-MAX_CID_TEXT = 128
-MAX_OWNER = 128
-MAX_SIGNATURE = 128
 _COMMITMENT_BYTES = 45
 _SHARD_CID_BYTES = 36  # raw CIDv1, sha2-256
 _FIELDS = 10
@@ -57,10 +56,6 @@ def _check(cond: bool, what: str) -> None:
         raise MalformedErasureManifest(what)
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 @dataclass(frozen=True)
 class ErasureManifest:
     """One EC-stored object, as its owner describes it. Validated when built."""
@@ -76,11 +71,7 @@ class ErasureManifest:
     signature: bytes = b""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.root_cid, str) and 0 < len(self.root_cid) <= MAX_CID_TEXT, "bad root CID")
-        try:
-            parse_cid(self.root_cid)
-        except InvalidCID as exc:
-            raise MalformedErasureManifest(f"bad root CID: {exc}") from None
+        check_envelope(MalformedErasureManifest, self.root_cid, self.owner, self.created, self.signature)
         _check(_is_int(self.k) and _is_int(self.m), "K and M must be integers")
         try:
             check_scheme(self.k, self.m)
@@ -96,9 +87,6 @@ class ErasureManifest:
             _check(isinstance(c, Commitment), "shard commitment missing")
             lengths.add(c.length)
         _check(len(lengths) == 1, "every shard of an object has the same length")
-        _check(isinstance(self.owner, bytes) and 0 < len(self.owner) <= MAX_OWNER, "bad owner id")
-        _check(_is_int(self.created) and 0 <= self.created < 1 << 63, "created out of range")
-        _check(isinstance(self.signature, bytes) and len(self.signature) <= MAX_SIGNATURE, "bad signature")
 
     @classmethod
     def from_encoding(cls, header: ShardHeader, infos: Sequence[ShardInfo], owner: bytes,
@@ -139,13 +127,11 @@ class ErasureManifest:
 
     def encode(self) -> bytes:
         """Canonical bytes, signature included."""
-        out: bytes = msgpack.packb(self._fields(True), use_bin_type=True)
-        return out
+        return pack(self._fields(True))
 
     def signing_bytes(self) -> bytes:
         """What the owner's identity key signs: everything but the signature."""
-        body: bytes = msgpack.packb(self._fields(False), use_bin_type=True)
-        return _SIGN_DOMAIN + body
+        return signing_bytes(_SIGN_DOMAIN, self._fields(False))
 
     def with_signature(self, signature: bytes) -> "ErasureManifest":
         return replace(self, signature=signature)
@@ -153,18 +139,10 @@ class ErasureManifest:
     @classmethod
     def decode(cls, data: bytes) -> "ErasureManifest":
         """Strict, bounded decode of `encode()` output."""
-        _check(len(data) <= MAX_EC_MANIFEST_BYTES, "manifest too large")
-        try:
-            v = msgpack.unpackb(
-                data, raw=False, use_list=True, strict_map_key=True,
-                max_str_len=MAX_CID_TEXT, max_bin_len=max(MAX_OWNER, MAX_SIGNATURE),
-                max_array_len=MAX_SHARDS, max_map_len=0, max_ext_len=0,
-            )
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise MalformedErasureManifest(f"not an erasure manifest: {type(exc).__name__}") from None
-        _check(isinstance(v, list) and len(v) == _FIELDS, "manifest must be a 10-element array")
-        _check(_is_int(v[0]) and v[0] == EC_MANIFEST_VERSION, "unknown manifest version")
-        root_cid, k, m, piece_size, layout_id, raw_shards, owner, created, sig = v[1:]
+        v = unpack_array(data, error=MalformedErasureManifest, what="an erasure manifest",
+                         version=EC_MANIFEST_VERSION, fields=_FIELDS, max_bytes=MAX_EC_MANIFEST_BYTES,
+                         max_bin_len=max(MAX_OWNER, MAX_SIGNATURE), max_array_len=MAX_SHARDS)
+        root_cid, k, m, piece_size, layout_id, raw_shards, owner, created, sig = v
         _check(isinstance(raw_shards, list), "shards must be an array")
         shards = []
         for entry in raw_shards:
