@@ -14,6 +14,12 @@ and admission apply to DHT dials as to any other), and
 * serves `/v1/routing/findprovs`, `/findpeer` and `/table` for
   `shoal routing ...`.
 
+`[routing] bootstrap` names DHT-only bootstrap peers: multiaddrs, `/dnsaddr/`
+ones (resolved through TXT records, shoal.p2p.net.dnsaddr, with
+`[routing] dns_server` or resolv.conf's server), or `"ipfs"` for kubo's
+default list (`IPFS_BOOTSTRAP`), to join the public IPFS DHT. They are dialled
+by the DHT alone (not made Shoal peers), only when asked: the default is none.
+
 Mode `off` runs nothing (the routes say so). The default mode is decided in
 `RoutingSettings.from_config`: server in a private swarm or when every listen
 address is loopback/private (a lab: every node is reachable, and a DHT of
@@ -33,11 +39,13 @@ import trio
 
 from shoal.store.errors import StoreError
 from shoal.store.ipld.cid import CID, parse_cid
-from shoal.p2p.errors import P2PError
+from shoal.p2p.errors import InvalidMultiaddr, P2PError
 from shoal.p2p.net.api import ApiError, param
 from shoal.p2p.net.node import Libp2pOnlyPeer
 from shoal.p2p.secure.identity import PeerId
-from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.net.dns_txt import UdpTxtResolver
+from shoal.p2p.net.dnsaddr import TxtResolver, resolve_dnsaddr
+from shoal.p2p.secure.multiaddr import Dnsaddr, Multiaddr, parse_address
 
 from . import K
 from .providers import PROVIDER_EXPIRY, PROVIDER_REPUBLISH
@@ -54,6 +62,18 @@ log = logging.getLogger("shoal.routing")
 RoutingMode = Literal["server", "client", "off"]
 ProvideStrategy = Literal["roots", "all"]
 
+IPFS_BOOTSTRAP: tuple[str, ...] = (
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/dnsaddr/va1.bootstrap.libp2p.io/p2p/12D3KooWKnDdG3iXw9eTFijk3EWSunZcFi54Zka4wmtqtt6rPxc8",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+)
+"""kubo's default `Bootstrap` list (its QUIC entry left out: Shoal dials TCP)."""
+MAX_BOOTSTRAP = 64
+BOOTSTRAP_RETRY = 60.0
+"""While the routing table is empty, the bootstrap list is tried again this often."""
 SELF_LOOKUP_INTERVAL = 300.0
 """A self-lookup every 5 min (js-libp2p's querySelf): new close peers join our table."""
 PROVIDERS_TO_DIAL = 5
@@ -73,6 +93,10 @@ class RoutingSettings:
     provider_expiry: float = PROVIDER_EXPIRY
     scan_interval: float = 10.0
     refresh_interval: float = REFRESH_INTERVAL
+    bootstrap: tuple[str, ...] = ()
+    """DHT bootstrap addresses (canonical text), `/dnsaddr/` ones included."""
+    dns_server: tuple[str, int] | None = None
+    """Where `/dnsaddr` TXT lookups go; None: the first nameserver of resolv.conf."""
 
     @classmethod
     def from_config(cls, table: object, *, mode: str | None = None, provide: str | None = None,
@@ -85,7 +109,7 @@ class RoutingSettings:
             table = {}
         if not isinstance(table, dict):
             raise P2PError("config: [routing] must be a table")
-        known = ("mode", "provide", *_FLOAT_KEYS)
+        known = ("mode", "provide", "bootstrap", "dns_server", *_FLOAT_KEYS)
         for key in table:
             if key not in known:
                 raise P2PError(f"config: unknown key {key!r} in [routing]; known: {', '.join(known)}")
@@ -106,7 +130,50 @@ class RoutingSettings:
                         or value <= 0):
                     raise P2PError(f"config: [routing] {key} must be a positive number of seconds, not {value!r}")
                 times[key] = float(value)
-        return cls(mode=cast(RoutingMode, chosen), provide=cast(ProvideStrategy, strategy), **times)
+        return cls(mode=cast(RoutingMode, chosen), provide=cast(ProvideStrategy, strategy),
+                   bootstrap=parse_bootstrap(table.get("bootstrap", [])),
+                   dns_server=parse_dns_server(table.get("dns_server")), **times)
+
+
+def parse_bootstrap(value: object) -> tuple[str, ...]:
+    """`[routing] bootstrap`: "ipfs", or a list of multiaddrs where "ipfs" stands for kubo's list."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise P2PError("config: [routing] bootstrap must be \"ipfs\" or a list of multiaddrs")
+    out: list[str] = []
+    for item in items:
+        for text in (IPFS_BOOTSTRAP if item == "ipfs" else (item,)):
+            try:
+                canonical = str(parse_address(text))
+            except InvalidMultiaddr as exc:
+                raise P2PError(f"config: [routing] bootstrap: {exc}") from None
+            if canonical not in out:
+                out.append(canonical)
+    if len(out) > MAX_BOOTSTRAP:
+        raise P2PError(f"config: [routing] bootstrap lists {len(out)} addresses, at most {MAX_BOOTSTRAP}")
+    return tuple(out)
+
+
+def parse_dns_server(value: object) -> tuple[str, int] | None:
+    """`[routing] dns_server = "HOST[:PORT]"` (an IP address; port 53 by default)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise P2PError("config: [routing] dns_server must be \"IP[:PORT]\"")
+    if value.startswith("[") and "]:" in value:  # [IPv6]:PORT
+        host, _, port = value[1:].partition("]:")
+    elif value.count(":") == 1:  # IPv4:PORT
+        host, _, port = value.partition(":")
+    else:  # a bare address, IPv6 ones included
+        host, port = value.strip("[]"), "53"
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError(port)
+    except ValueError:
+        raise P2PError(f"config: [routing] dns_server must be \"IP[:PORT]\", not {value!r}") from None
+    return host, number
 
 
 def is_private_setup(listen: list[Multiaddr], swarm_key: object | None) -> bool:
@@ -132,6 +199,9 @@ class RoutingService:
         self.dht: DHTService | None = None
         self.provided: set[bytes] = set()
         self._dag_blocks: dict[bytes, frozenset[bytes]] = {}  # root multihash -> its blocks ("all")
+        server = settings.dns_server
+        self.resolver: TxtResolver = (UdpTxtResolver(server[0], server[1]) if server is not None
+                                      else UdpTxtResolver())
 
     # -- NodeService -----------------------------------------------------------
 
@@ -156,6 +226,8 @@ class RoutingService:
             await nursery.start(self.dht.run)
             nursery.start_soon(self._self_lookups)
             nursery.start_soon(self._provide_loop)
+            if self.settings.bootstrap:
+                nursery.start_soon(self._bootstrap_loop)
 
     def _node(self) -> "Node":
         if self.node is None:
@@ -184,6 +256,27 @@ class RoutingService:
         return self.dht
 
     # -- background work ---------------------------------------------------------
+
+    async def bootstrap_addrs(self) -> list[Multiaddr]:
+        """`[routing] bootstrap` with every `/dnsaddr/` resolved (a failed one drops out)."""
+        out: list[Multiaddr] = []
+        for text in self.settings.bootstrap:
+            addr = parse_address(text)
+            found = await resolve_dnsaddr(addr, self.resolver) if isinstance(addr, Dnsaddr) else [addr]
+            out.extend(a for a in found if a not in out)
+        return out[:MAX_BOOTSTRAP]
+
+    async def _bootstrap_loop(self) -> None:
+        """Dial the bootstrap peers through the DHT; again while the table stays empty."""
+        assert self.dht is not None
+        while True:
+            addrs = await self.bootstrap_addrs()
+            size = await self.dht.bootstrap(addrs) if addrs else len(self.dht.table)
+            log.info("routing: bootstrap through %d address(es): %d peer(s) in the table", len(addrs), size)
+            while True:
+                await trio.sleep(BOOTSTRAP_RETRY)
+                if not len(self.dht.table):
+                    break
 
     async def _wait_for_table(self, dht: DHTService) -> None:
         while not len(dht.table):
