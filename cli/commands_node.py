@@ -240,7 +240,8 @@ def _check_bindable(host: str, port: int, what: str, flag: str, ipv6: bool = Fal
 def cmd_node_start(args: argparse.Namespace) -> int:
     import trio
 
-    from shoal.p2p.secure.multiaddr import Multiaddr
+    from shoal.p2p.secure.multiaddr import Multiaddr, parse_address
+    from shoal.p2p.net.dns_txt import UdpTxtResolver
     from shoal.p2p.net.node_config import FetchConfig, NodeLimits, NodeOptions
     from shoal.p2p.net.service import parse_api_bind, run_node
     from shoal.p2p.dht.node_service import RoutingSettings, is_private_setup
@@ -257,7 +258,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
         node_cfg = repo.config.get("node", {})
         swarm_key, allow_peers = _membership(args, node_cfg, repo.path)
         listen = [Multiaddr.parse(a) for a in settings.listen]
-        bootstrap = [Multiaddr.parse(a) for a in settings.bootstrap]
+        bootstrap = [parse_address(a) for a in settings.bootstrap]
         api_bind = parse_api_bind(settings.api)
         for addr in listen:
             _check_bindable(addr.host, addr.port, "peer address",
@@ -290,6 +291,8 @@ def cmd_node_start(args: argparse.Namespace) -> int:
             allow_peers=allow_peers,
             limits=NodeLimits.from_config(node_cfg.get("limits")),
             fetch=FetchConfig.from_config(repo.config.get("fetch")),
+            # /dnsaddr bootstrap entries use the DNS server [routing] names, if any.
+            resolver=UdpTxtResolver(*routing.dns_server) if routing.dns_server else None,
         )
         logging.basicConfig(level=args.log_level, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -41,7 +41,9 @@ from shoal.p2p.net.loop_probe import LoopProbe
 from shoal.p2p.wire.messages import (
     Error, ErrorCode, GetPeers, Hello, Message, Peers, Ping, Pong, WantBlock, WantHave,
 )
-from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.multiaddr import Dnsaddr, Multiaddr
+from shoal.p2p.net.dns_txt import UdpTxtResolver
+from shoal.p2p.net.dnsaddr import resolve_dnsaddr
 from shoal.p2p.net.peers import Clock, PeerTable, Random
 from shoal.p2p.net.block_server import BlockServer
 from shoal.p2p.net.node_config import NodeOptions
@@ -285,10 +287,13 @@ class Node:
                 nursery.start_soon(partial(trio.serve_listeners, self._handle_inbound, listeners,
                                            handler_nursery=nursery))
             nursery.start_soon(self._refresh_protected_loop)
-            for addr in self.options.bootstrap:
-                if addr.peer_id is not None:
-                    self.peers.learn(addr.peer_id, [addr])
-                self._start_dial(addr)
+            for entry in self.options.bootstrap:
+                if isinstance(entry, Dnsaddr):
+                    nursery.start_soon(self._bootstrap_dnsaddr, entry)
+                    continue
+                if entry.peer_id is not None:
+                    self.peers.learn(entry.peer_id, [entry])
+                self._start_dial(entry)
             # The peers saved by earlier runs (load_peer_table), past their
             # backoff: a restart without --bootstrap finds its swarm again.
             self._dial_ready()
@@ -582,6 +587,26 @@ class Node:
                 raise P2PError(f"{addr} closed the connection during hello") from None
         self.peers.learn(shoal.remote_peer, [addr])
         return shoal
+
+    async def _bootstrap_dnsaddr(self, addr: Dnsaddr) -> None:
+        """Resolve a `/dnsaddr/` bootstrap entry, then dial each peer it names once.
+
+        In the background: a slow or dead DNS server delays only this entry.
+        Every peer found is protected, as a literal bootstrap peer is.
+        """
+        found = await resolve_dnsaddr(addr, self.options.resolver or UdpTxtResolver())
+        log.info("bootstrap %s resolved to %d address(es)", addr, len(found))
+        by_peer: dict[PeerId | None, list[Multiaddr]] = {}
+        for a in found:
+            by_peer.setdefault(a.peer_id, []).append(a)
+        for peer, addrs in by_peer.items():
+            if peer is None:
+                for a in addrs:
+                    self._start_dial(a)
+                continue
+            self.protected_peers.add(peer)
+            self.peers.learn(peer, addrs)
+            self._start_dial(addrs[0])
 
     def _start_dial(self, addr: Multiaddr) -> bool:
         """Dial in the background unless that peer is already being dialled."""

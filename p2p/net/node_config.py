@@ -14,10 +14,11 @@ from typing import Any, Mapping
 from shoal.p2p.errors import P2PError
 from shoal.p2p.exchange.gateway_source import Gateway, GatewayUrlError, parse_gateway_url
 from shoal.p2p.net.admission import AdmissionLimits
+from shoal.p2p.net.dnsaddr import TxtResolver
 from shoal.p2p.net.peer_store import PEER_TABLE_FLUSH_INTERVAL_S
 from shoal.p2p.net.reputation_store import REPUTATION_FLUSH_INTERVAL_S
 from shoal.p2p.secure.identity import PeerId
-from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.multiaddr import Dnsaddr, Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
 from shoal.p2p.wire import limits as L
 
@@ -147,7 +148,10 @@ class NodeOptions:
     """
 
     listen: list[Multiaddr] = field(default_factory=lambda: [Multiaddr("127.0.0.1", 0)])
-    bootstrap: list[Multiaddr] = field(default_factory=list)
+    bootstrap: list[Multiaddr | Dnsaddr] = field(default_factory=list)
+    """Shoal peers dialled at start; `/dnsaddr/` entries are resolved first (in the background)."""
+    resolver: TxtResolver | None = None
+    """TXT lookups for `/dnsaddr/` bootstrap entries; None: UDP to resolv.conf's server."""
     pex_interval: float = 2.0
     peer_exchange: bool = True
     """False (`[node] peer_exchange = false`): peers are found only through

@@ -103,3 +103,25 @@ def test_node_joins_the_dht_through_a_dnsaddr_bootstrap(
     wait_until(seed_in_table, 120, "the joiner to find the seed through /dnsaddr")
     assert "_dnsaddr" in " ".join(asked)
     assert "routing: bootstrap through 1 address(es)" in joiner.log_text()
+
+
+@pytest.mark.timeout(240)
+def test_node_bootstrap_flag_accepts_dnsaddr(
+    swarm: Swarm, fake_dns: tuple[int, dict[str, list[str]], list[str]]
+) -> None:
+    """`node start --bootstrap /dnsaddr/HOST/p2p/ID`: resolved, filtered by the id,
+    dialled as a Shoal peer (the DNS server comes from `[routing] dns_server`)."""
+    port, records, _ = fake_dns
+    seed = swarm.add("seed")
+    host_port = seed.addr.split("/p2p/")[0]
+    records["_dnsaddr.lab.example"] = [
+        f"dnsaddr=/ip4/127.0.0.1/tcp/9/p2p/{Identity.generate().peer_id}",  # another id
+        f"dnsaddr={host_port}/p2p/{seed.peer_id}",
+    ]
+    joiner = swarm.node("joiner", bootstrap=[f"/dnsaddr/lab.example/p2p/{seed.peer_id}"])
+    config = joiner.repo / "config.toml"
+    config.write_text(config.read_text() + f'\n[routing]\ndns_server = "127.0.0.1:{port}"\n')
+    joiner.start()
+    wait_until(lambda: seed.peer_id in joiner.connected_ids(), 60,
+               "the joiner to connect the seed it found through /dnsaddr")
+    assert "resolved to 1 address(es)" in joiner.log_text()
