@@ -74,7 +74,6 @@ from shoal.p2p.replication.agreements import EcRow, EcShardRow, HolderRow
 from shoal.p2p.replication.ec_map import MAX_EC_SHARDS, EcMap, ShardEntry, parse_scheme
 from shoal.p2p.replication.signed import Offer
 from shoal.store.proofs.manifest import Manifest
-from shoal.p2p.replication.placement import network_prefix, place
 from shoal.p2p.replication.repair_policy import OwnerWatch, Replica, State, counts_as_copy, deputy
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import EcMapGet, EcMapPush, EcMapReply, Error, ErrorCode, Message
@@ -574,21 +573,9 @@ class ErasureService:
         """New holders for `to_place`: rendezvous order keyed by the object,
         distinct network prefixes first, never a peer that holds or held a
         shard of this object (so no peer ever has two)."""
-        exclude = {self.owner.me}
-        used: set[str] = set()
-        for s in shards:
-            for h in rows[s.idx]:
-                try:
-                    peer = PeerId.from_string(h.peer_id)
-                except P2PError:
-                    continue
-                exclude.add(peer)
-                rec = self.node.peers.get(peer)
-                if rec is not None and counts_as_copy(h.replica):
-                    used.add(network_prefix(rec.addrs))
         size = max(s.length for s in to_place)
-        picks = place(bytes(parse_cid(ec.cid)), self.owner._candidates(), len(to_place), size=size,
-                      exclude=exclude, used_prefixes=used)
+        picks = self.owner.place_avoiding(bytes(parse_cid(ec.cid)), len(to_place), size,
+                                          [h for s in shards for h in rows[s.idx]], {self.owner.me})
         if len(picks) < len(to_place):
             log.info("%s: %d shard(s) to place, %d candidate peer(s)", ec.cid, len(to_place), len(picks))
         return picks

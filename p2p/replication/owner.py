@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import trio
 
@@ -224,7 +224,18 @@ class ReplicationOwner:
                 exclude.add(PeerId.from_string(pending))
             except P2PError:
                 continue
-        used = set()
+        return self.place_avoiding(bytes(cid), count, size, holders, exclude)
+
+    def place_avoiding(self, key: bytes, count: int, size: int, holders: Iterable[HolderRow],
+                       exclude: set[PeerId]) -> list[PeerId]:
+        """`count` new holders for `key` (rendezvous order among connected candidates).
+
+        Never a peer in `exclude` or one of `holders` (holding or held, so
+        no peer is asked twice; replica and erasure placement alike), and
+        network prefixes of the holders that count as a copy are taken, so
+        distinct prefixes come first. Adds the holders to `exclude`.
+        """
+        used: set[str] = set()
         for h in holders:
             try:
                 peer = PeerId.from_string(h.peer_id)
@@ -234,7 +245,7 @@ class ReplicationOwner:
             rec = self.node.peers.get(peer)
             if rec is not None and counts_as_copy(h.replica):
                 used.add(network_prefix(rec.addrs))
-        return place(bytes(cid), self._candidates(), count, size=size, exclude=exclude, used_prefixes=used)
+        return place(key, self._candidates(), count, size=size, exclude=exclude, used_prefixes=used)
 
     async def _ensure_manifest(self, cid: str) -> tuple[ObjectRow, Manifest]:
         """The object's signed manifest, computing the commitment first if needed."""
