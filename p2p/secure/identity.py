@@ -63,6 +63,7 @@ _SECP256K1_LEN = 33  # compressed point, the only canonical form
 RSA_MIN_BITS = 2048
 RSA_MAX_BITS = 8192
 MAX_PUBLIC_KEY_PROTO = 2048
+RSA_MAX_EXPONENT = (1 << 32) - 1
 _ECDSA_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 _DER = serialization.Encoding.DER
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -210,6 +211,10 @@ def _decode_key_data(key_type: int, data: bytes) -> _VerifyKey:
         if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
             raise ValueError(f"RSA key of {key.key_size} bits (allowed "
                              f"{RSA_MIN_BITS}..{RSA_MAX_BITS})")
+        # A huge public exponent makes every verify as slow as a private-key
+        # operation: a cheap way to burn our CPU per handshake. Real keys use 65537.
+        if key.public_numbers().e > RSA_MAX_EXPONENT:
+            raise ValueError("RSA public exponent too large")
         return key
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _ECDSA_CURVES):
         raise ValueError("ECDSA key type must hold a NIST P-256/384/521 key")

@@ -101,6 +101,14 @@ def test_small_rsa_keys_are_refused() -> None:
         decode_public_key(rsa_proto(small))
 
 
+def test_huge_rsa_public_exponent_is_refused() -> None:
+    """A verify with a 2047-bit exponent costs as much as signing: refused up front."""
+    n = RSA_KEY.public_key().public_numbers().n
+    slow = rsa.RSAPublicNumbers((1 << 2046) + 1, n).public_key()
+    with pytest.raises(ValueError, match="exponent"):
+        decode_public_key(_proto(0, slow.public_bytes(_DER, _SPKI)))
+
+
 @pytest.mark.parametrize(
     "bad",
     [
