@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
                    help="peer address to listen on; repeatable (default: [node] listen in config.toml, "
                         f"{DEFAULT_LISTEN}; /ip4/127.0.0.1/tcp/0 picks a free port)")
     p.add_argument("--bootstrap", action="append", metavar="MADDR",
-                   help="peer to dial at start, /ip4/H/tcp/P/p2p/ID; repeatable "
+                   help="peer to dial at start, /ip4/H/tcp/P/p2p/ID or /dnsaddr/HOST[/p2p/ID]; repeatable "
                         "(default: [node] bootstrap in config.toml, none)")
     p.add_argument("--api", metavar="HOST:PORT",
                    help=f"control API address, loopback only (default: [node] api in config.toml, {DEFAULT_API}; "
