@@ -260,8 +260,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             n = sum(map(len, out))
             again = min(self._uncredited, n)
             self._uncredited -= again
-            self.conn.session.consumed(self.stream_id, n - again)
-            self.conn.wake_writer()
+            session = self.conn.session
+            session.consumed(self.stream_id, n - again)
+            if session.has_data_to_send:  # a window update (at half a window): not every read
+                self.conn.wake_writer()
             await trio.lowlevel.checkpoint()
             return out
         finally:

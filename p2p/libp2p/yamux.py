@@ -88,6 +88,19 @@ class Flag(enum.IntFlag):
     RST = 8
 
 
+# The flags and types as plain ints for the parser: `int & Flag.SYN` goes
+# through enum's Python-level __and__ and builds a Flag, per frame (measured:
+# ~18 000 calls per 512 MiB in an in-process loopback transfer).
+_SYN: Final = int(Flag.SYN)
+_ACK: Final = int(Flag.ACK)
+_FIN: Final = int(Flag.FIN)
+_RST: Final = int(Flag.RST)
+_DATA: Final = int(FrameType.DATA)
+_WINDOW_UPDATE: Final = int(FrameType.WINDOW_UPDATE)
+_PING: Final = int(FrameType.PING)
+_GO_AWAY: Final = int(FrameType.GO_AWAY)
+
+
 class GoAwayCode(enum.IntEnum):
     NORMAL = 0
     PROTOCOL_ERROR = 1
@@ -385,16 +398,16 @@ class YamuxSession:
                events: list[Event]) -> None:
         if version != VERSION:
             raise RemoteProtocolError(f"yamux version {version}")
-        if ftype == FrameType.DATA:
+        if ftype == _DATA:
             if sid == 0:
                 raise RemoteProtocolError("data frame on stream 0")
             st = self._streams.get(sid)
             # Bound the payload on the header alone, before any of it arrives.
-            limit = st.recv_window if st is not None and not flags & Flag.SYN else DEFAULT_WINDOW
+            limit = st.recv_window if st is not None and not flags & _SYN else DEFAULT_WINDOW
             if length > limit:
                 raise RemoteProtocolError(
                     f"stream {sid}: {length} bytes exceed the receive window of {limit}")
-            if flags & Flag.SYN:
+            if flags & _SYN:
                 st = self._remote_open(sid, events)
             if st is not None and length:
                 if not st.remote_open:
@@ -406,11 +419,11 @@ class YamuxSession:
             self._left = length
             if not length:
                 self._end_data_frame(events)
-        elif ftype == FrameType.WINDOW_UPDATE:
+        elif ftype == _WINDOW_UPDATE:
             if sid == 0:
                 raise RemoteProtocolError("window update on stream 0")
             st = self._streams.get(sid)
-            if flags & Flag.SYN:
+            if flags & _SYN:
                 st = self._remote_open(sid, events)
             if st is not None and self._streams.get(sid) is st:
                 if length:
@@ -419,16 +432,16 @@ class YamuxSession:
                     st.send_window += length
                     events.append(WindowIncreased(sid))
                 self._stream_flags(sid, st, flags, events)
-        elif ftype == FrameType.PING:
+        elif ftype == _PING:
             if sid != 0:
                 raise RemoteProtocolError("ping on a stream")
-            if flags & Flag.SYN:
+            if flags & _SYN:
                 self._outbox.append(encode_header(FrameType.PING, Flag.ACK, 0, length))
-            elif flags & Flag.ACK:
+            elif flags & _ACK:
                 events.append(PingAnswered(length))
             else:
                 raise RemoteProtocolError("ping without SYN or ACK")
-        elif ftype == FrameType.GO_AWAY:
+        elif ftype == _GO_AWAY:
             if sid != 0:
                 raise RemoteProtocolError("go-away on a stream")
             if self.remote_go_away is None:
@@ -459,15 +472,15 @@ class YamuxSession:
         return st
 
     def _stream_flags(self, sid: int, st: _Stream, flags: int, events: list[Event]) -> None:
-        if flags & Flag.ACK and not st.inbound:
+        if flags & _ACK and not st.inbound:
             events.append(WindowIncreased(sid))  # acknowledged: senders may proceed
-        if flags & Flag.RST:
+        if flags & _RST:
             self._streams.pop(sid, None)
             if st.inbound:
                 self._inbound_count -= 1
             events.append(StreamReset(sid))
             return
-        if flags & Flag.FIN:
+        if flags & _FIN:
             if st.remote_open:
                 st.remote_open = False
                 events.append(StreamEnded(sid))

@@ -44,6 +44,9 @@ __all__ = [
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 Buffer = Union[bytes, bytearray, memoryview]
+# Built once: `cast` evaluates its type argument on every call, and a
+# subscripted Callable is built in Python (typing.__getitem__), per send and read.
+_BufferFn = Callable[[Buffer], bytes]
 _RECEIVE_CHUNK = 65536 + 2
 # Transport phase reads up to this much at once and decrypts every complete
 # frame in it: one receive per ~64 KiB frame left a 1 MiB block costing 16
@@ -216,7 +219,7 @@ class SecureStream(trio.abc.Stream):
             wire: list[bytes] = []
             # SecureSession is annotated with bytes, but the AEAD underneath
             # takes any buffer: views are passed to avoid copying each chunk.
-            encrypt = cast(Callable[[Buffer], bytes], self._session.encrypt)
+            encrypt = cast(_BufferFn, self._session.encrypt)
             carry: list[memoryview] = []  # start of a frame that spans parts
             carried = 0
             for part in parts:
@@ -268,7 +271,7 @@ class SecureStream(trio.abc.Stream):
         if self._failure is not None:
             return
         decoder = self._reader._decoder
-        decrypt = cast(Callable[[Buffer], bytes], self._session.decrypt)  # takes views too
+        decrypt = cast(_BufferFn, self._session.decrypt)  # takes views too
         while (view := decoder.next_frame_view()) is not None:
             try:
                 with view:
