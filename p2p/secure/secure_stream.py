@@ -73,19 +73,40 @@ class FrameDecoder:
     """Sans-IO splitter of length-prefixed frames from a byte stream.
 
     Buffers at most one partial frame plus whatever one `feed` delivered.
+    A fed `bytes` is kept as it is (frames are views of it), not appended to
+    a growing buffer: with 1 MiB transport reads, copying every read into a
+    bytearray (and growing, then trimming it) cost the receiver a pass over
+    every byte. Only the frame that straddles two reads is joined (at most
+    one frame, 64 KiB, per read).
     """
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_buf", "_pos", "_head")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf: bytes = b""
         self._pos = 0  # start of the unconsumed bytes in _buf
+        self._head: bytes | None = None  # a complete frame joined across two feeds, before _buf
 
     def feed(self, data: bytes | bytearray) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        data = data if type(data) is bytes else bytes(data)  # a bytearray may change under us
+        rest = len(self._buf) - self._pos
+        if self._head is not None or not rest:
+            # Nothing partial: keep the read as it is. (A pending joined frame
+            # is only possible if the caller fed again without taking frames;
+            # then everything is kept, joined, as before.)
+            if self._head is not None:
+                data = self._head + self._buf[self._pos :] + data
+                self._head = None
+            self._buf, self._pos = data, 0
+            return
+        tail = self._buf[self._pos :]  # the partial frame (copied: at most one frame)
+        if rest >= 2:
+            need = 2 + ((tail[0] << 8) | tail[1]) - rest
+            if need <= len(data):
+                self._head = tail + data[:need]
+                self._buf, self._pos = data, need
+                return
+        self._buf, self._pos = tail + data, 0
 
     def next_frame(self) -> bytes | None:
         """The next complete frame, or None until more bytes arrive."""
@@ -100,6 +121,10 @@ class FrameDecoder:
 
         The caller must release the view (or let it go) before feeding again.
         """
+        head = self._head
+        if head is not None:
+            self._head = None
+            return memoryview(head)[2:]
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 2:
             return None
@@ -112,6 +137,8 @@ class FrameDecoder:
 
     def declared_size(self) -> int | None:
         """The length prefix of the next frame, once its two bytes are here."""
+        if self._head is not None:
+            return (self._head[0] << 8) | self._head[1]
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 2:
             return None
@@ -120,7 +147,7 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         """Bytes buffered but not yet returned as a frame."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + (len(self._head) if self._head is not None else 0)
 
 
 class _FrameReader:

@@ -227,3 +227,55 @@ def test_frame_decoder_handles_split_input() -> None:
     assert out == frames and decoder.pending == 0
     with pytest.raises(ValueError):
         encode_frame(b"z" * (MAX_MESSAGE + 1))
+
+
+def test_frame_decoder_keeps_a_read_and_joins_only_the_straddling_frame() -> None:
+    """Frames whole inside one read are views of that read (no copy of the read
+    into a buffer); only the frame cut by a read boundary is joined."""
+    frames = [os.urandom(n) for n in (65535, 65535, 1000, 65535, 7)]
+    wire = b"".join(encode_frame(f) for f in frames)
+    cut = 2 + 65535 + 2 + 30_000  # inside the second frame
+    first, second = wire[:cut], wire[cut:]
+    decoder = FrameDecoder()
+    decoder.feed(first)
+    view = decoder.next_frame_view()
+    assert view is not None and bytes(view) == frames[0]
+    assert view.obj is first  # the read itself, not a copy of it
+    assert decoder.next_frame_view() is None
+    assert decoder.pending == 2 + 30_000
+    decoder.feed(second)
+    assert decoder.declared_size() == 65535
+    # Holds at most the read plus the one joined frame.
+    assert decoder.pending == len(second) + 2 + 30_000
+    got = []
+    while (view := decoder.next_frame_view()) is not None:
+        got.append((bytes(view), view.obj is second))
+    assert [g for g, _ in got] == frames[1:]
+    assert [whole for _, whole in got] == [False, True, True, True]
+    assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_frame_decoder_any_split_gives_the_frames_in_order(seed: int) -> None:
+    """Random frame sizes and random read boundaries (1 byte up to several
+    frames, also cutting a length prefix): the same frames, in order, and the
+    buffered bytes never exceed one read plus one frame."""
+    import random
+
+    rng = random.Random(seed)
+    frames = [rng.randbytes(rng.choice((0, 1, 2, 100, 65534, 65535, rng.randrange(65536))))
+              for _ in range(40)]
+    wire = b"".join(encode_frame(f) for f in frames)
+    decoder = FrameDecoder()
+    got: list[bytes] = []
+    pos = 0
+    while pos < len(wire):
+        n = rng.choice((1, 2, 3, rng.randrange(1, 70_000), rng.randrange(1, 300_000)))
+        data = wire[pos : pos + n]
+        pos += len(data)
+        decoder.feed(bytearray(data) if rng.random() < 0.2 else data)
+        assert decoder.pending <= len(data) + 2 + MAX_MESSAGE
+        while (frame := decoder.next_frame()) is not None:
+            got.append(frame)
+    assert got == frames
+    assert decoder.pending == 0
