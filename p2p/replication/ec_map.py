@@ -39,6 +39,7 @@ from shoal.store.ipld.cid import CID, cid_from_bytes
 
 from shoal.p2p.errors import P2PError, ProtocolError
 from shoal.p2p.net.node_config import MAX_EC_SHARDS, parse_ec_scheme as parse_scheme
+from shoal.p2p.replication.signed import unpack_signed
 from shoal.p2p.secure.identity import PeerId
 
 __all__ = ["EcMap", "ShardEntry", "MAX_EC_SHARDS", "parse_scheme"]
@@ -129,11 +130,7 @@ class EcMap:
 
     @classmethod
     def decode(cls, data: bytes) -> "EcMap":
-        try:
-            v = msgpack.unpackb(data, raw=False, max_bin_len=128, max_array_len=MAX_EC_SHARDS,
-                                max_str_len=0, max_map_len=0, max_ext_len=0)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise ProtocolError(f"shard map is not valid msgpack: {type(exc).__name__}") from None
+        v = unpack_signed(data, "shard map", max_bin_len=128, max_array_len=MAX_EC_SHARDS)
         if not (isinstance(v, list) and len(v) == 9 and v[0] == 1):
             raise ProtocolError("shard map must be [1, cid, K, M, layout, shards, owner, issued, sig]")
         _, obj, k, m, layout, shards, owner, issued, sig = v

@@ -72,7 +72,7 @@ from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.net.energy_service import measuring
 from shoal.p2p.replication.agreements import EcRow, EcShardRow, HolderRow
 from shoal.p2p.replication.ec_map import MAX_EC_SHARDS, EcMap, ShardEntry, parse_scheme
-from shoal.p2p.replication.signed import Offer
+from shoal.p2p.replication.signed import Offer, unpack_signed
 from shoal.store.proofs.manifest import Manifest
 from shoal.p2p.replication.repair_policy import OwnerWatch, Replica, State, counts_as_copy, deputy
 from shoal.p2p.secure.identity import PeerId
@@ -283,9 +283,8 @@ def _offer_list(packed: bytes) -> list[bytes]:
     if not packed:
         return []
     try:
-        v = msgpack.unpackb(packed, raw=False, max_bin_len=64 * 1024, max_array_len=MAX_EC_SHARDS,
-                            max_str_len=0, max_map_len=0, max_ext_len=0)
-    except Exception:  # msgpack raises several unrelated types
+        v = unpack_signed(packed, "offer list", max_bin_len=64 * 1024, max_array_len=MAX_EC_SHARDS)
+    except ProtocolError:
         return []
     return [x for x in v if isinstance(x, bytes)] if isinstance(v, list) else []
 

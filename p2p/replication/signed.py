@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 
@@ -27,6 +27,21 @@ from shoal.p2p.errors import ProtocolError
 
 if TYPE_CHECKING:
     from shoal.p2p.secure.identity import PeerId
+
+
+def unpack_signed(data: bytes, what: str, *, max_bin_len: int, max_array_len: int) -> Any:
+    """Bounded msgpack decode of a signed replication record (an offer, a shard map).
+
+    Why shared: every such record comes from a peer, so each decode caps bin
+    and array lengths and refuses text, maps and extensions (none of these
+    records has any); any msgpack failure becomes one ProtocolError naming
+    `what`. The caller checks the shape of the value it gets back.
+    """
+    try:
+        return msgpack.unpackb(data, raw=False, max_bin_len=max_bin_len, max_array_len=max_array_len,
+                               max_str_len=0, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"{what} is not valid msgpack: {type(exc).__name__}") from None
 
 __all__ = ["Offer", "trusted_holders", "offer_signing_bytes", "agreement_bytes", "release_bytes", "MAX_OFFER_HOLDERS"]
 
@@ -90,11 +105,7 @@ class Offer:
 
     @classmethod
     def decode(cls, data: bytes) -> "Offer":
-        try:
-            v = msgpack.unpackb(data, raw=False, max_bin_len=4096, max_array_len=MAX_OFFER_HOLDERS,
-                                max_str_len=0, max_map_len=0, max_ext_len=0)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise ProtocolError(f"offer is not valid msgpack: {type(exc).__name__}") from None
+        v = unpack_signed(data, "offer", max_bin_len=4096, max_array_len=MAX_OFFER_HOLDERS)
         if isinstance(v, list) and len(v) == 4 and v[0] == 1:
             _, manifest, wanted, holders = v
             issued, sig = 0, b""
