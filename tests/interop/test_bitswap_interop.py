@@ -24,11 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -45,6 +43,7 @@ from shoal.store.dag import exporter
 from shoal.store.dag.importer import import_path
 from shoal.store.ipld.cid import make_cid, parse_cid
 from shoal.store.persist.blockstore import MemoryBlockstore
+from tests.interop.js_process import JsProcess, run_js
 from tests.interop.test_car_interop import expected_files
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
@@ -56,46 +55,15 @@ TEST_TIMEOUT = 120.0
 JS_STREAM_TIMEOUT = 10.0  # @helia/bitswap's messageReceiveTimeout
 
 
-class Js:
-    def __init__(self, proc: trio.Process, stderr_path: Path) -> None:
-        self.proc = proc
-        self._stderr_path = stderr_path
-        self._buf = bytearray()
-
-    def stderr(self) -> str:
-        return self._stderr_path.read_text(errors="replace")[-4000:]
-
-    async def expect(self, name: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while b"\n" not in self._buf:
-            data = await self.proc.stdout.receive_some()
-            if not data:
-                raise AssertionError(f"bitswap_peer.mjs ended without {name!r}:\n{self.stderr()}")
-            self._buf += data
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
-        event: dict[str, Any] = json.loads(line)
-        assert event["event"] == name, f"wanted {name!r}, got {event}\n{self.stderr()}"
-        return event
+class Js(JsProcess):
+    """A running bitswap_peer.mjs."""
 
 
 @asynccontextmanager
 async def js(node22: Path, tmp_path: Path, *args: str) -> AsyncIterator[Js]:
-    stderr_path = tmp_path / f"bitswap_peer_{args[0]}.stderr"
-    with open(stderr_path, "wb") as stderr:
-        proc = await trio.lowlevel.open_process(
-            [str(node22), "bitswap_peer.mjs", *args, "--timeout", "90000"],
-            cwd=HERE, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-        )
-    try:
-        yield Js(proc, stderr_path)
-    finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            if proc.stdout is not None:
-                await proc.stdout.aclose()
+    async with run_js(node22, "bitswap_peer.mjs", [*args, "--timeout", "90000"],
+                      tmp_path / f"bitswap_peer_{args[0]}.stderr", Js) as peer:
+        yield peer
 
 
 def shoal_node(nursery: trio.Nursery, store: MemoryBlockstore) -> BitswapService:

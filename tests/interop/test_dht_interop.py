@@ -9,13 +9,10 @@ the lookups in between.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -25,63 +22,27 @@ from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.store.ipld.cid import RAW, make_cid
+from tests.interop.js_process import JsProcess, run_js
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(150)]
 
 HERE = Path(__file__).parent
 
 
-class JsDHT:
-    def __init__(self, proc: trio.Process, stderr_path: Path) -> None:
-        self.proc = proc
-        self._stderr_path = stderr_path
-        self._buf = bytearray()
-        self.peer = ""
-        self.addr = ""
+class JsDHT(JsProcess):
+    """A running dht_peer.mjs; `peer` and `addr` from its ready line."""
 
-    def stderr(self) -> str:
-        return self._stderr_path.read_text(errors="replace")[-4000:]
-
-    async def expect(self, name: str) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while b"\n" not in self._buf:
-            data = await self.proc.stdout.receive_some()
-            if not data:
-                raise AssertionError(f"dht_peer.mjs ended without {name!r}:\n{self.stderr()}")
-            self._buf += data
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
-        event: dict[str, Any] = json.loads(line)
-        assert event["event"] == name, f"wanted {name!r}, got {event}\n{self.stderr()}"
-        return event
-
-    async def call(self, answer: str, **command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send_all(json.dumps(command).encode() + b"\n")
-        return await self.expect(answer)
+    peer = ""
+    addr = ""
 
 
 @asynccontextmanager
 async def js_dht(node22: Path, tmp_path: Path, name: str) -> AsyncIterator[JsDHT]:
-    stderr_path = tmp_path / f"dht_peer_{name}.stderr"
-    with open(stderr_path, "wb") as stderr:
-        proc = await trio.lowlevel.open_process(
-            [str(node22), "dht_peer.mjs"], cwd=HERE, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=stderr, env={**os.environ, "DEBUG": ""},
-        )
-    try:
-        node = JsDHT(proc, stderr_path)
+    async with run_js(node22, "dht_peer.mjs", [], tmp_path / f"dht_peer_{name}.stderr", JsDHT,
+                      stdin=True, env={**os.environ, "DEBUG": ""}) as node:
         ready = await node.expect("ready")
         node.peer, node.addr = ready["peer"], ready["addrs"][0]
         yield node
-    finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    await pipe.aclose()
 
 
 async def shoal(nursery: trio.Nursery) -> tuple[DHTService, Multiaddr]:

@@ -9,11 +9,9 @@ A dialler that expects the wrong PeerId refuses, on either side.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +24,7 @@ from shoal.p2p.errors import HandshakeError, PeerIdMismatch
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.noise import MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN
 from shoal.p2p.secure.secure_stream import FrameDecoder, SecureStream, secure_accept, secure_dial
+from tests.interop.js_process import JsProcess, run_js
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -67,58 +66,17 @@ class FrameTap(trio.abc.Stream):
         await self.inner.aclose()
 
 
-class JsPeer:
+class JsPeer(JsProcess):
     """A running noise_peer.mjs and its line-delimited JSON reports."""
-
-    def __init__(self, proc: trio.Process, stderr_path: Path) -> None:
-        self.proc = proc
-        self._stderr_path = stderr_path
-        self._buf = bytearray()
-
-    def stderr(self) -> str:
-        return self._stderr_path.read_text(errors="replace")[-4000:]
-
-    async def next_event(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while b"\n" not in self._buf:
-            data = await self.proc.stdout.receive_some()
-            if not data:
-                raise AssertionError(f"noise_peer.mjs ended without a report:\n{self.stderr()}")
-            self._buf += data
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
-        event: dict[str, Any] = json.loads(line)
-        return event
-
-    async def expect(self, name: str) -> dict[str, Any]:
-        event = await self.next_event()
-        assert event["event"] == name, f"wanted {name!r}, got {event}\n{self.stderr()}"
-        return event
-
-    async def exit_code(self) -> int:
-        return await self.proc.wait()
 
 
 @asynccontextmanager
 async def js_peer(tmp_path: Path, *args: str) -> AsyncIterator[JsPeer]:
-    stderr_path = tmp_path / f"noise_peer_{args[0]}.stderr"
-    with open(stderr_path, "wb") as stderr:
-        proc = await trio.lowlevel.open_process(
-            [NODE, "noise_peer.mjs", *args, "--timeout", str(JS_TIMEOUT_MS)],  # type: ignore[list-item]
-            cwd=HERE, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-        )
-    try:
-        yield JsPeer(proc, stderr_path)
-    finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                with trio.move_on_after(5):
-                    await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            if proc.stdout is not None:
-                await proc.stdout.aclose()
+    assert NODE is not None
+    # it ends by itself once its scenario is done: give it a moment to report its exit code
+    async with run_js(NODE, "noise_peer.mjs", [*args, "--timeout", str(JS_TIMEOUT_MS)],
+                      tmp_path / f"noise_peer_{args[0]}.stderr", JsPeer, grace_s=5) as peer:
+        yield peer
 
 
 def js_args(mode: str, *extra: str) -> tuple[str, ...]:
