@@ -199,18 +199,39 @@ class Cleanup:
         self.dirs.clear()
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05,
+             details: Callable[[], str] | None = None) -> Any:
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` passes.
+
+    `details`, if given, is called on timeout and its text added to the
+    error (say, the nodes' logs), so a failed run says why.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+            more = f":\n{details()}" if details is not None else ""
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}{more}")
         time.sleep(interval)
 
 
-# -- data ---------------------------------------------------------------------------------
+def parse_size(text: str) -> int:
+    """A size from the command line: 4096, 1.5M, 2GiB, 512kb (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    return int(float(t[: len(t) - len(unit)] if unit else t) * units[unit])
+
+
+def make_log(name: str) -> Callable[[str], None]:
+    """A bench script's progress log: `[name HH:MM:SS] msg` on stderr (stdout is for results)."""
+
+    def log(msg: str) -> None:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def write_pseudorandom(path: Path, size: int, seed: int = 0) -> None:

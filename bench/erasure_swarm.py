@@ -56,7 +56,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
@@ -64,6 +64,8 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.common import (  # noqa: E402
+    make_log,
+    wait_for,
     MIB, Cleanup, ProcSample, format_table, human_bytes, machine_info, machine_line, write_json,
     write_pseudorandom,
 )
@@ -77,8 +79,7 @@ FLUSH_WAIT_S = 6.5  # the energy service writes aggregated serve rows every 5 s
 PY = os.environ.get("SHOAL_BENCH_PYTHON") or sys.executable
 
 
-def log(msg: str) -> None:
-    print(f"[erasure_swarm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = make_log("erasure_swarm")
 
 
 def parse_size(text: str) -> int:
@@ -204,17 +205,6 @@ def holders_of(doc: dict[str, Any], scheme: str, owner: str) -> list[str]:
     return [h["peer_id"] for h in doc["holders"] if h["state"] == "ok" and h["peer_id"] != owner]
 
 
-def wait(what: str, fn: Callable[[], Any], timeout: float, on_timeout: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}:\n{on_timeout()}")
-        time.sleep(0.1)
-
-
 def why(owner: NodeProcess, cid: str, swarm: LocalSwarm) -> str:
     """The owner's status (its shards or holders) and the nodes' log tails, for a timeout's message."""
     doc = owner.call("GET", "/v1/status", cid=cid)
@@ -269,8 +259,8 @@ def run_scheme(cl: Cleanup, work: Path, data: Path, scheme: str, peers: int, siz
         span = Span(nodes)
         out, cli_cpu = shoal_cli(owner.repo, "put", str(data), *flags, "--json", timeout=budget)
         cid = str(json.loads(out)["cid"])
-        doc = wait(f"{scheme} placement of {cid}", lambda: placed(owner, cid, scheme, ids), budget,
-                   lambda: why(owner, cid, swarm))
+        doc = wait_for(lambda: placed(owner, cid, scheme, ids), budget, f"{scheme} placement of {cid}",
+                       interval=0.1, details=lambda: why(owner, cid, swarm))
         put = span.end(cli_cpu)
         put["energy"] = span.energy()
         holders = holders_of(doc, scheme, owner.peer_id)
@@ -301,8 +291,8 @@ def run_scheme(cl: Cleanup, work: Path, data: Path, scheme: str, peers: int, siz
         for v in victims:
             v.kill()
         alive = {n.peer_id for n in nodes if n.running}
-        doc = wait(f"{scheme} repair of {cid}", lambda: placed(owner, cid, scheme, alive), budget,
-                   lambda: why(owner, cid, swarm))
+        doc = wait_for(lambda: placed(owner, cid, scheme, alive), budget, f"{scheme} repair of {cid}",
+                       interval=0.1, details=lambda: why(owner, cid, swarm))
         rep = span.end()
         rep["energy"] = span.energy()
         new = [h for h in holders_of(doc, scheme, owner.peer_id) if h not in holders]

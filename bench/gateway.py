@@ -55,6 +55,8 @@ from shoal.cli.swarm import LocalSwarm  # noqa: E402
 from shoal.cli.swarm import NodeProcess as NodeProc  # noqa: E402
 
 from common import (  # noqa: E402
+    make_log,
+    parse_size,
     BENCH_DIR,
     MIB,
     PROJECT_ROOT,
@@ -90,15 +92,7 @@ print(json.dumps({"path": p, "import_s": t1 - t0, "inner_s": t2 - t1, "version":
 """
 
 
-def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1] if t and t[-1] in units else ""
-    return int(float(t[: len(t) - len(unit)] if unit else t) * units[unit])
-
-
-def log(msg: str) -> None:
-    print(f"[gateway {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = make_log("gateway")
 
 
 def shoal_env() -> dict[str, str]:

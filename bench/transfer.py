@@ -53,6 +53,8 @@ from shoal.cli.swarm import LocalSwarm  # noqa: E402
 from shoal.cli.swarm import NodeProcess as NodeProc  # noqa: E402
 
 from common import (  # noqa: E402
+    make_log,
+    parse_size,
     BENCH_DIR,
     GIB,
     MIB,
@@ -88,15 +90,7 @@ TARGETS = {
 }
 
 
-def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1] if t and t[-1] in units else ""
-    return int(float(t[: len(t) - len(unit)] if unit else t) * units[unit])
-
-
-def log(msg: str) -> None:
-    print(f"[transfer {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = make_log("transfer")
 
 
 def sha256_file(path: Path) -> str:
