@@ -20,6 +20,7 @@
 // router (Helia 7.1 waits forever for routers when it has none) and no
 // bootstrap, DHT or gateway: the only provider is the peer given.
 import './polyfill.mjs'
+import { fail, pseudoRandom, report, watchdog } from './peer_io.mjs'
 import { createHash } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { withBitswap } from '@helia/bitswap'
@@ -49,32 +50,10 @@ const { positionals, values: opts } = parseArgs({
 })
 const mode = positionals[0]
 
-function report (obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n')
-}
-
-function fail (err) {
-  report({ event: 'error', name: err?.name ?? 'Error', message: String(err?.message ?? err) })
-  process.exit(1)
-}
-
-setTimeout(() => {
-  report({ event: 'error', name: 'Timeout', message: `no result after ${opts.timeout} ms` })
-  process.exit(2)
-}, Number(opts.timeout)).unref()
+watchdog(opts.timeout)
 
 function hex (bytes) {
   return createHash('sha256').update(bytes).digest('hex')
-}
-
-function pseudoRandom (n) {
-  const out = new Uint8Array(n)
-  let x = 0x2545f491
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5
-    out[i] = x & 0xff
-  }
-  return out
 }
 
 const noopRouter = {
@@ -125,7 +104,7 @@ try {
     await helia.stop()
     process.exit(0)
   } else if (mode === 'serve') {
-    const data = pseudoRandom(Number(opts.size))
+    const data = pseudoRandom(Number(opts.size), 0x2545f491)
     const file = await fs.addBytes(data, { rawLeaves: true, chunker: fixedSize({ chunkSize: 262144 }) })
     const blockBytes = new TextEncoder().encode('a single raw block held by Helia')
     const block = CID.createV1(raw.code, await sha256.digest(blockBytes))

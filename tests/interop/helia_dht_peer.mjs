@@ -17,6 +17,7 @@
 // Helia's own routers are a no-op (Helia 7.1 waits forever for routers when it
 // has none): the provide goes through the libp2p DHT service directly.
 import './polyfill.mjs'
+import { fail, pseudoRandom, report, watchdog } from './peer_io.mjs'
 import { createHash } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -41,30 +42,8 @@ const { values: opts } = parseArgs({
   }
 })
 
-function report (obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n')
-}
-
-function fail (err) {
-  report({ event: 'error', name: err?.name ?? 'Error', message: String(err?.message ?? err) })
-  process.exit(1)
-}
-
 // Never outlive the test, even if the parent forgets to kill us.
-setTimeout(() => {
-  report({ event: 'error', name: 'Timeout', message: `still running after ${opts.timeout} ms` })
-  process.exit(2)
-}, Number(opts.timeout)).unref()
-
-function pseudoRandom (n) {
-  const out = new Uint8Array(n)
-  let x = 0x1b873593
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5
-    out[i] = x & 0xff
-  }
-  return out
-}
+watchdog(opts.timeout, `still running after ${opts.timeout} ms`)
 
 const noopRouter = {
   name: 'no-op',
@@ -88,7 +67,7 @@ try {
   const signal = AbortSignal.timeout(60000)
 
   const boot = await libp2p.dial(multiaddr(opts.bootstrap), { signal })
-  const data = pseudoRandom(Number(opts.size))
+  const data = pseudoRandom(Number(opts.size), 0x1b873593)
   const file = await unixfs(helia).addBytes(data, { rawLeaves: true, chunker: fixedSize({ chunkSize: 262144 }) })
   // The bootstrap enters the table once identify says it serves kad.
   const table = libp2p.services.dht.routingTable

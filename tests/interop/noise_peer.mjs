@@ -17,6 +17,7 @@
 //   {"event":"error","name":..,"message":..}  then exit 1
 // No muxer or multistream-select: the raw socket carries only Noise frames.
 import './polyfill.mjs'
+import { report, fail, watchdog } from './peer_io.mjs'
 import { createHash, randomBytes } from 'node:crypto'
 import net from 'node:net'
 import { parseArgs } from 'node:util'
@@ -42,19 +43,7 @@ if (mode !== 'listen' && mode !== 'dial') {
   process.exit(64)
 }
 
-function report (obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n')
-}
-
-function fail (err) {
-  report({ event: 'error', name: err?.name ?? 'Error', message: String(err?.message ?? err) })
-  process.exit(1)
-}
-
-setTimeout(() => {
-  report({ event: 'error', name: 'Timeout', message: `no result after ${opts.timeout} ms` })
-  process.exit(2)
-}, Number(opts.timeout)).unref()
+watchdog(opts.timeout)
 
 /** Records the size of every 2-byte-length-prefixed frame seen on the wire. */
 class FrameCounter {
