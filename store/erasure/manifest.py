@@ -25,7 +25,7 @@ Not here: signing and verifying (the p2p identity does that), placement.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from shoal.store.erasure.layout import MAX_SHARDS, ErasureError, check_scheme
 from shoal.store.erasure.shard import ShardHeader, ShardInfo
@@ -33,7 +33,7 @@ from shoal.store.errors import InvalidCID
 from shoal.store.ipld.cid import CID, RAW_CODE, cid_from_bytes
 from shoal.store.proofs.commitment import Commitment, MalformedProof
 from shoal.store.proofs.signed_array import (
-    MAX_OWNER, MAX_SIGNATURE, check_envelope, is_int as _is_int, pack, signing_bytes, unpack_array,
+    MAX_OWNER, MAX_SIGNATURE, SignedArray, check_envelope, is_int as _is_int, unpack_array,
 )
 
 __all__ = ["ErasureManifest", "MalformedErasureManifest", "MAX_EC_MANIFEST_BYTES"]
@@ -57,8 +57,10 @@ def _check(cond: bool, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class ErasureManifest:
+class ErasureManifest(SignedArray):
     """One EC-stored object, as its owner describes it. Validated when built."""
+
+    sign_domain: ClassVar[bytes] = _SIGN_DOMAIN
 
     root_cid: str
     k: int
@@ -124,14 +126,6 @@ class ErasureManifest:
         if with_signature:
             out.append(self.signature)
         return out
-
-    def encode(self) -> bytes:
-        """Canonical bytes, signature included."""
-        return pack(self._fields(True))
-
-    def signing_bytes(self) -> bytes:
-        """What the owner's identity key signs: everything but the signature."""
-        return signing_bytes(_SIGN_DOMAIN, self._fields(False))
 
     def with_signature(self, signature: bytes) -> "ErasureManifest":
         return replace(self, signature=signature)

@@ -24,11 +24,12 @@ committed byte count).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from shoal.store.errors import ProofError
 from shoal.store.proofs.commitment import HASH_LEN, Commitment, MalformedProof
 from shoal.store.proofs.signed_array import (
-    MAX_OWNER, MAX_SIGNATURE, check_envelope, is_int as _is_int, pack, signing_bytes, unpack_array,
+    MAX_OWNER, MAX_SIGNATURE, SignedArray, check_envelope, is_int as _is_int, unpack_array,
 )
 
 MANIFEST_VERSION = 1
@@ -51,8 +52,10 @@ def _check(cond: bool, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(SignedArray):
     """One object, as its owner describes it. Validated when built."""
+
+    sign_domain: ClassVar[bytes] = _SIGN_DOMAIN
 
     root_cid: str
     size: int
@@ -79,14 +82,6 @@ class Manifest:
         if with_signature:
             out.append(self.signature)
         return out
-
-    def encode(self) -> bytes:
-        """Canonical bytes, signature included."""
-        return pack(self._fields(True))
-
-    def signing_bytes(self) -> bytes:
-        """What the owner's identity key signs: everything but the signature."""
-        return signing_bytes(_SIGN_DOMAIN, self._fields(False))
 
     def with_signature(self, signature: bytes) -> "Manifest":
         return replace(self, signature=signature)

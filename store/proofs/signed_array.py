@@ -18,14 +18,14 @@ Not here: signing and verifying (the p2p identity does that).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import msgpack
 
 from shoal.store.errors import InvalidCID
 from shoal.store.ipld.cid import parse_cid
 
-__all__ = ["MAX_CID_TEXT", "MAX_OWNER", "MAX_SIGNATURE", "check_envelope", "is_int", "pack",
+__all__ = ["SignedArray", "MAX_CID_TEXT", "MAX_OWNER", "MAX_SIGNATURE", "check_envelope", "is_int", "pack",
            "signing_bytes", "unpack_array"]
 
 MAX_CID_TEXT = 128
@@ -91,3 +91,24 @@ def unpack_array(data: bytes, *, error: Error, what: str, version: int, fields: 
     if not (is_int(v[0]) and v[0] == version):
         raise error("unknown manifest version")
     return list(v[1:])
+
+
+class SignedArray:
+    """Base of a signed manifest: `encode` and `signing_bytes` from its `_fields`.
+
+    A subclass (a frozen dataclass) sets `sign_domain` and lists its fields,
+    the signature last when `with_signature`.
+    """
+
+    sign_domain: ClassVar[bytes]
+
+    def _fields(self, with_signature: bool) -> list[object]:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """Canonical bytes, signature included."""
+        return pack(self._fields(True))
+
+    def signing_bytes(self) -> bytes:
+        """What the owner's identity key signs: everything but the signature."""
+        return signing_bytes(self.sign_domain, self._fields(False))
