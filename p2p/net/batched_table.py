@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Generic, Mapping, TypeVar
 
 from shoal.store.errors import StoreError
@@ -34,7 +35,7 @@ __all__ = ["BatchedPeerTable"]
 V = TypeVar("V")
 
 
-class BatchedPeerTable(Generic[V]):
+class BatchedPeerTable(ABC, Generic[V]):
     """Reads and writes one per-peer table; remembers what it last wrote.
 
     Not thread-safe by itself: the caller runs at most one `write` at a
@@ -61,17 +62,17 @@ class BatchedPeerTable(Generic[V]):
 
     # -- what a subclass supplies ---------------------------------------------
 
+    @abstractmethod
     def max_rows(self) -> int:
         """Rows kept (read at every call, so a test can lower the module constant)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_row(self, peer: PeerId, value: V) -> tuple[object, ...]:
         """The values of `columns` for one peer (clamped to what SQLite and `decode_row` accept)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode_row(self, row: tuple[object, ...]) -> tuple[PeerId, V] | None:
         """One row of `columns` back into a value; None for a damaged row."""
-        raise NotImplementedError
 
     # -- the shared logic ------------------------------------------------------
 

@@ -18,6 +18,7 @@ Not here: signing and verifying (the p2p identity does that).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Sequence
 
 import msgpack
@@ -93,7 +94,7 @@ def unpack_array(data: bytes, *, error: Error, what: str, version: int, fields: 
     return list(v[1:])
 
 
-class SignedArray:
+class SignedArray(ABC):
     """Base of a signed manifest: `encode` and `signing_bytes` from its `_fields`.
 
     A subclass (a frozen dataclass) sets `sign_domain` and lists its fields,
@@ -102,8 +103,9 @@ class SignedArray:
 
     sign_domain: ClassVar[bytes]
 
+    @abstractmethod
     def _fields(self, with_signature: bool) -> list[object]:
-        raise NotImplementedError
+        """The manifest's fields in wire order, the signature last when `with_signature`."""
 
     def encode(self) -> bytes:
         """Canonical bytes, signature included."""
