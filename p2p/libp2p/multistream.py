@@ -175,7 +175,29 @@ class _Reader:
         return rest
 
 
-class Dialer:
+class _Negotiation:
+    """What both roles share: the outbox, and feeding received bytes (the
+    header's first bytes checked at once, nothing after the outcome)."""
+
+    _outbox: bytearray
+    _reader: _Reader
+    _header_seen: bool
+    _result: "Selected | Rejected | None"
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._outbox)
+        self._outbox.clear()
+        return out
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._result is not None:
+            raise LocalProtocolError("negotiation already finished")
+        self._reader.feed(data)
+        if not self._header_seen:
+            self._reader.check_header_prefix()
+
+
+class Dialer(_Negotiation):
     """The proposing side: header plus the first proposal go out at once."""
 
     def __init__(self, protocols: Sequence[str]) -> None:
@@ -188,18 +210,9 @@ class Dialer:
         self._outbox = bytearray(encode_message(HEADER) + encode_message(self._protocols[0]))
         self._result: Selected | Rejected | None = None
 
-    def data_to_send(self) -> bytes:
-        out = bytes(self._outbox)
-        self._outbox.clear()
-        return out
-
     def receive_data(self, data: bytes | bytearray | memoryview) -> Event:
         """Feed bytes from the listener; the outcome once it is known."""
-        if self._result is not None:
-            raise LocalProtocolError("negotiation already finished")
-        self._reader.feed(data)
-        if not self._header_seen:
-            self._reader.check_header_prefix()
+        self._feed(data)
         while (message := self._reader.next_message()) is not None:
             if not self._header_seen:
                 if message != HEADER:
@@ -221,7 +234,7 @@ class Dialer:
         return NeedData()
 
 
-class Listener:
+class Listener(_Negotiation):
     """The answering side: echoes the first proposal it supports.
 
     It says nothing before the dialer's header has arrived whole and right
@@ -244,18 +257,9 @@ class Listener:
         inner = b"".join(encode_message(p) for p in protocols)
         return _uvarint(len(inner)) + inner
 
-    def data_to_send(self) -> bytes:
-        out = bytes(self._outbox)
-        self._outbox.clear()
-        return out
-
     def receive_data(self, data: bytes | bytearray | memoryview) -> Event:
         """Feed bytes from the dialer; Selected once a protocol is agreed."""
-        if self._result is not None:
-            raise LocalProtocolError("negotiation already finished")
-        self._reader.feed(data)
-        if not self._header_seen:
-            self._reader.check_header_prefix()
+        self._feed(data)
         while (message := self._reader.next_message()) is not None:
             if not self._header_seen:
                 if message != HEADER:
