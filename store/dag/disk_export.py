@@ -19,28 +19,66 @@ Modes: files are written with the UnixFS mode of their root node when the
 DAG records one, else 0666, and directories likewise (0777), both masked by
 the umask (the caller's: a node passes the client's), as `cp` and `tar` do.
 
+Laned export (`filler`): a caller that has other processes to move bytes
+(the node's lanes, shoal.p2p.exchange.laned) passes a `LeafFiller`. A file
+made of a dag-pb tree then goes to the same durable temp file, sized with
+ftruncate, but its raw leaves are not read here: this module reads only the
+inner nodes (`exporter.file_layout`: offsets and sizes, checked), writes
+the bytes inner nodes carry themselves, and hands the (leaf, offset) list
+to `filler.fill(temp path, leaves)`, which returns once every leaf is in
+the file; then fsync and rename as always. Up to `FILL_FILES` files of a
+tree are filled at once (the next file's leaves are on their way while one
+file's last leaves and its fsync finish). Files that are one raw block are
+written here from `source` as before.
+
 Reading the DAG (stat, byte ranges, listings) is shoal.store.dag.exporter.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat as stat_mod
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Protocol
 
 from shoal.store.cancel import CancelFlag
 from shoal.store.dag.exporter import (
-    DEFAULT_MAX_ENTRIES, ExportRefused, Source, _decode_pb, _dir_links, _getter, _key, _stat_block, read_file,
+    DEFAULT_MAX_ENTRIES, ExportRefused, Inline, Leaf, Source, _decode_pb, _dir_links, _getter, _key, _stat_block,
+    file_layout, read_file,
 )
 from shoal.store.errors import InvalidInput, MalformedBlock, StorageFull
 from shoal.store.ipld.cid import CID
 from shoal.store.persist.direct_io import DirectWriter
-from shoal.store.persist.durable import durable_file, fsync_dir
+from shoal.store.persist.durable import durable_file, durable_temp, fsync_dir
 
-__all__ = ["ExportPlan", "plan_export", "export_to_path", "current_umask"]
+__all__ = ["ExportPlan", "plan_export", "export_to_path", "current_umask", "LeafFiller", "FILL_FILES"]
+
+# Files of one tree filled at once through a `LeafFiller`: two, so that while
+# one file's last leaves land and it is fsync'd, the next one's are already
+# on their way (the lanes never idle between files); more would only spread
+# the same lanes over more half-written files.
+FILL_FILES = 2
+
+
+class LeafFiller(Protocol):
+    """Puts the raw leaves of a file into a temp file the export created (see the module doc)."""
+
+    def fill(self, path: str, leaves: Iterable[Leaf], cancel: CancelFlag | None) -> None:
+        """Return once each leaf's verified bytes are at `leaf.offset` of the existing file `path`.
+
+        `leaves` is consumed lazily (it reads inner nodes as it goes) and may
+        list a leaf at several offsets. Raise MalformedBlock if a leaf's block
+        does not hold `leaf.size` bytes, any StoreError/P2P error if a leaf
+        cannot be had, Cancelled once `cancel` is set. Thread-safe: up to
+        `FILL_FILES` files of an export are filled at once. Nothing may be
+        written into `path` after `fill` returned or raised (a write in
+        flight when it raised may still land: the file is deleted then).
+        """
 
 
 @dataclass(frozen=True)
@@ -153,7 +191,8 @@ def _check_space(cid: CID, plan: ExportPlan, dest: Path) -> None:
 
 def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int = 0,
                    max_size: int | None = None, max_entries: int = DEFAULT_MAX_ENTRIES,
-                   cancel: CancelFlag | None = None, umask: int | None = None) -> ExportPlan:
+                   cancel: CancelFlag | None = None, umask: int | None = None,
+                   filler: LeafFiller | None = None) -> ExportPlan:
     """Write the file or directory tree at `cid` to `dest`; return its plan.
 
     Planned first (`plan_export`): refused with ExportRefused (over
@@ -165,7 +204,8 @@ def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int 
     merged into. On any failure (cancel included) the files and directories
     this export created are removed again. `prefetch`: as in `read_file`
     (a thread-safe source). `umask`: masks the modes (default: this
-    process's).
+    process's). `filler`: raw leaves of dag-pb files are written by it, not
+    read from `source` (see the module doc).
     """
     dest = Path(dest)
     root_block = _getter(source)(cid)  # read once for the plan and the walk
@@ -176,7 +216,7 @@ def export_to_path(source: Source, cid: CID, dest: Path | str, *, prefetch: int 
     mask = current_umask() if umask is None else umask
     created: list[Path] = []
     try:
-        _export_tree(source, cid, dest, prefetch, cancel, mask, created, root_block)
+        _export_tree(source, cid, dest, prefetch, cancel, mask, created, root_block, filler)
     except BaseException:
         _remove_created(created)
         raise
@@ -191,10 +231,34 @@ def _cached_root(get: Callable[[CID], bytes], root: CID, block: bytes | None) ->
 
 
 def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: CancelFlag | None,
-                 mask: int, created: list[Path], root_block: bytes) -> None:
-    get = _cached_root(_getter(source), cid, root_block)
+                 mask: int, created: list[Path], root_block: bytes, filler: LeafFiller | None = None) -> None:
     dir_modes: list[tuple[Path, int]] = []
     dirty: set[Path] = set()  # directories whose new names must be made durable
+    if filler is None:
+        _walk_tree(source, cid, dest, prefetch, cancel, mask, created, root_block, dir_modes, dirty, None)
+    else:
+        files = _FilePipeline(filler, cancel, created, dirty)
+        try:
+            _walk_tree(source, cid, dest, prefetch, cancel, mask, created, root_block, dir_modes, dirty, files)
+            files.finish()
+        finally:
+            files.close()
+    # The files' and new directories' names, durable before the modes are
+    # set (a directory may become unreadable, and fsync needs to open it).
+    dirty.update(p.parent for p in created)
+    try:
+        for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(directory)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {dest}: {exc.strerror or exc}") from None
+    for path, mode in reversed(dir_modes):  # last: a read-only directory is filled first
+        os.chmod(path, mode)
+
+
+def _walk_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: CancelFlag | None,
+               mask: int, created: list[Path], root_block: bytes, dir_modes: list[tuple[Path, int]],
+               dirty: set[Path], files: "_FilePipeline | None") -> None:
+    get = _cached_root(_getter(source), cid, root_block)
     stack: list[tuple[CID, Path]] = [(cid, dest)]
     while stack:
         if cancel is not None:
@@ -207,8 +271,12 @@ def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: Ca
         if st.kind in ("file", "raw"):
             _make_dirs(path.parent, created, mask)
             existed = os.path.lexists(path)
-            _write_file(source, node_cid, path, prefetch, cancel=cancel,
-                        mode=_file_mode(st.mode, 0o666, mask))
+            mode = _file_mode(st.mode, 0o666, mask)
+            if files is not None and st.kind == "file":
+                files.submit(functools.partial(_fill_file, source, node_cid, block, st.size or 0, path,
+                                               files.filler, mode=mode), path, existed)
+                continue
+            _write_file(source, node_cid, path, prefetch, cancel=cancel, mode=mode)
             dirty.add(path.parent)
             if not existed:  # a file replaced stays replaced: only new ones are undone
                 created.append(path)
@@ -219,16 +287,6 @@ def _export_tree(source: Source, cid: CID, dest: Path, prefetch: int, cancel: Ca
             dir_modes.append((path, _file_mode(st.mode, 0o777, mask)))
         children = [(c, path / name) for name, c in _dir_links(get, node_cid, node, fs, cancel)]
         stack.extend(reversed(children))
-    # The files' and new directories' names, durable before the modes are
-    # set (a directory may become unreadable, and fsync needs to open it).
-    dirty.update(p.parent for p in created)
-    try:
-        for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
-            fsync_dir(directory)
-    except OSError as exc:
-        raise InvalidInput(f"cannot write {dest}: {exc.strerror or exc}") from None
-    for path, mode in reversed(dir_modes):  # last: a read-only directory is filled first
-        os.chmod(path, mode)
 
 
 def _file_mode(recorded: int | None, default: int, mask: int) -> int:
@@ -288,3 +346,113 @@ def _write_file(source: Source, cid: CID, path: Path, prefetch: int = 0, *,
             writer.close_tail()
     except OSError as exc:
         raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _fill_file(source: Source, cid: CID, root_block: bytes, size: int, path: Path, filler: LeafFiller, cancel: CancelFlag, *,
+               mode: int) -> None:
+    """Write one dag-pb file through a temp file the filler puts its raw leaves into.
+
+    The temp file is owner-writable until filled (the filler may open it by
+    name from another process), then gets its real mode before the fsync.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with durable_temp(path, mode=stat_mod.S_IMODE(mode) | 0o600, sync_dir=False,
+                          prefix=".shoal-", suffix=".part") as (f, tmp):
+            fd = f.fileno()
+            os.ftruncate(fd, size)
+
+            def leaves() -> Iterator[Leaf]:
+                for piece in file_layout(source, cid, cancel, root_block=root_block):
+                    if isinstance(piece, Inline):
+                        _pwrite_all(fd, piece.data, piece.offset)
+                    else:
+                        yield piece
+
+            filler.fill(str(tmp), leaves(), cancel)
+            cancel.check()
+            got = os.fstat(fd).st_size
+            if got != size:  # a leaf longer than its parent said, written past the end
+                raise MalformedBlock(f"{cid}: the file's leaves hold {got} bytes, its root says {size}")
+            os.fchmod(fd, stat_mod.S_IMODE(mode))
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class _LinkedFlag(CancelFlag):
+    """Set by itself (a sibling file failed) or through the export's own flag."""
+
+    __slots__ = ("_parent",)
+
+    def __init__(self, parent: CancelFlag | None) -> None:
+        super().__init__()
+        self._parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self._parent is not None and self._parent.is_set())
+
+    def check(self) -> None:
+        if self._parent is not None:
+            self._parent.check()
+        super().check()
+
+
+class _FilePipeline:
+    """Fills up to `FILL_FILES` files of a tree at once, in worker threads.
+
+    Files settle (recorded as created, their directory as dirty) in the
+    order they were submitted; the first failure stops the others (their
+    flag is set) and is raised once every thread has returned, so the undo
+    sees every file that got its name.
+    """
+
+    def __init__(self, filler: LeafFiller, cancel: CancelFlag | None, created: list[Path],
+                 dirty: set[Path]) -> None:
+        self.filler = filler
+        self._flag = _LinkedFlag(cancel)
+        self._created = created
+        self._dirty = dirty
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[tuple[Future[None], Path, bool]] = deque()
+
+    def submit(self, work: Callable[[CancelFlag], None], path: Path, existed: bool) -> None:
+        while len(self._pending) >= FILL_FILES:
+            self._settle()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(FILL_FILES, thread_name_prefix="shoal-fill")
+        self._pending.append((self._pool.submit(work, self._flag), path, existed))
+
+    def _settle(self) -> None:
+        fut, path, existed = self._pending.popleft()
+        try:
+            fut.result()
+        except BaseException:
+            self._flag.set("another file of this export failed")
+            raise
+        self._dirty.add(path.parent)
+        if not existed:  # a file replaced stays replaced: only new ones are undone
+            self._created.append(path)
+
+    def finish(self) -> None:
+        while self._pending:
+            self._settle()
+
+    def close(self) -> None:
+        """Stop and wait for what is still running (after a failure); record what got its name."""
+        if self._pending:
+            self._flag.set("another file of this export failed")
+        while self._pending:
+            try:
+                self._settle()
+            except BaseException:
+                pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -38,7 +38,8 @@ from shoal.store.ipld.unixfs import DataType, UnixFSData, valid_hamt_fanout
 
 __all__ = [
     "BlockGetter", "Stat", "DirEntry", "stat", "read_file", "list_dir", "iter_dir",
-    "ExportRefused", "walk_dag", "iter_links", "DEFAULT_MAX_ENTRIES",
+    "ExportRefused", "walk_dag", "iter_links", "DEFAULT_MAX_ENTRIES", "Leaf", "Inline", "file_layout",
+    "is_file_node",
 ]
 
 # Entries (files and directories) one export or listing may produce unless
@@ -259,6 +260,79 @@ def _read_range(ahead: _Prefetcher, cid: CID, offset: int, end: int | None) -> I
                 wanted.append((_child_cid(link.hash), child_start, bs))
             child_start += bs
         stack.extend(reversed(wanted))
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A raw leaf of a file: its bytes belong at `offset`, and its parent says it holds `size` bytes."""
+
+    cid: CID
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Inline:
+    """Bytes a file's dag-pb node carries itself (its UnixFS data), at `offset` of the file."""
+
+    offset: int
+    data: bytes
+
+
+def file_layout(source: Source, cid: CID, cancel: CancelFlag | None = None, *,
+                root_block: bytes | None = None) -> Iterator[Union[Leaf, Inline]]:
+    """Where each piece of the file at `cid` (a dag-pb File node) goes, in file order,
+    without reading a raw leaf.
+
+    Why: a laned export (shoal.store.dag.disk_export's `filler`) has each raw
+    leaf written into the output by another process; only the inner nodes
+    (small: links and blocksizes) are read here, through `source`. They are
+    checked as `read_file` checks them (blocksizes against each child's
+    filesize, types, codecs); a raw leaf's size can only be checked by whoever
+    reads it, against `Leaf.size`. `root_block`: the root's bytes if the
+    caller has them already.
+    """
+    fetch = _getter(source)
+    root_key = _key(cid)
+
+    def get(c: CID) -> bytes:
+        return root_block if root_block is not None and _key(c) == root_key else fetch(c)
+
+    stack: list[tuple[CID, int, int | None]] = [(cid, 0, None)]
+    while stack:
+        if cancel is not None:
+            cancel.check()
+        node_cid, start, promised = stack.pop()
+        if node_cid.codec.name == RAW:
+            if promised is None:
+                raise InvalidInput(f"{node_cid} is a raw block, not a dag-pb file")
+            yield Leaf(node_cid, start, promised)
+            continue
+        if node_cid.codec.name != DAG_PB:
+            raise MalformedBlock(f"{node_cid}: codec {node_cid.codec.name} is not UnixFS")
+        node, fs = _decode_pb(node_cid, get(node_cid))
+        if fs.type not in (DataType.FILE, DataType.RAW):
+            raise InvalidInput(f"{node_cid} is a {_kind(fs)}, not a file")
+        size = _file_size(node_cid, node, fs)
+        if promised is not None and size != promised:
+            raise MalformedBlock(f"{node_cid}: holds {size} bytes, parent says {promised}")
+        if fs.data:
+            yield Inline(start, fs.data)
+        child_start = start + len(fs.data or b"")
+        children: list[tuple[CID, int, int | None]] = []
+        for link, bs in zip(node.links, fs.blocksizes):
+            children.append((_child_cid(link.hash), child_start, bs))
+            child_start += bs
+        stack.extend(reversed(children))
+
+
+def is_file_node(cid: CID, data: bytes) -> bool:
+    """Whether a verified block is a UnixFS File (or Raw) dag-pb node: its raw
+    links are file leaves, not directory entries. MalformedBlock if undecodable."""
+    if cid.codec.name != DAG_PB:
+        return False
+    _, fs = _decode_pb(cid, data)
+    return fs.type in (DataType.FILE, DataType.RAW)
 
 
 def _slice(data: bytes, start: int, offset: int, end: int | None) -> Iterator[bytes]:

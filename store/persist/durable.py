@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-__all__ = ["durable_file", "write_durably", "publish", "fsync_dir", "make_dirs"]
+__all__ = ["durable_file", "durable_temp", "write_durably", "publish", "fsync_dir", "make_dirs"]
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -107,6 +107,16 @@ def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True,
     verify, init's check for foreign files) still does; `mode` is applied
     whatever the umask.
     """
+    with durable_temp(path, mode=mode, overwrite=overwrite, sync_dir=sync_dir, prefix=prefix,
+                      suffix=suffix) as (f, _tmp):
+        yield f
+
+
+@contextmanager
+def durable_temp(path: str | Path, *, mode: int = 0o600, overwrite: bool = True, sync_dir: bool = True,
+                 prefix: str | None = None, suffix: str = ".tmp") -> Iterator[tuple[BinaryIO, Path]]:
+    """`durable_file` that also yields the temp file's path, for writers that
+    open it themselves (another process filling it: shoal.store.dag.disk_export's filler)."""
     path = Path(path)
     try:
         fd, name = tempfile.mkstemp(prefix=path.name + "." if prefix is None else prefix, suffix=suffix,
@@ -117,7 +127,7 @@ def durable_file(path: str | Path, *, mode: int = 0o600, overwrite: bool = True,
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
-            yield f
+            yield f, tmp
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, path, overwrite=overwrite, sync_dir=sync_dir)
