@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import trio
 
 from shoal.store.ipld.cid import CID, RAW, verify_block
 from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
-from shoal.store.dag.exporter import iter_links
+from shoal.store.dag.exporter import is_file_node, iter_links
 from shoal.store.dag.walk import DagWalk, cid_key
 
 from shoal.p2p.wire import limits as L
@@ -135,6 +136,7 @@ async def fetch_dag(
     guard: bool = True,
     check_local: bool = False,
     gateways: Sequence[Gateway] = (),
+    skip_file_leaves: bool = False,
 ) -> FetchResult:
     """Make the whole DAG under `root` local, verified. Raises NoPeers / FetchFailed.
 
@@ -152,8 +154,13 @@ async def fetch_dag(
     repo's quarantine and fetched again. `gateways`: HTTP trustless gateways
     asked for blocks beside the peers (each one a holder with the same
     in-flight cap); with gateways, no connected peer is not an error.
+    `skip_file_leaves`: the raw leaves of multi-block files are left out
+    (the fetch and its end check cover the rest: directories, file inner
+    nodes, files of one raw block); the laned get has lanes fetch them
+    straight into the export (shoal.p2p.exchange.laned).
     """
     fetch = _Fetch(node, root, progress, request_timeout, max_inflight_per_peer, on_stored)
+    fetch.skip_file_leaves = skip_file_leaves
     fetch.on_verified = on_verified
     fetch.on_wanted = on_wanted
     fetch.check_local = check_local
@@ -161,11 +168,12 @@ async def fetch_dag(
     return await fetch.run(holders, guard=guard)
 
 
-def missing_blocks(store: Any, root: CID, limit: int = 16) -> list[CID]:
+def missing_blocks(store: Any, root: CID, limit: int = 16, *, file_leaves: bool = True) -> list[CID]:
     """Blocks of the DAG under `root` that are absent (or, for inner nodes,
     corrupt), up to `limit`. Raw leaves are checked for presence only (every
     fetched one was hash-checked before it was stored); inner nodes are read,
-    verified, to follow their links. Runs in a worker thread."""
+    verified, to follow their links. `file_leaves=False`: the raw leaves of
+    dag-pb files are not looked at. Runs in a worker thread."""
     missing: list[CID] = []
     walk = DagWalk([root])
     for cid in walk:
@@ -180,8 +188,16 @@ def missing_blocks(store: Any, root: CID, limit: int = 16) -> list[CID]:
         except (BlockNotFound, HashMismatch):
             missing.append(cid)
             continue
-        walk.push(iter_links(cid, data))
+        walk.push(_links(cid, data, skip_file_leaves=not file_leaves))
     return missing
+
+
+def _links(cid: CID, data: bytes, *, skip_file_leaves: bool) -> list[CID]:
+    """The links of a verified block to follow: all, or all but a file node's raw leaves."""
+    links = iter_links(cid, data)
+    if skip_file_leaves and links and is_file_node(cid, data):
+        return [c for c in links if c.codec.name != RAW]
+    return links
 
 
 def _read_if_present(store: Any, cid: CID) -> bytes | None:
@@ -454,6 +470,7 @@ class _Fetch(PlannedFetch):
         self.cids: dict[bytes, CID] = {}
         self.walk = DagWalk(key=cid_key)  # keyed like `cids`: by binary CID
         self.check_local = False  # re-hash local raw leaves too (see fetch_dag)
+        self.skip_file_leaves = False  # leave the raw leaves of files to lanes (see fetch_dag)
 
     async def run(self, holders: list[PeerId] | None, *, guard: bool = True) -> FetchResult:
         """`guard=False`: the caller already holds the node's store guard shared
@@ -472,7 +489,8 @@ class _Fetch(PlannedFetch):
             finally:
                 self.result.gateways_dropped = dict(self.gateways_dropped)
         # Success is a claim about the store, not about the walk: check it.
-        missing = await trio.to_thread.run_sync(missing_blocks, self.store, self.root)
+        missing = await trio.to_thread.run_sync(functools.partial(
+            missing_blocks, self.store, self.root, file_leaves=not self.skip_file_leaves))
         if missing:
             raise FetchFailed(f"fetch of {self.root} ended with {len(missing)} blocks missing, "
                               f"e.g. {missing[0]}")
@@ -487,7 +505,7 @@ class _Fetch(PlannedFetch):
         self.progress(len(data))
         if cid.codec.name != RAW:
             try:
-                links = iter_links(cid, data)
+                links = _links(cid, data, skip_file_leaves=self.skip_file_leaves)
             except StoreError as exc:
                 raise FetchFailed(f"block {cid} of {self.root} is malformed: {exc}") from None
             await self._consider(links)
@@ -527,7 +545,7 @@ class _Fetch(PlannedFetch):
                 continue
             self.result.local_blocks += 1
             if cid.codec.name != RAW:
-                self.walk.push(iter_links(cid, data))
+                self.walk.push(_links(cid, data, skip_file_leaves=self.skip_file_leaves))
         if leaves:
             await self._leaves(leaves)
 

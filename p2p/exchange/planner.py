@@ -110,6 +110,17 @@ class FetchPlanner:
             stats.failures += 1
         self._retry(key)
 
+    def on_interrupted(self, peer: Peer, key: Key) -> None:
+        """The request was lost on OUR side (say, the process that ran it died):
+        nothing is learned about the holder, so the block is queued again and
+        may go to the same holder. The caller bounds how often it says this."""
+        flight = self._inflight.get(key)
+        if flight is None or flight.peer != peer:
+            return
+        self._finish_flight(key)
+        self._tried.get(key, set()).discard(peer)
+        self._enqueue(key)
+
     def on_peer_gone(self, peer: Peer) -> None:
         """The connection to a holder broke: move its requests elsewhere."""
         self._drop(peer, corrupt=False)

@@ -146,3 +146,20 @@ def test_every_block_ends_done_or_failed_and_nothing_is_lost(n_blocks: int, n_pe
     assert planner.finished
     assert planner.done | planner.failed == set(range(n_blocks))
     assert not (planner.done & planner.failed)
+
+
+def test_an_interrupted_request_may_go_to_the_same_holder_again() -> None:
+    # A lane of ours died mid-request: nothing was learned about the holder,
+    # so its only holder gets the block again (on_failure would fail it for
+    # good after max_rounds).
+    planner = FetchPlanner(max_inflight_per_peer=4, max_rounds=1)
+    planner.add_holder("a")
+    planner.want(["k"])
+    for _ in range(5):
+        assert planner.next_requests(0) == [("a", "k")]
+        planner.on_interrupted("a", "k")
+    assert planner.failed == frozenset() and not planner.finished
+    assert planner.next_requests(0) == [("a", "k")]
+    planner.on_failure("a", "k")
+    assert planner.failed == {"k"}
+    assert planner.stats["a"].failures == 1 and planner.stats["a"].timeouts == 0

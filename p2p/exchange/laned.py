@@ -1,0 +1,402 @@
+"""The laned get: lanes fetch a file's raw leaves straight into the export's file.
+
+`shoal get CID -o OUT` on a node with lanes (shoal.p2p.lanes), from holders
+that advertise lanes, moves no leaf byte through the node's main process:
+
+- the main fetch (shoal.p2p.exchange.fetch, `skip_file_leaves=True`) brings
+  the directories and the files' inner nodes only (small: links and sizes),
+  handed to the export as today (shoal.p2p.exchange.handoff);
+- the export (shoal.store.dag.disk_export, in a worker thread) creates each
+  file's durable temp file, reads its inner nodes for the (leaf, offset)
+  list and calls `LaneDispatcher.fill` (the `LeafFiller`), which returns
+  once every leaf is in the file;
+- the dispatcher (here, on the trio loop) turns leaves into LaneJobs: a leaf
+  already in our store is a copy job (holder None: a lane reads it, verified,
+  and writes it into the file: a resumed get), any other goes to the
+  planner (shoal.p2p.exchange.planner.FetchPlanner) over the holders that
+  have lanes, and a lane fetches it from one of the holder's lanes,
+  verifies it, pwrites it at each of its offsets and stores it durably.
+
+Failures, per block, as the main fetch treats them: MISSING and TIMEOUT move
+the leaf to another holder (the planner's rounds); CORRUPT drops the holder
+for the rest of the get and marks its reputation; LANE_DIED (our lane was
+killed; the pool starts another) and UNREACHABLE (the holder's lane may be
+restarting) queue the leaf again, the same holder included, a bounded
+number of times with a growing pause; STORE_ERROR (our disk) fails the
+file. A leaf no holder could give fails its files, and the export removes
+what it wrote.
+
+Memory is bounded: at most `WINDOW_LEAVES` leaf descriptors (a few dozen
+bytes each, never block bytes) are handed over and unwritten at a time,
+and at most `JOBS_PER_LANE` jobs per lane run at once.
+
+Threads: `fill` runs in the export's threads and only takes a lock,
+waits on a condition and posts work to the loop (`run_sync_soon`, never a
+blocking call into trio); everything else runs on the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, cast
+
+import trio
+
+from shoal.p2p.exchange.fetch import FetchFailed
+from shoal.p2p.exchange.planner import FetchPlanner
+from shoal.p2p.lanes.api import LaneJob, LanePool, LaneResult, Outcome, Sink
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.store.cancel import CancelFlag
+from shoal.store.dag.exporter import Leaf
+from shoal.store.errors import MalformedBlock, StoreError
+from shoal.store.ipld.cid import CID
+
+log = logging.getLogger("shoal.laned")
+
+# Jobs in flight per lane of ours: enough to cover a block's round trip on
+# each lane connection, few enough that a dead lane loses little.
+JOBS_PER_LANE = 8
+# Leaves handed over by the export and not yet written (descriptors only).
+WINDOW_LEAVES = 1024
+# Leaves the export hands over per hop to the loop.
+SUBMIT_BATCH = 64
+# How often a leaf may be re-queued because OUR lane died or the holder's
+# lane could not be reached, before it counts as a failure of that holder.
+RETRIES = 6
+RETRY_PAUSE_S = 0.2  # doubled each time, for UNREACHABLE (a holder's lane restarting)
+JOB_TIMEOUT_S = 30.0
+# How often a waiting export thread looks at its cancel flag.
+POLL_S = 0.2
+
+
+class _File:
+    """One file being filled: how many of its leaf writes are still due."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.outstanding = 0
+        self.error: BaseException | None = None
+        self.over = False  # its fill ended (failed or cancelled): its sinks are dropped
+
+
+@dataclass
+class _Target:
+    file: _File
+    offset: int
+    size: int  # what the leaf's parent says it holds
+
+
+@dataclass
+class _LeafState:
+    cid: CID
+    waiting: list[_Target] = field(default_factory=list)  # not yet given to a job
+    running: list[_Target] = field(default_factory=list)  # given to the job in flight
+    job: bool = False  # a job for this leaf is in flight
+    stored: bool = False  # the block is in our store: more targets are copy jobs
+    in_planner: bool = False  # wanted from holders and not finished there
+    retries: int = 0
+
+
+@dataclass
+class LaneStats:
+    fetched_blocks: int = 0
+    fetched_bytes: int = 0
+    copied_blocks: int = 0  # leaves our store had (copy jobs)
+    outcomes: dict[str, int] = field(default_factory=dict)  # every job's outcome, counted
+
+
+class LaneDispatcher:
+    """The `LeafFiller` of a laned export (see the module doc).
+
+    `holders`: the peers to fetch leaves from (each must have lane addresses,
+    looked up per job with `lane_addrs`, so a holder's replaced lane is
+    found); `store`: our blockstore (only `has` is called, in the export's
+    thread); `peers`: the node's peer table (reputation); `quarantine`: moves
+    a corrupt local block aside (worker thread).
+    """
+
+    def __init__(self, pool: LanePool, holders: Iterable[PeerId], *,
+                 lane_addrs: Callable[[PeerId], tuple[Multiaddr, ...]], store: Any, peers: Any = None,
+                 quarantine: Callable[[CID], Any] | None = None, jobs_per_lane: int = JOBS_PER_LANE,
+                 window: int = WINDOW_LEAVES, job_timeout: float = JOB_TIMEOUT_S,
+                 retry_pause: float = RETRY_PAUSE_S) -> None:
+        self._pool = pool
+        self._lane_addrs = lane_addrs
+        self._store = store
+        self._peers = peers
+        self._quarantine = quarantine
+        self._jobs_per_lane = jobs_per_lane
+        self._window_cap = window
+        self._job_timeout = job_timeout
+        self._retry_pause = retry_pause
+        self.planner = FetchPlanner(max_inflight_per_peer=max(1, pool.size) * jobs_per_lane,
+                                    request_timeout=math.inf, max_rounds=2)
+        self.holders = list(dict.fromkeys(holders))
+        for peer in self.holders:
+            self.planner.add_holder(peer)
+        self.stats = LaneStats()
+        self._leaves: dict[bytes, _LeafState] = {}
+        self._copies: deque[bytes] = deque()
+        self._running = 0
+        self._failed_seen: set[bytes] = set()
+        self._wake = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cond = threading.Condition()
+        self._window = 0  # targets handed over and not yet settled (under _cond)
+        self.max_running = 0  # the most jobs that ran at once (tests)
+
+    # -- the loop's side -------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch jobs until cancelled (the get's nursery ends it with the export)."""
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                self._dispatch(nursery)
+                await self._wake.wait()
+                self._wake = trio.Event()
+
+    def _max_jobs(self) -> int:
+        return max(1, self._pool.size) * self._jobs_per_lane
+
+    def _dispatch(self, nursery: trio.Nursery) -> None:
+        self._fail_given_up()
+        while self._copies and self._running < self._max_jobs():
+            key = self._copies.popleft()
+            state = self._leaves[key]
+            if state.job or not self._take_waiting(state):
+                continue
+            self._start(nursery, self._copy, key)
+        room = self._max_jobs() - self._running
+        if room > 0:
+            for peer, planned in self.planner.next_requests(trio.current_time(), limit=room):
+                key = cast(bytes, planned)
+                self._take_waiting(self._leaves[key])  # (a fetch with no sink left still stores the block)
+                self._start(nursery, self._fetch, key, cast(PeerId, peer))
+        self._fail_given_up()
+
+    def _start(self, nursery: trio.Nursery, fn: Callable[..., Any], *args: Any) -> None:
+        self._running += 1
+        self.max_running = max(self.max_running, self._running)
+        self._leaves[args[0]].job = True
+        nursery.start_soon(fn, *args)
+
+    def _take_waiting(self, state: _LeafState) -> bool:
+        """Move the live waiting targets to `running`; False if none is left."""
+        live = [t for t in state.waiting if not t.file.over]
+        self._settle([t for t in state.waiting if t.file.over])
+        state.waiting = []
+        state.running = live
+        return bool(live)
+
+    def _sinks(self, state: _LeafState) -> tuple[Sink, ...]:
+        return tuple(Sink(t.file.path, t.offset) for t in state.running if not t.file.over)
+
+    async def _fetch(self, key: bytes, peer: PeerId) -> None:
+        state = self._leaves[key]
+        addrs = self._lane_addrs(peer)
+        if addrs:
+            result = await self._pool.run_job(LaneJob(state.cid, peer, tuple(addrs), self._sinks(state),
+                                                      store=True, timeout=self._job_timeout))
+        else:
+            result = LaneResult(Outcome.UNREACHABLE, detail=f"{peer} advertises no lanes")
+        self._count(result)
+        try:
+            if result.outcome is Outcome.UNREACHABLE and state.retries < RETRIES:
+                await trio.sleep(self._retry_pause * (2 ** state.retries))
+            self._fetched(peer, key, state, result)
+        finally:
+            state.job = False
+            self._running -= 1
+            self._wake.set()
+
+    def _fetched(self, peer: PeerId, key: bytes, state: _LeafState, result: LaneResult) -> None:
+        outcome = result.outcome
+        if outcome is Outcome.OK:
+            self.planner.on_block(peer, key, valid=True)
+            state.in_planner = False
+            state.stored = True
+            self._reputation(peer, "delivered")
+            self.stats.fetched_blocks += 1
+            self.stats.fetched_bytes += result.size
+            self._written(state, result.size)
+            return
+        state.waiting[:0] = state.running  # back in line, in front of later arrivals
+        state.running = []
+        if outcome is Outcome.CORRUPT:
+            log.warning("peer %s sent a block that does not match %s (through its lane)", peer, state.cid)
+            self._reputation(peer, "corrupt")
+            self.planner.on_block(peer, key, valid=False)
+        elif outcome in (Outcome.LANE_DIED, Outcome.UNREACHABLE) and state.retries < RETRIES:
+            state.retries += 1
+            self.planner.on_interrupted(peer, key)
+        elif outcome is Outcome.STORE_ERROR:
+            self.planner.on_failure(peer, key)
+            self._fail_targets(state, StoreError(f"a lane could not write {state.cid}: {result.detail}"))
+        else:
+            if outcome is Outcome.TIMEOUT:
+                self._reputation(peer, "timeouts")
+            self.planner.on_failure(peer, key, timed_out=outcome is Outcome.TIMEOUT)
+
+    async def _copy(self, key: bytes) -> None:
+        state = self._leaves[key]
+        result = await self._pool.run_job(LaneJob(state.cid, None, (), self._sinks(state), store=False,
+                                                  timeout=self._job_timeout))
+        self._count(result)
+        try:
+            if result.outcome is Outcome.OK:
+                self.stats.copied_blocks += 1
+                self._written(state, result.size)
+                return
+            state.waiting[:0] = state.running
+            state.running = []
+            if result.outcome is Outcome.LANE_DIED and state.retries < RETRIES:
+                state.retries += 1
+                self._copies.append(key)
+            elif result.outcome is Outcome.STORE_ERROR and "sink" in result.detail:
+                self._fail_targets(state, StoreError(f"a lane could not write {state.cid}: {result.detail}"))
+            else:  # our copy is gone or damaged: a holder's instead
+                log.warning("local copy of %s unusable (%s: %s): fetching it again", state.cid,
+                            result.outcome.value, result.detail)
+                state.stored = False
+                if result.outcome is Outcome.CORRUPT and self._quarantine is not None:
+                    await trio.to_thread.run_sync(self._quarantine, state.cid)
+                self._want(key, state)
+        finally:
+            state.job = False
+            self._running -= 1
+            self._wake.set()
+
+    def _want(self, key: bytes, state: _LeafState) -> None:
+        if key in self.planner.done:  # fetched in this get already, yet gone again: give up
+            self._fail_targets(state, FetchFailed(f"block {state.cid} vanished from the store during the get"))
+            return
+        if not self.planner.holders:  # none given, or every one dropped: nobody to ask
+            self._failed_seen.add(key)
+            self._fail_targets(state, FetchFailed(f"could not fetch {state.cid}: no holder with lanes left"))
+            return
+        state.in_planner = True
+        self.planner.want([key])
+
+    def _written(self, state: _LeafState, size: int) -> None:
+        """The job wrote its targets: settle them (a size its parent did not promise fails the file)."""
+        done, state.running = state.running, []
+        for target in done:
+            if target.size != size and not target.file.over:
+                self._fail_file(target.file, MalformedBlock(
+                    f"{state.cid}: raw leaf of {size} bytes, parent says {target.size}"))
+        self._settle(done)
+        if state.waiting:  # targets that came while it ran: the block is ours now
+            self._copies.append(bytes(state.cid))
+
+    def _fail_given_up(self) -> None:
+        """Leaves the planner gave up on (no holder left, every one failed): their files fail."""
+        failed = self.planner.failed
+        if len(failed) == len(self._failed_seen):
+            return
+        for done_key in failed:
+            key = cast(bytes, done_key)
+            if key in self._failed_seen:
+                continue
+            self._failed_seen.add(key)
+            state = self._leaves[key]
+            state.in_planner = False
+            self._fail_targets(state, FetchFailed(
+                f"could not fetch {state.cid} from any holder's lanes ({len(self.planner.holders)} holders left)"))
+
+    def _fail_targets(self, state: _LeafState, error: BaseException) -> None:
+        targets = state.waiting + state.running
+        state.waiting, state.running = [], []
+        for target in targets:
+            self._fail_file(target.file, error)
+        self._settle(targets)
+
+    def _fail_file(self, file: _File, error: BaseException) -> None:
+        with self._cond:
+            if file.error is None:
+                file.error = error
+            self._cond.notify_all()
+
+    def _settle(self, targets: list[_Target]) -> None:
+        if not targets:
+            return
+        with self._cond:
+            for target in targets:
+                target.file.outstanding -= 1
+            self._window -= len(targets)
+            self._cond.notify_all()
+
+    def _count(self, result: LaneResult) -> None:
+        name = result.outcome.value
+        self.stats.outcomes[name] = self.stats.outcomes.get(name, 0) + 1
+
+    def _reputation(self, peer: PeerId, what: str) -> None:
+        if self._peers is not None:
+            rep = self._peers.ensure(peer).reputation
+            setattr(rep, what, getattr(rep, what) + 1)
+
+    def _add(self, file: _File, leaves: list[Leaf], local: list[bool]) -> None:
+        """(On the loop, posted by `fill`.) New targets: copy, join a leaf on its way, or want it."""
+        for leaf, here in zip(leaves, local):
+            key = bytes(leaf.cid)
+            state = self._leaves.get(key)
+            if state is None:
+                state = self._leaves[key] = _LeafState(leaf.cid)
+            state.waiting.append(_Target(file, leaf.offset, leaf.size))
+            if state.job or state.in_planner:
+                continue  # it goes with that job, or the copy after it
+            if key in self._failed_seen:
+                self._fail_targets(state, FetchFailed(f"could not fetch {state.cid} from any holder's lanes"))
+            elif here or state.stored:
+                self._copies.append(key)
+            else:
+                self._want(key, state)
+        self._wake.set()
+
+    # -- the export's side (LeafFiller) -----------------------------------------
+
+    def fill(self, path: str, leaves: Iterable[Leaf], cancel: CancelFlag | None) -> None:
+        """Export thread: return once every leaf is written into `path` (see disk_export.LeafFiller)."""
+        if self._token is None:
+            raise RuntimeError("LaneDispatcher.fill before run() started")
+        file = _File(path)
+        try:
+            batch: list[Leaf] = []
+            for leaf in leaves:
+                batch.append(leaf)
+                if len(batch) >= SUBMIT_BATCH:
+                    self._submit(file, batch, cancel)
+                    batch = []
+            if batch:
+                self._submit(file, batch, cancel)
+            with self._cond:
+                self._wait(file, cancel, lambda: file.outstanding == 0)
+        finally:
+            with self._cond:
+                file.over = True
+
+    def _submit(self, file: _File, batch: list[Leaf], cancel: CancelFlag | None) -> None:
+        local = [bool(self._store.has(leaf.cid)) for leaf in batch]
+        with self._cond:
+            self._wait(file, cancel, lambda: self._window + len(batch) <= max(self._window_cap, len(batch)))
+            self._window += len(batch)
+            file.outstanding += len(batch)
+        assert self._token is not None
+        self._token.run_sync_soon(self._add, file, batch, local)
+
+    def _wait(self, file: _File, cancel: CancelFlag | None, ready: Callable[[], bool]) -> None:
+        """(Under the lock.) Until `ready()`; raises the file's error, or Cancelled."""
+        while True:
+            if file.error is not None:
+                raise file.error
+            if cancel is not None:
+                cancel.check()
+            if ready():
+                return
+            self._cond.wait(POLL_S)
