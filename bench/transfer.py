@@ -1,16 +1,26 @@
-"""Block transfer over loopback: Shoal against raw TCP and py-libp2p, same run.
+"""Block transfer over loopback: Shoal's get by holders x lanes, against raw TCP and py-libp2p, same run.
 
 Measured (default 1 GiB of incompressible bytes; --size to change):
 
-1. Shoal: two real `shoal node start` processes in temp repos. The file is
-   put on A (not timed); B is bootstrapped to A; then `shoal --repo B get
-   CID -o OUT` is timed end to end (CLI start, fetch over Noise, hash check
-   of every block, store, export to OUT). Also: CPU seconds per GiB of each
-   node (utime+stime from /proc/PID/stat, before/after) and each node's
-   peak RSS (VmHWM). The output is compared with the input afterwards.
+1. Shoal rows (`--rows 1x1,2x2,4x4`: HOLDERSxLANES): N holder nodes hold the
+   same object (put on each from the same bytes; the CIDs must match), every
+   node started with `--lanes M` (if this build has the option; `--lanes 1`
+   is today's in-process data plane), and a fresh fetching node B
+   bootstrapped to the N holders runs the timed `shoal --repo B get CID -o
+   OUT` end to end (CLI start, fetch, hash check of every block, durable
+   store, export to OUT). CPU: utime+stime of EVERY process of both sides,
+   each node's main process and everything it started (its lanes), found in
+   /proc by parent chain and session and sampled every 0.1 s during the get,
+   so a lane that dies or is started mid-way is counted (bench/transfer_rows.py
+   TreeCpu). Reported per row: MB/s, CPU s/GiB of holders' and fetcher's main
+   processes and lanes, both nodes' total against the floor, and the share of
+   the fetching node's main process (the control plane). The output is
+   compared with the input after every get. `--repeat K` runs the rows K
+   times interleaved (ABBA order) and reports medians and paired ratios
+   (each row over the first row of the same round).
 2. Raw TCP: a Python sender (file -> socket, 1 MiB buffers, 4 MiB socket
    buffers) and receiver in two processes, receiver discarding the bytes
-   (the loopback ceiling) and, second, writing them to a file.
+   (the loopback ceiling; once per round) and, once, writing them to a file.
 3. py-libp2p (PyPI `libp2p`, pinned in requirements-bench.txt, installed
    into bench/.venv-libp2p): two hosts in two processes, TCP + Noise +
    yamux, one stream, the same bytes (bench/libp2p_baseline.py).
@@ -20,14 +30,25 @@ Measured (default 1 GiB of incompressible bytes; --size to change):
    proxy's address with the holder's /p2p/ id, so the Noise handshake passes
    through unchanged and Shoal is not modified. The proxies count the bytes
    they forward, so the run proves the data really went through them.
+5. Probes: the CPU floor (SHA-256 on read and on receipt, ChaCha20-Poly1305
+   seal and open, the raw socket copies, the durable write) per GiB.
 
-Writes bench/results/transfer.json and the "## transfer" section of
-bench/RESULTS.md (unless --no-write). Every child process and temp dir is
-removed at the end, also on an error or Ctrl-C.
+`--model`: the object is a directory of 8 safetensors shards (real headers,
+so the tensor-aware chunker cuts them) totalling --size (default 2 GiB),
+fetched with `shoal get` the same way; raw TCP sends the same files.
+
+`--taskset CPUS` pins the whole run (this process and every child) to those
+CPUs, e.g. to show scaling per core. Writes bench/results/transfer.json and
+the "## transfer" section of bench/RESULTS.md (with --model:
+results/transfer_model.json and "## transfer: model directory") unless
+--no-write. Every child process and temp dir is removed at the end, also on
+an error or Ctrl-C.
 
     .venv/bin/python bench/transfer.py                 # the full run, 1 GiB
     .venv/bin/python bench/transfer.py --size 64M --no-write   # quick check
-    .venv/bin/python bench/transfer.py --profile       # + py-spy of both nodes
+    .venv/bin/python bench/transfer.py --rows 1x1,2x2,4x4 --repeat 3 --skip-libp2p --skip-rate
+    .venv/bin/python bench/transfer.py --model --rows 1x1,2x2
+    .venv/bin/python bench/transfer.py --profile       # + py-spy of main processes and a lane
 """
 
 from __future__ import annotations
@@ -38,10 +59,13 @@ import collections
 import hashlib
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +84,6 @@ from common import (  # noqa: E402
     MIB,
     PROJECT_ROOT,
     Cleanup,
-    ProcSample,
     format_table,
     human_bytes,
     machine_info,
@@ -71,9 +94,27 @@ from common import (  # noqa: E402
     reset_peak_rss,
     system_load,
     update_results_section,
-    wait_for,
     write_json,
     write_pseudorandom,
+)
+from transfer_rows import (  # noqa: E402
+    TARGET_CPU_VS_FLOOR,
+    TARGET_GET_VS_RAW_TCP,
+    TARGET_MAIN_CPU_PER_GIB,
+    TARGET_SCALING,
+    ProcStat,
+    TreeCpu,
+    cpu_ticks_per_second,
+    median,
+    paired_ratios,
+    parse_cpu_list,
+    parse_rows,
+    parse_stat,
+    row_label,
+    row_targets,
+    scaling_target,
+    tree_bytes,
+    write_model,
 )
 
 SHOAL_PY = PROJECT_ROOT / ".venv" / "bin" / "python"
@@ -81,12 +122,19 @@ LIBP2P_VENV = BENCH_DIR / ".venv-libp2p"
 LIBP2P_PY = LIBP2P_VENV / "bin" / "python"
 REQUIREMENTS = BENCH_DIR / "requirements-bench.txt"
 RESULTS_JSON = BENCH_DIR / "results" / "transfer.json"
+RESULTS_MODEL_JSON = BENCH_DIR / "results" / "transfer_model.json"
+SECTION, SECTION_MODEL = "transfer", "transfer: model directory"
 TCP_BUF = 1 * MIB
 SOCK_BUF = 4 * MIB
+SAMPLE_S = 0.1  # process-tree CPU sampling period during a get (a full /proc scan costs ~1 ms)
+TICKS = cpu_ticks_per_second()
 
 TARGETS = {
     "shoal_vs_libp2p_min": 5.0,
-    "shoal_vs_raw_tcp_min": 0.25,
+    "shoal_vs_raw_tcp_min": TARGET_GET_VS_RAW_TCP,
+    "cpu_both_nodes_vs_floor_max": TARGET_CPU_VS_FLOOR,
+    "fetcher_main_cpu_s_per_GiB_max": TARGET_MAIN_CPU_PER_GIB,
+    "scaling_4x4_vs_1x1_min": TARGET_SCALING,
 }
 
 
@@ -99,6 +147,25 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(8 * MIB):
             h.update(chunk)
     return h.hexdigest()
+
+
+def digest(path: Path) -> dict[str, str]:
+    """sha256 of a file, or of every file of a directory by relative path: what a get must reproduce."""
+    if path.is_file():
+        return {"": sha256_file(path)}
+    return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def data_files(path: Path) -> list[Path]:
+    """The files whose bytes the raw baselines send: the file, or a directory's files in order."""
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # =====================================================================================
@@ -121,20 +188,32 @@ def shoal(repo: Path, *args: str, timeout: float = 3600) -> subprocess.Completed
     return proc
 
 
-NODE_READY_S = 60.0
+NODE_READY_S = 90.0  # a node with lanes waits for every lane to listen; the machine is shared
 STOP_S = 15.0  # as Cleanup.stop
 
 
-def node_swarm(cl: Cleanup, root: Path) -> LocalSwarm:
+def lanes_supported() -> bool:
+    """Whether this build's `shoal node start` has --lanes (issue 15); rows then run without it."""
+    proc = subprocess.run([str(SHOAL_PY), "-m", "shoal.cli.main", "node", "start", "--help"],
+                          capture_output=True, text=True, timeout=120, env=shoal_env(), cwd=PROJECT_ROOT)
+    return "--lanes" in proc.stdout
+
+
+def lane_args(lanes: int, supported: bool) -> list[str]:
+    return ["--lanes", str(lanes)] if supported else []
+
+
+def node_swarm(cl: Cleanup, root: Path, extra: list[str] = ()) -> LocalSwarm:
     """Nodes under `root`, started by the shared harness (shoal.cli.swarm, as for the demo and the
     tests); `cl` stops them on any exit, before it removes the temp dirs."""
-    swarm = LocalSwarm(root, ["--log-level", "WARNING"], python=str(SHOAL_PY), env=shoal_env(), cwd=PROJECT_ROOT)
+    swarm = LocalSwarm(root, ["--log-level", "WARNING", *extra], python=str(SHOAL_PY), env=shoal_env(),
+                       cwd=PROJECT_ROOT)
     cl.on_close(swarm.close)
     return swarm
 
 
-def start_node(swarm: LocalSwarm, name: str, bootstrap: list[str] = ()) -> NodeProc:
-    return swarm.add(name, bootstrap, timeout=NODE_READY_S)
+def start_node(swarm: LocalSwarm, name: str, bootstrap: list[str] = (), extra: list[str] = ()) -> NodeProc:
+    return swarm.add(name, bootstrap, extra, timeout=NODE_READY_S)
 
 
 def wait_connected(swarm: LocalSwarm, node: NodeProc, peer_ids: list[str], timeout: float = 30) -> None:
@@ -145,20 +224,101 @@ def put(node: NodeProc, path: Path) -> str:
     return shoal(node.repo, "put", str(path), "--quiet").stdout.strip().splitlines()[-1]
 
 
+# -- CPU of every process of a node ------------------------------------------------------------
+
+
+def read_proc_table() -> list[ProcStat]:
+    """Every process's /proc/PID/stat (this kernel has no /proc/PID/task/*/children: parents are
+    found from the ppid field of the whole table)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue  # exited between listdir and open
+            out.append(parse_stat(int(name), text))
+    return out
+
+
+def ticks_since_boot() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * TICKS)
+
+
+class TreeSampler:
+    """CPU of node process trees over a `with` block, sampled from a thread every SAMPLE_S."""
+
+    def __init__(self, roots: dict[str, int], interval: float = SAMPLE_S) -> None:
+        self.tree = TreeCpu(roots, ticks_since_boot())
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
+
+    def __enter__(self) -> "TreeSampler":
+        self.tree.observe(read_proc_table())
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tree.observe(read_proc_table())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.tree.observe(read_proc_table())
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        return self.tree.result(TICKS)
+
+
+def children_of(pid: int) -> list[int]:
+    return sorted(p.pid for p in read_proc_table() if p.ppid == pid)
+
+
+def node_lane_cpu(node: NodeProc) -> float | None:
+    """The node's own account of its lanes' CPU (utime+stime of every lane it ran, dead ones
+    included), if /v1/status reports one; a cross-check of the sampled figure."""
+    try:
+        status = node.call("GET", "/v1/status")
+    except Exception:
+        return None
+    lanes = status.get("lanes") if isinstance(status, dict) else None
+    if isinstance(lanes, dict):
+        value = lanes.get("cpu_seconds")
+        return float(value) if isinstance(value, (int, float)) else None
+    return None
+
+
 def timed_get(node: NodeProc, cid: str, out: Path, watch: list[NodeProc]) -> dict[str, Any]:
-    pids = [n.pid for n in watch]
-    for pid in pids:
-        reset_peak_rss(pid)  # so VmHWM covers this get, not the put before it
-    before = ProcSample.take(pids)
-    t0 = time.perf_counter()
-    proc = shoal(node.repo, "get", cid, "-o", str(out), "--json")
-    elapsed = time.perf_counter() - t0
-    cpu = before.delta(ProcSample.take(pids))
+    """`shoal get` of `cid` into `out`, timed; CPU of every process of the `watch` nodes over it."""
+    for n in watch:
+        reset_peak_rss(n.pid)  # so VmHWM covers this get, not the put before it
+    lane_cpu0 = {n.name: node_lane_cpu(n) for n in watch}
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with TreeSampler({n.name: n.pid for n in watch}) as sampler:
+        t0 = time.perf_counter()
+        proc = shoal(node.repo, "get", cid, "-o", str(out), "--json")
+        elapsed = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    trees = sampler.result()
+    lane_cpu_node: dict[str, float] = {}
+    for n in watch:
+        after = node_lane_cpu(n)
+        if after is not None and lane_cpu0[n.name] is not None:
+            lane_cpu_node[n.name] = round(after - lane_cpu0[n.name], 3)
     try:
         stats = json.loads(proc.stdout)
     except ValueError:
         stats = {}
-    return {"seconds": elapsed, "cpu": {n.name: cpu[n.pid] for n in watch}, "stats": stats}
+    return {"seconds": elapsed,
+            "cpu": {name: t["main_cpu_seconds"] + t["children_cpu_seconds"] for name, t in trees.items()},
+            "trees": trees,
+            "lanes_cpu_by_node_accounting": lane_cpu_node,
+            "cli_cpu_seconds": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+            "peak_rss_MiB": {n.name: round(peak_rss(n.pid) / MIB, 1) for n in watch},
+            "stats": stats}
 
 
 def api_fetch(node: NodeProc, cid: str) -> dict[str, Any]:
@@ -194,9 +354,7 @@ def pyspy_bin() -> str | None:
     for cand in (PROJECT_ROOT / ".venv" / "bin" / "py-spy", LIBP2P_VENV / "bin" / "py-spy"):
         if cand.exists():
             return str(cand)
-    from shutil import which
-
-    return which("py-spy")
+    return shutil.which("py-spy")
 
 
 IDLE_LEAVES = {
@@ -251,111 +409,266 @@ def _short(frame: str) -> str:
 
 
 # =====================================================================================
-# 1. Shoal A -> B
+# 1. Shoal rows: N holders x M lanes -> a fresh fetching node
 # =====================================================================================
 
 
-def bench_shoal(cl: Cleanup, work: Path, data: Path, size: int, profile: bool) -> dict[str, Any]:
-    root = cl.tempdir("shoal-xfer-", parent=str(work))
+@dataclass
+class HolderSet:
+    """Holder repos H1..Hn, each holding the object (put from the same bytes), started per row."""
+
+    swarm: LocalSwarm
+    nodes: list[NodeProc]
+    cid: str
+    put_seconds: float
+
+
+def prepare_holders(cl: Cleanup, work: Path, data: Path, n: int) -> HolderSet:
+    root = cl.tempdir("shoal-rows-", parent=str(work))
     swarm = node_swarm(cl, root)
-    log("shoal: starting node A")
-    a = start_node(swarm, "A")
-    log(f"shoal: put {human_bytes(size)} on A (not timed)")
-    t0 = time.perf_counter()
-    cid = put(a, data)
-    put_s = time.perf_counter() - t0
-    log(f"shoal: put took {put_s:.1f} s, cid {cid}; starting B bootstrapped to A")
-    b = start_node(swarm, "B", [a.addr])
-    wait_connected(swarm, b, [a.peer_id])
-    overhead = cli_overhead(b)
-    out = root / "out.bin"
-    log("shoal: timing `shoal --repo B get`")
-    run = timed_get(b, cid, out, [a, b])
-    mbps = mb_per_s(size, run["seconds"])
-    log(f"shoal: get {run['seconds']:.2f} s = {mbps:.1f} MB/s; verifying output")
-    ok = out.stat().st_size == size and sha256_file(out) == sha256_file(data)
-    if not ok:
-        raise RuntimeError("shoal get produced different bytes")
-    result: dict[str, Any] = {
-        "cid": cid,
-        "bytes": size,
-        "put_seconds_not_timed_in_get": round(put_s, 3),
-        "get_seconds": round(run["seconds"], 3),
-        "throughput_MBps": round(mbps, 1),
-        "throughput_MBps_excluding_cli_start": round(mb_per_s(size, max(1e-9, run["seconds"] - overhead)), 1),
-        "cli_call_overhead_seconds": round(overhead, 3),
-        "output_verified": ok,
-        "sender_A": {"cpu_seconds": round(run["cpu"]["A"], 2),
-                     "cpu_seconds_per_GiB": round(run["cpu"]["A"] * GIB / size, 2),
-                     "peak_rss_MiB": round(peak_rss(a.pid) / MIB, 1)},
-        "receiver_B": {"cpu_seconds": round(run["cpu"]["B"], 2),
-                       "cpu_seconds_per_GiB": round(run["cpu"]["B"] * GIB / size, 2),
-                       "peak_rss_MiB": round(peak_rss(b.pid) / MIB, 1)},
-        "get_stats": run["stats"],
+    nodes: list[NodeProc] = []
+    cid, put_s = "", 0.0
+    for i in range(n):
+        node = swarm.node(f"H{i + 1}")  # init only: the put goes straight into the repo
+        t0 = time.perf_counter()
+        got = shoal(node.repo, "put", str(data), "--quiet").stdout.strip().splitlines()[-1]
+        if i == 0:
+            put_s = time.perf_counter() - t0
+            log(f"shoal: put {human_bytes(tree_bytes(data) if data.is_dir() else data.stat().st_size)} "
+                f"on H1 took {put_s:.1f} s (not timed in the get), cid {got}")
+        elif got != cid:
+            raise RuntimeError(f"holder {node.name} computed CID {got} for the same bytes, H1 {cid}")
+        cid = got
+        nodes.append(node)
+    return HolderSet(swarm, nodes, cid, put_s)
+
+
+def start_holders(holders: list[NodeProc], extra: list[str], swarm: LocalSwarm) -> None:
+    """Start holders at once (each with `extra`, e.g. --lanes M), then wait until every one answers."""
+    for h in holders:
+        h.extra_args = swarm.extra_args + extra
+        h.start(wait=False)
+    for h in holders:
+        h.wait_ready(NODE_READY_S)
+
+
+def stop_nodes(nodes: list[NodeProc]) -> None:
+    for n in nodes:
+        n.signal_stop()
+    for n in nodes:
+        n.stop(STOP_S)
+
+
+def run_row(hs: HolderSet, h: int, lanes: int, rep: int, size: int, expect: dict[str, str],
+            lanes_ok: bool, measure_cli: bool = False) -> dict[str, Any]:
+    """One timed get into a fresh node B from the first `h` holders, every node with `--lanes lanes`."""
+    label = row_label(h, lanes)
+    holders = hs.nodes[:h]
+    extra = lane_args(lanes, lanes_ok)
+    start_holders(holders, extra, hs.swarm)
+    b: NodeProc | None = None
+    out = hs.swarm.root / f"out-{label}-{rep}"
+    try:
+        b = start_node(hs.swarm, f"B{label}-{rep}", [x.addr for x in holders], extra)
+        wait_connected(hs.swarm, b, [x.peer_id for x in holders])
+        overhead = cli_overhead(b) if measure_cli else None
+        log(f"row {label} (round {rep + 1}): timing `shoal get` from {h} holder(s)")
+        run = timed_get(b, hs.cid, out, holders + [b])
+        if digest(out) != expect:
+            raise RuntimeError(f"row {label}: shoal get produced different bytes")
+        trees = run["trees"]
+        gib = size / GIB
+        fetcher = trees[b.name]
+        cpu = {"holders_main": sum(trees[x.name]["main_cpu_seconds"] for x in holders),
+               "holders_lanes": sum(trees[x.name]["children_cpu_seconds"] for x in holders),
+               "fetcher_main": fetcher["main_cpu_seconds"],
+               "fetcher_lanes": fetcher["children_cpu_seconds"]}
+        both = sum(cpu.values())
+        fetcher_cpu = cpu["fetcher_main"] + cpu["fetcher_lanes"]
+        lanes_seen = {name: sum(1 for p in t["processes"] if not p["gone_by_end"]) for name, t in trees.items()}
+        mbps = mb_per_s(size, run["seconds"])
+        log(f"row {label}: {run['seconds']:.2f} s = {mbps:.1f} MB/s, both nodes {both / gib:.2f} CPU s/GiB, "
+            f"fetcher main {cpu['fetcher_main'] / gib:.2f}")
+        return {
+            "row": label, "holders": h, "lanes": lanes, "round": rep,
+            "seconds": round(run["seconds"], 3), "MBps": round(mbps, 1),
+            "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
+            "cpu_s_per_GiB": {k: round(v / gib, 3) for k, v in cpu.items()},
+            "both_nodes_cpu_s_per_GiB": round(both / gib, 3),
+            "cli_cpu_seconds": round(run["cli_cpu_seconds"], 3),
+            "fetcher_main_share_of_fetcher": round(cpu["fetcher_main"] / fetcher_cpu, 3) if fetcher_cpu else None,
+            "fetcher_main_share_of_both": round(cpu["fetcher_main"] / both, 3) if both else None,
+            "child_processes_alive_at_end": lanes_seen,
+            "lanes_cpu_by_node_accounting": run["lanes_cpu_by_node_accounting"],
+            "processes": trees,
+            "peak_rss_MiB": run["peak_rss_MiB"],
+            "get_stats": run["stats"],
+            **({"cli_call_overhead_seconds": overhead} if overhead is not None else {}),
+        }
+    finally:
+        remove(out)
+        if b is not None:
+            b.stop(STOP_S)
+            remove(b.repo)  # a fetched copy per run would fill the disk
+        stop_nodes(holders)
+
+
+def bench_rows(cl: Cleanup, work: Path, data: Path, size: int, rows: list[tuple[int, int]], repeat: int,
+               lanes_ok: bool) -> dict[str, Any]:
+    """Every row `repeat` times, interleaved: rounds alternate the row order (ABBA) so a drift in the
+    machine's load hits every row alike, and each round has its own raw TCP run to compare with."""
+    expect = digest(data)
+    hs = prepare_holders(cl, work, data, max(h for h, _ in rows))
+    runs: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    for rep in range(repeat):
+        raw.append(bench_raw_tcp(cl, work, data, size, to_file=False))
+        for h, lanes in (rows if rep % 2 == 0 else list(reversed(rows))):
+            runs.append(run_row(hs, h, lanes, rep, size, expect, lanes_ok, measure_cli=not runs))
+    overhead = next((r.pop("cli_call_overhead_seconds") for r in runs if "cli_call_overhead_seconds" in r), None)
+    return {"holders": hs, "runs": runs, "raw_tcp_rounds": raw, "cli_call_overhead_seconds": overhead}
+
+
+def summarize_rows(rows: list[tuple[int, int]], runs: list[dict[str, Any]], raw_rounds: list[dict[str, Any]],
+                   floor_cpu: float | None, lanes_ok: bool) -> dict[str, Any]:
+    """Medians per row, paired ratios against the first row, and the targets."""
+    labels = [row_label(*r) for r in rows]
+    per_round: list[dict[str, float]] = []
+    for rep in sorted({r["round"] for r in runs}):
+        per_round.append({r["row"]: r["MBps"] for r in runs if r["round"] == rep})
+    ratios = paired_ratios(per_round, labels[0])
+    raw_by_round = {i: t["throughput_MBps"] for i, t in enumerate(raw_rounds)}
+    raw_median = median(list(raw_by_round.values()))
+    out: list[dict[str, Any]] = []
+    for (h, lanes), label in zip(rows, labels):
+        mine = [r for r in runs if r["row"] == label]
+        cpu = {k: median([r["cpu_s_per_GiB"][k] for r in mine]) for k in mine[0]["cpu_s_per_GiB"]}
+        both = median([r["both_nodes_cpu_s_per_GiB"] for r in mine]) or 0.0
+        mbps = median([r["MBps"] for r in mine]) or 0.0
+        vs_tcp = median([r["MBps"] / raw_by_round[r["round"]] for r in mine if raw_by_round.get(r["round"])])
+        targets = row_targets(mbps, mbps / vs_tcp if vs_tcp else raw_median, both, floor_cpu,
+                              cpu["fetcher_main"] or 0.0)
+        out.append({
+            "row": label, "holders": h, "lanes": lanes, "lanes_applied": lanes_ok or lanes == 1, "runs": len(mine),
+            "seconds_median": median([r["seconds"] for r in mine]), "MBps_median": mbps,
+            "MBps_all": [r["MBps"] for r in mine],
+            "vs_raw_tcp_paired_median": None if vs_tcp is None else round(vs_tcp, 3),
+            "cpu_s_per_GiB_median": cpu, "both_nodes_cpu_s_per_GiB_median": both,
+            "x_floor": round(both / floor_cpu, 2) if floor_cpu else None,
+            "fetcher_main_share_of_fetcher_median": median([r["fetcher_main_share_of_fetcher"] for r in mine]),
+            "fetcher_main_share_of_both_median": median([r["fetcher_main_share_of_both"] for r in mine]),
+            "cli_cpu_seconds_median": median([r["cli_cpu_seconds"] for r in mine]),
+            "fetcher_child_processes": median([r["child_processes_alive_at_end"].get(f"B{label}-{r['round']}", 0)
+                                               for r in mine]),
+            "paired_ratio_vs_first_row": ratios.get(label, []),
+            "paired_ratio_vs_first_row_median": median(ratios.get(label, [])),
+            "targets": targets,
+        })
+    return {"rows": out, "raw_tcp_MBps_median": raw_median,
+            "scaling": scaling_target(ratios, {r["row"]: r["MBps_median"] for r in out})}
+
+
+def legacy_summary(hs: HolderSet, first: list[dict[str, Any]], overhead: float | None, size: int) -> dict[str, Any]:
+    """The single "Shoal get" figures of earlier versions of this report, from the first row."""
+    secs = median([r["seconds"] for r in first]) or 0.0
+    mbps = mb_per_s(size, secs)
+    holders = median([r["cpu_s_per_GiB"]["holders_main"] + r["cpu_s_per_GiB"]["holders_lanes"] for r in first])
+    fetcher = median([r["cpu_s_per_GiB"]["fetcher_main"] + r["cpu_s_per_GiB"]["fetcher_lanes"] for r in first])
+    return {
+        "row": first[0]["row"], "cid": hs.cid, "bytes": size,
+        "put_seconds_not_timed_in_get": round(hs.put_seconds, 3),
+        "get_seconds": round(secs, 3), "throughput_MBps": round(mbps, 1),
+        "throughput_MBps_excluding_cli_start": (round(mb_per_s(size, max(1e-9, secs - overhead)), 1)
+                                                if overhead is not None else None),
+        "cli_call_overhead_seconds": None if overhead is None else round(overhead, 3),
+        "output_verified": True,
+        "sender_A": {"cpu_seconds_per_GiB": round(holders or 0.0, 2)},
+        "receiver_B": {"cpu_seconds_per_GiB": round(fetcher or 0.0, 2)},
+        "get_stats": first[0]["get_stats"],
     }
-    out.unlink()
-    b.stop(STOP_S)
-    result["breakdown"] = breakdown(swarm, a, cid, size)
-    if profile:
-        result["profile"] = profile_get(cl, swarm, a, cid, size)
-    a.stop(STOP_S)
-    return result
 
 
-def breakdown(swarm: LocalSwarm, a: NodeProc, cid: str, size: int) -> dict[str, Any]:
-    """Into a fresh node F: time the network fetch alone (API), then `shoal get` with every block local."""
-    root = swarm.root
-    f = start_node(swarm, "F", [a.addr])
-    wait_connected(swarm, f, [a.peer_id])
-    log("shoal: breakdown: fetch only (POST /v1/fetch) into fresh node F")
-    before = ProcSample.take([a.pid, f.pid])
-    fetch = api_fetch(f, cid)
-    cpu = before.delta(ProcSample.take([a.pid, f.pid]))
-    out = root / "out-local.bin"
-    t0 = time.perf_counter()
-    shoal(f.repo, "get", cid, "-o", str(out))
-    export_s = time.perf_counter() - t0
-    out.unlink()
-    f.stop(STOP_S)
-    return {"fetch_only_seconds": round(fetch["seconds"], 3),
+def breakdown(hs: HolderSet, lanes: int, lanes_ok: bool, size: int) -> dict[str, Any]:
+    """Into a fresh node F from H1: time the network fetch alone (API), then `shoal get` with every block local."""
+    a = hs.nodes[0]
+    extra = lane_args(lanes, lanes_ok)
+    start_holders([a], extra, hs.swarm)
+    f: NodeProc | None = None
+    try:
+        f = start_node(hs.swarm, "F", [a.addr], extra)
+        wait_connected(hs.swarm, f, [a.peer_id])
+        log(f"shoal: breakdown ({row_label(1, lanes)}): fetch only (POST /v1/fetch) into fresh node F")
+        with TreeSampler({"A": a.pid, "F": f.pid}) as sampler:
+            fetch = api_fetch(f, hs.cid)
+        cpu = {k: v["main_cpu_seconds"] + v["children_cpu_seconds"] for k, v in sampler.result().items()}
+        out = hs.swarm.root / "out-local"
+        t0 = time.perf_counter()
+        shoal(f.repo, "get", hs.cid, "-o", str(out))
+        export_s = time.perf_counter() - t0
+        remove(out)
+    finally:
+        if f is not None:
+            f.stop(STOP_S)
+            remove(f.repo)
+        stop_nodes([a])
+    return {"row": row_label(1, lanes),
+            "fetch_only_seconds": round(fetch["seconds"], 3),
             "fetch_only_MBps": round(mb_per_s(size, fetch["seconds"]), 1),
-            "fetch_only_cpu_seconds_per_GiB": {"sender_A": round(cpu[a.pid] * GIB / size, 2),
-                                               "receiver_F": round(cpu[f.pid] * GIB / size, 2)},
+            "fetch_only_cpu_seconds_per_GiB": {"sender_A": round(cpu["A"] * GIB / size, 2),
+                                               "receiver_F": round(cpu["F"] * GIB / size, 2)},
             "local_get_seconds (CLI + export of local blocks to OUT, fsync)": round(export_s, 3)}
 
 
-def profile_get(cl: Cleanup, swarm: LocalSwarm, a: NodeProc, cid: str, size: int) -> dict[str, Any]:
-    """A second get, into a fresh node C, with py-spy recording A and C (not the timed run)."""
+def profile_get(cl: Cleanup, hs: HolderSet, h: int, lanes: int, lanes_ok: bool, size: int) -> dict[str, Any]:
+    """A get (not the timed ones) into a fresh node C with py-spy recording the main process and the
+    first lane of H1 and of C: what bounds the laned get."""
     spy = pyspy_bin()
     if spy is None:
-        return {"error": "py-spy not found (pip install py-spy)"}
-    root = swarm.root
-    c = start_node(swarm, "C", [a.addr])
-    wait_connected(swarm, c, [a.peer_id])
-    recs = {}
-    for node in (a, c):
-        outp = root / f"pyspy-{node.name}.txt"
-        recs[node.name] = (outp, cl.popen([spy, "record", "--format", "raw", "--rate", "200", "--threads",
-                                           "-p", str(node.pid), "-o", str(outp)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    time.sleep(1.0)  # let py-spy attach
-    log("shoal: profiled get into C (py-spy on A and C)")
-    run = timed_get(c, cid, root / "out-profiled.bin", [a, c])
-    time.sleep(0.5)
-    report: dict[str, Any] = {"get_seconds_while_profiled": round(run["seconds"], 3)}
-    for name, (outp, proc) in recs.items():
-        proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        summary = summarize_collapsed(outp)
-        if not summary["samples"]:
-            summary["error"] = err.strip()[-500:]
-        report["sender_A" if name == "A" else "receiver_C"] = summary
-    (root / "out-profiled.bin").unlink(missing_ok=True)
-    c.stop(STOP_S)
+        return {"error": "py-spy not found (pip install py-spy, or run once without --skip-libp2p: "
+                         "bench/.venv-libp2p installs it)"}
+    holders = hs.nodes[:h]
+    extra = lane_args(lanes, lanes_ok)
+    start_holders(holders, extra, hs.swarm)
+    c: NodeProc | None = None
+    out = hs.swarm.root / "out-profiled"
+    report: dict[str, Any] = {"row": row_label(h, lanes)}
+    try:
+        c = start_node(hs.swarm, "C", [x.addr for x in holders], extra)
+        wait_connected(hs.swarm, c, [x.peer_id for x in holders])
+        targets = {"holder_H1_main": holders[0].pid, "fetcher_C_main": c.pid}
+        for name, node in (("holder_H1_lane", holders[0]), ("fetcher_C_lane", c)):
+            kids = children_of(node.pid)
+            if kids:
+                targets[name] = kids[0]
+        recs = {}
+        for name, pid in targets.items():
+            outp = hs.swarm.root / f"pyspy-{name}.txt"
+            recs[name] = (outp, cl.popen([spy, "record", "--format", "raw", "--rate", "100", "--threads",
+                                          "-p", str(pid), "-o", str(outp)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(1.0)  # let py-spy attach
+        log(f"shoal: profiled get into C ({row_label(h, lanes)}; py-spy on {', '.join(targets)})")
+        run = timed_get(c, hs.cid, out, holders + [c])
+        time.sleep(0.5)
+        report["get_seconds_while_profiled"] = round(run["seconds"], 3)
+        report["cpu_seconds"] = {k: round(v, 2) for k, v in run["cpu"].items()}
+        for name, (outp, proc) in recs.items():
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            summary = summarize_collapsed(outp)
+            if not summary["samples"]:
+                summary["error"] = err.strip()[-500:]
+            report[name] = summary
+    finally:
+        remove(out)
+        if c is not None:
+            c.stop(STOP_S)
+            remove(c.repo)
+        stop_nodes(holders)
     return report
 
 
@@ -392,16 +705,17 @@ def tcp_receiver(sink: str) -> None:
     print(json.dumps({"bytes": total, "seconds": elapsed, "cpu_seconds": cpu}), flush=True)
 
 
-def tcp_sender(port: int, path: str) -> None:
-    """Child: connect, send the file in 1 MiB pieces."""
+def tcp_sender(port: int, paths: list[str]) -> None:
+    """Child: connect, send the files one after the other in 1 MiB pieces."""
     cpu0 = time.process_time()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
     buf = bytearray(TCP_BUF)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            sock.sendall(view[:n])
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                sock.sendall(view[:n])
     sock.shutdown(socket.SHUT_WR)
     sock.recv(1)
     sock.close()
@@ -409,11 +723,12 @@ def tcp_sender(port: int, path: str) -> None:
 
 
 def bench_raw_tcp(cl: Cleanup, work: Path, data: Path, size: int, to_file: bool) -> dict[str, Any]:
+    """`data`'s bytes (a file, or a directory's files in order) over one loopback TCP connection."""
     sink = str(work / "tcp-out.bin") if to_file else "-"
     me = [sys.executable, str(Path(__file__).resolve())]
     recv = cl.popen(me + ["_tcp_recv", sink], stdout=subprocess.PIPE, text=True)
     port = int(recv.stdout.readline())
-    send = cl.popen(me + ["_tcp_send", str(port), str(data)], stdout=subprocess.PIPE, text=True)
+    send = cl.popen(me + ["_tcp_send", str(port), *map(str, data_files(data))], stdout=subprocess.PIPE, text=True)
     stats = json.loads(recv.stdout.readline())
     send_stats = json.loads(send.stdout.readline() or "{}")
     recv.wait(30)
@@ -782,15 +1097,61 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2)
 
 
-def build_report(doc: dict[str, Any]) -> tuple[str, str]:
-    """(terminal table, RESULTS.md section)."""
-    size = doc["bytes"]
-    s, t, tf, l, r = doc["shoal"], doc["raw_tcp"], doc.get("raw_tcp_to_file"), doc["libp2p"], doc.get("rate_limited")
-    rows = [["Shoal get (Noise, verify, store, export)", s["get_seconds"], s["throughput_MBps"],
-             f"A {s['sender_A']['cpu_seconds_per_GiB']} / B {s['receiver_B']['cpu_seconds_per_GiB']}",
-             f"A {s['sender_A']['peak_rss_MiB']} / B {s['receiver_B']['peak_rss_MiB']}"],
-            ["raw TCP, receiver discards", t["seconds"], t["throughput_MBps"],
-             f"send {t['sender_cpu_seconds_per_GiB']} / recv {t['receiver_cpu_seconds_per_GiB']}", ""]]
+def _f(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
+
+
+def rows_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    headers = ["holders x lanes", "runs", "get s", "MB/s", "of raw TCP", "holders main", "holders lanes",
+               "fetcher main", "fetcher lanes", "both nodes", "x floor", "main share of fetcher",
+               "vs first row (paired)"]
+    rows = []
+    for r in summary["rows"]:
+        c = r["cpu_s_per_GiB_median"]
+        label = r["row"] + ("" if r["lanes_applied"] else " (no --lanes)")
+        rows.append([label, r["runs"], _f(r["seconds_median"], 3), _f(r["MBps_median"], 1),
+                     _pct(r["vs_raw_tcp_paired_median"]), _f(c["holders_main"]), _f(c["holders_lanes"]),
+                     _f(c["fetcher_main"]), _f(c["fetcher_lanes"]), _f(r["both_nodes_cpu_s_per_GiB_median"]),
+                     _f(r["x_floor"]), _pct(r["fetcher_main_share_of_fetcher_median"]),
+                     _f(r["paired_ratio_vs_first_row_median"]) + "x"])
+    return headers, rows
+
+
+def targets_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    headers = ["row", f"get >= {TARGET_GET_VS_RAW_TCP * 100:.0f} % of raw TCP",
+               f"CPU both nodes <= {TARGET_CPU_VS_FLOOR}x floor",
+               f"fetcher main <= {TARGET_MAIN_CPU_PER_GIB} CPU s/GiB"]
+    rows = []
+    for r in summary["rows"]:
+        t = r["targets"]
+        rows.append([r["row"],
+                     f"{_pct(t['get_vs_raw_tcp']['measured'])} {t['get_vs_raw_tcp']['result']}",
+                     f"{_f(t['cpu_both_vs_floor']['measured'])}x {t['cpu_both_vs_floor']['result']}",
+                     f"{_f(t['fetcher_main_cpu_s_per_GiB']['measured'], 3)} "
+                     f"{t['fetcher_main_cpu_s_per_GiB']['result']}"])
+    return headers, rows
+
+
+def scaling_line(doc: dict[str, Any]) -> str:
+    sc = doc["rows_summary"]["scaling"]
+    cores = doc.get("cores_used")
+    where = f"on {cores} core(s){' (--taskset ' + doc['taskset'] + ')' if doc.get('taskset') else ''}"
+    per_core = ""
+    if sc["measured"] is not None and cores:
+        per_core = f"; the issue states it for >= 8 cores{'' if cores >= 8 else ', this machine has fewer'}"
+    return (f"Scaling: row {sc['rows']} = {_f(sc['measured'])}x (median paired ratio; target {sc['target']}) "
+            f"{sc['result']}, {where}{per_core}.")
+
+
+def baselines_table(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    t, tf, l = doc["raw_tcp"], doc.get("raw_tcp_to_file"), doc.get("libp2p", {})
+    rows = [[f"raw TCP, receiver discards (median of {doc['raw_tcp'].get('rounds', 1)})", t["seconds"],
+             t["throughput_MBps"], f"send {t['sender_cpu_seconds_per_GiB']} / recv {t['receiver_cpu_seconds_per_GiB']}",
+             ""]]
     if tf:
         rows.append(["raw TCP, receiver writes a file", tf["seconds"], tf["throughput_MBps"],
                      f"send {tf['sender_cpu_seconds_per_GiB']} / recv {tf['receiver_cpu_seconds_per_GiB']}", ""])
@@ -798,25 +1159,41 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
         rows.append([f"py-libp2p {l['version']} (TCP + Noise + yamux, one stream)", l["seconds"], l["throughput_MBps"],
                      f"send {l['sender_cpu_seconds_per_GiB']} / recv {l['receiver_cpu_seconds_per_GiB']}",
                      f"send {l.get('sender_peak_rss_MiB')} / recv {l.get('receiver_peak_rss_MiB')}"])
-    else:
-        rows.append([f"py-libp2p: FAILED ({(l.get('error') or '')[:60]}...)", "-", "-", "-", "-"])
-    headers = ["path", "seconds", "MB/s", "CPU s/GiB", "peak RSS MiB"]
-    r_tcp, r_lp = doc["ratios"]["shoal_vs_raw_tcp"], doc["ratios"]["shoal_vs_libp2p"]
-    lines = [format_table(headers, rows), ""]
-    lines.append(f"Shoal / raw TCP   = {r_tcp}  (target >= {TARGETS['shoal_vs_raw_tcp_min']}) "
-                 f"{'PASS' if doc['targets_met']['shoal_vs_raw_tcp'] else 'MISS'}")
-    lines.append(f"Shoal / py-libp2p = {r_lp}  (target >= {TARGETS['shoal_vs_libp2p_min']}) "
-                 f"{'PASS' if doc['targets_met']['shoal_vs_libp2p'] else ('MISS' if r_lp else 'n/a')}")
+    elif l:
+        rows.append([f"py-libp2p: not measured ({(l.get('error') or '')[:60]})", "-", "-", "-", "-"])
+    return ["path", "seconds", "MB/s", "CPU s/GiB", "peak RSS MiB"], rows
+
+
+def build_report(doc: dict[str, Any]) -> tuple[str, str]:
+    """(terminal table, RESULTS.md section)."""
+    size = doc["bytes"]
+    s, l, r = doc["shoal"], doc.get("libp2p", {}), doc.get("rate_limited")
+    summary = doc["rows_summary"]
+    rh, rr = rows_table(summary)
+    th, tr = targets_table(summary)
+    bh, br = baselines_table(doc)
+    r_lp = doc["ratios"]["shoal_vs_libp2p"]
+    what = (f"a directory of {doc['model']['shards']} safetensors shards ({human_bytes(size)})" if doc.get("model")
+            else f"one file of {human_bytes(size)}")
+    lanes_note = ("" if doc.get("lanes_supported") else
+                  " **This build has no `shoal node start --lanes`: every row ran the in-process data plane "
+                  "(rows with lanes > 1 are marked \"no --lanes\").**")
+
+    term_lines = [format_table(rh, rr), "", format_table(th, tr), "", scaling_line(doc), "", format_table(bh, br), ""]
+    term_lines.append(f"Shoal ({s['row']}) / py-libp2p = {r_lp}  (target >= {TARGETS['shoal_vs_libp2p_min']}) "
+                      f"{'met' if doc['targets_met']['shoal_vs_libp2p'] else ('NOT met' if r_lp else 'n/a')}")
     if r:
-        lines.append(f"rate-limited ({r['rate_limit_bytes_per_s_per_holder'] / 1e6:g} MB/s per holder, "
-                     f"{human_bytes(r['bytes'])}): one holder {r['one_holder']['get_seconds']} s, "
-                     f"two holders {r['two_holders']['get_seconds']} s, speedup {r['speedup_two_vs_one']}x "
-                     f"{'PASS' if r['two_beat_one'] else 'MISS'}")
-    term = "\n".join(lines)
+        term_lines.append(f"rate-limited ({r['rate_limit_bytes_per_s_per_holder'] / 1e6:g} MB/s per holder, "
+                          f"{human_bytes(r['bytes'])}): one holder {r['one_holder']['get_seconds']} s, "
+                          f"two holders {r['two_holders']['get_seconds']} s, speedup {r['speedup_two_vs_one']}x "
+                          f"{'met' if r['two_beat_one'] else 'NOT met'}")
+    term = "\n".join(term_lines)
 
     md: list[str] = []
-    md.append(f"Written by `bench/transfer.py` (size {human_bytes(size)}, loopback, all rows from the same run). "
-              f"Machine: {machine_line(doc['machine'])}.")
+    md.append(f"Written by `bench/transfer.py` ({what}, loopback, all rows from the same run; "
+              f"`{doc.get('command', '')}`). Machine: {machine_line(doc['machine'])}; "
+              f"{doc.get('cores_used')} core(s) used"
+              f"{' (--taskset ' + doc['taskset'] + ')' if doc.get('taskset') else ''}.{lanes_note}")
     lb, la = doc.get("load_before", {}), doc.get("load_after", {})
     busy = max(lb.get("cpu_busy_fraction_while_idle", 0), la.get("cpu_busy_fraction_while_idle", 0))
     if lb:
@@ -828,100 +1205,105 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
                      "ratios (all paths in the same run) are less affected. Rerun on an idle machine.**"
                      if busy > 0.2 else ""))
     md.append("")
-    md.append(markdown_table(headers, rows))
+    md.append("Shoal get, per holders x lanes row (CPU columns in CPU s per GiB moved; medians over the rounds):")
     md.append("")
-    md.append("MB/s are decimal (10^6 bytes/s). The Shoal time is the whole `shoal --repo B get CID -o OUT` "
-              f"command (interpreter start ~{s['cli_call_overhead_seconds']} s, fetch of every block over "
-              "Noise, SHA-256 check, fsync'd store, and the export to OUT, which runs while the fetch goes on, "
-              "taking each block from the fetch right after its hash check (p2p/exchange/handoff.py; in this run "
-              f"{s.get('get_stats', {}).get('export_handed_off', '?')} blocks handed over, "
-              f"{s.get('get_stats', {}).get('export_store_reads', '?')} read back from the store), then fsyncs "
-              "OUT; block files and OUT are written with O_DIRECT, store/persist/direct_io.py); "
-              f"without the CLI start it is {s['throughput_MBps_excluding_cli_start']} MB/s. CPU s/GiB of the "
-              "Shoal nodes are utime+stime of each node process over the get (/proc/PID/stat); peak RSS is VmHWM over the get (reset via /proc/PID/clear_refs just before it). "
-              "The baselines only move bytes (no hashing, no storing), so the comparison favours them.")
+    md.append(markdown_table(rh, rr))
+    md.append("")
+    md.append(f"Each row: N holder nodes hold the object (put on each from the same bytes, same CID), every node "
+              f"started with `--lanes M`; a fresh node B bootstrapped to the N holders runs the timed "
+              f"`shoal --repo B get CID -o OUT` (interpreter start ~{s.get('cli_call_overhead_seconds')} s, "
+              f"fetch, SHA-256 check of every block, durable store, export to OUT with fsync); the output is "
+              f"compared with the input after every get. \"main\" is a node's own process (for the fetching node: "
+              f"the control plane), \"lanes\" every process it started (lanes, and any helper), found in /proc by "
+              f"parent and session and sampled every {SAMPLE_S:g} s during the get, so a lane that died or started "
+              f"mid-way counts; utime+stime from /proc/PID/stat. \"both nodes\" = holders + fetcher (the `shoal get` "
+              f"CLI process is not in it: {_f(median([x['cli_cpu_seconds_median'] for x in summary['rows']]))} CPU s "
+              f"per get, a fixed cost). \"x floor\" = both nodes / the floor below; \"of raw TCP\" and \"vs first "
+              f"row\" are paired with the same round ({doc.get('repeat', 1)} round(s), row order alternating). "
+              f"MB/s are decimal (10^6 bytes/s).")
+    md.append("")
+    md.append("| row | " + " | ".join(th[1:]) + " |")
+    md.append("|---|" + "---|" * (len(th) - 1))
+    for row in tr:
+        md.append("| " + " | ".join(str(c) for c in row) + " |")
+    md.append("")
+    md.append(scaling_line(doc))
+    md.append("")
+    md.append("Baselines, same run:")
+    md.append("")
+    md.append(markdown_table(bh, br))
+    md.append("")
+    md.append("The baselines only move bytes (no hashing, no storing), so the comparison favours them.")
     bd = s.get("breakdown")
     if bd:
         md.append("")
-        md.append(f"Breakdown (a fresh node F, same holder A): network fetch alone (`POST /v1/fetch` on the control "
-                  f"API: request, Noise, SHA-256 check, store with fsync) {bd['fetch_only_seconds']} s = "
-                  f"{bd['fetch_only_MBps']} MB/s, CPU s/GiB A {bd['fetch_only_cpu_seconds_per_GiB']['sender_A']} / "
+        md.append(f"Breakdown (row {bd.get('row', '1x1')}, a fresh node F, holder H1): network fetch alone "
+                  f"(`POST /v1/fetch` on the control API: request, transfer, SHA-256 check, store with fsync) "
+                  f"{bd['fetch_only_seconds']} s = {bd['fetch_only_MBps']} MB/s, CPU s/GiB (every process) H1 "
+                  f"{bd['fetch_only_cpu_seconds_per_GiB']['sender_A']} / "
                   f"F {bd['fetch_only_cpu_seconds_per_GiB']['receiver_F']}; then `shoal get` with every block "
                   f"already local (CLI start + export with fsync) "
                   f"{bd['local_get_seconds (CLI + export of local blocks to OUT, fsync)']} s.")
-    md.append("")
-    md.append("| target | measured | result |")
-    md.append("|---|---|---|")
-    md.append(f"| Shoal >= 25 % of raw TCP | {r_tcp if r_tcp is None else f'{r_tcp * 100:.0f} %'} | "
-              f"{'met' if doc['targets_met']['shoal_vs_raw_tcp'] else 'NOT met'} |")
-    lp_txt = f"{r_lp}x" if r_lp else "not measured"
-    md.append(f"| Shoal >= 5x py-libp2p | {lp_txt} | "
-              f"{'met' if doc['targets_met']['shoal_vs_libp2p'] else ('NOT met' if r_lp else 'unknown')} |")
+    if not doc.get("model"):
+        md.append("")
+        lp_txt = f"{r_lp}x" if r_lp else "not measured"
+        md.append(f"Shoal (row {s['row']}) / py-libp2p: {lp_txt} (target >= {TARGETS['shoal_vs_libp2p_min']}x: "
+                  f"{'met' if doc['targets_met']['shoal_vs_libp2p'] else ('NOT met' if r_lp else 'unknown')}).")
+        if l.get("ok"):
+            md.append(f"py-libp2p: {l.get('stack')}; one stream, the same bytes, two processes "
+                      "(bench/libp2p_baseline.py, package pinned in bench/requirements-bench.txt, separate venv).")
+        elif l:
+            md.append(f"py-libp2p could not be measured: {l.get('error')}")
     if r:
-        md.append(f"| two holders beat one, each rate-limited | {r['speedup_two_vs_one']}x faster | "
-                  f"{'met' if r['two_beat_one'] else 'NOT met'} |")
-    if bd and t.get("throughput_MBps"):
-        fo = bd["fetch_only_MBps"]
-        lp_part = f", {fo / l['throughput_MBps']:.2f}x py-libp2p" if l.get("ok") and l.get("throughput_MBps") else ""
         md.append("")
-        md.append(f"For reference, the network fetch alone (no export; breakdown above) ran at {fo} MB/s = "
-                  f"{fo / t['throughput_MBps'] * 100:.0f} % of raw TCP{lp_part}.")
-    md.append("")
-    if not l.get("ok"):
-        md.append(f"py-libp2p could not be measured: {l.get('error')}")
-        md.append("")
-    else:
-        md.append(f"py-libp2p: {l.get('stack')}; one stream, the same bytes, two processes "
-                  "(bench/libp2p_baseline.py, package pinned in bench/requirements-bench.txt, separate venv).")
-        md.append("")
-    if r:
         md.append(f"Rate-limited holders: {human_bytes(r['bytes'])} object on holders H1 and H2, each limited to "
                   f"{r['rate_limit_bytes_per_s_per_holder'] / 1e6:g} MB/s per direction by {r['limit_applied_by']}. "
                   f"One holder: {r['one_holder']['get_seconds']} s ({r['one_holder']['throughput_MBps']} MB/s); "
                   f"two holders: {r['two_holders']['get_seconds']} s ({r['two_holders']['throughput_MBps']} MB/s); "
-                  f"bytes per holder through its proxy: {r['two_holders']['bytes_from_each_holder_via_proxy']}.")
-        md.append("")
+                  f"bytes per holder through its proxy: {r['two_holders']['bytes_from_each_holder_via_proxy']}; "
+                  f"two beat one: {'met' if r['two_beat_one'] else 'NOT met'}.")
     sp, cp = doc.get("storage_probe"), doc.get("crypto_probe")
+    md.append("")
     if sp:
-        md.append(f"What bounds Shoal here (probes in the same run): `FlatfsBlockstore.put` of 1 MiB blocks "
+        md.append(f"Probes in the same run: `FlatfsBlockstore.put` of 1 MiB blocks "
                   f"(hash check + write + fsync) runs at {sp['put_MBps_sync=True_threads=1']} MB/s one at a time, "
                   f"{sp['put_MBps_sync=True_threads=4']} MB/s with 4 threads, and "
                   f"{sp['put_MBps_sync=False_threads=1']} / {sp['put_MBps_sync=False_threads=4']} MB/s without fsync "
-                  f"(1 / 4 threads); the fetch verifies and stores up to {_store_concurrency()} blocks at once "
-                  "(p2p/exchange/fetch.py STORE_CONCURRENCY), so the threaded numbers apply."
+                  f"(1 / 4 threads); the in-process fetch verifies and stores up to {_store_concurrency()} blocks "
+                  "at once (p2p/exchange/fetch.py STORE_CONCURRENCY)."
                   + (f" Writing into new page-cache pages (new file, no fsync) cost "
-                     f"{sp['pagecache_write_cpu_seconds_per_GiB']} CPU s/GiB in this run (the raw TCP row "
-                     "that writes a file pays it too); Shoal writes blocks and OUT with O_DIRECT instead, but the "
-                     "sender's reads of blocks that are not cached still fill new pages."
+                     f"{sp['pagecache_write_cpu_seconds_per_GiB']} CPU s/GiB."
                      if "pagecache_write_cpu_seconds_per_GiB" in sp else ""))
     if cp:
-        md.append(f"Crypto floor: SHA-256 {cp['sha256_MBps_one_core']} MB/s and ChaCha20-Poly1305 "
+        md.append(f"Crypto: SHA-256 {cp['sha256_MBps_one_core']} MB/s and ChaCha20-Poly1305 "
                   f"{cp['chacha20poly1305_MBps_one_core']} MB/s per core; verify-on-read + verify-on-receive + "
-                  f"seal + open cost {cp['mandatory_crypto_cpu_seconds_per_GiB_both_nodes']} CPU s/GiB, so with "
-                  f"both nodes on these {cp['cores']} cores no implementation of DESIGN.md's rules can exceed "
-                  f"~{cp['throughput_bound_MBps']} MB/s here (5x py-libp2p would need "
-                  f"{round(5 * l['throughput_MBps']) if l.get('ok') else '?'} MB/s).")
-        floor = _full_floor(doc)
+                  f"seal + open cost {cp['mandatory_crypto_cpu_seconds_per_GiB_both_nodes']} CPU s/GiB.")
+        floor = doc.get("floor")
         if floor:
-            md.append(f"Adding what moving and keeping the bytes costs at least, measured in this run: the raw TCP "
-                      f"copy's own CPU (send + receive, {floor['socket_cpu']} s/GiB) and the durable direct write "
-                      f"of the blocks ({floor['write_cpu']} s/GiB), the floor is {floor['cpu']} CPU s/GiB for both "
-                      f"nodes, so nothing following DESIGN.md's rules can exceed ~{floor['bound_MBps']} MB/s on "
-                      f"these {cp['cores']} cores; 25 % of raw TCP is {floor['quarter_tcp_MBps']} MB/s and 5x "
-                      f"py-libp2p {floor['five_libp2p_MBps'] or '?'} MB/s. Shoal itself spends "
-                      f"{floor['shoal_cpu']} CPU s/GiB (both nodes).")
-    if sp or cp:
-        md.append("")
+            md.append(f"The floor: that plus the raw TCP copy's own CPU (send + receive, {floor['socket_cpu']} s/GiB) "
+                      f"and the durable direct write of the blocks ({floor['write_cpu']} s/GiB) is "
+                      f"**{floor['cpu']} CPU s/GiB for both nodes**, so nothing following DESIGN.md's rules can "
+                      f"exceed ~{floor['bound_MBps']} MB/s on these {cp['cores']} cores; 25 % of raw TCP is "
+                      f"{floor['quarter_tcp_MBps']} MB/s.")
     prof = s.get("profile")
     if prof:
-        md.append(f"Profile (py-spy, a second get while sampling; {prof.get('get_seconds_while_profiled')} s):")
         md.append("")
-        for side in ("sender_A", "receiver_C"):
-            p = prof.get(side) or {}
+        md.append(f"Profile (py-spy, a separate get of row {prof.get('row')} while sampling; "
+                  f"{prof.get('get_seconds_while_profiled')} s; CPU s per process tree "
+                  f"{prof.get('cpu_seconds')}):")
+        md.append("")
+        for side in ("fetcher_C_main", "fetcher_C_lane", "holder_H1_main", "holder_H1_lane"):
+            p = prof.get(side)
+            if p is None:
+                continue
             top = ", ".join(f"{f} {pct} %" for f, pct in (p.get("self") or [])[:8])
-            md.append(f"- {side} self time: {top or p.get('error', 'no samples')}")
-        md.append("")
-    md.append("Reproduce: `.venv/bin/python bench/transfer.py` (`--size 64M` for a quick run, `--profile` for py-spy).")
+            md.append(f"- {side} ({p.get('busy_samples', 0)} busy samples) self time: {top or p.get('error', 'no samples')}")
+        if prof.get("error"):
+            md.append(f"- {prof['error']}")
+    md.append("")
+    md.append("Reproduce: `.venv/bin/python bench/transfer.py --rows 1x1,2x2 --repeat 3` (`--size 256M --no-write` "
+              "for a trial, `--model` for the safetensors directory, `--taskset 0` to pin to one core, "
+              "`--profile` for py-spy).")
     return term, "\n".join(md)
 
 
@@ -941,35 +1323,79 @@ def main(argv: list[str] | None = None) -> int:
         tcp_receiver(argv[1])
         return 0
     if argv and argv[0] == "_tcp_send":
-        tcp_sender(int(argv[1]), argv[2])
+        tcp_sender(int(argv[1]), argv[2:])
         return 0
     if argv and argv[0] == "_proxy":
         asyncio.run(_proxy_main(int(argv[1]), float(argv[2]), argv[3]))
         return 0
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default="1G", help="bytes to move (default 1G; e.g. 64M)")
+    ap.add_argument("--size", default=None, help="bytes to move (default 1G, with --model 2G; e.g. 64M)")
+    ap.add_argument("--rows", default=None, metavar="HxL,...",
+                    help="holders x lanes rows to run, e.g. 1x1,2x2,4x4 (default: 1x1,2x2 if this build has "
+                         "--lanes, else 1x1); the first row is the reference for paired ratios")
+    ap.add_argument("--holders", type=int, default=None, metavar="N",
+                    help="a single row with N holders (with --lanes; ignored if --rows is given)")
+    ap.add_argument("--lanes", type=int, default=None, metavar="M",
+                    help="a single row with M lanes per node (with --holders; ignored if --rows is given)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="K",
+                    help="run the rows K times, interleaved (ABBA), and report medians and paired ratios")
+    ap.add_argument("--model", action="store_true",
+                    help="move a directory of 8 safetensors shards totalling --size instead of one file")
+    ap.add_argument("--shards", type=int, default=8, help="with --model: how many shards (default 8)")
+    ap.add_argument("--taskset", default=None, metavar="CPUS",
+                    help="pin this run and every process it starts to these CPUs (e.g. 0 or 0-1)")
     ap.add_argument("--rate-size", default="64M", help="object size for the rate-limited test (default 64M)")
     ap.add_argument("--rate", type=float, default=20e6, help="bytes/s per holder in the rate-limited test (default 20e6)")
     ap.add_argument("--skip-libp2p", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="also run a py-spy-profiled get and summarize hot spots")
+    ap.add_argument("--skip-breakdown", action="store_true", help="skip the fetch-only / local-export breakdown")
+    ap.add_argument("--profile", action="store_true",
+                    help="also run a py-spy-profiled get (main processes and a lane of each side)")
+    ap.add_argument("--profile-row", default=None, metavar="HxL", help="the row to profile (default: the last)")
     ap.add_argument("--workdir", default=None, help="where temp files go (default: system temp dir)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="first wait up to SECONDS for the machine's CPUs to be under 25%% busy with other work")
     ap.add_argument("--report-only", action="store_true",
                     help="measure nothing: rebuild the RESULTS.md section from results/transfer.json")
-    ap.add_argument("--no-write", action="store_true", help="do not write results/transfer.json or RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="do not write results/*.json or RESULTS.md")
     args = ap.parse_args(argv)
-    size = parse_size(args.size)
-    rate_size = parse_size(args.rate_size)
+    results_json, section = (RESULTS_MODEL_JSON, SECTION_MODEL) if args.model else (RESULTS_JSON, SECTION)
     if args.report_only:
-        term, md = build_report(json.loads(RESULTS_JSON.read_text()))
+        term, md = build_report(json.loads(results_json.read_text()))
         print(term)
-        update_results_section("transfer", md)
+        update_results_section(section, md)
         return 0
+    if args.taskset:
+        try:
+            os.sched_setaffinity(0, parse_cpu_list(args.taskset))  # every child inherits it
+        except (ValueError, OSError) as exc:
+            ap.error(f"--taskset {args.taskset}: {exc}")
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    size = parse_size(args.size or ("2G" if args.model else "1G"))
+    rate_size = parse_size(args.rate_size)
+    lanes_ok = lanes_supported()
+    try:
+        if args.rows:
+            rows = parse_rows(args.rows)
+        elif args.holders or args.lanes:
+            rows = parse_rows(f"{args.holders or 1}x{args.lanes or 1}")
+        else:
+            rows = parse_rows("1x1,2x2" if lanes_ok else "1x1")
+        profile_row = parse_rows(args.profile_row)[0] if args.profile_row else rows[-1]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if max(h for h, _ in rows) + 1 > 6:
+        ap.error("at most 5 holders: the fetching node makes 6 node processes, this machine's limit")
+    if not lanes_ok and any(lanes > 1 for _, lanes in rows):
+        log("NOTE: this build's `shoal node start` has no --lanes: rows with lanes > 1 run the in-process "
+            "data plane (the report says so)")
 
-    doc: dict[str, Any] = {"benchmark": "transfer", "bytes": size, "machine": machine_info()}
+    doc: dict[str, Any] = {"benchmark": "transfer", "machine": machine_info(),
+                           "command": "bench/transfer.py " + " ".join(argv),
+                           "cores_used": len(os.sched_getaffinity(0)), "taskset": args.taskset,
+                           "lanes_supported": lanes_ok, "repeat": args.repeat}
     if args.wait_quiet > 0:
         deadline = time.monotonic() + args.wait_quiet
         while (load := system_load(3.0))["cpu_busy_fraction_while_idle"] > 0.25 and time.monotonic() < deadline:
@@ -980,46 +1406,68 @@ def main(argv: list[str] | None = None) -> int:
         log(f"WARNING: the machine is busy before we start ({doc['load_before']}); numbers will be contended")
     with Cleanup() as cl:
         work = cl.tempdir("shoal-bench-transfer-", parent=args.workdir)
-        data = work / "data.bin"
-        log(f"writing {human_bytes(size)} of pseudo-random bytes")
-        write_pseudorandom(data, size)
-        doc["shoal"] = bench_shoal(cl, work, data, size, args.profile)
-        log("raw TCP")
-        doc["raw_tcp"] = bench_raw_tcp(cl, work, data, size, to_file=False)
+        if args.model:
+            data = work / "model"
+            log(f"writing a model directory: {args.shards} safetensors shards, {human_bytes(size)} in all")
+            write_model(data, size, args.shards)
+            size = tree_bytes(data)  # + the small index JSON beside the shards
+            doc["model"] = {"shards": args.shards, "files": len(data_files(data)), "bytes": size}
+        else:
+            data = work / "data.bin"
+            log(f"writing {human_bytes(size)} of pseudo-random bytes")
+            write_pseudorandom(data, size)
+        doc["bytes"] = size
+        rr = bench_rows(cl, work, data, size, rows, args.repeat, lanes_ok)
+        hs = rr.pop("holders")
+        doc["runs"] = rr["runs"]
+        doc["raw_tcp_rounds"] = rr["raw_tcp_rounds"]
+        first = [r for r in rr["runs"] if r["row"] == row_label(*rows[0])]
+        doc["shoal"] = legacy_summary(hs, first, rr["cli_call_overhead_seconds"], size)
+        if not args.skip_breakdown:
+            doc["shoal"]["breakdown"] = breakdown(hs, rows[0][1], lanes_ok, size)
+        if args.profile:
+            doc["shoal"]["profile"] = profile_get(cl, hs, profile_row[0], profile_row[1], lanes_ok, size)
+        log("raw TCP to a file")
         doc["raw_tcp_to_file"] = bench_raw_tcp(cl, work, data, size, to_file=True)
-        if args.skip_libp2p:
-            doc["libp2p"] = {"ok": False, "error": "skipped (--skip-libp2p)"}
+        if args.skip_libp2p or args.model:
+            doc["libp2p"] = {"ok": False, "error": "skipped (" + ("--model" if args.model else "--skip-libp2p") + ")"}
         else:
             log("py-libp2p")
             doc["libp2p"] = bench_libp2p(cl, work, data, size)
-        data.unlink()
-        if not args.skip_rate:
+        remove(data)
+        if not args.skip_rate and not args.model:
             doc["rate_limited"] = bench_rate_limited(cl, work, rate_size, args.rate)
         log("probes: blockstore put (serial vs threads, fsync on/off) and crypto rates")
         doc["storage_probe"] = storage_probe(work)
-        doc["crypto_probe"] = crypto_probe(os.cpu_count() or 1)
+        doc["crypto_probe"] = crypto_probe(doc["cores_used"])
 
     doc["load_after"] = system_load()
+    raws = doc["raw_tcp_rounds"]
+    mid = sorted(raws, key=lambda t: t["throughput_MBps"])[len(raws) // 2]
+    doc["raw_tcp"] = {**mid, "rounds": len(raws)}
     s_mbps = doc["shoal"]["throughput_MBps"]
     lp = doc["libp2p"].get("throughput_MBps") if doc["libp2p"].get("ok") else None
     doc["ratios"] = {"shoal_vs_raw_tcp": ratio(s_mbps, doc["raw_tcp"]["throughput_MBps"]),
                      "shoal_vs_raw_tcp_to_file": ratio(s_mbps, doc["raw_tcp_to_file"]["throughput_MBps"]),
                      "shoal_vs_libp2p": ratio(s_mbps, lp)}
+    doc["floor"] = _full_floor(doc)
+    doc["rows_summary"] = summarize_rows(rows, doc["runs"], raws, (doc["floor"] or {}).get("cpu"), lanes_ok)
     doc["targets"] = TARGETS
     doc["targets_met"] = {
         "shoal_vs_raw_tcp": (doc["ratios"]["shoal_vs_raw_tcp"] or 0) >= TARGETS["shoal_vs_raw_tcp_min"],
         "shoal_vs_libp2p": (doc["ratios"]["shoal_vs_libp2p"] or 0) >= TARGETS["shoal_vs_libp2p_min"],
         "two_holders_beat_one": bool(doc.get("rate_limited", {}).get("two_beat_one")),
+        "rows": {r["row"]: {k: v["result"] for k, v in r["targets"].items()} for r in doc["rows_summary"]["rows"]},
+        "scaling_4x4_vs_1x1": doc["rows_summary"]["scaling"]["result"],
     }
-    doc["floor"] = _full_floor(doc)
     term, md = build_report(doc)
     print(term)
     if not args.no_write:
-        write_json(RESULTS_JSON, doc)
-        update_results_section("transfer", md)
-        log(f"wrote {RESULTS_JSON.relative_to(PROJECT_ROOT)} and the transfer section of bench/RESULTS.md")
+        write_json(results_json, doc)
+        update_results_section(section, md)
+        log(f"wrote {results_json.relative_to(PROJECT_ROOT)} and the {section!r} section of bench/RESULTS.md")
     else:
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(doc["rows_summary"], indent=2))
     return 0
 
 
