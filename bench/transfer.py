@@ -1108,7 +1108,7 @@ def _pct(value: Any) -> str:
 def rows_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     headers = ["holders x lanes", "runs", "get s", "MB/s", "of raw TCP", "holders main", "holders lanes",
                "fetcher main", "fetcher lanes", "both nodes", "x floor", "main share of fetcher",
-               "vs first row (paired)"]
+               "vs first row (paired)", "fetcher's lane processes"]
     rows = []
     for r in summary["rows"]:
         c = r["cpu_s_per_GiB_median"]
@@ -1117,7 +1117,7 @@ def rows_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
                      _pct(r["vs_raw_tcp_paired_median"]), _f(c["holders_main"]), _f(c["holders_lanes"]),
                      _f(c["fetcher_main"]), _f(c["fetcher_lanes"]), _f(r["both_nodes_cpu_s_per_GiB_median"]),
                      _f(r["x_floor"]), _pct(r["fetcher_main_share_of_fetcher_median"]),
-                     _f(r["paired_ratio_vs_first_row_median"]) + "x"])
+                     _f(r["paired_ratio_vs_first_row_median"]) + "x", _f(r["fetcher_child_processes"], 0)])
     return headers, rows
 
 
@@ -1358,7 +1358,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="first wait up to SECONDS for the machine's CPUs to be under 25%% busy with other work")
     ap.add_argument("--report-only", action="store_true",
                     help="measure nothing: rebuild the RESULTS.md section from results/transfer.json")
-    ap.add_argument("--no-write", action="store_true", help="do not write results/*.json or RESULTS.md")
+    ap.add_argument("--no-write", action="store_true",
+                    help="do not write results/*.json or RESULTS.md (print the RESULTS.md section instead)")
+    ap.add_argument("--json-out", default=None, metavar="PATH", help="also write the whole result document here")
     args = ap.parse_args(argv)
     results_json, section = (RESULTS_MODEL_JSON, SECTION_MODEL) if args.model else (RESULTS_JSON, SECTION)
     if args.report_only:
@@ -1467,7 +1469,9 @@ def main(argv: list[str] | None = None) -> int:
         update_results_section(section, md)
         log(f"wrote {results_json.relative_to(PROJECT_ROOT)} and the {section!r} section of bench/RESULTS.md")
     else:
-        print(json.dumps(doc["rows_summary"], indent=2))
+        print("\n----- the RESULTS.md section this run would write -----\n" + md)
+    if args.json_out:
+        write_json(Path(args.json_out), doc)
     return 0
 
 
