@@ -278,8 +278,9 @@ def children_of(pid: int) -> list[int]:
 
 
 def node_lane_cpu(node: NodeProc) -> float | None:
-    """The node's own account of its lanes' CPU (utime+stime of every lane it ran, dead ones
-    included), if /v1/status reports one; a cross-check of the sampled figure."""
+    """The node's own account of its lanes' CPU, if /v1/status reports one: a cross-check of the
+    sampled figure (the lanes report getrusage now and then, so it lags; a dict may carry the
+    total over dead lanes too, a list of live lanes each its own `cpu_s`)."""
     try:
         status = node.call("GET", "/v1/status")
     except Exception:
@@ -288,6 +289,10 @@ def node_lane_cpu(node: NodeProc) -> float | None:
     if isinstance(lanes, dict):
         value = lanes.get("cpu_seconds")
         return float(value) if isinstance(value, (int, float)) else None
+    if isinstance(lanes, list) and lanes and all(isinstance(x, dict) for x in lanes):
+        values = [x.get("cpu_s", x.get("cpu_seconds")) for x in lanes]
+        if all(isinstance(v, (int, float)) for v in values):
+            return float(sum(values))
     return None
 
 
@@ -490,7 +495,7 @@ def run_row(hs: HolderSet, h: int, lanes: int, rep: int, size: int, expect: dict
         log(f"row {label}: {run['seconds']:.2f} s = {mbps:.1f} MB/s, both nodes {both / gib:.2f} CPU s/GiB, "
             f"fetcher main {cpu['fetcher_main'] / gib:.2f}")
         return {
-            "row": label, "holders": h, "lanes": lanes, "round": rep,
+            "row": label, "holders": h, "lanes": lanes, "round": rep, "bytes": size,
             "seconds": round(run["seconds"], 3), "MBps": round(mbps, 1),
             "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
             "cpu_s_per_GiB": {k: round(v / gib, 3) for k, v in cpu.items()},
@@ -560,6 +565,9 @@ def summarize_rows(rows: list[tuple[int, int]], runs: list[dict[str, Any]], raw_
             "cli_cpu_seconds_median": median([r["cli_cpu_seconds"] for r in mine]),
             "fetcher_child_processes": median([r["child_processes_alive_at_end"].get(f"B{label}-{r['round']}", 0)
                                                for r in mine]),
+            "fetcher_lanes_cpu_s_per_GiB_by_node_median": median(
+                [r["lanes_cpu_by_node_accounting"][f"B{label}-{r['round']}"] * GIB / r["bytes"] for r in mine
+                 if f"B{label}-{r['round']}" in r["lanes_cpu_by_node_accounting"]]),
             "paired_ratio_vs_first_row": ratios.get(label, []),
             "paired_ratio_vs_first_row_median": median(ratios.get(label, [])),
             "targets": targets,
@@ -1228,6 +1236,13 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
         md.append("| " + " | ".join(str(c) for c in row) + " |")
     md.append("")
     md.append(scaling_line(doc))
+    cross = [f"{r['row']} {_f(r['cpu_s_per_GiB_median']['fetcher_lanes'])} sampled / "
+             f"{_f(r['fetcher_lanes_cpu_s_per_GiB_by_node_median'])} by the node"
+             for r in summary["rows"] if r.get("fetcher_lanes_cpu_s_per_GiB_by_node_median") is not None]
+    if cross:
+        md.append("")
+        md.append("Cross-check, the fetching node's lanes in CPU s/GiB, sampled from /proc vs the node's own "
+                  "account in /v1/status (lanes report getrusage now and then, so it lags): " + "; ".join(cross) + ".")
     md.append("")
     md.append("Baselines, same run:")
     md.append("")
