@@ -1,29 +1,42 @@
 """One authenticated connection to a peer: requests out, requests in.
 
-The trio driver around the sans-IO pieces (FrameDecoder, codec, messages):
-- a reader task turns decrypted bytes into messages and routes each one:
-  responses go to the request that waits for them (matched by request id),
-  requests go to the node's handler in their own task;
-- a send lock keeps frames whole when several tasks send at once, and a
-  frame once started is written whole even if its sender is cancelled
-  (half a frame, or a Noise nonce spent on a frame never sent, makes the
-  peer hang up);
-- backpressure both ways: at most `max_inflight_out` of our requests are
-  outstanding (callers wait for a slot), and at most `max_inflight_in` of the
-  peer's requests are served at once (the next one gets ERROR busy);
-- a send budget: the bytes read for the peer and not yet written (blocks,
-  reserved before the disk read) stay under `send_budget` (32 MiB), so a
-  peer that stops reading costs that much memory, not 64 requests' worth;
-- a stall timeout: a frame that cannot be written within `stall_timeout`
-  closes the connection (its socket is not being read).
-Malformed input gets an ERROR reply; too much of it, or any framing error,
-closes the connection. Nothing a peer sends can crash the node.
+The trio driver around the sans-IO pieces (FrameDecoder, codec, messages).
+A connection is a set of *lanes*, one per stream: the session stream it was
+made with, and one per Shoal protocol (shoal.p2p.wire.protocols), opened
+lazily by the first request of that family from either side and reused
+for the connection's life. Request ids are per connection, so one table
+of pending requests serves every lane.
+- a reader task per lane turns bytes into messages and routes each one:
+  responses go to the request that waits for them (matched by request id,
+  and only from the lane the request went out on), requests go to the
+  node's handler in their own task, and their replies go back on the lane
+  the request came on; a message of another protocol than its lane's is
+  refused like a malformed one (ERROR, counted toward the hang-up);
+- no lane but the session's is read before the peer's Hello has arrived;
+- a send lock per lane keeps frames whole when several tasks send at once,
+  and a frame once started is written whole even if its sender is
+  cancelled (half a frame, or a Noise nonce spent on a frame never sent,
+  makes the peer hang up);
+- backpressure both ways, per peer across all its lanes: at most
+  `max_inflight_out` of our requests are outstanding (callers wait for a
+  slot), and at most `max_inflight_in` of the peer's requests are served at
+  once (the next one gets ERROR busy);
+- a send budget, shared by the lanes: the bytes read for the peer and not
+  yet written (blocks, reserved before the disk read) stay under
+  `send_budget` (32 MiB), so a peer that stops reading costs that much
+  memory, not 64 requests' worth;
+- a stall timeout: a frame that cannot be written within `stall_timeout`,
+  on any lane, closes the whole connection (its socket is not being read).
+Malformed input gets an ERROR reply; too much of it (counted across the
+lanes), or any framing error, closes the connection. Nothing a peer sends
+can crash the node.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from contextvars import ContextVar
 from typing import Awaitable, Callable, Sequence
 
 import trio
@@ -33,10 +46,14 @@ from shoal.p2p.errors import DecoderBug, DecryptError, P2PError, RemoteProtocolE
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame_parts
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import RESPONSES, AuditProof, Block, Error, ErrorCode, Message
+from shoal.p2p.wire.protocols import carries, protocol_of
 
 log = logging.getLogger("shoal.conn")
 
 Handler = Callable[["PeerConnection", Message], Awaitable[Sequence[Message]]]
+StreamOpener = Callable[[str], Awaitable["trio.abc.Stream | None"]]
+"""Opens a stream of the given protocol id to the peer; None if the peer
+answered `na` (it does not speak that protocol)."""
 MAX_MALFORMED = 16  # malformed messages tolerated before we hang up
 # Our own decoder's bugs are logged with their traceback this many times per
 # connection, then only counted: a peer that found input which trips one
@@ -86,8 +103,9 @@ class SendBudget:
 class _Pending:
     """Collects the responses to one request until it is complete."""
 
-    def __init__(self, request: Message) -> None:
+    def __init__(self, request: Message, lane: "_Lane") -> None:
         self.request = request
+        self.lane = lane  # its answers come on this lane only
         self.allowed = RESPONSES.get(type(request), ())
         want = getattr(request, "cids", None)
         self.remaining: set[bytes] | None = set(want) if want is not None else None
@@ -127,8 +145,37 @@ class _Pending:
             self.done.set()
 
 
+_SERVING: ContextVar["_Lane | None"] = ContextVar("shoal_serving_lane", default=None)
+"""The lane of the request the current task serves: `reply` answers on it."""
+
+
+class _Lane:
+    """One stream of a connection and the protocol it carries (None: every one)."""
+
+    def __init__(self, stream: trio.abc.Stream, protocol: str | None) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.send_lock = trio.Lock()
+        self.write_scope: trio.CancelScope | None = None  # the frame being written, if any
+        self.closed = False
+
+    def carries(self, kind: type[Message]) -> bool:
+        return self.protocol is None or carries(self.protocol, kind)
+
+    @property
+    def name(self) -> str:
+        return self.protocol or "the connection"
+
+
 class PeerConnection:
-    """Request/response multiplexing over one secure byte stream."""
+    """Request/response multiplexing over a peer's streams (one per Shoal protocol).
+
+    `stream` is the session stream; `protocol` is what it carries (None: a
+    bare byte stream that carries every message, with no other lane: tests
+    and tools drive the multiplexing that way). With `open_stream`, a
+    request of another protocol opens that protocol's stream on first use;
+    the peer's streams come in through `accept_stream`.
+    """
 
     def __init__(
         self,
@@ -136,16 +183,27 @@ class PeerConnection:
         remote_peer: PeerId,
         handler: Handler,
         *,
+        protocol: str | None = None,
+        open_stream: StreamOpener | None = None,
         max_inflight_in: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
         max_inflight_out: int = L.MAX_INFLIGHT_REQUESTS_PER_PEER,
         send_budget: int = L.SEND_BUDGET_BYTES,
         stall_timeout: float = L.SEND_STALL_TIMEOUT_S,
     ) -> None:
-        self.stream = stream
         self.remote_peer = remote_peer
         self._handler = handler
-        self._send_lock = trio.Lock()
-        self._write_scope: trio.CancelScope | None = None  # the frame being written, if any
+        self._main = _Lane(stream, protocol)
+        # Our lane per protocol (the stream our requests of it go on: ours,
+        # or the peer's if it opened one first) and the peer's own lanes (at
+        # most one live per protocol).
+        self._lanes: dict[str, _Lane] = {protocol: self._main} if protocol is not None else {}
+        self._inbound: dict[str, _Lane] = {}
+        self._all_lanes: set[_Lane] = {self._main}
+        self._open_stream = open_stream
+        self._opening: dict[str, trio.Lock] = {}
+        self.refused_protocols: set[str] = set()  # the peer answered `na`: not asked again
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.CancelScope()  # ends `run` (a lane's fatal error)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._out_slots = trio.Semaphore(max_inflight_out)
@@ -164,11 +222,21 @@ class PeerConnection:
         # and how many of our requests the peer answered with data (a block, a proof).
         self.opened_at = trio.current_time()
         self.last_activity = self.opened_at
+        self._last_received = self.opened_at
         self.answers = 0
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        """The session stream."""
+        return self._main.stream
 
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    def protocols_open(self) -> list[str]:
+        """The protocols with a live lane (ours or the peer's), for tests and stats."""
+        return sorted({lane.protocol for lane in self._all_lanes if lane.protocol and not lane.closed})
 
     def next_request_id(self) -> int:
         rid = next(self._ids)
@@ -178,10 +246,21 @@ class PeerConnection:
         return rid
 
     async def send(self, msg: Message) -> None:
+        """Send `msg` on the lane of its protocol (Hello, unsolicited messages)."""
+        kind = type(msg)
+        lane = self._main
+        if self._main.protocol is not None and not self._main.carries(kind):
+            found = self._lanes.get(protocol_of(kind) or "")
+            if found is None or found.closed:
+                raise P2PError(f"no {protocol_of(kind)} stream to {self.remote_peer} for a {kind.__name__}")
+            lane = found
+        await self._send_on(lane, msg)
+
+    async def _send_on(self, lane: _Lane, msg: Message) -> None:
         parts = encode_frame_parts(codec.encode_parts(msg))
-        send_parts = getattr(self.stream, "send_all_parts", None)
-        async with self._send_lock:
-            if self._closed.is_set():
+        send_parts = getattr(lane.stream, "send_all_parts", None)
+        async with lane.send_lock:
+            if self._closed.is_set() or lane.closed:
                 raise trio.ClosedResourceError("connection closed")
             # A caller cancelled before the frame starts sends nothing (the
             # lock may have been handed over while the cancel was pending).
@@ -193,50 +272,59 @@ class PeerConnection:
             # and the peer hung up at the next frame ("failed
             # authentication"): every other request on the connection failed
             # with it, and the next fetch found no holder. Only the stall
-            # timeout or the connection's own teardown (`_abort_write`) ends
+            # timeout or the connection's own teardown (`_abort_writes`) ends
             # the write early; either closes the connection.
             with trio.CancelScope(shield=True) as write:
-                self._write_scope = write
+                lane.write_scope = write
                 try:
                     with trio.move_on_after(self._stall_timeout) as stall:
                         if send_parts is not None:  # SecureStream: encrypts the parts without joining them
                             await send_parts(parts)
                         else:
-                            await self.stream.send_all(b"".join(parts))
+                            await lane.stream.send_all(b"".join(parts))
                 finally:
-                    self._write_scope = None
+                    lane.write_scope = None
             if write.cancelled_caught:
                 raise trio.ClosedResourceError("connection closed during a send")
             if stall.cancelled_caught:
                 # Part of a frame may be on the wire: the stream is unusable.
+                # A peer that stops reading one of its streams stops them all.
                 self.stalled = True
-                log.info("closing connection to %s: a send made no progress for %gs (peer not reading)",
-                         self.remote_peer, self._stall_timeout)
+                log.info("closing connection to %s: a send on %s made no progress for %gs (peer not reading)",
+                         self.remote_peer, lane.name, self._stall_timeout)
                 await self.aclose()
                 raise trio.BrokenResourceError("send stalled: the peer is not reading")
         self.bytes_sent += sum(len(p) for p in parts)
         self.last_activity = trio.current_time()
 
     async def reply(self, msg: Message) -> bool:
-        """Send a reply from a handler; False if the connection is gone (stop working for it)."""
-        await self._try_send(msg)
-        return not self.closed
+        """Send a reply from a handler, on the lane its request came on;
+        False if the connection is gone (stop working for it)."""
+        lane = _SERVING.get()
+        if lane is None or lane not in self._all_lanes:
+            await self._try_send_any(msg)
+        else:
+            await self._try_send(msg, lane)
+        return not self.closed and not (lane is not None and lane.closed)
 
     async def request(self, make: Callable[[int], Message], timeout: float = L.REQUEST_TIMEOUT_S) -> list[Message]:
-        """Send `make(request_id)` and wait for its complete answer.
+        """Send `make(request_id)` on its protocol's lane and wait for its complete answer.
 
-        Raises RequestFailed on ERROR, timeout or a closed connection.
+        Raises RequestFailed on ERROR, timeout or a closed connection, and
+        (code UNKNOWN_TYPE) when the peer does not speak the protocol.
         """
         if self.closed:
             raise RequestFailed("connection closed")
+        deadline = trio.current_time() + timeout
         async with self._out_slots:
             rid = self.next_request_id()
             msg = make(rid)
-            pending = _Pending(msg)
+            lane = await self._lane_for(type(msg), deadline)
+            pending = _Pending(msg, lane)
             self._pending[rid] = pending
             try:
-                await self.send(msg)
-                with trio.move_on_after(timeout) as scope:
+                await self._send_on(lane, msg)
+                with trio.move_on_at(deadline) as scope:
                     await pending.done.wait()
                 if scope.cancelled_caught:
                     raise RequestFailed(f"{type(msg).__name__} timed out after {timeout:g}s", timed_out=True)
@@ -248,79 +336,190 @@ class PeerConnection:
                 raise pending.error
             return pending.responses
 
+    async def _lane_for(self, kind: type[Message], deadline: float) -> _Lane:
+        """The lane that carries `kind`, opening its protocol's stream on first use."""
+        main = self._main
+        if main.carries(kind):
+            return main
+        protocol = protocol_of(kind)
+        assert protocol is not None  # ERROR is carried by every lane
+        lane = self._lanes.get(protocol)
+        if lane is not None and not lane.closed:
+            return lane
+        if protocol in self.refused_protocols:
+            raise RequestFailed(f"the peer does not speak {protocol}", ErrorCode.UNKNOWN_TYPE)
+        if self._open_stream is None or self._nursery is None:
+            raise RequestFailed(f"no {protocol} stream to {self.remote_peer}")
+        if self.remote_hello is None:
+            raise RequestFailed(f"no {protocol} stream before the peer's Hello")
+        async with self._opening.setdefault(protocol, trio.Lock()):
+            lane = self._lanes.get(protocol)  # opened while we waited (by us or the peer)
+            if lane is not None and not lane.closed:
+                return lane
+            with trio.move_on_at(deadline) as scope:
+                try:
+                    stream = await self._open_stream(protocol)
+                except (P2PError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise RequestFailed(f"cannot open {protocol}: {exc}") from None
+            if scope.cancelled_caught:
+                raise RequestFailed(f"opening {protocol} timed out", timed_out=True)
+            if stream is None:
+                self.refused_protocols.add(protocol)
+                raise RequestFailed(f"the peer does not speak {protocol}", ErrorCode.UNKNOWN_TYPE)
+            if self.closed:
+                await trio.aclose_forcefully(stream)
+                raise RequestFailed("connection closed")
+            lane = _Lane(stream, protocol)
+            self._lanes[protocol] = lane
+            self._all_lanes.add(lane)
+            self._nursery.start_soon(self._run_lane, lane)
+            return lane
+
+    async def accept_stream(self, stream: trio.abc.Stream, protocol: str) -> bool:
+        """Serve a stream of `protocol` the peer opened, until it or the connection ends.
+
+        False at once (the caller resets the stream) if the connection is
+        gone, if the peer's Hello has not come within the Hello timeout (no
+        other protocol before the session's Hello), or if the peer already
+        has a live stream of that protocol.
+        """
+        if self.closed or self._nursery is None or self._main.protocol is None:
+            return False
+        if self.remote_hello is None:
+            with trio.move_on_after(L.HELLO_TIMEOUT_S):
+                await self.hello_received.wait()
+        if self.remote_hello is None or self.closed:
+            return False
+        live = self._inbound.get(protocol)
+        if protocol == self._main.protocol or (live is not None and not live.closed):
+            return False
+        lane = _Lane(stream, protocol)
+        self._inbound[protocol] = lane
+        self._all_lanes.add(lane)
+        ours = self._lanes.get(protocol)
+        if ours is None or ours.closed:
+            self._lanes[protocol] = lane  # our requests of it ride the peer's stream
+        await self._run_lane(lane)
+        return True
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read and dispatch until the connection ends; then fail what waits."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 task_status.started()
                 # Caught here, inside the nursery: anything that escapes a
                 # nursery body arrives wrapped in an ExceptionGroup, which
                 # plain `except` clauses outside would not match — and a peer
                 # dying mid-frame would then take the whole node down.
-                try:
-                    await self._read_loop(nursery)
-                except (RemoteProtocolError, DecryptError) as exc:
-                    # (DecryptError: a frame that fails authentication, tampered
-                    # with or a peer's bug: worth a line, not a debug message)
-                    log.info("closing connection to %s: %s", self.remote_peer, exc)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
-                    log.debug("connection to %s ended: %s", self.remote_peer, exc)
-                finally:
-                    # Ended or cancelled (node shutdown): a reply being written
-                    # is shielded from the cancel below; stop it too, or the
-                    # nursery would wait for it up to the stall timeout.
-                    self._closed.set()
-                    self._abort_write()
+                with self._stop:
+                    try:
+                        await self._read_loop(self._main, nursery)
+                    except (RemoteProtocolError, DecryptError) as exc:
+                        # (DecryptError: a frame that fails authentication, tampered
+                        # with or a peer's bug: worth a line, not a debug message)
+                        log.info("closing connection to %s: %s", self.remote_peer, exc)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
+                        log.debug("connection to %s ended: %s", self.remote_peer, exc)
+                    finally:
+                        # Ended or cancelled (node shutdown): a reply being written
+                        # is shielded from the cancel below; stop it too, or the
+                        # nursery would wait for it up to the stall timeout.
+                        self._closed.set()
+                        self._abort_writes()
                 nursery.cancel_scope.cancel()
         finally:
             self._closed.set()
             for pending in list(self._pending.values()):
                 pending.fail("connection closed")
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self.stream)
+                for lane in list(self._all_lanes):
+                    lane.closed = True
+                    await trio.aclose_forcefully(lane.stream)
 
-    async def _read_loop(self, nursery: trio.Nursery) -> None:
+    async def _run_lane(self, lane: _Lane) -> None:
+        """Read one protocol's lane until it ends; a peer's fault on it ends the connection."""
+        try:
+            assert self._nursery is not None
+            await self._read_loop(lane, self._nursery)
+        except (RemoteProtocolError, DecryptError) as exc:
+            log.info("closing connection to %s (on %s): %s", self.remote_peer, lane.name, exc)
+            self._closed.set()
+            self._abort_writes()
+            self._stop.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
+            log.debug("%s stream of %s ended: %s", lane.name, self.remote_peer, exc)
+        finally:
+            self._drop_lane(lane)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(lane.stream)
+
+    def _drop_lane(self, lane: _Lane) -> None:
+        """A lane ended: forget it and fail the requests waiting on it (the next one reopens it)."""
+        lane.closed = True
+        self._all_lanes.discard(lane)
+        if lane.write_scope is not None:
+            lane.write_scope.cancel()
+        for table in (self._lanes, self._inbound):
+            if lane.protocol is not None and table.get(lane.protocol) is lane:
+                del table[lane.protocol]
+                if table is self._lanes:
+                    other = self._inbound.get(lane.protocol)
+                    if other is not None and other is not lane and not other.closed:
+                        self._lanes[lane.protocol] = other
+        for pending in list(self._pending.values()):
+            if pending.lane is lane:
+                pending.fail(f"the {lane.name} stream closed")
+
+    async def _read_loop(self, lane: _Lane, nursery: trio.Nursery) -> None:
         decoder = FrameDecoder()
-        # A SecureStream hands over its decrypted Noise frames unjoined; the
+        stream = lane.stream
+        # A SecureStream or YamuxStream hands over its chunks unjoined; the
         # frame decoder keeps views of them, so a block is copied once, when
         # its frame completes.
-        receive_parts = getattr(self.stream, "receive_some_parts", None)
+        receive_parts = getattr(stream, "receive_some_parts", None)
+        main = lane is self._main
         while True:
-            with trio.move_on_after(L.IDLE_TIMEOUT_S) as idle:
+            # Only the session lane times the connection out, and only when
+            # no lane received anything for the idle timeout.
+            with trio.move_on_after(L.IDLE_TIMEOUT_S if main else float("inf")) as idle:
                 if receive_parts is not None:
                     chunks = await receive_parts()
                 else:
-                    data = await self.stream.receive_some(READ_SIZE)
+                    data = await stream.receive_some(READ_SIZE)
                     chunks = [data] if data else []
             if idle.cancelled_caught:
-                if self._pending:
+                if self._pending or trio.current_time() - self._last_received < L.IDLE_TIMEOUT_S:
                     continue
                 return
             if not chunks:
                 return
-            self.last_activity = trio.current_time()
+            self.last_activity = self._last_received = trio.current_time()
             for data in chunks:
                 self.bytes_received += len(data)
                 for payload in decoder.feed(data):
-                    await self._dispatch(payload, nursery)
+                    await self._dispatch(payload, lane, nursery)
 
     async def aclose(self) -> None:
         self._closed.set()
-        self._abort_write()
-        await trio.aclose_forcefully(self.stream)
+        self._abort_writes()
+        for lane in list(self._all_lanes):
+            lane.closed = True
+            await trio.aclose_forcefully(lane.stream)
 
-    def _abort_write(self) -> None:
-        """The connection is going away: end the frame being written (shielded in `send`)."""
-        if self._write_scope is not None:
-            self._write_scope.cancel()
+    def _abort_writes(self) -> None:
+        """The connection is going away: end the frames being written (shielded in `_send_on`)."""
+        for lane in list(self._all_lanes):
+            if lane.write_scope is not None:
+                lane.write_scope.cancel()
 
-    async def _dispatch(self, payload: bytes, nursery: trio.Nursery) -> None:
+    async def _dispatch(self, payload: bytes, lane: _Lane, nursery: trio.Nursery) -> None:
         try:
             msg = codec.decode(payload)
         except RemoteProtocolError as exc:
             self._blame(exc)
             await self._try_send(Error(codec.error_request_id(exc), int(codec.error_code(exc)),
-                                       str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]))
+                                       str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]), lane)
             return
         except DecoderBug as exc:
             # Our bug, not the peer's: say so (INTERNAL, retryable elsewhere),
@@ -331,30 +530,43 @@ class PeerConnection:
                 if self.decoder_bugs == MAX_LOGGED_DECODER_BUGS:
                     log.error("further decoder errors on the connection from %s are counted, not logged",
                               self.remote_peer)
-            await self._try_send(Error(exc.request_id, ErrorCode.INTERNAL, "internal error decoding the message"))
+            await self._try_send(Error(exc.request_id, ErrorCode.INTERNAL, "internal error decoding the message"),
+                                 lane)
             return
-        if type(msg).ROLE == "hello":
+        kind = type(msg)
+        if not lane.carries(kind):
+            # Each protocol's messages on its own stream: anything else there
+            # is malformed input, answered and counted as such.
+            self._blame(RemoteProtocolError(f"a {kind.__name__} on {lane.name}"))
+            if kind.ROLE == "request":
+                await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED,
+                                           f"{kind.__name__} belongs on {protocol_of(kind)}, not {lane.name}"), lane)
+            return
+        if kind.ROLE == "hello":
             if self.remote_hello is None:
                 self.remote_hello = msg
                 self.hello_received.set()
             else:
                 self._blame(RemoteProtocolError("a second Hello on one connection"))
             return
-        if type(msg).ROLE == "request":
+        if kind.ROLE == "request":
             if self.remote_hello is None:
-                await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED, "request before Hello"))
+                await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED, "request before Hello"), lane)
                 return
             if self._in_slots.value == 0:
-                await self._try_send(Error(msg.request_id, ErrorCode.BUSY, "too many requests in flight"))
+                await self._try_send(Error(msg.request_id, ErrorCode.BUSY, "too many requests in flight"), lane)
                 return
             await self._in_slots.acquire()
-            nursery.start_soon(self._serve, msg)
+            nursery.start_soon(self._serve, msg, lane)
             return
         pending = self._pending.get(msg.request_id)
-        if pending is None or (pending.allowed and type(msg) not in pending.allowed):
+        if pending is not None and pending.lane is not lane:
+            self._blame(RemoteProtocolError(f"a {kind.__name__} on another stream than its request's"))
+            return
+        if pending is None or (pending.allowed and kind not in pending.allowed):
             if msg.request_id == 0 or pending is None:
                 return  # unsolicited or late (after a timeout): drop quietly
-            self._blame(RemoteProtocolError(f"a {type(msg).__name__} in answer to a request that cannot have it"))
+            self._blame(RemoteProtocolError(f"a {kind.__name__} in answer to a request that cannot have it"))
             return
         first = not pending.responses and pending.error is None
         if not pending.add(msg):
@@ -367,13 +579,14 @@ class PeerConnection:
             self.answers += 1
 
     def _blame(self, exc: RemoteProtocolError) -> None:
-        """Count one misbehaviour of the peer; past MAX_MALFORMED, hang up (raise `exc`)."""
+        """Count one misbehaviour of the peer (on any lane); past MAX_MALFORMED, hang up (raise `exc`)."""
         self._malformed += 1
         if self._malformed > MAX_MALFORMED:
             raise RemoteProtocolError(f"more than {MAX_MALFORMED} malformed or unexpected messages; "
                                       f"the last: {exc}") from exc
 
-    async def _serve(self, msg: Message) -> None:
+    async def _serve(self, msg: Message, lane: _Lane) -> None:
+        token = _SERVING.set(lane)
         try:
             try:
                 replies = await self._handler(self, msg)
@@ -383,14 +596,23 @@ class PeerConnection:
                 log.exception("handler failed for %s", type(msg).__name__)
                 replies = [Error(msg.request_id, ErrorCode.INTERNAL, "internal error")]
             for reply in replies:
-                await self._try_send(reply)
+                await self._try_send(reply, lane)
         finally:
+            _SERVING.reset(token)
             self._in_slots.release()
 
-    async def _try_send(self, msg: Message) -> None:
+    async def _try_send(self, msg: Message, lane: _Lane) -> None:
+        try:
+            await self._send_on(lane, msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except P2PError as exc:  # e.g. a reply too big for one frame: our bug, not the peer's
+            log.warning("could not send %s to %s: %s", type(msg).__name__, self.remote_peer, exc)
+
+    async def _try_send_any(self, msg: Message) -> None:
         try:
             await self.send(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except P2PError as exc:  # e.g. a reply too big for one frame: our bug, not the peer's
+        except P2PError as exc:
             log.warning("could not send %s to %s: %s", type(msg).__name__, self.remote_peer, exc)

@@ -31,7 +31,7 @@ import trio
 from shoal.store.errors import StoreError
 from shoal.store.persist.repo import Repo
 
-from shoal.p2p.wire import limits as L
+from shoal.p2p.wire import limits as L, protocols
 from shoal.p2p.net.admission import Admission
 from shoal.p2p.net.connection import PeerConnection
 from shoal.p2p.errors import P2PError
@@ -74,15 +74,19 @@ PROTECTED_REFRESH_S = 30.0
 """How often `protection_sources` (e.g. the peers holding our replicas, read
 from the index in a worker thread) are read again."""
 
-SHOAL_PROTOCOL = "/shoal/1.0.0"
-"""The yamux stream that carries Shoal's own messages (docs/PROTOCOL.md §3):
-one per connection, opened by the dialer right after the upgrade."""
+SHOAL_PROTOCOL = protocols.SESSION
+"""The yamux stream that makes a libp2p connection a Shoal connection
+(docs/PROTOCOL.md §3): one per connection, opened by the dialer right after
+the upgrade, Hello first both ways. Every other Shoal protocol
+(shoal.p2p.wire.protocols) runs on a stream of its own, opened lazily by
+either side once the Hellos are through."""
 
 SHOAL_STREAM_WINDOW = 16 * 1024 * 1024
-"""Receive window of the /shoal stream. Blocks of up to 1 MiB flow on it, many
-requests at once: with yamux's 256 KiB default the sender would stop every
-quarter block for a window update. Only this stream (one per connection,
-always read) gets it; every other stream keeps the session's window."""
+"""Receive window of the streams that carry blocks (protocols.BULK: the
+exchange). Blocks of up to 1 MiB flow on them, many requests at once: with
+yamux's 256 KiB default the sender would stop every quarter block for a
+window update. Only those streams (at most two per connection, always read)
+get it; every other stream keeps the session's window."""
 
 
 class Libp2pOnlyPeer(P2PError):
@@ -150,7 +154,8 @@ class Node:
         self.host: Libp2pHost | None = None
         self.bitswap: BitswapService | None = None
         self._libp2p_slots: dict[Libp2pConnection, _Inbound | None] = {}
-        self._shoal_streams: set[Libp2pConnection] = set()  # connections whose /shoal stream is taken
+        self._shoal_streams: set[Libp2pConnection] = set()  # connections whose session stream is taken
+        self._shoal_conns: dict[Libp2pConnection, PeerConnection] = {}  # ... and their Shoal connection
         self.libp2p_only: dict[PeerId, Libp2pConnection] = {}  # peers without /shoal (IPFS nodes)
         # Peers that keep a slot when strangers crowd in (see is_protected).
         self.protected_peers: set[PeerId] = {a.peer_id for a in options.bootstrap if a.peer_id is not None}
@@ -199,6 +204,9 @@ class Node:
         if kind in self.handlers:
             raise P2PError(f"{kind.__name__} already has a handler")
         self.handlers[kind] = handler
+        if self.host is not None:  # running already: serve its protocol from now on
+            for protocol in protocols.served([kind]):
+                self.host.handlers.setdefault(protocol, self._family_stream)
 
     def wrap_handler(self, kind: type[Message], wrap: Callable[[Handler], Handler]) -> bool:
         """Replace the handler of `kind` by `wrap(handler)`; False if it has none."""
@@ -275,6 +283,12 @@ class Node:
                                    handshake_timeout=L.HANDSHAKE_TIMEOUT_S)
             self.host.listen_addrs = self.listen_addrs  # identify reports what we listen on
             self.host.handlers[SHOAL_PROTOCOL] = self._shoal_stream
+            # One protocol id per message family, each on its own stream; a
+            # family no service here handles is not registered, so a peer
+            # asking for it gets `na` from multistream-select.
+            for protocol in protocols.served(self.handlers):
+                if protocol != SHOAL_PROTOCOL:
+                    self.host.handlers[protocol] = self._family_stream
             self.bitswap = BitswapService(self.host, Bitswap(RepoSource(self.repo)))
             for addr in self.options.listen:
                 listeners = await trio.open_tcp_listeners(addr.port, host=addr.host)
@@ -576,7 +590,6 @@ class Node:
         except (P2PError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await conn.aclose()
             raise P2PError(f"{addr}: cannot open the {SHOAL_PROTOCOL} stream: {exc}") from None
-        stream.grow_window(SHOAL_STREAM_WINDOW)
         self._shoal_streams.add(conn)
         send, receive = trio.open_memory_channel[PeerConnection](1)
         self._nursery.start_soon(partial(self._run_connection, stream, peer, send, libp2p=conn))
@@ -649,7 +662,7 @@ class Node:
             self._notify()
 
     async def _shoal_stream(self, stream: YamuxStream) -> None:
-        """The dialer opened /shoal/1.0.0: Shoal's messages run on it for the connection's life."""
+        """The dialer opened the session stream: Hello, then the connection lives as long as it does."""
         conn = stream.conn
         slot = self._libp2p_slots.get(conn)
         if slot is None or conn in self._shoal_streams:
@@ -658,8 +671,33 @@ class Node:
             stream.reset()
             return
         self._shoal_streams.add(conn)
-        stream.grow_window(SHOAL_STREAM_WINDOW)
         await self._run_connection(stream, conn.remote_peer, ready=None, libp2p=conn, slot=slot)
+
+    async def _family_stream(self, stream: YamuxStream) -> None:
+        """The peer opened the stream of one Shoal protocol (exchange, replication...).
+
+        It belongs to the connection's Shoal session: refused (reset) on a
+        connection without one, before the peer's Hello came (bounded wait),
+        or when the peer already has a live stream of that protocol.
+        """
+        shoal = self._shoal_conns.get(stream.conn)
+        if shoal is None:
+            stream.reset()
+            return
+        if stream.protocol in protocols.BULK:
+            stream.grow_window(SHOAL_STREAM_WINDOW)
+        if not await shoal.accept_stream(stream, stream.protocol):
+            stream.reset()
+
+    async def _open_family(self, conn: Libp2pConnection, protocol: str) -> YamuxStream | None:
+        """Open the stream of one Shoal protocol to the peer; None if it answers `na`."""
+        try:
+            stream = await conn.open_stream(protocol, timeout=L.HANDSHAKE_TIMEOUT_S)
+        except NegotiationFailed:
+            return None
+        if protocol in protocols.BULK:
+            stream.grow_window(SHOAL_STREAM_WINDOW)
+        return stream
 
     async def _run_connection(
         self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None",
@@ -667,7 +705,7 @@ class Node:
     ) -> None:
         """Shoal's protocol on `stream` (the /shoal stream of `libp2p`, which ends with it)."""
         try:
-            await self._run_peer_connection(stream, peer, ready, slot)
+            await self._run_peer_connection(stream, peer, ready, slot, libp2p)
         finally:
             if libp2p is not None:
                 # The Shoal connection is over (closed, evicted, stalled, malformed):
@@ -677,12 +715,14 @@ class Node:
 
     async def _run_peer_connection(
         self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None",
-        slot: _Inbound | None,
+        slot: _Inbound | None, libp2p: Libp2pConnection | None = None,
     ) -> None:
         conns = self.connections.setdefault(peer, [])
         limits = self.options.limits
+        opener = partial(self._open_family, libp2p) if libp2p is not None else None
         conn = PeerConnection(stream, peer, self._handle_request, send_budget=limits.send_budget_bytes,
-                              stall_timeout=limits.send_stall_timeout_s)
+                              stall_timeout=limits.send_stall_timeout_s,
+                              protocol=SHOAL_PROTOCOL if libp2p is not None else None, open_stream=opener)
         if len(conns) >= L.MAX_CONNECTIONS_PER_PEER:
             if not conns:
                 self.connections.pop(peer, None)
@@ -692,6 +732,8 @@ class Node:
             return
         if slot is not None:
             slot.shoal = conn
+        if libp2p is not None:
+            self._shoal_conns[libp2p] = conn
         conns.append(conn)
         try:
             async with trio.open_nursery() as nursery:
@@ -716,6 +758,8 @@ class Node:
                 await ready.aclose()
             if conn.stalled:
                 self.stalled_connections += 1
+            if libp2p is not None and self._shoal_conns.get(libp2p) is conn:
+                del self._shoal_conns[libp2p]
             conns.remove(conn)
             if not conns:
                 if self.connections.get(peer) is conns:

@@ -2,9 +2,10 @@
 
 It connects for real (the libp2p upgrade of `shoal.p2p.libp2p.connection`:
 multistream-select, Noise XX with its own Ed25519 identity, yamux, then the
-`/shoal/1.0.0` stream), frames with `shoal.p2p.wire.framing` and encodes
-with `shoal.p2p.wire.codec`, so the node under test gets past every outer
-check and meets the bad input where a buggy or hostile peer would put it:
+`/shoal/session/1.0.0` stream and, on first use, each other Shoal protocol's
+stream: shoal.p2p.wire.protocols), frames with `shoal.p2p.wire.framing` and
+encodes with `shoal.p2p.wire.codec`, so the node under test gets past every
+outer check and meets the bad input where a buggy or hostile peer would put it:
 
 - `run_attacks(...)`: one fresh connection per attack — random frame
   payloads, malformed msgpack, wrong arity, unknown message types and
@@ -23,6 +24,7 @@ Test code only; nothing in p2p/ imports it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -40,9 +42,10 @@ from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.wire.messages import (
     Block, Error, GetPeers, Have, Hello, Message, PeerInfo, Peers, Ping, Pong, WantBlock, WantHave,
 )
-from shoal.p2p.libp2p.connection import Libp2pConnection, YamuxStream, upgrade_outbound
+from shoal.p2p.libp2p.connection import Libp2pConnection, StreamHandler, YamuxStream, upgrade_outbound
 from shoal.p2p.libp2p.host import Libp2pHost
-from shoal.p2p.net.node import SHOAL_PROTOCOL
+from shoal.p2p.wire import protocols
+from shoal.p2p.wire.protocols import SESSION
 from shoal.p2p.secure.secure_stream import SecureStream
 
 AGENT = "evil/0.1"
@@ -75,7 +78,7 @@ class Reaction:
 
 
 class ShoalChannel:
-    """The /shoal stream as the old harness saw its secure channel: bytes to and
+    """The session stream as the old harness saw its secure channel: bytes to and
     from the node's Shoal protocol, the proven `remote_peer`, and `transport`
     (the bytes under Noise, for attacks below the encryption)."""
 
@@ -102,59 +105,135 @@ async def _run_quietly(conn: Libp2pConnection) -> None:
 
 
 class EvilConnection:
-    """One authenticated connection's /shoal stream, on which we may send anything at all."""
+    """One authenticated connection's Shoal streams, on which we may send anything at all.
 
-    def __init__(self, stream: YamuxStream) -> None:
+    `stream` (with `decoder`) is the session stream; `send` puts a message
+    on the stream of its protocol (opened on first use, like a node), or on
+    the one given. The node's own streams to us are accepted for every
+    Shoal protocol. `next_message`/`observe` read every stream at once; a
+    stream is read only once one of them was called (so a test can also
+    never read at all).
+    """
+
+    def __init__(self, stream: YamuxStream, handlers: dict[str, StreamHandler] | None = None,
+                 spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None) -> None:
         self.stream = stream
+        self.conn = stream.conn
         self.secure = ShoalChannel(stream)
         self.decoder = FrameDecoder()
+        self.streams: dict[str, YamuxStream] = {SESSION: stream}  # ours, per protocol
+        self.accepted: list[YamuxStream] = []  # the node's streams to us
+        self._decoders: dict[YamuxStream, FrameDecoder] = {stream: self.decoder}
+        send, receive = trio.open_memory_channel[tuple[YamuxStream, Message | None]](math.inf)
+        self._inbox_send, self._inbox = send, receive
+        self._reading = False
+        self._closed = False
+        self._spawn = spawn or (lambda fn: trio.lowlevel.spawn_system_task(fn))
+        self._opening = trio.Lock()
+        if handlers is not None:
+            for protocol in protocols.ALL:
+                if protocol != SESSION:
+                    handlers[protocol] = self._accept
 
     @classmethod
     async def open(cls, host: str, port: int, peer: PeerId | None, identity: Identity,
                    local: str | None = None, *, nursery: trio.Nursery | None = None) -> "EvilConnection":
-        """Dial, upgrade and open /shoal/1.0.0; the connection runs in `nursery`
+        """Dial, upgrade and open the session stream; the connection runs in `nursery`
         (or, without one, in a system task that ends with it)."""
         tcp = await trio.open_tcp_stream(host, port, local_address=local)
-        conn = await upgrade_outbound(tcp, identity, {}, expected_peer=peer, timeout=REACTION_TIMEOUT_S)
+        handlers: dict[str, StreamHandler] = {}
+        conn = await upgrade_outbound(tcp, identity, handlers, expected_peer=peer, timeout=REACTION_TIMEOUT_S)
+        spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None
         if nursery is not None:
             await nursery.start(conn.run)
+            spawn = nursery.start_soon
         else:
             trio.lowlevel.spawn_system_task(_run_quietly, conn)
         try:
-            return cls(await conn.open_stream(SHOAL_PROTOCOL))
+            return cls(await conn.open_stream(SESSION), handlers, spawn)
         except BaseException:
             await trio.aclose_forcefully(conn.secure)
             raise
 
-    async def send(self, msg: Message) -> None:
-        await self.stream.send_all(encode_frame(codec.encode(msg)))
+    async def stream_for(self, protocol: str) -> YamuxStream:
+        """Our stream of `protocol`, opened on first use."""
+        async with self._opening:
+            stream = self.streams.get(protocol)
+            if stream is None:
+                stream = self.streams[protocol] = await self.conn.open_stream(protocol, timeout=REACTION_TIMEOUT_S)
+                self._decoders[stream] = FrameDecoder()
+                if self._reading:
+                    self._spawn(lambda: self._read(stream))
+            return stream
 
-    async def send_raw(self, data: bytes) -> None:
-        await self.stream.send_all(data)
+    async def send(self, msg: Message, stream: YamuxStream | None = None) -> None:
+        if stream is None:
+            stream = await self.stream_for(protocols.protocol_of(type(msg)) or SESSION)
+        await stream.send_all(encode_frame(codec.encode(msg)))
+
+    async def send_raw(self, data: bytes, protocol: str = SESSION) -> None:
+        await (await self.stream_for(protocol)).send_all(data)
+
+    async def _accept(self, stream: YamuxStream) -> None:
+        """The node opened a stream of one of its protocols to us: read it while we read."""
+        self.accepted.append(stream)
+        self._decoders[stream] = FrameDecoder()
+        while not self._reading:
+            if self._closed:
+                return
+            await self.conn.wait_change()
+        await self._read(stream)
+
+    async def _read(self, stream: YamuxStream) -> None:
+        decoder = self._decoders[stream]
+        try:
+            while True:
+                data = await stream.receive_some(L.MAX_FRAME_BYTES)
+                if not data:
+                    break
+                for payload in decoder.feed(data):
+                    self._inbox_send.send_nowait((stream, codec.decode(payload)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+            pass
+        self._inbox_send.send_nowait((stream, None))  # this stream ended
+
+    def _start_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            for stream in self.streams.values():
+                self._spawn(lambda s=stream: self._read(s))  # type: ignore[misc]
+            self.conn._notify()  # wakes the accepted streams' handlers
+
+    async def next_message(self) -> tuple[YamuxStream, Message] | None:
+        """The next message from any stream and the stream it came on; None
+        once the session stream (the connection) has ended."""
+        self._start_reading()
+        while True:
+            stream, msg = await self._inbox.receive()
+            if msg is not None:
+                return stream, msg
+            if stream is self.stream:
+                return None
 
     async def observe(self, reaction: Reaction, seconds: float, until_errors: int = 0) -> Reaction:
-        """Read what the node sends for up to `seconds` (or until it closes)."""
+        """Read what the node sends on any stream for up to `seconds` (or until it closes)."""
         with trio.move_on_after(seconds):
             while True:
-                try:
-                    data = await self.stream.receive_some(L.MAX_FRAME_BYTES)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
+                got = await self.next_message()
+                if got is None:
                     reaction.closed = True
                     return reaction
-                if not data:
-                    reaction.closed = True
-                    return reaction
-                for payload in self.decoder.feed(data):
-                    msg = codec.decode(payload)
-                    if isinstance(msg, Error):
-                        reaction.error_codes.append(msg.code)
-                    else:
-                        reaction.answered.append(type(msg).__name__)
+                msg = got[1]
+                if isinstance(msg, Error):
+                    reaction.error_codes.append(msg.code)
+                else:
+                    reaction.answered.append(type(msg).__name__)
                 if until_errors and len(reaction.error_codes) >= until_errors:
                     return reaction
         return reaction
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.stream.conn.aclose()
 
 
@@ -424,7 +503,7 @@ async def idle_peers(host: str, port: int, peer: PeerId, count: int, hold: trio.
                                               timeout=REACTION_TIMEOUT_S * 3)
             await nursery.start(upgraded.run)
             with trio.fail_after(REACTION_TIMEOUT_S * 3):
-                conn = EvilConnection(await upgraded.open_stream(SHOAL_PROTOCOL))
+                conn = EvilConnection(await upgraded.open_stream(SESSION))
             await conn.send(_hello())
             got_hello = False
             with trio.move_on_after(REACTION_TIMEOUT_S * 3):
@@ -569,22 +648,28 @@ async def serve_corrupt_holder(port: int = 0, *, fake_peers: int = 0,
     addr = ""
 
     async def handle(stream: YamuxStream) -> None:
-        """The node's /shoal stream (it dialled us): Hello, then lies."""
-        conn = EvilConnection(stream)
+        """One of the node's Shoal streams (it dialled us): Hello on the session, then lies."""
+        decoder = FrameDecoder()
+
+        async def send(msg: Message) -> None:
+            await stream.send_all(encode_frame(codec.encode(msg)))
+
         try:
-            await conn.send(_hello((addr,)))
+            if stream.protocol == SESSION:
+                await send(_hello((addr,)))
             while True:
                 data = await stream.receive_some(L.MAX_FRAME_BYTES)
                 if not data:
                     return
-                for payload in conn.decoder.feed(data):
-                    await _answer_badly(conn, codec.decode(payload), fake, log)
+                for payload in decoder.feed(data):
+                    await _answer_badly(send, codec.decode(payload), fake, log)
         except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
             return
 
     async with trio.open_nursery() as nursery:
         host = Libp2pHost(identity, nursery, handshake_timeout=REACTION_TIMEOUT_S)
-        host.handlers[SHOAL_PROTOCOL] = handle
+        for protocol in (SESSION, protocols.EXCHANGE):
+            host.handlers[protocol] = handle
         (bound,) = cast(list[object], await nursery.start(host.serve, "127.0.0.1", port))
         addr = f"/ip4/127.0.0.1/tcp/{str(bound).split('/')[4]}"
         if tarpit_listeners:
@@ -592,23 +677,23 @@ async def serve_corrupt_holder(port: int = 0, *, fake_peers: int = 0,
         task_status.started(f"{addr}/p2p/{identity.peer_id}")
 
 
-async def _answer_badly(conn: EvilConnection, msg: Message, fake: tuple[PeerInfo, ...],
+async def _answer_badly(send: Callable[[Message], Awaitable[None]], msg: Message, fake: tuple[PeerInfo, ...],
                         log: Callable[[str], None]) -> None:
     rid = msg.request_id
     if isinstance(msg, Ping):
-        await conn.send(Pong(rid, msg.payload))
+        await send(Pong(rid, msg.payload))
     elif isinstance(msg, GetPeers):
-        await conn.send(Peers(rid, fake[: msg.max_peers]))
+        await send(Peers(rid, fake[: msg.max_peers]))
     elif isinstance(msg, WantHave):
         log(f"want-have {len(msg.cids)}")
-        await conn.send(Have(rid, msg.cids))  # a lie for anything it is asked about
+        await send(Have(rid, msg.cids))  # a lie for anything it is asked about
     elif isinstance(msg, WantBlock):
         for cid in msg.cids:
             log(f"want-block {cid.hex()}")
             if cid == _malformed_root_bytes():
-                await conn.send(Block(rid, cid, MALFORMED_NODE))  # hash-correct, undecodable
+                await send(Block(rid, cid, MALFORMED_NODE))  # hash-correct, undecodable
             else:
-                await conn.send(Block(rid, cid, os.urandom(1024 * 1024)))
+                await send(Block(rid, cid, os.urandom(1024 * 1024)))
 
 
 def _malformed_root_bytes() -> bytes:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import trio
 
-from shoal.p2p.wire import codec
 from shoal.p2p.wire import limits as L
 from shoal.p2p.replication.signed import Offer, agreement_bytes, offer_signing_bytes
 from shoal.p2p.errors import P2PError
@@ -39,6 +39,7 @@ from shoal.store.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes, make_cid
 from shoal.store.dag.importer import import_bytes
 from shoal.store.proofs.manifest import Manifest
 from shoal.store.proofs.commitment import Commitment, commit
+from shoal.p2p.libp2p.connection import YamuxStream
 from tests.integration.evil_client import EvilConnection
 
 AGENT = "evil-replication/0.1"
@@ -133,11 +134,12 @@ class EvilPeer:
         await self.send(Hello(0, (L.PROTOCOL_VERSION,), (), AGENT, 1 << 40, 1 << 39))
         nursery.start_soon(self._read_loop)
 
-    async def send(self, msg: Message) -> None:
-        """One message at a time on the secure stream (many tasks send)."""
+    async def send(self, msg: Message, stream: YamuxStream | None = None) -> None:
+        """One message at a time (many tasks send): on `stream` (a reply goes
+        on its request's), else on the stream of the message's protocol."""
         assert self.conn is not None and self._send_lock is not None
         async with self._send_lock:
-            await self.conn.send(msg)
+            await self.conn.send(msg, stream)
 
     async def request(self, make: Callable[[int], Message], timeout: float = 60.0) -> list[Message]:
         """Send make(rid) and return its answer(s) (an Error counts as an answer)."""
@@ -156,20 +158,20 @@ class EvilPeer:
         conn = self.conn
         try:
             while True:
-                data = await conn.secure.receive_some(L.MAX_FRAME_BYTES)
-                if not data:
+                got = await conn.next_message()
+                if got is None:
                     return
-                for payload in conn.decoder.feed(data):
-                    await self._dispatch(codec.decode(payload))
+                await self._dispatch(*got)
         except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError):
             return
         finally:
             for done, _ in self._waiting.values():
                 done.set()
 
-    async def _dispatch(self, msg: Message) -> None:
+    async def _dispatch(self, stream: YamuxStream, msg: Message) -> None:
         assert self.conn is not None
         rid = msg.request_id
+        send = partial(self.send, stream=stream)
         if rid in self._waiting and msg.ROLE == "response":
             done, replies = self._waiting[rid]
             replies.append(msg)
@@ -178,34 +180,34 @@ class EvilPeer:
         if isinstance(msg, Hello):
             return
         if isinstance(msg, Ping):
-            await self.send(Pong(rid, msg.payload))
+            await send(Pong(rid, msg.payload))
         elif isinstance(msg, GetPeers):
-            await self.send(Peers(rid, ()))
+            await send(Peers(rid, ()))
         elif isinstance(msg, WantHave):
             have = tuple(c for c in msg.cids if c in self.blocks)
             missing = tuple(c for c in msg.cids if c not in self.blocks)
             if have:
-                await self.send(Have(rid, have))
+                await send(Have(rid, have))
             if missing:
-                await self.send(DontHave(rid, missing))
+                await send(DontHave(rid, missing))
         elif isinstance(msg, WantBlock):
             for cid in msg.cids:
                 data = self.blocks.get(cid)
                 if data is None:
-                    await self.send(BlockMissing(rid, cid))
+                    await send(BlockMissing(rid, cid))
                 else:
                     self.served_bytes += len(data)
-                    await self.send(Block(rid, cid, data))
+                    await send(Block(rid, cid, data))
         elif isinstance(msg, StoreRequest) and self.holder_mode:
             sig = self.identity.sign(agreement_bytes(msg.manifest, self._remote().to_bytes(),
                                                      self.peer_id.to_bytes()))
             self.stores_taken.append(msg.root_cid.hex())
-            await self.send(StoreResponse(rid, True, "", sig))
+            await send(StoreResponse(rid, True, "", sig))
         elif isinstance(msg, AuditChallenge) and self.holder_mode:
             self.audits_seen += 1
-            await self.send(Error(rid, ErrorCode.BUSY, "busy, honestly"))
+            await send(Error(rid, ErrorCode.BUSY, "busy, honestly"))
         elif msg.ROLE == "request":
-            await self.send(Error(rid, ErrorCode.UNKNOWN_TYPE, "not here"))
+            await send(Error(rid, ErrorCode.UNKNOWN_TYPE, "not here"))
 
     def _remote(self) -> PeerId:
         assert self.conn is not None

@@ -19,7 +19,6 @@ import trio
 from shoal.p2p.names.publish import sign
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.pnet import SwarmKey
-from shoal.p2p.wire import codec
 from shoal.p2p.wire.messages import Error, ErrorCode, NameAck, NamePublish, Message
 from shoal.store.names.book import BOOK_FILE, NameBook
 from shoal.store.names.records import NameRecord
@@ -101,15 +100,14 @@ def test_public_swarm_default_trust_resolves_only_own_records(swarm: Swarm, tmp_
 
 async def _ask(conn: EvilConnection, msg: NamePublish) -> Message:
     """Send one NamePublish and return the node's answer to it (other traffic skipped)."""
-    await conn.send(msg)
+    await conn.send(msg)  # on /shoal/names/1.0.0, opened by the first one
     with trio.fail_after(10):
         while True:
-            data = await conn.secure.receive_some(1 << 22)
-            assert data, "the node closed the connection"
-            for payload in conn.decoder.feed(data):
-                reply = codec.decode(payload)
-                if reply.request_id == msg.request_id and isinstance(reply, (Error, NameAck)):
-                    return reply
+            got = await conn.next_message()
+            assert got is not None, "the node closed the connection"
+            reply = got[1]
+            if reply.request_id == msg.request_id and isinstance(reply, (Error, NameAck)):
+                return reply
 
 
 @pytest.mark.timeout(120)
