@@ -2,7 +2,7 @@
 
 Every connection of a `shoal node` is a libp2p connection (TCP, [pnet],
 multistream-select, Noise, yamux), and the node serves identify, ping and
-Bitswap on it beside Shoal's own /shoal/1.0.0 stream. So:
+Bitswap on it beside Shoal's own /shoal/<family>/1.0.0 streams. So:
 
 (a) Helia (bitswap_peer.mjs: createHeliaLight + withLibp2pLight (TCP, Noise,
     yamux, identify) + withBitswap, no router) dials the node by the
@@ -10,7 +10,7 @@ Bitswap on it beside Shoal's own /shoal/1.0.0 stream. So:
     directory put on Shoal with @helia/unixfs: exact bytes.
 (b) `shoal get` fetches a multi-block file Helia added, with Helia's
     multiaddr as the node's only peer (`--bootstrap`): Helia is no Shoal
-    peer (it has no /shoal/1.0.0), so the node asks it over Bitswap.
+    peer (it has no /shoal/session/1.0.0), so the node asks it over Bitswap.
 (d) With one swarm key on both sides (a) and (b) work; with different keys
     the connection fails before any protocol message: Helia gets an error,
     the node has no libp2p connection and `shoal get` finds no peer.
@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import pytest
 
 from shoal.p2p.secure.pnet import SwarmKey
+from shoal.p2p.wire import protocols
 from tests.interop.test_car_interop import expected_files
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
 
@@ -190,8 +191,8 @@ def test_js_libp2p_pings_and_identifies_a_shoal_node(swarm: Swarm, node22: Path)
     ident = events["identified"]
     assert ident["peer"] == node.peer_id
     assert ident["agentVersion"].startswith("shoal/") and ident["protocolVersion"] == "ipfs/0.1.0"
-    assert set(ident["protocols"]) >= {"/shoal/1.0.0", "/ipfs/bitswap/1.2.0", "/ipfs/bitswap/1.1.0",
+    assert set(ident["protocols"]) >= {*protocols.ALL, "/ipfs/bitswap/1.2.0", "/ipfs/bitswap/1.1.0",
                                         "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"}, ident["protocols"]
     assert ident["listenAddrs"] == [addr.split("/p2p/")[0]]
     assert ident["observedAddr"].startswith("/ip4/127.0.0.1/tcp/")
-    assert node.stats()["connected_peers"] == 0  # js-libp2p never opened /shoal/1.0.0
+    assert node.stats()["connected_peers"] == 0  # js-libp2p never opened /shoal/session/1.0.0
