@@ -258,3 +258,84 @@ async def test_a_reply_goes_back_on_the_stream_its_request_came_on() -> None:
             await ex_raw.send_all(encode_frame(codec.encode(WantHave(9, (CID,)))))
             assert await _read(ex_raw, FrameDecoder()) == [Have(9, (CID,))]
             nursery.cancel_scope.cancel()
+
+
+class HalfGated(trio.abc.Stream):
+    """`inner` whose writes put half their bytes out, then wait at the gate for the rest."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.open = trio.Event()
+        self.open.set()
+        self.waiting = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        half = len(data) // 2
+        await self.inner.send_all(data[:half])
+        self.waiting += 1
+        try:
+            await self.open.wait()
+        finally:
+            self.waiting -= 1
+        await self.inner.send_all(data[half:])
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_request_cancelled_mid_frame_on_a_protocol_stream_leaves_it_whole() -> None:
+    gates: list[HalfGated] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            pair = Pair(nursery)
+            opener = pair._open
+
+            async def gated_open(protocol: str) -> trio.abc.Stream | None:
+                stream = await opener("a", protocol)
+                assert stream is not None
+                gates.append(HalfGated(stream))
+                return gates[-1]
+
+            pair.a._open_stream = gated_open
+            await pair.start()
+            await pair.a.request(lambda rid: WantHave(rid, (CID,)))  # opens the exchange stream
+            (gate,) = gates
+            gate.open = trio.Event()  # shut: the next frame stops half-way
+            abandoned = trio.CancelScope()
+
+            async def ask() -> None:
+                with abandoned:
+                    await pair.a.request(lambda rid: WantHave(rid, (CID,)))
+
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert gate.waiting == 1  # half the frame is out
+            abandoned.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            gate.open.set()
+            (have,) = await pair.a.request(lambda rid: WantHave(rid, (CID,)))
+            assert isinstance(have, Have)
+            assert not pair.a.closed and not pair.b.closed and pair.b._malformed == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_activity_on_any_stream_counts_for_eviction_and_the_idle_timeout(
+        autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        pair = Pair(nursery)
+        await pair.start()
+        for _ in range(4):  # 4 x 0.75 idle timeouts, traffic on the exchange stream only
+            await trio.sleep(L.IDLE_TIMEOUT_S * 0.75)
+            before = pair.b.last_activity
+            await pair.a.request(lambda rid: WantHave(rid, (CID,)))
+            assert pair.b.last_activity > before  # admission and eviction see it
+        assert not pair.a.closed and not pair.b.closed
+        await trio.sleep(L.IDLE_TIMEOUT_S * 2.5)  # then nothing on any stream: idle, closed
+        assert pair.a.closed and pair.b.closed
+        nursery.cancel_scope.cancel()
