@@ -99,7 +99,7 @@ class _Inbound:
     """An inbound connection's admission slot (shoal.p2p.net.admission).
 
     Every inbound libp2p connection holds one from the moment it is
-    authenticated, whether or not the peer ever opens the /shoal stream: an
+    authenticated, whether or not the peer ever opens the Shoal session stream: an
     IPFS node that only speaks Bitswap takes a slot and counts for its IP
     like any Shoal peer. Activity and usefulness come from its Shoal
     connection once there is one.
@@ -150,13 +150,13 @@ class Node:
         self._handshake_scopes: dict[object, trio.CancelScope] = {}
         self._inbound_conns: set[_Inbound] = set()
         # The libp2p layer (created when the node runs): every connection is a
-        # libp2p connection; Shoal's messages ride one /shoal stream of it.
+        # libp2p connection; Shoal's messages ride its /shoal/<family>/1.0.0 streams.
         self.host: Libp2pHost | None = None
         self.bitswap: BitswapService | None = None
         self._libp2p_slots: dict[Libp2pConnection, _Inbound | None] = {}
         self._shoal_streams: set[Libp2pConnection] = set()  # connections whose session stream is taken
         self._shoal_conns: dict[Libp2pConnection, PeerConnection] = {}  # ... and their Shoal connection
-        self.libp2p_only: dict[PeerId, Libp2pConnection] = {}  # peers without /shoal (IPFS nodes)
+        self.libp2p_only: dict[PeerId, Libp2pConnection] = {}  # peers without the Shoal session (IPFS nodes)
         # Peers that keep a slot when strangers crowd in (see is_protected).
         self.protected_peers: set[PeerId] = {a.peer_id for a in options.bootstrap if a.peer_id is not None}
         self.protection_checks: list[Callable[[PeerId], bool]] = []
@@ -534,7 +534,7 @@ class Node:
 
     def connection_stats(self) -> dict[str, int]:
         """Admission counters, stuck sends and libp2p connections (those without
-        a /shoal stream: IPFS nodes), for `/v1/stats` (operators and tests)."""
+        a Shoal session stream: IPFS nodes), for `/v1/stats` (operators and tests)."""
         libp2p = [c for c in self._libp2p_slots if not c.closed]
         return {**self.admission.stats(), "stalled": self.stalled_connections,
                 "libp2p": len(libp2p),  # every connection, Shoal peers and IPFS nodes alike
@@ -646,7 +646,7 @@ class Node:
 
     async def _serve_libp2p(self, conn: Libp2pConnection, slot: _Inbound | None, *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run one libp2p connection until it ends (its streams: /shoal, Bitswap, identify, ping)."""
+        """Run one libp2p connection until it ends (its streams: Shoal's, Bitswap, identify, ping)."""
         assert self.host is not None
         self._libp2p_slots[conn] = slot
         try:
@@ -703,7 +703,8 @@ class Node:
         self, stream: trio.abc.Stream, peer: PeerId, ready: "trio.MemorySendChannel[PeerConnection] | None",
         *, libp2p: Libp2pConnection | None = None, slot: _Inbound | None = None,
     ) -> None:
-        """Shoal's protocol on `stream` (the /shoal stream of `libp2p`, which ends with it)."""
+        """Shoal's protocols on `stream` (the session stream of `libp2p`, which ends with it) and
+        the streams of the other Shoal protocols opened on `libp2p`."""
         try:
             await self._run_peer_connection(stream, peer, ready, slot, libp2p)
         finally:
