@@ -98,3 +98,13 @@ class NotOwner(P2PError):
     """Audits run on the object's owner (or its deputy), not on a holder."""
 
     hint = "run it on the owner's node; `shoal status CID` there shows the holders"
+
+
+class LaneError(P2PError):
+    """A lane process (shoal.p2p.lanes) could not start, or broke its control channel."""
+
+    hint = "see the node's log; `shoal node start --lanes 1` runs without lane processes"
+
+
+class ControlProtocolError(LaneError):
+    """A malformed or oversized message on a node<->lane control channel."""

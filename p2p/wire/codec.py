@@ -32,7 +32,7 @@ from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, ErrorCode, LedgerEntry, LedgerSummary, Message, PeerInfo, Peers,
 )
 
-__all__ = ["encode", "encode_parts", "decode", "error_code", "error_request_id"]
+__all__ = ["encode", "encode_parts", "decode", "error_code", "error_request_id", "check_shape"]
 
 _MAX_STR = max(L.MAX_ERROR_MESSAGE_BYTES, L.MAX_ADDR_BYTES, L.MAX_REASON_BYTES, L.MAX_AGENT_BYTES)
 _MAX_BIN = max(L.MAX_BLOCK_BYTES, L.MAX_PROOF_BYTES, L.MAX_MANIFEST_BYTES, L.MAX_NAME_RECORD_BYTES, L.MAX_EC_MAP_BYTES, L.MAX_EC_OFFERS_BYTES)
@@ -222,6 +222,16 @@ _FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4
           0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
 _SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # bin8/16/32, str8/16/32
 _ARRAYS = {0xDC: 2, 0xDD: 4}
+
+
+def check_shape(buf: bytes) -> None:
+    """Refuse msgpack bytes Shoal never sends (maps, ext, too deep, too many
+    objects, trailing bytes) before any object is built; RemoteProtocolError.
+
+    For other msgpack channels with the same rules (the node<->lane control
+    channel, shoal.p2p.lanes.control).
+    """
+    _prescan(buf, 0)
 
 
 def _prescan(buf: bytes, rid: int) -> None:
