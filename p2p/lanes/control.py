@@ -109,11 +109,15 @@ class ControlMessage(abc.ABC):
 
 @dataclass(frozen=True, slots=True)
 class Config(ControlMessage):
-    """node -> lane, first: what the lane needs to open the repo and listen."""
+    """node -> lane, first: what the lane needs to open the repo and listen.
+
+    `port`: where the lane of this index listened before it died (0: any),
+    so a replacement keeps the address the node's peers were told."""
 
     TAG: ClassVar[int] = 1
     repo: str
     host: str
+    port: int
     peer_id: bytes
     swarm_psk: bytes | None
     send_budget: int
@@ -125,6 +129,7 @@ class Config(ControlMessage):
         if not self.repo.startswith("/"):
             raise _bad("repo", "must be an absolute path")
         _text("host", self.host, MAX_HOST_BYTES)
+        _int("port", self.port, 0, 65535)
         _bin("peer_id", self.peer_id, 64, 2)
         if self.swarm_psk is not None:
             _bin("swarm_psk", self.swarm_psk, 32, 32)

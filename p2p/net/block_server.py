@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from typing import Protocol
 
 import trio
 
 from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
 from shoal.store.ipld.cid import CID, cid_from_bytes
-from shoal.store.persist.repo import Repo
+from shoal.store.persist.blockstore import Blockstore
 
 from shoal.p2p.net.connection import PeerConnection
 from shoal.p2p.net.hooks import SentBytes, ServeObserver
@@ -30,13 +31,28 @@ from shoal.p2p.wire.messages import Block, BlockMissing, DontHave, Have, Message
 
 log = logging.getLogger("shoal.node")
 
-__all__ = ["BlockServer"]
+__all__ = ["BlockServer", "ServedStore"]
+
+
+class ServedStore(Protocol):
+    """What serving needs of a repo: its blockstore and the quarantine.
+
+    The node passes its Repo; a lane process (shoal.p2p.lanes.worker), which
+    opens only the repo's blockstore, passes its own small store.
+    """
+
+    @property
+    def blockstore(self) -> Blockstore: ...
+
+    def quarantine(self, cid: CID) -> bool:
+        """Move a block found corrupt aside; False if it is absent or good."""
+        ...
 
 
 class BlockServer:
     """Answers WANT_HAVE and WANT_BLOCK for one repo; counts the block bytes it sent."""
 
-    def __init__(self, repo: Repo, observers: list[ServeObserver]) -> None:
+    def __init__(self, repo: ServedStore, observers: list[ServeObserver]) -> None:
         """`observers` is the node's list, shared: services added later are seen too."""
         self.repo = repo
         self.observers = observers

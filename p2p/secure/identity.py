@@ -425,6 +425,15 @@ class Identity:
         return cls._load(path)
 
     @classmethod
+    def load(cls, path: Path) -> Identity:
+        """Load an existing key file, never creating one (FileNotFoundError if absent).
+
+        For a node's second processes (its lanes, shoal.p2p.lanes.worker): they
+        prove the node's identity, so a missing key must fail, not mint a new one.
+        """
+        return cls._load(Path(path))
+
+    @classmethod
     def _load(cls, path: Path) -> Identity:
         with open(path, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode

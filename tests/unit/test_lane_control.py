@@ -51,7 +51,8 @@ results = st.builds(
 )
 ids = st.integers(1, C.MAX_ID)
 messages = st.one_of(
-    st.builds(C.Config, paths, st.sampled_from(["127.0.0.1", "::1", "0.0.0.0"]), st.just(PEER.multihash),
+    st.builds(C.Config, paths, st.sampled_from(["127.0.0.1", "::1", "0.0.0.0"]), st.integers(0, 65535),
+              st.just(PEER.multihash),
               st.one_of(st.none(), st.binary(min_size=32, max_size=32)), st.integers(2**22, 2**40),
               timeouts, st.integers(0, 1023)),
     st.builds(C.Ready, addrs.map(str), st.integers(1, 2**31)),
@@ -177,7 +178,7 @@ def test_bounds_are_checked_when_a_message_is_built() -> None:
     with pytest.raises(ControlProtocolError, match="holder_addrs"):
         C.Job(1, bytes(_cid(b"a")), None, ("/ip4/127.0.0.1/tcp/1",), (), False, True, 1.0)
     with pytest.raises(ControlProtocolError, match="repo"):
-        C.Config("relative/path", "127.0.0.1", PEER.multihash, None, 2**25, 1.0, 0)
+        C.Config("relative/path", "127.0.0.1", 0, PEER.multihash, None, 2**25, 1.0, 0)
     with pytest.raises(ValueError):
         Sink("relative", 0)
 

@@ -1,0 +1,373 @@
+"""The node's lanes: spawn, dispatch to, restart and stop the lane processes.
+
+`LaneProcessPool` implements shoal.p2p.lanes.api.LanePool. `run` (a task of
+the node's nursery) starts N lanes (`python -m shoal.p2p.lanes.worker`, each
+with its end of a socketpair passed as a file descriptor) and reports
+readiness once every lane has said where it listens. One supervisor task per
+lane reads its control channel (results, admission questions, CPU stats);
+when a lane dies (SIGKILL, a crash, a broken channel) every job it had fails
+with Outcome.LANE_DIED, its last reported CPU is kept for `cpu_seconds`, and
+a replacement is started (on the same port if it is free). When the pool is
+cancelled (node shutdown, SIGTERM), every lane's channel is closed, the lane
+exits on that EOF, and one that does not within STOP_GRACE_S is killed, so
+no lane outlives the node; a node that is SIGKILLed closes the channels too
+(the kernel does), and its lanes exit the same way.
+
+Dispatch: a job goes to the lane its holder maps to (affinity: that lane's
+connections to the holder are warm) unless another lane is idler by more
+than AFFINITY_SLACK jobs; each lane runs at most `max_jobs_per_lane` at once
+(callers wait for room).
+
+Not here: which block to get from whom (the caller plans; shoal.p2p.exchange).
+Callers that store blocks (`job.store`) hold the node's store guard shared
+while they wait, as a fetch does, so gc never runs under a lane's writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from shoal.p2p.errors import ControlProtocolError, LaneError
+from shoal.p2p.lanes import control as C
+from shoal.p2p.lanes.api import LaneJob, LaneResult, Outcome
+from shoal.p2p.secure.identity import PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.pnet import SwarmKey
+from shoal.p2p.wire import limits as L
+
+log = logging.getLogger("shoal.lanes")
+
+__all__ = ["LaneProcessPool", "MAX_LANES", "default_lanes"]
+
+MAX_LANES = 64
+MAX_JOBS_PER_LANE = 32
+"""Jobs in flight per lane: enough to keep a holder's connection and the
+lane's store threads busy, few enough that a lane's death fails little."""
+AFFINITY_SLACK = 4
+READY_TIMEOUT_S = 30.0
+"""A lane imports trio, cryptography, msgpack... and opens the repo: seconds on a loaded machine."""
+STOP_GRACE_S = 3.0
+RESTART_DELAY_S = 0.2
+MAX_RESTART_DELAY_S = 10.0
+RESULT_GRACE_S = 5.0
+"""The lane times a job out itself; the pool waits this much longer for its word."""
+
+
+def default_lanes() -> int:
+    """One lane per core, at most 8 (`--lanes` default)."""
+    import os
+
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class _Lane:
+    index: int
+    process: trio.Process
+    stream: trio.SocketStream
+    pid: int
+    decoder: C.ControlDecoder = field(default_factory=C.ControlDecoder)
+    addr: Multiaddr | None = None
+    ready: bool = False
+    dead: bool = False
+    inflight: int = 0
+    jobs: int = 0
+    bytes: int = 0
+    cpu_s: float = 0.0
+    served_bytes: int = 0
+    fetched_bytes: int = 0
+    pending: dict[int, tuple[trio.Event, list[LaneResult]]] = field(default_factory=dict)
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    async def send(self, msg: C.ControlMessage) -> None:
+        async with self.send_lock:
+            await self.stream.send_all(C.encode(msg))
+
+
+class LaneProcessPool:
+    """N lane processes of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        repo: Path,
+        peer_id: PeerId,
+        host: str,
+        admits: Callable[[PeerId], bool],
+        swarm_key: SwarmKey | None = None,
+        send_budget: int = L.SEND_BUDGET_BYTES,
+        stall_timeout: float = L.SEND_STALL_TIMEOUT_S,
+        max_jobs_per_lane: int = MAX_JOBS_PER_LANE,
+        python: str = sys.executable,
+    ) -> None:
+        if not 1 <= count <= MAX_LANES:
+            raise LaneError(f"lanes: 1 to {MAX_LANES}, not {count}")
+        self.count = count
+        self.repo = Path(repo).resolve()
+        self.peer_id = peer_id
+        self.host = host
+        self.admits = admits
+        self.swarm_key = swarm_key
+        self.send_budget = send_budget
+        self.stall_timeout = stall_timeout
+        self.max_jobs_per_lane = max_jobs_per_lane
+        self.python = python
+        self._lanes: dict[int, _Lane] = {}
+        self._ports: dict[int, int] = {}
+        self._job_ids = itertools.count(1)
+        self._changed = trio.Event()
+        self._dead_cpu_s = 0.0
+        self._dead_served = 0
+        self._dead_fetched = 0
+        self.restarts = 0
+
+    # -- LanePool --------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return sum(1 for lane in self._lanes.values() if lane.ready and not lane.dead)
+
+    def addrs(self) -> list[Multiaddr]:
+        return [lane.addr for _, lane in sorted(self._lanes.items())
+                if lane.ready and not lane.dead and lane.addr is not None]
+
+    def cpu_seconds(self) -> float:
+        return self._dead_cpu_s + self.live_cpu_seconds()
+
+    def live_cpu_seconds(self) -> float:
+        """CPU of the lanes running now (as last reported): what a meter of the
+        node adds to its own, since a dead lane, once reaped, is in the node's
+        children times (os.times) already."""
+        return sum(lane.cpu_s for lane in self._lanes.values() if not lane.dead)
+
+    def served_bytes(self) -> int:
+        return self._dead_served + sum(lane.served_bytes for lane in self._lanes.values() if not lane.dead)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"index": lane.index, "pid": lane.pid, "addr": str(lane.addr) if lane.addr else None,
+                 "jobs": lane.jobs, "bytes": lane.bytes, "inflight": lane.inflight,
+                 "cpu_s": round(lane.cpu_s, 3)}
+                for _, lane in sorted(self._lanes.items()) if lane.ready and not lane.dead]
+
+    async def run_job(self, job: LaneJob) -> LaneResult:
+        msg = C.Job.from_job(next(self._job_ids), job)  # a job breaking a bound is the caller's bug: raises
+        lane = await self._pick(job)
+        if lane is None:
+            return LaneResult(Outcome.LANE_DIED, detail=f"no lane could take the job within {job.timeout:g}s")
+        event, box = trio.Event(), list[LaneResult]()
+        lane.pending[msg.job_id] = (event, box)
+        lane.inflight += 1
+        try:
+            try:
+                await lane.send(msg)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return LaneResult(Outcome.LANE_DIED, detail=f"lane {lane.index} (pid {lane.pid}) is gone")
+            with trio.move_on_after(job.timeout + RESULT_GRACE_S):
+                await event.wait()
+        finally:
+            lane.pending.pop(msg.job_id, None)
+            lane.inflight -= 1
+            self._notify()
+        if not box:
+            return LaneResult(Outcome.TIMEOUT, detail=f"lane {lane.index} did not answer in time")
+        result = box[0]
+        lane.jobs += 1
+        if result.outcome is Outcome.OK:
+            lane.bytes += result.size
+        return result
+
+    async def _pick(self, job: LaneJob) -> _Lane | None:
+        with trio.move_on_after(job.timeout):
+            while True:
+                live = [lane for _, lane in sorted(self._lanes.items()) if lane.ready and not lane.dead]
+                room = [lane for lane in live if lane.inflight < self.max_jobs_per_lane]
+                if room:
+                    least = min(room, key=lambda lane: lane.inflight)
+                    if job.holder is None:
+                        return least
+                    preferred = live[int.from_bytes(job.holder.multihash[-4:], "big") % len(live)]
+                    if preferred in room and preferred.inflight <= least.inflight + AFFINITY_SLACK:
+                        return preferred
+                    return least
+                await self._changed.wait()
+        return None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- processes -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every lane, report ready, keep them running until cancelled; then stop them all."""
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as starting:
+                for index in range(self.count):
+                    starting.start_soon(nursery.start, self._supervise, index)
+            task_status.started()
+
+    async def _supervise(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run lane `index` for ever: start it, serve its channel, replace it when it dies."""
+        delay = RESTART_DELAY_S
+        first = True
+        while True:
+            try:
+                lane = await self._start(index)
+            except (LaneError, OSError) as exc:
+                if first:
+                    raise LaneError(f"lane {index} did not start: {exc}") from None
+                log.warning("lane %d did not restart (%s); trying again in %gs", index, exc, delay)
+                await trio.sleep(delay)
+                delay = min(MAX_RESTART_DELAY_S, delay * 2)
+                continue
+            if first:
+                task_status.started()
+                first = False
+            else:
+                self.restarts += 1
+                log.warning("lane %d replaced: pid %d at %s", index, lane.pid, lane.addr)
+            started = trio.current_time()
+            try:
+                await self._serve(lane)
+            finally:
+                await self._retire(lane)
+            log.warning("lane %d (pid %d) died (exit %s); starting a new one", index, lane.pid,
+                        lane.process.returncode)
+            # A lane that dies at once again and again waits longer each time.
+            delay = RESTART_DELAY_S if trio.current_time() - started > 10 else min(MAX_RESTART_DELAY_S, delay * 2)
+            await trio.sleep(delay)
+
+    async def _start(self, index: int) -> _Lane:
+        """Spawn lane `index`, configure it, wait for its Ready."""
+        ours, theirs = socket.socketpair()
+        try:
+            # stdout/stderr are the node's: a lane's log lines go where the node's go.
+            process = await trio.lowlevel.open_process(
+                [self.python, "-m", "shoal.p2p.lanes.worker", "--fd", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        theirs.close()  # the lane holds its end: its death (or ours) is EOF on the other
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        lane = _Lane(index, process, stream, process.pid)
+        try:
+            await lane.send(C.Config(str(self.repo), self.host, self._ports.get(index, 0), self.peer_id.multihash,
+                                     self.swarm_key.psk if self.swarm_key is not None else None,
+                                     self.send_budget, float(self.stall_timeout), index))
+            with trio.fail_after(READY_TIMEOUT_S):
+                ready = await self._receive_ready(lane)
+            lane.addr = Multiaddr.parse(ready.addr)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._stop_process(lane)
+            if isinstance(exc, (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                                ControlProtocolError)):
+                raise LaneError(f"{type(exc).__name__}: {exc} (exit status {process.returncode})") from None
+            raise
+        self._ports[index] = lane.addr.port
+        lane.ready = True
+        self._lanes[index] = lane
+        self._notify()
+        return lane
+
+    async def _receive_ready(self, lane: _Lane) -> C.Ready:
+        while True:
+            data = await lane.stream.receive_some(64 * 1024)
+            if not data:
+                raise LaneError("the lane exited before it was ready (see its error above)")
+            msgs = lane.decoder.feed(data)
+            if not msgs:
+                continue
+            first = msgs[0]
+            if not isinstance(first, C.Ready):
+                raise ControlProtocolError("a lane must answer Config with Ready")
+            for m in msgs[1:]:
+                if not isinstance(m, C.CpuStats):
+                    raise ControlProtocolError(f"a lane sent {type(m).__name__} before the node saw it ready")
+                self._on_stats(lane, m)
+            return first
+
+    async def _serve(self, lane: _Lane) -> None:
+        """Read lane's control channel until it ends (the lane died or broke the protocol)."""
+        decoder = lane.decoder
+        while True:
+            try:
+                data = await lane.stream.receive_some(256 * 1024)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            try:
+                msgs = decoder.feed(data)
+            except ControlProtocolError as exc:
+                log.error("lane %d broke the control protocol: %s", lane.index, exc)
+                return
+            for msg in msgs:
+                if isinstance(msg, C.Result):
+                    waiting = lane.pending.get(msg.job_id)
+                    if waiting is not None and not waiting[1]:
+                        waiting[1].append(msg.to_result())
+                        waiting[0].set()
+                elif isinstance(msg, C.AdmitRequest):
+                    allowed = self._admits(msg.peer)
+                    try:
+                        await lane.send(C.AdmitAnswer(msg.req_id, allowed))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                elif isinstance(msg, C.CpuStats):
+                    self._on_stats(lane, msg)
+                else:
+                    log.error("lane %d sent an unexpected %s", lane.index, type(msg).__name__)
+                    return
+
+    def _admits(self, raw: bytes) -> bool:
+        try:
+            peer = PeerId.from_bytes(raw)
+        except Exception:  # InvalidMultiaddr and kin: not a peer id, not admitted
+            return False
+        return peer != self.peer_id and self.admits(peer)
+
+    @staticmethod
+    def _on_stats(lane: _Lane, msg: C.CpuStats) -> None:
+        lane.cpu_s = max(lane.cpu_s, msg.cpu_s)
+        lane.served_bytes = msg.served_bytes
+        lane.fetched_bytes = msg.fetched_bytes
+
+    async def _retire(self, lane: _Lane) -> None:
+        """The lane is gone or going: fail its jobs, keep its counts, make sure the process is reaped."""
+        lane.dead = True
+        self._dead_cpu_s += lane.cpu_s
+        self._dead_served += lane.served_bytes
+        self._dead_fetched += lane.fetched_bytes
+        for event, box in list(lane.pending.values()):
+            if not box:
+                box.append(LaneResult(Outcome.LANE_DIED, detail=f"lane {lane.index} (pid {lane.pid}) died"))
+                event.set()
+        if self._lanes.get(lane.index) is lane:
+            del self._lanes[lane.index]
+        self._notify()
+        with trio.CancelScope(shield=True):
+            await self._stop_process(lane)
+
+    async def _stop_process(self, lane: _Lane) -> None:
+        """Close the channel (the lane exits on EOF), wait a little, then kill; always reap."""
+        await trio.aclose_forcefully(lane.stream)
+        with trio.move_on_after(STOP_GRACE_S):
+            await lane.process.wait()
+        if lane.process.returncode is None:
+            log.warning("lane %d (pid %d) did not stop in %gs: killing it", lane.index, lane.pid, STOP_GRACE_S)
+            lane.process.kill()
+            await lane.process.wait()
