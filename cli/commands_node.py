@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import math
+import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ def register(sub: Any) -> None:
     p.add_argument("--provide", choices=["roots", "all"], default=None,
                    help="what the node announces in the DHT: the roots it holds, or every block of them "
                         "(default: [routing] provide in config.toml, roots)")
+    p.add_argument("--lanes", type=positive_int, metavar="N",
+                   help="processes that move block bytes (fetch and serve), one per core: 1 runs everything "
+                        f"in the node's own process (default: [node] lanes in config.toml, else the number of "
+                        f"cores, at most {MAX_DEFAULT_LANES})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="least severe log messages to print on stderr (default: %(default)s)")
     p.add_argument("--no-wait", action="store_true",
@@ -93,6 +98,13 @@ def register(sub: Any) -> None:
 # building the parser must not import p2p (tests/unit/test_cli_imports.py);
 # tests/unit/test_cli_parser.py checks that the two agree.
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
+MAX_DEFAULT_LANES = 8
+MAX_LANES = 64  # mirrors shoal.p2p.lanes.api.MAX_LANES (tests/unit/test_cli_parser.py checks)
+
+
+def default_lanes() -> int:
+    """One lane per core, at most MAX_DEFAULT_LANES (a 2-core machine: 2 lanes)."""
+    return max(1, min(MAX_DEFAULT_LANES, os.cpu_count() or 1))
 MIN_AUDIT_INTERVAL_S = 0.1  # mirrors shoal.p2p.replication.owner.MIN_AUDIT_INTERVAL_S likewise
 
 
@@ -108,6 +120,7 @@ class NodeSettings:
     audit_interval: float | None
     replicas: int
     ec: str | None = None  # [replication] ec = "K+M": the default scheme of a put instead of replicas
+    lanes: int = 1
 
 
 def node_settings(config: dict[str, Any], args: argparse.Namespace) -> NodeSettings:
@@ -175,7 +188,19 @@ def node_settings(config: dict[str, Any], args: argparse.Namespace) -> NodeSetti
             parse_ec_scheme(ec if isinstance(ec, str) else repr(ec))
         except ValueError as exc:
             raise CliError(f"config.toml: [replication] ec: {exc}", hint=CONFIG_HINT) from None
-    return NodeSettings(listen, bootstrap, api, quota, interval, replicas, ec)
+    lanes = getattr(args, "lanes", None)
+    if lanes is None:
+        raw = node.get("lanes")
+        if raw is None:
+            lanes = default_lanes()
+        elif isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_LANES:
+            raise CliError(f"config.toml: [node] lanes must be a whole number from 1 to {MAX_LANES}, not {raw!r}",
+                           hint=CONFIG_HINT)
+        else:
+            lanes = raw
+    elif lanes > MAX_LANES:
+        raise CliError(f"--lanes {lanes}: at most {MAX_LANES}", hint="one lane per core is the default")
+    return NodeSettings(listen, bootstrap, api, quota, interval, replicas, ec, lanes)
 
 
 def gateway_settings(config: dict[str, Any], args: argparse.Namespace) -> "GatewayOptions | None":
@@ -291,6 +316,7 @@ def cmd_node_start(args: argparse.Namespace) -> int:
             allow_peers=allow_peers,
             limits=NodeLimits.from_config(node_cfg.get("limits")),
             fetch=FetchConfig.from_config(repo.config.get("fetch")),
+            lanes=settings.lanes,
             # /dnsaddr bootstrap entries use the DNS server [routing] names, if any.
             resolver=UdpTxtResolver(*routing.dns_server) if routing.dns_server else None,
         )

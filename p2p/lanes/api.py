@@ -16,6 +16,10 @@ from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.store.ipld.cid import CID
 
 
+MAX_LANES = 64
+"""Lane processes one node may run (`--lanes`)."""
+
+
 @dataclass(frozen=True)
 class Sink:
     """Where a lane pwrites a verified block: an EXISTING file, opened O_WRONLY."""

@@ -38,7 +38,7 @@ import trio
 
 from shoal.p2p.errors import ControlProtocolError, LaneError
 from shoal.p2p.lanes import control as C
-from shoal.p2p.lanes.api import LaneJob, LaneResult, Outcome
+from shoal.p2p.lanes.api import MAX_LANES, LaneJob, LaneResult, Outcome
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
@@ -46,9 +46,8 @@ from shoal.p2p.wire import limits as L
 
 log = logging.getLogger("shoal.lanes")
 
-__all__ = ["LaneProcessPool", "MAX_LANES", "default_lanes"]
+__all__ = ["LaneProcessPool"]
 
-MAX_LANES = 64
 MAX_JOBS_PER_LANE = 32
 """Jobs in flight per lane: enough to keep a holder's connection and the
 lane's store threads busy, few enough that a lane's death fails little."""
@@ -60,13 +59,6 @@ RESTART_DELAY_S = 0.2
 MAX_RESTART_DELAY_S = 10.0
 RESULT_GRACE_S = 5.0
 """The lane times a job out itself; the pool waits this much longer for its word."""
-
-
-def default_lanes() -> int:
-    """One lane per core, at most 8 (`--lanes` default)."""
-    import os
-
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass

@@ -172,6 +172,9 @@ class EnergyService:
     def attach(self, node: "Node") -> None:
         """Hook into the node; registered after every service whose handlers it wraps."""
         node.provide_energy(self)
+        # The lanes (shoal.p2p.lanes) do the node's hashing, Noise and writes
+        # in other processes: every meter adds their CPU to the node's own.
+        self.account.extra_cpu = lambda: node.lane_pool.live_cpu_seconds() if node.lane_pool is not None else 0.0
         node.wrap_handler(StoreRequest, self._wrap_store_request)
         node.wrap_handler(AuditChallenge, self._wrap_audit_challenge)
         node.add_handler(LedgerSummaryRequest, self.on_summary_request)

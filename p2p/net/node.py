@@ -33,14 +33,17 @@ from shoal.store.persist.repo import Repo
 
 from shoal.p2p.wire import limits as L, protocols
 from shoal.p2p.net.admission import Admission
-from shoal.p2p.net.connection import PeerConnection
+from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.errors import P2PError
 from shoal.p2p.net.guard import StoreGuard
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.net.loop_probe import LoopProbe
 from shoal.p2p.wire.messages import (
-    Error, ErrorCode, GetPeers, Hello, Message, Peers, Ping, Pong, WantBlock, WantHave,
+    Error, ErrorCode, GetLanes, GetPeers, Hello, Lanes, Message, Peers, Ping, Pong, WantBlock, WantHave,
 )
+from shoal.p2p.lanes.api import LanePool
+from shoal.p2p.lanes.pool import LaneProcessPool
+from shoal.p2p.lanes.routes import lanes_fetch_route
 from shoal.p2p.secure.multiaddr import Dnsaddr, Multiaddr
 from shoal.p2p.net.dns_txt import UdpTxtResolver
 from shoal.p2p.net.dnsaddr import resolve_dnsaddr
@@ -178,6 +181,12 @@ class Node:
         self.received_bytes = 0
         self.loop_probe = LoopProbe()
         self.started_at: float | None = None  # wall clock, set when the node runs
+        # Lane processes (options.lanes > 1, started when the node runs) and
+        # where each connected peer's lanes listen (asked with GET_LANES).
+        self.lane_pool: LaneProcessPool | None = None
+        self._peer_lanes: dict[PeerId, tuple[Multiaddr, ...]] = {}
+        if options.lanes > 1:
+            self.add_route("POST", "/v1/lanes/fetch", lanes_fetch_route(self))
 
     @property
     def peer_id(self) -> PeerId:
@@ -185,8 +194,18 @@ class Node:
 
     @property
     def served_bytes(self) -> int:
-        """Block bytes sent to peers since the node started (for `/v1/stats`)."""
-        return self.blocks.served_bytes
+        """Block bytes sent to peers since the node started, by its lanes too (for `/v1/stats`)."""
+        lanes = self.lane_pool.served_bytes() if self.lane_pool is not None else 0
+        return self.blocks.served_bytes + lanes
+
+    @property
+    def lanes(self) -> LanePool | None:
+        """The lane processes that move block bytes; None with `--lanes 1` (all in this process)."""
+        return self.lane_pool
+
+    def peer_lane_addrs(self, peer: PeerId) -> tuple[Multiaddr, ...]:
+        """Where `peer`'s lanes listen (with its peer id), as it told us; () if none or not known yet."""
+        return self._peer_lanes.get(peer, ())
 
     # -- extension points (shoal.p2p.net.hooks) ---------------------------------
 
@@ -300,6 +319,14 @@ class Node:
                 # ENOBUFS), it logs, waits a moment and accepts again.
                 nursery.start_soon(partial(trio.serve_listeners, self._handle_inbound, listeners,
                                            handler_nursery=nursery))
+            if self.options.lanes > 1:
+                pool = LaneProcessPool(
+                    self.options.lanes, repo=self.repo.path, peer_id=self.peer_id,
+                    host=self.options.listen[0].host, admits=self.admits, swarm_key=self.options.swarm_key,
+                    send_budget=self.options.limits.send_budget_bytes,
+                    stall_timeout=self.options.limits.send_stall_timeout_s)
+                await nursery.start(pool.run)  # every lane listening before any peer is told of them
+                self.lane_pool = pool
             nursery.start_soon(self._refresh_protected_loop)
             for entry in self.options.bootstrap:
                 if isinstance(entry, Dnsaddr):
@@ -330,6 +357,7 @@ class Node:
             "connected_peers": len(self.connected_peers()),
             "known_peers": len(self.peers.all()),
             "loop": self.loop_probe.report(),
+            "lanes": self.lane_pool.describe() if self.lane_pool is not None else [],
         }
 
     def addrs_with_id(self) -> list[str]:
@@ -746,6 +774,8 @@ class Node:
                     await conn.aclose()
                     return
                 self._on_hello(conn)
+                if self.lane_pool is not None:
+                    nursery.start_soon(self._learn_lanes, conn)
                 if ready is not None:
                     await ready.send(conn)
                     await ready.aclose()
@@ -765,6 +795,7 @@ class Node:
             if not conns:
                 if self.connections.get(peer) is conns:
                     self.connections.pop(peer, None)
+                self._peer_lanes.pop(peer, None)
                 self.peers.mark_connected(peer, False)
             self._notify()
 
@@ -798,6 +829,33 @@ class Node:
         if rec is not None:
             rec.capacity_bytes, rec.free_bytes, rec.agent = hello.capacity_bytes, hello.free_bytes, hello.agent
         self.peers.mark_connected(conn.remote_peer, True)
+
+    async def _learn_lanes(self, conn: PeerConnection) -> None:
+        """Ask the peer where its lanes listen (GET_LANES); an older peer's UNKNOWN_TYPE means none.
+
+        An unspecified host (a lane on 0.0.0.0) is replaced by the address
+        the peer's connection comes from, as that is where its lanes are.
+        """
+        try:
+            replies = await conn.request(GetLanes, timeout=L.REQUEST_TIMEOUT_S)
+        except RequestFailed as exc:
+            log.debug("%s: no lanes (%s)", conn.remote_peer, exc)
+            return
+        seen = getattr(getattr(conn.stream, "conn", None), "remote_addr", None)
+        addrs: list[Multiaddr] = []
+        for reply in replies:
+            if not isinstance(reply, Lanes):
+                continue
+            for text in reply.addrs:
+                try:
+                    addr = Multiaddr.parse(text)
+                except P2PError:
+                    continue
+                if addr.host in ("0.0.0.0", "::") and seen is not None:
+                    addr = Multiaddr(seen[0], addr.port, None, "ip6" if ":" in seen[0] else "ip4")
+                addrs.append(addr.with_peer(conn.remote_peer))
+        if not conn.closed and self.connection_to(conn.remote_peer) is not None:
+            self._peer_lanes[conn.remote_peer] = tuple(addrs)
 
     def _notify(self) -> None:
         self._conn_changed.set()
@@ -886,6 +944,9 @@ class Node:
             return [Pong(rid, msg.payload)]
         if isinstance(msg, GetPeers):
             return [peers_reply(self.peers, conn.remote_peer, rid, msg.max_peers)]
+        if isinstance(msg, GetLanes):
+            lanes = self.lane_pool.addrs() if self.lane_pool is not None else []
+            return [Lanes(rid, tuple(dict.fromkeys(str(a) for a in lanes)))]
         if isinstance(msg, WantHave):
             return await self.blocks.want_have(rid, msg.cids)
         if isinstance(msg, WantBlock):

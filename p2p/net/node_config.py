@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from shoal.p2p.errors import P2PError
+from shoal.p2p.lanes.api import MAX_LANES
 from shoal.p2p.exchange.gateway_source import Gateway, GatewayUrlError, parse_gateway_url
 from shoal.p2p.net.admission import AdmissionLimits
 from shoal.p2p.net.dnsaddr import TxtResolver
@@ -170,3 +171,10 @@ class NodeOptions:
     """Only these peers may connect, either way (checked after Noise). None: anyone."""
     limits: NodeLimits = field(default_factory=NodeLimits)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    lanes: int = 1
+    """Processes that move block bytes (shoal.p2p.lanes): 1 = none, every
+    transfer in the node's own process; N > 1 = N lane processes."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or not 1 <= self.lanes <= MAX_LANES:
+            raise P2PError(f"lanes must be a whole number from 1 to {MAX_LANES}, not {self.lanes!r}")

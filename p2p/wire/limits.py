@@ -77,6 +77,8 @@ NONCE_BYTES: Final = 32
 MAX_PING_BYTES: Final = 32
 MAX_AGENT_BYTES: Final = 64
 MAX_LISTEN_ADDRS: Final = 16
+MAX_LANE_ADDRS: Final = 64
+"""Lane addresses in a LANES answer (one per lane; a node runs at most 64)."""
 MAX_ADDR_BYTES: Final = 256
 """A multiaddr with dns, tcp and /p2p/<id> fits in well under 256 bytes."""
 

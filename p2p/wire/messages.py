@@ -22,7 +22,7 @@ from shoal.p2p.wire import limits as L
 from shoal.p2p.errors import LocalProtocolError
 
 __all__ = [
-    "ErrorCode", "Message", "Error", "Hello", "Ping", "Pong", "GetPeers", "Peers",
+    "ErrorCode", "Message", "Error", "Hello", "Ping", "Pong", "GetPeers", "Peers", "GetLanes", "Lanes",
     "PeerInfo", "WantHave", "Have", "DontHave", "WantBlock", "Block", "BlockMissing",
     "StoreRequest", "StoreResponse", "ReleaseRequest", "ReleaseResponse", "AuditChallenge", "AuditProof",
     "LedgerSummaryRequest", "LedgerSummary", "LedgerEntry", "NamePublish", "NameAck", "EcMapGet", "EcMapPush",
@@ -229,6 +229,31 @@ class Peers(Message):
             if type(p) is not PeerInfo:
                 raise _bad(f"peers[{i}]", "expected PeerInfo")
         _no_duplicates("peers.peer_id", tuple(p.peer_id for p in self.peers))
+
+
+@dataclass(frozen=True, slots=True)
+class GetLanes(Message):
+    """Ask where the peer's lanes (its block-moving processes) listen.
+
+    A new message type rather than a field of HELLO: a message never gains
+    fields within a version (§10), and an older peer answers UNKNOWN_TYPE,
+    which means "no lanes"."""
+
+    TYPE: ClassVar[int] = 0x12
+    ROLE: ClassVar[str] = "request"
+
+
+@dataclass(frozen=True, slots=True)
+class Lanes(Message):
+    """The answer to GET_LANES: the lanes' multiaddrs (without /p2p; empty: none)."""
+
+    TYPE: ClassVar[int] = 0x13
+    addrs: tuple[str, ...]
+
+    def _validate(self) -> None:
+        for i, a in enumerate(_seq("addrs", self.addrs, L.MAX_LANE_ADDRS)):
+            _addr(f"addrs[{i}]", a)
+        _no_duplicates("addrs", self.addrs)
 
 
 # --- block exchange -------------------------------------------------------------
@@ -529,7 +554,7 @@ class NameAck(Message):
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Error, Hello, Ping, Pong, GetPeers, Peers, WantHave, Have, DontHave, WantBlock,
+        Error, Hello, Ping, Pong, GetPeers, Peers, GetLanes, Lanes, WantHave, Have, DontHave, WantBlock,
         Block, BlockMissing, StoreRequest, StoreResponse, ReleaseRequest, ReleaseResponse,
         AuditChallenge, AuditProof, LedgerSummaryRequest, LedgerSummary, NamePublish, NameAck,
         EcMapGet, EcMapPush, EcMapReply,
@@ -540,6 +565,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 RESPONSES: dict[type[Message], tuple[type[Message], ...]] = {
     Ping: (Pong, Error),
     GetPeers: (Peers, Error),
+    GetLanes: (Lanes, Error),
     WantHave: (Have, DontHave, Error),
     WantBlock: (Block, BlockMissing, Error),
     StoreRequest: (StoreResponse, Error),

@@ -26,7 +26,7 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from shoal.store.errors import InvalidInput
 from shoal.store.persist.index import Index, register_schema
@@ -111,6 +111,9 @@ class EnergyAccount:
         self._period: dict[str, Bytes] = {}
         self._busy = 0
         self._busy_meter: EnergyMeter | None = None
+        #: CPU seconds of the owner's helper processes still running (a node's
+        #: lanes), added to every meter's own (see EnergyMeter's extra_cpu).
+        self.extra_cpu: Callable[[], float] | None = None
 
     # -- one operation, one row -------------------------------------------------
 
@@ -119,7 +122,8 @@ class EnergyAccount:
         if kind not in ledger.KINDS:
             raise InvalidInput(f"energy: unknown operation kind {kind!r}")
         return EnergyMeter(kind, watts_per_core=self.watts_per_core,
-                           powercap_root=self._powercap_root, proc_root=self._proc_root)
+                           powercap_root=self._powercap_root, proc_root=self._proc_root,
+                           extra_cpu=self.extra_cpu)
 
     @contextmanager
     def measure(self, kind: str) -> Iterator[Bytes]:

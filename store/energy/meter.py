@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal
+from typing import Callable, Final, Literal
 
 Method = Literal["rapl", "cpu-time-estimate"]
 RAPL: Final[Method] = "rapl"
@@ -145,7 +145,11 @@ class EnergyMeter:
         watts_per_core: float | None = None,
         powercap_root: Path = DEFAULT_POWERCAP,
         proc_root: Path = DEFAULT_PROC,
+        extra_cpu: Callable[[], float] | None = None,
     ) -> None:
+        """`extra_cpu()`: CPU seconds of helper processes that work for this
+        one but are not its reaped children yet (a node's running lanes,
+        shoal.p2p.lanes); their delta over the block counts as this process's."""
         if watts_per_core is None:
             from shoal.store.energy.coefficients import load_coefficients
 
@@ -154,6 +158,7 @@ class EnergyMeter:
         self.watts_per_core = watts_per_core
         self.powercap_root = powercap_root
         self.proc_root = proc_root
+        self.extra_cpu = extra_cpu
         self._zones: list[RaplZone] = []
         self._start_uj: list[int] = []
         self._t0 = 0.0
@@ -175,8 +180,11 @@ class EnergyMeter:
         self._start_uj = [s for s in starts if s is not None]
         self._busy0 = _busy_cpu_s(self.proc_root) if self._zones else None
         self._t0 = time.perf_counter()
-        self._cpu0 = _cpu_now()
+        self._cpu0 = self._cpu_now()
         return self
+
+    def _cpu_now(self) -> float:
+        return _cpu_now() + (self.extra_cpu() if self.extra_cpu is not None else 0.0)
 
     def __exit__(
         self,
@@ -184,7 +192,7 @@ class EnergyMeter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        cpu_s = max(0.0, _cpu_now() - self._cpu0)
+        cpu_s = max(0.0, self._cpu_now() - self._cpu0)
         duration_s = max(0.0, time.perf_counter() - self._t0)
         self._result = self._rapl(cpu_s, duration_s) or Measurement(
             kind=self.kind,

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from shoal.cli.args import parse_size
-from shoal.cli.commands_node import DEFAULT_AUDIT_INTERVAL_S, NodeSettings, node_settings
+from shoal.cli.commands_node import DEFAULT_AUDIT_INTERVAL_S, NodeSettings, default_lanes, node_settings
 from shoal.cli.errors import CliError
 from shoal.cli.main import build_parser, main
 from shoal.store.persist.config import DEFAULTS, DEFAULT_LISTEN
@@ -150,7 +150,7 @@ def _start_args(*argv: str) -> argparse.Namespace:
 def test_defaults_listen_on_loopback_on_fixed_ports() -> None:
     assert DEFAULT_LISTEN == "/ip4/127.0.0.1/tcp/4101"
     s = node_settings(DEFAULTS, _start_args())
-    assert s == NodeSettings([DEFAULT_LISTEN], [], "127.0.0.1:5101", None, None, 1)
+    assert s == NodeSettings([DEFAULT_LISTEN], [], "127.0.0.1:5101", None, None, 1, lanes=default_lanes())
 
 
 def test_config_is_honoured() -> None:
@@ -161,7 +161,7 @@ def test_config_is_honoured() -> None:
     }
     s = node_settings(config, _start_args())
     assert s == NodeSettings(["/ip4/127.0.0.1/tcp/4200"], ["/ip4/127.0.0.1/tcp/4300/p2p/X"],
-                             "127.0.0.1:5200", 2 << 30, 30.0, 3)
+                             "127.0.0.1:5200", 2 << 30, 30.0, 3, lanes=default_lanes())
 
 
 def test_flags_override_config() -> None:
@@ -174,7 +174,7 @@ def test_flags_override_config() -> None:
                        "--api", "127.0.0.1:0", "--quota", "1M", "--audit-interval", "5", "--replicas", "2")
     s = node_settings(config, args)
     assert s == NodeSettings(["/ip4/127.0.0.1/tcp/0"], ["/ip4/127.0.0.1/tcp/1/p2p/Y"], "127.0.0.1:0",
-                             1 << 20, 5.0, 2)
+                             1 << 20, 5.0, 2, lanes=default_lanes())
 
 
 @pytest.mark.parametrize("config, word", [
@@ -186,11 +186,37 @@ def test_flags_override_config() -> None:
     ({"node": {"audit_interval": -5}}, "audit_interval"),
     ({"node": {"audit_interval": 1e-320}}, "audit_interval"),
     ({"replication": {"replicas": 0}}, "replicas"),
+    ({"node": {"lanes": 0}}, "lanes"),
+    ({"node": {"lanes": "4"}}, "lanes"),
+    ({"node": {"lanes": True}}, "lanes"),
+    ({"node": {"lanes": 65}}, "lanes"),
     ({"node": "x"}, "[node]"),
 ])
 def test_bad_config_values_name_their_key(config: dict[str, Any], word: str) -> None:
     with pytest.raises(CliError, match=word.replace("[", r"\[").replace("]", r"\]")):
         node_settings(config, _start_args())
+
+
+def test_lanes_default_to_the_cores_capped_at_8_config_then_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert node_settings(DEFAULTS, _start_args()).lanes == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)
+    assert node_settings(DEFAULTS, _start_args()).lanes == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert node_settings(DEFAULTS, _start_args()).lanes == 1
+    assert node_settings({"node": {"lanes": 3}}, _start_args()).lanes == 3
+    assert node_settings({"node": {"lanes": 3}}, _start_args("--lanes", "1")).lanes == 1
+    with pytest.raises(CliError, match="--lanes 65"):
+        node_settings(DEFAULTS, _start_args("--lanes", "65"))
+
+
+def test_max_lanes_matches_the_node() -> None:
+    from shoal.cli.commands_node import MAX_LANES
+    from shoal.p2p.lanes.api import MAX_LANES as node_max
+
+    assert MAX_LANES == node_max
 
 
 def test_help_default_audit_interval_matches_the_node() -> None:

@@ -24,7 +24,7 @@ from shoal.p2p.wire.codec import decode, encode
 from shoal.p2p.errors import RemoteProtocolError
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame
 from shoal.p2p.wire.messages import (
-    MESSAGE_TYPES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error, GetPeers,
+    MESSAGE_TYPES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error, GetLanes, GetPeers, Lanes,
     EcMapGet, EcMapPush, EcMapReply, Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message, NameAck, NamePublish, PeerInfo, Peers, Ping,
     Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse, WantBlock, WantHave,
 )
@@ -44,7 +44,7 @@ def corpus(rng: random.Random) -> list[bytes]:
         Error(0, 1, "bad"), Error(9, 5, "busy " * 50),
         Hello(0, (1, 2), ("/ip4/10.0.0.1/tcp/4101", "/ip6/::1/tcp/4101"), "shoal/0.1", 10**12, 10**9),
         Ping(1, rng.randbytes(8)), Pong(1, b""),
-        GetPeers(2, 64),
+        GetPeers(2, 64), GetLanes(2), Lanes(2, tuple(f"/ip4/10.0.0.1/tcp/{4102 + i}" for i in range(8))),
         Peers(2, tuple(PeerInfo(rng.randbytes(38), ("/ip4/1.2.3.4/tcp/1", "/dns4/x/tcp/2")) for _ in range(5))),
         WantHave(3, tuple(cid() for _ in range(40))), Have(0, (cid(),)), DontHave(3, (cid(), cid())),
         WantBlock(4, tuple(cid() for _ in range(16))),

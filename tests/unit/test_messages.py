@@ -14,7 +14,7 @@ from shoal.p2p.wire.codec import decode, encode, error_code, error_request_id
 from shoal.p2p.errors import LocalProtocolError, RemoteProtocolError
 from shoal.p2p.wire.messages import (
     MESSAGE_TYPES, RESPONSES, AuditChallenge, AuditProof, Block, BlockMissing, DontHave, Error,
-    ErrorCode, GetPeers, Have, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
+    ErrorCode, GetLanes, GetPeers, Have, Lanes, Hello, LedgerEntry, LedgerSummary, LedgerSummaryRequest, Message,
     EcMapGet, EcMapPush, EcMapReply, NameAck, NamePublish, PeerInfo, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
     WantBlock, WantHave,
 )
@@ -60,6 +60,8 @@ MESSAGES: dict[type[Message], st.SearchStrategy] = {
     Ping: st.builds(Ping, req_ids, st.binary(max_size=L.MAX_PING_BYTES)),
     Pong: st.builds(Pong, req_ids, st.binary(max_size=L.MAX_PING_BYTES)),
     GetPeers: st.builds(GetPeers, req_ids, st.integers(1, L.MAX_PEERS_PER_REPLY)),
+    GetLanes: st.builds(GetLanes, req_ids),
+    Lanes: st.builds(Lanes, req_ids, tuples(addrs, 0, L.MAX_LANE_ADDRS, unique=True)),
     Peers: st.builds(
         Peers, req_ids,
         st.lists(peer_infos, max_size=6, unique_by=lambda p: p.peer_id).map(tuple),

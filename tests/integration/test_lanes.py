@@ -1,0 +1,276 @@
+"""Lane processes (issue 15) with real nodes: `shoal node start --lanes 2`.
+
+Blocks move lane to lane through `POST /v1/lanes/fetch` (one block from one
+holder through the fetching node's lanes, stored in its repo). A lane killed
+with SIGKILL fails its jobs with lane_died and is replaced; a holder's lane
+killed is failed over and replaced at the same address; a peer the holder
+does not admit is refused by its lanes; SIGTERM (and SIGKILL) of a node
+leaves no lane behind; `--lanes 1` starts none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from shoal.p2p.errors import P2PError
+from shoal.p2p.lanes.worker import LANE_PROTOCOL
+from shoal.p2p.libp2p.connection import upgrade_outbound
+from shoal.p2p.net.connection import PeerConnection, RequestFailed
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.wire import limits as L
+from shoal.p2p.wire.messages import Block, Error, ErrorCode, Hello, WantBlock
+from shoal.store.dag.exporter import iter_links
+from shoal.store.dag.walk import DagWalk
+from shoal.store.ipld.cid import CID, parse_cid
+from shoal.store.persist.repo import Repo
+from tests.helpers import write_random
+from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
+
+__all__ = ["swarm"]
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def lanes(node: NodeProc) -> list[dict[str, Any]]:
+    doc: dict[str, Any] = node.call("GET", "/v1/node/status")
+    return list(doc["lanes"])
+
+
+def lane_pids(node: NodeProc) -> set[int]:
+    return {int(lane["pid"]) for lane in lanes(node)}
+
+
+def children_running_lanes(pid: int) -> set[int]:
+    """Processes whose parent is `pid` and whose command line is a lane's."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"shoal.p2p.lanes.worker" in cmd:
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def dag_cids(repo_path: Path, root: str) -> list[CID]:
+    """Every block of the DAG under `root` in a repo (read-only open beside its node)."""
+    with Repo.open(repo_path, lock=False) as repo:
+        out: list[CID] = []
+        walk = DagWalk([parse_cid(root)])
+        for cid in walk:
+            out.append(cid)
+            walk.push(iter_links(cid, repo.blockstore.get(cid)))
+        return out
+
+
+def store_verifies(repo_path: Path, cids: list[CID]) -> None:
+    with Repo.open(repo_path, lock=False) as repo:
+        for cid in cids:
+            repo.blockstore.get(cid)  # re-hashes: HashMismatch / BlockNotFound fail the test
+
+
+def lane_fetch(node: NodeProc, cid: CID, holder: NodeProc, timeout: float = 20.0) -> dict[str, Any]:
+    resp = node.api("POST", "/v1/lanes/fetch", {"cid": str(cid), "holder": holder.peer_id, "timeout": timeout},
+                    timeout=timeout + 15)
+    assert resp.status_code == 200, resp.text
+    doc: dict[str, Any] = resp.json()
+    return doc
+
+
+def fetch_all(node: NodeProc, cids: list[CID], holder: NodeProc, threads: int = 4) -> dict[str, str]:
+    """Each block once, `threads` at a time; CID -> outcome."""
+    out: dict[str, str] = {}
+    todo = list(cids)
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                cid = todo.pop()
+            outcome = lane_fetch(node, cid, holder)["outcome"]
+            with lock:
+                out[str(cid)] = outcome
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=120)
+    return out
+
+
+def holder_and_fetcher(swarm: Swarm, tmp_path: Path, size: int, *a_args: str) -> tuple[NodeProc, NodeProc, list[CID]]:
+    a = swarm.add("a", extra_args=["--lanes", "2", *a_args])
+    b = swarm.add("b", bootstrap=[a.addr], extra_args=["--lanes", "2"])
+    swarm.wait_connected(b, 1)
+    write_random(tmp_path / "model.bin", size, seed=15)
+    root = a.put(tmp_path / "model.bin")
+    cids = dag_cids(a.repo, root)
+    # B asks A where its lanes are right after the hello: wait for that answer.
+    wait_until(lambda: lane_fetch(b, cids[0], a)["outcome"] == "ok", 30, "B's first block over the lanes")
+    return a, b, cids
+
+
+def test_two_nodes_move_every_block_lane_to_lane(swarm: Swarm, tmp_path: Path) -> None:
+    a, b, cids = holder_and_fetcher(swarm, tmp_path, 6 << 20)
+    assert len(cids) > 4
+    for node in (a, b):
+        described = lanes(node)
+        assert len(described) == 2, described
+        assert children_running_lanes(node.pid) == lane_pids(node)
+        assert all(d["addr"].startswith("/ip4/127.0.0.1/tcp/") for d in described)
+    outcomes = fetch_all(b, cids, a)
+    assert set(outcomes.values()) == {"ok"}, outcomes
+    store_verifies(b.repo, cids)
+    assert sum(d["bytes"] for d in lanes(b)) >= 6 << 20  # B's lanes fetched the bytes
+    assert b.stats() is not None
+    # A's lanes served them: counted in A's served bytes.
+    assert wait_until(lambda: a.stats()["served_bytes"] >= 6 << 20, 10, "A's served bytes to count its lanes")
+
+
+def test_a_killed_lane_fails_its_jobs_and_is_replaced(swarm: Swarm, tmp_path: Path) -> None:
+    a, b, cids = holder_and_fetcher(swarm, tmp_path, 4 << 20)
+    victim = lanes(b)[0]
+    pid = int(victim["pid"])
+    os.kill(pid, signal.SIGSTOP)  # its jobs wait in it: the kill below finds them in flight
+    results: list[str] = []
+    done = threading.Event()
+
+    def fetch_some() -> None:
+        try:
+            results.extend(fetch_all(b, cids, a, threads=8).values())
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=fetch_some)
+    worker.start()
+    try:
+        wait_until(lambda: any(d["pid"] == pid and d["inflight"] > 0 for d in lanes(b)), 20,
+                   "jobs in flight on the stopped lane")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=120)
+    assert done.is_set()
+    assert "lane_died" in results, results
+    assert set(results) <= {"ok", "lane_died"}, results
+    # A replacement (a new pid, the same index) runs; retried jobs succeed.
+    wait_until(lambda: len(lanes(b)) == 2 and pid not in lane_pids(b), 30, "a new lane in place of the killed one")
+    assert children_running_lanes(b.pid) == lane_pids(b)
+    outcomes = fetch_all(b, cids, a)
+    assert set(outcomes.values()) == {"ok"}, outcomes
+    store_verifies(b.repo, cids)
+
+
+def test_a_killed_serving_lane_is_failed_over_and_replaced(swarm: Swarm, tmp_path: Path) -> None:
+    a, b, cids = holder_and_fetcher(swarm, tmp_path, 4 << 20)
+    before = lanes(a)
+    for victim in before:  # both, one after the other: B must reach the replacements
+        pid = int(victim["pid"])
+        os.kill(pid, signal.SIGKILL)
+        outcomes = fetch_all(b, cids, a)
+        assert set(outcomes.values()) <= {"ok", "unreachable", "lane_died"}, outcomes
+        wait_until(lambda: len(lanes(a)) == 2 and pid not in lane_pids(a), 30, "A's replacement lane")
+    after = lanes(a)
+    # Replacements listen where their predecessors did: B's knowledge stays right.
+    assert sorted(d["addr"] for d in after) == sorted(d["addr"] for d in before)
+    assert lane_pids(a).isdisjoint(int(d["pid"]) for d in before)
+
+    def all_ok() -> bool:
+        return set(fetch_all(b, cids, a).values()) == {"ok"}
+
+    wait_until(all_ok, 30, "every block from A's replacement lanes")
+    store_verifies(b.repo, cids)
+
+
+async def _lane_get(addr: Multiaddr, identity: Identity, cid: CID) -> bytes:
+    """Dial a lane as `identity` and ask it for one block (P2PError & co. if refused)."""
+    got: list[bytes] = []
+    with trio.fail_after(20):
+        tcp = await trio.open_tcp_stream(addr.host, addr.port)
+        conn = await upgrade_outbound(tcp, identity, {}, expected_peer=addr.peer_id)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                stream = await conn.open_stream(LANE_PROTOCOL)
+
+                async def no_requests(c: Any, msg: Any) -> list[Any]:
+                    return [Error(msg.request_id, ErrorCode.UNKNOWN_TYPE, "no")]
+
+                pc = PeerConnection(stream, conn.remote_peer, no_requests)
+                nursery.start_soon(pc.run)
+                await pc.send(Hello(0, (L.PROTOCOL_VERSION,), (), "test", 0, 0))
+                replies = await pc.request(lambda rid: WantBlock(rid, (bytes(cid),)), timeout=10)
+                got.extend(r.data for r in replies if isinstance(r, Block))
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+    assert got, "the lane answered without the block"
+    return got[0]
+
+
+def test_a_peer_the_holder_does_not_admit_is_refused_by_its_lanes(swarm: Swarm, tmp_path: Path) -> None:
+    allowed, stranger = Identity.generate(), Identity.generate()
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"{allowed.peer_id}\n")
+    a = swarm.add("a", extra_args=["--lanes", "2", "--allow-peers", str(allow)])
+    write_random(tmp_path / "f.bin", 300_000, seed=3)
+    root = a.put(tmp_path / "f.bin")
+    cid = dag_cids(a.repo, root)[-1]
+    peer = PeerId.from_string(a.peer_id)
+    addrs = [Multiaddr.parse(d["addr"]).with_peer(peer) for d in lanes(a)]
+    data = trio.run(_lane_get, addrs[0], allowed, cid)
+    assert len(data) > 0
+    for addr in addrs:
+        refused = False
+        try:
+            trio.run(_lane_get, addr, stranger, cid)
+        except* (P2PError, RequestFailed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            refused = True  # the lane hung up after the handshake: no stream, no block
+        assert refused, f"{addr} served a peer its node does not admit"
+    assert "not admitted by the node" in a.log_text()
+
+
+def test_sigterm_or_sigkill_of_a_node_leaves_no_lane(swarm: Swarm, tmp_path: Path) -> None:
+    a = swarm.add("a", extra_args=["--lanes", "2"])
+    b = swarm.add("b", extra_args=["--lanes", "2"])
+    pids_a, pids_b = lane_pids(a), lane_pids(b)
+    assert len(pids_a) == len(pids_b) == 2 and all(map(alive, pids_a | pids_b))
+    assert a.stop() == 0
+    assert not any(map(alive, pids_a)), "a lane outlived its node's SIGTERM"
+    b.kill()  # no clean-up at all: the lanes see their control channel close
+    wait_until(lambda: not any(map(alive, pids_b)), 15, "B's lanes to exit after B was SIGKILLed")
+
+
+def test_lanes_1_starts_no_lane_process(swarm: Swarm, tmp_path: Path) -> None:
+    a = swarm.add("a", extra_args=["--lanes", "1"])
+    assert lanes(a) == []
+    assert children_running_lanes(a.pid) == set()
+    resp = a.api("POST", "/v1/lanes/fetch", {"cid": "bafkqaaa", "holder": a.peer_id})
+    assert resp.status_code == 404
