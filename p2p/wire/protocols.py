@@ -17,13 +17,13 @@ from typing import Final, Iterable
 
 from shoal.p2p.wire.messages import (
     AuditChallenge, AuditProof, Block, BlockMissing, DontHave, EcMapGet, EcMapPush, EcMapReply,
-    Error, GetPeers, Have, Hello, LedgerSummary, LedgerSummaryRequest, Message, NameAck,
+    Error, GetLanes, GetPeers, Have, Lanes, Hello, LedgerSummary, LedgerSummaryRequest, Message, NameAck,
     NamePublish, Peers, Ping, Pong, ReleaseRequest, ReleaseResponse, StoreRequest, StoreResponse,
     WantBlock, WantHave,
 )
 
 SESSION: Final = "/shoal/session/1.0.0"
-"""Hello (first, both ways), Ping, peer exchange. Opened by the dialer right
+"""Hello (first, both ways), Ping, peer exchange, where the lanes listen. Opened by the dialer right
 after the libp2p upgrade; the connection lives as long as this stream."""
 EXCHANGE: Final = "/shoal/exchange/1.0.0"
 REPLICATION: Final = "/shoal/replication/1.0.0"
@@ -45,6 +45,7 @@ only ones granted the large yamux receive window."""
 PROTOCOL_OF: Final[dict[type[Message], str | None]] = {
     Error: None,  # answers a request on the stream it came on; id 0: about that stream's peer
     Hello: SESSION, Ping: SESSION, Pong: SESSION, GetPeers: SESSION, Peers: SESSION,
+    GetLanes: SESSION, Lanes: SESSION,
     WantHave: EXCHANGE, Have: EXCHANGE, DontHave: EXCHANGE,
     WantBlock: EXCHANGE, Block: EXCHANGE, BlockMissing: EXCHANGE,
     StoreRequest: REPLICATION, StoreResponse: REPLICATION,

@@ -155,10 +155,13 @@ def test_two_nodes_move_every_block_lane_to_lane(swarm: Swarm, tmp_path: Path) -
 
 
 def test_a_killed_lane_fails_its_jobs_and_is_replaced(swarm: Swarm, tmp_path: Path) -> None:
-    a, b, cids = holder_and_fetcher(swarm, tmp_path, 4 << 20)
-    victim = lanes(b)[0]
-    pid = int(victim["pid"])
-    os.kill(pid, signal.SIGSTOP)  # its jobs wait in it: the kill below finds them in flight
+    a, b, cids = holder_and_fetcher(swarm, tmp_path, 16 << 20)
+    assert len(cids) >= 12  # more than AFFINITY_SLACK + 1 jobs at once: both lanes get some
+    victim, other = (int(d["pid"]) for d in lanes(b))
+    # Both lanes stopped: jobs wait in them (the pool spreads them once the
+    # holder's lane is AFFINITY_SLACK ahead), so the kill finds some in flight.
+    for pid in (victim, other):
+        os.kill(pid, signal.SIGSTOP)
     results: list[str] = []
     done = threading.Event()
 
@@ -171,14 +174,16 @@ def test_a_killed_lane_fails_its_jobs_and_is_replaced(swarm: Swarm, tmp_path: Pa
     worker = threading.Thread(target=fetch_some)
     worker.start()
     try:
-        wait_until(lambda: any(d["pid"] == pid and d["inflight"] > 0 for d in lanes(b)), 20,
-                   "jobs in flight on the stopped lane")
+        wait_until(lambda: all(d["inflight"] > 0 for d in lanes(b)), 20, "jobs in flight on both stopped lanes")
     finally:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
+        os.kill(other, signal.SIGCONT)
     worker.join(timeout=120)
     assert done.is_set()
     assert "lane_died" in results, results
+    assert "ok" in results, results  # the other lane's jobs went on
     assert set(results) <= {"ok", "lane_died"}, results
+    pid = victim
     # A replacement (a new pid, the same index) runs; retried jobs succeed.
     wait_until(lambda: len(lanes(b)) == 2 and pid not in lane_pids(b), 30, "a new lane in place of the killed one")
     assert children_running_lanes(b.pid) == lane_pids(b)
