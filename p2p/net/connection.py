@@ -1,34 +1,34 @@
 """One authenticated connection to a peer: requests out, requests in.
 
 The trio driver around the sans-IO pieces (FrameDecoder, codec, messages).
-A connection is a set of *lanes*, one per stream: the session stream it was
+A connection is a set of *channels*, one per stream: the session stream it was
 made with, and one per Shoal protocol (shoal.p2p.wire.protocols), opened
 lazily by the first request of that family from either side and reused
 for the connection's life. Request ids are per connection, so one table
-of pending requests serves every lane.
-- a reader task per lane turns bytes into messages and routes each one:
+of pending requests serves every channel.
+- a reader task per channel turns bytes into messages and routes each one:
   responses go to the request that waits for them (matched by request id,
-  and only from the lane the request went out on), requests go to the
-  node's handler in their own task, and their replies go back on the lane
-  the request came on; a message of another protocol than its lane's is
+  and only from the channel the request went out on), requests go to the
+  node's handler in their own task, and their replies go back on the channel
+  the request came on; a message of another protocol than its channel's is
   refused like a malformed one (ERROR, counted toward the hang-up);
-- no lane but the session's is read before the peer's Hello has arrived;
-- a send lock per lane keeps frames whole when several tasks send at once,
+- no channel but the session's is read before the peer's Hello has arrived;
+- a send lock per channel keeps frames whole when several tasks send at once,
   and a frame once started is written whole even if its sender is
   cancelled (half a frame, or a Noise nonce spent on a frame never sent,
   makes the peer hang up);
-- backpressure both ways, per peer across all its lanes: at most
+- backpressure both ways, per peer across all its channels: at most
   `max_inflight_out` of our requests are outstanding (callers wait for a
   slot), and at most `max_inflight_in` of the peer's requests are served at
   once (the next one gets ERROR busy);
-- a send budget, shared by the lanes: the bytes read for the peer and not
+- a send budget, shared by the channels: the bytes read for the peer and not
   yet written (blocks, reserved before the disk read) stay under
   `send_budget` (32 MiB), so a peer that stops reading costs that much
   memory, not 64 requests' worth;
 - a stall timeout: a frame that cannot be written within `stall_timeout`,
-  on any lane, closes the whole connection (its socket is not being read).
+  on any channel, closes the whole connection (its socket is not being read).
 Malformed input gets an ERROR reply; too much of it (counted across the
-lanes), or any framing error, closes the connection. Nothing a peer sends
+channels), or any framing error, closes the connection. Nothing a peer sends
 can crash the node.
 """
 
@@ -103,9 +103,9 @@ class SendBudget:
 class _Pending:
     """Collects the responses to one request until it is complete."""
 
-    def __init__(self, request: Message, lane: "_Lane") -> None:
+    def __init__(self, request: Message, channel: "_Channel") -> None:
         self.request = request
-        self.lane = lane  # its answers come on this lane only
+        self.channel = channel  # its answers come on this channel only
         self.allowed = RESPONSES.get(type(request), ())
         want = getattr(request, "cids", None)
         self.remaining: set[bytes] | None = set(want) if want is not None else None
@@ -145,11 +145,11 @@ class _Pending:
             self.done.set()
 
 
-_SERVING: ContextVar["_Lane | None"] = ContextVar("shoal_serving_lane", default=None)
-"""The lane of the request the current task serves: `reply` answers on it."""
+_SERVING: ContextVar["_Channel | None"] = ContextVar("shoal_serving_channel", default=None)
+"""The channel of the request the current task serves: `reply` answers on it."""
 
 
-class _Lane:
+class _Channel:
     """One stream of a connection and the protocol it carries (None: every one)."""
 
     def __init__(self, stream: trio.abc.Stream, protocol: str | None) -> None:
@@ -171,7 +171,7 @@ class PeerConnection:
     """Request/response multiplexing over a peer's streams (one per Shoal protocol).
 
     `stream` is the session stream; `protocol` is what it carries (None: a
-    bare byte stream that carries every message, with no other lane: tests
+    bare byte stream that carries every message, with no other channel: tests
     and tools drive the multiplexing that way). With `open_stream`, a
     request of another protocol opens that protocol's stream on first use;
     the peer's streams come in through `accept_stream`.
@@ -192,18 +192,18 @@ class PeerConnection:
     ) -> None:
         self.remote_peer = remote_peer
         self._handler = handler
-        self._main = _Lane(stream, protocol)
-        # Our lane per protocol (the stream our requests of it go on: ours,
-        # or the peer's if it opened one first) and the peer's own lanes (at
+        self._main = _Channel(stream, protocol)
+        # Our channel per protocol (the stream our requests of it go on: ours,
+        # or the peer's if it opened one first) and the peer's own channels (at
         # most one live per protocol).
-        self._lanes: dict[str, _Lane] = {protocol: self._main} if protocol is not None else {}
-        self._inbound: dict[str, _Lane] = {}
-        self._all_lanes: set[_Lane] = {self._main}
+        self._channels: dict[str, _Channel] = {protocol: self._main} if protocol is not None else {}
+        self._inbound: dict[str, _Channel] = {}
+        self._all_channels: set[_Channel] = {self._main}
         self._open_stream = open_stream
         self._opening: dict[str, trio.Lock] = {}
         self.refused_protocols: set[str] = set()  # the peer answered `na`: not asked again
         self._nursery: trio.Nursery | None = None
-        self._stop = trio.CancelScope()  # ends `run` (a lane's fatal error)
+        self._stop = trio.CancelScope()  # ends `run` (a channel's fatal error)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._out_slots = trio.Semaphore(max_inflight_out)
@@ -235,8 +235,8 @@ class PeerConnection:
         return self._closed.is_set()
 
     def protocols_open(self) -> list[str]:
-        """The protocols with a live lane (ours or the peer's), for tests and stats."""
-        return sorted({lane.protocol for lane in self._all_lanes if lane.protocol and not lane.closed})
+        """The protocols with a live channel (ours or the peer's), for tests and stats."""
+        return sorted({channel.protocol for channel in self._all_channels if channel.protocol and not channel.closed})
 
     def next_request_id(self) -> int:
         rid = next(self._ids)
@@ -246,21 +246,21 @@ class PeerConnection:
         return rid
 
     async def send(self, msg: Message) -> None:
-        """Send `msg` on the lane of its protocol (Hello, unsolicited messages)."""
+        """Send `msg` on the channel of its protocol (Hello, unsolicited messages)."""
         kind = type(msg)
-        lane = self._main
+        channel = self._main
         if self._main.protocol is not None and not self._main.carries(kind):
-            found = self._lanes.get(protocol_of(kind) or "")
+            found = self._channels.get(protocol_of(kind) or "")
             if found is None or found.closed:
                 raise P2PError(f"no {protocol_of(kind)} stream to {self.remote_peer} for a {kind.__name__}")
-            lane = found
-        await self._send_on(lane, msg)
+            channel = found
+        await self._send_on(channel, msg)
 
-    async def _send_on(self, lane: _Lane, msg: Message) -> None:
+    async def _send_on(self, channel: _Channel, msg: Message) -> None:
         parts = encode_frame_parts(codec.encode_parts(msg))
-        send_parts = getattr(lane.stream, "send_all_parts", None)
-        async with lane.send_lock:
-            if self._closed.is_set() or lane.closed:
+        send_parts = getattr(channel.stream, "send_all_parts", None)
+        async with channel.send_lock:
+            if self._closed.is_set() or channel.closed:
                 raise trio.ClosedResourceError("connection closed")
             # A caller cancelled before the frame starts sends nothing (the
             # lock may have been handed over while the cancel was pending).
@@ -275,15 +275,15 @@ class PeerConnection:
             # timeout or the connection's own teardown (`_abort_writes`) ends
             # the write early; either closes the connection.
             with trio.CancelScope(shield=True) as write:
-                lane.write_scope = write
+                channel.write_scope = write
                 try:
                     with trio.move_on_after(self._stall_timeout) as stall:
                         if send_parts is not None:  # SecureStream: encrypts the parts without joining them
                             await send_parts(parts)
                         else:
-                            await lane.stream.send_all(b"".join(parts))
+                            await channel.stream.send_all(b"".join(parts))
                 finally:
-                    lane.write_scope = None
+                    channel.write_scope = None
             if write.cancelled_caught:
                 raise trio.ClosedResourceError("connection closed during a send")
             if stall.cancelled_caught:
@@ -291,24 +291,24 @@ class PeerConnection:
                 # A peer that stops reading one of its streams stops them all.
                 self.stalled = True
                 log.info("closing connection to %s: a send on %s made no progress for %gs (peer not reading)",
-                         self.remote_peer, lane.name, self._stall_timeout)
+                         self.remote_peer, channel.name, self._stall_timeout)
                 await self.aclose()
                 raise trio.BrokenResourceError("send stalled: the peer is not reading")
         self.bytes_sent += sum(len(p) for p in parts)
         self.last_activity = trio.current_time()
 
     async def reply(self, msg: Message) -> bool:
-        """Send a reply from a handler, on the lane its request came on;
+        """Send a reply from a handler, on the channel its request came on;
         False if the connection is gone (stop working for it)."""
-        lane = _SERVING.get()
-        if lane is None or lane not in self._all_lanes:
+        channel = _SERVING.get()
+        if channel is None or channel not in self._all_channels:
             await self._try_send_any(msg)
         else:
-            await self._try_send(msg, lane)
-        return not self.closed and not (lane is not None and lane.closed)
+            await self._try_send(msg, channel)
+        return not self.closed and not (channel is not None and channel.closed)
 
     async def request(self, make: Callable[[int], Message], timeout: float = L.REQUEST_TIMEOUT_S) -> list[Message]:
-        """Send `make(request_id)` on its protocol's lane and wait for its complete answer.
+        """Send `make(request_id)` on its protocol's channel and wait for its complete answer.
 
         Raises RequestFailed on ERROR, timeout or a closed connection, and
         (code UNKNOWN_TYPE) when the peer does not speak the protocol.
@@ -319,11 +319,11 @@ class PeerConnection:
         async with self._out_slots:
             rid = self.next_request_id()
             msg = make(rid)
-            lane = await self._lane_for(type(msg), deadline)
-            pending = _Pending(msg, lane)
+            channel = await self._channel_for(type(msg), deadline)
+            pending = _Pending(msg, channel)
             self._pending[rid] = pending
             try:
-                await self._send_on(lane, msg)
+                await self._send_on(channel, msg)
                 with trio.move_on_at(deadline) as scope:
                     await pending.done.wait()
                 if scope.cancelled_caught:
@@ -336,16 +336,16 @@ class PeerConnection:
                 raise pending.error
             return pending.responses
 
-    async def _lane_for(self, kind: type[Message], deadline: float) -> _Lane:
-        """The lane that carries `kind`, opening its protocol's stream on first use."""
+    async def _channel_for(self, kind: type[Message], deadline: float) -> _Channel:
+        """The channel that carries `kind`, opening its protocol's stream on first use."""
         main = self._main
         if main.carries(kind):
             return main
         protocol = protocol_of(kind)
-        assert protocol is not None  # ERROR is carried by every lane
-        lane = self._lanes.get(protocol)
-        if lane is not None and not lane.closed:
-            return lane
+        assert protocol is not None  # ERROR is carried by every channel
+        channel = self._channels.get(protocol)
+        if channel is not None and not channel.closed:
+            return channel
         if protocol in self.refused_protocols:
             raise RequestFailed(f"the peer does not speak {protocol}", ErrorCode.UNKNOWN_TYPE)
         if self._open_stream is None or self._nursery is None:
@@ -353,9 +353,9 @@ class PeerConnection:
         if self.remote_hello is None:
             raise RequestFailed(f"no {protocol} stream before the peer's Hello")
         async with self._opening.setdefault(protocol, trio.Lock()):
-            lane = self._lanes.get(protocol)  # opened while we waited (by us or the peer)
-            if lane is not None and not lane.closed:
-                return lane
+            channel = self._channels.get(protocol)  # opened while we waited (by us or the peer)
+            if channel is not None and not channel.closed:
+                return channel
             with trio.move_on_at(deadline) as scope:
                 try:
                     stream = await self._open_stream(protocol)
@@ -369,11 +369,11 @@ class PeerConnection:
             if self.closed:
                 await trio.aclose_forcefully(stream)
                 raise RequestFailed("connection closed")
-            lane = _Lane(stream, protocol)
-            self._lanes[protocol] = lane
-            self._all_lanes.add(lane)
-            self._nursery.start_soon(self._run_lane, lane)
-            return lane
+            channel = _Channel(stream, protocol)
+            self._channels[protocol] = channel
+            self._all_channels.add(channel)
+            self._nursery.start_soon(self._run_channel, channel)
+            return channel
 
     async def accept_stream(self, stream: trio.abc.Stream, protocol: str) -> bool:
         """Serve a stream of `protocol` the peer opened, until it or the connection ends.
@@ -393,13 +393,13 @@ class PeerConnection:
         live = self._inbound.get(protocol)
         if protocol == self._main.protocol or (live is not None and not live.closed):
             return False
-        lane = _Lane(stream, protocol)
-        self._inbound[protocol] = lane
-        self._all_lanes.add(lane)
-        ours = self._lanes.get(protocol)
+        channel = _Channel(stream, protocol)
+        self._inbound[protocol] = channel
+        self._all_channels.add(channel)
+        ours = self._channels.get(protocol)
         if ours is None or ours.closed:
-            self._lanes[protocol] = lane  # our requests of it ride the peer's stream
-        await self._run_lane(lane)
+            self._channels[protocol] = channel  # our requests of it ride the peer's stream
+        await self._run_channel(channel)
         return True
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -433,55 +433,55 @@ class PeerConnection:
             for pending in list(self._pending.values()):
                 pending.fail("connection closed")
             with trio.CancelScope(shield=True):
-                for lane in list(self._all_lanes):
-                    lane.closed = True
-                    await trio.aclose_forcefully(lane.stream)
+                for channel in list(self._all_channels):
+                    channel.closed = True
+                    await trio.aclose_forcefully(channel.stream)
 
-    async def _run_lane(self, lane: _Lane) -> None:
-        """Read one protocol's lane until it ends; a peer's fault on it ends the connection."""
+    async def _run_channel(self, channel: _Channel) -> None:
+        """Read one protocol's channel until it ends; a peer's fault on it ends the connection."""
         try:
             assert self._nursery is not None
-            await self._read_loop(lane, self._nursery)
+            await self._read_loop(channel, self._nursery)
         except (RemoteProtocolError, DecryptError) as exc:
-            log.info("closing connection to %s (on %s): %s", self.remote_peer, lane.name, exc)
+            log.info("closing connection to %s (on %s): %s", self.remote_peer, channel.name, exc)
             self._closed.set()
             self._abort_writes()
             self._stop.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, P2PError) as exc:
-            log.debug("%s stream of %s ended: %s", lane.name, self.remote_peer, exc)
+            log.debug("%s stream of %s ended: %s", channel.name, self.remote_peer, exc)
         finally:
-            self._drop_lane(lane)
+            self._drop_channel(channel)
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(lane.stream)
+                await trio.aclose_forcefully(channel.stream)
 
-    def _drop_lane(self, lane: _Lane) -> None:
-        """A lane ended: forget it and fail the requests waiting on it (the next one reopens it)."""
-        lane.closed = True
-        self._all_lanes.discard(lane)
-        if lane.write_scope is not None:
-            lane.write_scope.cancel()
-        for table in (self._lanes, self._inbound):
-            if lane.protocol is not None and table.get(lane.protocol) is lane:
-                del table[lane.protocol]
-                if table is self._lanes:
-                    other = self._inbound.get(lane.protocol)
-                    if other is not None and other is not lane and not other.closed:
-                        self._lanes[lane.protocol] = other
+    def _drop_channel(self, channel: _Channel) -> None:
+        """A channel ended: forget it and fail the requests waiting on it (the next one reopens it)."""
+        channel.closed = True
+        self._all_channels.discard(channel)
+        if channel.write_scope is not None:
+            channel.write_scope.cancel()
+        for table in (self._channels, self._inbound):
+            if channel.protocol is not None and table.get(channel.protocol) is channel:
+                del table[channel.protocol]
+                if table is self._channels:
+                    other = self._inbound.get(channel.protocol)
+                    if other is not None and other is not channel and not other.closed:
+                        self._channels[channel.protocol] = other
         for pending in list(self._pending.values()):
-            if pending.lane is lane:
-                pending.fail(f"the {lane.name} stream closed")
+            if pending.channel is channel:
+                pending.fail(f"the {channel.name} stream closed")
 
-    async def _read_loop(self, lane: _Lane, nursery: trio.Nursery) -> None:
+    async def _read_loop(self, channel: _Channel, nursery: trio.Nursery) -> None:
         decoder = FrameDecoder()
-        stream = lane.stream
+        stream = channel.stream
         # A SecureStream or YamuxStream hands over its chunks unjoined; the
         # frame decoder keeps views of them, so a block is copied once, when
         # its frame completes.
         receive_parts = getattr(stream, "receive_some_parts", None)
-        main = lane is self._main
+        main = channel is self._main
         while True:
-            # Only the session lane times the connection out, and only when
-            # no lane received anything for the idle timeout.
+            # Only the session channel times the connection out, and only when
+            # no channel received anything for the idle timeout.
             with trio.move_on_after(L.IDLE_TIMEOUT_S if main else float("inf")) as idle:
                 if receive_parts is not None:
                     chunks = await receive_parts()
@@ -498,28 +498,28 @@ class PeerConnection:
             for data in chunks:
                 self.bytes_received += len(data)
                 for payload in decoder.feed(data):
-                    await self._dispatch(payload, lane, nursery)
+                    await self._dispatch(payload, channel, nursery)
 
     async def aclose(self) -> None:
         self._closed.set()
         self._abort_writes()
-        for lane in list(self._all_lanes):
-            lane.closed = True
-            await trio.aclose_forcefully(lane.stream)
+        for channel in list(self._all_channels):
+            channel.closed = True
+            await trio.aclose_forcefully(channel.stream)
 
     def _abort_writes(self) -> None:
         """The connection is going away: end the frames being written (shielded in `_send_on`)."""
-        for lane in list(self._all_lanes):
-            if lane.write_scope is not None:
-                lane.write_scope.cancel()
+        for channel in list(self._all_channels):
+            if channel.write_scope is not None:
+                channel.write_scope.cancel()
 
-    async def _dispatch(self, payload: bytes, lane: _Lane, nursery: trio.Nursery) -> None:
+    async def _dispatch(self, payload: bytes, channel: _Channel, nursery: trio.Nursery) -> None:
         try:
             msg = codec.decode(payload)
         except RemoteProtocolError as exc:
             self._blame(exc)
             await self._try_send(Error(codec.error_request_id(exc), int(codec.error_code(exc)),
-                                       str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]), lane)
+                                       str(exc)[: L.MAX_ERROR_MESSAGE_BYTES // 2]), channel)
             return
         except DecoderBug as exc:
             # Our bug, not the peer's: say so (INTERNAL, retryable elsewhere),
@@ -531,16 +531,16 @@ class PeerConnection:
                     log.error("further decoder errors on the connection from %s are counted, not logged",
                               self.remote_peer)
             await self._try_send(Error(exc.request_id, ErrorCode.INTERNAL, "internal error decoding the message"),
-                                 lane)
+                                 channel)
             return
         kind = type(msg)
-        if not lane.carries(kind):
+        if not channel.carries(kind):
             # Each protocol's messages on its own stream: anything else there
             # is malformed input, answered and counted as such.
-            self._blame(RemoteProtocolError(f"a {kind.__name__} on {lane.name}"))
+            self._blame(RemoteProtocolError(f"a {kind.__name__} on {channel.name}"))
             if kind.ROLE == "request":
                 await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED,
-                                           f"{kind.__name__} belongs on {protocol_of(kind)}, not {lane.name}"), lane)
+                                           f"{kind.__name__} belongs on {protocol_of(kind)}, not {channel.name}"), channel)
             return
         if kind.ROLE == "hello":
             if self.remote_hello is None:
@@ -551,16 +551,16 @@ class PeerConnection:
             return
         if kind.ROLE == "request":
             if self.remote_hello is None:
-                await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED, "request before Hello"), lane)
+                await self._try_send(Error(msg.request_id, ErrorCode.UNEXPECTED, "request before Hello"), channel)
                 return
             if self._in_slots.value == 0:
-                await self._try_send(Error(msg.request_id, ErrorCode.BUSY, "too many requests in flight"), lane)
+                await self._try_send(Error(msg.request_id, ErrorCode.BUSY, "too many requests in flight"), channel)
                 return
             await self._in_slots.acquire()
-            nursery.start_soon(self._serve, msg, lane)
+            nursery.start_soon(self._serve, msg, channel)
             return
         pending = self._pending.get(msg.request_id)
-        if pending is not None and pending.lane is not lane:
+        if pending is not None and pending.channel is not channel:
             self._blame(RemoteProtocolError(f"a {kind.__name__} on another stream than its request's"))
             return
         if pending is None or (pending.allowed and kind not in pending.allowed):
@@ -579,14 +579,14 @@ class PeerConnection:
             self.answers += 1
 
     def _blame(self, exc: RemoteProtocolError) -> None:
-        """Count one misbehaviour of the peer (on any lane); past MAX_MALFORMED, hang up (raise `exc`)."""
+        """Count one misbehaviour of the peer (on any channel); past MAX_MALFORMED, hang up (raise `exc`)."""
         self._malformed += 1
         if self._malformed > MAX_MALFORMED:
             raise RemoteProtocolError(f"more than {MAX_MALFORMED} malformed or unexpected messages; "
                                       f"the last: {exc}") from exc
 
-    async def _serve(self, msg: Message, lane: _Lane) -> None:
-        token = _SERVING.set(lane)
+    async def _serve(self, msg: Message, channel: _Channel) -> None:
+        token = _SERVING.set(channel)
         try:
             try:
                 replies = await self._handler(self, msg)
@@ -596,14 +596,14 @@ class PeerConnection:
                 log.exception("handler failed for %s", type(msg).__name__)
                 replies = [Error(msg.request_id, ErrorCode.INTERNAL, "internal error")]
             for reply in replies:
-                await self._try_send(reply, lane)
+                await self._try_send(reply, channel)
         finally:
             _SERVING.reset(token)
             self._in_slots.release()
 
-    async def _try_send(self, msg: Message, lane: _Lane) -> None:
+    async def _try_send(self, msg: Message, channel: _Channel) -> None:
         try:
-            await self._send_on(lane, msg)
+            await self._send_on(channel, msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except P2PError as exc:  # e.g. a reply too big for one frame: our bug, not the peer's

@@ -1,4 +1,4 @@
-"""Each Shoal protocol on its own stream (issue 16 item 1): PeerConnection's lanes.
+"""Each Shoal protocol on its own stream (issue 16 item 1): PeerConnection's channels (not to be confused with lane processes).
 
 Two PeerConnections are linked by in-memory streams: the session stream
 they start with, and whatever `open_stream` makes when a request of another
