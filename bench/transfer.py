@@ -278,11 +278,11 @@ def children_of(pid: int) -> list[int]:
 
 
 def node_lane_cpu(node: NodeProc) -> float | None:
-    """The node's own account of its lanes' CPU, if /v1/status reports one: a cross-check of the
+    """The node's own account of its lanes' CPU, if /v1/node/status reports one: a cross-check of the
     sampled figure (the lanes report getrusage now and then, so it lags; a dict may carry the
     total over dead lanes too, a list of live lanes each its own `cpu_s`)."""
     try:
-        status = node.call("GET", "/v1/status")
+        status = node.call("GET", "/v1/node/status")
     except Exception:
         return None
     lanes = status.get("lanes") if isinstance(status, dict) else None
@@ -1242,7 +1242,7 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
     if cross:
         md.append("")
         md.append("Cross-check, the fetching node's lanes in CPU s/GiB, sampled from /proc vs the node's own "
-                  "account in /v1/status (lanes report getrusage now and then, so it lags): " + "; ".join(cross) + ".")
+                  "account in /v1/node/status (lanes report getrusage now and then, so it lags): " + "; ".join(cross) + ".")
     md.append("")
     md.append("Baselines, same run:")
     md.append("")
