@@ -94,6 +94,7 @@ from common import (  # noqa: E402
     reset_peak_rss,
     system_load,
     update_results_section,
+    wait_for,
     write_json,
     write_pseudorandom,
 )
@@ -625,6 +626,86 @@ def breakdown(hs: HolderSet, lanes: int, lanes_ok: bool, size: int) -> dict[str,
             "fetch_only_cpu_seconds_per_GiB": {"sender_A": round(cpu["A"] * GIB / size, 2),
                                                "receiver_F": round(cpu["F"] * GIB / size, 2)},
             "local_get_seconds (CLI + export of local blocks to OUT, fsync)": round(export_s, 3)}
+
+
+def dag_cids(repo: Path, root: str) -> list[str]:
+    """Every block CID of the DAG under `root` in a stopped node's repo (read without the lock)."""
+    from shoal.store.dag.exporter import iter_links
+    from shoal.store.dag.walk import DagWalk, block_identity
+    from shoal.store.ipld.cid import parse_cid
+    from shoal.store.persist.repo import Repo
+
+    out: list[str] = []
+    with Repo.open(repo, lock=False) as r:
+        walk = DagWalk([parse_cid(root)], key=block_identity)
+        for cid in walk:
+            out.append(str(cid))
+            if cid.codec.name != "raw":
+                walk.push(iter_links(cid, r.blockstore.get(cid)))
+    return out
+
+
+def lane_probe(hs: HolderSet, h: int, lanes: int, size: int, in_flight: int = 8) -> dict[str, Any]:
+    """The lanes' data plane alone, before (and beside) the laned get: every block of the object
+    fetched through a fresh node F's lanes from the holders' lanes with `POST /v1/lanes/fetch`
+    (one block per request, `in_flight` at once, holders in turn), verified and stored durably by
+    F's lanes; no export. F's main process pays an HTTP request per block here, which the laned
+    get does not, so its main share is an upper bound; the lanes' CPU is the point."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    cids = dag_cids(hs.nodes[0].repo, hs.cid)
+    holders = hs.nodes[:h]
+    extra = lane_args(lanes, True)
+    start_holders(holders, extra, hs.swarm)
+    f: NodeProc | None = None
+    try:
+        f = start_node(hs.swarm, "F-lanes", [x.addr for x in holders], extra)
+        wait_connected(hs.swarm, f, [x.peer_id for x in holders])
+        client = httpx.Client(base_url=f.api_url, headers={"Authorization": f"Bearer {f.api_token}"},
+                              timeout=httpx.Timeout(120, connect=10),
+                              limits=httpx.Limits(max_connections=in_flight + 2))
+
+        def fetch(i: int) -> dict[str, Any]:
+            holder = holders[i % len(holders)].peer_id
+            resp = client.post("/v1/lanes/fetch", json={"cid": cids[i], "holder": holder, "timeout": 60.0})
+            resp.raise_for_status()
+            return dict(resp.json())
+
+        def warm(j: int) -> bool:
+            try:
+                return fetch(j).get("outcome") == "ok"
+            except httpx.HTTPError:
+                return False
+
+        # Until F knows every holder's lanes (they are asked for once connected): a block from each.
+        for j in range(len(holders)):
+            wait_for(lambda: warm(j), 30, f"F to reach holder {j + 1}'s lanes", 0.2)
+        log(f"lane probe ({row_label(h, lanes)}): {len(cids)} blocks through F's lanes, {in_flight} in flight")
+        with TreeSampler({**{x.name: x.pid for x in holders}, "F": f.pid}) as sampler:
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(in_flight) as ex:
+                results = list(ex.map(fetch, range(len(cids))))
+            elapsed = time.perf_counter() - t0
+        client.close()
+        trees = sampler.result()
+    finally:
+        if f is not None:
+            f.stop(STOP_S)
+            remove(f.repo)
+        stop_nodes(holders)
+    outcomes = collections.Counter(r.get("outcome") for r in results)
+    moved = sum(int(r.get("size") or 0) for r in results)
+    gib = max(1, moved) / GIB
+    per = lambda v: round(v / gib, 3)  # noqa: E731
+    return {"row": row_label(h, lanes), "blocks": len(cids), "in_flight": in_flight, "outcomes": dict(outcomes),
+            "bytes": moved, "seconds": round(elapsed, 3), "MBps": round(mb_per_s(moved, elapsed), 1),
+            "cpu_s_per_GiB": {"holders_main": per(sum(trees[x.name]["main_cpu_seconds"] for x in holders)),
+                              "holders_lanes": per(sum(trees[x.name]["children_cpu_seconds"] for x in holders)),
+                              "fetcher_main": per(trees["F"]["main_cpu_seconds"]),
+                              "fetcher_lanes": per(trees["F"]["children_cpu_seconds"])},
+            "processes": trees}
 
 
 def profile_get(cl: Cleanup, hs: HolderSet, h: int, lanes: int, lanes_ok: bool, size: int) -> dict[str, Any]:
@@ -1259,6 +1340,16 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
                   f"F {bd['fetch_only_cpu_seconds_per_GiB']['receiver_F']}; then `shoal get` with every block "
                   f"already local (CLI start + export with fsync) "
                   f"{bd['local_get_seconds (CLI + export of local blocks to OUT, fsync)']} s.")
+    lpb = doc.get("lane_probe")
+    if lpb:
+        c = lpb["cpu_s_per_GiB"]
+        md.append("")
+        md.append(f"Lanes alone (row {lpb['row']}; every block through a fresh node F's lanes from the holders' "
+                  f"lanes with `POST /v1/lanes/fetch`, {lpb['in_flight']} in flight, verified and stored durably, "
+                  f"no export): {lpb['blocks']} blocks, {human_bytes(lpb['bytes'])} in {lpb['seconds']} s = "
+                  f"{lpb['MBps']} MB/s; CPU s/GiB holders main {c['holders_main']} / lanes {c['holders_lanes']}, "
+                  f"F main {c['fetcher_main']} (an HTTP request per block) / lanes {c['fetcher_lanes']}; "
+                  f"outcomes {lpb['outcomes']}.")
     if not doc.get("model"):
         md.append("")
         lp_txt = f"{r_lp}x" if r_lp else "not measured"
@@ -1365,6 +1456,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-libp2p", action="store_true")
     ap.add_argument("--skip-rate", action="store_true")
     ap.add_argument("--skip-breakdown", action="store_true", help="skip the fetch-only / local-export breakdown")
+    ap.add_argument("--lane-probe", action="store_true",
+                    help="also time the lanes alone (POST /v1/lanes/fetch of every block, no export) at the "
+                         "last row with lanes > 1")
     ap.add_argument("--profile", action="store_true",
                     help="also run a py-spy-profiled get (main processes and a lane of each side)")
     ap.add_argument("--profile-row", default=None, metavar="HxL", help="the row to profile (default: the last)")
@@ -1442,6 +1536,9 @@ def main(argv: list[str] | None = None) -> int:
         doc["shoal"] = legacy_summary(hs, first, rr["cli_call_overhead_seconds"], size)
         if not args.skip_breakdown:
             doc["shoal"]["breakdown"] = breakdown(hs, rows[0][1], lanes_ok, size)
+        laned_rows = [r for r in rows if r[1] > 1]
+        if args.lane_probe and lanes_ok and laned_rows:
+            doc["lane_probe"] = lane_probe(hs, *laned_rows[-1], size)
         if args.profile:
             doc["shoal"]["profile"] = profile_get(cl, hs, profile_row[0], profile_row[1], lanes_ok, size)
         log("raw TCP to a file")
