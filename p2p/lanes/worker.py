@@ -245,7 +245,10 @@ class Lane:
 
     async def _stats_loop(self) -> None:
         while True:
-            await self.send(self.stats())
+            try:
+                await self.send(self.stats())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the node is gone: the control reader sees EOF and stops the lane
             await trio.sleep(STATS_INTERVAL_S)
 
     def stats(self) -> C.CpuStats:
@@ -268,6 +271,8 @@ class Lane:
             await self.send(C.AdmitRequest(rid, peer.multihash))
             with trio.move_on_after(ADMIT_TIMEOUT_S):
                 await event.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False  # no node to ask: nobody is admitted
         finally:
             self._admit_waiting.pop(rid, None)
         allowed = bool(answer and answer[0])
