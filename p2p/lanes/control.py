@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -185,16 +186,22 @@ class Job(ControlMessage):
 
     @classmethod
     def from_job(cls, job_id: int, job: LaneJob) -> "Job":
-        """The message for `job` (ControlProtocolError if it breaks a bound)."""
+        """The message for `job` (ControlProtocolError if it breaks a bound).
+
+        Addresses travel without their /p2p part (the holder's id is its own
+        field, and every address is the holder's): the base58 of a peer id,
+        encoded here and decoded in the lane for each address of each job,
+        cost more CPU than the rest of the job's control traffic together."""
         return cls(job_id, bytes(job.cid), job.holder.multihash if job.holder is not None else None,
-                   tuple(str(a) for a in job.holder_addrs), tuple((s.path, s.offset) for s in job.sinks),
+                   tuple(_bare(a) for a in job.holder_addrs), tuple((s.path, s.offset) for s in job.sinks),
                    bool(job.want_data), bool(job.store), float(job.timeout))
 
     def to_job(self) -> LaneJob:
-        """Back to a LaneJob; ControlProtocolError if a CID, peer id or address does not parse."""
+        """Back to a LaneJob (addresses pinned to the holder's id); ControlProtocolError
+        if a CID, peer id or address does not parse."""
         try:
             holder = PeerId.from_bytes(self.holder) if self.holder is not None else None
-            addrs = tuple(Multiaddr.parse(a) for a in self.holder_addrs)
+            addrs = tuple(_parse_bare(a).with_peer(holder) for a in self.holder_addrs) if holder is not None else ()
             sinks = tuple(Sink(p, o) for p, o in self.sinks)
             return LaneJob(self.cid_obj(), holder, addrs, sinks, self.want_data, self.store, self.timeout)
         except (P2PError, ValueError) as exc:
@@ -205,6 +212,20 @@ class Job(ControlMessage):
             return cid_from_bytes(self.cid)
         except (StoreError, ValueError) as exc:
             raise ControlProtocolError(f"job {self.job_id}: bad CID: {exc}") from None
+
+
+def _bare(addr: Multiaddr) -> str:
+    """`addr` as text without its /p2p part."""
+    return f"/{addr.family}/{addr.host}/tcp/{addr.port}"
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_bare(text: str) -> Multiaddr:
+    """A lane sees the same few holder addresses job after job."""
+    addr = Multiaddr.parse(text)
+    if addr.peer_id is not None:
+        raise ControlProtocolError("a job's holder addresses carry no /p2p part")
+    return addr
 
 
 _OUTCOMES = {o.value for o in Outcome}

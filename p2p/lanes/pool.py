@@ -36,6 +36,8 @@ from typing import Any, Callable
 
 import trio
 
+from shoal.store.ipld.cid import CID
+
 from shoal.p2p.errors import ControlProtocolError, LaneError
 from shoal.p2p.lanes import control as C
 from shoal.p2p.lanes.api import MAX_LANES, LaneJob, LaneResult, Outcome
@@ -101,7 +103,11 @@ class LaneProcessPool:
         stall_timeout: float = L.SEND_STALL_TIMEOUT_S,
         max_jobs_per_lane: int = MAX_JOBS_PER_LANE,
         python: str = sys.executable,
+        on_stored: Callable[[CID], None] | None = None,
     ) -> None:
+        """`on_stored(cid)`: a lane stored `cid`'s block (OK of a job with
+        `store`), called before `run_job` returns it; the node's blockstore
+        notes it so its next flush makes the block's name durable."""
         if not 1 <= count <= MAX_LANES:
             raise LaneError(f"lanes: 1 to {MAX_LANES}, not {count}")
         self.count = count
@@ -114,6 +120,7 @@ class LaneProcessPool:
         self.stall_timeout = stall_timeout
         self.max_jobs_per_lane = max_jobs_per_lane
         self.python = python
+        self.on_stored = on_stored
         self._lanes: dict[int, _Lane] = {}
         self._ports: dict[int, int] = {}
         self._job_ids = itertools.count(1)
@@ -176,6 +183,8 @@ class LaneProcessPool:
         lane.jobs += 1
         if result.outcome is Outcome.OK:
             lane.bytes += result.size
+            if job.store and job.holder is not None and self.on_stored is not None:
+                self.on_stored(job.cid)
         return result
 
     async def _pick(self, job: LaneJob) -> _Lane | None:

@@ -18,8 +18,9 @@ trio nursery:
   libp2p connection per holder lane address (dialled with the holder's peer
   id expected; many requests in flight on it), asks for the block, hashes it
   against its CID BEFORE any use, pwrites it to each sink, puts it in the
-  blockstore durably (temp file, data sync, rename, then the shard
-  directory's fsync before the result is sent) and answers Result. A job
+  blockstore durably (temp file, data sync, rename; the shard directory is
+  fsynced by the node's next flush, which the pool tells of the block) and
+  answers Result. A job
   without a holder reads our own store (verified) and only writes the sinks.
   Hashing and writing run in worker threads.
 - CpuStats now and then: the lane's own CPU (getrusage) and byte counts.
@@ -39,7 +40,6 @@ import resource
 import signal
 import socket
 import sys
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -104,7 +104,6 @@ class LaneStore:
     def __init__(self, repo: Path) -> None:
         self.path = repo
         self._blockstore = FlatfsBlockstore(repo / BLOCKS_DIR)
-        self._flush_lock = threading.Lock()
 
     @property
     def blockstore(self) -> Blockstore:
@@ -113,16 +112,15 @@ class LaneStore:
     def quarantine(self, cid: CID) -> bool:
         return self._blockstore.quarantine(block_key(cid), self.path / QUARANTINE_DIR) is not None
 
-    def put_durably(self, cid: CID, data: bytes) -> None:
-        """Store a block just hashed and return once its data AND name are durable.
+    def put(self, cid: CID, data: bytes) -> None:
+        """Store a block just hashed: data durable, then renamed into place.
 
-        flush() hands its dirty set to one caller at a time; under the lock a
-        caller whose shard another flush took waits for that flush to finish,
-        so no caller returns before its own directory fsync is done, while
-        concurrent puts still share each flush."""
+        The name's durability (the shard directory's fsync) is left to the
+        node: the pool tells its blockstore (FlatfsBlockstore.note_written)
+        of every block a lane stored, and the node's flush before an index
+        row refers to a block fsyncs its directory, as for its own puts:
+        one batched flush per fetch instead of a directory fsync per block."""
         self._blockstore.put_trusted(cid, data)
-        with self._flush_lock:
-            self._blockstore.flush()
 
     def close(self) -> None:
         self._blockstore.close()
@@ -430,7 +428,7 @@ class Lane:
             return LaneResult(Outcome.STORE_ERROR, len(data), detail=f"sink: {exc}")
         if job.store:
             try:
-                self.store.put_durably(job.cid, data)
+                self.store.put(job.cid, data)
             except (StoreError, OSError) as exc:
                 return LaneResult(Outcome.STORE_ERROR, len(data), detail=str(exc))
         return LaneResult(Outcome.OK, len(data), data if job.want_data else None)

@@ -324,7 +324,8 @@ class Node:
                     self.options.lanes, repo=self.repo.path, peer_id=self.peer_id,
                     host=self.options.listen[0].host, admits=self.admits, swarm_key=self.options.swarm_key,
                     send_budget=self.options.limits.send_budget_bytes,
-                    stall_timeout=self.options.limits.send_stall_timeout_s)
+                    stall_timeout=self.options.limits.send_stall_timeout_s,
+                    on_stored=self.repo.blockstore.note_written)
                 await nursery.start(pool.run)  # every lane listening before any peer is told of them
                 self.lane_pool = pool
             nursery.start_soon(self._refresh_protected_loop)

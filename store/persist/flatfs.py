@@ -278,6 +278,14 @@ class FlatfsBlockstore:
         self._mark_dirty(shard)
         return renamed
 
+    def note_written(self, cid: CID) -> None:
+        """Another process (a node's lane) renamed `cid`'s block into place:
+        have the next `flush()` fsync its shard directory (and `<root>`), as
+        for a block put here. The writer made the data durable before the
+        rename; the name becomes durable with this store's flush, before an
+        index row refers to the block."""
+        self._mark_dirty(shard_of(block_key(cid)))  # a shard new to us makes <root> dirty too; no syscall
+
     def _mark_dirty(self, shard: str) -> None:
         """The shard's entries must be fsynced by the next flush()."""
         if self.sync:

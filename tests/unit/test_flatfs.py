@@ -109,6 +109,32 @@ def test_flush_syncs_dirty_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert synced == []
 
 
+def test_a_block_another_process_wrote_is_flushed_once_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane (another process, its own instance) renames a block into place;
+    the node's instance fsyncs that shard and <root> at its next flush only
+    once told of it (issue 15: the index must never refer to a block whose
+    name a power cut could take)."""
+    synced: list[Path] = []
+    real = flatfs.fsync_dir
+
+    def spy(path: Path) -> None:
+        synced.append(Path(path))
+        real(path)
+
+    node = FlatfsBlockstore(tmp_path / "blocks")
+    lane = FlatfsBlockstore(tmp_path / "blocks")
+    cid = make_cid("raw", b"from a lane")
+    lane.put(cid, b"from a lane")
+    monkeypatch.setattr(flatfs, "fsync_dir", spy)
+    node.flush()
+    assert synced == []  # the node's instance knows nothing of it
+    node.note_written(cid)
+    node.flush()
+    assert tmp_path / "blocks" / shard_of(block_key(cid)) in synced
+    assert tmp_path / "blocks" in synced  # the shard itself may be new on disk
+    assert node.get(cid) == b"from a lane"
+
+
 def _fail_writes(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
     real_write = os.write
     calls = {"n": 0}
