@@ -410,6 +410,9 @@ def cmd_node_status(args: argparse.Namespace) -> int:
         print(f"listening on {addr}")
     print(f"event loop: worst stall {loop['worst_stall_s'] * 1000:.1f} ms over the last "
           f"{loop['window_s']:.0f}s ({loop['samples']} samples)")
+    for lane in doc.get("lanes", []):  # absent from an older node's answer
+        print(f"lane {lane['index']}: pid {lane['pid']} at {lane['addr']}, {lane['jobs']} jobs, "
+              f"{lane['bytes']} bytes, {lane['cpu_s']:.1f} CPU-s")
     return 0
 
 

@@ -149,6 +149,9 @@ def test_two_nodes_move_every_block_lane_to_lane(swarm: Swarm, tmp_path: Path) -
     assert set(outcomes.values()) == {"ok"}, outcomes
     store_verifies(b.repo, cids)
     assert sum(d["bytes"] for d in lanes(b)) >= 6 << 20  # B's lanes fetched the bytes
+    assert [d["pid"] for d in b.json("node", "status")["lanes"]] == [d["pid"] for d in lanes(b)]
+    text = b.shoal("node", "status").text
+    assert all(f"pid {d['pid']} at {d['addr']}" in text for d in lanes(b)), text
     assert b.stats() is not None
     # A's lanes served them: counted in A's served bytes.
     assert wait_until(lambda: a.stats()["served_bytes"] >= 6 << 20, 10, "A's served bytes to count its lanes")
