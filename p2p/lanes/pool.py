@@ -32,7 +32,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
@@ -63,10 +63,28 @@ RESULT_GRACE_S = 5.0
 """The lane times a job out itself; the pool waits this much longer for its word."""
 
 
+class LaneProcess(Protocol):
+    """What the pool needs of a lane's process (trio.Process; a fake in unit tests)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+Spawner = Callable[[int, socket.socket], Awaitable[LaneProcess]]
+"""Starts lane `index` holding its end of the control channel (and closes that end in this process)."""
+
+
 @dataclass
 class _Lane:
     index: int
-    process: trio.Process
+    process: LaneProcess
     stream: trio.SocketStream
     pid: int
     decoder: C.ControlDecoder = field(default_factory=C.ControlDecoder)
@@ -104,6 +122,7 @@ class LaneProcessPool:
         max_jobs_per_lane: int = MAX_JOBS_PER_LANE,
         python: str = sys.executable,
         on_stored: Callable[[CID], None] | None = None,
+        spawn: Spawner | None = None,
     ) -> None:
         """`on_stored(cid)`: a lane stored `cid`'s block (OK of a job with
         `store`), called before `run_job` returns it; the node's blockstore
@@ -121,6 +140,7 @@ class LaneProcessPool:
         self.max_jobs_per_lane = max_jobs_per_lane
         self.python = python
         self.on_stored = on_stored
+        self._spawn: Spawner = spawn if spawn is not None else self._spawn_process
         self._lanes: dict[int, _Lane] = {}
         self._ports: dict[int, int] = {}
         self._job_ids = itertools.count(1)
@@ -252,16 +272,10 @@ class LaneProcessPool:
         """Spawn lane `index`, configure it, wait for its Ready."""
         ours, theirs = socket.socketpair()
         try:
-            # stdout/stderr are the node's: a lane's log lines go where the node's go.
-            process = await trio.lowlevel.open_process(
-                [self.python, "-m", "shoal.p2p.lanes.worker", "--fd", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-            )
+            process = await self._spawn(index, theirs)
         except BaseException:
             ours.close()
-            theirs.close()
             raise
-        theirs.close()  # the lane holds its end: its death (or ours) is EOF on the other
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         lane = _Lane(index, process, stream, process.pid)
         try:
@@ -283,6 +297,17 @@ class LaneProcessPool:
         self._lanes[index] = lane
         self._notify()
         return lane
+
+    async def _spawn_process(self, index: int, channel: socket.socket) -> LaneProcess:
+        """The real spawner: `python -m shoal.p2p.lanes.worker --fd N` holding `channel`."""
+        try:
+            # stdout/stderr are the node's: a lane's log lines go where the node's go.
+            return await trio.lowlevel.open_process(
+                [self.python, "-m", "shoal.p2p.lanes.worker", "--fd", str(channel.fileno())],
+                pass_fds=(channel.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            channel.close()  # the lane holds its end: its death (or ours) is EOF on the other
 
     async def _receive_ready(self, lane: _Lane) -> C.Ready:
         while True:

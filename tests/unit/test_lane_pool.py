@@ -1,0 +1,268 @@
+"""LaneProcessPool's logic with fake lanes (a trio task per lane speaking the
+control protocol over the real socketpair): readiness, dispatch (affinity by
+holder, least loaded, the per-lane cap), a dead lane's jobs failing with
+LANE_DIED and its replacement on the same port, CPU over dead and live lanes,
+admission answers, and every lane stopped when the pool is cancelled."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from shoal.p2p.errors import LaneError
+from shoal.p2p.lanes import control as C
+from shoal.p2p.lanes.api import LaneJob, Outcome
+from shoal.p2p.lanes.pool import AFFINITY_SLACK, LaneProcessPool
+from shoal.p2p.secure.identity import Identity, PeerId
+from shoal.store.ipld.cid import RAW, CID, cid_for_digest
+
+ME = Identity.generate().peer_id
+
+
+def cid(n: int) -> CID:
+    return cid_for_digest(RAW, hashlib.sha256(str(n).encode()).digest())
+
+
+class FakeLane:
+    """One fake lane process: answers Config with Ready, holds jobs until released."""
+
+    def __init__(self, index: int, pid: int, channel: socket.socket, pool_fakes: "Fakes") -> None:
+        self.index, self.pid, self.fakes = index, pid, pool_fakes
+        self.scope = trio.CancelScope()
+        self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(channel))
+        self.returncode: int | None = None
+        self.exited = trio.Event()
+        self.config: C.Config | None = None
+        self.jobs: list[C.Job] = []
+        self.admitted: dict[int, bool] = {}
+        self.cpu = 0.0
+        self.killed = False
+
+    async def wait(self) -> int:
+        await self.exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        self.killed = True
+        self.die(-9)
+
+    def die(self, code: int) -> None:
+        if self.returncode is None:
+            self.returncode = code
+            self.exited.set()
+            self.scope.cancel()
+
+    async def run(self) -> None:
+        try:
+            with trio.CancelScope() as self.scope:
+                decoder = C.ControlDecoder()
+                try:
+                    while True:
+                        data = await self.stream.receive_some(65536)
+                        if not data:
+                            break  # the pool closed the channel: exit like a lane does
+                        for msg in decoder.feed(data):
+                            await self.on(msg)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        finally:
+            self.stream.socket.close()
+            if self.returncode is None:
+                self.returncode = 0
+                self.exited.set()
+
+    async def send(self, msg: C.ControlMessage) -> None:
+        await self.stream.send_all(C.encode(msg))
+
+    async def on(self, msg: C.ControlMessage) -> None:
+        if isinstance(msg, C.Config):
+            self.config = msg
+            if self.fakes.fail_start:
+                self.die(1)
+                return
+            port = msg.port or 40000 + self.pid
+            await self.send(C.Ready(f"/ip4/127.0.0.1/tcp/{port}", self.pid))
+            await self.send(C.CpuStats(self.cpu, 0, 0))
+        elif isinstance(msg, C.Job):
+            self.jobs.append(msg)
+            if self.fakes.auto_answer:
+                await self.answer(msg)
+        elif isinstance(msg, C.AdmitAnswer):
+            self.admitted[msg.req_id] = msg.allowed
+
+    async def answer(self, job: C.Job, outcome: Outcome = Outcome.OK) -> None:
+        await self.send(C.Result(job.job_id, outcome.value, 10, None, ""))
+
+    async def report_cpu(self, cpu_s: float) -> None:
+        self.cpu = cpu_s
+        await self.send(C.CpuStats(cpu_s, 5, 7))
+
+
+class Fakes:
+    """The spawner: every lane it started, by index (latest last)."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.started: list[FakeLane] = []
+        self.auto_answer = True
+        self.fail_start = False
+
+    async def spawn(self, index: int, channel: socket.socket) -> FakeLane:
+        lane = FakeLane(index, 1000 + len(self.started), channel, self)
+        self.started.append(lane)
+        self.nursery.start_soon(lane.run)
+        return lane
+
+    def live(self, index: int) -> FakeLane:
+        return [f for f in self.started if f.index == index and f.returncode is None][-1]
+
+
+def make_pool(fakes: Fakes, count: int = 2, **kw: Any) -> LaneProcessPool:
+    return LaneProcessPool(count, repo=Path("/tmp"), peer_id=ME, host="127.0.0.1", spawn=fakes.spawn,  # type: ignore[arg-type]
+                           **{"admits": lambda p: True, **kw})
+
+
+def job(n: int, holder: PeerId | None) -> LaneJob:
+    return LaneJob(cid(n), holder, (), (), timeout=5.0)
+
+
+async def wait_for(predicate: Any) -> None:
+    with trio.fail_after(5):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def test_ready_once_every_lane_said_where_it_listens() -> None:
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        pool = make_pool(fakes, 3)
+        await nursery.start(pool.run)
+        assert pool.size == 3 and len(fakes.started) == 3
+        by_index = sorted(fakes.started, key=lambda f: f.index)
+        assert [str(a) for a in pool.addrs()] == [f"/ip4/127.0.0.1/tcp/{40000 + f.pid}" for f in by_index]
+        assert [d["pid"] for d in pool.describe()] == [f.pid for f in by_index]
+        assert all(f.config is not None and f.config.index == f.index and f.config.port == 0 for f in fakes.started)
+        result = await pool.run_job(job(1, None))
+        assert result.outcome is Outcome.OK and result.size == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_jobs_stay_with_the_holders_lane_until_it_is_slack_ahead() -> None:
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        fakes.auto_answer = False
+        pool = make_pool(fakes, 2)
+        await nursery.start(pool.run)
+        holder = Identity.generate().peer_id
+        for n in range(AFFINITY_SLACK + 1):
+            nursery.start_soon(pool.run_job, job(n, holder))
+        await wait_for(lambda: sum(len(f.jobs) for f in fakes.started) == AFFINITY_SLACK + 1)
+        busy = [f for f in fakes.started if f.jobs]
+        assert len(busy) == 1  # all on the holder's lane: its connections are warm
+        nursery.start_soon(pool.run_job, job(99, holder))
+        await wait_for(lambda: all(f.jobs for f in fakes.started))  # the next one goes to the idle lane
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lane_runs_at_most_its_cap_and_callers_wait() -> None:
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        fakes.auto_answer = False
+        pool = make_pool(fakes, 1, max_jobs_per_lane=3)
+        await nursery.start(pool.run)
+        done: list[Outcome] = []
+
+        async def one(n: int) -> None:
+            done.append((await pool.run_job(job(n, None))).outcome)
+
+        for n in range(5):
+            nursery.start_soon(one, n)
+        lane = fakes.live(0)
+        await wait_for(lambda: len(lane.jobs) == 3)
+        await trio.sleep(0.05)
+        assert len(lane.jobs) == 3  # the other two wait for room
+        for j in list(lane.jobs):
+            await lane.answer(j)
+        await wait_for(lambda: len(lane.jobs) == 5)
+        for j in lane.jobs[3:]:
+            await lane.answer(j)
+        await wait_for(lambda: len(done) == 5)
+        assert set(done) == {Outcome.OK}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dead_lane_fails_its_jobs_and_is_replaced_on_its_port() -> None:
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        fakes.auto_answer = False
+        pool = make_pool(fakes, 1)
+        await nursery.start(pool.run)
+        first = fakes.live(0)
+        await first.report_cpu(2.5)
+        await wait_for(lambda: pool.cpu_seconds() == 2.5)
+        results: list[Any] = []
+
+        async def one(n: int) -> None:
+            results.append(await pool.run_job(job(n, None)))
+
+        for n in range(3):
+            nursery.start_soon(one, n)
+        await wait_for(lambda: len(first.jobs) == 3)
+        first.die(-9)  # SIGKILL: the channel closes with it
+        await wait_for(lambda: len(results) == 3)
+        assert {r.outcome for r in results} == {Outcome.LANE_DIED}
+        await wait_for(lambda: pool.size == 1 and len(fakes.started) == 2)
+        second = fakes.live(0)
+        assert second.pid != first.pid
+        assert second.config is not None and second.config.port == 40000 + first.pid  # peers know that address
+        assert [str(a) for a in pool.addrs()] == [f"/ip4/127.0.0.1/tcp/{40000 + first.pid}"]
+        await second.report_cpu(1.0)
+        await wait_for(lambda: pool.live_cpu_seconds() == 1.0)
+        assert pool.cpu_seconds() == 3.5  # the dead lane's CPU stays counted
+        fakes.auto_answer = True
+        assert (await pool.run_job(job(7, None))).outcome is Outcome.OK
+        nursery.cancel_scope.cancel()
+
+
+async def test_admission_questions_get_the_nodes_answer() -> None:
+    allowed = Identity.generate().peer_id
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        pool = make_pool(fakes, 1, admits=lambda p: p == allowed)
+        await nursery.start(pool.run)
+        lane = fakes.live(0)
+        await lane.send(C.AdmitRequest(1, allowed.multihash))
+        await lane.send(C.AdmitRequest(2, Identity.generate().peer_id.multihash))
+        await lane.send(C.AdmitRequest(3, ME.multihash))  # ourselves: never
+        await lane.send(C.AdmitRequest(4, b"\x00\x03abc"))  # not a peer id
+        await wait_for(lambda: len(lane.admitted) == 4)
+        assert lane.admitted == {1: True, 2: False, 3: False, 4: False}
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_the_pool_stops_every_lane() -> None:
+    async with trio.open_nursery() as outer:
+        fakes = Fakes(outer)  # the fake processes outlive the pool, as real ones could
+        async with trio.open_nursery() as inner:
+            await inner.start(make_pool(fakes, 2).run)
+            inner.cancel_scope.cancel()
+        # pool.run has returned: it closed each channel and waited for each process.
+        assert len(fakes.started) == 2
+        assert all(f.returncode == 0 for f in fakes.started)  # exited on EOF...
+        assert not any(f.killed for f in fakes.started)  # ...so none needed a kill
+        outer.cancel_scope.cancel()
+
+
+async def test_a_lane_that_cannot_start_fails_the_start() -> None:
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with trio.open_nursery() as nursery:
+            fakes = Fakes(nursery)
+            fakes.fail_start = True
+            await nursery.start(make_pool(fakes, 2).run)
+    assert info.group_contains(LaneError)
