@@ -23,14 +23,15 @@ import trio
 from shoal.p2p.errors import P2PError
 from shoal.p2p.lanes.worker import LANE_PROTOCOL
 from shoal.p2p.libp2p.connection import upgrade_outbound
+from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.wire import limits as L
-from shoal.p2p.wire.messages import Block, Error, ErrorCode, Hello, WantBlock
+from shoal.p2p.wire.messages import Block, BlockMissing, Error, ErrorCode, Hello, WantBlock
 from shoal.store.dag.exporter import iter_links
 from shoal.store.dag.walk import DagWalk
-from shoal.store.ipld.cid import CID, parse_cid
+from shoal.store.ipld.cid import CID, RAW, make_cid, parse_cid
 from shoal.store.persist.repo import Repo
 from tests.helpers import write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
@@ -85,6 +86,10 @@ def dag_cids(repo_path: Path, root: str) -> list[CID]:
             out.append(cid)
             walk.push(iter_links(cid, repo.blockstore.get(cid)))
         return out
+
+
+def dag_cids_of_bytes(data: bytes) -> CID:
+    return make_cid(RAW, data)
 
 
 def store_verifies(repo_path: Path, cids: list[CID]) -> None:
@@ -282,3 +287,48 @@ def test_lanes_1_starts_no_lane_process(swarm: Swarm, tmp_path: Path) -> None:
     assert children_running_lanes(a.pid) == set()
     resp = a.api("POST", "/v1/lanes/fetch", {"cid": "bafkqaaa", "holder": a.peer_id})
     assert resp.status_code == 404
+
+
+async def _serve_lies(identity: Identity, answer: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A holder lane that answers every WANT_BLOCK with wrong bytes ("lie") or BLOCK_MISSING."""
+    async with trio.open_nursery() as nursery:
+        host = Libp2pHost(identity, nursery)
+
+        async def on_request(conn: Any, msg: Any) -> list[Any]:
+            if isinstance(msg, WantBlock):
+                raw = msg.cids[0]
+                return [Block(msg.request_id, raw, b"not the block you asked for") if answer == "lie"
+                        else BlockMissing(msg.request_id, raw)]
+            return [Error(msg.request_id, ErrorCode.UNKNOWN_TYPE, "no")]
+
+        async def lane_stream(stream: Any) -> None:
+            pc = PeerConnection(stream, stream.conn.remote_peer, on_request)
+            async with trio.open_nursery() as inner:
+                await inner.start(pc.run)
+                await pc.send(Hello(0, (L.PROTOCOL_VERSION,), (), "liar", 0, 0))
+
+        host.handlers[LANE_PROTOCOL] = lane_stream
+        addrs = await nursery.start(host.serve, "127.0.0.1", 0)
+        task_status.started(addrs[0])
+
+
+@pytest.mark.parametrize("answer, outcome", [("lie", "corrupt"), ("missing", "missing")])
+def test_a_holder_that_lies_is_caught_before_the_block_is_used(swarm: Swarm, tmp_path: Path, answer: str,
+                                                               outcome: str) -> None:
+    b = swarm.add("b", extra_args=["--lanes", "2"])
+    liar = Identity.generate()
+    wanted = dag_cids_of_bytes(b"the real block")
+
+    async def scenario() -> dict[str, Any]:
+        async with trio.open_nursery() as nursery:
+            addr = await nursery.start(_serve_lies, liar, answer)
+            doc = await trio.to_thread.run_sync(lambda: b.api("POST", "/v1/lanes/fetch", {
+                "cid": str(wanted), "holder": str(liar.peer_id), "holder_addrs": [str(addr.with_peer(None))],
+                "timeout": 10}, timeout=30).json())
+            nursery.cancel_scope.cancel()
+        return doc  # type: ignore[no-any-return]
+
+    doc = trio.run(scenario)
+    assert doc.get("outcome") == outcome, doc
+    with Repo.open(b.repo, lock=False) as repo:
+        assert not repo.blockstore.has(wanted)  # nothing of the lie was stored
