@@ -91,6 +91,20 @@ class _Target:
     size: int  # what the leaf's parent says it holds
 
 
+class _Reader:
+    """A `get_block` caller: woken with the block's bytes, or with why not."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, data: bytes | None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.data, self.error = data, error
+            self.done.set()
+
+
 @dataclass
 class _LeafState:
     cid: CID
@@ -100,6 +114,7 @@ class _LeafState:
     stored: bool = False  # the block is in our store: more targets are copy jobs
     in_planner: bool = False  # wanted from holders and not finished there
     retries: int = 0
+    readers: list[_Reader] = field(default_factory=list)  # `get_block` callers waiting for the bytes
 
 
 @dataclass
@@ -203,7 +218,8 @@ class LaneDispatcher:
         addrs = self._lane_addrs(peer)
         if addrs:
             result = await self._pool.run_job(LaneJob(state.cid, peer, tuple(addrs), self._sinks(state),
-                                                      store=True, timeout=self._job_timeout))
+                                                      want_data=bool(state.readers), store=True,
+                                                      timeout=self._job_timeout))
         else:
             result = LaneResult(Outcome.UNREACHABLE, detail=f"{peer} advertises no lanes")
         self._count(result)
@@ -226,6 +242,7 @@ class LaneDispatcher:
             self.stats.fetched_blocks += 1
             self.stats.fetched_bytes += result.size
             self._written(state, result.size)
+            self._hand_over(state, result.data)
             return
         state.waiting[:0] = state.running  # back in line, in front of later arrivals
         state.running = []
@@ -253,6 +270,7 @@ class LaneDispatcher:
             if result.outcome is Outcome.OK:
                 self.stats.copied_blocks += 1
                 self._written(state, result.size)
+                self._hand_over(state, None)
                 return
             state.waiting[:0] = state.running
             state.running = []
@@ -310,7 +328,17 @@ class LaneDispatcher:
             self._fail_targets(state, FetchFailed(
                 f"could not fetch {state.cid} from any holder's lanes ({len(self.planner.holders)} holders left)"))
 
+    def _hand_over(self, state: _LeafState, data: bytes | None) -> None:
+        """The block is stored: its readers get the bytes (None: a reader that came
+        after the job left reads our store instead)."""
+        readers, state.readers = state.readers, []
+        for reader in readers:
+            reader.settle(data)
+
     def _fail_targets(self, state: _LeafState, error: BaseException) -> None:
+        readers, state.readers = state.readers, []
+        for reader in readers:
+            reader.settle(None, error)
         targets = state.waiting + state.running
         state.waiting, state.running = [], []
         for target in targets:
@@ -358,6 +386,45 @@ class LaneDispatcher:
             else:
                 self._want(key, state)
         self._wake.set()
+
+    # -- a reader's side (the gateway) -----------------------------------------------
+
+    async def get_block(self, cid: CID) -> bytes | None:
+        """(On the loop.) Have a lane fetch `cid` from the holders, store it durably and
+        return its verified bytes (the lane hashed them; this process does not).
+
+        For a reader that needs the bytes here, block by block, in its own order
+        (shoal.p2p.gateway.lane_blocks): the caller found `cid` missing from our
+        store. None when the block is in our store after all (another reader's
+        job stored it meanwhile): read it there. Raises FetchFailed (or
+        StoreError, our disk) when no holder could give it; the planner's rules
+        are those of the laned get (MISSING/TIMEOUT: another holder; CORRUPT:
+        the holder is dropped; our lane died: again). Cancelling the caller
+        leaves the job to finish for whoever else waits for the block."""
+        if self._token is None:
+            raise RuntimeError("LaneDispatcher.get_block before run() started")
+        key = bytes(cid)
+        state = self._leaves.get(key)
+        if state is None:
+            state = self._leaves[key] = _LeafState(cid)
+        if state.stored and not state.job:
+            return None
+        reader = _Reader()
+        state.readers.append(reader)
+        if not (state.job or state.in_planner):
+            if key in self._failed_seen:
+                self._fail_targets(state, FetchFailed(f"could not fetch {cid} from any holder's lanes"))
+            else:
+                self._want(key, state)
+            self._wake.set()
+        try:
+            await reader.done.wait()
+        finally:
+            if not reader.done.is_set() and reader in state.readers:
+                state.readers.remove(reader)
+        if reader.error is not None:
+            raise reader.error
+        return reader.data
 
     # -- the export's side (LeafFiller) -----------------------------------------
 

@@ -10,7 +10,9 @@ node.
 
 Blocks the node lacks are fetched one by one as the read reaches them
 (`OnDemandBlocks`), with the exporter's read-ahead asking for the next
-few at once, so the first bytes go out while the rest is still coming.
+few at once, so the first bytes go out while the rest is still coming. On a
+node with lanes, a file's blocks are fetched by the lanes instead and handed
+back verified (shoal.p2p.gateway.lane_blocks).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from shoal.store.ipld.cid import CID
 
 from shoal.p2p.errors import NoPeers, P2PError
 from shoal.p2p.gateway import listing
+from shoal.p2p.gateway.lane_blocks import lane_blocks
 from shoal.p2p.gateway.params import IMMUTABLE_CACHE, GatewayRequest, GatewayRequestError, parse_range
 
 if TYPE_CHECKING:
@@ -108,7 +111,12 @@ async def serve_path(node: "Node", request: GatewayRequest, root: CID,
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
-    await stream_file(source, target, offset, length, status, headers, send)
+    async with lane_blocks(node, target, fetch_one) as laned:
+        if laned is None:
+            await stream_file(source, target, offset, length, status, headers, send)
+        else:  # the node's lanes move the file's blocks (shoal.p2p.gateway.lane_blocks)
+            laned.only_local = request.only_if_cached
+            await stream_file(laned, target, offset, length, status, headers, send)
 
 
 async def stream_file(source: exporter.Source, target: CID, offset: int, length: int, status: int,

@@ -11,7 +11,10 @@ agree with the record's entry (else 502), and blocks the node lacks are
 fetched from peers, hash-checked: a whole file by `fetch_dag` from every
 holder at once while the response streams (each verified block handed to
 the reader), a Range on demand as the path gateway does
-(`shoal.p2p.gateway.files`), moving only the blocks it covers.
+(`shoal.p2p.gateway.files`), moving only the blocks it covers. On a node
+with lanes whose holders advertise lanes, both read through the lanes
+instead (shoal.p2p.gateway.lane_blocks): the exporter reads ahead a few
+blocks and each missing one is a lane's job, handed back verified.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from shoal.p2p.errors import NoPeers, P2PError
 from shoal.p2p.exchange.fetch import fetch_dag
 from shoal.p2p.exchange.handoff import ArrivingBlocks
 from shoal.p2p.gateway.files import OnDemandBlocks, resolve_path, stream_file
+from shoal.p2p.gateway.lane_blocks import LaneBlocks, lane_blocks, lane_holders
 from shoal.p2p.gateway.hf_routes import (
     DEFAULT_PAGE_SIZE,
     HfError,
@@ -154,8 +158,27 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
     if wanted is not None:
         out.append((b"content-range", wanted.content_range(size).encode()))
     source = OnDemandBlocks(node, fetch_one)
-    blocks = ArrivingBlocks(node.repo.blockstore) if wanted is None and not request.head and size else None
-    reader: exporter.Source = blocks if blocks is not None else source
+    whole = wanted is None and not request.head and size > 0
+    # With lanes, the file's blocks come through them (shoal.p2p.gateway.lane_blocks) when
+    # its holders have lanes: a whole file then reads ahead through the exporter, not fetch_dag.
+    holders = await lane_holders(node, file_cid) if whole and node.lanes is not None else None
+    async with lane_blocks(node, file_cid, fetch_one, holders=holders or None) as laned:
+        if laned is not None and whole and not holders:
+            laned = None  # no holder has lanes: fetch_dag as without them
+        await _serve_file_from(node, request, (root, file_cid, size), (status, offset, length), out, source,
+                               laned, send, cache_pin)
+
+
+async def _serve_file_from(node: "Node", request: HfRequest, file: tuple[CID, CID, int],
+                           span: tuple[int, int, int], out: list[tuple[bytes, bytes]], source: OnDemandBlocks,
+                           laned: LaneBlocks | None, send: Send, cache_pin: bool) -> None:
+    """`_serve_file` once the reader is chosen: `laned` if the lanes fetch, else fetch_dag
+    (a whole file) or on demand."""
+    root, file_cid, size = file
+    status, offset, length = span
+    whole = status == 200 and not request.head and length > 0
+    blocks = ArrivingBlocks(node.repo.blockstore) if whole and laned is None else None
+    reader: exporter.Source = blocks if blocks is not None else (laned if laned is not None else source)
     started = False
     failure: GatewayRequestError | None = None
 
@@ -187,6 +210,8 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
                 await send({"type": "http.response.body", "body": b""})
             else:
                 await stream_file(reader, file_cid, offset, length, status, out, tracked)
+                if laned is not None and whole and cache_pin:
+                    await _pin(node, file_cid)
         except GatewayRequestError as exc:
             failure = exc
         except (BlockNotFound, NoPeers) as exc:
@@ -204,6 +229,15 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
                 nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+async def _pin(node: "Node", cid: CID) -> None:
+    """`--gateway-cache-pin` after a file was served whole through the lanes (the body is sent)."""
+    try:
+        async with node.store_guard.shared():
+            await trio.to_thread.run_sync(node.repo.pin_add, cid)
+    except StoreError as exc:
+        log.warning("gateway: could not pin %s: %s", cid, exc)
 
 
 async def _arrived(arriving: ArrivingBlocks) -> None:
