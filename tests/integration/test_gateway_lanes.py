@@ -10,13 +10,10 @@ received_bytes counts what its own fetches got; only directories and roots
 remain), and c's lanes' byte counters (`/v1/node/status`) cover the files.
 With `--lanes 1` c serves exactly as before: its own fetches get the bytes.
 
-Failures: a holder whose LANE lies (the worker's test hook) is caught per
-block (the holder's reputation records it) and the response completes from
-the honest holder with exact bytes; a lane of c SIGKILLed while a response
-is running: its jobs come back lane_died, the dispatcher runs them again on
-the other lane (or the replacement), and the response COMPLETES with exact
-bytes (the holders are slowed by the serve-delay hook so that jobs are in
-flight when the lane dies).
+A lane of c SIGKILLed while a response is running (c's lanes are stopped
+first, so the response's jobs are in flight on them): its jobs come back
+lane_died, the dispatcher runs them again on the other lane (or the
+replacement), and the response COMPLETES with exact bytes.
 """
 
 from __future__ import annotations
@@ -158,26 +155,13 @@ def test_gateway_without_lanes_fetches_in_its_own_process(swarm: Swarm, tmp_path
     assert received(c) >= BIG + 2000000  # today's data plane: c's own fetches got the bytes
 
 
-def test_a_lying_holder_lane_is_caught_per_block_and_the_response_completes(swarm: Swarm, tmp_path: Path) -> None:
-    a, b, c, root, files = setup(swarm, tmp_path, hook_a="corrupt")
-    url = gateway_url(c)
-    for name in ("weights/big.bin", "weights/big2.bin"):
-        resp = httpx.get(f"{url}/ipfs/{root}/{name}", timeout=120)
-        assert resp.status_code == 200, resp.text
-        assert resp.content == files[name], name
-    liar = next(p for p in c.peers() if p["peer_id"] == a.peer_id)
-    honest = next(p for p in c.peers() if p["peer_id"] == b.peer_id)
-    assert liar["corrupt"] >= 1, liar
-    assert honest["corrupt"] == 0 and honest["delivered"] >= 1, honest
-    assert received(c) < MAIN_BYTES_MAX, c.stats()  # the honest bytes came through the lanes too
-    r = c.shoal("verify")  # no lie was stored
-    assert r.code == 0, r.err
-
-
 def test_a_lane_killed_mid_response_is_retried_and_the_response_completes(swarm: Swarm, tmp_path: Path) -> None:
-    a, b, c, root, files = setup(swarm, tmp_path, hook_a="serve-delay=0.5", hook_b="serve-delay=0.5")
+    a, b, c, root, files = setup(swarm, tmp_path)
     url = gateway_url(c)
-    before = {int(lane["pid"]) for lane in lanes_of(c)}
+    victim, other = (int(lane["pid"]) for lane in lanes_of(c))
+    # Both of c's lanes stopped: the response's jobs wait in them, so the kill finds some in flight.
+    for pid in (victim, other):
+        os.kill(pid, signal.SIGSTOP)
     out: dict[str, Any] = {}
 
     def download() -> None:
@@ -189,18 +173,24 @@ def test_a_lane_killed_mid_response_is_retried_and_the_response_completes(swarm:
 
     worker = threading.Thread(target=download)
     worker.start()
+    busy: dict[str, Any] | None = None
     try:
         busy = wait_until(lambda: next((lane for lane in lanes_of(c) if lane["inflight"] > 0), None), 60,
-                          "a lane of c to run the response's jobs")
-        os.kill(int(busy["pid"]), signal.SIGKILL)
+                          "the response's jobs on c's stopped lanes")
     finally:
+        os.kill(int(busy["pid"]) if busy else victim, signal.SIGKILL)
+        for pid in (victim, other):
+            if not busy or pid != int(busy["pid"]):
+                os.kill(pid, signal.SIGCONT)
         worker.join(timeout=200)
     assert not worker.is_alive()
     assert "error" not in out, out.get("error")
     assert out["status"] == 200 and out["body"] == files["weights/big2.bin"]
-    after = wait_until(lambda: (lambda pids: pids if len(pids) == 2 and int(busy["pid"]) not in pids else None)(
+    assert busy is not None
+    killed = int(busy["pid"])
+    after = wait_until(lambda: (lambda pids: pids if len(pids) == 2 and killed not in pids else None)(
         {int(lane["pid"]) for lane in lanes_of(c)}), 30, "c to replace the killed lane")
-    assert after - before
-    assert received(c) < MAIN_BYTES_MAX, c.stats()
+    assert killed not in after
+    assert received(c) < MAIN_BYTES_MAX, c.stats()  # the retries went through lanes too
     r = c.shoal("verify")
     assert r.code == 0, r.err
