@@ -95,6 +95,7 @@ class _Lane:
     jobs: int = 0
     bytes: int = 0
     cpu_s: float = 0.0
+    serve_cpu_s: float = 0.0
     served_bytes: int = 0
     fetched_bytes: int = 0
     pending: dict[int, tuple[trio.Event, list[LaneResult]]] = field(default_factory=dict)
@@ -122,11 +123,15 @@ class LaneProcessPool:
         max_jobs_per_lane: int = MAX_JOBS_PER_LANE,
         python: str = sys.executable,
         on_stored: Callable[[CID], None] | None = None,
+        on_served: Callable[[int, float], None] | None = None,
         spawn: Spawner | None = None,
     ) -> None:
         """`on_stored(cid)`: a lane stored `cid`'s block (OK of a job with
         `store`), called before `run_job` returns it; the node's blockstore
-        notes it so its next flush makes the block's name durable."""
+        notes it so its next flush makes the block's name durable.
+        `on_served(bytes, cpu_s)`: lanes served `bytes` to peers at the cost
+        of `cpu_s` (their CPU since the last report, split between serving
+        and jobs by bytes moved), for the energy ledger's serve totals."""
         if not 1 <= count <= MAX_LANES:
             raise LaneError(f"lanes: 1 to {MAX_LANES}, not {count}")
         self.count = count
@@ -140,6 +145,7 @@ class LaneProcessPool:
         self.max_jobs_per_lane = max_jobs_per_lane
         self.python = python
         self.on_stored = on_stored
+        self.on_served = on_served
         self._spawn: Spawner = spawn if spawn is not None else self._spawn_process
         self._lanes: dict[int, _Lane] = {}
         self._ports: dict[int, int] = {}
@@ -161,13 +167,14 @@ class LaneProcessPool:
                 if lane.ready and not lane.dead and lane.addr is not None]
 
     def cpu_seconds(self) -> float:
-        return self._dead_cpu_s + self.live_cpu_seconds()
+        return self._dead_cpu_s + sum(lane.cpu_s for lane in list(self._lanes.values()) if not lane.dead)
 
     def live_cpu_seconds(self) -> float:
-        """CPU of the lanes running now (as last reported): what a meter of the
-        node adds to its own, since a dead lane, once reaped, is in the node's
-        children times (os.times) already."""
-        return sum(lane.cpu_s for lane in self._lanes.values() if not lane.dead)
+        """CPU of the lanes running now (as last reported), less what went to
+        serving peers (reported through `on_served`): what a meter of the node
+        adds to its own. Dead lanes are left out: once reaped they are in
+        the node's children times (os.times) already."""
+        return sum(lane.cpu_s - lane.serve_cpu_s for lane in list(self._lanes.values()) if not lane.dead)
 
     def served_bytes(self) -> int:
         return self._dead_served + sum(lane.served_bytes for lane in self._lanes.values() if not lane.dead)
@@ -366,11 +373,19 @@ class LaneProcessPool:
             return False
         return peer != self.peer_id and self.admits(peer)
 
-    @staticmethod
-    def _on_stats(lane: _Lane, msg: C.CpuStats) -> None:
+    def _on_stats(self, lane: _Lane, msg: C.CpuStats) -> None:
+        cpu = max(0.0, msg.cpu_s - lane.cpu_s)
+        served = max(0, msg.served_bytes - lane.served_bytes)
+        fetched = max(0, msg.fetched_bytes - lane.fetched_bytes)
         lane.cpu_s = max(lane.cpu_s, msg.cpu_s)
-        lane.served_bytes = msg.served_bytes
-        lane.fetched_bytes = msg.fetched_bytes
+        lane.served_bytes, lane.fetched_bytes = msg.served_bytes, msg.fetched_bytes
+        if served:
+            # One process serves and fetches: its CPU of the interval is
+            # shared by bytes moved (hashing, Noise and copies scale with them).
+            part = cpu * served / (served + fetched)
+            lane.serve_cpu_s += part
+            if self.on_served is not None:
+                self.on_served(served, part)
 
     async def _retire(self, lane: _Lane) -> None:
         """The lane is gone or going: fail its jobs, keep its counts, make sure the process is reaped."""

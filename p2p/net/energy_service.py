@@ -175,6 +175,9 @@ class EnergyService:
         # The lanes (shoal.p2p.lanes) do the node's hashing, Noise and writes
         # in other processes: every meter adds their CPU to the node's own.
         self.account.extra_cpu = lambda: node.lane_pool.live_cpu_seconds() if node.lane_pool is not None else 0.0
+        # What the lanes served never passes the node's serve hooks: their
+        # reports become serve totals (bytes and their share of lane CPU).
+        node.lane_serve_observers.append(self.account.add_served)
         node.wrap_handler(StoreRequest, self._wrap_store_request)
         node.wrap_handler(AuditChallenge, self._wrap_audit_challenge)
         node.add_handler(LedgerSummaryRequest, self.on_summary_request)

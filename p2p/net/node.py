@@ -185,6 +185,8 @@ class Node:
         # where each connected peer's lanes listen (asked with GET_LANES).
         self.lane_pool: LaneProcessPool | None = None
         self._peer_lanes: dict[PeerId, tuple[Multiaddr, ...]] = {}
+        # Who hears of block bytes the lanes served (bytes, their CPU-s): energy accounting.
+        self.lane_serve_observers: list[Callable[[int, float], None]] = []
         if options.lanes > 1:
             self.add_route("POST", "/v1/lanes/fetch", lanes_fetch_route(self))
 
@@ -202,6 +204,10 @@ class Node:
     def lanes(self) -> LanePool | None:
         """The lane processes that move block bytes; None with `--lanes 1` (all in this process)."""
         return self.lane_pool
+
+    def _lane_served(self, nbytes: int, cpu_s: float) -> None:
+        for observer in self.lane_serve_observers:
+            observer(nbytes, cpu_s)
 
     def peer_lane_addrs(self, peer: PeerId) -> tuple[Multiaddr, ...]:
         """Where `peer`'s lanes listen (with its peer id), as it told us; () if none or not known yet."""
@@ -325,7 +331,7 @@ class Node:
                     host=self.options.listen[0].host, admits=self.admits, swarm_key=self.options.swarm_key,
                     send_budget=self.options.limits.send_budget_bytes,
                     stall_timeout=self.options.limits.send_stall_timeout_s,
-                    on_stored=self.repo.blockstore.note_written)
+                    on_stored=self.repo.blockstore.note_written, on_served=self._lane_served)
                 await nursery.start(pool.run)  # every lane listening before any peer is told of them
                 self.lane_pool = pool
             nursery.start_soon(self._refresh_protected_loop)

@@ -172,6 +172,19 @@ class EnergyAccount:
                 if self._busy == 0:
                     self._close_busy_period(reopen=False)
 
+    def add_served(self, bytes_sent: int, cpu_s: float, kind: str = "serve") -> None:
+        """Serving done by helper processes (a node's lanes): `cpu_s` of their
+        CPU for `bytes_sent` bytes, added to the pending totals of `kind`
+        (the cpu-time estimate: their CPU is not this process's to meter)."""
+        if kind not in ledger.KINDS:
+            raise InvalidInput(f"energy: unknown operation kind {kind!r}")
+        with self._lock:
+            p = self._pending.get(kind)
+            if p is None:
+                p = self._pending[kind] = _Pending()
+            p.joules += max(0.0, cpu_s) * self.watts_per_core
+            p.counts.add(Bytes(bytes_sent=bytes_sent))
+
     def _close_busy_period(self, reopen: bool) -> None:
         """Charge the busy period's energy to the kinds served in it. Holds _lock."""
         meter, period = self._busy_meter, self._period

@@ -158,8 +158,15 @@ def test_two_nodes_move_every_block_lane_to_lane(swarm: Swarm, tmp_path: Path) -
     text = b.shoal("node", "status").text
     assert all(f"pid {d['pid']} at {d['addr']}" in text for d in lanes(b)), text
     assert b.stats() is not None
-    # A's lanes served them: counted in A's served bytes.
+    # A's lanes served them: counted in A's served bytes, and in its energy
+    # ledger's serve totals with a share of the lanes' CPU.
     assert wait_until(lambda: a.stats()["served_bytes"] >= 6 << 20, 10, "A's served bytes to count its lanes")
+
+    def serve_row() -> Any:
+        row = a.call("GET", "/v1/energy")["node"]["operations"].get("serve")
+        return row if row and row["bytes"] >= 6 << 20 and row["joules"] > 0 else None
+
+    wait_until(serve_row, 10, "A's energy ledger to count what its lanes served")
 
 
 def test_a_killed_lane_fails_its_jobs_and_is_replaced(swarm: Swarm, tmp_path: Path) -> None:

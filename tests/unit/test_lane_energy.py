@@ -48,3 +48,14 @@ async def test_a_measured_fetch_counts_the_lanes_cpu(node: Any) -> None:
         lanes_cpu[0] += 3.0  # the lanes worked 3 CPU-s during the fetch
     rows = service.account.summary()
     assert rows["replicate-in"]["joules"] >= 3.0 * service.account.watts_per_core
+
+
+def test_what_lanes_served_joins_the_serve_totals(node: Any) -> None:
+    service = EnergyService(node)
+    node.register(service)
+    node._lane_served(4 << 20, 2.0)  # as the pool reports a lane's serving
+    row = service.account.summary()["serve"]
+    assert row["bytes_sent"] == 4 << 20
+    assert row["joules"] == pytest.approx(2.0 * service.account.watts_per_core)
+    service.account.flush()
+    assert service.account.summary()["serve"]["bytes_sent"] == 4 << 20  # in the ledger now

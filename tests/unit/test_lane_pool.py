@@ -101,7 +101,7 @@ class FakeLane:
 
     async def report_cpu(self, cpu_s: float) -> None:
         self.cpu = cpu_s
-        await self.send(C.CpuStats(cpu_s, 5, 7))
+        await self.send(C.CpuStats(cpu_s, 0, 0))
 
 
 class Fakes:
@@ -227,6 +227,22 @@ async def test_a_dead_lane_fails_its_jobs_and_is_replaced_on_its_port() -> None:
         assert pool.cpu_seconds() == 3.5  # the dead lane's CPU stays counted
         fakes.auto_answer = True
         assert (await pool.run_job(job(7, None))).outcome is Outcome.OK
+        nursery.cancel_scope.cancel()
+
+
+async def test_lane_cpu_is_shared_between_serving_and_jobs_by_bytes() -> None:
+    served: list[tuple[int, float]] = []
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        pool = make_pool(fakes, 1, on_served=lambda n, cpu: served.append((n, cpu)))
+        await nursery.start(pool.run)
+        lane = fakes.live(0)
+        await lane.send(C.CpuStats(1.0, 0, 0))  # start-up: no bytes moved, nothing served
+        await lane.send(C.CpuStats(5.0, 300, 100))  # 4 CPU-s: 3/4 of the bytes were served
+        await wait_for(lambda: pool.cpu_seconds() == 5.0)
+        assert served == [(300, 3.0)]
+        assert pool.live_cpu_seconds() == 2.0  # what a meter in the node may add: not the serving
+        assert pool.served_bytes() == 300
         nursery.cancel_scope.cancel()
 
 
