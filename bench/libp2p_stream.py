@@ -4,7 +4,9 @@
 
 For each run and each stack, a receiver child process listens on
 127.0.0.1, this process dials it and sends `--size` bytes in 1 MiB pieces;
-the receiver reads to EOF and reports bytes, seconds and its CPU time.
+the receiver reads to EOF and reports bytes, seconds and its CPU time
+(`time.process_time()` of the data phase on each side: not the start-up,
+imports or handshake).
 The two stacks, alternated run by run so drift hits both alike:
 
 - `framing`: what Shoal's connections do today below the message codec:
@@ -17,6 +19,21 @@ The two stacks, alternated run by run so drift hits both alike:
   (the spec's 256 KiB window), written with `send_all` in 1 MiB pieces.
 - `yamux-4m`: the same with a 4 MiB receive window granted on open (what
   a path with more than 256 KiB in flight needs; loopback barely does).
+- `shoal`: what a node-to-node `shoal get` does with a block's bytes on
+  the libp2p stack: the `/shoal/1.0.0` stream's 16 MiB window, each 1 MiB
+  piece sent as one Shoal frame (`encode_frame_parts`, `send_all_parts`,
+  the frame's header and the block's bytes as separate parts, as
+  PeerConnection sends a Block), received with `receive_some_parts` into
+  the frame decoder. `framing` is the same bytes path before the switch.
+
+`--stacks` picks a subset (e.g. `--stacks framing,shoal` for the A/B that
+matters for a get). Every row reports CPU seconds per GiB of each side
+(sender: this process; receiver: the child); the summary gives
+medians and each stack's ratio to `framing` of the same run (CPU per GiB is
+the steadier figure on a shared machine: wall-clock varies with the load).
+Run the script of one checkout with another checkout's interpreter to
+compare two versions of the code on the same benchmark. `--profile DIR`
+writes a cProfile of each side of each run there.
 
 Prints one JSON line per run and a median summary; the lead decides what to
 record in bench/RESULTS.md.
@@ -33,11 +50,12 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_seconds, machine_line, machine_info  # noqa: E402
+from common import machine_line, machine_info  # noqa: E402
 
 from shoal.p2p.libp2p.connection import YamuxStream
 from shoal.p2p.libp2p.host import Libp2pHost
@@ -48,8 +66,10 @@ from shoal.p2p.wire.framing import FrameDecoder, encode_frame_parts
 
 PROTO = "/shoal-bench/blob/1.0.0"
 PIECE = 1 << 20
-WINDOWS = {"yamux": 256 * 1024, "yamux-4m": 4 << 20}
-STACKS = ("framing", "yamux", "yamux-4m")
+GIB = 1 << 30
+WINDOWS = {"yamux": 256 * 1024, "yamux-4m": 4 << 20, "shoal": 16 << 20}
+STACKS = ("framing", "yamux", "yamux-4m", "shoal")
+T = TypeVar("T")
 
 
 def parse_size(text: str) -> int:
@@ -68,13 +88,14 @@ async def receive_framing() -> None:
     async def on_conn(tcp: trio.SocketStream) -> None:
         secure = await secure_accept(tcp, Identity.generate())
         decoder = FrameDecoder()
-        total, start = 0, time.perf_counter()
+        total, start, cpu = 0, time.perf_counter(), time.process_time()
         while parts := await secure.receive_some_parts():
             for part in parts:
                 for payload in decoder.feed(part):
                     total += len(payload)
         decoder.end_of_stream()
-        result.update(bytes=total, seconds=time.perf_counter() - start)
+        result.update(bytes=total, seconds=time.perf_counter() - start,
+                      cpu_seconds=time.process_time() - cpu)
         done.set()
 
     async with trio.open_nursery() as nursery:
@@ -82,18 +103,28 @@ async def receive_framing() -> None:
         report({"port": listeners[0].socket.getsockname()[1]})
         await done.wait()
         nursery.cancel_scope.cancel()
-    report({**result, "cpu_seconds": cpu_seconds(os.getpid())})
+    report(result)
 
 
-async def receive_yamux(window: int) -> None:
+async def receive_yamux(window: int, framed: bool) -> None:
     done = trio.Event()
     result: dict[str, object] = {}
 
     async def sink(stream: YamuxStream) -> None:
-        total, start = 0, time.perf_counter()
-        while data := await stream.receive_some():
-            total += len(data)
-        result.update(bytes=total, seconds=time.perf_counter() - start)
+        total, start, cpu = 0, time.perf_counter(), time.process_time()
+        if framed:  # as PeerConnection reads the /shoal stream
+            stream.grow_window(window)
+            decoder = FrameDecoder()
+            while parts := await stream.receive_some_parts():
+                for part in parts:
+                    for payload in decoder.feed(part):
+                        total += len(payload)
+            decoder.end_of_stream()
+        else:
+            while data := await stream.receive_some():
+                total += len(data)
+        result.update(bytes=total, seconds=time.perf_counter() - start,
+                      cpu_seconds=time.process_time() - cpu)
         done.set()
 
     async with trio.open_nursery() as nursery:
@@ -106,45 +137,68 @@ async def receive_yamux(window: int) -> None:
             while host.connections:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    report({**result, "cpu_seconds": cpu_seconds(os.getpid())})
+    report(result)
 
 
-async def send_framing(port: int, data: bytes) -> None:
+async def send_framing(port: int, data: bytes) -> float:
     tcp = await trio.open_tcp_stream("127.0.0.1", port)
     secure = await secure_dial(tcp, Identity.generate())
+    cpu = time.process_time()
     view = memoryview(data)
     for pos in range(0, len(data), PIECE):
         await secure.send_all_parts(encode_frame_parts([view[pos : pos + PIECE]]))
     await secure.aclose()
+    return time.process_time() - cpu
 
 
-async def send_yamux(addr: str, data: bytes, window: int) -> None:
+async def send_yamux(addr: str, data: bytes, window: int, framed: bool) -> float:
     async with trio.open_nursery() as nursery:
         host = Libp2pHost(Identity.generate(), nursery, receive_window=window)
         conn = await host.dial(Multiaddr.parse(addr))
         stream = await conn.open_stream(PROTO)
+        cpu = time.process_time()
         view = memoryview(data)
         for pos in range(0, len(data), PIECE):
-            await stream.send_all(view[pos : pos + PIECE])
+            if framed:  # as PeerConnection.send writes a Block (shielded: a frame goes out whole)
+                with trio.CancelScope(shield=True):
+                    await stream.send_all_parts(encode_frame_parts([view[pos : pos + PIECE]]))
+            else:
+                await stream.send_all(view[pos : pos + PIECE])
         await stream.send_eof()
         while await stream.receive_some():
             pass
         await conn.aclose()
+        cpu = time.process_time() - cpu
         nursery.cancel_scope.cancel()
+    return cpu
 
 
-def one_run(stack: str, data: bytes) -> dict[str, object]:
-    child = subprocess.Popen([sys.executable, __file__, "--receive", stack],
-                             stdout=subprocess.PIPE, text=True)
+def profiled(path: str | None, fn: Callable[[], T]) -> T:
+    """Run `fn`, under cProfile written to `path` when there is one."""
+    if path is None:
+        return fn()
+    import cProfile
+    prof = cProfile.Profile(time.process_time)  # CPU, not wall-clock: waiting is not cost
+    try:
+        return prof.runcall(fn)
+    finally:
+        prof.dump_stats(path)
+
+
+def one_run(stack: str, data: bytes, profile_dir: str | None = None, run: int = 0) -> dict[str, object]:
+    cmd = [sys.executable, __file__, "--receive", stack]
+    if profile_dir:
+        cmd += ["--profile", str(Path(profile_dir) / f"{stack}-{run}-receiver.prof")]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         hello = json.loads(child.stdout.readline())
-        cpu_before = cpu_seconds(os.getpid())
+        out = str(Path(profile_dir) / f"{stack}-{run}-sender.prof") if profile_dir else None
         if stack == "framing":
-            trio.run(send_framing, int(hello["port"]), data)
+            send_cpu = profiled(out, partial(trio.run, send_framing, int(hello["port"]), data))
         else:
-            trio.run(send_yamux, str(hello["addr"]), data, WINDOWS[stack])
-        send_cpu = cpu_seconds(os.getpid()) - cpu_before
+            send_cpu = profiled(out, partial(trio.run, send_yamux, str(hello["addr"]), data,
+                                             WINDOWS[stack], stack == "shoal"))
         result = json.loads(child.stdout.readline())
         child.wait(timeout=30)
     finally:
@@ -153,35 +207,61 @@ def one_run(stack: str, data: bytes) -> dict[str, object]:
             child.wait()
     assert result["bytes"] == len(data), result
     seconds = float(result["seconds"])
+    recv_cpu = float(result["cpu_seconds"])
+    gib = len(data) / GIB
     return {"stack": stack, "bytes": len(data), "seconds": round(seconds, 3),
             "MB_s": round(len(data) / seconds / 1e6, 1),
-            "send_cpu_s": round(send_cpu, 2), "recv_cpu_s": round(float(result["cpu_seconds"]), 2)}
+            "send_cpu_s": round(send_cpu, 3), "recv_cpu_s": round(recv_cpu, 3),
+            "send_cpu_s_per_gib": round(send_cpu / gib, 3),
+            "recv_cpu_s_per_gib": round(recv_cpu / gib, 3)}
+
+
+def summary(rows: list[dict[str, object]], stacks: list[str]) -> dict[str, object]:
+    """Medians per stack, and each stack's ratio to `framing` (when it ran)."""
+    keys = ("MB_s", "send_cpu_s_per_gib", "recv_cpu_s_per_gib")
+    med = {stack: {k: round(statistics.median(float(r[k]) for r in rows  # type: ignore[arg-type]
+                                                if r["stack"] == stack), 3) for k in keys}
+           for stack in stacks}
+    out: dict[str, object] = {"median": med}
+    if "framing" in med:
+        base = med["framing"]
+        out["ratio_to_framing"] = {
+            stack: {k: round(v[k] / base[k], 3) for k in keys} for stack, v in med.items()
+            if stack != "framing"}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="256M")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--stacks", default=",".join(STACKS),
+                        help=f"comma-separated subset of {','.join(STACKS)}")
+    parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each side of each run")
     parser.add_argument("--receive", choices=STACKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
         if args.receive == "framing":
-            trio.run(receive_framing)
+            profiled(args.profile, partial(trio.run, receive_framing))
         else:
-            trio.run(receive_yamux, WINDOWS[args.receive])
+            profiled(args.profile, partial(trio.run, receive_yamux, WINDOWS[args.receive],
+                                           args.receive == "shoal"))
         return
+    stacks = [s for s in args.stacks.split(",") if s]
+    unknown = set(stacks) - set(STACKS)
+    if unknown:
+        parser.error(f"unknown stacks: {sorted(unknown)}")
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     data = os.urandom(parse_size(args.size))
     print(machine_line(machine_info()), flush=True)
-    speeds: dict[str, list[float]] = {stack: [] for stack in STACKS}
-    for _ in range(args.runs):
-        for stack in STACKS:
-            row = one_run(stack, data)
-            speeds[stack].append(float(row["MB_s"]))  # type: ignore[arg-type]
+    rows: list[dict[str, object]] = []
+    for run in range(args.runs):
+        for stack in stacks:
+            row = one_run(stack, data, args.profile, run)
+            rows.append(row)
             report(row)
-    med = {k: statistics.median(v) for k, v in speeds.items()}
-    report({"median_MB_s": med,
-            "yamux_over_framing": round(med["yamux"] / med["framing"], 2),
-            "yamux_4m_over_framing": round(med["yamux-4m"] / med["framing"], 2)})
+    report(summary(rows, stacks))
 
 
 if __name__ == "__main__":

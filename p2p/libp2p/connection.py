@@ -61,8 +61,13 @@ log = logging.getLogger("shoal.libp2p")
 NOISE_PROTOCOL = "/noise"
 YAMUX_PROTOCOL = "/yamux/1.0.0"
 NEGOTIATION_TIMEOUT = 10.0
-MAX_QUEUED = 1024 * 1024
-"""Bytes stream senders may queue for the writer before they wait."""
+MAX_QUEUED = 4 * 1024 * 1024
+"""Bytes stream senders may queue for the writer before they wait. The
+queue holds views of the senders' own buffers (no copy), so this bounds how
+much one writer round encrypts, not memory; it is above Shoal's largest
+frame (a 2 MiB block and its envelope), so a block reaches the writer in one
+round (at 1 MiB, a 1 MiB block's last bytes went in a second round of
+their own: a tiny Noise frame and one more send and wake-up per block)."""
 
 StreamHandler = Callable[["YamuxStream"], Awaitable[None]]
 
@@ -181,24 +186,30 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._sending = True
         try:
             conn, session = self.conn, self.conn.session
-            total = 0
-            for data in parts:
-                view = memoryview(data).cast("B")
-                pos, end = 0, len(view)
-                total += end
-                while pos < end:
-                    self._check_send()
-                    room = min(session.send_window(self.stream_id), MAX_QUEUED - conn.queued)
-                    if room <= 0:
-                        await conn.wait_change()
-                        continue
-                    # No copy: the queue holds views of `data`, and this call does
-                    # not return before the writer has sent them (below).
-                    taken = session.send_data(self.stream_id, view[pos : pos + room], copy=False)
-                    conn.queued += taken
-                    conn.queued_gen += 1
-                    pos += taken
-                    conn.wake_writer()
+            views = [v for v in (memoryview(data).cast("B") for data in parts) if len(v)]
+            total = sum(map(len, views))
+            while views:
+                self._check_send()
+                room = min(session.send_window(self.stream_id), MAX_QUEUED - conn.queued)
+                if room <= 0:
+                    await conn.wait_change()
+                    continue
+                # No copy: the queue holds views of `parts`, and this call does
+                # not return before the writer has sent them (below). One
+                # call for all parts: a frame's header and its block share
+                # one yamux frame and one writer round.
+                taken = session.send_data_parts(self.stream_id, views, room)
+                conn.queued += taken
+                conn.queued_gen += 1
+                conn.wake_writer()
+                while taken:
+                    head = views[0]
+                    if len(head) <= taken:
+                        taken -= len(head)
+                        del views[0]
+                    else:
+                        views[0] = head[taken:]
+                        taken = 0
             if not total:
                 await trio.lowlevel.checkpoint()
             mine = conn.queued_gen if total else 0

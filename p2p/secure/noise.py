@@ -126,6 +126,15 @@ class CipherState:
         self._n += 1
         return out
 
+    def encrypt_with_ad_into(self, ad: bytes, plaintext: bytes, out: memoryview) -> None:
+        """`encrypt_with_ad`, writing the ciphertext into `out` (exactly
+        len(plaintext) + 16 bytes): no ciphertext object per frame, so a
+        sender can fill one wire buffer with many frames."""
+        if self._aead is None:
+            raise LocalProtocolError("encrypt_with_ad_into needs a key")
+        self._aead.encrypt_into(self._nonce_bytes(), plaintext, ad, out)
+        self._n += 1
+
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         if self._aead is None:
             return ciphertext
@@ -316,6 +325,13 @@ class SecureSession:
         if len(plaintext) > MAX_PLAINTEXT:
             raise LocalProtocolError(f"plaintext over {MAX_PLAINTEXT} bytes; split it")
         return self._send.encrypt_with_ad(b"", plaintext)
+
+    def encrypt_into(self, plaintext: bytes, out: memoryview) -> None:
+        """`encrypt`, writing the message into `out`, which must be exactly
+        len(plaintext) + 16 bytes (the cipher refuses any other size)."""
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise LocalProtocolError(f"plaintext over {MAX_PLAINTEXT} bytes; split it")
+        self._send.encrypt_with_ad_into(b"", plaintext, out)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         if not TAG_LEN <= len(ciphertext) <= MAX_MESSAGE:

@@ -27,7 +27,7 @@ import trio
 from shoal.p2p.errors import HandshakeError, P2PError, RemoteProtocolError
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.noise import (
-    DHLEN, MAX_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, Role, SecureSession,
+    DHLEN, MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN, NoiseHandshake, Role, SecureSession,
 )
 from shoal.p2p.secure.pnet import SwarmKey
 from shoal.p2p.secure.pnet_stream import protect
@@ -47,6 +47,7 @@ Buffer = Union[bytes, bytearray, memoryview]
 # Built once: `cast` evaluates its type argument on every call, and a
 # subscripted Callable is built in Python (typing.__getitem__), per send and read.
 _BufferFn = Callable[[Buffer], bytes]
+_IntoFn = Callable[[Buffer, memoryview], None]
 _RECEIVE_CHUNK = 65536 + 2
 # Transport phase reads up to this much at once and decrypts every complete
 # frame in it: one receive per ~64 KiB frame left a 1 MiB block costing 16
@@ -233,9 +234,13 @@ class SecureStream(trio.abc.Stream):
     async def send_all_parts(self, parts: "tuple[bytes | bytearray | memoryview, ...] | list[bytes | bytearray | memoryview]") -> None:
         """Send the concatenation of `parts`, exactly as `send_all` of their join would.
 
-        Frames are cut at the same 65519-byte plaintext boundaries; only the
-        pieces of a frame that straddles two parts are copied before
-        encryption, and all frames of the call go to the transport at once.
+        Frames are cut at the same 65519-byte plaintext boundaries and
+        encrypted straight into one wire buffer (length prefixes and
+        ciphertexts in place), which goes to the transport in one write:
+        measured, a ciphertext object per frame and then a join of them all
+        cost the sender about as much CPU as the cipher itself (1 MiB:
+        ~0.9 ms against ~0.3 ms). Only the pieces of a frame that straddles
+        two parts are copied before encryption.
         """
         self._check(self._sending, "send_all")
         if self._send_broken:
@@ -243,45 +248,62 @@ class SecureStream(trio.abc.Stream):
         self._sending = True
         complete = False
         try:
-            wire: list[bytes] = []
-            # SecureSession is annotated with bytes, but the AEAD underneath
-            # takes any buffer: views are passed to avoid copying each chunk.
-            encrypt = cast(_BufferFn, self._session.encrypt)
-            carry: list[memoryview] = []  # start of a frame that spans parts
-            carried = 0
-            for part in parts:
-                view = memoryview(part).cast("B")
-                pos, end = 0, view.nbytes
-                if carried:
-                    take = min(MAX_PLAINTEXT - carried, end)
-                    carry.append(view[:take])
-                    carried += take
-                    pos = take
-                    if carried < MAX_PLAINTEXT:
-                        continue
-                    ct = encrypt(b"".join(carry))
-                    wire += (_LEN[len(ct)], ct)
-                    carry, carried = [], 0
-                while end - pos >= MAX_PLAINTEXT:
-                    ct = encrypt(view[pos : pos + MAX_PLAINTEXT])
-                    wire += (_LEN[len(ct)], ct)
-                    pos += MAX_PLAINTEXT
-                if pos < end:
-                    carry.append(view[pos:end])
-                    carried += end - pos
-            if carried:
-                ct = encrypt(b"".join(carry) if len(carry) > 1 else carry[0])
-                wire += (_LEN[len(ct)], ct)
-            if not wire:
+            wire = self._seal(parts)
+            if wire is None:
                 complete = True
                 await trio.lowlevel.checkpoint()
                 return
-            await self.transport.send_all(b"".join(wire) if len(wire) > 2 else wire[0] + wire[1])
+            await self.transport.send_all(wire)
             complete = True
         finally:
             self._sending = False
             if not complete:
                 self._send_broken = True
+
+    def _seal(self, parts: "tuple[Buffer, ...] | list[Buffer]") -> bytearray | None:
+        """The wire bytes of `parts`: every frame's length prefix and ciphertext,
+        in one buffer sized up front; None if there is nothing to send."""
+        views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+        total = sum(v.nbytes for v in views)
+        if not total:
+            return None
+        frames = -(-total // MAX_PLAINTEXT)
+        wire = bytearray(total + frames * (2 + TAG_LEN))
+        out = memoryview(wire)
+        # SecureSession is annotated with bytes, but the AEAD underneath
+        # takes any buffer: views are passed to avoid copying each chunk.
+        encrypt_into = cast(_IntoFn, self._session.encrypt_into)
+        at = 0  # where the next frame starts in `wire`
+        carry: list[memoryview] = []  # start of a frame that spans parts
+        carried = 0
+
+        def put(plain: Buffer, size: int) -> None:
+            nonlocal at
+            wire[at : at + 2] = _LEN[size + TAG_LEN]
+            encrypt_into(plain, out[at + 2 : at + 2 + size + TAG_LEN])
+            at += 2 + size + TAG_LEN
+
+        for view in views:
+            pos, end = 0, view.nbytes
+            if carried:
+                take = min(MAX_PLAINTEXT - carried, end)
+                carry.append(view[:take])
+                carried += take
+                pos = take
+                if carried < MAX_PLAINTEXT:
+                    continue
+                put(b"".join(carry), carried)
+                carry, carried = [], 0
+            while end - pos >= MAX_PLAINTEXT:
+                put(view[pos : pos + MAX_PLAINTEXT], MAX_PLAINTEXT)
+                pos += MAX_PLAINTEXT
+            if pos < end:
+                carry.append(view[pos:end])
+                carried += end - pos
+        if carried:
+            put(b"".join(carry) if len(carry) > 1 else carry[0], carried)
+        assert at == len(wire)
+        return wire
 
     async def wait_send_all_might_not_block(self) -> None:
         self._check(self._sending, "send_all")

@@ -21,7 +21,7 @@ from shoal.p2p.libp2p.identify import (
 )
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.libp2p.yamux import DEFAULT_WINDOW as WINDOW
-from shoal.p2p.libp2p.yamux import Flag, FrameType, GoAwayCode, encode_header
+from shoal.p2p.libp2p.yamux import MAX_SEND_FRAME, Flag, FrameType, GoAwayCode, encode_header
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
 
@@ -311,4 +311,46 @@ async def test_closing_a_stream_wakes_its_reader_even_when_the_close_is_cancelle
                     await trio.sleep(0.2)  # the reader waits: the echo peer sends nothing
                     await close(stream)
                 assert outcome == ["closed"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_frame_and_its_block_reach_the_transport_in_one_write() -> None:
+    """A Shoal frame (4-byte header, then a 1 MiB block) sent with
+    `send_all_parts` goes to the secure stream in one write, as yamux Data
+    frames that span the parts: not a frame for the header and a last
+    write of its own for the final bytes (each one more Noise frame, send
+    and wake-up per block on both sides)."""
+    window = 16 * 1024 * 1024
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = Libp2pHost(Identity.generate(), nursery, receive_window=window)
+            b = Libp2pHost(Identity.generate(), nursery, receive_window=window)
+            b.handlers[SINK] = sink_handler
+            (addr,) = await nursery.start(b.serve)
+            conn = await a.dial(addr)
+            stream = await conn.open_stream(SINK)
+            writes: list[bytes] = []
+            send_parts = conn.secure.send_all_parts
+
+            async def recording(parts: list[bytes | bytearray | memoryview]) -> None:
+                writes.append(b"".join(parts))
+                await send_parts(parts)
+
+            conn.secure.send_all_parts = recording  # type: ignore[method-assign]
+            block = os.urandom(1 << 20)
+            header = len(block).to_bytes(4, "big")
+            await stream.send_all_parts([header, block])
+            assert len(writes) == 1
+            (wire,) = writes
+            pos, sizes = 0, []
+            while pos < len(wire):
+                ftype, length = wire[pos + 1], int.from_bytes(wire[pos + 8 : pos + 12], "big")
+                assert ftype == FrameType.DATA
+                sizes.append(length)
+                pos += 12 + length
+            assert sum(sizes) == 4 + len(block) and wire[12:16] == header
+            assert len(sizes) == -(-(4 + len(block)) // MAX_SEND_FRAME)
+            await stream.send_eof()
+            answer = await read_all(stream)
+            assert answer == f"{4 + len(block)} {hashlib.sha256(header + block).hexdigest()}".encode()
             nursery.cancel_scope.cancel()

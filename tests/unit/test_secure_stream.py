@@ -279,3 +279,41 @@ def test_frame_decoder_any_split_gives_the_frames_in_order(seed: int) -> None:
             got.append(frame)
     assert got == frames
     assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("sizes", [
+    [4, 1 << 20],  # a Shoal frame: header, then a block
+    [12, 65507, 12, 65507, 12, 3],  # yamux headers and payloads: frames spanning parts
+    [0, 65519, 0, 65519 * 2, 1],  # empty parts, exact multiples of a frame
+    [1] * 70,  # many tiny parts in one frame
+])
+async def test_send_all_parts_is_one_write_cut_as_send_all(sizes: list[int]) -> None:
+    """The parts' frames are sealed into one wire buffer: one transport write,
+    frames cut at the same 65519-byte plaintext boundaries as `send_all` of
+    the join, and the peer reads exactly the join."""
+    left, right = memory_stream_pair()
+    a, b = await connect(left, right)
+    writes: list[bytes] = []
+    send_all = a.transport.send_all
+
+    async def recording(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        await send_all(data)
+
+    a.transport.send_all = recording  # type: ignore[method-assign]
+    parts = [os.urandom(n) for n in sizes]
+    whole = b"".join(parts)
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all_parts, parts)
+        while len(got) < len(whole):
+            got += await b.receive_some()
+    assert bytes(got) == whole
+    (wire,) = writes
+    lengths, pos = [], 0
+    while pos < len(wire):
+        n = int.from_bytes(wire[pos : pos + 2], "big")
+        lengths.append(n)
+        pos += 2 + n
+    full, rest = divmod(len(whole), MAX_MESSAGE - 16)
+    assert lengths == [MAX_MESSAGE] * full + ([rest + 16] if rest else [])

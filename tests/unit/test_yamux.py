@@ -270,3 +270,38 @@ def test_fuzz_decoder_raises_only_protocol_errors(pieces: list[bytes], client: b
             session.data_to_send()
     except RemoteProtocolError:
         assert session.failed
+
+
+def test_send_data_parts_spans_parts_within_window_and_limit() -> None:
+    """A frame may span parts (a Shoal frame's 4-byte header and the block
+    after it share one Data frame); the window and the caller's limit bound
+    what is taken; the peer reads exactly the concatenation."""
+    big = 4 * W
+    a, b = YamuxSession(True, receive_window=big), YamuxSession(False, receive_window=big)
+    sid = a.open_stream()
+    b.receive_data(a.data_to_send())
+    a.receive_data(b.data_to_send())
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    parts = [memoryview(b"\x00\x10\x00\x04"), memoryview(payload[:7]), memoryview(payload[7:])]
+    whole = b"".join(parts)
+    assert a.send_data_parts(sid, parts, 100) == 100  # the caller's limit
+    assert a.send_data_parts(sid, [memoryview(whole)[100:]], len(whole)) == big - 100  # the window
+    wire = a.data_to_send()
+    sizes = [f[3] for f in frames(wire) if f[0] == FrameType.DATA]
+    rest = big - 100
+    assert sizes == [100] + [y.MAX_SEND_FRAME] * (rest // y.MAX_SEND_FRAME) + [rest % y.MAX_SEND_FRAME]
+    got = b"".join(e.data for e in b.receive_data(wire) if isinstance(e, y.StreamData))
+    assert got == whole[:big]
+    assert a.send_window(sid) == 0 and a.send_data_parts(sid, [memoryview(whole)], 10) == 0
+
+
+def test_send_data_parts_one_frame_for_a_header_and_its_block() -> None:
+    a, b = YamuxSession(True, receive_window=4 * W), YamuxSession(False, receive_window=4 * W)
+    sid = a.open_stream()
+    b.receive_data(a.data_to_send())
+    a.receive_data(b.data_to_send())
+    header, block = memoryview(b"\x00\x00\x10\x00"), memoryview(bytes(4096))
+    assert a.send_data_parts(sid, [header, block], 1 << 20) == 4100
+    assert [f[3] for f in frames(a.data_to_send())] == [4100]  # not one frame per part
+    with pytest.raises(LocalProtocolError):
+        a.send_data_parts(99, [header], 10)
