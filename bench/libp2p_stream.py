@@ -35,6 +35,14 @@ Run the script of one checkout with another checkout's interpreter to
 compare two versions of the code on the same benchmark. `--profile DIR`
 writes a cProfile of each side of each run there.
 
+`--no-socket`: the same two paths (`framing` and `shoal` only) with no
+kernel and no other side, in this process, each side timed alone: the
+sender writes into a transport that drops the bytes (its window granted up
+front), the receiver reads the sender's recorded wire back from memory in
+1 MiB reads. What is left is exactly the Python and crypto work of the code
+under test, so version-to-version differences of a few percent show up,
+which loopback runs on a shared machine drown in noise.
+
 Prints one JSON line per run and a median summary; the lead decides what to
 record in bench/RESULTS.md.
 """
@@ -53,15 +61,18 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import trio
+import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line, machine_info  # noqa: E402
 
-from shoal.p2p.libp2p.connection import YamuxStream
+from shoal.p2p.libp2p import multistream as mss
+from shoal.p2p.libp2p.connection import Libp2pConnection, YamuxStream
+from shoal.p2p.libp2p.yamux import Flag, FrameType, encode_header
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.secure.identity import Identity
 from shoal.p2p.secure.multiaddr import Multiaddr
-from shoal.p2p.secure.secure_stream import secure_accept, secure_dial
+from shoal.p2p.secure.secure_stream import SecureStream, secure_accept, secure_dial
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame_parts
 
 PROTO = "/shoal-bench/blob/1.0.0"
@@ -216,9 +227,10 @@ def one_run(stack: str, data: bytes, profile_dir: str | None = None, run: int = 
             "recv_cpu_s_per_gib": round(recv_cpu / gib, 3)}
 
 
-def summary(rows: list[dict[str, object]], stacks: list[str]) -> dict[str, object]:
+def summary(rows: list[dict[str, object]], stacks: list[str],
+            keys: tuple[str, ...] | None = None) -> dict[str, object]:
     """Medians per stack, and each stack's ratio to `framing` (when it ran)."""
-    keys = ("MB_s", "send_cpu_s_per_gib", "recv_cpu_s_per_gib")
+    keys = keys or ("MB_s", "send_cpu_s_per_gib", "recv_cpu_s_per_gib")
     med = {stack: {k: round(statistics.median(float(r[k]) for r in rows  # type: ignore[arg-type]
                                                 if r["stack"] == stack), 3) for k in keys}
            for stack in stacks}
@@ -231,6 +243,137 @@ def summary(rows: list[dict[str, object]], stacks: list[str]) -> dict[str, objec
     return out
 
 
+class _Switchable(trio.abc.Stream):
+    """A transport that runs the handshake over `inner`, then is pointed at a
+    null sink (sends dropped, or recorded) or an in-memory source of wire."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner: trio.abc.Stream | None = inner
+        self.record: list[bytes] | None = None
+        self.source = memoryview(b"")
+        self.pos = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.inner is not None:
+            await self.inner.send_all(data)
+            return
+        if self.record is not None:
+            self.record.append(bytes(data))
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.inner is not None:
+            return await self.inner.receive_some(max_bytes)
+        if self.pos >= len(self.source):
+            await trio.sleep_forever()  # no EOF: the receiver is stopped by its reader
+        n = min(max_bytes or PIECE, PIECE)
+        out = bytes(self.source[self.pos : self.pos + n])
+        self.pos += len(out)
+        await trio.lowlevel.checkpoint()
+        return out
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def _secure_pair() -> tuple[SecureStream, _Switchable, SecureStream, _Switchable]:
+    left, right = trio.testing.memory_stream_pair()
+    a, b = _Switchable(left), _Switchable(right)
+    out: dict[str, SecureStream] = {}
+
+    async def accept() -> None:
+        out["b"] = await secure_accept(b, Identity.generate())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        out["a"] = await secure_dial(a, Identity.generate())
+    a.inner = b.inner = None
+    return out["a"], a, out["b"], b
+
+
+async def _send_no_socket(stack: str, data: bytes, record: bool) -> tuple[float, SecureStream, bytes]:
+    """Sender CPU for `data` as Shoal frames of PIECE bytes; the peer's SecureStream and,
+    with `record`, the wire it would have read."""
+    secure, transport, peer, _ = await _secure_pair()
+    wire: list[bytes] = []
+    transport.record = wire if record else None
+    view = memoryview(data)
+    if stack == "framing":
+        cpu = time.process_time()
+        for pos in range(0, len(data), PIECE):
+            await secure.send_all_parts(encode_frame_parts([view[pos : pos + PIECE]]))
+        return time.process_time() - cpu, peer, b"".join(wire)
+    conn = Libp2pConnection(secure, is_client=True, handlers={}, receive_window=WINDOWS["shoal"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.run)
+        sid = conn.session.open_stream()
+        stream = YamuxStream(conn, sid, inbound=False)
+        conn._streams[sid] = stream
+        # The peer's ACK with a window for everything: the sender never waits for one.
+        conn.session.receive_data(encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, sid, 2 * len(data)))
+        # multistream-select sent ahead of the data, as lazy dialers do.
+        await stream.send_all(mss.encode_message(mss.HEADER) + mss.encode_message(PROTO))
+        cpu = time.process_time()
+        for pos in range(0, len(data), PIECE):
+            await stream.send_all_parts(encode_frame_parts([view[pos : pos + PIECE]]))
+        cpu = time.process_time() - cpu
+        nursery.cancel_scope.cancel()
+    return cpu, peer, b"".join(wire)
+
+
+async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size: int) -> float:
+    """Receiver CPU from the first read until `size` payload bytes are decoded."""
+    transport = secure.transport
+    assert isinstance(transport, _Switchable)
+    transport.source = memoryview(wire)
+    done = trio.Event()
+    total = 0
+
+    async def sink(stream: trio.abc.ReceiveStream) -> None:
+        nonlocal total
+        decoder = FrameDecoder()
+        receive = getattr(stream, "receive_some_parts")
+        while parts := await receive():
+            for part in parts:
+                for payload in decoder.feed(part):
+                    total += len(payload)
+            if total >= size:
+                break
+        done.set()
+
+    cpu = time.process_time()
+    if stack == "framing":
+        await sink(secure)
+        return time.process_time() - cpu
+
+    async def handler(stream: YamuxStream) -> None:
+        stream.grow_window(WINDOWS["shoal"])
+        await sink(stream)
+        await trio.sleep_forever()
+
+    conn = Libp2pConnection(secure, is_client=False, handlers={PROTO: handler},
+                            receive_window=WINDOWS["shoal"])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run)
+        await done.wait()
+        cpu = time.process_time() - cpu
+        nursery.cancel_scope.cancel()
+    return cpu
+
+
+def no_socket_run(stack: str, data: bytes) -> dict[str, object]:
+    send_cpu, _, _ = trio.run(_send_no_socket, stack, data, False)
+    _, peer, wire = trio.run(_send_no_socket, stack, data, True)  # the wire, not timed
+    recv_cpu = trio.run(_receive_no_socket, stack, peer, wire, len(data))
+    gib = len(data) / GIB
+    return {"stack": stack, "no_socket": True, "bytes": len(data),
+            "send_cpu_s_per_gib": round(send_cpu / gib, 3),
+            "recv_cpu_s_per_gib": round(recv_cpu / gib, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="256M")
@@ -238,6 +381,8 @@ def main() -> None:
     parser.add_argument("--stacks", default=",".join(STACKS),
                         help=f"comma-separated subset of {','.join(STACKS)}")
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each side of each run")
+    parser.add_argument("--no-socket", action="store_true",
+                        help="framing and shoal only, in-process, no kernel: CPU of the code alone")
     parser.add_argument("--receive", choices=STACKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
@@ -251,6 +396,8 @@ def main() -> None:
     unknown = set(stacks) - set(STACKS)
     if unknown:
         parser.error(f"unknown stacks: {sorted(unknown)}")
+    if args.no_socket:
+        stacks = [s for s in stacks if s in ("framing", "shoal")] or ["framing", "shoal"]
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     data = os.urandom(parse_size(args.size))
@@ -258,10 +405,10 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for run in range(args.runs):
         for stack in stacks:
-            row = one_run(stack, data, args.profile, run)
+            row = no_socket_run(stack, data) if args.no_socket else one_run(stack, data, args.profile, run)
             rows.append(row)
             report(row)
-    report(summary(rows, stacks))
+    report(summary(rows, stacks, ("send_cpu_s_per_gib", "recv_cpu_s_per_gib") if args.no_socket else None))
 
 
 if __name__ == "__main__":
