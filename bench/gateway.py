@@ -26,7 +26,10 @@ interpreter and import start); the ratio uses the inner times. The bytes
 are checked against the import's sha256s afterwards. CPU seconds (utime +
 stime from /proc) of the servers and holders, peak RSS (VmHWM) of each.
 `--repeats N` runs static and gateway N times interleaved (a fresh gateway
-node each time). Writes bench/results/gateway.json (unless --no-write) and
+node each time). `--lanes N` starts every node with `--lanes N` (issue 15:
+N lane processes move the block bytes; 1 = none, all in the node's
+process); the CPU of a node's lanes (found in its /v1/node/status) is
+sampled beside its main process and both are given per GiB served. Writes bench/results/gateway.json (unless --no-write) and
 prints a table; RESULTS.md is written by hand from it.
 
     .venv/bin/python bench/gateway.py                      # 1 GiB
@@ -58,6 +61,7 @@ from common import (  # noqa: E402
     make_log,
     parse_size,
     BENCH_DIR,
+    GIB,
     MIB,
     PROJECT_ROOT,
     Cleanup,
@@ -131,9 +135,20 @@ def node_swarm(cl: Cleanup, root: Path) -> LocalSwarm:
     return swarm
 
 
-def gateway_node(swarm: LocalSwarm, name: str, holders: list[NodeProc]) -> tuple[NodeProc, str]:
+def lane_args(lanes: int | None) -> list[str]:
+    return [] if lanes is None else ["--lanes", str(lanes)]
+
+
+def lane_pids(node: NodeProc) -> list[int]:
+    """The pids of `node`'s lane processes (none with --lanes 1)."""
+    status = node.call("GET", "/v1/node/status")
+    return [int(lane["pid"]) for lane in status.get("lanes", [])]
+
+
+def gateway_node(swarm: LocalSwarm, name: str, holders: list[NodeProc],
+                 lanes: int | None = None) -> tuple[NodeProc, str]:
     """A fresh node with `--gateway`, trusting the swarm's names, connected to the holders; its URL."""
-    node = swarm.add(name, [h.addr for h in holders], ["--gateway", "127.0.0.1:0"], start=False)
+    node = swarm.add(name, [h.addr for h in holders], ["--gateway", "127.0.0.1:0", *lane_args(lanes)], start=False)
     with open(node.repo / "config.toml", "a") as fh:
         fh.write('\n[names]\ntrust = "swarm"\n')
     node.start(timeout=NODE_READY_S)
@@ -169,14 +184,17 @@ def check_snapshot(path: Path, files: list[dict[str, Any]]) -> bool:
     return True
 
 
-def timed_download(cl: Cleanup, work: Path, label: str, endpoint: str, watch: dict[str, int],
+def timed_download(cl: Cleanup, work: Path, label: str, endpoint: str, watch: dict[str, list[int]],
                    files: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """One client run; `watch`: name -> the processes whose CPU (summed) and peak RSS (summed) to report."""
     cache = cl.tempdir(f"hf-{label}-", parent=str(work))
-    for pid in watch.values():
+    pids = [pid for group in watch.values() for pid in group]
+    for pid in pids:
         reset_peak_rss(pid)
-    before = ProcSample.take(watch.values())
+    before = ProcSample.take(pids)
     out = run_client(endpoint, cache)
-    cpu = before.delta(ProcSample.take(watch.values()))
+    delta = before.delta(ProcSample.take(pids))
+    cpu = {k: sum(delta[pid] for pid in group) for k, group in watch.items()}
     ok = check_snapshot(Path(out["path"]), files)
     if not ok:
         raise RuntimeError(f"{label}: the snapshot's bytes differ from the model's")
@@ -186,8 +204,9 @@ def timed_download(cl: Cleanup, work: Path, label: str, endpoint: str, watch: di
             "client_import_seconds": round(out["import_s"], 3),
             "throughput_MBps": round(mb_per_s(size, out["inner_s"]), 1), "verified": ok,
             "client_version": out["version"],
-            "cpu_seconds": {k: round(cpu[pid], 2) for k, pid in watch.items()},
-            "peak_rss_MiB": {k: round(peak_rss(pid) / MIB, 1) for k, pid in watch.items()}}
+            "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
+            "cpu_seconds_per_GiB": {k: round(v / (size / GIB), 2) for k, v in cpu.items()},
+            "peak_rss_MiB": {k: round(sum(peak_rss(pid) for pid in group) / MIB, 1) for k, group in watch.items()}}
 
 
 def ttfb(url: str) -> float:
@@ -209,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="static and gateway runs, interleaved (default 1)")
     ap.add_argument("--workdir", default=None, help="where temp files go (default: system temp dir)")
     ap.add_argument("--no-write", action="store_true", help="do not write results/gateway.json")
+    ap.add_argument("--lanes", type=int, default=None, metavar="N",
+                    help="start every node with --lanes N (default: the node's own default, one per core)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="first wait up to SECONDS for the machine's CPUs to be under 25%% busy with other work")
     args = ap.parse_args(argv)
@@ -218,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         while (load := system_load(3.0))["cpu_busy_fraction_while_idle"] > 0.25 and time.monotonic() < deadline:
             log(f"waiting for a quiet machine: {load}")
             time.sleep(7)
-    doc: dict[str, Any] = {"benchmark": "gateway", "bytes": size, "shards": args.shards,
+    lanes = lane_args(args.lanes)
+    doc: dict[str, Any] = {"benchmark": "gateway", "bytes": size, "shards": args.shards, "lanes": args.lanes,
                            "machine": machine_info(), "load_before": system_load()}
     with Cleanup() as cl:
         work = cl.tempdir("shoal-bench-gateway-", parent=args.workdir)
@@ -226,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"writing a {human_bytes(size)} model in {args.shards} shards")
         make_model(folder, size, args.shards)
         swarm = node_swarm(cl, work / "nodes")
-        a = swarm.add("A", timeout=NODE_READY_S)
-        b = swarm.add("B", [a.addr], timeout=NODE_READY_S)
+        a = swarm.add("A", [], lanes, timeout=NODE_READY_S)
+        b = swarm.add("B", [a.addr], lanes, timeout=NODE_READY_S)
         swarm.wait_connected(b, [a.peer_id], 30)
         log("A: shoal hf import (not timed); B: shoal put of the same folder")
         rec = json.loads(shoal(a.repo, "hf", "import", str(folder), "--repo", REPO_ID, "--json").stdout)
@@ -241,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         # Untimed warm-up: one full fetch out of A and B, so every timed run finds the holders'
         # blocks in the page cache (the first reader of O_DIRECT-written blocks pays for filling it).
         log("warm-up (not timed): shoal get into a throwaway node W")
-        w = swarm.add("W", [a.addr, b.addr], timeout=NODE_READY_S)
+        w = swarm.add("W", [a.addr, b.addr], lanes, timeout=NODE_READY_S)
         swarm.wait_connected(w, [a.peer_id, b.peer_id], 30)
         shoal(w.repo, "get", rec["cid"], "-o", str(work / "warm"))
         w.stop(15)
@@ -254,34 +276,40 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict[str, Any]]] = {"static": [], "gateway": []}
         for i in range(args.repeats):
             log(f"run {i + 1}/{args.repeats}: static server")
-            runs["static"].append(timed_download(cl, work, "static", static_url, {"server": static.pid},
+            runs["static"].append(timed_download(cl, work, "static", static_url, {"server": [static.pid]},
                                                  files, size))
-            c, url = gateway_node(swarm, f"C{i}", [a, b])
+            c, url = gateway_node(swarm, f"C{i}", [a, b], args.lanes)
             log(f"run {i + 1}/{args.repeats}: shoal gateway (node {c.name} holds nothing)")
             runs["gateway"].append(timed_download(cl, work, "gateway", url,
-                                                  {"gateway_C": c.pid, "holder_A": a.pid, "holder_B": b.pid},
+                                                  {"gateway_C": [c.pid], "gateway_C_lanes": lane_pids(c),
+                                                   "holder_A": [a.pid], "holder_A_lanes": lane_pids(a),
+                                                   "holder_B": [b.pid], "holder_B_lanes": lane_pids(b)},
                                                   files, size))
             c.stop(15)
         doc["static"], doc["gateway"] = runs["static"], runs["gateway"]
 
         log("shoal get of the directory CID into a fresh node D")
-        d = swarm.add("D", [a.addr, b.addr], timeout=NODE_READY_S)
+        d = swarm.add("D", [a.addr, b.addr], lanes, timeout=NODE_READY_S)
         swarm.wait_connected(d, [a.peer_id, b.peer_id], 30)
-        before = ProcSample.take([d.pid, a.pid, b.pid])
+        d_lanes, a_lanes, b_lanes = lane_pids(d), lane_pids(a), lane_pids(b)
+        before = ProcSample.take([d.pid, a.pid, b.pid, *d_lanes, *a_lanes, *b_lanes])
         t0 = time.perf_counter()
         shoal(d.repo, "get", rec["cid"], "-o", str(work / "got"))
         get_s = time.perf_counter() - t0
-        cpu = before.delta(ProcSample.take([d.pid, a.pid, b.pid]))
+        cpu = before.delta(ProcSample.take([d.pid, a.pid, b.pid, *d_lanes, *a_lanes, *b_lanes]))
         if not check_snapshot(work / "got", files):
             raise RuntimeError("shoal get produced different bytes")
         doc["shoal_get"] = {"seconds": round(get_s, 3), "throughput_MBps": round(mb_per_s(size, get_s), 1),
                             "verified": True, "cpu_seconds": {"node_D": round(cpu[d.pid], 2),
+                                                              "node_D_lanes": round(sum(cpu[p] for p in d_lanes), 2),
                                                               "holder_A": round(cpu[a.pid], 2),
-                                                              "holder_B": round(cpu[b.pid], 2)}}
+                                                              "holder_A_lanes": round(sum(cpu[p] for p in a_lanes), 2),
+                                                              "holder_B": round(cpu[b.pid], 2),
+                                                              "holder_B_lanes": round(sum(cpu[p] for p in b_lanes), 2)}}
         d.stop(15)
 
         log("time to first byte on a fresh gateway node E (nothing local), then on the static server")
-        e, url = gateway_node(swarm, "E", [a, b])
+        e, url = gateway_node(swarm, "E", [a, b], args.lanes)
         shards = [f["path"] for f in files if f["path"].endswith(".safetensors")]
         cold = [ttfb(f"{url}/{REPO_ID}/resolve/main/{p}") for p in shards]
         warm_static = [ttfb(f"{static_url}/{REPO_ID}/resolve/main/{p}") for p in shards]
@@ -319,11 +347,15 @@ def report(doc: dict[str, Any]) -> str:
     rows.append(["shoal get CID -o OUT (fresh node, 2 peers)", f"{sg['seconds']:.2f}", f"{sg['seconds']:.2f}",
                  f"{sg['throughput_MBps']:.0f}", ", ".join(f"{k} {v}" for k, v in sg["cpu_seconds"].items()), ""])
     table = format_table(["run", "inner s", "wall s", "MB/s", "CPU s", "peak RSS MiB"], rows)
+    per_gib = []
+    for r in doc["gateway"]:
+        per_gib.append(", ".join(f"{k} {v}" for k, v in r.get("cpu_seconds_per_GiB", {}).items()))
     t = doc["ttfb"]
     load = doc.get("load_before", {})
     lines = [f"gateway bench: {human_bytes(size)} in {doc['shards']} shards + {len(doc['files']) - doc['shards']} "
              f"small files; {machine_line(doc['machine'])}",
-             f"load before: {load}", table, "",
+             f"load before: {load}; nodes' lanes: {doc.get('lanes') or 'their default'}", table, "",
+             *[f"gateway run {i + 1}, CPU s per GiB: {line}" for i, line in enumerate(per_gib)],
              f"time ratio gateway / static: {doc['ratios']['gateway_vs_static_time']} "
              f"(target <= {TARGETS['gateway_vs_static_max']}: {'met' if doc['targets_met']['gateway_vs_static'] else 'NOT met'})",
              f"time ratio shoal get / static: {doc['ratios']['shoal_get_vs_static_time']}",
