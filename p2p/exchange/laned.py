@@ -164,18 +164,27 @@ class LaneDispatcher:
         self._cond = threading.Condition()
         self._window = 0  # targets handed over and not yet settled (under _cond)
         self.max_running = 0  # the most jobs that ran at once (tests)
+        self._closed = False  # run() ended: no reader is served any more
 
     # -- the loop's side -------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Dispatch jobs until cancelled (the get's nursery ends it with the export)."""
         self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                self._dispatch(nursery)
-                await self._wake.wait()
-                self._wake = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    self._dispatch(nursery)
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+        finally:
+            # Readers waiting in other tasks (threads' from_thread calls) would wait for ever.
+            self._closed = True
+            for state in self._leaves.values():
+                readers, state.readers = state.readers, []
+                for reader in readers:
+                    reader.settle(None, FetchFailed(f"the fetch of {state.cid} was stopped"))
 
     def _max_jobs(self) -> int:
         return max(1, self._pool.size) * self._jobs_per_lane
@@ -403,6 +412,8 @@ class LaneDispatcher:
         leaves the job to finish for whoever else waits for the block."""
         if self._token is None:
             raise RuntimeError("LaneDispatcher.get_block before run() started")
+        if self._closed:
+            raise FetchFailed(f"the fetch of {cid} was stopped")
         key = bytes(cid)
         state = self._leaves.get(key)
         if state is None:

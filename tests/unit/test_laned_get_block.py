@@ -21,6 +21,7 @@ from shoal.store.dag import exporter
 from shoal.store.errors import BlockNotFound
 from shoal.store.ipld.cid import CID
 from shoal.store.persist.blockstore import MemoryBlockstore
+from shoal.store.cancel import CancelFlag
 from tests.helpers import random_bytes
 from tests.unit.test_laned_dispatch import FakePool, Peers, _addrs, _holders_with
 
@@ -134,3 +135,31 @@ async def test_readers_of_one_block_share_one_job() -> None:
 
 async def _append(out: list[bytes | None], coro: Any) -> None:
     out.append(await coro)
+
+
+async def test_a_reader_waiting_when_the_dispatcher_stops_is_released() -> None:
+    data = random_bytes(5_000, seed=10)
+    root, _inner, remote = _holders_with(data, 1)
+    pool = DataPool(MemoryBlockstore(), remote)
+    stuck = CancelFlag()
+    pool.hang = stuck  # the job never answers
+    dispatcher = LaneDispatcher(pool, list(remote), lane_addrs=_addrs, store=pool.local, peers=Peers())
+    errors: list[BaseException] = []
+
+    async def reader() -> None:  # outside the dispatcher's nursery, as a thread's from_thread call is
+        try:
+            await dispatcher.get_block(root)
+        except FetchFailed as exc:
+            errors.append(exc)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(dispatcher.run)
+                outer.start_soon(reader)
+                while not stuck.is_set():
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()  # the response ended
+    assert len(errors) == 1
+    with pytest.raises(FetchFailed):
+        await dispatcher.get_block(root)
