@@ -182,6 +182,7 @@ class LaneProcessPool:
     def describe(self) -> list[dict[str, Any]]:
         return [{"index": lane.index, "pid": lane.pid, "addr": str(lane.addr) if lane.addr else None,
                  "jobs": lane.jobs, "bytes": lane.bytes, "inflight": lane.inflight,
+                 "served_bytes": lane.served_bytes,
                  "cpu_s": round(lane.cpu_s, 3)}
                 for _, lane in sorted(self._lanes.items()) if lane.ready and not lane.dead]
 

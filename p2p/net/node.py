@@ -84,6 +84,9 @@ the upgrade, Hello first both ways. Every other Shoal protocol
 (shoal.p2p.wire.protocols) runs on a stream of its own, opened lazily by
 either side once the Hellos are through."""
 
+LANES_REFRESH_S = 30.0
+"""How often a node with lanes asks its peers again where their lanes are."""
+
 SHOAL_STREAM_WINDOW = 16 * 1024 * 1024
 """Receive window of the streams that carry blocks (protocols.BULK: the
 exchange). Blocks of up to 1 MiB flow on them, many requests at once: with
@@ -907,12 +910,21 @@ class Node:
     # -- peer exchange -------------------------------------------------------------
 
     async def _peer_exchange_loop(self) -> None:
+        lanes_asked = trio.current_time()
         while True:
             await trio.sleep(self.options.pex_interval)
             await self._maybe_flush()
             if self.options.peer_exchange:
                 await self._exchange_peers()
             self._dial_ready()
+            if self.lane_pool is not None and trio.current_time() - lanes_asked >= LANES_REFRESH_S:
+                # A peer's replacement lane may have had to take a new port.
+                lanes_asked = trio.current_time()
+                assert self._nursery is not None
+                for peer in self.connected_peers():
+                    conn = self.connection_to(peer)
+                    if conn is not None:
+                        self._nursery.start_soon(self._learn_lanes, conn)
 
     def _dial_ready(self) -> int:
         """Dial known peers past their backoff, up to MAX_DIALS_IN_FLIGHT; returns how many started.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -226,6 +227,39 @@ def test_a_killed_serving_lane_is_failed_over_and_replaced(swarm: Swarm, tmp_pat
 
     wait_until(all_ok, 30, "every block from A's replacement lanes")
     store_verifies(b.repo, cids)
+
+
+def test_a_replacement_lane_on_a_new_port_is_learnt_again(swarm: Swarm, tmp_path: Path) -> None:
+    """The dead lane's port is taken when its replacement starts: peers learn
+    the new address when they ask again (every LANES_REFRESH_S)."""
+    a, b, cids = holder_and_fetcher(swarm, tmp_path, 4 << 20)
+    victim = lanes(a)[0]
+    old = Multiaddr.parse(victim["addr"])
+    os.kill(int(victim["pid"]), signal.SIGKILL)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            squatter.bind((old.host, old.port))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    squatter.listen(1)
+    try:
+        fresh = wait_until(lambda: [d for d in lanes(a) if d["index"] == victim["index"] and d["pid"] != victim["pid"]],
+                           30, "A's replacement lane")[0]
+    finally:
+        squatter.close()
+    assert fresh["addr"] != victim["addr"]
+
+    def new_lane_serves() -> bool:
+        assert set(fetch_all(b, cids, a).values()) == {"ok"}
+        return any(d["addr"] == fresh["addr"] and d["served_bytes"] > 0 for d in lanes(a))
+
+    wait_until(new_lane_serves, 60, "B's lanes to use A's replacement at its new address", interval=1.0)
 
 
 async def _lane_get(addr: Multiaddr, identity: Identity, cid: CID) -> bytes:
