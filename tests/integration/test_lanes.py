@@ -131,9 +131,9 @@ def fetch_all(node: NodeProc, cids: list[CID], holder: NodeProc, threads: int = 
     return out
 
 
-def holder_and_fetcher(swarm: Swarm, tmp_path: Path, size: int, *a_args: str) -> tuple[NodeProc, NodeProc, list[CID]]:
-    a = swarm.add("a", extra_args=["--lanes", "2", *a_args])
-    b = swarm.add("b", bootstrap=[a.addr], extra_args=["--lanes", "2"])
+def holder_and_fetcher(swarm: Swarm, tmp_path: Path, size: int, *args: str) -> tuple[NodeProc, NodeProc, list[CID]]:
+    a = swarm.add("a", extra_args=["--lanes", "2", *args])
+    b = swarm.add("b", bootstrap=[a.addr], extra_args=["--lanes", "2", *args])
     swarm.wait_connected(b, 1)
     write_random(tmp_path / "model.bin", size, seed=15)
     root = a.put(tmp_path / "model.bin")
@@ -262,10 +262,10 @@ def test_a_replacement_lane_on_a_new_port_is_learnt_again(swarm: Swarm, tmp_path
     wait_until(new_lane_serves, 60, "B's lanes to use A's replacement at its new address", interval=1.0)
 
 
-async def _lane_get(addr: Multiaddr, identity: Identity, cid: CID) -> bytes:
+async def _lane_get(addr: Multiaddr, identity: Identity, cid: CID, timeout: float = 20) -> bytes:
     """Dial a lane as `identity` and ask it for one block (P2PError & co. if refused)."""
     got: list[bytes] = []
-    with trio.fail_after(20):
+    with trio.fail_after(timeout):
         tcp = await trio.open_tcp_stream(addr.host, addr.port)
         conn = await upgrade_outbound(tcp, identity, {}, expected_peer=addr.peer_id)
         try:
@@ -309,6 +309,24 @@ def test_a_peer_the_holder_does_not_admit_is_refused_by_its_lanes(swarm: Swarm, 
             refused = True  # the lane hung up after the handshake: no stream, no block
         assert refused, f"{addr} served a peer its node does not admit"
     assert "not admitted by the node" in a.log_text()
+
+
+def test_lanes_of_a_private_swarm_need_its_key(swarm: Swarm, tmp_path: Path) -> None:
+    key = tmp_path / "swarm.key"
+    key.write_text("/key/swarm/psk/1.0.0/\n/base16/\n" + os.urandom(32).hex() + "\n")
+    a, b, cids = holder_and_fetcher(swarm, tmp_path, 2 << 20, "--swarm-key", str(key))
+    assert set(fetch_all(b, cids, a).values()) == {"ok"}  # lane to lane through the protector
+    store_verifies(b.repo, cids)
+    peer = PeerId.from_string(a.peer_id)
+    outsider = Identity.generate()  # no swarm key: its handshake cannot even start
+    for d in lanes(a):
+        refused = False
+        try:
+            trio.run(_lane_get, Multiaddr.parse(d["addr"]).with_peer(peer), outsider, cids[-1], 3)
+        except* (P2PError, RequestFailed, trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                 trio.TooSlowError):
+            refused = True
+        assert refused, f"{d['addr']} served a peer without the swarm key"
 
 
 def test_sigterm_or_sigkill_of_a_node_leaves_no_lane(swarm: Swarm, tmp_path: Path) -> None:
