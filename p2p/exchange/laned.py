@@ -108,9 +108,8 @@ class _Reader:
 @dataclass
 class _LeafState:
     cid: CID
-    waiting: list[_Target] = field(default_factory=list)  # not yet given to a job
-    running: list[_Target] = field(default_factory=list)  # given to the job in flight
-    job: bool = False  # a job for this leaf is in flight
+    waiting: list[_Target] = field(default_factory=list)  # not given to a job (each job holds its own)
+    jobs: int = 0  # jobs for this leaf in flight (a dropped holder's may outlive its retry elsewhere)
     stored: bool = False  # the block is in our store: more targets are copy jobs
     in_planner: bool = False  # wanted from holders and not finished there
     retries: int = 0
@@ -194,54 +193,60 @@ class LaneDispatcher:
         while self._copies and self._running < self._max_jobs():
             key = self._copies.popleft()
             state = self._leaves[key]
-            if state.job or not self._take_waiting(state):
-                continue
-            self._start(nursery, self._copy, key)
+            if state.jobs:
+                continue  # that job's end queues the copy again
+            targets = self._take_waiting(state)
+            if targets:
+                self._start(nursery, self._copy, key, targets)
         room = self._max_jobs() - self._running
         if room > 0:
             for peer, planned in self.planner.next_requests(trio.current_time(), limit=room):
                 key = cast(bytes, planned)
-                self._take_waiting(self._leaves[key])  # (a fetch with no sink left still stores the block)
-                self._start(nursery, self._fetch, key, cast(PeerId, peer))
+                # (a fetch whose targets were all dropped still stores the block)
+                self._start(nursery, self._fetch, key, self._take_waiting(self._leaves[key]), cast(PeerId, peer))
         self._fail_given_up()
 
-    def _start(self, nursery: trio.Nursery, fn: Callable[..., Any], *args: Any) -> None:
+    def _start(self, nursery: trio.Nursery, fn: Callable[..., Any], key: bytes, *args: Any) -> None:
         self._running += 1
         self.max_running = max(self.max_running, self._running)
-        self._leaves[args[0]].job = True
-        nursery.start_soon(fn, *args)
+        self._leaves[key].jobs += 1
+        nursery.start_soon(fn, key, *args)
 
-    def _take_waiting(self, state: _LeafState) -> bool:
-        """Move the live waiting targets to `running`; False if none is left."""
+    def _take_waiting(self, state: _LeafState) -> list[_Target]:
+        """The waiting targets whose file still wants them (the others are settled now)."""
         live = [t for t in state.waiting if not t.file.over]
         self._settle([t for t in state.waiting if t.file.over])
         state.waiting = []
-        state.running = live
-        return bool(live)
+        return live
 
-    def _sinks(self, state: _LeafState) -> tuple[Sink, ...]:
-        return tuple(Sink(t.file.path, t.offset) for t in state.running if not t.file.over)
+    @staticmethod
+    def _sinks(targets: list[_Target]) -> tuple[Sink, ...]:
+        return tuple(Sink(t.file.path, t.offset) for t in targets if not t.file.over)
 
-    async def _fetch(self, key: bytes, peer: PeerId) -> None:
+    async def _fetch(self, key: bytes, targets: list[_Target], peer: PeerId) -> None:
         state = self._leaves[key]
-        addrs = self._lane_addrs(peer)
-        if addrs:
-            result = await self._pool.run_job(LaneJob(state.cid, peer, tuple(addrs), self._sinks(state),
-                                                      want_data=bool(state.readers), store=True,
-                                                      timeout=self._job_timeout))
-        else:
-            result = LaneResult(Outcome.UNREACHABLE, detail=f"{peer} advertises no lanes")
-        self._count(result)
         try:
+            addrs = self._lane_addrs(peer)
+            if addrs:
+                result = await self._pool.run_job(LaneJob(state.cid, peer, tuple(addrs), self._sinks(targets),
+                                                          want_data=bool(state.readers), store=True,
+                                                          timeout=self._job_timeout))
+            else:
+                result = LaneResult(Outcome.UNREACHABLE, detail=f"{peer} advertises no lanes")
+            self._count(result)
             if result.outcome is Outcome.UNREACHABLE and state.retries < RETRIES:
                 await trio.sleep(self._retry_pause * (2 ** state.retries))
-            self._fetched(peer, key, state, result)
+        except BaseException:
+            state.waiting[:0] = targets  # (cancelled with the get: nobody waits for them)
+            raise
         finally:
-            state.job = False
+            state.jobs -= 1
             self._running -= 1
             self._wake.set()
+        self._fetched(peer, key, state, result, targets)
 
-    def _fetched(self, peer: PeerId, key: bytes, state: _LeafState, result: LaneResult) -> None:
+    def _fetched(self, peer: PeerId, key: bytes, state: _LeafState, result: LaneResult,
+                 targets: list[_Target]) -> None:
         outcome = result.outcome
         if outcome is Outcome.OK:
             self.planner.on_block(peer, key, valid=True)
@@ -250,11 +255,14 @@ class LaneDispatcher:
             self._reputation(peer, "delivered")
             self.stats.fetched_blocks += 1
             self.stats.fetched_bytes += result.size
-            self._written(state, result.size)
+            self._written(key, state, result.size, targets)
             self._hand_over(state, result.data)
             return
-        state.waiting[:0] = state.running  # back in line, in front of later arrivals
-        state.running = []
+        if outcome is Outcome.STORE_ERROR:
+            self.planner.on_failure(peer, key)
+            self._fail_targets(state, StoreError(f"a lane could not write {state.cid}: {result.detail}"), targets)
+            return
+        state.waiting[:0] = targets  # back in line, in front of later arrivals
         if outcome is Outcome.CORRUPT:
             log.warning("peer %s sent a block that does not match %s (through its lane)", peer, state.cid)
             self._reputation(peer, "corrupt")
@@ -262,43 +270,57 @@ class LaneDispatcher:
         elif outcome in (Outcome.LANE_DIED, Outcome.UNREACHABLE) and state.retries < RETRIES:
             state.retries += 1
             self.planner.on_interrupted(peer, key)
-        elif outcome is Outcome.STORE_ERROR:
-            self.planner.on_failure(peer, key)
-            self._fail_targets(state, StoreError(f"a lane could not write {state.cid}: {result.detail}"))
         else:
             if outcome is Outcome.TIMEOUT:
                 self._reputation(peer, "timeouts")
             self.planner.on_failure(peer, key, timed_out=outcome is Outcome.TIMEOUT)
+        self._requeue(key, state)
 
-    async def _copy(self, key: bytes) -> None:
-        state = self._leaves[key]
-        result = await self._pool.run_job(LaneJob(state.cid, None, (), self._sinks(state), store=False,
-                                                  timeout=self._job_timeout))
-        self._count(result)
-        try:
-            if result.outcome is Outcome.OK:
-                self.stats.copied_blocks += 1
-                self._written(state, result.size)
-                self._hand_over(state, None)
-                return
-            state.waiting[:0] = state.running
-            state.running = []
-            if result.outcome is Outcome.LANE_DIED and state.retries < RETRIES:
-                state.retries += 1
+    def _requeue(self, key: bytes, state: _LeafState) -> None:
+        """After a failed job: its targets wait again; make sure someone serves them."""
+        if key in self._failed_seen:
+            if state.waiting or state.readers:
+                self._fail_targets(state, FetchFailed(f"could not fetch {state.cid} from any holder's lanes"))
+        elif state.stored:  # another job brought it meanwhile (a retry of a dropped holder's)
+            self._hand_over(state, None)  # its readers read our store
+            if state.waiting:
                 self._copies.append(key)
-            elif result.outcome is Outcome.STORE_ERROR and "sink" in result.detail:
-                self._fail_targets(state, StoreError(f"a lane could not write {state.cid}: {result.detail}"))
-            else:  # our copy is gone or damaged: a holder's instead
-                log.warning("local copy of %s unusable (%s: %s): fetching it again", state.cid,
-                            result.outcome.value, result.detail)
-                state.stored = False
-                if result.outcome is Outcome.CORRUPT and self._quarantine is not None:
-                    await trio.to_thread.run_sync(self._quarantine, state.cid)
-                self._want(key, state)
+        # else: the planner has the key queued or in flight; that job takes them
+
+    async def _copy(self, key: bytes, targets: list[_Target]) -> None:
+        state = self._leaves[key]
+        try:
+            result = await self._pool.run_job(LaneJob(state.cid, None, (), self._sinks(targets), store=False,
+                                                      timeout=self._job_timeout))
+            self._count(result)
+            if result.outcome is Outcome.CORRUPT and self._quarantine is not None:
+                await trio.to_thread.run_sync(self._quarantine, state.cid)
+        except BaseException:
+            state.waiting[:0] = targets
+            raise
         finally:
-            state.job = False
+            state.jobs -= 1
             self._running -= 1
             self._wake.set()
+        if result.outcome is Outcome.OK:
+            self.stats.copied_blocks += 1
+            self._written(key, state, result.size, targets)
+            self._hand_over(state, None)
+            return
+        if result.outcome is Outcome.STORE_ERROR and "sink" in result.detail:
+            self._fail_targets(state, StoreError(f"a lane could not write {state.cid}: {result.detail}"), targets)
+            return
+        state.waiting[:0] = targets
+        if result.outcome is Outcome.LANE_DIED and state.retries < RETRIES:
+            state.retries += 1
+            self._copies.append(key)
+            return
+        # Our copy is gone or damaged (the lane quarantined a corrupt one): a holder's instead.
+        log.warning("local copy of %s unusable (%s: %s): fetching it again", state.cid, result.outcome.value,
+                    result.detail)
+        state.stored = False
+        if not state.in_planner:
+            self._want(key, state)
 
     def _want(self, key: bytes, state: _LeafState) -> None:
         if key in self.planner.done:  # fetched in this get already, yet gone again: give up
@@ -311,16 +333,15 @@ class LaneDispatcher:
         state.in_planner = True
         self.planner.want([key])
 
-    def _written(self, state: _LeafState, size: int) -> None:
-        """The job wrote its targets: settle them (a size its parent did not promise fails the file)."""
-        done, state.running = state.running, []
-        for target in done:
+    def _written(self, key: bytes, state: _LeafState, size: int, targets: list[_Target]) -> None:
+        """A job wrote its targets: settle them (a size their parent did not promise fails the file)."""
+        for target in targets:
             if target.size != size and not target.file.over:
                 self._fail_file(target.file, MalformedBlock(
                     f"{state.cid}: raw leaf of {size} bytes, parent says {target.size}"))
-        self._settle(done)
+        self._settle(targets)
         if state.waiting:  # targets that came while it ran: the block is ours now
-            self._copies.append(bytes(state.cid))
+            self._copies.append(key)
 
     def _fail_given_up(self) -> None:
         """Leaves the planner gave up on (no holder left, every one failed): their files fail."""
@@ -344,12 +365,12 @@ class LaneDispatcher:
         for reader in readers:
             reader.settle(data)
 
-    def _fail_targets(self, state: _LeafState, error: BaseException) -> None:
+    def _fail_targets(self, state: _LeafState, error: BaseException, also: list[_Target] | None = None) -> None:
         readers, state.readers = state.readers, []
         for reader in readers:
             reader.settle(None, error)
-        targets = state.waiting + state.running
-        state.waiting, state.running = [], []
+        targets = state.waiting + (also or [])
+        state.waiting = []
         for target in targets:
             self._fail_file(target.file, error)
         self._settle(targets)
@@ -386,8 +407,8 @@ class LaneDispatcher:
             if state is None:
                 state = self._leaves[key] = _LeafState(leaf.cid)
             state.waiting.append(_Target(file, leaf.offset, leaf.size))
-            if state.job or state.in_planner:
-                continue  # it goes with that job, or the copy after it
+            if state.jobs or state.in_planner:
+                continue  # it goes with the next job for it, or the copy after the running one
             if key in self._failed_seen:
                 self._fail_targets(state, FetchFailed(f"could not fetch {state.cid} from any holder's lanes"))
             elif here or state.stored:
@@ -418,11 +439,11 @@ class LaneDispatcher:
         state = self._leaves.get(key)
         if state is None:
             state = self._leaves[key] = _LeafState(cid)
-        if state.stored and not state.job:
+        if state.stored and not state.jobs:
             return None
         reader = _Reader()
         state.readers.append(reader)
-        if not (state.job or state.in_planner):
+        if not (state.jobs or state.in_planner):
             if key in self._failed_seen:
                 self._fail_targets(state, FetchFailed(f"could not fetch {cid} from any holder's lanes"))
             else:

@@ -54,6 +54,7 @@ class FakePool:
         self.fail: Callable[[LaneJob], Outcome | None] = lambda job: None
         self.liars: set[PeerId] = set()
         self.hang: CancelFlag | None = None  # set this flag, then never answer (a stuck lane)
+        self.delay: Callable[[LaneJob], float] = lambda job: 0.001  # how long a job takes
 
     @property
     def size(self) -> int:
@@ -73,7 +74,7 @@ class FakePool:
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
-            await trio.sleep(0.001)  # other jobs start meanwhile
+            await trio.sleep(self.delay(job))  # other jobs start meanwhile
             if self.hang is not None:
                 self.hang.set("the client went away")
                 await trio.sleep_forever()
@@ -213,6 +214,34 @@ async def test_a_lying_holder_is_dropped_per_block_and_an_honest_one_finishes(tm
     liar_jobs = [j for j in pool.jobs if j.holder == liar]
     assert len(liar_jobs) <= 2 * 8  # no new job to it once one block was caught
     assert all(verify_block(cid, inner.get(cid)) is None for cid, _ in _all_blocks(inner, root))
+
+
+@pytest.mark.timeout(30)
+async def test_a_slow_liars_jobs_outlive_their_retries_elsewhere(tmp_path: Path) -> None:
+    # When the first lie is caught the liar is dropped and its other jobs
+    # move to the honest holder while they are still running; they come back
+    # (CORRUPT) after their retries finished. Their targets must still be
+    # written (a copy from our store), or the file never completes.
+    data = random_bytes(40_000, seed=13)
+    root, inner, remote = _holders_with(data, 2)
+    liar, honest = list(remote)
+    pool = FakePool(inner, remote)
+    pool.liars.add(liar)
+    liar_jobs = 0
+
+    def delay(job: LaneJob) -> float:
+        nonlocal liar_jobs
+        if job.holder != liar:
+            return 0.001
+        liar_jobs += 1
+        return 0.01 if liar_jobs == 1 else 0.5  # the first lie is caught while the others still run
+
+    pool.delay = delay
+    dispatcher, peers = _dispatcher(pool, [liar, honest])
+    await _export(dispatcher, inner, root, tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == data
+    assert dispatcher.stats.outcomes["corrupt"] > 1  # several liar jobs were in flight at once
+    assert dispatcher.stats.copied_blocks >= 1  # a stale job's targets got a copy of the retry's block
 
 
 async def test_only_liars_fail_the_get_and_leave_no_file(tmp_path: Path) -> None:
