@@ -25,6 +25,12 @@ trio nursery:
   Hashing and writing run in worker threads.
 - CpuStats now and then: the lane's own CPU (getrusage) and byte counts.
 
+Test hooks (`SHOAL_LANE_TEST_HOOK`, see `served_store`): a lane can be
+made to lie or to serve slowly, so integration tests can show that a lying
+holder's lane is caught per block and that a lane killed mid-get is
+replaced. They are honoured only when PYTEST_CURRENT_TEST is set too
+(pytest sets it for the test that started the node), never in a real node.
+
 It exits when the control channel closes (the node stopped or died) or on
 SIGTERM; SIGINT is ignored (a Ctrl-C reaches the whole process group: the
 node stops its lanes itself). It does not plan, retry elsewhere, keep
@@ -40,9 +46,10 @@ import resource
 import signal
 import socket
 import sys
+import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence, cast
 
 import trio
 
@@ -59,7 +66,7 @@ from shoal.p2p.libp2p.connection import (
     Libp2pConnection, NegotiationFailed, YamuxStream, upgrade_inbound, upgrade_outbound,
 )
 from shoal.p2p.libp2p.host import Libp2pHost
-from shoal.p2p.net.block_server import BlockServer
+from shoal.p2p.net.block_server import BlockServer, ServedStore
 from shoal.p2p.net.connection import PeerConnection, RequestFailed, SendBudget
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
@@ -139,6 +146,61 @@ def write_sinks(job: LaneJob, data: bytes) -> None:
             os.close(fd)
 
 
+TEST_HOOK_ENV = "SHOAL_LANE_TEST_HOOK"
+
+
+class _HookedBlockstore:
+    """The store as a lying or slow holder's lane serves it (tests only, see `served_store`)."""
+
+    def __init__(self, inner: Blockstore, corrupt: bool, delay: float) -> None:
+        self._inner = inner
+        self._corrupt = corrupt
+        self._delay = delay
+
+    def get(self, cid: CID) -> bytes:
+        if self._delay:
+            time.sleep(self._delay)  # a worker thread of the block server: a slow disk
+        data = self._inner.get(cid)
+        if self._corrupt and data:
+            return bytes([data[0] ^ 0x01]) + data[1:]
+        return data
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+class _HookedStore:
+    def __init__(self, store: LaneStore, corrupt: bool, delay: float) -> None:
+        self.blockstore = cast(Blockstore, _HookedBlockstore(store.blockstore, corrupt, delay))
+        self.quarantine = store.quarantine
+
+
+def served_store(store: LaneStore, env: Mapping[str, str] = os.environ) -> ServedStore:
+    """What the lane serves from: its store, or under a test hook a lying or slow view of it.
+
+    `SHOAL_LANE_TEST_HOOK=corrupt` serves every block with its first bit
+    flipped (a holder whose lane lies); `serve-delay=S` waits S seconds
+    before each block it reads to serve (a slow holder). Honoured only
+    with PYTEST_CURRENT_TEST set, i.e. a node started by a test; otherwise
+    ignored with a warning. The lane's own jobs never go through the hook.
+    """
+    hook = env.get(TEST_HOOK_ENV, "").strip()
+    if not hook:
+        return store
+    if not env.get("PYTEST_CURRENT_TEST"):
+        log.warning("lane: %s ignored (only tests may set it)", TEST_HOOK_ENV)
+        return store
+    corrupt, delay = False, 0.0
+    for part in hook.split(","):
+        name, _, value = part.partition("=")
+        if name == "corrupt":
+            corrupt = True
+        elif name == "serve-delay":
+            delay = float(value)
+    log.warning("lane: test hook %s in effect", hook)
+    return _HookedStore(store, corrupt, delay)
+
+
 class _Link:
     """Our connection to one holder lane address: libp2p + the lane stream's PeerConnection."""
 
@@ -164,7 +226,7 @@ class Lane:
             raise P2PError("the repo's identity.key is not the node's identity")
         self.swarm_key = SwarmKey(config.swarm_psk) if config.swarm_psk is not None else None
         self.store = LaneStore(Path(config.repo))
-        self.blocks = BlockServer(self.store, [])
+        self.blocks = BlockServer(served_store(self.store), [])
         self.fetched_bytes = 0
         self._send_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
