@@ -24,14 +24,15 @@ from shoal.store.dag import disk_export, exporter
 from shoal.store.ipld.car import export_car_file
 from shoal.store.chunking.choice import DEFAULT_CHUNKER, chunker_for
 from shoal.store.cancel import CancelFlag
-from shoal.store.ipld.cid import CID, parse_cid
+from shoal.store.ipld.cid import CID, RAW, parse_cid
 from shoal.store.energy.accounting import gc_measured, put_measured  # energy (issue 5): records put/gc
 from shoal.store.errors import BlockNotFound, HashMismatch, InvalidInput, MalformedBlock, NotPinned, StoreError
 from shoal.store.chunking.profiles import PROFILES
 
 from shoal.p2p.net.api import ApiError, ByteChunks, ControlApi, NdjsonStream, param
 from shoal.p2p.errors import P2PError
-from shoal.p2p.exchange.fetch import fetch_dag
+from shoal.p2p.exchange.fetch import FetchFailed, fetch_dag, find_holders, missing_blocks
+from shoal.p2p.exchange.laned import LaneDispatcher
 from shoal.p2p.exchange.gateway_source import Gateway
 from shoal.p2p.net.node_config import parse_ec_scheme, parse_gateways
 from shoal.p2p.exchange.handoff import ArrivingBlocks
@@ -142,7 +143,9 @@ def build_api(node: Node, token: str) -> ControlApi:
         return doc
 
     async def peers(p: dict[str, Any]) -> Any:
-        return [rec.as_json() for rec in node.peers.all()]
+        # "lanes": where the peer's lanes listen, once it told us (the laned get uses them).
+        return [{**rec.as_json(), "lanes": [str(a) for a in node.peer_lane_addrs(rec.peer_id)]}
+                for rec in node.peers.all()]
 
     async def stats(p: dict[str, Any]) -> Any:
         """Traffic counters, so operators (and tests) can see who served what."""
@@ -226,6 +229,19 @@ def build_api(node: Node, token: str) -> ControlApi:
                     source, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
                 return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
                         "local_blocks": present, "holders": 0}
+        found: list[Any] | None = None
+        if node.lanes is not None and node.lanes.size > 0 and not gateways and cid.codec.name != RAW:
+            # Lanes on both sides: the leaves move lane to lane (laned_get);
+            # holders without lanes (older peers, --lanes 1) mean today's path.
+            found = await find_holders(node, cid)
+            laned = [peer for peer in found if node.peer_lane_addrs(peer)]
+            if laned:
+                return await laned_get(cid, output, limits, found, laned)
+        return await plain_get(cid, output, limits, gateways, found or None)
+
+    async def plain_get(cid: CID, output: Path, limits: dict[str, Any], gateways: tuple[Gateway, ...],
+                        holders: list[Any] | None) -> dict[str, Any]:
+        """The get in the node's own process: every block through its event loop."""
         blocks = ArrivingBlocks(HealingBlocks(node))
 
         async def stored(_cid: CID, _data: bytes) -> None:
@@ -239,7 +255,7 @@ def build_api(node: Node, token: str) -> ControlApi:
             nonlocal fetch_error
             try:
                 result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified,
-                                         on_wanted=blocks.expect, gateways=gateways)
+                                         on_wanted=blocks.expect, gateways=gateways, holders=holders)
                 stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
                              local_blocks=result.local_blocks, holders=result.holders,
                              gateways_dropped=result.gateways_dropped)
@@ -288,6 +304,79 @@ def build_api(node: Node, token: str) -> ControlApi:
         if export_error is not None:
             raise export_error
         stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads)
+        return {"cid": str(cid), "output": str(output), **stats}
+
+    async def laned_get(cid: CID, output: Path, limits: dict[str, Any], holders: list[Any],
+                        laned: list[Any]) -> dict[str, Any]:
+        """The get with lanes (shoal.p2p.exchange.laned): the main fetch brings
+        directories and inner nodes, handed to the export as in `plain_get`;
+        the export has the lanes write every raw leaf of a file straight into
+        its temp file. The whole get holds the store guard: the lanes' blocks
+        are unpinned until the end check has seen them."""
+        assert node.lanes is not None
+        blocks = ArrivingBlocks(HealingBlocks(node))
+        dispatcher = LaneDispatcher(node.lanes, laned, lane_addrs=node.peer_lane_addrs, store=repo.blockstore,
+                                    peers=node.peers, quarantine=repo.quarantine)
+
+        async def stored(_cid: CID, _data: bytes) -> None:
+            blocks.arrived()
+
+        stats: dict[str, Any] = {}
+        fetch_error: BaseException | None = None
+        export_error: BaseException | None = None
+
+        async def fetch_inner() -> None:
+            nonlocal fetch_error
+            try:
+                result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified,
+                                         on_wanted=blocks.expect, holders=holders, guard=False,
+                                         skip_file_leaves=True)
+                stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
+                             local_blocks=result.local_blocks, holders=result.holders)
+            except Exception as exc:  # re-raised below, outside the nursery
+                fetch_error = exc
+            finally:
+                blocks.finish()
+
+        def export(flag: CancelFlag) -> None:
+            try:
+                if exporter.stat(blocks.get, cid).kind == "dir":
+                    blocks.export_over()  # nothing to hand off: it reads the finished fetch
+                    blocks.wait_done()
+                disk_export.export_to_path(blocks, cid, output, cancel=flag, filler=dispatcher, **limits)
+            finally:
+                blocks.export_over()
+
+        async with node.store_guard.shared():
+            async with trio.open_nursery() as lanes_nursery:
+                await lanes_nursery.start(dispatcher.run)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(fetch_inner)
+                    try:
+                        await run_stoppable(export)
+                    except Exception as exc:
+                        export_error = exc
+                        nursery.cancel_scope.cancel()  # as in plain_get: nobody reads what it would bring
+                lanes_nursery.cancel_scope.cancel()
+            if fetch_error is not None:
+                raise fetch_error
+            if isinstance(export_error, MalformedBlock):
+                raise MalformedBlock(f"the DAG of {cid} is malformed: {export_error}") from export_error
+            if export_error is not None:
+                raise export_error
+            # Success is a claim about the store, not about the jobs: check it.
+            missing = await run(missing_blocks, repo.blockstore, cid)
+        if missing:
+            raise FetchFailed(f"get of {cid} ended with {len(missing)} blocks missing, e.g. {missing[0]}")
+        lane = dispatcher.stats
+        node.received_bytes += lane.fetched_bytes
+        stats["fetched_blocks"] = stats.get("fetched_blocks", 0) + lane.fetched_blocks
+        stats["fetched_bytes"] = stats.get("fetched_bytes", 0) + lane.fetched_bytes
+        stats["local_blocks"] = stats.get("local_blocks", 0) + lane.copied_blocks
+        stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads,
+                     lanes={"fetched_blocks": lane.fetched_blocks, "fetched_bytes": lane.fetched_bytes,
+                            "copied_blocks": lane.copied_blocks, "outcomes": dict(lane.outcomes),
+                            "holders": len(laned)})
         return {"cid": str(cid), "output": str(output), **stats}
 
     async def fetch(p: dict[str, Any]) -> Any:
