@@ -67,6 +67,9 @@ def test_peer_exchange_c_learns_a_through_b(swarm: Swarm) -> None:
 
 @pytest.mark.timeout(90)
 def test_put_on_a_get_on_c_file_and_directory(swarm: Swarm, tmp_path: Path) -> None:
+    # The get in the node's own process (the hand-off counters below are
+    # its own); with lanes it is tests/integration/test_laned_get.py.
+    swarm.extra_args += ["--lanes", "1"]
     a, b, c = swarm.chain(["A", "B", "C"])
     data = write_random(tmp_path / "model.bin", 5 * MiB + 12345, seed=7)
     file_cid = a.put(tmp_path / "model.bin")
