@@ -86,6 +86,13 @@ MAX_JOBS = 256
 MAX_INBOUND = 128
 """Inbound connections a lane serves at once (each has passed the node's admission)."""
 MAX_HANDSHAKES = 32
+MAX_HANDSHAKES_PER_IP = 4
+"""Handshakes one address may have running at once: a stranger that opens
+sockets and says nothing holds a slot for the handshake timeout each, and
+must not hold them all."""
+MAX_STREAMS_PER_PEER = 16
+"""Lane streams one admitted peer may have open on a lane: one per lane of
+its node (8 by default at most), with room for reconnects."""
 ADMIT_CACHE_S = 10.0
 """How long the node's answer about a peer is trusted: a peer banned or
 dropped from the allowlist is refused by the lanes after at most this long
@@ -240,6 +247,7 @@ class Lane:
         self._dial_locks: dict[Multiaddr, trio.Lock] = {}
         self._jobs = 0
         self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
+        self._handshaking: dict[str, int] = {}  # IP -> handshakes running
         self._inbound_slots = trio.Semaphore(MAX_INBOUND)
 
     # -- control channel ---------------------------------------------------------
@@ -345,28 +353,46 @@ class Lane:
     # -- serving --------------------------------------------------------------------
 
     async def _accept(self, tcp: trio.SocketStream) -> None:
-        if self._inbound_slots.value == 0 or self._handshakes.value == 0:
+        try:
+            ip = str(tcp.socket.getpeername()[0])
+        except OSError:
+            ip = ""
+        if (self._inbound_slots.value == 0 or self._handshakes.value == 0
+                or self._handshaking.get(ip, 0) >= MAX_HANDSHAKES_PER_IP):
             await trio.aclose_forcefully(tcp)
             return
         async with self._inbound_slots:
             async with self._handshakes:
-                assert self.host is not None
+                self._handshaking[ip] = self._handshaking.get(ip, 0) + 1
                 try:
-                    conn = await upgrade_inbound(tcp, self.identity, self.host.handlers, swarm_key=self.swarm_key,
-                                                 timeout=L.HANDSHAKE_TIMEOUT_S)
-                except (P2PError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
-                        OSError) as exc:
-                    log.debug("lane: inbound upgrade failed: %s", exc)
+                    conn = await self._upgrade(tcp)
+                finally:
+                    self._handshaking[ip] -= 1
+                    if not self._handshaking[ip]:
+                        del self._handshaking[ip]
+                if conn is None:
                     return
-                if conn.remote_peer == self.identity.peer_id or not await self.admits(conn.remote_peer):
-                    log.info("lane: refusing %s (not admitted by the node)", conn.remote_peer)
-                    await trio.aclose_forcefully(conn.secure)
-                    return
+            assert self.host is not None
             self._inbound.add(conn)
             try:
                 await self.host.run_connection(conn)
             finally:
                 self._inbound.discard(conn)
+
+    async def _upgrade(self, tcp: trio.SocketStream) -> Libp2pConnection | None:
+        """pnet + Noise + yamux, then the node's word on the peer; None if refused."""
+        assert self.host is not None
+        try:
+            conn = await upgrade_inbound(tcp, self.identity, self.host.handlers, swarm_key=self.swarm_key,
+                                         timeout=L.HANDSHAKE_TIMEOUT_S)
+        except (P2PError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("lane: inbound upgrade failed: %s", exc)
+            return None
+        if conn.remote_peer == self.identity.peer_id or not await self.admits(conn.remote_peer):
+            log.info("lane: refusing %s (not admitted by the node)", conn.remote_peer)
+            await trio.aclose_forcefully(conn.secure)
+            return None
+        return conn
 
     async def _lane_stream(self, stream: YamuxStream) -> None:
         """A peer opened /shoal/lane/1.0.0 on a connection it dialled: serve its WANT_BLOCKs."""
@@ -378,7 +404,7 @@ class Lane:
         budget, users = self._budgets.get(peer, (None, 0))
         if budget is None:
             budget = SendBudget(self.config.send_budget)
-        if users >= L.MAX_CONNECTIONS_PER_PEER * 4:
+        if users >= MAX_STREAMS_PER_PEER:
             stream.reset()
             return
         self._budgets[peer] = (budget, users + 1)

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from shoal.p2p.errors import P2PError
-from shoal.p2p.lanes.worker import LANE_PROTOCOL
+from shoal.p2p.lanes.worker import LANE_PROTOCOL, MAX_HANDSHAKES_PER_IP
 from shoal.p2p.libp2p.connection import upgrade_outbound
 from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.net.connection import PeerConnection, RequestFailed
@@ -262,11 +262,12 @@ def test_a_replacement_lane_on_a_new_port_is_learnt_again(swarm: Swarm, tmp_path
     wait_until(new_lane_serves, 60, "B's lanes to use A's replacement at its new address", interval=1.0)
 
 
-async def _lane_get(addr: Multiaddr, identity: Identity, cid: CID, timeout: float = 20) -> bytes:
+async def _lane_get(addr: Multiaddr, identity: Identity, cid: CID, timeout: float = 20,
+                    local_address: str | None = None) -> bytes:
     """Dial a lane as `identity` and ask it for one block (P2PError & co. if refused)."""
     got: list[bytes] = []
     with trio.fail_after(timeout):
-        tcp = await trio.open_tcp_stream(addr.host, addr.port)
+        tcp = await trio.open_tcp_stream(addr.host, addr.port, local_address=local_address)
         conn = await upgrade_outbound(tcp, identity, {}, expected_peer=addr.peer_id)
         try:
             async with trio.open_nursery() as nursery:
@@ -327,6 +328,25 @@ def test_lanes_of_a_private_swarm_need_its_key(swarm: Swarm, tmp_path: Path) -> 
                  trio.TooSlowError):
             refused = True
         assert refused, f"{d['addr']} served a peer without the swarm key"
+
+
+def test_silent_sockets_from_one_address_cannot_take_every_handshake_slot(swarm: Swarm, tmp_path: Path) -> None:
+    a = swarm.add("a", extra_args=["--lanes", "2"])
+    write_random(tmp_path / "f.bin", 100_000, seed=4)
+    cid = dag_cids(a.repo, a.put(tmp_path / "f.bin"))[-1]
+    lane = Multiaddr.parse(lanes(a)[0]["addr"]).with_peer(PeerId.from_string(a.peer_id))
+    silent = [socket.create_connection((lane.host, lane.port)) for _ in range(MAX_HANDSHAKES_PER_IP)]
+    try:
+        time.sleep(0.5)  # the lane has taken them all into handshakes
+        extra = socket.create_connection((lane.host, lane.port))
+        extra.settimeout(5)
+        assert extra.recv(1) == b""  # closed at once, not held for the handshake timeout
+        extra.close()
+        # Another address is not crowded out by them.
+        assert len(trio.run(_lane_get, lane, Identity.generate(), cid, 10, "127.0.0.2")) > 0
+    finally:
+        for sock in silent:
+            sock.close()
 
 
 def test_sigterm_or_sigkill_of_a_node_leaves_no_lane(swarm: Swarm, tmp_path: Path) -> None:
