@@ -10,10 +10,14 @@ received_bytes counts what its own fetches got; only directories and roots
 remain), and c's lanes' byte counters (`/v1/node/status`) cover the files.
 With `--lanes 1` c serves exactly as before: its own fetches get the bytes.
 
-A lane of c SIGKILLed while a response is running (c's lanes are stopped
-first, so the response's jobs are in flight on them): its jobs come back
-lane_died, the dispatcher runs them again on the other lane (or the
-replacement), and the response COMPLETES with exact bytes.
+A holder whose LANE lies (the worker's test hook: every block it serves has
+a bit flipped) is caught per block by c's lanes (c's record of the holder
+counts it corrupt) and the responses complete from the honest holder with
+exact bytes, nothing false stored. A lane of c SIGKILLed while a response
+is running (c's lanes are stopped first, so the response's jobs are in
+flight on them): its jobs come back lane_died, the dispatcher runs them
+again on the other lane (or the replacement), and the response COMPLETES
+with exact bytes.
 """
 
 from __future__ import annotations
@@ -95,10 +99,11 @@ def setup(swarm: Swarm, tmp: Path, *, gateway_lanes: str = "2", hook_a: str | No
     c.start()
     swarm.wait_connected(c, 2)
     if gateway_lanes != "1":
-        # c learns where the holders' lanes are right after each Hello: wait until a lane job works.
+        # c learns where the holders' lanes are right after each Hello: wait until a lane job
+        # reaches them (a lying holder's answer is "corrupt", and reached it too).
         for h in (a, b):
             wait_until(lambda: c.call("POST", "/v1/lanes/fetch", {"cid": probe_cid, "holder": h.peer_id})
-                       ["outcome"] == "ok", 30, f"c's lanes to reach {h.name}'s")
+                       ["outcome"] in ("ok", "corrupt"), 30, f"c's lanes to reach {h.name}'s")
     url = gateway_url(c)
     wait_until(lambda: httpx.get(url + "/api/models/org/tiny/revision/main", timeout=10).status_code == 200,
                30, "c to resolve org/tiny")
@@ -153,6 +158,22 @@ def test_gateway_without_lanes_fetches_in_its_own_process(swarm: Swarm, tmp_path
     for rel, content in files.items():
         assert (snap / rel).read_bytes() == content, rel
     assert received(c) >= BIG + 2000000  # today's data plane: c's own fetches got the bytes
+
+
+def test_a_lying_holder_lane_is_caught_per_block_and_the_response_completes(swarm: Swarm, tmp_path: Path) -> None:
+    a, b, c, root, files = setup(swarm, tmp_path, hook_a="corrupt")
+    url = gateway_url(c)
+    for name in ("weights/big.bin", "weights/big2.bin"):
+        resp = httpx.get(f"{url}/ipfs/{root}/{name}", timeout=120)
+        assert resp.status_code == 200, resp.text
+        assert resp.content == files[name], name
+    liar = next(p for p in c.peers() if p["peer_id"] == a.peer_id)
+    honest = next(p for p in c.peers() if p["peer_id"] == b.peer_id)
+    assert liar["corrupt"] >= 1, liar
+    assert honest["corrupt"] == 0 and honest["delivered"] >= 1, honest
+    assert received(c) < MAIN_BYTES_MAX, c.stats()  # the honest bytes came through the lanes too
+    r = c.shoal("verify")  # no lie was stored
+    assert r.code == 0, r.err
 
 
 def test_a_lane_killed_mid_response_is_retried_and_the_response_completes(swarm: Swarm, tmp_path: Path) -> None:
