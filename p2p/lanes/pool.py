@@ -81,6 +81,22 @@ Spawner = Callable[[int, socket.socket], Awaitable[LaneProcess]]
 """Starts lane `index` holding its end of the control channel (and closes that end in this process)."""
 
 
+CONTROL_BUFFER_BYTES = 4 * 1024 * 1024
+"""Socket buffers of a control channel: a Result carrying a block (want_data, up
+to the exchange's largest block) goes through in one or two sends instead of
+~20 of the default 208 KiB, each a wake-up of both processes (the kernel may
+cap it at net.core.wmem_max/rmem_max)."""
+CONTROL_READ_BYTES = 1024 * 1024
+
+
+def _widen(end: socket.socket) -> None:
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            end.setsockopt(socket.SOL_SOCKET, option, CONTROL_BUFFER_BYTES)
+        except OSError:  # a platform that refuses: the default buffers work, only slower
+            pass
+
+
 @dataclass
 class _Lane:
     index: int
@@ -279,6 +295,8 @@ class LaneProcessPool:
     async def _start(self, index: int) -> _Lane:
         """Spawn lane `index`, configure it, wait for its Ready."""
         ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            _widen(end)
         try:
             process = await self._spawn(index, theirs)
         except BaseException:
@@ -339,7 +357,7 @@ class LaneProcessPool:
         decoder = lane.decoder
         while True:
             try:
-                data = await lane.stream.receive_some(256 * 1024)
+                data = await lane.stream.receive_some(CONTROL_READ_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
