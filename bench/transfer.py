@@ -37,7 +37,9 @@ Measured (default 1 GiB of incompressible bytes; --size to change):
 so the tensor-aware chunker cuts them) totalling --size (default 2 GiB),
 fetched with `shoal get` the same way; raw TCP sends the same files.
 
-`--taskset CPUS` pins the whole run (this process and every child) to those
+`--lane-probe` also times the lanes' data plane alone (every block through a
+fresh node's lanes with `POST /v1/lanes/fetch`, no export) at the last row
+with lanes > 1. `--taskset CPUS` pins the whole run (this process and every child) to those
 CPUs, e.g. to show scaling per core. Writes bench/results/transfer.json and
 the "## transfer" section of bench/RESULTS.md (with --model:
 results/transfer_model.json and "## transfer: model directory") unless
@@ -49,6 +51,7 @@ an error or Ctrl-C.
     .venv/bin/python bench/transfer.py --rows 1x1,2x2,4x4 --repeat 3 --skip-libp2p --skip-rate
     .venv/bin/python bench/transfer.py --model --rows 1x1,2x2
     .venv/bin/python bench/transfer.py --profile       # + py-spy of main processes and a lane
+    .venv/bin/python bench/transfer.py --taskset 0 --rows 1x1,2x2   # everything on one core
 """
 
 from __future__ import annotations
