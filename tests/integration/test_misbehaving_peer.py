@@ -136,7 +136,10 @@ def test_corrupt_holder_is_caught_and_honest_holder_completes(
     data = write_random(tmp_path / "model.bin", 6 * MiB + 99, seed=31)
     cid = a.put(tmp_path / "model.bin")
 
-    v = swarm.add("V", bootstrap=[evil_addr, a.addr])
+    # --lanes 1: the get in V's own process, which asks every holder alike;
+    # with lanes, leaves go only to holders with lanes (the evil one has none),
+    # and a lying lane is tests/integration/test_laned_get.py's.
+    v = swarm.add("V", bootstrap=[evil_addr, a.addr], extra_args=["--lanes", "1"])
     wait_connected(v, {evil_id, a.peer_id})
     doc = get(v, cid, tmp_path / "out.bin")
     assert (tmp_path / "out.bin").read_bytes() == data
