@@ -33,7 +33,7 @@ import trio
 
 from shoal.store.ipld.cid import CID, RAW, verify_block
 from shoal.store.errors import BlockNotFound, HashMismatch, StoreError
-from shoal.store.dag.exporter import is_file_node, iter_links
+from shoal.store.dag.exporter import iter_links, links_of
 from shoal.store.dag.walk import DagWalk, cid_key
 
 from shoal.p2p.wire import limits as L
@@ -194,10 +194,10 @@ def missing_blocks(store: Any, root: CID, limit: int = 16, *, file_leaves: bool 
 
 def _links(cid: CID, data: bytes, *, skip_file_leaves: bool) -> list[CID]:
     """The links of a verified block to follow: all, or all but a file node's raw leaves."""
-    links = iter_links(cid, data)
-    if skip_file_leaves and links and is_file_node(cid, data):
-        return [c for c in links if c.codec.name != RAW]
-    return links
+    if not skip_file_leaves:
+        return iter_links(cid, data)
+    links, is_file = links_of(cid, data)
+    return [c for c in links if c.codec.name != RAW] if is_file else links
 
 
 def _read_if_present(store: Any, cid: CID) -> bytes | None:

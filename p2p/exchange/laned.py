@@ -157,7 +157,8 @@ class LaneDispatcher:
         self._leaves: dict[bytes, _LeafState] = {}
         self._copies: deque[bytes] = deque()
         self._running = 0
-        self._failed_seen: set[bytes] = set()
+        self._failed_seen: set[bytes] = set()  # leaves no holder could give (their targets fail at once)
+        self._given_up: set[bytes] = set()  # those of them the planner failed (seen in _fail_given_up)
         self._wake = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._cond = threading.Condition()
@@ -323,7 +324,7 @@ class LaneDispatcher:
             self._want(key, state)
 
     def _want(self, key: bytes, state: _LeafState) -> None:
-        if key in self.planner.done:  # fetched in this get already, yet gone again: give up
+        if self.planner.is_done(key):  # fetched in this get already, yet gone again: give up
             self._fail_targets(state, FetchFailed(f"block {state.cid} vanished from the store during the get"))
             return
         if not self.planner.holders:  # none given, or every one dropped: nobody to ask
@@ -345,13 +346,13 @@ class LaneDispatcher:
 
     def _fail_given_up(self) -> None:
         """Leaves the planner gave up on (no holder left, every one failed): their files fail."""
-        failed = self.planner.failed
-        if len(failed) == len(self._failed_seen):
+        if self.planner.failed_count == len(self._given_up):
             return
-        for done_key in failed:
+        for done_key in self.planner.failed:
             key = cast(bytes, done_key)
-            if key in self._failed_seen:
+            if key in self._given_up:
                 continue
+            self._given_up.add(key)
             self._failed_seen.add(key)
             state = self._leaves[key]
             state.in_planner = False

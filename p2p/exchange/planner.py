@@ -177,6 +177,14 @@ class FetchPlanner:
         return frozenset(self._done)
 
     @property
+    def failed_count(self) -> int:
+        return len(self._failed)
+
+    def is_done(self, key: Key) -> bool:
+        """Whether `key` was delivered (O(1), unlike copying `done`)."""
+        return key in self._done
+
+    @property
     def failed(self) -> frozenset[Key]:
         return frozenset(self._failed)
 
