@@ -138,7 +138,9 @@ async def _serve_file(node: "Node", request: HfRequest, record: NameRecordLike,
     checked against the directory, so the first byte waits for one round of fetches, not for
     each block on the way in turn; if the check fails the fetch is cancelled and the answer is a
     502. A HEAD or a Range reads on demand (`OnDemandBlocks`), moving only the blocks it needs.
-    With `--gateway-cache-pin` a file fetched whole is pinned once complete.
+    With `--gateway-cache-pin` a file fetched whole is pinned once complete. On a node with lanes
+    whose holders of the file advertise lanes, the file's blocks come through the lanes instead
+    (shoal.p2p.gateway.lane_blocks), read ahead by the exporter; the path check is unchanged.
     """
     entry = find_file(record, request.path)
     if entry is None:
