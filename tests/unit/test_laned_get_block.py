@@ -163,3 +163,22 @@ async def test_a_reader_waiting_when_the_dispatcher_stops_is_released() -> None:
     assert len(errors) == 1
     with pytest.raises(FetchFailed):
         await dispatcher.get_block(root)
+
+
+def test_the_control_channel_carries_a_block_of_the_exchanges_largest_size() -> None:
+    """A want_data Result holds up to the exchange's largest block (what a holder may send), no more."""
+    from shoal.p2p.errors import ControlProtocolError
+    from shoal.p2p.lanes import control as C
+    from shoal.p2p.wire import limits as L
+
+    data = random_bytes(L.MAX_BLOCK_BYTES, seed=11)
+    wire = C.encode(C.Result.from_result(7, LaneResult(Outcome.OK, len(data), data, "x" * 2000)))
+    assert len(wire) <= C.MAX_CONTROL_FRAME + 4
+    decoder = C.ControlDecoder()
+    got: list[C.ControlMessage] = []
+    for i in range(0, len(wire), 200_000):  # as the socket hands it over, in pieces
+        got += decoder.feed(wire[i:i + 200_000])
+    (msg,) = got
+    assert isinstance(msg, C.Result) and msg.to_result().data == data
+    with pytest.raises(ControlProtocolError):
+        C.Result(8, "ok", L.MAX_BLOCK_BYTES, data + b"!", "")
