@@ -3,7 +3,8 @@
 Two (or three) `Bitswap` nodes are joined by trio's one-way memory streams,
 exactly as they will be joined by yamux streams: each sends on a stream it
 owns and reads the other's. Timeouts run on trio's MockClock (autojump), so
-no test waits in real time.
+no test waits in real time; the driver reads blocks in worker threads, so
+the tests that wait on timeouts use tests/conftest.py's patient clock.
 """
 
 from __future__ import annotations
@@ -81,16 +82,6 @@ async def test_missing_and_corrupt_blocks_end_as_missing_quickly() -> None:
         nursery.cancel_scope.cancel()
     assert set(result.blocks) == {cid_of(b"one"), cid_of(b"three")}
     assert result.missing == (cid_of(b"two"), absent)
-
-
-@pytest.fixture
-def patient_autojump_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps only after 0.5 s of real idleness. The driver
-    reads blocks in worker threads; with the plain autojump clock, the loop
-    looked idle while a thread ran and time leapt to the next deadline — the
-    want's 60 s timeout — so on a busy machine the test saw a re-want that
-    did not happen for the code's sake."""
-    return trio.testing.MockClock(autojump_threshold=0.5)
 
 
 async def test_a_1_1_0_peer_is_served_blocks_and_fetched_from_with_timeouts(
