@@ -8,8 +8,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+MANY_NODES = pytest.mark.xdist_group("many-nodes")
+"""For a whole module (`pytestmark`) whose tests start swarms of nodes or need
+the machine's cores for themselves. scripts/test.sh runs 2 pytest-xdist
+workers with `--dist loadgroup`: every test of this group runs on one worker,
+one after another, so two swarms never share the 2 cores of CI, while the
+other worker runs the rest."""
 
 
 @dataclass

@@ -23,8 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import MANY_NODES
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
 from tests.integration.test_gateway import gateway_url, two_nodes
+
+pytestmark = MANY_NODES
 
 __all__ = ["swarm"]
 

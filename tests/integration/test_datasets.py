@@ -16,9 +16,9 @@ import pytest
 from shoal.store.ipld import dagpb, unixfs
 from shoal.store.ipld.cid import parse_cid
 from shoal.store.persist.repo import Repo
-from tests.helpers import run_shoal
+from tests.helpers import MANY_NODES, run_shoal
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 N_FILES = 10_000
 

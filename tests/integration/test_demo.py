@@ -15,7 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import SHOAL, shoal_env
+from tests.helpers import MANY_NODES, SHOAL, shoal_env
+
+pytestmark = MANY_NODES
 
 DEMO_TIMEOUT_S = 240
 

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from shoal.p2p.secure.identity import Identity
-from tests.helpers import assert_one_line_error, random_bytes, run_shoal
+from tests.helpers import MANY_NODES, assert_one_line_error, random_bytes, run_shoal
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 NODES = int(os.environ.get("SHOAL_DHT_SWARM_NODES", "25"))
 EXPIRY = 20.0  # provider records live 20 s; the provider re-provides every 5 s

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_random
+from tests.helpers import MANY_NODES, write_random
 from tests.integration.swarm import Swarm, swarm  # noqa: F401 (fixture)
 from tests.integration.test_erasure_swarm import put_ec, wait_shards_ok
 from tests.integration.test_replication import start_swarm
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 MiB = 1024 * 1024
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import assert_one_line_error, run_shoal, write_random
+from tests.helpers import MANY_NODES, assert_one_line_error, run_shoal, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 from tests.integration.test_replication import alive_ids, by_id, start_swarm, status_api
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 MiB = 1024 * 1024
 

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import MANY_NODES
 import pytest
 
 from bench import erasure_swarm
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 SIZE = 3 * 1024 * 1024 + 12345  # not a multiple of K: the last stripe is padded
 

@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 
 from tests.hf_helpers import OLD_HF, make_model, run_client
-from tests.helpers import write_random
+from tests.helpers import MANY_NODES, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
+
+pytestmark = MANY_NODES
 
 __all__ = ["swarm"]
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import MANY_NODES
 from tests.integration.swarm import Swarm, swarm  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [MANY_NODES, pytest.mark.timeout(240)]
 
 FILES = 100_000
 """One block per tiny file (plus the HAMT shards): a pin of ~30k block keys,

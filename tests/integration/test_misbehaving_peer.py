@@ -25,11 +25,11 @@ import trio
 
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import ErrorCode
-from tests.helpers import PROJECT_ROOT, assert_one_line_error, shoal_env, write_random
+from tests.helpers import MANY_NODES, PROJECT_ROOT, assert_one_line_error, shoal_env, write_random
 from tests.integration import evil_client
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 MiB = 1024 * 1024
 

@@ -31,11 +31,11 @@ import trio
 
 from shoal.p2p.secure.identity import PeerId
 from shoal.store.ipld.cid import RAW, make_cid
-from tests.helpers import write_random
+from tests.helpers import MANY_NODES, write_random
 from tests.integration import evil_client
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 MiB = 1024 * 1024
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+# One worker builds the wheel and the venv once for the whole module (module fixtures).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600), pytest.mark.xdist_group("packaging")]
 
 
 def _run(cmd: list[str], cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:

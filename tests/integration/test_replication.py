@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import write_random
+from tests.helpers import MANY_NODES, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 MiB = 1024 * 1024
 AUDIT = ["--audit-interval", "1"]

@@ -40,13 +40,13 @@ from shoal.store.ipld.cid import parse_cid
 from shoal.store.proofs.manifest import Manifest
 from shoal.store.proofs.commitment import commit
 from shoal.store.proofs.proof import max_challenges
-from tests.helpers import random_bytes
+from tests.helpers import MANY_NODES, random_bytes
 from tests.integration.evil_replication import (
     EvilPeer, bomb_dag, fake_commitment, file_dag, manifest_for, signed_offer,
 )
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 MiB = 1 << 20
 

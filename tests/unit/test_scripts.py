@@ -57,7 +57,8 @@ def test_tests_install_the_test_extras_and_the_npm_packages(tmp_path: Path) -> N
     assert installs == ["python -m pip install -q -e .[test,plot]",
                         "python -m pip install -q --target .venv/hf-old huggingface_hub==0.20.3"], calls
     assert "npm ci --no-audit --no-fund --loglevel=error" in calls, calls
-    assert calls[-1] == "python -m pytest -q -p no:cacheprovider -k x", calls
+    # Two xdist workers, the multi-node modules kept to one of them; the caller's arguments last.
+    assert calls[-1] == "python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup -k x", calls
 
 
 def test_setup_refuses_an_unknown_option(tmp_path: Path) -> None:
