@@ -125,6 +125,10 @@ def test_huge_rsa_public_exponent_is_refused() -> None:
         _proto(4, b"\x00" * 32),  # unknown type
         _proto(0, b"\x30" + b"\x00" * 3000),  # over the size bound
     ],
+    # Named, not by their bytes: the keys are made at import, so byte ids
+    # differ between pytest-xdist workers, which must collect the same tests.
+    ids=["k1-uncompressed", "k1-off-curve", "rsa-type-ec-key", "ecdsa-type-rsa-key", "ecdsa-type-k1-key",
+         "rsa-pkcs1", "rsa-trailing-byte", "overlong-type-varint", "extra-field", "unknown-type", "oversized"],
 )
 def test_non_canonical_or_wrong_keys_are_refused(bad: bytes) -> None:
     with pytest.raises(ValueError):
