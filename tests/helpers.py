@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -75,3 +77,34 @@ def write_random(path: Path, size: int, seed: int = 0) -> bytes:
     data = random_bytes(size, seed)
     path.write_bytes(data)
     return data
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free now and lies below the kernel's ephemeral range.
+
+    Why: a test that must name a port (in a config file, or to restart a node
+    at the same address) picks one, lets it go, and a node binds it a moment
+    later. The kernel's own pick for port 0 lies in the ephemeral range,
+    where any process's next port-0 listener or outgoing connection (the
+    other pytest-xdist worker's nodes) may take it in between. Below that
+    range only another explicit pick can, and picks are random.
+    """
+    lo, _hi = _ephemeral_ports()
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(10_000, lo) if lo > 11_000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free loopback port below the ephemeral range")

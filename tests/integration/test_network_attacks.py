@@ -31,7 +31,7 @@ import trio
 
 from shoal.p2p.secure.identity import PeerId
 from shoal.store.ipld.cid import RAW, make_cid
-from tests.helpers import MANY_NODES, write_random
+from tests.helpers import MANY_NODES, free_port, write_random
 from tests.integration import evil_client
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
@@ -286,14 +286,6 @@ def test_per_ip_caps_are_configurable(swarm: Swarm, attacks: list[InThread]) -> 
 
 
 # -- item 8: peer exchange with silent peers -------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.timeout(150)

@@ -6,23 +6,15 @@ a fixed port (issue 12, item 21). Real node processes on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import socket
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_shoal, write_random
+from tests.helpers import free_port, run_shoal, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    """A port free right now (the kernel's pick for port 0, released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def set_config(repo: Path, **node: object) -> None:

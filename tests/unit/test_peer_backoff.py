@@ -5,7 +5,6 @@ injected: no sleeps, no wall clock."""
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +20,7 @@ from shoal.p2p.net.peers import (
     MAX_KNOWN_PEERS, Counts, PeerTable, backoff_delay,
 )
 from shoal.store.persist.repo import Repo
+from tests.helpers import free_port
 from tests.unit.peer_helpers import FakeClock, pid
 
 ME = PeerId.from_public_key(hashlib.sha256(b"me").digest())
@@ -281,10 +281,10 @@ def repo(tmp_path: Path) -> Iterator[Repo]:
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port  # nothing listens there now: a dial is refused at once
+    # Nothing listens there now, so a dial is refused at once; and being
+    # below the ephemeral range, no other process's port-0 listener (the
+    # other xdist worker's nodes) takes it during the test.
+    return free_port()
 
 
 async def test_node_backs_off_after_a_failed_dial(repo: Repo) -> None:

@@ -22,6 +22,7 @@ from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.wire.limits import MAX_ADDRS_PER_PEER
 from shoal.store.persist.index import Index
 from shoal.store.persist.repo import Repo
+from tests.helpers import free_port
 from tests.unit.peer_helpers import FakeClock, count_write_transactions, pid
 
 NODE = Identity.from_seed(hashlib.sha256(b"peer store node").digest())
@@ -349,9 +350,7 @@ async def test_node_writes_the_table_at_shutdown_and_starts_with_damaged_rows(tm
         insert_raw(repo.index, [("garbage", "[]", 0, 0, 0, 0, 0)])
         # Long intervals: only the shutdown flush can write. A saved peer at a
         # closed port: dialled at start, fails, and its backoff is saved.
-        with trio.socket.socket() as sock:
-            await sock.bind(("127.0.0.1", 0))
-            closed_port = sock.getsockname()[1]
+        closed_port = free_port()  # below the ephemeral range: no other process's port-0 listener lands there
         insert_raw(repo.index, [(str(pid(1)), f'["/ip4/127.0.0.1/tcp/{closed_port}"]', 0, 0, 0, 0, 0)])
         node = Node(repo, NODE, NodeOptions(peer_table_flush_interval=3600.0, reputation_flush_interval=3600.0,
                                             pex_interval=3600.0))
