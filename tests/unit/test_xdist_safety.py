@@ -5,6 +5,7 @@
   (random keys) stopped the whole run.
 - `--dist loadgroup` must really keep a group on one worker: with pytest
   9.2 it silently did not (the group's swarms ran side by side).
+- pytest-timeout still ends a hung test inside a worker.
 - Ports a test names itself (`free_port`) must not be ones that the other
   worker's nodes, listening on port 0, can be given in between.
 """
@@ -55,18 +56,30 @@ FREE = textwrap.dedent("""
 """)
 
 
-def test_loadgroup_keeps_a_group_on_one_worker(tmp_path: Path) -> None:
+HUNG = textwrap.dedent("""
+    import time
+    import pytest
+
+    @pytest.mark.timeout(2)
+    def test_hung():
+        time.sleep(60)
+""")
+
+
+def test_loadgroup_keeps_a_group_on_one_worker_and_timeouts_still_fire(tmp_path: Path) -> None:
     (tmp_path / "test_a.py").write_text(GROUPED)
     (tmp_path / "test_b.py").write_text(GROUPED)
     (tmp_path / "test_c.py").write_text(FREE)
+    (tmp_path / "test_d.py").write_text(HUNG)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-n", "2",
                            "--dist", "loadgroup", "--rootdir", str(tmp_path), str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
     workers = {line.split("]")[0].lstrip("[") for line in proc.stdout.splitlines()
                if "PASSED" in line and "test_grouped" in line}
-    assert len(workers) == 1, proc.stdout  # all eight grouped tests on one worker
-    assert proc.stdout.count("PASSED") == 16, proc.stdout
+    assert len(workers) == 1, out  # all eight grouped tests on one worker
+    assert "16 passed" in out and "1 failed" in out, out
+    assert "FAILED test_d.py::test_hung" in out and "Timeout" in out, out
 
 
 def test_free_port_is_free_and_below_the_ephemeral_range() -> None:
