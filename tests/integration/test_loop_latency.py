@@ -9,11 +9,21 @@ latency (`shoal node status --json`, worst stall over the last minute); this
 test drives a put of tens of thousands of blocks through a real node while
 a client keeps asking for a status that reads the index, and requires the
 worst stall to stay under the bound the issue demands.
+
+The probe measures wall-clock lateness, so it also counts the time the
+machine did not run the node at all: on CI's 2 cores the other pytest-xdist
+worker (or anything else) shares the CPU, and the test failed on that alone.
+A bare reference probe in its own process runs through the same put and
+measures what the machine imposed on any process; the node may stall by the
+bound plus that, not more. A node that blocks its own loop (a read waiting
+for the writer's transaction) still fails: the reference sees none of it.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -29,6 +39,18 @@ FILES = 100_000
 recorded in one transaction that takes a good fraction of a second."""
 
 MAX_STALL_S = 0.25  # the bound issue 12 demands
+
+REFERENCE_PROBE = """
+import select, sys, time
+worst = 0.0
+while True:  # the node's probe, bare: wake every 50 ms, record how late; stop at stdin's EOF
+    start = time.monotonic()
+    if select.select([sys.stdin], [], [], 0.05)[0]:
+        break
+    worst = max(worst, time.monotonic() - start - 0.05)
+print(worst)
+"""
+"""How late the machine woke a process that does nothing else (seconds)."""
 
 
 def _many_files(root: Path, count: int) -> Path:
@@ -61,14 +83,18 @@ def test_worst_loop_stall_during_a_large_put_stays_small(swarm: Swarm, tmp_path:
 
     poller = threading.Thread(target=poll_status, daemon=True)
     poller.start()
+    reference = subprocess.Popen([sys.executable, "-c", REFERENCE_PROBE], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE)
     try:
         out, err = put.communicate(timeout=180)
     finally:
         stop.set()
+        ref_out, _ = reference.communicate(timeout=30)  # EOF on its stdin ends it
         poller.join(timeout=60)
         if put.poll() is None:
             put.kill()
             put.wait()
+    machine_stall = float(ref_out)
     assert put.returncode == 0, err.decode(errors="replace")
     root = out.decode().strip()
     assert root.startswith("bafy"), out
@@ -77,7 +103,8 @@ def test_worst_loop_stall_during_a_large_put_stays_small(swarm: Swarm, tmp_path:
     status = node.json("node", "status")
     loop = status["loop"]
     assert loop["samples"] > 0
-    assert loop["worst_stall_s"] < MAX_STALL_S, (
+    assert loop["worst_stall_s"] < MAX_STALL_S + machine_stall, (
         f"the event loop stalled {loop['worst_stall_s']:.3f}s during a put of {FILES} blocks "
-        f"({len(polled)} status reads meanwhile): {json.dumps(loop)}")
+        f"({len(polled)} status reads meanwhile; a bare process was woken at most {machine_stall:.3f}s late): "
+        f"{json.dumps(loop)}")
     assert node.json("status", root)["role"] == "local"  # the put really landed in the index
