@@ -32,12 +32,12 @@ import httpx
 import pytest
 
 from tests.hf_helpers import make_model, run_client
-from tests.helpers import shoal_env, write_random
+from tests.helpers import MANY_NODES, shoal_env, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
 
 __all__ = ["swarm"]
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [MANY_NODES, pytest.mark.integration, pytest.mark.timeout(300)]
 
 MiB = 1024 * 1024
 BIG = 6 * MiB + 4321  # 7 blocks of the default chunker

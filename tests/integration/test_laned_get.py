@@ -31,10 +31,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import assert_one_line_error, shoal_env, write_random
+from tests.helpers import MANY_NODES, assert_one_line_error, shoal_env, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [MANY_NODES, pytest.mark.integration]
 
 MiB = 1024 * 1024
 LANES = ["--lanes", "2"]

@@ -34,12 +34,12 @@ from shoal.store.dag.exporter import iter_links
 from shoal.store.dag.walk import DagWalk
 from shoal.store.ipld.cid import CID, RAW, make_cid, parse_cid
 from shoal.store.persist.repo import Repo
-from tests.helpers import write_random
+from tests.helpers import MANY_NODES, write_random
 from tests.integration.swarm import NodeProc, Swarm, swarm, wait_until
 
 __all__ = ["swarm"]
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [MANY_NODES, pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def lanes(node: NodeProc) -> list[dict[str, Any]]:
