@@ -211,17 +211,129 @@ def is_aligned(data: bytes | bytearray | memoryview) -> bool:
         return False
 
 
+def _address(data: bytes | bytearray | memoryview) -> int | None:
+    """The start address of a writable contiguous buffer, or None if it cannot be told without a copy."""
+    if isinstance(data, bytes):
+        return None
+    import ctypes
+
+    try:
+        view = memoryview(data)
+        if view.readonly or not view.c_contiguous or not len(view):
+            return None
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError, BufferError):
+        return None
+
+
+def _direct_head(data: bytes | bytearray | memoryview) -> bool:
+    """True if `data` starts page-aligned in memory and its aligned front is
+    worth an O_DIRECT write (the unaligned tail then goes buffered)."""
+    if not ENABLED or len(data) - len(data) % ALIGN < MIN_DIRECT_BYTES:
+        return False
+    address = _address(data)
+    return address is not None and address % ALIGN == 0
+
+
+def staged_copy(data: bytes | bytearray | memoryview, shift: int = 0) -> memoryview:
+    """`data` copied into this thread's page-aligned copy buffer, `shift` bytes past a page boundary.
+
+    For a writer that sends the same bytes to several places with O_DIRECT
+    (a lane: the export's file and the block file): one copy into memory the
+    disk can DMA from, instead of a staging copy per file plus the page
+    cache's. With `shift` = the file offset modulo `ALIGN`, each byte sits
+    at the same offset within its page as it will in the file, which is
+    what `pwrite_at` needs for the aligned pages. The view is valid until
+    this thread's next `staged_copy` (a separate buffer from DirectWriter's).
+    """
+    if not 0 <= shift < ALIGN:
+        raise ValueError(f"shift must be in [0, {ALIGN}), not {shift}")
+    need = shift + len(data)
+    buf: mmap.mmap | None = getattr(_local, "copy_buf", None)
+    if buf is None or len(buf) < need:  # (an old one is unmapped once its last view is gone)
+        buf = mmap.mmap(-1, max(STAGING_BYTES, -(-need // ALIGN) * ALIGN))
+        _local.copy_buf = buf
+    view = memoryview(buf)[shift:need]
+    view[:] = memoryview(data).cast("B")
+    return view
+
+
+def pwrite_at(path: str, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of `data` at `offset` of the existing file `path`, its whole pages with O_DIRECT.
+
+    The pages `data` covers entirely go straight to the disk when `data`'s
+    address has the same offset within a page as `offset` (a `staged_copy`
+    with `shift = offset % ALIGN`); the partial pages at either edge, which
+    a neighbouring write may share, are written buffered, as is everything
+    when O_DIRECT is off, refused, or the aligned part is too small to pay.
+    Another process writing other ranges of the same file at the same time
+    is fine: an O_DIRECT write only ever covers pages no other range touches.
+    The caller makes the file durable (fsync) as for a buffered write.
+    """
+    view = memoryview(data).cast("B")
+    end = offset + len(view)
+    lo = -(-offset // ALIGN) * ALIGN
+    hi = end - end % ALIGN
+    done_lo, done_hi = lo, lo  # the direct part written: [lo, done_hi)
+    if ENABLED and hi - lo >= MIN_DIRECT_BYTES:
+        address = _address(view)
+        if address is not None and address % ALIGN == offset % ALIGN:
+            done_hi = _pwrite_direct(path, view[lo - offset : hi - offset], lo)
+    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        if done_hi == done_lo:  # nothing went direct: one buffered write
+            _pwrite_all(fd, view, offset)
+            return
+        _pwrite_all(fd, view[: done_lo - offset], offset)
+        _pwrite_all(fd, view[done_hi - offset :], done_hi)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_direct(path: str, view: memoryview, offset: int) -> int:
+    """O_DIRECT pwrite of an aligned run; the file offset it got to (short of
+    the end if the file system refused or wrote a partial page)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | _O_DIRECT)
+    except OSError as exc:
+        if exc.errno in _REFUSED:
+            return offset
+        raise
+    pos = 0
+    try:
+        while pos < len(view):
+            written = os.pwrite(fd, view[pos:], offset + pos)
+            pos += written
+            if written % ALIGN or not written:
+                pos -= written % ALIGN  # rewrite the partial page buffered (same bytes)
+                break
+    except OSError as exc:
+        if exc.errno not in _REFUSED:
+            raise
+    finally:
+        os.close(fd)
+    return offset + pos
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def create_file(path: str, data: bytes | bytearray | memoryview, *, fsync: bool, mode: int = 0o600) -> None:
     """Create `path` (which must not exist: O_EXCL), write all of `data`, fsync it if asked.
 
-    An aligned buffer (`is_aligned`) is written straight from memory with
-    O_DIRECT set at open: one write call, no staging copy, no fcntl. Any
-    other buffer goes through `write_file_bytes`. A file system that refuses
-    O_DIRECT at open or at the first write gets a plain write instead.
-    FileExistsError (a name collision) is left to the caller; after any
-    other failure the file is removed and the error raised.
+    A buffer that starts page-aligned in memory (`is_aligned`, or a
+    `staged_copy` at shift 0 of any length) is written straight from memory
+    with O_DIRECT set at open: no staging copy; an unaligned tail is then
+    written buffered. Any other buffer goes through `write_file_bytes`. A
+    file system that refuses O_DIRECT at open or at the first write gets a
+    plain write instead. FileExistsError (a name collision) is left to the
+    caller; after any other failure the file is removed and the error raised.
     """
-    direct = is_aligned(data)
+    direct = _direct_head(data)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags | (_O_DIRECT if direct else 0), mode)
@@ -250,9 +362,10 @@ def create_file(path: str, data: bytes | bytearray | memoryview, *, fsync: bool,
 def _write_direct_from(fd: int, view: memoryview) -> None:
     """Write an aligned buffer on an O_DIRECT fd; finish buffered if refused or cut short."""
     done = 0
+    aligned = len(view) - len(view) % ALIGN  # O_DIRECT takes whole pages; the tail goes buffered
     try:
-        while done < len(view):
-            written = os.write(fd, view[done:])
+        while done < aligned:
+            written = os.write(fd, view[done:aligned])
             done += written
             if written % ALIGN:  # a short, unaligned write: the rest cannot go direct
                 break

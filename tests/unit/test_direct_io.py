@@ -299,3 +299,107 @@ def test_create_file_leaves_nothing_on_failure_and_never_clobbers(tmp_path: Path
         direct_io.create_file(str(tmp_path / "new"), _aligned_copy(_payload(1 << 20)), fsync=False)
     assert info.value.errno == errno.ENOSPC
     assert not (tmp_path / "new").exists()
+
+
+class _PwriteLog:
+    """Wraps os.pwrite: records (offset, length, O_DIRECT set?) for every call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[int, int, bool]] = []
+        real = os.pwrite
+
+        def pwrite(fd: int, data: Any, offset: int) -> int:
+            direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+            n = real(fd, data, offset)
+            self.calls.append((offset, n, direct))
+            return n
+
+        monkeypatch.setattr(direct_io.os, "pwrite", pwrite)
+
+
+def _sparse(path: Path, size: int) -> str:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+def test_create_file_staged_copy_of_any_length_goes_direct_but_its_tail(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane's block of unaligned length (a file's last leaf) in its staged
+    copy: the whole pages straight from that memory, no staging copy, only
+    the tail buffered."""
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    log = _WriteLog(monkeypatch)
+    data = _payload((1 << 20) - 100)
+    direct_io.create_file(str(tmp_path / "f"), direct_io.staged_copy(data), fsync=True)
+    assert (tmp_path / "f").read_bytes() == data
+    aligned = len(data) - len(data) % ALIGN
+    assert log.calls == [(aligned, True), (len(data) - aligned, False)]
+
+
+@pytest.mark.parametrize("offset", [0, 3 * ALIGN, ALIGN + 777, (1 << 20) - 5])
+@pytest.mark.parametrize("size", [1 << 20, (1 << 20) - 100, 300 * 1024 + 1])
+def test_pwrite_at_writes_whole_pages_direct_and_edges_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 offset: int, size: int) -> None:
+    """The export's file, filled by a lane: exact bytes at the offset, the
+    pages the block covers entirely with O_DIRECT, the partial edge pages
+    buffered (a neighbouring leaf shares them), the rest of the file untouched."""
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    log = _PwriteLog(monkeypatch)
+    total = offset + size + 3 * ALIGN
+    path = _sparse(tmp_path / "out", total)
+    data = _payload(size, seed=offset % 11)
+    direct_io.pwrite_at(path, direct_io.staged_copy(data, offset % ALIGN), offset)
+    got = Path(path).read_bytes()
+    assert got[offset : offset + size] == data
+    assert got[:offset] == bytes(offset) and got[offset + size :] == bytes(total - offset - size)
+    lo, hi = -(-offset // ALIGN) * ALIGN, (offset + size) // ALIGN * ALIGN
+    direct = [(o, n) for o, n, d in log.calls if d]
+    assert direct == [(lo, hi - lo)]  # one write of every whole page
+    buffered = sorted((o, n) for o, n, d in log.calls if not d and n)
+    assert buffered == [(o, n) for o, n in ((offset, lo - offset), (hi, offset + size - hi)) if n]
+
+
+def test_pwrite_at_plain_bytes_or_a_misplaced_copy_writes_buffered(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _fs_takes_direct(tmp_path):
+        pytest.skip("this file system refuses O_DIRECT")
+    log = _PwriteLog(monkeypatch)
+    path = _sparse(tmp_path / "out", 4 << 20)
+    data = _payload(1 << 20)
+    direct_io.pwrite_at(path, data, ALIGN)  # bytes: no address to align
+    direct_io.pwrite_at(path, direct_io.staged_copy(data, 0), (2 << 20) + 100)  # copy placed for another offset
+    got = Path(path).read_bytes()
+    assert got[ALIGN : ALIGN + (1 << 20)] == data
+    assert got[(2 << 20) + 100 : (3 << 20) + 100] == data
+    assert log.calls and not any(d for _, _, d in log.calls)
+
+
+def test_pwrite_at_refused_direct_falls_back_without_losing_a_byte(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+
+    def no_direct_open(path: Any, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(direct_io.os, "open", no_direct_open)
+    path = _sparse(tmp_path / "out", 3 << 20)
+    data = _payload(1 << 20, seed=9)
+    direct_io.pwrite_at(path, direct_io.staged_copy(data, 0), 1 << 20)
+    assert Path(path).read_bytes()[1 << 20 : 2 << 20] == data
+
+
+def test_staged_copy_is_placed_and_grows() -> None:
+    import ctypes
+
+    for shift in (0, 1, ALIGN - 1):
+        data = _payload(STAGING_BYTES + 10, seed=shift)  # larger than the first buffer
+        view = direct_io.staged_copy(data, shift)
+        assert bytes(view) == data
+        assert ctypes.addressof(ctypes.c_char.from_buffer(view)) % ALIGN == shift
+    with pytest.raises(ValueError):
+        direct_io.staged_copy(b"x", ALIGN)
