@@ -236,7 +236,14 @@ def build_api(node: Node, token: str) -> ControlApi:
             found = await find_holders(node, cid)
             laned = [peer for peer in found if node.peer_lane_addrs(peer)]
             if laned:
-                return await laned_get(cid, output, limits, found, laned)
+                try:
+                    return await laned_get(cid, output, limits, found, laned)
+                except FetchFailed as exc:
+                    if len(laned) == len(found):
+                        raise
+                    # Some blocks no holder's lanes gave; holders without lanes
+                    # may have them. What the lanes stored stays (a resumed get).
+                    log.warning("get %s through lanes failed (%s); trying every holder in-process", cid, exc)
         return await plain_get(cid, output, limits, gateways, found or None)
 
     async def plain_get(cid: CID, output: Path, limits: dict[str, Any], gateways: tuple[Gateway, ...],

@@ -218,3 +218,39 @@ def test_lanes_1_on_either_side_is_todays_get(swarm: Swarm, tmp_path: Path, fetc
     cli = get(b, cid, tmp_path / "cli.bin")
     assert (tmp_path / "cli.bin").read_bytes() == data
     assert set(cli) >= {"cid", "output", "fetched_blocks", "fetched_bytes", "local_blocks", "holders"}
+
+
+@pytest.mark.timeout(240)
+def test_blocks_no_lane_holder_has_come_from_holders_without_lanes(swarm: Swarm, tmp_path: Path) -> None:
+    # A (lanes) lost two leaves; C (--lanes 1) has everything. The lanes
+    # cannot get those two, so the get goes on in-process over every holder,
+    # keeping what the lanes stored.
+    from shoal.store.chunking.profiles import UNIXFS_V1_2025
+    from shoal.store.dag.exporter import Leaf, file_layout
+    from shoal.store.dag.importer import import_bytes
+    from shoal.store.ipld.cid import block_key
+    from shoal.store.persist.blockstore import MemoryBlockstore
+
+    data = write_random(tmp_path / "f.bin", 8 * MiB + 77, seed=211)
+    a = start(swarm, "A")
+    cid = a.put(tmp_path / "f.bin")
+    c = start(swarm, "C", lanes="1")
+    assert c.put(tmp_path / "f.bin") == cid
+    mem = MemoryBlockstore()
+    root = import_bytes(data, mem, UNIXFS_V1_2025).cid
+    assert str(root) == cid
+    leaves = [p for p in file_layout(mem, root) if isinstance(p, Leaf)]
+    for leaf in (leaves[2], leaves[5]):
+        (path,) = list((a.repo / "blocks").rglob(block_key(leaf.cid) + ".data"))
+        path.unlink()
+    b = start(swarm, "B", bootstrap=[a.addr, c.addr])
+    connect(b, a)
+    wait_until(lambda: c.peer_id in b.connected_ids(), 20, "B to connect to C")
+
+    doc = api_get(b, cid, tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert "lanes" not in doc and doc["holders"] == 2, doc  # the in-process get finished it
+    # What the first attempt stored was kept (its root at least): 9 leaves and the root in all.
+    assert doc["local_blocks"] >= 1 and doc["local_blocks"] + doc["fetched_blocks"] == len(leaves) + 1, doc
+    assert "trying every holder in-process" in b.log_text()
+    assert b.shoal("verify").code == 0
