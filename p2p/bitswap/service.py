@@ -129,8 +129,8 @@ class BitswapService:
             async with trio.open_nursery() as nursery:
 
                 async def watch() -> None:
-                    while not conn.closed:
-                        await conn.wait_change()
+                    # Woken once, when the connection ends: not on each of its reads.
+                    await conn.wait_closed()
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch)

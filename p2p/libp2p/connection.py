@@ -163,6 +163,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._sending = False
         self._receiving = False
+        # Set when this stream's reader may go on (data, EOF, reset, close,
+        # the connection's end): its own wake-up, so a read on one stream
+        # does not wake the readers of every other stream of the connection.
+        self._readable: trio.Event | None = None
 
     def _check_send(self) -> None:
         if self._closed or self._sent_eof:
@@ -254,6 +258,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receiving = True
         try:
+            waited = False
             while not self._buffered:
                 if self._closed and not self._reset:
                     # Closed by another task while this one waited (as a trio
@@ -266,7 +271,9 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                     return []
                 if self.conn.closed:
                     raise trio.BrokenResourceError("connection closed")
-                await self.conn.wait_change()
+                readable = self._readable = trio.Event()
+                await readable.wait()
+                waited = True
             out = self._take(max_bytes)
             n = sum(map(len, out))
             again = min(self._uncredited, n)
@@ -275,7 +282,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             session.consumed(self.stream_id, n - again)
             if session.has_data_to_send:  # a window update (at half a window): not every read
                 self.conn.wake_writer()
-            await trio.lowlevel.checkpoint()
+            if not waited:  # the wait was this call's checkpoint: not a second task switch
+                await trio.lowlevel.checkpoint()
             return out
         finally:
             self._receiving = False
@@ -307,12 +315,19 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._buffered -= max_bytes
         return taken
 
+    def _wake_reader(self) -> None:
+        readable = self._readable
+        if readable is not None:
+            self._readable = None
+            readable.set()
+
     def _deliver(self, data: bytes) -> None:
         if self._closed:  # nobody will read it: grant the credit back at once
             self.conn.session.consumed(self.stream_id, len(data))
             return
         self._chunks.append(data)
         self._buffered += len(data)
+        self._wake_reader()
 
     def unread(self, data: bytes) -> None:
         """Put back bytes a negotiation read past its end (not credited again)."""
@@ -342,7 +357,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 self.conn.session.reset(self.stream_id)
                 self.conn.wake_writer()
             self.conn.forget(self)
-            self.conn._notify()  # a task waiting in receive_some or send_all sees it
+            self._wake_reader()  # a task waiting in receive_some sees it
+            self.conn._notify()  # and one waiting in send_all
 
     async def aclose(self) -> None:
         # Everything happens before the one checkpoint at the end, so a
@@ -352,7 +368,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             return
         self._fin()
         self._closed = True
-        self.conn._notify()  # wakes a task waiting in receive_some: it gets ClosedResourceError
+        self._wake_reader()  # a task waiting in receive_some gets ClosedResourceError
+        self.conn._notify()  # one waiting in send_all sees the close too
         # Credit back what was never read, so the peer's sender is not stuck.
         if self._buffered > self._uncredited and not self.conn.closed:
             self.conn.session.consumed(self.stream_id, self._buffered - self._uncredited)
@@ -394,6 +411,7 @@ class Libp2pConnection:
         self._leftover = leftover
         self._streams: dict[int, YamuxStream] = {}
         self._changed = trio.Event()
+        self._closed_event = trio.Event()
         self._writer_wake = trio.Event()
         self._pings: dict[int, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -402,8 +420,13 @@ class Libp2pConnection:
     # -- small coordination primitives -------------------------------------------
 
     async def wait_change(self) -> None:
-        """Wait until the next state change (data, window, close...)."""
+        """Wait until the next state change (window, sent, close...; not
+        stream data: a stream's reader has a wake-up of its own)."""
         await self._changed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended (not woken by its traffic)."""
+        await self._closed_event.wait()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -549,12 +572,14 @@ class Libp2pConnection:
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
                     stream._eof = True
+                    stream._wake_reader()
                     if stream._closed:
                         self.forget(stream)
             elif isinstance(event, StreamReset):
                 stream = self._streams.pop(event.stream_id, None)
                 if stream is not None:
                     stream._reset = True
+                    stream._wake_reader()
             elif isinstance(event, PingAnswered):
                 ev = self._pings.get(event.opaque)
                 if ev is not None:
@@ -604,7 +629,9 @@ class Libp2pConnection:
         for stream in list(self._streams.values()):
             if not stream._eof:
                 stream._reset = True
+            stream._wake_reader()
         self._streams.clear()
+        self._closed_event.set()
         self._notify()
         self._writer_wake.set()
         if self._nursery is not None:
