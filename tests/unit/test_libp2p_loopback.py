@@ -11,6 +11,7 @@ import os
 
 import pytest
 import trio
+import trio.testing
 
 from shoal.p2p.errors import HandshakeError, PeerIdMismatch
 from shoal.p2p.libp2p import multistream as mss
@@ -353,4 +354,71 @@ async def test_a_frame_and_its_block_reach_the_transport_in_one_write() -> None:
             await stream.send_eof()
             answer = await read_all(stream)
             assert answer == f"{4 + len(block)} {hashlib.sha256(header + block).hexdigest()}".encode()
+            nursery.cancel_scope.cancel()
+
+
+class _StepCounter(trio.abc.Instrument):
+    """Counts the scheduler steps of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_traffic_on_one_stream_does_not_wake_the_reader_of_another() -> None:
+    """Each stream's reader has its own wake-up: a node's idle session stream
+    (and the Bitswap service's watcher) used to run once per read of the
+    connection while blocks streamed in on another stream, a task switch each."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, _b, addr = await pair(nursery)
+            conn = await a.dial(addr)
+            idle = await conn.open_stream(ECHO)
+            busy = await conn.open_stream(ECHO)
+            tasks: dict[str, trio.lowlevel.Task] = {}
+            got: list[bytes] = []
+            closed = trio.Event()
+
+            async def read_idle() -> None:
+                tasks["idle"] = trio.lowlevel.current_task()
+                got.append(await idle.receive_some())
+
+            async def watch() -> None:
+                tasks["watch"] = trio.lowlevel.current_task()
+                await conn.wait_closed()
+                closed.set()
+
+            nursery.start_soon(read_idle)
+            nursery.start_soon(watch)
+            await trio.testing.wait_all_tasks_blocked()
+            counters = [_StepCounter(tasks["idle"]), _StepCounter(tasks["watch"])]
+            for counter in counters:
+                trio.lowlevel.add_instrument(counter)
+            data = os.urandom(4 << 20)
+            received = bytearray()
+
+            async def echo_back() -> None:
+                while len(received) < len(data):
+                    received.extend(await busy.receive_some())
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(echo_back)
+                for pos in range(0, len(data), 64 * 1024):
+                    await busy.send_all(data[pos : pos + 64 * 1024])
+            assert bytes(received) == data
+            for counter in counters:
+                trio.lowlevel.remove_instrument(counter)
+            assert [c.steps for c in counters] == [0, 0]
+            # ...and each is still woken by what concerns it.
+            await idle.send_all(b"ping")
+            while not got:
+                await trio.sleep(0.01)
+            assert got == [b"ping"]
+            assert not closed.is_set()
+            await conn.aclose()
+            await closed.wait()
             nursery.cancel_scope.cancel()
