@@ -324,8 +324,16 @@ async def _send_no_socket(stack: str, data: bytes, record: bool) -> tuple[float,
     return cpu, peer, b"".join(wire)
 
 
-async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size: int) -> float:
-    """Receiver CPU from the first read until `size` payload bytes are decoded."""
+async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size: int,
+                             lone: bool = False) -> float:
+    """Receiver CPU from the first read until `size` payload bytes are decoded.
+
+    `shoal` (unless `lone`): the connection also has what a node's has
+    waiting while blocks come in on the exchange stream: the session
+    stream's reader (idle during a get) and the Bitswap service's watcher of
+    the connection's end (`wait_closed` where the checkout has it, else its
+    old loop on `wait_change`), so their wake-ups, if any, are counted.
+    """
     transport = secure.transport
     assert isinstance(transport, _Switchable)
     transport.source = memoryview(wire)
@@ -356,18 +364,31 @@ async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size
 
     conn = Libp2pConnection(secure, is_client=False, handlers={PROTO: handler},
                             receive_window=WINDOWS["shoal"])
+    async def watch() -> None:
+        wait_closed = getattr(conn, "wait_closed", None)
+        if wait_closed is not None:
+            await wait_closed()
+        while not conn.closed:
+            await conn.wait_change()
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(conn.run)
+        await nursery.start(conn.run)
+        if not lone:
+            sid = conn.session.open_stream()
+            session_stream = YamuxStream(conn, sid, inbound=False)
+            conn._streams[sid] = session_stream
+            nursery.start_soon(session_stream.receive_some)
+            nursery.start_soon(watch)
         await done.wait()
         cpu = time.process_time() - cpu
         nursery.cancel_scope.cancel()
     return cpu
 
 
-def no_socket_run(stack: str, data: bytes) -> dict[str, object]:
+def no_socket_run(stack: str, data: bytes, lone: bool = False) -> dict[str, object]:
     send_cpu, _, _ = trio.run(_send_no_socket, stack, data, False)
     _, peer, wire = trio.run(_send_no_socket, stack, data, True)  # the wire, not timed
-    recv_cpu = trio.run(_receive_no_socket, stack, peer, wire, len(data))
+    recv_cpu = trio.run(_receive_no_socket, stack, peer, wire, len(data), lone)
     gib = len(data) / GIB
     return {"stack": stack, "no_socket": True, "bytes": len(data),
             "send_cpu_s_per_gib": round(send_cpu / gib, 3),
@@ -383,6 +404,9 @@ def main() -> None:
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each side of each run")
     parser.add_argument("--no-socket", action="store_true",
                         help="framing and shoal only, in-process, no kernel: CPU of the code alone")
+    parser.add_argument("--lone-stream", action="store_true",
+                        help="with --no-socket: the shoal receiver's connection has only the "
+                             "block stream (no idle session reader, no Bitswap watcher)")
     parser.add_argument("--receive", choices=STACKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
@@ -405,7 +429,8 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for run in range(args.runs):
         for stack in stacks:
-            row = no_socket_run(stack, data) if args.no_socket else one_run(stack, data, args.profile, run)
+            row = (no_socket_run(stack, data, args.lone_stream) if args.no_socket
+                   else one_run(stack, data, args.profile, run))
             rows.append(row)
             report(row)
     report(summary(rows, stacks, ("send_cpu_s_per_gib", "recv_cpu_s_per_gib") if args.no_socket else None))
