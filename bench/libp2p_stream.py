@@ -126,7 +126,11 @@ async def receive_yamux(window: int, framed: bool) -> None:
         if framed:  # as PeerConnection reads the /shoal stream
             stream.grow_window(window)
             decoder = FrameDecoder()
-            while parts := await stream.receive_some_parts():
+            # Woken once the frame in progress can be complete, where the
+            # checkout can (as its PeerConnection then reads).
+            wanted = hasattr(decoder, "wanted")
+            while parts := await (stream.receive_some_parts(decoder.wanted) if wanted
+                                  else stream.receive_some_parts()):
                 for part in parts:
                     for payload in decoder.feed(part):
                         total += len(payload)
@@ -252,6 +256,7 @@ class _Switchable(trio.abc.Stream):
         self.record: list[bytes] | None = None
         self.source = memoryview(b"")
         self.pos = 0
+        self.read_size = PIECE
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.inner is not None:
@@ -269,7 +274,7 @@ class _Switchable(trio.abc.Stream):
             return await self.inner.receive_some(max_bytes)
         if self.pos >= len(self.source):
             await trio.sleep_forever()  # no EOF: the receiver is stopped by its reader
-        n = min(max_bytes or PIECE, PIECE)
+        n = min(max_bytes or self.read_size, self.read_size)
         out = bytes(self.source[self.pos : self.pos + n])
         self.pos += len(out)
         await trio.lowlevel.checkpoint()
@@ -325,7 +330,7 @@ async def _send_no_socket(stack: str, data: bytes, record: bool) -> tuple[float,
 
 
 async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size: int,
-                             lone: bool = False) -> float:
+                             lone: bool = False, read_size: int = PIECE) -> float:
     """Receiver CPU from the first read until `size` payload bytes are decoded.
 
     `shoal` (unless `lone`): the connection also has what a node's has
@@ -337,6 +342,7 @@ async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size
     transport = secure.transport
     assert isinstance(transport, _Switchable)
     transport.source = memoryview(wire)
+    transport.read_size = read_size
     done = trio.Event()
     total = 0
 
@@ -344,6 +350,10 @@ async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size
         nonlocal total
         decoder = FrameDecoder()
         receive = getattr(stream, "receive_some_parts")
+        # As PeerConnection reads a yamux stream where the checkout can: woken
+        # once the frame in progress can be complete.
+        if isinstance(stream, YamuxStream) and hasattr(decoder, "wanted"):
+            receive = lambda: stream.receive_some_parts(decoder.wanted)  # noqa: E731
         while parts := await receive():
             for part in parts:
                 for payload in decoder.feed(part):
@@ -385,10 +395,10 @@ async def _receive_no_socket(stack: str, secure: SecureStream, wire: bytes, size
     return cpu
 
 
-def no_socket_run(stack: str, data: bytes, lone: bool = False) -> dict[str, object]:
+def no_socket_run(stack: str, data: bytes, lone: bool = False, read_size: int = PIECE) -> dict[str, object]:
     send_cpu, _, _ = trio.run(_send_no_socket, stack, data, False)
     _, peer, wire = trio.run(_send_no_socket, stack, data, True)  # the wire, not timed
-    recv_cpu = trio.run(_receive_no_socket, stack, peer, wire, len(data), lone)
+    recv_cpu = trio.run(_receive_no_socket, stack, peer, wire, len(data), lone, read_size)
     gib = len(data) / GIB
     return {"stack": stack, "no_socket": True, "bytes": len(data),
             "send_cpu_s_per_gib": round(send_cpu / gib, 3),
@@ -407,6 +417,9 @@ def main() -> None:
     parser.add_argument("--lone-stream", action="store_true",
                         help="with --no-socket: the shoal receiver's connection has only the "
                              "block stream (no idle session reader, no Bitswap watcher)")
+    parser.add_argument("--read-size", default="1M",
+                        help="with --no-socket: the receiver's transport reads at most this much "
+                             "at a time (a kernel often hands over less than a whole block)")
     parser.add_argument("--receive", choices=STACKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
@@ -429,7 +442,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for run in range(args.runs):
         for stack in stacks:
-            row = (no_socket_run(stack, data, args.lone_stream) if args.no_socket
+            row = (no_socket_run(stack, data, args.lone_stream, parse_size(args.read_size)) if args.no_socket
                    else one_run(stack, data, args.profile, run))
             rows.append(row)
             report(row)

@@ -167,6 +167,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         # the connection's end): its own wake-up, so a read on one stream
         # does not wake the readers of every other stream of the connection.
         self._readable: trio.Event | None = None
+        self._wake_at = 1  # buffered bytes that wake the waiting reader (`at_least`)
 
     def _check_send(self) -> None:
         if self._closed or self._sent_eof:
@@ -242,16 +243,23 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         parts = await self._receive(max_bytes)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def receive_some_parts(self) -> list[bytes]:
+    async def receive_some_parts(self, at_least: int = 1) -> list[bytes]:
         """Everything buffered, as the chunks it arrived in (not joined): [] at EOF.
 
         For a reader that splits its own frames out of the chunks (Shoal's
         frame decoder keeps views of them): a 1 MiB block is then copied
         once, when its frame completes, not again to join the chunks.
-        """
-        return await self._receive(None)
 
-    async def _receive(self, max_bytes: int | None) -> list[bytes]:
+        `at_least`: wait until that many bytes are buffered (or EOF, reset,
+        close: then whatever there is), so a reader that needs the rest of a
+        frame is woken once for it, not once per piece the connection reads
+        (a task switch each). Capped at half the stream's receive window,
+        which the peer can always fill without more credit: never a wait for
+        bytes the window does not let the peer send.
+        """
+        return await self._receive(None, at_least)
+
+    async def _receive(self, max_bytes: int | None, at_least: int = 1) -> list[bytes]:
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         if self._receiving:
@@ -259,7 +267,10 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             waited = False
-            while not self._buffered:
+            if at_least > 1:
+                at_least = min(at_least, self.conn.session.receive_window_of(self.stream_id) // 2)
+            while self._buffered < at_least and not (
+                    self._buffered and (self._eof or self._reset or self._closed or self.conn.closed)):
                 if self._closed and not self._reset:
                     # Closed by another task while this one waited (as a trio
                     # socket does): the reader must not wait for data forever.
@@ -272,6 +283,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
                 if self.conn.closed:
                     raise trio.BrokenResourceError("connection closed")
                 readable = self._readable = trio.Event()
+                self._wake_at = at_least
                 await readable.wait()
                 waited = True
             out = self._take(max_bytes)
@@ -319,6 +331,7 @@ class YamuxStream(trio.abc.HalfCloseableStream):
         readable = self._readable
         if readable is not None:
             self._readable = None
+            self._wake_at = 1
             readable.set()
 
     def _deliver(self, data: bytes) -> None:
@@ -327,7 +340,8 @@ class YamuxStream(trio.abc.HalfCloseableStream):
             return
         self._chunks.append(data)
         self._buffered += len(data)
-        self._wake_reader()
+        if self._buffered >= self._wake_at:
+            self._wake_reader()
 
     def unread(self, data: bytes) -> None:
         """Put back bytes a negotiation read past its end (not credited again)."""

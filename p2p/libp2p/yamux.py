@@ -247,6 +247,11 @@ class YamuxSession:
             return 0
         return st.send_window
 
+    def receive_window_of(self, stream_id: int) -> int:
+        """The receive window this stream is granted (256 KiB unless grown)."""
+        st = self._streams.get(stream_id)
+        return DEFAULT_WINDOW if st is None else st.window
+
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
 

@@ -43,6 +43,7 @@ import trio
 
 from shoal.p2p.wire import codec, limits as L
 from shoal.p2p.errors import DecoderBug, DecryptError, P2PError, RemoteProtocolError
+from shoal.p2p.libp2p.connection import YamuxStream
 from shoal.p2p.wire.framing import FrameDecoder, encode_frame_parts
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.wire.messages import RESPONSES, AuditProof, Block, Error, ErrorCode, Message
@@ -478,12 +479,18 @@ class PeerConnection:
         # frame decoder keeps views of them, so a block is copied once, when
         # its frame completes.
         receive_parts = getattr(stream, "receive_some_parts", None)
+        # A yamux stream wakes us only once the frame in progress can be
+        # complete (or its end came): not once per piece its connection
+        # reads, a task switch each (a 1 MiB block arrives in many).
+        yamux = isinstance(stream, YamuxStream)
         main = channel is self._main
         while True:
             # Only the session channel times the connection out, and only when
             # no channel received anything for the idle timeout.
             with trio.move_on_after(L.IDLE_TIMEOUT_S if main else float("inf")) as idle:
-                if receive_parts is not None:
+                if yamux:
+                    chunks = await stream.receive_some_parts(decoder.wanted)
+                elif receive_parts is not None:
                     chunks = await receive_parts()
                 else:
                     data = await stream.receive_some(READ_SIZE)

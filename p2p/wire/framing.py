@@ -78,6 +78,15 @@ class FrameDecoder:
         """True when no partial frame is held, so EOF now would be clean."""
         return self.buffered == 0 and self._need is None
 
+    @property
+    def wanted(self) -> int:
+        """Bytes still missing from the frame in progress (from its header
+        while its length is unknown): a reader may wait for that many before
+        feeding again, as nothing completes with fewer."""
+        if self._need is None:
+            return FRAME_HEADER_BYTES - len(self._header)
+        return self._need - self._have
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Consume `data`; return every frame payload it completed, in order.
 

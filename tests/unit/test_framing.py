@@ -131,3 +131,22 @@ def test_buffer_stays_bounded_under_random_streams() -> None:
         got = dec.feed(frame[:cut]) + dec.feed(frame[cut:])
         assert got == [payload]
         assert dec.buffered <= 4 + 4096
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=6))
+def test_wanted_is_exactly_what_completes_the_frame_in_progress(payloads: list[bytes]) -> None:
+    """Fed one byte short of `wanted`, nothing completes; one more byte completes
+    the header or the frame: a reader may wait for `wanted` bytes and lose nothing."""
+    wire = b"".join(encode_frame(p) for p in payloads)
+    decoder = FrameDecoder()
+    got: list[bytes] = []
+    pos = 0
+    while pos < len(wire):
+        wanted = decoder.wanted
+        assert 1 <= wanted <= len(wire) - pos
+        assert decoder.feed(wire[pos : pos + wanted - 1]) == []
+        pos += wanted - 1
+        assert decoder.wanted == 1
+        got += decoder.feed(wire[pos : pos + 1])
+        pos += 1
+    assert got == payloads and decoder.at_boundary and decoder.wanted == 4

@@ -422,3 +422,117 @@ async def test_traffic_on_one_stream_does_not_wake_the_reader_of_another() -> No
             await conn.aclose()
             await closed.wait()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_reader_asking_for_at_least_n_bytes_is_woken_once_they_are_there() -> None:
+    """`receive_some_parts(at_least)`: one wake-up for a frame's bytes however many
+    pieces they come in; EOF still wakes it with fewer; never a wait beyond what
+    half the window lets the peer send (the rest needs the reader's credit)."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            streams: list[YamuxStream] = []
+            arrived = trio.Event()
+
+            async def keep(stream: YamuxStream) -> None:
+                streams.append(stream)
+                arrived.set()
+                await trio.sleep_forever()
+
+            b.handlers[SINK] = keep
+            conn = await a.dial(addr)
+            out = await conn.open_stream(SINK)
+            await out.send_all(b"x")
+            await arrived.wait()
+            (inbound,) = streams
+            assert await inbound.receive_some() == b"x"
+            results: list[list[bytes]] = []
+            done = trio.Event()
+            tasks: list[trio.lowlevel.Task] = []
+
+            async def read(at_least: int) -> None:
+                tasks.append(trio.lowlevel.current_task())
+                results.append(await inbound.receive_some_parts(at_least))
+                done.set()
+
+            # 96 KiB in 24 pieces, each read by the connection on its own.
+            nursery.start_soon(read, 96 * 1024)
+            await trio.testing.wait_all_tasks_blocked()
+            counter = _StepCounter(tasks[0])
+            trio.lowlevel.add_instrument(counter)
+            data = os.urandom(96 * 1024)
+            for pos in range(0, len(data), 4096):
+                await out.send_all(data[pos : pos + 4096])
+                await trio.sleep(0.002)
+            await done.wait()
+            trio.lowlevel.remove_instrument(counter)
+            assert b"".join(results[0]) == data
+            assert counter.steps <= 2  # started once (plus, at most, one cancelled wait)
+
+            # More than half the 256 KiB window: capped, so 200 KiB wakes it.
+            done = trio.Event()
+            nursery.start_soon(read, 1 << 20)
+            big = os.urandom(200 * 1024)
+            await out.send_all(big)
+            await done.wait()
+            assert sum(map(len, results[1])) >= WINDOW // 2
+            rest = b"".join(results[1])
+            while len(rest) < len(big):
+                rest += b"".join(await inbound.receive_some_parts())
+            assert rest == big
+
+            # EOF with fewer bytes than asked: they come back, then [].
+            done = trio.Event()
+            nursery.start_soon(read, 64 * 1024)
+            await out.send_all(b"tail")
+            await out.send_eof()
+            await done.wait()
+            assert b"".join(results[2]) == b"tail"
+            assert await inbound.receive_some_parts(1000) == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_connection_on_a_yamux_stream_wakes_once_per_frame_not_per_piece() -> None:
+    """PeerConnection asks its yamux stream for the rest of the frame in progress:
+    a 200 KiB Block sent in 50 pieces (each its own read of the connection)
+    costs its reader a few steps, not one per piece as it did."""
+    from shoal.p2p.net.connection import PeerConnection
+    from shoal.p2p.wire import codec
+    from shoal.p2p.wire.framing import FrameDecoder, encode_frame
+    from shoal.p2p.wire.messages import Block, Error, Message, Ping
+
+    async def no_requests(conn: PeerConnection, msg: Message) -> list[Message]:
+        return []
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            readers: list[trio.lowlevel.Task] = []
+            proto = "/shoal/test/pc/1.0.0"
+
+            async def serve(stream: YamuxStream) -> None:
+                readers.append(trio.lowlevel.current_task())
+                await PeerConnection(stream, a.peer_id, no_requests).run()
+
+            b.handlers[proto] = serve
+            conn = await a.dial(addr)
+            out = await conn.open_stream(proto)
+            await out.send_all(encode_frame(codec.encode(Ping(1, b"p"))))
+            decoder = FrameDecoder()
+            answers: list[bytes] = []
+            while not answers:  # an Error (request before Hello): it reads
+                answers += decoder.feed(await out.receive_some())
+            await trio.testing.wait_all_tasks_blocked()
+            counter = _StepCounter(readers[0])
+            trio.lowlevel.add_instrument(counter)
+            frame = encode_frame(codec.encode(Block(7, b"\x01\x55\x12\x20" + bytes(32), os.urandom(200 * 1024))))
+            for pos in range(0, len(frame), 4096):
+                await out.send_all(frame[pos : pos + 4096])
+                await trio.sleep(0.002)
+            await out.send_all(encode_frame(codec.encode(Ping(2, b"q"))))
+            while len(answers) < 2:  # the Block (answers nothing asked: dropped) was read whole
+                answers += decoder.feed(await out.receive_some())
+            trio.lowlevel.remove_instrument(counter)
+            assert [type(codec.decode(m)) for m in answers] == [Error, Error]
+            assert counter.steps <= 12, counter.steps
+            nursery.cancel_scope.cancel()
