@@ -482,14 +482,15 @@ class PeerConnection:
         # A yamux stream wakes us only once the frame in progress can be
         # complete (or its end came): not once per piece its connection
         # reads, a task switch each (a 1 MiB block arrives in many).
-        yamux = isinstance(stream, YamuxStream)
+        yamux = stream if isinstance(stream, YamuxStream) else None
         main = channel is self._main
+        chunks: Sequence[bytes | bytearray]
         while True:
             # Only the session channel times the connection out, and only when
             # no channel received anything for the idle timeout.
             with trio.move_on_after(L.IDLE_TIMEOUT_S if main else float("inf")) as idle:
-                if yamux:
-                    chunks = await stream.receive_some_parts(decoder.wanted)
+                if yamux is not None:
+                    chunks = await yamux.receive_some_parts(decoder.wanted)
                 elif receive_parts is not None:
                     chunks = await receive_parts()
                 else:
