@@ -163,6 +163,7 @@ class LaneDispatcher:
         self._token: trio.lowlevel.TrioToken | None = None
         self._cond = threading.Condition()
         self._window = 0  # targets handed over and not yet settled (under _cond)
+        self._room_wanted: list[int] = []  # batch sizes export threads wait to hand over (under _cond)
         self.max_running = 0  # the most jobs that ran at once (tests)
         self._closed = False  # run() ended: no reader is served any more
 
@@ -386,10 +387,19 @@ class LaneDispatcher:
         if not targets:
             return
         with self._cond:
+            finished = False
             for target in targets:
                 target.file.outstanding -= 1
+                finished = finished or target.file.outstanding == 0
             self._window -= len(targets)
-            self._cond.notify_all()
+            # Wake the export's threads only when one of them can go on (a
+            # file complete, room for a waiting batch): a wake-up per leaf
+            # cost this process a thread switch and a GIL hand-off per block.
+            if finished or any(self._has_room(n) for n in self._room_wanted):
+                self._cond.notify_all()
+
+    def _has_room(self, batch: int) -> bool:
+        return self._window + batch <= max(self._window_cap, batch)
 
     def _count(self, result: LaneResult) -> None:
         name = result.outcome.value
@@ -484,7 +494,11 @@ class LaneDispatcher:
     def _submit(self, file: _File, batch: list[Leaf], cancel: CancelFlag | None) -> None:
         local = [bool(self._store.has(leaf.cid)) for leaf in batch]
         with self._cond:
-            self._wait(file, cancel, lambda: self._window + len(batch) <= max(self._window_cap, len(batch)))
+            self._room_wanted.append(len(batch))
+            try:
+                self._wait(file, cancel, lambda: self._has_room(len(batch)))
+            finally:
+                self._room_wanted.remove(len(batch))
             self._window += len(batch)
             file.outstanding += len(batch)
         assert self._token is not None

@@ -374,3 +374,30 @@ def test_the_main_fetch_end_check_can_leave_file_leaves_out() -> None:
     assert missing_blocks(inner, root, file_leaves=False) == []
     assert len(missing_blocks(inner, root, limit=100)) == len(
         {bytes(p.cid) for p in file_layout(inner, root) if isinstance(p, Leaf)})
+
+
+async def test_the_export_thread_is_woken_per_file_not_per_leaf(tmp_path: Path) -> None:
+    """A settled leaf wakes the export's waiting thread only when that thread
+    can go on (its file is complete, or a waiting batch has room): a wake-up
+    per leaf cost the node's main process a thread switch per block. With a
+    small window the handing over still completes (and stays bounded)."""
+    import threading
+
+    class CountingCondition(threading.Condition):
+        notifies = 0
+
+        def notify_all(self) -> None:
+            CountingCondition.notifies += 1
+            super().notify_all()
+
+    for window, most in ((1024, 4), (70, 40)):
+        data = random_bytes(256 * 200, seed=11 + window)
+        root, inner, remote = _holders_with(data, 1)
+        pool = FakePool(inner, remote)
+        dispatcher, _ = _dispatcher(pool, list(remote), window=window)
+        dispatcher._cond = CountingCondition()
+        CountingCondition.notifies = 0
+        await _export(dispatcher, inner, root, tmp_path / f"f{window}")
+        assert (tmp_path / f"f{window}").read_bytes() == data
+        assert dispatcher.stats.fetched_blocks == 200
+        assert CountingCondition.notifies <= most  # was one per leaf (200)
