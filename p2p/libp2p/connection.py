@@ -573,14 +573,18 @@ class Libp2pConnection:
     def _feed(self, parts: list[bytes]) -> None:
         receive = self.session.receive_data
         events = receive(parts[0]) if len(parts) == 1 else [e for p in parts for e in receive(p)]
+        changed = False
         for event in events:
-            if isinstance(event, StreamData):
+            if type(event) is StreamData:
+                # A stream's data wakes its own reader (`_deliver`), nobody else.
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
                     stream._deliver(event.data)
                 else:
                     self.session.consumed(event.stream_id, len(event.data))
-            elif isinstance(event, StreamOpened):
+                continue
+            changed = True
+            if isinstance(event, StreamOpened):
                 self._accept(event.stream_id)
             elif isinstance(event, StreamEnded):
                 stream = self._streams.get(event.stream_id)
@@ -604,7 +608,8 @@ class Libp2pConnection:
                 pass  # the notify below wakes the senders
         if self.session.has_data_to_send:
             self.wake_writer()
-        self._notify()
+        if changed:  # windows, opens, ends, resets, pings, GoAway: what `wait_change` waits for
+            self._notify()
 
     def _accept(self, stream_id: int) -> None:
         stream = YamuxStream(self, stream_id, inbound=True)

@@ -536,3 +536,53 @@ async def test_a_peer_connection_on_a_yamux_stream_wakes_once_per_frame_not_per_
             assert [type(codec.decode(m)) for m in answers] == [Error, Error]
             assert counter.steps <= 12, counter.steps
             nursery.cancel_scope.cancel()
+
+
+async def test_stream_data_alone_does_not_wake_wait_change() -> None:
+    """`wait_change` is for windows, opens, ends, pings, the connection's end:
+    data that only fills a stream's buffer wakes that stream's reader and no
+    one else (it used to wake every `wait_change` task once per read)."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a, b, addr = await pair(nursery)
+            streams: list[YamuxStream] = []
+            arrived = trio.Event()
+
+            async def keep(stream: YamuxStream) -> None:
+                stream.grow_window(16 << 20)  # no window update for the 2 MiB below
+                streams.append(stream)
+                arrived.set()
+                await trio.sleep_forever()
+
+            b.handlers[SINK] = keep
+            conn = await a.dial(addr)
+            out = await conn.open_stream(SINK)
+            await out.send_all(b"x")
+            await arrived.wait()
+            (inbound,) = streams
+            assert await inbound.receive_some() == b"x"
+            (b_conn,) = b.connections
+            changes = 0
+
+            async def watch() -> None:
+                nonlocal changes
+                while not b_conn.closed:
+                    await b_conn.wait_change()
+                    changes += 1
+
+            nursery.start_soon(watch)
+            await trio.testing.wait_all_tasks_blocked()
+            data = os.urandom(2 << 20)
+            for pos in range(0, len(data), 64 * 1024):
+                await out.send_all(data[pos : pos + 64 * 1024])
+                await trio.sleep(0.002)
+            got = bytearray()
+            while len(got) < len(data):
+                got += await inbound.receive_some()
+            assert got == data
+            assert changes == 0
+            await conn.aclose()
+            with trio.fail_after(5):
+                while not changes:
+                    await trio.sleep(0.01)  # ...and the connection's end does wake it
+            nursery.cancel_scope.cancel()
