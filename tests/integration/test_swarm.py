@@ -136,6 +136,9 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.timeout(150)
 def test_two_holders_share_the_load_and_a_killed_holder_is_routed_around(
         swarm: Swarm, tmp_path: Path, big_file: Path) -> None:
+    # The in-process planner's spreading and C's received bytes are what this
+    # checks; a killed holder under a laned get is tests/integration/test_laned_get.py.
+    swarm.extra_args += ["--lanes", "1"]
     a = swarm.add("A")
     b = swarm.add("B", bootstrap=[a.addr])
     c = swarm.add("C", bootstrap=[a.addr, b.addr])
