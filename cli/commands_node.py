@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
     p.add_argument("--lanes", type=positive_int, metavar="N",
                    help="processes that move block bytes (fetch and serve), one per core: 1 runs everything "
                         f"in the node's own process (default: [node] lanes in config.toml, else the number of "
-                        f"cores, at most {MAX_DEFAULT_LANES})")
+                        f"cores, at most {MAX_DEFAULT_LANES}, and 1 below {MIN_CORES_FOR_LANES} cores)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="least severe log messages to print on stderr (default: %(default)s)")
     p.add_argument("--no-wait", action="store_true",
@@ -99,12 +99,22 @@ def register(sub: Any) -> None:
 # tests/unit/test_cli_parser.py checks that the two agree.
 DEFAULT_AUDIT_INTERVAL_S = 3600.0
 MAX_DEFAULT_LANES = 8
+MIN_CORES_FOR_LANES = 4
+"""Below this many cores a node runs no lane processes by default. Measured on
+2 cores (bench/RESULTS.md "transfer"): with the holder and the fetcher sharing
+the cores, a laned get of one file ran at 0.87x the in-process one and the
+gateway through lanes at 1.5x a static server against 0.99x without, because
+lanes add the control channel's hop to every block; only a model directory
+gained (1.2x). With 4 or more cores the lanes' parallelism is the point."""
 MAX_LANES = 64  # mirrors shoal.p2p.lanes.api.MAX_LANES (tests/unit/test_cli_parser.py checks)
 
 
 def default_lanes() -> int:
-    """One lane per core, at most MAX_DEFAULT_LANES (a 2-core machine: 2 lanes)."""
-    return max(1, min(MAX_DEFAULT_LANES, os.cpu_count() or 1))
+    """One lane per core, at most MAX_DEFAULT_LANES; none (1) below MIN_CORES_FOR_LANES cores."""
+    cores = os.cpu_count() or 1
+    if cores < MIN_CORES_FOR_LANES:
+        return 1
+    return min(MAX_DEFAULT_LANES, cores)
 MIN_AUDIT_INTERVAL_S = 0.1  # mirrors shoal.p2p.replication.owner.MIN_AUDIT_INTERVAL_S likewise
 
 

@@ -197,11 +197,15 @@ def test_bad_config_values_name_their_key(config: dict[str, Any], word: str) -> 
         node_settings(config, _start_args())
 
 
-def test_lanes_default_to_the_cores_capped_at_8_config_then_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lanes_default_to_the_cores_capped_at_8_none_below_4_config_then_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert node_settings(DEFAULTS, _start_args()).lanes == 2
+    assert node_settings(DEFAULTS, _start_args()).lanes == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert node_settings(DEFAULTS, _start_args()).lanes == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert node_settings(DEFAULTS, _start_args()).lanes == 4
     monkeypatch.setattr(os, "cpu_count", lambda: 96)
     assert node_settings(DEFAULTS, _start_args()).lanes == 8
     monkeypatch.setattr(os, "cpu_count", lambda: None)
