@@ -25,6 +25,13 @@ pace instead of running ahead; when the export itself is waiting for a
 block, nothing waits (no deadlock): the blocks it waits for are handed off
 even over the cap (by one block per waiting export thread), any other goes
 to the store only.
+
+Wake-ups are targeted: an export thread waiting for a block is woken when
+that block is handed off or stored (not at every other arrival), a store
+thread waiting for room when the export takes a block. With several blocks
+in flight from several holders, waking every waiter at every arrival cost
+the gateway node futile thread switches per block (perf on
+bench/gateway.py); the waits still re-check every `ARRIVAL_POLL_S`.
 """
 
 from __future__ import annotations
@@ -57,13 +64,17 @@ class ArrivingBlocks:
 
     def __init__(self, store: _BlockSource) -> None:
         self._store = store
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # export threads wait here for blocks
+        self._room = threading.Condition(lock)  # store threads wait here for room in the hand-off
+        self._room_waiters = 0
         self._arrivals = 0
         self._done = False
         self._handoff: dict[bytes, bytes] = {}
         self._handoff_bytes = 0
         self._waiting = 0  # export threads waiting for a block
         self._wanted: dict[bytes, int] = {}  # the blocks they wait for
+        self._waiting_any = 0  # of them, waiting for any arrival (their block is not expected)
         self._expected: set[bytes] = set()  # blocks the fetch will get from the swarm, not yet verified
         self._export_over = False
         self.handed_off = 0  # blocks the export took from the hand-off
@@ -80,6 +91,8 @@ class ArrivingBlocks:
         """
         with self._cond:
             self._expected.add(bytes(cid))
+            if self._waiting_any:
+                self._cond.notify_all()
 
     def verified(self, cid: CID, data: bytes) -> None:
         """Store thread, after the hash check, before the block is written."""
@@ -92,7 +105,8 @@ class ArrivingBlocks:
                 # Handed off or not, it is no longer only on its way: a block that
                 # was not handed off is read from the store once it has arrived.
                 self._expected.discard(key)
-                self._cond.notify_all()
+                if key in self._wanted or self._waiting_any:
+                    self._cond.notify_all()
 
     def _hand_off(self, key: bytes, data: bytes, deadline: float) -> None:
         """(Under the lock.) Put `data` in the hand-off if there is room or the export waits for it."""
@@ -103,26 +117,31 @@ class ArrivingBlocks:
                 # (the block the export waits for goes over the cap: by one block at most)
                 self._handoff[key] = data
                 self._handoff_bytes += len(data)
-                self._cond.notify_all()
-                return
+                return  # (`verified` wakes an export waiting for it)
             if self._waiting:
                 return  # the export waits for some other block: never hold the fetch up then
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            self._cond.wait(remaining)  # woken when the export takes a block
+            self._room_waiters += 1
+            try:
+                self._room.wait(remaining)  # woken when the export takes a block or starts waiting
+            finally:
+                self._room_waiters -= 1
 
     def arrived(self) -> None:
         """A fetched block is now in the store (handed off or not)."""
         with self._cond:
             self._arrivals += 1
-            self._cond.notify_all()
+            if self._waiting_any:
+                self._cond.notify_all()
 
     def finish(self) -> None:
         """The fetch has ended (complete or failed): waits end now."""
         with self._cond:
             self._done = True
             self._cond.notify_all()
+            self._room.notify_all()
 
     # -- the export's side ----------------------------------------------------
 
@@ -133,6 +152,7 @@ class ArrivingBlocks:
             self._handoff.clear()
             self._handoff_bytes = 0
             self._cond.notify_all()
+            self._room.notify_all()
 
     def wait_done(self) -> None:
         with self._cond:
@@ -147,10 +167,12 @@ class ArrivingBlocks:
                 if handed is not None:
                     self._handoff_bytes -= len(handed)
                     self.handed_off += 1
-                    self._cond.notify_all()  # room for a store thread waiting in `verified`
+                    if self._room_waiters:
+                        self._room.notify_all()  # room for a store thread waiting in `verified`
                     return handed
                 if key in self._expected and not self._done:
-                    self._wait(key, lambda: key in self._handoff or key not in self._expected or self._done)
+                    self._wait(key, lambda: key in self._handoff or key not in self._expected or self._done,
+                               any_arrival=False)
                     continue
                 seen, done = self._arrivals, self._done
             try:
@@ -165,19 +187,23 @@ class ArrivingBlocks:
                 return data
             with self._cond:
                 self._wait(key, lambda: self._arrivals != seen or self._done or key in self._handoff
-                           or key in self._expected)
+                           or key in self._expected, any_arrival=True)
 
-    def _wait(self, key: bytes, ready: "Callable[[], bool]") -> None:
+    def _wait(self, key: bytes, ready: "Callable[[], bool]", *, any_arrival: bool) -> None:
         """(Under the lock.) Wait for `key` until `ready()`; meanwhile the fetch hands it
-        over even past the cap and never waits for room (see `verified`)."""
+        over even past the cap and never waits for room (see `verified`). `any_arrival`:
+        `key` is not expected, so every arrival or announcement may be it (woken by each)."""
         self._waiting += 1
+        self._waiting_any += any_arrival
         self._wanted[key] = self._wanted.get(key, 0) + 1
-        self._cond.notify_all()  # a store thread waiting for room stops waiting
+        if self._room_waiters:
+            self._room.notify_all()  # a store thread waiting for room stops waiting
         try:
             while not ready():
                 self._cond.wait(ARRIVAL_POLL_S)
         finally:
             self._waiting -= 1
+            self._waiting_any -= any_arrival
             if self._wanted[key] == 1:
                 del self._wanted[key]
             else:

@@ -203,3 +203,38 @@ def test_fetch_never_waits_for_room_after_the_export_ended(monkeypatch: pytest.M
     t.start()
     assert done.wait(5)
     assert arriving._handoff_bytes == 0
+
+
+def test_a_waiting_export_is_woken_only_by_its_own_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks arriving for others (handed off, stored) do not wake an export thread that
+    waits for an expected block: one wake-up when its block comes."""
+    monkeypatch.setattr(handoff, "ARRIVAL_POLL_S", 60.0)  # only notifications wake it
+    store = _CountingStore()
+    arriving = ArrivingBlocks(store)
+    blocks = _blocks(12)
+    for cid, _ in blocks:
+        arriving.expect(cid)
+    wakeups = 0
+    real_wait = arriving._cond.wait
+
+    def counting_wait(timeout: float | None = None) -> bool:
+        nonlocal wakeups
+        woken = real_wait(timeout)
+        wakeups += 1
+        return woken
+
+    arriving._cond.wait = counting_wait  # type: ignore[method-assign]
+    got: list[bytes] = []
+    waiter = threading.Thread(target=lambda: got.append(arriving.get(blocks[-1][0])))
+    waiter.start()
+    _until(lambda: arriving._waiting == 1)
+    for cid, data in blocks[:-1]:  # every other block: handed off and stored
+        arriving.verified(cid, data)
+        store.put(cid, data)
+        arriving.arrived()
+        time.sleep(0.005)  # a woken waiter would run meanwhile (and be counted)
+    assert wakeups == 0
+    arriving.verified(*blocks[-1])
+    waiter.join(5)
+    assert got == [blocks[-1][1]] and wakeups == 1
+    assert store.reads == []
