@@ -571,8 +571,7 @@ class Libp2pConnection:
             parts = []
 
     def _feed(self, parts: list[bytes]) -> None:
-        receive = self.session.receive_data
-        events = receive(parts[0]) if len(parts) == 1 else [e for p in parts for e in receive(p)]
+        events = self.session.receive_data_parts(parts)
         changed = False
         for event in events:
             if type(event) is StreamData:

@@ -151,6 +151,41 @@ class CipherState:
         return out
 
 
+    def decrypt_many(self, ad: bytes, messages: "list[memoryview] | list[bytes]",
+                     out: "list[bytes]") -> None:
+        """`decrypt_with_ad` of each message in order, appending the non-empty
+        plaintexts to `out`; raises DecryptError (the state poisoned) at the
+        first that fails, with the plaintexts before it already in `out`.
+
+        Why one call for many: a receiver decrypts every frame of a 1 MiB read
+        at once, and three Python calls per ~64 KiB frame (wrapper, nonce,
+        bookkeeping) were a measurable share of the receive path's Python.
+        """
+        aead = self._aead
+        if aead is None:
+            raise LocalProtocolError("decrypt_many needs a key")
+        if self._broken:
+            raise DecryptError("session already failed authentication")
+        decrypt = aead.decrypt
+        append = out.append
+        n = self._n
+        try:
+            for message in messages:
+                if n >= _MAX_NONCE:
+                    raise LocalProtocolError("nonce space exhausted")
+                plain = decrypt(b"\x00\x00\x00\x00" + n.to_bytes(8, "little"), message, ad)
+                n += 1
+                if plain:
+                    append(plain)
+        except (InvalidTag, LocalProtocolError):
+            self.fail()
+            raise DecryptError(
+                "frame failed authentication (tampered, replayed or reordered)"
+            ) from None
+        finally:
+            self._n = n
+
+
 class SymmetricState:
     """Chaining key, handshake hash and the current CipherState (section 5.2)."""
 
@@ -338,6 +373,20 @@ class SecureSession:
             self._recv.fail()
             raise DecryptError(f"transport message of {len(ciphertext)} bytes")
         return self._recv.decrypt_with_ad(b"", ciphertext)
+
+    def decrypt_many(self, messages: "list[memoryview] | list[bytes]", out: "list[bytes]") -> None:
+        """`decrypt` of each message in order (bytes or views), appending the
+        non-empty plaintexts to `out`. At the first message that fails (a
+        wrong size or authentication) DecryptError is raised and the session
+        refuses everything after; `out` then holds exactly the plaintexts of
+        the messages before it, as one `decrypt` per message would have given.
+        """
+        for i, message in enumerate(messages):
+            if not TAG_LEN <= len(message) <= MAX_MESSAGE:
+                self._recv.decrypt_many(b"", messages[:i], out)
+                self._recv.fail()
+                raise DecryptError(f"transport message of {len(message)} bytes")
+        self._recv.decrypt_many(b"", messages, out)
 
 
 def _encode_payload(identity: Identity, static_pub: bytes) -> bytes:

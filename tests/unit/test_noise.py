@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from shoal.p2p.errors import DecryptError, HandshakeError, LocalProtocolError, PeerIdMismatch
 from shoal.p2p.secure.identity import Identity, protobuf_bytes_field, protobuf_fields
 from shoal.p2p.secure.noise import (
-    MAX_MESSAGE, MAX_PLAINTEXT, NoiseHandshake, Role, SecureSession, _encode_payload,
+    MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN, NoiseHandshake, Role, SecureSession, _encode_payload,
 )
 
 ALICE = Identity.from_seed(b"a" * 32)
@@ -253,3 +253,38 @@ def test_session_is_created_once() -> None:
     resp = NoiseHandshake(Role.RESPONDER, BOB)
     run(init, resp)
     assert init.session() is init.session()
+
+
+def test_decrypt_many_is_decrypt_of_each() -> None:
+    """One call for the frames of a read gives what one `decrypt` each does;
+    empty plaintexts (a bare tag) are checked but not appended."""
+    a, b = pair()
+    plains = [b"one", b"", b"x" * 65519, b"two"]
+    frames = [a.encrypt(p) for p in plains]
+    out: list[bytes] = [b"earlier"]
+    b.decrypt_many([memoryview(f) for f in frames], out)
+    assert out == [b"earlier", b"one", b"x" * 65519, b"two"]
+    assert b.decrypt(a.encrypt(b"next")) == b"next"  # the nonces went on
+
+
+@pytest.mark.parametrize("bad_at", [0, 1, 3])
+@pytest.mark.parametrize("how", ["tampered", "short", "replayed"])
+def test_decrypt_many_stops_at_the_first_bad_frame(bad_at: int, how: str) -> None:
+    """The plaintexts before the bad frame are out, then DecryptError, and the
+    session refuses everything after (as one `decrypt` per frame)."""
+    a, b = pair()
+    frames = [a.encrypt(b"%d" % i) for i in range(4)]
+    if how == "tampered":
+        frames[bad_at] = frames[bad_at][:-1] + bytes([frames[bad_at][-1] ^ 1])
+    elif how == "short":
+        frames[bad_at] = frames[bad_at][:TAG_LEN - 1]
+    else:
+        frames[bad_at] = frames[bad_at - 1] if bad_at else a.encrypt(b"later")
+    out: list[bytes] = []
+    with pytest.raises(DecryptError):
+        b.decrypt_many(frames, out)
+    assert out == [b"%d" % i for i in range(bad_at)]
+    with pytest.raises(DecryptError):
+        b.decrypt_many([a.encrypt(b"after")], out)
+    with pytest.raises(DecryptError):
+        b.decrypt(a.encrypt(b"after"))

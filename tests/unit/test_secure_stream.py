@@ -284,6 +284,43 @@ def test_frame_decoder_any_split_gives_the_frames_in_order(seed: int) -> None:
     assert decoder.pending == 0
 
 
+def test_frame_views_split_at_every_offset() -> None:
+    """Frames of one read taken in one call, the wire cut at every offset
+    (inside a prefix, inside a body, between frames): the same frames in
+    order, each once, and a partial frame kept for the next read."""
+    frames = [b"", b"a", os.urandom(300), b"end"]
+    wire = b"".join(encode_frame(f) for f in frames)
+    for cut in range(len(wire) + 1):
+        decoder = FrameDecoder()
+        got: list[bytes] = []
+        for data in (wire[:cut], wire[cut:]):
+            decoder.feed(data)
+            got += [bytes(v) for v in decoder.frame_views()]
+            assert decoder.frame_views() == []
+        assert got == frames
+        assert decoder.pending == 0
+
+
+def test_frame_views_several_reads_with_straddling_frames() -> None:
+    """Random reads over many frames, `frame_views` after each: in order, the
+    straddling frame first, at most one read plus one frame held."""
+    import random
+
+    rng = random.Random(7)
+    frames = [rng.randbytes(rng.choice((0, 5, 65535, rng.randrange(65536)))) for _ in range(60)]
+    wire = b"".join(encode_frame(f) for f in frames)
+    decoder = FrameDecoder()
+    got: list[bytes] = []
+    pos = 0
+    while pos < len(wire):
+        data = wire[pos : pos + rng.choice((1, 3, rng.randrange(1, 200_000)))]
+        pos += len(data)
+        decoder.feed(data)
+        assert decoder.pending <= len(data) + 2 + MAX_MESSAGE
+        got += [bytes(v) for v in decoder.frame_views()]
+    assert got == frames and decoder.pending == 0
+
+
 @pytest.mark.parametrize("sizes", [
     [4, 1 << 20],  # a Shoal frame: header, then a block
     [12, 65507, 12, 65507, 12, 3],  # yamux headers and payloads: frames spanning parts

@@ -305,3 +305,38 @@ def test_send_data_parts_one_frame_for_a_header_and_its_block() -> None:
     assert [f[3] for f in frames(a.data_to_send())] == [4100]  # not one frame per part
     with pytest.raises(LocalProtocolError):
         a.send_data_parts(99, [header], 10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=8), st.data())
+def test_receive_data_parts_is_receive_data_of_each(sizes: list[int], data: st.DataObject) -> None:
+    """The events of `receive_data_parts(parts)` are those of `receive_data`
+    on each part in turn, however the wire is cut (inside headers, inside
+    payloads, exactly at frame ends), including the all-payload fast path."""
+    a = YamuxSession(True)
+    sid = a.open_stream()
+    for n in sizes:
+        a.send_data(sid, bytes([n % 251]) * n)
+    a.send_fin(sid)
+    wire = a.data_to_send()
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(wire)), max_size=12))))
+    parts = [wire[i:j] for i, j in zip([0, *cuts], [*cuts, len(wire)])]
+    one, many = YamuxSession(False), YamuxSession(False)
+    expected = [e for p in parts for e in one.receive_data(p)]
+    assert many.receive_data_parts(parts) == expected
+    assert many.data_to_send() == one.data_to_send()
+    assert b"".join(e.data for e in expected if isinstance(e, y.StreamData)) == b"".join(
+        bytes([n % 251]) * n for n in sizes)
+
+
+def test_receive_data_parts_bounds_and_failure_as_receive_data() -> None:
+    """A Data frame over the window is refused on its header inside a batch:
+    GoAway(protocol error) queued, the session dead."""
+    b = YamuxSession(False)
+    syn = encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 0)
+    over = encode_header(FrameType.DATA, 0, 1, W + 1)
+    with pytest.raises(RemoteProtocolError):
+        b.receive_data_parts([syn, over, bytes(100)])
+    assert b.failed and frames(b.data_to_send())[-1] == (FrameType.GO_AWAY, 0, 0, 1)
+    with pytest.raises(LocalProtocolError):
+        b.receive_data_parts([bytes(10)])
