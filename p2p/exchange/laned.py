@@ -33,6 +33,15 @@ and at most `JOBS_PER_LANE` jobs per lane run at once.
 Threads: `fill` runs in the export's threads and only takes a lock,
 waits on a condition and posts work to the loop (`run_sync_soon`, never a
 blocking call into trio); everything else runs on the loop.
+
+Per-block cost on the loop (the node's main process, the control plane):
+one long-lived task (`run`) does all of it. Jobs are handed to the pool
+with `LanePool.submit` (no task per job); a job's result is queued by the
+pool's reader and handled on this task's next turn together with every
+other result that came meanwhile, and the jobs that refill the freed
+slots are submitted in the same turn, so the pool writes them to a lane
+in one message. Only the rare pauses (a holder's lane unreachable, a
+corrupt local copy to quarantine) get a task of their own.
 """
 
 from __future__ import annotations
@@ -42,13 +51,14 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable, cast
 
 import trio
 
 from shoal.p2p.exchange.fetch import FetchFailed
 from shoal.p2p.exchange.planner import FetchPlanner
-from shoal.p2p.lanes.api import LaneJob, LanePool, LaneResult, Outcome, Sink
+from shoal.p2p.lanes.api import JobTicket, LaneJob, LanePool, LaneResult, Outcome, Sink
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.store.cancel import CancelFlag
@@ -160,6 +170,10 @@ class LaneDispatcher:
         self._failed_seen: set[bytes] = set()  # leaves no holder could give (their targets fail at once)
         self._given_up: set[bytes] = set()  # those of them the planner failed (seen in _fail_given_up)
         self._wake = trio.Event()
+        # Results of finished jobs, each with what handles it, for run()'s next turn.
+        self._results: deque[tuple[Callable[[LaneResult], None], LaneResult]] = deque()
+        self._tickets: set[JobTicket] = set()  # jobs submitted and not answered
+        self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._cond = threading.Condition()
         self._window = 0  # targets handed over and not yet settled (under _cond)
@@ -174,12 +188,20 @@ class LaneDispatcher:
         self._token = trio.lowlevel.current_trio_token()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 task_status.started()
                 while True:
-                    self._dispatch(nursery)
+                    while self._results:
+                        handle, result = self._results.popleft()
+                        handle(result)
+                    self._dispatch()
                     await self._wake.wait()
                     self._wake = trio.Event()
         finally:
+            # Jobs still queued in the pool are not sent (those running finish there unheard).
+            for ticket in self._tickets:
+                ticket.cancel()
+            self._tickets.clear()
             # Readers waiting in other tasks (threads' from_thread calls) would wait for ever.
             self._closed = True
             for state in self._leaves.values():
@@ -190,7 +212,7 @@ class LaneDispatcher:
     def _max_jobs(self) -> int:
         return max(1, self._pool.size) * self._jobs_per_lane
 
-    def _dispatch(self, nursery: trio.Nursery) -> None:
+    def _dispatch(self) -> None:
         self._fail_given_up()
         while self._copies and self._running < self._max_jobs():
             key = self._copies.popleft()
@@ -199,20 +221,44 @@ class LaneDispatcher:
                 continue  # that job's end queues the copy again
             targets = self._take_waiting(state)
             if targets:
-                self._start(nursery, self._copy, key, targets)
+                self._start(key)
+                self._copy(key, targets)
         room = self._max_jobs() - self._running
         if room > 0:
             for peer, planned in self.planner.next_requests(trio.current_time(), limit=room):
                 key = cast(bytes, planned)
                 # (a fetch whose targets were all dropped still stores the block)
-                self._start(nursery, self._fetch, key, self._take_waiting(self._leaves[key]), cast(PeerId, peer))
+                self._start(key)
+                self._fetch(key, self._take_waiting(self._leaves[key]), cast(PeerId, peer))
         self._fail_given_up()
 
-    def _start(self, nursery: trio.Nursery, fn: Callable[..., Any], key: bytes, *args: Any) -> None:
+    def _start(self, key: bytes) -> None:
         self._running += 1
         self.max_running = max(self.max_running, self._running)
         self._leaves[key].jobs += 1
-        nursery.start_soon(fn, key, *args)
+
+    def _end(self, state: _LeafState) -> None:
+        state.jobs -= 1
+        self._running -= 1
+
+    def _run_job(self, job: LaneJob, handle: Callable[[LaneResult], None]) -> None:
+        """`job` to the pool; `handle(result)` runs on run()'s next turn after the answer."""
+        ticket: JobTicket | None = None
+
+        def done(result: LaneResult) -> None:
+            self._tickets.discard(cast(JobTicket, ticket))
+            self._later(handle, result)
+
+        ticket = self._pool.submit(job, done)
+        self._tickets.add(ticket)
+
+    def _later(self, handle: Callable[[LaneResult], None], result: LaneResult) -> None:
+        self._results.append((handle, result))
+        self._wake.set()
+
+    async def _pause(self, seconds: float, handle: Callable[[LaneResult], None], result: LaneResult) -> None:
+        await trio.sleep(seconds)
+        self._later(handle, result)
 
     def _take_waiting(self, state: _LeafState) -> list[_Target]:
         """The waiting targets whose file still wants them (the others are settled now)."""
@@ -225,26 +271,30 @@ class LaneDispatcher:
     def _sinks(targets: list[_Target]) -> tuple[Sink, ...]:
         return tuple(Sink(t.file.path, t.offset) for t in targets if not t.file.over)
 
-    async def _fetch(self, key: bytes, targets: list[_Target], peer: PeerId) -> None:
+    def _fetch(self, key: bytes, targets: list[_Target], peer: PeerId) -> None:
         state = self._leaves[key]
-        try:
-            addrs = self._lane_addrs(peer)
-            if addrs:
-                result = await self._pool.run_job(LaneJob(state.cid, peer, tuple(addrs), self._sinks(targets),
-                                                          want_data=bool(state.readers), store=True,
-                                                          timeout=self._job_timeout))
-            else:
-                result = LaneResult(Outcome.UNREACHABLE, detail=f"{peer} advertises no lanes")
-            self._count(result)
-            if result.outcome is Outcome.UNREACHABLE and state.retries < RETRIES:
-                await trio.sleep(self._retry_pause * (2 ** state.retries))
-        except BaseException:
-            state.waiting[:0] = targets  # (cancelled with the get: nobody waits for them)
-            raise
-        finally:
-            state.jobs -= 1
-            self._running -= 1
-            self._wake.set()
+        handle = partial(self._fetch_answered, key, targets, peer)
+        addrs = self._lane_addrs(peer)
+        if addrs:
+            self._run_job(LaneJob(state.cid, peer, tuple(addrs), self._sinks(targets), want_data=bool(state.readers),
+                                 store=True, timeout=self._job_timeout), handle)
+        else:
+            self._later(handle, LaneResult(Outcome.UNREACHABLE, detail=f"{peer} advertises no lanes"))
+
+    def _fetch_answered(self, key: bytes, targets: list[_Target], peer: PeerId, result: LaneResult) -> None:
+        state = self._leaves[key]
+        self._count(result)
+        end = partial(self._fetch_ended, key, targets, peer)
+        if result.outcome is Outcome.UNREACHABLE and state.retries < RETRIES:
+            # The job keeps its slot through the pause: a holder's lane restarting is given time.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._pause, self._retry_pause * (2 ** state.retries), end, result)
+            return
+        end(result)
+
+    def _fetch_ended(self, key: bytes, targets: list[_Target], peer: PeerId, result: LaneResult) -> None:
+        state = self._leaves[key]
+        self._end(state)
         self._fetched(peer, key, state, result, targets)
 
     def _fetched(self, peer: PeerId, key: bytes, state: _LeafState, result: LaneResult,
@@ -289,21 +339,29 @@ class LaneDispatcher:
                 self._copies.append(key)
         # else: the planner has the key queued or in flight; that job takes them
 
-    async def _copy(self, key: bytes, targets: list[_Target]) -> None:
+    def _copy(self, key: bytes, targets: list[_Target]) -> None:
         state = self._leaves[key]
-        try:
-            result = await self._pool.run_job(LaneJob(state.cid, None, (), self._sinks(targets), store=False,
-                                                      timeout=self._job_timeout))
-            self._count(result)
-            if result.outcome is Outcome.CORRUPT and self._quarantine is not None:
-                await trio.to_thread.run_sync(self._quarantine, state.cid)
-        except BaseException:
-            state.waiting[:0] = targets
-            raise
-        finally:
-            state.jobs -= 1
-            self._running -= 1
-            self._wake.set()
+        self._run_job(LaneJob(state.cid, None, (), self._sinks(targets), store=False, timeout=self._job_timeout),
+                     partial(self._copy_answered, key, targets))
+
+    def _copy_answered(self, key: bytes, targets: list[_Target], result: LaneResult) -> None:
+        state = self._leaves[key]
+        self._count(result)
+        end = partial(self._copy_ended, key, targets)
+        if result.outcome is Outcome.CORRUPT and self._quarantine is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._quarantine_then, state.cid, end, result)
+            return
+        end(result)
+
+    async def _quarantine_then(self, cid: CID, handle: Callable[[LaneResult], None], result: LaneResult) -> None:
+        assert self._quarantine is not None
+        await trio.to_thread.run_sync(self._quarantine, cid)
+        self._later(handle, result)
+
+    def _copy_ended(self, key: bytes, targets: list[_Target], result: LaneResult) -> None:
+        state = self._leaves[key]
+        self._end(state)
         if result.outcome is Outcome.OK:
             self.stats.copied_blocks += 1
             self._written(key, state, result.size, targets)

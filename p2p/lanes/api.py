@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
@@ -69,6 +69,19 @@ class LaneResult:
     detail: str = ""
 
 
+JobDone = Callable[[LaneResult], None]
+"""Called once, on the trio loop, with a submitted job's result (see `LanePool.submit`)."""
+
+
+class JobTicket(Protocol):
+    """A submitted job, for its caller to give up on."""
+
+    def cancel(self) -> None:
+        """The answer is no longer wanted: a job not sent yet never is, and
+        `done` is not called (a job a lane runs already finishes there)."""
+        ...
+
+
 class LanePool(Protocol):
     """The node's lanes, as the control plane sees them."""
 
@@ -83,6 +96,14 @@ class LanePool(Protocol):
 
     async def run_job(self, job: LaneJob) -> LaneResult:
         """Run `job` on a lane (affinity by holder, least loaded); never raises for a per-block failure."""
+        ...
+
+    def submit(self, job: LaneJob, done: JobDone) -> JobTicket:
+        """(On the loop, never blocks.) Queue `job` for a lane; `done(result)` is
+        called later on the loop (never from within `submit`), also for a
+        per-block failure or a timeout. For a caller with many jobs in
+        flight: no task and no wake-up of its own per job (`run_job` is this
+        plus a wait)."""
         ...
 
     def cpu_seconds(self) -> float:

@@ -16,7 +16,14 @@ no lane outlives the node; a node that is SIGKILLed closes the channels too
 Dispatch: a job goes to the lane its holder maps to (affinity: that lane's
 connections to the holder are warm) unless another lane is idler by more
 than AFFINITY_SLACK jobs; each lane runs at most `max_jobs_per_lane` at once
-(callers wait for room).
+(later jobs queue for room). Jobs are submitted without a task each
+(`submit(job, done)`; `run_job` waits on it): a job placed on a lane goes
+to that lane's writer task, which sends every job placed since its last
+send in one write, and the lane's reader calls `done` as its Result is
+decoded. Deadlines (a lane to take the job, the lane's answer) are checked
+by one watchdog task every WATCH_S, not by a timer per job: all of this
+is per-block work of the node's main process, the control plane that must
+never be what bounds a laned get (bench/transfer.py "fetcher main").
 
 Not here: which block to get from whom (the caller plans; shoal.p2p.exchange).
 Callers that store blocks (`job.store`) hold the node's store guard shared
@@ -27,9 +34,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import socket
 import subprocess
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
@@ -40,7 +49,7 @@ from shoal.store.ipld.cid import CID
 
 from shoal.p2p.errors import ControlProtocolError, LaneError
 from shoal.p2p.lanes import control as C
-from shoal.p2p.lanes.api import MAX_LANES, LaneJob, LaneResult, Outcome
+from shoal.p2p.lanes.api import MAX_LANES, JobDone, LaneJob, LaneResult, Outcome
 from shoal.p2p.secure.identity import PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
 from shoal.p2p.secure.pnet import SwarmKey
@@ -61,6 +70,9 @@ RESTART_DELAY_S = 0.2
 MAX_RESTART_DELAY_S = 10.0
 RESULT_GRACE_S = 5.0
 """The lane times a job out itself; the pool waits this much longer for its word."""
+WATCH_S = 1.0
+"""How often the watchdog looks for jobs past a deadline (while any job is
+queued or running): a job's TIMEOUT comes at most this much late."""
 
 
 class LaneProcess(Protocol):
@@ -97,6 +109,22 @@ def _widen(end: socket.socket) -> None:
             pass
 
 
+@dataclass(eq=False)
+class _Pending:
+    """A submitted job (the JobTicket): queued until a lane has room, then in that lane's `pending`."""
+
+    job: LaneJob
+    msg: C.Job
+    done: JobDone
+    pick_by: float  # trio time by which a lane must have taken it
+    answer_by: float = math.inf  # ... and answered it (set when placed)
+    cancelled: bool = False  # the caller gave up on it
+    delivered: bool = False  # `done` was called
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 @dataclass
 class _Lane:
     index: int
@@ -114,7 +142,9 @@ class _Lane:
     serve_cpu_s: float = 0.0
     served_bytes: int = 0
     fetched_bytes: int = 0
-    pending: dict[int, tuple[trio.Event, list[LaneResult]]] = field(default_factory=dict)
+    pending: dict[int, _Pending] = field(default_factory=dict)  # job id -> job placed here
+    outbox: list[_Pending] = field(default_factory=list)  # placed, not yet written
+    outbox_ready: trio.Event = field(default_factory=trio.Event)
     send_lock: trio.Lock = field(default_factory=trio.Lock)
 
     async def send(self, msg: C.ControlMessage) -> None:
@@ -166,7 +196,9 @@ class LaneProcessPool:
         self._lanes: dict[int, _Lane] = {}
         self._ports: dict[int, int] = {}
         self._job_ids = itertools.count(1)
-        self._changed = trio.Event()
+        self._live: list[_Lane] = []  # ready and not dead, by index (kept, not recomputed per job)
+        self._queue: deque[_Pending] = deque()  # submitted, waiting for a lane with room
+        self._watch = trio.Event()  # work appeared: the watchdog has deadlines to look at
         self._dead_cpu_s = 0.0
         self._dead_served = 0
         self._dead_fetched = 0
@@ -203,59 +235,120 @@ class LaneProcessPool:
                 for _, lane in sorted(self._lanes.items()) if lane.ready and not lane.dead]
 
     async def run_job(self, job: LaneJob) -> LaneResult:
-        msg = C.Job.from_job(next(self._job_ids), job)  # a job breaking a bound is the caller's bug: raises
-        lane = await self._pick(job)
-        if lane is None:
-            return LaneResult(Outcome.LANE_DIED, detail=f"no lane could take the job within {job.timeout:g}s")
-        event, box = trio.Event(), list[LaneResult]()
-        lane.pending[msg.job_id] = (event, box)
-        lane.inflight += 1
+        box: list[LaneResult] = []
+        event = trio.Event()
+
+        def done(result: LaneResult) -> None:
+            box.append(result)
+            event.set()
+
+        ticket = self.submit(job, done)
         try:
-            try:
-                await lane.send(msg)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return LaneResult(Outcome.LANE_DIED, detail=f"lane {lane.index} (pid {lane.pid}) is gone")
-            with trio.move_on_after(job.timeout + RESULT_GRACE_S):
-                await event.wait()
+            await event.wait()
         finally:
-            lane.pending.pop(msg.job_id, None)
-            lane.inflight -= 1
-            self._notify()
-        if not box:
-            return LaneResult(Outcome.TIMEOUT, detail=f"lane {lane.index} did not answer in time")
-        result = box[0]
-        lane.jobs += 1
-        if result.outcome is Outcome.OK:
-            lane.bytes += result.size
-            if job.store and job.holder is not None and self.on_stored is not None:
-                self.on_stored(job.cid)
-        return result
+            if not box:
+                ticket.cancel()  # cancelled: a job not sent yet never is
+        return box[0]
 
-    async def _pick(self, job: LaneJob) -> _Lane | None:
-        with trio.move_on_after(job.timeout):
-            while True:
-                live = [lane for _, lane in sorted(self._lanes.items()) if lane.ready and not lane.dead]
-                room = [lane for lane in live if lane.inflight < self.max_jobs_per_lane]
-                if room:
-                    least = min(room, key=lambda lane: lane.inflight)
-                    if job.holder is None:
-                        return least
-                    preferred = live[int.from_bytes(job.holder.multihash[-4:], "big") % len(live)]
-                    if preferred in room and preferred.inflight <= least.inflight + AFFINITY_SLACK:
-                        return preferred
-                    return least
-                await self._changed.wait()
-        return None
+    def submit(self, job: LaneJob, done: JobDone) -> _Pending:
+        msg = C.Job.from_job(next(self._job_ids), job)  # a job breaking a bound is the caller's bug: raises
+        pending = _Pending(job, msg, done, trio.current_time() + job.timeout)
+        self._queue.append(pending)
+        self._place()
+        self._watch.set()
+        return pending
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _place(self) -> None:
+        """Queued jobs, in order, to lanes with room; each lane's writer sends its share at once."""
+        now: float | None = None
+        while self._queue:
+            pending = self._queue[0]
+            if pending.cancelled:
+                self._queue.popleft()
+                continue
+            lane = self._choose(pending.job)
+            if lane is None:
+                return  # no room anywhere: an answer or a new lane calls us again
+            self._queue.popleft()
+            if now is None:
+                now = trio.current_time()
+            pending.answer_by = now + pending.job.timeout + RESULT_GRACE_S
+            lane.pending[pending.msg.job_id] = pending
+            lane.inflight += 1
+            lane.outbox.append(pending)
+            lane.outbox_ready.set()
+
+    def _choose(self, job: LaneJob) -> _Lane | None:
+        live = self._live
+        least: _Lane | None = None
+        for lane in live:
+            if lane.inflight < self.max_jobs_per_lane and (least is None or lane.inflight < least.inflight):
+                least = lane
+        if least is None or job.holder is None:
+            return least
+        preferred = live[int.from_bytes(job.holder.multihash[-4:], "big") % len(live)]
+        if preferred.inflight < self.max_jobs_per_lane and preferred.inflight <= least.inflight + AFFINITY_SLACK:
+            return preferred
+        return least
+
+    def _finish(self, lane: _Lane, pending: _Pending, result: LaneResult, answered: bool = True) -> None:
+        """`pending` left `lane` (answered, timed out, the lane died): count it, tell its caller."""
+        lane.inflight -= 1
+        if answered:
+            lane.jobs += 1
+            if result.outcome is Outcome.OK:
+                lane.bytes += result.size
+                job = pending.job
+                if job.store and job.holder is not None and self.on_stored is not None:
+                    self.on_stored(job.cid)
+        self._deliver(pending, result)
+        if self._queue:
+            self._place()
+
+    @staticmethod
+    def _deliver(pending: _Pending, result: LaneResult) -> None:
+        if pending.cancelled or pending.delivered:
+            return
+        pending.delivered = True
+        try:
+            pending.done(result)
+        except Exception:  # a caller's bug must not end the lane's reader
+            log.exception("lanes: a job's done callback failed")
+
+    def _set_live(self) -> None:
+        self._live = [lane for _, lane in sorted(self._lanes.items()) if lane.ready and not lane.dead]
+
+    async def _watchdog(self) -> None:
+        """Jobs past a deadline: TIMEOUT if a lane did not answer, LANE_DIED if none took it."""
+        while True:
+            if not self._queue and not any(lane.pending for lane in self._lanes.values()):
+                await self._watch.wait()
+                self._watch = trio.Event()
+                continue
+            await trio.sleep(WATCH_S)
+            self._expire(trio.current_time())
+
+    def _expire(self, now: float) -> None:
+        # The queue first: a lane's room freed by a timeout below is not for a job already too late.
+        if any(p.pick_by <= now or p.cancelled for p in self._queue):
+            late = [p for p in self._queue if p.pick_by <= now]
+            self._queue = deque(p for p in self._queue if p.pick_by > now and not p.cancelled)
+            for pending in late:
+                self._deliver(pending, LaneResult(
+                    Outcome.LANE_DIED, detail=f"no lane could take the job within {pending.job.timeout:g}s"))
+        for lane in list(self._lanes.values()):
+            for job_id, pending in [(i, p) for i, p in lane.pending.items() if p.answer_by <= now]:
+                del lane.pending[job_id]
+                self._finish(lane, pending, LaneResult(Outcome.TIMEOUT,
+                                                       detail=f"lane {lane.index} did not answer in time"),
+                             answered=False)
 
     # -- processes -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every lane, report ready, keep them running until cancelled; then stop them all."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watchdog)
             async with trio.open_nursery() as starting:
                 for index in range(self.count):
                     starting.start_soon(nursery.start, self._supervise, index)
@@ -321,7 +414,8 @@ class LaneProcessPool:
         self._ports[index] = lane.addr.port
         lane.ready = True
         self._lanes[index] = lane
-        self._notify()
+        self._set_live()
+        self._place()
         return lane
 
     async def _spawn_process(self, index: int, channel: socket.socket) -> LaneProcess:
@@ -353,7 +447,38 @@ class LaneProcessPool:
             return first
 
     async def _serve(self, lane: _Lane) -> None:
-        """Read lane's control channel until it ends (the lane died or broke the protocol)."""
+        """Run lane's writer and reader until the channel ends (the lane died or broke the protocol)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, lane)
+            await self._read(lane)
+            nursery.cancel_scope.cancel()
+
+    async def _write(self, lane: _Lane) -> None:
+        """Send the jobs placed on `lane`: all those placed since the last send in one write."""
+        while True:
+            await lane.outbox_ready.wait()
+            lane.outbox_ready = trio.Event()
+            placed, lane.outbox = lane.outbox, []
+            msgs = [p.msg for p in placed if not p.cancelled]
+            if len(msgs) < len(placed):  # given up before it was sent: never sent, its room is free
+                for pending in placed:
+                    if pending.cancelled and lane.pending.pop(pending.msg.job_id, None) is not None:
+                        lane.inflight -= 1
+                self._place()
+            if not msgs:
+                continue
+            data = b"".join(C.encode(msg) for msg in msgs)
+            try:
+                async with lane.send_lock:
+                    await lane.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The lane is gone: end the reader too, which retires the lane
+                # (its jobs fail LANE_DIED, a replacement starts).
+                await trio.aclose_forcefully(lane.stream)
+                return
+
+    async def _read(self, lane: _Lane) -> None:
+        """Read lane's control channel until it ends."""
         decoder = lane.decoder
         while True:
             try:
@@ -369,10 +494,9 @@ class LaneProcessPool:
                 return
             for msg in msgs:
                 if isinstance(msg, C.Result):
-                    waiting = lane.pending.get(msg.job_id)
-                    if waiting is not None and not waiting[1]:
-                        waiting[1].append(msg.to_result())
-                        waiting[0].set()
+                    pending = lane.pending.pop(msg.job_id, None)
+                    if pending is not None:  # (else late: timed out already)
+                        self._finish(lane, pending, msg.to_result())
                 elif isinstance(msg, C.AdmitRequest):
                     allowed = self._admits(msg.peer)
                     try:
@@ -412,13 +536,13 @@ class LaneProcessPool:
         self._dead_cpu_s += lane.cpu_s
         self._dead_served += lane.served_bytes
         self._dead_fetched += lane.fetched_bytes
-        for event, box in list(lane.pending.values()):
-            if not box:
-                box.append(LaneResult(Outcome.LANE_DIED, detail=f"lane {lane.index} (pid {lane.pid}) died"))
-                event.set()
         if self._lanes.get(lane.index) is lane:
             del self._lanes[lane.index]
-        self._notify()
+        self._set_live()
+        pending, lane.pending, lane.outbox = list(lane.pending.values()), {}, []
+        for job in pending:
+            self._finish(lane, job, LaneResult(Outcome.LANE_DIED, detail=f"lane {lane.index} (pid {lane.pid}) died"),
+                         answered=False)
         with trio.CancelScope(shield=True):
             await self._stop_process(lane)
 

@@ -42,6 +42,7 @@ class FakeLane:
         self.admitted: dict[int, bool] = {}
         self.cpu = 0.0
         self.killed = False
+        self.send_lock = trio.Lock()  # the test and the fake's own reader both send, as a lane's tasks do
 
     async def wait(self) -> int:
         await self.exited.wait()
@@ -78,7 +79,8 @@ class FakeLane:
                 self.exited.set()
 
     async def send(self, msg: C.ControlMessage) -> None:
-        await self.stream.send_all(C.encode(msg))
+        async with self.send_lock:
+            await self.stream.send_all(C.encode(msg))
 
     async def on(self, msg: C.ControlMessage) -> None:
         if isinstance(msg, C.Config):
@@ -282,3 +284,84 @@ async def test_a_lane_that_cannot_start_fails_the_start() -> None:
             fakes.fail_start = True
             await nursery.start(make_pool(fakes, 2).run)
     assert info.group_contains(LaneError)
+
+
+async def test_jobs_submitted_together_go_to_a_lane_in_one_write() -> None:
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        fakes.auto_answer = False
+        pool = make_pool(fakes, 1)
+        await nursery.start(pool.run)
+        lane = fakes.live(0)
+        writes: list[bytes] = []
+        stream = pool._lanes[0].stream
+        send_all = stream.send_all
+
+        async def counting(data: Any) -> None:
+            writes.append(bytes(data))
+            await send_all(data)
+
+        stream.send_all = counting  # type: ignore[method-assign]
+        answers: list[Outcome] = []
+        for n in range(5):  # one turn of the loop, as the laned get refills its free slots
+            pool.submit(job(n, None), lambda r: answers.append(r.outcome))
+        assert answers == []  # never from within submit
+        await wait_for(lambda: len(lane.jobs) == 5)
+        assert len(writes) == 1
+        assert [j.cid for j in lane.jobs] == [bytes(cid(n)) for n in range(5)]
+        for j in lane.jobs:
+            await lane.answer(j)
+        await wait_for(lambda: len(answers) == 5)
+        assert answers == [Outcome.OK] * 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_job_given_up_before_it_is_sent_is_never_sent() -> None:
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        fakes.auto_answer = False
+        pool = make_pool(fakes, 1, max_jobs_per_lane=1)
+        await nursery.start(pool.run)
+        lane = fakes.live(0)
+        answers: list[Outcome] = []
+        pool.submit(job(1, None), lambda r: answers.append(r.outcome))
+        queued = pool.submit(job(2, None), lambda r: answers.append(r.outcome))  # waits for room
+        placed = pool.submit(job(3, None), lambda r: answers.append(r.outcome))
+        queued.cancel()
+        await wait_for(lambda: len(lane.jobs) == 1)
+        await lane.answer(lane.jobs[0])
+        await wait_for(lambda: len(lane.jobs) == 2)
+        assert lane.jobs[1].cid == bytes(cid(3))  # job 2 was skipped
+        placed.cancel()  # sent already: it runs, but nobody hears of it
+        await lane.answer(lane.jobs[1])
+        await wait_for(lambda: pool.describe()[0]["inflight"] == 0)
+        assert answers == [Outcome.OK]
+        nursery.cancel_scope.cancel()
+
+
+async def test_deadlines_a_lane_that_does_not_answer_and_no_lane_with_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shoal.p2p.lanes.pool as pool_module
+    monkeypatch.setattr(pool_module, "RESULT_GRACE_S", 0.0)
+    monkeypatch.setattr(pool_module, "WATCH_S", 0.02)
+    async with trio.open_nursery() as nursery:
+        fakes = Fakes(nursery)
+        fakes.auto_answer = False
+        pool = make_pool(fakes, 1, max_jobs_per_lane=1)
+        await nursery.start(pool.run)
+        quick = LaneJob(cid(1), None, (), (), timeout=0.1)
+        results = await run_all(pool, [quick, quick])
+        assert sorted(r.outcome.value for r in results) == ["lane_died", "timeout"]
+        died = next(r for r in results if r.outcome is Outcome.LANE_DIED)
+        assert "no lane could take the job" in died.detail
+        assert pool.describe()[0]["inflight"] == 0  # the unanswered job's room is free again
+        nursery.cancel_scope.cancel()
+
+
+async def run_all(pool: LaneProcessPool, jobs: list[LaneJob]) -> list[Any]:
+    results: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        for j in jobs:
+            async def one(j: LaneJob = j) -> None:
+                results.append(await pool.run_job(j))
+            nursery.start_soon(one)
+    return results

@@ -69,6 +69,19 @@ class FakePool:
     def describe(self) -> list[dict[str, Any]]:
         return []
 
+    def submit(self, job: LaneJob, done: Callable[[LaneResult], None]) -> "_Ticket":
+        """As LaneProcessPool.submit: `done(result)` later, on the loop, unless cancelled first."""
+        ticket = _Ticket()
+
+        async def run() -> None:
+            with ticket.scope:
+                result = await self.run_job(job)
+            if not ticket.scope.cancelled_caught:
+                done(result)
+
+        trio.lowlevel.spawn_system_task(run)
+        return ticket
+
     async def run_job(self, job: LaneJob) -> LaneResult:
         self.jobs.append(job)
         self.running += 1
@@ -105,6 +118,14 @@ class FakePool:
             return LaneResult(Outcome.OK, size=len(data))
         finally:
             self.running -= 1
+
+
+class _Ticket:
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+
+    def cancel(self) -> None:
+        self.scope.cancel()
 
 
 class Peers:
