@@ -82,6 +82,11 @@ RETRY_PAUSE_S = 0.2  # doubled each time, for UNREACHABLE (a holder's lane resta
 JOB_TIMEOUT_S = 30.0
 # How often a waiting export thread looks at its cancel flag.
 POLL_S = 0.2
+# Plain successes handled per turn of the dispatcher while many jobs are out:
+# each turn (and the lane write of the jobs it submits) costs the main
+# process a task switch or two and a loop iteration, so refilling after
+# every single answer cost more than the answers themselves.
+REFILL_BATCH = 4
 
 
 class _File:
@@ -148,7 +153,7 @@ class LaneDispatcher:
                  lane_addrs: Callable[[PeerId], tuple[Multiaddr, ...]], store: Any, peers: Any = None,
                  quarantine: Callable[[CID], Any] | None = None, jobs_per_lane: int = JOBS_PER_LANE,
                  window: int = WINDOW_LEAVES, job_timeout: float = JOB_TIMEOUT_S,
-                 retry_pause: float = RETRY_PAUSE_S) -> None:
+                 retry_pause: float = RETRY_PAUSE_S, refill_batch: int = REFILL_BATCH) -> None:
         self._pool = pool
         self._lane_addrs = lane_addrs
         self._store = store
@@ -158,6 +163,7 @@ class LaneDispatcher:
         self._window_cap = window
         self._job_timeout = job_timeout
         self._retry_pause = retry_pause
+        self._refill_batch = refill_batch
         self.planner = FetchPlanner(max_inflight_per_peer=max(1, pool.size) * jobs_per_lane,
                                     request_timeout=math.inf, max_rounds=2)
         self.holders = list(dict.fromkeys(holders))
@@ -241,20 +247,28 @@ class LaneDispatcher:
         state.jobs -= 1
         self._running -= 1
 
-    def _run_job(self, job: LaneJob, handle: Callable[[LaneResult], None]) -> None:
-        """`job` to the pool; `handle(result)` runs on run()'s next turn after the answer."""
+    def _run_job(self, state: _LeafState, job: LaneJob, handle: Callable[[LaneResult], None]) -> None:
+        """`job` (for leaf `state`) to the pool; `handle(result)` runs on run()'s next turn after the answer."""
         ticket: JobTicket | None = None
 
         def done(result: LaneResult) -> None:
             self._tickets.discard(cast(JobTicket, ticket))
-            self._later(handle, result)
+            self._later(handle, result, urgent=result.outcome is not Outcome.OK or bool(state.readers))
 
         ticket = self._pool.submit(job, done)
         self._tickets.add(ticket)
 
-    def _later(self, handle: Callable[[LaneResult], None], result: LaneResult) -> None:
+    def _later(self, handle: Callable[[LaneResult], None], result: LaneResult, urgent: bool = True) -> None:
+        """Queue `result` for run()'s next turn, and wake it unless waiting costs nothing:
+        a plain success (`urgent` False) while REFILL_BATCH or more other jobs are
+        still out waits for more answers (each of those wakes it in turn, and
+        the pool's watchdog answers a job that never is), so one turn handles
+        several and refills their slots with one write to the lane. Failures,
+        readers waiting for bytes (the gateway) and a get's last jobs go at once."""
         self._results.append((handle, result))
-        self._wake.set()
+        if (urgent or len(self._results) >= self._refill_batch
+                or self._running - len(self._results) < self._refill_batch):
+            self._wake.set()
 
     async def _pause(self, seconds: float, handle: Callable[[LaneResult], None], result: LaneResult) -> None:
         await trio.sleep(seconds)
@@ -276,8 +290,8 @@ class LaneDispatcher:
         handle = partial(self._fetch_answered, key, targets, peer)
         addrs = self._lane_addrs(peer)
         if addrs:
-            self._run_job(LaneJob(state.cid, peer, tuple(addrs), self._sinks(targets), want_data=bool(state.readers),
-                                 store=True, timeout=self._job_timeout), handle)
+            self._run_job(state, LaneJob(state.cid, peer, tuple(addrs), self._sinks(targets),
+                                         want_data=bool(state.readers), store=True, timeout=self._job_timeout), handle)
         else:
             self._later(handle, LaneResult(Outcome.UNREACHABLE, detail=f"{peer} advertises no lanes"))
 
@@ -341,7 +355,7 @@ class LaneDispatcher:
 
     def _copy(self, key: bytes, targets: list[_Target]) -> None:
         state = self._leaves[key]
-        self._run_job(LaneJob(state.cid, None, (), self._sinks(targets), store=False, timeout=self._job_timeout),
+        self._run_job(state, LaneJob(state.cid, None, (), self._sinks(targets), store=False, timeout=self._job_timeout),
                      partial(self._copy_answered, key, targets))
 
     def _copy_answered(self, key: bytes, targets: list[_Target], result: LaneResult) -> None:

@@ -99,6 +99,13 @@ ADMIT_CACHE_S = 10.0
 dropped from the allowlist is refused by the lanes after at most this long
 (new connections), and an allowed one costs one question per interval."""
 STATS_INTERVAL_S = 0.5
+RESULT_BATCH = 4
+RESULT_LINGER_S = 0.002
+"""Results go to the node several at once: a finished job's Result waits up
+to RESULT_LINGER_S for others while RESULT_BATCH or more jobs still run
+here, so the node's main process (the control plane) wakes once per batch
+instead of once per block. A Result carrying bytes (a reader waits for
+them), a failure and the last jobs' go at once."""
 DIAL_TIMEOUT_S = 5.0
 ADMIT_TIMEOUT_S = 5.0
 
@@ -256,6 +263,9 @@ class Lane:
         self._links: dict[Multiaddr, _Link] = {}
         self._dial_locks: dict[Multiaddr, trio.Lock] = {}
         self._jobs = 0
+        self._results: list[C.Result] = []  # finished, not yet sent (see RESULT_BATCH)
+        self._results_waiting = trio.Event()  # _results became non-empty
+        self._results_due = trio.Event()  # ... and should go now
         self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
         self._handshaking: dict[str, int] = {}  # IP -> handshakes running
         self._inbound_slots = trio.Semaphore(MAX_INBOUND)
@@ -279,6 +289,7 @@ class Lane:
             nursery.start_soon(partial(trio.serve_listeners, self._accept, listeners, handler_nursery=nursery))
             await self.send(C.Ready(str(addr), os.getpid()))
             nursery.start_soon(self._stats_loop)
+            nursery.start_soon(self._send_results)
             if ready is not None:
                 ready()
             try:
@@ -479,10 +490,28 @@ class Lane:
             result = LaneResult(Outcome.UNREACHABLE, detail=f"internal error: {type(exc).__name__}")
         finally:
             self._jobs -= 1
-        try:
-            await self.send(C.Result.from_result(msg.job_id, result))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        self._results.append(C.Result.from_result(msg.job_id, result))
+        self._results_waiting.set()
+        if (result.data is not None or result.outcome is not Outcome.OK or len(self._results) >= RESULT_BATCH
+                or self._jobs < RESULT_BATCH):
+            self._results_due.set()
+
+    async def _send_results(self) -> None:
+        """Send finished jobs' Results, several per write (see RESULT_BATCH)."""
+        while True:
+            await self._results_waiting.wait()
+            with trio.move_on_after(RESULT_LINGER_S):
+                await self._results_due.wait()
+            self._results_waiting = trio.Event()
+            self._results_due = trio.Event()
+            batch, self._results = self._results, []
+            if not batch:
+                continue
+            try:
+                async with self._send_lock:
+                    await self.control.send_all(b"".join(C.encode(r) for r in batch))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the node is gone: the control reader sees EOF and stops the lane
 
     async def run_job(self, job: LaneJob) -> LaneResult:
         """Obtain, verify, write and store one block; per-block failures are outcomes."""

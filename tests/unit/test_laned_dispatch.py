@@ -422,3 +422,31 @@ async def test_the_export_thread_is_woken_per_file_not_per_leaf(tmp_path: Path) 
         assert (tmp_path / f"f{window}").read_bytes() == data
         assert dispatcher.stats.fetched_blocks == 200
         assert CountingCondition.notifies <= most  # was one per leaf (200)
+
+
+async def test_plain_successes_wake_the_dispatcher_a_batch_at_a_time() -> None:
+    """Each turn of the dispatcher (and the lane write of the jobs it submits)
+    costs the node's main process: plain successes wait for REFILL_BATCH of
+    them while enough jobs are still out; a failure, a reader's job and a
+    get's last jobs wake it at once."""
+    pool = FakePool(MemoryBlockstore(), {})
+    dispatcher, _ = _dispatcher(pool, [], refill_batch=4)
+    ok = LaneResult(Outcome.OK, 1)
+    handled: list[LaneResult] = []
+    dispatcher._running = 12  # jobs out, these answers included
+    for n in range(3):
+        dispatcher._later(handled.append, ok, urgent=False)
+        assert not dispatcher._wake.is_set()
+    dispatcher._later(handled.append, ok, urgent=False)  # the fourth
+    assert dispatcher._wake.is_set()
+
+    dispatcher, _ = _dispatcher(pool, [], refill_batch=4)
+    dispatcher._running = 12
+    dispatcher._later(handled.append, LaneResult(Outcome.MISSING), urgent=True)
+    assert dispatcher._wake.is_set()
+
+    dispatcher, _ = _dispatcher(pool, [], refill_batch=4)
+    dispatcher._running = 4  # this answer and 3 more out: fewer than a batch could follow
+    dispatcher._later(handled.append, ok, urgent=False)
+    assert dispatcher._wake.is_set()
+    assert handled == []  # handled on the dispatcher's turn, not here
