@@ -69,8 +69,11 @@ from shoal.store.ipld.cid import CID
 log = logging.getLogger("shoal.laned")
 
 # Jobs in flight per lane of ours: enough to cover a block's round trip on
-# each lane connection, few enough that a dead lane loses little.
-JOBS_PER_LANE = 8
+# each lane connection with answers coming back in batches (REFILL_BATCH,
+# the lanes' RESULT_BATCH), few enough that a dead lane loses little.
+# 16 with batches of 8 against 8 with batches of 4: fetcher main 0.43 ->
+# 0.40 CPU s/GiB and 220 -> 235 MB/s (512 MiB, 1x2, 4 runs each, ABAB).
+JOBS_PER_LANE = 16
 # Leaves handed over by the export and not yet written (descriptors only).
 WINDOW_LEAVES = 1024
 # Leaves the export hands over per hop to the loop.
@@ -86,7 +89,7 @@ POLL_S = 0.2
 # each turn (and the lane write of the jobs it submits) costs the main
 # process a task switch or two and a loop iteration, so refilling after
 # every single answer cost more than the answers themselves.
-REFILL_BATCH = 4
+REFILL_BATCH = 8
 
 
 class _File:

@@ -99,7 +99,7 @@ ADMIT_CACHE_S = 10.0
 dropped from the allowlist is refused by the lanes after at most this long
 (new connections), and an allowed one costs one question per interval."""
 STATS_INTERVAL_S = 0.5
-RESULT_BATCH = 4
+RESULT_BATCH = 8
 RESULT_LINGER_S = 0.002
 """Results go to the node several at once: a finished job's Result waits up
 to RESULT_LINGER_S for others while RESULT_BATCH or more jobs still run

@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from shoal.p2p.exchange.fetch import FetchFailed
-from shoal.p2p.exchange.laned import LaneDispatcher
+from shoal.p2p.exchange.laned import JOBS_PER_LANE, LaneDispatcher
 from shoal.p2p.lanes.api import LaneJob, LaneResult, Outcome
 from shoal.p2p.net.peers import Reputation
 from shoal.p2p.secure.identity import Identity, PeerId
@@ -194,7 +194,7 @@ async def test_a_file_is_filled_by_lanes_from_two_holders(tmp_path: Path) -> Non
     assert set(by_holder) == set(remote) and min(by_holder.values()) > len(leaves) // 4  # spread over both
     assert all(job.store and job.holder_addrs for job in pool.jobs)
     assert sum(r.reputation.delivered for r in peers.recs.values()) == dispatcher.stats.fetched_blocks
-    assert pool.most_running <= 2 * 8
+    assert pool.most_running <= 2 * JOBS_PER_LANE
 
 
 async def test_a_lane_killed_mid_job_is_retried(tmp_path: Path) -> None:
@@ -202,10 +202,12 @@ async def test_a_lane_killed_mid_job_is_retried(tmp_path: Path) -> None:
     root, inner, remote = _holders_with(data, 1)
     pool = FakePool(inner, remote)
     killed: set[bytes] = set()
+    ended = [0]
 
     def die_once_each_third(job: LaneJob) -> Outcome | None:
         key = bytes(job.cid)
-        if key not in killed and len(pool.jobs) % 3 == 0:
+        ended[0] += 1
+        if key not in killed and ended[0] % 3 == 0:
             killed.add(key)
             return Outcome.LANE_DIED
         return None
@@ -233,7 +235,7 @@ async def test_a_lying_holder_is_dropped_per_block_and_an_honest_one_finishes(tm
     assert peers.recs[honest].reputation.corrupt == 0
     assert liar not in dispatcher.planner.holders
     liar_jobs = [j for j in pool.jobs if j.holder == liar]
-    assert len(liar_jobs) <= 2 * 8  # no new job to it once one block was caught
+    assert len(liar_jobs) <= 2 * JOBS_PER_LANE  # no new job to it once one block was caught
     assert all(verify_block(cid, inner.get(cid)) is None for cid, _ in _all_blocks(inner, root))
 
 
@@ -415,7 +417,7 @@ async def test_the_export_thread_is_woken_per_file_not_per_leaf(tmp_path: Path) 
         data = random_bytes(256 * 200, seed=11 + window)
         root, inner, remote = _holders_with(data, 1)
         pool = FakePool(inner, remote)
-        dispatcher, _ = _dispatcher(pool, list(remote), window=window)
+        dispatcher, _ = _dispatcher(pool, list(remote), window=window, jobs_per_lane=8)
         dispatcher._cond = CountingCondition()
         CountingCondition.notifies = 0
         await _export(dispatcher, inner, root, tmp_path / f"f{window}")
