@@ -101,11 +101,13 @@ DEFAULT_AUDIT_INTERVAL_S = 3600.0
 MAX_DEFAULT_LANES = 8
 MIN_CORES_FOR_LANES = 4
 """Below this many cores a node runs no lane processes by default. Measured on
-2 cores (bench/RESULTS.md "transfer"): with the holder and the fetcher sharing
-the cores, a laned get of one file ran at 0.87x the in-process one and the
-gateway through lanes at 1.5x a static server against 0.99x without, because
-lanes add the control channel's hop to every block; only a model directory
-gained (1.2x). With 4 or more cores the lanes' parallelism is the point."""
+2 cores (bench/RESULTS.md "transfer", "transfer: model directory", "gateway";
+Shoal ed79579): with the holder and the fetcher sharing the cores, a laned get
+of one file ran at 1.05x the in-process one (both nodes 6.8 against 6.4
+CPU-s/GiB: every block pays the control channel's hop), the gateway through
+lanes at 2.87x a static server against 2.43x without (its HTTP streaming stays
+in the main process); a model directory gained 1.82x. With 4 or more cores the
+lanes' parallelism is the point; on 2, `--lanes 2` is worth it for directories."""
 MAX_LANES = 64  # mirrors shoal.p2p.lanes.api.MAX_LANES (tests/unit/test_cli_parser.py checks)
 
 
