@@ -469,6 +469,11 @@ class _Fetch(PlannedFetch):
         self.on_stored = on_stored
         self.cids: dict[bytes, CID] = {}
         self.walk = DagWalk(key=cid_key)  # keyed like `cids`: by binary CID
+        # Each block's place in the depth-first walk (the planner's rank): set
+        # when its parent's links are pushed, dropped once it is wanted (a
+        # leaf) or its own links are pushed (an inner node). Blocks arrive out
+        # of order, so the walk's own order is not the DAG's.
+        self.places: dict[bytes, tuple[int, ...]] = {bytes(root): ()}
         self.check_local = False  # re-hash local raw leaves too (see fetch_dag)
         self.skip_file_leaves = False  # leave the raw leaves of files to lanes (see fetch_dag)
 
@@ -508,9 +513,18 @@ class _Fetch(PlannedFetch):
                 links = _links(cid, data, skip_file_leaves=self.skip_file_leaves)
             except StoreError as exc:
                 raise FetchFailed(f"block {cid} of {self.root} is malformed: {exc}") from None
-            await self._consider(links)
+            await self._consider(links, self.places.pop(key, ()))
 
-    async def _consider(self, cids: list[CID]) -> None:
+    def _push(self, links: list[CID], place: tuple[int, ...]) -> None:
+        """Push `links` on the walk, each placed after `place` (a block met
+        twice keeps its first place)."""
+        places = self.places
+        for i, link in enumerate(links):
+            if not self.walk.seen(link):
+                places.setdefault(bytes(link), place + (i,))
+        self.walk.push(links)
+
+    async def _consider(self, cids: list[CID], place: tuple[int, ...] | None = None) -> None:
         """Queue missing blocks; walk present dag-pb blocks locally (resume).
 
         One `DagWalk` for the whole fetch: a block wanted from the swarm is
@@ -521,7 +535,10 @@ class _Fetch(PlannedFetch):
         loop, between two awaits at most 1,024 of them), inner nodes are
         looked up and read in one hop.
         """
-        self.walk.push(cids)
+        if place is None:
+            self.walk.push(cids)  # the root: placed at ()
+        else:
+            self._push(cids, place)
         leaves: list[CID] = []
         for cid in self.walk:
             key = bytes(cid)
@@ -545,7 +562,9 @@ class _Fetch(PlannedFetch):
                 continue
             self.result.local_blocks += 1
             if cid.codec.name != RAW:
-                self.walk.push(_links(cid, data, skip_file_leaves=self.skip_file_leaves))
+                self._push(_links(cid, data, skip_file_leaves=self.skip_file_leaves), self.places.pop(key, ()))
+            else:
+                self.places.pop(key, None)
         if leaves:
             await self._leaves(leaves)
 
@@ -555,11 +574,14 @@ class _Fetch(PlannedFetch):
         for cid, here in zip(leaves, present):
             if here:
                 self.result.local_blocks += 1
+                self.places.pop(bytes(cid), None)
             else:
                 self._want(cid, bytes(cid))
 
     def _want(self, cid: CID, key: bytes) -> None:
-        """Fetch this block from the swarm (and tell `on_wanted` it is coming)."""
+        """Fetch this block from the swarm (and tell `on_wanted` it is coming),
+        in its place in the walk (an inner node keeps its place until it arrives)."""
         if self.on_wanted is not None:
             self.on_wanted(cid)
-        self.planner.want([key])
+        place = self.places.get(key, ()) if cid.codec.name != RAW else self.places.pop(key, ())
+        self.planner.want([key], [place])

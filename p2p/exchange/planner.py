@@ -14,16 +14,28 @@ Policy:
 - A holder that sends bytes that do not match the CID is dropped from this
   fetch at once (the driver also penalises it in the reputation table).
 - A block fails for good only when every known holder failed it.
+- Order: blocks are requested in the order of their `rank` (first wanted
+  first when no rank is given). A fetch that writes a DAG out while it
+  arrives ranks each block by its place in the depth-first walk, so the
+  leaves of the file the export writes now go first even when the roots of
+  later files arrived before its own (several in flight, stored in parallel):
+  in arrival order the export waited for one file while the blocks of the
+  others overflowed its hand-off and had to be read back from the store.
+  A retried block keeps its rank, so it goes before the blocks behind it.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
+import itertools
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable
 
 Key = Hashable
 Peer = Hashable
+# A place in a depth-first walk: the root is (), its i-th link (i,), that
+# one's j-th link (i, j), ...; tuples compare in pre-order.
+Rank = tuple[int, ...]
 
 
 @dataclass
@@ -47,8 +59,11 @@ class FetchPlanner:
     max_inflight_per_peer: int = 32
     request_timeout: float = 15.0
     max_rounds: int = 2
-    _queue: deque[Key] = field(default_factory=deque)
+    # (rank, seq, key): a heap; a key no longer in _queued is skipped when popped
+    _queue: list[tuple[Rank, int, Key]] = field(default_factory=list)
     _queued: set[Key] = field(default_factory=set)
+    _ranks: dict[Key, Rank] = field(default_factory=dict)  # explicit ranks of keys not yet done
+    _seq: "itertools.count[int]" = field(default_factory=itertools.count)
     _inflight: dict[Key, _Inflight] = field(default_factory=dict)
     _load: dict[Peer, int] = field(default_factory=dict)
     _tried: dict[Key, set[Peer]] = field(default_factory=dict)
@@ -71,15 +86,21 @@ class FetchPlanner:
             self._failed.discard(key)
             self._enqueue(key)
 
-    def want(self, keys: Iterable[Key]) -> None:
-        """Ask for blocks (already-known ones are ignored)."""
-        for key in keys:
+    def want(self, keys: Iterable[Key], ranks: Iterable[Rank] | None = None) -> None:
+        """Ask for blocks (already-known ones are ignored), requested lowest
+        `ranks` first (one per key). Without ranks a key ranks as the root,
+        (): unranked keys go in the order they were wanted."""
+        ranked = zip(keys, ranks) if ranks is not None else ((key, None) for key in keys)
+        for key, rank in ranked:
             if key not in self._done and key not in self._inflight and key not in self._failed:
+                if rank is not None:
+                    self._ranks.setdefault(key, rank)
                 self._enqueue(key)
 
     def have_locally(self, key: Key) -> None:
         """The block turned out to be present already (resume): nothing to fetch."""
         self._queued.discard(key)
+        self._ranks.pop(key, None)
         self._done.add(key)
 
     def on_block(self, peer: Peer, key: Key, valid: bool) -> None:
@@ -92,6 +113,7 @@ class FetchPlanner:
         self._finish_flight(key)
         if valid:
             self._done.add(key)
+            self._ranks.pop(key, None)
             self.stats[peer].delivered += 1
         else:
             self._drop(peer, corrupt=True)
@@ -136,9 +158,10 @@ class FetchPlanner:
     def next_requests(self, now: float, limit: int | None = None) -> list[tuple[Peer, Key]]:
         """Requests to send now (at most `limit`), each recorded as in flight."""
         out: list[tuple[Peer, Key]] = []
-        deferred: list[Key] = []
+        deferred: list[tuple[Rank, int, Key]] = []
         while self._queue and (limit is None or len(out) < limit):
-            key = self._queue.popleft()
+            entry = heapq.heappop(self._queue)
+            key = entry[2]
             if key not in self._queued:
                 continue
             peer = self._pick(key)
@@ -148,17 +171,17 @@ class FetchPlanner:
                         self._queued.discard(key)
                         self._failed.add(key)
                         continue
-                    deferred.append(key)
+                    deferred.append(entry)
                     continue
-                deferred.append(key)
+                deferred.append(entry)
                 break
             self._queued.discard(key)
             self._inflight[key] = _Inflight(peer, now)
             self._load[peer] += 1
             self._tried.setdefault(key, set()).add(peer)
             out.append((peer, key))
-        for key in reversed(deferred):
-            self._queue.appendleft(key)
+        for entry in deferred:  # back in their places, ahead of what they were ahead of
+            heapq.heappush(self._queue, entry)
         return out
 
     def next_deadline(self) -> float | None:
@@ -199,7 +222,10 @@ class FetchPlanner:
     def _enqueue(self, key: Key) -> None:
         if key not in self._queued:
             self._queued.add(key)
-            self._queue.append(key)
+            seq = next(self._seq)
+            # Equal ranks (unranked keys) keep the order they were wanted in;
+            # a key's rank survives its retries.
+            heapq.heappush(self._queue, (self._ranks.get(key, ()), seq, key))
 
     def _finish_flight(self, key: Key) -> None:
         flight = self._inflight.pop(key)

@@ -212,10 +212,11 @@ def build_api(node: Node, token: str) -> ControlApi:
 
         The export (in a worker thread) takes each fetched block as soon as
         the fetch has hash-checked it (p2p/exchange/handoff.py), instead
-        of reading the whole DAG back after the fetch. A directory tree is
-        exported only after a complete fetch, so a failed get never leaves a
-        partial tree behind; a file is written to a temp name and renamed
-        only when complete either way.
+        of reading the whole DAG back after the fetch. A directory's files
+        too: the fetch asks for blocks in the export's (depth-first) order.
+        Each file is written to a temp name and renamed only when complete,
+        and a failed fetch fails the export, which removes every file and
+        directory it made: a failed get leaves no partial tree behind.
         """
         cid = parse_cid(param(p, "cid"))
         output = absolute_path(param(p, "output"), "output")
@@ -273,9 +274,6 @@ def build_api(node: Node, token: str) -> ControlApi:
 
         def export(flag: CancelFlag) -> None:
             try:
-                if exporter.stat(blocks.get, cid).kind == "dir":
-                    blocks.export_over()  # nothing to hand off: it reads the finished fetch
-                    blocks.wait_done()
                 disk_export.export_to_path(blocks, cid, output, cancel=flag, **limits)
             finally:
                 blocks.export_over()

@@ -163,3 +163,66 @@ def test_an_interrupted_request_may_go_to_the_same_holder_again() -> None:
     planner.on_failure("a", "k")
     assert planner.failed == {"k"}
     assert planner.stats["a"].failures == 1 and planner.stats["a"].timeouts == 0
+
+
+def test_unranked_blocks_go_in_the_order_wanted() -> None:
+    planner = FetchPlanner(max_inflight_per_peer=100)
+    planner.add_holder("a")
+    planner.want([5, 3, 9])
+    planner.want([1, 7])
+    assert [k for _, k in planner.next_requests(0)] == [5, 3, 9, 1, 7]
+
+
+def test_ranked_blocks_go_in_depth_first_order_whatever_order_they_were_wanted_in() -> None:
+    # A directory's three files: their roots arrived 2, 0, 1, so their leaves
+    # were wanted in that order; the export writes file 0 first.
+    planner = FetchPlanner(max_inflight_per_peer=100)
+    planner.add_holder("a")
+    for f in (2, 0, 1):
+        planner.want([f"f{f}l{i}" for i in range(3)], [(f, i) for i in range(3)])
+    assert [k for _, k in planner.next_requests(0)] == [f"f{f}l{i}" for f in range(3) for i in range(3)]
+
+
+def test_a_later_wanted_earlier_block_overtakes_the_queue_but_not_what_is_in_flight() -> None:
+    planner = FetchPlanner(max_inflight_per_peer=2)
+    planner.add_holder("a")
+    planner.want(["late1", "late2", "late3"], [(1, 0), (1, 1), (1, 2)])
+    assert [k for _, k in planner.next_requests(0)] == ["late1", "late2"]
+    planner.want(["early"], [(0, 5)])
+    planner.on_block("a", "late1", valid=True)
+    assert planner.next_requests(1) == [("a", "early")]
+
+
+def test_a_retried_block_keeps_its_rank() -> None:
+    planner = FetchPlanner(max_inflight_per_peer=1, request_timeout=5)
+    planner.add_holder("a")
+    planner.add_holder("b")
+    planner.want(["x0", "x1", "x2", "x3"], [(0,), (1,), (2,), (3,)])
+    first = dict((k, p) for p, k in planner.next_requests(0))
+    assert sorted(first) == ["x0", "x1"]
+    bad, good = first["x0"], first["x1"]
+    planner.on_failure(bad, "x0")
+    planner.on_block(good, "x1", valid=True)
+    # x0 failed on one holder: it goes before x2 and x3, to the other one.
+    assert planner.next_requests(1) == [(good, "x0"), (bad, "x2")]
+
+
+def test_blocks_no_holder_can_take_now_keep_their_places() -> None:
+    planner = FetchPlanner(max_inflight_per_peer=1)
+    planner.add_holder("a")
+    planner.want(["k0", "k1", "k2"], [(0,), (1,), (2,)])
+    assert planner.next_requests(0) == [("a", "k0")]
+    assert planner.next_requests(0) == []  # k1, k2 deferred: a is at its cap
+    planner.on_block("a", "k0", valid=True)
+    assert planner.next_requests(1) == [("a", "k1")]
+    planner.on_block("a", "k1", valid=True)
+    assert planner.next_requests(2) == [("a", "k2")]
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)), unique=True, max_size=60))
+@settings(max_examples=100, deadline=None)
+def test_requests_follow_the_ranks(ranks: list[tuple[int, int, int]]) -> None:
+    planner = FetchPlanner(max_inflight_per_peer=1000)
+    planner.add_holder("a")
+    planner.want([str(r) for r in ranks], ranks)
+    assert [k for _, k in planner.next_requests(0)] == [str(r) for r in sorted(ranks)]
