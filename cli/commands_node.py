@@ -106,8 +106,9 @@ Shoal ed79579): with the holder and the fetcher sharing the cores, a laned get
 of one file ran at 1.05x the in-process one (both nodes 6.8 against 6.4
 CPU-s/GiB: every block pays the control channel's hop), the gateway through
 lanes at 2.87x a static server against 2.43x without (its HTTP streaming stays
-in the main process); a model directory gained 1.82x. With 4 or more cores the
-lanes' parallelism is the point; on 2, `--lanes 2` is worth it for directories."""
+in the main process); a model directory 1.07x (8501ca5: the in-process get
+exports a directory while it arrives). With 4 or more cores the lanes'
+parallelism is the point; on 2 cores they gain little and cost the gateway."""
 MAX_LANES = 64  # mirrors shoal.p2p.lanes.api.MAX_LANES (tests/unit/test_cli_parser.py checks)
 
 
