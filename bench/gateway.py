@@ -26,7 +26,18 @@ interpreter and import start); the ratio uses the inner times. The bytes
 are checked against the import's sha256s afterwards. CPU seconds (utime +
 stime from /proc) of the servers and holders, peak RSS (VmHWM) of each.
 `--repeats N` runs static and gateway N times interleaved (a fresh gateway
-node each time). `--lanes N` starts every node with `--lanes N` (issue 15:
+node each time).
+
+5. The floor (after the runs, same machine): what any gateway that follows
+   DESIGN.md's rules must spend per GiB on the swarm's side, measured with
+   bench/transfer.py's probes: SHA-256 at the holder (verify on read) and
+   at the gateway (verify on receipt), one ChaCha20-Poly1305 seal and open,
+   a raw loopback TCP copy's CPU (both ends) and the durable O_DIRECT write
+   of the fetched blocks; the HTTP leg to the client is priced at what the
+   static server spent. With the Hub client's own CPU (its least over all
+   runs) that gives the least time any such gateway could take on these
+   cores, and how close to the floor the swarm's processes must run for the
+   1.5x target (`floor` in the JSON, and the report). `--lanes N` starts every node with `--lanes N` (issue 15:
 N lane processes move the block bytes; 1 = none, all in the node's
 process); the CPU of a node's lanes (found in its /v1/node/status) is
 sampled beside its main process and both are given per GiB served. Writes bench/results/gateway.json (unless --no-write) and
@@ -327,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                        "note": "the gateway's first shard also fetches the directory's blocks"}
         e.stop(15)
 
+        log("the floor: crypto, loopback TCP and durable-write probes (bench/transfer.py)")
+        doc["floor"] = floor_probe(cl, work, folder, size, doc)
+
     doc["load_after"] = system_load()
     g = statistics.median(r["inner_seconds"] for r in doc["gateway"])
     s = statistics.median(r["inner_seconds"] for r in doc["static"])
@@ -340,6 +354,44 @@ def main(argv: list[str] | None = None) -> int:
         write_json(RESULTS_JSON, doc)
         log(f"wrote {RESULTS_JSON.relative_to(PROJECT_ROOT)}")
     return 0
+
+
+def floor_probe(cl: Cleanup, work: Path, folder: Path, size: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """The least CPU the gateway path needs here (see the module doc, 5), and what it implies for the target."""
+    from transfer import bench_raw_tcp, crypto_probe, storage_probe
+
+    cores = len(os.sched_getaffinity(0))
+    crypto = crypto_probe(cores)
+    storage = storage_probe(work)
+    folder_bytes = sum(p.stat().st_size for p in folder.iterdir())
+    tcp = bench_raw_tcp(cl, work, folder, folder_bytes, to_file=False)
+    swarm_per_gib = (crypto["mandatory_crypto_cpu_seconds_per_GiB_both_nodes"] + tcp["sender_cpu_seconds_per_GiB"]
+                     + tcp["receiver_cpu_seconds_per_GiB"] + storage["direct_write_cpu_seconds_per_GiB"])
+    gib = size / GIB
+    client = min(r["cpu_seconds"]["client"] for r in doc["static"] + doc["gateway"])
+    http_leg = statistics.median(r["cpu_seconds"]["server"] for r in doc["static"])
+    static_s = statistics.median(r["inner_seconds"] for r in doc["static"])
+    least_s = (client + http_leg + swarm_per_gib * gib) / cores
+    swarm_cpu = statistics.median(sum(v for k, v in r["cpu_seconds"].items() if k != "client") for r in doc["gateway"])
+    room = TARGETS["gateway_vs_static_max"] * static_s * cores - client - http_leg  # CPU s the swarm may use
+    return {"cores": cores, "crypto": crypto, "raw_tcp": tcp,
+            "direct_write_cpu_seconds_per_GiB": storage["direct_write_cpu_seconds_per_GiB"],
+            "swarm_floor_cpu_seconds_per_GiB": round(swarm_per_gib, 2),
+            "client_cpu_seconds_least": round(client, 2), "http_leg_cpu_seconds": round(http_leg, 2),
+            "least_seconds": round(least_s, 2), "least_vs_static": round(least_s / static_s, 2),
+            "swarm_cpu_seconds": round(swarm_cpu, 2),
+            "swarm_vs_floor": round(swarm_cpu / (swarm_per_gib * gib), 2),
+            "swarm_vs_floor_allowed_for_target": round(room / (swarm_per_gib * gib), 2)}
+
+
+def floor_lines(f: dict[str, Any]) -> list[str]:
+    return [f"floor of the swarm's side (holders + gateway node, DESIGN.md's mandatory work: 2x SHA-256, seal + open, "
+            f"loopback copy, durable write): {f['swarm_floor_cpu_seconds_per_GiB']} CPU s/GiB; with the Hub client's "
+            f"{f['client_cpu_seconds_least']} CPU s and the HTTP leg's {f['http_leg_cpu_seconds']} (the static server's), "
+            f"no gateway could take less than {f['least_seconds']} s on {f['cores']} cores = "
+            f"{f['least_vs_static']}x the static server",
+            f"the 1.5x target leaves the swarm's processes {f['swarm_vs_floor_allowed_for_target']}x their floor; "
+            f"they used {f['swarm_vs_floor']}x ({f['swarm_cpu_seconds']} CPU s)"]
 
 
 def report(doc: dict[str, Any]) -> str:
@@ -374,7 +426,8 @@ def report(doc: dict[str, Any]) -> str:
              f"time ratio shoal get / static: {doc['ratios']['shoal_get_vs_static_time']}",
              f"TTFB of a resolve GET, nothing local (per shard): {t['gateway_nothing_local_seconds']} s "
              f"(target < {TARGETS['ttfb_seconds_max']}: {'met' if doc['targets_met']['ttfb'] else 'NOT met'}); "
-             f"static: {t['static_seconds']} s"]
+             f"static: {t['static_seconds']} s",
+             *(floor_lines(doc["floor"]) if doc.get("floor") else [])]
     return "\n".join(lines)
 
 
