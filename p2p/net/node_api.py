@@ -247,34 +247,38 @@ def build_api(node: Node, token: str) -> ControlApi:
                     log.warning("get %s through lanes failed (%s); trying every holder in-process", cid, exc)
         return await plain_get(cid, output, limits, gateways, found or None)
 
-    async def plain_get(cid: CID, output: Path, limits: dict[str, Any], gateways: tuple[Gateway, ...],
-                        holders: list[Any] | None) -> dict[str, Any]:
-        """The get in the node's own process: every block through its event loop."""
+    async def fetch_and_export(cid: CID, output: Path, limits: dict[str, Any], stats: dict[str, Any],
+                               filler: disk_export.LeafFiller | None = None,
+                               **fetch_args: Any) -> tuple[BaseException | None, BaseException | None]:
+        """fetch_dag and the export side by side: the export (in a worker
+        thread) takes each block from the fetch's hand-off as it is verified,
+        in the fetch's depth-first order, files and directories alike. Fills
+        `stats`; returns the fetch's and the export's failures (None if none).
+        An export that fails or is refused stops the fetch at once: nobody
+        will read what it would still bring."""
         blocks = ArrivingBlocks(HealingBlocks(node))
+        fetch_error: BaseException | None = None
+        export_error: BaseException | None = None
 
         async def stored(_cid: CID, _data: bytes) -> None:
             blocks.arrived()
-
-        stats: dict[str, Any] = {}
-        fetch_error: BaseException | None = None
-        export_error: BaseException | None = None
 
         async def fetch_all() -> None:
             nonlocal fetch_error
             try:
                 result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified,
-                                         on_wanted=blocks.expect, gateways=gateways, holders=holders)
+                                         on_wanted=blocks.expect, **fetch_args)
                 stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
                              local_blocks=result.local_blocks, holders=result.holders,
                              gateways_dropped=result.gateways_dropped)
-            except Exception as exc:  # re-raised below, outside the nursery
+            except Exception as exc:  # the caller raises it, outside the nursery
                 fetch_error = exc
             finally:
                 blocks.finish()
 
         def export(flag: CancelFlag) -> None:
             try:
-                disk_export.export_to_path(blocks, cid, output, cancel=flag, **limits)
+                disk_export.export_to_path(blocks, cid, output, cancel=flag, filler=filler, **limits)
             finally:
                 blocks.export_over()
 
@@ -284,10 +288,27 @@ def build_api(node: Node, token: str) -> ControlApi:
                 await run_stoppable(export)
             except Exception as exc:
                 export_error = exc
-                # Refused (--max-size, disk space) or failed: nobody will read
-                # what the fetch would still bring, so stop it now rather than
-                # answer only once the whole DAG is stored.
                 nursery.cancel_scope.cancel()
+        stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads)
+        return fetch_error, export_error
+
+    def raise_failure(cid: CID, fetch_error: BaseException | None, export_error: BaseException | None) -> None:
+        """The fetch's failure first (it says which block no holder gave); else the export's."""
+        if fetch_error is not None:
+            raise fetch_error
+        if isinstance(export_error, MalformedBlock):
+            # The export met the bad block before the (now stopped) fetch
+            # could say which object it spoils: say it here, as the fetch would.
+            raise MalformedBlock(f"the DAG of {cid} is malformed: {export_error}") from export_error
+        if export_error is not None:
+            raise export_error
+
+    async def plain_get(cid: CID, output: Path, limits: dict[str, Any], gateways: tuple[Gateway, ...],
+                        holders: list[Any] | None) -> dict[str, Any]:
+        """The get in the node's own process: every block through its event loop."""
+        stats: dict[str, Any] = {}
+        fetch_error, export_error = await fetch_and_export(cid, output, limits, stats, gateways=gateways,
+                                                           holders=holders)
         if isinstance(fetch_error, P2PError) and not stats.get("fetched_blocks") and node.replication is not None:
             # No peer has the plain DAG: an erasure-coded object is rebuilt from
             # K of its shards (verified block by block), then exported as usual.
@@ -300,15 +321,7 @@ def build_api(node: Node, token: str) -> ControlApi:
                     repo.blockstore, cid, output, prefetch=exporter.PREFETCH_BLOCKS, cancel=flag, **limits))
             return {"cid": str(cid), "output": str(output), "fetched_blocks": 0, "fetched_bytes": 0,
                     "holders": 0, **rebuilt}
-        if fetch_error is not None:
-            raise fetch_error
-        if isinstance(export_error, MalformedBlock):
-            # The export met the bad block before the (now stopped) fetch
-            # could say which object it spoils: say it here, as the fetch would.
-            raise MalformedBlock(f"the DAG of {cid} is malformed: {export_error}") from export_error
-        if export_error is not None:
-            raise export_error
-        stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads)
+        raise_failure(cid, fetch_error, export_error)
         return {"cid": str(cid), "output": str(output), **stats}
 
     async def laned_get(cid: CID, output: Path, limits: dict[str, Any], holders: list[Any],
@@ -319,56 +332,17 @@ def build_api(node: Node, token: str) -> ControlApi:
         its temp file. The whole get holds the store guard: the lanes' blocks
         are unpinned until the end check has seen them."""
         assert node.lanes is not None
-        blocks = ArrivingBlocks(HealingBlocks(node))
         dispatcher = LaneDispatcher(node.lanes, laned, lane_addrs=node.peer_lane_addrs, store=repo.blockstore,
                                     peers=node.peers, quarantine=repo.quarantine)
-
-        async def stored(_cid: CID, _data: bytes) -> None:
-            blocks.arrived()
-
         stats: dict[str, Any] = {}
-        fetch_error: BaseException | None = None
-        export_error: BaseException | None = None
-
-        async def fetch_inner() -> None:
-            nonlocal fetch_error
-            try:
-                result = await fetch_dag(node, cid, on_stored=stored, on_verified=blocks.verified,
-                                         on_wanted=blocks.expect, holders=holders, guard=False,
-                                         skip_file_leaves=True)
-                stats.update(fetched_blocks=result.fetched_blocks, fetched_bytes=result.fetched_bytes,
-                             local_blocks=result.local_blocks, holders=result.holders)
-            except Exception as exc:  # re-raised below, outside the nursery
-                fetch_error = exc
-            finally:
-                blocks.finish()
-
-        def export(flag: CancelFlag) -> None:
-            try:
-                if exporter.stat(blocks.get, cid).kind == "dir":
-                    blocks.export_over()  # nothing to hand off: it reads the finished fetch
-                    blocks.wait_done()
-                disk_export.export_to_path(blocks, cid, output, cancel=flag, filler=dispatcher, **limits)
-            finally:
-                blocks.export_over()
-
         async with node.store_guard.shared():
             async with trio.open_nursery() as lanes_nursery:
                 await lanes_nursery.start(dispatcher.run)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(fetch_inner)
-                    try:
-                        await run_stoppable(export)
-                    except Exception as exc:
-                        export_error = exc
-                        nursery.cancel_scope.cancel()  # as in plain_get: nobody reads what it would bring
+                fetch_error, export_error = await fetch_and_export(
+                    cid, output, limits, stats, filler=dispatcher, holders=holders, guard=False,
+                    skip_file_leaves=True)
                 lanes_nursery.cancel_scope.cancel()
-            if fetch_error is not None:
-                raise fetch_error
-            if isinstance(export_error, MalformedBlock):
-                raise MalformedBlock(f"the DAG of {cid} is malformed: {export_error}") from export_error
-            if export_error is not None:
-                raise export_error
+            raise_failure(cid, fetch_error, export_error)
             # Success is a claim about the store, not about the jobs: check it.
             missing = await run(missing_blocks, repo.blockstore, cid)
         if missing:
@@ -378,10 +352,9 @@ def build_api(node: Node, token: str) -> ControlApi:
         stats["fetched_blocks"] = stats.get("fetched_blocks", 0) + lane.fetched_blocks
         stats["fetched_bytes"] = stats.get("fetched_bytes", 0) + lane.fetched_bytes
         stats["local_blocks"] = stats.get("local_blocks", 0) + lane.copied_blocks
-        stats.update(export_handed_off=blocks.handed_off, export_store_reads=blocks.store_reads,
-                     lanes={"fetched_blocks": lane.fetched_blocks, "fetched_bytes": lane.fetched_bytes,
-                            "copied_blocks": lane.copied_blocks, "outcomes": dict(lane.outcomes),
-                            "holders": len(laned)})
+        stats["lanes"] = {"fetched_blocks": lane.fetched_blocks, "fetched_bytes": lane.fetched_bytes,
+                          "copied_blocks": lane.copied_blocks, "outcomes": dict(lane.outcomes),
+                          "holders": len(laned)}
         return {"cid": str(cid), "output": str(output), **stats}
 
     async def fetch(p: dict[str, Any]) -> Any:
