@@ -68,6 +68,12 @@ STORE_QUEUE_BYTES = 96 * 1024 * 1024
 EVENT_BUFFER = 64
 # Raw leaves checked for presence per worker-thread hop in a fetch's local walk.
 LEAF_BATCH = 512
+# A block's place in the depth-first walk (the planner's rank) records at
+# most this many levels: deeper blocks share their ancestor's place at this
+# depth and go in the order they were met. Real DAGs are a few levels deep;
+# a hostile chain of a million one-link nodes must not cost tuples of a
+# million ints (and as many comparisons) per block.
+MAX_PLACE_DEPTH = 32
 
 @dataclass(frozen=True)
 class BitswapPeer:
@@ -166,6 +172,12 @@ async def fetch_dag(
     fetch.check_local = check_local
     fetch.gateways = list(dict.fromkeys(gateways))
     return await fetch.run(holders, guard=guard)
+
+
+def child_place(place: tuple[int, ...], index: int) -> tuple[int, ...]:
+    """The place in the depth-first walk of link `index` of the block at `place`
+    (at most MAX_PLACE_DEPTH levels: below that, the parent's place)."""
+    return place + (index,) if len(place) < MAX_PLACE_DEPTH else place
 
 
 def missing_blocks(store: Any, root: CID, limit: int = 16, *, file_leaves: bool = True) -> list[CID]:
@@ -521,7 +533,7 @@ class _Fetch(PlannedFetch):
         places = self.places
         for i, link in enumerate(links):
             if not self.walk.seen(link):
-                places.setdefault(bytes(link), place + (i,))
+                places.setdefault(bytes(link), child_place(place, i))
         self.walk.push(links)
 
     async def _consider(self, cids: list[CID], place: tuple[int, ...] | None = None) -> None:
