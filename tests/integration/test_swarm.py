@@ -123,7 +123,9 @@ def test_dial_with_wrong_peer_id_never_connects(swarm: Swarm) -> None:
     assert b.peer_id not in e.connected_ids()
 
 
-BIG = 64 * MiB
+# Big enough that a get still runs when the test has seen it start and kills a
+# node (a 64 MiB get took ~0.25 s on loopback, about one poll round).
+BIG = 192 * MiB
 
 
 @pytest.fixture(scope="module")
