@@ -130,6 +130,16 @@ def make_pool(fakes: Fakes, count: int = 2, **kw: Any) -> LaneProcessPool:
                            **{"admits": lambda p: True, **kw})
 
 
+async def start_manual_pool(nursery: trio.Nursery, count: int = 1,
+                            **kw: Any) -> tuple[Fakes, LaneProcessPool]:
+    """A running pool over fake lanes that answer only when a test tells them to."""
+    fakes = Fakes(nursery)
+    fakes.auto_answer = False
+    pool = make_pool(fakes, count, **kw)
+    await nursery.start(pool.run)
+    return fakes, pool
+
+
 def job(n: int, holder: PeerId | None) -> LaneJob:
     return LaneJob(cid(n), holder, (), (), timeout=5.0)
 
@@ -157,10 +167,7 @@ async def test_ready_once_every_lane_said_where_it_listens() -> None:
 
 async def test_jobs_stay_with_the_holders_lane_until_it_is_slack_ahead() -> None:
     async with trio.open_nursery() as nursery:
-        fakes = Fakes(nursery)
-        fakes.auto_answer = False
-        pool = make_pool(fakes, 2)
-        await nursery.start(pool.run)
+        fakes, pool = await start_manual_pool(nursery, 2)
         holder = Identity.generate().peer_id
         for n in range(AFFINITY_SLACK + 1):
             nursery.start_soon(pool.run_job, job(n, holder))
@@ -174,10 +181,7 @@ async def test_jobs_stay_with_the_holders_lane_until_it_is_slack_ahead() -> None
 
 async def test_a_lane_runs_at_most_its_cap_and_callers_wait() -> None:
     async with trio.open_nursery() as nursery:
-        fakes = Fakes(nursery)
-        fakes.auto_answer = False
-        pool = make_pool(fakes, 1, max_jobs_per_lane=3)
-        await nursery.start(pool.run)
+        fakes, pool = await start_manual_pool(nursery, max_jobs_per_lane=3)
         done: list[Outcome] = []
 
         async def one(n: int) -> None:
@@ -201,10 +205,7 @@ async def test_a_lane_runs_at_most_its_cap_and_callers_wait() -> None:
 
 async def test_a_dead_lane_fails_its_jobs_and_is_replaced_on_its_port() -> None:
     async with trio.open_nursery() as nursery:
-        fakes = Fakes(nursery)
-        fakes.auto_answer = False
-        pool = make_pool(fakes, 1)
-        await nursery.start(pool.run)
+        fakes, pool = await start_manual_pool(nursery)
         first = fakes.live(0)
         await first.report_cpu(2.5)
         await wait_for(lambda: pool.cpu_seconds() == 2.5)
@@ -288,10 +289,7 @@ async def test_a_lane_that_cannot_start_fails_the_start() -> None:
 
 async def test_jobs_submitted_together_go_to_a_lane_in_one_write() -> None:
     async with trio.open_nursery() as nursery:
-        fakes = Fakes(nursery)
-        fakes.auto_answer = False
-        pool = make_pool(fakes, 1)
-        await nursery.start(pool.run)
+        fakes, pool = await start_manual_pool(nursery)
         lane = fakes.live(0)
         writes: list[bytes] = []
         stream = pool._lanes[0].stream
@@ -318,10 +316,7 @@ async def test_jobs_submitted_together_go_to_a_lane_in_one_write() -> None:
 
 async def test_a_job_given_up_before_it_is_sent_is_never_sent() -> None:
     async with trio.open_nursery() as nursery:
-        fakes = Fakes(nursery)
-        fakes.auto_answer = False
-        pool = make_pool(fakes, 1, max_jobs_per_lane=1)
-        await nursery.start(pool.run)
+        fakes, pool = await start_manual_pool(nursery, max_jobs_per_lane=1)
         lane = fakes.live(0)
         answers: list[Outcome] = []
         pool.submit(job(1, None), lambda r: answers.append(r.outcome))
@@ -344,10 +339,7 @@ async def test_deadlines_a_lane_that_does_not_answer_and_no_lane_with_room(monke
     monkeypatch.setattr(pool_module, "RESULT_GRACE_S", 0.0)
     monkeypatch.setattr(pool_module, "WATCH_S", 0.02)
     async with trio.open_nursery() as nursery:
-        fakes = Fakes(nursery)
-        fakes.auto_answer = False
-        pool = make_pool(fakes, 1, max_jobs_per_lane=1)
-        await nursery.start(pool.run)
+        fakes, pool = await start_manual_pool(nursery, max_jobs_per_lane=1)
         quick = LaneJob(cid(1), None, (), (), timeout=0.1)
         results = await run_all(pool, [quick, quick])
         assert sorted(r.outcome.value for r in results) == ["lane_died", "timeout"]
