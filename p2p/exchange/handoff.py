@@ -154,11 +154,6 @@ class ArrivingBlocks:
             self._cond.notify_all()
             self._room.notify_all()
 
-    def wait_done(self) -> None:
-        with self._cond:
-            while not self._done:
-                self._cond.wait(ARRIVAL_POLL_S)
-
     def get(self, cid: CID) -> bytes:
         key = bytes(cid)
         while True:
