@@ -413,7 +413,10 @@ async def test_the_export_thread_is_woken_per_file_not_per_leaf(tmp_path: Path) 
             CountingCondition.notifies += 1
             super().notify_all()
 
-    for window, most in ((1024, 4), (70, 40)):
+    # With the small window the count depends on how the export thread and
+    # the loop interleave: 27-30 alone, 46 once under a loaded CI run. The
+    # bound catches the defect (one wake-up per leaf, 200), not the schedule.
+    for window, most in ((1024, 4), (70, 100)):
         data = random_bytes(256 * 200, seed=11 + window)
         root, inner, remote = _holders_with(data, 1)
         pool = FakePool(inner, remote)
