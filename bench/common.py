@@ -323,6 +323,17 @@ def system_load(sample_s: float = 1.0) -> dict[str, Any]:
     return {"loadavg_1min": round(os.getloadavg()[0], 2), "cpu_busy_fraction_while_idle": round(busy, 2)}
 
 
+def wait_quiet(seconds: float, log: Callable[[str], None]) -> None:
+    """Wait up to `seconds` (0: not at all) for the CPUs to be under 25 % busy with other work."""
+    deadline = time.monotonic() + seconds
+    while seconds > 0 and time.monotonic() < deadline:
+        load = system_load(3.0)
+        if load["cpu_busy_fraction_while_idle"] <= 0.25:
+            return
+        log(f"waiting for a quiet machine: {load}")
+        time.sleep(7)
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM of `pid` to its current RSS (Linux >= 4.0, needs ptrace rights); False if refused."""
     try:

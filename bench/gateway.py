@@ -87,6 +87,7 @@ from common import (  # noqa: E402
     reset_peak_rss,
     system_load,
     wait_for,
+    wait_quiet,
     write_json,
     write_pseudorandom,
 )
@@ -255,11 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="first wait up to SECONDS for the machine's CPUs to be under 25%% busy with other work")
     args = ap.parse_args(argv)
     size = parse_size(args.size)
-    if args.wait_quiet > 0:
-        deadline = time.monotonic() + args.wait_quiet
-        while (load := system_load(3.0))["cpu_busy_fraction_while_idle"] > 0.25 and time.monotonic() < deadline:
-            log(f"waiting for a quiet machine: {load}")
-            time.sleep(7)
+    wait_quiet(args.wait_quiet, log)
     lanes = lane_args(args.lanes)
     doc: dict[str, Any] = {"benchmark": "gateway", "bytes": size, "shards": args.shards, "lanes": args.lanes,
                            "machine": machine_info(), "load_before": system_load()}

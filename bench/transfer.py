@@ -98,6 +98,7 @@ from common import (  # noqa: E402
     system_load,
     update_results_section,
     wait_for,
+    wait_quiet,
     write_json,
     write_pseudorandom,
 )
@@ -1568,11 +1569,7 @@ def main(argv: list[str] | None = None) -> int:
                            "command": "bench/transfer.py " + " ".join(argv),
                            "cores_used": len(os.sched_getaffinity(0)), "taskset": args.taskset,
                            "lanes_supported": lanes_ok, "repeat": args.repeat}
-    if args.wait_quiet > 0:
-        deadline = time.monotonic() + args.wait_quiet
-        while (load := system_load(3.0))["cpu_busy_fraction_while_idle"] > 0.25 and time.monotonic() < deadline:
-            log(f"waiting for a quiet machine: {load}")
-            time.sleep(7)
+    wait_quiet(args.wait_quiet, log)
     doc["load_before"] = system_load()
     if doc["load_before"]["cpu_busy_fraction_while_idle"] > 0.2:
         log(f"WARNING: the machine is busy before we start ({doc['load_before']}); numbers will be contended")

@@ -3,6 +3,7 @@
 The upgrade follows js-libp2p's and go-libp2p's order exactly:
 
     TCP -> [pnet protector, with a swarm key] -> multistream-select `/noise`
+        (or Shoal's AES-GCM Noise first, see shoal.p2p.secure.cipher_choice)
         -> Noise XX (libp2p payload) -> multistream-select `/yamux/1.0.0`
         -> yamux session -> one yamux stream per protocol, each negotiated
            by multistream-select (the opener is the dialer of that stream)
@@ -38,6 +39,7 @@ from shoal.p2p.libp2p.yamux import (
     DEFAULT_WINDOW, GoAwayCode, GoAwayReceived, PingAnswered, StreamData, StreamEnded, StreamOpened,
     StreamReset, WindowIncreased, YamuxSession,
 )
+from shoal.p2p.secure.cipher_choice import NOISE_PROTOCOL, cipher_for, security_protocols
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.pnet import SwarmKey
 from shoal.p2p.secure.pnet_stream import protect
@@ -58,7 +60,6 @@ __all__ = [
 
 log = logging.getLogger("shoal.libp2p")
 
-NOISE_PROTOCOL = "/noise"
 YAMUX_PROTOCOL = "/yamux/1.0.0"
 NEGOTIATION_TIMEOUT = 10.0
 MAX_QUEUED = 4 * 1024 * 1024
@@ -683,6 +684,7 @@ async def _upgrade(
     swarm_key: SwarmKey | None,
     timeout: float,
     receive_window: int,
+    security: Sequence[str] | None,
 ) -> Libp2pConnection:
     raw = protect(tcp, swarm_key)
     # With a swarm key, most failures mean the peer holds another key or none: say so.
@@ -690,16 +692,19 @@ async def _upgrade(
         f" (private swarm {swarm_key.fingerprint()}: does the peer hold the same swarm key?)")
     try:
         with trio.fail_after(timeout):
+            if security is None:
+                security = security_protocols()
             if initiator:
-                chosen = await select_protocol(raw, [NOISE_PROTOCOL], timeout)
+                chosen = await select_protocol(raw, security, timeout)
             else:
-                chosen = await accept_protocol(raw, [NOISE_PROTOCOL], timeout)
+                chosen = await accept_protocol(raw, security, timeout)
+            cipher = cipher_for(chosen.protocol)
             plain = PrefixedStream(raw, chosen.leftover) if chosen.leftover else raw
             if initiator:
-                secure = await secure_dial(plain, identity, expected_peer, timeout=timeout)
+                secure = await secure_dial(plain, identity, expected_peer, timeout=timeout, cipher=cipher)
                 muxer = await select_protocol(secure, [YAMUX_PROTOCOL], timeout)
             else:
-                secure = await secure_accept(plain, identity, timeout=timeout)
+                secure = await secure_accept(plain, identity, timeout=timeout, cipher=cipher)
                 muxer = await accept_protocol(secure, [YAMUX_PROTOCOL], timeout)
     except BaseException as exc:
         with trio.CancelScope(shield=True):
@@ -725,8 +730,12 @@ async def upgrade_outbound(
     swarm_key: SwarmKey | None = None,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     receive_window: int = DEFAULT_WINDOW,
+    security: Sequence[str] | None = None,
 ) -> Libp2pConnection:
     """Upgrade a dialled TCP stream as libp2p does; the caller then starts `run`.
+
+    `security`: the Noise protocol ids to propose, in order (default: what
+    `shoal.p2p.secure.cipher_choice.security_protocols` picks for this CPU).
 
     On failure the TCP stream is closed and a HandshakeError subclass is
     raised (PeerIdMismatch for the wrong peer; a timeout, malformed
@@ -735,7 +744,8 @@ async def upgrade_outbound(
     peer speaks neither `/noise` nor `/yamux/1.0.0`.
     """
     return await _upgrade(tcp, identity, handlers, initiator=True, expected_peer=expected_peer,
-                          swarm_key=swarm_key, timeout=timeout, receive_window=receive_window)
+                          swarm_key=swarm_key, timeout=timeout, receive_window=receive_window,
+                          security=security)
 
 
 async def upgrade_inbound(
@@ -746,7 +756,11 @@ async def upgrade_inbound(
     swarm_key: SwarmKey | None = None,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     receive_window: int = DEFAULT_WINDOW,
+    security: Sequence[str] | None = None,
 ) -> Libp2pConnection:
-    """Upgrade an accepted TCP stream as the listener; errors as `upgrade_outbound`."""
+    """Upgrade an accepted TCP stream as the listener; errors as `upgrade_outbound`.
+
+    `security`: the Noise protocol ids accepted (default as `upgrade_outbound`)."""
     return await _upgrade(tcp, identity, handlers, initiator=False, expected_peer=None,
-                          swarm_key=swarm_key, timeout=timeout, receive_window=receive_window)
+                          swarm_key=swarm_key, timeout=timeout, receive_window=receive_window,
+                          security=security)

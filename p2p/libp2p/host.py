@@ -12,7 +12,7 @@ them to `run_connection`; `serve` and `dial` are the standalone paths.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 import trio
 
@@ -52,8 +52,12 @@ class Libp2pHost:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_connections: int = 256,
         receive_window: int = DEFAULT_WINDOW,
+        security: Sequence[str] | None = None,
     ) -> None:
+        """`security`: the Noise protocol ids to offer and accept (default: by this CPU,
+        `shoal.p2p.secure.cipher_choice`); tests pin it to meet either cipher."""
         self.identity = identity
+        self.security = security
         self.nursery = nursery
         self.swarm_key = swarm_key
         self.handshake_timeout = handshake_timeout
@@ -111,7 +115,8 @@ class Libp2pHost:
                 conn = await upgrade_inbound(tcp, self.identity, self.handlers,
                                              swarm_key=self.swarm_key,
                                              timeout=self.handshake_timeout,
-                                             receive_window=self.receive_window)
+                                             receive_window=self.receive_window,
+                                             security=self.security)
             except (P2PError, trio.TooSlowError, trio.BrokenResourceError,
                     trio.ClosedResourceError, OSError) as exc:
                 log.debug("inbound upgrade failed: %s", exc)
@@ -149,6 +154,7 @@ class Libp2pHost:
         conn = await upgrade_outbound(tcp, self.identity, self.handlers,
                                       expected_peer=addr.peer_id, swarm_key=self.swarm_key,
                                       timeout=self.handshake_timeout,
-                                      receive_window=self.receive_window)
+                                      receive_window=self.receive_window,
+                                      security=self.security)
         await self.nursery.start(self._run, conn)
         return conn

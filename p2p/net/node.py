@@ -783,7 +783,7 @@ class Node:
                 if conn.remote_hello is None:
                     await conn.aclose()
                     return
-                self._on_hello(conn)
+                self._on_hello(conn, libp2p)
                 if self.lane_pool is not None:
                     nursery.start_soon(self._learn_lanes, conn)
                 if ready is not None:
@@ -826,7 +826,7 @@ class Node:
         """Bytes of replicas this node keeps for other owners (what --quota limits)."""
         return self._replication.held_bytes() if self._replication is not None else 0
 
-    def _on_hello(self, conn: PeerConnection) -> None:
+    def _on_hello(self, conn: PeerConnection, libp2p: Libp2pConnection | None) -> None:
         hello = conn.remote_hello
         assert isinstance(hello, Hello)
         addrs = []
@@ -838,6 +838,8 @@ class Node:
         rec = self.peers.learn(conn.remote_peer, addrs)
         if rec is not None:
             rec.capacity_bytes, rec.free_bytes, rec.agent = hello.capacity_bytes, hello.free_bytes, hello.agent
+            if libp2p is not None:
+                rec.security = libp2p.secure.cipher.protocol_name.decode()
         self.peers.mark_connected(conn.remote_peer, True)
 
     async def _learn_lanes(self, conn: PeerConnection) -> None:

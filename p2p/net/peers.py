@@ -138,6 +138,7 @@ class PeerRecord:
     capacity_bytes: int = 0
     free_bytes: int = 0
     agent: str = ""
+    security: str = ""  # the Noise protocol of the last connection (which cipher was negotiated)
     reputation: Reputation = field(default_factory=Reputation)
     dial_failures: int = 0  # in a row; reset by a successful connection
     failing_since: float = 0.0  # clock time of the first failure of the current run
@@ -161,6 +162,7 @@ class PeerRecord:
             "addrs": [str(a.with_peer(self.peer_id)) for a in self.addrs],
             "connected": self.connected,
             "agent": self.agent,
+            "security": self.security,
             "free_bytes": self.free_bytes,
             "reputation": round(self.reputation.score, 4),
             # The counts behind the score: a corrupt block is proven

@@ -3,15 +3,18 @@
 Two layers, both pure (bytes in, bytes out, no sockets, no clock):
 
 * `CipherState`, `SymmetricState`, `HandshakeState`: the Noise Protocol
-  Framework (revision 34) objects for `Noise_XX_25519_ChaChaPoly_SHA256`,
-  named and ordered as in the spec so they can be checked line by line and
-  against the published test vectors (fixed keys are injectable).
+  Framework (revision 34) objects for `Noise_XX_25519_ChaChaPoly_SHA256`
+  (what libp2p-noise specifies) and `Noise_XX_25519_AESGCM_SHA256` (which
+  two Shoal nodes with AES hardware negotiate, see
+  `shoal.p2p.secure.cipher_choice`), named and ordered as in the spec so
+  they can be checked line by line and against the published test vectors
+  (fixed keys are injectable).
 * `NoiseHandshake`: the libp2p layer. It adds the `NoiseHandshakePayload`
   that binds the per-session X25519 static key to the node's Ed25519
   identity, checks the dialled PeerId, and yields a `SecureSession`.
 
 Deliberately not here: framing, timeouts and I/O (`shoal.p2p.secure.secure_stream`),
-other patterns or ciphers, PSKs, rekeying, and early-data extensions (we
+other patterns, PSKs, rekeying, and early-data extensions (we
 ignore the remote's and send none).
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from typing import Callable, Final
+from typing import Callable, Final, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -28,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM as AesGcm, ChaCha20Poly1305
 
 from shoal.p2p.errors import (
     DecryptError, HandshakeError, LocalProtocolError, P2PError, PeerIdMismatch,
@@ -42,14 +45,13 @@ __all__ = [
     "HandshakeState",
     "MAX_MESSAGE",
     "MAX_PLAINTEXT",
+    "NoiseCipher",
     "NoiseHandshake",
-    "PROTOCOL_NAME",
     "Role",
     "SecureSession",
     "SymmetricState",
 ]
 
-PROTOCOL_NAME: Final = b"Noise_XX_25519_ChaChaPoly_SHA256"
 MAX_MESSAGE: Final = 65535
 TAG_LEN: Final = 16
 MAX_PLAINTEXT: Final = MAX_MESSAGE - TAG_LEN
@@ -60,6 +62,34 @@ _SIG_PREFIX: Final = b"noise-libp2p-static-key:"
 
 # XX: -> e ; <- e, ee, s, es ; -> s, se
 _XX: Final = (("e",), ("e", "ee", "s", "es"), ("s", "se"))
+
+
+NonceOrder = Literal["little", "big"]
+
+
+class NoiseCipher(enum.Enum):
+    """The AEAD of a Noise session (Noise section 12.3 and 12.4).
+
+    The two differ only in the primitive and the nonce's byte order:
+    ChaChaPoly puts the 64-bit counter little-endian after 4 zero bytes,
+    AESGCM big-endian. Both take a 32-byte key and a 16-byte tag, so frame
+    sizes are the same.
+    """
+
+    CHACHAPOLY = "ChaChaPoly"
+    AESGCM = "AESGCM"
+
+    @property
+    def protocol_name(self) -> bytes:
+        """The Noise protocol name, which is hashed into the handshake."""
+        return b"Noise_XX_25519_" + self.value.encode() + b"_SHA256"
+
+    @property
+    def nonce_order(self) -> NonceOrder:
+        return "little" if self is NoiseCipher.CHACHAPOLY else "big"
+
+    def aead(self, key: bytes) -> "ChaCha20Poly1305 | AesGcm":
+        return ChaCha20Poly1305(key) if self is NoiseCipher.CHACHAPOLY else AesGcm(key)
 
 
 def _hash(data: bytes) -> bytes:
@@ -95,10 +125,12 @@ class CipherState:
     makes a retry of a tampered or replayed frame impossible by construction.
     """
 
-    __slots__ = ("_aead", "_n", "_broken")
+    __slots__ = ("_aead", "_n", "_broken", "_order", "cipher")
 
-    def __init__(self, key: bytes | None = None) -> None:
-        self._aead = ChaCha20Poly1305(key) if key is not None else None
+    def __init__(self, key: bytes | None = None, cipher: NoiseCipher = NoiseCipher.CHACHAPOLY) -> None:
+        self.cipher = cipher
+        self._aead = cipher.aead(key) if key is not None else None
+        self._order: NonceOrder = cipher.nonce_order
         self._n = 0
         self._broken = False
 
@@ -117,7 +149,7 @@ class CipherState:
     def _nonce_bytes(self) -> bytes:
         if self._n >= _MAX_NONCE:
             raise LocalProtocolError("nonce space exhausted; the session must end")
-        return b"\x00\x00\x00\x00" + self._n.to_bytes(8, "little")
+        return b"\x00\x00\x00\x00" + self._n.to_bytes(8, self._order)
 
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         if self._aead is None:
@@ -168,12 +200,13 @@ class CipherState:
             raise DecryptError("session already failed authentication")
         decrypt = aead.decrypt
         append = out.append
+        order = self._order
         n = self._n
         try:
             for message in messages:
                 if n >= _MAX_NONCE:
                     raise LocalProtocolError("nonce space exhausted")
-                plain = decrypt(b"\x00\x00\x00\x00" + n.to_bytes(8, "little"), message, ad)
+                plain = decrypt(b"\x00\x00\x00\x00" + n.to_bytes(8, order), message, ad)
                 n += 1
                 if plain:
                     append(plain)
@@ -189,19 +222,21 @@ class CipherState:
 class SymmetricState:
     """Chaining key, handshake hash and the current CipherState (section 5.2)."""
 
-    __slots__ = ("ck", "h", "cipher")
+    __slots__ = ("ck", "h", "cipher", "_kind")
 
-    def __init__(self, protocol_name: bytes) -> None:
+    def __init__(self, kind: NoiseCipher = NoiseCipher.CHACHAPOLY) -> None:
+        protocol_name = kind.protocol_name
         if len(protocol_name) <= HASHLEN:
             self.h = protocol_name.ljust(HASHLEN, b"\x00")
         else:
             self.h = _hash(protocol_name)
         self.ck = self.h
-        self.cipher = CipherState()
+        self._kind = kind
+        self.cipher = CipherState(None, kind)
 
     def mix_key(self, ikm: bytes) -> None:
         self.ck, temp_k = _hkdf2(self.ck, ikm)
-        self.cipher = CipherState(temp_k)
+        self.cipher = CipherState(temp_k, self._kind)
 
     def mix_hash(self, data: bytes) -> None:
         self.h = _hash(self.h + data)
@@ -218,7 +253,7 @@ class SymmetricState:
 
     def split(self) -> tuple[CipherState, CipherState]:
         k1, k2 = _hkdf2(self.ck, b"")
-        return CipherState(k1), CipherState(k2)
+        return CipherState(k1, self._kind), CipherState(k2, self._kind)
 
 
 class HandshakeState:
@@ -237,14 +272,14 @@ class HandshakeState:
         prologue: bytes = b"",
         *,
         ephemeral_key: X25519PrivateKey | None = None,
-        protocol_name: bytes = PROTOCOL_NAME,
+        cipher: NoiseCipher = NoiseCipher.CHACHAPOLY,
     ) -> None:
         self.initiator = initiator
         self._s = static_key
         self._e = ephemeral_key
         self.re: bytes | None = None
         self.rs: bytes | None = None
-        self._sym = SymmetricState(protocol_name)
+        self._sym = SymmetricState(cipher)
         self._sym.mix_hash(prologue)
         self._step = 0
 
@@ -356,6 +391,11 @@ class SecureSession:
         self.remote_peer = remote_peer
         self.handshake_hash = handshake_hash
 
+    @property
+    def cipher(self) -> NoiseCipher:
+        """The AEAD this session encrypts with."""
+        return self._send.cipher
+
     def encrypt(self, plaintext: bytes) -> bytes:
         if len(plaintext) > MAX_PLAINTEXT:
             raise LocalProtocolError(f"plaintext over {MAX_PLAINTEXT} bytes; split it")
@@ -443,7 +483,11 @@ class NoiseHandshake:
         *,
         static_key: X25519PrivateKey | None = None,
         ephemeral_key: X25519PrivateKey | None = None,
+        cipher: NoiseCipher = NoiseCipher.CHACHAPOLY,
     ) -> None:
+        """`cipher` must be what both sides agreed on before the handshake
+        (multistream-select's protocol id): a mismatch fails message 2's
+        authentication, as it changes the handshake hash and every key."""
         if expected_peer is not None and role is not Role.INITIATOR:
             raise LocalProtocolError("only the dialling side can expect a peer id")
         self.role = role
@@ -452,7 +496,7 @@ class NoiseHandshake:
         static = static_key or X25519PrivateKey.generate()
         self._static_pub = _public_bytes(static)
         self._hs = HandshakeState(
-            role is Role.INITIATOR, static, prologue, ephemeral_key=ephemeral_key
+            role is Role.INITIATOR, static, prologue, ephemeral_key=ephemeral_key, cipher=cipher
         )
         self._remote: PeerId | None = None
         self._failed = False

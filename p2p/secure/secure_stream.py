@@ -27,7 +27,7 @@ import trio
 from shoal.p2p.errors import HandshakeError, P2PError, RemoteProtocolError
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.noise import (
-    DHLEN, MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN, NoiseHandshake, Role, SecureSession,
+    DHLEN, MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN, NoiseCipher, NoiseHandshake, Role, SecureSession,
 )
 from shoal.p2p.secure.pnet import SwarmKey
 from shoal.p2p.secure.pnet_stream import protect
@@ -242,6 +242,11 @@ class SecureStream(trio.abc.Stream):
     def remote_peer(self) -> PeerId:
         """The PeerId the remote proved during the handshake."""
         return self._session.remote_peer
+
+    @property
+    def cipher(self) -> NoiseCipher:
+        """The AEAD the two ends agreed on before the handshake."""
+        return self._session.cipher
 
     def _check(self, busy: bool, what: str) -> None:
         if self._closed:
@@ -474,6 +479,7 @@ async def secure_dial(
     *,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     swarm_key: SwarmKey | None = None,
+    cipher: NoiseCipher = NoiseCipher.CHACHAPOLY,
 ) -> SecureStream:
     """Secure an outgoing connection as the Noise initiator.
 
@@ -483,7 +489,7 @@ async def secure_dial(
     any failure the transport stream is closed and a HandshakeError
     subclass is raised.
     """
-    handshake = NoiseHandshake(Role.INITIATOR, identity, expected_peer)
+    handshake = NoiseHandshake(Role.INITIATOR, identity, expected_peer, cipher=cipher)
     return await _handshake(stream, handshake, timeout, swarm_key)
 
 
@@ -493,6 +499,7 @@ async def secure_accept(
     *,
     timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     swarm_key: SwarmKey | None = None,
+    cipher: NoiseCipher = NoiseCipher.CHACHAPOLY,
 ) -> SecureStream:
     """Secure an incoming connection as the Noise responder.
 
@@ -501,5 +508,5 @@ async def secure_accept(
     On any failure the transport stream is closed and a HandshakeError
     subclass is raised.
     """
-    handshake = NoiseHandshake(Role.RESPONDER, identity)
+    handshake = NoiseHandshake(Role.RESPONDER, identity, cipher=cipher)
     return await _handshake(stream, handshake, timeout, swarm_key)

@@ -29,9 +29,12 @@ from shoal.p2p.libp2p.host import Libp2pHost
 from shoal.p2p.libp2p.identify import (
     IDENTIFY_PROTOCOL, PING_PROTOCOL, agent_version, identify, ping,
 )
+from shoal.p2p.secure.cipher_choice import NOISE_AESGCM_PROTOCOL, NOISE_PROTOCOL
 from shoal.p2p.secure.identity import Identity, PeerId
 from shoal.p2p.secure.multiaddr import Multiaddr
+from shoal.p2p.secure.noise import NoiseCipher
 from shoal.p2p.secure.pnet import SwarmKey
+from shoal.p2p.secure.secure_stream import SecureStream
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -137,7 +140,9 @@ async def test_js_libp2p_dials_shoal(tmp_path: Path) -> None:
 async def test_shoal_dials_js_libp2p(tmp_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with trio.open_nursery() as nursery:
-            host = Libp2pHost(Identity.generate(), nursery)
+            # Offering Shoal's AES-GCM Noise first, as a node with AES hardware does:
+            # js-libp2p answers "na" and the connection falls back to /noise.
+            host = Libp2pHost(Identity.generate(), nursery, security=[NOISE_AESGCM_PROTOCOL, NOISE_PROTOCOL])
             host.handlers[SINK] = sink_handler
             async with js_node(tmp_path, "listen") as js:
                 ready = await js.expect("ready")
@@ -146,6 +151,7 @@ async def test_shoal_dials_js_libp2p(tmp_path: Path) -> None:
                 assert js_addr.peer_id == js_peer
                 conn = await host.dial(js_addr)
                 assert conn.remote_peer == js_peer
+                assert isinstance(conn.secure, SecureStream) and conn.secure.cipher is NoiseCipher.CHACHAPOLY
 
                 # js identifies us on connection open, then pings us.
                 check_identified(await js.expect("identified"), host, None)

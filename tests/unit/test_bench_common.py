@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench import common
 from bench.common import make_log, parse_size, wait_for
 
 
@@ -27,3 +28,14 @@ def test_wait_for_returns_the_value_or_says_why_it_timed_out() -> None:
         wait_for(lambda: None, 0, "nothing", interval=0, details=lambda: "node log tail")
     with pytest.raises(TimeoutError, match=r"waiting for nothing$"):
         wait_for(lambda: None, 0, "nothing", interval=0)
+
+
+def test_wait_quiet_waits_while_busy_and_not_at_all_when_told_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = iter([0.9, 0.8, 0.1])
+    monkeypatch.setattr(common, "system_load", lambda sample_s=1.0: {"cpu_busy_fraction_while_idle": next(loads)})
+    monkeypatch.setattr(common.time, "sleep", lambda s: None)
+    lines: list[str] = []
+    common.wait_quiet(0, lines.append)
+    assert lines == [] and next(loads) == 0.9  # zero: not even sampled
+    common.wait_quiet(60, lines.append)
+    assert len(lines) == 1 and "0.8" in lines[0]  # 0.8 busy: waited once; 0.1: done

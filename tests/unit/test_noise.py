@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from shoal.p2p.errors import DecryptError, HandshakeError, LocalProtocolError, PeerIdMismatch
 from shoal.p2p.secure.identity import Identity, protobuf_bytes_field, protobuf_fields
 from shoal.p2p.secure.noise import (
-    MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN, NoiseHandshake, Role, SecureSession, _encode_payload,
+    MAX_MESSAGE, MAX_PLAINTEXT, TAG_LEN, NoiseCipher, NoiseHandshake, Role, SecureSession,
+    _encode_payload,
 )
 
 ALICE = Identity.from_seed(b"a" * 32)
@@ -288,3 +289,37 @@ def test_decrypt_many_stops_at_the_first_bad_frame(bad_at: int, how: str) -> Non
         b.decrypt_many([a.encrypt(b"after")], out)
     with pytest.raises(DecryptError):
         b.decrypt(a.encrypt(b"after"))
+
+
+@pytest.mark.parametrize("cipher", list(NoiseCipher))
+def test_each_cipher_handshakes_and_carries_frames(cipher: NoiseCipher) -> None:
+    a, b = run(NoiseHandshake(Role.INITIATOR, ALICE, BOB.peer_id, cipher=cipher),
+               NoiseHandshake(Role.RESPONDER, BOB, cipher=cipher))
+    assert a.cipher is b.cipher is cipher
+    big = bytes(range(256)) * 256
+    for i in range(3):
+        frame = a.encrypt(big[: MAX_PLAINTEXT - i])
+        assert len(frame) == MAX_PLAINTEXT - i + TAG_LEN
+        assert b.decrypt(frame) == big[: MAX_PLAINTEXT - i]
+        assert a.decrypt(b.encrypt(b"pong %d" % i)) == b"pong %d" % i
+
+
+def test_the_ciphers_give_different_keys_and_frames() -> None:
+    """The cipher's name is hashed into the handshake: same keys, different sessions."""
+    def session(cipher: NoiseCipher) -> tuple[SecureSession, SecureSession]:
+        keys = {k: X25519PrivateKey.from_private_bytes(bytes([k]) * 32) for k in (1, 2, 3, 4)}
+        return run(NoiseHandshake(Role.INITIATOR, ALICE, static_key=keys[1], ephemeral_key=keys[2], cipher=cipher),
+                   NoiseHandshake(Role.RESPONDER, BOB, static_key=keys[3], ephemeral_key=keys[4], cipher=cipher))
+    chacha, aes = session(NoiseCipher.CHACHAPOLY), session(NoiseCipher.AESGCM)
+    assert chacha[0].handshake_hash != aes[0].handshake_hash
+    assert chacha[0].encrypt(b"same") != aes[0].encrypt(b"same")
+
+
+def test_a_cipher_mismatch_fails_the_handshake_at_message_two() -> None:
+    """Ends that disagree on the cipher never get a session: message 2 fails to authenticate."""
+    init = NoiseHandshake(Role.INITIATOR, ALICE, cipher=NoiseCipher.AESGCM)
+    resp = NoiseHandshake(Role.RESPONDER, BOB, cipher=NoiseCipher.CHACHAPOLY)
+    resp.read_message(init.write_message())
+    with pytest.raises(HandshakeError):
+        init.read_message(resp.write_message())
+    assert not init.complete

@@ -1,4 +1,4 @@
-"""Our Noise core against published Noise_XX_25519_ChaChaPoly_SHA256 vectors.
+"""Our Noise core against published Noise_XX_25519_{ChaChaPoly,AESGCM}_SHA256 vectors.
 
 The vectors (cacophony and snow, see the file's `_source`) fix every key and
 the prologue; each handshake and transport message must match byte for byte.
@@ -13,35 +13,43 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from shoal.p2p.secure.noise import CipherState, HandshakeState
+from shoal.p2p.secure.noise import CipherState, HandshakeState, NoiseCipher
 
-VECTOR_FILE = Path(__file__).parent / "vectors" / "noise_xx_25519_chachapoly_sha256.json"
-VECTORS: list[dict[str, Any]] = json.loads(VECTOR_FILE.read_text())["vectors"]
+VECTOR_DIR = Path(__file__).parent / "vectors"
+FILES = {NoiseCipher.CHACHAPOLY: VECTOR_DIR / "noise_xx_25519_chachapoly_sha256.json",
+         NoiseCipher.AESGCM: VECTOR_DIR / "noise_xx_25519_aesgcm_sha256.json"}
+VECTORS: list[tuple[NoiseCipher, dict[str, Any]]] = [
+    (cipher, v) for cipher, path in FILES.items() for v in json.loads(path.read_text())["vectors"]]
 
 
 def _key(hex_key: str) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(bytes.fromhex(hex_key))
 
 
-def test_vector_file_is_not_empty() -> None:
-    assert len(VECTORS) >= 2
-    assert all(v["protocol_name"] == "Noise_XX_25519_ChaChaPoly_SHA256" for v in VECTORS)
+@pytest.mark.parametrize("cipher", list(NoiseCipher))
+def test_vector_files_are_not_empty(cipher: NoiseCipher) -> None:
+    mine = [v for c, v in VECTORS if c is cipher]
+    assert len(mine) >= 2
+    assert all(v["protocol_name"].encode() == cipher.protocol_name for v in mine)
 
 
-@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["init_ephemeral"][:8])
-def test_vector(vector: dict[str, Any]) -> None:
+@pytest.mark.parametrize("cipher,vector", VECTORS, ids=lambda x: x.value if isinstance(x, NoiseCipher)
+                         else x["init_ephemeral"][:8])
+def test_vector(cipher: NoiseCipher, vector: dict[str, Any]) -> None:
     assert not vector.get("init_psks") and not vector.get("resp_psks")
     init = HandshakeState(
         True,
         _key(vector["init_static"]),
         bytes.fromhex(vector["init_prologue"]),
         ephemeral_key=_key(vector["init_ephemeral"]),
+        cipher=cipher,
     )
     resp = HandshakeState(
         False,
         _key(vector["resp_static"]),
         bytes.fromhex(vector["resp_prologue"]),
         ephemeral_key=_key(vector["resp_ephemeral"]),
+        cipher=cipher,
     )
     messages = vector["messages"]
     transports: dict[bool, tuple[CipherState, CipherState]] = {}
