@@ -100,10 +100,10 @@ def report(doc: dict[str, Any]) -> str:
     rows = []
     for label in CIPHERS:
         runs = [r[label] for r in doc["rounds"]]
-        rows.append([label, statistics.median(r["seconds"] for r in runs),
-                     statistics.median(r["MBps"] for r in runs),
-                     statistics.median(r["cpu_seconds"]["holder"] for r in runs),
-                     statistics.median(r["cpu_seconds"]["fetcher"] for r in runs),
+        rows.append([label, round(statistics.median(r["seconds"] for r in runs), 3),
+                     round(statistics.median(r["MBps"] for r in runs), 1),
+                     round(statistics.median(r["cpu_seconds"]["holder"] for r in runs), 2),
+                     round(statistics.median(r["cpu_seconds"]["fetcher"] for r in runs), 2),
                      max(r["fetcher_peak_rss_MiB"] for r in runs)])
     headers = ["cipher", "median s", "median MB/s", "holder CPU s", "fetcher CPU s", "fetcher peak RSS MiB"]
     return "\n".join([
@@ -124,9 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1G", help="file size (default 1G)")
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds (default 3)")
     ap.add_argument("--no-write", action="store_true", help="write neither the JSON nor RESULTS.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: rewrite the RESULTS.md section from results/noise_cipher.json")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="first wait up to SECONDS for the CPUs to be under 25%% busy")
     args = ap.parse_args(argv)
+    if args.report_only:
+        text = report(json.loads(RESULTS_JSON.read_text()))
+        print(text)
+        update_results_section("Noise with AES-GCM", "Written by bench/noise_cipher.py.\n\n" + text)
+        return 0
     size = parse_size(args.size)
     wait_quiet(args.wait_quiet, log)
     doc: dict[str, Any] = {"benchmark": "noise_cipher", "bytes": size, "machine": machine_info(),
