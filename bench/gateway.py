@@ -31,7 +31,7 @@ node each time).
 5. The floor (after the runs, same machine): what any gateway that follows
    DESIGN.md's rules must spend per GiB on the swarm's side, measured with
    bench/transfer.py's probes: SHA-256 at the holder (verify on read) and
-   at the gateway (verify on receipt), one ChaCha20-Poly1305 seal and open,
+   at the gateway (verify on receipt), one AEAD seal and open (the one the nodes negotiate: AES-GCM with AES instructions),
    a raw loopback TCP copy's CPU (both ends) and the durable write of the
    fetched blocks, one file per block as DESIGN.md lays out the repo
    (O_DIRECT, one syncfs per 64 files, renames); the HTTP leg to the client is priced at what the

@@ -1187,14 +1187,19 @@ def floor_write_cpu(sp: dict[str, Any]) -> float:
 
 
 def crypto_probe(cores: int) -> dict[str, Any]:
-    """Single-core SHA-256 and ChaCha20-Poly1305 (64 KiB Noise frames) rates, and the bound they set.
+    """Single-core SHA-256 and Noise AEAD (64 KiB frames) rates, and the bound they set.
 
     Per GiB moved, DESIGN.md's rules cost at least: SHA-256 on the sender
     (verify on read) and on the receiver (verify on receive), one AEAD seal
-    and one open. Spread perfectly over all cores of one machine running
-    both nodes, that bounds loopback throughput from above.
+    and one open. DESIGN.md allows ChaCha20-Poly1305 or AES-GCM; the floor
+    prices the AEAD two Shoal nodes here negotiate (`aead_used`: AES-GCM on a
+    CPU with AES instructions, shoal.p2p.secure.cipher_choice). Spread
+    perfectly over all cores of one machine running both nodes, that bounds
+    loopback throughput from above.
     """
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+    from shoal.p2p.secure.cipher_choice import NOISE_AESGCM_PROTOCOL, security_protocols
 
     buf = os.urandom(MIB)
     n = 256
@@ -1203,17 +1208,21 @@ def crypto_probe(cores: int) -> dict[str, Any]:
         hashlib.sha256(buf).digest()
     sha = n * MIB / (time.process_time() - t0)  # CPU-time rate: what an idle core delivers
     sha_wall = n * MIB / (time.perf_counter() - w0)
-    aead = ChaCha20Poly1305(os.urandom(32))
     nonce = bytes(12)
     frame = 65535 - 16
-    t0 = time.process_time()
-    for _ in range(n // 2):
-        for i in range(0, MIB, frame):
-            aead.encrypt(nonce, buf[i : i + frame], b"")
-    enc = (n // 2) * MIB / (time.process_time() - t0)
-    cpu_per_gib = 2 * GIB / sha + 2 * GIB / enc  # decrypt costs about what encrypt does
+    rates: dict[str, float] = {}
+    for name, aead in (("chacha20poly1305", ChaCha20Poly1305(os.urandom(32))), ("aes256gcm", AESGCM(os.urandom(32)))):
+        t0 = time.process_time()
+        for _ in range(n // 2):
+            for i in range(0, MIB, frame):
+                aead.encrypt(nonce, buf[i : i + frame], b"")
+        rates[name] = (n // 2) * MIB / (time.process_time() - t0)
+    used = "aes256gcm" if security_protocols()[0] == NOISE_AESGCM_PROTOCOL else "chacha20poly1305"
+    cpu_per_gib = 2 * GIB / sha + 2 * GIB / rates[used]  # decrypt costs about what encrypt does
     return {"sha256_MBps_one_core": round(sha / 1e6), "sha256_MBps_wall_clock_now": round(sha_wall / 1e6),
-            "chacha20poly1305_MBps_one_core": round(enc / 1e6),
+            "chacha20poly1305_MBps_one_core": round(rates["chacha20poly1305"] / 1e6),
+            "aes256gcm_MBps_one_core": round(rates["aes256gcm"] / 1e6),
+            "aead_used": used,
             "mandatory_crypto_cpu_seconds_per_GiB_both_nodes": round(cpu_per_gib, 2),
             "cores": cores,
             "throughput_bound_MBps": round(GIB / (cpu_per_gib / cores) / 1e6)}
@@ -1442,9 +1451,12 @@ def build_report(doc: dict[str, Any]) -> tuple[str, str]:
                      f"{sp['pagecache_write_cpu_seconds_per_GiB']} CPU s/GiB."
                      if "pagecache_write_cpu_seconds_per_GiB" in sp else ""))
     if cp:
-        md.append(f"Crypto: SHA-256 {cp['sha256_MBps_one_core']} MB/s and ChaCha20-Poly1305 "
-                  f"{cp['chacha20poly1305_MBps_one_core']} MB/s per core; verify-on-read + verify-on-receive + "
-                  f"seal + open cost {cp['mandatory_crypto_cpu_seconds_per_GiB_both_nodes']} CPU s/GiB.")
+        aeads = f"ChaCha20-Poly1305 {cp['chacha20poly1305_MBps_one_core']} MB/s" + (
+            f", AES-256-GCM {cp['aes256gcm_MBps_one_core']} MB/s (the nodes here negotiate {cp['aead_used']})"
+            if "aead_used" in cp else "")
+        md.append(f"Crypto: SHA-256 {cp['sha256_MBps_one_core']} MB/s and {aeads} per core; verify-on-read + "
+                  f"verify-on-receive + seal + open cost {cp['mandatory_crypto_cpu_seconds_per_GiB_both_nodes']} "
+                  f"CPU s/GiB.")
         floor = doc.get("floor")
         if floor:
             md.append(f"The floor: that plus the raw TCP copy's own CPU (send + receive, {floor['socket_cpu']} s/GiB) "
