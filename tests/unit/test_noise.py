@@ -28,10 +28,10 @@ def run(init: NoiseHandshake, resp: NoiseHandshake) -> tuple[SecureSession, Secu
     return init.session(), resp.session()
 
 
-def pair() -> tuple[SecureSession, SecureSession]:
+def pair(cipher: NoiseCipher = NoiseCipher.CHACHAPOLY) -> tuple[SecureSession, SecureSession]:
     return run(
-        NoiseHandshake(Role.INITIATOR, ALICE, BOB.peer_id),
-        NoiseHandshake(Role.RESPONDER, BOB),
+        NoiseHandshake(Role.INITIATOR, ALICE, BOB.peer_id, cipher=cipher),
+        NoiseHandshake(Role.RESPONDER, BOB, cipher=cipher),
     )
 
 
@@ -223,9 +223,9 @@ def test_fuzz_message_one_only_raises_handshake_errors(data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300))
-def test_fuzz_message_two_only_raises_handshake_errors(data: bytes) -> None:
-    init = NoiseHandshake(Role.INITIATOR, ALICE)
+@given(st.binary(max_size=300), st.sampled_from(list(NoiseCipher)))
+def test_fuzz_message_two_only_raises_handshake_errors(data: bytes, cipher: NoiseCipher) -> None:
+    init = NoiseHandshake(Role.INITIATOR, ALICE, cipher=cipher)
     init.write_message()
     with pytest.raises(HandshakeError):
         init.read_message(data)
@@ -240,9 +240,9 @@ def test_fuzz_protobuf_fields_only_raises_value_error(data: bytes) -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.binary(max_size=2000), max_size=10))
-def test_property_transport_round_trip(messages: list[bytes]) -> None:
-    a, b = pair()
+@given(st.lists(st.binary(max_size=2000), max_size=10), st.sampled_from(list(NoiseCipher)))
+def test_property_transport_round_trip(messages: list[bytes], cipher: NoiseCipher) -> None:
+    a, b = pair(cipher)
     for m in messages:
         assert b.decrypt(a.encrypt(m)) == m
         assert a.decrypt(b.encrypt(m)) == m
@@ -256,10 +256,11 @@ def test_session_is_created_once() -> None:
     assert init.session() is init.session()
 
 
-def test_decrypt_many_is_decrypt_of_each() -> None:
+@pytest.mark.parametrize("cipher", list(NoiseCipher))
+def test_decrypt_many_is_decrypt_of_each(cipher: NoiseCipher) -> None:
     """One call for the frames of a read gives what one `decrypt` each does;
     empty plaintexts (a bare tag) are checked but not appended."""
-    a, b = pair()
+    a, b = pair(cipher)
     plains = [b"one", b"", b"x" * 65519, b"two"]
     frames = [a.encrypt(p) for p in plains]
     out: list[bytes] = [b"earlier"]
@@ -293,8 +294,7 @@ def test_decrypt_many_stops_at_the_first_bad_frame(bad_at: int, how: str) -> Non
 
 @pytest.mark.parametrize("cipher", list(NoiseCipher))
 def test_each_cipher_handshakes_and_carries_frames(cipher: NoiseCipher) -> None:
-    a, b = run(NoiseHandshake(Role.INITIATOR, ALICE, BOB.peer_id, cipher=cipher),
-               NoiseHandshake(Role.RESPONDER, BOB, cipher=cipher))
+    a, b = pair(cipher)
     assert a.cipher is b.cipher is cipher
     big = bytes(range(256)) * 256
     for i in range(3):
