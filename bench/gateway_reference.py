@@ -147,7 +147,11 @@ class Sealer:
 
 
 class Opener:
-    """Sealed frames in (fed by recv_into), whole messages out through `on_payload` pieces."""
+    """Sealed frames in (the caller `recv_into`s `buf` at `fill`), each frame's payload out to a sink.
+
+    A frame is at most 65,537 bytes with its length, so the 4 MiB buffer never fills without a
+    whole frame in it; payloads are views of one scratch buffer, valid only during the sink call.
+    """
 
     def __init__(self, key: bytes) -> None:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
