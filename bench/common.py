@@ -323,6 +323,15 @@ def system_load(sample_s: float = 1.0) -> dict[str, Any]:
     return {"loadavg_1min": round(os.getloadavg()[0], 2), "cpu_busy_fraction_while_idle": round(busy, 2)}
 
 
+def add_result_options(ap: Any, results_json: Path) -> None:
+    """The options every bench that writes a RESULTS.md section shares: --no-write, --report-only, --wait-quiet."""
+    ap.add_argument("--no-write", action="store_true", help="write neither the JSON nor RESULTS.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help=f"measure nothing: rewrite the RESULTS.md section from results/{results_json.name}")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                    help="first wait up to SECONDS for the CPUs to be under 25%% busy with other work")
+
+
 def wait_quiet(seconds: float, log: Callable[[str], None]) -> None:
     """Wait up to `seconds` (0: not at all) for the CPUs to be under 25 % busy with other work."""
     deadline = time.monotonic() + seconds

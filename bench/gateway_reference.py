@@ -66,6 +66,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    add_result_options,
     BENCH_DIR,
     GIB,
     MIB,
@@ -579,11 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=8, help="paired rounds, order alternating (default 8)")
     ap.add_argument("--ahead", type=int, default=AHEAD, help=f"blocks asked for ahead, per file (default {AHEAD})")
     ap.add_argument("--workdir", default=None, help="where temp files go (default: system temp dir)")
-    ap.add_argument("--no-write", action="store_true", help="write neither the JSON nor RESULTS.md")
-    ap.add_argument("--report-only", action="store_true",
-                    help="measure nothing: rewrite the RESULTS.md section from results/gateway_reference.json")
-    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                    help="first wait up to SECONDS for the CPUs to be under 25%% busy with other work")
+    add_result_options(ap, RESULTS_JSON)
     args = ap.parse_args(argv)
     if args.report_only:
         update_results_section(SECTION, report(json.loads(RESULTS_JSON.read_text())))

@@ -41,6 +41,7 @@ from shoal.cli.swarm import LocalSwarm, node_env  # noqa: E402
 from shoal.cli.swarm import NodeProcess  # noqa: E402
 
 from common import (  # noqa: E402
+    add_result_options,
     BENCH_DIR, GIB, PROJECT_ROOT, Cleanup, ProcSample, format_table, machine_info, machine_line,
     make_log, markdown_table, mb_per_s, parse_size, peak_rss, system_load, update_results_section,
     wait_quiet, write_json, write_pseudorandom,
@@ -123,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1G", help="file size (default 1G)")
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds (default 3)")
-    ap.add_argument("--no-write", action="store_true", help="write neither the JSON nor RESULTS.md")
-    ap.add_argument("--report-only", action="store_true",
-                    help="measure nothing: rewrite the RESULTS.md section from results/noise_cipher.json")
-    ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                    help="first wait up to SECONDS for the CPUs to be under 25%% busy")
+    add_result_options(ap, RESULTS_JSON)
     args = ap.parse_args(argv)
     if args.report_only:
         text = report(json.loads(RESULTS_JSON.read_text()))
